@@ -1,0 +1,54 @@
+# ambpf: the two commands a new user needs are `make demo` and `make test`. Both install what is
+# missing (Debian packages, Node 24 via npm, node_modules) and are idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+NODE  := node_modules/node/bin/node
+AMBPF := bin/ambpf
+TAP   := $(NODE) node_modules/tap/dist/esm/run.mjs
+TSC   := $(NODE) node_modules/typescript/bin/tsc
+
+# Debian packages the build, the tests and the demo use.
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 libelf-dev zlib1g-dev bpftool iproute2 iptables ipset \
+                curl iperf3 wrk nginx util-linux procps psmisc openssl
+
+.PHONY: help deps apt node bpf typecheck test demo kernels clean
+help:
+	@echo "make demo   - run the local two-node demo on the eBPF path"
+	@echo "make test   - typecheck and run the test suite (as root, on this kernel)"
+	@echo "make bpf    - compile the BPF objects into the cache"
+
+deps: apt node bpffs
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# npm ci brings node@24 (a devDependency) along with everything else.
+node: node_modules/.ambpf-installed
+node_modules/.ambpf-installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@$(NODE) -e 'if (+process.versions.node.split(".")[0] < 24) { console.error("node_modules/node is not Node 24"); process.exit(1) }'
+	@touch $@
+
+.PHONY: bpffs
+bpffs:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+bpf: deps
+	$(AMBPF) build
+
+typecheck: node
+	$(TSC) --noEmit -p .
+
+test: deps typecheck bpf
+	$(TAP)
+
+demo: deps bpf
+	$(AMBPF) demo
+
+clean:
+	rm -rf build .tap coverage
