@@ -1,0 +1,160 @@
+// A pod source reading a Kubernetes `List` (JSON or YAML, one document or several) of Pods and
+// Namespaces from a file, and re-reading it whenever it changes. It is the watch minus the API
+// server: the same snapshots go through the same desired-state function and reconcile.
+import { readFile } from 'node:fs/promises';
+import { watch, type FSWatcher } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { UsageError } from '../errors.ts';
+import { logger } from '../log.ts';
+import type { ClusterSnapshot, KubeObjectLike, PodSource, SourceHealth } from './types.ts';
+
+const log = logger('pods-file');
+
+export class PodsFileError extends UsageError {
+  override readonly name: string = 'PodsFileError';
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/** Parses the file's text into a snapshot; throws PodsFileError when the text is not a List at all. */
+export function parsePodsList(text: string, path: string): ClusterSnapshot {
+  const items: unknown[] = [];
+  const trimmed = text.trimStart();
+  if (trimmed.startsWith('{') || trimmed.startsWith('[')) {
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch (err) {
+      throw new PodsFileError(`${path} is not valid JSON: ${(err as Error).message}`, { path });
+    }
+    collect(doc, items, path);
+  } else {
+    for (const doc of parseAllDocuments(text)) {
+      if (doc.errors.length > 0) {
+        throw new PodsFileError(`${path} is not valid YAML: ${doc.errors[0]!.message}`, { path });
+      }
+      collect(doc.toJS(), items, path);
+    }
+  }
+  const pods: KubeObjectLike[] = [];
+  const namespaces: KubeObjectLike[] = [];
+  for (const item of items) {
+    if (!isObject(item)) {
+      log.error({ path, item }, 'pods file: an item is not an object; ignored');
+      continue;
+    }
+    if (item['kind'] === 'Pod') pods.push(item as KubeObjectLike);
+    else if (item['kind'] === 'Namespace') namespaces.push(item as KubeObjectLike);
+    else log.warn({ path, kind: item['kind'] }, 'pods file: item is neither a Pod nor a Namespace; ignored');
+  }
+  return { pods, namespaces };
+}
+
+function collect(doc: unknown, into: unknown[], path: string): void {
+  if (doc === null || doc === undefined) return; // an empty YAML document
+  if (Array.isArray(doc)) {
+    into.push(...doc);
+  } else if (isObject(doc) && Array.isArray(doc['items'])) {
+    into.push(...doc['items']);
+  } else if (isObject(doc) && typeof doc['kind'] === 'string') {
+    into.push(doc);
+  } else {
+    throw new PodsFileError(`${path} holds neither a Kubernetes List (kind: List, items: [...]) nor Pod/Namespace objects`, { path });
+  }
+}
+
+export interface PodsFileSourceOptions {
+  readonly path: string;
+  /** Also poll this often (ms): inotify misses changes on some filesystems and through some editors. */
+  readonly pollMs?: number;
+}
+
+export function createPodsFileSource(options: PodsFileSourceOptions): PodSource {
+  const { path } = options;
+  const pollMs = options.pollMs ?? 1000;
+  let watcher: FSWatcher | undefined;
+  let poller: NodeJS.Timeout | undefined;
+  let lastText: string | undefined;
+  let lastEventAt: number | undefined;
+  let synced = false;
+  let stopped = false;
+  let running: Promise<void> = Promise.resolve();
+  let deliver: (s: ClusterSnapshot) => void | Promise<void> = () => {};
+
+  async function readOnce(initial: boolean): Promise<void> {
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (initial) throw new PodsFileError(`cannot read pods file ${path}: ${e.message}`, { path, code: e.code });
+      // A file being replaced can vanish for a moment; keep the last good state, say so once.
+      if (lastText !== undefined) log.error({ path, code: e.code }, 'pods file unreadable; keeping the last good state');
+      lastText = undefined;
+      return;
+    }
+    // Comparing the text itself: mtime granularity can hide an edit, and a poll after an inotify
+    // event must not reconcile the same content twice.
+    if (text === lastText) return;
+    if (text.trim() === '' && !initial) {
+      // A writer that truncates then writes shows us an empty file for a moment. "No pods" is said
+      // with an empty List, not an empty file, so wait for the content instead of deleting every entry.
+      return;
+    }
+    lastText = text;
+    let snapshot: ClusterSnapshot;
+    try {
+      snapshot = parsePodsList(text, path);
+    } catch (err) {
+      if (initial) throw err;
+      log.error({ path, err: (err as Error).message }, 'pods file is invalid; keeping the last good state');
+      return;
+    }
+    lastEventAt = Date.now();
+    await deliver(snapshot);
+    synced = true;
+  }
+
+  let debounce: NodeJS.Timeout | undefined;
+  function schedule(): void {
+    if (stopped || debounce) return;
+    // Events come in bursts while a file is written: read once, shortly after the burst.
+    debounce = setTimeout(() => {
+      debounce = undefined;
+      running = running.then(() => readOnce(false)).catch((err: unknown) => {
+        log.error({ err: (err as Error).message }, 'pods file reconcile failed');
+      });
+    }, 30);
+  }
+
+  return {
+    async start(onSnapshot) {
+      deliver = onSnapshot;
+      await readOnce(true);
+      // Watch the directory, not the file: editors and `mv` replace the inode.
+      try {
+        watcher = watch(dirname(path), (_event, name) => {
+          if (name === null || name === basename(path)) schedule();
+        });
+        watcher.on('error', (err) => log.warn({ err: err.message }, 'pods file watcher failed; polling only'));
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'cannot watch pods file directory; polling only');
+      }
+      poller = setInterval(schedule, pollMs);
+      poller.unref();
+    },
+    async stop() {
+      stopped = true;
+      watcher?.close();
+      if (poller) clearInterval(poller);
+      if (debounce) clearTimeout(debounce);
+      await running;
+    },
+    health(): SourceHealth {
+      return { synced, lastEventAgeMs: lastEventAt === undefined ? undefined : Date.now() - lastEventAt, restarts: 0 };
+    },
+  };
+}
