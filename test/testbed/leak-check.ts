@@ -1,0 +1,51 @@
+// Snapshots of machine state a testbed must leave as it found it: netns names, the cgroup v2 tree
+// under the root, the root netns' iptables rules, bpffs top level and ipsets.
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { run } from '../../src/testbed/run.ts';
+import { cgroup2Root } from '../../src/testbed/cgroup.ts';
+
+export interface MachineSnapshot {
+  readonly netns: string[];
+  readonly cgroups: string[];
+  readonly iptables: string;
+  readonly bpffs: string[];
+  readonly ipsets: string;
+}
+
+function cgroupDirs(root: string, depth: number): string[] {
+  const out: string[] = [];
+  const walk = (dir: string, d: number): void => {
+    let entries;
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if (!e.isDirectory()) continue;
+      out.push(join(dir, e.name));
+      if (d > 1) walk(join(dir, e.name), d - 1);
+    }
+  };
+  walk(root, depth);
+  return out.sort();
+}
+
+/** Only objects carrying `prefix` count: other engineers run tests on this machine at the same time. */
+export async function snapshot(prefix: string): Promise<MachineSnapshot> {
+  const mine = (s: string): boolean => s.includes(prefix);
+  const netns = (await run(['ip', 'netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '').filter(mine);
+  const save = (await run(['iptables-save'])).stdout
+    .split('\n')
+    .filter((l) => !l.startsWith('#') && !l.startsWith(':'))
+    .join('\n');
+  let bpffs: string[] = [];
+  try {
+    bpffs = readdirSync('/sys/fs/bpf').filter(mine);
+  } catch {
+    bpffs = [];
+  }
+  const ipsets = (await run(['ipset', 'list', '-n'], { check: false })).stdout;
+  return { netns, cgroups: cgroupDirs(cgroup2Root(), 6).filter(mine), iptables: save, bpffs, ipsets };
+}
