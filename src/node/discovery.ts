@@ -1,0 +1,90 @@
+// Resolves the desired state's pods to kernel facts on this node: the pod's network namespace
+// (via a process in its cgroup, as istio-cni does), that netns's cookie (what connect4 sees), and
+// the host-side interface the CNI routes its IP to. A pod whose sandbox is not up yet is reported
+// and retried; it never blocks the others.
+import { netnsCookie, currentNetnsCookie } from '../libbpf/index.ts';
+import { describeError } from '../errors.ts';
+import type { DesiredPod, DesiredState, Problem } from '../state/desired.ts';
+import { findPodProcesses } from './procs.ts';
+import { readHostRoutes, readLinks, type HostLink } from './links.ts';
+
+export interface ResolvedPod extends DesiredPod {
+  readonly pid: number;
+  readonly netnsPath: string;
+  readonly netnsCookie: bigint;
+  /** The node-side interface of the pod's route; undefined if the CNI routes it some other way. */
+  readonly hostLink: HostLink | undefined;
+}
+
+export interface ResolvedZtunnel extends ResolvedPod {
+  /** ztunnel's eth0 inside its own netns. */
+  readonly podLink: HostLink | undefined;
+}
+
+export interface Resolution {
+  readonly pods: readonly ResolvedPod[];
+  readonly ztunnel: ResolvedZtunnel | undefined;
+  /** Pods that could not be resolved yet (no process, netns gone…): retried on the next pass. */
+  readonly unresolved: readonly Problem[];
+}
+
+export interface DiscoveryOptions {
+  readonly procRoot?: string;
+}
+
+export async function resolveNode(desired: DesiredState, options: DiscoveryOptions = {}): Promise<Resolution> {
+  const wanted = [...desired.ambientPods, ...(desired.ztunnel ? [desired.ztunnel] : [])];
+  const [processes, routes] = await Promise.all([
+    findPodProcesses(wanted.map((p) => p.uid), options.procRoot),
+    readHostRoutes(),
+  ]);
+  const ownCookie = currentNetnsCookie();
+  const unresolved: Problem[] = [];
+
+  const resolve = (pod: DesiredPod): ResolvedPod | undefined => {
+    const what = `pod ${pod.namespace}/${pod.name}`;
+    const procs = processes.get(pod.uid);
+    if (!procs || procs.length === 0) {
+      unresolved.push({ object: what, reason: `no process found in a cgroup named pod${pod.uid} (sandbox not started yet?)` });
+      return undefined;
+    }
+    // All containers of a pod share its netns; the lowest pid is the sandbox (pause) process.
+    for (const proc of procs) {
+      const netnsPath = `/proc/${proc.pid}/ns/net`;
+      let cookie: bigint;
+      try {
+        cookie = netnsCookie(netnsPath);
+      } catch (err) {
+        unresolved.push({ object: what, reason: `cannot read the netns of pid ${proc.pid}: ${describeError(err)}` });
+        continue;
+      }
+      if (cookie === ownCookie) {
+        unresolved.push({ object: what, reason: `pid ${proc.pid} runs in the node's own network namespace; refusing to redirect the node` });
+        return undefined;
+      }
+      const hostLink = pod.ips.map((ip) => routes.get(ip)).find((l) => l !== undefined);
+      return { ...pod, pid: proc.pid, netnsPath, netnsCookie: cookie, hostLink };
+    }
+    return undefined;
+  };
+
+  const pods: ResolvedPod[] = [];
+  for (const pod of desired.ambientPods) {
+    const r = resolve(pod);
+    if (r) pods.push(r);
+  }
+  let ztunnel: ResolvedZtunnel | undefined;
+  if (desired.ztunnel) {
+    const r = resolve(desired.ztunnel);
+    if (r) {
+      let podLink: HostLink | undefined;
+      try {
+        podLink = (await readLinks(r.netnsPath)).get('eth0');
+      } catch (err) {
+        unresolved.push({ object: `pod ${r.namespace}/${r.name}`, reason: `cannot read ztunnel's interfaces: ${describeError(err)}` });
+      }
+      ztunnel = { ...r, podLink };
+    }
+  }
+  return { pods, ztunnel, unresolved };
+}
