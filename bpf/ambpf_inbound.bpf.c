@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * ambpf_inbound.bpf.c: inbound capture for the node topology, without iptables and without a tunnel.
+ *
+ * Two halves (reference/inbound-steering.md proved both on this kernel):
+ *
+ * 1. ambpf_tc_pod, tc egress on an ambient pod's host-side veth (node netns), i.e. on packets about to
+ *    enter the pod. TCP/IPv4 not sourced by the local ztunnel (nor by the kubelet probe source) is
+ *    steered to ztunnel instead: MACs rewritten for ztunnel's link, bpf_redirect() to ztunnel's
+ *    host-side veth. Only flows that start with a SYN after attach are steered (ambpf_inflow): a
+ *    stateless rule would also steal the replies to the pod's own outbound connections, which
+ *    ztunnel would reset.
+ *
+ * 2. ambpf_sk_lookup, attached to ztunnel's netns. Steered packets keep the pod's IP as destination;
+ *    a policy route in ztunnel's netns (`ip rule iif eth0 lookup 100`, `local 0.0.0.0/0 dev lo
+ *    table 100`) makes them local, and this program hands the connection to ztunnel's 15008 listener
+ *    (dport 15008, HBONE) or 15006 (anything else). The listeners bind a wildcard with IP_TRANSPARENT,
+ *    so the accepted socket's local address is the original destination, which is how ztunnel learns
+ *    it. Chosen over tc ingress + bpf_sk_assign because that one silently drops a SYN reusing a tuple
+ *    still in TIME_WAIT in ztunnel's netns (connections fell from ~27k/s to ~630/s without
+ *    tcp_max_tw_buckets=0); sk_lookup runs after the established/TIME_WAIT lookup, so it does not.
+ *
+ * IPv4 only for now (IPv6 passes untouched). No bpf_get_netns_cookie here: tc accepts it only on
+ * 6.18 (kernel-matrix.md), and ingress_ifindex in sk_lookup needs 5.17; neither is needed.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "include/ambpf.h"
+#include "include/ambpf_maps.h"
+#include "include/ambpf_lib.h"
+
+SEC("tc")
+int ambpf_tc_pod(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ambpf_ztunnel *zt;
+	struct ambpf_config *cfg;
+	struct ambpf_flow4 flow;
+	struct ambpf_pod *pod;
+	struct ambpf_ip dst;
+	struct iphdr *ip;
+	struct tcphdr *tcp;
+	__u32 ihl;
+	__u64 now;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP)
+		return TC_ACT_OK;
+	ihl = (__u32)ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return TC_ACT_OK;
+	tcp = (void *)ip + ihl;
+	if ((void *)(tcp + 1) > data_end)
+		return TC_ACT_OK;
+
+	zt = ztunnel_get();
+	if (!ztunnel_ready(zt) || zt->host_ifindex == 0)
+		return TC_ACT_OK;
+	/* ztunnel's own upstream (HBONE to 15008, or plaintext to the app) is the delivery itself. */
+	if (ip->saddr == zt->ip[3]) {
+		stat_inc(AMBPF_STAT_TC_PASS_ZTUNNEL);
+		return TC_ACT_OK;
+	}
+	cfg = config_get();
+	if (cfg && ip_is_v4mapped(cfg->probe_ip) && ip->saddr == cfg->probe_ip[3]) {
+		stat_inc(AMBPF_STAT_TC_PASS_PROBE);
+		return TC_ACT_OK;
+	}
+	ip_set_v4(dst.addr, ip->daddr);
+	pod = bpf_map_lookup_elem(&ambpf_pods, &dst);
+	if (!pod || !(pod->flags & AMBPF_POD_AMBIENT) || (pod->flags & AMBPF_POD_OPT_OUT)) {
+		stat_inc(AMBPF_STAT_TC_PASS_NOT_AMBIENT);
+		return TC_ACT_OK;
+	}
+
+	flow.saddr = ip->saddr;
+	flow.daddr = ip->daddr;
+	flow.sport = tcp->source;
+	flow.dport = tcp->dest;
+	if (tcp->syn && !tcp->ack) {
+		now = bpf_ktime_get_ns(); /* value: when the flow started, for inspection */
+		if (bpf_map_update_elem(&ambpf_inflow, &flow, &now, BPF_ANY)) {
+			stat_inc(AMBPF_STAT_TC_ERROR);
+			return TC_ACT_OK;
+		}
+	} else if (!bpf_map_lookup_elem(&ambpf_inflow, &flow)) {
+		stat_inc(AMBPF_STAT_TC_PASS_NO_FLOW);
+		return TC_ACT_OK;
+	}
+
+	/* A packet with a foreign dst MAC is PACKET_OTHERHOST in ztunnel's netns and ip_rcv drops it. */
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), zt->mac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), zt->host_mac, ETH_ALEN, 0)) {
+		stat_inc(AMBPF_STAT_TC_ERROR);
+		return TC_ACT_OK;
+	}
+	stat_inc(AMBPF_STAT_TC_STEERED);
+	return bpf_redirect(zt->host_ifindex, 0);
+}
+
+SEC("sk_lookup")
+int ambpf_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct ambpf_ztunnel *zt;
+	struct bpf_sock *sk;
+	__u32 slot;
+	long err;
+
+	if (ctx->protocol != IPPROTO_TCP || ctx->family != AF_INET)
+		return SK_PASS;
+	zt = ztunnel_get();
+	if (!ztunnel_ready(zt))
+		return SK_PASS;
+	/* Connections to ztunnel's own address (pods to 15001, peers to its IP) and to loopback are
+	 * ztunnel's business; only the policy route makes any other destination local here, so the
+	 * rest is exactly what ambpf_tc_pod steered. */
+	if (ctx->local_ip4 == zt->ip[3] || ip4_is_loopback(ctx->local_ip4))
+		return SK_PASS;
+	/* A connection between two local addresses is not inbound (the inpod loop trap). */
+	if (ctx->local_ip4 == ctx->remote_ip4)
+		return SK_PASS;
+
+	slot = ctx->local_port == zt->port_hbone_host ? AMBPF_LISTENER_HBONE : AMBPF_LISTENER_INBOUND;
+	sk = bpf_map_lookup_elem(&ambpf_zt_listen, &slot);
+	if (!sk) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_NO_LISTENER);
+		return SK_PASS; /* normal lookup: a RST, as if nothing listened */
+	}
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_ERROR);
+		return SK_PASS;
+	}
+	stat_inc(AMBPF_STAT_SKLOOKUP_ASSIGNED);
+	return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

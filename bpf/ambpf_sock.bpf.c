@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * ambpf_sock.bpf.c: the outbound half of the node topology, all attached to the pods' cgroup subtree.
+ *
+ *   connect4/6     an ambient pod's TCP connect() goes to ztunnel IP:15001; the original dst is kept in
+ *                  the socket's local storage (ambpf_orig_dst).
+ *   sockops        at ESTABLISHED the original dst is copied to ambpf_pair_dst under the 4-tuple, which is
+ *                  the only thing ztunnel's accepted socket shares with the client's; deleted at
+ *                  TCP_CLOSE. Same-node pod <-> ztunnel sockets go into ambpf_sockhash for sk_msg.
+ *   getsockopt     answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST for ztunnel from ambpf_pair_dst, as
+ *                  conntrack would after an iptables REDIRECT.
+ *   getpeername4/6 the app sees the peer it asked for, not ztunnel (as with iptables NAT).
+ *
+ * Every program lets the call proceed: a miss means "not ours", never an error for the app.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "include/ambpf.h"
+#include "include/ambpf_maps.h"
+#include "include/ambpf_lib.h"
+
+#define SOL_IP                 0
+#define SOL_IPV6               41
+#define SO_ORIGINAL_DST        80 /* <linux/netfilter_ipv4.h> */
+#define IP6T_SO_ORIGINAL_DST   80 /* <linux/netfilter_ipv6/ip6_tables.h> */
+
+/* Userspace sockaddr layouts, written into getsockopt's optval. */
+struct sockaddr_in_ {
+	__u16 sin_family;
+	__be16 sin_port;
+	__u32 sin_addr;
+	__u8 sin_zero[8];
+};
+
+struct sockaddr_in6_ {
+	__u16 sin6_family;
+	__be16 sin6_port;
+	__u32 sin6_flowinfo;
+	__u32 sin6_addr[4];
+	__u32 sin6_scope_id;
+};
+
+/*
+ * Decide whether a connect from this socket is redirected. Returns the ztunnel entry to redirect to,
+ * or NULL (and counts why) when the connect must go where the app asked.
+ */
+static __always_inline struct ambpf_ztunnel *
+redirect_target(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u32 stat_bypass6)
+{
+	__u64 cookie = bpf_get_netns_cookie(ctx);
+	struct ambpf_netns *ns = bpf_map_lookup_elem(&ambpf_netns, &cookie);
+	struct ambpf_config *cfg = config_get();
+	struct ambpf_ztunnel *zt;
+	__u32 why;
+
+	if (!ns || !(ns->flags & AMBPF_POD_AMBIENT) || (ns->flags & AMBPF_POD_OPT_OUT)) {
+		why = AMBPF_STAT_CONNECT4_NOT_AMBIENT;
+		goto bypass;
+	}
+	if (ns->flags & AMBPF_POD_IS_ZTUNNEL) {
+		why = AMBPF_STAT_CONNECT4_BYPASS_ZTUNNEL;
+		goto bypass;
+	}
+	zt = ztunnel_get();
+	if (!ztunnel_ready(zt)) {
+		why = AMBPF_STAT_CONNECT4_NO_ZTUNNEL;
+		goto bypass;
+	}
+	if (zt->netns_cookie == cookie) {
+		why = AMBPF_STAT_CONNECT4_BYPASS_ZTUNNEL;
+		goto bypass;
+	}
+	/* ztunnel marks its own upstream sockets; a pod could too, to opt a socket out (as with Istio). */
+	if ((ctx->sk->mark & zt->mark_mask) == zt->mark) {
+		why = AMBPF_STAT_CONNECT4_BYPASS_MARK;
+		goto bypass;
+	}
+	if (dst_is_bypassed(dst, zt, cfg)) {
+		why = AMBPF_STAT_CONNECT4_BYPASS_DST;
+		goto bypass;
+	}
+	if (port_is_excluded(dport_be, cfg)) {
+		why = AMBPF_STAT_CONNECT4_BYPASS_PORT;
+		goto bypass;
+	}
+	return zt;
+bypass:
+	/* connect6 folds its reasons into one counter: IPv6 is rare, and connect4 has the detail. */
+	stat_inc(stat_bypass6 ? stat_bypass6 : why);
+	return NULL;
+}
+
+static __always_inline int save_orig(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 port_be,
+				     __u16 family)
+{
+	struct ambpf_orig *orig = bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0,
+						     BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!orig)
+		return -1;
+	__builtin_memcpy(orig->ip, dst, sizeof(orig->ip));
+	orig->port = port_be;
+	orig->family = family;
+	return 0;
+}
+
+SEC("cgroup/connect4")
+int ambpf_connect4(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_ztunnel *zt;
+	__u32 dst[4];
+	__u16 dport;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SYS_PROCEED;
+	ip_set_v4(dst, ctx->user_ip4);
+	dport = (__u16)ctx->user_port; /* network order in the low 16 bits */
+
+	zt = redirect_target(ctx, dst, dport, 0);
+	if (!zt)
+		return SYS_PROCEED;
+	/* No storage, no redirect: ztunnel could not learn where the connection was going. */
+	if (save_orig(ctx, dst, dport, AF_INET)) {
+		stat_inc(AMBPF_STAT_CONNECT4_ERROR);
+		return SYS_PROCEED;
+	}
+	/* Whole 32-bit stores: narrow ctx writes are rejected by the verifier. */
+	ctx->user_ip4 = zt->ip[3];
+	ctx->user_port = (__u32)bpf_htons(zt->port_out_host);
+	stat_inc(AMBPF_STAT_CONNECT4_REDIRECTED);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect6")
+int ambpf_connect6(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_ztunnel *zt;
+	__u32 dst[4];
+	__u16 dport;
+	int mapped;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SYS_PROCEED;
+	dst[0] = ctx->user_ip6[0];
+	dst[1] = ctx->user_ip6[1];
+	dst[2] = ctx->user_ip6[2];
+	dst[3] = ctx->user_ip6[3];
+	dport = (__u16)ctx->user_port;
+	mapped = ip_is_v4mapped(dst);
+
+	zt = redirect_target(ctx, dst, dport, AMBPF_STAT_CONNECT6_BYPASS);
+	if (!zt)
+		return SYS_PROCEED;
+	/* A v4-mapped dst (dual-stack socket) goes to ztunnel's IPv4 as v4-mapped; real IPv6 needs
+	 * ztunnel to have an IPv6 address. */
+	if (!mapped && ip_is_zero(zt->ip6)) {
+		stat_inc(AMBPF_STAT_CONNECT6_BYPASS);
+		return SYS_PROCEED;
+	}
+	if (save_orig(ctx, dst, dport, AF_INET6)) {
+		stat_inc(AMBPF_STAT_CONNECT6_ERROR);
+		return SYS_PROCEED;
+	}
+	if (mapped) {
+		ctx->user_ip6[0] = zt->ip[0];
+		ctx->user_ip6[1] = zt->ip[1];
+		ctx->user_ip6[2] = zt->ip[2];
+		ctx->user_ip6[3] = zt->ip[3];
+	} else {
+		ctx->user_ip6[0] = zt->ip6[0];
+		ctx->user_ip6[1] = zt->ip6[1];
+		ctx->user_ip6[2] = zt->ip6[2];
+		ctx->user_ip6[3] = zt->ip6[3];
+	}
+	ctx->user_port = (__u32)bpf_htons(zt->port_out_host);
+	stat_inc(AMBPF_STAT_CONNECT6_REDIRECTED);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername4")
+int ambpf_peername4(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_orig *orig = bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0, 0);
+
+	if (!orig || !ip_is_v4mapped(orig->ip))
+		return SYS_PROCEED;
+	ctx->user_ip4 = orig->ip[3];
+	ctx->user_port = (__u32)orig->port;
+	stat_inc(AMBPF_STAT_GETPEERNAME_RESTORED);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int ambpf_peername6(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_orig *orig = bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0, 0);
+
+	if (!orig)
+		return SYS_PROCEED;
+	ctx->user_ip6[0] = orig->ip[0];
+	ctx->user_ip6[1] = orig->ip[1];
+	ctx->user_ip6[2] = orig->ip[2];
+	ctx->user_ip6[3] = orig->ip[3];
+	ctx->user_port = (__u32)orig->port;
+	stat_inc(AMBPF_STAT_GETPEERNAME_RESTORED);
+	return SYS_PROCEED;
+}
+
+/* ---- sockops ---- */
+
+static __always_inline int splice_enabled(void)
+{
+	struct ambpf_config *cfg = config_get();
+
+	return cfg && (cfg->flags & AMBPF_CFG_SPLICE);
+}
+
+/* The pod side: connect() returned on a socket connect4 redirected (or not). */
+static __always_inline void on_active_established(struct bpf_sock_ops *skops)
+{
+	struct ambpf_tuple t = {};
+	struct ambpf_pair pair = {};
+	struct ambpf_orig *orig;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	CTX_TUPLE(skops, &t);
+	orig = bpf_sk_storage_get(&ambpf_orig_dst, sk, 0, 0);
+	if (!orig) {
+		/* Not redirected, but an entry on this very tuple may survive from an earlier redirected
+		 * connection whose close we missed: left there, getsockopt would answer a stale dst. */
+		if (bpf_map_delete_elem(&ambpf_pair_dst, &t) == 0)
+			stat_inc(AMBPF_STAT_SOCKOPS_STALE_DELETED);
+		return;
+	}
+	pair.orig = *orig;
+	if (bpf_map_update_elem(&ambpf_pair_dst, &t, &pair, BPF_ANY)) {
+		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* full map: counted, getsockopt will miss */
+		return;
+	}
+	stat_inc(AMBPF_STAT_SOCKOPS_PAIR_ADDED);
+	/* Ask for state changes so TCP_CLOSE deletes the entry. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	if (splice_enabled() && bpf_sock_hash_update(skops, &ambpf_sockhash, &t, BPF_ANY) == 0)
+		stat_inc(AMBPF_STAT_SOCKOPS_SOCKHASH_ADDED);
+}
+
+/* The ztunnel side: its listener accepted a connection; splice it if the client is a local pod that
+ * connect4 redirected (its pair entry exists: the client reached ESTABLISHED first). */
+static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
+{
+	struct ambpf_tuple t = {}, client = {};
+
+	if (!splice_enabled())
+		return;
+	CTX_TUPLE(skops, &t);
+	tuple_reverse(&client, &t);
+	if (!bpf_map_lookup_elem(&ambpf_pair_dst, &client))
+		return;
+	if (bpf_sock_hash_update(skops, &ambpf_sockhash, &t, BPF_ANY) == 0)
+		stat_inc(AMBPF_STAT_SOCKOPS_SOCKHASH_ADDED);
+	else
+		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+}
+
+static __always_inline void on_close(struct bpf_sock_ops *skops)
+{
+	struct ambpf_tuple t = {};
+
+	CTX_TUPLE(skops, &t);
+	if (bpf_map_delete_elem(&ambpf_pair_dst, &t) == 0)
+		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
+}
+
+SEC("sockops")
+int ambpf_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		on_active_established(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_passive_established(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			on_close(skops);
+		break;
+	default:
+		break;
+	}
+	return SYS_PROCEED;
+}
+
+/* ---- getsockopt ---- */
+
+SEC("cgroup/getsockopt")
+int ambpf_getsopt(struct bpf_sockopt *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct ambpf_tuple client = {};
+	struct ambpf_pair *pair;
+	void *optval, *optval_end;
+	__u32 optlen;
+
+	/* Only the two options conntrack would answer; everything else is left exactly as it is. */
+	if (ctx->optname != SO_ORIGINAL_DST || (ctx->level != SOL_IP && ctx->level != SOL_IPV6))
+		return SYS_PROCEED;
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return SYS_PROCEED;
+
+	/* ztunnel's accepted socket: its remote is the client's local and vice versa. */
+	if (CTX_READ(sk->family) == AF_INET) {
+		ip_set_v4(client.local_ip, CTX_READ(sk->dst_ip4));
+		ip_set_v4(client.remote_ip, CTX_READ(sk->src_ip4));
+	} else {
+		client.local_ip[0] = CTX_READ(sk->dst_ip6[0]);
+		client.local_ip[1] = CTX_READ(sk->dst_ip6[1]);
+		client.local_ip[2] = CTX_READ(sk->dst_ip6[2]);
+		client.local_ip[3] = CTX_READ(sk->dst_ip6[3]);
+		client.remote_ip[0] = CTX_READ(sk->src_ip6[0]);
+		client.remote_ip[1] = CTX_READ(sk->src_ip6[1]);
+		client.remote_ip[2] = CTX_READ(sk->src_ip6[2]);
+		client.remote_ip[3] = CTX_READ(sk->src_ip6[3]);
+	}
+	client.local_port = (__u16)sk->dst_port;           /* __be16 */
+	client.remote_port = bpf_htons((__u16)CTX_READ(sk->src_port)); /* host order */
+
+	pair = bpf_map_lookup_elem(&ambpf_pair_dst, &client);
+	if (!pair) {
+		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
+		return SYS_PROCEED;
+	}
+
+	optval = ctx->optval;
+	optval_end = ctx->optval_end;
+	if (ctx->level == SOL_IP) {
+		struct sockaddr_in_ *sin = optval;
+
+		if (!ip_is_v4mapped(pair->orig.ip) || (void *)(sin + 1) > optval_end) {
+			stat_inc(AMBPF_STAT_GETSOCKOPT_ERROR);
+			return SYS_PROCEED; /* the kernel's own error stands */
+		}
+		sin->sin_family = AF_INET;
+		sin->sin_port = pair->orig.port;
+		sin->sin_addr = pair->orig.ip[3];
+		__builtin_memset(sin->sin_zero, 0, sizeof(sin->sin_zero));
+		optlen = sizeof(*sin);
+	} else {
+		struct sockaddr_in6_ *sin6 = optval;
+
+		if ((void *)(sin6 + 1) > optval_end) {
+			stat_inc(AMBPF_STAT_GETSOCKOPT_ERROR);
+			return SYS_PROCEED;
+		}
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = pair->orig.port;
+		sin6->sin6_flowinfo = 0;
+		sin6->sin6_addr[0] = pair->orig.ip[0];
+		sin6->sin6_addr[1] = pair->orig.ip[1];
+		sin6->sin6_addr[2] = pair->orig.ip[2];
+		sin6->sin6_addr[3] = pair->orig.ip[3];
+		sin6->sin6_scope_id = 0;
+		optlen = sizeof(*sin6);
+	}
+	/* The kernel's getsockopt already failed (no conntrack): clear its error and say how much we
+	 * wrote. The barrier keeps clang 14 from merging the two 4-byte ctx stores into one 8-byte store
+	 * that every kernel rejects (invalid bpf_context access off=32 size=8). */
+	ctx->retval = 0;
+	barrier();
+	ctx->optlen = optlen;
+	stat_inc(AMBPF_STAT_GETSOCKOPT_ANSWERED);
+	return SYS_PROCEED;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

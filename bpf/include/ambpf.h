@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * ambpf.h: the structs, constants and counter indices that the BPF programs and the loader share.
+ *
+ * This header is the map contract of design.md §3. src/bpf/schema.ts mirrors it byte for byte and a
+ * test (test/bpf/schema-layout.test.ts) compiles this file with gcc and compares every sizeof/offsetof
+ * and every enum value with the TS side: change both at once.
+ *
+ * Only <linux/types.h> is needed, so the same file compiles for the BPF target and for userspace.
+ * Addresses are always 16 bytes, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), in network byte order,
+ * so one key type serves AF_INET sockets, dual-stack sockets that see v4-mapped peers, and IPv6.
+ * Ports in keys and values are network order (__be16) unless the field name says _host.
+ */
+#ifndef AMBPF_H
+#define AMBPF_H
+
+#include <linux/types.h>
+
+/* ---- marks, ports, defaults (ztunnel's contract, istio-redirection.md) ---- */
+#define AMBPF_ZTUNNEL_MARK       0x539 /* SO_MARK on every socket ztunnel opens */
+#define AMBPF_ZTUNNEL_MARK_MASK  0xfff
+#define AMBPF_PORT_OUTBOUND      15001
+#define AMBPF_PORT_INBOUND       15006
+#define AMBPF_PORT_HBONE         15008
+#define AMBPF_PORT_DNS           15053
+
+#define AMBPF_MAX_EXCLUDED_PORTS 16
+#define AMBPF_MAX_NODE_IPS       8
+
+/* SOCKMAP slots of ambpf_zt_listen (the ztunnel listeners that sk_lookup assigns to). */
+#define AMBPF_LISTENER_INBOUND   0 /* 15006: plaintext inbound */
+#define AMBPF_LISTENER_HBONE     1 /* 15008: HBONE */
+#define AMBPF_LISTENER_SLOTS     2
+
+/* ---- flags ---- */
+/* ambpf_pods / ambpf_netns value flags */
+#define AMBPF_POD_AMBIENT        (1U << 0) /* redirect this pod's traffic */
+#define AMBPF_POD_OPT_OUT        (1U << 1) /* known to the loader but opted out: never redirect */
+#define AMBPF_POD_DNS_CAPTURE    (1U << 2) /* reserved: DNS capture to 15053 */
+#define AMBPF_POD_IS_ZTUNNEL     (1U << 3) /* this netns is ztunnel's own: never redirect */
+
+/* ambpf_ztunnel.flags */
+#define AMBPF_ZT_READY           (1U << 0) /* set last by the loader: before it, nothing is redirected */
+
+/* ambpf_config.flags */
+#define AMBPF_CFG_SPLICE         (1U << 0) /* same-node sockhash splice (sockops + sk_msg) enabled */
+
+/* ambpf_pair.splice_fwd / splice_rev: per-direction splice decision, sticky for the connection */
+#define AMBPF_SPLICE_UNDECIDED   0
+#define AMBPF_SPLICE_ON          1
+#define AMBPF_SPLICE_OFF         2
+
+/* ---- map keys and values ---- */
+
+/* ambpf_pods: key = pod IP (16 bytes). */
+struct ambpf_ip {
+	__u32 addr[4];
+};
+
+struct ambpf_pod {
+	__u64 netns_cookie; /* the pod's netns (for cross-checks and inspection) */
+	__u32 host_ifindex; /* the pod's host-side veth in the node netns */
+	__u32 flags;        /* AMBPF_POD_* */
+};
+
+/* ambpf_netns: key = netns cookie (__u64). */
+struct ambpf_netns {
+	__u32 pod_ip[4];
+	__u32 flags;        /* AMBPF_POD_* */
+	__u32 _pad;
+};
+
+/* ambpf_ztunnel: ARRAY[1], key 0. */
+struct ambpf_ztunnel {
+	__u32 ip[4];          /* ztunnel's IPv4 address, v4-mapped */
+	__u32 ip6[4];         /* ztunnel's IPv6 address, all zero when it has none */
+	__u64 netns_cookie;   /* ztunnel's own netns: never redirected */
+	__u32 host_ifindex;   /* ztunnel's host-side veth (node netns): tc inbound redirects there */
+	__u32 ifindex;        /* ztunnel's eth0 inside its netns (informational) */
+	__u8  mac[6];         /* ztunnel's eth0 MAC: dst MAC of steered packets */
+	__u8  host_mac[6];    /* MAC of ztunnel's host-side veth: src MAC of steered packets */
+	__u16 port_out_host;  /* 15001 */
+	__u16 port_in_host;   /* 15006 */
+	__u16 port_hbone_host;/* 15008 */
+	__u16 port_dns_host;  /* 15053 */
+	__u32 mark;           /* 0x539 */
+	__u32 mark_mask;      /* 0xfff */
+	__u32 flags;          /* AMBPF_ZT_* */
+};
+
+/* ambpf_config: ARRAY[1], key 0. */
+struct ambpf_config {
+	__u32 flags;                 /* AMBPF_CFG_* */
+	__u32 splice_min_bytes;      /* first sendmsg of a direction must be at least this big to splice */
+	__u32 probe_ip[4];           /* kubelet probe source, v4-mapped 169.254.7.127 */
+	__u32 probe_ip6[4];          /* fd16:9254:7127:1337:ffff:ffff:ffff:ffff */
+	__u16 excluded_ports[AMBPF_MAX_EXCLUDED_PORTS]; /* network order, 0 = unused slot */
+	__u32 node_ips[AMBPF_MAX_NODE_IPS][4];          /* all zero = unused slot */
+	__u32 log_level;             /* reserved */
+};
+
+/* ambpf_orig_dst (SK_STORAGE value): what the app asked connect() for. */
+struct ambpf_orig {
+	__u32 ip[4];
+	__u16 port;    /* network order */
+	__u16 family;  /* AF_INET or AF_INET6 of the address the app used */
+};
+
+/* ambpf_pair_dst and ambpf_sockhash key: a socket's 4-tuple as the client (pod) side sees it. */
+struct ambpf_tuple {
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
+	__u16 local_port;  /* network order */
+	__u16 remote_port; /* network order */
+};
+
+/* ambpf_pair_dst value. */
+struct ambpf_pair {
+	struct ambpf_orig orig;
+	__u8 splice_fwd;  /* client -> ztunnel direction, AMBPF_SPLICE_* */
+	__u8 splice_rev;  /* ztunnel -> client direction */
+	__u16 _pad;
+};
+
+/* ambpf_inflow key: an inbound flow being steered to ztunnel (IPv4, network order). */
+struct ambpf_flow4 {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+};
+
+/* ---- counters: ambpf_stats index = one program x outcome ---- */
+enum ambpf_stat {
+	AMBPF_STAT_CONNECT4_REDIRECTED = 0,
+	AMBPF_STAT_CONNECT4_NOT_AMBIENT,
+	AMBPF_STAT_CONNECT4_BYPASS_MARK,
+	AMBPF_STAT_CONNECT4_BYPASS_ZTUNNEL,
+	AMBPF_STAT_CONNECT4_BYPASS_DST,
+	AMBPF_STAT_CONNECT4_BYPASS_PORT,
+	AMBPF_STAT_CONNECT4_NO_ZTUNNEL,
+	AMBPF_STAT_CONNECT4_ERROR,
+	AMBPF_STAT_CONNECT6_REDIRECTED,
+	AMBPF_STAT_CONNECT6_BYPASS,
+	AMBPF_STAT_CONNECT6_ERROR,
+	AMBPF_STAT_SOCKOPS_PAIR_ADDED,
+	AMBPF_STAT_SOCKOPS_PAIR_CLOSED,
+	AMBPF_STAT_SOCKOPS_STALE_DELETED,
+	AMBPF_STAT_SOCKOPS_SOCKHASH_ADDED,
+	AMBPF_STAT_SOCKOPS_ERROR,
+	AMBPF_STAT_SKMSG_SPLICED,
+	AMBPF_STAT_SKMSG_SPLICED_BYTES,
+	AMBPF_STAT_SKMSG_PASSED,
+	AMBPF_STAT_SKMSG_MISS,
+	AMBPF_STAT_GETSOCKOPT_ANSWERED,
+	AMBPF_STAT_GETSOCKOPT_MISS,
+	AMBPF_STAT_GETSOCKOPT_ERROR,
+	AMBPF_STAT_GETPEERNAME_RESTORED,
+	AMBPF_STAT_TC_STEERED,
+	AMBPF_STAT_TC_PASS_ZTUNNEL,
+	AMBPF_STAT_TC_PASS_PROBE,
+	AMBPF_STAT_TC_PASS_NOT_AMBIENT,
+	AMBPF_STAT_TC_PASS_NO_FLOW,
+	AMBPF_STAT_TC_ERROR,
+	AMBPF_STAT_SKLOOKUP_ASSIGNED,
+	AMBPF_STAT_SKLOOKUP_NO_LISTENER,
+	AMBPF_STAT_SKLOOKUP_ERROR,
+	AMBPF_STAT_MAX,
+};
+
+#endif /* AMBPF_H */

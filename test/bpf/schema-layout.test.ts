@@ -1,0 +1,101 @@
+// The TS codecs must match ambpf.h byte for byte: compile a tiny C program against the real header
+// with gcc, print every sizeof/offsetof/enum value, compare with src/bpf/schema.ts.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import * as schema from '../../src/bpf/schema.ts';
+
+const HEADER_DIR = resolve(import.meta.dirname, '../../bpf/include');
+
+function cProgram(): string {
+  const lines: string[] = [];
+  for (const [struct, layout] of Object.entries(schema.LAYOUT)) {
+    lines.push(`printf("S ${struct} %zu\\n", sizeof(struct ${struct}));`);
+    for (const field of Object.keys(layout.fields)) {
+      lines.push(`printf("F ${struct}.${field} %zu\\n", offsetof(struct ${struct}, ${field}));`);
+    }
+  }
+  schema.STAT_NAMES.forEach((n) => lines.push(`printf("E ${n} %d\\n", (int)AMBPF_STAT_${n.toUpperCase()});`));
+  lines.push('printf("E max %d\\n", (int)AMBPF_STAT_MAX);');
+  const consts = ['ZTUNNEL_MARK', 'ZTUNNEL_MARK_MASK', 'PORT_OUTBOUND', 'PORT_INBOUND', 'PORT_HBONE', 'PORT_DNS',
+    'MAX_EXCLUDED_PORTS', 'MAX_NODE_IPS', 'LISTENER_INBOUND', 'LISTENER_HBONE', 'LISTENER_SLOTS', 'POD_AMBIENT',
+    'POD_OPT_OUT', 'POD_DNS_CAPTURE', 'POD_IS_ZTUNNEL', 'ZT_READY', 'CFG_SPLICE', 'SPLICE_UNDECIDED', 'SPLICE_ON', 'SPLICE_OFF'];
+  consts.forEach((c) => lines.push(`printf("C ${c} %lu\\n", (unsigned long)(AMBPF_${c}));`));
+  return `#include <stdio.h>\n#include <stddef.h>\n#include "ambpf.h"\nint main(void) {\n${lines.join('\n')}\nreturn 0;\n}\n`;
+}
+
+t.test('schema.ts mirrors ambpf.h (gcc sizeof/offsetof/enum)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ambpf-schema-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'layout.c'), cProgram());
+  execFileSync('gcc', ['-Wall', '-Werror', '-I', HEADER_DIR, '-o', join(dir, 'layout'), join(dir, 'layout.c')]);
+  const out = execFileSync(join(dir, 'layout'), { encoding: 'utf8' });
+  const got = new Map<string, number>();
+  for (const line of out.trim().split('\n')) {
+    const [kind, name, value] = line.split(' ');
+    got.set(`${kind} ${name}`, Number(value));
+  }
+  for (const [struct, layout] of Object.entries(schema.LAYOUT)) {
+    t.equal(got.get(`S ${struct}`), layout.size, `sizeof(struct ${struct})`);
+    for (const [field, off] of Object.entries(layout.fields)) {
+      t.equal(got.get(`F ${struct}.${field}`), off, `offsetof(${struct}, ${field})`);
+    }
+  }
+  schema.STAT_NAMES.forEach((n, i) => t.equal(got.get(`E ${n}`), i, `AMBPF_STAT_${n.toUpperCase()}`));
+  t.equal(got.get('E max'), schema.STAT_MAX, 'AMBPF_STAT_MAX: no C counter missing in STAT_NAMES');
+  const tsConst = schema as unknown as Record<string, number>;
+  for (const [key, value] of got) {
+    if (key.startsWith('C ')) t.equal(value, tsConst[key.slice(2)], `AMBPF_${key.slice(2)}`);
+  }
+});
+
+t.test('codecs round-trip and put bytes where C expects them', async (t) => {
+  t.same([...schema.ipToBytes('198.18.0.7')], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 198, 18, 0, 7]);
+  t.equal(schema.bytesToIp(schema.ipToBytes('::ffff:198.18.0.7')), '198.18.0.7');
+  for (const ip of ['fd16:9254:7127:1337:ffff:ffff:ffff:ffff', '2001:db8::1', '::1', 'fe80::', '1::2:0:0:3']) {
+    t.equal(schema.bytesToIp(schema.ipToBytes(ip)), ip, `IPv6 ${ip} round-trips`);
+  }
+  t.throws(() => schema.ipToBytes('198.18.0.300'), schema.SchemaError);
+
+  const pod = { netnsCookie: 0x1122334455667788n, hostIfindex: 42, flags: schema.POD_AMBIENT };
+  t.same(schema.decodePod(schema.encodePod(pod)), pod);
+  t.equal(Buffer.from(schema.encodePod(pod)).readBigUInt64LE(0), pod.netnsCookie, 'cookie in host order');
+
+  const ns = { podIp: '198.18.1.2', flags: schema.POD_AMBIENT | schema.POD_IS_ZTUNNEL };
+  t.same(schema.decodeNetns(schema.encodeNetns(ns)), ns);
+
+  const zt = schema.ztunnelValue({ ip: '198.18.1.9', netnsCookie: 7n, hostIfindex: 3, mac: '02:00:00:00:00:01', hostMac: '02:00:00:00:00:02' });
+  const ztb = schema.encodeZtunnel(zt);
+  t.same(schema.decodeZtunnel(ztb), zt);
+  t.equal(Buffer.from(ztb).readUInt16LE(60), 15001, 'port_out_host is host order');
+  t.throws(() => schema.encodeZtunnel({ ...zt, ip: '2001:db8::1' }), schema.SchemaError);
+
+  const cfg = schema.defaultConfig({ excludedPorts: [22, 15020], nodeIps: ['198.18.0.1', '2001:db8::5'] });
+  const cfgb = schema.encodeConfig(cfg);
+  t.same(schema.decodeConfig(cfgb), cfg);
+  t.equal(Buffer.from(cfgb).readUInt16BE(40), 22, 'excluded ports are network order');
+  t.throws(() => schema.encodeConfig({ ...cfg, excludedPorts: Array<number>(17).fill(1) }), schema.SchemaError);
+  t.throws(() => schema.encodeConfig({ ...cfg, excludedPorts: [0] }), schema.SchemaError);
+
+  const tuple = { localIp: '198.18.1.2', localPort: 40000, remoteIp: '198.18.1.9', remotePort: 15001 };
+  const tb = schema.encodeTuple(tuple);
+  t.same(schema.decodeTuple(tb), tuple);
+  t.equal(Buffer.from(tb).readUInt16BE(34), 15001);
+
+  const pair = { orig: { ip: '198.18.5.5', port: 80, family: schema.AF_INET }, spliceFwd: schema.SPLICE_ON, spliceRev: schema.SPLICE_OFF };
+  t.same(schema.decodePair(schema.encodePair(pair)), pair);
+  t.same(schema.decodeOrig(schema.encodeOrig(pair.orig)), pair.orig);
+
+  const flow = { saddr: '198.18.2.1', daddr: '198.18.1.2', sport: 33333, dport: 8080 };
+  t.same(schema.decodeFlow4(schema.encodeFlow4(flow)), flow);
+  t.equal(schema.decodeU64Key(schema.encodeU64Key(99n)), 99n);
+  t.throws(() => schema.macToBytes('02:00:00'), schema.SchemaError);
+  t.throws(() => schema.decodePod(new Uint8Array(3)), schema.SchemaError);
+
+  const a = new Uint8Array(8); Buffer.from(a.buffer).writeBigUInt64LE(5n);
+  const b = new Uint8Array(8); Buffer.from(b.buffer).writeBigUInt64LE(6n);
+  t.equal(schema.sumPerCpu([a, b]), 11n);
+  t.equal(schema.statIndex('tc_steered'), schema.STAT_NAMES.indexOf('tc_steered'));
+});
