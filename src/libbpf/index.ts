@@ -1,0 +1,15 @@
+// libbpf-ts: a typed binding of the system libbpf.so.1 over koffi. Every handle is a class with an
+// explicit close(); failures are LibbpfError (function, errno, names, verifier log).
+export { BpfObject, BpfObjectFileError, type OpenOptions } from './object.ts';
+export { BpfProgram, SkMsgAttachment, type TestRunOptions, type TestRunResult } from './program.ts';
+export { BpfMap, numPossibleCpus, type MapCreateOptions } from './map.ts';
+export { BpfLink } from './link.ts';
+export { TcAttachment, attachTcx, attachClsact, destroyClsact, resolveIfindex, type TcDirection, type TcMode, type TcAttachOptions } from './tc.ts';
+export { LibbpfError, MapFullError, UnknownNameError, ClosedHandleError, libbpfStrerror, verifierTail } from './errors.ts';
+export {
+  mapInfoByFd, progInfoByFd, linkInfoByFd, btfInfoByFd, listIds, fdById, withFdById, fdinfo, kindOfFd, openPinnedFd, pinFd,
+  type MapInfo, type ProgInfo, type LinkInfo, type BtfInfo, type ObjKind,
+} from './info.ts';
+export { withNetns, inNetns } from './netns.ts';
+export { netnsCookie, currentNetnsCookie, socketCookie, ifIndex } from './sockets.ts';
+export * from './constants.ts';

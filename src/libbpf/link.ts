@@ -1,0 +1,88 @@
+// BpfLink: a kernel bpf_link held by fd. Closing an unpinned link detaches it; a pinned link stays
+// attached after the process exits until its pin is removed (restart-safe attachments).
+import { unlinkSync } from 'node:fs';
+import { raw } from './ffi.ts';
+import { LibbpfError, check } from './errors.ts';
+import { Handle, closeFd } from './handle.ts';
+import { linkInfoByFd, fdById, kindOfFd, openPinnedFd, pinFd, type LinkInfo } from './info.ts';
+
+export class BpfLink extends Handle {
+  readonly #fd: number;
+  readonly #label: string;
+  #pinnedPath: string | null = null;
+
+  private constructor(fd: number, label: string) {
+    super();
+    this.#fd = fd;
+    this.#label = label;
+  }
+
+  /** Take ownership of a link fd (from bpf_link_create). */
+  static fromFd(fd: number, label = `fd ${fd}`): BpfLink {
+    return new BpfLink(fd, label);
+  }
+
+  /** Open the link pinned at path. */
+  static openPinned(path: string): BpfLink {
+    const fd = openPinnedFd(path);
+    if (kindOfFd(fd) !== 'link') {
+      closeFd(fd);
+      throw new LibbpfError('bpf_obj_get', 22, { path, hint: `${path} is not a pinned BPF link` });
+    }
+    const l = new BpfLink(fd, path);
+    l.#pinnedPath = path;
+    return l;
+  }
+
+  static fromId(id: number): BpfLink {
+    return new BpfLink(fdById('link', id), `id ${id}`);
+  }
+
+  protected describe(): string {
+    return `link ${this.#label}`;
+  }
+
+  protected release(): void {
+    closeFd(this.#fd);
+  }
+
+  get fd(): number {
+    this.ensureOpen();
+    return this.#fd;
+  }
+
+  get pinPath(): string | null {
+    return this.#pinnedPath;
+  }
+
+  info(): LinkInfo {
+    return linkInfoByFd(this.fd);
+  }
+
+  get id(): number {
+    return this.info().id;
+  }
+
+  pin(path: string): void {
+    pinFd(this.fd, path, { link: this.#label });
+    this.#pinnedPath = path;
+  }
+
+  /** Remove the pin; the link detaches once the last fd is closed too. */
+  unpin(path: string | null = this.#pinnedPath): void {
+    this.ensureOpen();
+    if (!path) throw new LibbpfError('unpin', 22, { link: this.#label, hint: 'the link is not pinned' });
+    try {
+      unlinkSync(path);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new LibbpfError('unlink', e.errno ? -e.errno : 2, { link: this.#label, path });
+    }
+    if (path === this.#pinnedPath) this.#pinnedPath = null;
+  }
+
+  /** Detach now (even while pinned or held elsewhere); the link object stays until closed/unpinned. */
+  detach(): void {
+    check('bpf_link_detach', raw.bpf_link_detach(this.fd) as number, { link: this.#label });
+  }
+}
