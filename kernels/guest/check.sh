@@ -1,0 +1,23 @@
+#!/bin/sh
+# Runs the checker in the current network namespace: shared by the guest's /init and by the host run
+# (where run.sh calls it inside `unshare --net`, so the veth and every attachment die with that netns).
+# usage: check.sh CGROUP_DIR CHECKER OBJECT.o...
+# The cgroup is made here and removed on the way out; the programs attach only to it.
+set -u
+cg=$1; checker=$2; shift 2
+
+# busybox sh runs its own applets before PATH: the guest passes iproute2 as $IP.
+ip() { if [ -n "${IP:-}" ]; then "$IP" "$@"; else command ip "$@"; fi; }
+setup_failed() { echo "RESULT	-	-	setup	fail	$*"; exit 1; }
+ip link set lo up || setup_failed "cannot bring lo up"
+ip link add akc0 type veth peer name akc1 || setup_failed "cannot create the veth pair (veth module missing?)"
+# 198.18.0.1 stands for the node ztunnel address in the functional checks (func.c).
+ip addr add 198.18.0.1/32 dev lo || setup_failed "cannot address lo"
+ip addr add 198.18.1.1/24 dev akc0 || setup_failed "cannot address akc0"
+ip link set akc0 up && ip link set akc1 up || setup_failed "cannot bring the veth pair up"
+mkdir "$cg" || { echo "RESULT	-	-	setup	fail	cannot create cgroup $cg"; exit 1; }
+"$checker" --cgroup "$cg" --iface akc0 "$@"
+rc=$?
+# The checker's children have exited, so the cgroup is empty and can go.
+rmdir "$cg" 2>/dev/null || sleep 0.2; rmdir "$cg" 2>/dev/null
+exit $rc

@@ -1,0 +1,110 @@
+// Turn parsed console results into the matrix: one cell per program (or functional check) and kernel,
+// and the list of everything that is not as it must be. ambpf's programs must pass everywhere; the
+// checker's self-test fixture must answer exactly as kernel-matrix.md says each kernel behaves, which
+// proves the checker can see a rejection and really takes each attach path.
+import { failureReason, type KernelRun, type ProgramResult } from './results.ts';
+
+export const SELFTEST_OBJECT = 'checker-selftest';
+
+export interface Cell {
+  readonly pass: boolean;
+  /** What the table shows: the attach method for a pass, the reason for a failure. */
+  readonly text: string;
+  /** This cell is what it must be (a pass for ambpf, the known answer for the self-test). */
+  readonly asExpected: boolean;
+}
+
+export interface Row {
+  readonly key: string;
+  readonly object: string;
+  readonly program: string;
+  readonly kind: 'program' | 'func';
+  readonly cells: Map<string, Cell>;
+}
+
+/** "5.10.0-46-amd64" -> [5, 10]; undefined when the guest never said. */
+export function kernelVersion(release: string | undefined): [number, number] | undefined {
+  const m = /^(\d+)\.(\d+)/.exec(release ?? '');
+  return m ? [Number(m[1]), Number(m[2])] : undefined;
+}
+
+function atLeast(v: [number, number], major: number, minor: number): boolean {
+  return v[0] > major || (v[0] === major && v[1] >= minor);
+}
+
+/** The self-test's known answers (shared/reference/kernel-matrix.md), as a function of the version. */
+export function selftestExpectation(program: string, v: [number, number]): { pass: boolean; attachVia?: RegExp } {
+  switch (program) {
+    case 'st_tc_netns_cookie':
+      return { pass: atLeast(v, 6, 18) };
+    case 'st_sockops_netns_cookie':
+      return { pass: atLeast(v, 5, 15) };
+    case 'st_tc_ingress':
+      return { pass: true, attachVia: atLeast(v, 6, 6) ? /^tcx link/ : /^clsact/ };
+    default:
+      return { pass: true };
+  }
+}
+
+function programCell(run: KernelRun, p: ProgramResult | undefined): { pass: boolean; text: string } {
+  if (!p) {
+    return { pass: false, text: run.done ? 'no result' : `guest did not report: ${run.consoleTail.at(-1) ?? 'no output'}` };
+  }
+  if (p.func) return { pass: p.func.status === 'ok', text: p.func.detail };
+  if (p.load?.status !== 'ok') {
+    const reason = failureReason(p);
+    return { pass: false, text: `load: ${p.load?.detail ?? 'no result'}${reason ? ` — ${reason}` : ''}` };
+  }
+  if (p.attach?.status !== 'ok') {
+    const reason = failureReason(p);
+    return { pass: false, text: `attach: ${p.attach?.detail ?? 'no result'}${reason ? ` — ${reason}` : ''}` };
+  }
+  return { pass: true, text: p.attach.detail };
+}
+
+export function buildRows(runs: readonly KernelRun[]): Row[] {
+  const rows = new Map<string, Row>();
+  for (const run of runs) {
+    for (const [key, p] of run.programs) {
+      if (!p.load && !p.attach && !p.func) continue; // VLOG-only entries (setup noise)
+      if (!rows.has(key)) {
+        rows.set(key, { key, object: p.object, program: p.program, kind: p.func ? 'func' : 'program', cells: new Map() });
+      }
+    }
+  }
+  for (const row of rows.values()) {
+    for (const run of runs) {
+      const { pass, text } = programCell(run, run.programs.get(row.key));
+      let asExpected = pass;
+      if (row.object === SELFTEST_OBJECT) {
+        const v = kernelVersion(run.release);
+        const want = v ? selftestExpectation(row.program, v) : undefined;
+        asExpected = want !== undefined && want.pass === pass && (!want.attachVia || want.attachVia.test(text));
+      }
+      row.cells.set(run.kernel, { pass, text, asExpected });
+    }
+  }
+  return [...rows.values()].sort((a, b) =>
+    a.kind === b.kind ? a.key.localeCompare(b.key) : a.kind === 'program' ? -1 : 1,
+  );
+}
+
+/** One sentence per thing that is wrong; empty when the matrix is green. */
+export function problems(runs: readonly KernelRun[], rows: readonly Row[]): string[] {
+  const out: string[] = [];
+  for (const run of runs) {
+    if (!run.done) out.push(`${run.kernel}: the checker did not finish (last console line: ${run.consoleTail.at(-1) ?? 'none'})`);
+    for (const e of run.setupErrors) out.push(`${run.kernel}: ${e}`);
+  }
+  for (const row of rows) {
+    for (const [kernel, cell] of row.cells) {
+      if (cell.asExpected) continue;
+      out.push(
+        row.object === SELFTEST_OBJECT
+          ? `${kernel}: checker self-test ${row.program} gave "${cell.pass ? 'pass' : 'fail'}: ${cell.text}", not the known answer for this kernel`
+          : `${kernel}: ${row.key} fails: ${cell.text}`,
+      );
+    }
+  }
+  return out;
+}

@@ -1,0 +1,83 @@
+// The kernel matrix (issue 10): kernels/run.sh boots Debian's 5.10, 6.1 and 6.12 under qemu and runs
+// the checker on the host's kernel in a throwaway netns; every ambpf program must load, attach and pass
+// its functional checks everywhere, and the checker's self-test must give its known answers (so a
+// checker that saw nothing could not pass). Kernels are cached in .cache/kernels after the first run.
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadMatrix } from '../src/kernels/report.ts';
+import { parseConsole } from '../src/kernels/results.ts';
+import { buildRows, problems, SELFTEST_OBJECT } from '../src/kernels/verdict.ts';
+
+const KERNELS = ['5.10', '6.1', '6.12', 'host'];
+const repo = join(import.meta.dirname, '..');
+
+t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {
+  const run = parseConsole(
+    '6.1',
+    [
+      'KERNEL\t6.1.0-50-amd64',
+      '[    1.2] random: crng init done RESULT\tambpf_x\tprog_a\tload\tok\tsock_ops, 9 insns',
+      'RESULT\tambpf_x\tprog_a\tattach\tok\tcgroup link',
+      'RESULT\tambpf_x\tprog_b\tload\tfail\tInvalid argument (sched_cls)',
+      'VLOG\tambpf_x\tprog_b\t0: (85) call bpf_get_netns_cookie#122',
+      'VLOG\tambpf_x\tprog_b\tunknown func bpf_get_netns_cookie#122',
+      'VLOG\tambpf_x\tprog_b\tprocessed 1 insns (limit 1000000)',
+      '[    2.0] Kernel panic - not syncing',
+    ].join('\n'),
+  );
+  t.equal(run.release, '6.1.0-50-amd64');
+  t.equal(run.done, false);
+  const rows = buildRows([run]);
+  const a = rows.find((r) => r.program === 'prog_a')?.cells.get('6.1');
+  const b = rows.find((r) => r.program === 'prog_b')?.cells.get('6.1');
+  t.match(a, { pass: true, text: 'cgroup link' });
+  t.match(b, { pass: false, text: /unknown func bpf_get_netns_cookie#122/ });
+  const found = problems([run], rows);
+  t.match(found.join('\n'), /did not finish/);
+  t.match(found.join('\n'), /ambpf_x\/prog_b fails/);
+});
+
+const skip = process.env['AMBPF_SKIP_KERNELS'] === '1'
+  ? 'AMBPF_SKIP_KERNELS=1 is set: the kernel matrix was skipped on purpose'
+  : process.getuid?.() !== 0 ? 'the kernel matrix needs root (cgroups, netns, BPF)' : false;
+
+t.test('every ambpf program passes on 5.10, 6.1, 6.12 and the host kernel', { skip, timeout: 200_000 }, async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'ambpf-kernels-'));
+  t.teardown(() => rmSync(out, { recursive: true, force: true }));
+
+  // run.sh cleans up its guests, cgroup and temp files on SIGTERM, which the timeout sends.
+  const r = spawnSync(join(repo, 'kernels/run.sh'), ['--out', out, '--no-docs', '--kernels', KERNELS.join(' ')], {
+    encoding: 'utf8',
+    timeout: 180_000,
+    killSignal: 'SIGTERM',
+  });
+  if (r.status === 3) {
+    t.fail(`a Debian kernel package could not be fetched, so the matrix cannot run (set AMBPF_SKIP_KERNELS=1 to skip it on purpose):\n${r.stderr}`);
+    return;
+  }
+  t.not(r.signal, 'SIGTERM', 'the matrix finished within 3 minutes');
+
+  const m = loadMatrix(out, KERNELS);
+  t.comment(m.markdown);
+  for (const run of m.runs) t.ok(run.done, `the checker finished on ${run.kernel} (${run.release ?? 'no boot'})`);
+
+  const rows = buildRows(m.runs);
+  const objects = readdirSync(join(repo, 'bpf')).filter((f) => f.endsWith('.bpf.c')).map((f) => f.replace(/\.bpf\.c$/, ''));
+  for (const obj of objects) {
+    t.ok(rows.some((row) => row.object === obj), `programs of bpf/${obj}.bpf.c were found and checked`);
+  }
+  for (const row of rows) {
+    for (const [kernel, cell] of row.cells) {
+      if (row.object === SELFTEST_OBJECT) {
+        t.ok(cell.asExpected, `self-test ${row.program} on ${kernel} gives its known answer (got ${cell.pass ? 'pass' : 'fail'}: ${cell.text})`);
+      } else {
+        t.ok(cell.pass, `${row.key} on ${kernel}: ${cell.text}`);
+      }
+    }
+  }
+  t.same(m.problems, [], 'no problem in the matrix');
+  t.equal(r.status, 0, `kernels/run.sh exits 0 (stderr: ${r.stderr.trim().split('\n').slice(-3).join(' / ')})`);
+});
