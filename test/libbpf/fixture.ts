@@ -50,3 +50,15 @@ export const u64 = (n: bigint | number): Uint8Array => {
 };
 export const readU64 = (a: Uint8Array): bigint => Buffer.from(a).readBigUInt64LE(0);
 export const hexOf = (a: Uint8Array): string => Buffer.from(a).toString('hex');
+
+/** A network namespace made for a test (named with the run prefix), deleted by remove(). */
+export function makeNetns(name: string): { name: string; path: string; remove: () => void } {
+  sh('ip', ['netns', 'add', name]);
+  sh('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+  return { name, path: `/run/netns/${name}`, remove: () => shQuiet('ip', ['netns', 'del', name]) };
+}
+
+/** Run a command inside a netns, keeping /sys intact (unlike `ip netns exec`). */
+export function nsArgs(ns: string, cmd: readonly string[]): string[] {
+  return ['--net=/run/netns/' + ns, ...cmd];
+}
