@@ -1,0 +1,76 @@
+// Shared pieces of the kube tests: objects, a started fake API server, a snapshot recorder.
+import { KubeConfig } from '@kubernetes/client-node';
+import { FakeApiServer, type FakeApiServerOptions } from '../helpers/fake-apiserver.ts';
+import type { ClusterSnapshot, KubeObjectLike } from '../../src/sources/types.ts';
+
+export interface TestContext {
+  teardown(fn: () => unknown): void;
+}
+
+export async function startFakeServer(t: TestContext, options: FakeApiServerOptions = {}): Promise<FakeApiServer> {
+  const server = await FakeApiServer.start(options);
+  t.teardown(() => server.close());
+  return server;
+}
+
+export function kubeConfigFor(server: FakeApiServer): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromString(server.kubeconfigYaml());
+  return kc;
+}
+
+export function pod(name: string, namespace: string, node: string, ip: string | undefined, labels: Record<string, string> = {}): Record<string, unknown> {
+  return {
+    metadata: { name, namespace, labels },
+    spec: { nodeName: node, containers: [{ name: 'app', image: 'registry.invalid/app:1' }] },
+    status: ip === undefined ? { phase: 'Pending' } : { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
+  };
+}
+
+export function namespace(name: string, labels: Record<string, string> = {}): Record<string, unknown> {
+  return { metadata: { name, labels }, status: { phase: 'Active' } };
+}
+
+function field(obj: KubeObjectLike, key: 'name' | 'namespace'): string {
+  const v = obj.metadata?.[key];
+  return typeof v === 'string' ? v : '';
+}
+
+export function podNames(s: ClusterSnapshot | undefined): string[] {
+  return (s?.pods ?? []).map((p) => `${field(p, 'namespace')}/${field(p, 'name')}`).sort();
+}
+
+export function podIp(s: ClusterSnapshot | undefined, ns: string, name: string): unknown {
+  const p = s?.pods.find((x) => field(x, 'namespace') === ns && field(x, 'name') === name);
+  return (p?.status as { podIP?: unknown } | undefined)?.podIP;
+}
+
+export function namespaceLabels(s: ClusterSnapshot | undefined, name: string): Record<string, string> | undefined {
+  const n = s?.namespaces.find((x) => field(x, 'name') === name);
+  return n?.metadata?.labels as Record<string, string> | undefined;
+}
+
+/** Records every snapshot a source delivers and waits for one that satisfies a predicate. */
+export class SnapshotRecorder {
+  readonly snapshots: ClusterSnapshot[] = [];
+  readonly onSnapshot = (s: ClusterSnapshot): void => {
+    this.snapshots.push(s);
+  };
+
+  get last(): ClusterSnapshot | undefined {
+    return this.snapshots[this.snapshots.length - 1];
+  }
+
+  /** Resolves with the latest snapshot once `pred` holds for it; rejects after `timeoutMs`. */
+  async waitFor(pred: (s: ClusterSnapshot) => boolean, timeoutMs = 5000, what = 'condition'): Promise<ClusterSnapshot> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = this.last;
+      if (s && pred(s)) return s;
+      if (Date.now() > deadline) throw new Error(`no snapshot satisfied "${what}" within ${timeoutMs} ms; last pods: ${podNames(s).join(',')}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

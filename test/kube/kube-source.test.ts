@@ -1,0 +1,199 @@
+// The Kubernetes pod source against the fake API server: sync, changes, and every way a watch can
+// go wrong (dropped, server down, stalled, expired, failing, refusing the token).
+import t from 'tap';
+import { createKubeSource, type KubeSource, type KubeSourceOptions } from '../../src/sources/kube.ts';
+import { KubeAuthError } from '../../src/kube/errors.ts';
+import type { FakeApiServer, FakeApiServerOptions } from '../helpers/fake-apiserver.ts';
+import {
+  SnapshotRecorder, kubeConfigFor, namespace, namespaceLabels, pod, podIp, podNames, sleep, startFakeServer, type TestContext,
+} from './fixtures.ts';
+
+const NODE = 'node-a';
+
+function seed(server: FakeApiServer): void {
+  server.addNamespace(namespace('istio-system'));
+  server.addNamespace(namespace('shop', { 'istio.io/dataplane-mode': 'ambient' }));
+  server.addPod(pod('ztunnel-x1', 'istio-system', NODE, '198.18.1.2', { app: 'ztunnel' }));
+  server.addPod(pod('web-1', 'shop', NODE, '198.18.1.10'));
+  server.addPod(pod('web-2', 'shop', 'node-b', '198.18.2.10'));
+}
+
+function makeSource(t: TestContext, server: FakeApiServer, extra: Partial<KubeSourceOptions> = {}): KubeSource {
+  const source = createKubeSource({
+    kubeConfig: kubeConfigFor(server),
+    nodeName: NODE,
+    coalesceMs: 20,
+    staleAfterMs: 60_000,
+    backoffBaseMs: 40,
+    backoffMaxMs: 300,
+    ...extra,
+  });
+  t.teardown(() => source.stop());
+  return source;
+}
+
+/** A seeded server and a source that finished its initial sync, with its watches open. */
+async function synced(t: TestContext, extra: Partial<KubeSourceOptions> = {}, serverOptions: FakeApiServerOptions = {}) {
+  const server = await startFakeServer(t, serverOptions);
+  seed(server);
+  const rec = new SnapshotRecorder();
+  const source = makeSource(t, server, extra);
+  await source.start(rec.onSnapshot);
+  await sleep(100); // the watches follow the lists
+  return { server, rec, source };
+}
+
+t.test('initial sync delivers this node\'s pods and all namespaces, once, before start resolves', async (t) => {
+  const server = await startFakeServer(t);
+  seed(server);
+  const rec = new SnapshotRecorder();
+  const source = makeSource(t, server);
+  t.equal(source.health().synced, false);
+  await source.start(rec.onSnapshot);
+  t.equal(rec.snapshots.length, 1, 'exactly one snapshot by the time start resolves');
+  t.same(podNames(rec.last), ['istio-system/ztunnel-x1', 'shop/web-1'], 'node-b\'s pod is not delivered');
+  t.same(namespaceLabels(rec.last, 'shop'), { 'istio.io/dataplane-mode': 'ambient' });
+  t.equal(rec.last?.namespaces.length, 2);
+  const h = source.health();
+  t.equal(h.synced, true);
+  t.equal(h.restarts, 0);
+  t.ok(h.lastEventAgeMs !== undefined && h.lastEventAgeMs >= 0);
+  const podList = server.requests.find((r) => r.path === '/api/v1/pods' && !r.watch);
+  t.equal(podList?.query['fieldSelector'], `spec.nodeName=${NODE}`, 'pods are listed with the node field selector');
+  // The watch follows the list shortly after start; give it a moment to be requested.
+  await sleep(100);
+  const podWatch = server.requests.find((r) => r.path === '/api/v1/pods' && r.watch);
+  t.equal(podWatch?.query['fieldSelector'], `spec.nodeName=${NODE}`, 'pods are watched with the node field selector');
+  t.equal(podWatch?.query['allowWatchBookmarks'], 'true', 'the watch asks for bookmarks');
+  t.equal(podWatch?.query['resourceVersion'], '1005', 'the watch resumes from the list\'s resourceVersion');
+  t.ok(Number(podWatch?.query['timeoutSeconds']) > 0, 'the watch has a server-side timeout');
+});
+
+t.test('ADDED, MODIFIED and DELETED pods and a namespace label change are reflected', async (t) => {
+  const { server, rec, source } = await synced(t);
+
+  server.addPod(pod('web-3', 'shop', NODE, undefined));
+  await rec.waitFor((s) => podNames(s).includes('shop/web-3'), 5000, 'web-3 added');
+  server.updatePod(pod('web-3', 'shop', NODE, '198.18.1.11'));
+  await rec.waitFor((s) => podIp(s, 'shop', 'web-3') === '198.18.1.11', 5000, 'web-3 got its IP');
+  server.deletePod('shop', 'web-1');
+  await rec.waitFor((s) => !podNames(s).includes('shop/web-1'), 5000, 'web-1 deleted');
+  server.addPod(pod('web-4', 'shop', 'node-b', '198.18.2.11'));
+  server.updateNamespace(namespace('shop'));
+  const s = await rec.waitFor((s) => namespaceLabels(s, 'shop')?.['istio.io/dataplane-mode'] === undefined, 5000, 'label removed');
+  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/web-3'], 'another node\'s pod never shows up');
+  server.addNamespace(namespace('late', { 'istio.io/dataplane-mode': 'ambient' }));
+  await rec.waitFor((s) => namespaceLabels(s, 'late') !== undefined, 5000, 'new namespace');
+  t.equal(source.health().restarts, 0, 'no restart on a healthy stream');
+  t.ok(source.counters().events >= 5, 'events are counted');
+});
+
+t.test('a burst of changes is coalesced into few snapshots', async (t) => {
+  const { server, rec, source } = await synced(t, { coalesceMs: 100 });
+  for (let i = 0; i < 30; i++) server.addPod(pod(`burst-${i}`, 'shop', NODE, `198.18.3.${i + 1}`));
+  await rec.waitFor((s) => s.pods.length === 32, 5000, 'all 30 burst pods');
+  t.ok(rec.snapshots.length <= 4, `30 events made ${rec.snapshots.length - 1} snapshots after the first`);
+});
+
+t.test('watch dropped and server down: restarts with backoff and catches up on the changes made meanwhile', async (t) => {
+  const { server, rec, source } = await synced(t);
+  await server.down();
+  server.addPod(pod('while-down', 'shop', NODE, '198.18.1.20'));
+  server.deletePod('shop', 'web-1');
+  server.updateNamespace(namespace('shop', { 'istio.io/dataplane-mode': 'ambient', extra: 'yes' }));
+  await sleep(400); // several reconnect attempts fail (connection refused)
+  t.ok(source.health().restarts >= 2, `restarts counted while the server is down (${source.health().restarts})`);
+  await server.up();
+  const s = await rec.waitFor((s) => podNames(s).includes('shop/while-down') && !podNames(s).includes('shop/web-1')
+    && namespaceLabels(s, 'shop')?.['extra'] === 'yes', 5000, 'changes made while down');
+  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/while-down']);
+  t.equal(source.counters().relists, 0, 'history was still there: resumed by watch, no relist needed');
+
+  // An abrupt drop of the open streams (no server outage) also restarts and resumes.
+  await sleep(100);
+  const before = source.health().restarts;
+  server.dropWatches();
+  server.addPod(pod('after-drop', 'shop', NODE, '198.18.1.21'));
+  await rec.waitFor((s) => podNames(s).includes('shop/after-drop'), 5000, 'change made at the drop');
+  t.ok(source.health().restarts > before, 'the drop counted as a restart');
+});
+
+t.test('stalled watch: the watchdog relists and delivers what the stream never sent', async (t) => {
+  const { server, rec, source } = await synced(t, { staleAfterMs: 600 });
+  server.stall();
+  server.addPod(pod('during-stall', 'shop', NODE, '198.18.1.30'));
+  server.deletePod('shop', 'web-1');
+  await sleep(150);
+  t.notOk(podNames(rec.last).includes('shop/during-stall'), 'the stalled stream delivered nothing');
+  const s = await rec.waitFor((s) => podNames(s).includes('shop/during-stall') && !podNames(s).includes('shop/web-1'), 5000, 'relist after stall');
+  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/during-stall']);
+  t.ok(source.counters().relists >= 1, 'a relist happened');
+  t.ok(source.health().restarts >= 1, 'the watchdog restart is counted');
+  server.unstall();
+});
+
+t.test('bookmarks keep a quiet watch alive: no watchdog relist while they arrive', async (t) => {
+  const { server, rec, source } = await synced(t, { staleAfterMs: 500 }, { bookmarkIntervalMs: 100 });
+  await sleep(1500);
+  t.equal(source.counters().relists, 0, 'no relist: bookmarks proved the stream alive');
+  t.equal(source.health().restarts, 0);
+  t.ok((source.health().lastEventAgeMs ?? Infinity) < 500, 'last event age follows the bookmarks');
+  t.equal(rec.snapshots.length, 1, 'bookmarks alone deliver no snapshot');
+});
+
+t.test('expired resourceVersion: 410 Gone -> relist; a pod deleted during the outage disappears', async (t) => {
+  const { server, rec, source } = await synced(t);
+  await server.down();
+  server.deletePod('shop', 'web-1');
+  server.addPod(pod('web-5', 'shop', NODE, '198.18.1.15'));
+  server.compact(); // the history the client would resume from is gone
+  await server.up();
+  const s = await rec.waitFor((s) => !podNames(s).includes('shop/web-1') && podNames(s).includes('shop/web-5'), 5000, 'relisted state');
+  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/web-5']);
+  t.ok(source.counters().relists >= 1, 'relisted');
+  t.ok(server.requests.some((r) => r.watch && r.query['resourceVersion'] !== undefined && Number(r.query['resourceVersion']) < server.store.compactedVersion),
+    'a watch was resumed from a compacted version (and got the 410)');
+
+  // 410 in the middle of an open stream (the server lost the window while we watched).
+  await sleep(100);
+  const relists = source.counters().relists;
+  server.expireWatches();
+  server.deletePod('shop', 'web-5');
+  await rec.waitFor((s) => !podNames(s).includes('shop/web-5'), 5000, 'web-5 gone after mid-stream 410');
+  t.ok(source.counters().relists > relists, 'mid-stream 410 made a relist');
+});
+
+t.test('500s: backoff restarts are counted and the source converges once the server recovers', async (t) => {
+  const server = await startFakeServer(t);
+  seed(server);
+  server.failNext(3);
+  const rec = new SnapshotRecorder();
+  const source = makeSource(t, server);
+  await source.start(rec.onSnapshot);
+  t.ok(source.health().restarts >= 3, `failed initial lists were retried (${source.health().restarts} restarts)`);
+  t.same(podNames(rec.last), ['istio-system/ztunnel-x1', 'shop/web-1']);
+  t.ok(server.requests.filter((r) => r.status === 500).length === 3, 'the server answered three 500s');
+
+  await sleep(100);
+  const before = source.health().restarts;
+  server.failNext(4);
+  server.dropWatches();
+  server.addPod(pod('after-500s', 'shop', NODE, '198.18.1.40'));
+  await rec.waitFor((s) => podNames(s).includes('shop/after-500s'), 5000, 'change after 500s');
+  t.ok(source.health().restarts >= before + 4, `each failed watch counted (${source.health().restarts - before})`);
+  t.ok(source.counters().errors >= 7, 'errors counted');
+});
+
+t.test('a refused token fails start with a clear error and delivers nothing', async (t) => {
+  const server = await startFakeServer(t);
+  seed(server);
+  const source = makeSource(t, server); // its kubeconfig carries the token of now...
+  server.setToken('a-rotated-token'); // ...which the server no longer accepts
+  const rec = new SnapshotRecorder();
+  const err = await source.start(rec.onSnapshot).then(() => undefined, (e: unknown) => e);
+  t.ok(err instanceof KubeAuthError, 'a KubeAuthError');
+  t.match((err as Error).message, /rejected ambpf's credentials \(401 Unauthorized/);
+  t.match((err as Error).message, server.url);
+  t.equal(rec.snapshots.length, 0);
+  t.equal(source.health().synced, false);
+});
