@@ -31,7 +31,9 @@
  *   `/sys/fs/bpf/<prefix>-*` and the run dir `<tmpdir>/<prefix>`.
  * - Node bpffs dir suggestion: `/sys/fs/bpf/<prefix>-<node>` (node.bpffsDir).
  */
-export { startTestbed, attachTestbed, effectivePrefix, Testbed, type StartOptions, type Target, type TestbedPlugin } from './testbed.ts';
+export { startTestbed, attachTestbed, effectivePrefix, Testbed, type StartOptions, type Target } from './testbed.ts';
+export { startStandIns, stopStandIns } from './ztunnel/launch.ts';
+export { PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE, ZTUNNEL_MARK } from './ztunnel/config.ts';
 export { defaultSpec, isMeshPod, type TestbedSpec, type NodeSpec, type PodSpec, type NamespaceSpec, type Topology } from './spec.ts';
 export { removeByPrefix, findPrefixes, PREFIX_FAMILY } from './cleanup.ts';
 export type { TestbedInfo, TestbedNode, TestbedPod, TestbedZtunnel, ZtunnelLogEntry } from './types.ts';

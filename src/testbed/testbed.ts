@@ -11,6 +11,7 @@ import { writePodsListFile } from './pods-list.ts';
 import { ipBatch, run, sysctls, type RunOptions, type RunResult } from './run.ts';
 import { defaultSpec, isMeshPod, normalizeSpec, type TestbedSpec, type Topology } from './spec.ts';
 import type { TestbedInfo, TestbedNode, TestbedPod, TestbedZtunnel, ZtunnelLogEntry } from './types.ts';
+import { startStandIns } from './ztunnel/launch.ts';
 import { logger } from '../log.ts';
 
 const log = logger('testbed');
@@ -38,11 +39,6 @@ export function effectivePrefix(prefix: string | undefined): string {
 }
 
 export type Target = string | TestbedPod | TestbedNode;
-
-/** Hooks other testbed modules register (the stand-in), so this file stays about the cluster itself. */
-export interface TestbedPlugin {
-  start(tb: Testbed): Promise<void>;
-}
 
 export class Testbed {
   readonly info: TestbedInfo;
@@ -320,7 +316,7 @@ function inCgroup(pid: number, cgroupPath: string, cgroupRoot: string): boolean 
 }
 
 /** Builds the cluster; on any failure removes what it made and rethrows. */
-export async function startTestbed(spec: TestbedSpec = defaultSpec(), opts: StartOptions = { topology: 'node' }, plugins: readonly TestbedPlugin[] = []): Promise<Testbed> {
+export async function startTestbed(spec: TestbedSpec = defaultSpec(), opts: StartOptions = { topology: 'node' }): Promise<Testbed> {
   const prefix = effectivePrefix(opts.prefix);
   const cgroupRoot = cgroup2Root();
   let info = plan(spec, prefix, opts.topology, cgroupRoot);
@@ -343,7 +339,7 @@ export async function startTestbed(spec: TestbedSpec = defaultSpec(), opts: Star
     );
     info = { ...info, pods: info.pods.map((p, i) => ({ ...p, pausePid: pauses[i]?.pid ?? 0 })) };
     const tb = new Testbed(info, opts.detached ?? false);
-    for (const plugin of plugins) await plugin.start(tb);
+    if (opts.standIn ?? true) await startStandIns(tb);
     writeFileSync(join(info.runDir, 'testbed.json'), JSON.stringify(info, null, 2) + '\n');
     log.info({ prefix, topology: opts.topology, nodes: info.nodes.length, pods: info.pods.length, ms: Date.now() - started }, 'testbed up');
     return tb;

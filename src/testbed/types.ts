@@ -93,6 +93,8 @@ export interface ZtunnelLogEntry {
   readonly dstFrom: string;
   /** What the stand-in connected to, "ip:port" (for outbound the peer's 15008). */
   readonly upstream: string;
+  /** "hbone" (outbound to a mesh pod), "tcp" (passthrough and inbound), "" when nothing was opened. */
+  readonly upstreamProtocol: 'hbone' | 'tcp' | '';
   readonly bytesIn: number;
   readonly bytesOut: number;
   /** "ok" or the error that ended the connection. */
