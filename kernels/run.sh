@@ -61,13 +61,15 @@ for k in $kernels; do
 done
 
 # --- the checker: static, against libbpf-dev's libbpf.a; rebuilt when its sources change ---
-sum=$(cat "$here"/checker/*.[ch] | sha256sum | cut -c1-16)
+# fill.c includes bpf/include/ambpf.h directly: a changed map layout rebuilds the checker.
+sum=$(cat "$here"/checker/*.[ch] "$repo"/bpf/include/ambpf.h | sha256sum | cut -c1-16)
 checker=$cache/build/checker-$sum
 if [[ ! -x $checker ]]; then
   mkdir -p "$cache/build"
-  gcc -O2 -Wall -Wextra -Werror -static -o "$checker.tmp" "$here"/checker/*.c -lbpf -lelf -lz 2>"$work/gcc.log" \
+  gcc -O2 -Wall -Wextra -Werror -static -I "$repo/bpf/include" -o "$checker.tmp" "$here"/checker/*.c -lbpf -lelf -lz 2>"$work/gcc.log" \
     || { grep -v 'statically linked' "$work/gcc.log" >&2; exit 1; }
   mv "$checker.tmp" "$checker"
+  find "$cache/build" -name 'checker-*' ! -name "$(basename "$checker")" -delete
 fi
 
 # --- the objects: ambpf's programs plus the checker's self-test fixture ---

@@ -13,6 +13,7 @@ import { buildRows, problems, SELFTEST_OBJECT } from '../src/kernels/verdict.ts'
 
 const KERNELS = ['5.10', '6.1', '6.12', 'host'];
 const repo = join(import.meta.dirname, '..');
+const REQUIRED_CHECKS = ['connect lands on 15001', 'getpeername gives the original', 'SO_ORIGINAL_DST gives the original'];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {
   const run = parseConsole(
@@ -68,6 +69,10 @@ t.test('every ambpf program passes on 5.10, 6.1, 6.12 and the host kernel', { sk
   const objects = readdirSync(join(repo, 'bpf')).filter((f) => f.endsWith('.bpf.c')).map((f) => f.replace(/\.bpf\.c$/, ''));
   for (const obj of objects) {
     t.ok(rows.some((row) => row.object === obj), `programs of bpf/${obj}.bpf.c were found and checked`);
+  }
+  // The datapath's functional checks must have run at all (a checker that skipped them would be green).
+  for (const check of REQUIRED_CHECKS) {
+    t.ok(rows.some((row) => row.kind === 'func' && row.program === check), `functional check "${check}" ran`);
   }
   for (const row of rows) {
     for (const [kernel, cell] of row.cells) {

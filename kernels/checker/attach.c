@@ -10,22 +10,38 @@
 #define AMBPF_BPF_TCX_INGRESS 46
 #define AMBPF_BPF_TCX_EGRESS 47
 
+/* sk_msg belongs on the splice sockhash; a SOCKMAP (ambpf_zt_listen holds listeners for
+ * sk_lookup) only when there is no sockhash. */
 static int first_sock_map_fd(struct bpf_object *obj)
 {
 	struct bpf_map *map;
+	int sockmap = -ENOENT;
 
 	bpf_object__for_each_map(map, obj) {
-		enum bpf_map_type t = bpf_map__type(map);
-
-		if (t == BPF_MAP_TYPE_SOCKHASH || t == BPF_MAP_TYPE_SOCKMAP)
+		if (bpf_map__type(map) == BPF_MAP_TYPE_SOCKHASH)
 			return bpf_map__fd(map);
+		if (bpf_map__type(map) == BPF_MAP_TYPE_SOCKMAP && sockmap < 0)
+			sockmap = bpf_map__fd(map);
 	}
-	return -ENOENT;
+	return sockmap;
 }
+
+/* libbpf 1.1 knows only SEC("tc"), with no direction, so the direction the loader uses is named
+ * here: by "egress"/"ingress" in the program's name or section, else by this table. */
+static const char *const egress_programs[] = {
+	"ambpf_tc_pod", /* tc egress on the pod's host-side veth (bpf/ambpf_inbound.bpf.c) */
+};
 
 static bool is_egress(const struct bpf_program *prog)
 {
-	return strstr(bpf_program__name(prog), "egress") || strstr(bpf_program__section_name(prog), "egress");
+	const char *name = bpf_program__name(prog);
+
+	if (strstr(name, "egress") || strstr(bpf_program__section_name(prog), "egress"))
+		return true;
+	for (size_t i = 0; i < sizeof(egress_programs) / sizeof(egress_programs[0]); i++)
+		if (strcmp(name, egress_programs[i]) == 0)
+			return true;
+	return false;
 }
 
 /* The loader prefers tcx (no qdisc to share with a CNI) and falls back to clsact where the kernel

@@ -1,15 +1,24 @@
-/* Functional checks: the object's programs loaded together, attached, maps filled (fill.c), real
- * sockets in the test cgroup. */
+/* Functional checks: ambpf's objects loaded together (maps shared by name, as the loader pins them),
+ * every program that loaded on its own attached, the maps filled (fill.c), then real sockets in the
+ * test cgroup. */
 #ifndef AMBPF_CHECKER_FUNC_H
 #define AMBPF_CHECKER_FUNC_H
 
 #include <stdbool.h>
 #include "attach.h"
 
-void func_set_cgroup_path(const char *path);
+#define MAX_PROGS 128
 
-/* Returns the number of failed checks; programs with loaded[i] false are left out (already failed). */
-int run_functional_checks(const char *path, const char *label, const char *const *names, const bool *loaded,
-			  int n, const struct attach_env *env);
+struct object_info {
+	const char *path;
+	char label[128];
+	char *names[MAX_PROGS];
+	bool loaded[MAX_PROGS]; /* passed load + attach on its own */
+	int n;
+};
+
+/* Returns the number of failed checks. */
+int run_functional_checks(struct object_info *objs, int nobj, const char *cgroup_path,
+			  const struct attach_env *env);
 
 #endif /* AMBPF_CHECKER_FUNC_H */

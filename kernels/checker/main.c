@@ -19,7 +19,7 @@
 #include "report.h"
 
 #define LOG_BUF_SIZE (4 << 20)
-#define MAX_PROGS 128
+#define MAX_OBJECTS 16
 
 static char log_buf[LOG_BUF_SIZE];
 
@@ -101,35 +101,29 @@ out:
 	return ok;
 }
 
-static int check_object(const char *path, const struct attach_env *env)
+static int check_object(struct object_info *o, const struct attach_env *env)
 {
-	struct bpf_object *obj = bpf_object__open_file(path, NULL);
+	struct bpf_object *obj = bpf_object__open_file(o->path, NULL);
 	struct bpf_program *prog;
-	char label[128];
-	char *names[MAX_PROGS];
-	bool loaded[MAX_PROGS];
-	int n = 0, failures = 0;
+	int failures = 0;
 
-	object_label(path, label, sizeof(label));
+	object_label(o->path, o->label, sizeof(o->label));
 	if (!obj) {
-		report(label, "-", "open", "fail", "libbpf cannot open %s: %s", path, strerror(errno));
-		report_log_tail(label, "-", libbpf_log_text(), 8);
+		report(o->label, "-", "open", "fail", "libbpf cannot open %s: %s", o->path, strerror(errno));
+		report_log_tail(o->label, "-", libbpf_log_text(), 8);
 		return 1;
 	}
 	bpf_object__for_each_program(prog, obj) {
-		if (n < MAX_PROGS)
-			names[n++] = strdup(bpf_program__name(prog));
+		if (o->n < MAX_PROGS)
+			o->names[o->n++] = strdup(bpf_program__name(prog));
 	}
 	bpf_object__close(obj);
-	if (n == 0)
-		report(label, "-", "open", "fail", "object has no programs");
-	for (int i = 0; i < n; i++) {
-		loaded[i] = check_one(path, label, names[i], env);
-		failures += !loaded[i];
+	if (o->n == 0)
+		report(o->label, "-", "open", "fail", "object has no programs");
+	for (int i = 0; i < o->n; i++) {
+		o->loaded[i] = check_one(o->path, o->label, o->names[i], env);
+		failures += !o->loaded[i];
 	}
-	failures += run_functional_checks(path, label, (const char *const *)names, loaded, n, env);
-	for (int i = 0; i < n; i++)
-		free(names[i]);
 	return failures;
 }
 
@@ -163,9 +157,15 @@ int main(int argc, char **argv)
 		       strerror(errno));
 		return 1;
 	}
-	func_set_cgroup_path(cgroup);
-	for (; i < argc; i++)
-		failures += check_object(argv[i], &env);
+	static struct object_info objs[MAX_OBJECTS];
+	int nobj = 0;
+
+	for (; i < argc && nobj < MAX_OBJECTS; i++) {
+		objs[nobj].path = argv[i];
+		failures += check_object(&objs[nobj++], &env);
+	}
+	/* Then the datapath as a whole: programs that loaded alone, together, with real sockets. */
+	failures += run_functional_checks(objs, nobj, cgroup, &env);
 	printf("DONE\t%d\n", failures);
 	fflush(stdout);
 	return failures ? 1 : 0;

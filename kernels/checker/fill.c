@@ -1,0 +1,96 @@
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include "ambpf.h"
+#include "fill.h"
+
+static struct bpf_map *find(struct bpf_map *const *maps, int nmaps, const char *name)
+{
+	for (int i = 0; i < nmaps; i++)
+		if (strcmp(bpf_map__name(maps[i]), name) == 0)
+			return maps[i];
+	return NULL;
+}
+
+static void v4mapped(__u32 out[4], const char *dotted)
+{
+	out[0] = 0;
+	out[1] = 0;
+	out[2] = htonl(0xffff);
+	inet_pton(AF_INET, dotted, &out[3]);
+}
+
+static int update(struct bpf_map *const *maps, int nmaps, const char *name, const void *key, const void *value,
+		  char *err, size_t errlen)
+{
+	struct bpf_map *m = find(maps, nmaps, name);
+
+	if (!m) {
+		snprintf(err, errlen, "map %s not found in the objects", name);
+		return -ENOENT;
+	}
+	if (bpf_map_update_elem(bpf_map__fd(m), key, value, BPF_ANY)) {
+		snprintf(err, errlen, "update of %s failed: %s", name, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+int fill_maps(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, char *err, size_t errlen)
+{
+	struct ambpf_netns ns = { .flags = AMBPF_POD_AMBIENT };
+	struct ambpf_ztunnel zt = {
+		.port_out_host = AMBPF_PORT_OUTBOUND,
+		.port_in_host = AMBPF_PORT_INBOUND,
+		.port_hbone_host = AMBPF_PORT_HBONE,
+		.port_dns_host = AMBPF_PORT_DNS,
+		.mark = AMBPF_ZTUNNEL_MARK,
+		.mark_mask = AMBPF_ZTUNNEL_MARK_MASK,
+		.flags = AMBPF_ZT_READY,
+	};
+	struct ambpf_config cfg = { 0 };
+	__u32 zero = 0;
+	int err_;
+
+	v4mapped(ns.pod_ip, FILL_POD_IP);
+	v4mapped(zt.ip, FILL_ZTUNNEL_IP);
+	/* ztunnel "lives" in another netns: the client's connects must not look like ztunnel's own. */
+	zt.netns_cookie = netns_cookie + 1;
+	if ((err_ = update(maps, nmaps, "ambpf_netns", &netns_cookie, &ns, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_config", &zero, &cfg, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_ztunnel", &zero, &zt, err, errlen)))
+		return err_;
+	return 0;
+}
+
+int fill_listener(struct bpf_map *const *maps, int nmaps, int listen_fd, char *err, size_t errlen)
+{
+	__u32 slot = AMBPF_LISTENER_INBOUND;
+	__u64 fd = (__u64)listen_fd;
+
+	return update(maps, nmaps, "ambpf_zt_listen", &slot, &fd, err, errlen);
+}
+
+long long fill_stat(struct bpf_map *const *maps, int nmaps, unsigned int index)
+{
+	struct bpf_map *m = find(maps, nmaps, "ambpf_stats");
+	int ncpu = libbpf_num_possible_cpus();
+	long long sum = 0;
+	__u64 *vals;
+
+	if (!m || ncpu <= 0)
+		return -1;
+	vals = calloc((size_t)ncpu, sizeof(*vals));
+	if (!vals)
+		return -1;
+	if (bpf_map_lookup_elem(bpf_map__fd(m), &index, vals) == 0)
+		for (int i = 0; i < ncpu; i++)
+			sum += (long long)vals[i];
+	free(vals);
+	return sum;
+}
