@@ -73,6 +73,7 @@ export const raw = {
   bpf_prog_detach2: f('int bpf_prog_detach2(int prog_fd, int target_fd, int type)'),
   bpf_link_create: f('int bpf_link_create(int prog_fd, int target_fd, int type, void *opts)'),
   bpf_link_detach: f('int bpf_link_detach(int link_fd)'),
+  bpf_prog_load: f('int bpf_prog_load(int type, const char *name, const char *license, void *insns, size_t cnt, void *opts)'),
   bpf_prog_test_run_opts: f('int bpf_prog_test_run_opts(int prog_fd, void *opts)'),
   // tc (clsact)
   bpf_tc_hook_create: f('int bpf_tc_hook_create(void *hook)'),

@@ -12,4 +12,7 @@ export {
 } from './info.ts';
 export { withNetns, inNetns } from './netns.ts';
 export { netnsCookie, currentNetnsCookie, socketCookie, ifIndex } from './sockets.ts';
+export { Btf, BTF_KINDS, type BtfTypeInfo, type BtfMemberInfo, type BtfKindName } from './btf.ts';
+export { probeProgType, probeMapType, probeHelper, probeHelperByLoad } from './probe.ts';
+export { RawProgram, insn, MOV64_IMM, CALL, EXIT, type RawLoadResult } from './rawprog.ts';
 export * from './constants.ts';

@@ -100,6 +100,12 @@ export class BpfObject extends Handle {
     return this.#nameUnchecked();
   }
 
+  /** @internal libbpf's btf* of this object (for Btf.fromObject). */
+  btfPtr(): Ptr | null {
+    this.ensureOpen();
+    return (raw.bpf_object__btf(this.#ptr) as Ptr | null) ?? null;
+  }
+
   get loaded(): boolean {
     return this.#loaded;
   }

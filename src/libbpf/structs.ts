@@ -49,6 +49,29 @@ export const bpf_test_run_opts = koffi.struct('bpf_test_run_opts', {
   batch_size: 'uint32_t',
 });
 
+export const bpf_prog_load_opts = koffi.struct('bpf_prog_load_opts', {
+  sz: 'size_t',
+  attempts: 'int',
+  expected_attach_type: 'uint32_t',
+  prog_btf_fd: 'uint32_t',
+  prog_flags: 'uint32_t',
+  prog_ifindex: 'uint32_t',
+  kern_version: 'uint32_t',
+  attach_btf_id: 'uint32_t',
+  attach_prog_fd: 'uint32_t',
+  attach_btf_obj_fd: 'uint32_t',
+  fd_array: 'uintptr_t',
+  func_info: 'uintptr_t',
+  func_info_cnt: 'uint32_t',
+  func_info_rec_size: 'uint32_t',
+  line_info: 'uintptr_t',
+  line_info_cnt: 'uint32_t',
+  line_info_rec_size: 'uint32_t',
+  log_level: 'uint32_t',
+  log_size: 'uint32_t',
+  log_buf: 'uintptr_t',
+});
+
 export const bpf_tc_hook = koffi.struct('bpf_tc_hook', {
   sz: 'size_t',
   ifindex: 'int',

@@ -1,0 +1,75 @@
+// `ambpf doctor`'s checks, run in order, each a row: what, present or not, detail, and for a
+// missing kernel feature the first Linux version that has it.
+import { probeProgType, probeMapType, probeHelperByLoad } from '../libbpf/index.ts';
+import { PROG_FEATURES, MAP_FEATURES, HELPER_FEATURES, TCX_SINCE, BTF_SINCE } from './features.ts';
+import { kernelRelease, hasKernelBtf, mountsOf, clangVersion, versionAtLeast, VMLINUX_BTF } from './system.ts';
+import { probeTcx } from './tcx.ts';
+
+export interface Check {
+  group: 'system' | 'program' | 'map' | 'helper' | 'link' | 'tool';
+  name: string;
+  ok: boolean;
+  detail: string;
+  /** First kernel with the feature (kernel features only). */
+  since?: string;
+}
+
+export interface DoctorReport {
+  kernel: string;
+  ok: boolean;
+  checks: Check[];
+}
+
+function guarded(group: Check['group'], name: string, since: string | undefined, probe: () => { ok: boolean; detail: string }): Check {
+  try {
+    const r = probe();
+    return { group, name, ok: r.ok, detail: r.detail, ...(since ? { since } : {}) };
+  } catch (err) {
+    return { group, name, ok: false, detail: `probe failed: ${(err as Error).message.split('\n')[0]}`, ...(since ? { since } : {}) };
+  }
+}
+
+export function runDoctor(): DoctorReport {
+  const kernel = kernelRelease();
+  const checks: Check[] = [];
+  checks.push({ group: 'system', name: 'kernel', ok: versionAtLeast(kernel, '5.10'), detail: kernel, since: '5.10' });
+  checks.push({ group: 'system', name: 'BTF', ok: hasKernelBtf(), detail: hasKernelBtf() ? VMLINUX_BTF : `${VMLINUX_BTF} is missing (CONFIG_DEBUG_INFO_BTF)`, since: BTF_SINCE });
+  const bpffs = mountsOf('bpf');
+  checks.push({ group: 'system', name: 'bpffs', ok: bpffs.length > 0, detail: bpffs.length ? bpffs.join(', ') : 'not mounted: mount -t bpf bpf /sys/fs/bpf' });
+  const cg2 = mountsOf('cgroup2');
+  checks.push({ group: 'system', name: 'cgroup v2', ok: cg2.length > 0, detail: cg2.length ? cg2.join(', ') : 'no cgroup2 mount in /proc/mounts' });
+  for (const f of PROG_FEATURES) {
+    checks.push(guarded('program', f.type, f.since, () => ({ ok: probeProgType(f.type), detail: f.why })));
+  }
+  for (const f of MAP_FEATURES) {
+    checks.push(guarded('map', f.type, f.since, () => ({ ok: probeMapType(f.type), detail: f.why })));
+  }
+  for (const f of HELPER_FEATURES) {
+    // libbpf 1.1's helper probe misreads newer verifiers: a real load decides.
+    checks.push(guarded('helper', `${f.helper} in ${f.prog}`, f.since, () => ({ ok: probeHelperByLoad(f.prog, f.helper), detail: `bpf_${f.helper}` })));
+  }
+  checks.push(guarded('link', 'tcx', TCX_SINCE, () => {
+    const r = probeTcx();
+    return { ok: r.supported, detail: r.detail + (r.supported ? '' : ' (ambpf falls back to clsact)') };
+  }));
+  const clang = clangVersion();
+  checks.push({ group: 'tool', name: 'clang', ok: clang !== null, detail: clang ?? 'not found: apt-get install clang (or ship prebuilt objects)' });
+  return { kernel, ok: checks.every((c) => c.ok), checks };
+}
+
+/** The table printed by `ambpf doctor`. */
+export function renderReport(r: DoctorReport): string {
+  const rows = r.checks.map((c) => [c.group, c.name, c.ok ? 'yes' : 'MISSING', c.detail]);
+  const head = ['GROUP', 'FEATURE', 'PRESENT', 'DETAIL'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: readonly string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
+  const out = [line(head), ...rows.map(line)];
+  const missing = r.checks.filter((c) => !c.ok);
+  out.push('');
+  if (missing.length === 0) out.push(`All ${r.checks.length} checks passed on Linux ${r.kernel}.`);
+  else {
+    out.push(`${missing.length} missing:`);
+    for (const c of missing) out.push(`  - ${c.group} ${c.name}${c.since ? ` (needs Linux ${c.since} or newer; this is ${r.kernel})` : ''}: ${c.detail}`);
+  }
+  return out.join('\n') + '\n';
+}

@@ -1,0 +1,56 @@
+// `ambpf doctor` on this machine: every feature present, exit 0; JSON agrees; the pure parts
+// (mounts parsing, version comparison, rendering of missing features) checked on their own.
+import t from 'tap';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readMounts, mountsOf, versionAtLeast } from '../src/doctor/system.ts';
+import { renderReport, type DoctorReport } from '../src/doctor/report.ts';
+
+t.test('ambpf doctor prints every feature present and exits 0', async (t) => {
+  const before = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+  const r = spawnSync('bin/ambpf', ['doctor'], { encoding: 'utf8', timeout: 120_000 });
+  t.equal(r.status, 0, r.stdout + r.stderr);
+  for (const f of ['kernel', 'BTF', 'bpffs', 'cgroup v2', 'cgroup_sock_addr', 'sk_lookup', 'sockhash', 'sk_storage', 'get_netns_cookie in cgroup_sock_addr', 'sk_assign in sched_cls', 'tcx', 'clang']) {
+    t.match(r.stdout, new RegExp(`\\b${f}\\b\\s+yes`), `${f} present`);
+  }
+  t.notMatch(r.stdout, /MISSING/);
+  t.match(r.stdout, /All \d+ checks passed/);
+  t.equal(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), before, 'the tcx probe netns is gone');
+});
+
+t.test('ambpf doctor -j is the same report as JSON', async (t) => {
+  const out = execFileSync('bin/ambpf', ['doctor', '-j'], { encoding: 'utf8', timeout: 120_000 });
+  const report = JSON.parse(out) as DoctorReport;
+  t.equal(report.ok, true);
+  t.ok(report.checks.length >= 30);
+  const bpffs = report.checks.find((c) => c.name === 'bpffs');
+  t.same(bpffs?.detail.split(', '), mountsOf('bpf'), 'bpffs discovered from /proc/mounts');
+  const r = spawnSync('bin/ambpf', ['doctor', '--bogus'], { encoding: 'utf8' });
+  t.equal(r.status, 2);
+  t.match(r.stderr, /unknown argument --bogus/);
+});
+
+t.test('mounts come from /proc/mounts text, escapes decoded', async (t) => {
+  const text = 'bpf /sys/fs/bpf bpf rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nnone /mnt/with\\040space cgroup2 rw 0 0\n';
+  const m = readMounts(text);
+  t.same(mountsOf('bpf', m), ['/sys/fs/bpf']);
+  t.same(mountsOf('cgroup2', m), ['/sys/fs/cgroup/unified', '/mnt/with space']);
+  t.same(mountsOf('tmpfs', m), []);
+});
+
+t.test('kernel versions compare numerically; missing features name their kernel', async (t) => {
+  t.ok(versionAtLeast('6.18.44-fc', '6.6'));
+  t.ok(versionAtLeast('5.10.0', '5.10'));
+  t.notOk(versionAtLeast('5.9.16', '5.10'));
+  t.notOk(versionAtLeast('6.1.0', '6.6'));
+  const report: DoctorReport = {
+    kernel: '6.1.0',
+    ok: false,
+    checks: [
+      { group: 'system', name: 'BTF', ok: true, detail: '/sys/kernel/btf/vmlinux' },
+      { group: 'link', name: 'tcx', ok: false, detail: 'bpf_link_create(BPF_TCX_INGRESS) failed with EINVAL', since: '6.6' },
+    ],
+  };
+  const text = renderReport(report);
+  t.match(text, /tcx\s+MISSING/);
+  t.match(text, /1 missing:\n {2}- link tcx \(needs Linux 6\.6 or newer; this is 6\.1\.0\)/);
+});
