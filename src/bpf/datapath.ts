@@ -1,0 +1,329 @@
+// The datapath attach layer (node topology): load ambpf's three objects with every map pinned under
+// <bpffs>/, attach the cgroup programs to the pods' cgroup subtree as pinned links, sk_msg on the
+// sockhash, and per-interface tc / per-netns sk_lookup for inbound. The loader (reconcile, `ambpf run`)
+// drives it; this module only knows the kernel side.
+//
+// Restart safety (design.md §4): maps are reused from their pins, links are adopted from their pins
+// (ensurePinnedLink), so a restarted loader changes nothing that works and attaches nothing twice.
+// close() releases this process's fds only: pinned maps and links keep traffic flowing without us.
+import { existsSync, readdirSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  BpfMap, BpfObject, LibbpfError, TcAttachment, inNetns, resolveIfindex,
+  type BpfProgram, type SkMsgAttachment,
+} from '../libbpf/index.ts';
+import { AmbpfError } from '../errors.ts';
+import { logger } from '../log.ts';
+import { ensureObjects } from './build.ts';
+import { DatapathMaps, MAP_NAMES, type MapName } from './datapath-maps.ts';
+import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
+import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
+import * as s from './schema.ts';
+
+export { DatapathMaps, openPinnedMaps, TypedMap, SingletonMap, MAP_NAMES, type MapName } from './datapath-maps.ts';
+export type { LinkOutcome } from './datapath-links.ts';
+
+const log = logger('datapath');
+
+/** Object files (bpf/<name>.bpf.c), loaded in this order: the first creates and pins the maps. */
+export const OBJECTS = ['ambpf_sock', 'ambpf_skmsg', 'ambpf_inbound'] as const;
+
+/** cgroup hooks: pin name under <bpffs>/links/ -> program. Order matters only for sk_msg (below). */
+export const CGROUP_HOOKS = {
+  connect4: 'ambpf_connect4',
+  connect6: 'ambpf_connect6',
+  getpeername4: 'ambpf_peername4',
+  getpeername6: 'ambpf_peername6',
+  getsockopt: 'ambpf_getsopt',
+  sockops: 'ambpf_sockops',
+} as const;
+export type CgroupHook = keyof typeof CGROUP_HOOKS;
+
+/** clsact identity of our inbound filter, fixed so a later process can find and remove it. */
+const CLSACT_HANDLE = 0xa3bf;
+const CLSACT_PRIORITY = 1;
+const SK_LOOKUP_PIN = 'sk_lookup';
+
+export class DatapathError extends AmbpfError {
+  override readonly name: string = 'DatapathError';
+}
+
+export interface DatapathOptions {
+  /** bpffs directory for pins (design default /sys/fs/bpf/ambpf). */
+  bpffs: string;
+  /** cgroup v2 directory holding the pods (kubelet's kubepods, or a test's cgroup). Never the root. */
+  cgroup: string;
+  mode?: 'node';
+  /** Object paths by name (default: ensureObjects() from the build cache). */
+  objects?: Partial<Record<(typeof OBJECTS)[number], string>>;
+  /** max_entries for maps created now (a reused pin keeps its size). */
+  mapSizes?: Partial<Record<MapName, number>>;
+  /** The node's netns, when this process does not run in it (tests): tc and node sysctls go there. */
+  netns?: string;
+}
+
+export interface ZtunnelAttachOptions {
+  /** ztunnel's netns (/proc/<pid>/ns/net or /run/netns/NAME). */
+  netnsPath: string;
+  /** A ztunnel process holding the 15006/15008 listeners. */
+  pid: number;
+  /** ztunnel's interface towards the node inside its netns (default eth0). */
+  ifname?: string;
+  /** ztunnel's host-side veth in the node netns: rp_filter is made loose there (its replies carry pod IPs). */
+  hostIfname?: string;
+  /** Policy routing table and rule preference in ztunnel's netns (default 100 / 100). */
+  table?: number;
+  pref?: number;
+}
+
+function isCgroupRoot(path: string): boolean {
+  return existsSync(join(path, 'cgroup.controllers')) && !existsSync(join(path, 'cgroup.events'));
+}
+
+export class Datapath {
+  readonly bpffs: string;
+  readonly cgroup: string;
+  readonly netns: string | undefined;
+  readonly maps: DatapathMaps;
+  /** What happened to each cgroup hook's link at open. */
+  readonly links: Readonly<Record<CgroupHook, LinkOutcome>>;
+  readonly #objects: BpfObject[];
+  readonly #skMsg: SkMsgAttachment;
+
+  private constructor(o: DatapathOptions, objects: BpfObject[], maps: DatapathMaps, links: Record<CgroupHook, LinkOutcome>, skMsg: SkMsgAttachment) {
+    this.bpffs = o.bpffs;
+    this.cgroup = o.cgroup;
+    this.netns = o.netns;
+    this.#objects = objects;
+    this.maps = maps;
+    this.links = links;
+    this.#skMsg = skMsg;
+  }
+
+  /** Load (reusing pins), pin, attach. See the module comment. */
+  static async open(o: DatapathOptions): Promise<Datapath> {
+    if ((o.mode ?? 'node') !== 'node') throw new DatapathError(`datapath mode ${o.mode} is not implemented yet; use node.`);
+    if (!existsSync(o.cgroup) || !statSync(o.cgroup).isDirectory()) {
+      throw new DatapathError(`cgroup ${o.cgroup} does not exist; pass the cgroup v2 directory that holds the pods.`, { cgroup: o.cgroup });
+    }
+    // A connect4 on the root cgroup would redirect the whole machine, ambpf's own traffic included.
+    if (isCgroupRoot(o.cgroup)) {
+      throw new DatapathError(`refusing to attach to the root cgroup ${o.cgroup}; pass the pods' cgroup subtree (e.g. kubepods).`, { cgroup: o.cgroup });
+    }
+    const paths = { ...(o.objects ?? {}) };
+    if (OBJECTS.some((n) => !paths[n])) Object.assign(paths, (await ensureObjects()).objects, o.objects ?? {});
+
+    const objects: BpfObject[] = [];
+    try {
+      for (const name of OBJECTS) {
+        const path = paths[name];
+        if (!path) throw new DatapathError(`the BPF object ${name} was not built; run \`ambpf build\`.`, { object: name });
+        const obj = BpfObject.open(path);
+        objects.push(obj);
+        sizeMaps(obj, o);
+        obj.setPinDir(o.bpffs);
+        obj.load();
+      }
+      const [sock, skmsg] = objects as [BpfObject, BpfObject, BpfObject];
+      const maps = new DatapathMaps((n) => objectMap(objects, n));
+      // sk_msg before sockops: a socket inserted before the verdict program exists is never spliced.
+      // A restart re-attaches, which replaces the previous program in the map's single slot.
+      const skMsg = skmsg.program('ambpf_skmsg').attachSkMsg(maps.raw.ambpf_sockhash);
+      const cgroupIno = BigInt(statSync(o.cgroup).ino);
+      const links = {} as Record<CgroupHook, LinkOutcome>;
+      for (const [hook, progName] of Object.entries(CGROUP_HOOKS) as Array<[CgroupHook, string]>) {
+        const prog = sock.program(progName);
+        links[hook] = ensurePinnedLink({
+          pin: join(o.bpffs, 'links', hook),
+          prog,
+          attach: () => prog.attachCgroup(o.cgroup),
+          sameTarget: (info) => info.cgroupId === cgroupIno,
+        });
+      }
+      log.info({ bpffs: o.bpffs, cgroup: o.cgroup, links }, 'datapath attached');
+      return new Datapath(o, objects, maps, links, skMsg);
+    } catch (err) {
+      objects.forEach((obj) => obj.close());
+      throw err;
+    }
+  }
+
+  #prog(name: string): BpfProgram {
+    for (const obj of this.#objects) {
+      if (obj.programs.some((p) => p.name === name)) return obj.program(name);
+    }
+    throw new DatapathError(`program ${name} is not in ambpf's objects.`);
+  }
+
+  /** Summed per-CPU counters. */
+  stats(): s.Stats {
+    return this.maps.stats();
+  }
+
+  /**
+   * Steer inbound traffic of the pod behind host-side veth `ifname` to ztunnel (tc egress on that
+   * veth). tcx link pinned as <bpffs>/links/tc-<ifname>; on kernels without tcx a clsact filter with
+   * a fixed handle (it lives with the interface, no pin needed).
+   */
+  attachInbound(ifname: string): LinkOutcome {
+    const prog = this.#prog('ambpf_tc_pod');
+    const ifindex = inNetns(this.netns, () => resolveIfindex(ifname));
+    try {
+      return ensurePinnedLink({
+        pin: this.#tcPin(ifname),
+        prog,
+        attach: () => {
+          const a = prog.attachTc(ifindex, 'egress', { mode: 'tcx', netns: this.netns });
+          if (!a.link) throw new DatapathError('tcx attach returned no link');
+          return a.link;
+        },
+        sameTarget: (info) => info.ifindex === ifindex,
+      });
+    } catch (err) {
+      if (!(err instanceof LibbpfError) || err.errno !== 22) throw err;
+      // No tcx (Linux < 6.6): clsact. EEXIST means our filter is already there.
+      try {
+        prog.attachTc(ifindex, 'egress', { mode: 'clsact', netns: this.netns, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY });
+        return 'created';
+      } catch (e) {
+        if (e instanceof LibbpfError && e.errno === 17) return 'adopted';
+        throw e;
+      }
+    }
+  }
+
+  /** Undo attachInbound; false when nothing of ours was on that interface. */
+  detachInbound(ifname: string): boolean {
+    if (removePinnedLink(this.#tcPin(ifname))) return true;
+    const ifindex = inNetns(this.netns, () => resolveIfindex(ifname));
+    try {
+      new TcAttachment({ mode: 'clsact', ifindex, direction: 'egress', link: null, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY, netns: this.netns }).detach();
+      return true;
+    } catch (err) {
+      if (err instanceof LibbpfError) return false;
+      throw err;
+    }
+  }
+
+  #tcPin(ifname: string): string {
+    return join(this.bpffs, 'links', `tc-${ifname}`);
+  }
+
+  /**
+   * Make ztunnel's netns accept steered connections: its listeners into ambpf_zt_listen, the policy
+   * route, the sk_lookup link (pinned as <bpffs>/links/sk_lookup). Call again after ztunnel restarts
+   * (its new listeners replace the closed ones).
+   */
+  async attachZtunnel(o: ZtunnelAttachOptions): Promise<LinkOutcome> {
+    const zt = this.maps.ztunnel.get();
+    const ports = [
+      [s.LISTENER_INBOUND, zt.portIn || s.PORT_INBOUND],
+      [s.LISTENER_HBONE, zt.portHbone || s.PORT_HBONE],
+    ] as const;
+    const listen = this.maps.raw.ambpf_zt_listen;
+    for (const [slot, port] of ports) {
+      withListenerFd(o.pid, port, (fd) => listen.update(s.encodeU32Key(slot), s.encodeU64Key(BigInt(fd))));
+    }
+    await installPolicyRoute(this.#routeOpts(o));
+    if (o.hostIfname) {
+      const path = `/proc/sys/net/ipv4/conf/${o.hostIfname}/rp_filter`;
+      inNetns(this.netns, () => writeFileSync(path, '2'));
+    }
+    const prog = this.#prog('ambpf_sk_lookup');
+    const ino = statSync(o.netnsPath).ino;
+    return ensurePinnedLink({
+      pin: join(this.bpffs, 'links', SK_LOOKUP_PIN),
+      prog,
+      attach: () => prog.attachNetns(o.netnsPath),
+      sameTarget: (info) => info.netnsIno === ino,
+    });
+  }
+
+  /** Undo attachZtunnel. */
+  async detachZtunnel(o: Pick<ZtunnelAttachOptions, 'netnsPath' | 'ifname' | 'table' | 'pref'>): Promise<void> {
+    removePinnedLink(join(this.bpffs, 'links', SK_LOOKUP_PIN));
+    for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE]) this.maps.raw.ambpf_zt_listen.delete(s.encodeU32Key(slot));
+    await removePolicyRoute(this.#routeOpts(o));
+  }
+
+  #routeOpts(o: Pick<ZtunnelAttachOptions, 'netnsPath' | 'ifname' | 'table' | 'pref'>): PolicyRouteOptions {
+    return { netnsPath: o.netnsPath, ifname: o.ifname ?? 'eth0', table: o.table ?? 100, pref: o.pref ?? 100 };
+  }
+
+  /** Release fds; pins (maps, links, sk_msg on the pinned sockhash) stay and keep working. */
+  close(): void {
+    this.#objects.forEach((obj) => obj.close());
+  }
+
+  /** For tests/uninstall of a running process: stop splicing new sockets now. */
+  detachSkMsg(): void {
+    this.#skMsg.detach();
+  }
+}
+
+function objectMap(objects: BpfObject[], name: MapName): BpfMap {
+  for (const obj of objects) {
+    if (obj.maps.some((m) => m.name === name)) return obj.map(name);
+  }
+  throw new DatapathError(`map ${name} is not in ambpf's objects.`);
+}
+
+/** A map being reused must be declared with its pinned size, else libbpf refuses the reuse. */
+function sizeMaps(obj: BpfObject, o: DatapathOptions): void {
+  for (const m of obj.maps) {
+    if (m.name.includes('.')) continue;
+    const pin = join(o.bpffs, m.name);
+    if (existsSync(pin)) {
+      const pinned = BpfMap.openPinned(pin);
+      try {
+        if (pinned.maxEntries !== m.maxEntries) m.setMaxEntries(pinned.maxEntries);
+      } finally {
+        pinned.close();
+      }
+    } else {
+      const want = o.mapSizes?.[m.name as MapName];
+      if (want) m.setMaxEntries(want);
+    }
+  }
+}
+
+export const openDatapath = (o: DatapathOptions): Promise<Datapath> => Datapath.open(o);
+
+export interface UninstallReport {
+  links: string[];
+  maps: string[];
+}
+
+/**
+ * Detach and unpin everything ambpf pins under bpffs — its links and its maps by name — and nothing
+ * else (unknown files are left, and then the directory too). The policy route in ztunnel's netns is
+ * not under bpffs: remove it with detachZtunnel.
+ */
+export function uninstallDatapath(bpffs: string): UninstallReport {
+  const report: UninstallReport = { links: [], maps: [] };
+  const linksDir = join(bpffs, 'links');
+  if (existsSync(linksDir)) {
+    const ours = new Set<string>([...Object.keys(CGROUP_HOOKS), SK_LOOKUP_PIN]);
+    for (const name of readdirSync(linksDir)) {
+      if (!ours.has(name) && !name.startsWith('tc-')) continue;
+      if (removePinnedLink(join(linksDir, name))) report.links.push(name);
+    }
+    tryRmdir(linksDir);
+  }
+  for (const name of MAP_NAMES) {
+    const pin = join(bpffs, name);
+    if (!existsSync(pin)) continue;
+    unlinkSync(pin);
+    report.maps.push(name);
+  }
+  tryRmdir(bpffs);
+  return report;
+}
+
+function tryRmdir(dir: string): void {
+  try {
+    rmdirSync(dir);
+  } catch {
+    // not empty (someone else's pins) or already gone: leave it
+  }
+}

@@ -1,0 +1,129 @@
+// A minimal node-topology environment of our own for the datapath tests: a node netns with one veth
+// per pod netns (Calico-like: each pod's /24 gateway is the node end), a cgroup subtree for the pods,
+// a bpffs directory. Pods: a = ambient client, z = ztunnel, b = ambient server, c = non-mesh peer.
+// Everything carries the run's prefix and is removed in t.teardown, also on failure.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Test } from 'tap';
+import { testPrefix } from '../helpers/prefix.ts';
+import { cgroup2Root, killSubtree, makeCgroup, removeTree } from '../../src/testbed/cgroup.ts';
+import { spawnIn, execIn, type TestbedProcess } from '../../src/testbed/exec.ts';
+import { uninstallDatapath } from '../../src/bpf/datapath.ts';
+
+export const HELPER = resolve(import.meta.dirname, 'fixtures/sockhelper.py');
+export const POD_INDEX = { a: 1, z: 2, b: 3, c: 4 } as const;
+export type PodName = keyof typeof POD_INDEX;
+
+export interface Pod {
+  name: PodName;
+  netns: string;
+  cgroup: string;
+  ip: string;
+  hostIf: string;
+  mac: string;
+  hostMac: string;
+}
+
+export interface Env {
+  prefix: string;
+  bpffs: string;
+  cgroup: string;
+  node: string;
+  pods: Record<PodName, Pod>;
+  /** Start a process in a pod (netns + cgroup); killed in teardown. */
+  spawn(pod: PodName, argv: string[]): TestbedProcess;
+  /** Run the python helper in a pod and return its stdout lines parsed as JSON. */
+  client(pod: PodName, args: string[], timeoutMs?: number): Promise<unknown[]>;
+  /** Start the python helper server in a pod and wait for "ready". */
+  server(pod: PodName, args: string[]): Promise<TestbedProcess>;
+}
+
+function ip(args: string[]): string {
+  return execFileSync('ip', args, { encoding: 'utf8' });
+}
+
+function macOf(netns: string, ifname: string): string {
+  const j = JSON.parse(ip(['-n', netns, '-j', 'link', 'show', 'dev', ifname])) as Array<{ address: string }>;
+  return j[0]?.address ?? '';
+}
+
+export async function makeEnv(t: Test): Promise<Env> {
+  const prefix = testPrefix();
+  const cgroup = join(cgroup2Root(), prefix);
+  const bpffs = join('/sys/fs/bpf', prefix);
+  const nsName = (x: string): string => `${prefix}${x}`;
+  const netnsPath = (x: string): string => `/run/netns/${nsName(x)}`;
+  const procs: TestbedProcess[] = [];
+  const made: string[] = [];
+
+  t.teardown(async () => {
+    procs.forEach((p) => p.kill('SIGKILL'));
+    if (existsSync(cgroup)) {
+      await killSubtree(cgroup).catch(() => undefined);
+      removeTree(cgroup);
+    }
+    try {
+      uninstallDatapath(bpffs);
+    } finally {
+      rmSync(bpffs, { recursive: true, force: true });
+    }
+    for (const ns of made.reverse()) {
+      try { ip(['netns', 'del', ns]); } catch { /* already gone */ }
+    }
+  });
+
+  mkdirSync(bpffs, { recursive: true });
+  makeCgroup(cgroup);
+  const node = nsName('n');
+  ip(['netns', 'add', node]);
+  made.push(node);
+  ip(['-n', node, 'link', 'set', 'lo', 'up']);
+  execFileSync('nsenter', [`--net=${netnsPath('n')}`, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0']);
+
+  const pods = {} as Record<PodName, Pod>;
+  for (const [name, i] of Object.entries(POD_INDEX) as Array<[PodName, number]>) {
+    const ns = nsName(name);
+    ip(['netns', 'add', ns]);
+    made.push(ns);
+    const hostIf = `${prefix}h${name}`;
+    ip(['link', 'add', 'name', hostIf, 'netns', node, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    ip(['-n', node, 'addr', 'add', `198.18.${i}.1/24`, 'dev', hostIf]);
+    ip(['-n', node, 'link', 'set', hostIf, 'up']);
+    ip(['-n', ns, 'link', 'set', 'lo', 'up']);
+    ip(['-n', ns, 'addr', 'add', `198.18.${i}.2/24`, 'dev', 'eth0']);
+    ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
+    ip(['-n', ns, 'route', 'add', 'default', 'via', `198.18.${i}.1`]);
+    const podCg = join(cgroup, `pod-${name}`);
+    makeCgroup(podCg);
+    pods[name] = { name, netns: `/run/netns/${ns}`, cgroup: podCg, ip: `198.18.${i}.2`, hostIf, mac: macOf(ns, 'eth0'), hostMac: macOf(node, hostIf) };
+  }
+
+  const spawn = (pod: PodName, argv: string[]): TestbedProcess => {
+    const p = spawnIn(pods[pod].cgroup, pods[pod].netns, argv, { pipe: true });
+    procs.push(p);
+    return p;
+  };
+
+  return {
+    prefix, bpffs, cgroup, node: netnsPath('n'), pods, spawn,
+    async client(pod, args, timeoutMs = 60_000) {
+      const r = await execIn(pods[pod].cgroup, pods[pod].netns, ['python3', HELPER, 'client', ...args], { timeoutMs });
+      return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as unknown);
+    },
+    async server(pod, args) {
+      const p = spawn(pod, ['python3', '-u', HELPER, 'server', ...args]);
+      await new Promise<void>((res, rej) => {
+        const timer = setTimeout(() => rej(new Error(`helper server in ${pod} not ready after 10 s`)), 10_000);
+        let buf = '';
+        p.child.stdout?.on('data', (d: Buffer) => {
+          buf += d.toString();
+          if (buf.includes('ready')) { clearTimeout(timer); res(); }
+        });
+        p.child.stderr?.on('data', (d: Buffer) => { buf += d.toString(); });
+        void p.exited.then((code) => { clearTimeout(timer); rej(new Error(`helper server in ${pod} exited (${code}): ${buf}`)); });
+      });
+      return p;
+    },
+  };
+}
