@@ -40,14 +40,33 @@ export interface ReflectorOptions {
   readonly now?: () => number;
 }
 
-/** ListWatch's Watch, plus bookmarks, a server-side timeout, and a tap on every event for liveness. */
+const WATCH_TYPES = new Set(['ADDED', 'MODIFIED', 'DELETED', 'BOOKMARK', 'ERROR']);
+
+/** Why ListWatch cannot take this event (it would throw in an async handler: an unhandled rejection), or undefined if it can. */
+function malformed(type: unknown, obj: unknown): string | undefined {
+  if (typeof type !== 'string' || !WATCH_TYPES.has(type)) return `unknown event type ${JSON.stringify(type)}`;
+  if (obj === null || typeof obj !== 'object') return 'event without an object';
+  if (type === 'ERROR') return undefined;
+  const meta = (obj as { metadata?: unknown }).metadata;
+  if (meta === null || typeof meta !== 'object') return 'object without metadata';
+  if (type !== 'BOOKMARK' && typeof (meta as { name?: unknown }).name !== 'string') return 'object without metadata.name';
+  return undefined;
+}
+
+/**
+ * ListWatch's Watch, plus bookmarks, a server-side timeout, a tap on every event for liveness, and
+ * a filter that keeps malformed events (which would crash ListWatch's handler) away from it.
+ */
 class TappedWatch extends Watch {
   private readonly extra: () => Record<string, string | number | boolean>;
   private readonly tap: (type: string, obj: unknown) => void;
-  constructor(kc: KubeConfig, extra: () => Record<string, string | number | boolean>, tap: (type: string, obj: unknown) => void) {
+  private readonly reject: (why: string, raw: unknown) => void;
+  constructor(kc: KubeConfig, extra: () => Record<string, string | number | boolean>, tap: (type: string, obj: unknown) => void,
+    reject: (why: string, raw: unknown) => void) {
     super(kc);
     this.extra = extra;
     this.tap = tap;
+    this.reject = reject;
   }
   override watch(
     path: string,
@@ -56,6 +75,8 @@ class TappedWatch extends Watch {
     done: (err: unknown) => void,
   ): Promise<AbortController> {
     return super.watch(path, { ...queryParams, ...this.extra() }, (phase, obj, raw) => {
+      const why = malformed(phase, obj);
+      if (why !== undefined) return this.reject(why, raw);
       this.tap(phase, obj);
       callback(phase, obj, raw);
     }, done);
@@ -140,6 +161,10 @@ export class Reflector {
       () => ({ allowWatchBookmarks: true, timeoutSeconds: o.watchTimeoutSeconds + Math.floor(Math.random() * o.watchTimeoutSeconds) }),
       (type, obj) => {
         if (gen === this.generation) this.heard(type, obj);
+      },
+      (why, raw) => {
+        this.counters.errors++;
+        o.log.error({ resource: o.resource, why, event: JSON.stringify(raw)?.slice(0, 200) }, 'malformed watch event skipped');
       });
     // client-node's own inactivity timeout aborts a stalled request; keep it behind the watchdog,
     // which relists, so it only cleans up connections the watchdog already gave up on.

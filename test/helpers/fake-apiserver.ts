@@ -217,6 +217,13 @@ export class FakeApiServer {
     this.failures = { remaining: count, code };
   }
 
+  /** Writes `line` verbatim into every open watch stream of `kind`: garbage a client must survive. */
+  injectWatchLine(kind: Kind, line: string): void {
+    for (const w of this.watches) {
+      if (w.kind === kind && !w.stalled && !w.res.writableEnded) w.res.write(line + '\n');
+    }
+  }
+
   /** Sends a BOOKMARK at the current resourceVersion to every watch that asked for them. */
   sendBookmarks(): void {
     for (const w of this.watches) {
