@@ -5,7 +5,7 @@
 //   cgroup       <cgroup2>/<prefix>/            (processes killed via cgroup.kill, then rmdir bottom-up)
 //   bpffs        /sys/fs/bpf/<prefix>-*         (pins a loader made under the suggested dirs)
 //   run dir      <tmpdir>/<prefix>/             (CA, logs, testbed.json)
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cgroup2Root, killSubtree, removeTree } from './cgroup.ts';
@@ -50,6 +50,25 @@ export async function removeByPrefix(prefix: string): Promise<void> {
     rmSync(join(BPFFS_ROOT, name), { recursive: true, force: true });
   }
   rmSync(runDirOf(prefix), { recursive: true, force: true });
+}
+
+/**
+ * The live process that owns a testbed (startTestbed writes <runDir>/owner unless detached), or
+ * undefined when it is detached or its owner is gone: `down --all` leaves owned testbeds alone so it
+ * never pulls a cluster from under a test someone else is running right now.
+ */
+export function liveOwner(prefix: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(join(runDirOf(prefix), 'owner'), 'utf8').trim());
+  } catch {
+    return undefined;
+  }
+  try {
+    return Number.isInteger(pid) && pid > 0 && readFileSync(`/proc/${pid}/cmdline`, 'utf8').length > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Prefixes of all testbeds present on this machine (running or left behind). */

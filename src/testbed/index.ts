@@ -35,6 +35,6 @@ export { startTestbed, attachTestbed, effectivePrefix, Testbed, type StartOption
 export { startStandIns, stopStandIns } from './ztunnel/launch.ts';
 export { PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE, ZTUNNEL_MARK } from './ztunnel/config.ts';
 export { defaultSpec, isMeshPod, type TestbedSpec, type NodeSpec, type PodSpec, type NamespaceSpec, type Topology } from './spec.ts';
-export { removeByPrefix, findPrefixes, PREFIX_FAMILY } from './cleanup.ts';
+export { removeByPrefix, findPrefixes, liveOwner, PREFIX_FAMILY } from './cleanup.ts';
 export type { TestbedInfo, TestbedNode, TestbedPod, TestbedZtunnel, ZtunnelLogEntry } from './types.ts';
 export type { TestbedProcess, SpawnOptions } from './exec.ts';

@@ -323,6 +323,7 @@ export async function startTestbed(spec: TestbedSpec = defaultSpec(), opts: Star
   const started = Date.now();
   try {
     mkdirSync(info.runDir, { recursive: true });
+    if (!opts.detached) writeFileSync(join(info.runDir, 'owner'), `${process.pid}\n`);
     await buildNetwork(info);
     info = { ...info, pods: await hostIfindexes(info) };
     for (const n of info.nodes) {

@@ -4,6 +4,7 @@ import type { Test } from 'tap';
 import { startTestbed, defaultSpec, type Testbed, type Topology, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
 import { curl, startHttpServer } from '../../src/testbed/helpers.ts';
 import { installIptablesPath, removeIptablesPath, iptablesPathRules, iptablesSave } from '../../src/baseline/index.ts';
+import { inNetns } from '../../src/testbed/run.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { snapshot } from '../testbed/leak-check.ts';
 
@@ -37,6 +38,29 @@ export async function runScenarios(t: Test, topology: Topology): Promise<void> {
   const savesBefore = await Promise.all(touched.map((ns) => iptablesSave(ns)));
   await installIptablesPath(tb);
   for (const p of ['app2-node1', 'app1-node2', 'client-node2']) await startHttpServer(tb, p, PORT);
+
+  // SYN counters for sockets opened by the stand-in (matched by its cgroup) where they leave: the
+  // ztunnel pod's netns (node) or each mesh pod's netns (inpod). Removed before the exactness check.
+  const synNetns = topology === 'node' ? tb.ztunnels.map((z) => z.netnsPath) : tb.pods.filter((p) => p.mesh).map((p) => p.netnsPath);
+  const synRules = tb.ztunnels.flatMap((z) => {
+    const cg = tb.pod(`istio-system/${z.pod}`).containerCgroupPath.slice(tb.info.cgroupRoot.length + 1);
+    const base = `OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m cgroup --path ${cg}`;
+    return [`${base} -m comment --comment ambtb-syn-all`, `${base} -m mark --mark 0x539/0xfff -m comment --comment ambtb-syn-marked`];
+  });
+  const iptIn = (ns: string, args: string[]) => inNetns(ns, ['iptables', '-t', 'mangle', ...args]);
+  for (const ns of synNetns) for (const r of synRules) await iptIn(ns, ['-A', ...r.split(' ')]);
+  const synCounts = async (): Promise<{ all: number; marked: number }> => {
+    let all = 0;
+    let marked = 0;
+    for (const ns of synNetns) {
+      const save = (await inNetns(ns, ['iptables-save', '-c', '-t', 'mangle'])).stdout;
+      for (const m of save.matchAll(/^\[(\d+):\d+\] .*ambtb-syn-(all|marked)/gm)) {
+        if (m[2] === 'all') all += Number(m[1]);
+        else marked += Number(m[1]);
+      }
+    }
+    return { all, marked };
+  };
 
   await t.test('install adds exactly the rules of the path, in iptables-save form', async (t) => {
     for (const r of iptablesPathRules(tb.info)) {
@@ -112,6 +136,13 @@ export async function runScenarios(t: Test, topology: Topology): Promise<void> {
     }
     t.equal(r.body, `hello from app2-node1 peer=169.254.7.127 path=/\n`, r.stderr);
     t.same(await newLines(tb, m, 0), [], 'ztunnel saw nothing');
+  });
+
+  await t.test('every connection the stand-in opened carried SO_MARK 0x539 from its first SYN', async (t) => {
+    const { all, marked } = await synCounts();
+    t.ok(all >= 4, `the stand-in opened upstream connections (${all} SYNs)`);
+    t.equal(marked, all, 'all of them marked');
+    for (const ns of synNetns) for (const r of synRules) await iptIn(ns, ['-D', ...r.split(' ')]);
   });
 
   await t.test('no log line shows ztunnel capturing its own upstream', async (t) => {
