@@ -13,7 +13,13 @@ import { buildRows, problems, SELFTEST_OBJECT } from '../src/kernels/verdict.ts'
 
 const KERNELS = ['5.10', '6.1', '6.12', 'host'];
 const repo = join(import.meta.dirname, '..');
-const REQUIRED_CHECKS = ['connect lands on 15001', 'getpeername gives the original', 'SO_ORIGINAL_DST gives the original'];
+const REQUIRED_CHECKS = [
+  'connect lands on 15001',
+  'getpeername gives the original',
+  'SO_ORIGINAL_DST gives the original',
+  'sk_lookup assigns to the 15006 listener',
+  'tc steers a SYN for an ambient pod',
+];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {
   const run = parseConsole(

@@ -1,5 +1,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,8 @@ int fill_maps(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, char *
 		.flags = AMBPF_ZT_READY,
 	};
 	struct ambpf_config cfg = { 0 };
+	struct ambpf_pod pod = { .flags = AMBPF_POD_AMBIENT };
+	struct ambpf_ip pod_ip;
 	__u32 zero = 0;
 	int err_;
 
@@ -61,7 +64,10 @@ int fill_maps(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, char *
 	v4mapped(zt.ip, FILL_ZTUNNEL_IP);
 	/* ztunnel "lives" in another netns: the client's connects must not look like ztunnel's own. */
 	zt.netns_cookie = netns_cookie + 1;
-	if ((err_ = update(maps, nmaps, "ambpf_netns", &netns_cookie, &ns, err, errlen)) ||
+	zt.host_ifindex = if_nametoindex(FILL_ZT_HOST_IF);
+	v4mapped(pod_ip.addr, FILL_TC_POD_IP);
+	if ((err_ = update(maps, nmaps, "ambpf_pods", &pod_ip, &pod, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_netns", &netns_cookie, &ns, err, errlen)) ||
 	    (err_ = update(maps, nmaps, "ambpf_config", &zero, &cfg, err, errlen)) ||
 	    (err_ = update(maps, nmaps, "ambpf_ztunnel", &zero, &zt, err, errlen)))
 		return err_;

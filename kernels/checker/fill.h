@@ -11,6 +11,8 @@
 #define FILL_POD_IP      "198.18.1.1"  /* on the veth: a local address that is not ztunnel's */
 #define FILL_ORIG_DST_IP "198.18.5.5"  /* not assigned anywhere: only a redirect can reach it */
 #define FILL_ORIG_DST_PORT 8080
+#define FILL_TC_POD_IP   "198.18.1.2"  /* an ambient pod behind the veth (check.sh's neighbour entry) */
+#define FILL_ZT_HOST_IF  "akc1"        /* stands for ztunnel's host-side veth: tc steers there */
 
 /* Mark the caller's netns (by cookie) as an ambient pod, publish ztunnel, plain config. */
 int fill_maps(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, char *err, size_t errlen);

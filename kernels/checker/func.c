@@ -29,6 +29,7 @@ struct loaded_set {
 	struct attachment att[MAX_PROGS];
 	int natt;
 	bool has_sk_lookup;
+	bool has_tc;
 };
 
 static struct bpf_map *shared(struct loaded_set *s, const char *name)
@@ -97,6 +98,8 @@ static int attach_all(struct loaded_set *s, const struct attach_env *env)
 			}
 			if (bpf_program__type(prog) == BPF_PROG_TYPE_SK_LOOKUP)
 				s->has_sk_lookup = true;
+			if (bpf_program__type(prog) == BPF_PROG_TYPE_SCHED_CLS)
+				s->has_tc = true;
 			s->natt++;
 		}
 	}
@@ -241,6 +244,35 @@ static int check_sk_lookup(struct loaded_set *s)
 	return 0;
 }
 
+/* A SYN for an ambient pod leaving its host-side veth is steered (counted and redirected) by the tc
+ * program. Where it lands needs ztunnel's netns; the guest checks the program's decision. */
+static int check_tc(struct loaded_set *s)
+{
+	const char *name = "tc steers a SYN for an ambient pod";
+	unsigned int mark = AMBPF_ZTUNNEL_MARK;
+	long long before = fill_stat(s->maps, s->nmaps, AMBPF_STAT_TC_STEERED), after = before;
+	struct sockaddr_in dst;
+	int cfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+
+	addr(&dst, FILL_TC_POD_IP, 80);
+	/* ztunnel's mark keeps connect4 out of it: the SYN goes to the pod's address as asked. */
+	setsockopt(cfd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+	connect(cfd, (struct sockaddr *)&dst, sizeof(dst));
+	for (int i = 0; i < 20 && after <= before; i++) {
+		usleep(50 * 1000);
+		after = fill_stat(s->maps, s->nmaps, AMBPF_STAT_TC_STEERED);
+	}
+	close(cfd);
+	if (after > before) {
+		report(LABEL, name, "func", "ok", "steered %lld SYN(s) to %s", after - before, FILL_ZT_HOST_IF);
+		return 0;
+	}
+	report(LABEL, name, "func", "fail", "TC_STEERED stayed at %lld (pass not-ambient %lld, no-flow %lld, error %lld)",
+	       after, fill_stat(s->maps, s->nmaps, AMBPF_STAT_TC_PASS_NOT_AMBIENT),
+	       fill_stat(s->maps, s->nmaps, AMBPF_STAT_TC_PASS_NO_FLOW), fill_stat(s->maps, s->nmaps, AMBPF_STAT_TC_ERROR));
+	return 1;
+}
+
 /* The child joins the test cgroup (so the cgroup programs see its sockets, ztunnel stand-in
  * included, as kubepods covers ztunnel's pod), fills the maps and runs the socket checks. */
 static int child(struct loaded_set *s, const char *cgroup_path, int cgroup_fd)
@@ -268,6 +300,8 @@ static int child(struct loaded_set *s, const char *cgroup_path, int cgroup_fd)
 	failures += check_outbound(s);
 	if (s->has_sk_lookup)
 		failures += check_sk_lookup(s);
+	if (s->has_tc)
+		failures += check_tc(s);
 	return failures;
 }
 

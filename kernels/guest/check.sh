@@ -15,6 +15,11 @@ ip link add akc0 type veth peer name akc1 || setup_failed "cannot create the vet
 ip addr add 198.18.0.1/32 dev lo || setup_failed "cannot address lo"
 ip addr add 198.18.1.1/24 dev akc0 || setup_failed "cannot address akc0"
 ip link set akc0 up && ip link set akc1 up || setup_failed "cannot bring the veth pair up"
+# (/sys shows the host netns inside unshare, so the MAC comes from ip.)
+# 198.18.1.2 stands for an ambient pod behind akc0 (its host-side veth): a static neighbour lets a SYN
+# leave akc0 without an ARP answer, so the tc program on akc0 sees it.
+ip neigh add 198.18.1.2 lladdr "$(ip -br link show akc1 | awk '{print $3}')" dev akc0 nud permanent \
+  || setup_failed "cannot add the pod neighbour"
 mkdir "$cg" || { echo "RESULT	-	-	setup	fail	cannot create cgroup $cg"; exit 1; }
 "$checker" --cgroup "$cg" --iface akc0 "$@"
 rc=$?
