@@ -32,6 +32,8 @@ export interface FakeApiServerOptions {
   readonly token?: string;
   /** Send a BOOKMARK to bookmark-enabled watches this often (ms); 0 = only on `sendBookmarks()`. */
   readonly bookmarkIntervalMs?: number;
+  /** Port on 127.0.0.1; 0 (default) picks a free one. */
+  readonly port?: number;
 }
 
 export interface StallOptions {
@@ -125,7 +127,7 @@ export class FakeApiServer {
 
   static async start(options: FakeApiServerOptions = {}): Promise<FakeApiServer> {
     const s = new FakeApiServer(options);
-    await s.listen(0);
+    await s.listen(options.port ?? 0);
     return s;
   }
 
