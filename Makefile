@@ -50,5 +50,10 @@ test: deps typecheck bpf
 demo: deps bpf
 	$(AMBPF) demo
 
+# The kernel matrix (5.10, 6.1, 6.12 under qemu + the host): test/kernels.test.ts runs it inside
+# `make test`; this target runs it alone and rewrites docs/kernels.md.
+kernels: deps bpf
+	kernels/run.sh
+
 clean:
 	rm -rf build .tap coverage

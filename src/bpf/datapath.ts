@@ -6,7 +6,7 @@
 // Restart safety (design.md §4): maps are reused from their pins, links are adopted from their pins
 // (ensurePinnedLink), so a restarted loader changes nothing that works and attaches nothing twice.
 // close() releases this process's fds only: pinned maps and links keep traffic flowing without us.
-import { existsSync, readdirSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   BpfMap, BpfObject, LibbpfError, TcAttachment, inNetns, resolveIfindex,
@@ -69,7 +69,7 @@ export interface ZtunnelAttachOptions {
   pid: number;
   /** ztunnel's interface towards the node inside its netns (default eth0). */
   ifname?: string;
-  /** ztunnel's host-side veth in the node netns: rp_filter is made loose there (its replies carry pod IPs). */
+  /** ztunnel's host-side veth in the node netns: rp_filter is turned off there (its replies carry pod IPs). */
   hostIfname?: string;
   /** Policy routing table and rule preference in ztunnel's netns (default 100 / 100). */
   table?: number;
@@ -226,8 +226,17 @@ export class Datapath {
     }
     await installPolicyRoute(this.#routeOpts(o));
     if (o.hostIfname) {
+      // ztunnel answers from the pods' addresses. A Calico-style host veth has no IPv4 address, and
+      // the kernel's reverse-path check then drops every packet whose source is not routed via that
+      // very interface, in loose mode (2) too (fib_validate_source: no address -> last resort ->
+      // reject). So rp_filter must be 0 on it; the effective value is max(all, interface), hence the
+      // warning when the node sets net.ipv4.conf.all.rp_filter (Istio's node agent turned it off too).
       const path = `/proc/sys/net/ipv4/conf/${o.hostIfname}/rp_filter`;
-      inNetns(this.netns, () => writeFileSync(path, '2'));
+      const all = inNetns(this.netns, () => {
+        writeFileSync(path, '0');
+        return readFileSync('/proc/sys/net/ipv4/conf/all/rp_filter', 'utf8').trim();
+      });
+      if (all !== '0') log.warn({ all }, 'net.ipv4.conf.all.rp_filter is not 0: replies from ztunnel to steered inbound connections will be dropped; set it to 0');
     }
     const prog = this.#prog('ambpf_sk_lookup');
     const ino = statSync(o.netnsPath).ino;

@@ -10,6 +10,8 @@ import { readHostRoutes, readLinks, type HostLink } from './links.ts';
 
 export interface ResolvedPod extends DesiredPod {
   readonly pid: number;
+  /** Every process found in the pod's cgroup (the sandbox first): ztunnel's listeners live in one of them. */
+  readonly pids: readonly number[];
   readonly netnsPath: string;
   readonly netnsCookie: bigint;
   /** The node-side interface of the pod's route; undefined if the CNI routes it some other way. */
@@ -63,7 +65,7 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
         return undefined;
       }
       const hostLink = pod.ips.map((ip) => routes.get(ip)).find((l) => l !== undefined);
-      return { ...pod, pid: proc.pid, netnsPath, netnsCookie: cookie, hostLink };
+      return { ...pod, pid: proc.pid, pids: procs.map((p) => p.pid), netnsPath, netnsCookie: cookie, hostLink };
     }
     return undefined;
   };

@@ -2,30 +2,11 @@
 // difference to what the kernel holds now. Pure: the apply step does the I/O, so the diff logic is
 // tested without a kernel and a restarted loader computes the same plan from the pins alone.
 import type { Resolution } from '../node/discovery.ts';
+import { POD_AMBIENT, POD_IS_ZTUNNEL, ztunnelValue, type NetnsValue, type PodValue, type ZtunnelValue } from '../bpf/schema.ts';
 
-export const POD_AMBIENT = 1 << 0;
-export const POD_IS_ZTUNNEL = 1 << 3;
-
-export interface PodEntry {
-  readonly netnsCookie: bigint;
-  readonly hostIfindex: number;
-  readonly flags: number;
-}
-
-export interface NetnsEntry {
-  readonly podIp: string;
-  readonly flags: number;
-}
-
-export interface ZtunnelEntry {
-  readonly ip: string;
-  readonly ip6: string | undefined;
-  readonly netnsCookie: bigint;
-  readonly hostIfindex: number;
-  readonly ifindex: number;
-  readonly mac: string;
-  readonly hostMac: string;
-}
+export type PodEntry = Readonly<PodValue>;
+export type NetnsEntry = Readonly<NetnsValue>;
+export type ZtunnelEntry = Readonly<ZtunnelValue>;
 
 /** What the node's datapath should hold. */
 export interface Target {
@@ -72,15 +53,15 @@ export function buildTarget(resolution: Resolution): Target {
   const z = resolution.ztunnel;
   let ztunnel: ZtunnelEntry | undefined;
   if (z && z.hostLink && z.podLink) {
-    ztunnel = {
+    ztunnel = ztunnelValue({
       ip: z.ips.find((ip) => !ip.includes(':')) ?? z.ips[0]!,
-      ip6: z.ips.find((ip) => ip.includes(':')),
+      ip6: z.ips.find((ip) => ip.includes(':')) ?? null,
       netnsCookie: z.netnsCookie,
       hostIfindex: z.hostLink.ifindex,
       ifindex: z.podLink.ifindex,
       mac: z.podLink.mac,
       hostMac: z.hostLink.mac,
-    };
+    });
     netns.set(z.netnsCookie, { podIp: ztunnel.ip, flags: POD_IS_ZTUNNEL });
   }
   return { pods, netns, ztunnel, inbound };

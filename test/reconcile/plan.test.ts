@@ -1,10 +1,11 @@
 import t from 'tap';
-import { buildTarget, planReconcile, isEmptyPlan, POD_AMBIENT, POD_IS_ZTUNNEL } from '../../src/reconcile/plan.ts';
+import { buildTarget, planReconcile, isEmptyPlan } from '../../src/reconcile/plan.ts';
+import { POD_AMBIENT, POD_IS_ZTUNNEL } from '../../src/bpf/schema.ts';
 import type { Resolution, ResolvedPod } from '../../src/node/discovery.ts';
 
 const link = (ifname: string, ifindex: number) => ({ ifname, ifindex, mac: `02:00:00:00:00:${ifindex.toString(16).padStart(2, '0')}` });
 const pod = (name: string, ips: string[], cookie: bigint, ifindex: number): ResolvedPod => ({
-  uid: `u-${name}`, name, namespace: 'app', ips, pid: 100 + ifindex, netnsPath: `/proc/${100 + ifindex}/ns/net`,
+  uid: `u-${name}`, name, namespace: 'app', ips, pid: 100 + ifindex, pids: [100 + ifindex], netnsPath: `/proc/${100 + ifindex}/ns/net`,
   netnsCookie: cookie, hostLink: link(`veth-${name}`, ifindex),
 });
 

@@ -1,0 +1,168 @@
+// `ambpf run`: load and pin the datapath, then keep its maps in step with the pods of this node,
+// from a pods file or the Kubernetes API. SIGTERM/SIGINT stop the watch and leave every pin in
+// place: traffic keeps flowing while the loader is down or being upgraded.
+import { parseArgs } from 'node:util';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Command } from '../command.ts';
+import { UsageError } from '../../errors.ts';
+import { logger } from '../../log.ts';
+import { mountsOf } from '../../doctor/system.ts';
+import type { PodSource } from '../../sources/types.ts';
+
+const log = logger('run');
+
+const USAGE = `Usage: ambpf run [--node N] (--pods-file F | --kubeconfig F | --in-cluster) [options]
+
+Loads ambpf's programs, pins maps and links under --bpffs, attaches them to the pods' cgroup, and
+keeps the ambient-pod and ztunnel maps in sync with the pods of this node.
+
+Pod source (one of):
+  --pods-file F        a Kubernetes List of Pods and Namespaces (JSON or YAML), re-read on change
+  --kubeconfig F       watch the API server named in this kubeconfig
+  --in-cluster         watch the API server with the pod's service account
+Options:
+  --node N             this node's name (default: $NODE_NAME, else the hostname)
+  --mode node|inpod    where ztunnel listens (default node; inpod: see issue 11)
+  --bpffs DIR          pin directory (default /sys/fs/bpf/ambpf)
+  --cgroup DIR         cgroup v2 directory holding the pods (default: kubelet's kubepods under the
+                       cgroup v2 mount found in /proc/mounts)
+  --listen HOST:PORT   /healthz /readyz /metrics (default 127.0.0.1:15099; port 0 = ephemeral)
+  --state-file F       pod names for \`ambpf pods\` (default /run/ambpf/state.json)
+  --exclude-ports P,.. destination ports never redirected (at most 16)
+  --node-ip IP,..      the node's own IPs: never redirected
+  --no-splice          disable the same-node sockhash splice
+  --resync-ms N        re-check pods that were not resolvable, and ztunnel's listeners (default 2000)
+`;
+
+function defaultCgroup(): string {
+  const roots = mountsOf('cgroup2');
+  for (const root of roots) {
+    for (const name of ['kubepods.slice', 'kubepods']) {
+      const dir = join(root, name);
+      if (existsSync(dir)) return dir;
+    }
+  }
+  throw new UsageError(
+    roots.length === 0
+      ? 'no cgroup v2 mount found in /proc/mounts; ambpf needs cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup)'
+      : `no kubepods cgroup under ${roots.join(', ')}; pass --cgroup with the directory that holds the pods`,
+  );
+}
+
+function csv(value: string | undefined): string[] {
+  return value ? value.split(',').map((v) => v.trim()).filter(Boolean) : [];
+}
+
+export const command: Command = {
+  summary: 'load, pin and attach the datapath, then keep the maps in sync with pods',
+  usage: USAGE,
+  async run(argv) {
+    const { values } = parseArgs({
+      args: [...argv],
+      options: {
+        node: { type: 'string' },
+        'pods-file': { type: 'string' },
+        kubeconfig: { type: 'string' },
+        'in-cluster': { type: 'boolean' },
+        mode: { type: 'string', default: 'node' },
+        bpffs: { type: 'string', default: '/sys/fs/bpf/ambpf' },
+        cgroup: { type: 'string' },
+        listen: { type: 'string', default: '127.0.0.1:15099' },
+        'state-file': { type: 'string', default: '/run/ambpf/state.json' },
+        'exclude-ports': { type: 'string' },
+        'node-ip': { type: 'string' },
+        'no-splice': { type: 'boolean' },
+        'resync-ms': { type: 'string', default: '2000' },
+      },
+      strict: true,
+    });
+    const sources = [values['pods-file'] !== undefined, values.kubeconfig !== undefined, values['in-cluster'] === true].filter(Boolean).length;
+    if (sources !== 1) throw new UsageError('pass exactly one pod source: --pods-file F, --kubeconfig F or --in-cluster');
+    if (values.mode !== 'node') throw new UsageError(`--mode ${values.mode} is not supported yet; use --mode node`);
+    const excludedPorts = csv(values['exclude-ports']).map((p) => {
+      const n = Number(p);
+      if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`--exclude-ports: '${p}' is not a port number`);
+      return n;
+    });
+    const resyncMs = Number(values['resync-ms']);
+    if (!Number.isFinite(resyncMs) || resyncMs < 100) throw new UsageError('--resync-ms must be a number >= 100');
+
+    // Heavy modules load only now: `ambpf run --help` stays instant.
+    const { resolveNodeName } = await import('../../kube/node-name.ts');
+    const { openDatapath } = await import('../../bpf/datapath.ts');
+    const { defaultConfig, CFG_SPLICE } = await import('../../bpf/schema.ts');
+    const { Reconciler } = await import('../../reconcile/reconciler.ts');
+    const { createMetricsRegistry } = await import('../../metrics/registry.ts');
+    const { startHttpServer } = await import('../../server/http.ts');
+    const { canonicalIp } = await import('../../state/desired.ts');
+
+    const nodeIps = csv(values['node-ip']).map((ip) => {
+      const c = canonicalIp(ip);
+      if (!c) throw new UsageError(`--node-ip: '${ip}' is not an IP address`);
+      return c;
+    });
+    const node = resolveNodeName({ flag: values.node });
+    const cgroup = values.cgroup ?? defaultCgroup();
+
+    let source: PodSource;
+    let watchCounters: (() => { watchRestarts: number; lastEventAt: number | undefined }) | undefined;
+    if (values['pods-file'] !== undefined) {
+      const { createPodsFileSource } = await import('../../sources/pods-file.ts');
+      source = createPodsFileSource({ path: values['pods-file'] });
+    } else {
+      const { loadKubeConfig } = await import('../../kube/config.ts');
+      const { createKubeSource } = await import('../../sources/kube.ts');
+      const kubeConfig = loadKubeConfig({ kubeconfig: values.kubeconfig, inCluster: values['in-cluster'] });
+      const kube = createKubeSource({ kubeConfig, nodeName: node });
+      watchCounters = () => kube.counters();
+      source = kube;
+    }
+
+    const datapath = await openDatapath({ bpffs: values.bpffs, cgroup });
+    const config = defaultConfig({ excludedPorts, nodeIps });
+    if (values['no-splice']) config.flags &= ~CFG_SPLICE;
+    datapath.maps.config.set(config);
+
+    const reconciler = new Reconciler({ node, datapath, stateFile: values['state-file'] });
+    let ready = false;
+    const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters });
+    const { server } = await startHttpServer(values.listen, {
+      ready: () => ready,
+      notReadyReason: () => (source.health().synced ? 'first reconcile not finished' : 'pod source not synced yet'),
+    }, registry);
+
+    let stopping = false;
+    let resyncTimer: NodeJS.Timeout | undefined;
+    const done = new Promise<number>((resolve) => {
+      const stop = (signal: string): void => {
+        if (stopping) return;
+        stopping = true;
+        log.info({ signal }, 'stopping: the watch ends, pins stay (traffic keeps flowing)');
+        if (resyncTimer) clearInterval(resyncTimer);
+        void (async () => {
+          await source.stop();
+          await reconciler.idle();
+          server.close();
+          datapath.close();
+          resolve(0);
+        })();
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+
+    await source.start(async (snapshot) => {
+      await reconciler.reconcile(snapshot);
+    });
+    ready = true;
+    log.info({ node, bpffs: values.bpffs, cgroup, links: datapath.links }, 'ready: first reconcile done');
+    // Pods whose sandbox was not up yet and a ztunnel that restarted are picked up by a resync.
+    // A full pass also runs every 30 s regardless, as a safety net against anything missed.
+    resyncTimer = setInterval(() => {
+      const last = reconciler.stats.lastAt ?? 0;
+      if (reconciler.hasUnresolved || !reconciler.ztunnelListenersPresent() || Date.now() - last > 30_000) void reconciler.resync();
+    }, resyncMs);
+    return done;
+  },
+};

@@ -1,0 +1,225 @@
+// The one path from cluster objects into the kernel: snapshot -> desired state -> node discovery
+// -> target -> diff against the pinned maps and links -> apply. Passes are serialized (the newest
+// snapshot wins), every pass is idempotent, and a failing entry (a full map, a vanished interface)
+// is reported and counted without stopping the others.
+import { writeFile, rename, mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { computeDesiredState, type DesiredState, type Problem } from '../state/desired.ts';
+import { resolveNode, type Resolution } from '../node/discovery.ts';
+import { buildTarget, planReconcile, type Current, type Plan, type Target } from './plan.ts';
+import type { Datapath } from '../bpf/datapath.ts';
+import type { ClusterSnapshot } from '../sources/types.ts';
+import { ZT_READY } from '../bpf/schema.ts';
+import { MapFullError } from '../libbpf/index.ts';
+import { describeError } from '../errors.ts';
+import { logger } from '../log.ts';
+
+const log = logger('reconcile');
+
+export interface ReconcileStats {
+  passes: number;
+  errors: number;
+  mapFull: number;
+  lastDurationMs: number;
+  lastAt: number | undefined;
+  lastError: string | undefined;
+}
+
+export interface ReconcileResult {
+  readonly desired: DesiredState;
+  readonly plan: Plan;
+  readonly errors: readonly string[];
+  readonly unresolved: readonly Problem[];
+}
+
+/** What `ambpf pods` and `ambpf status` read to name the entries of the maps. */
+export interface StateFile {
+  readonly node: string;
+  readonly updatedAt: string;
+  readonly ztunnel: { name: string; namespace: string; ips: readonly string[] } | null;
+  readonly pods: ReadonlyArray<{ name: string; namespace: string; uid: string; ips: readonly string[]; hostIfname: string | null }>;
+  readonly problems: readonly Problem[];
+}
+
+export interface ReconcilerOptions {
+  readonly node: string;
+  readonly datapath: Datapath;
+  /** Where to write the state file (pod names for the inspection commands); none if undefined. */
+  readonly stateFile?: string;
+  readonly procRoot?: string;
+}
+
+export class Reconciler {
+  readonly stats: ReconcileStats = { passes: 0, errors: 0, mapFull: 0, lastDurationMs: 0, lastAt: undefined, lastError: undefined };
+  /** Whether the last pass left something to retry soon. */
+  hasUnresolved = false;
+  readonly #o: ReconcilerOptions;
+  #queue: Promise<unknown> = Promise.resolve();
+  #pending: ClusterSnapshot | undefined;
+  #last: ClusterSnapshot | undefined;
+  #reported = new Set<string>();
+  /** ztunnel's listeners are copied into the sockmap once per ztunnel process. */
+  #ztunnelAttachedFor: string | undefined;
+
+  constructor(options: ReconcilerOptions) {
+    this.#o = options;
+  }
+
+  /** Queue a pass for this snapshot; resolves when a pass that saw it (or a newer one) finished. */
+  reconcile(snapshot: ClusterSnapshot): Promise<ReconcileResult | undefined> {
+    this.#pending = snapshot;
+    const run = this.#queue.then(() => {
+      const next = this.#pending;
+      this.#pending = undefined;
+      return next ? this.#pass(next) : undefined;
+    });
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Re-run the last snapshot: pods whose sandbox was not up yet, a ztunnel that restarted. */
+  resync(): Promise<ReconcileResult | undefined> {
+    return this.#last ? this.reconcile(this.#pending ?? this.#last) : Promise.resolve(undefined);
+  }
+
+  async #pass(snapshot: ClusterSnapshot): Promise<ReconcileResult> {
+    const started = performance.now();
+    this.#last = snapshot;
+    const errors: string[] = [];
+    const desired = computeDesiredState(snapshot, this.#o.node);
+    const resolution = await resolveNode(desired, { procRoot: this.#o.procRoot });
+    const target = buildTarget(resolution);
+    const dp = this.#o.datapath;
+    const plan = planReconcile(target, readCurrent(dp));
+    const attempt = (what: string, fn: () => unknown): void => {
+      try {
+        fn();
+      } catch (err) {
+        if (err instanceof MapFullError) this.stats.mapFull++;
+        errors.push(`${what}: ${describeError(err)}`);
+      }
+    };
+    // Order matters for traffic: identities first (netns, pods), then ztunnel, then removals, so a
+    // pass never leaves a pod half-known.
+    for (const [cookie, v] of plan.netnsSet) attempt(`ambpf_netns ${cookie}`, () => dp.maps.netns.set(cookie, v));
+    for (const [ip, v] of plan.podsSet) attempt(`ambpf_pods ${ip}`, () => dp.maps.pods.set(ip, v));
+    if (plan.ztunnel === null) attempt('ambpf_ztunnel clear', () => dp.maps.ztunnel.clear());
+    else if (plan.ztunnel) attempt('ambpf_ztunnel', () => dp.maps.ztunnel.set(plan.ztunnel as NonNullable<typeof plan.ztunnel>));
+    for (const ip of plan.podsDelete) attempt(`ambpf_pods delete ${ip}`, () => dp.maps.pods.delete(ip));
+    for (const cookie of plan.netnsDelete) attempt(`ambpf_netns delete ${cookie}`, () => dp.maps.netns.delete(cookie));
+    for (const ifname of plan.inboundAttach) attempt(`inbound tc on ${ifname}`, () => dp.attachInbound(ifname));
+    for (const ifname of plan.inboundDetach) attempt(`inbound tc off ${ifname}`, () => dp.detachInbound(ifname));
+    await this.#ensureZtunnelInbound(resolution, target, errors);
+
+    const unresolved = [...desired.problems, ...resolution.unresolved];
+    this.#report(unresolved, errors);
+    this.hasUnresolved = resolution.unresolved.length > 0 || errors.length > 0;
+    if (this.#o.stateFile) await writeStateFile(this.#o.stateFile, desired, resolution).catch((err: unknown) => {
+      errors.push(`state file ${this.#o.stateFile}: ${describeError(err)}`);
+    });
+    this.stats.passes++;
+    this.stats.errors += errors.length;
+    this.stats.lastDurationMs = performance.now() - started;
+    this.stats.lastAt = Date.now();
+    this.stats.lastError = errors.at(-1);
+    log.info({
+      pods: target.pods.size, ztunnel: target.ztunnel?.ip ?? null,
+      set: plan.podsSet.size + plan.netnsSet.size, deleted: plan.podsDelete.length + plan.netnsDelete.length,
+      attached: plan.inboundAttach.length, detached: plan.inboundDetach.length,
+      errors: errors.length, ms: Math.round(this.stats.lastDurationMs),
+    }, 'reconciled');
+    return { desired, plan, errors, unresolved };
+  }
+
+  /** Inbound steering ends in ztunnel's netns: its listeners in the sockmap, sk_lookup attached. */
+  async #ensureZtunnelInbound(resolution: Resolution, target: Target, errors: string[]): Promise<void> {
+    const z = resolution.ztunnel;
+    if (!z || !target.ztunnel) {
+      this.#ztunnelAttachedFor = undefined;
+      return;
+    }
+    // Listener sockets leave the sockmap when they close: a new ztunnel process (even in the same
+    // netns) needs them copied again, so the key is the process, not the pod.
+    const key = `${z.uid}/${z.pid}/${target.ztunnel.netnsCookie}`;
+    if (this.#ztunnelAttachedFor === key && listenersPresent(this.#o.datapath)) return;
+    // The listeners belong to ztunnel's process, not to the pod's sandbox: try the pod's processes.
+    let lastErr: unknown;
+    for (const pid of [...z.pids].reverse()) {
+      try {
+        await this.#o.datapath.attachZtunnel({
+          netnsPath: z.netnsPath, pid, ifname: z.podLink?.ifname ?? 'eth0', hostIfname: z.hostLink?.ifname,
+        });
+        this.#ztunnelAttachedFor = key;
+        return;
+      } catch (err) {
+        lastErr = err;
+      }
+    }
+    errors.push(`ztunnel inbound (pod ${z.namespace}/${z.name}): ${describeError(lastErr)}`);
+  }
+
+  #report(problems: readonly Problem[], errors: readonly string[]): void {
+    // Say each problem once, not on every pass; say when it went away.
+    const now = new Set<string>();
+    for (const p of problems) {
+      const line = `${p.object}: ${p.reason}`;
+      now.add(line);
+      if (!this.#reported.has(line)) log.error({ object: p.object, reason: p.reason }, `cannot apply ${p.object}: ${p.reason}`);
+    }
+    for (const e of errors) {
+      now.add(e);
+      if (!this.#reported.has(e)) log.error({ error: e }, e);
+    }
+    for (const old of this.#reported) if (!now.has(old)) log.info({ resolved: old }, 'problem resolved');
+    this.#reported = now;
+  }
+
+  /** False when ztunnel is known but its listeners left the sockmap (a restarted ztunnel process). */
+  ztunnelListenersPresent(): boolean {
+    return this.#ztunnelAttachedFor === undefined || listenersPresent(this.#o.datapath);
+  }
+
+  /** Waits for queued passes. */
+  async idle(): Promise<void> {
+    await this.#queue;
+  }
+}
+
+function listenersPresent(dp: Datapath): boolean {
+  try {
+    return dp.maps.raw.ambpf_zt_listen.nextKey(null) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+/** What the kernel holds now, from the maps and the pinned inbound links. */
+export function readCurrent(dp: Datapath): Current {
+  const zt = dp.maps.ztunnel.get();
+  const inbound = new Set<string>();
+  const linksDir = join(dp.bpffs, 'links');
+  if (existsSync(linksDir)) for (const name of readdirSync(linksDir)) if (name.startsWith('tc-')) inbound.add(name.slice(3));
+  return {
+    pods: new Map(dp.maps.pods.entries()),
+    netns: new Map(dp.maps.netns.entries()),
+    ztunnel: (zt.flags & ZT_READY) !== 0 ? zt : undefined,
+    inbound,
+  };
+}
+
+async function writeStateFile(path: string, desired: DesiredState, resolution: Resolution): Promise<void> {
+  const hostIf = new Map(resolution.pods.map((p) => [p.uid, p.hostLink?.ifname ?? null]));
+  const state: StateFile = {
+    node: desired.node,
+    updatedAt: new Date().toISOString(),
+    ztunnel: desired.ztunnel ? { name: desired.ztunnel.name, namespace: desired.ztunnel.namespace, ips: desired.ztunnel.ips } : null,
+    pods: desired.ambientPods.map((p) => ({ name: p.name, namespace: p.namespace, uid: p.uid, ips: p.ips, hostIfname: hostIf.get(p.uid) ?? null })),
+    problems: desired.problems,
+  };
+  await mkdir(dirname(path), { recursive: true });
+  const tmp = `${path}.${process.pid}.tmp`;
+  await writeFile(tmp, JSON.stringify(state, null, 2) + '\n');
+  await rename(tmp, path);
+}
