@@ -1,0 +1,75 @@
+// Native calls libbpf-ts does not expose yet. Two BPF_OBJ_GET_INFO_BY_FD reads: the raw bytes of a
+// BTF object (to format map keys/values) and a program's first func_info record (bpftool takes a
+// long program's full name from it); and libc clock_gettime(CLOCK_BOOTTIME). Declared here until
+// libbpf-ts grows `btfRawData(id)`, `progFuncInfo(fd)` and a boot-clock reading; then it goes away.
+import koffi from 'koffi';
+import { closeSync } from 'node:fs';
+import { fdById, LibbpfError } from '../libbpf/index.ts';
+import type { Errno } from './kernel-types.ts';
+
+type InfoFn = (fd: number, info: Buffer, len: number[]) => number;
+let getInfo: InfoFn | undefined;
+
+function objGetInfo(fd: number, info: Buffer): number {
+  getInfo ??= koffi.load('libbpf.so.1').func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)') as InfoFn;
+  return getInfo(fd, info, [info.length]);
+}
+
+// struct bpf_btf_info: btf (u64 ptr) @0, btf_size @8, id @12, name @16, name_len @24, kernel_btf @28.
+const BTF_INFO_SIZE = 32;
+// struct bpf_prog_info: func_info_rec_size @132, func_info @136, nr_func_info @144; 232 bytes in 6.x.
+const PROG_INFO_SIZE = 232;
+
+/** The BTF object's raw bytes (as bpftool gets them through btf__load_from_kernel_by_id). */
+export function btfRawData(id: number): Uint8Array | Errno {
+  let fd: number;
+  try {
+    fd = fdById('btf', id);
+  } catch (e) {
+    if (e instanceof LibbpfError) return -e.errno;
+    throw e;
+  }
+  try {
+    const info = Buffer.alloc(BTF_INFO_SIZE);
+    let rc = objGetInfo(fd, info);
+    if (rc < 0) return rc;
+    const size = info.readUInt32LE(8);
+    const data = Buffer.alloc(size);
+    info.fill(0);
+    info.writeBigUInt64LE(koffi.address(data), 0);
+    info.writeUInt32LE(size, 8);
+    rc = objGetInfo(fd, info);
+    if (rc < 0) return rc;
+    return data;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** type_id of a program's first func_info record (its main function's BTF FUNC). */
+export function progFirstFuncTypeId(progFd: number): Errno {
+  const rec = Buffer.alloc(8); // struct bpf_func_info { insn_off, type_id }
+  const info = Buffer.alloc(PROG_INFO_SIZE);
+  info.writeUInt32LE(8, 132);
+  info.writeBigUInt64LE(koffi.address(rec), 136);
+  info.writeUInt32LE(1, 144);
+  const rc = objGetInfo(progFd, info);
+  if (rc < 0) return rc;
+  if (info.readUInt32LE(144) === 0) return -2;
+  return rec.readUInt32LE(4);
+}
+
+type ClockFn = (clock: number, ts: Buffer) => number;
+let clockGettime: ClockFn | undefined;
+
+/** clock_gettime(CLOCK_REALTIME) - clock_gettime(CLOCK_BOOTTIME) in ns: the boot moment, as bpftool
+ *  computes it to turn a program's load_time (ns since boot) into a wall-clock time. Node has no
+ *  CLOCK_BOOTTIME (process.hrtime is CLOCK_MONOTONIC, which stops during suspend). */
+export function bootEpochParts(): { realSec: bigint; realNsec: bigint; bootSec: bigint; bootNsec: bigint } {
+  clockGettime ??= koffi.load('libc.so.6').func('int clock_gettime(int clk, void *ts)') as ClockFn;
+  const real = Buffer.alloc(16);
+  const boot = Buffer.alloc(16);
+  clockGettime(0 /* CLOCK_REALTIME */, real);
+  clockGettime(7 /* CLOCK_BOOTTIME */, boot);
+  return { realSec: real.readBigInt64LE(0), realNsec: real.readBigInt64LE(8), bootSec: boot.readBigInt64LE(0), bootNsec: boot.readBigInt64LE(8) };
+}
