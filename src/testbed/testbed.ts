@@ -214,6 +214,7 @@ export function plan(spec: TestbedSpec, prefix: string, topology: Topology, cgro
       hostIfname: hostNetwork ? '' : hostVethName(p.namespace, p.name),
       hostIfindex: 0,
       podIfname: hostNetwork ? '' : 'eth0',
+      podMac: '',
       pausePid: 0,
     };
   });
@@ -288,14 +289,22 @@ async function buildNetwork(info: TestbedInfo): Promise<void> {
   );
 }
 
-async function hostIfindexes(info: TestbedInfo): Promise<TestbedPod[]> {
+/** Host veth ifindexes and pod eth0 MACs, known only once the links exist. */
+async function linkInfo(info: TestbedInfo): Promise<TestbedPod[]> {
   const byNode = new Map<string, Map<string, number>>();
   for (const n of info.nodes) {
     const r = await run(['ip', '-n', n.netns, '-j', 'link', 'show']);
     const links = JSON.parse(r.stdout) as { ifindex: number; ifname: string }[];
     byNode.set(n.name, new Map(links.map((l) => [l.ifname, l.ifindex])));
   }
-  return info.pods.map((p) => ({ ...p, hostIfindex: p.hostNetwork ? 0 : (byNode.get(p.node)?.get(p.hostIfname) ?? 0) }));
+  return Promise.all(
+    info.pods.map(async (p) => {
+      if (p.hostNetwork) return p;
+      const r = await run(['ip', '-n', netnsName(p.netnsPath), '-j', 'link', 'show', 'dev', 'eth0']);
+      const [eth0] = JSON.parse(r.stdout) as { address?: string }[];
+      return { ...p, hostIfindex: byNode.get(p.node)?.get(p.hostIfname) ?? 0, podMac: eth0?.address ?? '' };
+    }),
+  );
 }
 
 async function waitFor(what: string, timeoutMs: number, check: () => boolean): Promise<void> {
@@ -325,7 +334,7 @@ export async function startTestbed(spec: TestbedSpec = defaultSpec(), opts: Star
     mkdirSync(info.runDir, { recursive: true });
     if (!opts.detached) writeFileSync(join(info.runDir, 'owner'), `${process.pid}\n`);
     await buildNetwork(info);
-    info = { ...info, pods: await hostIfindexes(info) };
+    info = { ...info, pods: await linkInfo(info) };
     for (const n of info.nodes) {
       makeCgroup(n.systemCgroup);
       makeCgroup(join(n.kubepodsCgroup, 'besteffort'));

@@ -48,6 +48,8 @@ export interface TestbedPod {
   readonly hostIfindex: number;
   /** Pod-side interface name ("eth0"); empty for hostNetwork pods. */
   readonly podIfname: string;
+  /** MAC of the pod-side eth0 (what tc steering writes as destination MAC); empty for hostNetwork pods. */
+  readonly podMac: string;
   /** The pause-like process (sleep infinity) that keeps the pod's netns and cgroup populated. */
   readonly pausePid: number;
 }

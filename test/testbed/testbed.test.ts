@@ -48,6 +48,8 @@ t.test('host veths: /32 route and ifindex on the node', async (t) => {
   const routes = await tb.exec('node1', ['ip', 'route', 'get', p.ip]);
   t.match(routes.stdout, `dev ${p.hostIfname}`);
   t.equal((await tb.exec(p, ['ip', '-o', '-4', 'addr', 'show', 'dev', 'eth0'])).stdout.includes(`${p.ip}/32`), true);
+  t.match((await tb.exec(p, ['ip', 'link', 'show', 'eth0'])).stdout, `link/ether ${p.podMac} `);
+  t.match(p.podMac, /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
 });
 
 t.test('exec runs in the pod netns and cgroup, and on the node in its system cgroup', async (t) => {
