@@ -17,6 +17,7 @@ export interface ReflectorCounters {
   relists: number;
   errors: number;
   events: number;
+  /** Last completed list, event or bookmark (epoch ms). */
   lastEventAt: number | undefined;
 }
 
@@ -122,11 +123,6 @@ export class Reflector {
     return (this.served?.list() ?? []) as readonly KubeObjectLike[];
   }
 
-  /** Time of the last list, event or bookmark (ms since epoch, from `now`). */
-  get lastHeard(): number {
-    return this.lastHeardAt;
-  }
-
   /** The watchdog: relists when nothing was heard for staleAfterMs (unless a restart is already pending). */
   checkStale(): void {
     if (this.stopped || this.restartTimer) return;
@@ -200,6 +196,8 @@ export class Reflector {
 
   private listed(lw: ListWatch<KubernetesObject>, count: number): void {
     this.lastHeardAt = this.now();
+    // A completed list is news from the server too: the age metric must not read "never" on a quiet cluster.
+    this.counters.lastEventAt = this.lastHeardAt;
     this.attempt = 0;
     if (this.everListed) this.counters.relists++;
     this.opts.log.debug({ resource: this.opts.resource, count }, 'listed');

@@ -32,7 +32,7 @@ export interface KubeSourceCounters {
   readonly events: number;
   readonly snapshots: number;
   readonly snapshotErrors: number;
-  /** Epoch ms of the last event or bookmark; undefined before the first. */
+  /** Epoch ms of the last completed list, event or bookmark; undefined before the first. */
   readonly lastEventAt: number | undefined;
 }
 
@@ -142,7 +142,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
       await Promise.all(reflectors.map((r) => r.stop()));
     },
     health(): SourceHealth {
-      const heard = Math.max(...reflectors.map((r) => r.counters.lastEventAt ?? 0), ...reflectors.map((r) => r.lastHeard));
+      const heard = Math.max(0, ...reflectors.map((r) => r.counters.lastEventAt ?? 0));
       return {
         synced: ready,
         lastEventAgeMs: heard > 0 ? Math.max(0, Date.now() - heard) : undefined,

@@ -58,6 +58,7 @@ t.test('initial sync delivers this node\'s pods and all namespaces, once, before
   t.equal(h.synced, true);
   t.equal(h.restarts, 0);
   t.ok(h.lastEventAgeMs !== undefined && h.lastEventAgeMs >= 0);
+  t.type(source.counters().lastEventAt, 'number', 'the completed list counts as heard, for the age metric');
   const podList = server.requests.find((r) => r.path === '/api/v1/pods' && !r.watch);
   t.equal(podList?.query['fieldSelector'], `spec.nodeName=${NODE}`, 'pods are listed with the node field selector');
   // The watch follows the list shortly after start; give it a moment to be requested.
