@@ -81,7 +81,9 @@ export function findPrefixes(): string[] {
   } catch {
     cgRoot = undefined;
   }
-  for (const n of [...listDir(NETNS_DIR), ...listDir(BPFFS_ROOT), ...(cgRoot ? listDir(cgRoot) : []), ...listDir(tmpdir())]) {
+  // Run dirs are <tmpdir>/<prefix> exactly; other files there that merely start with the family are not ours.
+  const runDirs = listDir(tmpdir()).filter((n) => /^ambtb[a-z0-9]+$/.test(n));
+  for (const n of [...listDir(NETNS_DIR), ...listDir(BPFFS_ROOT), ...(cgRoot ? listDir(cgRoot) : []), ...runDirs]) {
     const p = family(n);
     if (p) found.add(p);
   }

@@ -30,6 +30,30 @@
  *   netns (veths, routes, ipsets and iptables rules inside go with them), the cgroups,
  *   `/sys/fs/bpf/<prefix>-*` and the run dir `<tmpdir>/<prefix>`.
  * - Node bpffs dir suggestion: `/sys/fs/bpf/<prefix>-<node>` (node.bpffsDir).
+ * - `down --all` skips testbeds whose owner (the process that called startTestbed, recorded in
+ *   `<runDir>/owner` unless `detached`) is alive, so it never pulls a cluster from under a running test.
+ *
+ * The ztunnel stand-in (ztunnel/standin.ts), started by default (`standIn: false` leaves the ztunnel
+ * ports free for the benchmark's sinks): node topology = one process in the ztunnel pod (its netns and
+ * cgroup); inpod = one process per mesh pod, in that pod's netns and the ztunnel pod's cgroup.
+ * - Listeners `[::]:15001/15006/15008`, dual-stack (v4-mapped peers), made with libc socket() through
+ *   koffi so IP_TRANSPARENT (node topology) is set before bind, then handed to Node (`listen({fd})`).
+ * - Original dst: getsockopt(SOL_IP, SO_ORIGINAL_DST) (SOL_IPV6 for v6 peers), else the accepted
+ *   socket's local address (TPROXY, sk_lookup, sk_assign). Nothing else.
+ * - Upstream sockets: libc socket() + setsockopt(SO_MARK, 0x539) BEFORE connect, then
+ *   `new net.Socket({ fd }).connect()`, so even the first SYN is marked (a test counts marked SYNs).
+ * - 15001 -> to a mesh pod: HBONE = HTTP/2 CONNECT over mTLS (test CA made with openssl at start,
+ *   `info.pkiDir`, ALPN h2, SPIFFE id of ztunnel) to `<dst>:15008`, `:authority` = original dst; in node
+ *   topology a same-node destination is tunnelled to our own 127.0.0.1:15008 (the node does not steer
+ *   ztunnel's own traffic back to it). To a non-mesh destination: plain TCP passthrough.
+ * - 15008 -> terminate HBONE, connect to the authority; 15006 -> connect to the original dst. The
+ *   upstream leaves from ztunnel's own address (no source-IP spoofing): the server sees ztunnel's pod
+ *   IP (node) or its own IP (inpod) as peer.
+ * - One JSON line per connection (ZtunnelLogEntry) in `ztunnel.logPath`, read with `tb.ztunnelLog(node)`.
+ *
+ * Istio's iptables path for either topology: src/baseline (`installIptablesPath(tb)`,
+ * `removeIptablesPath(tb)`). Helpers for tests: src/testbed/helpers.ts (`curl`, `startHttpServer`,
+ * `waitForPort`).
  */
 export { startTestbed, attachTestbed, effectivePrefix, Testbed, type StartOptions, type Target } from './testbed.ts';
 export { startStandIns, stopStandIns } from './ztunnel/launch.ts';
