@@ -4,7 +4,8 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { netnsCookie, ifIndex, withNetns } from '../../src/libbpf/index.ts';
-import { openDatapath, type Datapath } from '../../src/bpf/datapath.ts';
+import { openDatapath, uninstallDatapath, type Datapath } from '../../src/bpf/datapath.ts';
+import { existsSync } from 'node:fs';
 import * as s from '../../src/bpf/schema.ts';
 import { makeEnv } from './env.ts';
 
@@ -119,5 +120,16 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
     const shown = JSON.parse(execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' })) as Array<{ name: string }>;
     t.equal(shown.length, 6, `exactly six programs on the cgroup (${shown.map((p) => p.name).join(', ')})`);
     t.equal((await connect(c.ip, 80)).hello.port, 15001, 'still redirected with only pins holding the datapath');
+  });
+
+  await t.test('uninstall detaches and unpins everything under bpffs', async (t) => {
+    dp.close();
+    const report = uninstallDatapath(env.bpffs);
+    t.equal(report.links.length, 6, `links removed: ${report.links.join(', ')}`);
+    t.equal(report.maps.length, 10, 'all ten maps unpinned');
+    const shown = JSON.parse(execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' }).trim() || '[]') as unknown[];
+    t.equal(shown.length, 0, 'no program left on the cgroup');
+    t.notOk(existsSync(env.bpffs), 'the bpffs directory is gone');
+    t.equal((await connect(c.ip, 80)).hello.port, 80, 'connections go direct again');
   });
 });
