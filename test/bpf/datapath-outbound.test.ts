@@ -55,6 +55,15 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
     t.ok(after.sockops_pair_closed > before.sockops_pair_closed, 'pair entry deleted at close');
   });
 
+  await t.test('a dual-stack client (v4-mapped dst) goes through connect6 the same way', async (t) => {
+    const before = dp.stats();
+    const out = await connect(`::ffff:${c.ip}`, 80);
+    t.equal(out.hello.port, 15001, 'accepted by the 15001 listener');
+    t.same(out.hello.orig, { ip: c.ip, port: 80 }, 'SO_ORIGINAL_DST gives the original');
+    t.same(out.peername, { ip: c.ip, port: 80 }, 'getpeername (v6) shows the original');
+    t.equal(dp.stats().connect6_redirected - before.connect6_redirected, 1n, 'connect6_redirected moved');
+  });
+
   await t.test('bypasses go where the app asked', async (t) => {
     const before = dp.stats();
     t.equal((await connect(c.ip, 80, ['--mark', String(0x539)])).hello.port, 80, 'mark 0x539 is not redirected');
