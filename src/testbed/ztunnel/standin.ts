@@ -190,3 +190,7 @@ await listen(hbone, PORT_HBONE);
 writeFileSync(cfg.readyFile, `${process.pid}\n`);
 process.stdout.write(`ztunnel stand-in ${cfg.where} ready on ${PORT_OUTBOUND}/${PORT_INBOUND_PLAINTEXT}/${PORT_HBONE}\n`);
 process.on('SIGTERM', () => process.exit(0));
+// One broken connection (a peer resetting mid-handshake, an h2 protocol error) must not take the whole
+// node's ztunnel down in the middle of a benchmark: say it in the .out file and keep serving.
+process.on('uncaughtException', (e) => process.stderr.write(`stand-in ${cfg.where}: uncaught ${e.stack ?? String(e)}\n`));
+hbone.on('sessionError', () => { /* the session's streams report their own errors */ });
