@@ -1,6 +1,6 @@
-// A plain TypeScript model of BTF types, parsed from the raw BTF blob (the bytes libbpf's
-// btf__raw_data() hands back, or the kernel's BPF_OBJ_GET_INFO_BY_FD on a BTF fd). The dumper walks
-// this model; keeping it plain data lets the formatting be tested without a kernel.
+// A plain TypeScript model of BTF types (filled from libbpf's btf API through libbpf-ts: see
+// btf-libbpf.ts). The dumper walks this model; keeping it plain data lets the formatting be tested
+// without a kernel.
 // Layout: include/uapi/linux/btf.h.
 
 export const BTF_KIND = {
@@ -41,126 +41,18 @@ export interface BtfType {
   readonly secinfos?: readonly { readonly type: number; readonly offset: number; readonly size: number }[];
 }
 
-export class BtfParseError extends Error {
-  override readonly name = 'BtfParseError';
-}
-
-/** A parsed BTF: type 0 is void; ids index `types`. */
+/** A BTF: type 0 is void. Types come from a list (parsed blob, tests) or a lookup (libbpf, lazily). */
 export class Btf {
-  readonly types: readonly (BtfType | undefined)[];
-  constructor(types: readonly (BtfType | undefined)[]) {
-    this.types = types;
+  private readonly lookup: (id: number) => BtfType | undefined;
+  private readonly cache = new Map<number, BtfType | undefined>();
+  constructor(types: readonly (BtfType | undefined)[] | ((id: number) => BtfType | undefined)) {
+    this.lookup = typeof types === 'function' ? types : (id) => types[id];
   }
 
   typeById(id: number): BtfType | undefined {
-    return this.types[id];
-  }
-
-  static parse(raw: Uint8Array): Btf {
-    const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-    if (raw.byteLength < 24 || dv.getUint16(0, true) !== 0xeb9f) throw new BtfParseError('not a BTF blob (bad magic)');
-    const hdrLen = dv.getUint32(4, true);
-    const typeOff = hdrLen + dv.getUint32(8, true);
-    const typeLen = dv.getUint32(12, true);
-    const strOff = hdrLen + dv.getUint32(16, true);
-    const strLen = dv.getUint32(20, true);
-    if (typeOff + typeLen > raw.byteLength || strOff + strLen > raw.byteLength) throw new BtfParseError('BTF sections run past the blob');
-    const str = (off: number): string => {
-      if (off >= strLen) return '';
-      let end = strOff + off;
-      while (end < strOff + strLen && raw[end] !== 0) end++;
-      return Buffer.from(raw.subarray(strOff + off, end)).toString('latin1');
-    };
-    const types: (BtfType | undefined)[] = [undefined];
-    let p = typeOff;
-    const u32 = (): number => {
-      const v = dv.getUint32(p, true);
-      p += 4;
-      return v;
-    };
-    while (p < typeOff + typeLen) {
-      const nameOff = u32();
-      const info = u32();
-      const sizeOrType = u32();
-      const kind = (info >>> 24) & 0x1f;
-      const vlen = info & 0xffff;
-      const base = { kind, name: str(nameOff), kindFlag: (info >>> 31) === 1, vlen, sizeOrType };
-      switch (kind) {
-        case BTF_KIND.INT:
-          types.push({ ...base, intData: u32() });
-          break;
-        case BTF_KIND.ARRAY: {
-          const type = u32();
-          const indexType = u32();
-          types.push({ ...base, array: { type, indexType, nelems: u32() } });
-          break;
-        }
-        case BTF_KIND.STRUCT:
-        case BTF_KIND.UNION: {
-          const members: BtfMember[] = [];
-          for (let i = 0; i < vlen; i++) {
-            const name = str(u32());
-            const type = u32();
-            members.push({ name, type, offset: u32() });
-          }
-          types.push({ ...base, members });
-          break;
-        }
-        case BTF_KIND.ENUM: {
-          const enumValues: BtfEnumValue[] = [];
-          for (let i = 0; i < vlen; i++) {
-            const name = str(u32());
-            enumValues.push({ name, value: BigInt(dv.getInt32((p += 4) - 4, true)) });
-          }
-          types.push({ ...base, enumValues });
-          break;
-        }
-        case BTF_KIND.ENUM64: {
-          const enumValues: BtfEnumValue[] = [];
-          for (let i = 0; i < vlen; i++) {
-            const name = str(u32());
-            const lo = BigInt(u32());
-            const hi = BigInt(u32());
-            enumValues.push({ name, value: (hi << 32n) | lo });
-          }
-          types.push({ ...base, enumValues });
-          break;
-        }
-        case BTF_KIND.FUNC_PROTO:
-          p += 8 * vlen;
-          types.push(base);
-          break;
-        case BTF_KIND.VAR:
-        case BTF_KIND.DECL_TAG:
-          p += 4;
-          types.push(base);
-          break;
-        case BTF_KIND.DATASEC: {
-          const secinfos: { type: number; offset: number; size: number }[] = [];
-          for (let i = 0; i < vlen; i++) {
-            const type = u32();
-            const offset = u32();
-            secinfos.push({ type, offset, size: u32() });
-          }
-          types.push({ ...base, secinfos });
-          break;
-        }
-        case BTF_KIND.PTR:
-        case BTF_KIND.FWD:
-        case BTF_KIND.TYPEDEF:
-        case BTF_KIND.VOLATILE:
-        case BTF_KIND.CONST:
-        case BTF_KIND.RESTRICT:
-        case BTF_KIND.FUNC:
-        case BTF_KIND.FLOAT:
-        case BTF_KIND.TYPE_TAG:
-          types.push(base);
-          break;
-        default:
-          throw new BtfParseError(`unknown BTF kind ${kind} at type ${types.length}`);
-      }
-    }
-    return new Btf(types);
+    if (id === 0) return undefined;
+    if (!this.cache.has(id)) this.cache.set(id, this.lookup(id));
+    return this.cache.get(id);
   }
 
   /** libbpf's btf__resolve_type: skip modifiers, typedefs and vars; negative errno when it cannot. */

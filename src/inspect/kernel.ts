@@ -1,16 +1,15 @@
 // InspectKernel over libbpf-ts. libbpf-ts throws LibbpfError; bpftool's messages need the errno, so
 // each call is turned back into "value or -errno" here.
-// Two things libbpf-ts does not offer yet are read through a minimal adapter (btf-info.ts): a BTF
-// object's raw bytes and a program's first func_info record.
+// Two things libbpf-ts does not offer yet go through a minimal adapter (native.ts): a program's
+// first func_info record and CLOCK_BOOTTIME. BTF comes from libbpf-ts's Btf (btf-libbpf.ts).
 import {
   BpfMap, LibbpfError, fdById, listIds, mapInfoByFd, numPossibleCpus, openPinnedFd, progInfoByFd,
 } from '../libbpf/index.ts';
 import { closeSync } from 'node:fs';
-import { Btf, BtfParseError } from './btf.ts';
-import { bootEpochParts, btfRawData, progFirstFuncTypeId } from './native.ts';
+import type { Btf } from './btf.ts';
+import { loadKernelBtf } from './btf-libbpf.ts';
+import { bootEpochParts, progFirstFuncTypeId } from './native.ts';
 import type { Clocks, Errno, InspectKernel, MapInfo, ProgInfo } from './kernel-types.ts';
-
-const EINVAL = 22;
 
 /** Run a libbpf-ts call; its LibbpfError becomes -errno. */
 function errnoOf<T>(fn: () => T): T | Errno {
@@ -112,17 +111,9 @@ export class LibbpfKernel implements InspectKernel {
   btfById(id: number): Btf | Errno {
     const cached = this.btfCache.get(id);
     if (cached !== undefined) return cached;
-    let result: Btf | Errno;
-    const raw = btfRawData(id);
-    if (typeof raw === 'number') result = raw;
-    else {
-      try {
-        result = Btf.parse(raw);
-      } catch (e) {
-        if (!(e instanceof BtfParseError)) throw e;
-        result = -EINVAL;
-      }
-    }
+    // Kept open for the command's lifetime (a CLI run): the dumper reads types lazily.
+    const loaded = loadKernelBtf(id);
+    const result = typeof loaded === 'number' ? loaded : loaded.btf;
     this.btfCache.set(id, result);
     return result;
   }

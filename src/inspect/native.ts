@@ -1,10 +1,8 @@
-// Native calls libbpf-ts does not expose yet. Two BPF_OBJ_GET_INFO_BY_FD reads: the raw bytes of a
-// BTF object (to format map keys/values) and a program's first func_info record (bpftool takes a
-// long program's full name from it); and libc clock_gettime(CLOCK_BOOTTIME). Declared here until
-// libbpf-ts grows `btfRawData(id)`, `progFuncInfo(fd)` and a boot-clock reading; then it goes away.
+// Native calls libbpf-ts does not expose yet: a program's first func_info record (bpftool takes a
+// long program's full name from it, a BPF_OBJ_GET_INFO_BY_FD read) and libc
+// clock_gettime(CLOCK_BOOTTIME). Declared here until libbpf-ts grows `progFuncInfo(fd)` and a
+// boot-clock reading; then this file goes away.
 import koffi from 'koffi';
-import { closeSync } from 'node:fs';
-import { fdById, LibbpfError } from '../libbpf/index.ts';
 import type { Errno } from './kernel-types.ts';
 
 type InfoFn = (fd: number, info: Buffer, len: number[]) => number;
@@ -15,36 +13,8 @@ function objGetInfo(fd: number, info: Buffer): number {
   return getInfo(fd, info, [info.length]);
 }
 
-// struct bpf_btf_info: btf (u64 ptr) @0, btf_size @8, id @12, name @16, name_len @24, kernel_btf @28.
-const BTF_INFO_SIZE = 32;
 // struct bpf_prog_info: func_info_rec_size @132, func_info @136, nr_func_info @144; 232 bytes in 6.x.
 const PROG_INFO_SIZE = 232;
-
-/** The BTF object's raw bytes (as bpftool gets them through btf__load_from_kernel_by_id). */
-export function btfRawData(id: number): Uint8Array | Errno {
-  let fd: number;
-  try {
-    fd = fdById('btf', id);
-  } catch (e) {
-    if (e instanceof LibbpfError) return -e.errno;
-    throw e;
-  }
-  try {
-    const info = Buffer.alloc(BTF_INFO_SIZE);
-    let rc = objGetInfo(fd, info);
-    if (rc < 0) return rc;
-    const size = info.readUInt32LE(8);
-    const data = Buffer.alloc(size);
-    info.fill(0);
-    info.writeBigUInt64LE(koffi.address(data), 0);
-    info.writeUInt32LE(size, 8);
-    rc = objGetInfo(fd, info);
-    if (rc < 0) return rc;
-    return data;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** type_id of a program's first func_info record (its main function's BTF FUNC). */
 export function progFirstFuncTypeId(progFd: number): Errno {
