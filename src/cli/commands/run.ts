@@ -32,6 +32,7 @@ Options:
   --exclude-ports P,.. destination ports never redirected (at most 16)
   --node-ip IP,..      the node's own IPs: never redirected
   --no-splice          disable the same-node sockhash splice
+  --max-pods N         size of the ambient-pod and netns maps when created (default 16384)
   --resync-ms N        re-check pods that were not resolvable, and ztunnel's listeners (default 2000)
 `;
 
@@ -74,6 +75,7 @@ export const command: Command = {
         'node-ip': { type: 'string' },
         'no-splice': { type: 'boolean' },
         'resync-ms': { type: 'string', default: '2000' },
+        'max-pods': { type: 'string' },
       },
       strict: true,
     });
@@ -85,6 +87,8 @@ export const command: Command = {
       if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`--exclude-ports: '${p}' is not a port number`);
       return n;
     });
+    const maxPods = values['max-pods'] === undefined ? undefined : Number(values['max-pods']);
+    if (maxPods !== undefined && (!Number.isInteger(maxPods) || maxPods < 1)) throw new UsageError('--max-pods must be a positive integer');
     const resyncMs = Number(values['resync-ms']);
     if (!Number.isFinite(resyncMs) || resyncMs < 100) throw new UsageError('--resync-ms must be a number >= 100');
 
@@ -119,7 +123,10 @@ export const command: Command = {
       source = kube;
     }
 
-    const datapath = await openDatapath({ bpffs: values.bpffs, cgroup });
+    const datapath = await openDatapath({
+      bpffs: values.bpffs, cgroup,
+      mapSizes: maxPods === undefined ? {} : { ambpf_pods: maxPods, ambpf_netns: maxPods },
+    });
     const config = defaultConfig({ excludedPorts, nodeIps });
     if (values['no-splice']) config.flags &= ~CFG_SPLICE;
     datapath.maps.config.set(config);
