@@ -6,6 +6,8 @@ import type { Command } from './command.ts';
 import { AmbpfError, describeError } from '../errors.ts';
 import { isLogLevel, logger, setLogLevel } from '../log.ts';
 
+const BPFTOOL_OPTIONS = new Set(['-j', '--json', '-p', '--pretty', '-f', '--bpffs']);
+
 function topHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
   return [
@@ -34,6 +36,10 @@ async function main(argv: string[]): Promise<number> {
     }
     setLogLevel(value);
   }
+  // bpftool accepts its options before the object (`bpftool -j map show`); so does `ambpf -j map show`:
+  // they are handed to the command, which parses them where bpftool would.
+  const leading: string[] = [];
+  while (args[0] !== undefined && BPFTOOL_OPTIONS.has(args[0])) leading.push(args.shift()!);
   const name = args.shift();
   if (!name || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(topHelp());
@@ -58,7 +64,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(command.usage.endsWith('\n') ? command.usage : command.usage + '\n');
     return 0;
   }
-  return command.run(args);
+  return command.run([...leading, ...args]);
 }
 
 main(process.argv.slice(2)).then(

@@ -1,0 +1,101 @@
+// Runs `ambpf run` on the nodes of a testbed, the way a DaemonSet would: one loader per node, in the
+// node's netns (outside kubepods), with the node's own bpffs dir and kubepods cgroup.
+import { readFileSync, writeFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Testbed } from './testbed.ts';
+import type { TestbedNode } from './types.ts';
+import type { TestbedProcess } from './exec.ts';
+
+export const AMBPF_BIN = fileURLToPath(new URL('../../bin/ambpf', import.meta.url));
+export const LOADER_PORT = 15099;
+
+export interface Loader {
+  readonly node: TestbedNode;
+  readonly logFile: string;
+  readonly stateFile: string;
+  proc: TestbedProcess;
+  /** Starts the loader again with the same arguments (after a kill). */
+  restart(): TestbedProcess;
+  /** Log lines (JSON) written so far. */
+  logLines(): Array<Record<string, unknown>>;
+}
+
+/** Where the loader reads pods from: a pods file path, or a kubeconfig (the fake API server's). */
+export type LoaderSource = string | { readonly kubeconfig: string };
+
+export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = []): string[] {
+  const from = typeof source === 'string' ? ['--pods-file', source] : ['--kubeconfig', source.kubeconfig];
+  return [
+    AMBPF_BIN, 'run', '--node', node.name, ...from, '--bpffs', node.bpffsDir,
+    '--cgroup', node.kubepodsCgroup, '--listen', `127.0.0.1:${LOADER_PORT}`,
+    '--state-file', join(tb.info.runDir, `state-${node.name}.json`), '--resync-ms', '300', ...extra,
+  ];
+}
+
+export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = []): Loader {
+  const logFile = join(tb.info.runDir, `loader-${node.name}.log`);
+  const env = { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug' };
+  const start = (): TestbedProcess => tb.spawn(node.name, loaderArgs(tb, node, source, extra), { logFile, env });
+  const loader: Loader = {
+    node,
+    logFile,
+    stateFile: join(tb.info.runDir, `state-${node.name}.json`),
+    proc: start(),
+    restart() {
+      loader.proc = start();
+      return loader.proc;
+    },
+    logLines() {
+      return readFileSync(logFile, 'utf8').split('\n').filter(Boolean).flatMap((l) => {
+        try {
+          return [JSON.parse(l) as Record<string, unknown>];
+        } catch {
+          return [];
+        }
+      });
+    },
+  };
+  return loader;
+}
+
+/** Polls the loader's /readyz from inside the node's netns. */
+export async function waitReady(tb: Testbed, loader: Loader, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await tb.exec(loader.node.name, ['curl', '-sf', '--max-time', '1', `http://127.0.0.1:${LOADER_PORT}/readyz`], { check: false, timeoutMs: 3000 });
+    if (r.code === 0) return;
+    if (Date.now() > deadline) {
+      throw new Error(`loader on ${loader.node.name} not ready after ${timeoutMs} ms; log:\n${readFileSync(loader.logFile, 'utf8').slice(-3000)}`);
+    }
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
+export async function metrics(tb: Testbed, loader: Loader): Promise<string> {
+  const r = await tb.exec(loader.node.name, ['curl', '-sf', '--max-time', '2', `http://127.0.0.1:${LOADER_PORT}/metrics`], { timeoutMs: 4000 });
+  return r.stdout;
+}
+
+type Json = Record<string, unknown>;
+interface ListFile { items: Array<{ kind: string; metadata: Json & { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> } } & Json> }
+
+/** Edits the pods List in place, atomically (write + rename), as a GitOps tool or kubectl would. */
+export function editPodsFile(path: string, edit: (list: ListFile) => void): void {
+  const list = JSON.parse(readFileSync(path, 'utf8')) as ListFile;
+  edit(list);
+  const tmp = `${path}.tmp`;
+  writeFileSync(tmp, JSON.stringify(list, null, 2));
+  renameSync(tmp, path);
+}
+
+/** Polls until fn() is truthy (bounded). */
+export async function eventually<T>(fn: () => T | Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
