@@ -27,11 +27,28 @@ function progTagOf(info: LinkInfo): string | null {
 }
 
 /**
+ * A new program version on the same target: bpf_link_update swaps it atomically, with no moment of
+ * two programs and no gap. false when the kernel refuses (the caller then attaches anew).
+ */
+function swapProgram(link: BpfLink, prog: BpfProgram): boolean {
+  try {
+    link.update(prog);
+    return true;
+  } catch (err) {
+    if (!(err instanceof LibbpfError)) throw err;
+    log.debug({ err: err.message }, 'bpf_link_update refused; attaching a new link instead');
+    return false;
+  }
+}
+
+/**
  * Make sure exactly one link of `prog` sits at `pin`:
  * - nothing pinned: attach and pin (created);
  * - pinned on the same target with the same program code (tag): keep it (adopted), traffic never
  *   sees a gap;
- * - otherwise (new program version, or a link whose target vanished): attach the new link first,
+ * - pinned on the same target with another program version: swap the program inside the link
+ *   (bpf_link_update), atomically (replaced);
+ * - otherwise (a link whose target vanished, or an update the kernel refused): attach the new link first,
  *   atomically rename its pin over the old one, then detach the old link (replaced). For a moment
  *   both run; every ambpf program is idempotent when run twice (connect4 sees ztunnel's address on the
  *   second run and bypasses it), so the overlap is harmless, while a detach-first order would let
@@ -53,6 +70,10 @@ export function ensurePinnedLink(o: EnsureLinkOptions): LinkOutcome {
     const info = old.info();
     const same = o.sameTarget(info);
     if (same && progTagOf(info) === o.prog.tag) return 'adopted';
+    if (same && swapProgram(old, o.prog)) {
+      log.info({ pin: o.pin, reason: 'new program version' }, 'updated pinned link in place');
+      return 'replaced';
+    }
     const fresh = o.attach();
     // bpffs refuses names containing '.', hence the suffix style.
     const tmp = `${o.pin}_new`;

@@ -1,14 +1,12 @@
 // InspectKernel over libbpf-ts. libbpf-ts throws LibbpfError; bpftool's messages need the errno, so
 // each call is turned back into "value or -errno" here.
-// Two things libbpf-ts does not offer yet go through a minimal adapter (native.ts): a program's
-// first func_info record and CLOCK_BOOTTIME. BTF comes from libbpf-ts's Btf (btf-libbpf.ts).
+// BTF comes from libbpf-ts's Btf (btf-libbpf.ts).
 import {
-  BpfMap, LibbpfError, fdById, listIds, mapInfoByFd, numPossibleCpus, openPinnedFd, progInfoByFd,
+  BpfMap, LibbpfError, bootEpochParts, fdById, listIds, mapInfoByFd, numPossibleCpus, openPinnedFd, progFuncInfo, progInfoByFd,
 } from '../libbpf/index.ts';
 import { closeSync } from 'node:fs';
 import type { Btf } from './btf.ts';
 import { loadKernelBtf } from './btf-libbpf.ts';
-import { bootEpochParts, progFirstFuncTypeId } from './native.ts';
 import type { Clocks, Errno, InspectKernel, MapInfo, ProgInfo } from './kernel-types.ts';
 
 /** Run a libbpf-ts call; its LibbpfError becomes -errno. */
@@ -77,13 +75,7 @@ export class LibbpfKernel implements InspectKernel {
   progInfo(fd: number): ProgInfo | Errno {
     const r = errnoOf(() => progInfoByFd(fd));
     if (typeof r === 'number') return r;
-    return {
-      ...r,
-      tag: Buffer.from(r.tag, 'hex'),
-      nrMapIds: r.mapIds.length,
-      // Only needed to read the first func_info record; btf-info.ts asks the kernel for it.
-      funcInfoRecSize: 8,
-    };
+    return { ...r, tag: Buffer.from(r.tag, 'hex') };
   }
 
   progMapIds(fd: number): number[] | Errno {
@@ -92,7 +84,9 @@ export class LibbpfKernel implements InspectKernel {
   }
 
   progFirstFuncTypeId(fd: number): Errno {
-    return progFirstFuncTypeId(fd);
+    const recs = errnoOf(() => progFuncInfo(fd, 1));
+    if (typeof recs === 'number') return recs;
+    return recs[0]?.typeId ?? -2;
   }
 
   lookup(fd: number, key: Uint8Array | null): Uint8Array | Errno {

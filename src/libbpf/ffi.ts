@@ -73,6 +73,7 @@ export const raw = {
   bpf_prog_detach2: f('int bpf_prog_detach2(int prog_fd, int target_fd, int type)'),
   bpf_link_create: f('int bpf_link_create(int prog_fd, int target_fd, int type, void *opts)'),
   bpf_link_detach: f('int bpf_link_detach(int link_fd)'),
+  bpf_link_update: f('int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
   bpf_prog_load: f('int bpf_prog_load(int type, const char *name, const char *license, void *insns, size_t cnt, void *opts)'),
   bpf_prog_test_run_opts: f('int bpf_prog_test_run_opts(int prog_fd, void *opts)'),
   // tc (clsact)
@@ -110,6 +111,7 @@ export const libcRaw = {
   getsockopt: c('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)'),
   if_nametoindex: c('uint32_t if_nametoindex(const char *name)'),
   vsnprintf: c('int vsnprintf(_Out_ uint8_t *buf, size_t size, void *fmt, void *ap)'),
+  clock_gettime: c('int clock_gettime(int clk, _Out_ uint8_t *ts)'),
 };
 
 /** errno of the last failing call; read it right after the call, before anything else runs. */

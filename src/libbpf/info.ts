@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { raw, addressOf } from './ffi.ts';
 import { LibbpfError, check } from './errors.ts';
-import { bpf_map_info, bpf_prog_info, bpf_link_info, bpf_btf_info, structBuffer, decodeStruct, sizeOf, type KoffiType } from './structs.ts';
+import { bpf_map_info, bpf_prog_info, bpf_func_info, bpf_link_info, bpf_btf_info, structBuffer, decodeStruct, sizeOf, type KoffiType } from './structs.ts';
 import { MAP_TYPES, PROG_TYPES, ATTACH_TYPES, LINK_TYPES, nameOf } from './constants.ts';
 import { closeFd } from './handle.ts';
 
@@ -40,12 +40,16 @@ export interface ProgInfo {
   /** ns since boot. */
   loadTime: bigint;
   createdByUid: number;
+  /** How many maps the program uses (the kernel's count; mapIds holds them). */
+  nrMapIds: number;
   mapIds: number[];
   ifindex: number;
   gplCompatible: boolean;
   netnsDev: bigint;
   netnsIno: bigint;
   btfId: number;
+  /** Size of one func_info record (sizeof(struct bpf_func_info), 8) when the program has any. */
+  funcInfoRecSize: number;
   nrFuncInfo: number;
   nrLineInfo: number;
   nrJitedKsyms: number;
@@ -141,12 +145,14 @@ export function progInfoByFd(fd: number): ProgInfo {
     xlatedProgLen: r['xlated_prog_len'] as number,
     loadTime: u64(r['load_time']),
     createdByUid: r['created_by_uid'] as number,
+    nrMapIds: nrMaps,
     mapIds,
     ifindex: r['ifindex'] as number,
     gplCompatible: ((r['gpl_bits'] as number) & 1) === 1,
     netnsDev: u64(r['netns_dev']),
     netnsIno: u64(r['netns_ino']),
     btfId: r['btf_id'] as number,
+    funcInfoRecSize: r['func_info_rec_size'] as number,
     nrFuncInfo: r['nr_func_info'] as number,
     nrLineInfo: r['nr_line_info'] as number,
     nrJitedKsyms: r['nr_jited_ksyms'] as number,
@@ -157,6 +163,36 @@ export function progInfoByFd(fd: number): ProgInfo {
     attachBtfObjId: r['attach_btf_obj_id'] as number,
     attachBtfId: r['attach_btf_id'] as number,
   };
+}
+
+/** One func_info record: where a function starts (in instructions) and its BTF FUNC type id. */
+export interface FuncInfo {
+  insnOff: number;
+  typeId: number;
+}
+
+const FUNC_INFO_SIZE = sizeOf(bpf_func_info);
+
+/**
+ * A program's func_info records (one per BPF function, the main one first), at most `limit` of them:
+ * bpftool reads only the first to recover a long program name from BTF. [] when the program was
+ * loaded without BTF.
+ */
+export function progFuncInfo(fd: number, limit = Number.MAX_SAFE_INTEGER): FuncInfo[] {
+  const first = decodeStruct<Record<string, unknown>>(getInfo(fd, bpf_prog_info), bpf_prog_info);
+  const n = Math.min(first['nr_func_info'] as number, limit);
+  if (n <= 0) return [];
+  // The kernel insists on its own record size, so ask for exactly sizeof(struct bpf_func_info).
+  const recs = Buffer.alloc(n * FUNC_INFO_SIZE);
+  const r = decodeStruct<Record<string, unknown>>(
+    getInfo(fd, bpf_prog_info, { nr_func_info: n, func_info_rec_size: FUNC_INFO_SIZE, func_info: addressOf(recs) }),
+    bpf_prog_info,
+  );
+  const got = Math.min(n, r['nr_func_info'] as number);
+  return Array.from({ length: got }, (_, i) => ({
+    insnOff: recs.readUInt32LE(i * FUNC_INFO_SIZE),
+    typeId: recs.readUInt32LE(i * FUNC_INFO_SIZE + 4),
+  }));
 }
 
 export function linkInfoByFd(fd: number): LinkInfo {

@@ -2,9 +2,13 @@
 // attached after the process exits until its pin is removed (restart-safe attachments).
 import { unlinkSync } from 'node:fs';
 import { raw } from './ffi.ts';
+import { bpf_link_update_opts, optsBuffer } from './structs.ts';
 import { LibbpfError, check } from './errors.ts';
 import { Handle, closeFd } from './handle.ts';
 import { linkInfoByFd, fdById, kindOfFd, openPinnedFd, pinFd, type LinkInfo } from './info.ts';
+
+/** linux/bpf.h: only replace when the current program is the one named (bpf_link_update). */
+const BPF_F_REPLACE = 1 << 2;
 
 export class BpfLink extends Handle {
   readonly #fd: number;
@@ -79,6 +83,20 @@ export class BpfLink extends Handle {
       throw new LibbpfError('unlink', e.errno ? -e.errno : 2, { link: this.#label, path });
     }
     if (path === this.#pinnedPath) this.#pinnedPath = null;
+  }
+
+  /**
+   * Swap the program behind this link in place (bpf_link_update): the hook never runs without a
+   * program, unlike a detach + attach. With `expectOld`, the kernel only swaps when the link still
+   * runs that program (BPF_F_REPLACE), so two updaters cannot silently overwrite each other; it
+   * answers EPERM otherwise. Accepts anything with a program fd (BpfProgram, RawProgram).
+   */
+  update(prog: { readonly fd: number }, expectOld?: { readonly fd: number }): void {
+    const opts = expectOld ? optsBuffer(bpf_link_update_opts, { flags: BPF_F_REPLACE, old_prog_fd: expectOld.fd }) : null;
+    check('bpf_link_update', raw.bpf_link_update(this.fd, prog.fd, opts) as number, {
+      link: this.#label,
+      hint: expectOld ? 'the link no longer runs the expected program, or the new program does not fit this hook' : undefined,
+    });
   }
 
   /** Detach now (even while pinned or held elsewhere); the link object stays until closed/unpinned. */

@@ -88,6 +88,18 @@ export const bpf_tc_opts = koffi.struct('bpf_tc_opts', {
   priority: 'uint32_t',
 });
 
+export const bpf_link_update_opts = koffi.struct('bpf_link_update_opts', {
+  sz: 'size_t',
+  flags: 'uint32_t',
+  old_prog_fd: 'uint32_t',
+});
+
+/** One record of a program's func_info (linux/bpf.h struct bpf_func_info). */
+export const bpf_func_info = koffi.struct('bpf_func_info', {
+  insn_off: 'uint32_t',
+  type_id: 'uint32_t',
+});
+
 export const bpf_map_info = koffi.struct('bpf_map_info', {
   type: 'uint32_t',
   id: 'uint32_t',
