@@ -46,6 +46,7 @@ typecheck: node
 
 test: deps typecheck bpf
 	$(TAP)
+	$(NODE) scripts/check-coverage.ts
 
 demo: deps bpf
 	$(AMBPF) demo
