@@ -1,0 +1,84 @@
+// The arguments deploy/ passes to ambpf are ones the real CLI accepts: every flag is in the command's
+// --help, and the commands, run with the manifests' args (env and ConfigMap values substituted the
+// way kubelet does), get past argument parsing. Nothing here touches the kernel: `run` stops at
+// finding the cluster (no API server here), `uninstall` runs on a pin dir that does not exist.
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { mountsOf } from '../../src/doctor/system.ts';
+import { testPrefix } from '../helpers/prefix.ts';
+import { REPO_ROOT, containersOf, loadManifests, only, type Container, type Json } from './manifests.ts';
+
+const run = promisify(execFile);
+const AMBPF = join(REPO_ROOT, 'bin/ambpf');
+
+const manifests = loadManifests();
+const ds = only(manifests, 'DaemonSet');
+const job = only(manifests, 'Job');
+const cmData = (only(manifests, 'ConfigMap')['data'] ?? {}) as Record<string, string>;
+const loader = containersOf(ds).main.find((c) => c.name === 'loader')!;
+const uninstall = containersOf(job).main[0]!;
+
+async function help(command: string): Promise<string> {
+  const { stdout } = await run(AMBPF, [command, '--help'], { timeout: 30_000 });
+  return stdout;
+}
+
+/** kubelet's $(VAR) expansion with the container's env: literal values, ConfigMap, downward API. */
+function expand(c: Container, args: readonly string[], downward: Record<string, string>): string[] {
+  const env: Record<string, string> = {};
+  if ((c.envFrom ?? []).some((e) => (e['configMapRef'] as Json | undefined)?.['name'] === 'ambpf-config')) Object.assign(env, cmData);
+  for (const e of c.env ?? []) {
+    const cmKey = ((e.valueFrom?.['configMapKeyRef'] ?? {}) as Json)['key'];
+    const field = ((e.valueFrom?.['fieldRef'] ?? {}) as Json)['fieldPath'];
+    const value = e.value ?? (typeof cmKey === 'string' ? cmData[cmKey] : typeof field === 'string' ? downward[field] : undefined);
+    if (value !== undefined) env[e.name] = value;
+  }
+  return args.map((a) => a.replace(/\$\(([A-Za-z_]\w*)\)/g, (whole, name: string) => env[name] ?? whole));
+}
+
+const flagsOf = (args: readonly string[]): string[] => args.filter((a) => a.startsWith('--')).map((a) => a.split('=')[0]!);
+
+t.test('every flag the DaemonSet passes is in `ambpf run --help`', async (t) => {
+  const [command, ...rest] = loader.args ?? [];
+  t.equal(command, 'run');
+  const text = await help('run');
+  const flags = flagsOf(rest);
+  t.ok(flags.length >= 5, `${flags.length} flags`);
+  for (const flag of flags) t.match(text, new RegExp(`^\\s+${flag}\\b`, 'm'), `run --help lists ${flag}`);
+});
+
+t.test('every flag the uninstall Job passes is in `ambpf uninstall --help`', async (t) => {
+  const [command, ...rest] = uninstall.args ?? [];
+  t.equal(command, 'uninstall');
+  const text = await help('uninstall');
+  for (const flag of flagsOf(rest)) t.match(text, flag, `uninstall --help lists ${flag}`);
+});
+
+t.test('`ambpf run` accepts the DaemonSet\'s args as kubelet expands them', async (t) => {
+  // Past argument parsing, run looks for kubelet's kubepods cgroup, then for the in-cluster
+  // service account: neither exists here, so it stops there, before any BPF work.
+  const kubepods = mountsOf('cgroup2').flatMap((root) => ['kubepods.slice', 'kubepods'].map((d) => join(root, d))).filter((d) => existsSync(d));
+  if (kubepods.length) return t.plan(0, `skip: this machine has a kubelet cgroup (${kubepods.join(', ')}); run would go on to load the datapath`);
+  const args = expand(loader, loader.args ?? [], { 'spec.nodeName': 'node-a', 'status.hostIP': '198.18.0.10' });
+  t.notOk(args.some((a) => a.includes('$(')), `every $(VAR) expanded: ${args.join(' ')}`);
+  const env: NodeJS.ProcessEnv = { PATH: process.env['PATH'], NODE_NAME: 'node-a', AMBPF_LOG_LEVEL: 'silent' };
+  const r = await run(AMBPF, args, { env, timeout: 30_000 }).then(
+    () => ({ code: 0, stderr: '' }),
+    (err: { code?: number; stderr?: string }) => ({ code: err.code ?? -1, stderr: err.stderr ?? '' }),
+  );
+  t.not(r.code, 0, 'it cannot run here');
+  t.match(r.stderr, /kubepods|in-cluster|service ?account|KUBERNETES_SERVICE/i, `it stopped at the environment, not at an argument: ${r.stderr.trim()}`);
+  t.notMatch(r.stderr, /Unknown option|unexpected argument|is not a port|must be|expects HOST:PORT|not an IP/i, 'no argument was refused');
+});
+
+t.test('`ambpf uninstall` runs with the Job\'s args', async (t) => {
+  const missing = `/sys/fs/bpf/${testPrefix()}-never-made`;
+  const args = expand(uninstall, uninstall.args ?? [], {}).map((a) => a.replace(/^--bpffs=.*/, `--bpffs=${missing}`));
+  t.ok(args.includes(`--bpffs=${missing}`), 'the Job passes --bpffs (pointed at an empty place here)');
+  const { stdout } = await run(AMBPF, args, { env: { ...process.env, AMBPF_LOG_LEVEL: 'silent' }, timeout: 30_000 });
+  t.match(stdout, `nothing of ambpf's under ${missing}`);
+  t.notOk(existsSync(missing), 'and it made nothing');
+});
