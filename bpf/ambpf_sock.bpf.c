@@ -19,27 +19,7 @@
 #include "include/ambpf.h"
 #include "include/ambpf_maps.h"
 #include "include/ambpf_lib.h"
-
-#define SOL_IP                 0
-#define SOL_IPV6               41
-#define SO_ORIGINAL_DST        80 /* <linux/netfilter_ipv4.h> */
-#define IP6T_SO_ORIGINAL_DST   80 /* <linux/netfilter_ipv6/ip6_tables.h> */
-
-/* Userspace sockaddr layouts, written into getsockopt's optval. */
-struct sockaddr_in_ {
-	__u16 sin_family;
-	__be16 sin_port;
-	__u32 sin_addr;
-	__u8 sin_zero[8];
-};
-
-struct sockaddr_in6_ {
-	__u16 sin6_family;
-	__be16 sin6_port;
-	__u32 sin6_flowinfo;
-	__u32 sin6_addr[4];
-	__u32 sin6_scope_id;
-};
+#include "include/ambpf_sockopt.h"
 
 /*
  * Decide whether a connect from this socket is redirected. Returns the ztunnel entry to redirect to,
@@ -299,80 +279,18 @@ int ambpf_sockops(struct bpf_sock_ops *skops)
 SEC("cgroup/getsockopt")
 int ambpf_getsopt(struct bpf_sockopt *ctx)
 {
-	struct bpf_sock *sk = ctx->sk;
 	struct ambpf_tuple client = {};
 	struct ambpf_pair *pair;
-	void *optval, *optval_end;
-	__u32 optlen;
 
-	/* Only the two options conntrack would answer; everything else is left exactly as it is. */
-	if (ctx->optname != SO_ORIGINAL_DST || (ctx->level != SOL_IP && ctx->level != SOL_IPV6))
+	if (!sockopt_wants_orig_dst(ctx))
 		return SYS_PROCEED;
-	if (!sk || sk->protocol != IPPROTO_TCP)
-		return SYS_PROCEED;
-
-	/* ztunnel's accepted socket: its remote is the client's local and vice versa. */
-	if (CTX_READ(sk->family) == AF_INET) {
-		ip_set_v4(client.local_ip, CTX_READ(sk->dst_ip4));
-		ip_set_v4(client.remote_ip, CTX_READ(sk->src_ip4));
-	} else {
-		client.local_ip[0] = CTX_READ(sk->dst_ip6[0]);
-		client.local_ip[1] = CTX_READ(sk->dst_ip6[1]);
-		client.local_ip[2] = CTX_READ(sk->dst_ip6[2]);
-		client.local_ip[3] = CTX_READ(sk->dst_ip6[3]);
-		client.remote_ip[0] = CTX_READ(sk->src_ip6[0]);
-		client.remote_ip[1] = CTX_READ(sk->src_ip6[1]);
-		client.remote_ip[2] = CTX_READ(sk->src_ip6[2]);
-		client.remote_ip[3] = CTX_READ(sk->src_ip6[3]);
-	}
-	client.local_port = (__u16)sk->dst_port;           /* __be16 */
-	client.remote_port = bpf_htons((__u16)CTX_READ(sk->src_port)); /* host order */
-
+	sockopt_client_tuple(ctx->sk, &client);
 	pair = bpf_map_lookup_elem(&ambpf_pair_dst, &client);
 	if (!pair) {
 		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
 		return SYS_PROCEED;
 	}
-
-	optval = ctx->optval;
-	optval_end = ctx->optval_end;
-	if (ctx->level == SOL_IP) {
-		struct sockaddr_in_ *sin = optval;
-
-		if (!ip_is_v4mapped(pair->orig.ip) || (void *)(sin + 1) > optval_end) {
-			stat_inc(AMBPF_STAT_GETSOCKOPT_ERROR);
-			return SYS_PROCEED; /* the kernel's own error stands */
-		}
-		sin->sin_family = AF_INET;
-		sin->sin_port = pair->orig.port;
-		sin->sin_addr = pair->orig.ip[3];
-		__builtin_memset(sin->sin_zero, 0, sizeof(sin->sin_zero));
-		optlen = sizeof(*sin);
-	} else {
-		struct sockaddr_in6_ *sin6 = optval;
-
-		if ((void *)(sin6 + 1) > optval_end) {
-			stat_inc(AMBPF_STAT_GETSOCKOPT_ERROR);
-			return SYS_PROCEED;
-		}
-		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = pair->orig.port;
-		sin6->sin6_flowinfo = 0;
-		sin6->sin6_addr[0] = pair->orig.ip[0];
-		sin6->sin6_addr[1] = pair->orig.ip[1];
-		sin6->sin6_addr[2] = pair->orig.ip[2];
-		sin6->sin6_addr[3] = pair->orig.ip[3];
-		sin6->sin6_scope_id = 0;
-		optlen = sizeof(*sin6);
-	}
-	/* The kernel's getsockopt already failed (no conntrack): clear its error and say how much we
-	 * wrote. The barrier keeps clang 14 from merging the two 4-byte ctx stores into one 8-byte store
-	 * that every kernel rejects (invalid bpf_context access off=32 size=8). */
-	ctx->retval = 0;
-	barrier();
-	ctx->optlen = optlen;
-	stat_inc(AMBPF_STAT_GETSOCKOPT_ANSWERED);
-	return SYS_PROCEED;
+	return sockopt_answer(ctx, &pair->orig);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

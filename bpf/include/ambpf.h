@@ -130,6 +130,33 @@ struct ambpf_flow4 {
 	__u16 dport;
 };
 
+/* ---- inpod topology (ambpf_inpod.bpf.c): ztunnel listens inside every mesh pod's netns ---- */
+
+/* ambpf_inpod_sk (SK_STORAGE, BPF_F_CLONE): per socket. On an app socket connect4 redirected: the
+ * original dst and the pod's netns. On ztunnel's 15001 listener in a pod netns the loader writes only
+ * netns_cookie, and the kernel clones it to every accepted socket: that is how getsockopt, which has
+ * no bpf_get_netns_cookie before 5.15, knows which pod an accepted 127.0.0.1 connection came from. */
+struct ambpf_inpod_sk {
+	struct ambpf_orig orig; /* orig.family 0: not a redirected app socket */
+	__u32 _pad;
+	__u64 netns_cookie;
+};
+
+/* ambpf_inpod_pair key: every pod talks to its ztunnel over 127.0.0.1, so a 4-tuple alone repeats
+ * across pods; the pod's netns cookie makes it unique on the node. */
+struct ambpf_inpod_key {
+	__u64 netns_cookie;
+	struct ambpf_tuple t;
+	__u32 _pad;
+};
+
+/* ambpf_inpod_listen key: the pod IP (the local address of an inbound connection, unique on the
+ * node) and the listener slot (AMBPF_LISTENER_*). */
+struct ambpf_inpod_lkey {
+	__u32 pod_ip[4];
+	__u32 slot;
+};
+
 /* ---- counters: ambpf_stats index = one program x outcome ---- */
 enum ambpf_stat {
 	AMBPF_STAT_CONNECT4_REDIRECTED = 0,
@@ -165,6 +192,8 @@ enum ambpf_stat {
 	AMBPF_STAT_SKLOOKUP_ASSIGNED,
 	AMBPF_STAT_SKLOOKUP_NO_LISTENER,
 	AMBPF_STAT_SKLOOKUP_ERROR,
+	AMBPF_STAT_SKLOOKUP_PASS_PROBE,       /* inpod sk_lookup: from the kubelet probe source */
+	AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT, /* inpod sk_lookup: the pod is not (or no longer) ambient */
 	AMBPF_STAT_MAX,
 };
 

@@ -25,6 +25,11 @@ export type { LinkOutcome } from './datapath-links.ts';
 
 const log = logger('datapath');
 
+/** Pin-name prefix of the per-pod sk_lookup links of the inpod topology (datapath-inpod.ts). */
+export const INPOD_LINK_PREFIX = 'inpod-';
+/** Maps only the inpod object declares (bpf/ambpf_inpod.bpf.c). */
+export const INPOD_MAP_NAMES = ['ambpf_inpod_sk', 'ambpf_inpod_pair', 'ambpf_inpod_listen'] as const;
+
 /** Object files (bpf/<name>.bpf.c), loaded in this order: the first creates and pins the maps. */
 export const OBJECTS = ['ambpf_sock', 'ambpf_skmsg', 'ambpf_inbound'] as const;
 
@@ -53,7 +58,8 @@ export interface DatapathOptions {
   bpffs: string;
   /** cgroup v2 directory holding the pods (kubelet's kubepods, or a test's cgroup). Never the root. */
   cgroup: string;
-  mode?: 'node';
+  /** Only 'node' opens here; the inpod topology is openInpodDatapath (datapath-inpod.ts). */
+  mode?: 'node' | 'inpod';
   /** Object paths by name (default: ensureObjects() from the build cache). */
   objects?: Partial<Record<(typeof OBJECTS)[number], string>>;
   /** max_entries for maps created now (a reused pin keeps its size). */
@@ -80,6 +86,17 @@ function isCgroupRoot(path: string): boolean {
   return existsSync(join(path, 'cgroup.controllers')) && !existsSync(join(path, 'cgroup.events'));
 }
 
+/** The pods' cgroup must exist and must not be the root: a connect4 there would redirect the whole
+ * machine, ambpf's own traffic included. */
+export function assertPodsCgroup(cgroup: string): void {
+  if (!existsSync(cgroup) || !statSync(cgroup).isDirectory()) {
+    throw new DatapathError(`cgroup ${cgroup} does not exist; pass the cgroup v2 directory that holds the pods.`, { cgroup });
+  }
+  if (isCgroupRoot(cgroup)) {
+    throw new DatapathError(`refusing to attach to the root cgroup ${cgroup}; pass the pods' cgroup subtree (e.g. kubepods).`, { cgroup });
+  }
+}
+
 export class Datapath {
   readonly bpffs: string;
   readonly cgroup: string;
@@ -102,14 +119,8 @@ export class Datapath {
 
   /** Load (reusing pins), pin, attach. See the module comment. */
   static async open(o: DatapathOptions): Promise<Datapath> {
-    if ((o.mode ?? 'node') !== 'node') throw new DatapathError(`datapath mode ${o.mode} is not implemented yet; use node.`);
-    if (!existsSync(o.cgroup) || !statSync(o.cgroup).isDirectory()) {
-      throw new DatapathError(`cgroup ${o.cgroup} does not exist; pass the cgroup v2 directory that holds the pods.`, { cgroup: o.cgroup });
-    }
-    // A connect4 on the root cgroup would redirect the whole machine, ambpf's own traffic included.
-    if (isCgroupRoot(o.cgroup)) {
-      throw new DatapathError(`refusing to attach to the root cgroup ${o.cgroup}; pass the pods' cgroup subtree (e.g. kubepods).`, { cgroup: o.cgroup });
-    }
+    if ((o.mode ?? 'node') !== 'node') throw new DatapathError(`datapath mode ${o.mode} is not opened here; use openInpodDatapath (src/bpf/datapath-inpod.ts).`);
+    assertPodsCgroup(o.cgroup);
     const paths = { ...(o.objects ?? {}) };
     if (OBJECTS.some((n) => !paths[n])) Object.assign(paths, (await ensureObjects()).objects, o.objects ?? {});
 
@@ -270,7 +281,7 @@ export class Datapath {
   }
 }
 
-function objectMap(objects: BpfObject[], name: MapName): BpfMap {
+export function objectMap(objects: readonly BpfObject[], name: string): BpfMap {
   for (const obj of objects) {
     if (obj.maps.some((m) => m.name === name)) return obj.map(name);
   }
@@ -278,7 +289,7 @@ function objectMap(objects: BpfObject[], name: MapName): BpfMap {
 }
 
 /** A map being reused must be declared with its pinned size, else libbpf refuses the reuse. */
-function sizeMaps(obj: BpfObject, o: DatapathOptions): void {
+export function sizeMaps(obj: BpfObject, o: Pick<DatapathOptions, 'bpffs' | 'mapSizes'>): void {
   for (const m of obj.maps) {
     if (m.name.includes('.')) continue;
     const pin = join(o.bpffs, m.name);
@@ -314,12 +325,13 @@ export function uninstallDatapath(bpffs: string): UninstallReport {
   if (existsSync(linksDir)) {
     const ours = new Set<string>([...Object.keys(CGROUP_HOOKS), SK_LOOKUP_PIN]);
     for (const name of readdirSync(linksDir)) {
-      if (!ours.has(name) && !name.startsWith('tc-')) continue;
+      // tc-<ifname>: node-topology inbound; inpod-<netns cookie>: an inpod pod's sk_lookup.
+      if (!ours.has(name) && !name.startsWith('tc-') && !name.startsWith(INPOD_LINK_PREFIX)) continue;
       if (removePinnedLink(join(linksDir, name))) report.links.push(name);
     }
     tryRmdir(linksDir);
   }
-  for (const name of MAP_NAMES) {
+  for (const name of [...MAP_NAMES, ...INPOD_MAP_NAMES]) {
     const pin = join(bpffs, name);
     if (!existsSync(pin)) continue;
     unlinkSync(pin);

@@ -52,7 +52,7 @@ export const STAT_NAMES = [
   'getsockopt_answered', 'getsockopt_miss', 'getsockopt_error',
   'getpeername_restored',
   'tc_steered', 'tc_pass_ztunnel', 'tc_pass_probe', 'tc_pass_not_ambient', 'tc_pass_no_flow', 'tc_error',
-  'sklookup_assigned', 'sklookup_no_listener', 'sklookup_error',
+  'sklookup_assigned', 'sklookup_no_listener', 'sklookup_error', 'sklookup_pass_probe', 'sklookup_pass_not_ambient',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;
@@ -90,6 +90,9 @@ export const LAYOUT = {
   ambpf_tuple: { size: 36, fields: { local_ip: 0, remote_ip: 16, local_port: 32, remote_port: 34 } },
   ambpf_pair: { size: 24, fields: { orig: 0, splice_fwd: 20, splice_rev: 21 } },
   ambpf_flow4: { size: 12, fields: { saddr: 0, daddr: 4, sport: 8, dport: 10 } },
+  ambpf_inpod_sk: { size: 32, fields: { orig: 0, netns_cookie: 24 } },
+  ambpf_inpod_key: { size: 48, fields: { netns_cookie: 0, t: 8 } },
+  ambpf_inpod_lkey: { size: 20, fields: { pod_ip: 0, slot: 16 } },
 } as const;
 
 // ---- addresses ----
@@ -454,4 +457,42 @@ export function decodeFlow4(b: Uint8Array): Flow4 {
     sport: dv.getUint16(8, false),
     dport: dv.getUint16(10, false),
   };
+}
+
+// ---- inpod topology (ambpf_inpod.bpf.c) ----
+export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint }
+export interface InpodKey { netnsCookie: bigint; tuple: Tuple }
+
+/** ambpf_inpod_sk value; the loader writes { orig: null, netnsCookie } on ztunnel's 15001 listener. */
+export function encodeInpodSk(v: InpodSk): Uint8Array {
+  const b = new Uint8Array(LAYOUT.ambpf_inpod_sk.size);
+  if (v.orig) encodeOrigInto(b, 0, v.orig);
+  view(b).setBigUint64(24, v.netnsCookie, true);
+  return b;
+}
+
+export function decodeInpodSk(b: Uint8Array): InpodSk {
+  const dv = need(b, LAYOUT.ambpf_inpod_sk.size, 'ambpf_inpod_sk');
+  const orig = decodeOrigAt(b, 0);
+  return { orig: orig.family === 0 ? null : orig, netnsCookie: dv.getBigUint64(24, true) };
+}
+
+export function encodeInpodKey(k: InpodKey): Uint8Array {
+  const b = new Uint8Array(LAYOUT.ambpf_inpod_key.size);
+  view(b).setBigUint64(0, k.netnsCookie, true);
+  b.set(encodeTuple(k.tuple), 8);
+  return b;
+}
+
+export function decodeInpodKey(b: Uint8Array): InpodKey {
+  const dv = need(b, LAYOUT.ambpf_inpod_key.size, 'ambpf_inpod_key');
+  return { netnsCookie: dv.getBigUint64(0, true), tuple: decodeTuple(b.subarray(8, 8 + LAYOUT.ambpf_tuple.size)) };
+}
+
+/** ambpf_inpod_listen key: pod IP + listener slot (LISTENER_INBOUND / LISTENER_HBONE). */
+export function encodeInpodListenKey(podIp: string, slot: number): Uint8Array {
+  const b = new Uint8Array(LAYOUT.ambpf_inpod_lkey.size);
+  b.set(ipToBytes(podIp), 0);
+  view(b).setUint32(16, slot, true);
+  return b;
 }

@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * ambpf_inpod.bpf.c: the inpod topology (Istio 1.21+), where ztunnel opens its 15001/15006/15008
+ * listeners inside every mesh pod's own netns. Replaces Istio's in-pod iptables rules; nothing of
+ * ours runs in the node's netns (no program, route or rule there), so it cannot clash with the CNI.
+ *
+ *   connect4/6       (pods' cgroup subtree) an ambient pod's TCP connect() goes to 127.0.0.1:15001
+ *                    (::ffff:127.0.0.1 for a v4-mapped dst, ::1 for IPv6) in the pod's own netns; the
+ *                    original dst and the netns cookie go into the socket's storage (ambpf_inpod_sk).
+ *   getpeername4/6   the app sees the peer it asked for.
+ *   sockops          at ESTABLISHED the original dst moves to ambpf_inpod_pair under {netns cookie,
+ *                    4-tuple}: every pod talks to its ztunnel over 127.0.0.1, so the same 4-tuple can
+ *                    exist in two pods at once and the node topology's tuple key would mix them up.
+ *   getsockopt       answers SO_ORIGINAL_DST for ztunnel's accepted socket. Its netns cookie comes
+ *                    from socket storage the loader put on ztunnel's 15001 listener and the kernel
+ *                    cloned to the accepted socket (BPF_F_CLONE): bpf_get_netns_cookie is not callable
+ *                    from getsockopt/sockops before 5.15 (kernel-matrix.md), and this loads on 5.10.
+ *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a new inbound TCP
+ *                    connection to the pod's IP is handed to ztunnel's listener in that netns, 15008
+ *                    for dport 15008 (HBONE), 15006 otherwise. The destination is already local, so no
+ *                    route, mark, sysctl or IP_TRANSPARENT is needed, and the accepted socket's local
+ *                    address is the original destination.
+ *
+ * Why sk_lookup and not tc ingress + bpf_sk_assign on the pod's eth0: tc silently drops a SYN whose
+ * 4-tuple is still in TIME_WAIT in the pod (inbound-steering.md measured ~27k -> ~630 conn/s), and it
+ * would need a per-packet flow table to leave the replies of the pod's own outbound connections
+ * alone; sk_lookup runs only when the established/TIME_WAIT lookup found nothing, i.e. exactly for new
+ * inbound connections. Listener keys are {pod IP, slot} rather than the netns cookie because
+ * sk_lookup has no netns cookie helper on older kernels, and the local address is the pod's IP.
+ *
+ * Not captured: connections ztunnel makes (SO_MARK 0x539: connect4 skips them), connections between
+ * two local addresses (the loop trap of inbound-steering.md: ztunnel's upstream to the pod's own IP
+ * arrives with ingress_ifindex = eth0 and would be steered back into ztunnel), the kubelet probe
+ * source 169.254.7.127, loopback, pods not (or no longer) ambient in ambpf_pods.
+ *
+ * The same-node splice (sk_msg) is not wired for inpod: the pod <-> ztunnel hop is loopback inside
+ * one netns here, and the splice's sockhash is keyed by a 4-tuple that repeats across pods.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "include/ambpf.h"
+#include "include/ambpf_maps.h"
+#include "include/ambpf_lib.h"
+#include "include/ambpf_sockopt.h"
+
+#define INPOD_LOOPBACK4        bpf_htonl(0x7f000001) /* 127.0.0.1 */
+
+/* Per socket: see struct ambpf_inpod_sk. BPF_F_CLONE: accepted sockets inherit their listener's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, struct ambpf_inpod_sk);
+} ambpf_inpod_sk SEC(".maps");
+
+/* {netns cookie, client 4-tuple} -> original dst; deleted at TCP_CLOSE. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ambpf_inpod_key);
+	__type(value, struct ambpf_orig);
+} ambpf_inpod_pair SEC(".maps");
+
+/* {pod IP, slot} -> ztunnel's 15006/15008 listener inside that pod's netns. Filled by the loader;
+ * an entry leaves by itself when the listener closes (ztunnel restarted). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 32768);
+	__type(key, struct ambpf_inpod_lkey);
+	__type(value, __u64);
+} ambpf_inpod_listen SEC(".maps");
+
+/*
+ * Whether this connect is redirected; counts why not. The pod is in ambpf_netns only once the loader
+ * found ztunnel's listeners in its netns, so a pod ztunnel has not reached yet is never sent to a
+ * 15001 nobody listens on.
+ */
+static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be,
+					  __u64 cookie, __u32 stat_bypass6)
+{
+	struct ambpf_netns *ns = bpf_map_lookup_elem(&ambpf_netns, &cookie);
+	struct ambpf_config *cfg = config_get();
+	struct ambpf_ztunnel *zt;
+	__u32 why;
+
+	if (!ns || !(ns->flags & AMBPF_POD_AMBIENT) || (ns->flags & (AMBPF_POD_OPT_OUT | AMBPF_POD_IS_ZTUNNEL))) {
+		why = AMBPF_STAT_CONNECT4_NOT_AMBIENT;
+		goto bypass;
+	}
+	zt = ztunnel_get();
+	if (!ztunnel_ready(zt)) {
+		why = AMBPF_STAT_CONNECT4_NO_ZTUNNEL;
+		goto bypass;
+	}
+	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. */
+	if ((ctx->sk->mark & zt->mark_mask) == zt->mark) {
+		why = AMBPF_STAT_CONNECT4_BYPASS_MARK;
+		goto bypass;
+	}
+	/* The pod's own IP goes over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
+	if (dst_is_bypassed(dst, zt, cfg) || ip_eq(dst, ns->pod_ip)) {
+		why = AMBPF_STAT_CONNECT4_BYPASS_DST;
+		goto bypass;
+	}
+	if (port_is_excluded(dport_be, cfg)) {
+		why = AMBPF_STAT_CONNECT4_BYPASS_PORT;
+		goto bypass;
+	}
+	return 1;
+bypass:
+	stat_inc(stat_bypass6 ? stat_bypass6 : why);
+	return 0;
+}
+
+static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 port_be, __u16 family,
+				      __u64 cookie)
+{
+	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!st)
+		return -1;
+	__builtin_memcpy(st->orig.ip, dst, sizeof(st->orig.ip));
+	st->orig.port = port_be;
+	st->orig.family = family;
+	st->netns_cookie = cookie;
+	return 0;
+}
+
+SEC("cgroup/connect4")
+int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie;
+	__u32 dst[4];
+	__u16 dport;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SYS_PROCEED;
+	ip_set_v4(dst, ctx->user_ip4);
+	dport = (__u16)ctx->user_port;
+	cookie = bpf_get_netns_cookie(ctx);
+	if (!inpod_redirect(ctx, dst, dport, cookie, 0))
+		return SYS_PROCEED;
+	if (inpod_save(ctx, dst, dport, AF_INET, cookie)) {
+		stat_inc(AMBPF_STAT_CONNECT4_ERROR);
+		return SYS_PROCEED;
+	}
+	ctx->user_ip4 = INPOD_LOOPBACK4;
+	ctx->user_port = (__u32)bpf_htons(AMBPF_PORT_OUTBOUND);
+	stat_inc(AMBPF_STAT_CONNECT4_REDIRECTED);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect6")
+int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie;
+	__u32 dst[4];
+	__u16 dport;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SYS_PROCEED;
+	dst[0] = ctx->user_ip6[0];
+	dst[1] = ctx->user_ip6[1];
+	dst[2] = ctx->user_ip6[2];
+	dst[3] = ctx->user_ip6[3];
+	dport = (__u16)ctx->user_port;
+	cookie = bpf_get_netns_cookie(ctx);
+	if (!inpod_redirect(ctx, dst, dport, cookie, AMBPF_STAT_CONNECT6_BYPASS))
+		return SYS_PROCEED;
+	if (inpod_save(ctx, dst, dport, AF_INET6, cookie)) {
+		stat_inc(AMBPF_STAT_CONNECT6_ERROR);
+		return SYS_PROCEED;
+	}
+	/* A dual-stack socket reaching an IPv4 peer stays IPv4 (::ffff:127.0.0.1); IPv6 goes to ::1. */
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	if (ip_is_v4mapped(dst)) {
+		ctx->user_ip6[2] = V4MAPPED_W2;
+		ctx->user_ip6[3] = INPOD_LOOPBACK4;
+	} else {
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = (__u32)bpf_htons(AMBPF_PORT_OUTBOUND);
+	stat_inc(AMBPF_STAT_CONNECT6_REDIRECTED);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername4")
+int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+
+	if (!st || st->orig.family == 0 || !ip_is_v4mapped(st->orig.ip))
+		return SYS_PROCEED;
+	ctx->user_ip4 = st->orig.ip[3];
+	ctx->user_port = (__u32)st->orig.port;
+	stat_inc(AMBPF_STAT_GETPEERNAME_RESTORED);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+
+	if (!st || st->orig.family == 0)
+		return SYS_PROCEED;
+	ctx->user_ip6[0] = st->orig.ip[0];
+	ctx->user_ip6[1] = st->orig.ip[1];
+	ctx->user_ip6[2] = st->orig.ip[2];
+	ctx->user_ip6[3] = st->orig.ip[3];
+	ctx->user_port = (__u32)st->orig.port;
+	stat_inc(AMBPF_STAT_GETPEERNAME_RESTORED);
+	return SYS_PROCEED;
+}
+
+/* ---- sockops: the client's original dst under {netns cookie, 4-tuple} ---- */
+
+/* The key of a redirected app socket, from its storage; 0 when the socket was not redirected. */
+static __always_inline int inpod_key(struct bpf_sock_ops *skops, struct ambpf_inpod_key *key,
+				     struct ambpf_inpod_sk **out)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct ambpf_inpod_sk *st;
+
+	if (!sk)
+		return 0;
+	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+	if (!st || st->orig.family == 0)
+		return 0;
+	key->netns_cookie = st->netns_cookie;
+	CTX_TUPLE(skops, &key->t);
+	*out = st;
+	return 1;
+}
+
+SEC("sockops")
+int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
+{
+	struct ambpf_inpod_key key = {};
+	struct ambpf_inpod_sk *st = 0;
+	__u32 op = skops->op;
+
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		if (!inpod_key(skops, &key, &st) || !st)
+			return SYS_PROCEED;
+		if (bpf_map_update_elem(&ambpf_inpod_pair, &key, &st->orig, BPF_ANY)) {
+			stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* full map: counted, getsockopt will miss */
+			return SYS_PROCEED;
+		}
+		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_ADDED);
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	} else if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
+		if (inpod_key(skops, &key, &st) && bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
+			stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
+	}
+	return SYS_PROCEED;
+}
+
+/* ---- getsockopt: SO_ORIGINAL_DST for ztunnel's accepted socket ---- */
+
+SEC("cgroup/getsockopt")
+int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
+{
+	struct ambpf_inpod_key key = {};
+	struct ambpf_inpod_sk *st;
+	struct ambpf_orig *orig;
+
+	if (!sockopt_wants_orig_dst(ctx))
+		return SYS_PROCEED;
+	/* Only sockets accepted on a listener the loader tagged carry a cookie (and no orig). */
+	st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+	if (!st || st->netns_cookie == 0) {
+		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
+		return SYS_PROCEED;
+	}
+	key.netns_cookie = st->netns_cookie;
+	sockopt_client_tuple(ctx->sk, &key.t);
+	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);
+	if (!orig) {
+		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
+		return SYS_PROCEED;
+	}
+	return sockopt_answer(ctx, orig);
+}
+
+/* ---- sk_lookup: inbound to the pod -> ztunnel's listener in the pod's netns ---- */
+
+SEC("sk_lookup")
+int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct ambpf_inpod_lkey lkey = {};
+	struct ambpf_config *cfg;
+	struct ambpf_pod *pod;
+	struct bpf_sock *sk;
+	__u32 local_ip4, remote_ip4;
+	long err;
+
+	if (ctx->protocol != IPPROTO_TCP || ctx->family != AF_INET)
+		return SK_PASS;
+	local_ip4 = CTX_READ(ctx->local_ip4);
+	remote_ip4 = CTX_READ(ctx->remote_ip4);
+	/* Loopback is the pod <-> ztunnel hop itself; local == remote is ztunnel's upstream to the
+	 * pod's own IP (the loop trap). */
+	if (ip4_is_loopback(local_ip4) || local_ip4 == remote_ip4)
+		return SK_PASS;
+	cfg = config_get();
+	if (cfg && ip_is_v4mapped(cfg->probe_ip) && remote_ip4 == cfg->probe_ip[3]) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
+		return SK_PASS;
+	}
+	ip_set_v4(lkey.pod_ip, local_ip4);
+	pod = bpf_map_lookup_elem(&ambpf_pods, &lkey.pod_ip);
+	if (!pod || !(pod->flags & AMBPF_POD_AMBIENT) || (pod->flags & AMBPF_POD_OPT_OUT)) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
+		return SK_PASS;
+	}
+	lkey.slot = CTX_READ(ctx->local_port) == AMBPF_PORT_HBONE ? AMBPF_LISTENER_HBONE : AMBPF_LISTENER_INBOUND;
+	sk = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
+	if (!sk) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_NO_LISTENER);
+		return SK_PASS; /* the normal lookup decides (the app's own listener, or a RST) */
+	}
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_ERROR);
+		return SK_PASS;
+	}
+	stat_inc(AMBPF_STAT_SKLOOKUP_ASSIGNED);
+	return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,131 @@
+// The inpod datapath on the real kernel, in netns + cgroups of our own: a "ztunnel" (the python
+// helper server on 15001/15006/15008) runs inside each mesh pod's netns, as ztunnel does since
+// Istio 1.21. Outbound lands on 127.0.0.1:15001 in the pod with SO_ORIGINAL_DST and getpeername
+// giving the original; inbound from a non-mesh peer lands on the pod's 15006 (15008 for HBONE) with
+// the pod's address as local address; ztunnel's own sockets and the loop trap are left alone; two
+// pods hammering the same loopback tuples at once never get each other's destination.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { netnsCookie } from '../../src/libbpf/index.ts';
+import { openInpodDatapath, type InpodDatapath } from '../../src/bpf/datapath-inpod.ts';
+import { podListenerInodes, socketHolders } from '../../src/bpf/inpod-listeners.ts';
+import * as s from '../../src/bpf/schema.ts';
+import type { TestbedProcess } from '../../src/testbed/exec.ts';
+import { makeEnv, type Env, type PodName } from './env.ts';
+
+interface Addr { ip: string; port: number }
+interface Hello { port: number; local: Addr; peer: Addr; orig: Addr | { error: number } | null }
+interface ClientOut { peername: Addr; hello: Hello | null; error?: string }
+interface VaryOut { done: number; wrong: number; errors: number; distinct_ports: number; examples: unknown[] }
+
+const APP = 8080;
+const PORTS = { outbound: s.PORT_OUTBOUND, inbound: s.PORT_INBOUND, hbone: s.PORT_HBONE };
+
+/** Captures pod `name`, whose "ztunnel" is process `zt`, as the inpod reconciler would. */
+function capture(env: Env, dp: InpodDatapath, name: PodName, zt: TestbedProcess): bigint {
+  const pod = env.pods[name];
+  const inodes = podListenerInodes(zt.pid, PORTS);
+  const holders = socketHolders([zt.pid]);
+  const get = (inode: string | undefined): { pid: number; fd: number } => {
+    const h = inode === undefined ? undefined : holders.get(inode);
+    if (!h) throw new Error(`no ztunnel listener found in pod ${name}`);
+    return h;
+  };
+  const cookie = netnsCookie(pod.netns);
+  dp.attachPod({
+    netnsPath: pod.netns, netnsCookie: cookie, ips: [pod.ip],
+    listeners: { outbound: get(inodes.outbound), inbound: get(inodes.inbound), hbone: get(inodes.hbone) },
+  });
+  dp.maps.pods.set(pod.ip, { netnsCookie: cookie, hostIfindex: 0, flags: s.POD_AMBIENT });
+  dp.maps.netns.set(cookie, { podIp: pod.ip, flags: s.POD_AMBIENT });
+  return cookie;
+}
+
+t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, async (t) => {
+  const env = await makeEnv(t);
+  const { a, b, c, z } = env.pods;
+  const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup });
+  t.teardown(() => dp.close());
+  dp.maps.config.set(s.defaultConfig());
+  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: '00:00:00:00:00:00', hostMac: '00:00:00:00:00:00' }));
+
+  // ztunnel's listeners inside the mesh pods a and b (dual-stack, like the stand-in and ztunnel).
+  const ztA = await env.server('a', ['15001,15006,15008', '--v6']);
+  const ztB = await env.server('b', ['15001,15006,15008', '--v6']);
+  await env.server('b', [String(APP)]);
+  await env.server('c', ['9000,9001']);
+  const cookieA = capture(env, dp, 'a', ztA);
+  const cookieB = capture(env, dp, 'b', ztB);
+  t.not(cookieA, cookieB);
+
+  await t.test('outbound lands on 127.0.0.1:15001 in the pod; SO_ORIGINAL_DST and getpeername give the original', async (t) => {
+    const [r] = (await env.client('a', [b.ip, String(APP)])) as ClientOut[];
+    t.equal(r?.hello?.port, 15001, 'accepted by the 15001 listener inside pod a');
+    t.same(r?.hello?.local, { ip: '127.0.0.1', port: 15001 }, 'over loopback inside the pod');
+    t.same(r?.hello?.orig, { ip: b.ip, port: APP }, 'SO_ORIGINAL_DST answers the original destination');
+    t.same(r?.peername, { ip: b.ip, port: APP }, 'the app\'s getpeername shows the original destination');
+    t.ok(dp.stats().getsockopt_answered > 0n);
+  });
+
+  await t.test('a v4-mapped destination through a dual-stack client socket', async (t) => {
+    const [r] = (await env.client('a', [`::ffff:${c.ip}`, '9000'])) as ClientOut[];
+    t.equal(r?.hello?.port, 15001);
+    t.same(r?.hello?.orig, { ip: c.ip, port: 9000 });
+    t.same(r?.peername, { ip: c.ip, port: 9000 });
+  });
+
+  await t.test('inbound from a non-mesh peer goes to the pod\'s 15006, HBONE to its 15008', async (t) => {
+    const [plain] = (await env.client('c', [b.ip, String(APP)])) as ClientOut[];
+    t.equal(plain?.hello?.port, 15006, 'assigned to ztunnel\'s 15006 inside pod b');
+    t.same(plain?.hello?.local, { ip: b.ip, port: APP }, 'the local address is the original destination');
+    t.equal(plain?.hello?.peer.ip, c.ip, 'the source is the client');
+    const [hbone] = (await env.client('c', [b.ip, '15008'])) as ClientOut[];
+    t.equal(hbone?.hello?.port, 15008);
+    t.ok(dp.stats().sklookup_assigned >= 2n);
+  });
+
+  await t.test('ztunnel\'s marked sockets and the pod\'s own IP are not redirected', async (t) => {
+    const [marked] = (await env.client('a', [c.ip, '9000', '--mark', String(s.ZTUNNEL_MARK)])) as ClientOut[];
+    t.equal(marked?.hello?.port, 9000, 'a marked connect goes where it asked');
+    // ztunnel's upstream to the pod's own IP (local == remote): the loop trap must not steer it.
+    const [own] = (await env.client('b', [b.ip, String(APP), '--mark', String(s.ZTUNNEL_MARK)])) as ClientOut[];
+    t.equal(own?.hello?.port, APP, 'reaches the app, not 15006');
+    const [self] = (await env.client('b', [b.ip, String(APP)])) as ClientOut[];
+    t.equal(self?.hello?.port, APP, 'the app calling its own IP is not redirected either');
+  });
+
+  await t.test('two pods using the same loopback tuples at once never get each other\'s destination', async (t) => {
+    // Both pods connect to 127.0.0.1:15001 from the same ephemeral range: a 4-tuple alone repeats
+    // across pods, the netns cookie in the key keeps them apart.
+    const [ra, rb] = await Promise.all([
+      env.client('a', ['0', '0', '--vary', '--count', '1500', '--ttl', '60']),
+      env.client('b', ['0', '0', '--vary', '--count', '1500', '--ttl', '60']),
+    ]) as [VaryOut[], VaryOut[]];
+    for (const [pod, r] of [['a', ra[0]], ['b', rb[0]]] as const) {
+      t.ok(r && r.done > 100, `pod ${pod} made connections (${r?.done})`);
+      t.equal(r?.wrong, 0, `pod ${pod}: no wrong SO_ORIGINAL_DST (${JSON.stringify(r?.examples)})`);
+      t.equal(r?.errors, 0, `pod ${pod}: no errors`);
+    }
+  });
+
+  await t.test('detaching a pod hands inbound back to the app', async (t) => {
+    dp.maps.pods.delete(b.ip);
+    dp.maps.netns.delete(cookieB);
+    t.ok(dp.detachPod(cookieB, [b.ip]));
+    t.notOk(dp.attachedPods().has(cookieB));
+    t.ok(dp.attachedPods().has(cookieA));
+    const [r] = (await env.client('c', [b.ip, String(APP)])) as ClientOut[];
+    t.equal(r?.hello?.port, APP, 'straight to the app');
+  });
+
+  await t.test('nothing of ours is attached in the node netns', async (t) => {
+    const nodeIno = statSync(env.node).ino;
+    const links = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{ type: string; netns_ino?: number; prog_id: number }>;
+    const ours = links.filter((l) => l.type === 'netns');
+    t.ok(ours.some((l) => l.netns_ino === statSync(a.netns).ino), 'sk_lookup sits in pod a\'s netns');
+    t.notOk(ours.some((l) => l.netns_ino === nodeIno), 'no netns link in the node netns');
+    const tc = execFileSync('nsenter', [`--net=${env.node}`, 'bpftool', 'net', 'show'], { encoding: 'utf8' });
+    t.notMatch(tc, /ambpf/, 'no tc/xdp program in the node netns');
+  });
+});
