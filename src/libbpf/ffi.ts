@@ -69,6 +69,7 @@ export const raw = {
   bpf_prog_get_fd_by_id: f('int bpf_prog_get_fd_by_id(uint32_t id)'),
   bpf_link_get_fd_by_id: f('int bpf_link_get_fd_by_id(uint32_t id)'),
   bpf_btf_get_fd_by_id: f('int bpf_btf_get_fd_by_id(uint32_t id)'),
+  bpf_prog_query: f('int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, _Out_ uint32_t *prog_ids, _Inout_ uint32_t *prog_cnt)'),
   bpf_prog_attach: f('int bpf_prog_attach(int prog_fd, int target_fd, int type, uint32_t flags)'),
   bpf_prog_detach2: f('int bpf_prog_detach2(int prog_fd, int target_fd, int type)'),
   bpf_link_create: f('int bpf_link_create(int prog_fd, int target_fd, int type, void *opts)'),
@@ -110,6 +111,7 @@ export const libcRaw = {
   close: c('int close(int fd)'),
   getsockopt: c('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)'),
   if_nametoindex: c('uint32_t if_nametoindex(const char *name)'),
+  if_indextoname: c('void *if_indextoname(uint32_t index, _Out_ uint8_t *name)'),
   vsnprintf: c('int vsnprintf(_Out_ uint8_t *buf, size_t size, void *fmt, void *ap)'),
   clock_gettime: c('int clock_gettime(int clk, _Out_ uint8_t *ts)'),
 };

@@ -7,12 +7,12 @@ export { BpfLink } from './link.ts';
 export { TcAttachment, attachTcx, attachClsact, destroyClsact, resolveIfindex, type TcDirection, type TcMode, type TcAttachOptions } from './tc.ts';
 export { LibbpfError, MapFullError, UnknownNameError, ClosedHandleError, libbpfStrerror, verifierTail } from './errors.ts';
 export {
-  mapInfoByFd, progInfoByFd, progFuncInfo, linkInfoByFd, btfInfoByFd, listIds, fdById, withFdById, fdinfo, kindOfFd, openPinnedFd, pinFd,
+  mapInfoByFd, progInfoByFd, progFuncInfo, attachedProgIds, linkInfoByFd, btfInfoByFd, listIds, fdById, withFdById, fdinfo, kindOfFd, openPinnedFd, pinFd,
   type MapInfo, type ProgInfo, type FuncInfo, type LinkInfo, type BtfInfo, type ObjKind,
 } from './info.ts';
 export { clockGettime, bootTimeNs, bootEpochParts, CLOCKS, type ClockName, type Timespec } from './clock.ts';
 export { withNetns, inNetns } from './netns.ts';
-export { netnsCookie, currentNetnsCookie, socketCookie, ifIndex } from './sockets.ts';
+export { netnsCookie, currentNetnsCookie, socketCookie, ifIndex, ifName } from './sockets.ts';
 export { Btf, BTF_KINDS, type BtfTypeInfo, type BtfMemberInfo, type BtfKindName } from './btf.ts';
 export { probeProgType, probeMapType, probeHelper, probeHelperByLoad } from './probe.ts';
 export { RawProgram, insn, MOV64_IMM, CALL, EXIT, type RawLoadResult } from './rawprog.ts';

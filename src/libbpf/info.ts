@@ -261,6 +261,19 @@ export function listIds(kind: ObjKind): number[] {
   }
 }
 
+/**
+ * Ids of the programs attached to a target (cgroup, netns, sockmap/sockhash fd) for one attach type
+ * (bpf_prog_query). Kernels before 6.0 cannot list a sockmap's programs: they answer EINVAL.
+ */
+export function attachedProgIds(targetFd: number, attachType: number, max = 64): number[] {
+  const ids = new Uint32Array(max);
+  const cnt = [max];
+  check('bpf_prog_query', raw.bpf_prog_query(targetFd, attachType, 0, [0], ids, cnt) as number, {
+    hint: `attach type ${nameOf(ATTACH_TYPES, attachType)}`,
+  });
+  return Array.from(ids.subarray(0, Math.min(cnt[0] ?? 0, max)));
+}
+
 /** A new fd for the object with this id (the caller closes it). */
 export function fdById(kind: ObjKind, id: number): number {
   const rc = FD_BY_ID[kind](id) as number;

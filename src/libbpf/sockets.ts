@@ -44,3 +44,11 @@ export function socketCookie(fd: number): bigint {
 export function ifIndex(name: string): number {
   return libcRaw.if_nametoindex(name) as number;
 }
+
+/** Name of an interface index in the current netns (null => no such interface here). */
+export function ifName(index: number): string | null {
+  const buf = new Uint8Array(16); // IF_NAMESIZE
+  if (libcRaw.if_indextoname(index, buf) === null) return null;
+  const b = Buffer.from(buf);
+  return b.toString('utf8', 0, Math.max(0, b.indexOf(0)));
+}
