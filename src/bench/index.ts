@@ -1,0 +1,151 @@
+// `ambpf bench`: one command, one testbed, every path side by side (design.md §7, issue 8).
+//   1. a two-node testbed without the stand-in; raw sinks on node 1's ztunnel ports;
+//   2. the matrix, rounds x paths (rotated) x workloads x placements (matrix.ts);
+//   3. control plane: pod change -> map entry, reconcile of N pods, cold start, RSS;
+//   4. end to end through the ztunnel stand-in (HTTP workloads);
+//   5. results.json, results.md and one SVG per workload in --out.
+// The testbed (and with it every process, rule, pin and cgroup made here) is removed at the end,
+// also on failure.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed } from '../testbed/index.ts';
+import { logger } from '../log.ts';
+import { chartSpec, renderSvg } from './charts.ts';
+import { measurePodChange, measureReconcile, summarizePodChange } from './control-plane.ts';
+import { wrkScript } from './load.ts';
+import { describeMachine } from './machine.ts';
+import { runE2ePhase, runSinkPhase, sinkActors, type MatrixOptions } from './matrix.ts';
+import type { PathContext } from './paths.ts';
+import { resultsMarkdown } from './report.ts';
+import { spread } from './stats.ts';
+import { summarize } from './summary.ts';
+import { buildTransparentShim } from './transparent-shim.ts';
+import type { BenchConfig, BenchResults, ControlPlaneResults, Sample } from './types.ts';
+
+const log = logger('bench');
+
+export interface BenchOptions extends BenchConfig {
+  readonly outDir: string;
+  /** The command line, recorded in the results. */
+  readonly command: string;
+  readonly prefix?: string;
+  /** Pod changes timed for the pod-change figure. */
+  readonly podChanges: number;
+  readonly reconcileSizes: readonly number[];
+  /** Concurrent wrk connections. */
+  readonly connections: number;
+  /** Called once the testbed exists, so a signal handler can take it down. */
+  readonly onTestbed?: (tb: Testbed) => void;
+}
+
+export interface BenchOutput {
+  readonly results: BenchResults;
+  readonly files: readonly string[];
+}
+
+export async function runBench(o: BenchOptions): Promise<BenchOutput> {
+  const startedAt = new Date().toISOString();
+  const machine = await describeMachine();
+  const samples: Sample[] = [];
+  const coldStarts: number[] = [];
+  const rss: number[] = [];
+  const notes: string[] = [];
+  const controlPlane: { -readonly [K in keyof ControlPlaneResults]: ControlPlaneResults[K] } = {};
+
+  const tb = await startTestbed(defaultSpec(), { topology: o.topology, standIn: false, ...(o.prefix ? { prefix: o.prefix } : {}) });
+  o.onTestbed?.(tb);
+  try {
+    const dir = join(tb.info.runDir, 'bench');
+    mkdirSync(dir, { recursive: true });
+    const podsFile = join(dir, 'pods.json');
+    tb.writePodsList(podsFile);
+    const [node1] = tb.nodes;
+    if (!node1) throw new Error('the bench testbed has no node');
+    const ctx: PathContext = { tb, podsFile, loaderNodes: [node1], logDir: dir };
+    const m: MatrixOptions = {
+      paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds, warmup: o.warmup,
+      seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
+    };
+    const obs = {
+      sample: (s: Sample) => samples.push(s),
+      loader: (c: readonly number[], r: readonly number[]) => {
+        coldStarts.push(...c);
+        rss.push(...r.map((k) => k / 1024));
+      },
+    };
+    log.info({ prefix: tb.prefix, paths: o.paths, workloads: o.workloads, rounds: o.rounds }, 'bench: sink phase');
+    await runSinkPhase(tb, ctx, m, obs);
+
+    if (o.controlPlane) {
+      log.info('bench: control plane');
+      controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, sinkActors(tb).meshDst, o.podChanges));
+      controlPlane.reconcile = await measureReconcile(tb, o.reconcileSizes);
+    }
+
+    const httpWorkloads = o.workloads.filter((w) => w === 'connections' || w === 'latency');
+    if (o.e2e && httpWorkloads.length > 0) {
+      log.info('bench: end to end through the ztunnel stand-in');
+      await startStandIns(tb);
+      try {
+        await runE2ePhase(tb, { ...ctx, loaderNodes: tb.nodes }, { ...m, workloads: httpWorkloads }, obs);
+      } finally {
+        await stopStandIns(tb);
+      }
+    } else if (o.e2e) {
+      notes.push('End-to-end phase skipped: it runs the HTTP workloads (connections, latency) and none was requested.');
+    }
+  } finally {
+    await tb.down();
+  }
+
+  if (coldStarts.length > 0) {
+    const s = spread(coldStarts);
+    controlPlane.coldStartMs = { samples: coldStarts, median: s.median, min: s.min, max: s.max };
+  }
+  if (rss.length > 0) controlPlane.rssMiB = { samples: rss, median: spread(rss).median, max: Math.max(...rss) };
+  notes.push(
+    'Sink phase: nginx (1 KiB answers) and iperf3 listen on ztunnel\'s ports 15001/15006/15008 in node 1\'s ztunnel pod, with an LD_PRELOAD that sets IP_TRANSPARENT (TPROXY needs it); direct = the client addresses ztunnel\'s IP and port itself.',
+    'same-node = a mesh pod\'s outbound connection captured to its own node\'s ztunnel (15001); cross-node = a non-mesh pod on node 2 reaching a mesh pod on node 1, captured inbound and steered to 15006.',
+    'End-to-end phase: through the ztunnel stand-in (HBONE between the two halves); direct = the same client reaching the destination nginx with nothing installed.',
+    'TIME_WAIT sockets are destroyed (ss -K) in every netns of a cell before it runs; conntrack is not flushed (no conntrack tool on the machine).',
+  );
+
+  const results: BenchResults = {
+    version: 1,
+    command: o.command,
+    config: {
+      topology: o.topology, paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds,
+      warmup: o.warmup, seconds: o.seconds, e2e: o.e2e, controlPlane: o.controlPlane, quick: o.quick,
+    },
+    machine,
+    startedAt,
+    finishedAt: new Date().toISOString(),
+    samples,
+    summary: summarize(samples, o.paths),
+    controlPlane,
+    notes,
+  };
+  return { results, files: await writeOutputs(o.outDir, results) };
+}
+
+/** results.json, one SVG per workload, results.md (which links the SVGs). */
+export async function writeOutputs(outDir: string, results: BenchResults): Promise<string[]> {
+  mkdirSync(outDir, { recursive: true });
+  const files: string[] = [];
+  const jsonPath = join(outDir, 'results.json');
+  writeFileSync(jsonPath, JSON.stringify(results, null, 2) + '\n');
+  files.push(jsonPath);
+  const charts: string[] = [];
+  for (const w of results.config.workloads) {
+    const spec = chartSpec(w, results.summary);
+    if (!spec) continue;
+    const name = `bench-${w}.svg`;
+    writeFileSync(join(outDir, name), await renderSvg(spec));
+    charts.push(name);
+    files.push(join(outDir, name));
+  }
+  const mdPath = join(outDir, 'results.md');
+  writeFileSync(mdPath, resultsMarkdown(results, charts));
+  files.push(mdPath);
+  return files;
+}

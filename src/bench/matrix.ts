@@ -1,0 +1,180 @@
+// The measured matrix: rounds x sink groups x paths (rotated per round) x workloads x placements.
+// Sinks start before a path comes up and stay for all of its cells; a path comes up, serves every
+// cell of its group, and goes down again, so no path ever sees another path's rules or pins.
+import { join } from 'node:path';
+import type { Testbed } from '../testbed/testbed.ts';
+import type { TestbedPod } from '../testbed/types.ts';
+import { PORT_HBONE, PORT_INBOUND_PLAINTEXT, PORT_OUTBOUND } from '../testbed/ztunnel/config.ts';
+import { logger } from '../log.ts';
+import { runCell, type CellTarget, type Endpoint } from './cells.ts';
+import { startPath, type PathContext } from './paths.ts';
+import { startIperfServer, startNginx, type Sink } from './sinks.ts';
+import { schedule } from './stats.ts';
+import type { BenchConfig, PathName, Phase, Placement, Sample, WorkloadName } from './types.ts';
+
+const log = logger('bench');
+
+/** The port every redirected client addresses (any port works: it is the redirect that matters). */
+export const APP_PORT = 8080;
+
+export interface MatrixOptions extends Pick<BenchConfig, 'paths' | 'workloads' | 'placements' | 'rounds' | 'warmup' | 'seconds'> {
+  readonly connections: number;
+  readonly wrkScript: string;
+  readonly shim: string;
+  readonly dir: string;
+}
+
+export interface MatrixObserver {
+  /** Every ActivePath of an eBPF path reports its cold start and RSS here. */
+  loader(coldStartMs: readonly number[], rssKiB: readonly number[]): void;
+  sample(s: Sample): void;
+}
+
+interface Group {
+  readonly name: 'http' | 'bulk';
+  readonly workloads: readonly WorkloadName[];
+  start(): Promise<Sink[]>;
+}
+
+/** A cell's endpoint: ztunnel's own port for `direct`, the original destination for the others. */
+function endpointFor(path: PathName, direct: Endpoint, redirected: Endpoint): Endpoint {
+  return path === 'direct' ? direct : redirected;
+}
+
+function findPod(tb: Testbed, pred: (p: TestbedPod) => boolean, what: string): TestbedPod {
+  const p = tb.pods.find(pred);
+  if (!p) throw new Error(`the bench testbed has no ${what}`);
+  return p;
+}
+
+/** The pods the sink phase uses: all capture happens at node 1 (its ztunnel holds the sinks). */
+export function sinkActors(tb: Testbed): { zpod: TestbedPod; meshClient: TestbedPod; meshDst: TestbedPod; plainClient: TestbedPod } {
+  const [n1, n2] = tb.nodes;
+  if (!n1 || !n2) throw new Error('the bench testbed needs two nodes');
+  return {
+    zpod: findPod(tb, (p) => p.isZtunnel && p.node === n1.name, `ztunnel pod on ${n1.name}`),
+    meshClient: findPod(tb, (p) => p.mesh && p.node === n1.name, `mesh pod on ${n1.name}`),
+    meshDst: findPod(tb, (p) => p.mesh && p.node === n1.name && p.name !== tb.pods.find((q) => q.mesh && q.node === n1.name)?.name, `second mesh pod on ${n1.name}`),
+    plainClient: findPod(tb, (p) => !p.mesh && !p.isZtunnel && !p.hostNetwork && p.node === n2.name, `non-mesh pod on ${n2.name}`),
+  };
+}
+
+function sinkTargets(tb: Testbed, placement: Placement, path: PathName): CellTarget {
+  const { zpod, meshClient, meshDst, plainClient } = sinkActors(tb);
+  const nodeNs = tb.nodes.map((n) => n.netnsPath);
+  if (placement === 'same-node') {
+    return {
+      client: meshClient,
+      servers: [zpod],
+      endpoint: endpointFor(path, { ip: zpod.ip, port: PORT_OUTBOUND }, { ip: meshDst.ip, port: APP_PORT }),
+      netns: [meshClient.netnsPath, zpod.netnsPath, ...nodeNs],
+    };
+  }
+  // Inbound capture: the mesh pod on node 1 is the original destination; its ztunnel answers.
+  return {
+    client: plainClient,
+    servers: [zpod],
+    endpoint: endpointFor(path, { ip: zpod.ip, port: PORT_INBOUND_PLAINTEXT }, { ip: meshClient.ip, port: APP_PORT }),
+    netns: [plainClient.netnsPath, zpod.netnsPath, ...nodeNs],
+  };
+}
+
+async function stopAll(sinks: readonly Sink[]): Promise<void> {
+  for (const s of sinks) await s.stop();
+}
+
+/**
+ * Runs `groups` x rotated paths for every round. `targets(placement, path)` names client, server and
+ * endpoint of a cell.
+ */
+async function runRounds(
+  tb: Testbed, phase: Phase, ctx: PathContext, o: MatrixOptions, groups: readonly Group[],
+  targets: (placement: Placement, path: PathName) => CellTarget, obs: MatrixObserver,
+): Promise<void> {
+  for (const { round, warmup, order } of schedule(o.paths, o.rounds, o.warmup)) {
+    for (const group of groups) {
+      if (group.workloads.length === 0) continue;
+      const sinks = await group.start();
+      try {
+        for (const pathName of order) {
+          const path = await startPath(ctx, pathName);
+          try {
+            await path.settle();
+            for (const workload of group.workloads) {
+              for (const placement of o.placements) {
+                const r = await runCell(tb, workload, targets(placement, pathName), o);
+                const sample: Sample = { phase, round, warmup, path: pathName, workload, placement, metrics: r.metrics, errors: r.errors };
+                log.info({ phase, round, warmup, path: pathName, workload, placement, ...r.metrics, errors: r.errors }, 'cell');
+                obs.sample(sample);
+              }
+            }
+            if (path.coldStartMs.length > 0) obs.loader(path.coldStartMs, path.rssKiB());
+          } finally {
+            await path.down();
+          }
+        }
+      } finally {
+        await stopAll(sinks);
+      }
+    }
+  }
+}
+
+const BULK: readonly WorkloadName[] = ['bulk-1k', 'bulk-16k', 'bulk-128k'];
+
+/** Phase 1: raw sinks on ztunnel's ports in node 1's ztunnel pod; only the redirect is measured. */
+export async function runSinkPhase(tb: Testbed, ctx: PathContext, o: MatrixOptions, obs: MatrixObserver): Promise<void> {
+  const { zpod } = sinkActors(tb);
+  const groups: Group[] = [
+    {
+      name: 'http',
+      workloads: o.workloads.filter((w) => !BULK.includes(w)),
+      start: async () => [await startNginx(tb, zpod, [PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE], join(o.dir, 'nginx-sink'), o.shim)],
+    },
+    {
+      name: 'bulk',
+      workloads: o.workloads.filter((w) => BULK.includes(w)),
+      // Both always run: the loader wants 15006 and 15008 held by one process even for same-node cells.
+      start: async () => {
+        const a = await startIperfServer(tb, zpod, PORT_OUTBOUND, join(o.dir, 'iperf-sink'), o.shim);
+        try {
+          return [a, await startIperfServer(tb, zpod, PORT_INBOUND_PLAINTEXT, join(o.dir, 'iperf-sink'), o.shim, PORT_HBONE)];
+        } catch (err) {
+          await a.stop();
+          throw err;
+        }
+      },
+    },
+  ];
+  await runRounds(tb, 'sink', ctx, o, groups, (placement, path) => sinkTargets(tb, placement, path), obs);
+}
+
+/**
+ * Phase 2: end to end through the ztunnel stand-in (HBONE between the halves), HTTP workloads only.
+ * same-node: mesh pod -> mesh pod on node 1; cross-node: mesh pod on node 1 -> mesh pod on node 2.
+ * `direct` here is the unmeshed floor: the client reaches the destination's nginx with nothing installed.
+ */
+export async function runE2ePhase(tb: Testbed, ctx: PathContext, o: MatrixOptions, obs: MatrixObserver): Promise<void> {
+  const { meshClient, meshDst } = sinkActors(tb);
+  const [, n2] = tb.nodes;
+  const remote = findPod(tb, (p) => p.mesh && p.node === n2?.name, 'mesh pod on the second node');
+  const zpods = tb.pods.filter((p) => p.isZtunnel);
+  const group: Group = {
+    name: 'http',
+    workloads: o.workloads.filter((w) => !BULK.includes(w)),
+    start: async () => {
+      const a = await startNginx(tb, meshDst, [APP_PORT], join(o.dir, 'nginx-e2e-local'), o.shim);
+      try {
+        return [a, await startNginx(tb, remote, [APP_PORT], join(o.dir, 'nginx-e2e-remote'), o.shim)];
+      } catch (err) {
+        await a.stop();
+        throw err;
+      }
+    },
+  };
+  const allNs = [...tb.nodes.map((n) => n.netnsPath), ...tb.pods.filter((p) => !p.hostNetwork).map((p) => p.netnsPath)];
+  await runRounds(tb, 'e2e', ctx, o, [group], (placement) => {
+    const dst = placement === 'same-node' ? meshDst : remote;
+    return { client: meshClient, servers: [dst, ...zpods], endpoint: { ip: dst.ip, port: APP_PORT }, netns: allNs };
+  }, obs);
+}

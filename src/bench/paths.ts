@@ -1,0 +1,149 @@
+// Bringing one redirection path up and down on the testbed, for one slot of one round:
+//   direct         nothing installed (the client addresses ztunnel's port itself: the floor)
+//   iptables       Istio's rules for the topology (src/baseline)
+//   ebpf           `ambpf run` on the node(s), from the pods file
+//   ebpf-nosplice  the same with --no-splice
+// Each `down()` leaves the testbed as it found it: rules removed, loader stopped, pins and the
+// policy route in ztunnel's netns removed.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Testbed } from '../testbed/testbed.ts';
+import type { TestbedNode } from '../testbed/types.ts';
+import type { TestbedProcess } from '../testbed/exec.ts';
+import { installIptablesPath, removeIptablesPath } from '../baseline/index.ts';
+import { BenchError } from './errors.ts';
+import { logger } from '../log.ts';
+import type { PathName } from './types.ts';
+
+const log = logger('bench');
+const AMBPF = fileURLToPath(new URL('../../bin/ambpf', import.meta.url));
+/** The loader's health port inside each node's netns (the netns is ours, so a fixed port is safe). */
+export const LOADER_PORT = 15099;
+
+export interface ActivePath {
+  readonly name: PathName;
+  /** `ambpf run` start -> /readyz 200, per loader (eBPF paths only). */
+  readonly coldStartMs: readonly number[];
+  /** Loader RSS now, KiB per loader (eBPF paths only). */
+  rssKiB(): number[];
+  /** Resolves once the path steers to the sinks running now (the loader re-copies new listeners). */
+  settle(): Promise<void>;
+  down(): Promise<void>;
+}
+
+export interface PathContext {
+  readonly tb: Testbed;
+  readonly podsFile: string;
+  /** Nodes that run a loader on the eBPF paths. */
+  readonly loaderNodes: readonly TestbedNode[];
+  readonly logDir: string;
+}
+
+function vmRssKiB(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m?.[1] ? Number(m[1]) : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** Polls /readyz from inside the node's netns, bounded (30 s), in one shell so polling costs no spawns. */
+async function waitReady(ctx: PathContext, node: TestbedNode, proc: TestbedProcess): Promise<void> {
+  const script = `for i in $(seq 1 3000); do curl -fs -o /dev/null --max-time 1 http://127.0.0.1:${LOADER_PORT}/readyz && exit 0; sleep 0.01; done; exit 1`;
+  let exited = false;
+  void proc.exited.then(() => (exited = true));
+  const r = await ctx.tb.exec(node, ['sh', '-c', script], { check: false, timeoutMs: 40_000 });
+  if (r.code !== 0 || exited) throw new BenchError(`ambpf run on ${node.name} did not become ready (see ${ctx.logDir}/ambpf-run-${node.name}.log)`, { node: node.name });
+}
+
+/**
+ * The loader copies ztunnel's 15006/15008 listeners into ambpf_zt_listen during its first
+ * reconcile; inbound cells need both slots filled. Bounded wait (10 s). The sinks are started
+ * before the loader and never swapped under it (a swap is only noticed by its 30 s full resync).
+ */
+async function waitListenersCopied(node: TestbedNode, procs: readonly TestbedProcess[]): Promise<void> {
+  const { openPinnedMaps } = await import('../bpf/datapath.ts');
+  const { LISTENER_INBOUND, LISTENER_HBONE, encodeU32Key } = await import('../bpf/schema.ts');
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const maps = openPinnedMaps(node.bpffsDir);
+    let count = 0;
+    try {
+      // A SOCKMAP's next-key walks every slot, filled or not: look each slot up instead.
+      for (const slot of [LISTENER_INBOUND, LISTENER_HBONE]) if (maps.raw.ambpf_zt_listen.lookup(encodeU32Key(slot)) !== undefined) count++;
+    } finally {
+      maps.close();
+    }
+    if (count >= 2) return;
+    if (Date.now() > deadline || procs.some((p) => p.child.exitCode !== null)) {
+      throw new BenchError(`ambpf run on ${node.name} did not pick up the sinks' listeners within 10 s`, { node: node.name });
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function stopLoader(proc: TestbedProcess): Promise<void> {
+  proc.kill('SIGTERM');
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+  await proc.exited;
+  clearTimeout(timer);
+}
+
+async function removeLoaderState(tb: Testbed, node: TestbedNode): Promise<void> {
+  // Imported lazily: only the eBPF paths need libbpf in this process.
+  const { uninstallDatapath } = await import('../bpf/datapath.ts');
+  const { removePolicyRoute } = await import('../bpf/datapath-ztunnel.ts');
+  uninstallDatapath(node.bpffsDir);
+  const z = tb.ztunnels.find((x) => x.node === node.name);
+  if (z) await removePolicyRoute({ netnsPath: z.netnsPath, ifname: 'eth0', table: 100, pref: 100 });
+}
+
+async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Promise<ActivePath> {
+  const procs: TestbedProcess[] = [];
+  const coldStartMs: number[] = [];
+  const down = async (): Promise<void> => {
+    for (const p of procs) await stopLoader(p);
+    for (const n of ctx.loaderNodes) await removeLoaderState(ctx.tb, n);
+  };
+  try {
+    for (const node of ctx.loaderNodes) {
+      // Leftovers of a crashed earlier slot would be adopted, not measured: start clean.
+      await removeLoaderState(ctx.tb, node);
+      const argv = [
+        AMBPF, 'run', '--node', node.name, '--pods-file', ctx.podsFile, '--bpffs', node.bpffsDir, '--cgroup', node.kubepodsCgroup,
+        '--listen', `127.0.0.1:${LOADER_PORT}`, '--state-file', join(ctx.logDir, `state-${node.name}.json`), '--node-ip', node.wireIp,
+        '--resync-ms', '200',
+      ];
+      if (!splice) argv.push('--no-splice');
+      const started = performance.now();
+      const proc = ctx.tb.spawn(node, argv, { logFile: join(ctx.logDir, `ambpf-run-${node.name}.log`), env: { ...process.env, AMBPF_LOG_FORMAT: 'json' } });
+      procs.push(proc);
+      await waitReady(ctx, node, proc);
+      coldStartMs.push(performance.now() - started);
+    }
+  } catch (err) {
+    await down().catch((e: unknown) => log.error({ err: e }, 'cleanup of a failed eBPF path start failed'));
+    throw err;
+  }
+  const settle = async (): Promise<void> => {
+    for (const n of ctx.loaderNodes) await waitListenersCopied(n, procs);
+  };
+  return { name, coldStartMs, rssKiB: () => procs.map((p) => vmRssKiB(p.pid)), settle, down };
+}
+
+export async function startPath(ctx: PathContext, name: PathName): Promise<ActivePath> {
+  const none = { coldStartMs: [] as number[], rssKiB: () => [] as number[], settle: async () => undefined };
+  switch (name) {
+    case 'direct':
+      return { name, ...none, down: async () => undefined };
+    case 'iptables':
+      await installIptablesPath(ctx.tb);
+      return { name, ...none, down: () => removeIptablesPath(ctx.tb) };
+    case 'ebpf':
+      return startEbpf(ctx, name, true);
+    case 'ebpf-nosplice':
+      return startEbpf(ctx, name, false);
+  }
+}

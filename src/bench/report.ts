@@ -1,0 +1,75 @@
+// results.md: the table a person reads at a glance. One row per (phase, placement, workload,
+// metric), one column per path: median, min-max, and the per-round ratio to direct.
+import { METRICS, type BenchResults, type PathName, type SummaryRow } from './types.ts';
+
+function fmt(v: number): string {
+  if (!Number.isFinite(v)) return '–';
+  const a = Math.abs(v);
+  if (a >= 1000) return Math.round(v).toLocaleString('en-US');
+  if (a >= 100) return v.toFixed(0);
+  if (a >= 10) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+function cell(r: SummaryRow | undefined): string {
+  if (!r) return '';
+  const base = `${fmt(r.median)} (${fmt(r.min)}–${fmt(r.max)})`;
+  return r.ratio ? `${base} **×${r.ratio.median.toFixed(2)}** (${r.ratio.min.toFixed(2)}–${r.ratio.max.toFixed(2)})` : base;
+}
+
+export function resultsTable(rows: readonly SummaryRow[], paths: readonly PathName[]): string {
+  const groups = new Map<string, Map<PathName, SummaryRow>>();
+  for (const r of rows) {
+    const k = `${r.phase}|${r.placement}|${r.workload}|${r.metric}`;
+    let g = groups.get(k);
+    if (!g) groups.set(k, (g = new Map()));
+    g.set(r.path, r);
+  }
+  const lines = [
+    `| phase | placement | workload | metric | ${paths.join(' | ')} |`,
+    `|---|---|---|---|${paths.map(() => '---').join('|')}|`,
+  ];
+  for (const [k, g] of groups) {
+    const [phase, placement, workload, metric] = k.split('|') as [string, string, string, string];
+    const info = METRICS[metric];
+    const label = info ? `${metric} (${info.unit}, ${info.higherIsBetter ? 'higher' : 'lower'} is better)` : metric;
+    lines.push(`| ${phase} | ${placement} | ${workload} | ${label} | ${paths.map((p) => cell(g.get(p))).join(' | ')} |`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+export function controlPlaneTable(r: BenchResults): string {
+  const cp = r.controlPlane;
+  const lines = ['| figure | value |', '|---|---|'];
+  if (cp.podChangeMs) lines.push(`| pods file change -> ambpf_pods entry (${cp.podChangeMs.samples.length} changes) | p50 ${fmt(cp.podChangeMs.p50)} ms, p99 ${fmt(cp.podChangeMs.p99)} ms, max ${fmt(cp.podChangeMs.max)} ms |`);
+  for (const x of cp.reconcile ?? []) lines.push(`| reconcile ${x.pods.toLocaleString('en-US')} pods (plan + map write) | ${fmt(x.totalMs)} ms (plan ${fmt(x.planMs)} ms, write ${fmt(x.writeMs)} ms) |`);
+  if (cp.coldStartMs) lines.push(`| cold start: \`ambpf run\` -> /readyz 200 (${cp.coldStartMs.samples.length} starts) | median ${fmt(cp.coldStartMs.median)} ms (${fmt(cp.coldStartMs.min)}–${fmt(cp.coldStartMs.max)}) |`);
+  if (cp.rssMiB) lines.push(`| loader RSS after its cells | median ${fmt(cp.rssMiB.median)} MiB, max ${fmt(cp.rssMiB.max)} MiB |`);
+  return lines.join('\n') + '\n';
+}
+
+export function resultsMarkdown(r: BenchResults, charts: readonly string[]): string {
+  const m = r.machine;
+  const c = r.config;
+  const errors = r.samples.filter((s) => s.errors > 0);
+  return [
+    `# ambpf bench results`,
+    '',
+    `\`${r.command}\``,
+    '',
+    `- machine: ${m.cpuModel}, ${m.cores} cores, ${m.memoryMiB} MiB, Linux ${m.kernel} (${m.hostname})`,
+    `- tools: ${Object.entries(m.tools).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    `- run: ${r.startedAt} -> ${r.finishedAt}; topology ${c.topology}; ${c.rounds} measured round(s)${c.warmup ? ' after 1 warm-up round (discarded)' : ''}; ${c.seconds} s per cell; paths rotated every round`,
+    '- cells: median (min–max) over rounds; **×ratio** = path / direct computed within each round, then median (min–max)',
+    '',
+    '## Datapath',
+    '',
+    resultsTable(r.summary, c.paths),
+    errors.length > 0 ? `Cells with socket or HTTP errors: ${errors.map((s) => `${s.path}/${s.workload}/${s.placement}/round ${s.round}: ${s.errors}`).join('; ')}\n` : 'No cell had socket or HTTP errors.\n',
+    '## Control plane',
+    '',
+    controlPlaneTable(r),
+    ...(r.notes.length > 0 ? ['## Notes', '', ...r.notes.map((n) => `- ${n}`), ''] : []),
+    ...(charts.length > 0 ? ['## Charts', '', ...charts.map((f) => `![${f}](${f})`), ''] : []),
+  ].join('\n');
+}

@@ -1,0 +1,87 @@
+// The servers that stand where ztunnel listens: nginx for HTTP (1 KiB answers) on 15001/15006/15008
+// and iperf3 for bulk. They run in ztunnel's pod (its netns and cgroup), so the measured hop is the
+// redirect and nothing else; each runs with the IP_TRANSPARENT preload (transparent-shim.ts).
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Testbed, Target } from '../testbed/testbed.ts';
+import type { TestbedProcess } from '../testbed/exec.ts';
+import { waitForPort } from '../testbed/helpers.ts';
+import { logger } from '../log.ts';
+
+const log = logger('bench');
+
+/** What nginx answers: exactly 1 KiB of body, the issue's request/response size. */
+export const BODY_BYTES = 1024;
+
+export interface Sink {
+  readonly ports: readonly number[];
+  stop(): Promise<void>;
+}
+
+function nginxConf(dir: string, ports: readonly number[]): string {
+  const body = 'x'.repeat(BODY_BYTES - 1) + '\n';
+  return [
+    'worker_processes 1;',
+    `pid ${join(dir, 'nginx.pid')};`,
+    `error_log ${join(dir, 'error.log')} warn;`,
+    'events { worker_connections 4096; multi_accept on; }',
+    'http {',
+    '  access_log off;',
+    `  client_body_temp_path ${join(dir, 'body')};`,
+    `  proxy_temp_path ${join(dir, 'proxy')};`,
+    `  fastcgi_temp_path ${join(dir, 'fastcgi')};`,
+    `  uwsgi_temp_path ${join(dir, 'uwsgi')};`,
+    `  scgi_temp_path ${join(dir, 'scgi')};`,
+    '  keepalive_requests 10000000;',
+    '  keepalive_timeout 60s;',
+    '  server {',
+    ...ports.map((p) => `    listen ${p} backlog=4096;`),
+    `    location / { default_type text/plain; return 200 '${body}'; }`,
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
+
+async function stopProcess(p: TestbedProcess, what: string): Promise<void> {
+  p.kill('SIGTERM');
+  const timer = setTimeout(() => {
+    log.warn({ pid: p.pid, what }, 'sink did not stop on SIGTERM within 5 s; killing it');
+    p.kill('SIGKILL');
+  }, 5000);
+  await p.exited;
+  clearTimeout(timer);
+}
+
+/** The sink once every port listens (bounded); stopped again if one never does. */
+async function listening(tb: Testbed, target: Target, p: TestbedProcess, ports: readonly number[], what: string): Promise<Sink> {
+  try {
+    for (const port of ports) await waitForPort(tb, target, port, 10_000);
+  } catch (err) {
+    await stopProcess(p, what);
+    throw err;
+  }
+  return { ports, stop: () => stopProcess(p, what) };
+}
+
+/** nginx answering 1 KiB on every port, in `target`; resolves once all ports listen. */
+export async function startNginx(tb: Testbed, target: Target, ports: readonly number[], dir: string, shim: string): Promise<Sink> {
+  mkdirSync(dir, { recursive: true });
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(conf, nginxConf(dir, ports));
+  const p = tb.spawn(target, ['nginx', '-p', dir, '-c', conf, '-e', join(dir, 'error.log'), '-g', 'daemon off;'], {
+    logFile: join(dir, 'nginx.out'),
+    env: { ...process.env, LD_PRELOAD: shim },
+  });
+  return listening(tb, target, p, ports, 'nginx');
+}
+
+/** `iperf3 -s` on `port` (with an idle extra listener on `extraPort`, see transparent-shim.ts). */
+export async function startIperfServer(tb: Testbed, target: Target, port: number, dir: string, shim: string, extraPort?: number): Promise<Sink> {
+  mkdirSync(dir, { recursive: true });
+  const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: shim };
+  if (extraPort !== undefined) env['AMBPF_BENCH_EXTRA_LISTEN'] = String(extraPort);
+  const p = tb.spawn(target, ['iperf3', '-s', '-p', String(port)], { logFile: join(dir, `iperf3-${port}.out`), env });
+  const ports = extraPort === undefined ? [port] : [port, extraPort];
+  return listening(tb, target, p, ports, 'iperf3');
+}

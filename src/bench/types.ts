@@ -1,0 +1,121 @@
+// The shapes of a benchmark run and of results.json (the contract of `ambpf bench --out`).
+
+export const PATHS = ['direct', 'iptables', 'ebpf', 'ebpf-nosplice'] as const;
+export type PathName = (typeof PATHS)[number];
+
+export const WORKLOADS = ['connections', 'latency', 'bulk-1k', 'bulk-16k', 'bulk-128k'] as const;
+export type WorkloadName = (typeof WORKLOADS)[number];
+
+/**
+ * same-node: a mesh pod's outbound connection captured to its own node's ztunnel (15001), where the
+ * splice can apply. cross-node: a client on the other node reaching a mesh pod, captured inbound at
+ * the pod's node and steered to its ztunnel (15006).
+ */
+export const PLACEMENTS = ['same-node', 'cross-node'] as const;
+export type Placement = (typeof PLACEMENTS)[number];
+
+/** sink: raw servers on ztunnel's ports (the redirect alone); e2e: through the ztunnel stand-in. */
+export type Phase = 'sink' | 'e2e';
+
+export interface MetricInfo {
+  readonly unit: string;
+  readonly higherIsBetter: boolean;
+  readonly label: string;
+}
+
+/** Every metric a cell can report. */
+export const METRICS: Readonly<Record<string, MetricInfo>> = {
+  connPerSec: { unit: 'conn/s', higherIsBetter: true, label: 'new connections per second' },
+  reqPerSec: { unit: 'req/s', higherIsBetter: true, label: 'requests per second' },
+  p50us: { unit: 'µs', higherIsBetter: false, label: 'latency p50' },
+  p99us: { unit: 'µs', higherIsBetter: false, label: 'latency p99' },
+  p999us: { unit: 'µs', higherIsBetter: false, label: 'latency p99.9' },
+  gbps: { unit: 'Gbit/s', higherIsBetter: true, label: 'throughput' },
+  retransmits: { unit: 'segments', higherIsBetter: false, label: 'TCP retransmits' },
+  clientCpuUsPerReq: { unit: 'µs CPU/req', higherIsBetter: false, label: 'client pod CPU per request' },
+  serverCpuUsPerReq: { unit: 'µs CPU/req', higherIsBetter: false, label: 'server pod CPU per request' },
+};
+
+/** The metric charts and the headline column use, per workload. */
+export const PRIMARY_METRIC: Readonly<Record<WorkloadName, string>> = {
+  connections: 'connPerSec',
+  latency: 'p99us',
+  'bulk-1k': 'gbps',
+  'bulk-16k': 'gbps',
+  'bulk-128k': 'gbps',
+};
+
+/** One measurement: one path, one workload, one placement, one round. */
+export interface Sample {
+  readonly phase: Phase;
+  readonly round: number;
+  readonly warmup: boolean;
+  readonly path: PathName;
+  readonly workload: WorkloadName;
+  readonly placement: Placement;
+  readonly metrics: Readonly<Record<string, number>>;
+  /** Socket errors, non-2xx answers: a cell with errors is reported, never silently averaged. */
+  readonly errors: number;
+}
+
+export interface SummaryRow {
+  readonly phase: Phase;
+  readonly placement: Placement;
+  readonly workload: WorkloadName;
+  readonly metric: string;
+  readonly path: PathName;
+  readonly median: number;
+  readonly min: number;
+  readonly max: number;
+  readonly n: number;
+  /** path / direct, computed per round then summarised; absent for direct itself or without direct. */
+  readonly ratio?: { readonly median: number; readonly min: number; readonly max: number; readonly n: number };
+}
+
+export interface Machine {
+  readonly kernel: string;
+  readonly cpuModel: string;
+  readonly cores: number;
+  readonly memoryMiB: number;
+  readonly hostname: string;
+  readonly date: string;
+  readonly tools: Readonly<Record<string, string>>;
+}
+
+export interface ControlPlaneResults {
+  /** pods file edit -> ambpf_pods entry present (or gone), ms per change. */
+  readonly podChangeMs?: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
+  /** Pure reconcile (desired state + target + plan) and the map write of N pods, ms. */
+  readonly reconcile?: ReadonlyArray<{ readonly pods: number; readonly planMs: number; readonly writeMs: number; readonly totalMs: number }>;
+  /** `ambpf run` start -> /readyz answers 200, ms (objects prebuilt in the cache). */
+  readonly coldStartMs?: { readonly samples: readonly number[]; readonly median: number; readonly min: number; readonly max: number };
+  /** Loader RSS after its workloads ran, MiB. */
+  readonly rssMiB?: { readonly samples: readonly number[]; readonly median: number; readonly max: number };
+}
+
+export interface BenchConfig {
+  readonly topology: 'node' | 'inpod';
+  readonly paths: readonly PathName[];
+  readonly workloads: readonly WorkloadName[];
+  readonly placements: readonly Placement[];
+  readonly rounds: number;
+  readonly warmup: boolean;
+  readonly seconds: number;
+  readonly e2e: boolean;
+  readonly controlPlane: boolean;
+  readonly quick: boolean;
+}
+
+export interface BenchResults {
+  readonly version: 1;
+  readonly command: string;
+  readonly config: BenchConfig;
+  readonly machine: Machine;
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  readonly samples: readonly Sample[];
+  readonly summary: readonly SummaryRow[];
+  readonly controlPlane: ControlPlaneResults;
+  /** Things the run could not measure, in words (a missing datapath, a skipped workload). */
+  readonly notes: readonly string[];
+}

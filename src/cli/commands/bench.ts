@@ -1,0 +1,116 @@
+// `ambpf bench`: the benchmark of design.md §7 in one command (src/bench). Parses and checks the
+// flags, runs the harness, prints where the results went. SIGINT/SIGTERM take the testbed down
+// before exiting, so an interrupted run leaves nothing behind.
+import { parseArgs } from 'node:util';
+import type { Command } from '../command.ts';
+import { UsageError } from '../../errors.ts';
+import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type WorkloadName } from '../../bench/types.ts';
+
+const USAGE = `Usage: ambpf bench [--topology node] [--paths direct,iptables,ebpf,ebpf-nosplice] [--out DIR]
+                   [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
+                   [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P]
+
+Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunnel's ports, and
+measures every path side by side, interleaved round by round (path order rotated each round):
+  direct          the client connects straight to ztunnel's port (the floor)
+  iptables        Istio's iptables rules for the topology
+  ebpf            ambpf run (connect4, sockops/sk_msg splice, tc + sk_lookup inbound)
+  ebpf-nosplice   ambpf run --no-splice
+Workloads: connections (wrk, Connection: close), latency (wrk kept-alive, p50/p99/p99.9, 1 KiB),
+bulk-1k, bulk-16k, bulk-128k (iperf3 -l); CPU per request from the pods' cgroup cpu.stat.
+Placements: same-node (outbound capture) and cross-node (inbound capture from the other node).
+Then the control plane (pod change -> map entry, reconcile of 1,000/10,000 pods, cold start, RSS)
+and an end-to-end run through the ztunnel stand-in.
+
+Options:
+  --topology node|inpod   only node is supported so far
+  --out DIR               where results.json, results.md and the SVG charts go (default ./bench-out)
+  --rounds N              measured rounds (default 5; a warm-up round comes first)
+  --seconds S             seconds per cell (default 3; --quick: 1)
+  --quick                 1 round, 1 s cells, no warm-up, 1,000-pod reconcile, 4 pod changes
+`;
+
+function list<T extends string>(flag: string, value: string | undefined, allowed: readonly T[], fallback: readonly T[]): T[] {
+  if (value === undefined) return [...fallback];
+  const items = value.split(',').map((v) => v.trim()).filter(Boolean);
+  if (items.length === 0) throw new UsageError(`--${flag} needs at least one of ${allowed.join(', ')}`);
+  for (const i of items) if (!(allowed as readonly string[]).includes(i)) throw new UsageError(`--${flag}: '${i}' is not one of ${allowed.join(', ')}`);
+  return [...new Set(items)] as T[];
+}
+
+function positiveInt(flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 1000) throw new UsageError(`--${flag} must be a whole number from 1 to 1000, not '${value}'`);
+  return n;
+}
+
+export const command: Command = {
+  summary: 'benchmark eBPF vs iptables vs direct on the testbed',
+  usage: USAGE,
+  async run(argv) {
+    const { values } = parseArgs({
+      args: [...argv],
+      options: {
+        topology: { type: 'string', default: 'node' },
+        paths: { type: 'string' },
+        workloads: { type: 'string' },
+        placements: { type: 'string' },
+        out: { type: 'string', default: 'bench-out' },
+        rounds: { type: 'string' },
+        seconds: { type: 'string' },
+        connections: { type: 'string' },
+        quick: { type: 'boolean', default: false },
+        'no-e2e': { type: 'boolean', default: false },
+        'no-control-plane': { type: 'boolean', default: false },
+        'no-warmup': { type: 'boolean', default: false },
+        prefix: { type: 'string' },
+      },
+      strict: true,
+      allowPositionals: false,
+    });
+    if (values.topology !== 'node' && values.topology !== 'inpod') throw new UsageError(`--topology must be node or inpod, not '${values.topology}'`);
+    if (values.topology === 'inpod') {
+      throw new UsageError('ambpf bench --topology inpod is not available yet: the eBPF inpod datapath does not exist (ambpf run supports --mode node only); use --topology node');
+    }
+    if (values.prefix !== undefined && !/^[a-z0-9]{1,8}$/.test(values.prefix)) throw new UsageError(`--prefix must be 1-8 lowercase letters or digits, not '${values.prefix}'`);
+    const quick = values.quick;
+    const paths: PathName[] = list('paths', values.paths, PATHS, PATHS);
+    const workloads: WorkloadName[] = list('workloads', values.workloads, WORKLOADS, WORKLOADS);
+    const placements: Placement[] = list('placements', values.placements, PLACEMENTS, PLACEMENTS);
+    const rounds = positiveInt('rounds', values.rounds, quick ? 1 : 5);
+    const seconds = positiveInt('seconds', values.seconds, quick ? 1 : 3);
+    if (seconds > 60) throw new UsageError('--seconds must be at most 60: every load is bounded');
+
+    const { runBench } = await import('../../bench/index.ts');
+    let testbed: { down(): Promise<void> } | undefined;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      process.stderr.write(`ambpf bench: ${signal}, taking the testbed down\n`);
+      void (testbed?.down() ?? Promise.resolve()).finally(() => process.exit(130));
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    try {
+      const { results, files } = await runBench({
+        topology: values.topology, paths, workloads, placements, rounds, seconds, quick,
+        warmup: !quick && !values['no-warmup'],
+        e2e: !values['no-e2e'],
+        controlPlane: !values['no-control-plane'],
+        outDir: values.out,
+        command: ['ambpf', 'bench', ...argv].join(' '),
+        podChanges: quick ? 4 : 40,
+        reconcileSizes: quick ? [1000] : [1000, 10000],
+        connections: positiveInt('connections', values.connections, 8),
+        ...(values.prefix ? { prefix: values.prefix } : {}),
+        onTestbed: (tb) => (testbed = tb),
+      });
+      for (const f of files) process.stdout.write(`${f}\n`);
+      const failed = results.samples.filter((s) => s.errors > 0).length;
+      if (failed > 0) process.stderr.write(`ambpf bench: ${failed} cell(s) had socket or HTTP errors; see results.md\n`);
+      return 0;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+  },
+};

@@ -1,0 +1,120 @@
+// `ambpf bench --quick` on a tiny matrix, on the real kernel: the outputs exist and are well formed,
+// every requested path, workload and placement has a sane (finite, non-zero) measurement, ratios are
+// the same-round quotient of the samples, and the run leaves nothing behind. Never speeds.
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { removeByPrefix, effectivePrefix } from '../../src/testbed/index.ts';
+import { PRIMARY_METRIC, type BenchResults, type PathName, type WorkloadName } from '../../src/bench/types.ts';
+import { testPrefix } from '../helpers/prefix.ts';
+import { snapshot } from '../testbed/leak-check.ts';
+
+const run = promisify(execFile);
+const AMBPF = fileURLToPath(new URL('../../bin/ambpf', import.meta.url));
+const PATHS: PathName[] = ['direct', 'iptables', 'ebpf', 'ebpf-nosplice'];
+const WORKLOADS: WorkloadName[] = ['connections', 'bulk-1k'];
+
+t.test('ambpf bench --quick', { timeout: 150_000 }, async (t) => {
+  const prefix = testPrefix();
+  const out = mkdtempSync(join(tmpdir(), 'ambpf-bench-test-'));
+  const before = await snapshot(prefix);
+  t.teardown(async () => {
+    await removeByPrefix(effectivePrefix(prefix));
+    rmSync(out, { recursive: true, force: true });
+  });
+
+  const argv = ['bench', '--quick', '--paths', PATHS.join(','), '--workloads', WORKLOADS.join(','), '--out', out, '--prefix', prefix];
+  const r = await run(AMBPF, argv, { timeout: 140_000, env: { ...process.env, AMBPF_LOG_LEVEL: 'warn' }, maxBuffer: 16 << 20 });
+  const listed = r.stdout.trim().split('\n');
+  for (const f of ['results.json', 'results.md', ...WORKLOADS.map((w) => `bench-${w}.svg`)]) {
+    t.ok(existsSync(join(out, f)), `${f} written`);
+    t.ok(listed.includes(join(out, f)), `${f} printed on stdout`);
+  }
+
+  const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as BenchResults;
+  t.equal(res.version, 1);
+  t.same(res.config.paths, PATHS);
+  t.same(res.config.workloads, WORKLOADS);
+  t.match(res.machine, { kernel: /\S/, cpuModel: /\S/ });
+  t.ok(res.machine.cores >= 1);
+
+  await t.test('every path x workload x placement measured, with a finite non-zero primary metric', async (t) => {
+    for (const placement of ['same-node', 'cross-node'] as const) {
+      for (const workload of WORKLOADS) {
+        for (const path of PATHS) {
+          const cells = res.samples.filter((s) => s.phase === 'sink' && s.placement === placement && s.workload === workload && s.path === path);
+          t.equal(cells.length, 1, `${path} ${workload} ${placement}: one sample in one round`);
+          const v = cells[0]?.metrics[PRIMARY_METRIC[workload]] ?? Number.NaN;
+          t.ok(Number.isFinite(v) && v > 0, `${path} ${workload} ${placement}: ${PRIMARY_METRIC[workload]} = ${v}`);
+        }
+      }
+    }
+    const conn = res.samples.filter((s) => s.workload === 'connections');
+    t.ok(conn.every((s) => (s.metrics['clientCpuUsPerReq'] ?? 0) > 0 && (s.metrics['serverCpuUsPerReq'] ?? 0) > 0), 'CPU per request from both cgroups');
+    t.ok(res.samples.some((s) => s.phase === 'e2e' && s.path === 'ebpf'), 'the end-to-end phase ran through the stand-in');
+  });
+
+  await t.test('ratios are path / direct of the same round', async (t) => {
+    let checked = 0;
+    for (const row of res.summary) {
+      if (row.path === 'direct') {
+        t.notOk(row.ratio, 'direct has no ratio to itself');
+        continue;
+      }
+      const same = (p: PathName) => res.samples.find((s) => s.phase === row.phase && s.placement === row.placement && s.workload === row.workload && s.path === p && !s.warmup);
+      const a = same(row.path)?.metrics[row.metric];
+      const b = same('direct')?.metrics[row.metric];
+      if (a === undefined || b === undefined || b === 0) continue;
+      t.ok(row.ratio, `${row.phase}/${row.placement}/${row.workload}/${row.metric}/${row.path} has a ratio`);
+      t.ok(Math.abs((row.ratio?.median ?? Number.NaN) - a / b) < 1e-9, 'ratio = same-round quotient');
+      checked++;
+    }
+    t.ok(checked >= PATHS.length - 1, `${checked} ratios checked`);
+  });
+
+  await t.test('results.md is a table with every path and workload', async (t) => {
+    const md = readFileSync(join(out, 'results.md'), 'utf8');
+    t.match(md, new RegExp(`\\| phase \\| placement \\| workload \\| metric \\| ${PATHS.join(' \\| ')} \\|`));
+    for (const w of WORKLOADS) t.match(md, new RegExp(`\\| sink \\| same-node \\| ${w} \\|`));
+    t.match(md, /×\d+\.\d\d/, 'ratios shown');
+    t.match(md, /reconcile 1,000 pods/);
+    t.match(md, /cold start/);
+  });
+
+  await t.test('one SVG chart per workload, with every path on it', async (t) => {
+    for (const w of WORKLOADS) {
+      const svg = readFileSync(join(out, `bench-${w}.svg`), 'utf8');
+      t.match(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+      t.match(svg, /<\/svg>\s*$/);
+      for (const p of PATHS) t.ok(svg.includes(`>${p}<`), `${w}: ${p} labelled`);
+    }
+  });
+
+  await t.test('control plane figures present and positive', async (t) => {
+    const cp = res.controlPlane;
+    t.equal(cp.podChangeMs?.samples.length, 4);
+    t.ok((cp.podChangeMs?.p50 ?? 0) > 0);
+    t.match(cp.reconcile, [{ pods: 1000 }]);
+    t.ok((cp.reconcile?.[0]?.totalMs ?? 0) > 0);
+    t.ok((cp.coldStartMs?.median ?? 0) > 0 && (cp.coldStartMs?.samples.length ?? 0) >= 2, 'a cold start per eBPF path slot');
+    t.ok((cp.rssMiB?.median ?? 0) > 0);
+  });
+
+  t.same(await snapshot(prefix), before, 'no netns, cgroup, iptables rule, pin or ipset left behind');
+});
+
+t.test('usage errors are sentences, exit code 2', async (t) => {
+  for (const [args, msg] of [
+    [['--paths', 'direct,bogus'], /--paths: 'bogus' is not one of/],
+    [['--rounds', '0'], /--rounds must be a whole number/],
+    [['--topology', 'inpod'], /inpod is not available yet/],
+  ] as const) {
+    const r = await run(AMBPF, ['bench', ...args]).then(() => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => e);
+    t.equal(r.code, 2, args.join(' '));
+    t.match(r.stderr, msg);
+  }
+});
