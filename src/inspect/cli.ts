@@ -70,9 +70,15 @@ export function parseOptions(argv: readonly string[]): Parsed {
   return { opts: { json, pretty, showPinned }, words };
 }
 
+/**
+ * The selector `map dump` uses when given none. bpftool refuses a bare `map dump` (usage, exit 255),
+ * so defaulting there changes no form bpftool accepts.
+ */
+export const DEFAULT_DUMP: readonly string[] = ['name', 'ambpf_pods'];
+
 const MAP_HELP = (bin: string): string =>
   `Usage: ${bin} map { show | list }   [MAP]\n` +
-  `       ${bin} map dump       MAP\n` +
+  `       ${bin} map dump       [MAP]\n` +
   `       ${bin} map lookup     MAP [key DATA]\n` +
   `       ${bin} map getnext    MAP [key DATA]\n` +
   `       ${bin} map peek       MAP\n` +
@@ -83,7 +89,9 @@ const MAP_HELP = (bin: string): string =>
   '       OPTIONS := { {-j|--json} [{-p|--pretty}] | {-f|--bpffs} }\n' +
   '\n' +
   '       Output is identical to bpftool v7.1 for the same arguments. ambpf only inspects: use\n' +
-  '       bpftool to create, update, delete or pin.\n';
+  '       bpftool to create, update, delete or pin.\n' +
+  '       One addition where bpftool would only print this help: `map dump` without MAP dumps\n' +
+  `       ${DEFAULT_DUMP.join(' ')} (the ambient-pod map; \`ambpf pods\` decodes it with pod names).\n`;
 
 const PROG_HELP = (bin: string): string =>
   `Usage: ${bin} prog { show | list } [PROG]\n` +
@@ -106,7 +114,7 @@ const MAP_COMMANDS: readonly [string, Handler | null][] = [
   ['show', (c, k, a) => mapShow(c, k, a)],
   ['list', (c, k, a) => mapShow(c, k, a)],
   ['help', null],
-  ['dump', mapDump],
+  ['dump', (c, k, a, u) => mapDump(c, k, a.count === 0 ? new Args(DEFAULT_DUMP) : a, u)],
   ['update', null], ['lookup', mapLookup], ['getnext', mapGetNext], ['delete', null], ['pin', null],
   ['event_pipe', null], ['create', null], ['peek', mapLookup], ['push', null], ['enqueue', null],
   ['pop', null], ['dequeue', null], ['freeze', null],

@@ -9,7 +9,7 @@ import { BpfMap, BpfObject, numPossibleCpus } from '../../src/libbpf/index.ts';
 import { ensureObjects } from '../../src/bpf/build.ts';
 import { OBJECTS } from '../../src/bpf/datapath.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { hasBpftool, same } from './oracle.ts';
+import { ambpf, bpftool, hasBpftool, same } from './oracle.ts';
 
 const MODES: readonly (readonly string[])[] = [[], ['-j'], ['-p']];
 const NO_USER_UPDATE = new Set([18 /* sockhash */, 24 /* sk_storage */, 15 /* sockmap */]);
@@ -63,6 +63,27 @@ async function main(): Promise<void> {
         same(t, ['map', 'dump', ...mode, 'pinned', `${root}/${name}`]);
       }
     }
+  });
+
+  await t.test('ambpf map dump without a selector = bpftool map dump name ambpf_pods', async (t) => {
+    // An ambpf addition (documented in `ambpf map help`): bpftool prints its usage for a bare dump.
+    // Other runs on this machine may load or fill their own ambpf_pods meanwhile: up to three tries.
+    for (const mode of MODES) {
+      let a = bpftool(['map', 'dump', ...mode, 'name', 'ambpf_pods']);
+      let b = ambpf(['map', 'dump', ...mode]);
+      for (let i = 0; i < 2 && !(a.stdout.equals(b.stdout) && a.code === b.code); i++) {
+        a = bpftool(['map', 'dump', ...mode, 'name', 'ambpf_pods']);
+        b = ambpf(['map', 'dump', ...mode]);
+      }
+      t.equal(b.code, a.code, `exit code of a bare dump ${mode.join(' ')}`);
+      t.equal(b.stdout.toString('latin1'), a.stdout.toString('latin1'), `output of a bare dump ${mode.join(' ')}`);
+      t.equal(b.code, 0);
+    }
+    const bare = bpftool(['map', 'dump']);
+    t.equal(bare.code, 255, 'bpftool itself refuses a bare dump: the default overrides no form it accepts');
+    same(t, ['map', 'dump', 'name'], 255);
+    same(t, ['map', 'dump', 'pinned', `${root}/ambpf_pods`, 'extra'], 255);
+    t.match(ambpf(['map', 'help']).stderr, /`map dump` without MAP dumps\n\s+name ambpf_pods/);
   });
 
   await t.test('every program (with its .rodata metadata lookup) and the maps it uses', async (t) => {
