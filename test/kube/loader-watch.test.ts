@@ -20,6 +20,8 @@ const NODE = 'node1';
 const STALE_FLAG_NAME = '--watch-stale-ms';
 const STALE_FLAG = runCommand.usage.includes(STALE_FLAG_NAME);
 const STALE_MS = 3000;
+// How long a change may take to reach the maps: generous, the machine is shared (never a speed claim).
+const CONVERGE_MS = 10_000;
 
 const spec: TestbedSpec = {
   nodes: [{ name: NODE }],
@@ -88,6 +90,19 @@ async function request(from: string, to: string): Promise<ZtunnelLogEntry[]> {
 const outboundVia = async (from: string, to: string): Promise<string | undefined> =>
   (await request(from, to)).find((e) => e.direction === 'outbound' && e.source.split(':')[0] === ip(from))?.where;
 
+/** The loader's exit code, or a SIGKILL and 'hung' when it did not exit within the bound. */
+async function exitWithin(l: Loader, ms: number): Promise<number | null | 'hung'> {
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<'hung'>((res) => { timer = setTimeout(() => res('hung'), ms); });
+  const code = await Promise.race([l.proc.exited, hung]);
+  clearTimeout(timer);
+  if (code === 'hung') {
+    l.proc.kill('SIGKILL');
+    await l.proc.exited;
+  }
+  return code;
+}
+
 const metric = async (name: string): Promise<number> => metricValue(await metrics(tb, loader!), name);
 const logCount = (msg: string): number => loader!.logLines().filter((l) => l['msg'] === msg).length;
 
@@ -136,20 +151,20 @@ t.test('an ambient namespace redirects its pods\' traffic; a plain one does not'
 
 t.test('removing the namespace label stops redirection; restoring it brings it back', async (t) => {
   await update(withLabels(obj('Namespace', 'mesh'), { 'kubernetes.io/metadata.name': 'mesh' }));
-  await eventually(() => ambientIps().length === 0, 5000, 'the mesh pods to leave the map');
+  await eventually(() => ambientIps().length === 0, CONVERGE_MS, 'the mesh pods to leave the map');
   t.equal(await outboundVia('app2', 'app1'), undefined, 'no longer redirected');
   await update(withLabels(obj('Namespace', 'mesh'), { 'kubernetes.io/metadata.name': 'mesh', [AMBIENT]: 'ambient' }));
-  await eventually(() => ambientIps().length === 5, 5000, 'the mesh pods to be back');
+  await eventually(() => ambientIps().length === 5, CONVERGE_MS, 'the mesh pods to be back');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-node1', 'redirected again');
 });
 
 t.test('the opt-out annotation stops redirection of that pod only', async (t) => {
   await update(withOptOut(obj('Pod', 'app2', 'mesh'), true));
-  await eventually(() => !ambientIps().includes(ip('app2')), 5000, 'app2 to leave the map');
+  await eventually(() => !ambientIps().includes(ip('app2')), CONVERGE_MS, 'app2 to leave the map');
   t.equal(await outboundVia('app2', 'app1'), undefined, 'the opted-out pod is not redirected');
   t.ok(ambientIps().includes(ip('app1')), 'its neighbour stays');
   await update(withOptOut(obj('Pod', 'app2', 'mesh'), false));
-  await eventually(() => ambientIps().includes(ip('app2')), 5000, 'app2 to be back');
+  await eventually(() => ambientIps().includes(ip('app2')), CONVERGE_MS, 'app2 to be back');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-node1');
 });
 
@@ -161,8 +176,8 @@ t.test('deleting a pod removes its ambient-pod entry, its netns entry and its in
   t.ok(readMaps(node()).netns.has(cookie), 'its netns cookie is known');
   t.ok(inboundLinkPinned(node(), gone.hostIfname), 'its host veth has a pinned inbound link');
   await api.server.deletePod('mesh', 'gone');
-  await eventually(() => !readMaps(node()).pods.has(gone.ip), 5000, 'the pod entry to go');
-  await eventually(() => !readMaps(node()).netns.has(cookie) && !inboundLinkPinned(node(), gone.hostIfname), 5000, 'netns entry and link to go');
+  await eventually(() => !readMaps(node()).pods.has(gone.ip), CONVERGE_MS, 'the pod entry to go');
+  await eventually(() => !readMaps(node()).netns.has(cookie) && !inboundLinkPinned(node(), gone.hostIfname), CONVERGE_MS, 'netns entry and link to go');
   t.same(ambientIps(), sorted(['app1', 'app2', 'victim', 'late']), 'the others stay');
 });
 
@@ -172,26 +187,26 @@ t.test('ztunnel replaced by a new pod with a new IP: the ztunnel map and the tra
   pending['status'] = { phase: 'Pending' };
   const passes = await metric('ambpf_reconcile_passes_total');
   await api.server.addPod(pending);
-  await eventually(async () => (await metric('ambpf_reconcile_passes_total')) > passes, 5000, 'a pass that saw the pending pod');
+  await eventually(async () => (await metric('ambpf_reconcile_passes_total')) > passes, CONVERGE_MS, 'a pass that saw the pending pod');
   t.equal(readMaps(node()).ztunnelIp, ip('ztunnel-node1'), 'a new ztunnel without an IP does not replace the running one');
   await api.server.updatePod(fresh);
   api.objects.set(keyOf('Pod', 'istio-system', 'ztunnel-new'), structuredClone(fresh));
   await api.server.deletePod('istio-system', 'ztunnel-node1');
-  await eventually(() => readMaps(node()).ztunnelIp === ip('ztunnel-new'), 5000, 'the ztunnel map to name the new pod');
+  await eventually(() => readMaps(node()).ztunnelIp === ip('ztunnel-new'), CONVERGE_MS, 'the ztunnel map to name the new pod');
   t.equal(readMaps(node()).ztunnelHostIfindex, tb.pod('ztunnel-new').hostIfindex, 'inbound steering targets the new pod\'s veth');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'outbound goes to the new ztunnel');
   const inbound = await eventually(async () => (await request('client', 'app1')).find((e) => e.direction === 'inbound-plaintext'),
-    5000, 'inbound to be steered into the new ztunnel');
+    CONVERGE_MS, 'inbound to be steered into the new ztunnel');
   t.equal(inbound?.where, 'ztunnel-new', 'inbound is captured by the new ztunnel');
   t.same(ambientIps(), sorted(['app1', 'app2', 'victim', 'late']), 'pods unchanged');
 });
 
 t.test('no ztunnel at all: the slot is cleared and traffic flows directly, until one is back', async (t) => {
   await api.server.deletePod('istio-system', 'ztunnel-new');
-  await eventually(() => readMaps(node()).ztunnelIp === undefined, 5000, 'the ztunnel slot to be cleared');
+  await eventually(() => readMaps(node()).ztunnelIp === undefined, CONVERGE_MS, 'the ztunnel slot to be cleared');
   t.equal(await outboundVia('app2', 'app1'), undefined, 'nothing is sent to a ztunnel that is not there (and the request still works)');
   await api.server.addPod(obj('Pod', 'ztunnel-new', 'istio-system'));
-  await eventually(() => readMaps(node()).ztunnelIp === ip('ztunnel-new'), 5000, 'the ztunnel to be known again');
+  await eventually(() => readMaps(node()).ztunnelIp === ip('ztunnel-new'), CONVERGE_MS, 'the ztunnel to be known again');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'redirected again');
 });
 
@@ -199,18 +214,22 @@ t.test('watch dropped and the server down while things change: converges after r
   const restarts = await metric('ambpf_watch_restarts_total');
   await api.server.dropWatches();
   await api.server.down();
-  // Meanwhile: the plain namespace joins the mesh and app1 opts out.
+  // Meanwhile: the plain namespace joins the mesh, app1 opts out, victim is deleted (the resumed
+  // watch replays all three from the server's history).
   await update(withLabels(obj('Namespace', 'plain'), { 'kubernetes.io/metadata.name': 'plain', [AMBIENT]: 'ambient' }));
   await update(withOptOut(obj('Pod', 'app1', 'mesh'), true));
+  await api.server.deletePod('mesh', 'victim');
   await sleep(1000);
   t.ok(ambientIps().includes(ip('app1')), 'nothing changes while the server is away (the maps stay as they were)');
   await api.server.up();
-  await eventually(() => ambientIps().includes(ip('client')) && !ambientIps().includes(ip('app1')), 15_000, 'convergence after reconnect');
-  t.same(ambientIps(), sorted(['client', 'app2', 'victim', 'late']), 'exactly the new membership');
+  await eventually(() => ambientIps().includes(ip('client')) && !ambientIps().includes(ip('app1')) && !ambientIps().includes(ip('victim')),
+    15_000, 'convergence after reconnect');
+  t.same(ambientIps(), sorted(['client', 'app2', 'late']), 'exactly the new membership');
   t.ok(await metric('ambpf_watch_restarts_total') > restarts, 'the restarts were counted');
   await update(withLabels(obj('Namespace', 'plain'), { 'kubernetes.io/metadata.name': 'plain' }));
   await update(withOptOut(obj('Pod', 'app1', 'mesh'), false));
-  await eventually(() => ambientIps().join() === sorted(['app1', 'app2', 'victim', 'late']).join(), 5000, 'back to the original membership');
+  await api.server.addPod(obj('Pod', 'victim', 'mesh'));
+  await eventually(() => ambientIps().join() === sorted(['app1', 'app2', 'victim', 'late']).join(), CONVERGE_MS, 'back to the original membership');
 });
 
 t.test('410 Gone after an outage: the relist removes a pod deleted meanwhile', async (t) => {
@@ -229,10 +248,10 @@ t.test('410 mid-stream: the loader relists and keeps following changes', async (
   const podLists = async (): Promise<number> => (await api.server.requests()).filter((r) => r.path === '/api/v1/pods' && !r.watch).length;
   const listsBefore = await podLists();
   await api.server.expireWatches();
-  await eventually(() => logCount('watch expired (410 Gone); relisting') > expired, 5000, 'the 410 event to be seen');
+  await eventually(() => logCount('watch expired (410 Gone); relisting') > expired, CONVERGE_MS, 'the 410 event to be seen');
   // The pod comes back (same name, uid and IP: a recreated object): seen through the new watch.
   await api.server.addPod(obj('Pod', 'victim', 'mesh'));
-  await eventually(() => ambientIps().includes(ip('victim')), 5000, 'the recreated pod to be in the map');
+  await eventually(() => ambientIps().includes(ip('victim')), CONVERGE_MS, 'the recreated pod to be in the map');
   t.ok(await podLists() > listsBefore, 'the pods were listed again after the 410');
 });
 
@@ -258,8 +277,8 @@ t.test('objects the loader cannot use are logged and skipped; the rest is untouc
   const badIp = { ...structuredClone(base), metadata: { name: 'bad-ip', namespace: 'mesh', uid: 'uid-bad-ip' }, status: { phase: 'Running', podIP: '198.19.1.300' } };
   await api.server.addPod(noIp);
   await api.server.addPod(badIp);
-  await eventually(() => loader!.logLines().some((l) => String(l['msg']).startsWith('cannot apply pod mesh/bad-ip')), 5000, 'the bad pod to be reported');
-  await eventually(async () => (await metric('ambpf_reconcile_passes_total')) > passes, 5000, 'a pass over the bad objects');
+  await eventually(() => loader!.logLines().some((l) => String(l['msg']).startsWith('cannot apply pod mesh/bad-ip')), CONVERGE_MS, 'the bad pod to be reported');
+  await eventually(async () => (await metric('ambpf_reconcile_passes_total')) > passes, CONVERGE_MS, 'a pass over the bad objects');
   t.same(ambientIps(), before, 'the map holds exactly the good pods');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'traffic is still redirected');
   await api.server.deletePod('mesh', 'no-ip');
@@ -269,31 +288,45 @@ t.test('objects the loader cannot use are logged and skipped; the rest is untouc
 t.test('metrics: watch restarts, last event age and reconcile duration are there and move', async (t) => {
   const text = await metrics(tb, loader!);
   t.ok(metricValue(text, 'ambpf_reconcile_duration_seconds') > 0, 'reconcile duration is reported');
+  t.equal(metricValue(text, 'ambpf_reconcile_errors_total'), 0, 'reconcile errors are reported (none here)');
   const age1 = metricValue(text, 'ambpf_watch_last_event_age_seconds');
   t.ok(age1 >= 0, 'an event was heard');
   await sleep(1200);
   const age2 = await metric('ambpf_watch_last_event_age_seconds');
   t.ok(age2 >= age1 + 1, `the age grows on a quiet watch (${age1} -> ${age2})`);
   await update(withLabels(obj('Namespace', 'plain'), { 'kubernetes.io/metadata.name': 'plain', team: 'x' }));
-  await eventually(async () => (await metric('ambpf_watch_last_event_age_seconds')) < age2 - 0.5, 5000, 'an event to reset the age');
+  await eventually(async () => (await metric('ambpf_watch_last_event_age_seconds')) < age2 - 0.5, CONVERGE_MS, 'an event to reset the age');
   const restarts = await metric('ambpf_watch_restarts_total');
   await api.server.dropWatches();
-  await eventually(async () => (await metric('ambpf_watch_restarts_total')) > restarts, 5000, 'the drop to count as a restart');
+  await eventually(async () => (await metric('ambpf_watch_restarts_total')) > restarts, CONVERGE_MS, 'the drop to count as a restart');
 });
 
-t.test('a restarted loader removes a pod deleted while it was down (reconcile against the pins)', async (t) => {
+t.test('a restarted loader keeps the pins until it synced, then removes a pod deleted while it was down', async (t) => {
   const late = tb.pod('late');
   const cookie = readMaps(node()).pods.get(late.ip)?.netnsCookie;
   t.ok(cookie !== undefined, 'the pod is in the map first');
   loader!.proc.kill('SIGTERM');
-  await loader!.proc.exited;
+  t.equal(await exitWithin(loader!, 10_000), 0, 'the loader stops cleanly');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'traffic keeps being redirected while the loader is down');
   await api.server.deletePod('mesh', 'late');
+
+  // Restarted while the API server is away too: it must not touch the maps before it knows the truth.
+  await api.server.down();
+  loader!.restart();
+  await eventually(async () => (await loaderHttp(tb, node(), '/readyz')).status === 503, 20_000, 'the restarted loader to answer 503');
+  t.ok(readMaps(node()).pods.has(late.ip), 'before its first sync the restarted loader leaves the maps as they are');
+  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'and traffic keeps flowing');
+  // A loader stopped before its first sync (kubelet giving up on it) exits too, without a SIGKILL.
+  loader!.proc.kill('SIGTERM');
+  t.equal(await exitWithin(loader!, 10_000), 0, 'a loader that never synced stops cleanly on SIGTERM');
+
+  await api.server.up();
   loader!.restart();
   await waitReady(tb, loader!, 20_000);
   // Ready means reconciled against the pins: the entry is gone already.
   t.notOk(readMaps(node()).pods.has(late.ip), 'the pod deleted while the loader was down is gone');
   t.notOk(readMaps(node()).netns.has(cookie!), 'and so is its netns entry');
+  t.notOk(inboundLinkPinned(node(), late.hostIfname), 'and its inbound link');
   t.same(ambientIps(), sorted(['app1', 'app2', 'victim']));
   t.equal(readMaps(node()).ztunnelIp, ip('ztunnel-new'));
 });
