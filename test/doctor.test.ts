@@ -4,6 +4,7 @@ import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readMounts, mountsOf, versionAtLeast } from '../src/doctor/system.ts';
 import { renderReport, type DoctorReport } from '../src/doctor/report.ts';
+import { kernelChoices, MIN_KERNEL } from '../src/doctor/choices.ts';
 
 t.test('ambpf doctor prints every feature present and exits 0', async (t) => {
   // Other test files make their own netns concurrently: only the doctor's own probe names count.
@@ -16,6 +17,9 @@ t.test('ambpf doctor prints every feature present and exits 0', async (t) => {
   }
   t.notMatch(r.stdout, /MISSING/);
   t.match(r.stdout, /All \d+ checks passed/);
+  t.match(r.stdout, /\nLoader choices on Linux \S+:\n {2}minimum kernel {2}5\.10: this kernel .* is supported/);
+  t.match(r.stdout, /\n {2}tc attach {7}tcx link: /, 'this kernel has tcx (the doctor probe says so above)');
+  t.match(r.stdout, /\n {2}sk_msg attach {3}prog_attach: .*sockmap links \(6\.10\+\) work here too/);
   t.same(doctorNetns(), before, 'the tcx probe netns is gone');
 });
 
@@ -24,6 +28,7 @@ t.test('ambpf doctor -j is the same report as JSON', async (t) => {
   const report = JSON.parse(out) as DoctorReport;
   t.equal(report.ok, true);
   t.ok(report.checks.length >= 30);
+  t.same(report.choices.map((c) => [c.what, c.choice]), [['minimum kernel', MIN_KERNEL], ['tc attach', 'tcx link'], ['sk_msg attach', 'prog_attach']]);
   const bpffs = report.checks.find((c) => c.name === 'bpffs');
   t.same(bpffs?.detail.split(', '), mountsOf('bpf'), 'bpffs discovered from /proc/mounts');
   const r = spawnSync('bin/ambpf', ['doctor', '--bogus'], { encoding: 'utf8' });
@@ -51,8 +56,17 @@ t.test('kernel versions compare numerically; missing features name their kernel'
       { group: 'system', name: 'BTF', ok: true, detail: '/sys/kernel/btf/vmlinux' },
       { group: 'link', name: 'tcx', ok: false, detail: 'bpf_link_create(BPF_TCX_INGRESS) failed with EINVAL', since: '6.6' },
     ],
+    choices: kernelChoices('6.1.0', { supported: false, detail: 'bpf_link_create(BPF_TCX_INGRESS) failed with EINVAL' }, { supported: false, detail: 'EINVAL' }),
   };
   const text = renderReport(report);
   t.match(text, /tcx\s+MISSING/);
   t.match(text, /1 missing:\n {2}- link tcx \(needs Linux 6\.6 or newer; this is 6\.1\.0\)/);
+  t.match(text, /tc attach {7}clsact filter: no tcx links here \(bpf_link_create\(BPF_TCX_INGRESS\) failed with EINVAL; tcx needs 6\.6\+\)/);
+  t.match(text, /sk_msg attach {3}prog_attach: .*sockmap links need 6\.10\+ \(EINVAL\)/);
+});
+
+t.test('the minimum kernel is 5.10: older kernels are told so', async (t) => {
+  const yes = { supported: true, detail: '' };
+  t.match(kernelChoices('5.10.0-46-amd64', yes, yes)[0]?.why, /is supported/);
+  t.match(kernelChoices('5.4.0', yes, yes)[0]?.why, /older than 5\.10, the oldest the kernel matrix proves/);
 });

@@ -3,7 +3,9 @@
 import { probeProgType, probeMapType, probeHelperByLoad } from '../libbpf/index.ts';
 import { PROG_FEATURES, MAP_FEATURES, HELPER_FEATURES, TCX_SINCE, BTF_SINCE } from './features.ts';
 import { kernelRelease, hasKernelBtf, mountsOf, clangVersion, versionAtLeast, VMLINUX_BTF } from './system.ts';
-import { probeTcx } from './tcx.ts';
+import { probeTcx, type TcxProbe } from './tcx.ts';
+import { probeSkMsgLink, type SkMsgLinkProbe } from './skmsg.ts';
+import { kernelChoices, MIN_KERNEL, type KernelChoice } from './choices.ts';
 
 export interface Check {
   group: 'system' | 'program' | 'map' | 'helper' | 'link' | 'tool';
@@ -18,6 +20,17 @@ export interface DoctorReport {
   kernel: string;
   ok: boolean;
   checks: Check[];
+  /** How the loader attaches on this kernel (tcx or clsact, sk_msg method) and the minimum kernel. */
+  choices: KernelChoice[];
+}
+
+/** A probe that could not even run counts as "not supported", with the reason. */
+function safeProbe<T extends { supported: boolean; detail: string }>(probe: () => T): T | { supported: false; detail: string } {
+  try {
+    return probe();
+  } catch (err) {
+    return { supported: false, detail: `probe failed: ${(err as Error).message.split('\n')[0]}` };
+  }
 }
 
 function guarded(group: Check['group'], name: string, since: string | undefined, probe: () => { ok: boolean; detail: string }): Check {
@@ -32,7 +45,7 @@ function guarded(group: Check['group'], name: string, since: string | undefined,
 export function runDoctor(): DoctorReport {
   const kernel = kernelRelease();
   const checks: Check[] = [];
-  checks.push({ group: 'system', name: 'kernel', ok: versionAtLeast(kernel, '5.10'), detail: kernel, since: '5.10' });
+  checks.push({ group: 'system', name: 'kernel', ok: versionAtLeast(kernel, MIN_KERNEL), detail: kernel, since: MIN_KERNEL });
   checks.push({ group: 'system', name: 'BTF', ok: hasKernelBtf(), detail: hasKernelBtf() ? VMLINUX_BTF : `${VMLINUX_BTF} is missing (CONFIG_DEBUG_INFO_BTF)`, since: BTF_SINCE });
   const bpffs = mountsOf('bpf');
   checks.push({ group: 'system', name: 'bpffs', ok: bpffs.length > 0, detail: bpffs.length ? bpffs.join(', ') : 'not mounted: mount -t bpf bpf /sys/fs/bpf' });
@@ -48,13 +61,12 @@ export function runDoctor(): DoctorReport {
     // libbpf 1.1's helper probe misreads newer verifiers: a real load decides.
     checks.push(guarded('helper', `${f.helper} in ${f.prog}`, f.since, () => ({ ok: probeHelperByLoad(f.prog, f.helper), detail: `bpf_${f.helper}` })));
   }
-  checks.push(guarded('link', 'tcx', TCX_SINCE, () => {
-    const r = probeTcx();
-    return { ok: r.supported, detail: r.detail + (r.supported ? '' : ' (ambpf falls back to clsact)') };
-  }));
+  const tcx: TcxProbe = safeProbe(probeTcx);
+  checks.push({ group: 'link', name: 'tcx', ok: tcx.supported, detail: tcx.detail + (tcx.supported ? '' : ' (ambpf falls back to clsact)'), since: TCX_SINCE });
+  const skMsgLink: SkMsgLinkProbe = safeProbe(probeSkMsgLink);
   const clang = clangVersion();
   checks.push({ group: 'tool', name: 'clang', ok: clang !== null, detail: clang ?? 'not found: apt-get install clang (or ship prebuilt objects)' });
-  return { kernel, ok: checks.every((c) => c.ok), checks };
+  return { kernel, ok: checks.every((c) => c.ok), checks, choices: kernelChoices(kernel, tcx, skMsgLink) };
 }
 
 /** The table printed by `ambpf doctor`. */
@@ -64,6 +76,9 @@ export function renderReport(r: DoctorReport): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: readonly string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
   const out = [line(head), ...rows.map(line)];
+  out.push('', `Loader choices on Linux ${r.kernel}:`);
+  const w = Math.max(...r.choices.map((c) => c.what.length));
+  for (const c of r.choices) out.push(`  ${c.what.padEnd(w)}  ${c.choice}: ${c.why}`);
   const missing = r.checks.filter((c) => !c.ok);
   out.push('');
   if (missing.length === 0) out.push(`All ${r.checks.length} checks passed on Linux ${r.kernel}.`);

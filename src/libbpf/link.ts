@@ -5,6 +5,7 @@ import { raw } from './ffi.ts';
 import { bpf_link_update_opts, optsBuffer } from './structs.ts';
 import { LibbpfError, check } from './errors.ts';
 import { Handle, closeFd } from './handle.ts';
+import { ATTACH_TYPES, nameOf, type AttachTypeName } from './constants.ts';
 import { linkInfoByFd, fdById, kindOfFd, openPinnedFd, pinFd, type LinkInfo } from './info.ts';
 
 /** linux/bpf.h: only replace when the current program is the one named (bpf_link_update). */
@@ -24,6 +25,18 @@ export class BpfLink extends Handle {
   /** Take ownership of a link fd (from bpf_link_create). */
   static fromFd(fd: number, label = `fd ${fd}`): BpfLink {
     return new BpfLink(fd, label);
+  }
+
+  /**
+   * bpf_link_create for targets libbpf 1.1 has no attach helper for: a sockmap/sockhash fd with
+   * sk_msg_verdict (Linux 6.10+), an ifindex with tcx. Kernels without that link type answer EINVAL.
+   */
+  static create(progFd: number, targetFd: number, attachType: AttachTypeName | number, label?: string): BpfLink {
+    const t = typeof attachType === 'number' ? attachType : ATTACH_TYPES[attachType];
+    const what = label ?? `${nameOf(ATTACH_TYPES, t)} on fd ${targetFd}`;
+    const fd = raw.bpf_link_create(progFd, targetFd, t, null) as number;
+    if (fd < 0) throw new LibbpfError('bpf_link_create', -fd, { link: what });
+    return new BpfLink(fd, what);
   }
 
   /** Open the link pinned at path. */

@@ -7,7 +7,8 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  BpfObject, Btf, LibbpfError, RawProgram, MOV64_IMM, EXIT, bootEpochParts, bootTimeNs, clockGettime, progFuncInfo,
+  ATTACH_TYPES, BpfLink, BpfMap, BpfObject, Btf, LibbpfError, RawProgram, MOV64_IMM, EXIT, attachedProgIds, bootEpochParts, bootTimeNs,
+  clockGettime, ifIndex, ifName, progFuncInfo,
 } from '../../src/libbpf/index.ts';
 import { cgroup2Root, makeCgroup } from '../../src/testbed/cgroup.ts';
 import { testPrefix } from '../helpers/prefix.ts';
@@ -96,4 +97,25 @@ t.test('the boot clock is CLOCK_BOOTTIME: it agrees with /proc/uptime and dates 
   const wall = BigInt(Math.floor(Date.now() / 1000));
   t.ok(bootedAt > 0n && bootedAt <= wall, 'realtime - boottime is a moment in the past (the boot)');
   t.ok(clockGettime('realtime').sec >= wall - 1n, 'realtime agrees with Date.now()');
+});
+
+t.test('BpfLink.create on a sockhash (sockmap link) and attachedProgIds list what is attached', async (t) => {
+  using map = BpfMap.create('sockhash', 4, 4, 1);
+  using pass = RawProgram.load('sk_msg', [MOV64_IMM(0, 1), EXIT()]);
+  t.same(attachedProgIds(map.fd, ATTACH_TYPES.sk_msg_verdict), [], 'nothing attached yet');
+  const link = BpfLink.create(pass.fd, map.fd, 'sk_msg_verdict');
+  const info = link.info();
+  t.equal(info.typeName, 'sockmap');
+  t.equal(info.attachTypeName, 'sk_msg_verdict');
+  t.same(attachedProgIds(map.fd, ATTACH_TYPES.sk_msg_verdict), [info.progId], 'bpf_prog_query on the map lists the program');
+  link.close();
+  t.same(attachedProgIds(map.fd, ATTACH_TYPES.sk_msg_verdict), [], 'closing the unpinned link detached it');
+  const bad = t.throws(() => BpfLink.create(pass.fd, map.fd, 'cgroup_inet4_connect')) as LibbpfError;
+  t.equal(bad.fn, 'bpf_link_create');
+  t.match(bad.message, /bpf_link_create failed for link cgroup_inet4_connect on fd \d+/);
+});
+
+t.test('ifName is the inverse of ifIndex', async (t) => {
+  t.equal(ifName(ifIndex('lo')), 'lo');
+  t.equal(ifName(0x7ffffff0), null, 'no such interface');
 });

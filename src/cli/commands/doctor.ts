@@ -11,6 +11,11 @@ export const command: Command = {
     'clang. Prints a table; exits 0 when everything is present, 1 naming each missing feature and the',
     'Linux version that brings it.',
     '',
+    'Then the loader\'s choices on this kernel, from the same real probes: the minimum supported kernel',
+    '(5.10, proven by the kernel matrix in docs/kernels.md), tc attach (tcx link on 6.6+, else a clsact',
+    'filter) and sk_msg attach (prog_attach to the pinned sockhash on every kernel; whether sockmap',
+    'links, 6.10+, work here is probed and shown).',
+    '',
     '  -j, --json   machine-readable report',
   ].join('\n'),
   async run(argv) {

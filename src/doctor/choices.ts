@@ -1,0 +1,41 @@
+// How the loader attaches on this kernel, decided by the same real probes it relies on (not by
+// version numbers): what `ambpf doctor` reports under "Loader choices". Pure, so the choices for an
+// older kernel can be checked without one.
+import type { TcxProbe } from './tcx.ts';
+import type { SkMsgLinkProbe } from './skmsg.ts';
+import { SK_MSG_LINK_SINCE } from './skmsg.ts';
+import { TCX_SINCE } from './features.ts';
+import { versionAtLeast } from './system.ts';
+
+/** The oldest kernel every ambpf program loads, attaches and passes its functional check on (docs/kernels.md). */
+export const MIN_KERNEL = '5.10';
+
+export interface KernelChoice {
+  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach';
+  readonly choice: string;
+  readonly why: string;
+}
+
+export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLinkProbe): KernelChoice[] {
+  const supported = versionAtLeast(kernel, MIN_KERNEL);
+  return [
+    {
+      what: 'minimum kernel',
+      choice: MIN_KERNEL,
+      why: supported
+        ? `this kernel (${kernel}) is supported: the matrix in docs/kernels.md proves ${MIN_KERNEL}, 6.1, 6.12 and 6.18`
+        : `this kernel (${kernel}) is older than ${MIN_KERNEL}, the oldest the kernel matrix proves (docs/kernels.md)`,
+    },
+    tcx.supported
+      ? { what: 'tc attach', choice: 'tcx link', why: `tcx links work here (${TCX_SINCE}+): pinned per interface, they coexist with other tc programs and survive the loader` }
+      : { what: 'tc attach', choice: 'clsact filter', why: `no tcx links here (${tcx.detail}; tcx needs ${TCX_SINCE}+): a clsact filter with ambpf's fixed handle` },
+    {
+      what: 'sk_msg attach',
+      choice: 'prog_attach',
+      why: 'on every kernel: the program lives as long as the pinned sockhash, which is all a link would give; ' +
+        (skMsgLink.supported
+          ? `sockmap links (${SK_MSG_LINK_SINCE}+) work here too`
+          : `sockmap links need ${SK_MSG_LINK_SINCE}+ (${skMsgLink.detail})`),
+    },
+  ];
+}
