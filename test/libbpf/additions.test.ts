@@ -13,6 +13,9 @@ import {
 import { cgroup2Root, makeCgroup } from '../../src/testbed/cgroup.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { fixtureObject } from './fixture.ts';
+import { ensureObjects } from '../../src/bpf/build.ts';
+import { ensurePinnedLink } from '../../src/bpf/datapath-links.ts';
+import { mkdirSync, rmSync, statSync } from 'node:fs';
 
 const basicPath = await fixtureObject('basic');
 
@@ -118,4 +121,39 @@ t.test('BpfLink.create on a sockhash (sockmap link) and attachedProgIds list wha
 t.test('ifName is the inverse of ifIndex', async (t) => {
   t.equal(ifName(ifIndex('lo')), 'lo');
   t.equal(ifName(0x7ffffff0), null, 'no such interface');
+});
+
+t.test('ensurePinnedLink swaps a new program version into the pinned link in place', async (t) => {
+  const prefix = testPrefix();
+  const cgroup = join(cgroup2Root(), `${prefix}-ep`);
+  const pinDir = `/sys/fs/bpf/${prefix}`;
+  makeCgroup(cgroup);
+  mkdirSync(pinDir, { recursive: true });
+  const pin = join(pinDir, 'links', 'connect4');
+  using v1 = BpfObject.open(basicPath);
+  v1.load();
+  using v2 = BpfObject.open((await ensureObjects()).objects['ambpf_sock']!);
+  v2.load();
+  t.teardown(() => {
+    rmSync(pinDir, { recursive: true, force: true }); // unpinning the last reference detaches
+    for (let i = 0; i < 50 && existsSync(cgroup); i++) {
+      try { rmdirSync(cgroup); } catch { spawnSync('sleep', ['0.1']); }
+    }
+  });
+  const ino = BigInt(statSync(cgroup).ino);
+  const ensure = (prog: ReturnType<BpfObject['program']>): string => ensurePinnedLink({
+    pin, prog, attach: () => prog.attachCgroup(cgroup), sameTarget: (info) => info.cgroupId === ino,
+  });
+  const a = v1.program('rewrite_connect4');
+  const b = v2.program('ambpf_connect4');
+  t.equal(ensure(a), 'created');
+  const before = BpfLink.openPinned(pin);
+  const linkId = before.info().id;
+  before.close();
+  t.equal(ensure(a), 'adopted', 'same program: kept as is');
+  t.equal(ensure(b), 'replaced', 'another program version');
+  using after = BpfLink.openPinned(pin);
+  t.equal(after.info().id, linkId, 'the same link: the program was swapped inside it (bpf_link_update)');
+  t.equal(after.info().progId, b.id, 'now running the new version');
+  t.equal(ensure(b), 'adopted');
 });
