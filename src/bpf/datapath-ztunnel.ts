@@ -6,11 +6,12 @@
 //    100`, `local 0.0.0.0/0 dev lo table 100`) and arp_ignore=1 on eth0 so ztunnel does not answer ARP
 //    for the pods' addresses. Routing rules, not iptables.
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
 import { AmbpfError, SystemError } from '../errors.ts';
 import { withNetns } from '../libbpf/index.ts';
+import { writeNetSysctl } from '../node/sysctl.ts';
 
 const run = promisify(execFile);
 
@@ -113,7 +114,7 @@ export async function installPolicyRoute(o: PolicyRouteOptions): Promise<void> {
   }
   await ipIn(o.netnsPath, ['-4', 'route', 'replace', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(o.table)]);
   // /proc/sys/net follows the netns of the thread that opens it.
-  withNetns(o.netnsPath, () => writeFileSync(`/proc/sys/net/ipv4/conf/${o.ifname}/arp_ignore`, '1'));
+  withNetns(o.netnsPath, () => writeNetSysctl(`ipv4/conf/${o.ifname}/arp_ignore`, '1'));
 }
 
 /** Remove what installPolicyRoute added (missing pieces are fine). */

@@ -6,7 +6,7 @@
 // Restart safety (design.md §4): maps are reused from their pins, links are adopted from their pins
 // (ensurePinnedLink), so a restarted loader changes nothing that works and attaches nothing twice.
 // close() releases this process's fds only: pinned maps and links keep traffic flowing without us.
-import { existsSync, readdirSync, readFileSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   BpfMap, BpfObject, LibbpfError, TcAttachment, inNetns, resolveIfindex,
@@ -15,6 +15,7 @@ import {
 import { AmbpfError } from '../errors.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
+import { readNetSysctl, writeNetSysctl } from '../node/sysctl.ts';
 import { DatapathMaps, MAP_NAMES, type MapName } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
@@ -242,10 +243,10 @@ export class Datapath {
       // very interface, in loose mode (2) too (fib_validate_source: no address -> last resort ->
       // reject). So rp_filter must be 0 on it; the effective value is max(all, interface), hence the
       // warning when the node sets net.ipv4.conf.all.rp_filter (Istio's node agent turned it off too).
-      const path = `/proc/sys/net/ipv4/conf/${o.hostIfname}/rp_filter`;
+      const hostIfname = o.hostIfname;
       const all = inNetns(this.netns, () => {
-        writeFileSync(path, '0');
-        return readFileSync('/proc/sys/net/ipv4/conf/all/rp_filter', 'utf8').trim();
+        writeNetSysctl(`ipv4/conf/${hostIfname}/rp_filter`, '0');
+        return readNetSysctl('ipv4/conf/all/rp_filter');
       });
       if (all !== '0') log.warn({ all }, 'net.ipv4.conf.all.rp_filter is not 0: replies from ztunnel to steered inbound connections will be dropped; set it to 0');
     }
