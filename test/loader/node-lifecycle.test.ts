@@ -68,6 +68,23 @@ t.test('SIGKILL during a stream of connections loses none; the restart adopts ev
   t.same(await cgroupPrograms(node1), attachedBefore, 'no duplicate attachment');
 });
 
+t.test('SIGTERM stops the loader cleanly and keeps every pin: traffic stays redirected', async (t) => {
+  const pinsBefore = (await tb.exec('node1', ['ls', '-R', tb.node('node1').bpffsDir])).stdout;
+  node1.proc.kill('SIGTERM');
+  const code = await Promise.race([node1.proc.exited, new Promise<string>((res) => setTimeout(() => res('timeout'), 10_000))]);
+  t.equal(code, 0, 'exit code 0 after SIGTERM');
+  t.ok(node1.logLines().some((l) => String(l['msg']).startsWith('stopping')), 'says it is stopping and keeping the pins');
+  t.equal((await tb.exec('node1', ['ls', '-R', tb.node('node1').bpffsDir])).stdout, pinsBefore, 'every pin is still there');
+  t.equal((await cgroupPrograms(node1)).length, 6, 'the cgroup programs stay attached');
+  const before = tb.ztunnelLog('node1').length;
+  const r = await curl(tb, 'app2-node1', tb.pod('app1-node2').ip, 8080);
+  t.equal(r.exitCode, 0);
+  await new Promise((res) => setTimeout(res, 150));
+  t.ok(tb.ztunnelLog('node1').slice(before).some((e) => e.direction === 'outbound'), 'still redirected');
+  node1.restart();
+  await waitReady(tb, node1);
+});
+
 t.test('malformed pods-file objects: the good ones apply, each bad one is one clear error', async (t) => {
   const list = JSON.parse(readFileSync(podsFile, 'utf8')) as { items: Array<Record<string, unknown>> };
   const template = list.items.find((i) => i['kind'] === 'Pod' && (i['metadata'] as { name: string }).name === 'app2-node1')!;
