@@ -161,6 +161,12 @@ export const command: Command = {
 
     await source.start(async (snapshot) => {
       await reconciler.reconcile(snapshot);
+    }).catch((err: unknown) => {
+      // A source that cannot start (refused credentials, unreadable file) ends the command; the HTTP
+      // server would otherwise keep the process alive. Pins stay, as on SIGTERM.
+      server.close();
+      datapath.close();
+      throw err;
     });
     ready = true;
     log.info({ node, bpffs: values.bpffs, cgroup, links: datapath.links }, 'ready: first reconcile done');
