@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import {
   ATTACH_TYPES, BpfLink, BpfMap, Btf, LibbpfError, attachedProgIds, progFuncInfo, progInfoByFd, withFdById, type LinkInfo,
 } from '../libbpf/index.ts';
-import { cgroup2Root } from '../testbed/cgroup.ts';
+import { mountsOf } from '../doctor/system.ts';
 import { cgroupPathById, netnsPathByIno } from './targets.ts';
 
 export interface AttachedRow {
@@ -37,6 +37,11 @@ export function progName(progId: number): string | null {
   } catch {
     return null;
   }
+}
+
+/** Where cgroup v2 is mounted (/sys/fs/cgroup/unified on hybrid hosts, /sys/fs/cgroup on unified ones). */
+function cgroup2Root(): string {
+  return mountsOf('cgroup2')[0] ?? '/sys/fs/cgroup';
 }
 
 function describeTarget(hook: string, info: LinkInfo): { target: string; problem: string | null } {
