@@ -4,6 +4,7 @@
 // through the API server and checked in the pinned maps (read from the pins) and in the stand-in's
 // connection log (which way the bytes went). Subtests run in order and share the cluster.
 import t from 'tap';
+import { readFileSync } from 'node:fs';
 import { startTestbed, type Testbed, type TestbedSpec, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
 import { command as runCommand } from '../../src/cli/commands/run.ts';
@@ -329,4 +330,19 @@ t.test('a restarted loader keeps the pins until it synced, then removes a pod de
   t.notOk(inboundLinkPinned(node(), late.hostIfname), 'and its inbound link');
   t.same(ambientIps(), sorted(['app1', 'app2', 'victim']));
   t.equal(readMaps(node()).ztunnelIp, ip('ztunnel-new'));
+});
+
+t.test('credentials the API server refuses: the loader says so and exits, the pins stay', async (t) => {
+  loader!.proc.kill('SIGTERM');
+  t.equal(await exitWithin(loader!, 10_000), 0);
+  const before = ambientIps();
+  await api.server.setToken('a-rotated-token-the-kubeconfig-does-not-have');
+  loader!.restart();
+  const code = await exitWithin(loader!, 30_000);
+  t.not(code, 0, 'a non-zero exit');
+  t.not(code, 'hung', 'it exits by itself');
+  const out = readFileSync(loader!.logFile, 'utf8');
+  t.match(out, /^ambpf: the Kubernetes API server at https:\/\/127\.0\.0\.1:\d+ rejected ambpf's credentials \(401/m, 'one clear sentence on stderr');
+  t.same(ambientIps(), before, 'the maps are left as they were');
+  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'and traffic keeps flowing');
 });
