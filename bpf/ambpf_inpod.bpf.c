@@ -84,6 +84,11 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 	struct ambpf_ztunnel *zt;
 	__u32 why;
 
+	/* The inpod loader says so (see AMBPF_CFG_INPOD): one topology per node. */
+	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD)) {
+		why = AMBPF_STAT_CONNECT4_NO_ZTUNNEL;
+		goto bypass;
+	}
 	if (!ns || !(ns->flags & AMBPF_POD_AMBIENT) || (ns->flags & (AMBPF_POD_OPT_OUT | AMBPF_POD_IS_ZTUNNEL))) {
 		why = AMBPF_STAT_CONNECT4_NOT_AMBIENT;
 		goto bypass;
@@ -307,7 +312,9 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	if (ip4_is_loopback(local_ip4) || local_ip4 == remote_ip4)
 		return SK_PASS;
 	cfg = config_get();
-	if (cfg && ip_is_v4mapped(cfg->probe_ip) && remote_ip4 == cfg->probe_ip[3]) {
+	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD))
+		return SK_PASS;
+	if (ip_is_v4mapped(cfg->probe_ip) && remote_ip4 == cfg->probe_ip[3]) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;
 	}

@@ -44,6 +44,8 @@
 
 /* ambpf_config.flags */
 #define AMBPF_CFG_SPLICE         (1U << 0) /* same-node sockhash splice (sockops + sk_msg) enabled */
+#define AMBPF_CFG_INPOD          (1U << 1) /* the inpod loader runs: ambpf_inpod.bpf.c acts only then, so
+					    * its programs stay inert next to a node-topology datapath */
 
 /* ambpf_pair.splice_fwd / splice_rev: per-direction splice decision, sticky for the connection */
 #define AMBPF_SPLICE_UNDECIDED   0

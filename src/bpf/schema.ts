@@ -32,6 +32,7 @@ export const POD_DNS_CAPTURE = 1 << 2;
 export const POD_IS_ZTUNNEL = 1 << 3;
 export const ZT_READY = 1 << 0;
 export const CFG_SPLICE = 1 << 0;
+export const CFG_INPOD = 1 << 1;
 export const SPLICE_UNDECIDED = 0;
 export const SPLICE_ON = 1;
 export const SPLICE_OFF = 2;

@@ -10,6 +10,8 @@ import { computeDesiredState, type DesiredState, type Problem } from '../state/d
 import { resolveNode, type Resolution } from '../node/discovery.ts';
 import { buildTarget, planReconcile, type Current, type Plan, type Target } from './plan.ts';
 import type { Datapath } from '../bpf/datapath.ts';
+import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
+import { InpodApplier, type Attempt } from './inpod.ts';
 import type { ClusterSnapshot } from '../sources/types.ts';
 import { ZT_READY } from '../bpf/schema.ts';
 import { MapFullError } from '../libbpf/index.ts';
@@ -45,7 +47,8 @@ export interface StateFile {
 
 export interface ReconcilerOptions {
   readonly node: string;
-  readonly datapath: Datapath;
+  /** The node topology's datapath, or the inpod one (ztunnel listens in every pod's netns). */
+  readonly datapath: Datapath | InpodDatapath;
   /** Where to write the state file (pod names for the inspection commands); none if undefined. */
   readonly stateFile?: string;
   readonly procRoot?: string;
@@ -62,9 +65,12 @@ export class Reconciler {
   #reported = new Set<string>();
   /** ztunnel's listeners are copied into the sockmap once per ztunnel process. */
   #ztunnelAttachedFor: string | undefined;
+  /** Set in inpod mode: per-pod capture instead of tc + ztunnel's netns. */
+  readonly #inpod: InpodApplier | undefined;
 
   constructor(options: ReconcilerOptions) {
     this.#o = options;
+    if (isInpod(options.datapath)) this.#inpod = new InpodApplier(options.datapath);
   }
 
   /** Queue a pass for this snapshot; resolves when a pass that saw it (or a newer one) finished. */
@@ -90,32 +96,36 @@ export class Reconciler {
     const errors: string[] = [];
     const desired = computeDesiredState(snapshot, this.#o.node);
     const resolution = await resolveNode(desired, { procRoot: this.#o.procRoot });
-    const target = buildTarget(resolution);
-    const dp = this.#o.datapath;
-    const plan = planReconcile(target, readCurrent(dp));
-    const attempt = (what: string, fn: () => unknown): void => {
+    const attempt: Attempt = (what, fn) => {
       try {
         fn();
+        return true;
       } catch (err) {
         if (err instanceof MapFullError) this.stats.mapFull++;
         errors.push(`${what}: ${describeError(err)}`);
+        return false;
       }
     };
-    // Order matters for traffic: identities first (netns, pods), then ztunnel, then removals, so a
-    // pass never leaves a pod half-known.
-    for (const [cookie, v] of plan.netnsSet) attempt(`ambpf_netns ${cookie}`, () => dp.maps.netns.set(cookie, v));
-    for (const [ip, v] of plan.podsSet) attempt(`ambpf_pods ${ip}`, () => dp.maps.pods.set(ip, v));
-    if (plan.ztunnel === null) attempt('ambpf_ztunnel clear', () => dp.maps.ztunnel.clear());
-    else if (plan.ztunnel) attempt('ambpf_ztunnel', () => dp.maps.ztunnel.set(plan.ztunnel as NonNullable<typeof plan.ztunnel>));
-    for (const ip of plan.podsDelete) attempt(`ambpf_pods delete ${ip}`, () => dp.maps.pods.delete(ip));
-    for (const cookie of plan.netnsDelete) attempt(`ambpf_netns delete ${cookie}`, () => dp.maps.netns.delete(cookie));
-    for (const ifname of plan.inboundAttach) attempt(`inbound tc on ${ifname}`, () => dp.attachInbound(ifname));
-    for (const ifname of plan.inboundDetach) attempt(`inbound tc off ${ifname}`, () => dp.detachInbound(ifname));
-    await this.#ensureZtunnelInbound(resolution, target, errors);
-
     const unresolved = [...desired.problems, ...resolution.unresolved];
+    let retry = resolution.unresolved.length > 0;
+    let plan: Plan;
+    if (this.#inpod) {
+      // Capture (listeners + sk_lookup) before a pod's map entries turn redirection on; release
+      // after its entries are gone.
+      const captured = this.#inpod.capture(resolution, attempt);
+      const before = readCurrent(this.#o.datapath);
+      plan = planReconcile(captured.target, before);
+      this.#applyMaps(plan, attempt);
+      const detached = this.#inpod.release(captured.target, before, attempt);
+      plan = { ...plan, inboundAttach: captured.attached, inboundDetach: detached };
+      unresolved.push(...captured.unresolved);
+      retry ||= captured.unresolved.length > 0;
+    } else {
+      plan = await this.#applyNode(resolution, attempt, errors);
+    }
+
     this.#report(unresolved, errors);
-    this.hasUnresolved = resolution.unresolved.length > 0 || errors.length > 0;
+    this.hasUnresolved = retry || errors.length > 0;
     if (this.#o.stateFile) await writeStateFile(this.#o.stateFile, desired, resolution).catch((err: unknown) => {
       errors.push(`state file ${this.#o.stateFile}: ${describeError(err)}`);
     });
@@ -125,12 +135,36 @@ export class Reconciler {
     this.stats.lastAt = Date.now();
     this.stats.lastError = errors.at(-1);
     log.info({
-      pods: target.pods.size, ztunnel: target.ztunnel?.ip ?? null,
+      pods: resolution.pods.length, ztunnel: resolution.ztunnel?.ips[0] ?? null,
       set: plan.podsSet.size + plan.netnsSet.size, deleted: plan.podsDelete.length + plan.netnsDelete.length,
       attached: plan.inboundAttach.length, detached: plan.inboundDetach.length,
       errors: errors.length, ms: Math.round(this.stats.lastDurationMs),
     }, 'reconciled');
     return { desired, plan, errors, unresolved };
+  }
+
+  /** Node topology: maps, tc on the pods' host veths, ztunnel's netns. */
+  async #applyNode(resolution: Resolution, attempt: Attempt, errors: string[]): Promise<Plan> {
+    const target = buildTarget(resolution);
+    const dp = this.#o.datapath as Datapath;
+    const plan = planReconcile(target, readCurrent(dp));
+    this.#applyMaps(plan, attempt);
+    for (const ifname of plan.inboundAttach) attempt(`inbound tc on ${ifname}`, () => dp.attachInbound(ifname));
+    for (const ifname of plan.inboundDetach) attempt(`inbound tc off ${ifname}`, () => dp.detachInbound(ifname));
+    await this.#ensureZtunnelInbound(resolution, target, errors);
+    return plan;
+  }
+
+  /** The map half of a plan. Order matters for traffic: identities first (netns, pods), then
+   * ztunnel, then removals, so a pass never leaves a pod half-known. */
+  #applyMaps(plan: Plan, attempt: Attempt): void {
+    const { maps } = this.#o.datapath;
+    for (const [cookie, v] of plan.netnsSet) attempt(`ambpf_netns ${cookie}`, () => maps.netns.set(cookie, v));
+    for (const [ip, v] of plan.podsSet) attempt(`ambpf_pods ${ip}`, () => maps.pods.set(ip, v));
+    if (plan.ztunnel === null) attempt('ambpf_ztunnel clear', () => maps.ztunnel.clear());
+    else if (plan.ztunnel) attempt('ambpf_ztunnel', () => maps.ztunnel.set(plan.ztunnel as NonNullable<typeof plan.ztunnel>));
+    for (const ip of plan.podsDelete) attempt(`ambpf_pods delete ${ip}`, () => maps.pods.delete(ip));
+    for (const cookie of plan.netnsDelete) attempt(`ambpf_netns delete ${cookie}`, () => maps.netns.delete(cookie));
   }
 
   /** Inbound steering ends in ztunnel's netns: its listeners in the sockmap, sk_lookup attached. */
@@ -143,12 +177,13 @@ export class Reconciler {
     // Listener sockets leave the sockmap when they close: a new ztunnel process (even in the same
     // netns) needs them copied again, so the key is the process, not the pod.
     const key = `${z.uid}/${z.pid}/${target.ztunnel.netnsCookie}`;
-    if (this.#ztunnelAttachedFor === key && listenersPresent(this.#o.datapath)) return;
+    const dp = this.#o.datapath as Datapath;
+    if (this.#ztunnelAttachedFor === key && listenersPresent(dp)) return;
     // The listeners belong to ztunnel's process, not to the pod's sandbox: try the pod's processes.
     let lastErr: unknown;
     for (const pid of [...z.pids].reverse()) {
       try {
-        await this.#o.datapath.attachZtunnel({
+        await dp.attachZtunnel({
           netnsPath: z.netnsPath, pid, ifname: z.podLink?.ifname ?? 'eth0', hostIfname: z.hostLink?.ifname,
         });
         this.#ztunnelAttachedFor = key;
@@ -178,13 +213,18 @@ export class Reconciler {
 
   /** False when ztunnel is known but its listeners left the sockmap (a restarted ztunnel process). */
   ztunnelListenersPresent(): boolean {
-    return this.#ztunnelAttachedFor === undefined || listenersPresent(this.#o.datapath);
+    if (this.#inpod) return this.#inpod.listenersPresent();
+    return this.#ztunnelAttachedFor === undefined || listenersPresent(this.#o.datapath as Datapath);
   }
 
   /** Waits for queued passes. */
   async idle(): Promise<void> {
     await this.#queue;
   }
+}
+
+function isInpod(dp: Datapath | InpodDatapath): dp is InpodDatapath {
+  return 'mode' in dp && dp.mode === 'inpod';
 }
 
 function listenersPresent(dp: Datapath): boolean {
@@ -196,7 +236,7 @@ function listenersPresent(dp: Datapath): boolean {
 }
 
 /** What the kernel holds now, from the maps and the pinned inbound links. */
-export function readCurrent(dp: Datapath): Current {
+export function readCurrent(dp: Pick<Datapath, 'maps' | 'bpffs'>): Current {
   const zt = dp.maps.ztunnel.get();
   const inbound = new Set<string>();
   const linksDir = join(dp.bpffs, 'links');

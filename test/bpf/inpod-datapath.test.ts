@@ -47,7 +47,7 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
   const { a, b, c, z } = env.pods;
   const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup });
   t.teardown(() => dp.close());
-  dp.maps.config.set(s.defaultConfig());
+  dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
   dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: '00:00:00:00:00:00', hostMac: '00:00:00:00:00:00' }));
 
   // ztunnel's listeners inside the mesh pods a and b (dual-stack, like the stand-in and ztunnel).

@@ -23,7 +23,8 @@ Pod source (one of):
   --in-cluster         watch the API server with the pod's service account
 Options:
   --node N             this node's name (default: $NODE_NAME, else the hostname)
-  --mode node|inpod    where ztunnel listens (default node; inpod: see issue 11)
+  --mode node|inpod    where ztunnel listens: node = in its own pod (default); inpod = inside every
+                       mesh pod's netns (Istio 1.21+), captured there with nothing in the node netns
   --bpffs DIR          pin directory (default /sys/fs/bpf/ambpf)
   --cgroup DIR         cgroup v2 directory holding the pods (default: kubelet's kubepods under the
                        cgroup v2 mount found in /proc/mounts)
@@ -81,7 +82,7 @@ export const command: Command = {
     });
     const sources = [values['pods-file'] !== undefined, values.kubeconfig !== undefined, values['in-cluster'] === true].filter(Boolean).length;
     if (sources !== 1) throw new UsageError('pass exactly one pod source: --pods-file F, --kubeconfig F or --in-cluster');
-    if (values.mode !== 'node') throw new UsageError(`--mode ${values.mode} is not supported yet; use --mode node`);
+    if (values.mode !== 'node' && values.mode !== 'inpod') throw new UsageError(`--mode must be node or inpod, not '${values.mode}'`);
     const excludedPorts = csv(values['exclude-ports']).map((p) => {
       const n = Number(p);
       if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`--exclude-ports: '${p}' is not a port number`);
@@ -95,7 +96,7 @@ export const command: Command = {
     // Heavy modules load only now: `ambpf run --help` stays instant.
     const { resolveNodeName } = await import('../../kube/node-name.ts');
     const { openDatapath } = await import('../../bpf/datapath.ts');
-    const { defaultConfig, CFG_SPLICE } = await import('../../bpf/schema.ts');
+    const { defaultConfig, CFG_SPLICE, CFG_INPOD } = await import('../../bpf/schema.ts');
     const { Reconciler } = await import('../../reconcile/reconciler.ts');
     const { createMetricsRegistry } = await import('../../metrics/registry.ts');
     const { startHttpServer } = await import('../../server/http.ts');
@@ -123,12 +124,14 @@ export const command: Command = {
       source = kube;
     }
 
-    const datapath = await openDatapath({
-      bpffs: values.bpffs, cgroup,
-      mapSizes: maxPods === undefined ? {} : { ambpf_pods: maxPods, ambpf_netns: maxPods },
-    });
+    const mapSizes = maxPods === undefined ? {} : { ambpf_pods: maxPods, ambpf_netns: maxPods };
+    const datapath = values.mode === 'inpod'
+      ? await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes })
+      : await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
     const config = defaultConfig({ excludedPorts, nodeIps });
     if (values['no-splice']) config.flags &= ~CFG_SPLICE;
+    // The inpod programs act only with this flag: one topology per node, whatever objects are loaded.
+    if (values.mode === 'inpod') config.flags |= CFG_INPOD;
     datapath.maps.config.set(config);
 
     const reconciler = new Reconciler({ node, datapath, stateFile: values['state-file'] });
@@ -169,7 +172,7 @@ export const command: Command = {
       throw err;
     });
     ready = true;
-    log.info({ node, bpffs: values.bpffs, cgroup, links: datapath.links }, 'ready: first reconcile done');
+    log.info({ node, mode: values.mode, bpffs: values.bpffs, cgroup, links: datapath.links }, 'ready: first reconcile done');
     // Pods whose sandbox was not up yet and a ztunnel that restarted are picked up by a resync.
     // A full pass also runs every 30 s regardless, as a safety net against anything missed.
     resyncTimer = setInterval(() => {

@@ -1,0 +1,210 @@
+// The eBPF datapath end to end, inpod topology (Istio 1.21+): two nodes in netns, the ztunnel stand-in
+// listening inside every mesh pod's netns, one `ambpf run --mode inpod` per node fed from a pods file,
+// real curl and real HTTP servers. No iptables anywhere, and nothing of ours in the nodes' netns.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
+import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
+import { testPrefix } from '../helpers/prefix.ts';
+import { startLoader, waitReady, editPodsFile, eventually, metrics, type Loader } from '../helpers/loader.ts';
+
+const PORT = 8080;
+const EXCLUDED = 8081;
+
+let tb: Testbed;
+let podsFile: string;
+const loaders: Loader[] = [];
+/** `ip rule` of each node netns before any loader ran. */
+const rulesBefore = new Map<string, string>();
+
+const ip = (name: string): string => tb.pod(name).ip;
+const where = (name: string): string => `${tb.pod(name).namespace}/${name}`;
+const newLogs = (node: string, since: number): ZtunnelLogEntry[] => tb.ztunnelLog(node).slice(since);
+
+t.before(async () => {
+  tb = await startTestbed(defaultSpec(), { topology: 'inpod', prefix: testPrefix() });
+  podsFile = join(tb.info.runDir, 'pods.json');
+  tb.writePodsList(podsFile);
+  for (const node of tb.info.nodes) rulesBefore.set(node.name, (await tb.exec(node.name, ['ip', 'rule', 'show'])).stdout);
+  for (const node of tb.info.nodes) loaders.push(startLoader(tb, node, podsFile, ['--mode', 'inpod', '--exclude-ports', String(EXCLUDED)]));
+  await Promise.all(loaders.map((l) => waitReady(tb, l)));
+  for (const pod of ['app1-node1', 'app2-node1', 'app1-node2', 'client-node1', 'client-node2']) {
+    await startHttpServer(tb, pod, PORT);
+  }
+  await startHttpServer(tb, 'app1-node1', EXCLUDED);
+  // Ready means the first pass ran; a pod is captured once the stand-in's listeners were found in it.
+  await eventually(() => capturedPods(loaders[0]!).length === 2 && capturedPods(loaders[1]!).length === 2, 10_000, 'every mesh pod to be captured')
+    .catch((err: unknown) => {
+      const tail = loaders.map((l) => l.logLines().slice(-6).map((e) => JSON.stringify(e)).join('\n'));
+      throw new Error(`${(err as Error).message}; last loader log lines:\n${tail.join('\n')}`);
+    });
+});
+t.teardown(async () => {
+  for (const l of loaders) l.proc.kill('SIGTERM');
+  await Promise.all(loaders.map((l) => l.proc.exited));
+  await tb?.down();
+});
+
+/** The per-pod sk_lookup pins of a node's loader. */
+function capturedPods(l: Loader): string[] {
+  const dir = join(l.node.bpffsDir, 'links');
+  if (!existsSync(dir)) return [];
+  return execFileSync('ls', [dir], { encoding: 'utf8' }).split('\n').filter((n) => n.startsWith('inpod-'));
+}
+
+/** curl and the stand-in's log lines that request produced on each node. */
+async function request(from: string, toPod: string, port = PORT): Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
+  const before = [tb.ztunnelLog('node1').length, tb.ztunnelLog('node2').length] as const;
+  const r = await curl(tb, from, ip(toPod), port, { timeoutMs: 5000 });
+  if (r.exitCode !== 0) throw new Error(`curl ${from} -> ${toPod}:${port} failed (${r.exitCode}): ${r.stderr}`);
+  // The stand-in writes its line when the connection ends, just after curl got its answer.
+  await new Promise((res) => setTimeout(res, 150));
+  return { body: r.body, node1: newLogs('node1', before[0]), node2: newLogs('node2', before[1]) };
+}
+
+t.test('no iptables rule exists in any netns of the cluster', async (t) => {
+  for (const target of [...tb.info.nodes.map((n) => n.name), ...tb.info.pods.map((p) => `${p.namespace}/${p.name}`)]) {
+    const r = await tb.exec(target, ['iptables-save'], { check: false });
+    t.notMatch(r.stdout, /^-A /m, `no rules in ${target}`);
+  }
+});
+
+t.test('(a) mesh -> mesh on the same node: 127.0.0.1:15001 in the client pod, SO_ORIGINAL_DST, HBONE into the server pod', async (t) => {
+  const r = await request('app2-node1', 'app1-node1');
+  t.match(r.body, /hello from app1-node1/);
+  const out = r.node1.find((e) => e.direction === 'outbound');
+  t.ok(out, 'ztunnel saw the outbound connection');
+  t.equal(out?.where, where('app2-node1'), 'inside the client pod\'s netns');
+  t.equal(out?.source.split(':')[0], '127.0.0.1', 'over loopback inside the pod');
+  t.equal(out?.originalDst, `${ip('app1-node1')}:${PORT}`);
+  t.equal(out?.dstFrom, 'SO_ORIGINAL_DST', 'ztunnel learned the destination from getsockopt');
+  t.equal(out?.upstream, `${ip('app1-node1')}:15008`);
+  const inbound = r.node1.find((e) => e.direction === 'inbound-hbone');
+  t.equal(inbound?.where, where('app1-node1'), 'HBONE terminated inside the server pod');
+  t.equal(inbound?.originalDst, `${ip('app1-node1')}:${PORT}`);
+  t.equal(inbound?.result, 'ok');
+});
+
+t.test('(b) mesh -> mesh across nodes: outbound in the client pod -> HBONE -> the server pod\'s 15008', async (t) => {
+  const r = await request('app1-node1', 'app1-node2');
+  t.match(r.body, /hello from app1-node2/);
+  const out = r.node1.find((e) => e.direction === 'outbound');
+  t.equal(out?.where, where('app1-node1'));
+  t.equal(out?.originalDst, `${ip('app1-node2')}:${PORT}`);
+  t.equal(out?.upstream, `${ip('app1-node2')}:15008`, 'HBONE goes to the destination pod IP on 15008');
+  const inbound = r.node2.find((e) => e.direction === 'inbound-hbone');
+  t.equal(inbound?.where, where('app1-node2'));
+  t.equal(inbound?.originalDst, `${ip('app1-node2')}:${PORT}`);
+  t.equal(inbound?.result, 'ok');
+});
+
+t.test('(c) non-mesh -> mesh: assigned to 15006 inside the pod, the pod IP as local address', async (t) => {
+  for (const from of ['client-node1', 'client-node2']) {
+    const r = await request(from, 'app1-node1');
+    t.match(r.body, /hello from app1-node1/);
+    const inbound = r.node1.find((e) => e.direction === 'inbound-plaintext');
+    t.ok(inbound, `ztunnel in app1-node1 captured ${from}'s connection`);
+    t.equal(inbound?.where, where('app1-node1'));
+    t.equal(inbound?.source.split(':')[0], ip(from));
+    t.equal(inbound?.originalDst, `${ip('app1-node1')}:${PORT}`);
+    t.equal(inbound?.dstFrom, 'local-address', 'the original destination is the socket\'s local address (sk_lookup)');
+  }
+});
+
+t.test('(d) mesh -> non-mesh: outbound through ztunnel, then straight to the pod', async (t) => {
+  const r = await request('app1-node1', 'client-node2');
+  t.match(r.body, /hello from client-node2/);
+  const out = r.node1.find((e) => e.direction === 'outbound');
+  t.equal(out?.originalDst, `${ip('client-node2')}:${PORT}`);
+  t.equal(out?.upstreamProtocol, 'tcp', 'passthrough');
+  t.same(r.node2, [], 'no ztunnel on the way in to a non-mesh pod');
+});
+
+t.test('bypass: non-mesh outbound, excluded port, ztunnel\'s own upstream (no loop)', async (t) => {
+  const plain = await request('client-node1', 'client-node2');
+  t.same([...plain.node1, ...plain.node2], [], 'non-mesh to non-mesh never touches ztunnel');
+  const excluded = await request('app2-node1', 'app1-node1', EXCLUDED);
+  t.match(excluded.body, /hello from app1-node1/);
+  t.notOk(excluded.node1.some((e) => e.direction === 'outbound'), 'an excluded port is not redirected');
+  // One request through two ztunnels makes exactly one outbound and one inbound line: the stand-in's
+  // upstream to the pod's own IP (local == remote) is not steered back into it.
+  const r = await request('app2-node1', 'app1-node2');
+  t.equal(r.node1.filter((e) => e.direction === 'outbound').length, 1);
+  t.equal(r.node2.filter((e) => e.direction === 'inbound-hbone').length, 1);
+  t.equal(r.node2.filter((e) => e.direction === 'inbound-plaintext').length, 0);
+});
+
+t.test('the probe source 169.254.7.127 is not captured', async (t) => {
+  await tb.exec('node1', ['ip', 'addr', 'add', '169.254.7.127/32', 'dev', 'lo']);
+  t.teardown(() => tb.exec('node1', ['ip', 'addr', 'del', '169.254.7.127/32', 'dev', 'lo'], { check: false }));
+  const before = tb.ztunnelLog('node1').length;
+  const r = await tb.exec('node1', ['curl', '-sS', '--max-time', '3', '--interface', '169.254.7.127', `http://${ip('app1-node1')}:${PORT}/`], { check: false });
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /peer=169\.254\.7\.127/, 'the pod sees the probe source itself');
+  await new Promise((res) => setTimeout(res, 150));
+  t.same(newLogs('node1', before), []);
+});
+
+t.test('the client\'s getpeername() shows the original destination', async (t) => {
+  const script = `import socket; s=socket.create_connection(("${ip('app1-node2')}", ${PORT}), 3); print("%s:%d" % s.getpeername()[:2])`;
+  const r = await tb.exec('app1-node1', ['python3', '-c', script]);
+  t.equal(r.stdout.trim(), `${ip('app1-node2')}:${PORT}`);
+});
+
+t.test('nothing of ours in the nodes\' netns: no program, link, route or rule', async (t) => {
+  const links = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{ type: string; netns_ino?: number }>;
+  const netnsLinks = new Set(links.filter((l) => l.type === 'netns').map((l) => l.netns_ino));
+  for (const node of tb.info.nodes) {
+    t.notOk(netnsLinks.has(statSync(node.netnsPath).ino), `no netns-attached program in ${node.name}'s netns`);
+    const net = await tb.exec(node.name, ['bpftool', 'net', 'show']);
+    t.notMatch(net.stdout, /ambpf/, `no tc/xdp program of ours in ${node.name}'s netns`);
+    const tcx = await tb.exec(node.name, ['bpftool', '-j', 'net', 'show'], { check: false });
+    t.notMatch(tcx.stdout, /"tc":\[\{/, `no tc attachment at all on ${node.name}'s interfaces`);
+    t.equal((await tb.exec(node.name, ['ip', 'rule', 'show'])).stdout, rulesBefore.get(node.name), `ip rule in ${node.name} unchanged`);
+  }
+  for (const pod of tb.info.pods.filter((p) => p.mesh)) {
+    t.ok(netnsLinks.has(statSync(pod.netnsPath).ino), `sk_lookup sits in ${pod.name}'s own netns`);
+  }
+  for (const pod of tb.info.pods.filter((p) => !p.mesh && !p.hostNetwork)) {
+    t.notOk(netnsLinks.has(statSync(pod.netnsPath).ino), `nothing in non-mesh ${pod.name}'s netns`);
+  }
+});
+
+t.test('pods leave and rejoin the mesh within a second, their sk_lookup link with them', async (t) => {
+  const viaZtunnel = async (): Promise<boolean> => (await request('app2-node1', 'app1-node2')).node1.some((e) => e.direction === 'outbound');
+  const inboundCaptured = async (): Promise<boolean> => (await request('client-node1', 'app2-node1')).node1.some((e) => e.direction === 'inbound-plaintext');
+  t.ok(await viaZtunnel(), 'redirected at first');
+  t.ok(await inboundCaptured(), 'inbound captured at first');
+  editPodsFile(podsFile, (list) => {
+    const pod = list.items.find((i) => i.kind === 'Pod' && i.metadata.name === 'app2-node1')!;
+    pod.metadata.annotations = { ...pod.metadata.annotations, 'ambient.istio.io/redirection': 'disabled' };
+  });
+  const t0 = Date.now();
+  await eventually(async () => !(await viaZtunnel()), 3000, 'the opt-out to take effect');
+  t.ok(Date.now() - t0 < 2000, 'opt-out applied within the bound');
+  await eventually(async () => capturedPods(loaders[0]!).length === 1, 3000, 'app2-node1\'s link to be removed');
+  t.notOk(await inboundCaptured(), 'inbound to the opted-out pod goes straight to it');
+  editPodsFile(podsFile, (list) => {
+    const ns = list.items.find((i) => i.kind === 'Namespace' && i.metadata.name === 'mesh')!;
+    ns.metadata.labels = {};
+  });
+  await eventually(() => capturedPods(loaders[0]!).length === 0 && capturedPods(loaders[1]!).length === 0, 3000, 'every pod link to be removed');
+  tb.writePodsList(podsFile);
+  await eventually(viaZtunnel, 3000, 'the pod to be redirected again');
+  await eventually(inboundCaptured, 3000, 'inbound to be captured again');
+  t.equal(capturedPods(loaders[0]!).length, 2);
+});
+
+t.test('counters and metrics show the datapath at work', async (t) => {
+  const text = await metrics(tb, loaders[0]!);
+  const value = (hook: string, outcome: string): number =>
+    Number(new RegExp(`^ambpf_redirected_connections_total\\{hook="${hook}",outcome="${outcome}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 'NaN');
+  t.ok(value('connect4', 'redirected') > 0, 'connect4 redirected');
+  t.ok(value('getsockopt', 'answered') > 0, 'getsockopt answered SO_ORIGINAL_DST');
+  t.ok(value('sklookup', 'assigned') > 0, 'sk_lookup assigned');
+  t.ok(value('sklookup', 'pass_probe') > 0, 'sk_lookup let the probe through');
+  t.equal(value('tc', 'steered'), 0, 'no tc steering in inpod');
+  t.match(text, /^ambpf_map_entries\{map="ambpf_pods"\} 2$/m);
+});
