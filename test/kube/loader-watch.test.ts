@@ -115,7 +115,7 @@ t.before(async () => {
 t.teardown(async () => {
   if (loader) {
     loader.proc.kill('SIGTERM');
-    await loader.proc.exited;
+    await exitWithin(loader, 10_000);
   }
   await api?.server.stop();
   await tb?.down();
