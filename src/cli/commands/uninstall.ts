@@ -1,7 +1,7 @@
 // `ambpf uninstall`: detach and unpin everything ambpf made under --bpffs, and the policy route it
 // added in ztunnel's netns; nothing else. Safe to run twice and on a node where ambpf never ran.
 import { parseArgs } from 'node:util';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from '../command.ts';
 import { logger } from '../../log.ts';
@@ -16,19 +16,6 @@ network namespace. Pins ambpf did not make are left alone. Traffic then flows as
 been installed (pods talk directly, without ztunnel).
 `;
 
-/** A process whose netns has this inode: the way back from a netns link to a path we can enter. */
-function netnsPathOfIno(ino: number): string | undefined {
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      if (statSync(`/proc/${pid}/ns/net`).ino === ino) return `/proc/${pid}/ns/net`;
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return undefined;
-}
-
 export const command: Command = {
   summary: 'detach and unpin everything ambpf made under --bpffs, nothing else',
   usage: USAGE,
@@ -42,6 +29,7 @@ export const command: Command = {
     const { uninstallDatapath } = await import('../../bpf/datapath.ts');
     const { removePolicyRoute } = await import('../../bpf/datapath-ztunnel.ts');
     const { BpfLink } = await import('../../libbpf/index.ts');
+    const { netnsPathByIno } = await import('../../status/targets.ts');
 
     // The sk_lookup link names ztunnel's netns; its policy route goes with it.
     let routeRemovedIn: string | undefined;
@@ -50,7 +38,7 @@ export const command: Command = {
       const link = BpfLink.openPinned(skLookupPin);
       try {
         const ino = link.info().netnsIno;
-        const netnsPath = ino === undefined ? undefined : netnsPathOfIno(ino);
+        const netnsPath = ino === undefined ? null : netnsPathByIno(ino);
         if (netnsPath) {
           await removePolicyRoute({ netnsPath, ifname: 'eth0', table: 100, pref: 100 });
           routeRemovedIn = netnsPath;
