@@ -5,10 +5,10 @@ import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
+import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { startLoader, waitReady, editPodsFile, eventually, metrics, type Loader } from '../helpers/loader.ts';
+import { startLoader, waitReady, editPodsFile, eventually, metrics, AMBPF_BIN, type Loader } from '../helpers/loader.ts';
 
 const PORT = 8080;
 const EXCLUDED = 8081;
@@ -207,4 +207,60 @@ t.test('counters and metrics show the datapath at work', async (t) => {
   t.ok(value('sklookup', 'pass_probe') > 0, 'sk_lookup let the probe through');
   t.equal(value('tc', 'steered'), 0, 'no tc steering in inpod');
   t.match(text, /^ambpf_map_entries\{map="ambpf_pods"\} 2$/m);
+});
+
+/** Whether app2-node1 -> app1-node2 went through ztunnel with SO_ORIGINAL_DST answered. */
+async function outboundAnswered(): Promise<boolean> {
+  try {
+    const r = await request('app2-node1', 'app1-node2');
+    return r.node1.some((e) => e.direction === 'outbound' && e.dstFrom === 'SO_ORIGINAL_DST' && e.result === 'ok');
+  } catch {
+    return false;
+  }
+}
+
+t.test('ztunnel restarts in every pod: its new listeners are captured again', async (t) => {
+  await stopStandIns(tb);
+  await startStandIns(tb);
+  // New listener sockets carry no cookie tag and are not in ambpf_inpod_listen: the loader notices
+  // (resync) and hands the new ones over.
+  await eventually(outboundAnswered, 5000, 'outbound through the new ztunnel with SO_ORIGINAL_DST');
+  const r = await request('client-node1', 'app1-node1');
+  t.ok(r.node1.some((e) => e.direction === 'inbound-plaintext' && e.where === where('app1-node1')), 'inbound lands on the new 15006');
+});
+
+t.test('a loader killed with SIGKILL leaves traffic flowing; its successor adopts every pin', async (t) => {
+  const l = loaders[0]!;
+  const before = capturedPods(l).sort();
+  l.proc.kill('SIGKILL');
+  await l.proc.exited;
+  t.ok(await outboundAnswered(), 'redirected while no loader runs');
+  // Links on node1's kubepods cgroup and in its pods' netns (other tests on this machine make links too).
+  const cgroupId = statSync(l.node.kubepodsCgroup).ino;
+  const podInos = new Set(tb.info.pods.filter((p) => p.node === 'node1').map((p) => statSync(p.netnsPath).ino));
+  const countLinks = (): number => (JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{ cgroup_id?: number; netns_ino?: number }>)
+    .filter((x) => x.cgroup_id === cgroupId || (x.netns_ino !== undefined && podInos.has(x.netns_ino))).length;
+  const linksBefore = countLinks();
+  l.restart();
+  await waitReady(tb, l);
+  t.same(capturedPods(l).sort(), before, 'the same per-pod pins');
+  t.equal(linksBefore, 6 + 2, 'six cgroup hooks and two pods\' sk_lookup before');
+  t.equal(countLinks(), linksBefore, 'no duplicate attachment');
+  t.ok(await outboundAnswered(), 'still redirected');
+});
+
+t.test('ambpf uninstall removes the per-pod links and the inpod maps, and traffic goes direct', async (t) => {
+  const l = loaders[0]!;
+  l.proc.kill('SIGTERM');
+  await l.proc.exited;
+  const r = await tb.exec('node1', [AMBPF_BIN, 'uninstall', '--bpffs', l.node.bpffsDir, '-j']);
+  const report = JSON.parse(r.stdout) as { links: string[]; maps: string[] };
+  t.equal(report.links.filter((n) => n.startsWith('inpod-')).length, 2, 'both pods\' sk_lookup links');
+  t.ok(['ambpf_inpod_sk', 'ambpf_inpod_pair', 'ambpf_inpod_listen'].every((m) => report.maps.includes(m)), 'the inpod maps');
+  const links = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{ type: string; netns_ino?: number }>;
+  for (const pod of ['app1-node1', 'app2-node1']) {
+    t.notOk(links.some((x) => x.type === 'netns' && x.netns_ino === statSync(tb.pod(pod).netnsPath).ino), `nothing left in ${pod}'s netns`);
+  }
+  const out = await request('app2-node1', 'client-node1');
+  t.same(out.node1, [], 'node1\'s pods talk directly again');
 });
