@@ -8,7 +8,7 @@ import { startTestbed, defaultSpec, type Testbed } from '../../src/testbed/index
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
 import { openPinnedMaps } from '../../src/bpf/datapath-maps.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { startLoader, waitReady, eventually, metrics, type Loader } from '../helpers/loader.ts';
+import { startLoader, waitReady, eventually, metrics, AMBPF_BIN as AMBPF, type Loader } from '../helpers/loader.ts';
 
 let tb: Testbed;
 let podsFile: string;
@@ -34,7 +34,7 @@ t.teardown(async () => {
 /** Programs attached to the node's kubepods cgroup, as bpftool sees them. */
 async function cgroupPrograms(loader: Loader): Promise<string[]> {
   const r = await tb.exec(loader.node.name, ['bpftool', '-j', 'cgroup', 'show', loader.node.kubepodsCgroup]);
-  return (JSON.parse(r.stdout || '[]') as Array<{ name: string }>).map((p) => p.name).sort();
+  return (JSON.parse(r.stdout.trim() || '[]') as Array<{ name: string }>).map((p) => p.name).sort();
 }
 
 t.test('SIGKILL during a stream of connections loses none; the restart adopts every pin', async (t) => {
@@ -168,4 +168,29 @@ print("%d %s|%s" % (n, h.hexdigest(), reply.decode().strip()))`;
   t.match(sent, new RegExp(`^${size} [0-9a-f]{64}$`));
   const spliced = maps.stats().skmsg_spliced_bytes - before;
   t.ok(spliced >= BigInt(size), `the bytes took the splice (${spliced} bytes spliced)`);
+});
+
+t.test('ambpf uninstall removes everything ambpf made on the node, and only that', async (t) => {
+  const node = tb.node('node1');
+  t.match((await tb.exec('istio-system/ztunnel-node1', ['ip', 'rule'])).stdout, /iif eth0 lookup 100/, 'policy route present before');
+  node1.proc.kill('SIGTERM');
+  await node1.proc.exited;
+  const r = await tb.exec('node1', [AMBPF, 'uninstall', '--bpffs', node.bpffsDir, '-j']);
+  const report = JSON.parse(r.stdout) as { links: string[]; maps: string[]; policyRouteRemovedIn: string | null };
+  t.equal(report.links.filter((l) => !l.startsWith('tc-')).length, 7, 'six cgroup links and sk_lookup detached');
+  t.ok(report.links.some((l) => l.startsWith('tc-')), 'inbound tc links detached');
+  t.ok(report.maps.includes('ambpf_pods'), 'maps unpinned');
+  t.ok(report.policyRouteRemovedIn, 'ztunnel netns found from the sk_lookup link');
+  t.same(await cgroupPrograms(node1), [], 'nothing attached to kubepods');
+  t.notMatch((await tb.exec('istio-system/ztunnel-node1', ['ip', 'rule'])).stdout, /lookup 100/, 'policy route gone');
+  t.equal((await tb.exec('node1', ['ls', '-A', node.bpffsDir], { check: false })).stdout.trim(), '', 'bpffs dir empty or gone');
+  const before = tb.ztunnelLog('node1').length;
+  const c = await curl(tb, 'app2-node1', tb.pod('app1-node2').ip, 8080);
+  t.equal(c.exitCode, 0, 'traffic flows');
+  await new Promise((res) => setTimeout(res, 150));
+  t.same(tb.ztunnelLog('node1').slice(before), [], 'directly, without ztunnel');
+  const again = await tb.exec('node1', [AMBPF, 'uninstall', '--bpffs', node.bpffsDir]);
+  t.match(again.stdout, /nothing of ambpf's/, 'a second uninstall is a no-op');
+  node1.restart();
+  await waitReady(tb, node1);
 });
