@@ -33,6 +33,7 @@ const spec: TestbedSpec = {
     { name: 'gone', namespace: 'mesh', node: NODE }, // deleted through the API
     { name: 'victim', namespace: 'mesh', node: NODE }, // deleted during an outage that ends in 410 Gone
     { name: 'late', namespace: 'mesh', node: NODE }, // deleted while the loader is down
+    { name: 'job', namespace: 'mesh', node: NODE }, // completes (phase Succeeded)
     { name: 'client', namespace: 'plain', node: NODE },
     // ztunnel's replacement: a second ztunnel pod (own netns, IP, stand-in) the API learns of later,
     // as a DaemonSet rollout creates the new pod and then deletes the old one.
@@ -137,7 +138,7 @@ t.test('/readyz is 503 until the first full sync and reconcile, and then the map
   await api.server.up();
   await waitReady(tb, loader, 20_000);
   // Ready means reconciled: no waiting here.
-  t.same(ambientIps(), sorted(['app1', 'app2', 'gone', 'victim', 'late']), 'every ambient pod is in the map once ready');
+  t.same(ambientIps(), sorted(['app1', 'app2', 'gone', 'victim', 'late', 'job']), 'every ambient pod is in the map once ready');
   t.equal(readMaps(node()).ztunnelIp, ip('ztunnel-node1'));
   t.ok(await metric('ambpf_watch_restarts_total') >= 1, 'the failed first lists were counted as watch restarts');
 });
@@ -155,7 +156,7 @@ t.test('removing the namespace label stops redirection; restoring it brings it b
   await eventually(() => ambientIps().length === 0, CONVERGE_MS, 'the mesh pods to leave the map');
   t.equal(await outboundVia('app2', 'app1'), undefined, 'no longer redirected');
   await update(withLabels(obj('Namespace', 'mesh'), { 'kubernetes.io/metadata.name': 'mesh', [AMBIENT]: 'ambient' }));
-  await eventually(() => ambientIps().length === 5, CONVERGE_MS, 'the mesh pods to be back');
+  await eventually(() => ambientIps().length === 6, CONVERGE_MS, 'the mesh pods to be back');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-node1', 'redirected again');
 });
 
@@ -167,6 +168,25 @@ t.test('the opt-out annotation stops redirection of that pod only', async (t) =>
   await update(withOptOut(obj('Pod', 'app2', 'mesh'), false));
   await eventually(() => ambientIps().includes(ip('app2')), CONVERGE_MS, 'app2 to be back');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-node1');
+});
+
+t.test('a burst of changes ends in its last state; a completed pod leaves the map', async (t) => {
+  // 21 flips of the namespace label, each burst ending opposite to where it started: only a
+  // loader that applies the newest state ends right.
+  const flip = (i: number, startWithout: boolean) => update(withLabels(obj('Namespace', 'mesh'),
+    (i % 2 === 0) === startWithout ? { 'kubernetes.io/metadata.name': 'mesh' } : { 'kubernetes.io/metadata.name': 'mesh', [AMBIENT]: 'ambient' }));
+  for (let i = 0; i < 21; i++) await flip(i, true);
+  await eventually(() => ambientIps().length === 0, CONVERGE_MS, 'the burst to end with no ambient pod');
+  for (let i = 0; i < 21; i++) await flip(i, false);
+  await eventually(() => ambientIps().length === 6, CONVERGE_MS, 'the burst to end with every mesh pod back');
+  await sleep(300);
+  t.equal(ambientIps().length, 6, 'and it stays there');
+
+  const done = obj('Pod', 'job', 'mesh');
+  done['status'] = { ...(done['status'] as Record<string, unknown>), phase: 'Succeeded' };
+  await update(done);
+  await eventually(() => !ambientIps().includes(ip('job')), CONVERGE_MS, 'the completed pod to leave the map (its IP may be reused)');
+  t.same(ambientIps(), sorted(['app1', 'app2', 'gone', 'victim', 'late']));
 });
 
 t.test('deleting a pod removes its ambient-pod entry, its netns entry and its inbound link', async (t) => {
