@@ -70,3 +70,17 @@ t.test('the minimum kernel is 5.10: older kernels are told so', async (t) => {
   t.match(kernelChoices('5.10.0-46-amd64', yes, yes)[0]?.why, /is supported/);
   t.match(kernelChoices('5.4.0', yes, yes)[0]?.why, /older than 5\.10, the oldest the kernel matrix proves/);
 });
+
+t.test('without clang, prebuilt objects for these sources satisfy the clang check; without them it is missing', async (t) => {
+  execFileSync('bin/ambpf', ['build'], { stdio: 'ignore' });
+  const withCache = spawnSync('bin/ambpf', ['doctor', '-j'], { encoding: 'utf8', env: { ...process.env, AMBPF_CLANG: '/nonexistent/clang' }, timeout: 120_000 });
+  const clang = (JSON.parse(withCache.stdout) as DoctorReport).checks.find((c) => c.name === 'clang');
+  t.equal(clang?.ok, true);
+  t.match(clang?.detail, /prebuilt objects/);
+  const empty = spawnSync('bin/ambpf', ['doctor', '-j'], {
+    encoding: 'utf8', env: { ...process.env, AMBPF_CLANG: '/nonexistent/clang', AMBPF_CACHE_DIR: '/nonexistent/ambpf-cache' }, timeout: 120_000,
+  });
+  const missing = (JSON.parse(empty.stdout) as DoctorReport).checks.find((c) => c.name === 'clang');
+  t.equal(missing?.ok, false);
+  t.not(empty.status, 0, 'doctor exits non-zero');
+});

@@ -121,6 +121,14 @@ async function compileOne(clang: string, srcDir: string, name: string, outDir: s
   }
 }
 
+/** A complete cache entry for exactly these sources, built by any clang (what a clang-less image runs on). */
+export function findPrebuilt(srcDir = DEFAULT_SRC_DIR, cacheDir = defaultCacheDir()): string | undefined {
+  if (!existsSync(cacheDir)) return undefined;
+  const names = sourceNames(srcDir);
+  const srcHash = sourceHash(srcDir);
+  return readdirSync(cacheDir).filter((d) => d.startsWith(`${srcHash}-`)).map((d) => join(cacheDir, d)).find((d) => entryComplete(d, names));
+}
+
 /** Compile (on a miss) and return the cache entry for srcDir. */
 export async function ensureObjects(opts: BuildOptions = {}): Promise<BuildResult> {
   const srcDir = resolve(opts.srcDir ?? DEFAULT_SRC_DIR);
@@ -133,9 +141,7 @@ export async function ensureObjects(opts: BuildOptions = {}): Promise<BuildResul
 
   if (version === null) {
     // No compiler: any complete entry for these exact sources will do, whichever clang built it.
-    const warm = existsSync(cacheDir)
-      ? readdirSync(cacheDir).filter((d) => d.startsWith(`${srcHash}-`)).map((d) => join(cacheDir, d)).find((d) => entryComplete(d, names))
-      : undefined;
+    const warm = findPrebuilt(srcDir, cacheDir);
     if (warm) {
       log.debug({ dir: warm }, 'clang not found; using prebuilt objects');
       return result(warm, names, true, null);

@@ -2,6 +2,7 @@
 // missing kernel feature the first Linux version that has it.
 import { probeProgType, probeMapType, probeHelperByLoad } from '../libbpf/index.ts';
 import { PROG_FEATURES, MAP_FEATURES, HELPER_FEATURES, TCX_SINCE, BTF_SINCE } from './features.ts';
+import { findPrebuilt } from '../bpf/build.ts';
 import { kernelRelease, hasKernelBtf, mountsOf, clangVersion, versionAtLeast, VMLINUX_BTF } from './system.ts';
 import { probeTcx, type TcxProbe } from './tcx.ts';
 import { probeSkMsgLink, type SkMsgLinkProbe } from './skmsg.ts';
@@ -65,7 +66,13 @@ export function runDoctor(): DoctorReport {
   checks.push({ group: 'link', name: 'tcx', ok: tcx.supported, detail: tcx.detail + (tcx.supported ? '' : ' (ambpf falls back to clsact)'), since: TCX_SINCE });
   const skMsgLink: SkMsgLinkProbe = safeProbe(probeSkMsgLink);
   const clang = clangVersion();
-  checks.push({ group: 'tool', name: 'clang', ok: clang !== null, detail: clang ?? 'not found: apt-get install clang (or ship prebuilt objects)' });
+  // clang is only needed on a cache miss: an image that ships the objects for its sources has no
+  // compiler, and that is fine.
+  const prebuilt = clang === null ? findPrebuilt() : undefined;
+  checks.push({
+    group: 'tool', name: 'clang', ok: clang !== null || prebuilt !== undefined,
+    detail: clang ?? (prebuilt ? `not installed; prebuilt objects for these sources in ${prebuilt}` : 'not found and no prebuilt objects for these sources: apt-get install clang, or run `ambpf build` where clang exists'),
+  });
   return { kernel, ok: checks.every((c) => c.ok), checks, choices: kernelChoices(kernel, tcx, skMsgLink) };
 }
 
