@@ -20,7 +20,7 @@ const NODE = 'node1';
 // issue 6's loader tests); the flag's presence in the usage switches the test on.
 const STALE_FLAG_NAME = '--watch-stale-ms';
 const STALE_FLAG = runCommand.usage.includes(STALE_FLAG_NAME);
-const STALE_MS = 3000;
+const STALE_MS = 5000;
 // How long a change may take to reach the maps: generous, the machine is shared (never a speed claim).
 const CONVERGE_MS = 10_000;
 
