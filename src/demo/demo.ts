@@ -3,6 +3,7 @@
 // inbound request, and shows the path each took from the ztunnel stand-in's logs and the
 // datapath's own counters. Everything is torn down at the end, also on failure or Ctrl-C.
 import { join } from 'node:path';
+import { readdirSync } from 'node:fs';
 import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '../testbed/index.ts';
 import { startHttpServer, curl } from '../testbed/helpers.ts';
 import { startLoader, waitReady, type Loader } from '../testbed/loader.ts';
@@ -12,17 +13,38 @@ import { AmbpfError } from '../errors.ts';
 
 export interface DemoOptions {
   readonly out: (line: string) => void;
+  /** node: ztunnel in its own pod (tc + sk_lookup inbound); inpod: ztunnel's listeners in every mesh pod. */
+  readonly mode?: 'node' | 'inpod';
+}
+
+/** In inpod mode a pod is captured once ztunnel's listeners in its netns were handed over (pinned per pod). */
+async function waitInpodCapture(tb: Testbed, deadlineMs: number): Promise<void> {
+  const want = tb.info.nodes.map((n) => tb.info.pods.filter((p) => p.node === n.name && p.mesh).length);
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    const have = tb.info.nodes.map((n) => {
+      try {
+        return readdirSync(join(n.bpffsDir, 'links')).filter((f) => f.startsWith('inpod-')).length;
+      } catch {
+        return 0;
+      }
+    });
+    if (have.every((h, i) => h >= want[i]!)) return;
+    if (Date.now() > end) throw new AmbpfError(`inpod capture incomplete after ${deadlineMs} ms (${have.join('/')} of ${want.join('/')} pods)`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
 }
 
 interface Hop { readonly node: string; readonly entry: ZtunnelLogEntry }
 
 function describeHop(h: Hop): string {
   const e = h.entry;
+  const where = e.where === 'ztunnel-pod' || e.where.startsWith('ztunnel') ? 'ztunnel' : `ztunnel@${e.where}`;
   const how = e.direction === 'outbound'
-    ? `outbound  ${e.source} -> ztunnel:15001 (orig dst ${e.originalDst} via ${e.dstFrom}) -> ${e.upstream}`
+    ? `outbound  ${e.source} -> ${where}:15001 (orig dst ${e.originalDst} via ${e.dstFrom}) -> ${e.upstream}`
     : e.direction === 'inbound-hbone'
-      ? `inbound   HBONE ${e.source} -> ztunnel:15008 (:authority ${e.originalDst}) -> ${e.upstream}`
-      : `inbound   ${e.source} -> ztunnel:15006 (orig dst ${e.originalDst} via ${e.dstFrom}) -> ${e.upstream}`;
+      ? `inbound   HBONE ${e.source} -> ${where}:15008 (:authority ${e.originalDst}) -> ${e.upstream}`
+      : `inbound   ${e.source} -> ${where}:15006 (orig dst ${e.originalDst} via ${e.dstFrom}) -> ${e.upstream}`;
   return `    ${h.node.padEnd(6)} ${how}  [${e.result}]`;
 }
 
@@ -35,7 +57,8 @@ function counterDelta(before: Stats, after: Stats): string {
 
 export async function runDemo(o: DemoOptions): Promise<number> {
   const started = Date.now();
-  o.out('ambpf demo: two nodes in network namespaces, ztunnel stand-in on each, ambpf on the eBPF path');
+  const mode = o.mode ?? 'node';
+  o.out(`ambpf demo (${mode} topology): two nodes in network namespaces, ztunnel stand-in ${mode === 'node' ? 'on each node' : 'in every mesh pod'}, ambpf on the eBPF path`);
   let tb: Testbed | undefined;
   const loaders: Loader[] = [];
   const cleanup = async (): Promise<void> => {
@@ -49,13 +72,14 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    tb = await startTestbed(defaultSpec(), { topology: 'node' });
+    tb = await startTestbed(defaultSpec(), { topology: mode });
     const bed = tb;
     const podsFile = join(bed.info.runDir, 'pods.json');
     bed.writePodsList(podsFile);
     o.out(`  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15)`);
-    for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile));
+    for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile, ['--mode', mode]));
     await Promise.all(loaders.map((l) => waitReady(bed, l)));
+    if (mode === 'inpod') await waitInpodCapture(bed, 10_000);
     o.out(`  ambpf run is ready on ${loaders.map((l) => l.node.name).join(', ')}; iptables rules in the cluster: 0`);
     await startHttpServer(bed, 'app1-node1', 8080);
     await startHttpServer(bed, 'app1-node2', 8080);

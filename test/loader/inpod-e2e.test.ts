@@ -175,6 +175,15 @@ t.test('nothing of ours in the nodes\' netns: no program, link, route or rule', 
 t.test('pods leave and rejoin the mesh within a second, their sk_lookup link with them', async (t) => {
   const viaZtunnel = async (): Promise<boolean> => (await request('app2-node1', 'app1-node2')).node1.some((e) => e.direction === 'outbound');
   const inboundCaptured = async (): Promise<boolean> => (await request('client-node1', 'app2-node1')).node1.some((e) => e.direction === 'inbound-plaintext');
+  // The two nodes' loaders apply a change independently; a request caught between them may fail
+  // (Istio has the same window). Inside `eventually` such a failure means "not yet".
+  const tolerant = (fn: () => Promise<boolean>) => async (): Promise<boolean> => {
+    try {
+      return await fn();
+    } catch {
+      return false;
+    }
+  };
   t.ok(await viaZtunnel(), 'redirected at first');
   t.ok(await inboundCaptured(), 'inbound captured at first');
   editPodsFile(podsFile, (list) => {
@@ -182,7 +191,7 @@ t.test('pods leave and rejoin the mesh within a second, their sk_lookup link wit
     pod.metadata.annotations = { ...pod.metadata.annotations, 'ambient.istio.io/redirection': 'disabled' };
   });
   const t0 = Date.now();
-  await eventually(async () => !(await viaZtunnel()), 3000, 'the opt-out to take effect');
+  await eventually(tolerant(async () => !(await viaZtunnel())), 3000, 'the opt-out to take effect');
   t.ok(Date.now() - t0 < 2000, 'opt-out applied within the bound');
   await eventually(async () => capturedPods(loaders[0]!).length === 1, 3000, 'app2-node1\'s link to be removed');
   t.notOk(await inboundCaptured(), 'inbound to the opted-out pod goes straight to it');
@@ -192,8 +201,9 @@ t.test('pods leave and rejoin the mesh within a second, their sk_lookup link wit
   });
   await eventually(() => capturedPods(loaders[0]!).length === 0 && capturedPods(loaders[1]!).length === 0, 3000, 'every pod link to be removed');
   tb.writePodsList(podsFile);
-  await eventually(viaZtunnel, 3000, 'the pod to be redirected again');
-  await eventually(inboundCaptured, 3000, 'inbound to be captured again');
+  await eventually(tolerant(viaZtunnel), 3000, 'the pod to be redirected again');
+  await eventually(tolerant(inboundCaptured), 3000, 'inbound to be captured again');
+  t.ok(await viaZtunnel(), 'settled: redirected, and succeeding');
   t.equal(capturedPods(loaders[0]!).length, 2);
 });
 

@@ -1,0 +1,22 @@
+// `make demo` is the README's main command: it must work, show the path, and leave nothing behind.
+import t from 'tap';
+import { spawnSync, execFileSync } from 'node:child_process';
+
+const ours = (): string[] => execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').filter((l) => l.startsWith('ambtb'));
+
+for (const mode of ['node', 'inpod'] as const) {
+  t.test(`ambpf demo --mode ${mode} shows each request's path and removes everything`, async (t) => {
+    const r = spawnSync('bin/ambpf', ['demo', '--mode', mode], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, AMBPF_LOG_LEVEL: 'warn' } });
+    t.equal(r.status, 0, r.stderr);
+    const prefix = /testbed (ambtb\w+):/.exec(r.stdout)?.[1];
+    t.ok(prefix, 'names its testbed');
+    t.match(r.stdout, /iptables rules in the cluster: 0/);
+    t.match(r.stdout, /same node, mesh -> mesh[^\n]*\n\s+response: 200/);
+    t.match(r.stdout, /cross node, mesh -> mesh[^\n]*\n\s+response: 200/);
+    t.match(r.stdout, /node1\s+outbound .*via SO_ORIGINAL_DST\) -> 198\.19\.2\.3:15008\s+\[ok\]/, 'cross-node outbound: HBONE to the pod IP:15008');
+    t.match(r.stdout, /node2\s+inbound\s+HBONE .*:15008 \(:authority 198\.19\.2\.3:8080\)/, 'terminated at the other node');
+    t.match(r.stdout, /inbound .*:15006 \(orig dst 198\.19\.1\.3:8080 via local-address\)/, 'plaintext inbound kept the original destination');
+    t.match(r.stdout, /counters: .*connect4_redirected\+1/);
+    t.notOk(ours().some((n) => prefix && n.startsWith(prefix)), 'no netns of the demo left');
+  });
+}
