@@ -35,6 +35,10 @@ Options:
   --no-splice          disable the same-node sockhash splice
   --max-pods N         size of the ambient-pod and netns maps when created (default 16384)
   --resync-ms N        re-check pods that were not resolvable, and ztunnel's listeners (default 2000)
+  --watch-stale-ms N   relist when the Kubernetes watch heard no event or bookmark for this long
+                       (default 180000)
+  --watch-backoff-max-ms N
+                       cap of the exponential backoff between watch restarts (default 30000)
 `;
 
 function defaultCgroup(): string {
@@ -76,6 +80,8 @@ export const command: Command = {
         'node-ip': { type: 'string' },
         'no-splice': { type: 'boolean' },
         'resync-ms': { type: 'string', default: '2000' },
+        'watch-stale-ms': { type: 'string' },
+        'watch-backoff-max-ms': { type: 'string' },
         'max-pods': { type: 'string' },
       },
       strict: true,
@@ -92,6 +98,15 @@ export const command: Command = {
     if (maxPods !== undefined && (!Number.isInteger(maxPods) || maxPods < 1)) throw new UsageError('--max-pods must be a positive integer');
     const resyncMs = Number(values['resync-ms']);
     if (!Number.isFinite(resyncMs) || resyncMs < 100) throw new UsageError('--resync-ms must be a number >= 100');
+    const msFlag = (name: 'watch-stale-ms' | 'watch-backoff-max-ms'): number | undefined => {
+      const v = values[name];
+      if (v === undefined) return undefined;
+      const n = Number(v);
+      if (!Number.isFinite(n) || n < 100) throw new UsageError(`--${name} must be a number >= 100`);
+      return n;
+    };
+    const staleAfterMs = msFlag('watch-stale-ms');
+    const backoffMaxMs = msFlag('watch-backoff-max-ms');
 
     // Heavy modules load only now: `ambpf run --help` stays instant.
     const { resolveNodeName } = await import('../../kube/node-name.ts');
@@ -119,7 +134,7 @@ export const command: Command = {
       const { loadKubeConfig } = await import('../../kube/config.ts');
       const { createKubeSource } = await import('../../sources/kube.ts');
       const kubeConfig = loadKubeConfig({ kubeconfig: values.kubeconfig, inCluster: values['in-cluster'] });
-      const kube = createKubeSource({ kubeConfig, nodeName: node });
+      const kube = createKubeSource({ kubeConfig, nodeName: node, staleAfterMs, backoffMaxMs });
       watchCounters = () => kube.counters();
       source = kube;
     }
@@ -171,6 +186,8 @@ export const command: Command = {
       datapath.close();
       throw err;
     });
+    // SIGTERM before the first sync: nothing more to start.
+    if (stopping) return done;
     ready = true;
     log.info({ node, mode: values.mode, bpffs: values.bpffs, cgroup, links: datapath.links }, 'ready: first reconcile done');
     // Pods whose sandbox was not up yet and a ztunnel that restarted are picked up by a resync.
