@@ -122,4 +122,7 @@ pids=()
 args=(--results "$out" --kernels "$kernels")
 [[ -n $docs ]] && args+=(--write "$docs")
 for k in $kernels; do [[ $k != host && -f $cache/$k/package ]] && args+=(--package "$k=$(cat "$cache/$k/package")"); done
-exec "$repo/node_modules/node/bin/node" "$repo/src/kernels/report.ts" "${args[@]}"
+# Not exec: the EXIT trap must still remove this run's work directory (~30 MB of initramfs).
+rc=0
+"$repo/node_modules/node/bin/node" "$repo/src/kernels/report.ts" "${args[@]}" || rc=$?
+exit $rc

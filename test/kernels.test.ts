@@ -13,12 +13,19 @@ import { buildRows, problems, SELFTEST_OBJECT } from '../src/kernels/verdict.ts'
 
 const KERNELS = ['5.10', '6.1', '6.12', 'host'];
 const repo = join(import.meta.dirname, '..');
+// Functional checks by suite (kernels/checker/func.c): "node" loads the node topology's objects
+// together, "inpod" loads ambpf_inpod alone with AMBPF_CFG_INPOD (only one topology is active on a node).
 const REQUIRED_CHECKS = [
-  'connect lands on 15001',
-  'getpeername gives the original',
-  'SO_ORIGINAL_DST gives the original',
-  'sk_lookup assigns to the 15006 listener',
-  'tc steers a SYN for an ambient pod',
+  'node/connect lands on 15001',
+  'node/getpeername gives the original',
+  'node/SO_ORIGINAL_DST gives the original',
+  'node/sk_lookup assigns to the 15006 listener',
+  'node/tc steers a SYN for an ambient pod',
+  'inpod/connect lands on 15001',
+  'inpod/getpeername gives the original',
+  'inpod/SO_ORIGINAL_DST gives the original',
+  'inpod/sk_lookup assigns to the 15006 listener',
+  'inpod/sk_lookup assigns dport 15008 to the 15008 listener',
 ];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {
@@ -76,9 +83,15 @@ t.test('every ambpf program passes on 5.10, 6.1, 6.12 and the host kernel', { sk
   for (const obj of objects) {
     t.ok(rows.some((row) => row.object === obj), `programs of bpf/${obj}.bpf.c were found and checked`);
   }
-  // The datapath's functional checks must have run at all (a checker that skipped them would be green).
+  // The datapath's functional checks must have run, and passed, on every kernel (a checker that
+  // skipped them would otherwise be green).
   for (const check of REQUIRED_CHECKS) {
-    t.ok(rows.some((row) => row.kind === 'func' && row.program === check), `functional check "${check}" ran`);
+    const row = rows.find((r) => r.kind === 'func' && r.key === check);
+    t.ok(row, `functional check "${check}" ran`);
+    for (const kernel of KERNELS) {
+      const cell = row?.cells.get(kernel);
+      t.ok(cell?.pass, `functional check "${check}" passes on ${kernel}: ${cell?.text ?? 'no result'}`);
+    }
   }
   for (const row of rows) {
     for (const [kernel, cell] of row.cells) {

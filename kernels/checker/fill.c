@@ -42,7 +42,8 @@ static int update(struct bpf_map *const *maps, int nmaps, const char *name, cons
 	return 0;
 }
 
-int fill_maps(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, char *err, size_t errlen)
+int fill_maps(struct bpf_map *const *maps, int nmaps, enum fill_topology topo, __u64 netns_cookie, char *err,
+	      size_t errlen)
 {
 	struct ambpf_netns ns = { .flags = AMBPF_POD_AMBIENT };
 	struct ambpf_ztunnel zt = {
@@ -54,7 +55,7 @@ int fill_maps(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, char *
 		.mark_mask = AMBPF_ZTUNNEL_MARK_MASK,
 		.flags = AMBPF_ZT_READY,
 	};
-	struct ambpf_config cfg = { 0 };
+	struct ambpf_config cfg = { .flags = topo == FILL_INPOD ? AMBPF_CFG_INPOD : 0 };
 	struct ambpf_pod pod = { .flags = AMBPF_POD_AMBIENT };
 	struct ambpf_ip pod_ip;
 	__u32 zero = 0;
@@ -65,7 +66,7 @@ int fill_maps(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, char *
 	/* ztunnel "lives" in another netns: the client's connects must not look like ztunnel's own. */
 	zt.netns_cookie = netns_cookie + 1;
 	zt.host_ifindex = if_nametoindex(FILL_ZT_HOST_IF);
-	v4mapped(pod_ip.addr, FILL_TC_POD_IP);
+	v4mapped(pod_ip.addr, topo == FILL_INPOD ? FILL_POD_IP : FILL_TC_POD_IP);
 	if ((err_ = update(maps, nmaps, "ambpf_pods", &pod_ip, &pod, err, errlen)) ||
 	    (err_ = update(maps, nmaps, "ambpf_netns", &netns_cookie, &ns, err, errlen)) ||
 	    (err_ = update(maps, nmaps, "ambpf_config", &zero, &cfg, err, errlen)) ||
@@ -80,6 +81,24 @@ int fill_listener(struct bpf_map *const *maps, int nmaps, int listen_fd, char *e
 	__u64 fd = (__u64)listen_fd;
 
 	return update(maps, nmaps, "ambpf_zt_listen", &slot, &fd, err, errlen);
+}
+
+int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int outbound_fd,
+			 int inbound_fd, int hbone_fd, char *err, size_t errlen)
+{
+	struct ambpf_inpod_sk tag = { .netns_cookie = netns_cookie }; /* orig.family 0: not an app socket */
+	struct ambpf_inpod_lkey in = { .slot = AMBPF_LISTENER_INBOUND }, hb = { .slot = AMBPF_LISTENER_HBONE };
+	__u64 in_fd = (__u64)inbound_fd, hb_fd = (__u64)hbone_fd;
+	int err_;
+
+	v4mapped(in.pod_ip, FILL_POD_IP);
+	v4mapped(hb.pod_ip, FILL_POD_IP);
+	/* SK_STORAGE is keyed by a socket fd from user space. */
+	if ((err_ = update(maps, nmaps, "ambpf_inpod_sk", &outbound_fd, &tag, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_inpod_listen", &in, &in_fd, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_inpod_listen", &hb, &hb_fd, err, errlen)))
+		return err_;
+	return 0;
 }
 
 long long fill_stat(struct bpf_map *const *maps, int nmaps, unsigned int index)

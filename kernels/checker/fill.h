@@ -13,12 +13,28 @@
 #define FILL_ORIG_DST_PORT 8080
 #define FILL_TC_POD_IP   "198.18.1.2"  /* an ambient pod behind the veth (check.sh's neighbour entry) */
 #define FILL_ZT_HOST_IF  "akc1"        /* stands for ztunnel's host-side veth: tc steers there */
+#define FILL_INPOD_ZT_IP "127.0.0.1"   /* inpod: ztunnel's 15001 inside the pod's netns */
 
-/* Mark the caller's netns (by cookie) as an ambient pod, publish ztunnel, plain config. */
-int fill_maps(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, char *err, size_t errlen);
+/* Which datapath the maps are filled for. */
+enum fill_topology {
+	FILL_NODE,	/* plain config; the tc pod (FILL_TC_POD_IP) is in ambpf_pods */
+	FILL_INPOD,	/* AMBPF_CFG_INPOD; the pod itself (FILL_POD_IP) is in ambpf_pods, for sk_lookup */
+};
+
+/* Mark the caller's netns (by cookie) as an ambient pod with FILL_POD_IP, publish ztunnel (as
+ * FILL_ZTUNNEL_IP in another netns), config for the topology. */
+int fill_maps(struct bpf_map *const *maps, int nmaps, enum fill_topology topo, __u64 netns_cookie, char *err,
+	      size_t errlen);
 
 /* Put a listener into ambpf_zt_listen's inbound slot (for sk_lookup). */
 int fill_listener(struct bpf_map *const *maps, int nmaps, int listen_fd, char *err, size_t errlen);
+
+/* Tag ztunnel's listeners in a pod's netns the way the inpod loader does (src/bpf/datapath-inpod.ts):
+ * the 15001 listener gets ambpf_inpod_sk with only the pod's netns cookie (cloned by the kernel to
+ * every accepted socket), the 15006/15008 listeners go into ambpf_inpod_listen under {FILL_POD_IP,
+ * slot}. */
+int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int outbound_fd,
+			 int inbound_fd, int hbone_fd, char *err, size_t errlen);
 
 /* Sum of one per-CPU counter in ambpf_stats; -1 when the map is absent. */
 long long fill_stat(struct bpf_map *const *maps, int nmaps, unsigned int index);

@@ -1,0 +1,111 @@
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "ambpf.h"
+#include "checks.h"
+#include "fill.h"
+#include "report.h"
+#include "sockets.h"
+
+#define SO_ORIGINAL_DST 80
+
+static void report_got(const struct func_ctx *c, const char *name, int ok, const struct sockaddr_in *got,
+		       const struct sockaddr_in *want)
+{
+	char a[64], b[64];
+
+	if (ok && sock_same(got, want))
+		report(c->label, name, "func", "ok", "%s", sock_fmt(got, a, sizeof(a)));
+	else
+		report(c->label, name, "func", "fail", "got %s (%s), want %s", sock_fmt(got, a, sizeof(a)),
+		       ok ? "no error" : strerror(errno), sock_fmt(want, b, sizeof(b)));
+}
+
+int check_outbound(const struct func_ctx *c, int lfd, const char *listen_ip)
+{
+	struct sockaddr_in orig, got;
+	socklen_t len = sizeof(got);
+	char a[64];
+	int ok, failures, cfd, afd;
+
+	sock_addr4(&orig, FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+	cfd = socket(AF_INET, SOCK_STREAM, 0);
+	if (lfd < 0 || cfd < 0) {
+		report(c->label, "connect lands on 15001", "func", "fail", "test sockets: %s", strerror(errno));
+		if (cfd >= 0)
+			close(cfd);
+		return 1;
+	}
+	if (connect(cfd, (struct sockaddr *)&orig, sizeof(orig)) < 0 || (afd = sock_accept_within(lfd)) < 0) {
+		report(c->label, "connect lands on 15001", "func", "fail", "connect to %s did not reach %s:%d: %s",
+		       sock_fmt(&orig, a, sizeof(a)), listen_ip, AMBPF_PORT_OUTBOUND, strerror(errno));
+		report(c->label, "getpeername gives the original", "func", "fail", "no connection");
+		report(c->label, "SO_ORIGINAL_DST gives the original", "func", "fail", "no connection");
+		close(cfd);
+		return 3;
+	}
+	report(c->label, "connect lands on 15001", "func", "ok", "%s -> %s:%d (redirected %lld)",
+	       sock_fmt(&orig, a, sizeof(a)), listen_ip, AMBPF_PORT_OUTBOUND,
+	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_CONNECT4_REDIRECTED));
+
+	memset(&got, 0, sizeof(got));
+	ok = getpeername(cfd, (struct sockaddr *)&got, &len) == 0;
+	report_got(c, "getpeername gives the original", ok, &got, &orig);
+	failures = !(ok && sock_same(&got, &orig));
+
+	memset(&got, 0, sizeof(got));
+	len = sizeof(got);
+	ok = getsockopt(afd, SOL_IP, SO_ORIGINAL_DST, &got, &len) == 0;
+	report_got(c, "SO_ORIGINAL_DST gives the original", ok, &got, &orig);
+	failures += !(ok && sock_same(&got, &orig));
+	close(afd);
+	close(cfd);
+	return failures;
+}
+
+int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int lfd)
+{
+	long long before = fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_ASSIGNED), after;
+	struct sockaddr_in dst, src, got;
+	socklen_t len = sizeof(got);
+	unsigned int mark = AMBPF_ZTUNNEL_MARK;
+	char a[64], b[64];
+	int cfd, afd;
+
+	sock_addr4(&dst, FILL_POD_IP, dport);
+	/* From a local address other than the destination: a connection between one address and itself
+	 * is not inbound (the loop trap), and sk_lookup leaves it alone. */
+	sock_addr4(&src, FILL_ZTUNNEL_IP, 0);
+	cfd = socket(AF_INET, SOCK_STREAM, 0);
+	if (lfd < 0 || cfd < 0) {
+		report(c->label, name, "func", "fail", "test sockets: %s", strerror(errno));
+		if (cfd >= 0)
+			close(cfd);
+		return 1;
+	}
+	/* ztunnel's mark: connect4 leaves this socket alone, so only sk_lookup decides where it lands. */
+	setsockopt(cfd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+	if (bind(cfd, (struct sockaddr *)&src, sizeof(src)) || connect(cfd, (struct sockaddr *)&dst, sizeof(dst)) < 0 ||
+	    (afd = sock_accept_within(lfd)) < 0) {
+		report(c->label, name, "func", "fail", "connect to %s not assigned: %s", sock_fmt(&dst, a, sizeof(a)),
+		       strerror(errno));
+		close(cfd);
+		return 1;
+	}
+	after = fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_ASSIGNED);
+	memset(&got, 0, sizeof(got));
+	if (getsockname(afd, (struct sockaddr *)&got, &len) || !sock_same(&got, &dst) || after <= before) {
+		report(c->label, name, "func", "fail", "accepted with local address %s, want %s (assigned %lld -> %lld)",
+		       sock_fmt(&got, a, sizeof(a)), sock_fmt(&dst, b, sizeof(b)), before, after);
+		close(afd);
+		close(cfd);
+		return 1;
+	}
+	report(c->label, name, "func", "ok", "accepted with local address %s (assigned %lld)", sock_fmt(&got, a, sizeof(a)),
+	       after);
+	close(afd);
+	close(cfd);
+	return 0;
+}

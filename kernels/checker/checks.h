@@ -1,0 +1,30 @@
+/* The socket checks both topologies share, run by the functional suites (func.c) inside the test
+ * cgroup with their objects loaded and attached and their maps filled. */
+#ifndef AMBPF_CHECKER_CHECKS_H
+#define AMBPF_CHECKER_CHECKS_H
+
+#include <stdbool.h>
+#include <linux/types.h>
+#include <bpf/libbpf.h>
+
+/* What a suite's checks get: its loaded set's maps, what got attached, who the test process is. */
+struct func_ctx {
+	const char *label;		/* RESULT object column: the suite ("node", "inpod") */
+	struct bpf_map *const *maps;
+	int nmaps;
+	__u64 netns_cookie;		/* the test process's netns: the "pod" */
+	bool has_sk_lookup;		/* an sk_lookup program is attached to this netns */
+	bool has_tc;			/* a tc program is attached to the veth */
+};
+
+/* A connect from the test cgroup to FILL_ORIG_DST lands on the 15001 listener `lfd` (bound to
+ * listen_ip); the client's getpeername and the accepted socket's SO_ORIGINAL_DST give the original.
+ * Reports three checks; returns the number that failed. */
+int check_outbound(const struct func_ctx *c, int lfd, const char *listen_ip);
+
+/* A connection from another local address to FILL_POD_IP:dport, which nobody listens on, is
+ * accepted on `lfd` (by sk_lookup alone) with the original destination as its local address.
+ * Reports the check `name`; returns 1 when it failed. */
+int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int lfd);
+
+#endif /* AMBPF_CHECKER_CHECKS_H */

@@ -1,0 +1,53 @@
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include "ambpf.h"
+#include "fill.h"
+#include "inpod.h"
+#include "report.h"
+#include "sockets.h"
+
+#define CHECK_15006 "sk_lookup assigns to the 15006 listener"
+#define CHECK_15008 "sk_lookup assigns dport 15008 to the 15008 listener"
+
+/* All three listeners on 127.0.0.1, as ztunnel's loopback 15001: a connection to the pod's IP can
+ * reach 15006/15008 only through sk_lookup, so a missed assignment fails instead of landing there by
+ * the ordinary lookup. */
+int inpod_checks(const struct func_ctx *c)
+{
+	int out = sock_listen(FILL_INPOD_ZT_IP, AMBPF_PORT_OUTBOUND);
+	int in = sock_listen(FILL_INPOD_ZT_IP, AMBPF_PORT_INBOUND);
+	int hb = sock_listen(FILL_INPOD_ZT_IP, AMBPF_PORT_HBONE);
+	int failures = 0;
+	char err[256];
+
+	if (out < 0 || in < 0 || hb < 0) {
+		report(c->label, "setup", "func", "fail", "ztunnel's listeners on %s: %s", FILL_INPOD_ZT_IP, strerror(errno));
+		failures = 1;
+		goto out;
+	}
+	/* Before any connection: the kernel clones the tag only to sockets accepted after it is set. */
+	if (fill_maps(c->maps, c->nmaps, FILL_INPOD, c->netns_cookie, err, sizeof(err)) ||
+	    fill_inpod_listeners(c->maps, c->nmaps, c->netns_cookie, out, in, hb, err, sizeof(err))) {
+		report(c->label, "setup", "func", "fail", "filling maps: %s", err);
+		failures = 1;
+		goto out;
+	}
+	failures += check_outbound(c, out, FILL_INPOD_ZT_IP);
+	if (c->has_sk_lookup) {
+		failures += check_sk_lookup(c, CHECK_15006, 80, in);
+		failures += check_sk_lookup(c, CHECK_15008, AMBPF_PORT_HBONE, hb);
+	} else {
+		report(c->label, CHECK_15006, "func", "fail", "ambpf_inpod_lookup is not attached (see its load/attach row)");
+		report(c->label, CHECK_15008, "func", "fail", "ambpf_inpod_lookup is not attached (see its load/attach row)");
+		failures += 2;
+	}
+out:
+	if (out >= 0)
+		close(out);
+	if (in >= 0)
+		close(in);
+	if (hb >= 0)
+		close(hb);
+	return failures;
+}

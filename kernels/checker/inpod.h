@@ -1,0 +1,13 @@
+/* The inpod topology's functional checks (bpf/ambpf_inpod.bpf.c): ztunnel's listeners live in the
+ * pod's own netns, here the test's netns. */
+#ifndef AMBPF_CHECKER_INPOD_H
+#define AMBPF_CHECKER_INPOD_H
+
+#include "checks.h"
+
+#define INPOD_OBJECT "ambpf_inpod"
+
+/* Fills the maps for inpod, opens and tags the three listeners, runs the checks; returns failures. */
+int inpod_checks(const struct func_ctx *c);
+
+#endif /* AMBPF_CHECKER_INPOD_H */
