@@ -26,6 +26,8 @@ export interface ResolvedZtunnel extends ResolvedPod {
 export interface Resolution {
   readonly pods: readonly ResolvedPod[];
   readonly ztunnel: ResolvedZtunnel | undefined;
+  /** The cluster has a ztunnel pod for this node (even if it could not be resolved this pass). */
+  readonly ztunnelWanted?: boolean;
   /** Pods that could not be resolved yet (no process, netns gone…): retried on the next pass. */
   readonly unresolved: readonly Problem[];
 }
@@ -88,5 +90,5 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
       ztunnel = { ...r, podLink };
     }
   }
-  return { pods, ztunnel, unresolved };
+  return { pods, ztunnel, ztunnelWanted: desired.ztunnel !== undefined, unresolved };
 }

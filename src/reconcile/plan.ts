@@ -17,6 +17,11 @@ export interface Target {
   readonly ztunnel: ZtunnelEntry | undefined;
   /** Host-side interfaces of mesh pods, where inbound steering attaches. */
   readonly inbound: ReadonlySet<string>;
+  /**
+   * ztunnel exists in the cluster but could not be resolved this pass (a failed `ip`, a route not
+   * there yet): keep what the kernel has rather than switch redirection off on a transient error.
+   */
+  readonly keepZtunnel?: boolean;
 }
 
 /** What the kernel holds now, read back from the pinned maps and links. */
@@ -52,9 +57,11 @@ export function buildTarget(resolution: Resolution): Target {
   }
   const z = resolution.ztunnel;
   let ztunnel: ZtunnelEntry | undefined;
-  if (z && z.hostLink && z.podLink) {
+  // connect4 rewrites to ztunnel's IPv4 address: an IPv6-only ztunnel cannot serve the node topology.
+  const zIp4 = z?.ips.find((ip) => !ip.includes(':'));
+  if (z && z.hostLink && z.podLink && zIp4) {
     ztunnel = ztunnelValue({
-      ip: z.ips.find((ip) => !ip.includes(':')) ?? z.ips[0]!,
+      ip: zIp4,
       ip6: z.ips.find((ip) => ip.includes(':')) ?? null,
       netnsCookie: z.netnsCookie,
       hostIfindex: z.hostLink.ifindex,
@@ -64,7 +71,7 @@ export function buildTarget(resolution: Resolution): Target {
     });
     netns.set(z.netnsCookie, { podIp: ztunnel.ip, flags: POD_IS_ZTUNNEL });
   }
-  return { pods, netns, ztunnel, inbound };
+  return { pods, netns, ztunnel, inbound, keepZtunnel: ztunnel === undefined && resolution.ztunnelWanted === true };
 }
 
 function sameEntry(a: object, b: object): boolean {
@@ -85,8 +92,13 @@ function diffMap<K, V extends object>(target: ReadonlyMap<K, V>, current: Readon
 export function planReconcile(target: Target, current: Current): Plan {
   const pods = diffMap(target.pods, current.pods);
   const netns = diffMap(target.netns, current.netns);
+  if (target.keepZtunnel) {
+    // Keep ztunnel's own netns entry too: it is what makes ztunnel's sockets bypass connect4.
+    netns.del = netns.del.filter((cookie) => (current.netns.get(cookie)!.flags & POD_IS_ZTUNNEL) === 0);
+  }
   let ztunnel: ZtunnelEntry | null | undefined;
-  if (target.ztunnel === undefined) ztunnel = current.ztunnel === undefined ? undefined : null;
+  if (target.keepZtunnel) ztunnel = undefined;
+  else if (target.ztunnel === undefined) ztunnel = current.ztunnel === undefined ? undefined : null;
   else ztunnel = current.ztunnel && sameEntry(current.ztunnel, target.ztunnel) ? undefined : target.ztunnel;
   return {
     podsSet: pods.set,

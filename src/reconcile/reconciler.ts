@@ -13,8 +13,10 @@ import type { Datapath } from '../bpf/datapath.ts';
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import { InpodApplier, type Attempt } from './inpod.ts';
 import type { ClusterSnapshot } from '../sources/types.ts';
-import { ZT_READY } from '../bpf/schema.ts';
-import { MapFullError } from '../libbpf/index.ts';
+import { ZT_READY, PORT_INBOUND, PORT_HBONE, LISTENER_INBOUND, LISTENER_HBONE, encodeU32Key } from '../bpf/schema.ts';
+import { listeningInodes } from '../bpf/datapath-ztunnel.ts';
+import { removePinnedLink } from '../bpf/datapath-links.ts';
+import { BpfLink, MapFullError, inNetns, resolveIfindex } from '../libbpf/index.ts';
 import { describeError } from '../errors.ts';
 import { logger } from '../log.ts';
 
@@ -147,11 +149,14 @@ export class Reconciler {
   async #applyNode(resolution: Resolution, attempt: Attempt, errors: string[]): Promise<Plan> {
     const target = buildTarget(resolution);
     const dp = this.#o.datapath as Datapath;
+    pruneStaleInbound(dp, attempt);
     const plan = planReconcile(target, readCurrent(dp));
+    // ztunnel's side first (listeners, policy route, sk_lookup): the ztunnel entry written next is what
+    // starts tc steering into ztunnel's netns, which must already accept what arrives.
+    await this.#ensureZtunnelInbound(resolution, target, errors);
     this.#applyMaps(plan, attempt);
     for (const ifname of plan.inboundAttach) attempt(`inbound tc on ${ifname}`, () => dp.attachInbound(ifname));
     for (const ifname of plan.inboundDetach) attempt(`inbound tc off ${ifname}`, () => dp.detachInbound(ifname));
-    await this.#ensureZtunnelInbound(resolution, target, errors);
     return plan;
   }
 
@@ -174,9 +179,10 @@ export class Reconciler {
       this.#ztunnelAttachedFor = undefined;
       return;
     }
-    // Listener sockets leave the sockmap when they close: a new ztunnel process (even in the same
-    // netns) needs them copied again, so the key is the process, not the pod.
-    const key = `${z.uid}/${z.pid}/${target.ztunnel.netnsCookie}`;
+    // Listener sockets leave the sockmap when they close: a restarted ztunnel (even in the same pod,
+    // same netns, same sandbox pid) has new listening sockets, so they are part of the key.
+    const inodes = [PORT_INBOUND, PORT_HBONE].map((port) => [...listeningInodes(z.pid, port)].sort().join(',')).join('/');
+    const key = `${z.uid}/${target.ztunnel.netnsCookie}/${inodes}`;
     const dp = this.#o.datapath as Datapath;
     if (this.#ztunnelAttachedFor === key && listenersPresent(dp)) return;
     // The listeners belong to ztunnel's process, not to the pod's sandbox: try the pod's processes.
@@ -227,11 +233,50 @@ function isInpod(dp: Datapath | InpodDatapath): dp is InpodDatapath {
   return 'mode' in dp && dp.mode === 'inpod';
 }
 
+/**
+ * Both listener slots hold a socket. (A sockmap's get-next-key walks slots, empty or not, so only a
+ * lookup per slot tells: an empty slot is ENOENT.)
+ */
 function listenersPresent(dp: Datapath): boolean {
   try {
-    return dp.maps.raw.ambpf_zt_listen.nextKey(null) !== undefined;
+    return [LISTENER_INBOUND, LISTENER_HBONE].every((slot) => dp.maps.raw.ambpf_zt_listen.lookup(encodeU32Key(slot)) !== undefined);
   } catch {
     return false;
+  }
+}
+
+/**
+ * A tc link pinned for an interface that is gone, or that now names another interface (a pod
+ * recreated with the same deterministic veth name), steers nothing: unpin it so the plan attaches
+ * to the interface as it is now.
+ */
+function pruneStaleInbound(dp: Datapath, attempt: Attempt): void {
+  const linksDir = join(dp.bpffs, 'links');
+  if (!existsSync(linksDir)) return;
+  for (const name of readdirSync(linksDir)) {
+    if (!name.startsWith('tc-')) continue;
+    const ifname = name.slice(3);
+    let current: number | undefined;
+    try {
+      current = inNetns(dp.netns, () => resolveIfindex(ifname));
+    } catch {
+      current = undefined;
+    }
+    let pinned: number | undefined;
+    try {
+      const link = BpfLink.openPinned(join(linksDir, name));
+      try {
+        pinned = link.info().ifindex;
+      } finally {
+        link.close();
+      }
+    } catch {
+      pinned = undefined;
+    }
+    if (current === undefined || pinned !== current) {
+      attempt(`stale inbound link ${name}`, () => removePinnedLink(join(linksDir, name)));
+      log.info({ ifname, pinned, current }, 'removed a stale inbound link');
+    }
   }
 }
 

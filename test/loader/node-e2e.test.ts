@@ -4,6 +4,7 @@ import t from 'tap';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
+import { startStandIns, stopStandIns } from '../../src/testbed/ztunnel/launch.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { startLoader, waitReady, editPodsFile, eventually, metrics, type Loader } from '../helpers/loader.ts';
 
@@ -160,6 +161,21 @@ t.test('opt-out annotation and namespace label removal take effect within a seco
   tb.writePodsList(podsFile);
   await eventually(settled(true), 3000, 'the label to be back');
   t.ok(await viaZtunnel(), 'settled: redirected, and succeeding');
+});
+
+t.test('ztunnel restarts in its pod (same sandbox, new listening sockets): inbound is captured again', async (t) => {
+  await stopStandIns(tb);
+  await startStandIns(tb);
+  for (const p of ['app1-node1', 'app1-node2']) await tb.exec(p, ['true']); // the pods are still there
+  await eventually(async () => {
+    try {
+      return (await request('client-node2', 'app1-node1')).node1.some((e) => e.direction === 'inbound-plaintext');
+    } catch {
+      return false; // until the loader hands the new listeners over, steered SYNs find none
+    }
+  }, 5000, 'inbound plaintext through the restarted ztunnel');
+  const r = await request('app2-node1', 'app1-node2');
+  t.ok(r.node2.some((e) => e.direction === 'inbound-hbone'), 'cross-node HBONE lands on the restarted ztunnel of node2');
 });
 
 t.test('counters and metrics show the datapath at work', async (t) => {

@@ -48,3 +48,20 @@ t.test('plan: ztunnel gone clears it; a new ztunnel is written', async (t) => {
   t.equal(planReconcile(withZ, withoutZ).ztunnel?.ip, '198.19.1.2');
   t.equal(planReconcile(withoutZ, withoutZ).ztunnel, undefined);
 });
+
+t.test('plan: a ztunnel that exists but cannot be resolved this pass is kept, not cleared', async (t) => {
+  const withZ = buildTarget(resolution([pod('a', ['198.19.1.10'], 11n, 10)]));
+  const transient = buildTarget({ pods: [pod('a', ['198.19.1.10'], 11n, 10)], ztunnel: undefined, ztunnelWanted: true, unresolved: [] });
+  t.equal(transient.keepZtunnel, true);
+  const plan = planReconcile(transient, withZ);
+  t.equal(plan.ztunnel, undefined, 'the ztunnel entry stays');
+  t.same(plan.netnsDelete, [], 'ztunnel\'s own netns entry stays');
+  const gone = buildTarget({ pods: [], ztunnel: undefined, ztunnelWanted: false, unresolved: [] });
+  t.equal(planReconcile(gone, withZ).ztunnel, null, 'no ztunnel pod at all: cleared');
+});
+
+t.test('target: an IPv6-only ztunnel gives no node-topology entry', async (t) => {
+  const r = resolution([]);
+  const v6 = buildTarget({ ...r, ztunnel: { ...r.ztunnel!, ips: ['fd00::2'] }, ztunnelWanted: true });
+  t.equal(v6.ztunnel, undefined);
+});

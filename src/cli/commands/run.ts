@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from '../command.ts';
-import { UsageError } from '../../errors.ts';
+import { UsageError, describeError } from '../../errors.ts';
 import { logger } from '../../log.ts';
 import { mountsOf } from '../../doctor/system.ts';
 import type { PodSource } from '../../sources/types.ts';
@@ -194,7 +194,12 @@ export const command: Command = {
     // A full pass also runs every 30 s regardless, as a safety net against anything missed.
     resyncTimer = setInterval(() => {
       const last = reconciler.stats.lastAt ?? 0;
-      if (reconciler.hasUnresolved || !reconciler.ztunnelListenersPresent() || Date.now() - last > 30_000) void reconciler.resync();
+      if (!reconciler.hasUnresolved && reconciler.ztunnelListenersPresent() && Date.now() - last <= 30_000) return;
+      reconciler.resync().catch((err: unknown) => {
+        // A pass that throws (an `ip` dump interrupted by churn, say) is retried on the next tick.
+        reconciler.hasUnresolved = true;
+        log.error({ err: describeError(err) }, 'resync failed; retrying');
+      });
     }, resyncMs);
     return done;
   },
