@@ -111,9 +111,7 @@ SEC("sk_lookup")
 int ambpf_sk_lookup(struct bpf_sk_lookup *ctx)
 {
 	struct ambpf_ztunnel *zt;
-	struct bpf_sock *sk;
 	__u32 slot;
-	long err;
 
 	if (ctx->protocol != IPPROTO_TCP || ctx->family != AF_INET)
 		return SK_PASS;
@@ -130,19 +128,8 @@ int ambpf_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 
 	slot = ctx->local_port == zt->port_hbone_host ? AMBPF_LISTENER_HBONE : AMBPF_LISTENER_INBOUND;
-	sk = bpf_map_lookup_elem(&ambpf_zt_listen, &slot);
-	if (!sk) {
-		stat_inc(AMBPF_STAT_SKLOOKUP_NO_LISTENER);
-		return SK_PASS; /* normal lookup: a RST, as if nothing listened */
-	}
-	err = bpf_sk_assign(ctx, sk, 0);
-	bpf_sk_release(sk);
-	if (err) {
-		stat_inc(AMBPF_STAT_SKLOOKUP_ERROR);
-		return SK_PASS;
-	}
-	stat_inc(AMBPF_STAT_SKLOOKUP_ASSIGNED);
-	return SK_PASS;
+	/* No listener: the normal lookup, a RST as if nothing listened. */
+	return sklookup_assign(ctx, bpf_map_lookup_elem(&ambpf_zt_listen, &slot));
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

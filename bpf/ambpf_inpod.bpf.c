@@ -42,6 +42,7 @@
 #include "include/ambpf.h"
 #include "include/ambpf_maps.h"
 #include "include/ambpf_lib.h"
+#include "include/ambpf_sockaddr.h"
 #include "include/ambpf_sockopt.h"
 
 #define INPOD_LOOPBACK4        bpf_htonl(0x7f000001) /* 127.0.0.1 */
@@ -98,20 +99,11 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 		why = AMBPF_STAT_CONNECT4_NO_ZTUNNEL;
 		goto bypass;
 	}
-	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. */
-	if ((ctx->sk->mark & zt->mark_mask) == zt->mark) {
-		why = AMBPF_STAT_CONNECT4_BYPASS_MARK;
+	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. The pod's own IP goes
+	 * over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
+	why = connect_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip);
+	if (why != CONNECT_REDIRECT)
 		goto bypass;
-	}
-	/* The pod's own IP goes over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
-	if (dst_is_bypassed(dst, zt, cfg) || ip_eq(dst, ns->pod_ip)) {
-		why = AMBPF_STAT_CONNECT4_BYPASS_DST;
-		goto bypass;
-	}
-	if (port_is_excluded(dport_be, cfg)) {
-		why = AMBPF_STAT_CONNECT4_BYPASS_PORT;
-		goto bypass;
-	}
 	return 1;
 bypass:
 	stat_inc(stat_bypass6 ? stat_bypass6 : why);
@@ -125,31 +117,43 @@ static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst
 
 	if (!st)
 		return -1;
-	__builtin_memcpy(st->orig.ip, dst, sizeof(st->orig.ip));
-	st->orig.port = port_be;
-	st->orig.family = family;
+	orig_set(&st->orig, dst, port_be, family);
 	st->netns_cookie = cookie;
 	return 0;
+}
+
+/* connect4/6: the redirect decision and the saved original; 1 when the caller rewrites the address. */
+static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family)
+{
+	__u64 cookie = bpf_get_netns_cookie(ctx);
+	int v6 = family == AF_INET6;
+
+	if (!inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0))
+		return 0;
+	if (inpod_save(ctx, dst, dport_be, family, cookie)) {
+		stat_inc(v6 ? AMBPF_STAT_CONNECT6_ERROR : AMBPF_STAT_CONNECT4_ERROR);
+		return 0;
+	}
+	return 1;
+}
+
+/* A redirected app socket's original dst; NULL for any other socket (orig.family 0 is ztunnel's tagged
+ * listener and its accepted sockets, which carry only the netns cookie). */
+static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
+{
+	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+
+	return st && st->orig.family != 0 ? &st->orig : 0;
 }
 
 SEC("cgroup/connect4")
 int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 {
-	__u64 cookie;
 	__u32 dst[4];
 	__u16 dport;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (!connect_dst4(ctx, dst, &dport) || !inpod_capture(ctx, dst, dport, AF_INET))
 		return SYS_PROCEED;
-	ip_set_v4(dst, ctx->user_ip4);
-	dport = (__u16)ctx->user_port;
-	cookie = bpf_get_netns_cookie(ctx);
-	if (!inpod_redirect(ctx, dst, dport, cookie, 0))
-		return SYS_PROCEED;
-	if (inpod_save(ctx, dst, dport, AF_INET, cookie)) {
-		stat_inc(AMBPF_STAT_CONNECT4_ERROR);
-		return SYS_PROCEED;
-	}
 	ctx->user_ip4 = INPOD_LOOPBACK4;
 	ctx->user_port = (__u32)bpf_htons(AMBPF_PORT_OUTBOUND);
 	stat_inc(AMBPF_STAT_CONNECT4_REDIRECTED);
@@ -159,24 +163,11 @@ int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 {
-	__u64 cookie;
 	__u32 dst[4];
 	__u16 dport;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (!connect_dst6(ctx, dst, &dport) || !inpod_capture(ctx, dst, dport, AF_INET6))
 		return SYS_PROCEED;
-	dst[0] = ctx->user_ip6[0];
-	dst[1] = ctx->user_ip6[1];
-	dst[2] = ctx->user_ip6[2];
-	dst[3] = ctx->user_ip6[3];
-	dport = (__u16)ctx->user_port;
-	cookie = bpf_get_netns_cookie(ctx);
-	if (!inpod_redirect(ctx, dst, dport, cookie, AMBPF_STAT_CONNECT6_BYPASS))
-		return SYS_PROCEED;
-	if (inpod_save(ctx, dst, dport, AF_INET6, cookie)) {
-		stat_inc(AMBPF_STAT_CONNECT6_ERROR);
-		return SYS_PROCEED;
-	}
 	/* A dual-stack socket reaching an IPv4 peer stays IPv4 (::ffff:127.0.0.1); IPv6 goes to ::1. */
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;
@@ -195,30 +186,13 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername4")
 int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
-
-	if (!st || st->orig.family == 0 || !ip_is_v4mapped(st->orig.ip))
-		return SYS_PROCEED;
-	ctx->user_ip4 = st->orig.ip[3];
-	ctx->user_port = (__u32)st->orig.port;
-	stat_inc(AMBPF_STAT_GETPEERNAME_RESTORED);
-	return SYS_PROCEED;
+	return peername4_restore(ctx, inpod_orig(ctx->sk));
 }
 
 SEC("cgroup/getpeername6")
 int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
-
-	if (!st || st->orig.family == 0)
-		return SYS_PROCEED;
-	ctx->user_ip6[0] = st->orig.ip[0];
-	ctx->user_ip6[1] = st->orig.ip[1];
-	ctx->user_ip6[2] = st->orig.ip[2];
-	ctx->user_ip6[3] = st->orig.ip[3];
-	ctx->user_port = (__u32)st->orig.port;
-	stat_inc(AMBPF_STAT_GETPEERNAME_RESTORED);
-	return SYS_PROCEED;
+	return peername6_restore(ctx, inpod_orig(ctx->sk));
 }
 
 /* ---- sockops: the client's original dst under {netns cookie, 4-tuple} ---- */
@@ -299,9 +273,7 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	struct ambpf_inpod_lkey lkey = {};
 	struct ambpf_config *cfg;
 	struct ambpf_pod *pod;
-	struct bpf_sock *sk;
 	__u32 local_ip4, remote_ip4;
-	long err;
 
 	if (ctx->protocol != IPPROTO_TCP || ctx->family != AF_INET)
 		return SK_PASS;
@@ -325,19 +297,8 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	}
 	lkey.slot = CTX_READ(ctx->local_port) == AMBPF_PORT_HBONE ? AMBPF_LISTENER_HBONE : AMBPF_LISTENER_INBOUND;
-	sk = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
-	if (!sk) {
-		stat_inc(AMBPF_STAT_SKLOOKUP_NO_LISTENER);
-		return SK_PASS; /* the normal lookup decides (the app's own listener, or a RST) */
-	}
-	err = bpf_sk_assign(ctx, sk, 0);
-	bpf_sk_release(sk);
-	if (err) {
-		stat_inc(AMBPF_STAT_SKLOOKUP_ERROR);
-		return SK_PASS;
-	}
-	stat_inc(AMBPF_STAT_SKLOOKUP_ASSIGNED);
-	return SK_PASS;
+	/* No listener: the normal lookup decides (the app's own listener, or a RST). */
+	return sklookup_assign(ctx, bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey));
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

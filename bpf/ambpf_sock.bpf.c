@@ -19,6 +19,7 @@
 #include "include/ambpf.h"
 #include "include/ambpf_maps.h"
 #include "include/ambpf_lib.h"
+#include "include/ambpf_sockaddr.h"
 #include "include/ambpf_sockopt.h"
 
 /*
@@ -51,19 +52,9 @@ redirect_target(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, _
 		why = AMBPF_STAT_CONNECT4_BYPASS_ZTUNNEL;
 		goto bypass;
 	}
-	/* ztunnel marks its own upstream sockets; a pod could too, to opt a socket out (as with Istio). */
-	if ((ctx->sk->mark & zt->mark_mask) == zt->mark) {
-		why = AMBPF_STAT_CONNECT4_BYPASS_MARK;
+	why = connect_bypass(ctx, dst, dport_be, zt, cfg, 0);
+	if (why != CONNECT_REDIRECT)
 		goto bypass;
-	}
-	if (dst_is_bypassed(dst, zt, cfg)) {
-		why = AMBPF_STAT_CONNECT4_BYPASS_DST;
-		goto bypass;
-	}
-	if (port_is_excluded(dport_be, cfg)) {
-		why = AMBPF_STAT_CONNECT4_BYPASS_PORT;
-		goto bypass;
-	}
 	return zt;
 bypass:
 	/* connect6 folds its reasons into one counter: IPv6 is rare, and connect4 has the detail. */
@@ -79,9 +70,7 @@ static __always_inline int save_orig(struct bpf_sock_addr *ctx, const __u32 dst[
 
 	if (!orig)
 		return -1;
-	__builtin_memcpy(orig->ip, dst, sizeof(orig->ip));
-	orig->port = port_be;
-	orig->family = family;
+	orig_set(orig, dst, port_be, family);
 	return 0;
 }
 
@@ -92,11 +81,8 @@ int ambpf_connect4(struct bpf_sock_addr *ctx)
 	__u32 dst[4];
 	__u16 dport;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (!connect_dst4(ctx, dst, &dport))
 		return SYS_PROCEED;
-	ip_set_v4(dst, ctx->user_ip4);
-	dport = (__u16)ctx->user_port; /* network order in the low 16 bits */
-
 	zt = redirect_target(ctx, dst, dport, 0);
 	if (!zt)
 		return SYS_PROCEED;
@@ -120,15 +106,9 @@ int ambpf_connect6(struct bpf_sock_addr *ctx)
 	__u16 dport;
 	int mapped;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (!connect_dst6(ctx, dst, &dport))
 		return SYS_PROCEED;
-	dst[0] = ctx->user_ip6[0];
-	dst[1] = ctx->user_ip6[1];
-	dst[2] = ctx->user_ip6[2];
-	dst[3] = ctx->user_ip6[3];
-	dport = (__u16)ctx->user_port;
 	mapped = ip_is_v4mapped(dst);
-
 	zt = redirect_target(ctx, dst, dport, AMBPF_STAT_CONNECT6_BYPASS);
 	if (!zt)
 		return SYS_PROCEED;
@@ -142,17 +122,10 @@ int ambpf_connect6(struct bpf_sock_addr *ctx)
 		stat_inc(AMBPF_STAT_CONNECT6_ERROR);
 		return SYS_PROCEED;
 	}
-	if (mapped) {
-		ctx->user_ip6[0] = zt->ip[0];
-		ctx->user_ip6[1] = zt->ip[1];
-		ctx->user_ip6[2] = zt->ip[2];
-		ctx->user_ip6[3] = zt->ip[3];
-	} else {
-		ctx->user_ip6[0] = zt->ip6[0];
-		ctx->user_ip6[1] = zt->ip6[1];
-		ctx->user_ip6[2] = zt->ip6[2];
-		ctx->user_ip6[3] = zt->ip6[3];
-	}
+	if (mapped)
+		sockaddr_set_ip6(ctx, zt->ip);
+	else
+		sockaddr_set_ip6(ctx, zt->ip6);
 	ctx->user_port = (__u32)bpf_htons(zt->port_out_host);
 	stat_inc(AMBPF_STAT_CONNECT6_REDIRECTED);
 	return SYS_PROCEED;
@@ -161,30 +134,13 @@ int ambpf_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername4")
 int ambpf_peername4(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_orig *orig = bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0, 0);
-
-	if (!orig || !ip_is_v4mapped(orig->ip))
-		return SYS_PROCEED;
-	ctx->user_ip4 = orig->ip[3];
-	ctx->user_port = (__u32)orig->port;
-	stat_inc(AMBPF_STAT_GETPEERNAME_RESTORED);
-	return SYS_PROCEED;
+	return peername4_restore(ctx, bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0, 0));
 }
 
 SEC("cgroup/getpeername6")
 int ambpf_peername6(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_orig *orig = bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0, 0);
-
-	if (!orig)
-		return SYS_PROCEED;
-	ctx->user_ip6[0] = orig->ip[0];
-	ctx->user_ip6[1] = orig->ip[1];
-	ctx->user_ip6[2] = orig->ip[2];
-	ctx->user_ip6[3] = orig->ip[3];
-	ctx->user_port = (__u32)orig->port;
-	stat_inc(AMBPF_STAT_GETPEERNAME_RESTORED);
-	return SYS_PROCEED;
+	return peername6_restore(ctx, bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0, 0));
 }
 
 /* ---- sockops ---- */

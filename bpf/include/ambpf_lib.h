@@ -168,4 +168,24 @@ static __always_inline void tuple_reverse(struct ambpf_tuple *dst, const struct 
 	dst->remote_port = src->local_port;
 }
 
+/* sk_lookup: hand the connection to `sk` (a listener from a SOCKMAP/SOCKHASH lookup, NULL when there
+ * is none) and count the outcome. Always SK_PASS: on a miss or an error the normal lookup decides. */
+static __always_inline int sklookup_assign(struct bpf_sk_lookup *ctx, struct bpf_sock *sk)
+{
+	long err;
+
+	if (!sk) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_NO_LISTENER);
+		return SK_PASS;
+	}
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_ERROR);
+		return SK_PASS;
+	}
+	stat_inc(AMBPF_STAT_SKLOOKUP_ASSIGNED);
+	return SK_PASS;
+}
+
 #endif /* AMBPF_LIB_H */
