@@ -2,6 +2,8 @@
 //  - ztunnel's 15006/15008 listener sockets in the ambpf_zt_listen SOCKMAP. ztunnel does not hand
 //    them over, so the loader copies them out of its process with pidfd_getfd (Linux 5.6+, root):
 //    /proc/<pid>/net/tcp{,6} names the listening sockets' inodes, /proc/<pid>/fd maps inodes to fds.
+//    The inpod topology finds and copies ztunnel's sockets in the pods' netns with the same pieces
+//    (listeningInodes, socketFds, withSocketFd; see inpod-listeners.ts).
 //  - the policy route that makes any destination arriving on eth0 local (`ip rule iif eth0 lookup
 //    100`, `local 0.0.0.0/0 dev lo table 100`) and arp_ignore=1 on eth0 so ztunnel does not answer ARP
 //    for the pods' addresses. Routing rules, not iptables.
@@ -45,10 +47,22 @@ export function listeningInodes(pid: number, port: number): Set<string> {
   return out;
 }
 
-/** fd numbers, in process `pid`, of the sockets with these inodes. */
-function fdsOfInodes(pid: number, inodes: Set<string>): number[] {
-  const fds: number[] = [];
-  for (const name of readdirSync(`/proc/${pid}/fd`)) {
+/** Where a socket lives: which process holds it under which fd. */
+export interface SocketHolder {
+  readonly pid: number;
+  readonly fd: number;
+}
+
+/** socket inode -> fd (the first one, in readdir order) over process `pid`'s fds; empty once it exited. */
+export function socketFds(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  let names: string[];
+  try {
+    names = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return out; // exited
+  }
+  for (const name of names) {
     let target: string;
     try {
       target = readlinkSync(`/proc/${pid}/fd/${name}`);
@@ -56,9 +70,32 @@ function fdsOfInodes(pid: number, inodes: Set<string>): number[] {
       continue; // closed meanwhile
     }
     const m = /^socket:\[(\d+)\]$/.exec(target);
-    if (m && m[1] && inodes.has(m[1])) fds.push(Number(name));
+    if (m?.[1] && !out.has(m[1])) out.set(m[1], Number(name));
   }
-  return fds;
+  return out;
+}
+
+/** A copy, in this process, of the socket `h` holds (the caller closes it). */
+function copySocketFd(h: SocketHolder): number {
+  const pidfd = Number(syscall(SYS_PIDFD_OPEN, 'int', h.pid, 'uint', 0));
+  if (pidfd < 0) throw new SystemError('pidfd_open', koffi.errno(), `cannot open ztunnel process ${h.pid}`, { pid: h.pid });
+  try {
+    const fd = Number(syscall(SYS_PIDFD_GETFD, 'int', pidfd, 'int', h.fd, 'uint', 0));
+    if (fd < 0) throw new SystemError('pidfd_getfd', koffi.errno(), `cannot copy fd ${h.fd} out of ztunnel process ${h.pid}`, { pid: h.pid, fd: h.fd });
+    return fd;
+  } finally {
+    closeFd(pidfd);
+  }
+}
+
+/** Run fn with a copy (in this process) of the socket `h` holds; the copy is closed afterwards. */
+export function withSocketFd<T>(h: SocketHolder, fn: (fd: number) => T): T {
+  const fd = copySocketFd(h);
+  try {
+    return fn(fd);
+  } finally {
+    closeFd(fd);
+  }
 }
 
 /**
@@ -66,24 +103,12 @@ function fdsOfInodes(pid: number, inodes: Set<string>): number[] {
  * duplicate is closed afterwards. Throws when the process has no such listener.
  */
 export function withListenerFd<T>(pid: number, port: number, fn: (fd: number) => T): T {
-  const fds = fdsOfInodes(pid, listeningInodes(pid, port));
-  const theirs = fds[0];
+  const inodes = listeningInodes(pid, port);
+  const theirs = [...socketFds(pid)].find(([inode]) => inodes.has(inode))?.[1];
   if (theirs === undefined) {
     throw new ZtunnelSetupError(`process ${pid} has no TCP socket listening on port ${port}; is ztunnel running and ready?`, { pid, port });
   }
-  const pidfd = Number(syscall(SYS_PIDFD_OPEN, 'int', pid, 'uint', 0));
-  if (pidfd < 0) throw new SystemError('pidfd_open', koffi.errno(), `cannot open process ${pid}`, { pid });
-  try {
-    const fd = Number(syscall(SYS_PIDFD_GETFD, 'int', pidfd, 'int', theirs, 'uint', 0));
-    if (fd < 0) throw new SystemError('pidfd_getfd', koffi.errno(), `cannot copy fd ${theirs} out of process ${pid}`, { pid, fd: theirs });
-    try {
-      return fn(fd);
-    } finally {
-      closeFd(fd);
-    }
-  } finally {
-    closeFd(pidfd);
-  }
+  return withSocketFd({ pid, fd: theirs }, fn);
 }
 
 export interface PolicyRouteOptions {
