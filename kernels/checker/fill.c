@@ -36,8 +36,10 @@ static int update(struct bpf_map *const *maps, int nmaps, const char *name, cons
 		return -ENOENT;
 	}
 	if (bpf_map_update_elem(bpf_map__fd(m), key, value, BPF_ANY)) {
-		snprintf(err, errlen, "update of %s failed: %s", name, strerror(errno));
-		return -errno;
+		int e = errno; /* before snprintf, which may change it */
+
+		snprintf(err, errlen, "update of %s failed: %s", name, strerror(e));
+		return -e;
 	}
 	return 0;
 }
