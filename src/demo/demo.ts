@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { readdirSync } from 'node:fs';
 import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '../testbed/index.ts';
 import { startHttpServer, curl } from '../testbed/helpers.ts';
-import { startLoader, waitReady, type Loader } from '../testbed/loader.ts';
+import { startLoader, waitReady, AMBPF_BIN, type Loader } from '../testbed/loader.ts';
 import { openPinnedMaps } from '../bpf/datapath-maps.ts';
 import type { Stats } from '../bpf/schema.ts';
 import { AmbpfError } from '../errors.ts';
@@ -109,6 +109,11 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       for (const h of hops) o.out(describeHop(h));
       bed.info.nodes.forEach((n, i) => o.out(`    ${n.name.padEnd(6)} counters: ${counterDelta(before[i]!, after[i]!)}`));
     }
+    // What an operator would look at on node1: the ambient-pod map, joined with pod names.
+    const pods = await bed.exec('node1', [AMBPF_BIN, 'pods', '--bpffs', loaders[0]!.node.bpffsDir, '--state-file', loaders[0]!.stateFile], { check: false });
+    o.out('');
+    o.out('  ambpf pods on node1:');
+    for (const line of pods.stdout.trimEnd().split('\n')) o.out(`    ${line}`);
     o.out('');
     o.out(`ambpf demo: done in ${((Date.now() - started) / 1000).toFixed(1)} s; tearing down`);
     return 0;

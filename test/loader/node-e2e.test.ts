@@ -6,6 +6,7 @@ import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '.
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
 import { startStandIns, stopStandIns } from '../../src/testbed/ztunnel/launch.ts';
 import { testPrefix } from '../helpers/prefix.ts';
+import { openPinnedMaps } from '../../src/bpf/datapath-maps.ts';
 import { startLoader, waitReady, editPodsFile, eventually, metrics, type Loader } from '../helpers/loader.ts';
 
 const PORT = 8080;
@@ -188,4 +189,21 @@ t.test('counters and metrics show the datapath at work', async (t) => {
   t.ok(value('sklookup', 'assigned') > 0, 'sk_lookup assigned');
   t.match(text, /^ambpf_map_entries\{map="ambpf_pods"\} 2$/m);
   t.match(text, /^ambpf_reconcile_passes_total \d+/m);
+  t.match(text, /^process_resident_memory_bytes \d+/m, 'process defaults are exported');
+  // /metrics reads ambpf_stats at scrape time: a scrape before and one after a direct read of the
+  // map bracket it (counters only grow; background packets such as IPv6 router solicitations may
+  // move the tc ones in between).
+  const maps = openPinnedMaps(tb.node('node1').bpffsDir);
+  t.teardown(() => maps.close());
+  const counter = (text: string, name: string): bigint => {
+    const i = name.indexOf('_');
+    const m = new RegExp(`^ambpf_redirected_connections_total\\{hook="${name.slice(0, i)}",outcome="${name.slice(i + 1)}"\\} (\\d+)`, 'm').exec(text);
+    return BigInt(m?.[1] ?? '-1');
+  };
+  const before = await metrics(tb, loaders[0]!);
+  const stats = maps.stats();
+  const after = await metrics(tb, loaders[0]!);
+  for (const [name, v] of Object.entries(stats)) {
+    t.ok(counter(before, name) <= v && v <= counter(after, name), `${name}: /metrics agrees with ambpf_stats (${counter(before, name)} <= ${v} <= ${counter(after, name)})`);
+  }
 });
