@@ -6,7 +6,9 @@ import { netnsCookie, currentNetnsCookie } from '../libbpf/index.ts';
 import { describeError } from '../errors.ts';
 import type { DesiredPod, DesiredState, Problem } from '../state/desired.ts';
 import { findPodProcesses } from './procs.ts';
-import { readHostRoutes, readLinks, type HostLink } from './links.ts';
+import { readHostRoutes, readLinkMac, readLinks, type HostLink } from './links.ts';
+
+const ztunnelLinkCache = new Map<string, { podLink: HostLink | undefined; hostMac: string }>();
 
 export interface ResolvedPod extends DesiredPod {
   readonly pid: number;
@@ -81,13 +83,23 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
   if (desired.ztunnel) {
     const r = resolve(desired.ztunnel);
     if (r) {
-      let podLink: HostLink | undefined;
-      try {
-        podLink = (await readLinks(r.netnsPath)).get('eth0');
-      } catch (err) {
-        unresolved.push({ object: `pod ${r.namespace}/${r.name}`, reason: `cannot read ztunnel's interfaces: ${describeError(err)}` });
+      // ztunnel's MACs take two `ip` spawns; they only change with its netns or its veth, so they
+      // are read once per (netns, host veth) and not on every pass.
+      const key = `${r.netnsCookie}/${r.hostLink?.ifindex ?? 0}`;
+      let links = ztunnelLinkCache.get(key);
+      if (!links) {
+        try {
+          const podLink = (await readLinks(r.netnsPath)).get('eth0');
+          const hostMac = r.hostLink ? await readLinkMac(r.hostLink.ifname) : '';
+          links = { podLink, hostMac };
+          ztunnelLinkCache.clear();
+          ztunnelLinkCache.set(key, links);
+        } catch (err) {
+          unresolved.push({ object: `pod ${r.namespace}/${r.name}`, reason: `cannot read ztunnel's interfaces: ${describeError(err)}` });
+        }
       }
-      ztunnel = { ...r, podLink };
+      const hostLink = r.hostLink && links ? { ...r.hostLink, mac: links.hostMac } : r.hostLink;
+      ztunnel = { ...r, hostLink, podLink: links?.podLink };
     }
   }
   return { pods, ztunnel, ztunnelWanted: desired.ztunnel !== undefined, unresolved };
