@@ -2,7 +2,7 @@
 //   direct         nothing installed (the client addresses ztunnel's port itself: the floor)
 //   iptables       Istio's rules for the topology (src/baseline)
 //   ebpf           `ambpf run` on the node(s), from the pods file
-//   ebpf-nosplice  the same with --no-splice
+//   ebpf-splice    the same with --splice (the sockhash splice, off by default)
 // Each `down()` leaves the testbed as it found it: rules removed, loader stopped, pins and the
 // policy route in ztunnel's netns removed.
 import { readFileSync } from 'node:fs';
@@ -116,7 +116,7 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
         '--listen', `127.0.0.1:${LOADER_PORT}`, '--state-file', join(ctx.logDir, `state-${node.name}.json`), '--node-ip', node.wireIp,
         '--resync-ms', '200',
       ];
-      if (!splice) argv.push('--no-splice');
+      if (splice) argv.push('--splice');
       const started = performance.now();
       const proc = ctx.tb.spawn(node, argv, { logFile: join(ctx.logDir, `ambpf-run-${node.name}.log`), env: { ...process.env, AMBPF_LOG_FORMAT: 'json' } });
       procs.push(proc);
@@ -142,8 +142,8 @@ export async function startPath(ctx: PathContext, name: PathName): Promise<Activ
       await installIptablesPath(ctx.tb);
       return { name, ...none, down: () => removeIptablesPath(ctx.tb) };
     case 'ebpf':
-      return startEbpf(ctx, name, true);
-    case 'ebpf-nosplice':
       return startEbpf(ctx, name, false);
+    case 'ebpf-splice':
+      return startEbpf(ctx, name, true);
   }
 }

@@ -1,6 +1,6 @@
 // The shapes of a benchmark run and of results.json (the contract of `ambpf bench --out`).
 
-export const PATHS = ['direct', 'iptables', 'ebpf', 'ebpf-nosplice'] as const;
+export const PATHS = ['direct', 'iptables', 'ebpf', 'ebpf-splice'] as const;
 export type PathName = (typeof PATHS)[number];
 
 export const WORKLOADS = ['connections', 'latency', 'bulk-1k', 'bulk-16k', 'bulk-128k'] as const;

@@ -15,7 +15,7 @@ import { snapshot } from '../testbed/leak-check.ts';
 
 const run = promisify(execFile);
 const AMBPF = fileURLToPath(new URL('../../bin/ambpf', import.meta.url));
-const PATHS: PathName[] = ['direct', 'iptables', 'ebpf', 'ebpf-nosplice'];
+const PATHS: PathName[] = ['direct', 'iptables', 'ebpf', 'ebpf-splice'];
 const WORKLOADS: WorkloadName[] = ['connections', 'bulk-1k'];
 
 t.test('ambpf bench --quick', { timeout: 150_000 }, async (t) => {

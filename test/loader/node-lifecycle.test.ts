@@ -19,7 +19,8 @@ t.before(async () => {
   tb = await startTestbed(defaultSpec(), { topology: 'node', prefix: testPrefix() });
   podsFile = join(tb.info.runDir, 'pods.json');
   tb.writePodsList(podsFile);
-  node1 = startLoader(tb, tb.node('node1'), podsFile);
+  // --splice: the 256 MiB test below goes through the sockhash splice.
+  node1 = startLoader(tb, tb.node('node1'), podsFile, ['--splice']);
   // node2's ambient-pod map holds one entry: its second mesh pod cannot fit.
   node2 = startLoader(tb, tb.node('node2'), podsFile, ['--max-pods', '1']);
   await Promise.all([waitReady(tb, node1), waitReady(tb, node2)]);

@@ -6,7 +6,7 @@ import type { Command } from '../command.ts';
 import { UsageError } from '../../errors.ts';
 import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type WorkloadName } from '../../bench/types.ts';
 
-const USAGE = `Usage: ambpf bench [--topology node] [--paths direct,iptables,ebpf,ebpf-nosplice] [--out DIR]
+const USAGE = `Usage: ambpf bench [--topology node] [--paths direct,iptables,ebpf,ebpf-splice] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
                    [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P]
 
@@ -14,8 +14,8 @@ Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunne
 measures every path side by side, interleaved round by round (path order rotated each round):
   direct          the client connects straight to ztunnel's port (the floor)
   iptables        Istio's iptables rules for the topology
-  ebpf            ambpf run (connect4, sockops/sk_msg splice, tc + sk_lookup inbound)
-  ebpf-nosplice   ambpf run --no-splice
+  ebpf            ambpf run (connect4, getsockopt, tc + sk_lookup inbound; the default config)
+  ebpf-splice     ambpf run --splice (adds the sockops/sk_msg sockhash splice)
 Workloads: connections (wrk, Connection: close), latency (wrk kept-alive, p50/p99/p99.9, 1 KiB),
 bulk-1k, bulk-16k, bulk-128k (iperf3 -l); CPU per request from the pods' cgroup cpu.stat.
 Placements: same-node (outbound capture) and cross-node (inbound capture from the other node).

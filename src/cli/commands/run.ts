@@ -32,7 +32,11 @@ Options:
   --state-file F       pod names for \`ambpf pods\` (default /run/ambpf/state.json)
   --exclude-ports P,.. destination ports never redirected (at most 16)
   --node-ip IP,..      the node's own IPs: never redirected
-  --no-splice          disable the same-node sockhash splice
+  --splice             splice same-node pod<->ztunnel sockets through the sockhash (sockops +
+                       sk_msg) for directions whose first write is >= 16 KiB. Off by default: measured
+                       here it never won and a socket in a sockhash pays the sk_msg path on every
+                       write (0.5x at 1 KiB writes); see BENCHMARKS.md
+  --no-splice          the default (kept for scripts)
   --max-pods N         size of the ambient-pod and netns maps when created (default 16384)
   --resync-ms N        re-check pods that were not resolvable, and ztunnel's listeners (default 2000)
   --watch-stale-ms N   relist when the Kubernetes watch heard no event or bookmark for this long
@@ -79,6 +83,7 @@ export const command: Command = {
         'exclude-ports': { type: 'string' },
         'node-ip': { type: 'string' },
         'no-splice': { type: 'boolean' },
+        splice: { type: 'boolean' },
         'resync-ms': { type: 'string', default: '2000' },
         'watch-stale-ms': { type: 'string' },
         'watch-backoff-max-ms': { type: 'string' },
@@ -144,7 +149,9 @@ export const command: Command = {
       ? await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes })
       : await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
     const config = defaultConfig({ excludedPorts, nodeIps });
-    if (values['no-splice']) config.flags &= ~CFG_SPLICE;
+    if (values.splice && values['no-splice']) throw new UsageError('--splice and --no-splice exclude each other');
+    // The splice is opt-in: with it off, sockops does not even put sockets in the sockhash.
+    config.flags = values.splice ? config.flags | CFG_SPLICE : config.flags & ~CFG_SPLICE;
     // The inpod programs act only with this flag: one topology per node, whatever objects are loaded.
     if (values.mode === 'inpod') config.flags |= CFG_INPOD;
     datapath.maps.config.set(config);
