@@ -247,6 +247,9 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
 	struct ambpf_inpod_sk *st;
 	struct ambpf_orig *orig;
 
+	/* First: a large call keeps the kernel's own answer (ambpf_sockopt.h). */
+	if (sockopt_too_large(ctx))
+		return SYS_PROCEED;
 	if (!sockopt_wants_orig_dst(ctx))
 		return SYS_PROCEED;
 	/* Only sockets accepted on a listener the loader tagged carry a cookie (and no orig). */

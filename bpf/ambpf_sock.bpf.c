@@ -238,6 +238,9 @@ int ambpf_getsopt(struct bpf_sockopt *ctx)
 	struct ambpf_tuple client = {};
 	struct ambpf_pair *pair;
 
+	/* First: a large call keeps the kernel's own answer (ambpf_sockopt.h). */
+	if (sockopt_too_large(ctx))
+		return SYS_PROCEED;
 	if (!sockopt_wants_orig_dst(ctx))
 		return SYS_PROCEED;
 	sockopt_client_tuple(ctx->sk, &client);

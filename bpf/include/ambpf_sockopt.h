@@ -29,6 +29,26 @@ struct sockaddr_in6_ {
 	__u32 sin6_scope_id;
 };
 
+/*
+ * Must be the first thing every getsockopt program does. A getsockopt whose optlen is larger than a
+ * page (iptables-legacy's IPT_SO_GET_ENTRIES from a hostNetwork pod under kubepods, SO_PEERSEC with a
+ * big buffer) gets only a page-sized buffer in the BPF context; before Linux 6.5 the kernel then fails
+ * the call with EFAULT unless the program sets optlen to 0, which means "leave the kernel's answer
+ * alone" (Documentation/bpf/prog_cgroup_sockopt.rst, "Large CGROUP_SOCKOPT"). SO_ORIGINAL_DST asks for
+ * 16 or 28 bytes, so it never takes this branch. 4096 rather than the real page size: on a
+ * bigger-page kernel a 4-64 KiB call also gets optlen 0, which is still "the kernel's answer".
+ */
+#define SOCKOPT_MAX_BUF        4096
+
+static __always_inline int sockopt_too_large(struct bpf_sockopt *ctx)
+{
+	if (ctx->optlen > SOCKOPT_MAX_BUF) {
+		ctx->optlen = 0;
+		return 1;
+	}
+	return 0;
+}
+
 /* Only the two options conntrack would answer, on TCP sockets; everything else is left alone. */
 static __always_inline int sockopt_wants_orig_dst(struct bpf_sockopt *ctx)
 {

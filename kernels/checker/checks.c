@@ -62,7 +62,34 @@ int check_outbound(const struct func_ctx *c, int lfd, const char *listen_ip)
 	failures += !(ok && sock_same(&got, &orig));
 	close(afd);
 	close(cfd);
-	return failures;
+	return failures + check_large_getsockopt(c);
+}
+
+/* A getsockopt with a buffer bigger than a page (iptables-legacy's IPT_SO_GET_ENTRIES is one) must
+ * get the kernel's own answer with the getsockopt program attached; before Linux 6.5 it fails with
+ * EFAULT unless the program sets optlen to 0 (ambpf_sockopt.h). SO_PEERSEC without an LSM label
+ * answers ENOPROTOOPT, with one it succeeds: either is the kernel's answer, EFAULT is not. */
+int check_large_getsockopt(const struct func_ctx *c)
+{
+	const char *name = "a 16 KiB getsockopt keeps the kernel's answer";
+	static char buf[16384];
+	socklen_t len = sizeof(buf);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), rc, err;
+
+	if (fd < 0) {
+		report(c->label, name, "func", "fail", "socket: %s", strerror(errno));
+		return 1;
+	}
+	rc = getsockopt(fd, SOL_SOCKET, SO_PEERSEC, buf, &len);
+	err = errno;
+	close(fd);
+	if (rc == 0 || err == ENOPROTOOPT) {
+		report(c->label, name, "func", "ok", "SO_PEERSEC with optlen %zu: %s", sizeof(buf),
+		       rc == 0 ? "answered" : strerror(err));
+		return 0;
+	}
+	report(c->label, name, "func", "fail", "SO_PEERSEC with optlen %zu failed: %s", sizeof(buf), strerror(err));
+	return 1;
 }
 
 int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int lfd)

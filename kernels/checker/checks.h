@@ -22,6 +22,10 @@ struct func_ctx {
  * Reports three checks; returns the number that failed. */
 int check_outbound(const struct func_ctx *c, int lfd, const char *listen_ip);
 
+/* getsockopt(SO_PEERSEC) with a 16 KiB buffer gets the kernel's answer, not EFAULT (called by
+ * check_outbound, so every suite with a getsockopt program runs it). Returns 1 when it failed. */
+int check_large_getsockopt(const struct func_ctx *c);
+
 /* A connection from another local address to FILL_POD_IP:dport, which nobody listens on, is
  * accepted on `lfd` (by sk_lookup alone) with the original destination as its local address.
  * Reports the check `name`; returns 1 when it failed. */

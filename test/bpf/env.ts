@@ -35,6 +35,8 @@ export interface Env {
   spawn(pod: PodName, argv: string[]): TestbedProcess;
   /** Run the python helper in a pod and return its stdout lines parsed as JSON. */
   client(pod: PodName, args: string[], timeoutMs?: number): Promise<unknown[]>;
+  /** Run any python helper mode (`bigopt`, …) in a pod and return its stdout lines parsed as JSON. */
+  helper(pod: PodName, args: string[], timeoutMs?: number): Promise<unknown[]>;
   /** Start the python helper server in a pod and wait for "ready". */
   server(pod: PodName, args: string[]): Promise<TestbedProcess>;
 }
@@ -105,12 +107,17 @@ export async function makeEnv(t: Test): Promise<Env> {
     return p;
   };
 
+  const helper = async (pod: PodName, args: string[], timeoutMs = 60_000): Promise<unknown[]> => {
+    const r = await execIn(pods[pod].cgroup, pods[pod].netns, ['python3', HELPER, ...args], { timeoutMs });
+    return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as unknown);
+  };
+
   return {
     prefix, bpffs, cgroup, node: netnsPath('n'), pods, spawn,
-    async client(pod, args, timeoutMs = 60_000) {
-      const r = await execIn(pods[pod].cgroup, pods[pod].netns, ['python3', HELPER, 'client', ...args], { timeoutMs });
-      return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as unknown);
+    client(pod, args, timeoutMs = 60_000) {
+      return helper(pod, ['client', ...args], timeoutMs);
     },
+    helper,
     async server(pod, args) {
       const p = spawn(pod, ['python3', '-u', HELPER, 'server', ...args]);
       await new Promise<void>((res, rej) => {

@@ -68,6 +68,11 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
     t.ok(dp.stats().getsockopt_answered > 0n);
   });
 
+  await t.test('a getsockopt bigger than a page gets the kernel\'s answer, not EFAULT', async (t) => {
+    const [r] = (await env.helper('a', ['bigopt'])) as Array<{ ok?: true; errno?: number }>;
+    t.ok(r?.ok === true || r?.errno === 92, `SO_PEERSEC with a 16 KiB buffer: ${JSON.stringify(r)}`);
+  });
+
   await t.test('a v4-mapped destination through a dual-stack client socket', async (t) => {
     const [r] = (await env.client('a', [`::ffff:${c.ip}`, '9000'])) as ClientOut[];
     t.equal(r?.hello?.port, 15001);
