@@ -11,6 +11,8 @@
  *   sockops          at ESTABLISHED the original dst moves to ambpf_inpod_pair under {netns cookie,
  *                    4-tuple}: every pod talks to its ztunnel over 127.0.0.1, so the same 4-tuple can
  *                    exist in two pods at once and the node topology's tuple key would mix them up.
+ *                    When ztunnel's side of the connection is established it moves on again, into the
+ *                    accepted socket's own storage, and lives exactly as long as that socket.
  *   getsockopt       answers SO_ORIGINAL_DST for ztunnel's accepted socket. Its netns cookie comes
  *                    from socket storage the loader put on ztunnel's 15001 listener and the kernel
  *                    cloned to the accepted socket (BPF_F_CLONE): bpf_get_netns_cookie is not callable
@@ -55,7 +57,8 @@ struct {
 	__type(value, struct ambpf_inpod_sk);
 } ambpf_inpod_sk SEC(".maps");
 
-/* {netns cookie, client 4-tuple} -> original dst; deleted at TCP_CLOSE. */
+/* {netns cookie, client 4-tuple} -> original dst, between the client's and ztunnel's ESTABLISHED;
+ * deleted when it moves onto ztunnel's accepted socket, or at the client's TCP_CLOSE. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -143,7 +146,7 @@ static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
 {
 	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
 
-	return st && st->orig.family != 0 ? &st->orig : 0;
+	return st && st->orig.family != 0 && st->role == AMBPF_INPOD_SK_APP ? &st->orig : 0;
 }
 
 SEC("cgroup/connect4")
@@ -207,12 +210,44 @@ static __always_inline int inpod_key(struct bpf_sock_ops *skops, struct ambpf_in
 	if (!sk)
 		return 0;
 	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-	if (!st || st->orig.family == 0)
+	if (!st || st->orig.family == 0 || st->role != AMBPF_INPOD_SK_APP)
 		return 0;
 	key->netns_cookie = st->netns_cookie;
 	CTX_TUPLE(skops, &key->t);
 	*out = st;
 	return 1;
+}
+
+/*
+ * ztunnel's 15001 listener in a pod accepted a connection (the child exists before accept(), with the
+ * listener's storage cloned: the pod's cookie). Copy the client's original dst onto this socket, so
+ * getsockopt finds it for as long as ztunnel holds the socket, even when the client has closed and
+ * its pair entry is gone (a fire-and-forget client beats a busy ztunnel's accept()). The entry itself
+ * is not needed any more.
+ */
+static __always_inline void inpod_passive(struct bpf_sock_ops *skops)
+{
+	struct ambpf_inpod_key key = {};
+	struct ambpf_tuple own = {};
+	struct ambpf_inpod_sk *st;
+	struct ambpf_orig *orig;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+	if (!st || st->netns_cookie == 0 || st->orig.family != 0)
+		return;
+	key.netns_cookie = st->netns_cookie;
+	CTX_TUPLE(skops, &own);
+	tuple_reverse(&key.t, &own);
+	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);
+	if (!orig)
+		return;
+	st->orig = *orig;
+	st->role = AMBPF_INPOD_SK_ACCEPTED;
+	if (bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
+		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
 }
 
 SEC("sockops")
@@ -231,6 +266,8 @@ int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 		}
 		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_ADDED);
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	} else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		inpod_passive(skops);
 	} else if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
 		if (inpod_key(skops, &key, &st) && bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
 			stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
@@ -258,6 +295,9 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
 		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
 		return SYS_PROCEED;
 	}
+	/* The usual case: sockops copied the client's original onto this socket when it was accepted. */
+	if (st->role == AMBPF_INPOD_SK_ACCEPTED)
+		return sockopt_answer(ctx, &st->orig);
 	key.netns_cookie = st->netns_cookie;
 	sockopt_client_tuple(ctx->sk, &key.t);
 	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);

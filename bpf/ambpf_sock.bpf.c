@@ -5,8 +5,9 @@
  *   connect4/6     an ambient pod's TCP connect() goes to ztunnel IP:15001; the original dst is kept in
  *                  the socket's local storage (ambpf_orig_dst).
  *   sockops        at ESTABLISHED the original dst is copied to ambpf_pair_dst under the 4-tuple, which is
- *                  the only thing ztunnel's accepted socket shares with the client's; deleted at
- *                  TCP_CLOSE. Same-node pod <-> ztunnel sockets go into ambpf_sockhash for sk_msg.
+ *                  the only thing ztunnel's accepted socket shares with the client's; deleted once both
+ *                  sockets reached TCP_CLOSE. Same-node pod <-> ztunnel sockets go into ambpf_sockhash
+ *                  for sk_msg.
  *   getsockopt     answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST for ztunnel from ambpf_pair_dst, as
  *                  conntrack would after an iptables REDIRECT.
  *   getpeername4/6 the app sees the peer it asked for, not ztunnel (as with iptables NAT).
@@ -177,23 +178,29 @@ static __always_inline void on_active_established(struct bpf_sock_ops *skops)
 		return;
 	}
 	stat_inc(AMBPF_STAT_SOCKOPS_PAIR_ADDED);
-	/* Ask for state changes so TCP_CLOSE deletes the entry. */
+	/* Ask for state changes: the entry goes when this socket and ztunnel's have both closed. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	if (splice_enabled() && bpf_sock_hash_update(skops, &ambpf_sockhash, &t, BPF_ANY) == 0)
 		stat_inc(AMBPF_STAT_SOCKOPS_SOCKHASH_ADDED);
 }
 
-/* The ztunnel side: its listener accepted a connection; splice it if the client is a local pod that
- * connect4 redirected (its pair entry exists: the client reached ESTABLISHED first). */
+/* The ztunnel side: its listener accepted a connection (before accept(): the child socket exists once
+ * the handshake completes). If the client is a pod connect4 redirected (its pair entry exists: the
+ * client reached ESTABLISHED first, its ACK made this socket), this socket's close is asked for too,
+ * so the entry outlives a client that closes before ztunnel accepts; and it is spliced when enabled. */
 static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
 {
 	struct ambpf_tuple t = {}, client = {};
+	struct ambpf_pair *pair;
 
-	if (!splice_enabled())
-		return;
 	CTX_TUPLE(skops, &t);
 	tuple_reverse(&client, &t);
-	if (!bpf_map_lookup_elem(&ambpf_pair_dst, &client))
+	pair = bpf_map_lookup_elem(&ambpf_pair_dst, &client);
+	if (!pair)
+		return;
+	if (bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG) == 0)
+		pair->zt_seen = 1;
+	if (!splice_enabled())
 		return;
 	if (bpf_sock_hash_update(skops, &ambpf_sockhash, &t, BPF_ANY) == 0)
 		stat_inc(AMBPF_STAT_SOCKOPS_SOCKHASH_ADDED);
@@ -201,12 +208,44 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
 }
 
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "AMBPF_PAIR_CLOSED_ONE puts the close count in the top byte of a little-endian word"
+#endif
+_Static_assert(__builtin_offsetof(struct ambpf_pair, closed) == __builtin_offsetof(struct ambpf_pair, splice_fwd) + 3,
+	       "ambpf_pair.closed must be the top byte of the word at splice_fwd");
+
+/*
+ * One socket of a pair reached TCP_CLOSE: the client's (its own tuple is the key) or ztunnel's (the
+ * reversed one). The entry goes when both have closed, or at the client's close when ztunnel's side
+ * never registered (the client gave up before the handshake completed: nobody will ask). Counting
+ * with an atomic add and reading back after it: of two closes racing on two CPUs at least the later
+ * one reads 2 (both may, and a second delete is a harmless miss).
+ */
 static __always_inline void on_close(struct bpf_sock_ops *skops)
 {
-	struct ambpf_tuple t = {};
+	struct ambpf_tuple t = {}, key = {};
+	struct ambpf_pair *pair;
+	int client_side = 1;
 
 	CTX_TUPLE(skops, &t);
-	if (bpf_map_delete_elem(&ambpf_pair_dst, &t) == 0)
+	pair = bpf_map_lookup_elem(&ambpf_pair_dst, &t);
+	if (pair) {
+		key = t;
+	} else {
+		tuple_reverse(&key, &t);
+		pair = bpf_map_lookup_elem(&ambpf_pair_dst, &key);
+		if (!pair)
+			return;
+		client_side = 0;
+	}
+	if (client_side && !pair->zt_seen)
+		goto delete;
+	/* Result unused on purpose: clang then emits the plain atomic add 5.10 accepts. */
+	__sync_fetch_and_add((__u32 *)&pair->splice_fwd, AMBPF_PAIR_CLOSED_ONE);
+	if (*(volatile __u8 *)&pair->closed < 2)
+		return;
+delete:
+	if (bpf_map_delete_elem(&ambpf_pair_dst, &key) == 0)
 		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
 }
 
@@ -221,7 +260,8 @@ int ambpf_sockops(struct bpf_sock_ops *skops)
 		on_passive_established(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == BPF_TCP_CLOSE)
+		/* args[0] old state, args[1] new: count a socket's close once. */
+		if (skops->args[1] == BPF_TCP_CLOSE && skops->args[0] != BPF_TCP_CLOSE)
 			on_close(skops);
 		break;
 	default:

@@ -116,13 +116,18 @@ struct ambpf_tuple {
 	__u16 remote_port; /* network order */
 };
 
-/* ambpf_pair_dst value. */
+/* ambpf_pair_dst value. It lives until BOTH sockets of the pair have closed: a fire-and-forget client
+ * (connect, write, close) reaches TCP_CLOSE before a busy ztunnel accepts and asks SO_ORIGINAL_DST. */
 struct ambpf_pair {
 	struct ambpf_orig orig;
 	__u8 splice_fwd;  /* client -> ztunnel direction, AMBPF_SPLICE_* */
 	__u8 splice_rev;  /* ztunnel -> client direction */
-	__u16 _pad;
+	__u8 zt_seen;     /* 1: ztunnel's accepted socket exists and will report its own close */
+	__u8 closed;      /* how many of the two sockets reached TCP_CLOSE (the entry goes at 2). Bumped
+			   * with an atomic add on the 32-bit word that starts at splice_fwd (5.10 has no
+			   * atomic fetch-or), so this must stay its top byte: AMBPF_PAIR_CLOSED_ONE. */
 };
+#define AMBPF_PAIR_CLOSED_ONE    (1U << 24) /* +1 on `closed` through that word (little endian) */
 
 /* ambpf_inflow key: an inbound flow being steered to ztunnel (IPv4, network order). */
 struct ambpf_flow4 {
@@ -139,10 +144,16 @@ struct ambpf_flow4 {
  * netns_cookie, and the kernel clones it to every accepted socket: that is how getsockopt, which has
  * no bpf_get_netns_cookie before 5.15, knows which pod an accepted 127.0.0.1 connection came from. */
 struct ambpf_inpod_sk {
-	struct ambpf_orig orig; /* orig.family 0: not a redirected app socket */
-	__u32 _pad;
+	struct ambpf_orig orig; /* app socket: what it asked for; ztunnel's accepted socket: its client's */
+	__u32 role;             /* AMBPF_INPOD_SK_* */
 	__u64 netns_cookie;
 };
+/* ambpf_inpod_sk.role. An app socket has orig set and role APP; ztunnel's tagged 15001 listener has
+ * only the cookie. At PASSIVE_ESTABLISHED the client's original dst is copied onto ztunnel's accepted
+ * socket (role ACCEPTED): getsockopt answers from there for as long as that socket lives, however
+ * early the client closed, and nothing has to be deleted later. */
+#define AMBPF_INPOD_SK_APP       0
+#define AMBPF_INPOD_SK_ACCEPTED  1
 
 /* ambpf_inpod_pair key: every pod talks to its ztunnel over 127.0.0.1, so a 4-tuple alone repeats
  * across pods; the pod's netns cookie makes it unique on the node. */

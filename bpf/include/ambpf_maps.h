@@ -56,7 +56,8 @@ struct {
 } ambpf_orig_dst SEC(".maps");
 
 /* Client 4-tuple -> original dst: ztunnel's accepted socket has another cookie and no storage of
- * ours, but it knows the same 4-tuple reversed. Entries are deleted at TCP_CLOSE. */
+ * ours, but it knows the same 4-tuple reversed. An entry is deleted when both the client's and
+ * ztunnel's socket have reached TCP_CLOSE (struct ambpf_pair.closed). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);

@@ -36,6 +36,10 @@ export const CFG_INPOD = 1 << 1;
 export const SPLICE_UNDECIDED = 0;
 export const SPLICE_ON = 1;
 export const SPLICE_OFF = 2;
+export const INPOD_SK_APP = 0;
+export const INPOD_SK_ACCEPTED = 1;
+/** +1 on ambpf_pair.closed through the 32-bit word at splice_fwd (bpf/include/ambpf.h). */
+export const PAIR_CLOSED_ONE = 1 << 24;
 
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -89,9 +93,9 @@ export const LAYOUT = {
   },
   ambpf_orig: { size: 20, fields: { ip: 0, port: 16, family: 18 } },
   ambpf_tuple: { size: 36, fields: { local_ip: 0, remote_ip: 16, local_port: 32, remote_port: 34 } },
-  ambpf_pair: { size: 24, fields: { orig: 0, splice_fwd: 20, splice_rev: 21 } },
+  ambpf_pair: { size: 24, fields: { orig: 0, splice_fwd: 20, splice_rev: 21, zt_seen: 22, closed: 23 } },
   ambpf_flow4: { size: 12, fields: { saddr: 0, daddr: 4, sport: 8, dport: 10 } },
-  ambpf_inpod_sk: { size: 32, fields: { orig: 0, netns_cookie: 24 } },
+  ambpf_inpod_sk: { size: 32, fields: { orig: 0, role: 20, netns_cookie: 24 } },
   ambpf_inpod_key: { size: 48, fields: { netns_cookie: 0, t: 8 } },
   ambpf_inpod_lkey: { size: 20, fields: { pod_ip: 0, slot: 16 } },
 } as const;
@@ -231,7 +235,9 @@ export interface ConfigValue {
 }
 export interface OrigDst { ip: string; port: number; family: number }
 export interface Tuple { localIp: string; localPort: number; remoteIp: string; remotePort: number }
-export interface PairValue { orig: OrigDst; spliceFwd: number; spliceRev: number }
+/** ztSeen: ztunnel's accepted socket will report its close; closed: how many of the two sockets have
+ * closed (the entry goes at 2). Both are the datapath's; the loader never writes them. */
+export interface PairValue { orig: OrigDst; spliceFwd: number; spliceRev: number; ztSeen?: number; closed?: number }
 export interface Flow4 { saddr: string; daddr: string; sport: number; dport: number }
 
 export const encodeIpKey = (ip: string): Uint8Array => ipToBytes(ip);
@@ -432,12 +438,14 @@ export function encodePair(v: PairValue): Uint8Array {
   encodeOrigInto(b, 0, v.orig);
   b[20] = v.spliceFwd;
   b[21] = v.spliceRev;
+  b[22] = v.ztSeen ?? 0;
+  b[23] = v.closed ?? 0;
   return b;
 }
 
 export function decodePair(b: Uint8Array): PairValue {
   need(b, LAYOUT.ambpf_pair.size, 'ambpf_pair');
-  return { orig: decodeOrigAt(b, 0), spliceFwd: b[20] ?? 0, spliceRev: b[21] ?? 0 };
+  return { orig: decodeOrigAt(b, 0), spliceFwd: b[20] ?? 0, spliceRev: b[21] ?? 0, ztSeen: b[22] ?? 0, closed: b[23] ?? 0 };
 }
 
 export function encodeFlow4(f: Flow4): Uint8Array {
@@ -461,13 +469,16 @@ export function decodeFlow4(b: Uint8Array): Flow4 {
 }
 
 // ---- inpod topology (ambpf_inpod.bpf.c) ----
-export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint }
+/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener) or INPOD_SK_ACCEPTED (ztunnel's
+ * accepted socket carrying its client's original dst). */
+export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint; role?: number }
 export interface InpodKey { netnsCookie: bigint; tuple: Tuple }
 
 /** ambpf_inpod_sk value; the loader writes { orig: null, netnsCookie } on ztunnel's 15001 listener. */
 export function encodeInpodSk(v: InpodSk): Uint8Array {
   const b = new Uint8Array(LAYOUT.ambpf_inpod_sk.size);
   if (v.orig) encodeOrigInto(b, 0, v.orig);
+  view(b).setUint32(20, v.role ?? INPOD_SK_APP, true);
   view(b).setBigUint64(24, v.netnsCookie, true);
   return b;
 }
@@ -475,7 +486,7 @@ export function encodeInpodSk(v: InpodSk): Uint8Array {
 export function decodeInpodSk(b: Uint8Array): InpodSk {
   const dv = need(b, LAYOUT.ambpf_inpod_sk.size, 'ambpf_inpod_sk');
   const orig = decodeOrigAt(b, 0);
-  return { orig: orig.family === 0 ? null : orig, netnsCookie: dv.getBigUint64(24, true) };
+  return { orig: orig.family === 0 ? null : orig, netnsCookie: dv.getBigUint64(24, true), role: dv.getUint32(20, true) };
 }
 
 export function encodeInpodKey(k: InpodKey): Uint8Array {

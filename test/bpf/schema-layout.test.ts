@@ -21,7 +21,8 @@ function cProgram(): string {
   lines.push('printf("E max %d\\n", (int)AMBPF_STAT_MAX);');
   const consts = ['ZTUNNEL_MARK', 'ZTUNNEL_MARK_MASK', 'PORT_OUTBOUND', 'PORT_INBOUND', 'PORT_HBONE', 'PORT_DNS',
     'MAX_EXCLUDED_PORTS', 'MAX_NODE_IPS', 'LISTENER_INBOUND', 'LISTENER_HBONE', 'LISTENER_SLOTS', 'POD_AMBIENT',
-    'POD_OPT_OUT', 'POD_DNS_CAPTURE', 'POD_IS_ZTUNNEL', 'ZT_READY', 'CFG_SPLICE', 'CFG_INPOD', 'SPLICE_UNDECIDED', 'SPLICE_ON', 'SPLICE_OFF'];
+    'POD_OPT_OUT', 'POD_DNS_CAPTURE', 'POD_IS_ZTUNNEL', 'ZT_READY', 'CFG_SPLICE', 'CFG_INPOD', 'SPLICE_UNDECIDED', 'SPLICE_ON', 'SPLICE_OFF',
+    'INPOD_SK_APP', 'INPOD_SK_ACCEPTED', 'PAIR_CLOSED_ONE'];
   consts.forEach((c) => lines.push(`printf("C ${c} %lu\\n", (unsigned long)(AMBPF_${c}));`));
   return `#include <stdio.h>\n#include <stddef.h>\n#include "ambpf.h"\nint main(void) {\n${lines.join('\n')}\nreturn 0;\n}\n`;
 }
@@ -84,7 +85,7 @@ t.test('codecs round-trip and put bytes where C expects them', async (t) => {
   t.same(schema.decodeTuple(tb), tuple);
   t.equal(Buffer.from(tb).readUInt16BE(34), 15001);
 
-  const pair = { orig: { ip: '198.18.5.5', port: 80, family: schema.AF_INET }, spliceFwd: schema.SPLICE_ON, spliceRev: schema.SPLICE_OFF };
+  const pair = { orig: { ip: '198.18.5.5', port: 80, family: schema.AF_INET }, spliceFwd: schema.SPLICE_ON, spliceRev: schema.SPLICE_OFF, ztSeen: 1, closed: 1 };
   t.same(schema.decodePair(schema.encodePair(pair)), pair);
   t.same(schema.decodeOrig(schema.encodeOrig(pair.orig)), pair.orig);
 
