@@ -16,15 +16,13 @@ import { startPath } from './paths.ts';
 
 const AMBIENT = 'istio.io/dataplane-mode';
 
-/** Writes the pods List with `pod` opted out (label dataplane-mode=none) or back in, atomically. */
-function writeToggled(tb: Testbed, path: string, pod: TestbedPod, optOut: boolean): void {
+/** Writes the pods List with `optedOut` opted out (label dataplane-mode=none), atomically. */
+export function writePodsWithOptOut(tb: Testbed, path: string, optedOut: readonly TestbedPod[]): void {
   const list = podsList(tb.info);
   const items = list.items.map((item) => {
     const meta = item['metadata'] as { name: string; namespace?: string; labels: Record<string, string> };
-    if (item['kind'] !== 'Pod' || meta.name !== pod.name || meta.namespace !== pod.namespace) return item;
-    const labels = { ...meta.labels };
-    if (optOut) labels[AMBIENT] = 'none';
-    return { ...item, metadata: { ...meta, labels } };
+    if (item['kind'] !== 'Pod' || !optedOut.some((p) => meta.name === p.name && meta.namespace === p.namespace)) return item;
+    return { ...item, metadata: { ...meta, labels: { ...meta.labels, [AMBIENT]: 'none' } } };
   });
   const tmp = `${path}.tmp-bench`;
   writeFileSync(tmp, JSON.stringify({ ...list, items }, null, 2) + '\n');
@@ -34,18 +32,28 @@ function writeToggled(tb: Testbed, path: string, pod: TestbedPod, optOut: boolea
 /**
  * Pods file edit -> ambpf_pods entry gone (opt-out) or present (opt-in), `changes` times, each
  * bounded by 5 s. The map is polled through its pin, as any observer of the node would see it.
+ * `optedOut` stay out all along (inpod: mesh pods without ztunnel listeners, which the loader would
+ * otherwise keep retrying). In inpod the entry appears only after the pod's capture (listeners found,
+ * sk_lookup attached), so ztunnel's listeners must be in the pod's netns while this runs.
+ * The pods file is left as the full list.
  */
-export async function measurePodChange(ctx: PathContext, node: TestbedNode, pod: TestbedPod, changes: number): Promise<number[]> {
+export async function measurePodChange(ctx: PathContext, node: TestbedNode, pod: TestbedPod, changes: number, optedOut: readonly TestbedPod[] = []): Promise<number[]> {
   const { openPinnedMaps } = await import('../bpf/datapath.ts');
   const path = await startPath(ctx, 'ebpf');
   const samples: number[] = [];
   try {
     const maps = openPinnedMaps(node.bpffsDir);
     try {
+      // Start from a present entry (inpod: the first capture may land just after /readyz).
+      const ready = performance.now() + 5000;
+      while (maps.pods.get(pod.ip) === undefined) {
+        if (performance.now() > ready) throw new BenchError(`the ambpf_pods entry of ${pod.name} never appeared after the loader started`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
       for (let i = 0; i < changes; i++) {
         const optOut = i % 2 === 0;
         const t0 = performance.now();
-        writeToggled(ctx.tb, ctx.podsFile, pod, optOut);
+        writePodsWithOptOut(ctx.tb, ctx.podsFile, optOut ? [...optedOut, pod] : optedOut);
         const deadline = t0 + 5000;
         while ((maps.pods.get(pod.ip) !== undefined) === optOut) {
           if (performance.now() > deadline) throw new BenchError(`the ambpf_pods entry of ${pod.name} did not ${optOut ? 'disappear' : 'appear'} within 5 s of the pods file change`);

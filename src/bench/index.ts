@@ -1,5 +1,6 @@
 // `ambpf bench`: one command, one testbed, every path side by side (design.md §7, issue 8).
-//   1. a two-node testbed without the stand-in; raw sinks on node 1's ztunnel ports;
+//   1. a two-node testbed without the stand-in; raw sinks where node 1 keeps ztunnel's ports (its
+//      ztunnel pod; inpod: inside its first mesh pod, held by ztunnel's cgroup);
 //   2. the matrix, rounds x paths (rotated) x workloads x placements (matrix.ts);
 //   3. control plane: pod change -> map entry, reconcile of N pods, cold start, RSS;
 //   4. end to end through the ztunnel stand-in (HTTP workloads);
@@ -11,10 +12,10 @@ import { join } from 'node:path';
 import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed } from '../testbed/index.ts';
 import { logger } from '../log.ts';
 import { chartSpec, renderSvg } from './charts.ts';
-import { measurePodChange, measureReconcile, summarizePodChange } from './control-plane.ts';
+import { measurePodChange, measureReconcile, summarizePodChange, writePodsWithOptOut } from './control-plane.ts';
 import { wrkScript } from './load.ts';
 import { describeMachine } from './machine.ts';
-import { runE2ePhase, runSinkPhase, sinkActors, type MatrixOptions } from './matrix.ts';
+import { runE2ePhase, runSinkPhase, sinkActors, sinkCapturedPods, startHttpSink, type MatrixOptions } from './matrix.ts';
 import type { PathContext } from './paths.ts';
 import { resultsMarkdown } from './report.ts';
 import { spread } from './stats.ts';
@@ -54,14 +55,19 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
 
   const tb = await startTestbed(defaultSpec(), { topology: o.topology, standIn: false, ...(o.prefix ? { prefix: o.prefix } : {}) });
   o.onTestbed?.(tb);
+  const inpod = o.topology === 'inpod';
   try {
     const dir = join(tb.info.runDir, 'bench');
     mkdirSync(dir, { recursive: true });
     const podsFile = join(dir, 'pods.json');
-    tb.writePodsList(podsFile);
     const [node1] = tb.nodes;
     if (!node1) throw new Error('the bench testbed has no node');
-    const ctx: PathContext = { tb, podsFile, loaderNodes: [node1], logDir: dir };
+    const actors = sinkActors(tb);
+    // inpod: only the sinks' pod has "ztunnel" listeners; the other mesh pods are opted out in the
+    // sink phase so the loader does not retry them (a discovery pass every --resync-ms) mid-cell.
+    const idle = inpod ? tb.pods.filter((p) => p.mesh && p.name !== actors.meshClient.name) : [];
+    writePodsWithOptOut(tb, podsFile, idle);
+    const ctx: PathContext = { tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb) };
     const m: MatrixOptions = {
       paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds, warmup: o.warmup,
       seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
@@ -78,16 +84,28 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
 
     if (o.controlPlane) {
       log.info('bench: control plane');
-      controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, sinkActors(tb).meshDst, o.podChanges));
+      if (inpod) {
+        // An inpod pod enters the map only once captured: its ztunnel listeners must be there.
+        const sink = await startHttpSink(tb, m);
+        try {
+          controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, actors.meshClient, o.podChanges, idle));
+        } finally {
+          await sink.stop();
+        }
+      } else {
+        controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, actors.meshDst, o.podChanges));
+      }
       controlPlane.reconcile = await measureReconcile(tb, o.reconcileSizes);
     }
 
     const httpWorkloads = o.workloads.filter((w) => w === 'connections' || w === 'latency');
     if (o.e2e && httpWorkloads.length > 0) {
       log.info('bench: end to end through the ztunnel stand-in');
+      tb.writePodsList(podsFile);
       await startStandIns(tb);
       try {
-        await runE2ePhase(tb, { ...ctx, loaderNodes: tb.nodes }, { ...m, workloads: httpWorkloads }, obs);
+        const captured = inpod ? tb.pods.filter((p) => p.mesh) : [];
+        await runE2ePhase(tb, { ...ctx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads }, obs);
       } finally {
         await stopStandIns(tb);
       }
@@ -103,12 +121,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     controlPlane.coldStartMs = { samples: coldStarts, median: s.median, min: s.min, max: s.max };
   }
   if (rss.length > 0) controlPlane.rssMiB = { samples: rss, median: spread(rss).median, max: Math.max(...rss) };
-  notes.push(
-    'Sink phase: nginx (1 KiB answers) and iperf3 listen on ztunnel\'s ports 15001/15006/15008 in node 1\'s ztunnel pod, with an LD_PRELOAD that sets IP_TRANSPARENT (TPROXY needs it); direct = the client addresses ztunnel\'s IP and port itself.',
-    'same-node = a mesh pod\'s outbound connection captured to its own node\'s ztunnel (15001); cross-node = a non-mesh pod on node 2 reaching a mesh pod on node 1, captured inbound and steered to 15006.',
-    'End-to-end phase: through the ztunnel stand-in (HBONE between the two halves); direct = the same client reaching the destination nginx with nothing installed.',
-    'TIME_WAIT sockets are destroyed (ss -K) in every netns of a cell before it runs; conntrack is not flushed (no conntrack tool on the machine).',
-  );
+  notes.push(...topologyNotes(o.topology));
 
   const results: BenchResults = {
     version: 1,
@@ -126,6 +139,28 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     notes,
   };
   return { results, files: await writeOutputs(o.outDir, results) };
+}
+
+/** How to read the placements and paths of this topology (results.md's notes). */
+function topologyNotes(topology: BenchConfig['topology']): string[] {
+  const common = [
+    'TIME_WAIT sockets are destroyed (ss -K) in every netns of a cell before it runs; conntrack is not flushed (no conntrack tool on the machine).',
+  ];
+  if (topology === 'inpod') {
+    return [
+      'Sink phase (inpod): nginx (1 KiB answers) and iperf3 listen on 15001/15006/15008 inside the mesh pod app1-node1\'s netns, held by ztunnel\'s pod cgroup (where in-pod ztunnel listens; the loader captures only listeners held by ztunnel), with the same LD_PRELOAD on every path; the other mesh pods are opted out during the sink phase (no listeners there).',
+      'same-node = the mesh pod\'s outbound connection (to another pod\'s IP) captured to 127.0.0.1:15001 in its own netns (direct = a plain loopback connection to 127.0.0.1:15001: the floor); cross-node = a non-mesh pod on node 2 reaching the mesh pod, captured inside the pod to its 15006 (direct = the client addressing pod-IP:15006 itself).',
+      'iptables = Istio\'s golden in-pod rules (nat REDIRECT to 15001/15006, connmark 0x111 policy route) in every mesh pod, plus the node\'s probe SNAT; ebpf = ambpf run --mode inpod (connect4 to 127.0.0.1:15001, getsockopt, sk_lookup to 15006 in the pod\'s netns).',
+      'End-to-end phase: through the ztunnel stand-in running in every mesh pod\'s netns (HBONE between pods); direct = the same client reaching the destination nginx with nothing installed.',
+      ...common,
+    ];
+  }
+  return [
+    'Sink phase: nginx (1 KiB answers) and iperf3 listen on ztunnel\'s ports 15001/15006/15008 in node 1\'s ztunnel pod, with an LD_PRELOAD that sets IP_TRANSPARENT (TPROXY needs it); direct = the client addresses ztunnel\'s IP and port itself.',
+    'same-node = a mesh pod\'s outbound connection captured to its own node\'s ztunnel (15001); cross-node = a non-mesh pod on node 2 reaching a mesh pod on node 1, captured inbound and steered to 15006.',
+    'End-to-end phase: through the ztunnel stand-in (HBONE between the two halves); direct = the same client reaching the destination nginx with nothing installed.',
+    ...common,
+  ];
 }
 
 /** results.json, one SVG per workload, results.md (which links the SVGs). */

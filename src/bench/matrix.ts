@@ -8,7 +8,7 @@ import { PORT_HBONE, PORT_INBOUND_PLAINTEXT, PORT_OUTBOUND } from '../testbed/zt
 import { logger } from '../log.ts';
 import { runCell, type CellTarget, type Endpoint } from './cells.ts';
 import { startPath, type PathContext } from './paths.ts';
-import { startIperfServer, startNginx, type Sink } from './sinks.ts';
+import { inPod, startIperfServer, startNginx, type Sink, type SinkPlace } from './sinks.ts';
 import { schedule } from './stats.ts';
 import type { BenchConfig, PathName, Phase, Placement, Sample, WorkloadName } from './types.ts';
 
@@ -47,26 +47,56 @@ function findPod(tb: Testbed, pred: (p: TestbedPod) => boolean, what: string): T
   return p;
 }
 
-/** The pods the sink phase uses: all capture happens at node 1 (its ztunnel holds the sinks). */
-export function sinkActors(tb: Testbed): { zpod: TestbedPod; meshClient: TestbedPod; meshDst: TestbedPod; plainClient: TestbedPod } {
+/** The pods the sink phase uses: all capture happens at node 1 (its ztunnel, or its mesh pod in inpod, holds the sinks). */
+export interface SinkActors {
+  readonly zpod: TestbedPod;
+  readonly meshClient: TestbedPod;
+  readonly meshDst: TestbedPod;
+  readonly plainClient: TestbedPod;
+  /** Where the sinks listen: ztunnel's pod (node); the mesh client's netns in ztunnel's cgroup (inpod). */
+  readonly sinks: SinkPlace;
+}
+
+export function sinkActors(tb: Testbed): SinkActors {
   const [n1, n2] = tb.nodes;
   if (!n1 || !n2) throw new Error('the bench testbed needs two nodes');
+  const zpod = findPod(tb, (p) => p.isZtunnel && p.node === n1.name, `ztunnel pod on ${n1.name}`);
+  const meshClient = findPod(tb, (p) => p.mesh && p.node === n1.name, `mesh pod on ${n1.name}`);
   return {
-    zpod: findPod(tb, (p) => p.isZtunnel && p.node === n1.name, `ztunnel pod on ${n1.name}`),
-    meshClient: findPod(tb, (p) => p.mesh && p.node === n1.name, `mesh pod on ${n1.name}`),
-    meshDst: findPod(tb, (p) => p.mesh && p.node === n1.name && p.name !== tb.pods.find((q) => q.mesh && q.node === n1.name)?.name, `second mesh pod on ${n1.name}`),
+    zpod,
+    meshClient,
+    meshDst: findPod(tb, (p) => p.mesh && p.node === n1.name && p.name !== meshClient.name, `second mesh pod on ${n1.name}`),
     plainClient: findPod(tb, (p) => !p.mesh && !p.isZtunnel && !p.hostNetwork && p.node === n2.name, `non-mesh pod on ${n2.name}`),
+    sinks: tb.info.topology === 'inpod' ? { netns: meshClient, holder: zpod } : inPod(zpod),
   };
 }
 
+/** The pods whose capture an eBPF path must see in place before its cells run (inpod: the sinks' pod). */
+export function sinkCapturedPods(tb: Testbed): TestbedPod[] {
+  return tb.info.topology === 'inpod' ? [sinkActors(tb).meshClient] : [];
+}
+
+/** nginx on all three ztunnel ports where the sinks go. */
+export function startHttpSink(tb: Testbed, o: Pick<MatrixOptions, 'dir' | 'shim'>): Promise<Sink> {
+  return startNginx(tb, sinkActors(tb).sinks, [PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE], join(o.dir, 'nginx-sink'), o.shim);
+}
+
+/**
+ * Client, endpoint and netns of a sink-phase cell. node: same-node = mesh pod -> its node's ztunnel
+ * (15001, over the pod veth); cross-node = non-mesh pod on node 2 -> mesh pod on node 1, captured at
+ * node 1 to ztunnel's 15006. inpod: same-node = the mesh pod's outbound, captured to 127.0.0.1:15001
+ * inside its own netns (loopback, the floor being a plain loopback connection); cross-node = the same
+ * non-mesh client -> the mesh pod, captured inside the pod to its 15006.
+ */
 function sinkTargets(tb: Testbed, placement: Placement, path: PathName): CellTarget {
   const { zpod, meshClient, meshDst, plainClient } = sinkActors(tb);
+  const inpod = tb.info.topology === 'inpod';
   const nodeNs = tb.nodes.map((n) => n.netnsPath);
   if (placement === 'same-node') {
     return {
       client: meshClient,
       servers: [zpod],
-      endpoint: endpointFor(path, { ip: zpod.ip, port: PORT_OUTBOUND }, { ip: meshDst.ip, port: APP_PORT }),
+      endpoint: endpointFor(path, { ip: inpod ? '127.0.0.1' : zpod.ip, port: PORT_OUTBOUND }, { ip: meshDst.ip, port: APP_PORT }),
       netns: [meshClient.netnsPath, zpod.netnsPath, ...nodeNs],
     };
   }
@@ -74,8 +104,8 @@ function sinkTargets(tb: Testbed, placement: Placement, path: PathName): CellTar
   return {
     client: plainClient,
     servers: [zpod],
-    endpoint: endpointFor(path, { ip: zpod.ip, port: PORT_INBOUND_PLAINTEXT }, { ip: meshClient.ip, port: APP_PORT }),
-    netns: [plainClient.netnsPath, zpod.netnsPath, ...nodeNs],
+    endpoint: endpointFor(path, { ip: inpod ? meshClient.ip : zpod.ip, port: PORT_INBOUND_PLAINTEXT }, { ip: meshClient.ip, port: APP_PORT }),
+    netns: [plainClient.netnsPath, meshClient.netnsPath, zpod.netnsPath, ...nodeNs],
   };
 }
 
@@ -122,23 +152,23 @@ async function runRounds(
 
 const BULK: readonly WorkloadName[] = ['bulk-1k', 'bulk-16k', 'bulk-128k'];
 
-/** Phase 1: raw sinks on ztunnel's ports in node 1's ztunnel pod; only the redirect is measured. */
+/** Phase 1: raw sinks on ztunnel's ports where ztunnel listens (sinkActors); only the redirect is measured. */
 export async function runSinkPhase(tb: Testbed, ctx: PathContext, o: MatrixOptions, obs: MatrixObserver): Promise<void> {
-  const { zpod } = sinkActors(tb);
+  const { sinks } = sinkActors(tb);
   const groups: Group[] = [
     {
       name: 'http',
       workloads: o.workloads.filter((w) => !BULK.includes(w)),
-      start: async () => [await startNginx(tb, zpod, [PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE], join(o.dir, 'nginx-sink'), o.shim)],
+      start: async () => [await startHttpSink(tb, o)],
     },
     {
       name: 'bulk',
       workloads: o.workloads.filter((w) => BULK.includes(w)),
       // Both always run: the loader wants 15006 and 15008 held by one process even for same-node cells.
       start: async () => {
-        const a = await startIperfServer(tb, zpod, PORT_OUTBOUND, join(o.dir, 'iperf-sink'), o.shim);
+        const a = await startIperfServer(tb, sinks, PORT_OUTBOUND, join(o.dir, 'iperf-sink'), o.shim);
         try {
-          return [a, await startIperfServer(tb, zpod, PORT_INBOUND_PLAINTEXT, join(o.dir, 'iperf-sink'), o.shim, PORT_HBONE)];
+          return [a, await startIperfServer(tb, sinks, PORT_INBOUND_PLAINTEXT, join(o.dir, 'iperf-sink'), o.shim, PORT_HBONE)];
         } catch (err) {
           await a.stop();
           throw err;
@@ -163,9 +193,9 @@ export async function runE2ePhase(tb: Testbed, ctx: PathContext, o: MatrixOption
     name: 'http',
     workloads: o.workloads.filter((w) => !BULK.includes(w)),
     start: async () => {
-      const a = await startNginx(tb, meshDst, [APP_PORT], join(o.dir, 'nginx-e2e-local'), o.shim);
+      const a = await startNginx(tb, inPod(meshDst), [APP_PORT], join(o.dir, 'nginx-e2e-local'), o.shim);
       try {
-        return [a, await startNginx(tb, remote, [APP_PORT], join(o.dir, 'nginx-e2e-remote'), o.shim)];
+        return [a, await startNginx(tb, inPod(remote), [APP_PORT], join(o.dir, 'nginx-e2e-remote'), o.shim)];
       } catch (err) {
         await a.stop();
         throw err;

@@ -1,7 +1,7 @@
 // Bringing one redirection path up and down on the testbed, for one slot of one round:
 //   direct         nothing installed (the client addresses ztunnel's port itself: the floor)
 //   iptables       Istio's rules for the topology (src/baseline)
-//   ebpf           `ambpf run` on the node(s), from the pods file
+//   ebpf           `ambpf run` on the node(s), from the pods file (`--mode inpod` on an inpod testbed)
 //   ebpf-splice    the same with --splice (the sockhash splice, off by default)
 // Each `down()` leaves the testbed as it found it: rules removed, loader stopped, pins and the
 // policy route in ztunnel's netns removed.
@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Testbed } from '../testbed/testbed.ts';
-import type { TestbedNode } from '../testbed/types.ts';
+import type { TestbedNode, TestbedPod } from '../testbed/types.ts';
 import type { TestbedProcess } from '../testbed/exec.ts';
 import { installIptablesPath, removeIptablesPath } from '../baseline/index.ts';
 import { BenchError } from './errors.ts';
@@ -38,6 +38,11 @@ export interface PathContext {
   /** Nodes that run a loader on the eBPF paths. */
   readonly loaderNodes: readonly TestbedNode[];
   readonly logDir: string;
+  /**
+   * inpod: pods whose capture (ztunnel's listeners found in their netns, map entries written) an
+   * eBPF path waits for before its cells run; a pod is only redirected once captured.
+   */
+  readonly captured?: readonly TestbedPod[];
 }
 
 function vmRssKiB(pid: number): number {
@@ -84,6 +89,30 @@ async function waitListenersCopied(node: TestbedNode, procs: readonly TestbedPro
   }
 }
 
+/**
+ * inpod: every pod in `pods` has its ambpf_pods entry on its node's loader, which the loader writes
+ * only after attaching the pod's sk_lookup and lending it ztunnel's listeners. Bounded (10 s).
+ */
+async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: readonly TestbedProcess[]): Promise<void> {
+  const { openPinnedMaps } = await import('../bpf/datapath.ts');
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const missing = pods.filter((pod) => {
+      const maps = openPinnedMaps(tb.node(pod.node).bpffsDir);
+      try {
+        return maps.pods.get(pod.ip) === undefined;
+      } finally {
+        maps.close();
+      }
+    });
+    if (missing.length === 0) return;
+    if (Date.now() > deadline || procs.some((p) => p.child.exitCode !== null)) {
+      throw new BenchError(`ambpf run --mode inpod did not capture ${missing.map((p) => p.name).join(', ')} within 10 s (are the sinks held by ztunnel's pod?)`, { pods: missing.map((p) => p.name).join(',') });
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 async function stopLoader(proc: TestbedProcess): Promise<void> {
   proc.kill('SIGTERM');
   const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
@@ -96,6 +125,8 @@ async function removeLoaderState(tb: Testbed, node: TestbedNode): Promise<void> 
   const { uninstallDatapath } = await import('../bpf/datapath.ts');
   const { removePolicyRoute } = await import('../bpf/datapath-ztunnel.ts');
   uninstallDatapath(node.bpffsDir);
+  // The policy route is the node topology's (in ztunnel's netns); inpod makes none.
+  if (tb.info.topology !== 'node') return;
   const z = tb.ztunnels.find((x) => x.node === node.name);
   if (z) await removePolicyRoute({ netnsPath: z.netnsPath, ifname: 'eth0', table: 100, pref: 100 });
 }
@@ -117,6 +148,7 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
         '--resync-ms', '200',
       ];
       if (splice) argv.push('--splice');
+      if (ctx.tb.info.topology === 'inpod') argv.push('--mode', 'inpod');
       const started = performance.now();
       const proc = ctx.tb.spawn(node, argv, { logFile: join(ctx.logDir, `ambpf-run-${node.name}.log`), env: { ...process.env, AMBPF_LOG_FORMAT: 'json' } });
       procs.push(proc);
@@ -128,6 +160,7 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
     throw err;
   }
   const settle = async (): Promise<void> => {
+    if (ctx.tb.info.topology === 'inpod') return waitCaptured(ctx.tb, ctx.captured ?? [], procs);
     for (const n of ctx.loaderNodes) await waitListenersCopied(n, procs);
   };
   return { name, coldStartMs, rssKiB: () => procs.map((p) => vmRssKiB(p.pid)), settle, down };

@@ -1,9 +1,13 @@
 // The servers that stand where ztunnel listens: nginx for HTTP (1 KiB answers) on 15001/15006/15008
-// and iperf3 for bulk. They run in ztunnel's pod (its netns and cgroup), so the measured hop is the
-// redirect and nothing else; each runs with the IP_TRANSPARENT preload (transparent-shim.ts).
+// and iperf3 for bulk, so the measured hop is the redirect and nothing else; each runs with the
+// IP_TRANSPARENT preload (transparent-shim.ts). Where ztunnel listens depends on the topology: node =
+// in ztunnel's pod (its netns and cgroup); inpod = in the mesh pod's netns but ztunnel's cgroup, as
+// real ztunnel opens its listeners in netns it was handed (the inpod loader only captures listeners
+// held by ztunnel's processes).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Testbed, Target } from '../testbed/testbed.ts';
+import type { Testbed } from '../testbed/testbed.ts';
+import type { TestbedPod } from '../testbed/types.ts';
 import type { TestbedProcess } from '../testbed/exec.ts';
 import { waitForPort } from '../testbed/helpers.ts';
 import { logger } from '../log.ts';
@@ -12,6 +16,19 @@ const log = logger('bench');
 
 /** What nginx answers: exactly 1 KiB of body, the issue's request/response size. */
 export const BODY_BYTES = 1024;
+
+/** Where a sink runs: `netns` is the pod whose network namespace it listens in, `holder` the pod whose cgroup it is in. */
+export interface SinkPlace {
+  readonly netns: TestbedPod;
+  readonly holder: TestbedPod;
+}
+
+/** A sink in one pod's own netns and cgroup. */
+export const inPod = (pod: TestbedPod): SinkPlace => ({ netns: pod, holder: pod });
+
+function spawnSink(tb: Testbed, place: SinkPlace, argv: readonly string[], logFile: string, env: NodeJS.ProcessEnv): TestbedProcess {
+  return tb.spawnAt(place.netns.netnsPath, place.holder.containerCgroupPath, argv, { logFile, env });
+}
 
 export interface Sink {
   readonly ports: readonly number[];
@@ -54,9 +71,9 @@ async function stopProcess(p: TestbedProcess, what: string): Promise<void> {
 }
 
 /** The sink once every port listens (bounded); stopped again if one never does. */
-async function listening(tb: Testbed, target: Target, p: TestbedProcess, ports: readonly number[], what: string): Promise<Sink> {
+async function listening(tb: Testbed, place: SinkPlace, p: TestbedProcess, ports: readonly number[], what: string): Promise<Sink> {
   try {
-    for (const port of ports) await waitForPort(tb, target, port, 10_000);
+    for (const port of ports) await waitForPort(tb, place.netns, port, 10_000);
   } catch (err) {
     await stopProcess(p, what);
     throw err;
@@ -64,24 +81,22 @@ async function listening(tb: Testbed, target: Target, p: TestbedProcess, ports: 
   return { ports, stop: () => stopProcess(p, what) };
 }
 
-/** nginx answering 1 KiB on every port, in `target`; resolves once all ports listen. */
-export async function startNginx(tb: Testbed, target: Target, ports: readonly number[], dir: string, shim: string): Promise<Sink> {
+/** nginx answering 1 KiB on every port, at `place`; resolves once all ports listen. */
+export async function startNginx(tb: Testbed, place: SinkPlace, ports: readonly number[], dir: string, shim: string): Promise<Sink> {
   mkdirSync(dir, { recursive: true });
   const conf = join(dir, 'nginx.conf');
   writeFileSync(conf, nginxConf(dir, ports));
-  const p = tb.spawn(target, ['nginx', '-p', dir, '-c', conf, '-e', join(dir, 'error.log'), '-g', 'daemon off;'], {
-    logFile: join(dir, 'nginx.out'),
-    env: { ...process.env, LD_PRELOAD: shim },
-  });
-  return listening(tb, target, p, ports, 'nginx');
+  const argv = ['nginx', '-p', dir, '-c', conf, '-e', join(dir, 'error.log'), '-g', 'daemon off;'];
+  const p = spawnSink(tb, place, argv, join(dir, 'nginx.out'), { ...process.env, LD_PRELOAD: shim });
+  return listening(tb, place, p, ports, 'nginx');
 }
 
 /** `iperf3 -s` on `port` (with an idle extra listener on `extraPort`, see transparent-shim.ts). */
-export async function startIperfServer(tb: Testbed, target: Target, port: number, dir: string, shim: string, extraPort?: number): Promise<Sink> {
+export async function startIperfServer(tb: Testbed, place: SinkPlace, port: number, dir: string, shim: string, extraPort?: number): Promise<Sink> {
   mkdirSync(dir, { recursive: true });
   const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: shim };
   if (extraPort !== undefined) env['AMBPF_BENCH_EXTRA_LISTEN'] = String(extraPort);
-  const p = tb.spawn(target, ['iperf3', '-s', '-p', String(port)], { logFile: join(dir, `iperf3-${port}.out`), env });
+  const p = spawnSink(tb, place, ['iperf3', '-s', '-p', String(port)], join(dir, `iperf3-${port}.out`), env);
   const ports = extraPort === undefined ? [port] : [port, extraPort];
-  return listening(tb, target, p, ports, 'iperf3');
+  return listening(tb, place, p, ports, 'iperf3');
 }

@@ -6,24 +6,26 @@ import type { Command } from '../command.ts';
 import { UsageError } from '../../errors.ts';
 import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type WorkloadName } from '../../bench/types.ts';
 
-const USAGE = `Usage: ambpf bench [--topology node] [--paths direct,iptables,ebpf,ebpf-splice] [--out DIR]
+const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,ebpf,ebpf-splice] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
                    [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P]
 
-Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunnel's ports, and
-measures every path side by side, interleaved round by round (path order rotated each round):
-  direct          the client connects straight to ztunnel's port (the floor)
-  iptables        Istio's iptables rules for the topology
-  ebpf            ambpf run (connect4, getsockopt, tc + sk_lookup inbound; the default config)
-  ebpf-splice     ambpf run --splice (adds the sockops/sk_msg sockhash splice)
+Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunnel's ports (node:
+in ztunnel's pod; inpod: inside the mesh pod's netns, held by ztunnel), and measures every path side
+by side, interleaved round by round (path order rotated each round):
+  direct          the client connects straight to ztunnel's port (the floor; inpod: loopback)
+  iptables        Istio's iptables rules for the topology (inpod: the in-pod rules)
+  ebpf            ambpf run (--mode inpod on inpod; the default config, no splice)
+  ebpf-splice     ambpf run --splice (adds the sockops/sk_msg sockhash splice; default paths: node only)
 Workloads: connections (wrk, Connection: close), latency (wrk kept-alive, p50/p99/p99.9, 1 KiB),
 bulk-1k, bulk-16k, bulk-128k (iperf3 -l); CPU per request from the pods' cgroup cpu.stat.
-Placements: same-node (outbound capture) and cross-node (inbound capture from the other node).
+Placements: same-node (outbound capture; inpod: the pod's own outbound over loopback) and
+cross-node (inbound capture of a client on the other node, to 15006).
 Then the control plane (pod change -> map entry, reconcile of 1,000/10,000 pods, cold start, RSS)
 and an end-to-end run through the ztunnel stand-in.
 
 Options:
-  --topology node|inpod   only node is supported so far
+  --topology node|inpod   where ztunnel listens (default node)
   --out DIR               where results.json, results.md and the SVG charts go (default ./bench-out)
   --rounds N              measured rounds (default 5; a warm-up round comes first)
   --seconds S             seconds per cell (default 3; --quick: 1)
@@ -70,12 +72,11 @@ export const command: Command = {
       allowPositionals: false,
     });
     if (values.topology !== 'node' && values.topology !== 'inpod') throw new UsageError(`--topology must be node or inpod, not '${values.topology}'`);
-    if (values.topology === 'inpod') {
-      throw new UsageError('ambpf bench --topology inpod is not available yet: the eBPF inpod datapath does not exist (ambpf run supports --mode node only); use --topology node');
-    }
     if (values.prefix !== undefined && !/^[a-z0-9]{1,8}$/.test(values.prefix)) throw new UsageError(`--prefix must be 1-8 lowercase letters or digits, not '${values.prefix}'`);
     const quick = values.quick;
-    const paths: PathName[] = list('paths', values.paths, PATHS, PATHS);
+    // The splice is opt-in and measured on the node topology; inpod compares the three paths of issue 11.
+    const defaultPaths: readonly PathName[] = values.topology === 'inpod' ? ['direct', 'iptables', 'ebpf'] : PATHS;
+    const paths: PathName[] = list('paths', values.paths, PATHS, defaultPaths);
     const workloads: WorkloadName[] = list('workloads', values.workloads, WORKLOADS, WORKLOADS);
     const placements: Placement[] = list('placements', values.placements, PLACEMENTS, PLACEMENTS);
     const rounds = positiveInt('rounds', values.rounds, quick ? 1 : 5);
