@@ -5,8 +5,8 @@
  * Two halves (reference/inbound-steering.md proved both on this kernel):
  *
  * 1. ambpf_tc_pod, tc egress on an ambient pod's host-side veth (node netns), i.e. on packets about to
- *    enter the pod. TCP/IPv4 not sourced by the local ztunnel (nor by the kubelet probe source) is
- *    steered to ztunnel instead: MACs rewritten for ztunnel's link, bpf_redirect() to ztunnel's
+ *    enter the pod. TCP/IPv4 that did not come from the local ztunnel (its host veth or its address),
+ *    from the node itself, or from the kubelet probe source is steered to ztunnel instead: MACs rewritten for ztunnel's link, bpf_redirect() to ztunnel's
  *    host-side veth. Only flows that start with a SYN after attach are steered (ambpf_inflow): a
  *    stateless rule would also steal the replies to the pod's own outbound connections, which
  *    ztunnel would reset.
@@ -47,7 +47,7 @@ int ambpf_tc_pod(struct __sk_buff *skb)
 	struct ambpf_ip dst;
 	struct iphdr *ip;
 	struct tcphdr *tcp;
-	__u32 ihl;
+	__u32 ihl, iif;
 	__u64 now;
 
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
@@ -65,9 +65,27 @@ int ambpf_tc_pod(struct __sk_buff *skb)
 	zt = ztunnel_get();
 	if (!ztunnel_ready(zt) || zt->host_ifindex == 0)
 		return TC_ACT_OK;
-	/* ztunnel's own upstream (HBONE to 15008, or plaintext to the app) is the delivery itself. */
-	if (ip->saddr == zt->ip[3]) {
+	/*
+	 * ztunnel's own upstream (HBONE to 15008, or plaintext to the app) is the delivery itself. Real
+	 * ztunnel connects to a local pod from the ORIGINAL client's address (IP_TRANSPARENT), so its
+	 * source address proves nothing: what does is the interface the packet entered the node on,
+	 * ztunnel's host-side veth. skb->ingress_ifindex (skb_iif) survives forwarding and is readable
+	 * at tc egress on every kernel we support; bpf_redirect() scrubs skb->mark across the veth, so
+	 * ztunnel's 0x539 would not do.
+	 */
+	iif = skb->ingress_ifindex;
+	if (iif == zt->host_ifindex || ip->saddr == zt->ip[3]) {
 		stat_inc(AMBPF_STAT_TC_PASS_ZTUNNEL);
+		return TC_ACT_OK;
+	}
+	/*
+	 * Traffic the node itself originates (kubelet probes from the node's address, hostNetwork pods)
+	 * goes to the pod directly, as Istio's `-m socket --socket-exists` exempts it. A locally made
+	 * packet never entered through an interface: skb_iif is 0 (a forwarded one keeps the interface
+	 * it came in on). Not skb->sk: BPF_PROG_TEST_RUN attaches a dummy socket to every packet.
+	 */
+	if (iif == 0) {
+		stat_inc(AMBPF_STAT_TC_PASS_LOCAL);
 		return TC_ACT_OK;
 	}
 	cfg = config_get();

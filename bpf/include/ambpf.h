@@ -207,6 +207,7 @@ enum ambpf_stat {
 	AMBPF_STAT_SKLOOKUP_ERROR,
 	AMBPF_STAT_SKLOOKUP_PASS_PROBE,       /* inpod sk_lookup: from the kubelet probe source */
 	AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT, /* inpod sk_lookup: the pod is not (or no longer) ambient */
+	AMBPF_STAT_TC_PASS_LOCAL,             /* tc: the node itself sent it (kubelet, hostNetwork pods) */
 	AMBPF_STAT_MAX,
 };
 

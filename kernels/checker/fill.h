@@ -13,6 +13,8 @@
 #define FILL_ORIG_DST_PORT 8080
 #define FILL_TC_POD_IP   "198.18.1.2"  /* an ambient pod behind the veth (check.sh's neighbour entry) */
 #define FILL_ZT_HOST_IF  "akc1"        /* stands for ztunnel's host-side veth: tc steers there */
+#define FILL_TC_IF       "akc0"        /* the pod's host-side veth, where the tc program sits */
+#define FILL_REMOTE_IP   "198.18.9.9"  /* a client elsewhere: the source of injected SYNs */
 #define FILL_INPOD_ZT_IP "127.0.0.1"   /* inpod: ztunnel's 15001 inside the pod's netns */
 
 /* Which datapath the maps are filled for. */

@@ -12,6 +12,7 @@
 #include "cookie.h"
 #include "fill.h"
 #include "func.h"
+#include "inject.h"
 #include "inpod.h"
 #include "report.h"
 #include "sockets.h"
@@ -113,31 +114,59 @@ static int attach_all(const char *label, struct loaded_set *s, const struct atta
 }
 
 /* A SYN for an ambient pod leaving its host-side veth is steered (counted and redirected) by the tc
- * program. Where it lands needs ztunnel's netns; the guest checks the program's decision. */
+ * program. Where it lands needs ztunnel's netns; the guest checks the program's decision. The SYN
+ * must come in from outside (a frame injected on the veth's peer and forwarded back out of it): one
+ * the checker's own socket made is the node's own traffic, which the program rightly passes. */
 static int check_tc(const struct func_ctx *c)
 {
 	const char *name = "tc steers a SYN for an ambient pod";
-	unsigned int mark = AMBPF_ZTUNNEL_MARK;
 	long long before = fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_STEERED), after = before;
-	struct sockaddr_in dst;
-	int cfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	int err = inject_syn(FILL_ZT_HOST_IF, FILL_TC_IF, FILL_REMOTE_IP, FILL_TC_POD_IP, 80);
 
-	sock_addr4(&dst, FILL_TC_POD_IP, 80);
-	/* ztunnel's mark keeps connect4 out of it: the SYN goes to the pod's address as asked. */
-	setsockopt(cfd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
-	connect(cfd, (struct sockaddr *)&dst, sizeof(dst));
+	if (err) {
+		report(c->label, name, "func", "fail", "cannot inject a SYN on %s: %s", FILL_ZT_HOST_IF, strerror(-err));
+		return 1;
+	}
 	for (int i = 0; i < 20 && after <= before; i++) {
 		usleep(50 * 1000);
 		after = fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_STEERED);
 	}
-	close(cfd);
 	if (after > before) {
 		report(c->label, name, "func", "ok", "steered %lld SYN(s) to %s", after - before, FILL_ZT_HOST_IF);
 		return 0;
 	}
-	report(c->label, name, "func", "fail", "TC_STEERED stayed at %lld (pass not-ambient %lld, no-flow %lld, error %lld)",
+	report(c->label, name, "func", "fail", "TC_STEERED stayed at %lld (pass not-ambient %lld, no-flow %lld, local %lld, error %lld)",
 	       after, fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_NOT_AMBIENT),
-	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_NO_FLOW), fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_ERROR));
+	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_NO_FLOW), fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_LOCAL),
+	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_ERROR));
+	return 1;
+}
+
+/* A SYN the node itself sends (a kubelet probe, a hostNetwork pod) goes to the pod: passed, counted as
+ * local. ztunnel's mark keeps connect4 out of it, so the SYN goes to the pod's address as asked. */
+static int check_tc_local(const struct func_ctx *c)
+{
+	const char *name = "tc passes the node's own SYN";
+	unsigned int mark = AMBPF_ZTUNNEL_MARK;
+	long long steered = fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_STEERED);
+	long long before = fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_LOCAL), after = before;
+	struct sockaddr_in dst;
+	int cfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+
+	sock_addr4(&dst, FILL_TC_POD_IP, 80);
+	setsockopt(cfd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+	connect(cfd, (struct sockaddr *)&dst, sizeof(dst));
+	for (int i = 0; i < 20 && after <= before; i++) {
+		usleep(50 * 1000);
+		after = fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_LOCAL);
+	}
+	close(cfd);
+	if (after > before && fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_STEERED) == steered) {
+		report(c->label, name, "func", "ok", "passed %lld local SYN(s)", after - before);
+		return 0;
+	}
+	report(c->label, name, "func", "fail", "TC_PASS_LOCAL %lld -> %lld, TC_STEERED %lld -> %lld", before, after, steered,
+	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_STEERED));
 	return 1;
 }
 
@@ -168,7 +197,7 @@ static int node_checks(const struct func_ctx *c)
 			close(lfd);
 	}
 	if (c->has_tc)
-		failures += check_tc(c);
+		failures += check_tc(c) + check_tc_local(c);
 	return failures;
 }
 

@@ -58,6 +58,7 @@ export const STAT_NAMES = [
   'getpeername_restored',
   'tc_steered', 'tc_pass_ztunnel', 'tc_pass_probe', 'tc_pass_not_ambient', 'tc_pass_no_flow', 'tc_error',
   'sklookup_assigned', 'sklookup_no_listener', 'sklookup_error', 'sklookup_pass_probe', 'sklookup_pass_not_ambient',
+  'tc_pass_local',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;

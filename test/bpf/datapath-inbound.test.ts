@@ -38,6 +38,14 @@ function packet(o: { src: string; dst: string; sport: number; dport: number; fla
 const SYN = 0x02;
 const ACK = 0x10;
 
+/** A struct __sk_buff for BPF_PROG_TEST_RUN whose ingress_ifindex (offset 36) says where the packet
+ * entered the node: 0 (the default) is a packet the node made itself, which the program passes. */
+function skbCtx(ingressIfindex: number): Uint8Array {
+  const b = Buffer.alloc(192);
+  b.writeUInt32LE(ingressIfindex, 36);
+  return new Uint8Array(b);
+}
+
 t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, async (t) => {
   const env = await makeEnv(t);
   const { b, c, z } = env.pods;
@@ -60,7 +68,10 @@ t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, 
     obj.setPinDir(env.bpffs); // the very maps the datapath filled
     obj.program('ambpf_sk_lookup').setAutoload(false);
     obj.load();
-    const prog = obj.program('ambpf_tc_pod');
+    const prog0 = obj.program('ambpf_tc_pod');
+    // Forwarded from the non-mesh peer's veth, as the node would see it.
+    const fromC = skbCtx(withNetns(env.node, () => ifIndex(c.hostIf)));
+    const prog = { testRun: (o: { data: Uint8Array; ctx?: Uint8Array }) => prog0.testRun({ ctx: fromC, ...o }) };
     const syn = prog.testRun({ data: packet({ src: c.ip, dst: b.ip, sport: 40001, dport: 8080, flags: SYN }) });
     t.equal(syn.retval, TC_ACT_REDIRECT, 'a SYN from a non-mesh client to a mesh pod is redirected');
     t.equal(Buffer.from(syn.dataOut.subarray(0, 6)).toString('hex'), z.mac.replaceAll(':', ''), 'dst MAC = ztunnel eth0');
@@ -72,6 +83,10 @@ t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, 
     t.equal(stray.retval, TC_ACT_OK, "a reply to the pod's own connection (no SYN seen) passes");
     const fromZt = prog.testRun({ data: packet({ src: z.ip, dst: b.ip, sport: 40003, dport: 15008, flags: SYN }) });
     t.equal(fromZt.retval, TC_ACT_OK, "ztunnel's own traffic to the pod passes");
+    const spoofed = prog.testRun({ data: packet({ src: c.ip, dst: b.ip, sport: 40006, dport: 8080, flags: SYN }), ctx: skbCtx(ztHostIfindex) });
+    t.equal(spoofed.retval, TC_ACT_OK, "ztunnel's upstream with the client's address (from ztunnel's veth) passes");
+    const local = prog.testRun({ data: packet({ src: '198.18.3.1', dst: b.ip, sport: 40007, dport: 8080, flags: SYN }), ctx: skbCtx(0) });
+    t.equal(local.retval, TC_ACT_OK, 'a packet the node made itself (no ingress interface) passes');
     const probe = prog.testRun({ data: packet({ src: s.PROBE_IP, dst: b.ip, sport: 40004, dport: 8080, flags: SYN }) });
     t.equal(probe.retval, TC_ACT_OK, 'kubelet probes (169.254.7.127) pass');
     const other = prog.testRun({ data: packet({ src: c.ip, dst: '198.18.9.9', sport: 40005, dport: 8080, flags: SYN }) });
