@@ -10,7 +10,7 @@ import { runCell, type CellTarget, type Endpoint } from './cells.ts';
 import { startPath, type PathContext } from './paths.ts';
 import { inPod, startIperfServer, startNginx, type Sink, type SinkPlace } from './sinks.ts';
 import { schedule } from './stats.ts';
-import type { BenchConfig, PathName, Phase, Placement, Sample, WorkloadName } from './types.ts';
+import { isDirect, type BenchConfig, type PathName, type Phase, type Placement, type Sample, type WorkloadName } from './types.ts';
 
 const log = logger('bench');
 
@@ -38,7 +38,7 @@ interface Group {
 
 /** A cell's endpoint: ztunnel's own port for `direct`, the original destination for the others. */
 function endpointFor(path: PathName, direct: Endpoint, redirected: Endpoint): Endpoint {
-  return path === 'direct' ? direct : redirected;
+  return isDirect(path) ? direct : redirected;
 }
 
 function findPod(tb: Testbed, pred: (p: TestbedPod) => boolean, what: string): TestbedPod {

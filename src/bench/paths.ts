@@ -1,5 +1,6 @@
 // Bringing one redirection path up and down on the testbed, for one slot of one round:
 //   direct         nothing installed (the client addresses ztunnel's port itself: the floor)
+//   direct-aa      the same again (the A/A control)
 //   iptables       Istio's rules for the topology (src/baseline)
 //   ebpf           `ambpf run` on the node(s), from the pods file (`--mode inpod` on an inpod testbed)
 //   ebpf-splice    the same with --splice (the sockhash splice, off by default)
@@ -170,6 +171,7 @@ export async function startPath(ctx: PathContext, name: PathName): Promise<Activ
   const none = { coldStartMs: [] as number[], rssKiB: () => [] as number[], settle: async () => undefined };
   switch (name) {
     case 'direct':
+    case 'direct-aa':
       return { name, ...none, down: async () => undefined };
     case 'iptables':
       await installIptablesPath(ctx.tb);

@@ -1,7 +1,15 @@
 // The shapes of a benchmark run and of results.json (the contract of `ambpf bench --out`).
 
-export const PATHS = ['direct', 'iptables', 'ebpf', 'ebpf-splice'] as const;
+/**
+ * `direct-aa` is the A/A control: `direct` measured a second time in the same round, so its ratio to
+ * `direct` shows how far two identical paths drift apart on this machine (the noise floor of every
+ * other ratio). Not in the default set.
+ */
+export const PATHS = ['direct', 'direct-aa', 'iptables', 'ebpf', 'ebpf-splice'] as const;
 export type PathName = (typeof PATHS)[number];
+
+/** Paths that install nothing and address ztunnel's port themselves. */
+export const isDirect = (p: PathName): boolean => p === 'direct' || p === 'direct-aa';
 
 export const WORKLOADS = ['connections', 'latency', 'bulk-1k', 'bulk-16k', 'bulk-128k'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];

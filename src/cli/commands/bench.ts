@@ -6,7 +6,7 @@ import type { Command } from '../command.ts';
 import { UsageError } from '../../errors.ts';
 import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type WorkloadName } from '../../bench/types.ts';
 
-const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,ebpf,ebpf-splice] [--out DIR]
+const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,ebpf,ebpf-splice,direct-aa] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
                    [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P]
 
@@ -14,6 +14,7 @@ Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunne
 in ztunnel's pod; inpod: inside the mesh pod's netns, held by ztunnel), and measures every path side
 by side, interleaved round by round (path order rotated each round):
   direct          the client connects straight to ztunnel's port (the floor; inpod: loopback)
+  direct-aa       direct again in the same round: the A/A control (its ratio is the noise; opt-in)
   iptables        Istio's iptables rules for the topology (inpod: the in-pod rules)
   ebpf            ambpf run (--mode inpod on inpod; the default config, no splice)
   ebpf-splice     ambpf run --splice (adds the sockops/sk_msg sockhash splice; default paths: node only)
@@ -75,7 +76,7 @@ export const command: Command = {
     if (values.prefix !== undefined && !/^[a-z0-9]{1,8}$/.test(values.prefix)) throw new UsageError(`--prefix must be 1-8 lowercase letters or digits, not '${values.prefix}'`);
     const quick = values.quick;
     // The splice is opt-in and measured on the node topology; inpod compares the three paths of issue 11.
-    const defaultPaths: readonly PathName[] = values.topology === 'inpod' ? ['direct', 'iptables', 'ebpf'] : PATHS;
+    const defaultPaths: readonly PathName[] = values.topology === 'inpod' ? ['direct', 'iptables', 'ebpf'] : ['direct', 'iptables', 'ebpf', 'ebpf-splice'];
     const paths: PathName[] = list('paths', values.paths, PATHS, defaultPaths);
     const workloads: WorkloadName[] = list('workloads', values.workloads, WORKLOADS, WORKLOADS);
     const placements: Placement[] = list('placements', values.placements, PLACEMENTS, PLACEMENTS);
