@@ -1,6 +1,7 @@
 // results.md: the table a person reads at a glance. One row per (phase, placement, workload,
 // metric), one column per path: median, min-max, and the per-round ratio to direct.
-import { METRICS, type BenchResults, type PathName, type SummaryRow } from './types.ts';
+import { summarize } from './summary.ts';
+import { METRICS, PRIMARY_METRIC, type BenchResults, type PathName, type SummaryRow } from './types.ts';
 
 function fmt(v: number): string {
   if (!Number.isFinite(v)) return '–';
@@ -31,9 +32,39 @@ export function resultsTable(rows: readonly SummaryRow[], paths: readonly PathNa
   ];
   for (const [k, g] of groups) {
     const [phase, placement, workload, metric] = k.split('|') as [string, string, string, string];
-    const info = METRICS[metric];
-    const label = info ? `${metric} (${info.unit}, ${info.higherIsBetter ? 'higher' : 'lower'} is better)` : metric;
-    lines.push(`| ${phase} | ${placement} | ${workload} | ${label} | ${paths.map((p) => cell(g.get(p))).join(' | ')} |`);
+    lines.push(`| ${phase} | ${placement} | ${workload} | ${label(metric)} | ${paths.map((p) => cell(g.get(p))).join(' | ')} |`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+const label = (metric: string): string => {
+  const info = METRICS[metric];
+  return info ? `${metric} (${info.unit}, ${info.higherIsBetter ? 'higher' : 'lower'} is better)` : metric;
+};
+
+/**
+ * The eBPF paths against Istio's iptables path, paired within each round like the direct ratios
+ * (the targets of issues 8 and 11 are stated against iptables). Primary metric and CPU per request.
+ */
+export function versusIptablesTable(r: BenchResults): string | undefined {
+  const ebpf = r.config.paths.filter((p) => p.startsWith('ebpf'));
+  if (!r.config.paths.includes('iptables') || ebpf.length === 0) return undefined;
+  const rows = summarize(r.samples, ['iptables', ...ebpf], 'iptables')
+    .filter((x) => x.path !== 'iptables' && x.phase === 'sink' && (x.metric === PRIMARY_METRIC[x.workload] || x.metric === 'reqPerSec' || x.metric === 'p50us' || x.metric.endsWith('CpuUsPerReq')));
+  const lines = [
+    `| placement | workload | metric | ${ebpf.map((p) => `${p} / iptables`).join(' | ')} |`,
+    `|---|---|---|${ebpf.map(() => '---').join('|')}|`,
+  ];
+  const seen = new Set<string>();
+  for (const x of rows) {
+    const k = `${x.placement}|${x.workload}|${x.metric}`;
+    if (seen.has(k)) continue;
+    seen.add(k);
+    const cells = ebpf.map((p) => {
+      const y = rows.find((z) => z.path === p && z.placement === x.placement && z.workload === x.workload && z.metric === x.metric);
+      return y?.ratio ? `**×${y.ratio.median.toFixed(2)}** (${y.ratio.min.toFixed(2)}–${y.ratio.max.toFixed(2)})` : '';
+    });
+    lines.push(`| ${x.placement} | ${x.workload} | ${label(x.metric)} | ${cells.join(' | ')} |`);
   }
   return lines.join('\n') + '\n';
 }
@@ -52,6 +83,7 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
   const m = r.machine;
   const c = r.config;
   const errors = r.samples.filter((s) => s.errors > 0);
+  const vsIptables = versusIptablesTable(r);
   return [
     `# ambpf bench results`,
     '',
@@ -66,6 +98,7 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
     '',
     resultsTable(r.summary, c.paths),
     errors.length > 0 ? `Cells with socket or HTTP errors: ${errors.map((s) => `${s.path}/${s.workload}/${s.placement}/round ${s.round}: ${s.errors}`).join('; ')}\n` : 'No cell had socket or HTTP errors.\n',
+    ...(vsIptables ? ['## eBPF vs iptables (sink phase, ratio per round, then median (min–max))', '', vsIptables] : []),
     '## Control plane',
     '',
     controlPlaneTable(r),

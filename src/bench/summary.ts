@@ -1,6 +1,6 @@
 // From samples to the summary table: per (phase, placement, workload, metric, path) the median and
-// min-max over the measured rounds (warm-up excluded) and the ratio to `direct` computed round by
-// round. Pure, so results.md and the charts show exactly what results.json holds.
+// min-max over the measured rounds (warm-up excluded) and the ratio to `direct` (or another base
+// path) computed round by round. Pure, so results.md and the charts show exactly what results.json holds.
 import { ratiosPerRound, spread } from './stats.ts';
 import type { PathName, Sample, SummaryRow } from './types.ts';
 
@@ -8,7 +8,7 @@ type Key = string;
 const keyOf = (s: Pick<Sample, 'phase' | 'placement' | 'workload'>, metric: string, path: PathName): Key =>
   `${s.phase}|${s.placement}|${s.workload}|${metric}|${path}`;
 
-export function summarize(samples: readonly Sample[], paths: readonly PathName[]): SummaryRow[] {
+export function summarize(samples: readonly Sample[], paths: readonly PathName[], basePath: PathName = 'direct'): SummaryRow[] {
   // cell -> round -> value
   const byCell = new Map<Key, Map<number, number>>();
   const order: Array<{ phase: Sample['phase']; placement: Sample['placement']; workload: Sample['workload']; metric: string }> = [];
@@ -29,13 +29,13 @@ export function summarize(samples: readonly Sample[], paths: readonly PathName[]
   }
   const rows: SummaryRow[] = [];
   for (const g of order) {
-    const base = byCell.get(keyOf(g, g.metric, 'direct'));
+    const base = byCell.get(keyOf(g, g.metric, basePath));
     for (const path of paths) {
       const rounds = byCell.get(keyOf(g, g.metric, path));
       if (!rounds) continue;
       const sp = spread([...rounds.values()]);
       const row: SummaryRow = { ...g, path, median: sp.median, min: sp.min, max: sp.max, n: sp.n };
-      if (path !== 'direct' && base) {
+      if (path !== basePath && base) {
         const r = spread([...ratiosPerRound(rounds, base).values()]);
         rows.push(r.n > 0 ? { ...row, ratio: r } : row);
       } else {

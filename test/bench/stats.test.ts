@@ -3,7 +3,8 @@
 import t from 'tap';
 import { median, percentile, ratiosPerRound, rotation, schedule, spread } from '../../src/bench/stats.ts';
 import { summarize } from '../../src/bench/summary.ts';
-import type { Sample } from '../../src/bench/types.ts';
+import type { BenchResults, Sample } from '../../src/bench/types.ts';
+import { versusIptablesTable } from '../../src/bench/report.ts';
 
 t.test('median: odd, even, unsorted, non-finite values ignored, empty is NaN', async (t) => {
   t.equal(median([3, 1, 2]), 2);
@@ -71,4 +72,20 @@ t.test('summarize: warm-up excluded, ratios from the same round, direct has no r
   t.equal(e?.ratio?.min, 0.9);
   t.equal(e?.ratio?.max, 0.95);
   t.equal(e?.ratio?.n, 2);
+});
+
+t.test('summarize against another base: eBPF / iptables paired per round; the report shows it', async (t) => {
+  const mk = (round: number, path: Sample['path'], v: number): Sample => ({
+    phase: 'sink', round, warmup: false, path, workload: 'connections', placement: 'same-node', metrics: { connPerSec: v }, errors: 0,
+  });
+  const samples = [mk(1, 'iptables', 80), mk(1, 'ebpf', 100), mk(2, 'iptables', 50), mk(2, 'ebpf', 60), mk(1, 'direct', 120)];
+  const rows = summarize(samples, ['iptables', 'ebpf'], 'iptables');
+  t.notOk(rows.find((r) => r.path === 'iptables')?.ratio, 'the base has no ratio');
+  t.match(rows.find((r) => r.path === 'ebpf')?.ratio, { min: 1.2, max: 1.25, n: 2 });
+  const results = {
+    config: { paths: ['direct', 'iptables', 'ebpf'] }, samples,
+  } as unknown as BenchResults;
+  const table = versusIptablesTable(results) ?? '';
+  t.match(table, /\| same-node \| connections \| connPerSec \(conn\/s, higher is better\) \| \*\*×1\.23\*\* \(1\.20–1\.25\) \|/);
+  t.equal(versusIptablesTable({ config: { paths: ['direct', 'ebpf'] }, samples } as unknown as BenchResults), undefined, 'no table without iptables');
 });
