@@ -9,7 +9,7 @@
 import { existsSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  BpfMap, BpfObject, LibbpfError, TcAttachment, inNetns, resolveIfindex,
+  BpfMap, BpfObject, LibbpfError, inNetns, resolveIfindex,
   type BpfProgram, type SkMsgAttachment,
 } from '../libbpf/index.ts';
 import { AmbpfError } from '../errors.ts';
@@ -18,6 +18,7 @@ import { ensureObjects } from './build.ts';
 import { readNetSysctl, writeNetSysctl } from '../node/sysctl.ts';
 import { DatapathMaps, MAP_NAMES, type MapName } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
+import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
 import * as s from './schema.ts';
 
@@ -45,9 +46,6 @@ export const CGROUP_HOOKS = {
 } as const;
 export type CgroupHook = keyof typeof CGROUP_HOOKS;
 
-/** clsact identity of our inbound filter, fixed so a later process can find and remove it. */
-const CLSACT_HANDLE = 0xa3bf;
-const CLSACT_PRIORITY = 1;
 const SK_LOOKUP_PIN = 'sk_lookup';
 
 export class DatapathError extends AmbpfError {
@@ -67,6 +65,9 @@ export interface DatapathOptions {
   mapSizes?: Partial<Record<MapName, number>>;
   /** The node's netns, when this process does not run in it (tests): tc and node sysctls go there. */
   netns?: string;
+  /** How inbound tc attaches: 'auto' (default) tcx, clsact where the kernel has no tcx (< 6.6);
+   * 'clsact' always clsact (tests of the old-kernel path on a new kernel). */
+  tcMode?: 'auto' | 'clsact';
 }
 
 export interface ZtunnelAttachOptions {
@@ -102,6 +103,7 @@ export class Datapath {
   readonly bpffs: string;
   readonly cgroup: string;
   readonly netns: string | undefined;
+  readonly tcMode: 'auto' | 'clsact';
   readonly maps: DatapathMaps;
   /** What happened to each cgroup hook's link at open. */
   readonly links: Readonly<Record<CgroupHook, LinkOutcome>>;
@@ -112,6 +114,7 @@ export class Datapath {
     this.bpffs = o.bpffs;
     this.cgroup = o.cgroup;
     this.netns = o.netns;
+    this.tcMode = o.tcMode ?? 'auto';
     this.#objects = objects;
     this.maps = maps;
     this.links = links;
@@ -174,47 +177,59 @@ export class Datapath {
 
   /**
    * Steer inbound traffic of the pod behind host-side veth `ifname` to ztunnel (tc egress on that
-   * veth). tcx link pinned as <bpffs>/links/tc-<ifname>; on kernels without tcx a clsact filter with
-   * a fixed handle (it lives with the interface, no pin needed).
+   * veth). tcx link pinned as <bpffs>/links/tc-<ifname>; on kernels without tcx (or tcMode 'clsact') a
+   * clsact filter with a fixed handle: it lives with the interface, cannot be pinned, and is found
+   * again in the kernel (datapath-clsact.ts).
    */
   attachInbound(ifname: string): LinkOutcome {
     const prog = this.#prog('ambpf_tc_pod');
     const ifindex = inNetns(this.netns, () => resolveIfindex(ifname));
-    try {
-      return ensurePinnedLink({
-        pin: this.#tcPin(ifname),
-        prog,
-        attach: () => {
-          const a = prog.attachTc(ifindex, 'egress', { mode: 'tcx', netns: this.netns });
-          if (!a.link) throw new DatapathError('tcx attach returned no link');
-          return a.link;
-        },
-        sameTarget: (info) => info.ifindex === ifindex,
-      });
-    } catch (err) {
-      if (!(err instanceof LibbpfError) || err.errno !== 22) throw err;
-      // No tcx (Linux < 6.6): clsact. EEXIST means our filter is already there.
+    if (this.tcMode !== 'clsact') {
       try {
-        prog.attachTc(ifindex, 'egress', { mode: 'clsact', netns: this.netns, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY });
-        return 'created';
-      } catch (e) {
-        if (e instanceof LibbpfError && e.errno === 17) return 'adopted';
-        throw e;
+        return ensurePinnedLink({
+          pin: this.#tcPin(ifname),
+          prog,
+          attach: () => {
+            const a = prog.attachTc(ifindex, 'egress', { mode: 'tcx', netns: this.netns });
+            if (!a.link) throw new DatapathError('tcx attach returned no link');
+            return a.link;
+          },
+          sameTarget: (info) => info.ifindex === ifindex,
+        });
+      } catch (err) {
+        if (!(err instanceof LibbpfError) || err.errno !== 22) throw err;
+        // No tcx (Linux < 6.6): clsact below.
       }
+    }
+    try {
+      prog.attachTc(ifindex, 'egress', { mode: 'clsact', netns: this.netns, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY });
+      return 'created';
+    } catch (e) {
+      // EEXIST: our filter is already there.
+      if (e instanceof LibbpfError && e.errno === 17) return 'adopted';
+      throw e;
     }
   }
 
-  /** Undo attachInbound; false when nothing of ours was on that interface. */
+  /** Undo attachInbound (tcx link or clsact filter); false when nothing of ours was on that interface. */
   detachInbound(ifname: string): boolean {
     if (removePinnedLink(this.#tcPin(ifname))) return true;
-    const ifindex = inNetns(this.netns, () => resolveIfindex(ifname));
-    try {
-      new TcAttachment({ mode: 'clsact', ifindex, direction: 'egress', link: null, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY, netns: this.netns }).detach();
-      return true;
-    } catch (err) {
-      if (err instanceof LibbpfError) return false;
-      throw err;
-    }
+    const ours = listClsactFilters(this.bpffs, this.netns).find((f) => f.ifname === ifname);
+    if (!ours) return false;
+    detachClsact(ours.ifindex, this.netns);
+    return true;
+  }
+
+  /**
+   * Interfaces whose inbound traffic ambpf steers now: the pinned tcx links (tc-<ifname>) and the
+   * clsact filters found in the kernel. What reconcile should take as "current" on every kernel.
+   */
+  inboundInterfaces(): string[] {
+    const names = new Set<string>();
+    const linksDir = join(this.bpffs, 'links');
+    if (existsSync(linksDir)) for (const n of readdirSync(linksDir)) if (n.startsWith('tc-')) names.add(n.slice(3));
+    for (const f of listClsactFilters(this.bpffs, this.netns)) names.add(f.ifname);
+    return [...names].sort();
   }
 
   #tcPin(ifname: string): string {
@@ -313,15 +328,25 @@ export const openDatapath = (o: DatapathOptions): Promise<Datapath> => Datapath.
 export interface UninstallReport {
   links: string[];
   maps: string[];
+  /** Interfaces whose clsact filter (kernels without tcx) was removed. */
+  clsact: string[];
+}
+
+export interface UninstallOptions {
+  /** The node netns whose interfaces may carry ambpf's clsact filters (default: this process's). */
+  netns?: string;
 }
 
 /**
  * Detach and unpin everything ambpf pins under bpffs — its links and its maps by name — and nothing
- * else (unknown files are left, and then the directory too). The policy route in ztunnel's netns is
- * not under bpffs: remove it with detachZtunnel.
+ * else (unknown files are left, and then the directory too); and remove the clsact filters of this
+ * install from the interfaces of the node netns (kernels without tcx: filters cannot be pinned, and
+ * they would keep steering, into a ztunnel that no longer gets anything, with the pins gone). That
+ * goes first: the pinned maps are how those filters are recognised as this install's. The policy
+ * route in ztunnel's netns is not under bpffs: remove it with detachZtunnel.
  */
-export function uninstallDatapath(bpffs: string): UninstallReport {
-  const report: UninstallReport = { links: [], maps: [] };
+export function uninstallDatapath(bpffs: string, opts: UninstallOptions = {}): UninstallReport {
+  const report: UninstallReport = { links: [], maps: [], clsact: removeClsactFilters(bpffs, opts.netns) };
   const linksDir = join(bpffs, 'links');
   if (existsSync(linksDir)) {
     const ours = new Set<string>([...Object.keys(CGROUP_HOOKS), SK_LOOKUP_PIN]);

@@ -9,7 +9,9 @@ import type { Test } from 'tap';
 import { testPrefix } from '../helpers/prefix.ts';
 import { cgroup2Root, killSubtree, makeCgroup, removeTree } from '../../src/testbed/cgroup.ts';
 import { spawnIn, execIn, type TestbedProcess } from '../../src/testbed/exec.ts';
-import { uninstallDatapath } from '../../src/bpf/datapath.ts';
+import { openDatapath, uninstallDatapath, type Datapath, type DatapathOptions } from '../../src/bpf/datapath.ts';
+import { ifIndex, netnsCookie, withNetns } from '../../src/libbpf/index.ts';
+import * as s from '../../src/bpf/schema.ts';
 
 export const HELPER = resolve(import.meta.dirname, 'fixtures/sockhelper.py');
 export const POD_INDEX = { a: 1, z: 2, b: 3, c: 4 } as const;
@@ -66,7 +68,7 @@ export async function makeEnv(t: Test): Promise<Env> {
       removeTree(cgroup);
     }
     try {
-      uninstallDatapath(bpffs);
+      uninstallDatapath(bpffs, { netns: netnsPath('n') });
     } finally {
       rmSync(bpffs, { recursive: true, force: true });
     }
@@ -133,4 +135,45 @@ export async function makeEnv(t: Test): Promise<Env> {
       return p;
     },
   };
+}
+
+/**
+ * The node-topology inbound setup most inbound tests share: the datapath opened, ztunnel = pod z
+ * (its stand-in listening on 15006/15008 with IP_TRANSPARENT, its netns made ready), pod b ambient.
+ * The tc program is not attached yet: the test decides how and when.
+ */
+export async function openNodeInbound(t: Test, env: Env, o: Pick<DatapathOptions, 'tcMode'> = {}): Promise<{ dp: Datapath; ztHostIfindex: number }> {
+  const { b, z } = env.pods;
+  const dp = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node, ...o });
+  t.teardown(() => dp.close());
+  const ztHostIfindex = withNetns(env.node, () => ifIndex(z.hostIf));
+  dp.maps.config.set(s.defaultConfig());
+  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: ztHostIfindex, mac: z.mac, hostMac: z.hostMac }));
+  dp.maps.pods.set(b.ip, { netnsCookie: netnsCookie(b.netns), hostIfindex: withNetns(env.node, () => ifIndex(b.hostIf)), flags: s.POD_AMBIENT });
+  const standIn = await env.server('z', ['15006,15008', '--transparent']);
+  await dp.attachZtunnel({ netnsPath: z.netns, pid: standIn.pid, hostIfname: z.hostIf });
+  return { dp, ztHostIfindex };
+}
+
+/** The JSON lines a helper process prints on stdout, collected as they come. */
+export function jsonLines<T>(p: TestbedProcess): T[] {
+  const lines: T[] = [];
+  let buf = '';
+  p.child.stdout?.on('data', (d: Buffer) => {
+    buf += d.toString();
+    const parts = buf.split('\n');
+    buf = parts.pop() ?? '';
+    for (const l of parts) if (l.startsWith('{')) lines.push(JSON.parse(l) as T);
+  });
+  return lines;
+}
+
+/** Poll `cond` every 50 ms for up to `ms`; whether it became true. */
+export async function waitUntil(cond: () => boolean, ms: number): Promise<boolean> {
+  const until = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > until) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
 }

@@ -6,10 +6,7 @@
 //   `--socket-exists` exempts it.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { ifIndex, netnsCookie, withNetns } from '../../src/libbpf/index.ts';
-import { openDatapath } from '../../src/bpf/datapath.ts';
-import * as s from '../../src/bpf/schema.ts';
-import { HELPER, makeEnv } from './env.ts';
+import { HELPER, makeEnv, openNodeInbound } from './env.ts';
 
 interface Addr { ip: string; port: number }
 interface ClientOut { hello?: { port: number; local: Addr; peer: Addr } | null; error?: string }
@@ -20,14 +17,7 @@ const APP = 8080;
 t.test('tc leaves ztunnel\'s spoofed upstream and node-local traffic alone', { timeout: 90_000 }, async (t) => {
   const env = await makeEnv(t);
   const { b, z } = env.pods;
-  const dp = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node });
-  t.teardown(() => dp.close());
-  const ztHostIfindex = withNetns(env.node, () => ifIndex(z.hostIf));
-  dp.maps.config.set(s.defaultConfig());
-  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: ztHostIfindex, mac: z.mac, hostMac: z.hostMac }));
-  dp.maps.pods.set(b.ip, { netnsCookie: netnsCookie(b.netns), hostIfindex: withNetns(env.node, () => ifIndex(b.hostIf)), flags: s.POD_AMBIENT });
-  const standIn = await env.server('z', ['15006,15008', '--transparent']);
-  await dp.attachZtunnel({ netnsPath: z.netns, pid: standIn.pid, hostIfname: z.hostIf });
+  const { dp } = await openNodeInbound(t, env);
   t.equal(dp.attachInbound(b.hostIf), 'created');
   await env.server('b', [String(APP)]);
 

@@ -9,41 +9,21 @@ import { openInpodDatapath } from '../../src/bpf/datapath-inpod.ts';
 import { podListenerInodes, socketHolders } from '../../src/bpf/inpod-listeners.ts';
 import type { TestbedProcess } from '../../src/testbed/exec.ts';
 import * as s from '../../src/bpf/schema.ts';
-import { makeEnv, type Env } from './env.ts';
+import { jsonLines, makeEnv, waitUntil, type Env } from './env.ts';
 
 interface Addr { ip: string; port: number }
 interface Hello { port: number; local: Addr; peer: Addr; orig: Addr | { error: number } }
 
 /** The hellos a `--log` server prints, as they come. */
 function helloLog(p: TestbedProcess): { waitFor: (peerPort: number, ms: number) => Promise<Hello> } {
-  const seen: Hello[] = [];
-  let buf = '';
-  p.child.stdout?.on('data', (d: Buffer) => {
-    buf += d.toString();
-    const lines = buf.split('\n');
-    buf = lines.pop() ?? '';
-    for (const l of lines) if (l.startsWith('{')) seen.push(JSON.parse(l) as Hello);
-  });
+  const seen = jsonLines<Hello>(p);
   return {
     async waitFor(peerPort, ms) {
-      const until = Date.now() + ms;
-      for (;;) {
-        const h = seen.find((x) => x.peer.port === peerPort);
-        if (h) return h;
-        if (Date.now() > until) throw new Error(`the server logged no connection from port ${peerPort} within ${ms} ms`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      const found = (): Hello | undefined => seen.find((x) => x.peer.port === peerPort);
+      if (!(await waitUntil(() => found() !== undefined, ms))) throw new Error(`the server logged no connection from port ${peerPort} within ${ms} ms`);
+      return found() as Hello;
     },
   };
-}
-
-async function waitUntil(cond: () => boolean, ms: number): Promise<boolean> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) return false;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return true;
 }
 
 /** Fire-and-forget from pod a to dst:port; returns the client's source port. */
