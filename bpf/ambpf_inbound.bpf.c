@@ -6,10 +6,15 @@
  *
  * 1. ambpf_tc_pod, tc egress on an ambient pod's host-side veth (node netns), i.e. on packets about to
  *    enter the pod. TCP/IPv4 that did not come from the local ztunnel (its host veth or its address),
- *    from the node itself, or from the kubelet probe source is steered to ztunnel instead: MACs rewritten for ztunnel's link, bpf_redirect() to ztunnel's
- *    host-side veth. Only flows that start with a SYN after attach are steered (ambpf_inflow): a
- *    stateless rule would also steal the replies to the pod's own outbound connections, which
- *    ztunnel would reset.
+ *    from the node itself, or from the kubelet probe source is steered to ztunnel instead: MACs
+ *    rewritten for ztunnel's link, bpf_redirect() to ztunnel's host-side veth. Except the replies to
+ *    connections the pod opened itself, which ztunnel would reset: SYN-ACKs (the answer to the pod's
+ *    SYN, before anything is recorded) and the flows in ambpf_outflow (recorded by sockops at the
+ *    pod's ACTIVE_ESTABLISHED, deleted at its close). Inbound itself is stateless (see ambpf_outflow
+ *    for why). Costs of that choice: an inbound connection the pod had before it became ambient is
+ *    steered too (ztunnel resets it), as is a pod's outbound connection opened before ambpf ran;
+ *    a peer's late retransmission after the pod's socket is gone (TIME_WAIT) meets ztunnel's RST
+ *    instead of the pod's ACK.
  *
  * 2. ambpf_sk_lookup, attached to ztunnel's netns. Steered packets keep the pod's IP as destination;
  *    a policy route in ztunnel's netns (`ip rule iif eth0 lookup 100`, `local 0.0.0.0/0 dev lo
@@ -47,8 +52,8 @@ int ambpf_tc_pod(struct __sk_buff *skb)
 	struct ambpf_ip dst;
 	struct iphdr *ip;
 	struct tcphdr *tcp;
-	__u32 ihl, iif;
-	__u64 now;
+	__u8 orig_macs[2 * ETH_ALEN];
+	__u32 ihl, iif, rst;
 
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
@@ -100,20 +105,21 @@ int ambpf_tc_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
+	/* A SYN-ACK answers the pod's own SYN: sockops records the flow only once it has processed it. */
+	if (tcp->syn && tcp->ack) {
+		stat_inc(AMBPF_STAT_TC_PASS_POD_FLOW);
+		return TC_ACT_OK;
+	}
 	flow.saddr = ip->saddr;
 	flow.daddr = ip->daddr;
 	flow.sport = tcp->source;
 	flow.dport = tcp->dest;
-	if (tcp->syn && !tcp->ack) {
-		now = bpf_ktime_get_ns(); /* value: when the flow started, for inspection */
-		if (bpf_map_update_elem(&ambpf_inflow, &flow, &now, BPF_ANY)) {
-			stat_inc(AMBPF_STAT_TC_ERROR);
-			return TC_ACT_OK;
-		}
-	} else if (!bpf_map_lookup_elem(&ambpf_inflow, &flow)) {
-		stat_inc(AMBPF_STAT_TC_PASS_NO_FLOW);
+	if (bpf_map_lookup_elem(&ambpf_outflow, &flow)) {
+		stat_inc(AMBPF_STAT_TC_PASS_POD_FLOW);
 		return TC_ACT_OK;
 	}
+	rst = tcp->rst;
+	__builtin_memcpy(orig_macs, eth, sizeof(orig_macs));
 
 	/* A packet with a foreign dst MAC is PACKET_OTHERHOST in ztunnel's netns and ip_rcv drops it. */
 	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), zt->mac, ETH_ALEN, 0) ||
@@ -121,8 +127,23 @@ int ambpf_tc_pod(struct __sk_buff *skb)
 		stat_inc(AMBPF_STAT_TC_ERROR);
 		return TC_ACT_OK;
 	}
-	stat_inc(AMBPF_STAT_TC_STEERED);
-	return bpf_redirect(zt->host_ifindex, 0);
+	if (!rst) {
+		stat_inc(AMBPF_STAT_TC_STEERED);
+		return bpf_redirect(zt->host_ifindex, 0);
+	}
+	/*
+	 * A RST that is not from a recorded flow may answer the pod's own SYN (connection refused: the
+	 * pod records nothing before ESTABLISHED) or reset an inbound connection ztunnel holds. Both get
+	 * it: a copy goes to ztunnel, the original to the pod; whichever has no such socket drops it
+	 * without a word (a RST is never answered). Stealing it would turn ECONNREFUSED into a timeout.
+	 */
+	if (bpf_clone_redirect(skb, zt->host_ifindex, 0) == 0)
+		stat_inc(AMBPF_STAT_TC_RST_CLONED);
+	else
+		stat_inc(AMBPF_STAT_TC_ERROR);
+	if (bpf_skb_store_bytes(skb, 0, orig_macs, sizeof(orig_macs), 0))
+		stat_inc(AMBPF_STAT_TC_ERROR);
+	return TC_ACT_OK;
 }
 
 SEC("sk_lookup")

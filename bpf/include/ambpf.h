@@ -129,7 +129,8 @@ struct ambpf_pair {
 };
 #define AMBPF_PAIR_CLOSED_ONE    (1U << 24) /* +1 on `closed` through that word (little endian) */
 
-/* ambpf_inflow key: an inbound flow being steered to ztunnel (IPv4, network order). */
+/* ambpf_outflow (and the retired ambpf_inflow) key: a TCP flow as packets entering the pod see it
+ * (saddr = the peer, daddr = the pod; IPv4, network order). */
 struct ambpf_flow4 {
 	__u32 saddr;
 	__u32 daddr;
@@ -200,7 +201,7 @@ enum ambpf_stat {
 	AMBPF_STAT_TC_PASS_ZTUNNEL,
 	AMBPF_STAT_TC_PASS_PROBE,
 	AMBPF_STAT_TC_PASS_NOT_AMBIENT,
-	AMBPF_STAT_TC_PASS_NO_FLOW,
+	AMBPF_STAT_TC_PASS_POD_FLOW,          /* tc: a reply to a connection the pod opened (or a SYN-ACK) */
 	AMBPF_STAT_TC_ERROR,
 	AMBPF_STAT_SKLOOKUP_ASSIGNED,
 	AMBPF_STAT_SKLOOKUP_NO_LISTENER,
@@ -208,6 +209,8 @@ enum ambpf_stat {
 	AMBPF_STAT_SKLOOKUP_PASS_PROBE,       /* inpod sk_lookup: from the kubelet probe source */
 	AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT, /* inpod sk_lookup: the pod is not (or no longer) ambient */
 	AMBPF_STAT_TC_PASS_LOCAL,             /* tc: the node itself sent it (kubelet, hostNetwork pods) */
+	AMBPF_STAT_TC_RST_CLONED,             /* tc: an unknown RST went to the pod and a copy to ztunnel */
+	AMBPF_STAT_SOCKOPS_OUTFLOW_ADDED,     /* sockops: an ambient pod's own connection recorded */
 	AMBPF_STAT_MAX,
 };
 

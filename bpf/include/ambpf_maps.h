@@ -73,11 +73,28 @@ struct {
 	__type(value, __u64);
 } ambpf_sockhash SEC(".maps");
 
-/* Inbound flows the tc program steers to ztunnel. Filled by the datapath itself on every SYN and
- * never by the loader, with no close event to delete on: an LRU is the right tool here. */
+/*
+ * Connections an ambient pod opened itself (IPv4), keyed as the packets coming back into the pod see
+ * them (saddr = the peer), value = when they started. The tc program steers every inbound TCP packet
+ * to ztunnel except these (and SYN-ACKs): inbound itself needs no state, so nothing an outside client
+ * sends can fill or evict anything. It replaced an LRU of inbound SYNs, whose evictions reset idle
+ * long-lived inbound connections (65,536 newer flows were enough). Entries are added by sockops at
+ * ACTIVE_ESTABLISHED and deleted at the socket's TCP_CLOSE: a plain HASH, its size is the number of
+ * outbound connections the node's pods can hold open at once (`ambpf status` shows the fill).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ambpf_flow4);
+	__type(value, __u64);
+} ambpf_outflow SEC(".maps");
+
+/* Retired: the LRU of inbound SYNs that ambpf_outflow replaced. No program uses it; it is declared
+ * (one entry) only so a node's pins and the tools that count it (`ambpf status`, metrics) keep
+ * finding it until they move to ambpf_outflow. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1);
 	__type(key, struct ambpf_flow4);
 	__type(value, __u64);
 } ambpf_inflow SEC(".maps");

@@ -135,9 +135,9 @@ static int check_tc(const struct func_ctx *c)
 		report(c->label, name, "func", "ok", "steered %lld SYN(s) to %s", after - before, FILL_ZT_HOST_IF);
 		return 0;
 	}
-	report(c->label, name, "func", "fail", "TC_STEERED stayed at %lld (pass not-ambient %lld, no-flow %lld, local %lld, error %lld)",
+	report(c->label, name, "func", "fail", "TC_STEERED stayed at %lld (pass not-ambient %lld, pod-flow %lld, local %lld, error %lld)",
 	       after, fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_NOT_AMBIENT),
-	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_NO_FLOW), fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_LOCAL),
+	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_POD_FLOW), fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_LOCAL),
 	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_ERROR));
 	return 1;
 }

@@ -4,10 +4,12 @@
 import { BpfMap } from '../libbpf/index.ts';
 import * as s from './schema.ts';
 
-/** The maps of the design's contract (design.md §3) plus the two inbound maps, by pinned name. */
+/** The maps of the design's contract (design.md §3) plus the inbound maps, by pinned name.
+ * ambpf_inflow is retired (no program uses it, bpf/include/ambpf_maps.h) but still pinned and listed
+ * while status and metrics count it; ambpf_outflow took its place. */
 export const MAP_NAMES = [
   'ambpf_pods', 'ambpf_netns', 'ambpf_ztunnel', 'ambpf_config', 'ambpf_orig_dst', 'ambpf_pair_dst',
-  'ambpf_sockhash', 'ambpf_inflow', 'ambpf_zt_listen', 'ambpf_stats',
+  'ambpf_sockhash', 'ambpf_inflow', 'ambpf_zt_listen', 'ambpf_stats', 'ambpf_outflow',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -99,7 +101,8 @@ export class DatapathMaps {
   readonly ztunnel: SingletonMap<s.ZtunnelValue>;
   readonly config: SingletonMap<s.ConfigValue>;
   readonly pairs: TypedMap<s.Tuple, s.PairValue>;
-  readonly inflow: TypedMap<s.Flow4, bigint>;
+  /** Connections ambient pods opened themselves (flow as seen entering the pod) -> start time (ns). */
+  readonly outflow: TypedMap<s.Flow4, bigint>;
   readonly raw: Readonly<Record<MapName, BpfMap>>;
 
   constructor(get: (name: MapName) => BpfMap) {
@@ -111,7 +114,7 @@ export class DatapathMaps {
     this.ztunnel = new SingletonMap(raw.ambpf_ztunnel, s.encodeZtunnel, s.decodeZtunnel);
     this.config = new SingletonMap(raw.ambpf_config, s.encodeConfig, s.decodeConfig);
     this.pairs = new TypedMap(raw.ambpf_pair_dst, [s.encodeTuple, s.decodeTuple], [s.encodePair, s.decodePair]);
-    this.inflow = new TypedMap(raw.ambpf_inflow, [s.encodeFlow4, s.decodeFlow4], [s.encodeU64Key, s.decodeU64Key]);
+    this.outflow = new TypedMap(raw.ambpf_outflow, [s.encodeFlow4, s.decodeFlow4], [s.encodeU64Key, s.decodeU64Key]);
   }
 
   /** Every counter of ambpf_stats, summed over CPUs. */

@@ -56,9 +56,9 @@ export const STAT_NAMES = [
   'skmsg_spliced', 'skmsg_spliced_bytes', 'skmsg_passed', 'skmsg_miss',
   'getsockopt_answered', 'getsockopt_miss', 'getsockopt_error',
   'getpeername_restored',
-  'tc_steered', 'tc_pass_ztunnel', 'tc_pass_probe', 'tc_pass_not_ambient', 'tc_pass_no_flow', 'tc_error',
+  'tc_steered', 'tc_pass_ztunnel', 'tc_pass_probe', 'tc_pass_not_ambient', 'tc_pass_pod_flow', 'tc_error',
   'sklookup_assigned', 'sklookup_no_listener', 'sklookup_error', 'sklookup_pass_probe', 'sklookup_pass_not_ambient',
-  'tc_pass_local',
+  'tc_pass_local', 'tc_rst_cloned', 'sockops_outflow_added',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;

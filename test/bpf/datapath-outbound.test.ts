@@ -143,7 +143,7 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
     dp.close();
     const report = uninstallDatapath(env.bpffs);
     t.equal(report.links.length, 6, `links removed: ${report.links.join(', ')}`);
-    t.equal(report.maps.length, 10, 'all ten maps unpinned');
+    t.equal(report.maps.length, 11, 'all eleven maps unpinned');
     const shown = JSON.parse(execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' }).trim() || '[]') as unknown[];
     t.equal(shown.length, 0, 'no program left on the cgroup');
     t.notOk(existsSync(env.bpffs), 'the bpffs directory is gone');
