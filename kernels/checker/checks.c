@@ -62,7 +62,37 @@ int check_outbound(const struct func_ctx *c, int lfd, const char *listen_ip)
 	failures += !(ok && sock_same(&got, &orig));
 	close(afd);
 	close(cfd);
-	return failures + check_large_getsockopt(c);
+	return failures + check_orig_after_close(c, lfd) + check_large_getsockopt(c);
+}
+
+/* A fire-and-forget client (connect, write, close) is gone before ztunnel accepts: SO_ORIGINAL_DST
+ * must still answer (the original dst lives until both sockets closed: the state callback on
+ * ztunnel's side, a 5.10-safe atomic add, the inpod copy onto the accepted socket). */
+int check_orig_after_close(const struct func_ctx *c, int lfd)
+{
+	const char *name = "SO_ORIGINAL_DST after the client closed";
+	struct sockaddr_in orig, got;
+	socklen_t len = sizeof(got);
+	int cfd = socket(AF_INET, SOCK_STREAM, 0), afd, ok;
+
+	sock_addr4(&orig, FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+	if (cfd < 0 || connect(cfd, (struct sockaddr *)&orig, sizeof(orig)) < 0 || write(cfd, "x", 1) != 1) {
+		report(c->label, name, "func", "fail", "client: %s", strerror(errno));
+		if (cfd >= 0)
+			close(cfd);
+		return 1;
+	}
+	close(cfd);
+	usleep(200 * 1000); /* FIN, ACK: the orphaned client reaches TCP_CLOSE (TIME_WAIT) meanwhile */
+	if ((afd = sock_accept_within(lfd)) < 0) {
+		report(c->label, name, "func", "fail", "nothing to accept: %s", strerror(errno));
+		return 1;
+	}
+	memset(&got, 0, sizeof(got));
+	ok = getsockopt(afd, SOL_IP, SO_ORIGINAL_DST, &got, &len) == 0;
+	close(afd);
+	report_got(c, name, ok, &got, &orig);
+	return !(ok && sock_same(&got, &orig));
 }
 
 /* A getsockopt with a buffer bigger than a page (iptables-legacy's IPT_SO_GET_ENTRIES is one) must

@@ -22,6 +22,10 @@ struct func_ctx {
  * Reports three checks; returns the number that failed. */
 int check_outbound(const struct func_ctx *c, int lfd, const char *listen_ip);
 
+/* Connect, write, close, and only then accept on `lfd`: SO_ORIGINAL_DST still gives the original
+ * (called by check_outbound). Returns 1 when it failed. */
+int check_orig_after_close(const struct func_ctx *c, int lfd);
+
 /* getsockopt(SO_PEERSEC) with a 16 KiB buffer gets the kernel's answer, not EFAULT (called by
  * check_outbound, so every suite with a getsockopt program runs it). Returns 1 when it failed. */
 int check_large_getsockopt(const struct func_ctx *c);

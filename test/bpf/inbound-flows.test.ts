@@ -72,6 +72,10 @@ t.test('inbound steering keeps no per-flow state an attacker can fill', { timeou
     dp.maps.outflow.delete({ saddr: c.ip, daddr: b.ip, sport: 9000, dport: 40100 });
     t.equal(run(tcpPacket(c.ip, b.ip, 9000, 40101, SYN | ACK)), TC_ACT_OK, 'a SYN-ACK (the answer to the pod\'s SYN) passes');
     t.equal(run(tcpPacket(c.ip, b.ip, 40102, 8080, ACK)), TC_ACT_REDIRECT, 'any other inbound packet is steered, SYN seen or not');
+    // A refused connect of the pod's own: the peer's RST must reach it (stolen, the client would
+    // retry its SYN until its 10 s timeout and report "timed out").
+    const [refused] = await env.client('b', [c.ip, '9999']) as Line[];
+    t.match(refused?.error, /refused/i, `the pod's connect to a closed port is refused (${JSON.stringify(refused)})`);
     const rsts = dp.stats().tc_rst_cloned;
     t.equal(run(tcpPacket(c.ip, b.ip, 9000, 40103, RST | ACK)), TC_ACT_OK, 'an unknown RST reaches the pod (a refused connect of its own)...');
     t.equal(dp.stats().tc_rst_cloned - rsts, 1n, '...and a copy goes to ztunnel (an inbound connection reset)');
