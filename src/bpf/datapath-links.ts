@@ -18,12 +18,17 @@ export interface EnsureLinkOptions {
   sameTarget: (info: LinkInfo) => boolean;
 }
 
-function progTagOf(info: LinkInfo): string | null {
+/** The tag (code hash) of program `id`; null when it is gone (treat as different). */
+export function progTag(id: number): string | null {
   try {
-    return withFdById('prog', info.progId, (fd) => progInfoByFd(fd).tag);
+    return withFdById('prog', id, (fd) => progInfoByFd(fd).tag);
   } catch {
-    return null; // the program is gone (defunct link): treat as different
+    return null;
   }
+}
+
+function progTagOf(info: LinkInfo): string | null {
+  return progTag(info.progId); // a defunct link's program is gone: null, different
 }
 
 /**

@@ -17,7 +17,7 @@ import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import { readNetSysctl, writeNetSysctl } from '../node/sysctl.ts';
 import { DatapathMaps, MAP_NAMES, type MapName } from './datapath-maps.ts';
-import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
+import { ensurePinnedLink, progTag, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
 import * as s from './schema.ts';
@@ -201,14 +201,24 @@ export class Datapath {
         // No tcx (Linux < 6.6): clsact below.
       }
     }
-    try {
+    const attach = (): void => {
       prog.attachTc(ifindex, 'egress', { mode: 'clsact', netns: this.netns, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY });
+    };
+    try {
+      attach();
       return 'created';
     } catch (e) {
-      // EEXIST: our filter is already there.
-      if (e instanceof LibbpfError && e.errno === 17) return 'adopted';
-      throw e;
+      if (!(e instanceof LibbpfError) || e.errno !== 17) throw e;
     }
+    // EEXIST: a filter of ours is there. The same code: keep it. An older version (an upgraded
+    // loader): swap it, or the fixes in the new program never reach this interface. libbpf-ts has
+    // no BPF_TC_F_REPLACE, so it is detach + attach: a moment without steering on this veth.
+    const ours = listClsactFilters(this.bpffs, this.netns).find((f) => f.ifindex === ifindex);
+    if (!ours || progTag(ours.progId) === prog.tag) return 'adopted';
+    detachClsact(ifindex, this.netns);
+    attach();
+    log.info({ ifname, old: ours.progId }, 'replaced an older clsact filter');
+    return 'replaced';
   }
 
   /** Undo attachInbound (tcx link or clsact filter); false when nothing of ours was on that interface. */

@@ -1,11 +1,15 @@
 // Inbound tc on kernels without tcx (< 6.6), forced here with tcMode 'clsact' (review issue 6): a
 // clsact filter has no pin, so detach, reconcile's view (inboundInterfaces) and uninstall must find
-// it in the kernel. Real traffic through the filter; everything in netns of our own.
+// it in the kernel; an upgraded loader replaces an older filter. Real traffic through the filter;
+// everything in netns of our own.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { uninstallDatapath } from '../../src/bpf/datapath.ts';
+import { BPF_CFLAGS, DEFAULT_SRC_DIR } from '../../src/bpf/build.ts';
+import { listClsactFilters } from '../../src/bpf/datapath-clsact.ts';
+import { openDatapath, uninstallDatapath } from '../../src/bpf/datapath.ts';
 import { makeEnv, openNodeInbound } from './env.ts';
 
 interface ClientOut { hello?: { port: number } | null; error?: string }
@@ -42,4 +46,27 @@ t.test('inbound via clsact (no tcx): attach, see, detach, uninstall', { timeout:
   t.same(report.clsact, [b.hostIf], 'uninstall removed the clsact filter');
   t.notMatch(filters(), /ambpf_tc_pod/, 'no filter of ours is left on the veth');
   t.equal(await landsOn(), APP, 'inbound goes straight to the pod after uninstall');
+});
+
+t.test('an upgraded loader swaps an older clsact program for its own', { timeout: 90_000 }, async (t) => {
+  const env = await makeEnv(t);
+  const { b } = env.pods;
+  // "The old version": the same source built with other flags (-mcpu=v2), so its code and tag differ.
+  const dir = mkdtempSync(join(tmpdir(), 'ambpf-old-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const old = join(dir, 'ambpf_inbound.bpf.o');
+  const clang = process.env['AMBPF_CLANG'] ?? 'clang-14';
+  execFileSync(clang, [...BPF_CFLAGS.map((f) => (f === '-mcpu=v3' ? '-mcpu=v2' : f)), '-I', '/usr/include/x86_64-linux-gnu',
+    '-c', join(DEFAULT_SRC_DIR, 'ambpf_inbound.bpf.c'), '-o', old]);
+  const before = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node, tcMode: 'clsact', objects: { ambpf_inbound: old } });
+  t.equal(before.attachInbound(b.hostIf), 'created', 'the old program is attached');
+  before.close();
+  const oldFilter = listClsactFilters(env.bpffs, env.node)[0];
+
+  const { dp } = await openNodeInbound(t, env, { tcMode: 'clsact' });
+  t.equal(dp.attachInbound(b.hostIf), 'replaced', 'the new loader replaces it');
+  const now = listClsactFilters(env.bpffs, env.node);
+  t.equal(now.length, 1, 'one filter of ours on the veth');
+  t.not(now[0]?.progId, oldFilter?.progId, 'another program');
+  t.equal(dp.attachInbound(b.hostIf), 'adopted', 'and keeps it on the next pass');
 });
