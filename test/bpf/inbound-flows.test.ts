@@ -4,7 +4,7 @@
 // only the replies to connections the pod itself opened pass (ambpf_outflow, kept by sockops).
 // Real sockets for the connections; the 70,000 flows (SYN + ACK) are crafted and run through BPF_PROG_TEST_RUN.
 import t from 'tap';
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfObject, ifIndex, withNetns } from '../../src/libbpf/index.ts';
 import { ensureObjects } from '../../src/bpf/build.ts';
@@ -37,7 +37,7 @@ t.test('inbound steering keeps no per-flow state an attacker can fill', { timeou
 
   await t.test(`an idle inbound connection survives ${FLOODING_FLOWS} other flows`, async (t) => {
     const go = join('/tmp', `${env.prefix}-go`);
-    t.teardown(() => { try { writeFileSync(go, ''); } catch { /* gone */ } });
+    t.teardown(() => rmSync(go, { force: true }));
     const client = env.spawn('c', ['python3', '-u', HELPER, 'client', b.ip, '8080', '--send', '4096', '--chunk', '4096', '--pause-file', go]);
     const lines = jsonLines<Line>(client);
     t.ok(await waitUntil(() => lines.some((l) => l.paused), 10_000), 'the client is connected and idle');
