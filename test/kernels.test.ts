@@ -26,6 +26,11 @@ const REQUIRED_CHECKS = [
   'inpod/SO_ORIGINAL_DST gives the original',
   'inpod/sk_lookup assigns to the 15006 listener',
   'inpod/sk_lookup assigns dport 15008 to the 15008 listener',
+  'node/tc passes the node\'s own SYN',
+  'node/a 16 KiB getsockopt keeps the kernel\'s answer',
+  'inpod/a 16 KiB getsockopt keeps the kernel\'s answer',
+  'node/SO_ORIGINAL_DST after the client closed',
+  'inpod/SO_ORIGINAL_DST after the client closed',
 ];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {

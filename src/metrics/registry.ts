@@ -13,7 +13,7 @@ export interface MetricsSources {
 }
 
 /** Maps whose fill the loader controls or that grow with traffic: pressure = entries / max_entries. */
-const COUNTED_MAPS = ['ambpf_pods', 'ambpf_netns', 'ambpf_pair_dst', 'ambpf_inflow'] as const;
+const COUNTED_MAPS = ['ambpf_pods', 'ambpf_netns', 'ambpf_pair_dst', 'ambpf_outflow'] as const;
 
 export function countEntries(map: { nextKey(k: Uint8Array | null): Uint8Array | undefined }, limit: number): number {
   let n = 0;

@@ -281,11 +281,11 @@ function pruneStaleInbound(dp: Datapath, attempt: Attempt): void {
 }
 
 /** What the kernel holds now, from the maps and the pinned inbound links. */
-export function readCurrent(dp: Pick<Datapath, 'maps' | 'bpffs'>): Current {
+export function readCurrent(dp: Pick<Datapath, 'maps' | 'bpffs'> & Partial<Pick<Datapath, 'inboundInterfaces'>>): Current {
   const zt = dp.maps.ztunnel.get();
-  const inbound = new Set<string>();
-  const linksDir = join(dp.bpffs, 'links');
-  if (existsSync(linksDir)) for (const name of readdirSync(linksDir)) if (name.startsWith('tc-')) inbound.add(name.slice(3));
+  // Node topology: tcx pins and, on kernels without tcx (< 6.6), ambpf's clsact filters found in
+  // the kernel. (The inpod datapath has no tc attachments; its per-pod links are its own business.)
+  const inbound = new Set<string>(dp.inboundInterfaces?.() ?? []);
   return {
     pods: new Map(dp.maps.pods.entries()),
     netns: new Map(dp.maps.netns.entries()),

@@ -8,7 +8,7 @@ import type { AttachedRow } from './links.ts';
 import { renderTable } from './table.ts';
 
 /** Maps whose fill matters: the loader fills the first two, the programs the last two. */
-export const FILL_MAPS = ['ambpf_pods', 'ambpf_netns', 'ambpf_pair_dst', 'ambpf_inflow'] as const;
+export const FILL_MAPS = ['ambpf_pods', 'ambpf_netns', 'ambpf_pair_dst', 'ambpf_outflow'] as const;
 /** Fill at which a map is called under pressure: the next burst of pods or connections may not fit. */
 export const PRESSURE_AT = 0.8;
 

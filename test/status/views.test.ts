@@ -126,7 +126,7 @@ t.test('pods and status on a datapath of our own', { timeout: 240_000 }, async (
     t.match(r.stdout, /\n {2}ambpf_pods\s+4\s+4\s+100\.0%\s+PRESSURE\n/);
     t.match(r.stdout, /\n {2}ambpf_netns\s+2\s+\d+\s+[\d.]+%\n/);
     t.match(r.stdout, /\n {2}ambpf_pair_dst\s+\d+\s+\d+/);
-    t.match(r.stdout, /\n {2}ambpf_inflow\s+\d+\s+\d+/);
+    t.match(r.stdout, /\n {2}ambpf_outflow\s+\d+\s+\d+/);
     t.match(r.stdout, new RegExp(`ztunnel: ${z.ip} READY, ports out 15001 in 15006 hbone 15008 dns 15053, mark 0x539/0xfff, host ifindex ${idx(z.hostIf)}`));
     t.match(r.stdout, /\n {2}connect4\s+redirected [1-9]\d*/);
     t.match(r.stdout, /\n {2}getsockopt\s+answered [1-9]/);

@@ -8,7 +8,7 @@ What ambpf has in the kernel under DIR, and whether it works:
   - attached programs: every link pinned under DIR/links (hook, link id, program id and name, and
     its target: cgroup path, interface, or netns), plus sk_msg on the sockhash (prog_attach);
     defunct links (their cgroup, interface or netns is gone) are marked PROBLEM;
-  - map fill: entries / max_entries of ambpf_pods, ambpf_netns, ambpf_pair_dst and ambpf_inflow,
+  - map fill: entries / max_entries of ambpf_pods, ambpf_netns, ambpf_pair_dst and ambpf_outflow,
     marked PRESSURE from 80% (a full map makes the loader fail updates, the programs miss);
   - ztunnel: the address and ports in ambpf_ztunnel and whether it is READY (nothing is redirected
     until it is);

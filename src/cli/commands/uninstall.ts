@@ -49,13 +49,14 @@ export const command: Command = {
         link.close();
       }
     }
-    const report = existsSync(bpffs) ? uninstallDatapath(bpffs) : { links: [], maps: [] };
+    const report = existsSync(bpffs) ? uninstallDatapath(bpffs) : { links: [], maps: [], clsact: [] };
     if (values.json) {
       process.stdout.write(JSON.stringify({ bpffs, ...report, policyRouteRemovedIn: routeRemovedIn ?? null }) + '\n');
     } else if (report.links.length === 0 && report.maps.length === 0) {
       process.stdout.write(`nothing of ambpf's under ${bpffs}\n`);
     } else {
-      process.stdout.write(`detached ${report.links.length} links (${report.links.join(', ') || '-'}), unpinned ${report.maps.length} maps under ${bpffs}\n`);
+      const clsact = report.clsact.length > 0 ? `, removed ${report.clsact.length} clsact filters` : '';
+      process.stdout.write(`detached ${report.links.length} links (${report.links.join(', ') || '-'})${clsact}, unpinned ${report.maps.length} maps under ${bpffs}\n`);
     }
     return 0;
   },
