@@ -7,7 +7,7 @@
 //   5. results.json, results.md and one SVG per workload in --out.
 // The testbed (and with it every process, rule, pin and cgroup made here) is removed at the end,
 // also on failure.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed } from '../testbed/index.ts';
 import { logger } from '../log.ts';
@@ -112,6 +112,16 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     } else if (o.e2e) {
       notes.push('End-to-end phase skipped: it runs the HTTP workloads (connections, latency) and none was requested.');
     }
+  } catch (err) {
+    // The run dir goes with the testbed: keep its logs (loaders, sinks) where the results would be.
+    const logs = join(o.outDir, 'logs');
+    try {
+      cpSync(join(tb.info.runDir, 'bench'), logs, { recursive: true });
+      log.error({ logs }, 'bench failed; its logs are kept');
+    } catch (e) {
+      log.warn({ err: e }, 'could not keep the failed run\'s logs');
+    }
+    throw err;
   } finally {
     await tb.down();
   }

@@ -7,6 +7,7 @@ import type { TestbedPod } from '../testbed/types.ts';
 import { PORT_HBONE, PORT_INBOUND_PLAINTEXT, PORT_OUTBOUND } from '../testbed/ztunnel/config.ts';
 import { logger } from '../log.ts';
 import { runCell, type CellTarget, type Endpoint } from './cells.ts';
+import { BenchError } from './errors.ts';
 import { startPath, type PathContext } from './paths.ts';
 import { inPod, startIperfServer, startNginx, type Sink, type SinkPlace } from './sinks.ts';
 import { schedule } from './stats.ts';
@@ -132,7 +133,10 @@ async function runRounds(
             await path.settle();
             for (const workload of group.workloads) {
               for (const placement of o.placements) {
-                const r = await runCell(tb, workload, targets(placement, pathName), o);
+                const r = await runCell(tb, workload, targets(placement, pathName), o).catch((err: unknown) => {
+                  const what = `${phase} round ${round}, path ${pathName}, ${workload} ${placement}`;
+                  throw new BenchError(`${what}: ${err instanceof Error ? err.message : String(err)}`, { phase, round, path: pathName, workload, placement }, { cause: err });
+                });
                 const sample: Sample = { phase, round, warmup, path: pathName, workload, placement, metrics: r.metrics, errors: r.errors };
                 log.info({ phase, round, warmup, path: pathName, workload, placement, ...r.metrics, errors: r.errors }, 'cell');
                 obs.sample(sample);
