@@ -9,7 +9,7 @@ TAP   := $(NODE) node_modules/tap/dist/esm/run.mjs
 TSC   := $(NODE) node_modules/typescript/bin/tsc
 
 # Debian packages the build, the tests and the demo use.
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 libelf-dev zlib1g-dev bpftool iproute2 iptables ipset \
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 libelf-dev zlib1g-dev bpftool iproute2 iptables nftables ipset \
                 curl iperf3 wrk nginx util-linux procps psmisc openssl
 
 .PHONY: help deps apt node bpf typecheck test demo kernels clean

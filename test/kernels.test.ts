@@ -4,7 +4,7 @@
 // checker that saw nothing could not pass). Kernels are cached in .cache/kernels after the first run.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadMatrix } from '../src/kernels/report.ts';
@@ -79,7 +79,11 @@ t.test('every ambpf program passes on 5.10, 6.1, 6.12 and the host kernel', { sk
   }
   t.not(r.signal, 'SIGTERM', 'the matrix finished within 3 minutes');
 
-  const m = loadMatrix(out, KERNELS);
+  // The Debian package each guest kernel came from, as run.sh records it in the cache, for the table.
+  const cache = process.env.AMBPF_KERNELS_CACHE ?? join(repo, '.cache/kernels');
+  const packages = new Map(KERNELS.filter((k) => existsSync(join(cache, k, 'package')))
+    .map((k) => [k, readFileSync(join(cache, k, 'package'), 'utf8').trim()] as const));
+  const m = loadMatrix(out, KERNELS, packages);
   t.comment(m.markdown);
   for (const run of m.runs) t.ok(run.done, `the checker finished on ${run.kernel} (${run.release ?? 'no boot'})`);
 

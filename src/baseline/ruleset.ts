@@ -60,8 +60,15 @@ export function removeText(tables: readonly IptablesTable[]): string {
 
 /** nf_tables tables of a netns ("table ip nat"…): removal deletes the ones install made, once empty. */
 export async function nftTables(netnsPath: string): Promise<string[]> {
+  // With iptables-legacy there are no nf_tables tables to account for; with iptables-nft the empty
+  // tables it creates can only be deleted with nft, so a missing nft would leave them behind silently.
+  const version = (await inNetns(netnsPath, ['iptables', '--version'], { check: false })).stdout;
+  if (!version.includes('nf_tables')) return [];
   const r = await inNetns(netnsPath, ['nft', 'list', 'tables'], { check: false });
-  return r.code === 0 ? r.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('table ')) : [];
+  if (r.code !== 0) {
+    throw new Error(`iptables is the nf_tables variant but 'nft list tables' failed (install the Debian package nftables): ${r.stderr.trim()}`);
+  }
+  return r.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('table '));
 }
 
 export async function install(rules: NetnsRules): Promise<void> {
