@@ -93,7 +93,13 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
           await sink.stop();
         }
       } else {
-        controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, actors.meshDst, o.podChanges));
+        // ztunnel ready, as on a real node: its listeners (the HTTP sink's) are in ztunnel's netns.
+        const sink = await startHttpSink(tb, m);
+        try {
+          controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, actors.meshDst, o.podChanges));
+        } finally {
+          await sink.stop();
+        }
       }
       controlPlane.reconcile = await measureReconcile(tb, o.reconcileSizes);
     }

@@ -109,6 +109,13 @@ export class Datapath {
   readonly links: Readonly<Record<CgroupHook, LinkOutcome>>;
   readonly #objects: BpfObject[];
   readonly #skMsg: SkMsgAttachment;
+  /**
+   * Interfaces carrying a clsact filter of ours: scanned from the kernel on first use (one `ip` and
+   * one `tc` spawn per interface, tens of ms) and kept up to date by attachInbound/detachInbound, so a
+   * reconcile pass for a pod event does not pay the scan. undefined: scan on next use
+   * (rescanInbound(), which the loader's periodic safety-net pass calls).
+   */
+  #clsactSeen: Set<string> | undefined;
 
   private constructor(o: DatapathOptions, objects: BpfObject[], maps: DatapathMaps, links: Record<CgroupHook, LinkOutcome>, skMsg: SkMsgAttachment) {
     this.bpffs = o.bpffs;
@@ -203,6 +210,7 @@ export class Datapath {
     }
     const attach = (): void => {
       prog.attachTc(ifindex, 'egress', { mode: 'clsact', netns: this.netns, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY });
+      this.#clsactSeen?.add(ifname);
     };
     try {
       attach();
@@ -210,6 +218,7 @@ export class Datapath {
     } catch (e) {
       if (!(e instanceof LibbpfError) || e.errno !== 17) throw e;
     }
+    this.#clsactSeen?.add(ifname);
     // EEXIST: a filter of ours is there. The same code: keep it. An older version (an upgraded
     // loader): swap it, or the fixes in the new program never reach this interface. libbpf-ts has
     // no BPF_TC_F_REPLACE, so it is detach + attach: a moment without steering on this veth.
@@ -223,6 +232,7 @@ export class Datapath {
 
   /** Undo attachInbound (tcx link or clsact filter); false when nothing of ours was on that interface. */
   detachInbound(ifname: string): boolean {
+    this.#clsactSeen?.delete(ifname);
     if (removePinnedLink(this.#tcPin(ifname))) return true;
     const ours = listClsactFilters(this.bpffs, this.netns).find((f) => f.ifname === ifname);
     if (!ours) return false;
@@ -238,8 +248,14 @@ export class Datapath {
     const names = new Set<string>();
     const linksDir = join(this.bpffs, 'links');
     if (existsSync(linksDir)) for (const n of readdirSync(linksDir)) if (n.startsWith('tc-')) names.add(n.slice(3));
-    for (const f of listClsactFilters(this.bpffs, this.netns)) names.add(f.ifname);
+    this.#clsactSeen ??= new Set(listClsactFilters(this.bpffs, this.netns).map((f) => f.ifname));
+    for (const n of this.#clsactSeen) names.add(n);
     return [...names].sort();
+  }
+
+  /** The next inboundInterfaces() scans the kernel for clsact filters again (something outside ambpf may have changed them). */
+  rescanInbound(): void {
+    this.#clsactSeen = undefined;
   }
 
   #tcPin(ifname: string): string {

@@ -56,6 +56,11 @@ export interface ReconcilerOptions {
   readonly procRoot?: string;
 }
 
+/** How long a failed attach to ztunnel's netns is not retried while nothing about ztunnel changed. */
+const ZTUNNEL_RETRY_MS = 1000;
+/** How long ztunnel's listening-socket inodes are reused between passes. */
+const ZTUNNEL_LISTENERS_TTL_MS = 1000;
+
 export class Reconciler {
   readonly stats: ReconcileStats = { passes: 0, errors: 0, mapFull: 0, lastDurationMs: 0, lastAt: undefined, lastError: undefined };
   /** Whether the last pass left something to retry soon. */
@@ -67,6 +72,8 @@ export class Reconciler {
   #reported = new Set<string>();
   /** ztunnel's listeners are copied into the sockmap once per ztunnel process. */
   #ztunnelAttachedFor: string | undefined;
+  #ztunnelFailed: { key: string; error: string; retryAt: number } | undefined;
+  #inodesCache: { pid: number; at: number; value: string } | undefined;
   /** Set in inpod mode: per-pod capture instead of tc + ztunnel's netns. */
   readonly #inpod: InpodApplier | undefined;
 
@@ -88,7 +95,10 @@ export class Reconciler {
   }
 
   /** Re-run the last snapshot: pods whose sandbox was not up yet, a ztunnel that restarted. */
-  resync(): Promise<ReconcileResult | undefined> {
+  resync(o: { rescanKernel?: boolean } = {}): Promise<ReconcileResult | undefined> {
+    // rescanKernel: also re-read what is cached of the kernel's state (clsact filters), for the
+    // periodic safety-net pass; event-driven passes trust the cache and stay fast.
+    if (o.rescanKernel && !isInpod(this.#o.datapath)) this.#o.datapath.rescanInbound();
     return this.#last ? this.reconcile(this.#pending ?? this.#last) : Promise.resolve(undefined);
   }
 
@@ -96,8 +106,18 @@ export class Reconciler {
     const started = performance.now();
     this.#last = snapshot;
     const errors: string[] = [];
+    // Where a pass spends its time (ms per phase), logged with it: pod change -> kernel latency is
+    // the sum, so a slow phase shows up in the loader's own log.
+    const phases: Record<string, number> = {};
+    let mark = started;
+    const lap = (phase: string): void => {
+      const now = performance.now();
+      phases[phase] = Math.round((now - mark) * 10) / 10;
+      mark = now;
+    };
     const desired = computeDesiredState(snapshot, this.#o.node);
     const resolution = await resolveNode(desired, { procRoot: this.#o.procRoot });
+    lap('resolve');
     const attempt: Attempt = (what, fn) => {
       try {
         fn();
@@ -123,14 +143,16 @@ export class Reconciler {
       unresolved.push(...captured.unresolved);
       retry ||= captured.unresolved.length > 0;
     } else {
-      plan = await this.#applyNode(resolution, attempt, errors);
+      plan = await this.#applyNode(resolution, attempt, errors, lap);
     }
+    lap('apply');
 
     this.#report(unresolved, errors);
     this.hasUnresolved = retry || errors.length > 0;
     if (this.#o.stateFile) await writeStateFile(this.#o.stateFile, desired, resolution).catch((err: unknown) => {
       errors.push(`state file ${this.#o.stateFile}: ${describeError(err)}`);
     });
+    lap('stateFile');
     this.stats.passes++;
     this.stats.errors += errors.length;
     this.stats.lastDurationMs = performance.now() - started;
@@ -140,21 +162,24 @@ export class Reconciler {
       pods: resolution.pods.length, ztunnel: resolution.ztunnel?.ips[0] ?? null,
       set: plan.podsSet.size + plan.netnsSet.size, deleted: plan.podsDelete.length + plan.netnsDelete.length,
       attached: plan.inboundAttach.length, detached: plan.inboundDetach.length,
-      errors: errors.length, ms: Math.round(this.stats.lastDurationMs),
+      errors: errors.length, ms: Math.round(this.stats.lastDurationMs), phases,
     }, 'reconciled');
     return { desired, plan, errors, unresolved };
   }
 
   /** Node topology: maps, tc on the pods' host veths, ztunnel's netns. */
-  async #applyNode(resolution: Resolution, attempt: Attempt, errors: string[]): Promise<Plan> {
+  async #applyNode(resolution: Resolution, attempt: Attempt, errors: string[], lap: (phase: string) => void): Promise<Plan> {
     const target = buildTarget(resolution);
     const dp = this.#o.datapath as Datapath;
     pruneStaleInbound(dp, attempt);
     const plan = planReconcile(target, readCurrent(dp));
+    lap('plan');
     // ztunnel's side first (listeners, policy route, sk_lookup): the ztunnel entry written next is what
     // starts tc steering into ztunnel's netns, which must already accept what arrives.
     await this.#ensureZtunnelInbound(resolution, target, errors);
+    lap('ztunnel');
     this.#applyMaps(plan, attempt);
+    lap('maps');
     for (const ifname of plan.inboundAttach) attempt(`inbound tc on ${ifname}`, () => dp.attachInbound(ifname));
     for (const ifname of plan.inboundDetach) attempt(`inbound tc off ${ifname}`, () => dp.detachInbound(ifname));
     return plan;
@@ -181,10 +206,20 @@ export class Reconciler {
     }
     // Listener sockets leave the sockmap when they close: a restarted ztunnel (even in the same pod,
     // same netns, same sandbox pid) has new listening sockets, so they are part of the key.
-    const inodes = [PORT_INBOUND, PORT_HBONE].map((port) => [...listeningInodes(z.pid, port)].sort().join(',')).join('/');
+    const inodes = this.#listenerInodes(z.pid);
     const key = `${z.uid}/${target.ztunnel.netnsCookie}/${inodes}`;
     const dp = this.#o.datapath as Datapath;
     if (this.#ztunnelAttachedFor === key && listenersPresent(dp)) return;
+    // A failed attempt costs tens of ms (every process of the pod is tried): with nothing changed
+    // (same pod, netns and listening sockets) a pass for a pod event does not repeat it for a
+    // while. A ztunnel that opens its listeners changes the key and is attempted at once.
+    const failed = this.#ztunnelFailed;
+    if (failed?.key === key && performance.now() < failed.retryAt) {
+      errors.push(failed.error);
+      return;
+    }
+    this.#ztunnelFailed = undefined;
+    log.debug({ key, attachedFor: this.#ztunnelAttachedFor }, 'attaching to ztunnel\'s netns');
     // The listeners belong to ztunnel's process, not to the pod's sandbox: try the pod's processes.
     let lastErr: unknown;
     for (const pid of [...z.pids].reverse()) {
@@ -198,7 +233,24 @@ export class Reconciler {
         lastErr = err;
       }
     }
-    errors.push(`ztunnel inbound (pod ${z.namespace}/${z.name}): ${describeError(lastErr)}`);
+    const error = `ztunnel inbound (pod ${z.namespace}/${z.name}): ${describeError(lastErr)}`;
+    this.#ztunnelFailed = { key, error, retryAt: performance.now() + ZTUNNEL_RETRY_MS };
+    errors.push(error);
+  }
+
+  /**
+   * ztunnel's listening sockets on 15006/15008 (inodes), from /proc/<pid>/net/tcp{,6}. Reading those
+   * walks the kernel's whole TCP hash (~15 ms here), so a pass for a pod event reuses an answer
+   * younger than ZTUNNEL_LISTENERS_TTL_MS: a restarted ztunnel is still noticed within that bound,
+   * and at once when its old sockets close (they leave the sockmap: listenersPresent).
+   */
+  #listenerInodes(pid: number): string {
+    const cached = this.#inodesCache;
+    const now = performance.now();
+    if (cached?.pid === pid && now - cached.at < ZTUNNEL_LISTENERS_TTL_MS) return cached.value;
+    const value = [PORT_INBOUND, PORT_HBONE].map((port) => [...listeningInodes(pid, port)].sort().join(',')).join('/');
+    this.#inodesCache = { pid, at: now, value };
+    return value;
   }
 
   #report(problems: readonly Problem[], errors: readonly string[]): void {

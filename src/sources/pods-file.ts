@@ -119,7 +119,7 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
   }
 
   let debounce: NodeJS.Timeout | undefined;
-  function schedule(): void {
+  function schedule(delayMs = 30): void {
     if (stopped || debounce) return;
     // Events come in bursts while a file is written: read once, shortly after the burst.
     debounce = setTimeout(() => {
@@ -127,7 +127,7 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
       running = running.then(() => readOnce(false)).catch((err: unknown) => {
         log.error({ err: (err as Error).message }, 'pods file reconcile failed');
       });
-    }, 30);
+    }, delayMs);
   }
 
   return {
@@ -136,14 +136,17 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
       await readOnce(true);
       // Watch the directory, not the file: editors and `mv` replace the inode.
       try {
-        watcher = watch(dirname(path), (_event, name) => {
-          if (name === null || name === basename(path)) schedule();
+        watcher = watch(dirname(path), (event, name) => {
+          // A rename onto our name is an atomic replace (write a temp file, mv): the content is
+          // complete, so read at once. In-place writes ('change') come in bursts: debounce those.
+          if (name === basename(path)) schedule(event === 'rename' ? 0 : 30);
+          else if (name === null) schedule();
         });
         watcher.on('error', (err) => log.warn({ err: err.message }, 'pods file watcher failed; polling only'));
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'cannot watch pods file directory; polling only');
       }
-      poller = setInterval(schedule, pollMs);
+      poller = setInterval(() => schedule(), pollMs);
       poller.unref();
     },
     async stop() {

@@ -41,6 +41,14 @@ t.test('inbound via clsact (no tcx): attach, see, detach, uninstall', { timeout:
   t.equal(await landsOn(), APP, 'inbound goes straight to the pod');
 
   t.equal(dp.attachInbound(b.hostIf), 'created', 'attached again');
+  // Reconcile passes trust what this loader attached (no ip/tc scan per pod event); the safety-net
+  // pass rescans, so a filter removed behind ambpf's back is noticed and re-attached there.
+  execFileSync('nsenter', [`--net=${env.node}`, 'tc', 'filter', 'del', 'dev', b.hostIf, 'egress', 'pref', '1', 'handle', '0xa3bf', 'bpf']);
+  t.same(dp.inboundInterfaces(), [b.hostIf], 'between rescans the view is what ambpf attached');
+  dp.rescanInbound();
+  t.same(dp.inboundInterfaces(), [], 'a rescan sees the filter is gone');
+  t.equal(dp.attachInbound(b.hostIf), 'created', 'and it is attached again');
+  t.same(dp.inboundInterfaces(), [b.hostIf], 'the view follows the attach');
   dp.close();
   const report = uninstallDatapath(env.bpffs, { netns: env.node });
   t.same(report.clsact, [b.hostIf], 'uninstall removed the clsact filter');

@@ -201,8 +201,9 @@ export const command: Command = {
     // A full pass also runs every 30 s regardless, as a safety net against anything missed.
     resyncTimer = setInterval(() => {
       const last = reconciler.stats.lastAt ?? 0;
-      if (!reconciler.hasUnresolved && reconciler.ztunnelListenersPresent() && Date.now() - last <= 30_000) return;
-      reconciler.resync().catch((err: unknown) => {
+      const safetyNet = Date.now() - last > 30_000;
+      if (!reconciler.hasUnresolved && reconciler.ztunnelListenersPresent() && !safetyNet) return;
+      reconciler.resync({ rescanKernel: safetyNet }).catch((err: unknown) => {
         // A pass that throws (an `ip` dump interrupted by churn, say) is retried on the next tick.
         reconciler.hasUnresolved = true;
         log.error({ err: describeError(err) }, 'resync failed; retrying');
