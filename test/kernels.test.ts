@@ -31,6 +31,8 @@ const REQUIRED_CHECKS = [
   'inpod/a 16 KiB getsockopt keeps the kernel\'s answer',
   'node/SO_ORIGINAL_DST after the client closed',
   'inpod/SO_ORIGINAL_DST after the client closed',
+  'node/connect6 v4-mapped: lands on 15001, getpeername and SO_ORIGINAL_DST give the original',
+  'inpod/connect6 v4-mapped: lands on 15001, getpeername and SO_ORIGINAL_DST give the original',
 ];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {

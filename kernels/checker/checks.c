@@ -1,3 +1,4 @@
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -62,7 +63,57 @@ int check_outbound(const struct func_ctx *c, int lfd, const char *listen_ip)
 	failures += !(ok && sock_same(&got, &orig));
 	close(afd);
 	close(cfd);
-	return failures + check_orig_after_close(c, lfd) + check_large_getsockopt(c);
+	return failures + check_connect6_mapped(c, lfd) + check_orig_after_close(c, lfd) + check_large_getsockopt(c);
+}
+
+/* Dual-stack clients (Java, Go with tcp6 sockets) reach IPv4 peers through v4-mapped addresses on
+ * an AF_INET6 socket: connect6 must redirect those like connect4, getpeername6 must give back the
+ * mapped original, and ztunnel's accepted (IPv4) socket must answer SO_ORIGINAL_DST. */
+int check_connect6_mapped(const struct func_ctx *c, int lfd)
+{
+	const char *name = "connect6 v4-mapped: lands on 15001, getpeername and SO_ORIGINAL_DST give the original";
+	struct sockaddr_in6 orig6, got6;
+	struct sockaddr_in orig, got;
+	socklen_t len6 = sizeof(got6), len = sizeof(got);
+	char a[64], b[INET6_ADDRSTRLEN];
+	int cfd = socket(AF_INET6, SOCK_STREAM, 0), afd, ok;
+
+	sock_addr4(&orig, FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+	memset(&orig6, 0, sizeof(orig6));
+	orig6.sin6_family = AF_INET6;
+	orig6.sin6_port = orig.sin_port;
+	orig6.sin6_addr.s6_addr[10] = 0xff;
+	orig6.sin6_addr.s6_addr[11] = 0xff;
+	memcpy(&orig6.sin6_addr.s6_addr[12], &orig.sin_addr, 4);
+	if (cfd < 0 || connect(cfd, (struct sockaddr *)&orig6, sizeof(orig6)) < 0 || (afd = sock_accept_within(lfd)) < 0) {
+		report(c->label, name, "func", "fail", "connect to [::ffff:%s]:%d did not reach the 15001 listener: %s",
+		       FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT, strerror(errno));
+		if (cfd >= 0)
+			close(cfd);
+		return 1;
+	}
+	memset(&got6, 0, sizeof(got6));
+	ok = getpeername(cfd, (struct sockaddr *)&got6, &len6) == 0 && got6.sin6_family == AF_INET6 &&
+	     !memcmp(&got6.sin6_addr, &orig6.sin6_addr, sizeof(got6.sin6_addr)) && got6.sin6_port == orig6.sin6_port;
+	if (!ok) {
+		inet_ntop(AF_INET6, &got6.sin6_addr, b, sizeof(b));
+		report(c->label, name, "func", "fail", "getpeername gave [%s]:%d, want [::ffff:%s]:%d", b, ntohs(got6.sin6_port),
+		       FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+		close(afd);
+		close(cfd);
+		return 1;
+	}
+	memset(&got, 0, sizeof(got));
+	ok = getsockopt(afd, SOL_IP, SO_ORIGINAL_DST, &got, &len) == 0 && sock_same(&got, &orig);
+	close(afd);
+	close(cfd);
+	if (!ok) {
+		report(c->label, name, "func", "fail", "SO_ORIGINAL_DST gave %s, want %s:%d", sock_fmt(&got, a, sizeof(a)),
+		       FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+		return 1;
+	}
+	report(c->label, name, "func", "ok", "[::ffff:%s]:%d", FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+	return 0;
 }
 
 /* A fire-and-forget client (connect, write, close) is gone before ztunnel accepts: SO_ORIGINAL_DST

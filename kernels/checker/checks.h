@@ -22,6 +22,10 @@ struct func_ctx {
  * Reports three checks; returns the number that failed. */
 int check_outbound(const struct func_ctx *c, int lfd, const char *listen_ip);
 
+/* An AF_INET6 socket connecting to a v4-mapped FILL_ORIG_DST lands on `lfd` too (connect6), and
+ * getpeername6 / SO_ORIGINAL_DST give the original (called by check_outbound). 1 when it failed. */
+int check_connect6_mapped(const struct func_ctx *c, int lfd);
+
 /* Connect, write, close, and only then accept on `lfd`: SO_ORIGINAL_DST still gives the original
  * (called by check_outbound). Returns 1 when it failed. */
 int check_orig_after_close(const struct func_ctx *c, int lfd);
