@@ -16,16 +16,21 @@ import { startPath } from './paths.ts';
 
 const AMBIENT = 'istio.io/dataplane-mode';
 
-/** Writes the pods List with `optedOut` opted out (label dataplane-mode=none), atomically. */
-export function writePodsWithOptOut(tb: Testbed, path: string, optedOut: readonly TestbedPod[]): void {
+/** The testbed's Pods and Namespaces as a List, with `optedOut` opted out (label dataplane-mode=none). */
+function listWithOptOut(tb: Testbed, optedOut: readonly TestbedPod[]): ReturnType<typeof podsList> {
   const list = podsList(tb.info);
   const items = list.items.map((item) => {
     const meta = item['metadata'] as { name: string; namespace?: string; labels: Record<string, string> };
     if (item['kind'] !== 'Pod' || !optedOut.some((p) => meta.name === p.name && meta.namespace === p.namespace)) return item;
     return { ...item, metadata: { ...meta, labels: { ...meta.labels, [AMBIENT]: 'none' } } };
   });
+  return { ...list, items };
+}
+
+/** Writes the pods List with `optedOut` opted out (label dataplane-mode=none), atomically. */
+export function writePodsWithOptOut(tb: Testbed, path: string, optedOut: readonly TestbedPod[]): void {
   const tmp = `${path}.tmp-bench`;
-  writeFileSync(tmp, JSON.stringify({ ...list, items }, null, 2) + '\n');
+  writeFileSync(tmp, JSON.stringify(listWithOptOut(tb, optedOut), null, 2) + '\n');
   renameSync(tmp, path);
 }
 
@@ -38,6 +43,43 @@ export function writePodsWithOptOut(tb: Testbed, path: string, optedOut: readonl
  * The pods file is left as the full list.
  */
 export async function measurePodChange(ctx: PathContext, node: TestbedNode, pod: TestbedPod, changes: number, optedOut: readonly TestbedPod[] = []): Promise<number[]> {
+  try {
+    return await podChangeLoop(ctx, node, pod, changes, (optOut) => {
+      writePodsWithOptOut(ctx.tb, ctx.podsFile, optOut ? [...optedOut, pod] : optedOut);
+      return Promise.resolve();
+    });
+  } finally {
+    ctx.tb.writePodsList(ctx.podsFile);
+  }
+}
+
+/**
+ * The same through a Kubernetes watch: the testbed's API server (src/testbed/apiserver, a process in
+ * `node`'s netns, seeded with the testbed's objects) and `ambpf run --kubeconfig`; each change is
+ * a label update of the pod through the API (a MODIFIED event on the loader's watch).
+ */
+export async function measurePodChangeWatch(ctx: PathContext, node: TestbedNode, pod: TestbedPod, changes: number, optedOut: readonly TestbedPod[] = []): Promise<number[]> {
+  const { FakeApiServerProcess } = await import('../testbed/apiserver/process.ts');
+  const seedFile = join(ctx.logDir, 'apiserver-seed.json');
+  const kubeconfig = join(ctx.logDir, 'apiserver-kubeconfig.yaml');
+  writeFileSync(seedFile, JSON.stringify(listWithOptOut(ctx.tb, optedOut)));
+  const server = await FakeApiServerProcess.start({ kubeconfigOut: kubeconfig, seedFile, prefix: ['nsenter', `--net=${node.netnsPath}`] });
+  try {
+    const podItem = (optOut: boolean): Record<string, unknown> => {
+      const item = listWithOptOut(ctx.tb, optOut ? [...optedOut, pod] : optedOut).items
+        .find((i) => i['kind'] === 'Pod' && (i['metadata'] as { name: string }).name === pod.name);
+      if (!item) throw new BenchError(`pod ${pod.name} is not in the testbed's list`);
+      return item;
+    };
+    return await podChangeLoop({ ...ctx, kubeconfig }, node, pod, changes, async (optOut) => {
+      await server.updatePod(podItem(optOut));
+    });
+  } finally {
+    await server.stop();
+  }
+}
+
+async function podChangeLoop(ctx: PathContext, node: TestbedNode, pod: TestbedPod, changes: number, change: (optOut: boolean) => Promise<void>): Promise<number[]> {
   const { openPinnedMaps } = await import('../bpf/datapath.ts');
   const path = await startPath(ctx, 'ebpf');
   const samples: number[] = [];
@@ -53,10 +95,10 @@ export async function measurePodChange(ctx: PathContext, node: TestbedNode, pod:
       for (let i = 0; i < changes; i++) {
         const optOut = i % 2 === 0;
         const t0 = performance.now();
-        writePodsWithOptOut(ctx.tb, ctx.podsFile, optOut ? [...optedOut, pod] : optedOut);
+        await change(optOut);
         const deadline = t0 + 5000;
         while ((maps.pods.get(pod.ip) !== undefined) === optOut) {
-          if (performance.now() > deadline) throw new BenchError(`the ambpf_pods entry of ${pod.name} did not ${optOut ? 'disappear' : 'appear'} within 5 s of the pods file change`);
+          if (performance.now() > deadline) throw new BenchError(`the ambpf_pods entry of ${pod.name} did not ${optOut ? 'disappear' : 'appear'} within 5 s of the pod change`);
           // A timer, not setImmediate: a busy poll would take a core from the loader on 2 cores.
           await new Promise((r) => setTimeout(r, 1));
         }
@@ -66,7 +108,6 @@ export async function measurePodChange(ctx: PathContext, node: TestbedNode, pod:
       }
     } finally {
       maps.close();
-      ctx.tb.writePodsList(ctx.podsFile);
     }
   } finally {
     await path.down();

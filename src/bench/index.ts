@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed } from '../testbed/index.ts';
 import { logger } from '../log.ts';
 import { chartSpec, renderSvg } from './charts.ts';
-import { measurePodChange, measureReconcile, summarizePodChange, writePodsWithOptOut } from './control-plane.ts';
+import { measurePodChange, measurePodChangeWatch, measureReconcile, summarizePodChange, writePodsWithOptOut } from './control-plane.ts';
 import { wrkScript } from './load.ts';
 import { describeMachine } from './machine.ts';
 import { runE2ePhase, runSinkPhase, sinkActors, sinkCapturedPods, startHttpSink, type MatrixOptions } from './matrix.ts';
@@ -89,6 +89,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
         const sink = await startHttpSink(tb, m);
         try {
           controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, actors.meshClient, o.podChanges, idle));
+          controlPlane.podChangeWatchMs = summarizePodChange(await measurePodChangeWatch(ctx, node1, actors.meshClient, o.podChanges, idle));
         } finally {
           await sink.stop();
         }
@@ -97,6 +98,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
         const sink = await startHttpSink(tb, m);
         try {
           controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, actors.meshDst, o.podChanges));
+          controlPlane.podChangeWatchMs = summarizePodChange(await measurePodChangeWatch(ctx, node1, actors.meshDst, o.podChanges));
         } finally {
           await sink.stop();
         }

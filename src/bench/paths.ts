@@ -44,6 +44,8 @@ export interface PathContext {
    * eBPF path waits for before its cells run; a pod is only redirected once captured.
    */
   readonly captured?: readonly TestbedPod[];
+  /** The eBPF paths' loaders watch this API server (kubeconfig) instead of reading the pods file. */
+  readonly kubeconfig?: string;
 }
 
 function vmRssKiB(pid: number): number {
@@ -144,7 +146,8 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
       // Leftovers of a crashed earlier slot would be adopted, not measured: start clean.
       await removeLoaderState(ctx.tb, node);
       const argv = [
-        AMBPF, 'run', '--node', node.name, '--pods-file', ctx.podsFile, '--bpffs', node.bpffsDir, '--cgroup', node.kubepodsCgroup,
+        AMBPF, 'run', '--node', node.name, ...(ctx.kubeconfig ? ['--kubeconfig', ctx.kubeconfig] : ['--pods-file', ctx.podsFile]),
+        '--bpffs', node.bpffsDir, '--cgroup', node.kubepodsCgroup,
         '--listen', `127.0.0.1:${LOADER_PORT}`, '--state-file', join(ctx.logDir, `state-${node.name}.json`), '--node-ip', node.wireIp,
         '--resync-ms', '200',
       ];

@@ -73,6 +73,8 @@ export function controlPlaneTable(r: BenchResults): string {
   const cp = r.controlPlane;
   const lines = ['| figure | value |', '|---|---|'];
   if (cp.podChangeMs) lines.push(`| pods file change -> ambpf_pods entry (${cp.podChangeMs.samples.length} changes) | p50 ${fmt(cp.podChangeMs.p50)} ms, p99 ${fmt(cp.podChangeMs.p99)} ms, max ${fmt(cp.podChangeMs.max)} ms |`);
+  const w = cp.podChangeWatchMs;
+  if (w) lines.push(`| pod label change via the API server (watch) -> ambpf_pods entry (${w.samples.length} changes) | p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms, max ${fmt(w.max)} ms |`);
   for (const x of cp.reconcile ?? []) lines.push(`| reconcile ${x.pods.toLocaleString('en-US')} pods (plan + map write) | ${fmt(x.totalMs)} ms (plan ${fmt(x.planMs)} ms, write ${fmt(x.writeMs)} ms) |`);
   if (cp.coldStartMs) lines.push(`| cold start: \`ambpf run\` -> /readyz 200 (${cp.coldStartMs.samples.length} starts) | median ${fmt(cp.coldStartMs.median)} ms (${fmt(cp.coldStartMs.min)}–${fmt(cp.coldStartMs.max)}) |`);
   if (cp.rssMiB) lines.push(`| loader RSS after its cells | median ${fmt(cp.rssMiB.median)} MiB, max ${fmt(cp.rssMiB.max)} MiB |`);

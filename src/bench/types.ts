@@ -93,6 +93,8 @@ export interface Machine {
 export interface ControlPlaneResults {
   /** pods file edit -> ambpf_pods entry present (or gone), ms per change. */
   readonly podChangeMs?: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
+  /** The same through a Kubernetes watch (the testbed's API server, `ambpf run --kubeconfig`). */
+  readonly podChangeWatchMs?: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
   /** Pure reconcile (desired state + target + plan) and the map write of N pods, ms. */
   readonly reconcile?: ReadonlyArray<{ readonly pods: number; readonly planMs: number; readonly writeMs: number; readonly totalMs: number }>;
   /** `ambpf run` start -> /readyz answers 200, ms (objects prebuilt in the cache). */

@@ -114,6 +114,9 @@ async function quickRun(t: Test, topology: 'node' | 'inpod', paths: readonly Pat
       const cp = res.controlPlane;
       t.equal(cp.podChangeMs?.samples.length, 4);
       t.ok((cp.podChangeMs?.p50 ?? 0) > 0);
+      t.equal(cp.podChangeWatchMs?.samples.length, 4, 'pod changes through the API server (watch) measured too');
+      t.ok((cp.podChangeWatchMs?.p50 ?? 0) > 0);
+      t.match(readFileSync(join(out, 'results.md'), 'utf8'), /pod label change via the API server \(watch\) -> ambpf_pods entry \(4 changes\)/, 'and reported');
       t.match(cp.reconcile, [{ pods: 1000 }]);
       t.ok((cp.reconcile?.[0]?.totalMs ?? 0) > 0);
       t.ok((cp.coldStartMs?.median ?? 0) > 0 && (cp.coldStartMs?.samples.length ?? 0) >= 2, 'a cold start per eBPF path slot');

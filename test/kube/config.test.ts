@@ -9,7 +9,7 @@ import { resolveNodeName } from '../../src/kube/node-name.ts';
 import { backoffDelay } from '../../src/kube/backoff.ts';
 import { createKubeSource } from '../../src/sources/kube.ts';
 import type { KubeConfig } from '@kubernetes/client-node';
-import type { FakeApiServer } from '../helpers/fake-apiserver.ts';
+import type { FakeApiServer } from '../../src/testbed/apiserver/server.ts';
 import { SnapshotRecorder, namespace, pod, podNames, startFakeServer, type TestContext } from './fixtures.ts';
 
 function tempDir(t: TestContext): string {

@@ -10,7 +10,7 @@ import { stringify } from 'yaml';
 import { loadKubeConfig } from '../../src/kube/config.ts';
 import { createKubeSource } from '../../src/sources/kube.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { FakeApiServerProcess } from './fake-apiserver-process.ts';
+import { FakeApiServerProcess } from '../../src/testbed/apiserver/process.ts';
 import { SnapshotRecorder, namespace, pod, podNames, type TestContext } from './fixtures.ts';
 
 const run = promisify(execFile);

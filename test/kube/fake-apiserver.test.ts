@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { FakeApiServer } from '../helpers/fake-apiserver.ts';
+import type { FakeApiServer } from '../../src/testbed/apiserver/server.ts';
 import { namespace, pod, sleep, startFakeServer, type TestContext } from './fixtures.ts';
 
 interface CurlResult {

@@ -1,6 +1,6 @@
 // Shared pieces of the kube tests: objects, a started fake API server, a snapshot recorder.
 import { KubeConfig } from '@kubernetes/client-node';
-import { FakeApiServer, type FakeApiServerOptions } from '../helpers/fake-apiserver.ts';
+import { FakeApiServer, type FakeApiServerOptions } from '../../src/testbed/apiserver/server.ts';
 import type { ClusterSnapshot, KubeObjectLike } from '../../src/sources/types.ts';
 
 export interface TestContext {

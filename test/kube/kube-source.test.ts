@@ -3,7 +3,7 @@
 import t from 'tap';
 import { createKubeSource, type KubeSource, type KubeSourceOptions } from '../../src/sources/kube.ts';
 import { KubeAuthError } from '../../src/kube/errors.ts';
-import type { FakeApiServer, FakeApiServerOptions } from '../helpers/fake-apiserver.ts';
+import type { FakeApiServer, FakeApiServerOptions } from '../../src/testbed/apiserver/server.ts';
 import {
   SnapshotRecorder, kubeConfigFor, namespace, namespaceLabels, pod, podIp, podNames, sleep, startFakeServer, type TestContext,
 } from './fixtures.ts';

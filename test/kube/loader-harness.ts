@@ -7,7 +7,7 @@ import type { Testbed, TestbedNode } from '../../src/testbed/index.ts';
 import { openPinnedMaps } from '../../src/bpf/datapath-maps.ts';
 import { ZT_READY, type NetnsValue, type PodValue } from '../../src/bpf/schema.ts';
 import { editPodsFile, LOADER_PORT } from '../helpers/loader.ts';
-import { FakeApiServerProcess } from './fake-apiserver-process.ts';
+import { FakeApiServerProcess } from '../../src/testbed/apiserver/process.ts';
 
 export type KubeItem = Record<string, unknown> & {
   kind: string;

@@ -9,7 +9,7 @@ import { startTestbed, type Testbed, type TestbedSpec, type ZtunnelLogEntry } fr
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
 import { command as runCommand } from '../../src/cli/commands/run.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { startLoader, waitReady, eventually, metrics, type Loader } from '../helpers/loader.ts';
+import { AMBPF_BIN, startLoader, waitReady, eventually, metrics, type Loader } from '../helpers/loader.ts';
 import { inboundLinkPinned, keyOf, loaderHttp, metricValue, readMaps, startClusterApi, type ClusterApi, type KubeItem } from './loader-harness.ts';
 
 const PORT = 8080;
@@ -131,6 +131,9 @@ t.test('/readyz is 503 until the first full sync and reconcile, and then the map
   }, 20_000, 'the loader to serve /readyz');
   t.equal(notReady?.status, 503, 'not ready while the API server is unreachable');
   t.match(notReady?.body, /pod source not synced/);
+  // The DaemonSet's liveness and startup probes hit /healthz: alive while it waits for the API
+  // server, or the kubelet would restart a loader that is only waiting.
+  t.equal((await loaderHttp(tb, node(), '/healthz')).status, 200, '/healthz is 200 while not ready');
   t.same(ambientIps(), [], 'nothing in the ambient-pod map before the first sync');
   t.equal(readMaps(node()).ztunnelIp, undefined, 'ztunnel unknown before the first sync: nothing redirected');
   await sleep(600);
@@ -141,6 +144,16 @@ t.test('/readyz is 503 until the first full sync and reconcile, and then the map
   t.same(ambientIps(), sorted(['app1', 'app2', 'gone', 'victim', 'late', 'job']), 'every ambient pod is in the map once ready');
   t.equal(readMaps(node()).ztunnelIp, ip('ztunnel-node1'));
   t.ok(await metric('ambpf_watch_restarts_total') >= 1, 'the failed first lists were counted as watch restarts');
+});
+
+t.test('ambpf pods names what the watch-driven loader redirects', async (t) => {
+  const node1 = node();
+  const r = await tb.exec(NODE, [AMBPF_BIN, 'pods', '-j', '--bpffs', node1.bpffsDir, '--state-file', loader!.stateFile]);
+  const report = JSON.parse(r.stdout) as { drift: number; pods: Array<{ ip: string; name: string | null; namespace: string | null; node: string | null }> };
+  const named = report.pods.map((p) => `${p.namespace}/${p.name}@${p.node}=${p.ip}`).sort();
+  const expected = ['app1', 'app2', 'gone', 'victim', 'late', 'job'].map((n) => `mesh/${n}@${NODE}=${ip(n)}`).sort();
+  t.same(named, expected, 'every redirected pod by namespace/name, node and IP');
+  t.equal(report.drift, 0, 'map and the loader\'s state agree');
 });
 
 t.test('an ambient namespace redirects its pods\' traffic; a plain one does not', async (t) => {
@@ -273,7 +286,9 @@ t.test('410 mid-stream: the loader relists and keeps following changes', async (
   // The pod comes back (same name, uid and IP: a recreated object): seen through the new watch.
   await api.server.addPod(obj('Pod', 'victim', 'mesh'));
   await eventually(() => ambientIps().includes(ip('victim')), CONVERGE_MS, 'the recreated pod to be in the map');
-  t.ok(await podLists() > listsBefore, 'the pods were listed again after the 410');
+  // Both watches (pods, namespaces) get the 410; the first relist logged may be the namespaces'.
+  t.ok(await eventually(async () => (await podLists()) > listsBefore, CONVERGE_MS, 'the pods to be listed again').catch(() => false),
+    'the pods were listed again after the 410');
 });
 
 t.test('stalled stream: the staleness watchdog relists', { skip: STALE_FLAG ? false : `ambpf run has no ${STALE_FLAG_NAME} flag, and its default bound (3 minutes) is too long to wait for here` }, async (t) => {
@@ -296,14 +311,24 @@ t.test('objects the loader cannot use are logged and skipped; the rest is untouc
   const base = obj('Pod', 'app1', 'mesh');
   const noIp = { ...structuredClone(base), metadata: { name: 'no-ip', namespace: 'mesh', uid: 'uid-no-ip' }, status: { phase: 'Pending' } };
   const badIp = { ...structuredClone(base), metadata: { name: 'bad-ip', namespace: 'mesh', uid: 'uid-bad-ip' }, status: { phase: 'Running', podIP: '198.19.1.300' } };
+  // IPv6 only (the node has no such pod: nothing of it can be found on the node) and malformed
+  // (fields of the wrong JSON type, which a real API server would refuse but a proxy could mangle).
+  const v6Only = { ...structuredClone(base), metadata: { name: 'v6-only', namespace: 'mesh', uid: 'uid-v6-only' }, status: { phase: 'Running', podIP: 'fd00:198:18::7', podIPs: [{ ip: 'fd00:198:18::7' }] } };
+  const malformed = { ...structuredClone(base), metadata: { name: 'malformed', namespace: 'mesh', uid: 'uid-malformed', labels: 7 }, spec: { nodeName: NODE, containers: 'garbage' }, status: { phase: 'Running', podIP: 1234 } } as unknown as KubeItem;
   await api.server.addPod(noIp);
   await api.server.addPod(badIp);
-  await eventually(() => loader!.logLines().some((l) => String(l['msg']).startsWith('cannot apply pod mesh/bad-ip')), CONVERGE_MS, 'the bad pod to be reported');
+  await api.server.addPod(v6Only);
+  await api.server.addPod(malformed);
+  const reported = (name: string) => loader!.logLines().find((l) => String(l['msg']).startsWith(`cannot apply pod mesh/${name}`));
+  for (const name of ['bad-ip', 'v6-only', 'malformed']) {
+    await eventually(() => reported(name), CONVERGE_MS, `the pod ${name} to be reported`);
+    t.pass(`pod ${name}: ${String(reported(name)?.['msg'])}`);
+  }
+  t.match(String(reported('malformed')?.['msg']), /status\.podIP 1234 is not an IP address/, 'the malformed pod\'s log line says what is wrong');
   await eventually(async () => (await metric('ambpf_reconcile_passes_total')) > passes, CONVERGE_MS, 'a pass over the bad objects');
   t.same(ambientIps(), before, 'the map holds exactly the good pods');
   t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'traffic is still redirected');
-  await api.server.deletePod('mesh', 'no-ip');
-  await api.server.deletePod('mesh', 'bad-ip');
+  for (const name of ['no-ip', 'bad-ip', 'v6-only', 'malformed']) await api.server.deletePod('mesh', name);
 });
 
 t.test('metrics: watch restarts, last event age and reconcile duration are there and move', async (t) => {

@@ -2,13 +2,13 @@
 // runs in another network namespace (start this under `nsenter --net=...` so 127.0.0.1 is the
 // loader's). Seeds objects from a Kubernetes List file, writes a kubeconfig, prints
 // "ready <url>" on stdout, and, when started with an IPC channel, takes commands from the parent
-// (see fake-apiserver-process.ts). Stops on SIGTERM/SIGINT or when the parent goes away.
+// (see process.ts). Stops on SIGTERM/SIGINT or when the parent goes away.
 //
-//   node test/kube/fake-apiserver-main.ts --kubeconfig-out /tmp/kc.yaml [--seed pods.yaml] [--port 0] [--bookmark-ms 0]
+//   node src/testbed/apiserver/main.ts --kubeconfig-out /tmp/kc.yaml [--seed pods.yaml] [--port 0] [--bookmark-ms 0]
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parseAllDocuments } from 'yaml';
-import { FakeApiServer } from '../helpers/fake-apiserver.ts';
+import { FakeApiServer } from './server.ts';
 
 export interface Command {
   readonly id: number;

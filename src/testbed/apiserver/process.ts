@@ -1,13 +1,13 @@
-// Drives fake-apiserver-main.ts in a child process over IPC: the same knobs as FakeApiServer, for a
+// Drives main.ts in a child process over IPC: the same knobs as FakeApiServer, for a
 // server that must live in another network namespace than the test (prefix the command with
 // `nsenter --net=/run/netns/NAME`; the IPC pipe crosses namespaces).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import type { KubeObject } from './fake/store.ts';
-import type { RequestRecord } from '../helpers/fake-apiserver.ts';
+import type { KubeObject } from './store.ts';
+import type { RequestRecord } from './server.ts';
 
-const MAIN = fileURLToPath(new URL('./fake-apiserver-main.ts', import.meta.url));
-const NODE = fileURLToPath(new URL('../../node_modules/node/bin/node', import.meta.url));
+const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
+const NODE = fileURLToPath(new URL('../../../node_modules/node/bin/node', import.meta.url));
 
 export interface FakeApiServerProcessOptions {
   /** Command prefix, e.g. ['nsenter', '--net=/run/netns/abcd-node1']. */

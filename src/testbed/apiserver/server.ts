@@ -1,4 +1,4 @@
-// A Kubernetes API server for tests: core/v1 Pods and Namespaces, list + watch over HTTPS with a
+// A Kubernetes API server for the testbed (tests, the benchmark, `ambpf run --kubeconfig` by hand): core/v1 Pods and Namespaces, list + watch over HTTPS with a
 // bearer token, following "Kubernetes API Concepts" (kubernetes.io/docs/reference/using-api/api-concepts):
 //  - lists carry metadata.resourceVersion; items have no kind/apiVersion (like the real server);
 //    limit/continue paging; an exact list (limit + resourceVersion, or a continue token) from a
@@ -16,9 +16,9 @@ import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { stringify } from 'yaml';
-import { makeTestPki, type TestPki } from '../kube/fake/tls.ts';
-import { ObjectStore, StoreError, keyOf, type Kind, type KubeObject, type StoredEvent } from '../kube/fake/store.ts';
-import { parseFieldSelector, parseLabelSelector, SelectorError, type Matcher } from '../kube/fake/selectors.ts';
+import { makeTestPki, type TestPki } from './tls.ts';
+import { ObjectStore, StoreError, keyOf, type Kind, type KubeObject, type StoredEvent } from './store.ts';
+import { parseFieldSelector, parseLabelSelector, SelectorError, type Matcher } from './selectors.ts';
 
 export interface RequestRecord {
   readonly method: string;
