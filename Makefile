@@ -44,8 +44,12 @@ bpf: deps
 typecheck: node
 	$(TSC) --noEmit -p .
 
+# scripts/leftovers.ts: the suite as a whole leaves no netns, cgroup, pin, BPF program or link,
+# interface or iptables rule behind (each test file also checks its own).
 test: deps typecheck bpf
+	@mkdir -p build && $(NODE) scripts/leftovers.ts snapshot build/leftovers-before.json
 	$(TAP)
+	$(NODE) scripts/leftovers.ts check build/leftovers-before.json
 	$(NODE) scripts/check-coverage.ts
 
 demo: deps bpf

@@ -23,6 +23,29 @@ export function runDirOf(prefix: string): string {
   return join(tmpdir(), prefix);
 }
 
+/**
+ * Paths under `root` down to `depth` levels whose names pass `keep` (a directory that fails it is
+ * not entered); unreadable directories are skipped. For leftover checks: cgroup trees, bpffs.
+ */
+export function listTree(root: string, depth: number, o: { keep?: (name: string) => boolean; dirsOnly?: boolean } = {}): string[] {
+  const out: string[] = [];
+  const visit = (dir: string, d: number): void => {
+    let entries;
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if ((o.dirsOnly && !e.isDirectory()) || (o.keep && !o.keep(e.name))) continue;
+      out.push(join(dir, e.name));
+      if (e.isDirectory() && d > 1) visit(join(dir, e.name), d - 1);
+    }
+  };
+  visit(root, depth);
+  return out.sort();
+}
+
 function listDir(dir: string): string[] {
   try {
     return readdirSync(dir);

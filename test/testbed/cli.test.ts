@@ -52,7 +52,7 @@ t.test('up prints the handle and leaves the cluster running; down removes it', a
   t.same(await snapshot(prefix), before, 'nothing left');
 });
 
-t.test('a testbed whose owner crashed is left behind, found, and removed by prefix', async (t) => {
+t.test('a testbed whose owner crashed is left behind, found, and removed by down --all', async (t) => {
   const prefix = testPrefix();
   const full = `ambtb${prefix}`;
   t.teardown(() => removeByPrefix(full));
@@ -64,8 +64,11 @@ process.kill(process.pid, 'SIGKILL');`;
   t.ok(existsSync(`/run/netns/${full}-node1`), 'the crashed run left its netns');
   t.equal(liveOwner(full), undefined, 'its owner is gone');
   t.match((await ambpf('testbed', 'list')).stdout, full);
-  const down = await ambpf('testbed', 'down', full);
+  // --all takes every testbed without a live owner (this one, and any other crashed run's), never
+  // one whose test is still running.
+  const down = await ambpf('testbed', 'down', '--all');
   t.equal(down.code, 0, down.stderr);
+  t.match(down.stdout, `removed ${full}\n`, 'down --all names what it removed');
   t.same(await snapshot(prefix), before, 'nothing left');
 });
 

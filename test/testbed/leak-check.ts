@@ -1,9 +1,9 @@
 // Snapshots of machine state a testbed must leave as it found it: netns names, the cgroup v2 tree
 // under the root, the root netns' iptables rules, bpffs top level and ipsets.
 import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { run } from '../../src/testbed/run.ts';
 import { cgroup2Root } from '../../src/testbed/cgroup.ts';
+import { listTree } from '../../src/testbed/cleanup.ts';
 
 export interface MachineSnapshot {
   readonly netns: string[];
@@ -11,25 +11,6 @@ export interface MachineSnapshot {
   readonly iptables: string;
   readonly bpffs: string[];
   readonly ipsets: string;
-}
-
-function cgroupDirs(root: string, depth: number): string[] {
-  const out: string[] = [];
-  const walk = (dir: string, d: number): void => {
-    let entries;
-    try {
-      entries = readdirSync(dir, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      if (!e.isDirectory()) continue;
-      out.push(join(dir, e.name));
-      if (d > 1) walk(join(dir, e.name), d - 1);
-    }
-  };
-  walk(root, depth);
-  return out.sort();
 }
 
 /** Only objects carrying `prefix` count: other engineers run tests on this machine at the same time. */
@@ -47,5 +28,5 @@ export async function snapshot(prefix: string): Promise<MachineSnapshot> {
     bpffs = [];
   }
   const ipsets = (await run(['ipset', 'list', '-n'], { check: false })).stdout;
-  return { netns, cgroups: cgroupDirs(cgroup2Root(), 6).filter(mine), iptables: save, bpffs, ipsets };
+  return { netns, cgroups: listTree(cgroup2Root(), 6, { dirsOnly: true }).filter(mine), iptables: save, bpffs, ipsets };
 }
