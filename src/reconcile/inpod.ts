@@ -6,7 +6,6 @@
 // their sk_lookup link and listener entries.
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import { podListenerInodes, socketHolders, type ListenerInodes, type SocketHolder } from '../bpf/inpod-listeners.ts';
-import { listeningInodes } from '../bpf/datapath-ztunnel.ts';
 import { LISTENER_HBONE, LISTENER_INBOUND, POD_AMBIENT, POD_IS_ZTUNNEL, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, ztunnelValue } from '../bpf/schema.ts';
 import type { Problem } from '../state/desired.ts';
 import type { Resolution, ResolvedPod } from '../node/discovery.ts';
@@ -56,9 +55,30 @@ export class InpodApplier {
   readonly #dp: InpodDatapath;
   /** netns cookie -> what this process handed to the datapath. */
   readonly #captured = new Map<bigint, Captured>();
+  /** The next pass re-reads every captured pod's listeners from /proc (see capture()). */
+  #verifyAll = false;
 
   constructor(dp: InpodDatapath) {
     this.#dp = dp;
+  }
+
+  /** Have the next pass check every captured pod's listeners again (the periodic safety-net pass). */
+  rescan(): void {
+    this.#verifyAll = true;
+  }
+
+  /**
+   * A captured pod whose inbound listeners are still in the datapath's sockmap is taken as is: ztunnel
+   * closes all of a pod's listeners together when it restarts or leaves the pod, and a closed socket
+   * leaves the sockmap at once. Reading /proc/<pid>/net/tcp instead walks the kernel's whole TCP hash
+   * table (every socket of the node, bucket locks held), which per pod and per pass cost tens of ms
+   * and stalled traffic under load; it is kept for new pods and the safety-net pass.
+   */
+  #stillCaptured(pod: ResolvedPod, pinned: ReadonlySet<bigint>): boolean {
+    const prev = this.#captured.get(pod.netnsCookie);
+    if (this.#verifyAll || !prev || prev.pid !== pod.pid || !pinned.has(pod.netnsCookie)) return false;
+    if (prev.ips.length !== pod.ips.length || prev.ips.some((ip, i) => ip !== pod.ips[i])) return false;
+    return pod.ips.every((ip) => this.#dp.hasListener(ip, LISTENER_INBOUND) && this.#dp.hasListener(ip, LISTENER_HBONE));
   }
 
   /**
@@ -69,11 +89,16 @@ export class InpodApplier {
     const dp = this.#dp;
     const unresolved: Problem[] = [];
     const z = resolution.ztunnel;
-    const holders = socketHolders(z?.pids ?? []);
+    let holders: Map<string, SocketHolder> | undefined; // ztunnel's fds, read only when needed
     const pinned = dp.attachedPods();
     const ready: ResolvedPod[] = [];
     const attached: string[] = [];
     for (const pod of z ? resolution.pods : []) {
+      if (this.#stillCaptured(pod, pinned)) {
+        ready.push(pod);
+        continue;
+      }
+      holders ??= socketHolders(z?.pids ?? []);
       const found = findListeners(pod, holders);
       if (typeof found === 'string') {
         unresolved.push({ object: `pod ${pod.namespace}/${pod.name}`, reason: found });
@@ -92,6 +117,7 @@ export class InpodApplier {
       ready.push(pod);
     }
 
+    this.#verifyAll = false;
     return { target: buildInpodTarget(ready, resolution), attached, unresolved };
   }
 
@@ -115,11 +141,12 @@ export class InpodApplier {
 
   /** False when ztunnel's listeners in a captured pod changed (ztunnel restarted): time for a pass. */
   listenersPresent(): boolean {
+    // Map lookups only: this runs on every resync tick. A replaced 15001 listener comes with replaced
+    // inbound ones (see #stillCaptured); the safety-net pass re-reads all three.
     for (const [, c] of this.#captured) {
       for (const ip of c.ips) {
         if (!this.#dp.hasListener(ip, LISTENER_INBOUND) || !this.#dp.hasListener(ip, LISTENER_HBONE)) return false;
       }
-      if (c.inodes.outbound === undefined || !listeningInodes(c.pid, PORTS.outbound).has(c.inodes.outbound)) return false;
     }
     return true;
   }

@@ -98,7 +98,10 @@ export class Reconciler {
   resync(o: { rescanKernel?: boolean } = {}): Promise<ReconcileResult | undefined> {
     // rescanKernel: also re-read what is cached of the kernel's state (clsact filters), for the
     // periodic safety-net pass; event-driven passes trust the cache and stay fast.
-    if (o.rescanKernel && !isInpod(this.#o.datapath)) this.#o.datapath.rescanInbound();
+    if (o.rescanKernel) {
+      if (this.#inpod) this.#inpod.rescan();
+      else if (!isInpod(this.#o.datapath)) this.#o.datapath.rescanInbound();
+    }
     return this.#last ? this.reconcile(this.#pending ?? this.#last) : Promise.resolve(undefined);
   }
 
