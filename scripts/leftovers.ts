@@ -9,6 +9,8 @@
 // own units excluded: they come and go with the machine's services), everything under /sys/fs/bpf,
 // BPF programs and links (systemd's sd_* programs excluded), the root netns' iptables rules and
 // ipsets. Only additions are reported: something of the machine's that went away is not ours.
+// It assumes nothing else on the machine creates such objects while the suite runs (true in CI,
+// which runs on a fresh machine); on a shared machine another run's objects would be reported.
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cgroup2Root } from '../src/testbed/cgroup.ts';
@@ -26,13 +28,20 @@ function cmd(argv: string[]): string {
 
 const SYSTEMD_UNIT = /\.(scope|service|slice|mount|socket|swap)$/;
 
-function bpfObjects(kind: 'prog' | 'link'): string[] {
-  const text = cmd(['bpftool', kind, 'show', '-j']);
-  if (!text) return [];
-  const items = JSON.parse(text) as Array<{ id: number; name?: string; type?: string }>;
-  return items
-    .filter((i) => !(kind === 'prog' && i.name?.startsWith('sd_')))
-    .map((i) => `${kind} ${i.id} ${i.type ?? ''} ${i.name ?? ''}`.trim());
+function bpftoolJson(kind: 'prog' | 'link'): Array<{ id: number; name?: string; type?: string; prog_id?: number }> {
+  // Not cmd(): without bpftool this check would pass having looked at nothing.
+  const text = execFileSync('bpftool', [kind, 'show', '-j'], { encoding: 'utf8' });
+  return text.trim() ? (JSON.parse(text) as Array<{ id: number; name?: string; type?: string; prog_id?: number }>) : [];
+}
+
+/** BPF programs and links, minus systemd's own (sd_* programs and the links that hold them). */
+function bpfObjects(): { progs: string[]; links: string[] } {
+  const progs = bpftoolJson('prog');
+  const systemd = new Set(progs.filter((p) => p.name?.startsWith('sd_')).map((p) => p.id));
+  return {
+    progs: progs.filter((p) => !systemd.has(p.id)).map((p) => `prog ${p.id} ${p.type ?? ''} ${p.name ?? ''}`.trim()),
+    links: bpftoolJson('link').filter((l) => l.prog_id === undefined || !systemd.has(l.prog_id)).map((l) => `link ${l.id} ${l.type ?? ''} prog ${l.prog_id ?? '?'}`),
+  };
 }
 
 function take(): Snapshot {
@@ -41,9 +50,9 @@ function take(): Snapshot {
     interfaces: cmd(['ip', '-o', 'link', 'show']).split('\n').map((l) => l.split(': ')[1]?.split('@')[0] ?? '').filter(Boolean),
     cgroups: listTree(cgroup2Root(), 6, { keep: (n) => !SYSTEMD_UNIT.test(n), dirsOnly: true }),
     bpffs: listTree('/sys/fs/bpf', 8),
-    progs: bpfObjects('prog'),
-    links: bpfObjects('link'),
-    iptables: cmd(['iptables-save']).split('\n').filter((l) => l.startsWith('-A ') || l.startsWith('*')),
+    ...bpfObjects(),
+    // Rules only: an empty table header can appear or vanish with the iptables variant in use.
+    iptables: cmd(['iptables-save']).split('\n').filter((l) => l.startsWith('-A ')),
     ipsets: cmd(['ipset', 'list', '-n']).split('\n').filter(Boolean),
   };
 }
@@ -69,9 +78,10 @@ function main(argv: string[]): number {
   }
   const before = JSON.parse(readFileSync(file, 'utf8')) as Snapshot;
   // Programs attached to a cgroup that was just removed are freed when the kernel releases the
-  // cgroup, a moment later: look again for a few seconds before calling anything a leftover.
+  // cgroup, and a netns goes when its last socket does: look again for up to 30 s before calling
+  // anything a leftover.
   let left = added(before, take());
-  for (let i = 0; i < 10 && left.length > 0; i++) {
+  for (let i = 0; i < 30 && left.length > 0; i++) {
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);
     left = added(before, take());
   }

@@ -9,7 +9,7 @@
 import { existsSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  BpfMap, BpfObject, LibbpfError, inNetns, resolveIfindex,
+  BpfMap, BpfObject, LibbpfError, ifIndex, inNetns, resolveIfindex,
   type BpfProgram, type SkMsgAttachment,
 } from '../libbpf/index.ts';
 import { AmbpfError } from '../errors.ts';
@@ -115,7 +115,7 @@ export class Datapath {
    * reconcile pass for a pod event does not pay the scan. undefined: scan on next use
    * (rescanInbound(), which the loader's periodic safety-net pass calls).
    */
-  #clsactSeen: Set<string> | undefined;
+  #clsactSeen: Map<string, number> | undefined; // ifname -> ifindex it had when attached
 
   private constructor(o: DatapathOptions, objects: BpfObject[], maps: DatapathMaps, links: Record<CgroupHook, LinkOutcome>, skMsg: SkMsgAttachment) {
     this.bpffs = o.bpffs;
@@ -208,9 +208,10 @@ export class Datapath {
         // No tcx (Linux < 6.6): clsact below.
       }
     }
+    // The cache changes only once the kernel did (a failed attach must not look steered).
     const attach = (): void => {
       prog.attachTc(ifindex, 'egress', { mode: 'clsact', netns: this.netns, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY });
-      this.#clsactSeen?.add(ifname);
+      this.#clsactSeen?.set(ifname, ifindex);
     };
     try {
       attach();
@@ -218,25 +219,33 @@ export class Datapath {
     } catch (e) {
       if (!(e instanceof LibbpfError) || e.errno !== 17) throw e;
     }
-    this.#clsactSeen?.add(ifname);
-    // EEXIST: a filter of ours is there. The same code: keep it. An older version (an upgraded
-    // loader): swap it, or the fixes in the new program never reach this interface. libbpf-ts has
-    // no BPF_TC_F_REPLACE, so it is detach + attach: a moment without steering on this veth.
+    // EEXIST: a filter sits at ambpf's handle. Ours with the same code: keep it. An older version
+    // (an upgraded loader): swap it, or the fixes in the new program never reach this interface. One
+    // that is not ours (its program uses other maps: an earlier install whose maps were re-created)
+    // steers with state this loader does not fill: swap it too. libbpf-ts has no BPF_TC_F_REPLACE,
+    // so it is detach + attach: a moment without steering on this veth.
     const ours = listClsactFilters(this.bpffs, this.netns).find((f) => f.ifindex === ifindex);
-    if (!ours || progTag(ours.progId) === prog.tag) return 'adopted';
+    if (ours && progTag(ours.progId) === prog.tag) {
+      this.#clsactSeen?.set(ifname, ifindex);
+      return 'adopted';
+    }
     detachClsact(ifindex, this.netns);
     attach();
-    log.info({ ifname, old: ours.progId }, 'replaced an older clsact filter');
+    if (ours) log.info({ ifname, old: ours.progId }, 'replaced an older clsact filter');
+    else log.warn({ ifname, handle: CLSACT_HANDLE }, 'replaced a clsact filter at ambpf\'s handle that uses other maps');
     return 'replaced';
   }
 
   /** Undo attachInbound (tcx link or clsact filter); false when nothing of ours was on that interface. */
   detachInbound(ifname: string): boolean {
-    this.#clsactSeen?.delete(ifname);
     if (removePinnedLink(this.#tcPin(ifname))) return true;
     const ours = listClsactFilters(this.bpffs, this.netns).find((f) => f.ifname === ifname);
-    if (!ours) return false;
+    if (!ours) {
+      this.#clsactSeen?.delete(ifname);
+      return false;
+    }
     detachClsact(ours.ifindex, this.netns);
+    this.#clsactSeen?.delete(ifname);
     return true;
   }
 
@@ -248,8 +257,15 @@ export class Datapath {
     const names = new Set<string>();
     const linksDir = join(this.bpffs, 'links');
     if (existsSync(linksDir)) for (const n of readdirSync(linksDir)) if (n.startsWith('tc-')) names.add(n.slice(3));
-    this.#clsactSeen ??= new Set(listClsactFilters(this.bpffs, this.netns).map((f) => f.ifname));
-    for (const n of this.#clsactSeen) names.add(n);
+    this.#clsactSeen ??= new Map(listClsactFilters(this.bpffs, this.netns).map((f) => [f.ifname, f.ifindex]));
+    // A clsact filter lives and dies with its interface: a veth recreated under the same name (a
+    // sandbox restart with deterministic names) has none, so it must be attached again.
+    const seen = this.#clsactSeen;
+    const current = inNetns(this.netns, () => new Map([...seen.keys()].map((n) => [n, ifIndex(n)] as const)));
+    for (const [n, ifindex] of seen) {
+      if (current.get(n) === ifindex) names.add(n);
+      else seen.delete(n);
+    }
     return [...names].sort();
   }
 

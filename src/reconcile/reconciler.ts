@@ -238,6 +238,8 @@ export class Reconciler {
     }
     const error = `ztunnel inbound (pod ${z.namespace}/${z.name}): ${describeError(lastErr)}`;
     this.#ztunnelFailed = { key, error, retryAt: performance.now() + ZTUNNEL_RETRY_MS };
+    // Read ztunnel's sockets afresh next time: listeners it opens now change the key at once.
+    this.#inodesCache = undefined;
     errors.push(error);
   }
 

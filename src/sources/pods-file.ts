@@ -72,6 +72,15 @@ export interface PodsFileSourceOptions {
   readonly pollMs?: number;
 }
 
+function isCompleteJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function createPodsFileSource(options: PodsFileSourceOptions): PodSource {
   const { path } = options;
   const pollMs = options.pollMs ?? 1000;
@@ -84,7 +93,7 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
   let running: Promise<void> = Promise.resolve();
   let deliver: (s: ClusterSnapshot) => void | Promise<void> = () => {};
 
-  async function readOnce(initial: boolean): Promise<void> {
+  async function readOnce(initial: boolean, fast = false): Promise<void> {
     let text: string;
     try {
       text = await readFile(path, 'utf8');
@@ -94,6 +103,13 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
       // A file being replaced can vanish for a moment; keep the last good state, say so once.
       if (lastText !== undefined) log.error({ path, code: e.code }, 'pods file unreadable; keeping the last good state');
       lastText = undefined;
+      return;
+    }
+    // The immediate read after a rename event trusts only a document that is complete by its own
+    // syntax (JSON that parses): a file created and then written in place also raises 'rename', and a
+    // YAML file cut short can parse with pods missing. Anything else waits for the debounce.
+    if (fast && !isCompleteJson(text)) {
+      schedule(30);
       return;
     }
     // Comparing the text itself: mtime granularity can hide an edit, and a poll after an inotify
@@ -124,7 +140,7 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
     // Events come in bursts while a file is written: read once, shortly after the burst.
     debounce = setTimeout(() => {
       debounce = undefined;
-      running = running.then(() => readOnce(false)).catch((err: unknown) => {
+      running = running.then(() => readOnce(false, delayMs === 0)).catch((err: unknown) => {
         log.error({ err: (err as Error).message }, 'pods file reconcile failed');
       });
     }, delayMs);

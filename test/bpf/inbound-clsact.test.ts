@@ -49,6 +49,17 @@ t.test('inbound via clsact (no tcx): attach, see, detach, uninstall', { timeout:
   t.same(dp.inboundInterfaces(), [], 'a rescan sees the filter is gone');
   t.equal(dp.attachInbound(b.hostIf), 'created', 'and it is attached again');
   t.same(dp.inboundInterfaces(), [b.hostIf], 'the view follows the attach');
+  // The name now belongs to another interface (a veth recreated under a deterministic name): the
+  // filter stayed with the old one, so the view must not count the name as steered.
+  const ipIn = (...args: string[]) => execFileSync('nsenter', [`--net=${env.node}`, 'ip', 'link', ...args]);
+  const aside = `${b.hostIf.slice(0, 11)}-old`;
+  ipIn('set', 'dev', b.hostIf, 'name', aside);
+  ipIn('add', b.hostIf, 'type', 'veth', 'peer', 'name', `${b.hostIf.slice(0, 11)}-new`);
+  t.same(dp.inboundInterfaces(), [], 'a same-named new interface is not taken as steered');
+  ipIn('del', b.hostIf);
+  ipIn('set', 'dev', aside, 'name', b.hostIf);
+  dp.rescanInbound();
+  t.same(dp.inboundInterfaces(), [b.hostIf], 'the original veth, with its filter, is seen again after a rescan');
   dp.close();
   const report = uninstallDatapath(env.bpffs, { netns: env.node });
   t.same(report.clsact, [b.hostIf], 'uninstall removed the clsact filter');

@@ -199,10 +199,14 @@ export const command: Command = {
     log.info({ node, mode: values.mode, bpffs: values.bpffs, cgroup, links: datapath.links }, 'ready: first reconcile done');
     // Pods whose sandbox was not up yet and a ztunnel that restarted are picked up by a resync.
     // A full pass also runs every 30 s regardless, as a safety net against anything missed.
+    // The safety net runs on its own clock: a busy node (a pod event every few seconds) or a pod
+    // that stays unresolved must not postpone it, since passes in between trust what this loader
+    // attached and captured (clsact filters, in-pod listeners) instead of re-reading the kernel.
+    let lastSafetyNet = Date.now();
     resyncTimer = setInterval(() => {
-      const last = reconciler.stats.lastAt ?? 0;
-      const safetyNet = Date.now() - last > 30_000;
+      const safetyNet = Date.now() - lastSafetyNet > 30_000;
       if (!reconciler.hasUnresolved && reconciler.ztunnelListenersPresent() && !safetyNet) return;
+      if (safetyNet) lastSafetyNet = Date.now();
       reconciler.resync({ rescanKernel: safetyNet }).catch((err: unknown) => {
         // A pass that throws (an `ip` dump interrupted by churn, say) is retried on the next tick.
         reconciler.hasUnresolved = true;
