@@ -96,6 +96,22 @@ async function waitListenersCopied(node: TestbedNode, procs: readonly TestbedPro
  * inpod: every pod in `pods` has its ambpf_pods entry on its node's loader, which the loader writes
  * only after attaching the pod's sk_lookup and lending it ztunnel's listeners. Bounded (10 s).
  */
+/**
+ * The captured pods' outbound connects land on a listener now: a TCP connect from each to another
+ * pod's IP:8080 (nothing listens there, so only the redirect to 127.0.0.1:15001 can accept it).
+ * A map entry alone is not the path carrying traffic; the first cell must not race the capture.
+ */
+async function redirectsNow(tb: Testbed, pods: readonly TestbedPod[]): Promise<boolean> {
+  for (const pod of pods) {
+    const other = tb.pods.find((p) => p.name !== pod.name && p.node === pod.node && !p.hostNetwork && !p.isZtunnel);
+    if (!other) return true;
+    const probe = `import socket; socket.create_connection(("${other.ip}", 8080), 1).close()`;
+    const r = await tb.exec(pod, ['python3', '-c', probe], { check: false, timeoutMs: 5000 });
+    if (r.code !== 0) return false;
+  }
+  return true;
+}
+
 async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: readonly TestbedProcess[]): Promise<void> {
   const { openPinnedMaps } = await import('../bpf/datapath.ts');
   const deadline = Date.now() + 10_000;
@@ -108,7 +124,7 @@ async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: rea
         maps.close();
       }
     });
-    if (missing.length === 0) return;
+    if (missing.length === 0 && (await redirectsNow(tb, pods))) return;
     if (Date.now() > deadline || procs.some((p) => p.child.exitCode !== null)) {
       throw new BenchError(`ambpf run --mode inpod did not capture ${missing.map((p) => p.name).join(', ')} within 10 s (are the sinks held by ztunnel's pod?)`, { pods: missing.map((p) => p.name).join(',') });
     }

@@ -105,7 +105,8 @@ export class InpodApplier {
         continue;
       }
       const prev = this.#captured.get(pod.netnsCookie);
-      if (prev && sameInodes(prev.inodes, found.inodes) && pinned.has(pod.netnsCookie)) {
+      const listening = pod.ips.every((ip) => dp.hasListener(ip, LISTENER_INBOUND) && dp.hasListener(ip, LISTENER_HBONE));
+      if (prev && sameInodes(prev.inodes, found.inodes) && pinned.has(pod.netnsCookie) && listening) {
         ready.push(pod);
         continue;
       }
@@ -132,7 +133,10 @@ export class InpodApplier {
     const detached: string[] = [];
     for (const cookie of new Set([...dp.attachedPods(), ...this.#captured.keys()])) {
       if (keep.has(cookie)) continue;
-      const ips = this.#captured.get(cookie)?.ips ?? [before.netns.get(cookie)?.podIp].filter((ip): ip is string => ip !== undefined);
+      // An IP the target still holds went to a new pod (IP reuse within one pass): its listener
+      // entries are the new pod's now, captured above; only the old pod's link goes.
+      const ips = (this.#captured.get(cookie)?.ips ?? [before.netns.get(cookie)?.podIp].filter((ip): ip is string => ip !== undefined))
+        .filter((ip) => !target.pods.has(ip));
       if (attempt(`inpod release of netns ${cookie}`, () => dp.detachPod(cookie, ips))) detached.push(`${INPOD_LINK_PREFIX}${cookie}`);
       this.#captured.delete(cookie);
     }
