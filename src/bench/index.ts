@@ -15,7 +15,7 @@ import { chartSpec, renderSvg } from './charts.ts';
 import { measurePodChange, measurePodChangeWatch, measureReconcile, summarizePodChange, writePodsWithOptOut } from './control-plane.ts';
 import { wrkScript } from './load.ts';
 import { describeMachine } from './machine.ts';
-import { runE2ePhase, runSinkPhase, sinkActors, sinkCapturedPods, startHttpSink, type MatrixOptions } from './matrix.ts';
+import { APP_PORT, runE2ePhase, runSinkPhase, sinkActors, sinkCapturedPods, startHttpSink, type MatrixOptions } from './matrix.ts';
 import type { PathContext } from './paths.ts';
 import { resultsMarkdown } from './report.ts';
 import { spread } from './stats.ts';
@@ -67,7 +67,10 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     // sink phase so the loader does not retry them (a discovery pass every --resync-ms) mid-cell.
     const idle = inpod ? tb.pods.filter((p) => p.mesh && p.name !== actors.meshClient.name) : [];
     writePodsWithOptOut(tb, podsFile, idle);
-    const ctx: PathContext = { tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb) };
+    const ctx: PathContext = {
+      tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb),
+      ...(inpod ? { probe: { from: actors.meshClient, ip: actors.meshDst.ip, port: APP_PORT } } : {}),
+    };
     const m: MatrixOptions = {
       paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds, warmup: o.warmup,
       seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
@@ -113,7 +116,8 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
       await startStandIns(tb);
       try {
         const captured = inpod ? tb.pods.filter((p) => p.mesh) : [];
-        await runE2ePhase(tb, { ...ctx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads }, obs);
+        const { probe: _sinkProbe, ...e2eCtx } = ctx; // the sink phase's probe target is not the stand-ins'
+        await runE2ePhase(tb, { ...e2eCtx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads }, obs);
       } finally {
         await stopStandIns(tb);
       }

@@ -44,6 +44,11 @@ export interface PathContext {
    * eBPF path waits for before its cells run; a pod is only redirected once captured.
    */
   readonly captured?: readonly TestbedPod[];
+  /**
+   * inpod sink phase: a connect the eBPF path must redirect before its cells run (the same-node
+   * cells' own client and destination); the map entry alone does not show the path carries traffic.
+   */
+  readonly probe?: { readonly from: TestbedPod; readonly ip: string; readonly port: number };
   /** The eBPF paths' loaders watch this API server (kubeconfig) instead of reading the pods file. */
   readonly kubeconfig?: string;
 }
@@ -96,23 +101,14 @@ async function waitListenersCopied(node: TestbedNode, procs: readonly TestbedPro
  * inpod: every pod in `pods` has its ambpf_pods entry on its node's loader, which the loader writes
  * only after attaching the pod's sk_lookup and lending it ztunnel's listeners. Bounded (10 s).
  */
-/**
- * The captured pods' outbound connects land on a listener now: a TCP connect from each to another
- * pod's IP:8080 (nothing listens there, so only the redirect to 127.0.0.1:15001 can accept it).
- * A map entry alone is not the path carrying traffic; the first cell must not race the capture.
- */
-async function redirectsNow(tb: Testbed, pods: readonly TestbedPod[]): Promise<boolean> {
-  for (const pod of pods) {
-    const other = tb.pods.find((p) => p.name !== pod.name && p.node === pod.node && !p.hostNetwork && !p.isZtunnel);
-    if (!other) return true;
-    const probe = `import socket; socket.create_connection(("${other.ip}", 8080), 1).close()`;
-    const r = await tb.exec(pod, ['python3', '-c', probe], { check: false, timeoutMs: 5000 });
-    if (r.code !== 0) return false;
-  }
-  return true;
+/** Whether `probe.from` connecting to probe.ip:port is accepted now ('' if so, else why not). */
+async function probeFails(tb: Testbed, probe: NonNullable<PathContext['probe']>): Promise<string> {
+  const script = `import socket; socket.create_connection(("${probe.ip}", ${probe.port}), 2).close()`;
+  const r = await tb.exec(probe.from, ['python3', '-c', script], { check: false, timeoutMs: 10_000 });
+  return r.code === 0 ? '' : r.stderr.trim().split('\n').at(-1) ?? `exit ${r.code}`;
 }
 
-async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: readonly TestbedProcess[]): Promise<void> {
+async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: readonly TestbedProcess[], probe: PathContext['probe']): Promise<void> {
   const { openPinnedMaps } = await import('../bpf/datapath.ts');
   const deadline = Date.now() + 10_000;
   for (;;) {
@@ -124,8 +120,10 @@ async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: rea
         maps.close();
       }
     });
-    if (missing.length === 0 && (await redirectsNow(tb, pods))) return;
+    const why = missing.length === 0 && probe ? await probeFails(tb, probe) : '';
+    if (missing.length === 0 && why === '') return;
     if (Date.now() > deadline || procs.some((p) => p.child.exitCode !== null)) {
+      if (missing.length === 0) throw new BenchError(`${probe?.from.name}'s connect to ${probe?.ip}:${probe?.port} is not redirected 10 s after its capture: ${why}`);
       throw new BenchError(`ambpf run --mode inpod did not capture ${missing.map((p) => p.name).join(', ')} within 10 s (are the sinks held by ztunnel's pod?)`, { pods: missing.map((p) => p.name).join(',') });
     }
     await new Promise((r) => setTimeout(r, 20));
@@ -180,7 +178,7 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
     throw err;
   }
   const settle = async (): Promise<void> => {
-    if (ctx.tb.info.topology === 'inpod') return waitCaptured(ctx.tb, ctx.captured ?? [], procs);
+    if (ctx.tb.info.topology === 'inpod') return waitCaptured(ctx.tb, ctx.captured ?? [], procs, ctx.probe);
     for (const n of ctx.loaderNodes) await waitListenersCopied(n, procs);
   };
   return { name, coldStartMs, rssKiB: () => procs.map((p) => vmRssKiB(p.pid)), settle, down };

@@ -4,7 +4,7 @@
 // nothing behind. Never speeds.
 import t, { type Test } from 'tap';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,7 +33,14 @@ async function quickRun(t: Test, topology: 'node' | 'inpod', paths: readonly Pat
 
   const argv = ['bench', '--quick', '--topology', topology, '--paths', paths.join(','), '--workloads', WORKLOADS.join(','), '--out', out, '--prefix', prefix];
   if (!full) argv.push('--no-e2e', '--no-control-plane');
-  const r = await run(AMBPF, argv, { timeout: 110_000, env: { ...process.env, AMBPF_LOG_LEVEL: 'warn' }, maxBuffer: 16 << 20 });
+  const r = await run(AMBPF, argv, { timeout: 110_000, env: { ...process.env, AMBPF_LOG_LEVEL: 'warn' }, maxBuffer: 16 << 20 }).catch((err: unknown) => {
+    // A failed bench keeps its loaders' logs in <out>/logs: show their last lines before out goes.
+    const logs = join(out, 'logs');
+    for (const f of existsSync(logs) ? readdirSync(logs).filter((n) => n.endsWith('.log')) : []) {
+      t.comment(`--- ${f} (last 40 lines)\n${readFileSync(join(logs, f), 'utf8').trim().split('\n').slice(-40).join('\n')}`);
+    }
+    throw err;
+  });
   const listed = r.stdout.trim().split('\n');
   for (const f of ['results.json', 'results.md', ...WORKLOADS.map((w) => `bench-${w}.svg`)]) {
     t.ok(existsSync(join(out, f)), `${f} written`);
