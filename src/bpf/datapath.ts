@@ -240,13 +240,9 @@ export class Datapath {
   detachInbound(ifname: string): boolean {
     if (removePinnedLink(this.#tcPin(ifname))) return true;
     const ours = listClsactFilters(this.bpffs, this.netns).find((f) => f.ifname === ifname);
-    if (!ours) {
-      this.#clsactSeen?.delete(ifname);
-      return false;
-    }
-    detachClsact(ours.ifindex, this.netns);
-    this.#clsactSeen?.delete(ifname);
-    return true;
+    if (ours) detachClsact(ours.ifindex, this.netns);
+    this.#clsactSeen?.delete(ifname); // after the kernel: a failed detach stays in the view
+    return ours !== undefined;
   }
 
   /**

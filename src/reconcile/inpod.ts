@@ -78,7 +78,12 @@ export class InpodApplier {
     const prev = this.#captured.get(pod.netnsCookie);
     if (this.#verifyAll || !prev || prev.pid !== pod.pid || !pinned.has(pod.netnsCookie)) return false;
     if (prev.ips.length !== pod.ips.length || prev.ips.some((ip, i) => ip !== pod.ips[i])) return false;
-    return pod.ips.every((ip) => this.#dp.hasListener(ip, LISTENER_INBOUND) && this.#dp.hasListener(ip, LISTENER_HBONE));
+    return this.#listening(pod.ips);
+  }
+
+  /** ztunnel's inbound and HBONE listeners for every one of these pod IPs are in the sockmap. */
+  #listening(ips: readonly string[]): boolean {
+    return ips.every((ip) => this.#dp.hasListener(ip, LISTENER_INBOUND) && this.#dp.hasListener(ip, LISTENER_HBONE));
   }
 
   /**
@@ -105,8 +110,7 @@ export class InpodApplier {
         continue;
       }
       const prev = this.#captured.get(pod.netnsCookie);
-      const listening = pod.ips.every((ip) => dp.hasListener(ip, LISTENER_INBOUND) && dp.hasListener(ip, LISTENER_HBONE));
-      if (prev && sameInodes(prev.inodes, found.inodes) && pinned.has(pod.netnsCookie) && listening) {
+      if (prev && sameInodes(prev.inodes, found.inodes) && pinned.has(pod.netnsCookie) && this.#listening(pod.ips)) {
         ready.push(pod);
         continue;
       }
@@ -147,12 +151,7 @@ export class InpodApplier {
   listenersPresent(): boolean {
     // Map lookups only: this runs on every resync tick. A replaced 15001 listener comes with replaced
     // inbound ones (see #stillCaptured); the safety-net pass re-reads all three.
-    for (const [, c] of this.#captured) {
-      for (const ip of c.ips) {
-        if (!this.#dp.hasListener(ip, LISTENER_INBOUND) || !this.#dp.hasListener(ip, LISTENER_HBONE)) return false;
-      }
-    }
-    return true;
+    return [...this.#captured.values()].every((c) => this.#listening(c.ips));
   }
 }
 

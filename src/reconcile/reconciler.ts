@@ -100,7 +100,7 @@ export class Reconciler {
     // periodic safety-net pass; event-driven passes trust the cache and stay fast.
     if (o.rescanKernel) {
       if (this.#inpod) this.#inpod.rescan();
-      else if (!isInpod(this.#o.datapath)) this.#o.datapath.rescanInbound();
+      else (this.#o.datapath as Datapath).rescanInbound();
     }
     return this.#last ? this.reconcile(this.#pending ?? this.#last) : Promise.resolve(undefined);
   }

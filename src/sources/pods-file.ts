@@ -153,8 +153,9 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
       // Watch the directory, not the file: editors and `mv` replace the inode.
       try {
         watcher = watch(dirname(path), (event, name) => {
-          // A rename onto our name is an atomic replace (write a temp file, mv): the content is
-          // complete, so read at once. In-place writes ('change') come in bursts: debounce those.
+          // A rename onto our name is usually an atomic replace (write a temp file, mv): read at once
+          // (readOnce applies it only if it is complete JSON). In-place writes ('change') come in
+          // bursts: debounce those.
           if (name === basename(path)) schedule(event === 'rename' ? 0 : 30);
           else if (name === null) schedule();
         });
