@@ -75,17 +75,40 @@ struct {
 	__type(value, __u64);
 } ambpf_inpod_listen SEC(".maps");
 
+/* ztunnel's mark and ports when the loader has not written ambpf_ztunnel (no ztunnel pod known yet):
+ * a captured pod is redirected all the same (fail closed), and ztunnel's sockets are known by the mark
+ * every ztunnel uses (reference: docs/inpod.md). */
+static const struct ambpf_ztunnel inpod_default_zt = {
+	.mark = AMBPF_ZTUNNEL_MARK,
+	.mark_mask = AMBPF_ZTUNNEL_MARK_MASK,
+};
+
+/* ztunnel's inbound legs that spoof the client's address (ztunnel binds to it, IP_TRANSPARENT): the
+ * app-side 4-tuple (local = pod IP:port, remote = client IP:port), from ztunnel's connect to its close.
+ * sk_lookup lets these reach the app instead of steering them back into ztunnel: their source is not
+ * the pod's own IP, so the loop guard (local == remote) does not catch them. When full, sockops counts
+ * an error and the leg is refused rather than looped (sockops_error, map pressure in status). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ambpf_tuple);
+	__type(value, __u32);
+} ambpf_inpod_origsrc SEC(".maps");
+
 /*
- * Whether this connect is redirected; counts why not. The pod is in ambpf_netns only once the loader
- * found ztunnel's listeners in its netns, so a pod ztunnel has not reached yet is never sent to a
- * 15001 nobody listens on.
+ * Whether this connect is redirected; counts why not. A pod is in ambpf_netns from the moment the
+ * loader armed its capture, before ztunnel was told about it over ZDS: its connects then go to its
+ * own IP:15001, where nobody listens until ztunnel took the pod, so they are refused (fail closed, as
+ * with Istio's rules), never sent direct. With --fail-open (AMBPF_CFG_FAIL_OPEN) a pod whose ztunnel
+ * listener is missing talks direct instead.
  */
 static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be,
-					  __u64 cookie, __u32 stat_bypass6)
+					  __u64 cookie, __u32 stat_bypass6, struct ambpf_netns **out)
 {
 	struct ambpf_netns *ns = bpf_map_lookup_elem(&ambpf_netns, &cookie);
 	struct ambpf_config *cfg = config_get();
-	struct ambpf_ztunnel *zt;
+	const struct ambpf_ztunnel *zt;
+	struct ambpf_inpod_lkey lkey = {};
 	__u32 why;
 
 	/* The inpod loader says so (see AMBPF_CFG_INPOD): one topology per node. */
@@ -98,15 +121,27 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 		goto bypass;
 	}
 	zt = ztunnel_get();
-	if (!ztunnel_ready(zt)) {
-		why = AMBPF_STAT_CONNECT4_NO_ZTUNNEL;
-		goto bypass;
-	}
+	if (!ztunnel_ready(zt))
+		zt = &inpod_default_zt;
 	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. The pod's own IP goes
 	 * over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
 	why = connect_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip);
 	if (why != CONNECT_REDIRECT)
 		goto bypass;
+	if (cfg->flags & AMBPF_CFG_FAIL_OPEN) {
+		struct bpf_sock *listener;
+
+		__builtin_memcpy(lkey.pod_ip, ns->pod_ip, sizeof(lkey.pod_ip));
+		lkey.slot = AMBPF_LISTENER_INBOUND;
+		/* A sockhash lookup outside sk_lookup takes a reference. */
+		listener = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
+		if (!listener) {
+			why = AMBPF_STAT_CONNECT4_FAIL_OPEN;
+			goto bypass;
+		}
+		bpf_sk_release(listener);
+	}
+	*out = ns;
 	return 1;
 bypass:
 	stat_inc(stat_bypass6 ? stat_bypass6 : why);
@@ -126,12 +161,13 @@ static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst
 }
 
 /* connect4/6: the redirect decision and the saved original; 1 when the caller rewrites the address. */
-static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family)
+static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family,
+					 struct ambpf_netns **ns)
 {
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	int v6 = family == AF_INET6;
 
-	if (!inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0))
+	if (!inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0, ns))
 		return 0;
 	if (inpod_save(ctx, dst, dport_be, family, cookie)) {
 		stat_inc(v6 ? AMBPF_STAT_CONNECT6_ERROR : AMBPF_STAT_CONNECT4_ERROR);
@@ -149,15 +185,24 @@ static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
 	return st && st->orig.family != 0 && st->role == AMBPF_INPOD_SK_APP ? &st->orig : 0;
 }
 
+/* The address ztunnel's 15001 is reached at: the pod's own IPv4 address, so the connection's source is
+ * the pod's IP as with Istio's REDIRECT (ztunnel's [::]:15001 accepts it); 127.0.0.1 for a pod the
+ * loader knows only by an IPv6 address. */
+static __always_inline __u32 inpod_outbound_ip4(const struct ambpf_netns *ns)
+{
+	return ip_is_v4mapped(ns->pod_ip) && ns->pod_ip[3] != 0 ? ns->pod_ip[3] : INPOD_LOOPBACK4;
+}
+
 SEC("cgroup/connect4")
 int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 {
+	struct ambpf_netns *ns = 0;
 	__u32 dst[4];
 	__u16 dport;
 
-	if (!connect_dst4(ctx, dst, &dport) || !inpod_capture(ctx, dst, dport, AF_INET))
+	if (!connect_dst4(ctx, dst, &dport) || !inpod_capture(ctx, dst, dport, AF_INET, &ns) || !ns)
 		return SYS_PROCEED;
-	ctx->user_ip4 = INPOD_LOOPBACK4;
+	ctx->user_ip4 = inpod_outbound_ip4(ns);
 	ctx->user_port = (__u32)bpf_htons(AMBPF_PORT_OUTBOUND);
 	stat_inc(AMBPF_STAT_CONNECT4_REDIRECTED);
 	return SYS_PROCEED;
@@ -166,17 +211,18 @@ int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 {
+	struct ambpf_netns *ns = 0;
 	__u32 dst[4];
 	__u16 dport;
 
-	if (!connect_dst6(ctx, dst, &dport) || !inpod_capture(ctx, dst, dport, AF_INET6))
+	if (!connect_dst6(ctx, dst, &dport) || !inpod_capture(ctx, dst, dport, AF_INET6, &ns) || !ns)
 		return SYS_PROCEED;
-	/* A dual-stack socket reaching an IPv4 peer stays IPv4 (::ffff:127.0.0.1); IPv6 goes to ::1. */
+	/* A dual-stack socket reaching an IPv4 peer stays IPv4 (::ffff:<pod IP>); IPv6 goes to ::1. */
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;
 	if (ip_is_v4mapped(dst)) {
 		ctx->user_ip6[2] = V4MAPPED_W2;
-		ctx->user_ip6[3] = INPOD_LOOPBACK4;
+		ctx->user_ip6[3] = inpod_outbound_ip4(ns);
 	} else {
 		ctx->user_ip6[2] = 0;
 		ctx->user_ip6[3] = bpf_htonl(1);
@@ -250,6 +296,57 @@ static __always_inline void inpod_passive(struct bpf_sock_ops *skops)
 		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
 }
 
+/*
+ * ztunnel connects to the app from the client's address (its default, ENABLE_ORIG_SRC): record the
+ * leg for sk_lookup and add AMBPF_MARK_ORIG_SRC to the socket before its SYN leaves, so the app's
+ * accepted socket inherits the mark (tcp_fwmark_accept) and its replies route back to ztunnel. Runs
+ * at TCP_CONNECT_CB: the source port is bound, the SYN not yet built (it takes the mark with it).
+ */
+static __always_inline void inpod_orig_src_connect(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct ambpf_tuple own = {}, app = {};
+	struct ambpf_pod *pod;
+	__u32 one = 1;
+	int mark;
+
+	if (!sk || CTX_READ(skops->family) != AF_INET)
+		return;
+	mark = sk->mark;
+	if ((mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
+		return;
+	CTX_TUPLE(skops, &own);
+	/* Not spoofed (ztunnel's upstream from the pod's own IP, or anything to a non-pod address). */
+	if (ip_eq(own.local_ip, own.remote_ip))
+		return;
+	pod = bpf_map_lookup_elem(&ambpf_pods, &own.remote_ip);
+	if (!pod || !(pod->flags & AMBPF_POD_AMBIENT) || bpf_map_lookup_elem(&ambpf_pods, &own.local_ip))
+		return;
+	tuple_reverse(&app, &own);
+	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &app, &one, BPF_ANY)) {
+		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+		return;
+	}
+	mark |= AMBPF_MARK_ORIG_SRC;
+	bpf_setsockopt(skops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	stat_inc(AMBPF_STAT_SOCKOPS_ORIG_SRC_ADDED);
+}
+
+/* At its close, a spoofed leg's entry goes (the mark says it is one; only ztunnel's carry it). */
+static __always_inline int inpod_orig_src_close(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct ambpf_tuple own = {}, app = {};
+
+	if (!sk || !(sk->mark & AMBPF_MARK_ORIG_SRC) || (sk->mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
+		return 0;
+	CTX_TUPLE(skops, &own);
+	tuple_reverse(&app, &own);
+	bpf_map_delete_elem(&ambpf_inpod_origsrc, &app);
+	return 1;
+}
+
 SEC("sockops")
 int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 {
@@ -257,7 +354,9 @@ int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 	struct ambpf_inpod_sk *st = 0;
 	__u32 op = skops->op;
 
-	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+		inpod_orig_src_connect(skops);
+	} else if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
 		if (!inpod_key(skops, &key, &st) || !st)
 			return SYS_PROCEED;
 		if (bpf_map_update_elem(&ambpf_inpod_pair, &key, &st->orig, BPF_ANY)) {
@@ -269,6 +368,8 @@ int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 	} else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
 		inpod_passive(skops);
 	} else if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
+		if (inpod_orig_src_close(skops))
+			return SYS_PROCEED;
 		if (inpod_key(skops, &key, &st) && bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
 			stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
 	}
@@ -314,16 +415,18 @@ SEC("sk_lookup")
 int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 {
 	struct ambpf_inpod_lkey lkey = {};
+	struct ambpf_tuple app = {};
 	struct ambpf_config *cfg;
 	struct ambpf_pod *pod;
+	struct bpf_sock *sk;
 	__u32 local_ip4, remote_ip4;
 
 	if (ctx->protocol != IPPROTO_TCP || ctx->family != AF_INET)
 		return SK_PASS;
 	local_ip4 = CTX_READ(ctx->local_ip4);
 	remote_ip4 = CTX_READ(ctx->remote_ip4);
-	/* Loopback is the pod <-> ztunnel hop itself; local == remote is ztunnel's upstream to the
-	 * pod's own IP (the loop trap). */
+	/* Loopback is the pod <-> ztunnel hop itself; local == remote is the pod's connect to its own IP
+	 * and ztunnel's upstream from the pod's IP (the loop trap); both stay as they are. */
 	if (ip4_is_loopback(local_ip4) || local_ip4 == remote_ip4)
 		return SK_PASS;
 	cfg = config_get();
@@ -339,9 +442,28 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
 		return SK_PASS;
 	}
+	/* ztunnel's own leg to the app, from the client's address (inpod_orig_src_connect). */
+	ip_set_v4(app.local_ip, local_ip4);
+	ip_set_v4(app.remote_ip, remote_ip4);
+	app.local_port = bpf_htons((__u16)CTX_READ(ctx->local_port));
+	app.remote_port = (__u16)CTX_READ(ctx->remote_port);
+	if (bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app)) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL);
+		return SK_PASS;
+	}
 	lkey.slot = CTX_READ(ctx->local_port) == AMBPF_PORT_HBONE ? AMBPF_LISTENER_HBONE : AMBPF_LISTENER_INBOUND;
-	/* No listener: the normal lookup decides (the app's own listener, or a RST). */
-	return sklookup_assign(ctx, bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey));
+	sk = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
+	if (!sk) {
+		/* Captured, but ztunnel does not serve the pod (not yet, or gone): refuse (SK_DROP answers
+		 * the SYN with a RST), never hand the connection to the app past ztunnel. */
+		if (cfg->flags & AMBPF_CFG_FAIL_OPEN) {
+			stat_inc(AMBPF_STAT_SKLOOKUP_NO_LISTENER);
+			return SK_PASS;
+		}
+		stat_inc(AMBPF_STAT_SKLOOKUP_REFUSED);
+		return SK_DROP;
+	}
+	return sklookup_assign(ctx, sk);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -46,6 +46,15 @@
 #define AMBPF_CFG_SPLICE         (1U << 0) /* same-node sockhash splice (sockops + sk_msg) enabled */
 #define AMBPF_CFG_INPOD          (1U << 1) /* the inpod loader runs: ambpf_inpod.bpf.c acts only then, so
 					    * its programs stay inert next to a node-topology datapath */
+#define AMBPF_CFG_FAIL_OPEN      (1U << 2) /* inpod: a captured pod whose ztunnel is away talks direct
+					    * (--fail-open); off = refused both ways, as with Istio */
+
+/* inpod: the mark ambpf adds to ztunnel's spoofed inbound legs (bound to the client's address) at
+ * connect. The app's accepted socket inherits it from the SYN (net.ipv4.tcp_fwmark_accept=1 in the
+ * pod), and `ip rule fwmark 0x1000/0x1000 lookup 100` + `local default dev lo table 100` deliver the
+ * app's replies to the client's address back to ztunnel instead of eth0. Above Istio's 0xfff mask,
+ * so ztunnel's own 0x539 stays readable. See docs/inpod.md. */
+#define AMBPF_MARK_ORIG_SRC      0x1000U
 
 /* ambpf_pair.splice_fwd / splice_rev: per-direction splice decision, sticky for the connection */
 #define AMBPF_SPLICE_UNDECIDED   0
@@ -211,6 +220,10 @@ enum ambpf_stat {
 	AMBPF_STAT_TC_PASS_LOCAL,             /* tc: the node itself sent it (kubelet, hostNetwork pods) */
 	AMBPF_STAT_TC_RST_CLONED,             /* tc: an unknown RST went to the pod and a copy to ztunnel */
 	AMBPF_STAT_SOCKOPS_OUTFLOW_ADDED,     /* sockops: an ambient pod's own connection recorded */
+	AMBPF_STAT_SKLOOKUP_REFUSED,          /* inpod sk_lookup: captured pod, no ztunnel listener: RST */
+	AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL,     /* inpod sk_lookup: ztunnel's own (spoofed) leg to the app */
+	AMBPF_STAT_SOCKOPS_ORIG_SRC_ADDED,    /* inpod sockops: a spoofed ztunnel leg recorded and marked */
+	AMBPF_STAT_CONNECT4_FAIL_OPEN,        /* inpod connect: no ztunnel listener, --fail-open: direct */
 	AMBPF_STAT_MAX,
 };
 

@@ -12,6 +12,8 @@
 #define SOL_IP                 0
 #define SOL_IPV6               41
 #define SO_ORIGINAL_DST        80 /* <linux/netfilter_ipv4.h>; IP6T_SO_ORIGINAL_DST is 80 too */
+#define SOL_SOCKET             1  /* <asm-generic/socket.h> */
+#define SO_MARK                36
 
 /* Userspace sockaddr layouts, written into getsockopt's optval. */
 struct sockaddr_in_ {

@@ -173,7 +173,7 @@ int check_large_getsockopt(const struct func_ctx *c)
 	return 1;
 }
 
-int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int lfd)
+int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int lfd, bool marked)
 {
 	long long before = fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_ASSIGNED), after;
 	struct sockaddr_in dst, src, got;
@@ -193,8 +193,12 @@ int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int l
 			close(cfd);
 		return 1;
 	}
-	/* ztunnel's mark: connect4 leaves this socket alone, so only sk_lookup decides where it lands. */
-	setsockopt(cfd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+	/* Node topology: ztunnel's mark, so connect4 leaves this socket alone and only sk_lookup decides
+	 * where it lands. Inpod: no mark (a marked socket from a foreign address is ztunnel's spoofed leg,
+	 * which sk_lookup lets through); connect4 leaves it alone because its destination is the pod's
+	 * own IP. */
+	if (marked)
+		setsockopt(cfd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
 	if (bind(cfd, (struct sockaddr *)&src, sizeof(src)) || connect(cfd, (struct sockaddr *)&dst, sizeof(dst)) < 0 ||
 	    (afd = sock_accept_within(lfd)) < 0) {
 		report(c->label, name, "func", "fail", "connect to %s not assigned: %s", sock_fmt(&dst, a, sizeof(a)),

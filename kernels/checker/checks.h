@@ -37,6 +37,6 @@ int check_large_getsockopt(const struct func_ctx *c);
 /* A connection from another local address to FILL_POD_IP:dport, which nobody listens on, is
  * accepted on `lfd` (by sk_lookup alone) with the original destination as its local address.
  * Reports the check `name`; returns 1 when it failed. */
-int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int lfd);
+int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int lfd, bool marked);
 
 #endif /* AMBPF_CHECKER_CHECKS_H */

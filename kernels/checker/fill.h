@@ -15,7 +15,9 @@
 #define FILL_ZT_HOST_IF  "akc1"        /* stands for ztunnel's host-side veth: tc steers there */
 #define FILL_TC_IF       "akc0"        /* the pod's host-side veth, where the tc program sits */
 #define FILL_REMOTE_IP   "198.18.9.9"  /* a client elsewhere: the source of injected SYNs */
-#define FILL_INPOD_ZT_IP "127.0.0.1"   /* inpod: ztunnel's 15001 inside the pod's netns */
+#define FILL_INPOD_ZT_IP "127.0.0.1"   /* inpod: ztunnel's 15006/15008 (reached only through sk_lookup) */
+#define FILL_INPOD_OUT_IP "0.0.0.0"    /* inpod: ztunnel's 15001, wildcard as ztunnel's [::]: connect4 sends
+					 * the pod's connects to <pod IP>:15001 */
 
 /* Which datapath the maps are filled for. */
 enum fill_topology {

@@ -191,7 +191,7 @@ static int node_checks(const struct func_ctx *c)
 			report(c->label, "setup", "func", "fail", "ambpf_zt_listen: %s", err);
 			failures++;
 		} else {
-			failures += check_sk_lookup(c, "sk_lookup assigns to the 15006 listener", 80, lfd);
+			failures += check_sk_lookup(c, "sk_lookup assigns to the 15006 listener", 80, lfd, true);
 		}
 		if (lfd >= 0)
 			close(lfd);

@@ -10,19 +10,20 @@
 #define CHECK_15006 "sk_lookup assigns to the 15006 listener"
 #define CHECK_15008 "sk_lookup assigns dport 15008 to the 15008 listener"
 
-/* All three listeners on 127.0.0.1, as ztunnel's loopback 15001: a connection to the pod's IP can
- * reach 15006/15008 only through sk_lookup, so a missed assignment fails instead of landing there by
- * the ordinary lookup. */
+/* 15001 on the wildcard address, as ztunnel's (connect4 sends the pod's connects to its own IP); 15006
+ * and 15008 on 127.0.0.1: a connection to the pod's IP can reach them only through sk_lookup, so a
+ * missed assignment fails instead of landing there by the ordinary lookup. */
 int inpod_checks(const struct func_ctx *c)
 {
-	int out = sock_listen(FILL_INPOD_ZT_IP, AMBPF_PORT_OUTBOUND);
+	int out = sock_listen(FILL_INPOD_OUT_IP, AMBPF_PORT_OUTBOUND);
 	int in = sock_listen(FILL_INPOD_ZT_IP, AMBPF_PORT_INBOUND);
 	int hb = sock_listen(FILL_INPOD_ZT_IP, AMBPF_PORT_HBONE);
 	int failures = 0;
 	char err[256];
 
 	if (out < 0 || in < 0 || hb < 0) {
-		report(c->label, "setup", "func", "fail", "ztunnel's listeners on %s: %s", FILL_INPOD_ZT_IP, strerror(errno));
+		report(c->label, "setup", "func", "fail", "ztunnel's listeners on %s/%s: %s", FILL_INPOD_OUT_IP,
+		       FILL_INPOD_ZT_IP, strerror(errno));
 		failures = 1;
 		goto out;
 	}
@@ -33,10 +34,10 @@ int inpod_checks(const struct func_ctx *c)
 		failures = 1;
 		goto out;
 	}
-	failures += check_outbound(c, out, FILL_INPOD_ZT_IP);
+	failures += check_outbound(c, out, FILL_POD_IP);
 	if (c->has_sk_lookup) {
-		failures += check_sk_lookup(c, CHECK_15006, 80, in);
-		failures += check_sk_lookup(c, CHECK_15008, AMBPF_PORT_HBONE, hb);
+		failures += check_sk_lookup(c, CHECK_15006, 80, in, false);
+		failures += check_sk_lookup(c, CHECK_15008, AMBPF_PORT_HBONE, hb, false);
 	} else {
 		report(c->label, CHECK_15006, "func", "fail", "ambpf_inpod_lookup is not attached (see its load/attach row)");
 		report(c->label, CHECK_15008, "func", "fail", "ambpf_inpod_lookup is not attached (see its load/attach row)");

@@ -9,9 +9,10 @@
 //  - attaches ambpf_inpod_lookup (sk_lookup) to the pod's netns, pinned <bpffs>/links/inpod-<cookie>.
 // Nothing is attached in the node's netns. Restart safety as in the node topology: maps reused from
 // their pins, links adopted (ensurePinnedLink); close() releases this process's fds only.
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { BpfObject, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
+import { BpfObject, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import {
@@ -49,13 +50,58 @@ export interface PodListeners {
   readonly hbone: SocketHolder;
 }
 
-export interface PodCapture {
+/** A pod whose capture is armed: sk_lookup on its netns and the return route of spoofed legs. */
+export interface PodArm {
   /** /proc/<pid>/ns/net of a process in the pod. */
   readonly netnsPath: string;
   readonly netnsCookie: bigint;
+}
+
+export interface PodCapture extends PodArm {
   /** The pod's IPs (the keys inbound connections arrive with). */
   readonly ips: readonly string[];
   readonly listeners: PodListeners;
+}
+
+/**
+ * The pod-netns half of the return path of ztunnel's spoofed inbound legs (see AMBPF_MARK_ORIG_SRC in
+ * bpf/include/ambpf.h): the app's accepted socket takes the SYN's mark (tcp_fwmark_accept), and this
+ * rule + local route hand its replies to the client's address back to ztunnel over lo. Istio's rules
+ * do the same with connmark 0x111 and table 100; ambpf's own table and preference keep the two apart.
+ */
+export const ORIG_SRC_ROUTE_TABLE = 41919;
+export const ORIG_SRC_RULE_PREF = 32763;
+const ORIG_SRC_MARK = `0x${s.MARK_ORIG_SRC.toString(16)}/0x${s.MARK_ORIG_SRC.toString(16)}`;
+
+/** `ip` in the calling thread's netns (a child inherits the main thread's netns from withNetns). */
+function ip(args: readonly string[]): string {
+  return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Idempotent: the rule is added only when `ip rule` does not list it; the route is replaced. */
+function setOrigSrcReturnPath(netnsPath: string, on: boolean): void {
+  withNetns(netnsPath, () => {
+    // One switch for TCP over IPv4 and IPv6; /proc/sys/net is the opening thread's netns.
+    writeFileSync('/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
+    const families = existsSync('/proc/sys/net/ipv6/conf/lo') ? (['-4', '-6'] as const) : (['-4'] as const);
+    for (const family of families) {
+      const rule = ['fwmark', ORIG_SRC_MARK, 'pref', String(ORIG_SRC_RULE_PREF), 'lookup', String(ORIG_SRC_ROUTE_TABLE)];
+      const present = ip([family, 'rule', 'show', 'pref', String(ORIG_SRC_RULE_PREF)]).includes(`lookup ${ORIG_SRC_ROUTE_TABLE}`);
+      const any = family === '-4' ? '0.0.0.0/0' : '::/0';
+      try {
+        if (on) {
+          if (!present) ip([family, 'rule', 'add', ...rule]);
+          ip([family, 'route', 'replace', 'local', any, 'dev', 'lo', 'table', String(ORIG_SRC_ROUTE_TABLE)]);
+        } else {
+          if (present) ip([family, 'rule', 'del', ...rule]);
+          ip([family, 'route', 'flush', 'table', String(ORIG_SRC_ROUTE_TABLE)]);
+        }
+      } catch (err) {
+        const stderr = String((err as { stderr?: string }).stderr ?? err).trim();
+        throw new DatapathError(`${on ? 'adding' : 'removing'} the return route of spoofed ztunnel legs (ip ${family}) in ${netnsPath}: ${stderr}`);
+      }
+    }
+  });
 }
 
 export class InpodDatapath {
@@ -65,7 +111,7 @@ export class InpodDatapath {
   readonly maps: DatapathMaps;
   readonly links: Readonly<Record<CgroupHook, LinkOutcome>>;
   /** The inpod maps, raw (tests and inspection). */
-  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap }>;
+  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap; origsrc: BpfMap }>;
   readonly #object: BpfObject;
 
   private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<CgroupHook, LinkOutcome>) {
@@ -73,7 +119,7 @@ export class InpodDatapath {
     this.cgroup = o.cgroup;
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
-    this.inpodMaps = { sk: object.map('ambpf_inpod_sk'), pair: object.map('ambpf_inpod_pair'), listen: object.map('ambpf_inpod_listen') };
+    this.inpodMaps = { sk: object.map('ambpf_inpod_sk'), pair: object.map('ambpf_inpod_pair'), listen: object.map('ambpf_inpod_listen'), origsrc: object.map('ambpf_inpod_origsrc') };
     this.links = links;
   }
 
@@ -118,19 +164,12 @@ export class InpodDatapath {
   }
 
   /**
-   * Capture one pod: listeners tagged and registered, then sk_lookup on its netns. Idempotent (a
-   * later call with ztunnel's new listeners after a ztunnel restart replaces the old ones).
+   * Arm one pod's capture, before ztunnel is told about it: sk_lookup on its netns (which refuses
+   * inbound connections while no ztunnel listener is registered: fail closed) and the return route of
+   * ztunnel's spoofed legs. Idempotent.
    */
-  attachPod(p: PodCapture): LinkOutcome {
-    const { outbound, inbound, hbone } = p.listeners;
-    withCopiedFds([outbound, inbound, hbone], ([out, inb, hb]) => {
-      // The cookie goes on the listener; accepted sockets inherit it (BPF_F_CLONE).
-      this.inpodMaps.sk.update(fdKey(out!), s.encodeInpodSk({ orig: null, netnsCookie: p.netnsCookie }));
-      for (const ip of p.ips) {
-        this.inpodMaps.listen.update(s.encodeInpodListenKey(ip, s.LISTENER_INBOUND), s.encodeU64Key(BigInt(inb!)));
-        this.inpodMaps.listen.update(s.encodeInpodListenKey(ip, s.LISTENER_HBONE), s.encodeU64Key(BigInt(hb!)));
-      }
-    });
+  armPod(p: PodArm): LinkOutcome {
+    setOrigSrcReturnPath(p.netnsPath, true);
     const prog = this.#lookupProg();
     const ino = statSync(p.netnsPath).ino;
     return ensurePinnedLink({
@@ -141,10 +180,42 @@ export class InpodDatapath {
     });
   }
 
-  /** Release a pod: its listener entries and its sk_lookup link. False when no link was pinned. */
-  detachPod(netnsCookie: bigint, ips: readonly string[]): boolean {
+  /**
+   * Capture one pod: listeners tagged and registered, then sk_lookup on its netns. Idempotent (a
+   * later call with ztunnel's new listeners after a ztunnel restart replaces the old ones).
+   */
+  attachPod(p: PodCapture): LinkOutcome {
+    this.setListeners(p);
+    return this.armPod(p);
+  }
+
+  /** ztunnel took the pod: its 15001 listener tagged, 15006/15008 registered for sk_lookup. */
+  setListeners(p: PodCapture): void {
+    const { outbound, inbound, hbone } = p.listeners;
+    withCopiedFds([outbound, inbound, hbone], ([out, inb, hb]) => {
+      // The cookie goes on the listener; accepted sockets inherit it (BPF_F_CLONE).
+      this.inpodMaps.sk.update(fdKey(out!), s.encodeInpodSk({ orig: null, netnsCookie: p.netnsCookie }));
+      for (const ip of p.ips) {
+        this.inpodMaps.listen.update(s.encodeInpodListenKey(ip, s.LISTENER_INBOUND), s.encodeU64Key(BigInt(inb!)));
+        this.inpodMaps.listen.update(s.encodeInpodListenKey(ip, s.LISTENER_HBONE), s.encodeU64Key(BigInt(hb!)));
+      }
+    });
+  }
+
+  /**
+   * Release a pod: its listener entries, its sk_lookup link and (when its netns is still there) the
+   * return route. False when no link was pinned.
+   */
+  detachPod(netnsCookie: bigint, ips: readonly string[], netnsPath?: string): boolean {
     for (const ip of ips) {
       for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE]) this.inpodMaps.listen.delete(s.encodeInpodListenKey(ip, slot));
+    }
+    if (netnsPath !== undefined && existsSync(netnsPath)) {
+      try {
+        setOrigSrcReturnPath(netnsPath, false);
+      } catch (err) {
+        log.warn({ netnsPath, err: String(err) }, 'could not remove the return route of spoofed legs');
+      }
     }
     return removePinnedLink(this.#podPin(netnsCookie));
   }

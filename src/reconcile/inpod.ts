@@ -1,9 +1,12 @@
 // Reconcile for the inpod topology: the same desired state and discovery as the node topology, but a
-// mesh pod is captured inside its own netns, where ztunnel holds its listeners. A pod is put in
-// ambpf_netns/ambpf_pods (which is what turns redirection on) only after ztunnel's 15001/15006/15008
-// listeners were found in its netns and handed to the datapath, so a pod ztunnel has not reached yet
-// is never redirected to a port nobody listens on. Pods that leave lose their map entries first, then
-// their sk_lookup link and listener entries.
+// mesh pod is captured inside its own netns, where ztunnel holds its listeners. Per pod, in order:
+//  1. arm: sk_lookup on its netns + the spoofed legs' return route, then its ambpf_netns/ambpf_pods
+//     entries (the pass's map phase). From here its traffic can only reach ztunnel's ports: with no
+//     ztunnel listening, its connects are refused and inbound SYNs answered with a RST (fail closed);
+//  2. hand it to ztunnel (ZDS Add; src/agent/handoff.ts, after the pass);
+//  3. once ztunnel acked: its 15001/15006/15008 listeners found in the pod's netns and registered.
+// Pods that leave lose their map entries first, then their sk_lookup link and listener entries, and
+// then ztunnel is told (Del).
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import { podListenerInodes, socketHolders, type ListenerInodes, type SocketHolder } from '../bpf/inpod-listeners.ts';
 import { LISTENER_HBONE, LISTENER_INBOUND, POD_AMBIENT, POD_IS_ZTUNNEL, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, ztunnelValue } from '../bpf/schema.ts';
@@ -20,11 +23,27 @@ interface Captured {
   readonly pid: number;
   readonly ips: readonly string[];
   readonly inodes: ListenerInodes;
+  readonly netnsPath: string;
+}
+
+/**
+ * Who hands captured pods to ztunnel (ZDS, src/agent/handoff.ts). Without one (no --zds-socket),
+ * ztunnel is taken to find the pods by itself and every armed pod is looked at for listeners.
+ */
+export interface ZtunnelHandoff {
+  /** ztunnel acked an Add for this pod's current netns. */
+  served(uid: string, netnsCookie: bigint): boolean;
+  /** pids of the connected ztunnel processes (SO_PEERCRED): they hold the pods' listeners. */
+  peerPids(): readonly number[];
+  /** After a pass: these pods are armed (Add the new ones), every other pod is not (Del). */
+  sync(armed: readonly ResolvedPod[]): void;
 }
 
 export interface InpodCapture {
-  /** What the maps should hold: only pods whose capture is in place. */
+  /** What the maps should hold: every armed pod. */
   readonly target: Target;
+  /** Pods whose capture is armed (in the target), for the handoff. */
+  readonly armed: readonly ResolvedPod[];
   /** Link pin names attached (or re-attached after a ztunnel restart) by this pass. */
   readonly attached: readonly string[];
   /** Pods whose netns has no ztunnel listeners yet: retried on the next pass. */
@@ -55,6 +74,8 @@ export class InpodApplier {
   readonly #dp: InpodDatapath;
   /** netns cookie -> what this process handed to the datapath. */
   readonly #captured = new Map<bigint, Captured>();
+  /** netns cookie -> where this process armed a pod (its return route is removed at release). */
+  readonly #armedAt = new Map<bigint, { netnsPath: string; ips: readonly string[] }>();
   /** The next pass re-reads every captured pod's listeners from /proc (see capture()). */
   #verifyAll = false;
 
@@ -74,9 +95,9 @@ export class InpodApplier {
    * table (every socket of the node, bucket locks held), which per pod and per pass cost tens of ms
    * and stalled traffic under load; it is kept for new pods and the safety-net pass.
    */
-  #stillCaptured(pod: ResolvedPod, pinned: ReadonlySet<bigint>): boolean {
+  #stillCaptured(pod: ResolvedPod): boolean {
     const prev = this.#captured.get(pod.netnsCookie);
-    if (this.#verifyAll || !prev || prev.pid !== pod.pid || !pinned.has(pod.netnsCookie)) return false;
+    if (this.#verifyAll || !prev || prev.pid !== pod.pid) return false;
     if (prev.ips.length !== pod.ips.length || prev.ips.some((ip, i) => ip !== pod.ips[i])) return false;
     return this.#listening(pod.ips);
   }
@@ -87,43 +108,43 @@ export class InpodApplier {
   }
 
   /**
-   * First half of a pass, before the maps are written: hand ztunnel's listeners of every resolved
-   * pod to the datapath and attach its sk_lookup (skipped when nothing changed since last time).
+   * First half of a pass, before the maps are written: arm every resolved pod (sk_lookup + return
+   * route, skipped when already armed), and hand ztunnel's listeners of the pods it serves to the
+   * datapath (skipped when nothing changed since last time).
    */
-  capture(resolution: Resolution, attempt: Attempt): InpodCapture {
+  capture(resolution: Resolution, attempt: Attempt, handoff?: ZtunnelHandoff): InpodCapture {
     const dp = this.#dp;
     const unresolved: Problem[] = [];
-    const z = resolution.ztunnel;
     let holders: Map<string, SocketHolder> | undefined; // ztunnel's fds, read only when needed
     const pinned = dp.attachedPods();
-    const ready: ResolvedPod[] = [];
+    const armed: ResolvedPod[] = [];
     const attached: string[] = [];
-    for (const pod of z ? resolution.pods : []) {
-      if (this.#stillCaptured(pod, pinned)) {
-        ready.push(pod);
-        continue;
+    for (const pod of resolution.pods) {
+      if (!pinned.has(pod.netnsCookie)) {
+        const ok = attempt(`inpod capture of pod ${pod.namespace}/${pod.name}`, () =>
+          dp.armPod({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie }));
+        if (!ok) continue;
+        attached.push(`${INPOD_LINK_PREFIX}${pod.netnsCookie}`);
       }
-      holders ??= socketHolders(z?.pids ?? []);
+      armed.push(pod);
+      this.#armedAt.set(pod.netnsCookie, { netnsPath: pod.netnsPath, ips: pod.ips });
+      if (handoff && !handoff.served(pod.uid, pod.netnsCookie)) continue;
+      if (this.#stillCaptured(pod)) continue;
+      holders ??= socketHolders([...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])]);
       const found = findListeners(pod, holders);
       if (typeof found === 'string') {
         unresolved.push({ object: `pod ${pod.namespace}/${pod.name}`, reason: found });
         continue;
       }
       const prev = this.#captured.get(pod.netnsCookie);
-      if (prev && sameInodes(prev.inodes, found.inodes) && pinned.has(pod.netnsCookie) && this.#listening(pod.ips)) {
-        ready.push(pod);
-        continue;
-      }
-      const ok = attempt(`inpod capture of pod ${pod.namespace}/${pod.name}`, () =>
-        dp.attachPod({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie, ips: pod.ips, listeners: found.held }));
-      if (!ok) continue;
-      this.#captured.set(pod.netnsCookie, { pid: pod.pid, ips: pod.ips, inodes: found.inodes });
-      attached.push(`${INPOD_LINK_PREFIX}${pod.netnsCookie}`);
-      ready.push(pod);
+      if (prev && sameInodes(prev.inodes, found.inodes) && this.#listening(pod.ips)) continue;
+      const ok = attempt(`inpod listeners of pod ${pod.namespace}/${pod.name}`, () =>
+        dp.setListeners({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie, ips: pod.ips, listeners: found.held }));
+      if (ok) this.#captured.set(pod.netnsCookie, { pid: pod.pid, ips: pod.ips, inodes: found.inodes, netnsPath: pod.netnsPath });
     }
 
     this.#verifyAll = false;
-    return { target: buildInpodTarget(ready, resolution), attached, unresolved };
+    return { target: buildInpodTarget(armed, resolution), armed, attached, unresolved };
   }
 
   /**
@@ -135,13 +156,16 @@ export class InpodApplier {
     const dp = this.#dp;
     const keep = new Set([...target.pods.values()].map((p) => p.netnsCookie));
     const detached: string[] = [];
-    for (const cookie of new Set([...dp.attachedPods(), ...this.#captured.keys()])) {
+    for (const cookie of new Set([...dp.attachedPods(), ...this.#captured.keys(), ...this.#armedAt.keys()])) {
       if (keep.has(cookie)) continue;
       // An IP the target still holds went to a new pod (IP reuse within one pass): its listener
       // entries are the new pod's now, captured above; only the old pod's link goes.
-      const ips = (this.#captured.get(cookie)?.ips ?? [before.netns.get(cookie)?.podIp].filter((ip): ip is string => ip !== undefined))
+      const known = this.#captured.get(cookie) ?? this.#armedAt.get(cookie);
+      const ips = (known?.ips ?? [before.netns.get(cookie)?.podIp].filter((ip): ip is string => ip !== undefined))
         .filter((ip) => !target.pods.has(ip));
-      if (attempt(`inpod release of netns ${cookie}`, () => dp.detachPod(cookie, ips))) detached.push(`${INPOD_LINK_PREFIX}${cookie}`);
+      const netnsPath = known?.netnsPath;
+      this.#armedAt.delete(cookie);
+      if (attempt(`inpod release of netns ${cookie}`, () => dp.detachPod(cookie, ips, netnsPath))) detached.push(`${INPOD_LINK_PREFIX}${cookie}`);
       this.#captured.delete(cookie);
     }
     return detached;
@@ -153,9 +177,14 @@ export class InpodApplier {
     // inbound ones (see #stillCaptured); the safety-net pass re-reads all three.
     return [...this.#captured.values()].every((c) => this.#listening(c.ips));
   }
+
+  /** A pod ztunnel no longer serves (Del, ztunnel gone): its listeners are looked for afresh. */
+  forget(netnsCookie: bigint): void {
+    this.#captured.delete(netnsCookie);
+  }
 }
 
-/** The maps' target: only pods whose capture is in place; ztunnel for its mark, ports and bypass. */
+/** The maps' target: every armed pod; ztunnel for its mark, ports and bypass. */
 export function buildInpodTarget(ready: readonly ResolvedPod[], resolution: Resolution): Target {
   const pods = new Map<string, PodEntry>();
   const netns = new Map<bigint, NetnsEntry>();

@@ -11,7 +11,7 @@ import { resolveNode, type Resolution } from '../node/discovery.ts';
 import { buildTarget, planReconcile, type Current, type Plan, type Target } from './plan.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
-import { InpodApplier, type Attempt } from './inpod.ts';
+import { InpodApplier, type Attempt, type ZtunnelHandoff } from './inpod.ts';
 import type { ClusterSnapshot } from '../sources/types.ts';
 import { ZT_READY, PORT_INBOUND, PORT_HBONE, LISTENER_INBOUND, LISTENER_HBONE, encodeU32Key } from '../bpf/schema.ts';
 import { listeningInodes } from '../bpf/datapath-ztunnel.ts';
@@ -54,6 +54,8 @@ export interface ReconcilerOptions {
   /** Where to write the state file (pod names for the inspection commands); none if undefined. */
   readonly stateFile?: string;
   readonly procRoot?: string;
+  /** inpod: who tells ztunnel about captured pods (ZDS); see ZtunnelHandoff. */
+  readonly handoff?: ZtunnelHandoff;
 }
 
 /** How long a failed attach to ztunnel's netns is not retried while nothing about ztunnel changed. */
@@ -137,11 +139,13 @@ export class Reconciler {
     if (this.#inpod) {
       // Capture (listeners + sk_lookup) before a pod's map entries turn redirection on; release
       // after its entries are gone.
-      const captured = this.#inpod.capture(resolution, attempt);
+      const captured = this.#inpod.capture(resolution, attempt, this.#o.handoff);
       const before = readCurrent(this.#o.datapath);
       plan = planReconcile(captured.target, before);
       this.#applyMaps(plan, attempt);
       const detached = this.#inpod.release(captured.target, before, attempt);
+      // Armed (maps written above) before ztunnel hears of a pod; released before it hears it went.
+      this.#o.handoff?.sync(captured.armed);
       plan = { ...plan, inboundAttach: captured.attached, inboundDetach: detached };
       unresolved.push(...captured.unresolved);
       retry ||= captured.unresolved.length > 0;

@@ -16,7 +16,7 @@ import { makeEnv, type Env, type PodName } from './env.ts';
 
 interface Addr { ip: string; port: number }
 interface Hello { port: number; local: Addr; peer: Addr; orig: Addr | { error: number } | null }
-interface ClientOut { peername: Addr; hello: Hello | null; error?: string }
+interface ClientOut { peername: Addr; sockname?: Addr; hello: Hello | null; error?: string }
 interface VaryOut { done: number; wrong: number; errors: number; distinct_ports: number; examples: unknown[] }
 
 const APP = 8080;
@@ -59,10 +59,11 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
   const cookieB = capture(env, dp, 'b', ztB);
   t.not(cookieA, cookieB);
 
-  await t.test('outbound lands on 127.0.0.1:15001 in the pod; SO_ORIGINAL_DST and getpeername give the original', async (t) => {
+  await t.test('outbound lands on <pod IP>:15001 in the pod; SO_ORIGINAL_DST and getpeername give the original', async (t) => {
     const [r] = (await env.client('a', [b.ip, String(APP)])) as ClientOut[];
     t.equal(r?.hello?.port, 15001, 'accepted by the 15001 listener inside pod a');
-    t.same(r?.hello?.local, { ip: '127.0.0.1', port: 15001 }, 'over loopback inside the pod');
+    t.same(r?.hello?.local, { ip: a.ip, port: 15001 }, 'to the pod\'s own IP, as Istio\'s REDIRECT');
+    t.equal(r?.hello?.peer.ip, a.ip, 'the source ztunnel sees is the pod\'s IP');
     t.same(r?.hello?.orig, { ip: b.ip, port: APP }, 'SO_ORIGINAL_DST answers the original destination');
     t.same(r?.peername, { ip: b.ip, port: APP }, 'the app\'s getpeername shows the original destination');
     t.ok(dp.stats().getsockopt_answered > 0n);
@@ -100,9 +101,49 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
     t.equal(self?.hello?.port, APP, 'the app calling its own IP is not redirected either');
   });
 
+  await t.test('ztunnel\'s spoofed leg (bound to the client\'s IP) reaches the app and gets its replies', async (t) => {
+    const before = dp.stats();
+    // ztunnel's inbound leg: mark 0x539, IP_TRANSPARENT, bound to the original client's address.
+    const [r] = (await env.client('b', [b.ip, String(APP), '--mark', String(s.ZTUNNEL_MARK), '--transparent', '--bind', c.ip])) as ClientOut[];
+    t.equal(r?.hello?.port, APP, 'the app accepted it (not steered back into 15006)');
+    t.equal(r?.hello?.peer.ip, c.ip, 'the app sees the client\'s address');
+    t.same(r?.sockname?.ip, c.ip, 'the leg really was bound to the client\'s address');
+    const after = dp.stats();
+    t.ok(after.sockops_orig_src_added > before.sockops_orig_src_added, 'sockops recorded and marked the leg');
+    t.ok(after.sklookup_pass_ztunnel > before.sklookup_pass_ztunnel, 'sk_lookup let it through');
+    const deadline = Date.now() + 5_000; // the leg's entry goes at its close
+    while ([...dp.inpodMaps.origsrc.keys()].length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    t.equal([...dp.inpodMaps.origsrc.keys()].length, 0, 'the leg\'s entry went at its close');
+  });
+
+  await t.test('an armed pod without ztunnel listeners refuses both ways (fail closed)', async (t) => {
+    const cookieC = netnsCookie(c.netns);
+    dp.armPod({ netnsPath: c.netns, netnsCookie: cookieC });
+    dp.maps.pods.set(c.ip, { netnsCookie: cookieC, hostIfindex: 0, flags: s.POD_AMBIENT });
+    dp.maps.netns.set(cookieC, { podIp: c.ip, flags: s.POD_AMBIENT });
+    try {
+      const before = dp.stats();
+      const [out] = (await env.client('c', [b.ip, String(APP)])) as Array<ClientOut & { error?: string }>;
+      t.match(out?.error ?? '', /refused/i, 'outbound: refused, not sent direct');
+      const [inb] = (await env.client('z', [c.ip, '9000'])) as Array<ClientOut & { error?: string }>;
+      t.match(inb?.error ?? '', /refused/i, 'inbound: RST, not handed to the app');
+      t.ok(dp.stats().sklookup_refused > before.sklookup_refused, 'counted as refused');
+      const rules = execFileSync('nsenter', [`--net=${c.netns}`, 'ip', 'rule', 'show'], { encoding: 'utf8' });
+      t.match(rules, /fwmark 0x1000\/0x1000 lookup 41919/, 'the return route of spoofed legs is in place');
+    } finally {
+      dp.maps.pods.delete(c.ip);
+      dp.maps.netns.delete(cookieC);
+      t.ok(dp.detachPod(cookieC, [c.ip], c.netns), 'released');
+    }
+    const rules = execFileSync('nsenter', [`--net=${c.netns}`, 'ip', 'rule', 'show'], { encoding: 'utf8' });
+    t.notMatch(rules, /41919/, 'the rule went with the release');
+    const [inb] = (await env.client('z', [c.ip, '9000'])) as ClientOut[];
+    t.equal(inb?.hello?.port, 9000, 'released: inbound reaches the app again');
+  });
+
   await t.test('two pods using the same loopback tuples at once never get each other\'s destination', async (t) => {
-    // Both pods connect to 127.0.0.1:15001 from the same ephemeral range: a 4-tuple alone repeats
-    // across pods, the netns cookie in the key keeps them apart.
+    // Both pods connect to their own IP:15001 from the same ephemeral range; the netns cookie in the
+    // key keeps them apart (and would, were they to share an address, as over loopback).
     const [ra, rb] = await Promise.all([
       env.client('a', ['0', '0', '--vary', '--count', '1500', '--ttl', '60']),
       env.client('b', ['0', '0', '--vary', '--count', '1500', '--ttl', '60']),

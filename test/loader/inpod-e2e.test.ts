@@ -6,12 +6,16 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
-import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
+import { startHttpServer } from '../../src/testbed/helpers.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { startLoader, waitReady, editPodsFile, eventually, metrics, AMBPF_BIN, type Loader } from '../helpers/loader.ts';
+import { startLoader, waitReady, editPodsFile, metrics, AMBPF_BIN, type Loader } from '../helpers/loader.ts';
+import { tracedCurl, type Expect } from '../helpers/standin.ts';
+import { eventually, observeFor } from '../helpers/wait.ts';
 
 const PORT = 8080;
 const EXCLUDED = 8081;
+/** How long a probe polled until a change takes effect waits for its line before it says "not yet". */
+const PROBE_MS = 2000;
 
 let tb: Testbed;
 let podsFile: string;
@@ -54,14 +58,11 @@ function capturedPods(l: Loader): string[] {
   return execFileSync('ls', [dir], { encoding: 'utf8' }).split('\n').filter((n) => n.startsWith('inpod-'));
 }
 
-/** curl and the stand-in's log lines that request produced on each node. */
-async function request(from: string, toPod: string, port = PORT): Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
-  const before = [tb.ztunnelLog('node1').length, tb.ztunnelLog('node2').length] as const;
-  const r = await curl(tb, from, ip(toPod), port, { timeoutMs: 5000 });
-  if (r.exitCode !== 0) throw new Error(`curl ${from} -> ${toPod}:${port} failed (${r.exitCode}): ${r.stderr}`);
-  // The stand-in writes its line when the connection ends, just after curl got its answer.
-  await new Promise((res) => setTimeout(res, 150));
-  return { body: r.body, node1: newLogs('node1', before[0]), node2: newLogs('node2', before[1]) };
+/** curl and the stand-in's log lines that request produced on each node (see linesSince for `expect`). */
+async function request(from: string, toPod: string, port = PORT, expect?: Expect, timeoutMs?: number):
+  Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
+  const r = await tracedCurl(tb, from, ip(toPod), port, ['node1', 'node2'], expect, timeoutMs);
+  return { body: r.body, node1: r.lines['node1'] ?? [], node2: r.lines['node2'] ?? [] };
 }
 
 t.test('no iptables rule exists in any netns of the cluster', async (t) => {
@@ -71,13 +72,13 @@ t.test('no iptables rule exists in any netns of the cluster', async (t) => {
   }
 });
 
-t.test('(a) mesh -> mesh on the same node: 127.0.0.1:15001 in the client pod, SO_ORIGINAL_DST, HBONE into the server pod', async (t) => {
-  const r = await request('app2-node1', 'app1-node1');
+t.test('(a) mesh -> mesh on the same node: <pod IP>:15001 in the client pod, SO_ORIGINAL_DST, HBONE into the server pod', async (t) => {
+  const r = await request('app2-node1', 'app1-node1', PORT, { node1: ['outbound', 'inbound-hbone'] });
   t.match(r.body, /hello from app1-node1/);
   const out = r.node1.find((e) => e.direction === 'outbound');
   t.ok(out, 'ztunnel saw the outbound connection');
   t.equal(out?.where, where('app2-node1'), 'inside the client pod\'s netns');
-  t.equal(out?.source.split(':')[0], '127.0.0.1', 'over loopback inside the pod');
+  t.equal(out?.source.split(':')[0], ip('app2-node1'), 'from the pod\'s own IP, as with Istio\'s REDIRECT');
   t.equal(out?.originalDst, `${ip('app1-node1')}:${PORT}`);
   t.equal(out?.dstFrom, 'SO_ORIGINAL_DST', 'ztunnel learned the destination from getsockopt');
   t.equal(out?.upstream, `${ip('app1-node1')}:15008`);
@@ -88,7 +89,7 @@ t.test('(a) mesh -> mesh on the same node: 127.0.0.1:15001 in the client pod, SO
 });
 
 t.test('(b) mesh -> mesh across nodes: outbound in the client pod -> HBONE -> the server pod\'s 15008', async (t) => {
-  const r = await request('app1-node1', 'app1-node2');
+  const r = await request('app1-node1', 'app1-node2', PORT, { node1: ['outbound'], node2: ['inbound-hbone'] });
   t.match(r.body, /hello from app1-node2/);
   const out = r.node1.find((e) => e.direction === 'outbound');
   t.equal(out?.where, where('app1-node1'));
@@ -102,7 +103,7 @@ t.test('(b) mesh -> mesh across nodes: outbound in the client pod -> HBONE -> th
 
 t.test('(c) non-mesh -> mesh: assigned to 15006 inside the pod, the pod IP as local address', async (t) => {
   for (const from of ['client-node1', 'client-node2']) {
-    const r = await request(from, 'app1-node1');
+    const r = await request(from, 'app1-node1', PORT, { node1: ['inbound-plaintext'] });
     t.match(r.body, /hello from app1-node1/);
     const inbound = r.node1.find((e) => e.direction === 'inbound-plaintext');
     t.ok(inbound, `ztunnel in app1-node1 captured ${from}'s connection`);
@@ -114,7 +115,7 @@ t.test('(c) non-mesh -> mesh: assigned to 15006 inside the pod, the pod IP as lo
 });
 
 t.test('(d) mesh -> non-mesh: outbound through ztunnel, then straight to the pod', async (t) => {
-  const r = await request('app1-node1', 'client-node2');
+  const r = await request('app1-node1', 'client-node2', PORT, { node1: ['outbound'] });
   t.match(r.body, /hello from client-node2/);
   const out = r.node1.find((e) => e.direction === 'outbound');
   t.equal(out?.originalDst, `${ip('client-node2')}:${PORT}`);
@@ -125,12 +126,12 @@ t.test('(d) mesh -> non-mesh: outbound through ztunnel, then straight to the pod
 t.test('bypass: non-mesh outbound, excluded port, ztunnel\'s own upstream (no loop)', async (t) => {
   const plain = await request('client-node1', 'client-node2');
   t.same([...plain.node1, ...plain.node2], [], 'non-mesh to non-mesh never touches ztunnel');
-  const excluded = await request('app2-node1', 'app1-node1', EXCLUDED);
+  const excluded = await request('app2-node1', 'app1-node1', EXCLUDED); // no line expected: observed for a window
   t.match(excluded.body, /hello from app1-node1/);
   t.notOk(excluded.node1.some((e) => e.direction === 'outbound'), 'an excluded port is not redirected');
   // One request through two ztunnels makes exactly one outbound and one inbound line: the stand-in's
   // upstream to the pod's own IP (local == remote) is not steered back into it.
-  const r = await request('app2-node1', 'app1-node2');
+  const r = await request('app2-node1', 'app1-node2', PORT, { node1: ['outbound'], node2: ['inbound-hbone'] });
   t.equal(r.node1.filter((e) => e.direction === 'outbound').length, 1);
   t.equal(r.node2.filter((e) => e.direction === 'inbound-hbone').length, 1);
   t.equal(r.node2.filter((e) => e.direction === 'inbound-plaintext').length, 0);
@@ -143,7 +144,7 @@ t.test('the probe source 169.254.7.127 is not captured', async (t) => {
   const r = await tb.exec('node1', ['curl', '-sS', '--max-time', '3', '--interface', '169.254.7.127', `http://${ip('app1-node1')}:${PORT}/`], { check: false });
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /peer=169\.254\.7\.127/, 'the pod sees the probe source itself');
-  await new Promise((res) => setTimeout(res, 150));
+  await observeFor(300); // what is tested: no line within the window
   t.same(newLogs('node1', before), []);
 });
 
@@ -173,37 +174,43 @@ t.test('nothing of ours in the nodes\' netns: no program, link, route or rule', 
 });
 
 t.test('pods leave and rejoin the mesh within a second, their sk_lookup link with them', async (t) => {
-  const viaZtunnel = async (): Promise<boolean> => (await request('app2-node1', 'app1-node2')).node1.some((e) => e.direction === 'outbound');
-  const inboundCaptured = async (): Promise<boolean> => (await request('client-node1', 'app2-node1')).node1.some((e) => e.direction === 'inbound-plaintext');
+  // Which way a request went; `expected` says how to look: wait for the line (up to PROBE_MS) or
+  // watch a window for its absence.
+  const viaZtunnel = async (expected: boolean): Promise<boolean> =>
+    (await request('app2-node1', 'app1-node2', PORT, expected ? { node1: ['outbound'] } : undefined, PROBE_MS))
+      .node1.some((e) => e.direction === 'outbound');
+  const inboundCaptured = async (expected: boolean): Promise<boolean> =>
+    (await request('client-node1', 'app2-node1', PORT, expected ? { node1: ['inbound-plaintext'] } : undefined, PROBE_MS))
+      .node1.some((e) => e.direction === 'inbound-plaintext');
   // The two nodes' loaders apply a change independently; a request caught between them may fail
   // (Istio has the same window). Inside `eventually` such a failure means "not yet".
-  const tolerant = (fn: () => Promise<boolean>) => async (): Promise<boolean> => {
+  const settled = (probe: (expected: boolean) => Promise<boolean>, want: boolean) => async (): Promise<boolean> => {
     try {
-      return await fn();
+      return (await probe(want)) === want;
     } catch {
       return false;
     }
   };
-  t.ok(await viaZtunnel(), 'redirected at first');
-  t.ok(await inboundCaptured(), 'inbound captured at first');
+  t.ok(await viaZtunnel(true), 'redirected at first');
+  t.ok(await inboundCaptured(true), 'inbound captured at first');
   editPodsFile(podsFile, (list) => {
     const pod = list.items.find((i) => i.kind === 'Pod' && i.metadata.name === 'app2-node1')!;
     pod.metadata.annotations = { ...pod.metadata.annotations, 'ambient.istio.io/redirection': 'disabled' };
   });
   const t0 = Date.now();
-  await eventually(tolerant(async () => !(await viaZtunnel())), 3000, 'the opt-out to take effect');
+  await eventually(settled(viaZtunnel, false), 10_000, 'the opt-out to take effect');
   t.ok(Date.now() - t0 < 2000, 'opt-out applied within the bound');
-  await eventually(async () => capturedPods(loaders[0]!).length === 1, 3000, 'app2-node1\'s link to be removed');
-  t.notOk(await inboundCaptured(), 'inbound to the opted-out pod goes straight to it');
+  await eventually(async () => capturedPods(loaders[0]!).length === 1, 10_000, 'app2-node1\'s link to be removed');
+  t.notOk(await inboundCaptured(false), 'inbound to the opted-out pod goes straight to it');
   editPodsFile(podsFile, (list) => {
     const ns = list.items.find((i) => i.kind === 'Namespace' && i.metadata.name === 'mesh')!;
     ns.metadata.labels = {};
   });
-  await eventually(() => capturedPods(loaders[0]!).length === 0 && capturedPods(loaders[1]!).length === 0, 3000, 'every pod link to be removed');
+  await eventually(() => capturedPods(loaders[0]!).length === 0 && capturedPods(loaders[1]!).length === 0, 10_000, 'every pod link to be removed');
   tb.writePodsList(podsFile);
-  await eventually(tolerant(viaZtunnel), 3000, 'the pod to be redirected again');
-  await eventually(tolerant(inboundCaptured), 3000, 'inbound to be captured again');
-  t.ok(await viaZtunnel(), 'settled: redirected, and succeeding');
+  await eventually(settled(viaZtunnel, true), 10_000, 'the pod to be redirected again');
+  await eventually(settled(inboundCaptured, true), 10_000, 'inbound to be captured again');
+  t.ok(await viaZtunnel(true), 'settled: redirected, and succeeding');
   t.equal(capturedPods(loaders[0]!).length, 2);
 });
 
@@ -219,10 +226,10 @@ t.test('counters and metrics show the datapath at work', async (t) => {
   t.match(text, /^ambpf_map_entries\{map="ambpf_pods"\} 2$/m);
 });
 
-/** Whether app2-node1 -> app1-node2 went through ztunnel with SO_ORIGINAL_DST answered. */
-async function outboundAnswered(): Promise<boolean> {
+/** Whether app2-node1 -> app1-node2 went through ztunnel with SO_ORIGINAL_DST answered (its line awaited up to `timeoutMs`). */
+async function outboundAnswered(timeoutMs?: number): Promise<boolean> {
   try {
-    const r = await request('app2-node1', 'app1-node2');
+    const r = await request('app2-node1', 'app1-node2', PORT, { node1: ['outbound'] }, timeoutMs);
     return r.node1.some((e) => e.direction === 'outbound' && e.dstFrom === 'SO_ORIGINAL_DST' && e.result === 'ok');
   } catch {
     return false;
@@ -234,8 +241,8 @@ t.test('ztunnel restarts in every pod: its new listeners are captured again', as
   await startStandIns(tb);
   // New listener sockets carry no cookie tag and are not in ambpf_inpod_listen: the loader notices
   // (resync) and hands the new ones over.
-  await eventually(outboundAnswered, 5000, 'outbound through the new ztunnel with SO_ORIGINAL_DST');
-  const r = await request('client-node1', 'app1-node1');
+  await eventually(() => outboundAnswered(PROBE_MS), 10_000, 'outbound through the new ztunnel with SO_ORIGINAL_DST');
+  const r = await request('client-node1', 'app1-node1', PORT, { node1: ['inbound-plaintext'] });
   t.ok(r.node1.some((e) => e.direction === 'inbound-plaintext' && e.where === where('app1-node1')), 'inbound lands on the new 15006');
 });
 
@@ -271,6 +278,6 @@ t.test('ambpf uninstall removes the per-pod links and the inpod maps, and traffi
   for (const pod of ['app1-node1', 'app2-node1']) {
     t.notOk(links.some((x) => x.type === 'netns' && x.netns_ino === statSync(tb.pod(pod).netnsPath).ino), `nothing left in ${pod}'s netns`);
   }
-  const out = await request('app2-node1', 'client-node1');
+  const out = await request('app2-node1', 'client-node1'); // no line expected: observed for a window
   t.same(out.node1, [], 'node1\'s pods talk directly again');
 });
