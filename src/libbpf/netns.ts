@@ -27,14 +27,22 @@ function openNs(path: string): number {
 /** Run fn (synchronous) with the thread inside the netns at path (/run/netns/NAME or /proc/PID/ns/net). */
 export function withNetns<T>(path: string, fn: () => T): T {
   const target = openNs(path);
-  let orig = -1;
   try {
-    orig = openNs('/proc/thread-self/ns/net');
-    setns(target, path);
+    return withNetnsFd(target, fn, path);
+  } finally {
+    closeFd(target);
+  }
+}
+
+/** withNetns for a netns fd the caller owns (e.g. one received over SCM_RIGHTS); the fd stays open. */
+export function withNetnsFd<T>(fd: number, fn: () => T, what = `netns fd ${fd}`): T {
+  const orig = openNs('/proc/thread-self/ns/net');
+  try {
+    setns(fd, what);
     try {
       const result = fn();
       if (result instanceof Promise) {
-        throw new AmbpfError('withNetns: fn returned a Promise; only synchronous calls may run inside a netns', { path });
+        throw new AmbpfError('withNetns: fn returned a Promise; only synchronous calls may run inside a netns', { path: what });
       }
       return result;
     } finally {
@@ -42,7 +50,6 @@ export function withNetns<T>(path: string, fn: () => T): T {
     }
   } finally {
     closeFd(orig);
-    closeFd(target);
   }
 }
 

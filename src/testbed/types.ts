@@ -95,6 +95,8 @@ export interface ZtunnelLogEntry {
   readonly dstFrom: string;
   /** What the stand-in connected to, "ip:port" (for outbound the peer's 15008). */
   readonly upstream: string;
+  /** The upstream socket's own address "ip:port": the client's IP when the inbound leg spoofs it. */
+  readonly upstreamLocal?: string;
   /** "hbone" (outbound to a mesh pod), "tcp" (passthrough and inbound), "" when nothing was opened. */
   readonly upstreamProtocol: 'hbone' | 'tcp' | '';
   readonly bytesIn: number;

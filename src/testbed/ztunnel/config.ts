@@ -26,4 +26,9 @@ export interface StandInConfig {
   readonly localMeshIps: readonly string[];
   /** Written once all three listeners are up. */
   readonly readyFile: string;
+  /**
+   * Inbound legs connect to the app from the client's IP (ztunnel's default, ENABLE_ORIG_SRC unset);
+   * default false here, the behaviour these single-workload stand-ins always had.
+   */
+  readonly origSrc?: boolean;
 }

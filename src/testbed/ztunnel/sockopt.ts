@@ -1,21 +1,27 @@
 // The socket options ztunnel relies on, which Node's net module cannot reach: SO_ORIGINAL_DST
-// (getsockopt), SO_MARK and IP_TRANSPARENT (setsockopt). libc is called through koffi on the fd of a
-// Node socket (`socket._handle.fd`), or on a socket made here with libc socket() so an option can be
-// set BEFORE bind/listen/connect, then handed to Node (`net.Socket({ fd })`, `server.listen({ fd })`).
+// (getsockopt), SO_MARK, SO_REUSEPORT, IP_TRANSPARENT and IP_FREEBIND (setsockopt). libc is called
+// through koffi on the fd of a Node socket (`socket._handle.fd`), or on a socket made here with libc
+// socket() so an option can be set BEFORE bind/listen/connect, then handed to Node
+// (`net.Socket({ fd })`, `server.listen({ fd })`, `dgram` `bind({ fd })`).
 import koffi from 'koffi';
 import { SystemError } from '../../errors.ts';
+import { ipToBytes } from '../../bpf/schema.ts';
 
 const AF_INET = 2;
 const AF_INET6 = 10;
 const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
 const SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
+const SO_REUSEPORT = 15;
 const SO_MARK = 36;
 const SOL_IP = 0;
 const SOL_IPV6 = 41;
+const IP_FREEBIND = 15;
 const IP_TRANSPARENT = 19;
 const IPV6_TRANSPARENT = 75;
+const IPV6_FREEBIND = 78;
 const IPV6_V6ONLY = 26;
 /** SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST share the number 80 (netfilter_ipv4.h, ip6_tables.h). */
 const SO_ORIGINAL_DST = 80;
@@ -59,6 +65,26 @@ export function setTransparent(fd: number, family: Family): void {
   if (family === 6) setInt(fd, SOL_IPV6, IPV6_TRANSPARENT, 1, 'IPV6_TRANSPARENT');
 }
 
+/**
+ * IP_TRANSPARENT + IP_FREEBIND (their IPv6 twins on v6 sockets) before bind: what ztunnel sets to bind
+ * an upstream socket to the original client's address, which is not local (src/socket.rs
+ * set_freebind_and_transparent in istio/ztunnel).
+ */
+export function setFreebindTransparent(fd: number, family: Family): void {
+  if (family === 4) {
+    setInt(fd, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
+    setInt(fd, SOL_IP, IP_FREEBIND, 1, 'IP_FREEBIND');
+  } else {
+    setInt(fd, SOL_IPV6, IPV6_TRANSPARENT, 1, 'IPV6_TRANSPARENT');
+    setInt(fd, SOL_IPV6, IPV6_FREEBIND, 1, 'IPV6_FREEBIND');
+  }
+}
+
+/** SO_REUSEPORT before bind: two ztunnels (a rolling upgrade) share the pod's ports. */
+export function setReusePort(fd: number): void {
+  setInt(fd, SOL_SOCKET, SO_REUSEPORT, 1, 'SO_REUSEPORT');
+}
+
 export function getMark(fd: number): number {
   const buf = Buffer.alloc(4);
   const len = [4];
@@ -93,28 +119,71 @@ export function originalDst(fd: number, peerIsV4: boolean): SockAddr | undefined
   return decodeSockaddr(buf);
 }
 
+/** sockaddr_in / sockaddr_in6 for any literal address of the socket's family. */
 function sockaddr(family: Family, ip: string, port: number): Buffer {
+  const bytes = ipToBytes(ip);
   if (family === 4) {
     const b = Buffer.alloc(16);
     b.writeUInt16LE(AF_INET, 0);
     b.writeUInt16BE(port, 2);
-    ip.split('.').forEach((o, i) => b.writeUInt8(Number(o), 4 + i));
+    b.set(bytes.subarray(12), 4);
     return b;
   }
   const b = Buffer.alloc(28);
   b.writeUInt16LE(AF_INET6, 0);
   b.writeUInt16BE(port, 2);
-  // Only the wildcard "::" is needed for listeners.
-  if (ip !== '::') throw new RangeError(`listenFd supports "::" for IPv6, not ${ip}`);
+  b.set(bytes, 8);
   return b;
+}
+
+export function familyOf(ip: string): Family {
+  return ip.includes(':') ? 6 : 4;
+}
+
+/** bind(2) on a socket made here (before connect: the upstream's source; before listen: the port). */
+export function bindFd(fd: number, family: Family, ip: string, port: number): void {
+  const sa = sockaddr(family, ip, port);
+  if (c.bind(fd, sa, sa.length) !== 0) fail(`bind(${family === 6 ? `[${ip}]` : ip}:${port})`, fd);
+}
+
+function newSocket(family: Family, type: number, mark: number | undefined): number {
+  const fd = c.socket(family === 4 ? AF_INET : AF_INET6, type | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) fail('socket', fd);
+  try {
+    if (mark !== undefined) setMark(fd, mark);
+  } catch (e) {
+    c.close(fd);
+    throw e;
+  }
+  return fd;
 }
 
 /** A new TCP socket fd (close-on-exec), optionally marked before anything else happens to it. */
 export function tcpSocket(family: Family, mark?: number): number {
-  const fd = c.socket(family === 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0) as number;
-  if (fd < 0) fail('socket', fd);
+  return newSocket(family, SOCK_STREAM, mark);
+}
+
+/** A new UDP socket fd (close-on-exec), optionally marked. */
+export function udpSocket(family: Family, mark?: number): number {
+  return newSocket(family, SOCK_DGRAM, mark);
+}
+
+export interface ListenOptions {
+  readonly transparent: boolean;
+  readonly mark?: number;
+  /** SO_REUSEPORT instead of SO_REUSEADDR (ztunnel's in-pod listeners). */
+  readonly reusePort?: boolean;
+}
+
+/** Applies the options, binds, and for TCP listens; closes the fd on failure. */
+function bound(fd: number, family: Family, ip: string, port: number, opts: ListenOptions, listen: boolean): number {
   try {
-    if (mark !== undefined) setMark(fd, mark);
+    if (opts.reusePort) setReusePort(fd);
+    else setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, 'SO_REUSEADDR');
+    if (family === 6 && ip === '::') setInt(fd, SOL_IPV6, IPV6_V6ONLY, 0, 'IPV6_V6ONLY');
+    if (opts.transparent) setTransparent(fd, family);
+    bindFd(fd, family, ip, port);
+    if (listen && c.listen(fd, 1024) !== 0) fail('listen', fd);
   } catch (e) {
     c.close(fd);
     throw e;
@@ -126,20 +195,13 @@ export function tcpSocket(family: Family, mark?: number): number {
  * A listening socket with IP_TRANSPARENT set before bind (nginx-style `listen … transparent` after the
  * fact is refused by some kernels' TPROXY paths). `[::]` listeners are dual-stack (V6ONLY off).
  */
-export function listenFd(family: Family, ip: string, port: number, opts: { transparent: boolean; mark?: number }): number {
-  const fd = tcpSocket(family, opts.mark);
-  try {
-    setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1, 'SO_REUSEADDR');
-    if (family === 6) setInt(fd, SOL_IPV6, IPV6_V6ONLY, 0, 'IPV6_V6ONLY');
-    if (opts.transparent) setTransparent(fd, family);
-    const sa = sockaddr(family, ip, port);
-    if (c.bind(fd, sa, sa.length) !== 0) fail(`bind(${ip}:${port})`, fd);
-    if (c.listen(fd, 1024) !== 0) fail('listen', fd);
-  } catch (e) {
-    c.close(fd);
-    throw e;
-  }
-  return fd;
+export function listenFd(family: Family, ip: string, port: number, opts: ListenOptions): number {
+  return bound(tcpSocket(family, opts.mark), family, ip, port, opts, true);
+}
+
+/** A bound UDP socket (the DNS proxy's), options as listenFd. */
+export function udpBoundFd(family: Family, ip: string, port: number, opts: ListenOptions): number {
+  return bound(udpSocket(family, opts.mark), family, ip, port, opts, false);
 }
 
 export function closeFd(fd: number): void {
