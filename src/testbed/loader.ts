@@ -88,14 +88,3 @@ export function editPodsFile(path: string, edit: (list: ListFile) => void): void
   writeFileSync(tmp, JSON.stringify(list, null, 2));
   renameSync(tmp, path);
 }
-
-/** Polls until fn() is truthy (bounded). */
-export async function eventually<T>(fn: () => T | Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((res) => setTimeout(res, 50));
-  }
-}

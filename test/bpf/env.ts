@@ -168,12 +168,5 @@ export function jsonLines<T>(p: TestbedProcess): T[] {
   return lines;
 }
 
-/** Poll `cond` every 50 ms for up to `ms`; whether it became true. */
-export async function waitUntil(cond: () => boolean, ms: number): Promise<boolean> {
-  const until = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > until) return false;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return true;
-}
+/** Tests of this directory import it from here; its home is test/helpers/wait.ts. */
+export { waitUntil } from '../helpers/wait.ts';

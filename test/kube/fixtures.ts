@@ -2,6 +2,7 @@
 import { KubeConfig } from '@kubernetes/client-node';
 import { FakeApiServer, type FakeApiServerOptions } from '../../src/testbed/apiserver/server.ts';
 import type { ClusterSnapshot, KubeObjectLike } from '../../src/sources/types.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 export interface TestContext {
   teardown(fn: () => unknown): void;
@@ -53,8 +54,12 @@ export function namespaceLabels(s: ClusterSnapshot | undefined, name: string): R
 /** Records every snapshot a source delivers and waits for one that satisfies a predicate. */
 export class SnapshotRecorder {
   readonly snapshots: ClusterSnapshot[] = [];
+  /** What `note` read (a counter of the source, say) as each snapshot was delivered, index for index. */
+  readonly notes: number[] = [];
+  note: () => number = () => 0;
   readonly onSnapshot = (s: ClusterSnapshot): void => {
     this.snapshots.push(s);
+    this.notes.push(this.note());
   };
 
   get last(): ClusterSnapshot | undefined {
@@ -63,14 +68,8 @@ export class SnapshotRecorder {
 
   /** Resolves with the latest snapshot once `pred` holds for it; rejects after `timeoutMs`. */
   async waitFor(pred: (s: ClusterSnapshot) => boolean, timeoutMs = 5000, what = 'condition'): Promise<ClusterSnapshot> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const s = this.last;
-      if (s && pred(s)) return s;
-      if (Date.now() > deadline) throw new Error(`no snapshot satisfied "${what}" within ${timeoutMs} ms; last pods: ${podNames(s).join(',')}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    const ok = await waitUntil(() => this.last !== undefined && pred(this.last), timeoutMs);
+    if (!ok) throw new Error(`no snapshot satisfied "${what}" within ${timeoutMs} ms; last pods: ${podNames(this.last).join(',')}`);
+    return this.last!;
   }
 }
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

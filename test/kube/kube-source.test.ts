@@ -5,8 +5,9 @@ import { createKubeSource, type KubeSource, type KubeSourceOptions } from '../..
 import { KubeAuthError } from '../../src/kube/errors.ts';
 import type { FakeApiServer, FakeApiServerOptions } from '../../src/testbed/apiserver/server.ts';
 import {
-  SnapshotRecorder, kubeConfigFor, namespace, namespaceLabels, pod, podIp, podNames, sleep, startFakeServer, type TestContext,
+  SnapshotRecorder, kubeConfigFor, namespace, namespaceLabels, pod, podIp, podNames, startFakeServer, type TestContext,
 } from './fixtures.ts';
+import { eventually, waitUntil } from '../helpers/wait.ts';
 
 const NODE = 'node-a';
 
@@ -32,14 +33,20 @@ function makeSource(t: TestContext, server: FakeApiServer, extra: Partial<KubeSo
   return source;
 }
 
+/** Resolves once the pod and the namespace watch are open on the server (they follow the lists). */
+async function watching(server: FakeApiServer): Promise<void> {
+  await eventually(() => server.openWatches === 2, 5000, 'the pod and namespace watches to be open');
+}
+
 /** A seeded server and a source that finished its initial sync, with its watches open. */
 async function synced(t: TestContext, extra: Partial<KubeSourceOptions> = {}, serverOptions: FakeApiServerOptions = {}) {
   const server = await startFakeServer(t, serverOptions);
   seed(server);
   const rec = new SnapshotRecorder();
   const source = makeSource(t, server, extra);
+  rec.note = () => source.counters().relists;
   await source.start(rec.onSnapshot);
-  await sleep(100); // the watches follow the lists
+  await watching(server);
   return { server, rec, source };
 }
 
@@ -61,9 +68,8 @@ t.test('initial sync delivers this node\'s pods and all namespaces, once, before
   t.type(source.counters().lastEventAt, 'number', 'the completed list counts as heard, for the age metric');
   const podList = server.requests.find((r) => r.path === '/api/v1/pods' && !r.watch);
   t.equal(podList?.query['fieldSelector'], `spec.nodeName=${NODE}`, 'pods are listed with the node field selector');
-  // The watch follows the list shortly after start; give it a moment to be requested.
-  await sleep(100);
-  const podWatch = server.requests.find((r) => r.path === '/api/v1/pods' && r.watch);
+  // The watch follows the list shortly after start.
+  const podWatch = await eventually(() => server.requests.find((r) => r.path === '/api/v1/pods' && r.watch), 5000, 'the pod watch');
   t.equal(podWatch?.query['fieldSelector'], `spec.nodeName=${NODE}`, 'pods are watched with the node field selector');
   t.equal(podWatch?.query['allowWatchBookmarks'], 'true', 'the watch asks for bookmarks');
   t.equal(podWatch?.query['resourceVersion'], '1005', 'the watch resumes from the list\'s resourceVersion');
@@ -102,8 +108,8 @@ t.test('watch dropped and server down: restarts with backoff and catches up on t
   server.addPod(pod('while-down', 'shop', NODE, '198.18.1.20'));
   server.deletePod('shop', 'web-1');
   server.updateNamespace(namespace('shop', { 'istio.io/dataplane-mode': 'ambient', extra: 'yes' }));
-  await sleep(400); // several reconnect attempts fail (connection refused)
-  t.ok(source.health().restarts >= 2, `restarts counted while the server is down (${source.health().restarts})`);
+  // Both watches were cut (2 restarts), then reconnect attempts fail (connection refused), each counted.
+  t.ok(await waitUntil(() => source.health().restarts >= 4, 5000), `restarts counted while the server is down (${source.health().restarts})`);
   await server.up();
   const s = await rec.waitFor((s) => podNames(s).includes('shop/while-down') && !podNames(s).includes('shop/web-1')
     && namespaceLabels(s, 'shop')?.['extra'] === 'yes', 5000, 'changes made while down');
@@ -111,7 +117,7 @@ t.test('watch dropped and server down: restarts with backoff and catches up on t
   t.equal(source.counters().relists, 0, 'history was still there: resumed by watch, no relist needed');
 
   // An abrupt drop of the open streams (no server outage) also restarts and resumes.
-  await sleep(100);
+  await watching(server);
   const before = source.health().restarts;
   server.dropWatches();
   server.addPod(pod('after-drop', 'shop', NODE, '198.18.1.21'));
@@ -124,11 +130,10 @@ t.test('stalled watch: the watchdog relists and delivers what the stream never s
   server.stall();
   server.addPod(pod('during-stall', 'shop', NODE, '198.18.1.30'));
   server.deletePod('shop', 'web-1');
-  await sleep(150);
-  t.notOk(podNames(rec.last).includes('shop/during-stall'), 'the stalled stream delivered nothing');
   const s = await rec.waitFor((s) => podNames(s).includes('shop/during-stall') && !podNames(s).includes('shop/web-1'), 5000, 'relist after stall');
   t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/during-stall']);
-  t.ok(source.counters().relists >= 1, 'a relist happened');
+  const first = rec.snapshots.findIndex((x) => podNames(x).includes('shop/during-stall'));
+  t.ok(rec.notes[first]! >= 1, 'the stalled stream delivered nothing: the change came with a relist');
   t.ok(source.health().restarts >= 1, 'the watchdog restart is counted');
   server.unstall();
 });
@@ -174,7 +179,10 @@ t.test('1,000 pods on the node: listed in pages, all delivered', async (t) => {
 t.test('bookmarks keep a quiet watch alive: no watchdog relist while they arrive', async (t) => {
   // The bound is 12 bookmark intervals: only a loaded machine stalling the event loop for >1 s could flake this.
   const { server, rec, source } = await synced(t, { staleAfterMs: 1200 }, { bookmarkIntervalMs: 100 });
-  await sleep(2500);
+  // What is tested is a stretch of time: twice the staleness bound, with 20 bookmarks heard in it
+  // (on a busy machine the bookmarks come later and the wait is longer, not the test red).
+  const start = Date.now();
+  await eventually(() => Date.now() - start >= 2500 && source.counters().events >= 20, 20_000, '2.5 s of bookmarks');
   t.equal(source.counters().relists, 0, 'no relist: bookmarks proved the stream alive');
   t.equal(source.health().restarts, 0);
   t.ok((source.health().lastEventAgeMs ?? Infinity) < 1200, 'last event age follows the bookmarks');
@@ -196,7 +204,7 @@ t.test('expired resourceVersion: 410 Gone -> relist; a pod deleted during the ou
     'a watch was resumed from a compacted version (and got the 410)');
 
   // 410 in the middle of an open stream (the server lost the window while we watched).
-  await sleep(100);
+  await watching(server);
   const relists = source.counters().relists;
   server.expireWatches();
   server.deletePod('shop', 'web-5');
@@ -215,7 +223,7 @@ t.test('500s: backoff restarts are counted and the source converges once the ser
   t.same(podNames(rec.last), ['istio-system/ztunnel-x1', 'shop/web-1']);
   t.ok(server.requests.filter((r) => r.status === 500).length === 3, 'the server answered three 500s');
 
-  await sleep(100);
+  await watching(server);
   const before = source.health().restarts;
   server.failNext(4);
   server.dropWatches();
