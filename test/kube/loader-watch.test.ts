@@ -6,10 +6,12 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { startTestbed, type Testbed, type TestbedSpec, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
-import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
+import { startHttpServer } from '../../src/testbed/helpers.ts';
 import { command as runCommand } from '../../src/cli/commands/run.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { AMBPF_BIN, startLoader, waitReady, eventually, metrics, type Loader } from '../helpers/loader.ts';
+import { AMBPF_BIN, startLoader, waitReady, metrics, type Loader } from '../helpers/loader.ts';
+import { tracedCurl } from '../helpers/standin.ts';
+import { eventually, observeFor, waitUntil } from '../helpers/wait.ts';
 import { inboundLinkPinned, keyOf, loaderHttp, metricValue, readMaps, startClusterApi, type ClusterApi, type KubeItem } from './loader-harness.ts';
 
 const PORT = 8080;
@@ -23,6 +25,8 @@ const STALE_FLAG = runCommand.usage.includes(STALE_FLAG_NAME);
 const STALE_MS = 5000;
 // How long a change may take to reach the maps: generous, the machine is shared (never a speed claim).
 const CONVERGE_MS = 10_000;
+/** How long a probe polled until a change takes effect waits for its line before it says "not yet". */
+const PROBE_MS = 2000;
 
 const spec: TestbedSpec = {
   nodes: [{ name: NODE }],
@@ -49,7 +53,6 @@ const node = () => tb.node(NODE);
 const ip = (name: string): string => tb.pod(name).ip;
 const ambientIps = (): string[] => [...readMaps(node()).pods.keys()].sort();
 const sorted = (names: readonly string[]): string[] => names.map(ip).sort();
-const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
 
 function obj(kind: 'Pod' | 'Namespace', name: string, namespace?: string): KubeItem {
   const o = api.objects.get(keyOf(kind, namespace, name));
@@ -78,19 +81,21 @@ function withOptOut(item: KubeItem, on: boolean): KubeItem {
   return item;
 }
 
-/** curl from one pod to another and the stand-in's log lines it produced (both ztunnels log to one file). */
-async function request(from: string, to: string): Promise<ZtunnelLogEntry[]> {
-  const before = tb.ztunnelLog(NODE).length;
-  const r = await curl(tb, from, ip(to), PORT, { timeoutMs: 5000 });
-  if (r.exitCode !== 0) throw new Error(`curl ${from} -> ${to}:${PORT} failed (${r.exitCode}): ${r.stderr}`);
+/**
+ * curl from one pod to another and the stand-in's log lines it produced (both ztunnels log to one
+ * file), once the `expect`ed ones are there (see linesSince; none expected: a window is observed).
+ */
+async function request(from: string, to: string, expect?: readonly ZtunnelLogEntry['direction'][], timeoutMs?: number):
+  Promise<ZtunnelLogEntry[]> {
+  const r = await tracedCurl(tb, from, ip(to), PORT, [NODE], expect && { [NODE]: expect }, timeoutMs);
   if (!r.body.includes(`hello from ${to}`)) throw new Error(`curl ${from} -> ${to} answered by someone else: ${r.body}`);
-  // The stand-in writes its line when the connection ends, just after curl got its answer.
-  await sleep(150);
-  return tb.ztunnelLog(NODE).slice(before);
+  return r.lines[NODE] ?? [];
 }
 
-const outboundVia = async (from: string, to: string): Promise<string | undefined> =>
-  (await request(from, to)).find((e) => e.direction === 'outbound' && e.source.split(':')[0] === ip(from))?.where;
+/** Which ztunnel `from`'s request went out through; `expected` (a ztunnel, or none) says whether to wait for a line. */
+const outboundVia = async (from: string, to: string, expected: string | undefined): Promise<string | undefined> =>
+  (await request(from, to, expected === undefined ? undefined : ['outbound']))
+    .find((e) => e.direction === 'outbound' && e.source.split(':')[0] === ip(from))?.where;
 
 /** The loader's exit code, or a SIGKILL and 'hung' when it did not exit within the bound. */
 async function exitWithin(l: Loader, ms: number): Promise<number | null | 'hung'> {
@@ -136,7 +141,8 @@ t.test('/readyz is 503 until the first full sync and reconcile, and then the map
   t.equal((await loaderHttp(tb, node(), '/healthz')).status, 200, '/healthz is 200 while not ready');
   t.same(ambientIps(), [], 'nothing in the ambient-pod map before the first sync');
   t.equal(readMaps(node()).ztunnelIp, undefined, 'ztunnel unknown before the first sync: nothing redirected');
-  await sleep(600);
+  // Both lists (pods, namespaces) failed twice (the loader logs each), and it is still not ready.
+  await eventually(() => logCount('watch restart after error') >= 4, 20_000, 'the loader to retry its lists');
   t.equal((await loaderHttp(tb, node(), '/readyz')).status, 503, 'still not ready while the server stays away');
   await api.server.up();
   await waitReady(tb, loader, 20_000);
@@ -157,30 +163,30 @@ t.test('ambpf pods names what the watch-driven loader redirects', async (t) => {
 });
 
 t.test('an ambient namespace redirects its pods\' traffic; a plain one does not', async (t) => {
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-node1', 'mesh -> mesh goes out through ztunnel');
-  const inbound = (await request('client', 'app1')).find((e) => e.direction === 'inbound-plaintext');
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-node1'), 'ztunnel-node1', 'mesh -> mesh goes out through ztunnel');
+  const inbound = (await request('client', 'app1', ['inbound-plaintext'])).find((e) => e.direction === 'inbound-plaintext');
   t.equal(inbound?.originalDst, `${ip('app1')}:${PORT}`, 'non-mesh -> mesh is steered into ztunnel');
   t.notOk(readMaps(node()).pods.has(ip('client')), 'the plain namespace\'s pod is not in the map');
-  t.equal(await outboundVia('client', 'app1'), undefined, 'a plain pod\'s outbound traffic is not redirected');
+  t.equal(await outboundVia('client', 'app1', undefined), undefined, 'a plain pod\'s outbound traffic is not redirected');
 });
 
 t.test('removing the namespace label stops redirection; restoring it brings it back', async (t) => {
   await update(withLabels(obj('Namespace', 'mesh'), { 'kubernetes.io/metadata.name': 'mesh' }));
   await eventually(() => ambientIps().length === 0, CONVERGE_MS, 'the mesh pods to leave the map');
-  t.equal(await outboundVia('app2', 'app1'), undefined, 'no longer redirected');
+  t.equal(await outboundVia('app2', 'app1', undefined), undefined, 'no longer redirected');
   await update(withLabels(obj('Namespace', 'mesh'), { 'kubernetes.io/metadata.name': 'mesh', [AMBIENT]: 'ambient' }));
   await eventually(() => ambientIps().length === 6, CONVERGE_MS, 'the mesh pods to be back');
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-node1', 'redirected again');
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-node1'), 'ztunnel-node1', 'redirected again');
 });
 
 t.test('the opt-out annotation stops redirection of that pod only', async (t) => {
   await update(withOptOut(obj('Pod', 'app2', 'mesh'), true));
   await eventually(() => !ambientIps().includes(ip('app2')), CONVERGE_MS, 'app2 to leave the map');
-  t.equal(await outboundVia('app2', 'app1'), undefined, 'the opted-out pod is not redirected');
+  t.equal(await outboundVia('app2', 'app1', undefined), undefined, 'the opted-out pod is not redirected');
   t.ok(ambientIps().includes(ip('app1')), 'its neighbour stays');
   await update(withOptOut(obj('Pod', 'app2', 'mesh'), false));
   await eventually(() => ambientIps().includes(ip('app2')), CONVERGE_MS, 'app2 to be back');
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-node1');
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-node1'), 'ztunnel-node1');
 });
 
 t.test('a burst of changes ends in its last state; a completed pod leaves the map', async (t) => {
@@ -192,7 +198,7 @@ t.test('a burst of changes ends in its last state; a completed pod leaves the ma
   await eventually(() => ambientIps().length === 0, CONVERGE_MS, 'the burst to end with no ambient pod');
   for (let i = 0; i < 21; i++) await flip(i, false);
   await eventually(() => ambientIps().length === 6, CONVERGE_MS, 'the burst to end with every mesh pod back');
-  await sleep(300);
+  await observeFor(300); // what is tested: no late flip within the window
   t.equal(ambientIps().length, 6, 'and it stays there');
 
   const done = obj('Pod', 'job', 'mesh');
@@ -228,8 +234,9 @@ t.test('ztunnel replaced by a new pod with a new IP: the ztunnel map and the tra
   await api.server.deletePod('istio-system', 'ztunnel-node1');
   await eventually(() => readMaps(node()).ztunnelIp === ip('ztunnel-new'), CONVERGE_MS, 'the ztunnel map to name the new pod');
   t.equal(readMaps(node()).ztunnelHostIfindex, tb.pod('ztunnel-new').hostIfindex, 'inbound steering targets the new pod\'s veth');
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'outbound goes to the new ztunnel');
-  const inbound = await eventually(async () => (await request('client', 'app1')).find((e) => e.direction === 'inbound-plaintext'),
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-new'), 'ztunnel-new', 'outbound goes to the new ztunnel');
+  const inbound = await eventually(
+    async () => (await request('client', 'app1', ['inbound-plaintext'], PROBE_MS)).find((e) => e.direction === 'inbound-plaintext'),
     CONVERGE_MS, 'inbound to be steered into the new ztunnel');
   t.equal(inbound?.where, 'ztunnel-new', 'inbound is captured by the new ztunnel');
   t.same(ambientIps(), sorted(['app1', 'app2', 'victim', 'late']), 'pods unchanged');
@@ -238,10 +245,11 @@ t.test('ztunnel replaced by a new pod with a new IP: the ztunnel map and the tra
 t.test('no ztunnel at all: the slot is cleared and traffic flows directly, until one is back', async (t) => {
   await api.server.deletePod('istio-system', 'ztunnel-new');
   await eventually(() => readMaps(node()).ztunnelIp === undefined, CONVERGE_MS, 'the ztunnel slot to be cleared');
-  t.equal(await outboundVia('app2', 'app1'), undefined, 'nothing is sent to a ztunnel that is not there (and the request still works)');
+  t.equal(await outboundVia('app2', 'app1', undefined), undefined,
+    'nothing is sent to a ztunnel that is not there (and the request still works)');
   await api.server.addPod(obj('Pod', 'ztunnel-new', 'istio-system'));
   await eventually(() => readMaps(node()).ztunnelIp === ip('ztunnel-new'), CONVERGE_MS, 'the ztunnel to be known again');
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'redirected again');
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-new'), 'ztunnel-new', 'redirected again');
 });
 
 t.test('watch dropped and the server down while things change: converges after reconnect, nothing stale', async (t) => {
@@ -253,7 +261,8 @@ t.test('watch dropped and the server down while things change: converges after r
   await update(withLabels(obj('Namespace', 'plain'), { 'kubernetes.io/metadata.name': 'plain', [AMBIENT]: 'ambient' }));
   await update(withOptOut(obj('Pod', 'app1', 'mesh'), true));
   await api.server.deletePod('mesh', 'victim');
-  await sleep(1000);
+  // The loader noticed the drop of both watches and failed to reconnect at least once.
+  await eventually(async () => (await metric('ambpf_watch_restarts_total')) >= restarts + 3, CONVERGE_MS, 'a failed reconnect');
   t.ok(ambientIps().includes(ip('app1')), 'nothing changes while the server is away (the maps stay as they were)');
   await api.server.up();
   await eventually(() => ambientIps().includes(ip('client')) && !ambientIps().includes(ip('app1')) && !ambientIps().includes(ip('victim')),
@@ -327,7 +336,7 @@ t.test('objects the loader cannot use are logged and skipped; the rest is untouc
   t.match(String(reported('malformed')?.['msg']), /status\.podIP 1234 is not an IP address/, 'the malformed pod\'s log line says what is wrong');
   await eventually(async () => (await metric('ambpf_reconcile_passes_total')) > passes, CONVERGE_MS, 'a pass over the bad objects');
   t.same(ambientIps(), before, 'the map holds exactly the good pods');
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'traffic is still redirected');
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-new'), 'ztunnel-new', 'traffic is still redirected');
   for (const name of ['no-ip', 'bad-ip', 'v6-only', 'malformed']) await api.server.deletePod('mesh', name);
 });
 
@@ -337,9 +346,9 @@ t.test('metrics: watch restarts, last event age and reconcile duration are there
   t.equal(metricValue(text, 'ambpf_reconcile_errors_total'), 0, 'reconcile errors are reported (none here)');
   const age1 = metricValue(text, 'ambpf_watch_last_event_age_seconds');
   t.ok(age1 >= 0, 'an event was heard');
-  await sleep(1200);
-  const age2 = await metric('ambpf_watch_last_event_age_seconds');
-  t.ok(age2 >= age1 + 1, `the age grows on a quiet watch (${age1} -> ${age2})`);
+  let age2 = age1;
+  const grew = await waitUntil(async () => (age2 = await metric('ambpf_watch_last_event_age_seconds')) >= age1 + 1, CONVERGE_MS);
+  t.ok(grew, `the age grows on a quiet watch (${age1} -> ${age2})`);
   await update(withLabels(obj('Namespace', 'plain'), { 'kubernetes.io/metadata.name': 'plain', team: 'x' }));
   await eventually(async () => (await metric('ambpf_watch_last_event_age_seconds')) < age2 - 0.5, CONVERGE_MS, 'an event to reset the age');
   const restarts = await metric('ambpf_watch_restarts_total');
@@ -353,7 +362,8 @@ t.test('a restarted loader keeps the pins until it synced, then removes a pod de
   t.ok(cookie !== undefined, 'the pod is in the map first');
   loader!.proc.kill('SIGTERM');
   t.equal(await exitWithin(loader!, 10_000), 0, 'the loader stops cleanly');
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'traffic keeps being redirected while the loader is down');
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-new'), 'ztunnel-new',
+    'traffic keeps being redirected while the loader is down');
   await api.server.deletePod('mesh', 'late');
 
   // Restarted while the API server is away too: it must not touch the maps before it knows the truth.
@@ -361,7 +371,7 @@ t.test('a restarted loader keeps the pins until it synced, then removes a pod de
   loader!.restart();
   await eventually(async () => (await loaderHttp(tb, node(), '/readyz')).status === 503, 20_000, 'the restarted loader to answer 503');
   t.ok(readMaps(node()).pods.has(late.ip), 'before its first sync the restarted loader leaves the maps as they are');
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'and traffic keeps flowing');
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-new'), 'ztunnel-new', 'and traffic keeps flowing');
   // A loader stopped before its first sync (kubelet giving up on it) exits too, without a SIGKILL.
   loader!.proc.kill('SIGTERM');
   t.equal(await exitWithin(loader!, 10_000), 0, 'a loader that never synced stops cleanly on SIGTERM');
@@ -389,5 +399,5 @@ t.test('credentials the API server refuses: the loader says so and exits, the pi
   const out = readFileSync(loader!.logFile, 'utf8');
   t.match(out, /^ambpf: the Kubernetes API server at https:\/\/127\.0\.0\.1:\d+ rejected ambpf's credentials \(401/m, 'one clear sentence on stderr');
   t.same(ambientIps(), before, 'the maps are left as they were');
-  t.equal(await outboundVia('app2', 'app1'), 'ztunnel-new', 'and traffic keeps flowing');
+  t.equal(await outboundVia('app2', 'app1', 'ztunnel-new'), 'ztunnel-new', 'and traffic keeps flowing');
 });

@@ -3,14 +3,18 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
-import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
+import { startHttpServer } from '../../src/testbed/helpers.ts';
 import { startStandIns, stopStandIns } from '../../src/testbed/ztunnel/launch.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { openPinnedMaps } from '../../src/bpf/datapath-maps.ts';
-import { startLoader, waitReady, editPodsFile, eventually, metrics, type Loader } from '../helpers/loader.ts';
+import { startLoader, waitReady, editPodsFile, metrics, type Loader } from '../helpers/loader.ts';
+import { tracedCurl, type Expect } from '../helpers/standin.ts';
+import { eventually, observeFor } from '../helpers/wait.ts';
 
 const PORT = 8080;
 const EXCLUDED = 8081;
+/** How long a probe polled until a change takes effect waits for its line before it says "not yet". */
+const PROBE_MS = 2000;
 
 let tb: Testbed;
 let podsFile: string;
@@ -36,14 +40,11 @@ t.teardown(async () => {
   await tb?.down();
 });
 
-/** curl and the stand-in's log lines that request produced on each node. */
-async function request(from: string, toPod: string, port = PORT): Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
-  const before = [tb.ztunnelLog('node1').length, tb.ztunnelLog('node2').length] as const;
-  const r = await curl(tb, from, ip(toPod), port, { timeoutMs: 5000 });
-  if (r.exitCode !== 0) throw new Error(`curl ${from} -> ${toPod}:${port} failed (${r.exitCode}): ${r.stderr}`);
-  // The stand-in writes its line when the connection ends, just after curl got its answer.
-  await new Promise((res) => setTimeout(res, 150));
-  return { body: r.body, node1: newLogs('node1', before[0]), node2: newLogs('node2', before[1]) };
+/** curl and the stand-in's log lines that request produced on each node (see linesSince for `expect`). */
+async function request(from: string, toPod: string, port = PORT, expect?: Expect, timeoutMs?: number):
+  Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
+  const r = await tracedCurl(tb, from, ip(toPod), port, ['node1', 'node2'], expect, timeoutMs);
+  return { body: r.body, node1: r.lines['node1'] ?? [], node2: r.lines['node2'] ?? [] };
 }
 
 t.test('no iptables rule exists in any netns of the cluster', async (t) => {
@@ -54,7 +55,7 @@ t.test('no iptables rule exists in any netns of the cluster', async (t) => {
 });
 
 t.test('(a) mesh -> mesh on the same node: outbound via SO_ORIGINAL_DST, then HBONE, then the pod', async (t) => {
-  const r = await request('app2-node1', 'app1-node1');
+  const r = await request('app2-node1', 'app1-node1', PORT, { node1: ['outbound', 'inbound-hbone'] });
   t.match(r.body, /hello from app1-node1/);
   const out = r.node1.find((e) => e.direction === 'outbound');
   t.ok(out, 'ztunnel on node1 saw the outbound connection');
@@ -65,7 +66,7 @@ t.test('(a) mesh -> mesh on the same node: outbound via SO_ORIGINAL_DST, then HB
 });
 
 t.test('(b) mesh -> mesh across nodes: outbound -> HBONE -> inbound at the other node', async (t) => {
-  const r = await request('app1-node1', 'app1-node2');
+  const r = await request('app1-node1', 'app1-node2', PORT, { node1: ['outbound'], node2: ['inbound-hbone'] });
   t.match(r.body, /hello from app1-node2/);
   const out = r.node1.find((e) => e.direction === 'outbound');
   t.equal(out?.source.split(':')[0], ip('app1-node1'));
@@ -79,7 +80,7 @@ t.test('(b) mesh -> mesh across nodes: outbound -> HBONE -> inbound at the other
 
 t.test('(c) non-mesh -> mesh: steered to 15006 with the pod IP as the local address', async (t) => {
   for (const from of ['client-node1', 'client-node2']) {
-    const r = await request(from, 'app1-node1');
+    const r = await request(from, 'app1-node1', PORT, { node1: ['inbound-plaintext'] });
     t.match(r.body, /hello from app1-node1/);
     const inbound = r.node1.find((e) => e.direction === 'inbound-plaintext');
     t.ok(inbound, `ztunnel on node1 captured ${from}'s connection`);
@@ -90,7 +91,7 @@ t.test('(c) non-mesh -> mesh: steered to 15006 with the pod IP as the local addr
 });
 
 t.test('(d) mesh -> non-mesh: outbound through ztunnel, then straight to the pod', async (t) => {
-  const r = await request('app1-node1', 'client-node2');
+  const r = await request('app1-node1', 'client-node2', PORT, { node1: ['outbound'] });
   t.match(r.body, /hello from client-node2/);
   const out = r.node1.find((e) => e.direction === 'outbound');
   t.equal(out?.originalDst, `${ip('client-node2')}:${PORT}`);
@@ -100,11 +101,11 @@ t.test('(d) mesh -> non-mesh: outbound through ztunnel, then straight to the pod
 t.test('bypass: non-mesh outbound, excluded port, ztunnel\'s own upstream', async (t) => {
   const plain = await request('client-node1', 'client-node2');
   t.same([...plain.node1, ...plain.node2], [], 'non-mesh to non-mesh never touches ztunnel');
-  const excluded = await request('app2-node1', 'app1-node1', EXCLUDED);
+  const excluded = await request('app2-node1', 'app1-node1', EXCLUDED); // no line expected: observed for a window
   t.match(excluded.body, /hello from app1-node1/);
   t.notOk(excluded.node1.some((e) => e.direction === 'outbound'), 'an excluded port is not redirected');
   // One request through two ztunnels makes exactly one outbound and one inbound line: no loop.
-  const r = await request('app2-node1', 'app1-node2');
+  const r = await request('app2-node1', 'app1-node2', PORT, { node1: ['outbound'], node2: ['inbound-hbone'] });
   t.equal(r.node1.filter((e) => e.direction === 'outbound').length, 1);
   t.equal(r.node2.filter((e) => e.direction === 'inbound-hbone').length, 1);
 });
@@ -116,7 +117,7 @@ t.test('the probe source 169.254.7.127 is not captured', async (t) => {
   const r = await tb.exec('node1', ['curl', '-sS', '--max-time', '3', '--interface', '169.254.7.127', `http://${ip('app1-node1')}:${PORT}/`], { check: false });
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /peer=169\.254\.7\.127/, 'the pod sees the probe source itself');
-  await new Promise((res) => setTimeout(res, 150));
+  await observeFor(300); // what is tested: no line within the window
   t.same(newLogs('node1', before), []);
 });
 
@@ -127,13 +128,17 @@ t.test('the client\'s getpeername() shows the original destination', async (t) =
 });
 
 t.test('opt-out annotation and namespace label removal take effect within a second', async (t) => {
-  const viaZtunnel = async (): Promise<boolean> => (await request('app2-node1', 'app1-node2')).node1.some((e) => e.direction === 'outbound');
+  // Whether a request went out through ztunnel; `expected` says how to look: wait for the line (up
+  // to PROBE_MS) or watch a window for its absence.
+  const viaZtunnel = async (expected: boolean): Promise<boolean> =>
+    (await request('app2-node1', 'app1-node2', PORT, expected ? { node1: ['outbound'] } : undefined, PROBE_MS))
+      .node1.some((e) => e.direction === 'outbound');
   // While a change propagates, the two nodes' loaders apply it independently: node1 may still send
   // HBONE to a pod node2 already took out of the mesh (Istio has the same window). Such a request
   // fails and is retried; once both have applied it, requests must succeed.
   const settled = (want: boolean) => async (): Promise<boolean> => {
     try {
-      return (await viaZtunnel()) === want;
+      return (await viaZtunnel(want)) === want;
     } catch {
       return false;
     }
@@ -149,30 +154,30 @@ t.test('opt-out annotation and namespace label removal take effect within a seco
     const ms = performance.now() - t0;
     t.ok(ms < 1000, `${what} in the map within 1 s of the file change (${Math.round(ms)} ms)`);
   };
-  t.ok(await viaZtunnel(), 'redirected at first');
+  t.ok(await viaZtunnel(true), 'redirected at first');
   editPodsFile(podsFile, (list) => {
     const pod = list.items.find((i) => i.kind === 'Pod' && i.metadata.name === 'app2-node1')!;
     pod.metadata.annotations = { ...pod.metadata.annotations, 'ambient.istio.io/redirection': 'disabled' };
   });
   await mapFollowsWithin(false, 'the opt-out');
-  await eventually(settled(false), 3000, 'the opt-out to take effect');
+  await eventually(settled(false), 10_000, 'the opt-out to take effect');
   editPodsFile(podsFile, (list) => {
     const pod = list.items.find((i) => i.kind === 'Pod' && i.metadata.name === 'app2-node1')!;
     delete pod.metadata.annotations?.['ambient.istio.io/redirection'];
   });
-  await eventually(settled(true), 3000, 'the pod to be redirected again');
+  await eventually(settled(true), 10_000, 'the pod to be redirected again');
   editPodsFile(podsFile, (list) => {
     const ns = list.items.find((i) => i.kind === 'Namespace' && i.metadata.name === 'mesh')!;
     ns.metadata.labels = {};
   });
   await mapFollowsWithin(false, 'the namespace label removal');
-  await eventually(settled(false), 3000, 'the namespace label removal to take effect');
-  t.notOk(await viaZtunnel(), 'settled: direct, and succeeding');
+  await eventually(settled(false), 10_000, 'the namespace label removal to take effect');
+  t.notOk(await viaZtunnel(false), 'settled: direct, and succeeding');
   const state = JSON.parse((await tb.exec('node1', ['cat', loaders[0]!.stateFile])).stdout) as { pods: unknown[] };
   t.same(state.pods, [], 'the state file lists no ambient pod');
   tb.writePodsList(podsFile);
-  await eventually(settled(true), 3000, 'the label to be back');
-  t.ok(await viaZtunnel(), 'settled: redirected, and succeeding');
+  await eventually(settled(true), 10_000, 'the label to be back');
+  t.ok(await viaZtunnel(true), 'settled: redirected, and succeeding');
 });
 
 t.test('ztunnel restarts in its pod (same sandbox, new listening sockets): inbound is captured again', async (t) => {
@@ -181,12 +186,13 @@ t.test('ztunnel restarts in its pod (same sandbox, new listening sockets): inbou
   for (const p of ['app1-node1', 'app1-node2']) await tb.exec(p, ['true']); // the pods are still there
   await eventually(async () => {
     try {
-      return (await request('client-node2', 'app1-node1')).node1.some((e) => e.direction === 'inbound-plaintext');
+      return (await request('client-node2', 'app1-node1', PORT, { node1: ['inbound-plaintext'] }, PROBE_MS)).node1
+        .some((e) => e.direction === 'inbound-plaintext');
     } catch {
       return false; // until the loader hands the new listeners over, steered SYNs find none
     }
-  }, 5000, 'inbound plaintext through the restarted ztunnel');
-  const r = await request('app2-node1', 'app1-node2');
+  }, 10_000, 'inbound plaintext through the restarted ztunnel');
+  const r = await request('app2-node1', 'app1-node2', PORT, { node2: ['inbound-hbone'] });
   t.ok(r.node2.some((e) => e.direction === 'inbound-hbone'), 'cross-node HBONE lands on the restarted ztunnel of node2');
 });
 
