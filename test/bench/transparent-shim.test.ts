@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildTransparentShim } from '../../src/bench/transparent-shim.ts';
 import { run } from '../../src/testbed/run.ts';
+import { eventually } from '../helpers/wait.ts';
 
 /** Inodes of the sockets listening on 127.0.0.1:port, by owning pid. */
 async function listeners(port: number): Promise<Array<{ pid: number; inode: string }>> {
@@ -16,11 +17,7 @@ async function listeners(port: number): Promise<Array<{ pid: number; inode: stri
 }
 
 async function waitListening(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if ((await listeners(port)).length > 0) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`nothing listens on ${port} after 5 s`);
+  await eventually(async () => (await listeners(port)).length > 0, 10_000, `a listener on port ${port}`);
 }
 
 t.test('iperf3 under the library keeps its listener across tests; the extra listener shares its process', async (t) => {

@@ -8,9 +8,11 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec, type Testbed, type TestbedProcess, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
-import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
+import { startHttpServer } from '../../src/testbed/helpers.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { loaderArgs, LOADER_PORT } from '../helpers/loader.ts';
+import { tracedCurl, type Expect } from '../helpers/standin.ts';
+import { waitUntil } from '../helpers/wait.ts';
 import { at, containersOf, loadManifests, only } from './manifests.ts';
 
 const PORT = 8080;
@@ -28,12 +30,10 @@ let tb: Testbed;
 const loaders: Array<{ node: string; proc: TestbedProcess; logFile: string }> = [];
 
 async function waitReady(node: string, logFile: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await tb.exec(node, ['curl', '-sf', '--max-time', '1', `http://127.0.0.1:${LOADER_PORT}/readyz`], { check: false, timeoutMs: 3000 });
-    if (r.code === 0) return;
-    if (Date.now() > deadline) throw new Error(`loader on ${node} not ready after ${timeoutMs} ms; log:\n${readFileSync(logFile, 'utf8').slice(-3000)}`);
-    await new Promise((res) => setTimeout(res, 100));
+  const ready = async (): Promise<boolean> =>
+    (await tb.exec(node, ['curl', '-sf', '--max-time', '1', `http://127.0.0.1:${LOADER_PORT}/readyz`], { check: false, timeoutMs: 3000 })).code === 0;
+  if (!(await waitUntil(ready, timeoutMs))) {
+    throw new Error(`loader on ${node} not ready after ${timeoutMs} ms; log:\n${readFileSync(logFile, 'utf8').slice(-3000)}`);
   }
 }
 
@@ -58,12 +58,10 @@ t.teardown(async () => {
   await tb?.down();
 });
 
-async function request(from: string, to: string): Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
-  const before = [tb.ztunnelLog('node1').length, tb.ztunnelLog('node2').length] as const;
-  const r = await curl(tb, from, tb.pod(to).ip, PORT, { timeoutMs: 5000 });
-  if (r.exitCode !== 0) throw new Error(`curl ${from} -> ${to} failed (${r.exitCode}): ${r.stderr}`);
-  await new Promise((res) => setTimeout(res, 150)); // the stand-in logs when the connection ends
-  return { body: r.body, node1: tb.ztunnelLog('node1').slice(before[0]), node2: tb.ztunnelLog('node2').slice(before[1]) };
+/** curl and the stand-in's log lines that request produced on each node, once `expect`ed ones are there. */
+async function request(from: string, to: string, expect: Expect): Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
+  const r = await tracedCurl(tb, from, tb.pod(to).ip, PORT, ['node1', 'node2'], expect);
+  return { body: r.body, node1: r.lines['node1'] ?? [], node2: r.lines['node2'] ?? [] };
 }
 
 t.test('each loader runs with exactly the manifest\'s capabilities', async (t) => {
@@ -86,7 +84,7 @@ t.test('each loader runs with exactly the manifest\'s capabilities', async (t) =
 });
 
 t.test('mesh -> mesh across nodes: outbound via SO_ORIGINAL_DST, HBONE, inbound at the other node', async (t) => {
-  const r = await request('app2-node1', 'app1-node2');
+  const r = await request('app2-node1', 'app1-node2', { node1: ['outbound'], node2: ['inbound-hbone'] });
   t.match(r.body, /hello from app1-node2/);
   const out = r.node1.find((e) => e.direction === 'outbound');
   t.equal(out?.dstFrom, 'SO_ORIGINAL_DST', 'ztunnel on node1 learned the destination from getsockopt');
@@ -95,7 +93,7 @@ t.test('mesh -> mesh across nodes: outbound via SO_ORIGINAL_DST, HBONE, inbound 
 });
 
 t.test('non-mesh -> mesh: steered onto ztunnel\'s copied 15006 listener', async (t) => {
-  const r = await request('client-node1', 'app1-node1');
+  const r = await request('client-node1', 'app1-node1', { node1: ['inbound-plaintext'] });
   t.match(r.body, /hello from app1-node1/);
   const inbound = r.node1.find((e) => e.direction === 'inbound-plaintext');
   t.ok(inbound, 'ztunnel on node1 accepted it on 15006 (sk_lookup + the socket from pidfd_getfd)');

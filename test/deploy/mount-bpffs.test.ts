@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { testPrefix } from '../helpers/prefix.ts';
+import { waitUntil } from '../helpers/wait.ts';
 import { containersOf, loadManifests, only, at } from './manifests.ts';
 
 const run = promisify(execFile);
@@ -46,18 +47,17 @@ t.before(async () => {
   mkdirSync(target, { recursive: true });
   // The node: a process alone in a private mount namespace; what is mounted there stays there.
   node = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '120'], { stdio: 'ignore' });
-  const deadline = Date.now() + 5000;
-  while (Date.now() < deadline) {
+  const pid = node.pid;
+  const ownNamespace = async (): Promise<boolean> => {
     try {
       const own = (await run('readlink', ['/proc/self/ns/mnt'])).stdout.trim();
-      const its = (await run('readlink', [`/proc/${node.pid}/ns/mnt`])).stdout.trim();
-      if (its && its !== own) return;
+      const its = (await run('readlink', [`/proc/${pid}/ns/mnt`])).stdout.trim();
+      return its !== '' && its !== own;
     } catch {
-      // not started yet
+      return false; // not started yet
     }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('the stand-in node process never entered its own mount namespace');
+  };
+  if (!(await waitUntil(ownNamespace, 5000))) throw new Error('the stand-in node process never entered its own mount namespace');
 });
 
 t.teardown(async () => {

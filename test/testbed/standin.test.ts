@@ -5,6 +5,7 @@ import t from 'tap';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec } from '../../src/testbed/index.ts';
 import { testPrefix } from '../helpers/prefix.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const tb = await startTestbed(defaultSpec(), { topology: 'node', prefix: testPrefix() });
 t.teardown(() => tb.down());
@@ -24,8 +25,7 @@ t.test('a direct connection to 15001 or 15006 has no original destination: logge
     const r = await tb.exec('client-node1', ['curl', '-sS', '--max-time', '3', `http://${z.ip}:${port}/`], { check: false });
     t.not(r.code, 0, 'no answer');
     t.not(r.code, 28, 'closed at once, not hung');
-    const deadline = Date.now() + 3000;
-    while (tb.ztunnelLog('node1').length === before && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+    await waitUntil(() => tb.ztunnelLog('node1').length > before, 10_000);
     const lines = tb.ztunnelLog('node1').slice(before);
     t.equal(lines.length, 1);
     t.match(lines[0], { direction: port === 15001 ? 'outbound' : 'inbound-plaintext', dstFrom: 'local-address', originalDst: `${z.ip}:${port}`, result: 'error: no original destination' });
@@ -46,6 +46,8 @@ t.test('HBONE answers anything but CONNECT with 405', async (t) => {
     { check: false },
   );
   t.equal(r.stdout, '405 2', r.stderr);
+  // The stand-in logs when the stream ends, which can be after curl got its answer.
+  await waitUntil(() => tb.ztunnelLog('node1').length > before, 10_000);
   const line = tb.ztunnelLog('node1').slice(before)[0];
   t.match(line, { direction: 'inbound-hbone', result: /^error: bad request GET/ });
 });
