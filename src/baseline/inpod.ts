@@ -1,74 +1,107 @@
-// Istio 1.21+ in-pod redirection (istio-redirection.md, "Today's path"): the golden rules inside each
-// mesh pod's netns, the 0x111 connmark policy route, and on the node the SNAT of kubelet-like probes
-// to 169.254.7.127 for the node's mesh pods.
+// Istio 1.21+ in-pod redirection (istio-redirection.md, "Today's path") as NetnsRules, for either
+// backend: the golden rules inside each mesh pod's netns with the 0x111 connmark policy route (v4
+// and v6), and in the node's netns the SNAT of kubelet's probes to 169.254.7.127 for the node's
+// mesh pods (a set of their IPs, one entry per pod tagged with its UID as istio-cni does).
 import type { TestbedInfo } from '../testbed/types.ts';
-import type { NetnsRules } from './ruleset.ts';
+import { inNetns } from '../testbed/run.ts';
+import { isIP } from 'node:net';
+import { existsSync } from 'node:fs';
+import {
+  hostIptables, hostNft, hostNftSets, inpodIptables, inpodNft, inpodPolicyRouting, iptTables, probeSetName,
+  NFT_NAT, NFT_POD_TABLES, NO_OVERRIDES, ISTIO_DEFAULTS, type Backend, type IptRule, type IstioConfig, type PodOverrides,
+} from './istio-rules.ts';
+import type { IpsetMember, IptablesTable, NetnsRules } from './ruleset.ts';
 
-export function inpodPodRules(netnsPath: string): NetnsRules {
-  return {
-    netnsPath,
-    ipsets: [],
-    iptables: [
-      {
-        table: 'mangle',
-        chains: ['ISTIO_OUTPUT', 'ISTIO_PRERT'],
-        rules: [
-          '-A PREROUTING -j ISTIO_PRERT',
-          '-A OUTPUT -j ISTIO_OUTPUT',
-          '-A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff',
-          '-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff',
-        ],
-      },
-      {
-        table: 'nat',
-        chains: ['ISTIO_OUTPUT', 'ISTIO_PRERT'],
-        rules: [
-          '-A PREROUTING -j ISTIO_PRERT',
-          '-A OUTPUT -j ISTIO_OUTPUT',
-          '-A ISTIO_OUTPUT -d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT',
-          '-A ISTIO_OUTPUT ! -o lo -p udp -m mark ! --mark 0x539/0xfff -m udp --dport 53 -j REDIRECT --to-ports 15053',
-          '-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m tcp --dport 53 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15053',
-          '-A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT',
-          '-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT',
-          '-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001',
-          '-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT',
-          '-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006',
-        ],
-      },
-      {
-        table: 'raw',
-        chains: ['ISTIO_OUTPUT', 'ISTIO_PRERT'],
-        rules: [
-          '-A PREROUTING -j ISTIO_PRERT',
-          '-A OUTPUT -j ISTIO_OUTPUT',
-          '-A ISTIO_OUTPUT -p udp -m mark --mark 0x539/0xfff -m udp --dport 53 -j CT --zone 1',
-          '-A ISTIO_PRERT -p udp -m mark ! --mark 0x539/0xfff -m udp --sport 53 -j CT --zone 1',
-        ],
-      },
-    ],
-    ipRules: ['fwmark 0x111/0xfff pref 32764 lookup 100'],
-    ipRoutes: ['local 0.0.0.0/0 dev lo table 100'],
-  };
+function asTables(rules: readonly IptRule[]): IptablesTable[] {
+  return iptTables(rules).map((t) => ({ table: t.table, chains: t.chains, rules: t.lines }));
 }
 
-/** Node side: SNAT probes from node processes to its mesh pods, so the pods' rules can skip them. */
-export function inpodNodeRules(info: TestbedInfo, node: string): NetnsRules {
-  const n = info.nodes.find((x) => x.name === node);
-  if (!n) throw new RangeError(`unknown node ${node}`);
+/** Whether IPv6 is enabled on the netns's loopback (istio-cni adds the v6 local route only then). */
+export async function loopbackIpv6(netnsPath: string): Promise<boolean> {
+  const r = await inNetns(netnsPath, ['cat', '/proc/sys/net/ipv6/conf/lo/disable_ipv6'], { check: false });
+  return r.code === 0 && r.stdout.trim() === '0';
+}
+
+export interface PodRulesOptions {
+  readonly cfg?: IstioConfig;
+  readonly overrides?: PodOverrides;
+  /** IPv6 on the pod's lo (see loopbackIpv6); default true. */
+  readonly v6Loopback?: boolean;
+}
+
+/** What istio-cni installs inside one pod's netns. */
+export function inpodPodRules(netnsPath: string, backend: Backend = 'iptables', o: PodRulesOptions = {}): NetnsRules {
+  const cfg = o.cfg ?? ISTIO_DEFAULTS;
+  const overrides = o.overrides ?? NO_OVERRIDES;
+  const routing = inpodPolicyRouting(cfg, o.v6Loopback ?? true);
+  const base = { netnsPath, ipsets: [], ipRules: routing.rules, ipRoutes: routing.routes };
+  if (backend === 'nftables') {
+    return { ...base, iptables: [], ip6tables: [], nft: { script: inpodNft(cfg, overrides), tables: NFT_POD_TABLES } };
+  }
+  const r = inpodIptables(cfg, overrides);
+  return { ...base, iptables: asTables(r.v4), ip6tables: asTables(r.v6) };
+}
+
+export interface ProbeTarget {
+  readonly ip: string;
+  readonly uid: string;
+}
+
+function members(pods: readonly ProbeTarget[], family: 4 | 6): IpsetMember[] {
+  return pods.filter((p) => isIP(p.ip) === family).map((p) => ({ ip: p.ip, comment: p.uid }));
+}
+
+const nftElement = (m: IpsetMember, family: 4 | 6): string =>
+  `add element inet ${NFT_NAT} ${probeSetName(family)} { ${m.ip} comment "${m.comment ?? ''}" }`;
+
+/** The node's probe SNAT, with its set already holding `pods` (the node's mesh pods). */
+export function inpodNodeRules(netnsPath: string, pods: readonly ProbeTarget[], backend: Backend = 'iptables', cfg: IstioConfig = ISTIO_DEFAULTS): NetnsRules {
+  const families: (4 | 6)[] = cfg.ipv6 ? [4, 6] : [4];
+  if (backend === 'nftables') {
+    // Sets, then the rules (istio-cni's order: its `flush table` would empty sets filled before it).
+    const elements = families.flatMap((f) => members(pods, f).map((m) => nftElement(m, f)));
+    const script = [...hostNftSets(cfg), ...hostNft(cfg), ...elements];
+    return { netnsPath, ipsets: [], iptables: [], ip6tables: [], nft: { script, tables: [`inet ${NFT_NAT}`] }, ipRules: [], ipRoutes: [] };
+  }
+  const r = hostIptables(cfg);
   return {
-    netnsPath: n.netnsPath,
-    ipsets: [{ name: 'istio-inpod-probes-v4', type: 'hash:ip', members: info.pods.filter((p) => p.mesh && p.node === node).map((p) => p.ip) }],
-    iptables: [
-      {
-        table: 'nat',
-        chains: ['ISTIO_POSTRT'],
-        rules: [
-          '-A POSTROUTING -j ISTIO_POSTRT',
-          '-A ISTIO_POSTRT -p tcp -m owner --socket-exists -m set --match-set istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127',
-        ],
-      },
-    ],
+    netnsPath,
+    ipsets: families.map((f) => ({ name: probeSetName(f), type: 'hash:ip', family: f === 4 ? 'inet' : 'inet6', comments: true, members: members(pods, f) })),
+    iptables: asTables(r.v4),
+    ip6tables: asTables(r.v6),
     ipRules: [],
     ipRoutes: [],
   };
+}
+
+/** Adds (or, with `del`, removes) one pod's IP in the node's probe set, as pods come and go. */
+export async function updateProbeSet(netnsPath: string, backend: Backend, pod: ProbeTarget, del: boolean): Promise<void> {
+  const family = isIP(pod.ip) === 6 ? 6 : 4;
+  if (backend === 'nftables') {
+    const line = del
+      ? `delete element inet ${NFT_NAT} ${probeSetName(family)} { ${pod.ip} }`
+      : nftElement({ ip: pod.ip, comment: pod.uid }, family);
+    // Deleting an absent element fails; a pod leaving twice must not.
+    await inNetns(netnsPath, ['nft', '-f', '-'], { input: line + '\n', check: !del });
+    return;
+  }
+  const argv = del ? ['ipset', 'del', '-exist', probeSetName(family), pod.ip] : ['ipset', 'add', '-exist', probeSetName(family), pod.ip, 'comment', pod.uid];
+  await inNetns(netnsPath, argv);
+}
+
+// ---- the testbed's in-pod path, installed in one go (bench and scenario tests) ----
+
+/**
+ * Every netns the in-pod path touches on this testbed, with its rules (nodes first). The testbed's
+ * netns keep the kernel's IPv6 defaults, so IPv6 is on wherever the kernel has it.
+ */
+export function inpodPathRules(info: TestbedInfo, backend: Backend, cfg: IstioConfig = testbedConfig()): NetnsRules[] {
+  const mesh = info.pods.filter((p) => p.mesh);
+  const nodes = info.nodes.map((n) => inpodNodeRules(n.netnsPath, mesh.filter((p) => p.node === n.name), backend, cfg));
+  return [...nodes, ...mesh.map((p) => inpodPodRules(p.netnsPath, backend, { cfg }))];
+}
+
+/** Istio's defaults, minus IPv6 on a kernel booted without it (ipv6.disable=1). */
+export function testbedConfig(): IstioConfig {
+  return { ...ISTIO_DEFAULTS, ipv6: existsSync('/proc/sys/net/ipv6') };
 }

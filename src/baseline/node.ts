@@ -33,7 +33,8 @@ export function nodeRules(info: TestbedInfo, node: string): NetnsRules {
   ];
   return {
     netnsPath: n.netnsPath,
-    ipsets: [{ name: SET, type: 'hash:ip', members: meshIps(info, node) }],
+    ipsets: [{ name: SET, type: 'hash:ip', members: meshIps(info, node).map((ip) => ({ ip })) }],
+    ip6tables: [],
     iptables: [
       {
         table: 'mangle',
@@ -83,7 +84,8 @@ export function ztunnelPodRules(info: TestbedInfo, node: string): NetnsRules {
     `-A PREROUTING ! -d ${z.ip}/32 -i eth0 -p tcp ${match}-j TPROXY --on-port ${port} --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff`;
   return {
     netnsPath: z.netnsPath,
-    ipsets: [{ name: SET, type: 'hash:ip', members: meshIps(info, node) }],
+    ipsets: [{ name: SET, type: 'hash:ip', members: meshIps(info, node).map((ip) => ({ ip })) }],
+    ip6tables: [],
     iptables: [
       {
         table: 'mangle',
