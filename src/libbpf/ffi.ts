@@ -1,6 +1,8 @@
 // The raw koffi declarations of libbpf.so.1 (1.1.x) and the few libc calls libbpf-ts needs.
 // Nothing outside src/libbpf/ may import this file: every pointer here is an untyped BigInt and a
 // wrong one segfaults the process, so only the typed classes of this directory hand them around.
+// One exception: src/zds/transport.ts and reactor.ts, whose AF_UNIX and poll() calls live here so the
+// process keeps one libc binding; those two files are the only typed owners of them.
 import koffi from 'koffi';
 
 /** A C pointer as koffi returns it: BigInt, or null for NULL. */
@@ -114,7 +116,21 @@ export const libcRaw = {
   if_indextoname: c('void *if_indextoname(uint32_t index, _Out_ uint8_t *name)'),
   vsnprintf: c('int vsnprintf(_Out_ uint8_t *buf, size_t size, void *fmt, void *ap)'),
   clock_gettime: c('int clock_gettime(int clk, _Out_ uint8_t *ts)'),
+  // AF_UNIX SOCK_SEQPACKET for ZDS (src/zds/transport.ts); structs (msghdr, sockaddr_un) as Buffers.
+  bind: c('int bind(int fd, void *addr, uint32_t len)'),
+  listen: c('int listen(int fd, int backlog)'),
+  accept4: c('int accept4(int fd, void *addr, void *len, int flags)'),
+  connect: c('int connect(int fd, void *addr, uint32_t len)'),
+  sendmsg: c('long sendmsg(int fd, void *msg, int flags)'),
+  recvmsg: c('long recvmsg(int fd, void *msg, int flags)'),
+  shutdown: c('int shutdown(int fd, int how)'),
+  eventfd: c('int eventfd(unsigned int initval, int flags)'),
+  read: c('long read(int fd, void *buf, size_t len)'),
+  write: c('long write(int fd, void *buf, size_t len)'),
 };
+
+/** poll(2), called with `.async` on libuv's pool by src/zds/reactor.ts (the main thread never blocks in it). */
+export const libcPoll = libc.func('int poll(void *fds, unsigned long nfds, int timeout)');
 
 /** errno of the last failing call; read it right after the call, before anything else runs. */
 export function lastErrno(): number {
