@@ -2,6 +2,7 @@
 //   direct         nothing installed (the client addresses ztunnel's port itself: the floor)
 //   direct-aa      the same again (the A/A control)
 //   iptables       Istio's rules for the topology (src/baseline)
+//   nftables       Istio 1.28's native nftables in-pod rules (src/baseline; inpod only)
 //   ebpf           `ambpf run` on the node(s), from the pods file (`--mode inpod` on an inpod testbed)
 //   ebpf-splice    the same with --splice (the sockhash splice, off by default)
 // Each `down()` leaves the testbed as it found it: rules removed, loader stopped, pins and the
@@ -12,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import type { Testbed } from '../testbed/testbed.ts';
 import type { TestbedNode, TestbedPod } from '../testbed/types.ts';
 import type { TestbedProcess } from '../testbed/exec.ts';
-import { installIptablesPath, removeIptablesPath } from '../baseline/index.ts';
+import { installPath, removePath } from '../baseline/index.ts';
 import { BenchError } from './errors.ts';
 import { logger } from '../log.ts';
 import type { PathName } from './types.ts';
@@ -191,8 +192,9 @@ export async function startPath(ctx: PathContext, name: PathName): Promise<Activ
     case 'direct-aa':
       return { name, ...none, down: async () => undefined };
     case 'iptables':
-      await installIptablesPath(ctx.tb);
-      return { name, ...none, down: () => removeIptablesPath(ctx.tb) };
+    case 'nftables':
+      await installPath(ctx.tb, name);
+      return { name, ...none, down: () => removePath(ctx.tb, name) };
     case 'ebpf':
       return startEbpf(ctx, name, false);
     case 'ebpf-splice':

@@ -1,7 +1,7 @@
 // results.md: the table a person reads at a glance. One row per (phase, placement, workload,
 // metric), one column per path: median, min-max, and the per-round ratio to direct.
 import { summarize } from './summary.ts';
-import { METRICS, PRIMARY_METRIC, type BenchResults, type PathName, type SummaryRow } from './types.ts';
+import { ISTIO_PATHS, METRICS, PRIMARY_METRIC, type BenchResults, type PathName, type SummaryRow } from './types.ts';
 
 function fmt(v: number): string {
   if (!Number.isFinite(v)) return '–';
@@ -43,16 +43,17 @@ const label = (metric: string): string => {
 };
 
 /**
- * The eBPF paths against Istio's iptables path, paired within each round like the direct ratios
- * (the targets of issues 8 and 11 are stated against iptables). Primary metric and CPU per request.
+ * The eBPF paths against one of Istio's paths (iptables, nftables), paired within each round like the
+ * direct ratios (the targets of issues 8, 11 and 20 are stated against them). Primary metric and CPU
+ * per request.
  */
-export function versusIptablesTable(r: BenchResults): string | undefined {
+export function versusIstioTable(r: BenchResults, base: PathName = 'iptables'): string | undefined {
   const ebpf = r.config.paths.filter((p) => p.startsWith('ebpf'));
-  if (!r.config.paths.includes('iptables') || ebpf.length === 0) return undefined;
-  const rows = summarize(r.samples, ['iptables', ...ebpf], 'iptables')
-    .filter((x) => x.path !== 'iptables' && x.phase === 'sink' && (x.metric === PRIMARY_METRIC[x.workload] || x.metric === 'reqPerSec' || x.metric === 'p50us' || x.metric.endsWith('CpuUsPerReq')));
+  if (!r.config.paths.includes(base) || ebpf.length === 0) return undefined;
+  const rows = summarize(r.samples, [base, ...ebpf], base)
+    .filter((x) => x.path !== base && x.phase === 'sink' && (x.metric === PRIMARY_METRIC[x.workload] || x.metric === 'reqPerSec' || x.metric === 'p50us' || x.metric.endsWith('CpuUsPerReq')));
   const lines = [
-    `| placement | workload | metric | ${ebpf.map((p) => `${p} / iptables`).join(' | ')} |`,
+    `| placement | workload | metric | ${ebpf.map((p) => `${p} / ${base}`).join(' | ')} |`,
     `|---|---|---|${ebpf.map(() => '---').join('|')}|`,
   ];
   const seen = new Set<string>();
@@ -85,7 +86,10 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
   const m = r.machine;
   const c = r.config;
   const errors = r.samples.filter((s) => s.errors > 0);
-  const vsIptables = versusIptablesTable(r);
+  const versus = ISTIO_PATHS.flatMap((base) => {
+    const table = versusIstioTable(r, base);
+    return table ? [`## eBPF vs ${base} (sink phase, ratio per round, then median (min–max))`, '', table] : [];
+  });
   return [
     `# ambpf bench results`,
     '',
@@ -100,7 +104,7 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
     '',
     resultsTable(r.summary, c.paths),
     errors.length > 0 ? `Cells with socket or HTTP errors: ${errors.map((s) => `${s.path}/${s.workload}/${s.placement}/round ${s.round}: ${s.errors}`).join('; ')}\n` : 'No cell had socket or HTTP errors.\n',
-    ...(vsIptables ? ['## eBPF vs iptables (sink phase, ratio per round, then median (min–max))', '', vsIptables] : []),
+    ...versus,
     '## Control plane',
     '',
     controlPlaneTable(r),

@@ -5,8 +5,11 @@
  * `direct` shows how far two identical paths drift apart on this machine (the noise floor of every
  * other ratio). Not in the default set.
  */
-export const PATHS = ['direct', 'direct-aa', 'iptables', 'ebpf', 'ebpf-splice'] as const;
+export const PATHS = ['direct', 'direct-aa', 'iptables', 'nftables', 'ebpf', 'ebpf-splice'] as const;
 export type PathName = (typeof PATHS)[number];
+
+/** Istio's own paths (the baselines the eBPF paths are judged against). */
+export const ISTIO_PATHS: readonly PathName[] = ['iptables', 'nftables'];
 
 /** Paths that install nothing and address ztunnel's port themselves. */
 export const isDirect = (p: PathName): boolean => p === 'direct' || p === 'direct-aa';

@@ -137,13 +137,14 @@ async function quickRun(t: Test, topology: 'node' | 'inpod', paths: readonly Pat
 // The node run keeps the splice path but skips the end-to-end phase and the control plane; the inpod
 // run (with the A/A control) does them, so both phases and the inpod control plane stay covered.
 t.test('ambpf bench --quick, node topology', { timeout: 120_000 }, (t) => quickRun(t, 'node', ['direct', 'iptables', 'ebpf', 'ebpf-splice'], false));
-t.test('ambpf bench --quick, inpod topology', { timeout: 120_000 }, (t) => quickRun(t, 'inpod', ['direct', 'direct-aa', 'iptables', 'ebpf'], true));
+t.test('ambpf bench --quick, inpod topology', { timeout: 120_000 }, (t) => quickRun(t, 'inpod', ['direct', 'direct-aa', 'iptables', 'nftables', 'ebpf'], true));
 
 t.test('usage errors are sentences, exit code 2', async (t) => {
   for (const [args, msg] of [
     [['--paths', 'direct,bogus'], /--paths: 'bogus' is not one of/],
     [['--rounds', '0'], /--rounds must be a whole number/],
     [['--topology', 'mesh'], /--topology must be node or inpod, not 'mesh'/],
+    [['--paths', 'direct,nftables'], /nftables is Istio's in-pod backend; use it with --topology inpod/],
   ] as const) {
     const r = await run(AMBPF, ['bench', ...args]).then(() => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => e);
     t.equal(r.code, 2, args.join(' '));

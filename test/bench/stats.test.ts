@@ -4,7 +4,7 @@ import t from 'tap';
 import { median, percentile, ratiosPerRound, rotation, schedule, spread } from '../../src/bench/stats.ts';
 import { summarize } from '../../src/bench/summary.ts';
 import type { BenchResults, Sample } from '../../src/bench/types.ts';
-import { versusIptablesTable } from '../../src/bench/report.ts';
+import { versusIstioTable } from '../../src/bench/report.ts';
 
 t.test('median: odd, even, unsorted, non-finite values ignored, empty is NaN', async (t) => {
   t.equal(median([3, 1, 2]), 2);
@@ -85,7 +85,12 @@ t.test('summarize against another base: eBPF / iptables paired per round; the re
   const results = {
     config: { paths: ['direct', 'iptables', 'ebpf'] }, samples,
   } as unknown as BenchResults;
-  const table = versusIptablesTable(results) ?? '';
+  const table = versusIstioTable(results) ?? '';
   t.match(table, /\| same-node \| connections \| connPerSec \(conn\/s, higher is better\) \| \*\*×1\.23\*\* \(1\.20–1\.25\) \|/);
-  t.equal(versusIptablesTable({ config: { paths: ['direct', 'ebpf'] }, samples } as unknown as BenchResults), undefined, 'no table without iptables');
+  t.equal(versusIstioTable({ config: { paths: ['direct', 'ebpf'] }, samples } as unknown as BenchResults), undefined, 'no table without iptables');
+  // Against nftables the same way, its own column header.
+  const nft = samples.map((s) => (s.path === 'iptables' ? { ...s, path: 'nftables' as const } : s));
+  const nftTable = versusIstioTable({ config: { paths: ['direct', 'nftables', 'ebpf'] }, samples: nft } as unknown as BenchResults, 'nftables') ?? '';
+  t.match(nftTable, /\| ebpf \/ nftables \|/);
+  t.match(nftTable, /\*\*×1\.23\*\* \(1\.20–1\.25\)/);
 });

@@ -6,7 +6,7 @@ import type { Command } from '../command.ts';
 import { UsageError } from '../../errors.ts';
 import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type WorkloadName } from '../../bench/types.ts';
 
-const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,ebpf,ebpf-splice,direct-aa] [--out DIR]
+const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,nftables,ebpf,ebpf-splice,direct-aa] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
                    [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P]
 
@@ -16,6 +16,7 @@ by side, interleaved round by round (path order rotated each round):
   direct          the client connects straight to ztunnel's port (the floor; inpod: loopback)
   direct-aa       direct again in the same round: the A/A control (its ratio is the noise; opt-in)
   iptables        Istio's iptables rules for the topology (inpod: the in-pod rules)
+  nftables        Istio 1.28's native nftables in-pod rules (inpod only; default paths: inpod)
   ebpf            ambpf run (--mode inpod on inpod; the default config, no splice)
   ebpf-splice     ambpf run --splice (adds the sockops/sk_msg sockhash splice; default paths: node only)
 Workloads: connections (wrk, Connection: close), latency (wrk kept-alive, p50/p99/p99.9, 1 KiB),
@@ -76,8 +77,9 @@ export const command: Command = {
     if (values.prefix !== undefined && !/^[a-z0-9]{1,8}$/.test(values.prefix)) throw new UsageError(`--prefix must be 1-8 lowercase letters or digits, not '${values.prefix}'`);
     const quick = values.quick;
     // The splice is opt-in and measured on the node topology; inpod compares the three paths of issue 11.
-    const defaultPaths: readonly PathName[] = values.topology === 'inpod' ? ['direct', 'iptables', 'ebpf'] : ['direct', 'iptables', 'ebpf', 'ebpf-splice'];
+    const defaultPaths: readonly PathName[] = values.topology === 'inpod' ? ['direct', 'iptables', 'nftables', 'ebpf'] : ['direct', 'iptables', 'ebpf', 'ebpf-splice'];
     const paths: PathName[] = list('paths', values.paths, PATHS, defaultPaths);
+    if (values.topology === 'node' && paths.includes('nftables')) throw new UsageError('--paths: nftables is Istio\'s in-pod backend; use it with --topology inpod');
     const workloads: WorkloadName[] = list('workloads', values.workloads, WORKLOADS, WORKLOADS);
     const placements: Placement[] = list('placements', values.placements, PLACEMENTS, PLACEMENTS);
     const rounds = positiveInt('rounds', values.rounds, quick ? 1 : 5);
