@@ -39,6 +39,10 @@
  * one netns here, and the splice's sockhash is keyed by a 4-tuple that repeats across pods.
  */
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "include/ambpf.h"
@@ -94,6 +98,18 @@ struct {
 	__type(key, struct ambpf_tuple);
 	__type(value, __u32);
 } ambpf_inpod_origsrc SEC(".maps");
+
+/* New connections the node itself opened to a pod (kubelet's probes, hostNetwork pods), by the app-side
+ * 4-tuple: put there by tc on the pod's eth0 (ambpf_inpod_node_syn), taken by sk_lookup, which lets
+ * them reach the app as Istio's host SNAT rule + 169.254.7.127 exemption does, without a rule in the
+ * node's netns. An LRU: an entry is normally gone a few microseconds after it was written; if one were
+ * evicted first, that probe would go through ztunnel instead (and still reach the app). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ambpf_tuple);
+	__type(value, __u32);
+} ambpf_inpod_nodesyn SEC(".maps");
 
 /*
  * Whether this connect is redirected; counts why not. A pod is in ambpf_netns from the moment the
@@ -411,6 +427,43 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
 
 /* ---- sk_lookup: inbound to the pod -> ztunnel's listener in the pod's netns ---- */
 
+/* ---- tc ingress on a captured pod's eth0 (inside the pod's netns): which SYNs the node sent ---- */
+
+/*
+ * A packet the node itself sends to a pod arrives with the TTL it left with, the node's default (64);
+ * anything the node forwarded (another pod, another node, a NodePort after SNAT, even with the node's
+ * address as source) has been decremented on the way. So a SYN with TTL AMBPF_NODE_TTL was opened by
+ * a process of the node: kubelet's probe, which must reach the app directly (istio#52208: eBPF CNIs
+ * break Istio's host SNAT rule; this needs none). Records the SYN for sk_lookup; never drops or
+ * changes a packet.
+ */
+SEC("tc")
+int ambpf_inpod_node_syn(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ambpf_tuple t = {};
+	struct iphdr *ip;
+	struct tcphdr *tcp;
+	__u32 one = 1;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_UNSPEC;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ttl != AMBPF_NODE_TTL || ip->ihl != 5)
+		return TC_ACT_UNSPEC;
+	tcp = (void *)(ip + 1);
+	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)
+		return TC_ACT_UNSPEC;
+	ip_set_v4(t.local_ip, ip->daddr);
+	ip_set_v4(t.remote_ip, ip->saddr);
+	t.local_port = tcp->dest;
+	t.remote_port = tcp->source;
+	bpf_map_update_elem(&ambpf_inpod_nodesyn, &t, &one, BPF_ANY);
+	return TC_ACT_UNSPEC;
+}
+
 SEC("sk_lookup")
 int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 {
@@ -449,6 +502,13 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	app.remote_port = (__u16)CTX_READ(ctx->remote_port);
 	if (bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app)) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL);
+		return SK_PASS;
+	}
+	/* The node's own connection (kubelet's probe): to the app. Taken once; a retransmitted SYN is
+	 * recorded again by tc. */
+	if (bpf_map_lookup_elem(&ambpf_inpod_nodesyn, &app)) {
+		bpf_map_delete_elem(&ambpf_inpod_nodesyn, &app);
+		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;
 	}
 	lkey.slot = CTX_READ(ctx->local_port) == AMBPF_PORT_HBONE ? AMBPF_LISTENER_HBONE : AMBPF_LISTENER_INBOUND;

@@ -56,6 +56,10 @@
  * so ztunnel's own 0x539 stays readable. See docs/inpod.md. */
 #define AMBPF_MARK_ORIG_SRC      0x1000U
 
+/* inpod: the TTL a packet the node itself sends arrives with (Linux's default net.ipv4.ip_default_ttl;
+ * a forwarded packet has less). See ambpf_inpod_node_syn. */
+#define AMBPF_NODE_TTL           64
+
 /* ambpf_pair.splice_fwd / splice_rev: per-direction splice decision, sticky for the connection */
 #define AMBPF_SPLICE_UNDECIDED   0
 #define AMBPF_SPLICE_ON          1

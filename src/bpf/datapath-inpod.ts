@@ -12,7 +12,7 @@
 import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { BpfObject, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
+import { BpfObject, LibbpfError, resolveIfindex, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import {
@@ -69,33 +69,35 @@ export interface PodCapture extends PodArm {
  * rule + local route hand its replies to the client's address back to ztunnel over lo. Istio's rules
  * do the same with connmark 0x111 and table 100; ambpf's own table and preference keep the two apart.
  */
+/** The pod-side interface CNIs give every pod (the CNI spec's CNI_IFNAME, eth0 under Kubernetes). */
+const POD_IFNAME = 'eth0';
 export const ORIG_SRC_ROUTE_TABLE = 41919;
 export const ORIG_SRC_RULE_PREF = 32763;
 const ORIG_SRC_MARK = `0x${s.MARK_ORIG_SRC.toString(16)}/0x${s.MARK_ORIG_SRC.toString(16)}`;
 
 /** `ip` in the calling thread's netns (a child inherits the main thread's netns from withNetns). */
-function ip(args: readonly string[]): string {
-  return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+function ip(args: readonly string[], input?: string): string {
+  return execFileSync('ip', args, { encoding: 'utf8', input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
 }
 
-/** Idempotent: the rule is added only when `ip rule` does not list it; the route is replaced. */
+/**
+ * Idempotent: the rule is added only when `ip rule` does not list it; the route is replaced. Two `ip`
+ * runs per family (a show, then one batch), since each costs a process spawn on the pod-add path.
+ */
 function setOrigSrcReturnPath(netnsPath: string, on: boolean): void {
   withNetns(netnsPath, () => {
     // One switch for TCP over IPv4 and IPv6; /proc/sys/net is the opening thread's netns.
     writeFileSync('/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
     const families = existsSync('/proc/sys/net/ipv6/conf/lo') ? (['-4', '-6'] as const) : (['-4'] as const);
     for (const family of families) {
-      const rule = ['fwmark', ORIG_SRC_MARK, 'pref', String(ORIG_SRC_RULE_PREF), 'lookup', String(ORIG_SRC_ROUTE_TABLE)];
+      const rule = `fwmark ${ORIG_SRC_MARK} pref ${ORIG_SRC_RULE_PREF} lookup ${ORIG_SRC_ROUTE_TABLE}`;
       const present = ip([family, 'rule', 'show', 'pref', String(ORIG_SRC_RULE_PREF)]).includes(`lookup ${ORIG_SRC_ROUTE_TABLE}`);
       const any = family === '-4' ? '0.0.0.0/0' : '::/0';
+      const lines = on
+        ? [...(present ? [] : [`rule add ${rule}`]), `route replace local ${any} dev lo table ${ORIG_SRC_ROUTE_TABLE}`]
+        : [...(present ? [`rule del ${rule}`] : []), `route flush table ${ORIG_SRC_ROUTE_TABLE}`];
       try {
-        if (on) {
-          if (!present) ip([family, 'rule', 'add', ...rule]);
-          ip([family, 'route', 'replace', 'local', any, 'dev', 'lo', 'table', String(ORIG_SRC_ROUTE_TABLE)]);
-        } else {
-          if (present) ip([family, 'rule', 'del', ...rule]);
-          ip([family, 'route', 'flush', 'table', String(ORIG_SRC_ROUTE_TABLE)]);
-        }
+        ip([family, '-batch', '-'], lines.join('\n') + '\n');
       } catch (err) {
         const stderr = String((err as { stderr?: string }).stderr ?? err).trim();
         throw new DatapathError(`${on ? 'adding' : 'removing'} the return route of spoofed ztunnel legs (ip ${family}) in ${netnsPath}: ${stderr}`);
@@ -170,6 +172,7 @@ export class InpodDatapath {
    */
   armPod(p: PodArm): LinkOutcome {
     setOrigSrcReturnPath(p.netnsPath, true);
+    this.#attachNodeSyn(p);
     const prog = this.#lookupProg();
     const ino = statSync(p.netnsPath).ino;
     return ensurePinnedLink({
@@ -178,6 +181,38 @@ export class InpodDatapath {
       attach: () => prog.attachNetns(p.netnsPath),
       sameTarget: (info) => info.netnsIno === ino,
     });
+  }
+
+  /**
+   * tc ingress on the pod's eth0, inside its netns (ambpf_inpod_node_syn: the node's own connections,
+   * kubelet's probes, reach the app directly). A tcx link (Linux 6.6+), pinned as
+   * links/inpod-<cookie>-tc. Without tcx, or without an eth0, probes go through ztunnel like any
+   * other inbound connection (they still reach the app): logged once per pod, not an error.
+   */
+  #attachNodeSyn(p: PodArm): void {
+    const prog = this.#object.program('ambpf_inpod_node_syn');
+    let ifindex: number;
+    try {
+      ifindex = withNetns(p.netnsPath, () => resolveIfindex(POD_IFNAME));
+    } catch (err) {
+      log.warn({ netnsPath: p.netnsPath, err: String(err) }, `no ${POD_IFNAME} in the pod: its probes go through ztunnel`);
+      return;
+    }
+    try {
+      ensurePinnedLink({
+        pin: this.#tcPin(p.netnsCookie),
+        prog,
+        attach: () => {
+          const a = prog.attachTc(ifindex, 'ingress', { mode: 'tcx', netns: p.netnsPath });
+          if (!a.link) throw new DatapathError('tcx attach returned no link');
+          return a.link;
+        },
+        sameTarget: (info) => info.ifindex === ifindex,
+      });
+    } catch (err) {
+      if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
+      log.warn({ netnsPath: p.netnsPath }, 'no tcx on this kernel (< 6.6): the pod\'s probes go through ztunnel');
+    }
   }
 
   /**
@@ -217,6 +252,7 @@ export class InpodDatapath {
         log.warn({ netnsPath, err: String(err) }, 'could not remove the return route of spoofed legs');
       }
     }
+    removePinnedLink(this.#tcPin(netnsCookie));
     return removePinnedLink(this.#podPin(netnsCookie));
   }
 
@@ -238,6 +274,10 @@ export class InpodDatapath {
 
   #podPin(cookie: bigint): string {
     return join(this.bpffs, 'links', `${INPOD_LINK_PREFIX}${cookie}`);
+  }
+
+  #tcPin(cookie: bigint): string {
+    return join(this.bpffs, 'links', `${INPOD_LINK_PREFIX}${cookie}-tc`);
   }
 
   /** Release fds; pins stay and keep working. */

@@ -37,6 +37,8 @@ export interface ZtunnelHandoff {
   peerPids(): readonly number[];
   /** After a pass: these pods are armed (Add the new ones), every other pod is not (Del). */
   sync(armed: readonly ResolvedPod[]): void;
+  /** Each armed pod's ZDS state, for the state file. */
+  status(): ReadonlyArray<{ uid: string; state: string; error: string | undefined }>;
 }
 
 export interface InpodCapture {

@@ -43,7 +43,12 @@ export interface StateFile {
   readonly node: string;
   readonly updatedAt: string;
   readonly ztunnel: { name: string; namespace: string; ips: readonly string[] } | null;
-  readonly pods: ReadonlyArray<{ name: string; namespace: string; uid: string; ips: readonly string[]; hostIfname: string | null }>;
+  readonly pods: ReadonlyArray<{
+    name: string; namespace: string; uid: string; ips: readonly string[]; hostIfname: string | null;
+    /** inpod with ZDS: whether ztunnel took the pod (acked), is being asked (pending), refused it
+     * (nacked, with ztunnel's error) or is not connected (no-ztunnel). Absent otherwise. */
+    zds?: { state: string; error?: string };
+  }>;
   readonly problems: readonly Problem[];
 }
 
@@ -156,7 +161,7 @@ export class Reconciler {
 
     this.#report(unresolved, errors);
     this.hasUnresolved = retry || errors.length > 0;
-    if (this.#o.stateFile) await writeStateFile(this.#o.stateFile, desired, resolution).catch((err: unknown) => {
+    if (this.#o.stateFile) await writeStateFile(this.#o.stateFile, desired, resolution, this.#o.handoff).catch((err: unknown) => {
       errors.push(`state file ${this.#o.stateFile}: ${describeError(err)}`);
     });
     lap('stateFile');
@@ -355,13 +360,17 @@ export function readCurrent(dp: Pick<Datapath, 'maps' | 'bpffs'> & Partial<Pick<
   };
 }
 
-async function writeStateFile(path: string, desired: DesiredState, resolution: Resolution): Promise<void> {
+async function writeStateFile(path: string, desired: DesiredState, resolution: Resolution, handoff: ZtunnelHandoff | undefined): Promise<void> {
   const hostIf = new Map(resolution.pods.map((p) => [p.uid, p.hostLink?.ifname ?? null]));
+  const zds = new Map((handoff?.status() ?? []).map((z) => [z.uid, z.error === undefined ? { state: z.state } : { state: z.state, error: z.error }]));
   const state: StateFile = {
     node: desired.node,
     updatedAt: new Date().toISOString(),
     ztunnel: desired.ztunnel ? { name: desired.ztunnel.name, namespace: desired.ztunnel.namespace, ips: desired.ztunnel.ips } : null,
-    pods: desired.ambientPods.map((p) => ({ name: p.name, namespace: p.namespace, uid: p.uid, ips: p.ips, hostIfname: hostIf.get(p.uid) ?? null })),
+    pods: desired.ambientPods.map((p) => {
+      const z = zds.get(p.uid);
+      return { name: p.name, namespace: p.namespace, uid: p.uid, ips: p.ips, hostIfname: hostIf.get(p.uid) ?? null, ...(z ? { zds: z } : {}) };
+    }),
     problems: desired.problems,
   };
   await mkdir(dirname(path), { recursive: true });

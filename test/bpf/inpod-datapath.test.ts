@@ -12,7 +12,7 @@ import { openInpodDatapath, type InpodDatapath } from '../../src/bpf/datapath-in
 import { podListenerInodes, socketHolders } from '../../src/bpf/inpod-listeners.ts';
 import * as s from '../../src/bpf/schema.ts';
 import type { TestbedProcess } from '../../src/testbed/exec.ts';
-import { makeEnv, type Env, type PodName } from './env.ts';
+import { makeEnv, HELPER, type Env, type PodName } from './env.ts';
 
 interface Addr { ip: string; port: number }
 interface Hello { port: number; local: Addr; peer: Addr; orig: Addr | { error: number } | null }
@@ -89,6 +89,16 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
     const [hbone] = (await env.client('c', [b.ip, '15008'])) as ClientOut[];
     t.equal(hbone?.hello?.port, 15008);
     t.ok(dp.stats().sklookup_assigned >= 2n);
+  });
+
+  await t.test('a connection the node itself opens (kubelet\'s probe) reaches the app; forwarded ones do not', async (t) => {
+    const before = dp.stats();
+    const out = execFileSync('nsenter', [`--net=${env.node}`, 'python3', HELPER, 'client', b.ip, String(APP)], { encoding: 'utf8' });
+    const [probe] = out.trim().split('\n').map((l) => JSON.parse(l) as ClientOut);
+    t.equal(probe?.hello?.port, APP, 'from the node netns: straight to the app, no host SNAT rule needed');
+    t.ok(dp.stats().sklookup_pass_probe > before.sklookup_pass_probe, 'counted as a probe');
+    const [fwd] = (await env.client('c', [b.ip, String(APP)])) as ClientOut[];
+    t.equal(fwd?.hello?.port, 15006, 'forwarded by the node (pod c): to ztunnel');
   });
 
   await t.test('ztunnel\'s marked sockets and the pod\'s own IP are not redirected', async (t) => {

@@ -55,7 +55,7 @@ t.teardown(async () => {
 function capturedPods(l: Loader): string[] {
   const dir = join(l.node.bpffsDir, 'links');
   if (!existsSync(dir)) return [];
-  return execFileSync('ls', [dir], { encoding: 'utf8' }).split('\n').filter((n) => n.startsWith('inpod-'));
+  return execFileSync('ls', [dir], { encoding: 'utf8' }).split('\n').filter((n) => /^inpod-\d+$/.test(n));
 }
 
 /** curl and the stand-in's log lines that request produced on each node (see linesSince for `expect`). */
@@ -272,7 +272,7 @@ t.test('ambpf uninstall removes the per-pod links and the inpod maps, and traffi
   await l.proc.exited;
   const r = await tb.exec('node1', [AMBPF_BIN, 'uninstall', '--bpffs', l.node.bpffsDir, '-j']);
   const report = JSON.parse(r.stdout) as { links: string[]; maps: string[] };
-  t.equal(report.links.filter((n) => n.startsWith('inpod-')).length, 2, 'both pods\' sk_lookup links');
+  t.equal(report.links.filter((n) => /^inpod-\d+$/.test(n)).length, 2, 'both pods\' sk_lookup links');
   t.ok(['ambpf_inpod_sk', 'ambpf_inpod_pair', 'ambpf_inpod_listen'].every((m) => report.maps.includes(m)), 'the inpod maps');
   const links = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{ type: string; netns_ino?: number }>;
   for (const pod of ['app1-node1', 'app2-node1']) {
