@@ -77,6 +77,18 @@ function parseAuthority(a: string): SockAddr | undefined {
   return { ip: m[1], port: Number(m[2]) };
 }
 
+/**
+ * Whose address an inbound HBONE leg spoofs: the tunnel's peer, as ztunnel does (src/proxy/inbound.rs,
+ * rbac_ctx.conn.src). One exception: the node topology's same-node shortcut tunnels to our own
+ * 127.0.0.1:15008 where node-mode ztunnel stayed in-process with the client's address; there the
+ * peer is loopback and the client comes from the Forwarded header our outbound half sent.
+ */
+function hboneClient(peer: string, headers: http2.IncomingHttpHeaders): string {
+  if (!(peer.startsWith('127.') || peer === '::1')) return peer;
+  const m = /for="\[?([0-9a-fA-F:.]+?)\]?(?::\d+)?"/.exec(String(headers['forwarded'] ?? ''));
+  return m?.[1] && net.isIP(m[1]) !== 0 ? m[1] : peer;
+}
+
 /** The original destination the way ztunnel learns it (src/socket.rs orig_dst_addr_or_default). */
 function learnOriginalDst(s: net.Socket): { dst: SockAddr; from: string } {
   const fd = socketFd(s);
@@ -175,13 +187,14 @@ export class WorkloadProxy {
   }
 
   /** HTTP/2 CONNECT over mTLS to <dst ip>:15008; resolves to the tunnel stream once the peer answered 200. */
-  async #openHbone(dst: SockAddr): Promise<{ stream: http2.ClientHttp2Stream; session: http2.ClientHttp2Session; local: string }> {
+  async #openHbone(dst: SockAddr, client: string): Promise<{ stream: http2.ClientHttp2Stream; session: http2.ClientHttp2Session; local: string }> {
     const raw = await this.#connect({ ip: this.opts.localMesh.has(dst.ip) ? '127.0.0.1' : dst.ip, port: PORT_HBONE }, undefined);
     const local = fmtAddr({ ip: unmap(raw.localAddress), port: raw.localPort ?? 0 });
     const secure = tls.connect({ socket: raw, ...this.opts.tls, ALPNProtocols: ['h2'], servername: 'ztunnel.istio-system', checkServerIdentity: checkPeer });
     const session = this.#track(http2.connect(`https://${fmtAddr({ ip: dst.ip, port: PORT_HBONE })}`, { createConnection: () => secure }));
     session.on('error', () => { /* reported through the stream */ });
-    const stream = session.request({ ':method': 'CONNECT', ':authority': fmtAddr(dst) });
+    // ztunnel's outbound sends `Forwarded: for="<client>"` (src/proxy/outbound.rs build_forwarded).
+    const stream = session.request({ ':method': 'CONNECT', ':authority': fmtAddr(dst), forwarded: `for="${client}"` });
     await new Promise<void>((resolve, reject) => {
       stream.once('error', reject);
       stream.once('close', () => reject(new Error(`HBONE stream closed (rst code ${stream.rstCode ?? '?'})`)));
@@ -218,7 +231,7 @@ export class WorkloadProxy {
     const upstreamProtocol = hbone ? ('hbone' as const) : ('tcp' as const);
     try {
       if (hbone) {
-        const { stream, session, local } = await this.#openHbone(dst);
+        const { stream, session, local } = await this.#openHbone(dst, source);
         const r = await relay(s, stream);
         session.close();
         this.#log({ ...base, upstream, upstreamLocal: local, upstreamProtocol, bytesIn: r.bytesIn, bytesOut: r.bytesOut, result: r.error ? `error: ${r.error}` : 'ok' });
@@ -254,8 +267,8 @@ export class WorkloadProxy {
 
   async #onHboneStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
     const sock = stream.session?.socket;
-    const client = unmap(sock?.remoteAddress);
-    const source = fmtAddr({ ip: client, port: sock?.remotePort ?? 0 });
+    const client = hboneClient(unmap(sock?.remoteAddress), headers);
+    const source = fmtAddr({ ip: unmap(sock?.remoteAddress), port: sock?.remotePort ?? 0 });
     const authority = String(headers[':authority'] ?? '');
     const base = { direction: 'inbound-hbone' as const, source, originalDst: authority, dstFrom: 'authority', upstream: authority, upstreamProtocol: 'tcp' as const };
     const dst = parseAuthority(authority);
