@@ -1,5 +1,5 @@
-// Shared by the ztunnel-*.test.ts files: the one-node inpod testbed they run on (a mesh app pod and a
-// plain client pod, no legacy stand-ins) and a bounded wait for a condition.
+// Shared by the ztunnel-*.test.ts files: the one-node inpod testbed they run on (mesh pods app and
+// web, a plain client pod, no legacy stand-ins) and a bounded wait for a condition.
 import { startTestbed, type Testbed, type TestbedSpec } from '../../src/testbed/index.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 
@@ -8,6 +8,7 @@ const spec: TestbedSpec = {
   namespaces: [{ name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } }, { name: 'plain' }],
   pods: [
     { name: 'app', namespace: 'mesh', node: 'node1' },
+    { name: 'web', namespace: 'mesh', node: 'node1' },
     { name: 'client', namespace: 'plain', node: 'node1' },
   ],
 };

@@ -1,6 +1,6 @@
 // The per-node inpod ztunnel stand-in (ztunnel >= 1.23) driven by a ZDS server from src/zds on a
 // one-node inpod testbed: readiness, listeners and DNS inside the pod's netns, idempotent Add, Del,
-// DNS answers and forwarding, and the spoofed inbound leg.
+// DNS answers and forwarding, the spoofed inbound leg, and mesh-to-mesh over HBONE between two pods.
 import t from 'tap';
 import { join } from 'node:path';
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
@@ -143,6 +143,26 @@ t.test("the inbound leg comes from the client's address (ENABLE_ORIG_SRC default
   const line = await until('the inbound log line', inbound, (l) => l !== undefined);
   t.match(line, { where: 'mesh/app', dstFrom: 'SO_ORIGINAL_DST', originalDst: `${app.ip}:8080`, result: 'ok' });
   t.match(line?.upstreamLocal, new RegExp(`^${client.ip.replaceAll('.', '\\.')}:\\d+$`), 'the upstream socket is bound to the client IP');
+});
+
+t.test('mesh to mesh: the outbound leg leaves the client pod marked, HBONE to the app pod, the app sees the client', async (t) => {
+  const web = tb.pod('mesh/web');
+  await server.add(web.uid, { name: web.name, namespace: web.namespace, serviceAccount: 'default' }, web.netnsPath);
+  // Outbound capture in the client pod as istio-cni's nat OUTPUT has it. The stand-in's own HBONE leg
+  // leaves this same netns: only its mark 0x539 keeps it from being redirected to 15001 again (a loop).
+  await tb.exec(web, ['iptables', '-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '!', '-d', '127.0.0.1/32', '-m', 'mark', '!', '--mark', '0x539/0xfff', '-j', 'REDIRECT', '--to-ports', '15001']);
+  const before = tb.ztunnelLog('node1').length;
+  const r = await curl(tb, web, app.ip, 8080, { path: '/hbone' });
+  t.equal(r.body, `hello from app peer=${web.ip} path=/hbone\n`, `the app sees the client pod (${r.stderr})`);
+  const lines = await until('both halves logged', async () => tb.ztunnelLog('node1').slice(before), (l) => l.length >= 2);
+  const out = lines.find((l) => l.direction === 'outbound');
+  const inb = lines.find((l) => l.direction === 'inbound-hbone');
+  t.match(out, { where: 'mesh/web', dstFrom: 'SO_ORIGINAL_DST', originalDst: `${app.ip}:8080`, upstream: `${app.ip}:15008`, upstreamProtocol: 'hbone', result: 'ok' });
+  t.match(out?.upstreamLocal, new RegExp(`^${web.ip.replaceAll('.', '\\.')}:\\d+$`), 'the HBONE leg left from the client pod');
+  t.match(inb, { where: 'mesh/app', originalDst: `${app.ip}:8080`, result: 'ok' });
+  t.match(inb?.source, new RegExp(`^${web.ip.replaceAll('.', '\\.')}:`), 'the tunnel came from the client pod');
+  t.match(inb?.upstreamLocal, new RegExp(`^${web.ip.replaceAll('.', '\\.')}:\\d+$`), 'and the app leg spoofs it');
+  await server.del(web.uid);
 });
 
 t.test('Del: the listeners and DNS are gone', async (t) => {
