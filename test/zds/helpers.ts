@@ -80,7 +80,7 @@ export class RawZtunnel {
     return z;
   }
 
-  /** Next request, decoded, with its fds (closed here after `keepFds` is consulted). */
+  /** Next request, decoded; its fds are closed here (the datagram still lists their numbers). */
   async request(ms = 5000): Promise<{ d: Datagram; req: ReturnType<typeof decodeRequest> }> {
     const d = await recvWithin(this.sock, ms, 'request');
     if (d === null) throw new Error('EOF from the agent');
