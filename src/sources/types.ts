@@ -1,6 +1,7 @@
 // What a pod source (a pods file, a Kubernetes watch) hands to the loader: the cluster objects it
-// currently knows, whole. Sources deliver raw objects as they arrived (a file may hold malformed
-// ones); validation lives in one place, src/state/desired.ts, so both sources behave the same.
+// currently knows, whole, as they arrived. Both sources check every object against one schema
+// (src/state/schema.ts, via src/sources/validate.ts) and deliver only the valid ones, each invalid
+// one logged with its reason; what the objects mean (membership, IP clashes) is src/state/desired.ts.
 
 /** The subset of a Kubernetes object's shape ambpf reads. Everything is optional: input is untrusted. */
 export interface KubeObjectLike {

@@ -1,5 +1,7 @@
 // The desired state of one node's datapath, computed from cluster objects by a pure function.
 // Both pod sources (pods file, Kubernetes watch) feed it, so membership rules live here only.
+// The sources deliver only objects that passed src/state/schema.ts; the readers here stay total
+// anyway, for snapshots built in code (tests, the benchmark's synthetic cluster).
 // Rules follow istio-cni's ambient pod selection (shared/reference/istio-redirection.md).
 import { isIP } from 'node:net';
 import type { ClusterSnapshot, KubeObjectLike } from '../sources/types.ts';
@@ -16,6 +18,8 @@ export interface DesiredPod {
   readonly namespace: string;
   /** Canonical textual IPs (IPv4 dotted, IPv6 compressed lowercase), IPv4 first. */
   readonly ips: readonly string[];
+  /** spec.serviceAccountName, "default" when unset (as Kubernetes does): ZDS WorkloadInfo carries it. */
+  readonly serviceAccount: string;
 }
 
 export interface DesiredZtunnel extends DesiredPod {}
@@ -89,6 +93,7 @@ export interface ParsedPod {
   readonly containers: readonly string[];
   readonly phase: string | undefined;
   readonly ips: readonly string[];
+  readonly serviceAccount: string;
 }
 
 type ParseResult = { readonly pod: ParsedPod } | { readonly problem: Problem };
@@ -130,6 +135,7 @@ function parsePod(obj: KubeObjectLike): ParseResult {
       containers,
       phase: str(status['phase']),
       ips,
+      serviceAccount: str(spec['serviceAccountName']) ?? 'default',
     },
   };
 }
@@ -153,6 +159,9 @@ function isLive(pod: ParsedPod): boolean {
   // its sandbox and may send traffic.
   return pod.phase !== 'Succeeded' && pod.phase !== 'Failed' && pod.ips.length > 0;
 }
+
+const desired = (p: ParsedPod): DesiredPod =>
+  ({ uid: p.uid, name: p.name, namespace: p.namespace, ips: p.ips, serviceAccount: p.serviceAccount });
 
 const byKey = (a: { namespace: string; name: string }, b: { namespace: string; name: string }): number =>
   a.namespace === b.namespace ? (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) : a.namespace < b.namespace ? -1 : 1;
@@ -192,7 +201,7 @@ export function computeDesiredState(snapshot: ClusterSnapshot, node: string): De
     ztunnels.sort((a, b) => Number(b.phase === 'Running') - Number(a.phase === 'Running'));
   }
   const zt = ztunnels[0];
-  const ztunnel = zt ? { uid: zt.uid, name: zt.name, namespace: zt.namespace, ips: zt.ips } : undefined;
+  const ztunnel = zt ? desired(zt) : undefined;
 
   // IPs are keys of the pod map: two pods claiming one IP cannot both be right. The first in
   // namespace/name order keeps it; the others are reported.
@@ -211,7 +220,7 @@ export function computeDesiredState(snapshot: ClusterSnapshot, node: string): De
       continue;
     }
     for (const ip of pod.ips) ipOwner.set(ip, pod);
-    ambientPods.push({ uid: pod.uid, name: pod.name, namespace: pod.namespace, ips: pod.ips });
+    ambientPods.push(desired(pod));
   }
   return { node, ambientPods, ztunnel, problems };
 }

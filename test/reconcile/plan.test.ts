@@ -6,7 +6,7 @@ import type { Resolution, ResolvedPod } from '../../src/node/discovery.ts';
 const link = (ifname: string, ifindex: number) => ({ ifname, ifindex, mac: `02:00:00:00:00:${ifindex.toString(16).padStart(2, '0')}` });
 const pod = (name: string, ips: string[], cookie: bigint, ifindex: number): ResolvedPod => ({
   uid: `u-${name}`, name, namespace: 'app', ips, pid: 100 + ifindex, pids: [100 + ifindex], netnsPath: `/proc/${100 + ifindex}/ns/net`,
-  netnsCookie: cookie, hostLink: link(`veth-${name}`, ifindex),
+  netnsCookie: cookie, hostLink: link(`veth-${name}`, ifindex), serviceAccount: 'default',
 });
 
 const resolution = (pods: ResolvedPod[], withZtunnel = true): Resolution => ({
