@@ -3,11 +3,12 @@
 // mirrored by two reflectors and delivered as whole snapshots. Bursts of events (a deployment
 // rolling, a relist) are coalesced into one snapshot; deliveries never overlap.
 import type { KubeConfig } from '@kubernetes/client-node';
-import { logger } from '../log.ts';
+import { logger, type Logger } from '../log.ts';
 import { Reflector, type ReflectorCounters } from '../kube/reflector.ts';
 import type { ClusterSnapshot, PodSource, SourceHealth } from './types.ts';
+import { SnapshotValidator } from './validate.ts';
 
-const log = logger('kube-source');
+const moduleLog = logger('kube-source');
 
 export interface KubeSourceOptions {
   readonly kubeConfig: KubeConfig;
@@ -22,6 +23,8 @@ export interface KubeSourceOptions {
   readonly watchTimeoutSeconds?: number;
   readonly listTimeoutMs?: number;
   readonly listPageSize?: number;
+  /** Where its lines go (default: the process logger, component kube-source). */
+  readonly log?: Logger;
 }
 
 /** Totals for metrics (ambpf_watch_restarts_total, ...), summed over the pod and namespace watches. */
@@ -32,6 +35,8 @@ export interface KubeSourceCounters {
   readonly events: number;
   readonly snapshots: number;
   readonly snapshotErrors: number;
+  /** Objects left out of the snapshots because they failed src/state/schema.ts (each counted once). */
+  readonly invalidObjects: number;
   /** Epoch ms of the last completed list, event or bookmark; undefined before the first. */
   readonly lastEventAt: number | undefined;
 }
@@ -51,7 +56,10 @@ export const KUBE_SOURCE_DEFAULTS = {
 } as const;
 
 export function createKubeSource(options: KubeSourceOptions): KubeSource {
-  const o = { ...KUBE_SOURCE_DEFAULTS, ...definedOnly(options), kubeConfig: options.kubeConfig, nodeName: options.nodeName };
+  const { log: injected, ...rest } = options;
+  const o = { ...KUBE_SOURCE_DEFAULTS, ...definedOnly(rest), kubeConfig: rest.kubeConfig, nodeName: rest.nodeName };
+  const log = injected ?? moduleLog;
+  const validator = new SnapshotValidator(log);
   let deliver: (s: ClusterSnapshot) => void | Promise<void> = () => {};
   let ready = false;
   let stopped = false;
@@ -77,7 +85,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
   const reflectors = [pods, namespaces];
 
   function snapshot(): ClusterSnapshot {
-    return { pods: pods.items(), namespaces: namespaces.items() };
+    return validator.snapshot(pods.items(), namespaces.items());
   }
 
   function schedule(): void {
@@ -158,6 +166,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
         events: sum('events'),
         snapshots,
         snapshotErrors,
+        invalidObjects: validator.invalidTotal,
         lastEventAt: last > 0 ? last : undefined,
       };
     },

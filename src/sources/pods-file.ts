@@ -6,10 +6,11 @@ import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { UsageError } from '../errors.ts';
-import { logger } from '../log.ts';
-import type { ClusterSnapshot, KubeObjectLike, PodSource, SourceHealth } from './types.ts';
+import { logger, type Logger } from '../log.ts';
+import type { ClusterSnapshot, PodSource, SourceHealth } from './types.ts';
+import { SnapshotValidator } from './validate.ts';
 
-const log = logger('pods-file');
+const moduleLog = logger('pods-file');
 
 export class PodsFileError extends UsageError {
   override readonly name: string = 'PodsFileError';
@@ -19,8 +20,19 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
-/** Parses the file's text into a snapshot; throws PodsFileError when the text is not a List at all. */
-export function parsePodsList(text: string, path: string): ClusterSnapshot {
+export interface ParseOptions {
+  readonly log?: Logger;
+  /** Checks and reports the objects (a source keeps one for its lifetime). */
+  readonly validator?: SnapshotValidator;
+}
+
+/**
+ * Parses the file's text into a snapshot of its valid Pods and Namespaces; each invalid one is
+ * logged (src/sources/validate.ts). Throws PodsFileError when the text is not a List at all.
+ */
+export function parsePodsList(text: string, path: string, options: ParseOptions = {}): ClusterSnapshot {
+  const log = options.log ?? moduleLog;
+  const validator = options.validator ?? new SnapshotValidator(log.child({ path }));
   const items: unknown[] = [];
   const trimmed = text.trimStart();
   if (trimmed.startsWith('{') || trimmed.startsWith('[')) {
@@ -39,18 +51,18 @@ export function parsePodsList(text: string, path: string): ClusterSnapshot {
       collect(doc.toJS(), items, path);
     }
   }
-  const pods: KubeObjectLike[] = [];
-  const namespaces: KubeObjectLike[] = [];
-  for (const item of items) {
+  const pods: unknown[] = [];
+  const namespaces: unknown[] = [];
+  for (const [i, item] of items.entries()) {
     if (!isObject(item)) {
-      log.error({ path, item }, 'pods file: an item is not an object; ignored');
+      validator.reportNotObject(`item #${i} of ${path}`, `items[${i}]`, item);
       continue;
     }
-    if (item['kind'] === 'Pod') pods.push(item as KubeObjectLike);
-    else if (item['kind'] === 'Namespace') namespaces.push(item as KubeObjectLike);
+    if (item['kind'] === 'Pod') pods.push(item);
+    else if (item['kind'] === 'Namespace') namespaces.push(item);
     else log.warn({ path, kind: item['kind'] }, 'pods file: item is neither a Pod nor a Namespace; ignored');
   }
-  return { pods, namespaces };
+  return validator.snapshot(pods, namespaces);
 }
 
 function collect(doc: unknown, into: unknown[], path: string): void {
@@ -70,6 +82,8 @@ export interface PodsFileSourceOptions {
   readonly path: string;
   /** Also poll this often (ms): inotify misses changes on some filesystems and through some editors. */
   readonly pollMs?: number;
+  /** Where its lines go (default: the process logger, component pods-file). */
+  readonly log?: Logger;
 }
 
 function isCompleteJson(text: string): boolean {
@@ -84,6 +98,8 @@ function isCompleteJson(text: string): boolean {
 export function createPodsFileSource(options: PodsFileSourceOptions): PodSource {
   const { path } = options;
   const pollMs = options.pollMs ?? 1000;
+  const log = options.log ?? moduleLog;
+  const validator = new SnapshotValidator(log.child({ path }));
   let watcher: FSWatcher | undefined;
   let poller: NodeJS.Timeout | undefined;
   let lastText: string | undefined;
@@ -123,7 +139,7 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
     lastText = text;
     let snapshot: ClusterSnapshot;
     try {
-      snapshot = parsePodsList(text, path);
+      snapshot = parsePodsList(text, path, { log, validator });
     } catch (err) {
       if (initial) throw err;
       log.error({ path, err: (err as Error).message }, 'pods file is invalid; keeping the last good state');

@@ -8,6 +8,8 @@ import {
   SnapshotRecorder, kubeConfigFor, namespace, namespaceLabels, pod, podIp, podNames, startFakeServer, type TestContext,
 } from './fixtures.ts';
 import { eventually, waitUntil } from '../helpers/wait.ts';
+import { captureLog } from '../helpers/log.ts';
+import { INVALID_NAMESPACE, INVALID_PODS } from '../sources/invalid-objects.ts';
 
 const NODE = 'node-a';
 
@@ -148,18 +150,55 @@ t.test('a watch that never even answers (no headers) is also caught by the watch
   server.unstall();
 });
 
-t.test('odd objects are delivered raw, garbage in the stream is survived', async (t) => {
-  const { server, rec, source } = await synced(t);
+t.test('invalid objects are each one log line and left out; garbage in the stream is survived', async (t) => {
+  const cap = captureLog();
+  const { server, rec, source } = await synced(t, { log: cap.log });
   server.addPod(pod('no-ip-yet', 'shop', NODE, undefined));
   server.addPod({ ...pod('v6-only', 'shop', NODE, undefined), status: { podIP: 'fd00::10', podIPs: [{ ip: 'fd00::10' }] } });
-  server.addPod({ metadata: { name: 'weird', namespace: 'shop' }, spec: { nodeName: NODE, containers: 'not-a-list' }, status: 'garbage' });
-  await rec.waitFor((s) => s.pods.length === 5, 5000, 'odd pods delivered');
+  // The pods file's cases (test/sources/invalid-objects.ts) with no uid (the server assigns one),
+  // less those the node's field selector (spec.nodeName) keeps from the watch altogether.
+  const cases = INVALID_PODS.filter((c) => !['metadata.uid', 'spec.nodeName', 'spec'].includes(c.field));
+  for (const c of cases) {
+    const o = structuredClone(c.object);
+    if (o['spec']) o['spec'].nodeName = NODE;
+    delete o['metadata'].uid;
+    server.addPod(o);
+  }
+  server.addNamespace(structuredClone(INVALID_NAMESPACE.object));
+  server.addPod(pod('after-bad', 'shop', NODE, '198.18.1.51'));
+  const s = await rec.waitFor((s) => podNames(s).includes('shop/after-bad'), 5000, 'a valid pod after the bad ones');
+  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/after-bad', 'shop/no-ip-yet', 'shop/v6-only', 'shop/web-1'],
+    'the valid pods only');
+  t.notOk(s.namespaces.some((n) => n.metadata?.name === 'odd'), 'the invalid namespace is left out');
+  // The namespace comes by its own watch: its line may follow the pods'.
+  await waitUntil(() => cap.with('invalid object skipped').length >= cases.length + 1, 5000);
+  const reported = cap.with('invalid object skipped');
+  t.equal(reported.length, cases.length + 1, `a line each: ${reported.map((l) => String(l['object'])).join(', ')}`);
+  for (const c of [...cases, INVALID_NAMESPACE]) {
+    const line = reported.find((l) => l['object'] === c.label);
+    t.equal(line?.['field'], c.field, `${c.label}: ${String(line?.['msg'])}`);
+    t.match(String(line?.['reason']), c.reason);
+  }
+
+  // More snapshots carry the same objects: nothing is said twice. A pod that turns invalid leaves,
+  // with a line; fixed, it is back.
+  const broken = pod('web-1', 'shop', NODE, '198.18.1.10');
+  (broken['spec'] as Record<string, unknown>)['hostNetwork'] = 'yes';
+  server.updatePod(broken);
+  await rec.waitFor((s) => !podNames(s).includes('shop/web-1'), 5000, 'web-1 left out once invalid');
+  server.updatePod(pod('web-1', 'shop', NODE, '198.18.1.10'));
+  await rec.waitFor((s) => podNames(s).includes('shop/web-1'), 5000, 'web-1 back once valid');
+  const lines = cap.with('invalid object skipped');
+  t.equal(lines.length, cases.length + 2, 'one more line: web-1\'s invalid version, nothing repeated');
+  t.match(lines.at(-1), { object: 'pod shop/web-1', field: 'spec.hostNetwork', reason: /got string "yes"$/ });
+  t.equal(source.counters().invalidObjects, cases.length + 2, 'counted');
+
   server.injectWatchLine('Pod', 'this is not json');
   server.injectWatchLine('Pod', JSON.stringify({ type: 'ADDED', object: { kind: 'Pod' } }));
   server.injectWatchLine('Pod', JSON.stringify({ type: 'SURPRISE', object: null }));
   server.addPod(pod('after-garbage', 'shop', NODE, '198.18.1.50'));
-  const s = await rec.waitFor((s) => podNames(s).includes('shop/after-garbage'), 5000, 'a valid change after garbage');
-  t.equal(s.pods.length, 6, 'nothing invented from the garbage');
+  const after = await rec.waitFor((s) => podNames(s).includes('shop/after-garbage'), 5000, 'a change after garbage');
+  t.equal(after.pods.length, 6, 'nothing invented from the garbage');
   t.equal(source.health().restarts, 0, 'garbage did not break the stream');
 });
 

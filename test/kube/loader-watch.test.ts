@@ -328,12 +328,19 @@ t.test('objects the loader cannot use are logged and skipped; the rest is untouc
   await api.server.addPod(badIp);
   await api.server.addPod(v6Only);
   await api.server.addPod(malformed);
-  const reported = (name: string) => loader!.logLines().find((l) => String(l['msg']).startsWith(`cannot apply pod mesh/${name}`));
+  // Objects that fail the schema are named by the watch (src/sources/validate.ts), pods it cannot
+  // place on the node by the reconciler.
+  const reported = (name: string) => loader!.logLines().find((l) => [`cannot apply pod mesh/${name}`,
+    `invalid object skipped: pod mesh/${name}:`].some((prefix) => String(l['msg']).startsWith(prefix)));
   for (const name of ['bad-ip', 'v6-only', 'malformed']) {
     await eventually(() => reported(name), CONVERGE_MS, `the pod ${name} to be reported`);
     t.pass(`pod ${name}: ${String(reported(name)?.['msg'])}`);
   }
-  t.match(String(reported('malformed')?.['msg']), /status\.podIP 1234 is not an IP address/, 'the malformed pod\'s log line says what is wrong');
+  t.match(reported('bad-ip'), { field: 'status.podIP', reason: '"198.19.1.300" is not an IP address' }, 'bad IP named');
+  t.match(reported('malformed'), { field: 'metadata.labels', reason: 'expected record, got number 7' },
+    'the malformed pod\'s first fault');
+  t.match(String(reported('malformed')?.['msg']), /status\.podIP: expected string, got number 1234/,
+    '...and its others, in the same line');
   await eventually(async () => (await metric('ambpf_reconcile_passes_total')) > passes, CONVERGE_MS, 'a pass over the bad objects');
   t.same(ambientIps(), before, 'the map holds exactly the good pods');
   t.equal(await outboundVia('app2', 'app1', 'ztunnel-new'), 'ztunnel-new', 'traffic is still redirected');

@@ -110,8 +110,12 @@ t.test('malformed pods-file objects: the good ones apply, each bad one is one cl
   const passes = passCount(await metrics(tb, node1));
   await eventually(async () => passCount(await metrics(tb, node1)) >= passes + 2, 10_000, 'two more reconcile passes');
   t.equal(errorsFor('mesh/bad-ip'), 1, 'bad IP reported once');
-  t.match(node1.logLines().find((l) => String(l['msg']).includes('mesh/bad-ip'))?.['msg'], /"198\.19\.1\.300" is not an IP address/);
+  const lineFor = (what: string) => node1.logLines().find((l) => String(l['msg']).includes(what));
+  t.match(lineFor('mesh/bad-ip'), { field: 'status.podIP', reason: '"198.19.1.300" is not an IP address' });
   t.equal(errorsFor('mesh/no-uid'), 1, 'missing uid reported once');
+  t.match(lineFor('mesh/no-uid'), { field: 'metadata.uid', reason: 'missing (string required)' });
+  t.equal(errorsFor('pod <no namespace>/<no name>: metadata: expected object, got string "not an object"'), 1,
+    'an object that is not a pod is named too');
   t.equal(errorsFor('mesh/zz-dup-ip'), 1, 'duplicate IP reported once');
   t.equal(errorsFor('extra-fields'), 1, 'extra fields are fine, but it has no process on this node yet');
   t.match(node1.logLines().find((l) => String(l['msg']).includes('extra-fields'))?.['msg'], /no process found/);
