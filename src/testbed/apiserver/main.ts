@@ -49,6 +49,8 @@ const ops: Record<string, (...args: never[]) => unknown> = {
   addPod: (p: Record<string, unknown>) => server.addPod(p),
   updatePod: (p: Record<string, unknown>) => server.updatePod(p),
   deletePod: (ns: string, name: string) => server.deletePod(ns, name),
+  // null, not undefined: the IPC reply must carry it.
+  getPod: (ns: string, name: string) => server.getPod(ns, name) ?? null,
   addNamespace: (n: Record<string, unknown>) => server.addNamespace(n),
   updateNamespace: (n: Record<string, unknown>) => server.updateNamespace(n),
   deleteNamespace: (name: string) => server.deleteNamespace(name),

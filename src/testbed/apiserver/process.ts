@@ -87,6 +87,9 @@ export class FakeApiServerProcess {
   addPod(pod: Record<string, unknown>): Promise<KubeObject> { return this.call('addPod', pod); }
   updatePod(pod: Record<string, unknown>): Promise<KubeObject> { return this.call('updatePod', pod); }
   deletePod(namespace: string, name: string): Promise<KubeObject> { return this.call('deletePod', namespace, name); }
+  async getPod(namespace: string, name: string): Promise<KubeObject | undefined> {
+    return (await this.call<KubeObject | null>('getPod', namespace, name)) ?? undefined;
+  }
   addNamespace(ns: Record<string, unknown>): Promise<KubeObject> { return this.call('addNamespace', ns); }
   updateNamespace(ns: Record<string, unknown>): Promise<KubeObject> { return this.call('updateNamespace', ns); }
   deleteNamespace(name: string): Promise<KubeObject> { return this.call('deleteNamespace', name); }

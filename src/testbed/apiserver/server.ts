@@ -9,7 +9,10 @@
 //  - allowWatchBookmarks=true: BOOKMARK events whose object has only metadata.resourceVersion;
 //  - fieldSelector / labelSelector filter lists and watches; with a selector an object that stops
 //    matching is a DELETED event, one that starts matching an ADDED (like the watch cache);
-//  - timeoutSeconds ends a watch cleanly.
+//  - timeoutSeconds ends a watch cleanly;
+//  - PATCH of pods/{name}/status with a JSON merge patch (patch.ts): metadata and status change,
+//    resourceVersion bumps, watches see MODIFIED; a patch that changes nothing writes nothing. Other
+//    patch types are 415 here (the real server takes them too; nothing of ambpf sends them).
 // Knobs for failure tests: drop watch connections, stall watches, compact history, fail the next N
 // requests, take the whole server down and up again on the same port.
 import { createServer, type Server } from 'node:https';
@@ -19,6 +22,10 @@ import { stringify } from 'yaml';
 import { makeTestPki, type TestPki } from './tls.ts';
 import { ObjectStore, StoreError, keyOf, type Kind, type KubeObject, type StoredEvent } from './store.ts';
 import { parseFieldSelector, parseLabelSelector, SelectorError, type Matcher } from './selectors.ts';
+import { MERGE_PATCH, patchPodStatus } from './patch.ts';
+
+/** Bodies above this are refused (413), like the real server's limit on request size (3 MiB there). */
+const MAX_BODY_BYTES = 1 << 20;
 
 export interface RequestRecord {
   readonly method: string;
@@ -74,17 +81,21 @@ interface Route {
   readonly kind: Kind;
   readonly namespace: string | undefined;
   readonly name: string | undefined;
+  /** `status` for /api/v1/namespaces/{ns}/pods/{name}/status. */
+  readonly subresource: 'status' | undefined;
 }
 
 function route(path: string): Route | undefined {
   const parts = path.split('/').filter((p) => p !== '').map(decodeURIComponent);
   if (parts[0] !== 'api' || parts[1] !== 'v1') return undefined;
   const rest = parts.slice(2);
-  if (rest.length === 1 && rest[0] === 'pods') return { kind: 'Pod', namespace: undefined, name: undefined };
+  const base = { namespace: undefined, name: undefined, subresource: undefined };
+  if (rest.length === 1 && rest[0] === 'pods') return { ...base, kind: 'Pod' };
   if (rest[0] === 'namespaces') {
-    if (rest.length === 1) return { kind: 'Namespace', namespace: undefined, name: undefined };
-    if (rest.length === 2) return { kind: 'Namespace', namespace: undefined, name: rest[1] };
-    if (rest[2] === 'pods' && rest.length <= 4) return { kind: 'Pod', namespace: rest[1], name: rest[3] };
+    if (rest.length === 1) return { ...base, kind: 'Namespace' };
+    if (rest.length === 2) return { ...base, kind: 'Namespace', name: rest[1] };
+    if (rest[2] === 'pods' && rest.length <= 4) return { ...base, kind: 'Pod', namespace: rest[1], name: rest[3] };
+    if (rest[2] === 'pods' && rest.length === 5 && rest[4] === 'status') return { kind: 'Pod', namespace: rest[1], name: rest[3], subresource: 'status' };
   }
   return undefined;
 }
@@ -176,6 +187,8 @@ export class FakeApiServer {
   addPod(pod: Record<string, unknown>): KubeObject { return this.store.create('Pod', pod); }
   updatePod(pod: Record<string, unknown>): KubeObject { return this.store.update('Pod', pod); }
   deletePod(namespace: string, name: string): KubeObject { return this.store.delete('Pod', namespace, name); }
+  /** The stored pod (what a GET returns), or undefined. */
+  getPod(namespace: string, name: string): KubeObject | undefined { return this.store.get('Pod', namespace, name); }
   addNamespace(ns: Record<string, unknown>): KubeObject { return this.store.create('Namespace', ns); }
   updateNamespace(ns: Record<string, unknown>): KubeObject { return this.store.update('Namespace', ns); }
   deleteNamespace(name: string): KubeObject { return this.store.delete('Namespace', '', name); }
@@ -287,12 +300,22 @@ export class FakeApiServer {
       this.sendJson(res, s.code, s);
     };
     if (req.headers.authorization !== `Bearer ${this.token}`) return fail(status(401, 'Unauthorized', 'Unauthorized'));
-    if (req.method !== 'GET') return fail(status(405, 'MethodNotAllowed', `the server does not allow this method on the requested resource`));
     const r = route(url.pathname);
+    const patchable = r?.subresource === 'status' && r.name !== undefined;
+    if (req.method !== 'GET' && !(req.method === 'PATCH' && patchable)) {
+      return fail(status(405, 'MethodNotAllowed', `the server does not allow this method on the requested resource`));
+    }
     if (!r) return fail(status(404, 'NotFound', 'the server could not find the requested resource'));
     if (this.failures.remaining > 0) {
       this.failures.remaining--;
       return fail(status(this.failures.code, 'InternalError', `Internal error occurred: injected failure (${this.failures.code})`));
+    }
+    if (req.method === 'PATCH') {
+      void this.servePatch(req, r.namespace ?? '', r.name ?? '').then((out) => {
+        record.status = out.kind === 'Status' ? (out as Status).code : 200;
+        this.sendJson(res, record.status, out);
+      });
+      return;
     }
     let match: Matcher;
     try {
@@ -317,6 +340,31 @@ export class FakeApiServer {
     const out = this.serveList(r, match, q);
     record.status = out.kind === 'Status' ? (out as Status).code : 200;
     this.sendJson(res, record.status, out);
+  }
+
+  /** PATCH pods/{name}/status: a merge patch applied the way patch.ts describes. */
+  private async servePatch(req: IncomingMessage, namespace: string, name: string): Promise<Status | KubeObject> {
+    const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+    let text: string;
+    try {
+      text = await readBody(req, MAX_BODY_BYTES);
+    } catch (err) {
+      return err instanceof BodyTooLarge ? status(413, 'RequestEntityTooLarge', err.message) : status(400, 'BadRequest', (err as Error).message);
+    }
+    if (type !== MERGE_PATCH) {
+      return status(415, 'UnsupportedMediaType', `the fake API server takes only ${MERGE_PATCH} patches, got "${type}"`);
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch (err) {
+      return status(400, 'BadRequest', `error decoding patch: ${(err as Error).message}`);
+    }
+    const pod = this.store.get('Pod', namespace, name);
+    if (!pod) return status(404, 'NotFound', `pods "${name}" not found`);
+    const out = patchPodStatus(pod, body, namespace, name);
+    if (!out.ok) return status(out.refusal.code, out.refusal.reason, out.refusal.message);
+    return out.changed ? this.store.update('Pod', out.object) : pod;
   }
 
   private serveList(r: Route, match: Matcher, q: URLSearchParams): Status | Record<string, unknown> {
@@ -460,4 +508,26 @@ export class FakeApiServer {
     res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
   }
+}
+
+class BodyTooLarge extends Error {
+  override readonly name = 'BodyTooLarge';
+}
+
+/** The request body as text; rejects once it passes `limit` bytes. */
+function readBody(req: IncomingMessage, limit: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    // Read to the end either way, so the client gets the 413 rather than a reset.
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size <= limit) chunks.push(c);
+    });
+    req.on('end', () => {
+      if (size > limit) reject(new BodyTooLarge(`the request body is larger than ${limit} bytes`));
+      else resolve(Buffer.concat(chunks).toString('utf8'));
+    });
+    req.on('error', reject);
+  });
 }
