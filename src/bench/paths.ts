@@ -167,7 +167,9 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
         '--resync-ms', '200',
       ];
       if (splice) argv.push('--splice');
-      if (ctx.tb.info.topology === 'inpod') argv.push('--mode', 'inpod');
+      // The testbed's topology; inpod without ZDS until the bench runs the per-node ZDS stand-in.
+      argv.push('--mode', ctx.tb.info.topology);
+      if (ctx.tb.info.topology === 'inpod') argv.push('--zds-socket', 'none');
       const started = performance.now();
       const proc = ctx.tb.spawn(node, argv, { logFile: join(ctx.logDir, `ambpf-run-${node.name}.log`), env: { ...process.env, AMBPF_LOG_FORMAT: 'json' } });
       procs.push(proc);

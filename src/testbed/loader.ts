@@ -24,19 +24,32 @@ export interface Loader {
 /** Where the loader reads pods from: a pods file path, or a kubeconfig (the fake API server's). */
 export type LoaderSource = string | { readonly kubeconfig: string };
 
-export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = []): string[] {
+/** The ZDS socket a node's loader serves and its ztunnel connects to (ztunnel's INPOD_UDS). */
+export function zdsSocketPath(tb: Testbed, node: TestbedNode): string {
+  return join(tb.info.runDir, `zds-${node.name}.sock`);
+}
+
+/**
+ * `ambpf run` for a node, in the testbed's topology. `zds`: inpod only, whether the loader serves ZDS
+ * on zdsSocketPath (the per-node ztunnel stand-in connects there) or not (`none`: the per-pod
+ * stand-ins open their listeners by themselves).
+ */
+export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false): string[] {
   const from = typeof source === 'string' ? ['--pods-file', source] : ['--kubeconfig', source.kubeconfig];
+  const mode = tb.info.topology === 'inpod'
+    ? ['--mode', 'inpod', '--zds-socket', zds ? zdsSocketPath(tb, node) : 'none']
+    : ['--mode', 'node'];
   return [
     AMBPF_BIN, 'run', '--node', node.name, ...from, '--bpffs', node.bpffsDir,
     '--cgroup', node.kubepodsCgroup, '--listen', `127.0.0.1:${LOADER_PORT}`,
-    '--state-file', join(tb.info.runDir, `state-${node.name}.json`), '--resync-ms', '300', ...extra,
+    '--state-file', join(tb.info.runDir, `state-${node.name}.json`), '--resync-ms', '300', ...mode, ...extra,
   ];
 }
 
-export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = []): Loader {
+export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false): Loader {
   const logFile = join(tb.info.runDir, `loader-${node.name}.log`);
   const env = { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug' };
-  const start = (): TestbedProcess => tb.spawn(node.name, loaderArgs(tb, node, source, extra), { logFile, env });
+  const start = (): TestbedProcess => tb.spawn(node.name, loaderArgs(tb, node, source, extra, zds), { logFile, env });
   const loader: Loader = {
     node,
     logFile,

@@ -23,8 +23,16 @@ Pod source (one of):
   --in-cluster         watch the API server with the pod's service account
 Options:
   --node N             this node's name (default: $NODE_NAME, else the hostname)
-  --mode node|inpod    where ztunnel listens: node = in its own pod (default); inpod = inside every
-                       mesh pod's netns (Istio 1.21+), captured there with nothing in the node netns
+  --mode inpod|node    where ztunnel listens: inpod (default) = inside every mesh pod's netns, as every
+                       ztunnel since Istio 1.23 does; ambpf captures each pod there (nothing in the
+                       node netns) and hands it to ztunnel over ZDS. node = ztunnel in its own pod
+                       (ztunnel <= 1.22, the seed's topology)
+  --zds-socket PATH    inpod: the ZDS socket ztunnel connects to (default
+                       /var/run/ztunnel/ztunnel.sock; ztunnel's INPOD_UDS). \`none\`: no ZDS server,
+                       ztunnel is expected to open its listeners in the pods by itself (testing)
+  --fail-open          inpod: a captured pod whose ztunnel is away or has not taken it talks direct.
+                       Off by default: its connections are refused both ways, as with Istio, because
+                       direct traffic would bypass the mesh's mTLS and policy
   --bpffs DIR          pin directory (default /sys/fs/bpf/ambpf)
   --cgroup DIR         cgroup v2 directory holding the pods (default: kubelet's kubepods under the
                        cgroup v2 mount found in /proc/mounts)
@@ -75,7 +83,9 @@ export const command: Command = {
         'pods-file': { type: 'string' },
         kubeconfig: { type: 'string' },
         'in-cluster': { type: 'boolean' },
-        mode: { type: 'string', default: 'node' },
+        mode: { type: 'string', default: 'inpod' },
+        'zds-socket': { type: 'string', default: '/var/run/ztunnel/ztunnel.sock' },
+        'fail-open': { type: 'boolean' },
         bpffs: { type: 'string', default: '/sys/fs/bpf/ambpf' },
         cgroup: { type: 'string' },
         listen: { type: 'string', default: '127.0.0.1:15099' },
@@ -116,7 +126,7 @@ export const command: Command = {
     // Heavy modules load only now: `ambpf run --help` stays instant.
     const { resolveNodeName } = await import('../../kube/node-name.ts');
     const { openDatapath } = await import('../../bpf/datapath.ts');
-    const { defaultConfig, CFG_SPLICE, CFG_INPOD } = await import('../../bpf/schema.ts');
+    const { defaultConfig, CFG_SPLICE, CFG_INPOD, CFG_FAIL_OPEN } = await import('../../bpf/schema.ts');
     const { Reconciler } = await import('../../reconcile/reconciler.ts');
     const { createMetricsRegistry } = await import('../../metrics/registry.ts');
     const { startHttpServer } = await import('../../server/http.ts');
@@ -154,9 +164,31 @@ export const command: Command = {
     config.flags = values.splice ? config.flags | CFG_SPLICE : config.flags & ~CFG_SPLICE;
     // The inpod programs act only with this flag: one topology per node, whatever objects are loaded.
     if (values.mode === 'inpod') config.flags |= CFG_INPOD;
+    if (values['fail-open']) {
+      if (values.mode !== 'inpod') throw new UsageError('--fail-open applies to --mode inpod only');
+      config.flags |= CFG_FAIL_OPEN;
+      log.warn('--fail-open: a captured pod whose ztunnel is away talks direct, outside the mesh');
+    }
     datapath.maps.config.set(config);
 
-    const reconciler = new Reconciler({ node, datapath, stateFile: values['state-file'] });
+    // inpod: ambpf is the node agent ztunnel takes its pods from (ZDS). Started before the first pass,
+    // so the pods armed by it are handed over as soon as a ztunnel connects.
+    let handoff: import('../../agent/handoff.ts').ZdsHandoff | undefined;
+    let reconcilerRef: { resync: () => Promise<unknown> } | undefined;
+    if (values.mode === 'inpod' && values['zds-socket'] !== 'none') {
+      const { ZdsHandoff } = await import('../../agent/handoff.ts');
+      handoff = await ZdsHandoff.start({
+        socketPath: values['zds-socket'],
+        log: logger('zds'),
+        onChange: () => {
+          reconcilerRef?.resync().catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ZDS change failed'));
+        },
+      });
+      log.info({ socket: values['zds-socket'] }, 'serving ZDS: waiting for ztunnel to connect');
+    }
+
+    const reconciler = new Reconciler({ node, datapath, stateFile: values['state-file'], handoff });
+    reconcilerRef = reconciler;
     let ready = false;
     const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters });
     const { server } = await startHttpServer(values.listen, {
@@ -175,6 +207,9 @@ export const command: Command = {
         void (async () => {
           await source.stop();
           await reconciler.idle();
+          // ztunnel keeps serving the pods it has (its proxies survive an agent restart); the next
+          // agent's snapshot reconciles them.
+          await handoff?.close();
           server.close();
           datapath.close();
           resolve(0);
@@ -190,6 +225,7 @@ export const command: Command = {
       // A source that cannot start (refused credentials, unreadable file) ends the command; the HTTP
       // server would otherwise keep the process alive. Pins stay, as on SIGTERM.
       server.close();
+      void handoff?.close();
       datapath.close();
       throw err;
     });

@@ -1,0 +1,249 @@
+// The node agent's half of ZDS: hands every armed pod to ztunnel and takes back the ones that leave.
+// The reconciler arms a pod (eBPF capture in place, traffic refused until ztunnel listens) and calls
+// sync() after each pass; this module then:
+//  - on each ztunnel connection, sends the snapshot of armed pods (Add with the pod's netns, or Keep
+//    for a pod whose netns cannot be opened now), then SnapshotSent (src/zds/server.ts does the
+//    exchange; istio-cni's order: cni/pkg/nodeagent/ztunnelserver.go);
+//  - Adds a newly armed pod to the newest connection, Dels a released one to all of them;
+//  - keeps each pod's state (pending, acked, nacked with ztunnel's error, no ztunnel) for status, and
+//    retries a nacked or timed-out Add with backoff (1 s doubling to 30 s) without holding up others;
+//  - tells the reconciler when a pod was acked, so the next pass registers its listeners.
+// Nothing here touches the kernel: the capture stays armed whatever ztunnel does (fail closed).
+import { existsSync } from 'node:fs';
+import type { Logger } from 'pino';
+import type { ResolvedPod } from '../node/discovery.ts';
+import type { ZtunnelHandoff } from '../reconcile/inpod.ts';
+import { ZdsError, ZdsNoPeerError, ZdsServer, type SnapshotItem, type WorkloadInfo, type ZdsPeer } from '../zds/index.ts';
+import { describeError } from '../errors.ts';
+
+export type HandoffState = 'pending' | 'acked' | 'nacked' | 'no-ztunnel';
+
+/** One pod's ZDS state, as `ambpf pods` and `ambpf status` show it. */
+export interface PodHandoffStatus {
+  readonly uid: string;
+  readonly namespace: string;
+  readonly name: string;
+  readonly state: HandoffState;
+  /** ztunnel's nack text, or why the last Add failed. */
+  readonly error: string | undefined;
+  readonly attempts: number;
+  /** ms since the epoch of the last state change. */
+  readonly since: number;
+}
+
+/** A desired pod as discovery resolved it, with the service account ztunnel's WorkloadInfo carries. */
+type HandoffPod = ResolvedPod & { readonly serviceAccount?: string };
+
+interface Entry {
+  pod: HandoffPod;
+  state: HandoffState;
+  error: string | undefined;
+  attempts: number;
+  since: number;
+  /** The netns cookie ztunnel acked; a re-created sandbox (new cookie) is added again. */
+  servedCookie: bigint | undefined;
+  inflight: boolean;
+  retryAt: number;
+  backoffMs: number;
+}
+
+export const RETRY_MIN_MS = 1000;
+export const RETRY_MAX_MS = 30_000;
+
+export interface HandoffOptions {
+  readonly socketPath: string;
+  readonly log: Logger;
+  /** A pod became served (or stopped being served): time for a reconcile pass. */
+  readonly onChange: () => void;
+  readonly ackTimeoutMs?: number;
+}
+
+const infoOf = (p: HandoffPod): WorkloadInfo => ({
+  name: p.name,
+  namespace: p.namespace,
+  // Kubernetes' own default when spec.serviceAccountName is empty.
+  serviceAccount: p.serviceAccount ?? 'default',
+});
+
+export class ZdsHandoff implements ZtunnelHandoff {
+  readonly #server: ZdsServer;
+  readonly #o: HandoffOptions;
+  readonly #pods = new Map<string, Entry>();
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  private constructor(server: ZdsServer, o: HandoffOptions) {
+    this.#server = server;
+    this.#o = o;
+  }
+
+  static async start(o: HandoffOptions): Promise<ZdsHandoff> {
+    let self: ZdsHandoff | undefined;
+    const server = await ZdsServer.listen({
+      path: o.socketPath,
+      log: o.log,
+      ackTimeoutMs: o.ackTimeoutMs,
+      snapshot: () => (self ? self.#snapshot() : []),
+    });
+    self = new ZdsHandoff(server, o);
+    server.on('peer', (peer: ZdsPeer) => self.#onPeer(peer));
+    server.on('peer-gone', (peer: ZdsPeer, err: ZdsError | undefined) => self.#onPeerGone(peer, err));
+    server.on('snapshot-failed', (peer: ZdsPeer, err: ZdsError) => {
+      o.log.warn({ peer: peer.pid, err: describeError(err) }, 'ztunnel snapshot failed');
+    });
+    return self;
+  }
+
+  /** At least one ztunnel connected and took its snapshot. */
+  get ready(): boolean {
+    return this.#server.ready;
+  }
+
+  peers(): readonly ZdsPeer[] {
+    return this.#server.peers();
+  }
+
+  served(uid: string, netnsCookie: bigint): boolean {
+    const e = this.#pods.get(uid);
+    return e !== undefined && e.state === 'acked' && e.servedCookie === netnsCookie;
+  }
+
+  peerPids(): readonly number[] {
+    return this.#server.peers().flatMap((p) => (p.pid === undefined ? [] : [p.pid]));
+  }
+
+  status(): PodHandoffStatus[] {
+    return [...this.#pods.values()].map((e) => ({
+      uid: e.pod.uid, namespace: e.pod.namespace, name: e.pod.name,
+      state: e.state, error: e.error, attempts: e.attempts, since: e.since,
+    }));
+  }
+
+  sync(armed: readonly ResolvedPod[]): void {
+    if (this.#closed) return;
+    const want = new Map(armed.map((p) => [p.uid, p as HandoffPod]));
+    for (const [uid, e] of this.#pods) {
+      if (want.has(uid)) continue;
+      this.#pods.delete(uid);
+      void this.#del(uid, e.pod);
+    }
+    for (const pod of want.values()) {
+      const e = this.#pods.get(pod.uid);
+      if (e && e.pod.netnsCookie === pod.netnsCookie) {
+        e.pod = pod;
+        continue;
+      }
+      // New, or its sandbox was re-created (new netns): ztunnel replaces the proxy on a new inode.
+      this.#pods.set(pod.uid, {
+        pod, state: this.#server.ready ? 'pending' : 'no-ztunnel', error: undefined, attempts: 0, since: Date.now(),
+        servedCookie: undefined, inflight: false, retryAt: 0, backoffMs: RETRY_MIN_MS,
+      });
+    }
+    this.#pump();
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    await this.#server.close();
+  }
+
+  #set(e: Entry, state: HandoffState, error?: string): void {
+    if (e.state !== state || e.error !== error) e.since = Date.now();
+    const changed = e.state !== state || e.error !== error;
+    e.state = state;
+    e.error = error;
+    if (state !== 'acked') e.servedCookie = undefined;
+    // A pass registers a served pod's listeners and writes every state to the state file.
+    if (changed) this.#o.onChange();
+  }
+
+  /** What a new ztunnel connection gets: every armed pod; Keep for one whose netns is gone for now. */
+  #snapshot(): SnapshotItem[] {
+    const items: SnapshotItem[] = [];
+    for (const e of this.#pods.values()) {
+      const { pod } = e;
+      items.push(existsSync(pod.netnsPath)
+        ? { kind: 'add', uid: pod.uid, info: infoOf(pod), netnsPath: pod.netnsPath }
+        : { kind: 'keep', uid: pod.uid });
+    }
+    return items;
+  }
+
+  /** A ztunnel took its snapshot: every pod in it is served by that ztunnel now. */
+  #onPeer(peer: ZdsPeer): void {
+    this.#o.log.info({ peer: peer.pid, pods: this.#pods.size }, 'ztunnel connected and took the snapshot');
+    for (const e of this.#pods.values()) {
+      if (existsSync(e.pod.netnsPath)) {
+        e.servedCookie = e.pod.netnsCookie;
+        e.attempts++;
+        this.#set(e, 'acked');
+      }
+    }
+    this.#pump();
+  }
+
+  #onPeerGone(peer: ZdsPeer, err: ZdsError | undefined): void {
+    this.#o.log.warn({ peer: peer.pid, err: err ? describeError(err) : undefined }, 'ztunnel disconnected');
+    if (this.#server.ready) return;
+    // No ztunnel left: the captures stay armed, so the pods' traffic is refused until one comes back
+    // and takes the snapshot (fail closed).
+    for (const e of this.#pods.values()) this.#set(e, 'no-ztunnel', err ? describeError(err) : 'ztunnel disconnected');
+  }
+
+  #pump(): void {
+    if (this.#closed || !this.#server.ready) return;
+    const now = Date.now();
+    let next = Infinity;
+    for (const e of this.#pods.values()) {
+      if (e.state === 'acked' || e.inflight) continue;
+      if (e.retryAt > now) {
+        next = Math.min(next, e.retryAt);
+        continue;
+      }
+      void this.#add(e);
+    }
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = next === Infinity ? undefined : setTimeout(() => this.#pump(), next - now);
+    this.#timer?.unref();
+  }
+
+  async #add(e: Entry): Promise<void> {
+    const { pod } = e;
+    e.inflight = true;
+    e.attempts++;
+    if (e.state !== 'pending') this.#set(e, 'pending', e.error);
+    try {
+      await this.#server.add(pod.uid, infoOf(pod), pod.netnsPath);
+      if (this.#pods.get(pod.uid) !== e) return; // released meanwhile: its Del went out
+      e.backoffMs = RETRY_MIN_MS;
+      e.servedCookie = pod.netnsCookie;
+      this.#set(e, 'acked');
+      this.#o.log.info({ pod: `${pod.namespace}/${pod.name}`, uid: pod.uid }, 'ztunnel took the pod');
+    } catch (err) {
+      if (this.#pods.get(pod.uid) !== e) return;
+      const text = describeError(err);
+      if (err instanceof ZdsNoPeerError) {
+        this.#set(e, 'no-ztunnel', text);
+      } else {
+        e.retryAt = Date.now() + e.backoffMs;
+        e.backoffMs = Math.min(e.backoffMs * 2, RETRY_MAX_MS);
+        this.#set(e, 'nacked', text);
+        this.#o.log.warn({ pod: `${pod.namespace}/${pod.name}`, uid: pod.uid, err: text, retryInMs: e.retryAt - Date.now() },
+          'ztunnel did not take the pod; its traffic stays refused, retrying');
+      }
+    } finally {
+      e.inflight = false;
+      this.#pump();
+    }
+  }
+
+  async #del(uid: string, pod: HandoffPod): Promise<void> {
+    if (this.#server.peers().length === 0) return;
+    const results = await this.#server.del(uid);
+    for (const r of results) {
+      if (r.error) this.#o.log.warn({ pod: `${pod.namespace}/${pod.name}`, uid, err: describeError(r.error) }, 'ztunnel did not ack the Del');
+    }
+    this.#o.log.info({ pod: `${pod.namespace}/${pod.name}`, uid }, 'ztunnel released the pod');
+  }
+}
