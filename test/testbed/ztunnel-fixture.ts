@@ -18,7 +18,12 @@ export function oneNodeInpodTestbed(): Promise<Testbed> {
 }
 
 /** Polls probe until ok(value), at most timeoutMs; the error names what and the last value seen. */
-export async function until<T>(what: string, probe: () => Promise<T> | T, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+export async function until<T>(
+  what: string,
+  probe: () => Promise<T> | T,
+  ok: (v: T) => boolean,
+  timeoutMs = 10_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await probe();

@@ -2,7 +2,12 @@
 // workloadmanager.rs in istio/ztunnel), with a fake proxy factory, fake netns fds and a fake clock: no
 // kernel needed. Every fd handed in must be closed exactly once by the end.
 import t from 'tap';
-import { WorkloadManager, PROXY_RETRY_MS, type DrainMode, type RunningProxy } from '../../src/testbed/ztunnel/workloads.ts';
+import {
+  WorkloadManager,
+  PROXY_RETRY_MS,
+  type DrainMode,
+  type RunningProxy,
+} from '../../src/testbed/ztunnel/workloads.ts';
 import type { ZdsRequest, WorkloadInfo } from '../../src/testbed/ztunnel/zds-types.ts';
 
 const info = (name: string): WorkloadInfo => ({ name, namespace: 'ns', serviceAccount: 'sa' });
@@ -77,7 +82,10 @@ t.test('Add with a new netns for a running uid drains the old proxy at once and 
   await f.add('a', 'ns-1');
   await f.snapshot();
   t.same(await f.add('a', 'ns-2'), { ack: '' });
-  t.same(f.started.map((s) => s.uid), ['a', 'a']);
+  t.same(
+    f.started.map((s) => s.uid),
+    ['a', 'a'],
+  );
   t.same(f.drained, [{ uid: 'a', mode: 'immediate' }]);
   t.same(f.m.state().workloads, [{ uid: 'a', name: 'a', namespace: 'ns', netns: 'ns-2' }]);
   await f.m.drainAll();
@@ -99,7 +107,9 @@ t.test('protocol errors exit: Add without workload info, Keep after the snapshot
 t.test('an Add without exactly one fd is a nack and a reconnect; the fds are dropped', async (t) => {
   const f = fixture();
   f.m.connected();
-  t.same(await f.m.handle({ kind: 'add', uid: 'a', info: info('a'), netnsFd: undefined, fdCount: 0 }), { reconnect: 'No control message' });
+  t.same(await f.m.handle({ kind: 'add', uid: 'a', info: info('a'), netnsFd: undefined, fdCount: 0 }), {
+    reconnect: 'No control message',
+  });
   t.same(await f.add('a', 'ns-1', { fdCount: 2 }), { reconnect: 'Expected 1 FD, got 2' });
   t.same(f.closed, [100]);
   t.equal(f.started.length, 0);
@@ -121,7 +131,10 @@ t.test('the snapshot drains (immediately) proxies it does not name; Keep saves o
   t.equal(f.m.ready, false, 'not ready before the new snapshot');
   await f.snapshot();
   t.same(f.drained, [{ uid: 'c', mode: 'immediate' }]);
-  t.same(f.m.state().workloads.map((w) => w.uid), ['a', 'b']);
+  t.same(
+    f.m.state().workloads.map((w) => w.uid),
+    ['a', 'b'],
+  );
   t.equal(f.started.length, 3, 'nothing restarted');
   t.equal(f.m.ready, true);
 });
@@ -137,7 +150,10 @@ t.test('Del: after the snapshot the proxy drains at once; before it, the pod onl
   t.same(f.drained, [{ uid: 'b', mode: 'immediate' }], 'the snapshot reconcile does');
   t.same(await f.m.handle({ kind: 'del', uid: 'a' }), { ack: '' });
   t.same(await f.m.handle({ kind: 'del', uid: 'unknown' }), { ack: '' }, 'Del of an unknown uid is an ack');
-  t.same(f.drained.map((d) => d.uid), ['b', 'a']);
+  t.same(
+    f.drained.map((d) => d.uid),
+    ['b', 'a'],
+  );
   t.same(f.m.state().workloads, []);
 });
 
@@ -148,11 +164,18 @@ t.test('a proxy that cannot start: nack, pending, retried every 5 s until it sta
   const v = await f.add('a', 'ns-a');
   t.match(v, { ack: /^failure to start proxy: .*EADDRINUSE/ });
   t.same(f.m.state().pending, ['a']);
-  t.same(f.armed().map((x) => x.ms), [PROXY_RETRY_MS]);
+  t.same(
+    f.armed().map((x) => x.ms),
+    [PROXY_RETRY_MS],
+  );
   t.same(await f.snapshot(), { ack: '' });
   t.equal(f.m.ready, false, 'a snapshot with a pending proxy is not ready');
   await f.fire();
-  t.same(f.armed().map((x) => x.ms), [PROXY_RETRY_MS], 'still failing: retried again in 5 s');
+  t.same(
+    f.armed().map((x) => x.ms),
+    [PROXY_RETRY_MS],
+    'still failing: retried again in 5 s',
+  );
   t.equal(f.started.length, 0);
   f.failing.delete('a');
   await f.fire();
@@ -200,6 +223,9 @@ t.test('a pending Add replaced by a working one in another netns (istio#52858) r
   f.failing.delete('a');
   t.same(await f.add('a', 'ns-2'), { ack: '' });
   t.same(f.m.state().pending, []);
-  t.same(f.m.state().workloads.map((w) => w.netns), ['ns-2']);
+  t.same(
+    f.m.state().workloads.map((w) => w.netns),
+    ['ns-2'],
+  );
   t.same(f.closed, [100], 'the failed netns fd is closed');
 });

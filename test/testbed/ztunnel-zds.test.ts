@@ -8,11 +8,25 @@ import net from 'node:net';
 import { closeSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitForPort } from '../../src/testbed/helpers.ts';
-import { startExtraZtunnel, startZtunnels, stopZtunnel, ztunnelReadiness, type ZtunnelHandle } from '../../src/testbed/ztunnel/launch.ts';
+import {
+  startExtraZtunnel,
+  startZtunnels,
+  stopZtunnel,
+  ztunnelReadiness,
+  type ZtunnelHandle,
+} from '../../src/testbed/ztunnel/launch.ts';
 import { closeFd, listenFd, tcpSocket } from '../../src/testbed/ztunnel/sockopt.ts';
 import { withNetns } from '../../src/libbpf/netns.ts';
 import {
-  ZdsServer, ZdsNackError, SeqpacketSocket, addRequest, keepRequest, snapshotSentRequest, encodeRequest, decodeAck, decodeHello,
+  ZdsServer,
+  ZdsNackError,
+  SeqpacketSocket,
+  addRequest,
+  keepRequest,
+  snapshotSentRequest,
+  encodeRequest,
+  decodeAck,
+  decodeHello,
   type SnapshotItem,
 } from '../../src/zds/index.ts';
 import { logger } from '../../src/log.ts';
@@ -124,63 +138,113 @@ t.test('a failed bind is nacked and retried every 5 s until the port is free', a
     t.same(await listenerPids(15001), [zt.pid], 'the proxy keeps running');
     const again = await zdsServer('bind.sock', () => [{ kind: 'keep', uid: app.uid }]);
     await zt.waitFor((s) => s.connected && s.ready, 'reconnected and ready', 20_000);
-    t.same(zt.state()?.workloads.map((w) => w.uid), [app.uid], 'kept by the snapshot');
+    t.same(
+      zt.state()?.workloads.map((w) => w.uid),
+      [app.uid],
+      'kept by the snapshot',
+    );
     t.same(await listenerPids(15001), [zt.pid]);
     await again.close();
     await zdsServer('bind.sock', () => []);
     await zt.waitFor((s) => s.connected && s.ready, 'reconnected to a snapshot without the pod', 20_000);
-    await until('listeners of the pod gone', () => listenerPids(15001), (p) => p.length === 0);
+    await until(
+      'listeners of the pod gone',
+      () => listenerPids(15001),
+      (p) => p.length === 0,
+    );
     t.same(zt.state()?.workloads, []);
   });
   await t.test('stop', async () => void (await stopZtunnel(tb, 'node1', { handle: zt })));
 });
 
-t.test('rolling upgrade: two stand-ins share the reuseport groups; SIGTERM closes one, its open connection finishes', async (t) => {
-  // The app tells each connection who its peer is, then echoes.
-  tb.spawn(app, [process.execPath, '-e', "require('net').createServer((s) => { s.write('peer=' + s.remoteAddress.replace('::ffff:', '') + '\\n'); s.pipe(s); }).listen(8080)"]);
-  await waitForPort(tb, app, 8080);
-  await tb.exec(app, ['iptables', '-t', 'nat', '-A', 'PREROUTING', '-p', 'tcp', '--dport', '8080', '-m', 'mark', '!', '--mark', '0x539/0xfff', '-j', 'REDIRECT', '--to-ports', '15006']);
-  const server = await zdsServer('upgrade.sock', () => [{ kind: 'add', uid: app.uid, info, netnsPath: app.netnsPath }]);
-  // ENABLE_ORIG_SRC=false: no return path for spoofed replies is needed, and the app sees the pod's IP.
-  const opts = { zdsSocket: () => server.path, origSrc: false, drainDeadlineMs: 30_000 };
-  const [old] = await startZtunnels(tb, opts);
-  if (!old) throw new Error('no stand-in');
-  await old.waitFor((s) => s.ready && s.workloads.length === 1, 'serving the pod');
-  const next = await startExtraZtunnel(tb, 'node1');
-  await next.waitFor((s) => s.ready && s.workloads.length === 1, 'the second one serving the pod too');
-  for (const port of [15001, 15006, 15008]) t.same(await listenerPids(port), [old.pid, next.pid].sort(), `both listen on ${port}`);
+t.test(
+  'rolling upgrade: two stand-ins share the reuseport groups; SIGTERM closes one, its open connection finishes',
+  async (t) => {
+    // The app tells each connection who its peer is, then echoes.
+    tb.spawn(app, [
+      process.execPath,
+      '-e',
+      "require('net').createServer((s) => {" +
+        "s.write('peer=' + s.remoteAddress.replace('::ffff:', '') + '\\n'); s.pipe(s); }).listen(8080)",
+    ]);
+    await waitForPort(tb, app, 8080);
+    await tb.exec(app, [
+      'iptables',
+      '-t',
+      'nat',
+      '-A',
+      'PREROUTING',
+      '-p',
+      'tcp',
+      '--dport',
+      '8080',
+      '-m',
+      'mark',
+      '!',
+      '--mark',
+      '0x539/0xfff',
+      '-j',
+      'REDIRECT',
+      '--to-ports',
+      '15006',
+    ]);
+    const server = await zdsServer('upgrade.sock', () => [
+      { kind: 'add', uid: app.uid, info, netnsPath: app.netnsPath },
+    ]);
+    // ENABLE_ORIG_SRC=false: no return path for spoofed replies is needed, and the app sees the pod's IP.
+    const opts = { zdsSocket: () => server.path, origSrc: false, drainDeadlineMs: 30_000 };
+    const [old] = await startZtunnels(tb, opts);
+    if (!old) throw new Error('no stand-in');
+    await old.waitFor((s) => s.ready && s.workloads.length === 1, 'serving the pod');
+    const next = await startExtraZtunnel(tb, 'node1');
+    await next.waitFor((s) => s.ready && s.workloads.length === 1, 'the second one serving the pod too');
+    for (const port of [15001, 15006, 15008])
+      t.same(await listenerPids(port), [old.pid, next.pid].sort(), `both listen on ${port}`);
 
-  // Connections from the client until one is served by the old stand-in (reuseport spreads them).
-  const connect = async (): Promise<net.Socket> => {
-    const fd = withNetns(client.netnsPath, () => tcpSocket(4));
-    const s = new net.Socket({ fd, readable: true, writable: true });
-    await new Promise<void>((resolve, reject) => s.once('error', reject).connect(8080, app.ip, resolve));
-    return s;
-  };
-  const lineOf = (s: net.Socket): Promise<string> => new Promise((resolve) => s.once('data', (b: Buffer) => resolve(b.toString())));
-  const ownerOf = async (s: net.Socket): Promise<number | undefined> => {
-    const r = await tb.exec(app, ['ss', '-Htnp', 'state', 'established', `( sport = :15006 and dport = :${s.localPort} )`]);
-    const m = /pid=(\d+),/.exec(r.stdout);
-    return m ? Number(m[1]) : undefined;
-  };
-  let held: net.Socket | undefined;
-  for (let i = 0; i < 40 && !held; i++) {
-    const s = await connect();
-    t.equal(await lineOf(s), `peer=${app.ip}\n`, 'origSrc off: the app sees the pod itself');
-    if ((await ownerOf(s)) === old.pid) held = s;
-    else s.destroy();
-  }
-  if (!held) throw new Error('no connection landed on the old stand-in in 40 tries');
-  const exited = stopZtunnel(tb, 'node1', { handle: old });
-  await until('the old listeners closed', () => listenerPids(15006), (p) => p.length === 1);
-  for (const port of [15001, 15006, 15008]) t.same(await listenerPids(port), [next.pid], `only the new one listens on ${port}`);
-  const fresh = await connect();
-  t.equal(await lineOf(fresh), `peer=${app.ip}\n`, 'new connections are served by the new stand-in');
-  fresh.destroy();
-  held.write('still here');
-  t.equal(await lineOf(held), 'still here', 'the open connection through the old stand-in still works');
-  t.equal(old.state()?.exiting, 'sigterm');
-  held.end();
-  t.equal(await exited, 0, 'the old stand-in exits 0 once its connection finished');
-  await stopZtunnel(tb, 'node1', { handle: next });
-});
+    // Connections from the client until one is served by the old stand-in (reuseport spreads them).
+    const connect = async (): Promise<net.Socket> => {
+      const fd = withNetns(client.netnsPath, () => tcpSocket(4));
+      const s = new net.Socket({ fd, readable: true, writable: true });
+      await new Promise<void>((resolve, reject) => s.once('error', reject).connect(8080, app.ip, resolve));
+      return s;
+    };
+    const lineOf = (s: net.Socket): Promise<string> =>
+      new Promise((resolve) => s.once('data', (b: Buffer) => resolve(b.toString())));
+    const ownerOf = async (s: net.Socket): Promise<number | undefined> => {
+      const r = await tb.exec(app, [
+        'ss',
+        '-Htnp',
+        'state',
+        'established',
+        `( sport = :15006 and dport = :${s.localPort} )`,
+      ]);
+      const m = /pid=(\d+),/.exec(r.stdout);
+      return m ? Number(m[1]) : undefined;
+    };
+    let held: net.Socket | undefined;
+    for (let i = 0; i < 40 && !held; i++) {
+      const s = await connect();
+      t.equal(await lineOf(s), `peer=${app.ip}\n`, 'origSrc off: the app sees the pod itself');
+      if ((await ownerOf(s)) === old.pid) held = s;
+      else s.destroy();
+    }
+    if (!held) throw new Error('no connection landed on the old stand-in in 40 tries');
+    const exited = stopZtunnel(tb, 'node1', { handle: old });
+    await until(
+      'the old listeners closed',
+      () => listenerPids(15006),
+      (p) => p.length === 1,
+    );
+    for (const port of [15001, 15006, 15008])
+      t.same(await listenerPids(port), [next.pid], `only the new one listens on ${port}`);
+    const fresh = await connect();
+    t.equal(await lineOf(fresh), `peer=${app.ip}\n`, 'new connections are served by the new stand-in');
+    fresh.destroy();
+    held.write('still here');
+    t.equal(await lineOf(held), 'still here', 'the open connection through the old stand-in still works');
+    t.equal(old.state()?.exiting, 'sigterm');
+    held.end();
+    t.equal(await exited, 0, 'the old stand-in exits 0 once its connection finished');
+    await stopZtunnel(tb, 'node1', { handle: next });
+  },
+);

@@ -17,9 +17,9 @@ export interface StandInConfig {
   /** JSON lines, appended (O_APPEND: several processes of one node share the file). */
   readonly logPath: string;
   readonly pkiDir: string;
-  /** IP_TRANSPARENT on the listeners: needed when TPROXY or sk_assign hands over foreign destinations (node topology). */
+  /** IP_TRANSPARENT on the listeners: TPROXY or sk_assign hand them foreign destinations (node topology). */
   readonly transparent: boolean;
-  /** Pod IPs in the mesh: outbound to them goes HBONE to <ip>:15008, to anything else passthrough (ztunnel's workload lookup). */
+  /** Pod IPs in the mesh: outbound to them goes HBONE to <ip>:15008, the rest passthrough (workload lookup). */
   readonly meshIps: readonly string[];
   /**
    * Node topology only: mesh pods on this ztunnel's own node. ztunnel's upstream leaves from its own IP

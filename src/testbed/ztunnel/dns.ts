@@ -44,7 +44,8 @@ export function answerFromZone(query: Packet, records: ReadonlyMap<string, reado
     // A name we know but a type we have no data for: NOERROR with no answer (NODATA), as ztunnel.
     const want = q.type === 'A' ? 4 : q.type === 'AAAA' ? 6 : 0;
     for (const ip of ips) {
-      if (familyOf(ip) === want) answers.push({ type: q.type === 'A' ? 'A' : 'AAAA', name: q.name, ttl: TTL, class: 'IN', data: ip });
+      if (familyOf(ip) === want)
+        answers.push({ type: q.type === 'A' ? 'A' : 'AAAA', name: q.name, ttl: TTL, class: 'IN', data: ip });
     }
   }
   const rd = (query.flags ?? 0) & dnsPacket.RECURSION_DESIRED;
@@ -61,7 +62,7 @@ function servfail(raw: Buffer): Buffer {
   const out = Buffer.from(raw.subarray(0, Math.max(raw.length, 12)));
   if (out.length < 12) return out;
   // Same id and question; QR set, rcode SERVFAIL, no answers.
-  out.writeUInt16BE((out.readUInt16BE(2) | 0x8000 | dnsPacket.RECURSION_AVAILABLE) & ~0xf | RCODE_SERVFAIL, 2);
+  out.writeUInt16BE(((out.readUInt16BE(2) | 0x8000 | dnsPacket.RECURSION_AVAILABLE) & ~0xf) | RCODE_SERVFAIL, 2);
   out.writeUInt16BE(0, 6);
   out.writeUInt16BE(0, 8);
   out.writeUInt16BE(0, 10);
@@ -105,7 +106,9 @@ export class DnsProxy {
   }
 
   #inNetns<T>(fn: () => T): T {
-    return this.#opts.netnsFd === undefined ? fn() : withNetnsFd(this.#opts.netnsFd, fn, `netns of ${this.#opts.where}`);
+    return this.#opts.netnsFd === undefined
+      ? fn()
+      : withNetnsFd(this.#opts.netnsFd, fn, `netns of ${this.#opts.where}`);
   }
 
   async #listen(host: string): Promise<void> {
@@ -181,7 +184,9 @@ export class DnsProxy {
   /** A UDP exchange from a socket made in the pod's netns and marked 0x539. */
   #forwardUdp(raw: Buffer, up: SockAddr): Promise<Buffer> {
     const family: Family = familyOf(up.ip);
-    const fd = this.#inNetns(() => udpBoundFd(family, family === 4 ? '0.0.0.0' : '::', 0, { transparent: false, mark: ZTUNNEL_MARK }));
+    const fd = this.#inNetns(() =>
+      udpBoundFd(family, family === 4 ? '0.0.0.0' : '::', 0, { transparent: false, mark: ZTUNNEL_MARK }),
+    );
     const sock = dgram.createSocket(family === 4 ? 'udp4' : 'udp6');
     this.#open.add(sock);
     return new Promise<Buffer>((resolve, reject) => {

@@ -45,8 +45,17 @@ async function startProxies(uid: string, info: WorkloadInfo, netnsFd: number): P
   let proxy: WorkloadProxy;
   try {
     proxy = await WorkloadProxy.start({
-      node: cfg.node, where, logPath: cfg.logPath, tls, mesh, localMesh: new Set(), netnsFd,
-      transparent: false, origSrc: cfg.origSrc, reusePort: true, warn,
+      node: cfg.node,
+      where,
+      logPath: cfg.logPath,
+      tls,
+      mesh,
+      localMesh: new Set(),
+      netnsFd,
+      transparent: false,
+      origSrc: cfg.origSrc,
+      reusePort: true,
+      warn,
     });
   } catch (e) {
     dns.close();
@@ -88,7 +97,9 @@ const readiness = http.createServer((req, res) => {
     res.writeHead(500, { 'content-type': 'text/plain' }).end('not ready, pending: workload proxy manager\n');
   }
 });
-await new Promise<void>((resolve) => readiness.listen({ host: '::', port: cfg.readinessPort, ipv6Only: false }, resolve));
+await new Promise<void>((resolve) =>
+  readiness.listen({ host: '::', port: cfg.readinessPort, ipv6Only: false }, resolve),
+);
 
 const client = ZdsClient.start({
   path: cfg.zdsSocket,

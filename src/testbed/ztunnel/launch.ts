@@ -51,7 +51,8 @@ export async function startStandIns(tb: Testbed, opts: { origSrc?: boolean } = {
         pkiDir: info.pkiDir,
         transparent: info.topology === 'node',
         meshIps,
-        localMeshIps: info.topology === 'node' ? info.pods.filter((p) => p.mesh && p.node === z.node).map((p) => p.ip) : [],
+        localMeshIps:
+          info.topology === 'node' ? info.pods.filter((p) => p.mesh && p.node === z.node).map((p) => p.ip) : [],
         readyFile: ready,
         origSrc: opts.origSrc ?? false,
       };
@@ -113,7 +114,9 @@ const fleets = new WeakMap<Testbed, ZtunnelFleet>();
 
 /** The testbed zone of the DNS proxy: <pod>.<ns>.svc.cluster.local -> pod IP, for pods with their own IP. */
 export function testbedDnsRecords(tb: Testbed): Record<string, string[]> {
-  return Object.fromEntries(tb.pods.filter((p) => !p.hostNetwork).map((p) => [`${p.name}.${p.namespace}.svc.cluster.local`, [p.ip]]));
+  return Object.fromEntries(
+    tb.pods.filter((p) => !p.hostNetwork).map((p) => [`${p.name}.${p.namespace}.svc.cluster.local`, [p.ip]]),
+  );
 }
 
 function readState(path: string): InpodStandInState | undefined {
@@ -142,7 +145,9 @@ function spawnZtunnel(tb: Testbed, fleet: ZtunnelFleet, node: string): ZtunnelHa
   const outPath = join(dir, `${id}.out`);
   rmSync(statePath, { force: true });
   const others = fleet.running.get(node) ?? [];
-  const readinessPort = others.some((h) => h.readinessPort === PORT_READINESS) ? PORT_READINESS + 100 + fleet.seq : PORT_READINESS;
+  const readinessPort = others.some((h) => h.readinessPort === PORT_READINESS)
+    ? PORT_READINESS + 100 + fleet.seq
+    : PORT_READINESS;
   const cfg: InpodStandInConfig = {
     node,
     logPath: z.logPath,
@@ -156,12 +161,17 @@ function spawnZtunnel(tb: Testbed, fleet: ZtunnelFleet, node: string): ZtunnelHa
     statePath,
     readinessPort,
   };
-  const proc = tb.spawnAt(zpod.netnsPath, zpod.containerCgroupPath, [process.execPath, INPOD, JSON.stringify(cfg)], { logFile: outPath });
+  const proc = tb.spawnAt(zpod.netnsPath, zpod.containerCgroupPath, [process.execPath, INPOD, JSON.stringify(cfg)], {
+    logFile: outPath,
+  });
   let exited: number | null | undefined;
   void proc.exited.then((code) => {
     exited = code;
     const list = fleet.running.get(node) ?? [];
-    fleet.running.set(node, list.filter((h) => h.process !== proc));
+    fleet.running.set(
+      node,
+      list.filter((h) => h.process !== proc),
+    );
   });
   const handle: ZtunnelHandle = {
     node,
@@ -177,7 +187,10 @@ function spawnZtunnel(tb: Testbed, fleet: ZtunnelFleet, node: string): ZtunnelHa
         const s = readState(statePath);
         if (s && pred(s)) return s;
         if (exited !== undefined) {
-          throw new TestbedTimeoutError(`ztunnel stand-in ${id}: ${what} (it exited with ${exited}: ${outTail(outPath)})`, 0);
+          throw new TestbedTimeoutError(
+            `ztunnel stand-in ${id}: ${what} (it exited with ${exited}: ${outTail(outPath)})`,
+            0,
+          );
         }
         if (Date.now() > deadline) throw new TestbedTimeoutError(`ztunnel stand-in ${id}: ${what}`, timeoutMs);
         await new Promise((r) => setTimeout(r, 20));
@@ -222,7 +235,11 @@ export function ztunnelsOn(tb: Testbed, node: string): readonly ZtunnelHandle[] 
  * Stops a stand-in of the node (default: the oldest) with `signal` (SIGTERM = ztunnel's graceful
  * shutdown) and resolves with its exit code once it is gone.
  */
-export async function stopZtunnel(tb: Testbed, node: string, opts: { handle?: ZtunnelHandle; signal?: NodeJS.Signals } = {}): Promise<number | null> {
+export async function stopZtunnel(
+  tb: Testbed,
+  node: string,
+  opts: { handle?: ZtunnelHandle; signal?: NodeJS.Signals } = {},
+): Promise<number | null> {
   const h = opts.handle ?? ztunnelsOn(tb, node)[0];
   if (!h) throw new TestbedLookupError(node, 'running ztunnel stand-in on node');
   h.process.kill(opts.signal ?? 'SIGTERM');
@@ -233,6 +250,8 @@ export async function stopZtunnel(tb: Testbed, node: string, opts: { handle?: Zt
 export async function ztunnelReadiness(tb: Testbed, h: ZtunnelHandle): Promise<number> {
   const zpod = tb.pod(`istio-system/${tb.ztunnel(h.node).pod}`);
   const url = `http://127.0.0.1:${h.readinessPort}/healthz/ready`;
-  const r = await tb.exec(zpod, ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '2', url], { check: false });
+  const r = await tb.exec(zpod, ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '2', url], {
+    check: false,
+  });
   return Number(r.stdout) || 0;
 }

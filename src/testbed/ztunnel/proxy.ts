@@ -16,7 +16,16 @@ import tls from 'node:tls';
 import http2 from 'node:http2';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { withNetnsFd } from '../../libbpf/netns.ts';
-import { bindFd, familyOf, listenFd, originalDst, setFreebindTransparent, socketFd, tcpSocket, type SockAddr } from './sockopt.ts';
+import {
+  bindFd,
+  familyOf,
+  listenFd,
+  originalDst,
+  setFreebindTransparent,
+  socketFd,
+  tcpSocket,
+  type SockAddr,
+} from './sockopt.ts';
 import { relay } from './relay.ts';
 import { pkiPaths, ZTUNNEL_SPIFFE_ID } from './pki.ts';
 import { PORT_HBONE, PORT_INBOUND_PLAINTEXT, PORT_OUTBOUND, ZTUNNEL_MARK } from './config.ts';
@@ -68,7 +77,9 @@ function errText(e: unknown): string {
 }
 
 function checkPeer(_host: string, cert: tls.PeerCertificate): Error | undefined {
-  return (cert.subjectaltname ?? '').includes(`URI:${ZTUNNEL_SPIFFE_ID}`) ? undefined : new Error(`peer is not ${ZTUNNEL_SPIFFE_ID}`);
+  return (cert.subjectaltname ?? '').includes(`URI:${ZTUNNEL_SPIFFE_ID}`)
+    ? undefined
+    : new Error(`peer is not ${ZTUNNEL_SPIFFE_ID}`);
 }
 
 function parseAuthority(a: string): SockAddr | undefined {
@@ -146,7 +157,9 @@ export class WorkloadProxy {
   /** A socket made in the workload's netns (or ours), marked before anything else happens to it. */
   #socket(family: 4 | 6): number {
     const make = (): number => tcpSocket(family, ZTUNNEL_MARK);
-    return this.opts.netnsFd === undefined ? make() : withNetnsFd(this.opts.netnsFd, make, `netns of ${this.opts.where}`);
+    return this.opts.netnsFd === undefined
+      ? make()
+      : withNetnsFd(this.opts.netnsFd, make, `netns of ${this.opts.where}`);
   }
 
   /**
@@ -168,7 +181,10 @@ export class WorkloadProxy {
     }
     const s = this.#track(new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true }));
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => s.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })), CONNECT_TIMEOUT_MS);
+      const timer = setTimeout(
+        () => s.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })),
+        CONNECT_TIMEOUT_MS,
+      );
       s.once('error', (e) => {
         clearTimeout(timer);
         reject(e);
@@ -182,17 +198,38 @@ export class WorkloadProxy {
   }
 
   #log(e: Omit<ZtunnelLogEntry, 'time' | 'node' | 'where'>): void {
-    const line: ZtunnelLogEntry = { time: new Date().toISOString(), node: this.opts.node, where: this.opts.where, ...e };
+    const line: ZtunnelLogEntry = {
+      time: new Date().toISOString(),
+      node: this.opts.node,
+      where: this.opts.where,
+      ...e,
+    };
     appendFileSync(this.opts.logPath, JSON.stringify(line) + '\n');
   }
 
   /** HTTP/2 CONNECT over mTLS to <dst ip>:15008; resolves to the tunnel stream once the peer answered 200. */
-  async #openHbone(dst: SockAddr, client: string): Promise<{ stream: http2.ClientHttp2Stream; session: http2.ClientHttp2Session; local: string }> {
-    const raw = await this.#connect({ ip: this.opts.localMesh.has(dst.ip) ? '127.0.0.1' : dst.ip, port: PORT_HBONE }, undefined);
+  async #openHbone(
+    dst: SockAddr,
+    client: string,
+  ): Promise<{ stream: http2.ClientHttp2Stream; session: http2.ClientHttp2Session; local: string }> {
+    const raw = await this.#connect(
+      { ip: this.opts.localMesh.has(dst.ip) ? '127.0.0.1' : dst.ip, port: PORT_HBONE },
+      undefined,
+    );
     const local = fmtAddr({ ip: unmap(raw.localAddress), port: raw.localPort ?? 0 });
-    const secure = tls.connect({ socket: raw, ...this.opts.tls, ALPNProtocols: ['h2'], servername: 'ztunnel.istio-system', checkServerIdentity: checkPeer });
-    const session = this.#track(http2.connect(`https://${fmtAddr({ ip: dst.ip, port: PORT_HBONE })}`, { createConnection: () => secure }));
-    session.on('error', () => { /* reported through the stream */ });
+    const secure = tls.connect({
+      socket: raw,
+      ...this.opts.tls,
+      ALPNProtocols: ['h2'],
+      servername: 'ztunnel.istio-system',
+      checkServerIdentity: checkPeer,
+    });
+    const session = this.#track(
+      http2.connect(`https://${fmtAddr({ ip: dst.ip, port: PORT_HBONE })}`, { createConnection: () => secure }),
+    );
+    session.on('error', () => {
+      /* reported through the stream */
+    });
     // ztunnel's outbound sends `Forwarded: for="<client>"` (src/proxy/outbound.rs build_forwarded).
     const stream = session.request({ ':method': 'CONNECT', ':authority': fmtAddr(dst), forwarded: `for="${client}"` });
     await new Promise<void>((resolve, reject) => {
@@ -214,8 +251,16 @@ export class WorkloadProxy {
    */
   #noOriginalDst(s: net.Socket, base: LogBase): boolean {
     const port = s.localPort ?? 0;
-    if (base.dstFrom !== 'local-address' || ![PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE].includes(port)) return false;
-    this.#log({ ...base, upstream: '', upstreamProtocol: '', bytesIn: 0, bytesOut: 0, result: 'error: no original destination' });
+    if (base.dstFrom !== 'local-address' || ![PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE].includes(port))
+      return false;
+    this.#log({
+      ...base,
+      upstream: '',
+      upstreamProtocol: '',
+      bytesIn: 0,
+      bytesOut: 0,
+      result: 'error: no original destination',
+    });
     s.destroy();
     return true;
   }
@@ -227,19 +272,37 @@ export class WorkloadProxy {
     const base = { direction: 'outbound' as const, source, originalDst: fmtAddr(dst), dstFrom: from };
     if (this.#noOriginalDst(s, base)) return;
     const hbone = this.opts.mesh.has(dst.ip);
-    const upstream = hbone ? fmtAddr({ ip: this.opts.localMesh.has(dst.ip) ? '127.0.0.1' : dst.ip, port: PORT_HBONE }) : fmtAddr(dst);
+    const upstream = hbone
+      ? fmtAddr({ ip: this.opts.localMesh.has(dst.ip) ? '127.0.0.1' : dst.ip, port: PORT_HBONE })
+      : fmtAddr(dst);
     const upstreamProtocol = hbone ? ('hbone' as const) : ('tcp' as const);
     try {
       if (hbone) {
         const { stream, session, local } = await this.#openHbone(dst, source);
         const r = await relay(s, stream);
         session.close();
-        this.#log({ ...base, upstream, upstreamLocal: local, upstreamProtocol, bytesIn: r.bytesIn, bytesOut: r.bytesOut, result: r.error ? `error: ${r.error}` : 'ok' });
+        this.#log({
+          ...base,
+          upstream,
+          upstreamLocal: local,
+          upstreamProtocol,
+          bytesIn: r.bytesIn,
+          bytesOut: r.bytesOut,
+          result: r.error ? `error: ${r.error}` : 'ok',
+        });
       } else {
         const up = await this.#connect(dst, undefined);
         const upstreamLocal = fmtAddr({ ip: unmap(up.localAddress), port: up.localPort ?? 0 });
         const r = await relay(s, up);
-        this.#log({ ...base, upstream, upstreamLocal, upstreamProtocol, bytesIn: r.bytesIn, bytesOut: r.bytesOut, result: r.error ? `error: ${r.error}` : 'ok' });
+        this.#log({
+          ...base,
+          upstream,
+          upstreamLocal,
+          upstreamProtocol,
+          bytesIn: r.bytesIn,
+          bytesOut: r.bytesOut,
+          result: r.error ? `error: ${r.error}` : 'ok',
+        });
       }
     } catch (e) {
       this.#log({ ...base, upstream, upstreamProtocol, bytesIn: 0, bytesOut: 0, result: `error: ${errText(e)}` });
@@ -252,13 +315,26 @@ export class WorkloadProxy {
     const source = fmtAddr({ ip: client, port: s.remotePort ?? 0 });
     const { dst, from } = learnOriginalDst(s);
     s.pause();
-    const base = { direction: 'inbound-plaintext' as const, source, originalDst: fmtAddr(dst), dstFrom: from, upstream: fmtAddr(dst), upstreamProtocol: 'tcp' as const };
+    const base = {
+      direction: 'inbound-plaintext' as const,
+      source,
+      originalDst: fmtAddr(dst),
+      dstFrom: from,
+      upstream: fmtAddr(dst),
+      upstreamProtocol: 'tcp' as const,
+    };
     if (this.#noOriginalDst(s, base)) return;
     try {
       const up = await this.#connect(dst, this.opts.origSrc ? client : undefined);
       const upstreamLocal = fmtAddr({ ip: unmap(up.localAddress), port: up.localPort ?? 0 });
       const r = await relay(s, up);
-      this.#log({ ...base, upstreamLocal, bytesIn: r.bytesIn, bytesOut: r.bytesOut, result: r.error ? `error: ${r.error}` : 'ok' });
+      this.#log({
+        ...base,
+        upstreamLocal,
+        bytesIn: r.bytesIn,
+        bytesOut: r.bytesOut,
+        result: r.error ? `error: ${r.error}` : 'ok',
+      });
     } catch (e) {
       this.#log({ ...base, bytesIn: 0, bytesOut: 0, result: `error: ${errText(e)}` });
       s.destroy();
@@ -270,11 +346,23 @@ export class WorkloadProxy {
     const client = hboneClient(unmap(sock?.remoteAddress), headers);
     const source = fmtAddr({ ip: unmap(sock?.remoteAddress), port: sock?.remotePort ?? 0 });
     const authority = String(headers[':authority'] ?? '');
-    const base = { direction: 'inbound-hbone' as const, source, originalDst: authority, dstFrom: 'authority', upstream: authority, upstreamProtocol: 'tcp' as const };
+    const base = {
+      direction: 'inbound-hbone' as const,
+      source,
+      originalDst: authority,
+      dstFrom: 'authority',
+      upstream: authority,
+      upstreamProtocol: 'tcp' as const,
+    };
     const dst = parseAuthority(authority);
     if (headers[':method'] !== 'CONNECT' || !dst) {
       stream.respond({ ':status': headers[':method'] !== 'CONNECT' ? 405 : 400 }, { endStream: true });
-      this.#log({ ...base, bytesIn: 0, bytesOut: 0, result: `error: bad request ${String(headers[':method'])} ${authority}` });
+      this.#log({
+        ...base,
+        bytesIn: 0,
+        bytesOut: 0,
+        result: `error: bad request ${String(headers[':method'])} ${authority}`,
+      });
       return;
     }
     try {
@@ -282,7 +370,13 @@ export class WorkloadProxy {
       const upstreamLocal = fmtAddr({ ip: unmap(up.localAddress), port: up.localPort ?? 0 });
       stream.respond({ ':status': 200 });
       const r = await relay(stream, up);
-      this.#log({ ...base, upstreamLocal, bytesIn: r.bytesIn, bytesOut: r.bytesOut, result: r.error ? `error: ${r.error}` : 'ok' });
+      this.#log({
+        ...base,
+        upstreamLocal,
+        bytesIn: r.bytesIn,
+        bytesOut: r.bytesOut,
+        result: r.error ? `error: ${r.error}` : 'ok',
+      });
     } catch (e) {
       if (!stream.headersSent) stream.respond({ ':status': 503 }, { endStream: true });
       this.#log({ ...base, bytesIn: 0, bytesOut: 0, result: `error: ${errText(e)}` });
@@ -297,7 +391,13 @@ export class WorkloadProxy {
       });
     const outbound = tcp(this.#onOutbound);
     const plaintext = tcp(this.#onPlaintextInbound);
-    const hbone = http2.createSecureServer({ ...this.opts.tls, requestCert: true, rejectUnauthorized: true, ALPNProtocols: ['h2'], allowHTTP1: false });
+    const hbone = http2.createSecureServer({
+      ...this.opts.tls,
+      requestCert: true,
+      rejectUnauthorized: true,
+      ALPNProtocols: ['h2'],
+      allowHTTP1: false,
+    });
     hbone.on('stream', (stream, headers) => void this.#onHboneStream(stream, headers));
     hbone.on('session', (session) => {
       this.#sessions.add(this.#track(session));
@@ -307,8 +407,11 @@ export class WorkloadProxy {
       const err = checkPeer('', s.getPeerCertificate());
       if (err) s.destroy(err);
     });
-    hbone.on('sessionError', () => { /* the session's streams report their own errors */ });
-    for (const srv of [outbound, plaintext, hbone]) srv.on('error', (e) => this.opts.warn(`listener of ${this.opts.where}: ${e.message}`));
+    hbone.on('sessionError', () => {
+      /* the session's streams report their own errors */
+    });
+    for (const srv of [outbound, plaintext, hbone])
+      srv.on('error', (e) => this.opts.warn(`listener of ${this.opts.where}: ${e.message}`));
     await this.#listen(outbound, PORT_OUTBOUND);
     await this.#listen(plaintext, PORT_INBOUND_PLAINTEXT);
     await this.#listen(hbone, PORT_HBONE);

@@ -59,7 +59,7 @@ export function setMark(fd: number, mark: number): void {
   setInt(fd, SOL_SOCKET, SO_MARK, mark, 'SO_MARK');
 }
 
-/** IP_TRANSPARENT (+ IPV6_TRANSPARENT on v6 sockets): accept connections for non-local destinations (TPROXY, sk_assign). */
+/** IP_TRANSPARENT (+ IPV6_TRANSPARENT on v6 sockets): accept connections for non-local destinations (TPROXY). */
 export function setTransparent(fd: number, family: Family): void {
   setInt(fd, SOL_IP, IP_TRANSPARENT, 1, 'IP_TRANSPARENT');
   if (family === 6) setInt(fd, SOL_IPV6, IPV6_TRANSPARENT, 1, 'IPV6_TRANSPARENT');
@@ -98,7 +98,8 @@ function decodeSockaddr(buf: Buffer): SockAddr | undefined {
   if (family === AF_INET) return { ip: [...buf.subarray(4, 8)].join('.'), port };
   if (family === AF_INET6) {
     const raw = buf.subarray(8, 24);
-    if (raw.subarray(0, 10).every((b) => b === 0) && raw[10] === 0xff && raw[11] === 0xff) return { ip: [...raw.subarray(12, 16)].join('.'), port };
+    if (raw.subarray(0, 10).every((b) => b === 0) && raw[10] === 0xff && raw[11] === 0xff)
+      return { ip: [...raw.subarray(12, 16)].join('.'), port };
     const groups: string[] = [];
     for (let i = 0; i < 16; i += 2) groups.push(raw.readUInt16BE(i).toString(16));
     return { ip: groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::'), port };

@@ -23,7 +23,9 @@ await WorkloadProxy.start({
   warn,
 });
 writeFileSync(cfg.readyFile, `${process.pid}\n`);
-process.stdout.write(`ztunnel stand-in ${cfg.where} ready on ${PORT_OUTBOUND}/${PORT_INBOUND_PLAINTEXT}/${PORT_HBONE}\n`);
+process.stdout.write(
+  `ztunnel stand-in ${cfg.where} ready on ${PORT_OUTBOUND}/${PORT_INBOUND_PLAINTEXT}/${PORT_HBONE}\n`,
+);
 process.on('SIGTERM', () => process.exit(0));
 // One broken connection (a peer resetting mid-handshake, an h2 protocol error) must not take the whole
 // node's ztunnel down in the middle of a benchmark: say it in the .out file and keep serving.

@@ -60,7 +60,12 @@ export interface ManagerState {
   readonly connected: boolean;
   readonly snapshotReceived: boolean;
   readonly ready: boolean;
-  readonly workloads: readonly { readonly uid: string; readonly name: string; readonly namespace: string; readonly netns: string }[];
+  readonly workloads: readonly {
+    readonly uid: string;
+    readonly name: string;
+    readonly namespace: string;
+    readonly netns: string;
+  }[];
   readonly pending: readonly string[];
 }
 
@@ -116,7 +121,12 @@ export class WorkloadManager {
       connected: this.#connected,
       snapshotReceived: this.#snapshotReceived,
       ready: this.#ready,
-      workloads: [...this.#running].map(([uid, r]) => ({ uid, name: r.info.name, namespace: r.info.namespace, netns: r.netns.id })),
+      workloads: [...this.#running].map(([uid, r]) => ({
+        uid,
+        name: r.info.name,
+        namespace: r.info.namespace,
+        netns: r.netns.id,
+      })),
       pending: [...this.#pending.keys()],
     };
   }
@@ -225,7 +235,11 @@ export class WorkloadManager {
       return;
     }
     if (existing) {
-      this.#log('new netns for a running workload: replacing its proxy', { uid, old: existing.netns.id, new: netns.id });
+      this.#log('new netns for a running workload: replacing its proxy', {
+        uid,
+        old: existing.netns.id,
+        new: netns.id,
+      });
       this.#delWorkload(uid);
     }
     let proxy: RunningProxy;
