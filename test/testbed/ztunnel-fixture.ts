@@ -1,6 +1,7 @@
 // Shared by the ztunnel-*.test.ts files: the one-node inpod testbed they run on (mesh pods app and
-// web, a plain client pod, no legacy stand-ins) and a bounded wait for a condition.
-import { startTestbed, type Testbed, type TestbedSpec } from '../../src/testbed/index.ts';
+// web, a plain client pod, no legacy stand-ins), a bounded wait for a condition, and in-pod iptables
+// rules in istio-cni's shape for tests that run without an agent.
+import { startTestbed, type Target, type Testbed, type TestbedSpec } from '../../src/testbed/index.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 
 const spec: TestbedSpec = {
@@ -32,3 +33,12 @@ export async function until<T>(
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** Appends iptables rules (each written as one line of arguments) inside a pod; they go with its netns. */
+export async function iptables(tb: Testbed, pod: Target, ...rules: string[]): Promise<void> {
+  for (const rule of rules) await tb.exec(pod, ['iptables', ...rule.split(' ')]);
+}
+
+/** istio-cni's in-pod inbound capture of one port (its own traffic, marked 0x539, excluded). */
+export const REDIRECT_INBOUND = (port: number): string =>
+  `-t nat -A PREROUTING -p tcp --dport ${port} -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006`;

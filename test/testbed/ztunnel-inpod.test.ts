@@ -9,7 +9,7 @@ import { listenFd, closeFd } from '../../src/testbed/ztunnel/sockopt.ts';
 import { withNetns } from '../../src/libbpf/netns.ts';
 import { ZdsServer } from '../../src/zds/index.ts';
 import { logger } from '../../src/log.ts';
-import { oneNodeInpodTestbed, until } from './ztunnel-fixture.ts';
+import { iptables, oneNodeInpodTestbed, REDIRECT_INBOUND, until } from './ztunnel-fixture.ts';
 
 const UPSTREAM_DNS_PORT = 5353;
 /** What the fake upstream resolver answers for every name: proves a query was forwarded. */
@@ -114,23 +114,11 @@ t.test(
   async (t) => {
     // Counts forwarded queries that leave the pod marked 0x539 (UDP and TCP).
     for (const proto of ['udp', 'tcp']) {
-      await tb.exec(app, [
-        'iptables',
-        '-t',
-        'mangle',
-        '-A',
-        'OUTPUT',
-        '-p',
-        proto,
-        '--dport',
-        String(UPSTREAM_DNS_PORT),
-        '-m',
-        'mark',
-        '--mark',
-        '0x539',
-        '-j',
-        'ACCEPT',
-      ]);
+      await iptables(
+        tb,
+        app,
+        `-t mangle -A OUTPUT -p ${proto} --dport ${UPSTREAM_DNS_PORT} -m mark --mark 0x539 -j ACCEPT`,
+      );
     }
     const query = `
 import dgram from 'node:dgram'; import net from 'node:net'; import dnsPacket from 'dns-packet';
@@ -188,56 +176,13 @@ t.test("the inbound leg comes from the client's address (ENABLE_ORIG_SRC default
   await startHttpServer(tb, app, 8080);
   // No agent in this test: a REDIRECT to 15006 and Istio's return path for spoofed connections
   // (mangle connmark 0x111 + fwmark rule to a local table), as istio-cni's in-pod rules have them.
-  const ipt = (...args: string[]) => tb.exec(app, ['iptables', ...args]);
-  await ipt(
-    '-t',
-    'nat',
-    '-A',
-    'PREROUTING',
-    '-p',
-    'tcp',
-    '--dport',
-    '8080',
-    '-m',
-    'mark',
-    '!',
-    '--mark',
-    '0x539/0xfff',
-    '-j',
-    'REDIRECT',
-    '--to-ports',
-    '15006',
-  );
-  await ipt(
-    '-t',
-    'mangle',
-    '-A',
-    'PREROUTING',
-    '-m',
-    'mark',
-    '--mark',
-    '0x539/0xfff',
-    '-j',
-    'CONNMARK',
-    '--set-xmark',
-    '0x111/0xfff',
-  );
-  await ipt(
-    '-t',
-    'mangle',
-    '-A',
-    'OUTPUT',
-    '-m',
-    'connmark',
-    '--mark',
-    '0x111/0xfff',
-    '-j',
-    'CONNMARK',
-    '--restore-mark',
-    '--nfmask',
-    '0xffffffff',
-    '--ctmask',
-    '0xffffffff',
+  await iptables(
+    tb,
+    app,
+    REDIRECT_INBOUND(8080),
+    '-t mangle -A PREROUTING -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff',
+    '-t mangle -A OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff' +
+      ' --ctmask 0xffffffff',
   );
   await tb.exec(app, ['ip', 'rule', 'add', 'fwmark', '0x111/0xfff', 'pref', '32764', 'lookup', '100']);
   await tb.exec(app, ['ip', 'route', 'add', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '100']);
@@ -266,27 +211,11 @@ t.test(
     await server.add(web.uid, { name: web.name, namespace: web.namespace, serviceAccount: 'default' }, web.netnsPath);
     // Outbound capture in the client pod as istio-cni's nat OUTPUT has it. The stand-in's own HBONE leg
     // leaves this same netns: only its mark 0x539 keeps it from being redirected to 15001 again (a loop).
-    await tb.exec(web, [
-      'iptables',
-      '-t',
-      'nat',
-      '-A',
-      'OUTPUT',
-      '-p',
-      'tcp',
-      '!',
-      '-d',
-      '127.0.0.1/32',
-      '-m',
-      'mark',
-      '!',
-      '--mark',
-      '0x539/0xfff',
-      '-j',
-      'REDIRECT',
-      '--to-ports',
-      '15001',
-    ]);
+    await iptables(
+      tb,
+      web,
+      '-t nat -A OUTPUT -p tcp ! -d 127.0.0.1/32 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001',
+    );
     const before = tb.ztunnelLog('node1').length;
     const r = await curl(tb, web, app.ip, 8080, { path: '/hbone' });
     t.equal(r.body, `hello from app peer=${web.ip} path=/hbone\n`, `the app sees the client pod (${r.stderr})`);

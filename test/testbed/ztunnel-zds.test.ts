@@ -30,7 +30,7 @@ import {
   type SnapshotItem,
 } from '../../src/zds/index.ts';
 import { logger } from '../../src/log.ts';
-import { oneNodeInpodTestbed, until } from './ztunnel-fixture.ts';
+import { iptables, oneNodeInpodTestbed, REDIRECT_INBOUND, until } from './ztunnel-fixture.ts';
 
 const tb = await oneNodeInpodTestbed();
 t.teardown(() => tb.down());
@@ -168,26 +168,7 @@ t.test(
         "s.write('peer=' + s.remoteAddress.replace('::ffff:', '') + '\\n'); s.pipe(s); }).listen(8080)",
     ]);
     await waitForPort(tb, app, 8080);
-    await tb.exec(app, [
-      'iptables',
-      '-t',
-      'nat',
-      '-A',
-      'PREROUTING',
-      '-p',
-      'tcp',
-      '--dport',
-      '8080',
-      '-m',
-      'mark',
-      '!',
-      '--mark',
-      '0x539/0xfff',
-      '-j',
-      'REDIRECT',
-      '--to-ports',
-      '15006',
-    ]);
+    await iptables(tb, app, REDIRECT_INBOUND(8080));
     const server = await zdsServer('upgrade.sock', () => [
       { kind: 'add', uid: app.uid, info, netnsPath: app.netnsPath },
     ]);

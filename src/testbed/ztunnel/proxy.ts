@@ -26,7 +26,7 @@ import {
   tcpSocket,
   type SockAddr,
 } from './sockopt.ts';
-import { relay } from './relay.ts';
+import { relay, type RelayResult } from './relay.ts';
 import { pkiPaths, ZTUNNEL_SPIFFE_ID } from './pki.ts';
 import { PORT_HBONE, PORT_INBOUND_PLAINTEXT, PORT_OUTBOUND, ZTUNNEL_MARK } from './config.ts';
 import type { ZtunnelLogEntry } from '../types.ts';
@@ -110,6 +110,10 @@ function learnOriginalDst(s: net.Socket): { dst: SockAddr; from: string } {
 }
 
 type LogBase = Pick<ZtunnelLogEntry, 'direction' | 'source' | 'originalDst' | 'dstFrom'>;
+type LogUpstream = LogBase & Pick<ZtunnelLogEntry, 'upstream' | 'upstreamProtocol'>;
+
+/** "ip:port" of a connected socket's own end (the upstream's source: spoofed or not). */
+const localOf = (s: net.Socket): string => fmtAddr({ ip: unmap(s.localAddress), port: s.localPort ?? 0 });
 type Closable = { destroy(): void };
 
 export class WorkloadProxy {
@@ -207,6 +211,17 @@ export class WorkloadProxy {
     appendFileSync(this.opts.logPath, JSON.stringify(line) + '\n');
   }
 
+  /** A relayed connection's line: bytes each way, "ok" or the error that ended it. */
+  #relayed(base: LogUpstream, upstreamLocal: string, r: RelayResult): void {
+    const result = r.error ? `error: ${r.error}` : 'ok';
+    this.#log({ ...base, upstreamLocal, bytesIn: r.bytesIn, bytesOut: r.bytesOut, result });
+  }
+
+  /** A connection that never reached its upstream. */
+  #failed(base: LogUpstream, result: string): void {
+    this.#log({ ...base, bytesIn: 0, bytesOut: 0, result });
+  }
+
   /** HTTP/2 CONNECT over mTLS to <dst ip>:15008; resolves to the tunnel stream once the peer answered 200. */
   async #openHbone(
     dst: SockAddr,
@@ -216,7 +231,7 @@ export class WorkloadProxy {
       { ip: this.opts.localMesh.has(dst.ip) ? '127.0.0.1' : dst.ip, port: PORT_HBONE },
       undefined,
     );
-    const local = fmtAddr({ ip: unmap(raw.localAddress), port: raw.localPort ?? 0 });
+    const local = localOf(raw);
     const secure = tls.connect({
       socket: raw,
       ...this.opts.tls,
@@ -253,14 +268,7 @@ export class WorkloadProxy {
     const port = s.localPort ?? 0;
     if (base.dstFrom !== 'local-address' || ![PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE].includes(port))
       return false;
-    this.#log({
-      ...base,
-      upstream: '',
-      upstreamProtocol: '',
-      bytesIn: 0,
-      bytesOut: 0,
-      result: 'error: no original destination',
-    });
+    this.#failed({ ...base, upstream: '', upstreamProtocol: '' }, 'error: no original destination');
     s.destroy();
     return true;
   }
@@ -281,31 +289,15 @@ export class WorkloadProxy {
         const { stream, session, local } = await this.#openHbone(dst, source);
         const r = await relay(s, stream);
         session.close();
-        this.#log({
-          ...base,
-          upstream,
-          upstreamLocal: local,
-          upstreamProtocol,
-          bytesIn: r.bytesIn,
-          bytesOut: r.bytesOut,
-          result: r.error ? `error: ${r.error}` : 'ok',
-        });
+        this.#relayed({ ...base, upstream, upstreamProtocol }, local, r);
       } else {
         const up = await this.#connect(dst, undefined);
-        const upstreamLocal = fmtAddr({ ip: unmap(up.localAddress), port: up.localPort ?? 0 });
+        const local = localOf(up); // read now: the socket is gone once the relay ends
         const r = await relay(s, up);
-        this.#log({
-          ...base,
-          upstream,
-          upstreamLocal,
-          upstreamProtocol,
-          bytesIn: r.bytesIn,
-          bytesOut: r.bytesOut,
-          result: r.error ? `error: ${r.error}` : 'ok',
-        });
+        this.#relayed({ ...base, upstream, upstreamProtocol }, local, r);
       }
     } catch (e) {
-      this.#log({ ...base, upstream, upstreamProtocol, bytesIn: 0, bytesOut: 0, result: `error: ${errText(e)}` });
+      this.#failed({ ...base, upstream, upstreamProtocol }, `error: ${errText(e)}`);
       s.destroy();
     }
   }
@@ -326,17 +318,11 @@ export class WorkloadProxy {
     if (this.#noOriginalDst(s, base)) return;
     try {
       const up = await this.#connect(dst, this.opts.origSrc ? client : undefined);
-      const upstreamLocal = fmtAddr({ ip: unmap(up.localAddress), port: up.localPort ?? 0 });
+      const local = localOf(up); // read now: the socket is gone once the relay ends
       const r = await relay(s, up);
-      this.#log({
-        ...base,
-        upstreamLocal,
-        bytesIn: r.bytesIn,
-        bytesOut: r.bytesOut,
-        result: r.error ? `error: ${r.error}` : 'ok',
-      });
+      this.#relayed(base, local, r);
     } catch (e) {
-      this.#log({ ...base, bytesIn: 0, bytesOut: 0, result: `error: ${errText(e)}` });
+      this.#failed(base, `error: ${errText(e)}`);
       s.destroy();
     }
   }
@@ -357,29 +343,18 @@ export class WorkloadProxy {
     const dst = parseAuthority(authority);
     if (headers[':method'] !== 'CONNECT' || !dst) {
       stream.respond({ ':status': headers[':method'] !== 'CONNECT' ? 405 : 400 }, { endStream: true });
-      this.#log({
-        ...base,
-        bytesIn: 0,
-        bytesOut: 0,
-        result: `error: bad request ${String(headers[':method'])} ${authority}`,
-      });
+      this.#failed(base, `error: bad request ${String(headers[':method'])} ${authority}`);
       return;
     }
     try {
       const up = await this.#connect(dst, this.opts.origSrc ? client : undefined);
-      const upstreamLocal = fmtAddr({ ip: unmap(up.localAddress), port: up.localPort ?? 0 });
+      const local = localOf(up); // read now: the socket is gone once the relay ends
       stream.respond({ ':status': 200 });
       const r = await relay(stream, up);
-      this.#log({
-        ...base,
-        upstreamLocal,
-        bytesIn: r.bytesIn,
-        bytesOut: r.bytesOut,
-        result: r.error ? `error: ${r.error}` : 'ok',
-      });
+      this.#relayed(base, local, r);
     } catch (e) {
       if (!stream.headersSent) stream.respond({ ':status': 503 }, { endStream: true });
-      this.#log({ ...base, bytesIn: 0, bytesOut: 0, result: `error: ${errText(e)}` });
+      this.#failed(base, `error: ${errText(e)}`);
     }
   }
 
