@@ -9,7 +9,7 @@
 //  - attaches ambpf_inpod_lookup (sk_lookup) to the pod's netns, pinned <bpffs>/links/inpod-<cookie>.
 // Nothing is attached in the node's netns. Restart safety as in the node topology: maps reused from
 // their pins, links adopted (ensurePinnedLink); close() releases this process's fds only.
-import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { BpfObject, LibbpfError, resolveIfindex, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
@@ -22,6 +22,7 @@ import {
 import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
+import { writeNetSysctl } from './sysctl.ts';
 import * as s from './schema.ts';
 
 const log = logger('datapath-inpod');
@@ -87,7 +88,7 @@ function ip(args: readonly string[], input?: string): string {
 function setOrigSrcReturnPath(netnsPath: string, on: boolean): void {
   withNetns(netnsPath, () => {
     // One switch for TCP over IPv4 and IPv6; /proc/sys/net is the opening thread's netns.
-    writeFileSync('/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
+    writeNetSysctl('ipv4/tcp_fwmark_accept', on ? '1' : '0');
     const families = existsSync('/proc/sys/net/ipv6/conf/lo') ? (['-4', '-6'] as const) : (['-4'] as const);
     for (const family of families) {
       const rule = `fwmark ${ORIG_SRC_MARK} pref ${ORIG_SRC_RULE_PREF} lookup ${ORIG_SRC_ROUTE_TABLE}`;

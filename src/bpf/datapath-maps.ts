@@ -4,6 +4,9 @@
 import { BpfMap } from '../libbpf/index.ts';
 import * as s from './schema.ts';
 
+/** What a write into a full map raises (TypedMap.set, SingletonMap.set): callers report and count it. */
+export { MapFullError } from '../libbpf/index.ts';
+
 /** The maps of the design's contract (design.md §3) plus the inbound maps, by pinned name.
  * ambpf_inflow is retired (no program uses it, bpf/include/ambpf_maps.h) but still pinned and listed
  * while status and metrics count it; ambpf_outflow took its place. */
@@ -32,7 +35,7 @@ export class TypedMap<K, V> {
     return v === undefined ? undefined : this.#decVal(v);
   }
 
-  /** Insert or replace; a full map raises libbpf-ts's MapFullError (the caller reports and counts it). */
+  /** Insert or replace; a full map raises MapFullError (the caller reports and counts it). */
   set(key: K, value: V): void {
     this.map.update(this.#encKey(key), this.#encVal(value));
   }

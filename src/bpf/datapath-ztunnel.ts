@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import koffi from 'koffi';
 import { AmbpfError, SystemError } from '../errors.ts';
 import { withNetns } from '../libbpf/index.ts';
-import { writeNetSysctl } from '../node/sysctl.ts';
+import { writeNetSysctl } from './sysctl.ts';
 
 const run = promisify(execFile);
 

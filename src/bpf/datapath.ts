@@ -9,20 +9,20 @@
 import { existsSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  BpfMap, BpfObject, LibbpfError, ifIndex, inNetns, resolveIfindex,
+  BpfLink, BpfMap, BpfObject, LibbpfError, ifIndex, inNetns, resolveIfindex,
   type BpfProgram, type SkMsgAttachment,
 } from '../libbpf/index.ts';
 import { AmbpfError } from '../errors.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
-import { readNetSysctl, writeNetSysctl } from '../node/sysctl.ts';
+import { readNetSysctl, writeNetSysctl } from './sysctl.ts';
 import { DatapathMaps, MAP_NAMES, type MapName } from './datapath-maps.ts';
 import { ensurePinnedLink, progTag, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
 import * as s from './schema.ts';
 
-export { DatapathMaps, openPinnedMaps, TypedMap, SingletonMap, MAP_NAMES, type MapName } from './datapath-maps.ts';
+export { DatapathMaps, openPinnedMaps, TypedMap, SingletonMap, MAP_NAMES, MapFullError, type MapName } from './datapath-maps.ts';
 export type { LinkOutcome } from './datapath-links.ts';
 
 const log = logger('datapath');
@@ -263,6 +263,50 @@ export class Datapath {
       else seen.delete(n);
     }
     return [...names].sort();
+  }
+
+  /**
+   * Interfaces whose pinned tcx link steers nothing: the interface is gone, or the name now belongs to
+   * another interface (a pod recreated with the same deterministic veth name). detachInbound unpins
+   * them, so the next plan attaches to the interface as it is now.
+   */
+  staleInbound(): Array<{ ifname: string; pinned: number | undefined; current: number | undefined }> {
+    const linksDir = join(this.bpffs, 'links');
+    if (!existsSync(linksDir)) return [];
+    const stale: Array<{ ifname: string; pinned: number | undefined; current: number | undefined }> = [];
+    for (const name of readdirSync(linksDir)) {
+      if (!name.startsWith('tc-')) continue;
+      const ifname = name.slice(3);
+      let current: number | undefined;
+      try {
+        current = inNetns(this.netns, () => resolveIfindex(ifname));
+      } catch {
+        current = undefined;
+      }
+      let pinned: number | undefined;
+      try {
+        using link = BpfLink.openPinned(join(linksDir, name));
+        pinned = link.info().ifindex;
+      } catch {
+        pinned = undefined;
+      }
+      if (current === undefined || pinned !== current) stale.push({ ifname, pinned, current });
+    }
+    return stale;
+  }
+
+  /**
+   * Both of ztunnel's listener slots hold a socket: false once ztunnel's listeners closed (a restarted
+   * ztunnel). A sockmap's get-next-key walks slots, empty or not, so only a lookup per slot tells: an
+   * empty slot is ENOENT.
+   */
+  ztunnelListenersPresent(): boolean {
+    try {
+      const listen = this.maps.raw.ambpf_zt_listen;
+      return [s.LISTENER_INBOUND, s.LISTENER_HBONE].every((slot) => listen.lookup(s.encodeU32Key(slot)) !== undefined);
+    } catch {
+      return false;
+    }
   }
 
   /** The next inboundInterfaces() scans the kernel for clsact filters again (something outside ambpf may have changed them). */

@@ -4,19 +4,15 @@
 // is reported and counted without stopping the others.
 import { writeFile, rename, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { computeDesiredState, type DesiredState, type Problem } from '../state/desired.ts';
 import { resolveNode, type Resolution } from '../node/discovery.ts';
 import { buildTarget, planReconcile, type Current, type Plan, type Target } from './plan.ts';
-import type { Datapath } from '../bpf/datapath.ts';
+import { MapFullError, type Datapath } from '../bpf/datapath.ts';
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import { InpodApplier, type Attempt, type ZtunnelHandoff } from './inpod.ts';
 import type { ClusterSnapshot } from '../sources/types.ts';
-import { ZT_READY, PORT_INBOUND, PORT_HBONE, LISTENER_INBOUND, LISTENER_HBONE, encodeU32Key } from '../bpf/schema.ts';
+import { ZT_READY, PORT_INBOUND, PORT_HBONE } from '../bpf/schema.ts';
 import { listeningInodes } from '../bpf/datapath-ztunnel.ts';
-import { removePinnedLink } from '../bpf/datapath-links.ts';
-import { BpfLink, MapFullError, inNetns, resolveIfindex } from '../libbpf/index.ts';
 import { describeError } from '../errors.ts';
 import { logger } from '../log.ts';
 
@@ -221,7 +217,7 @@ export class Reconciler {
     const inodes = this.#listenerInodes(z.pid);
     const key = `${z.uid}/${target.ztunnel.netnsCookie}/${inodes}`;
     const dp = this.#o.datapath as Datapath;
-    if (this.#ztunnelAttachedFor === key && listenersPresent(dp)) return;
+    if (this.#ztunnelAttachedFor === key && dp.ztunnelListenersPresent()) return;
     // A failed attempt costs tens of ms (every process of the pod is tried): with nothing changed
     // (same pod, netns and listening sockets) a pass for a pod event does not repeat it for a
     // while. A ztunnel that opens its listeners changes the key and is attempted at once.
@@ -256,7 +252,7 @@ export class Reconciler {
    * ztunnel's listening sockets on 15006/15008 (inodes), from /proc/<pid>/net/tcp{,6}. Reading those
    * walks the kernel's whole TCP hash (~15 ms here), so a pass for a pod event reuses an answer
    * younger than ZTUNNEL_LISTENERS_TTL_MS: a restarted ztunnel is still noticed within that bound,
-   * and at once when its old sockets close (they leave the sockmap: listenersPresent).
+   * and at once when its old sockets close (they leave the sockmap: ztunnelListenersPresent).
    */
   #listenerInodes(pid: number): string {
     const cached = this.#inodesCache;
@@ -286,7 +282,7 @@ export class Reconciler {
   /** False when ztunnel is known but its listeners left the sockmap (a restarted ztunnel process). */
   ztunnelListenersPresent(): boolean {
     if (this.#inpod) return this.#inpod.listenersPresent();
-    return this.#ztunnelAttachedFor === undefined || listenersPresent(this.#o.datapath as Datapath);
+    return this.#ztunnelAttachedFor === undefined || (this.#o.datapath as Datapath).ztunnelListenersPresent();
   }
 
   /** Waits for queued passes. */
@@ -300,49 +296,13 @@ function isInpod(dp: Datapath | InpodDatapath): dp is InpodDatapath {
 }
 
 /**
- * Both listener slots hold a socket. (A sockmap's get-next-key walks slots, empty or not, so only a
- * lookup per slot tells: an empty slot is ENOENT.)
- */
-function listenersPresent(dp: Datapath): boolean {
-  try {
-    return [LISTENER_INBOUND, LISTENER_HBONE].every((slot) => dp.maps.raw.ambpf_zt_listen.lookup(encodeU32Key(slot)) !== undefined);
-  } catch {
-    return false;
-  }
-}
-
-/**
- * A tc link pinned for an interface that is gone, or that now names another interface (a pod
- * recreated with the same deterministic veth name), steers nothing: unpin it so the plan attaches
- * to the interface as it is now.
+ * A tc link pinned for an interface that is gone, or that now names another interface, steers
+ * nothing: unpin it so the plan attaches to the interface as it is now.
  */
 function pruneStaleInbound(dp: Datapath, attempt: Attempt): void {
-  const linksDir = join(dp.bpffs, 'links');
-  if (!existsSync(linksDir)) return;
-  for (const name of readdirSync(linksDir)) {
-    if (!name.startsWith('tc-')) continue;
-    const ifname = name.slice(3);
-    let current: number | undefined;
-    try {
-      current = inNetns(dp.netns, () => resolveIfindex(ifname));
-    } catch {
-      current = undefined;
-    }
-    let pinned: number | undefined;
-    try {
-      const link = BpfLink.openPinned(join(linksDir, name));
-      try {
-        pinned = link.info().ifindex;
-      } finally {
-        link.close();
-      }
-    } catch {
-      pinned = undefined;
-    }
-    if (current === undefined || pinned !== current) {
-      attempt(`stale inbound link ${name}`, () => removePinnedLink(join(linksDir, name)));
-      log.info({ ifname, pinned, current }, 'removed a stale inbound link');
-    }
+  for (const { ifname, pinned, current } of dp.staleInbound()) {
+    attempt(`stale inbound link tc-${ifname}`, () => dp.detachInbound(ifname));
+    log.info({ ifname, pinned, current }, 'removed a stale inbound link');
   }
 }
 
