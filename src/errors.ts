@@ -3,10 +3,18 @@
 // exits with `exitCode`.
 import { constants as osConstants } from 'node:os';
 
-/** errno number -> symbolic name (ENOENT, EPERM, ...) from Node's own table. */
+/**
+ * errno values by name, Linux's (Node's own table): the one place a number stands for an errno.
+ * Compare by name: `err.code === 'ENOENT'` on an error that carries one, `rc === -ERRNO.ENOENT` on a
+ * libbpf return code; never a bare 2.
+ */
+export const ERRNO = osConstants.errno;
+export type ErrnoName = keyof typeof ERRNO;
+
+/** errno number -> symbolic name (ENOENT, EPERM, ...) from ERRNO. */
 export function errnoName(errno: number): string {
   const abs = Math.abs(errno);
-  for (const [name, value] of Object.entries(osConstants.errno)) {
+  for (const [name, value] of Object.entries(ERRNO)) {
     if (value === abs) return name;
   }
   // libbpf's private codes (4000+) have no libc name.

@@ -204,7 +204,7 @@ export class Datapath {
           sameTarget: (info) => info.ifindex === ifindex,
         });
       } catch (err) {
-        if (!(err instanceof LibbpfError) || err.errno !== 22) throw err;
+        if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
         // No tcx (Linux < 6.6): clsact below.
       }
     }
@@ -217,7 +217,7 @@ export class Datapath {
       attach();
       return 'created';
     } catch (e) {
-      if (!(e instanceof LibbpfError) || e.errno !== 17) throw e;
+      if (!(e instanceof LibbpfError) || e.code !== 'EEXIST') throw e;
     }
     // EEXIST: a filter sits at ambpf's handle. Ours with the same code: keep it. An older version
     // (an upgraded loader): swap it, or the fixes in the new program never reach this interface. One

@@ -3,8 +3,9 @@
 // JSON (-j/-p `formatted`: bitfields quoted, non-printable chars as "\u00xx").
 import { Btf, BTF_INT_BOOL, BTF_INT_CHAR, BTF_INT_SIGNED, BTF_KIND, isMod, type BtfType } from './btf.ts';
 import type { JsonWriter } from './json-writer.ts';
+import { ERRNO } from '../errors.ts';
 
-const EINVAL = -22;
+const EINVAL = -ERRNO.EINVAL;
 
 export interface BtfDumper {
   readonly btf: Btf;

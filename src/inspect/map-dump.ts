@@ -10,9 +10,9 @@ import { mapHeaderJson, mapHeaderPlain } from './map-show.ts';
 import { mapIsMapOfMaps, mapIsPerCpu, mapTypeName, MAP_TYPE } from './names.ts';
 import { Args, mapParseFd, mapParseFds } from './selectors.ts';
 import { strerror } from './strerror.ts';
+import { ERRNO } from '../errors.ts';
 
-const ENOENT = 2;
-const ENOSPC = 28;
+const { ENOENT, ENOSPC } = ERRNO;
 
 const roundUp8 = (n: number): number => Math.ceil(n / 8) * 8;
 

@@ -9,9 +9,9 @@ import { atoll, fdinfoValue } from './procfs.ts';
 import { buildPinnedTable, mapParseFds, type Args } from './selectors.ts';
 import { strerror } from './strerror.ts';
 import { devJson, devPlain } from './offload.ts';
+import { ERRNO } from '../errors.ts';
 
-const ENOENT = 2;
-const EINVAL = 22;
+const { ENOENT, EINVAL } = ERRNO;
 
 /** `1: hash  name foo  flags 0x0` (also the header of a multi-map plain dump). */
 export function mapHeaderPlain(info: MapInfo): string {

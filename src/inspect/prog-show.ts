@@ -13,9 +13,9 @@ import { devJson, devPlain } from './offload.ts';
 import { atoll, fdinfoValue } from './procfs.ts';
 import { buildPinnedTable, progFullName, progParseFds, type Args } from './selectors.ts';
 import { strerror } from './strerror.ts';
+import { ERRNO } from '../errors.ts';
 
-const ENOENT = 2;
-const EINVAL = 22;
+const { ENOENT, EINVAL } = ERRNO;
 const METADATA_PREFIX = 'bpf_metadata_';
 
 /** print_boot_time: seconds since the epoch of a load_time (ns since boot), as bpftool computes it. */

@@ -9,9 +9,9 @@ import { strtoul } from './hex.ts';
 import { isErrno, type InspectKernel, type ObjType } from './kernel-types.ts';
 import { fdType } from './procfs.ts';
 import { strerror } from './strerror.ts';
+import { ERRNO } from '../errors.ts';
 
-const EACCES = 13;
-const ENOENT = 2;
+const { EACCES, ENOENT } = ERRNO;
 const BPF_FS_MAGIC = 0xcafe4a11;
 const BPF_OBJ_NAME_LEN = 16;
 /** bpftool's MAX_PROG_FULL_NAME */

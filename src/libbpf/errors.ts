@@ -1,7 +1,7 @@
 // Typed failures of libbpf-ts. A LibbpfError names the libbpf function, the errno (number and
 // symbolic name), libbpf's own decoding of it, and which object/program/map was involved; a
 // verifier rejection also carries the log (tail in the message, whole log on `verifierLog`).
-import { AmbpfError, errnoName, type AmbpfErrorContext } from '../errors.ts';
+import { AmbpfError, ERRNO, errnoName, type AmbpfErrorContext } from '../errors.ts';
 import { raw } from './ffi.ts';
 
 /** libbpf's text for an errno, including its private 4000+ codes (e.g. "Kernel verifier blocks program loading"). */
@@ -80,7 +80,7 @@ export class MapFullError extends LibbpfError {
   override readonly name: string = 'MapFullError';
   readonly maxEntries: number;
   constructor(map: string, maxEntries: number) {
-    super('bpf_map_update_elem', 7 /* E2BIG */, { map });
+    super('bpf_map_update_elem', ERRNO.E2BIG, { map });
     this.message = `map ${map} is full (max_entries ${maxEntries}): ${this.fn} failed with ${this.code}; raise the map's size at load time`;
     this.maxEntries = maxEntries;
   }

@@ -1,6 +1,7 @@
 // Kernel object info by fd and by id (maps, programs, links, BTF), as plain TS objects that keep
 // the kernel's fields faithfully (what `ambpf map/prog show` formats like bpftool does).
 import { readFileSync } from 'node:fs';
+import { ERRNO } from '../errors.ts';
 import { raw, addressOf } from './ffi.ts';
 import { LibbpfError, check } from './errors.ts';
 import { bpf_map_info, bpf_prog_info, bpf_func_info, bpf_link_info, bpf_btf_info, structBuffer, decodeStruct, sizeOf, type KoffiType } from './structs.ts';
@@ -254,7 +255,7 @@ export function listIds(kind: ObjKind): number[] {
   let cur = 0;
   for (;;) {
     const rc = NEXT_ID[kind](cur, next) as number;
-    if (rc === -2 /* ENOENT: the end */) return ids;
+    if (rc === -ERRNO.ENOENT /* the end */) return ids;
     check(`bpf_${kind}_get_next_id`, rc);
     cur = next[0] ?? 0;
     ids.push(cur);
@@ -322,7 +323,7 @@ export function openPinnedFd(path: string): number {
     const errno = -rc;
     throw new LibbpfError('bpf_obj_get', errno, {
       path,
-      hint: errno === 2 ? `nothing is pinned at ${path} (is bpffs mounted and the loader running?)` : undefined,
+      hint: errno === ERRNO.ENOENT ? `nothing is pinned at ${path} (is bpffs mounted and the loader running?)` : undefined,
     });
   }
   return rc;
@@ -336,7 +337,7 @@ export function pinFd(fd: number, path: string, what: { map?: string; program?: 
     throw new LibbpfError('bpf_obj_pin', errno, {
       ...what,
       path,
-      hint: errno === 17 ? `${path} is already pinned` : errno === 2 ? `the directory of ${path} does not exist or is not on bpffs` : undefined,
+      hint: errno === ERRNO.EEXIST ? `${path} is already pinned` : errno === ERRNO.ENOENT ? `the directory of ${path} does not exist or is not on bpffs` : undefined,
     });
   }
 }

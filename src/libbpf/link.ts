@@ -1,6 +1,7 @@
 // BpfLink: a kernel bpf_link held by fd. Closing an unpinned link detaches it; a pinned link stays
 // attached after the process exits until its pin is removed (restart-safe attachments).
 import { unlinkSync } from 'node:fs';
+import { ERRNO } from '../errors.ts';
 import { raw } from './ffi.ts';
 import { bpf_link_update_opts, optsBuffer } from './structs.ts';
 import { LibbpfError, check } from './errors.ts';
@@ -44,7 +45,7 @@ export class BpfLink extends Handle {
     const fd = openPinnedFd(path);
     if (kindOfFd(fd) !== 'link') {
       closeFd(fd);
-      throw new LibbpfError('bpf_obj_get', 22, { path, hint: `${path} is not a pinned BPF link` });
+      throw new LibbpfError('bpf_obj_get', ERRNO.EINVAL, { path, hint: `${path} is not a pinned BPF link` });
     }
     const l = new BpfLink(fd, path);
     l.#pinnedPath = path;
@@ -88,12 +89,12 @@ export class BpfLink extends Handle {
   /** Remove the pin; the link detaches once the last fd is closed too. */
   unpin(path: string | null = this.#pinnedPath): void {
     this.ensureOpen();
-    if (!path) throw new LibbpfError('unpin', 22, { link: this.#label, hint: 'the link is not pinned' });
+    if (!path) throw new LibbpfError('unpin', ERRNO.EINVAL, { link: this.#label, hint: 'the link is not pinned' });
     try {
       unlinkSync(path);
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
-      throw new LibbpfError('unlink', e.errno ? -e.errno : 2, { link: this.#label, path });
+      throw new LibbpfError('unlink', e.errno ? -e.errno : ERRNO.ENOENT, { link: this.#label, path });
     }
     if (path === this.#pinnedPath) this.#pinnedPath = null;
   }

@@ -4,7 +4,7 @@ import { unlinkSync } from 'node:fs';
 import { raw, cString, type Ptr } from './ffi.ts';
 import { LibbpfError, MapFullError, check } from './errors.ts';
 import { Handle, closeFd } from './handle.ts';
-import { AmbpfError } from '../errors.ts';
+import { AmbpfError, ERRNO } from '../errors.ts';
 import { MAP_TYPES, BPF_ANY, nameOf, type MapTypeName } from './constants.ts';
 import { bpf_map_create_opts, optsBuffer } from './structs.ts';
 import { mapInfoByFd, fdinfo, fdById, kindOfFd, openPinnedFd, pinFd, type MapInfo } from './info.ts';
@@ -85,7 +85,7 @@ export class BpfMap extends Handle {
     const fd = openPinnedFd(path);
     if (kindOfFd(fd) !== 'map') {
       closeFd(fd);
-      throw new LibbpfError('bpf_obj_get', 22 /* EINVAL */, { path, hint: `${path} is not a pinned BPF map` });
+      throw new LibbpfError('bpf_obj_get', ERRNO.EINVAL, { path, hint: `${path} is not a pinned BPF map` });
     }
     const m = BpfMap.fromFd(fd);
     m.#pinnedPath = path;
@@ -124,8 +124,8 @@ export class BpfMap extends Handle {
 
   #ensureNotLoaded(op: string): Ptr {
     const p = this.#objPtr();
-    if (!this.#ptr) throw new LibbpfError(op, 22, { map: this.name, hint: `${op} applies only to a map of a BpfObject before load()` });
-    if (this.#owner?.loaded) throw new LibbpfError(op, 16 /* EBUSY */, { map: this.name, hint: `${op} must be called before load()` });
+    if (!this.#ptr) throw new LibbpfError(op, ERRNO.EINVAL, { map: this.name, hint: `${op} applies only to a map of a BpfObject before load()` });
+    if (this.#owner?.loaded) throw new LibbpfError(op, ERRNO.EBUSY, { map: this.name, hint: `${op} must be called before load()` });
     return p;
   }
 
@@ -218,7 +218,7 @@ export class BpfMap extends Handle {
   reusePinnedMap(path: string): boolean {
     const p = this.#ensureNotLoaded('bpf_map__reuse_fd');
     const fd = raw.bpf_obj_get(path) as number;
-    if (fd === -2) return false;
+    if (fd === -ERRNO.ENOENT) return false;
     if (fd < 0) throw new LibbpfError('bpf_obj_get', -fd, { map: this.name, path });
     try {
       // reuse_fd dups the fd, so ours is closed either way.
@@ -245,7 +245,7 @@ export class BpfMap extends Handle {
     this.#checkSize('key', key.length, this.keySize);
     const value = Buffer.alloc(this.valueBufferSize);
     const rc = raw.bpf_map_lookup_elem(this.fd, key, value) as number;
-    if (rc === -2) return undefined;
+    if (rc === -ERRNO.ENOENT) return undefined;
     check('bpf_map_lookup_elem', rc, { map: this.name });
     return new Uint8Array(value.buffer, value.byteOffset, value.length);
   }
@@ -264,7 +264,7 @@ export class BpfMap extends Handle {
     this.#checkSize('key', key.length, this.keySize);
     this.#checkSize('value', value.length, this.valueBufferSize);
     const rc = raw.bpf_map_update_elem(this.fd, key, value, flags) as number;
-    if (rc === -7 /* E2BIG */) throw new MapFullError(this.name, this.maxEntries);
+    if (rc === -ERRNO.E2BIG) throw new MapFullError(this.name, this.maxEntries);
     check('bpf_map_update_elem', rc, { map: this.name });
   }
 
@@ -272,7 +272,7 @@ export class BpfMap extends Handle {
   delete(key: Uint8Array): boolean {
     this.#checkSize('key', key.length, this.keySize);
     const rc = raw.bpf_map_delete_elem(this.fd, key) as number;
-    if (rc === -2) return false;
+    if (rc === -ERRNO.ENOENT) return false;
     check('bpf_map_delete_elem', rc, { map: this.name });
     return true;
   }
@@ -281,7 +281,7 @@ export class BpfMap extends Handle {
   nextKey(key: Uint8Array | null): Uint8Array | undefined {
     const next = Buffer.alloc(this.keySize);
     const rc = raw.bpf_map_get_next_key(this.fd, key, next) as number;
-    if (rc === -2) return undefined;
+    if (rc === -ERRNO.ENOENT) return undefined;
     check('bpf_map_get_next_key', rc, { map: this.name });
     return new Uint8Array(next.buffer, next.byteOffset, next.length);
   }
@@ -319,12 +319,12 @@ export class BpfMap extends Handle {
   /** Remove the pin (the map lives on while fds or programs hold it). */
   unpin(path: string | null = this.pinPath): void {
     this.ensureOpen();
-    if (!path) throw new LibbpfError('unpin', 22, { map: this.name, hint: 'the map has no pin path' });
+    if (!path) throw new LibbpfError('unpin', ERRNO.EINVAL, { map: this.name, hint: 'the map has no pin path' });
     try {
       unlinkSync(path);
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
-      throw new LibbpfError('unlink', e.errno ? -e.errno : 2, { map: this.name, path });
+      throw new LibbpfError('unlink', e.errno ? -e.errno : ERRNO.ENOENT, { map: this.name, path });
     }
     if (path === this.#pinnedPath) this.#pinnedPath = null;
   }

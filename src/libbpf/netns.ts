@@ -3,7 +3,7 @@
 // anything async (other callbacks would run in the wrong netns), so a Promise result is refused.
 import { openSync } from 'node:fs';
 import { libcRaw, lastErrno } from './ffi.ts';
-import { SystemError, AmbpfError } from '../errors.ts';
+import { SystemError, AmbpfError, ERRNO } from '../errors.ts';
 import { closeFd } from './handle.ts';
 
 const CLONE_NEWNET = 0x40000000;
@@ -20,7 +20,7 @@ function openNs(path: string): number {
     return openSync(path, 'r');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new SystemError(`open ${path}`, -(e.errno ?? -2), 'cannot open the network namespace', { path });
+    throw new SystemError(`open ${path}`, -(e.errno ?? -ERRNO.ENOENT), 'cannot open the network namespace', { path });
   }
 }
 

@@ -8,7 +8,7 @@ import { Handle } from './handle.ts';
 import { BpfProgram } from './program.ts';
 import { BpfMap } from './map.ts';
 import { bpf_object_open_opts, optsBuffer } from './structs.ts';
-import { AmbpfError } from '../errors.ts';
+import { AmbpfError, ERRNO } from '../errors.ts';
 import { logger } from '../log.ts';
 import { installLibbpfPrint } from './print.ts';
 
@@ -150,7 +150,7 @@ export class BpfObject extends Handle {
    */
   load(): void {
     this.ensureOpen();
-    if (this.#loaded) throw new LibbpfError('bpf_object__load', 114 /* EALREADY */, { object: this.name, hint: 'the object is already loaded' });
+    if (this.#loaded) throw new LibbpfError('bpf_object__load', ERRNO.EALREADY, { object: this.name, hint: 'the object is already loaded' });
     const bufs = new Map<BpfProgram, Buffer>();
     for (const p of this.#programs.values()) {
       if (!p.autoload) continue;

@@ -1,6 +1,7 @@
 // BpfProgram: one program of a BpfObject (libbpf owns it; valid while the object is open).
 // Attach methods return handles with their own lifetimes (BpfLink, TcAttachment, SkMsgAttachment).
 import { openSync } from 'node:fs';
+import { ERRNO } from '../errors.ts';
 import { raw, cString, addressOf, type Ptr } from './ffi.ts';
 import { LibbpfError, check } from './errors.ts';
 import { Handle, closeFd } from './handle.ts';
@@ -55,7 +56,7 @@ export class SkMsgAttachment {
     if (this.#done) return;
     this.#done = true;
     const rc = raw.bpf_prog_detach2(this.#progFd, this.#mapFd, ATTACH_TYPES.sk_msg_verdict) as number;
-    if (rc !== -2) check('bpf_prog_detach2', rc, { program: this.#label });
+    if (rc !== -ERRNO.ENOENT) check('bpf_prog_detach2', rc, { program: this.#label });
   }
 }
 
@@ -64,7 +65,7 @@ function openDirFd(path: string, what: string, program: string): number {
     return openSync(path, 'r');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new LibbpfError('open', e.errno ? -e.errno : 2, { program, path, hint: `cannot open ${what} ${path}` });
+    throw new LibbpfError('open', e.errno ? -e.errno : ERRNO.ENOENT, { program, path, hint: `cannot open ${what} ${path}` });
   }
 }
 
@@ -129,7 +130,7 @@ export class BpfProgram extends Handle {
 
   /** Skip (false) or include this program when the object loads; only before load(). */
   setAutoload(on: boolean): void {
-    if (this.#owner.loaded) throw new LibbpfError('bpf_program__set_autoload', 16, { program: this.name, hint: 'call it before load()' });
+    if (this.#owner.loaded) throw new LibbpfError('bpf_program__set_autoload', ERRNO.EBUSY, { program: this.name, hint: 'call it before load()' });
     check('bpf_program__set_autoload', raw.bpf_program__set_autoload(this.#p(), on) as number, { program: this.name });
   }
 

@@ -1,6 +1,7 @@
 // tc attachment of sched_cls programs: a tcx bpf_link (Linux 6.6+) or a clsact filter (any
 // kernel). `auto` tries tcx and falls back to clsact when the kernel refuses the link type.
 // ifindexes belong to a netns: pass `netns` to attach (and later detach) inside another one.
+import { ERRNO } from '../errors.ts';
 import { raw } from './ffi.ts';
 import { LibbpfError, check } from './errors.ts';
 import { BpfLink } from './link.ts';
@@ -28,7 +29,7 @@ const BPF_TC_EGRESS = 2;
 export function resolveIfindex(iface: number | string): number {
   if (typeof iface === 'number') return iface;
   const idx = ifIndex(iface);
-  if (!idx) throw new LibbpfError('if_nametoindex', 19 /* ENODEV */, { hint: `no interface named ${iface}` });
+  if (!idx) throw new LibbpfError('if_nametoindex', ERRNO.ENODEV, { hint: `no interface named ${iface}` });
   return idx;
 }
 
@@ -68,7 +69,7 @@ export class TcAttachment {
       const opts = optsBuffer(bpf_tc_opts, { handle: this.handle, priority: this.priority });
       const rc = raw.bpf_tc_detach(hook, opts) as number;
       // ENOENT: someone (or the interface's removal) already took it away.
-      if (rc !== -2) check('bpf_tc_detach', rc, { hint: `ifindex ${this.ifindex} ${this.direction}` });
+      if (rc !== -ERRNO.ENOENT) check('bpf_tc_detach', rc, { hint: `ifindex ${this.ifindex} ${this.direction}` });
     });
   }
 
@@ -97,7 +98,7 @@ export function attachTcx(progFd: number, ifindex: number, direction: TcDirectio
 export function attachClsact(progFd: number, ifindex: number, direction: TcDirection, label: string, priority = 0, handle = 0): { handle: number; priority: number } {
   const hook = tcHook(ifindex, direction);
   const rc = raw.bpf_tc_hook_create(hook) as number;
-  if (rc !== -17 /* EEXIST: clsact already there, fine */) check('bpf_tc_hook_create', rc, { program: label, hint: `clsact on ifindex ${ifindex}` });
+  if (rc !== -ERRNO.EEXIST /* clsact already there, fine */) check('bpf_tc_hook_create', rc, { program: label, hint: `clsact on ifindex ${ifindex}` });
   const opts = optsBuffer(bpf_tc_opts, { prog_fd: progFd, priority, handle });
   check('bpf_tc_attach', raw.bpf_tc_attach(hook, opts) as number, { program: label, hint: `clsact ${direction} on ifindex ${ifindex}` });
   const out = decodeStruct<{ handle: number; priority: number }>(opts, bpf_tc_opts);
@@ -116,7 +117,7 @@ export function attachTc(progFd: number, label: string, iface: number | string, 
         return new TcAttachment({ ...base, mode: 'tcx', link, handle: 0, priority: 0 });
       } catch (err) {
         // Kernels before 6.6 answer EINVAL for the unknown attach type: that is the fallback case.
-        if (mode === 'tcx' || !(err instanceof LibbpfError) || err.errno !== 22) throw err;
+        if (mode === 'tcx' || !(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
       }
     }
     const { handle, priority } = attachClsact(progFd, ifindex, direction, label, opts.priority ?? 0, opts.handle ?? 0);
@@ -129,6 +130,6 @@ export function destroyClsact(ifindex: number, netns?: string): void {
   inNetns(netns, () => {
     const hook = optsBuffer(bpf_tc_hook, { ifindex, attach_point: BPF_TC_INGRESS | BPF_TC_EGRESS });
     const rc = raw.bpf_tc_hook_destroy(hook) as number;
-    if (rc !== -2 && rc !== -22) check('bpf_tc_hook_destroy', rc, { hint: `clsact on ifindex ${ifindex}` });
+    if (rc !== -ERRNO.ENOENT && rc !== -ERRNO.EINVAL) check('bpf_tc_hook_destroy', rc, { hint: `clsact on ifindex ${ifindex}` });
   });
 }

@@ -92,7 +92,7 @@ function skMsgRow(bpffs: string): AttachedRow {
     return { ...base, progId: id, progName: progName(id), problem: null };
   } catch (err) {
     // Kernels before 6.0 cannot list a sockmap's programs: say so rather than guess.
-    if (err instanceof LibbpfError && err.errno === 22) return { ...base, progId: null, progName: null, problem: null, target: `${base.target} (this kernel cannot list it)` };
+    if (err instanceof LibbpfError && err.code === 'EINVAL') return { ...base, progId: null, progName: null, problem: null, target: `${base.target} (this kernel cannot list it)` };
     return { ...base, progId: null, progName: null, problem: err instanceof Error ? err.message : String(err) };
   }
 }

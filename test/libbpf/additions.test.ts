@@ -50,7 +50,7 @@ t.test('BpfLink.update swaps the program of a cgroup link in place', async (t) =
   t.equal(connectFrom(cgroup), 'EPERM', 'the swapped-in program refuses connect()');
 
   const stale = t.throws(() => link.update(allow, allow)) as LibbpfError;
-  t.equal(stale.errno, 1, 'BPF_F_REPLACE with the wrong old program is refused (EPERM)');
+  t.equal(stale.code, 'EPERM', 'BPF_F_REPLACE with the wrong old program is refused (EPERM)');
   t.match(stale.message, /bpf_link_update failed .*link .*EPERM.*no longer runs the expected program/);
   t.equal(connectFrom(cgroup), 'EPERM', 'a refused update changes nothing');
 
