@@ -50,6 +50,17 @@ t.test('every flag the DaemonSet passes is in `ambpf run --help`', async (t) => 
   for (const flag of flags) t.match(text, new RegExp(`^\\s+${flag}\\b`, 'm'), `run --help lists ${flag}`);
 });
 
+t.test('the DaemonSet runs run\'s default mode, inpod, on run\'s default ZDS socket', async (t) => {
+  const text = await help('run');
+  const arg = (flag: string): string | undefined => loader.args?.find((a) => a.startsWith(`${flag}=`))?.slice(flag.length + 1);
+  t.equal(arg('--mode'), 'inpod');
+  t.match(text, /--mode inpod\|node\s+.*inpod \(default\)/, 'inpod is run\'s default: the manifest says it anyway, so a change of default cannot move it');
+  const sock = arg('--zds-socket');
+  t.ok(sock, 'the DaemonSet names the socket');
+  // The help wraps the default onto the next line.
+  t.match(text.replace(/\s+/g, ' '), `(default ${sock};`, `${sock} is run's default (ztunnel's INPOD_UDS)`);
+});
+
 t.test('every flag the uninstall Job passes is in `ambpf uninstall --help`', async (t) => {
   const [command, ...rest] = uninstall.args ?? [];
   t.equal(command, 'uninstall');
@@ -63,6 +74,8 @@ t.test('`ambpf run` accepts the DaemonSet\'s args as kubelet expands them', asyn
   const kubepods = mountsOf('cgroup2').flatMap((root) => ['kubepods.slice', 'kubepods'].map((d) => join(root, d))).filter((d) => existsSync(d));
   if (kubepods.length) return t.plan(0, `skip: this machine has a kubelet cgroup (${kubepods.join(', ')}); run would go on to load the datapath`);
   const args = expand(loader, loader.args ?? [], { 'spec.nodeName': 'node-a', 'status.hostIP': '198.18.0.10' });
+  const sock = args.find((a) => a.startsWith('--zds-socket='))?.slice('--zds-socket='.length) ?? '';
+  const sockExisted = existsSync(sock);
   t.notOk(args.some((a) => a.includes('$(')), `every $(VAR) expanded: ${args.join(' ')}`);
   const env: NodeJS.ProcessEnv = { PATH: process.env['PATH'], NODE_NAME: 'node-a', AMBPF_LOG_LEVEL: 'silent' };
   const r = await run(AMBPF, args, { env, timeout: 30_000 }).then(
@@ -72,6 +85,7 @@ t.test('`ambpf run` accepts the DaemonSet\'s args as kubelet expands them', asyn
   t.not(r.code, 0, 'it cannot run here');
   t.match(r.stderr, /kubepods|in-cluster|service ?account|KUBERNETES_SERVICE/i, `it stopped at the environment, not at an argument: ${r.stderr.trim()}`);
   t.notMatch(r.stderr, /Unknown option|unexpected argument|is not a port|must be|expects HOST:PORT|not an IP/i, 'no argument was refused');
+  if (!sockExisted) t.notOk(existsSync(sock), `it did not get as far as serving ZDS on this machine's ${sock}`);
 });
 
 t.test('`ambpf uninstall` runs with the Job\'s args', async (t) => {

@@ -1,10 +1,12 @@
 // Policy for what ambpf asks of a cluster: no privileged container, capabilities dropped to ALL and
 // added back from a fixed list (each with a comment saying why), the host access the loader needs and
-// nothing else, probes that hit the port the loader really listens on, read-only RBAC on pods and
-// namespaces, pinned images. Also the API server's own rules that the OpenAPI schema does not carry.
+// nothing else (the ZDS socket directory ztunnel's chart shares among it), probes that hit the port the
+// loader really listens on, RBAC read-only on pods and namespaces with one write (patch on pods/status,
+// the redirection annotation), pinned images. Also the API server's own rules that the OpenAPI schema
+// does not carry.
 import t from 'tap';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { parseDocument, isMap, isSeq, isScalar, type Node } from 'yaml';
 import { DEPLOY_DIR, REPO_ROOT, at, containersOf, loadManifests, only, parseFile, podSpec, type Container, type Json } from './manifests.ts';
 
@@ -17,6 +19,23 @@ const dsContainers = containersOf(ds);
 const loader = dsContainers.main.find((c) => c.name === 'loader')!;
 const initMount = dsContainers.init.find((c) => c.name === 'mount-bpffs')!;
 const uninstall = containersOf(job).main[0]!;
+const argOf = (flag: string): string | undefined => loader.args?.find((a) => a.startsWith(`${flag}=`))?.slice(flag.length + 1);
+
+/**
+ * ztunnel's side of ZDS, as Istio's ztunnel chart installs it (istio/istio
+ * manifests/charts/ztunnel/templates/daemonset.yaml): the node's /var/run/ztunnel mounted at the same
+ * path (volume cni-ztunnel-sock-dir, DirectoryOrCreate), and ztunnel's INPOD_UDS default inside it.
+ */
+const ZTUNNEL_SOCK_DIR = '/var/run/ztunnel';
+const ZTUNNEL_INPOD_UDS = '/var/run/ztunnel/ztunnel.sock';
+
+/** The comment on item `i` of a YAML sequence (the yaml library hangs the first item's on the sequence). */
+function commentOf(seq: Node, i: number): string {
+  if (!isSeq(seq)) return '';
+  const item = seq.items[i];
+  const own = isScalar(item) || isMap(item) ? item.commentBefore : undefined;
+  return (own ?? (i === 0 ? seq.commentBefore : undefined) ?? '').trim();
+}
 
 /** The only capabilities each container may add, and why it needs them (the YAML comments say more). */
 const ALLOWED_CAPS: Record<string, readonly string[]> = {
@@ -67,9 +86,8 @@ t.test('every added capability carries a comment saying why', async (t) => {
       if (!isSeq(node)) continue;
       node.items.forEach((item, i) => {
         const cap = isScalar(item) ? String(item.value) : '?';
-        // The yaml library hangs the first item's comment on the sequence itself.
-        const comment = (isScalar(item) ? item.commentBefore : undefined) ?? (i === 0 ? node.commentBefore : undefined) ?? '';
-        t.ok(comment.trim().length > 10, `${file} ${path}: ${cap} has a comment (${comment.trim().split('\n')[0] ?? ''})`);
+        const comment = commentOf(node, i);
+        t.ok(comment.length > 10, `${file} ${path}: ${cap} has a comment (${comment.split('\n')[0] ?? ''})`);
       });
     }
   }
@@ -128,6 +146,25 @@ t.test('host access: node netns and PID namespace, the bpffs, the cgroup v2 root
   t.equal(sysctlMount && hostPathOf(sysctlMount.name), '/proc/sys/net', 'the writable net sysctl dir is the node\'s /proc/sys/net');
   t.not(sysctlMount?.readOnly, true);
 
+  // inpod: ambpf serves ZDS where ztunnel's chart looks for it.
+  t.equal(argOf('--mode'), 'inpod', 'the loader runs in inpod mode (ztunnel >= 1.23)');
+  t.equal(argOf('--zds-socket'), ZTUNNEL_INPOD_UDS, 'it listens on ztunnel\'s INPOD_UDS default');
+  const zds = mount(ZTUNNEL_SOCK_DIR);
+  t.ok(zds, `the loader mounts ${ZTUNNEL_SOCK_DIR}`);
+  t.equal(dirname(argOf('--zds-socket') ?? ''), zds?.mountPath, 'the socket is inside that mount');
+  const zdsVolume = volumes.find((v) => v.name === zds?.name) as { hostPath?: { path: string; type?: string } } | undefined;
+  t.equal(zdsVolume?.hostPath?.path, ZTUNNEL_SOCK_DIR, 'from the node\'s directory of the same path, the one ztunnel\'s pod mounts');
+  t.equal(zdsVolume?.hostPath?.type, 'DirectoryOrCreate', 'created by whichever of ambpf and ztunnel starts first');
+  t.not(zds?.readOnly, true, 'writable: ambpf creates the socket there');
+
+  // Pods' netns by /proc/<pid>/ns/net: the node's PID namespace, setns and ptrace-read access.
+  const caps = (at(loader.securityContext, 'capabilities.add') ?? []) as string[];
+  t.ok(caps.includes('SYS_ADMIN'), 'SYS_ADMIN: setns(2) into each pod\'s netns');
+  t.ok(caps.includes('SYS_PTRACE'), 'SYS_PTRACE: /proc/<pid>/ns/net of pod processes that run as other users');
+
+  // Exactly these host paths, nothing broader.
+  const hostPaths = volumes.flatMap((v) => (v.hostPath ? [v.hostPath.path] : [])).sort();
+  t.same(hostPaths, ['/proc/sys/net', '/sys/fs/bpf', '/sys/fs/cgroup', ZTUNNEL_SOCK_DIR].sort(), `host paths: ${hostPaths.join(', ')}`);
   t.notOk(volumes.some((v) => v.hostPath?.path === '/' || v.hostPath?.path === '/proc'), 'neither the node\'s / nor its whole /proc');
   t.notOk(volumes.some((v) => v.hostPath?.path?.includes('containerd.sock') || v.hostPath?.path?.includes('docker.sock')), 'no container runtime socket');
 
@@ -193,24 +230,58 @@ t.test('scheduling: every node, node-critical, rolling one node at a time, bound
   for (const [k, v] of Object.entries(selector)) t.equal(labels[k], v, `template carries selector label ${k}`);
 });
 
-t.test('RBAC: get/list/watch on pods and namespaces, nothing else', async (t) => {
+t.test('RBAC: get/list/watch on pods and namespaces; the one write is patch on pods/status', async (t) => {
   const role = only(manifests, 'ClusterRole');
   const rules = (role['rules'] ?? []) as Array<{ apiGroups?: string[]; resources?: string[]; verbs?: string[]; nonResourceURLs?: string[] }>;
-  const granted = new Set<string>();
+  const grants = new Set<string>();
   for (const r of rules) {
     t.same(r.apiGroups, [''], 'core API group only');
-    t.same([...(r.verbs ?? [])].sort(), ['get', 'list', 'watch'], 'read-only verbs');
     t.notOk(r.nonResourceURLs, 'no non-resource URLs');
-    for (const res of r.resources ?? []) granted.add(res);
+    for (const res of r.resources ?? []) for (const verb of r.verbs ?? []) grants.add(`${verb} ${res}`);
   }
-  t.same([...granted].sort(), ['namespaces', 'pods']);
+  const reads = ['get', 'list', 'watch'].flatMap((v) => [`${v} namespaces`, `${v} pods`]);
+  t.same([...grants].sort(), [...reads, 'patch pods/status'].sort(), 'exactly these grants');
+  t.same([...grants].filter((g) => !/^(get|list|watch) /.test(g)), ['patch pods/status'], 'the only write verb is patch, on pods/status');
+  t.notOk(grants.has('patch pods'), 'not patch on pods: pods/status cannot change a pod\'s spec');
   t.notOk(JSON.stringify(rules).includes('*'), 'no wildcard');
+  // Why the write is there, next to it.
+  const doc = parseDocument(readFileSync(join(DEPLOY_DIR, 'clusterrole.yaml'), 'utf8'));
+  const seq = doc.get('rules', true) as Node;
+  rules.forEach((r, i) => {
+    if ((r.verbs ?? []).every((v) => ['get', 'list', 'watch'].includes(v))) return;
+    t.match(commentOf(seq, i), /annotation/, `rule ${i} (${r.verbs?.join(',')} ${r.resources?.join(',')}) says why`);
+  });
   const binding = only(manifests, 'ClusterRoleBinding');
   t.same(binding['roleRef'], { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: at(role, 'metadata.name') });
   const sa = only(manifests, 'ServiceAccount');
   t.same(binding['subjects'], [{ kind: 'ServiceAccount', name: at(sa, 'metadata.name'), namespace: at(sa, 'metadata.namespace') }]);
   t.equal(podSpec(ds)['serviceAccountName'], at(sa, 'metadata.name'), 'the DaemonSet runs as that ServiceAccount');
   t.equal(podSpec(job)['automountServiceAccountToken'], false, 'the uninstall Job has no API credentials');
+});
+
+t.test('the code writes to the API only what the ClusterRole grants: a merge patch of pods/status', async (t) => {
+  // Every call of a client-node write method in src/ (the testbed's own server excluded).
+  const writes: string[] = [];
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) {
+        if (p !== join(REPO_ROOT, 'src/testbed')) walk(p);
+      } else if (e.name.endsWith('.ts')) {
+        const text = readFileSync(p, 'utf8');
+        const file = p.slice(REPO_ROOT.length);
+        for (const m of text.matchAll(/\.((?:create|replace|patch|delete)\w*)\(/g)) writes.push(`${file} ${m[1]}`);
+        // The generic object client, or a raw request with a write method (src/kube/list.ts is a GET).
+        for (const m of text.matchAll(/KubernetesObjectApi|method: ?'(?:POST|PUT|PATCH|DELETE)'/g)) writes.push(`${file} ${m[0]}`);
+      }
+    }
+  };
+  walk(join(REPO_ROOT, 'src'));
+  // (Map.delete, String.replace and Object.create share the names; API methods name their resource.)
+  const apiWrites = writes.filter((w) => /Namespaced|Pod|Namespace|Collection|KubernetesObjectApi|method/.test(w));
+  t.same(apiWrites, ['src/agent/annotate.ts patchNamespacedPodStatus'], `API writes in src/: ${apiWrites.join('; ')}`);
+  const annotate = readFileSync(join(REPO_ROOT, 'src/agent/annotate.ts'), 'utf8');
+  t.match(annotate, /PatchStrategy\.MergePatch/, 'as a JSON merge patch');
 });
 
 t.test('images are pinned to the release, never latest', async (t) => {
