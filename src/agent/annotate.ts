@@ -18,6 +18,7 @@ import type { Logger } from 'pino';
 import { logger } from '../log.ts';
 import { backoffDelay, type BackoffPolicy } from '../kube/backoff.ts';
 import { describeError } from '../errors.ts';
+import type { HandoffState } from './handoff.ts';
 
 export const REDIRECTION_ANNOTATION = 'ambient.istio.io/redirection';
 
@@ -34,11 +35,8 @@ export interface PodAnnotator {
   set(pod: PodRef, value: RedirectionValue | null): void;
 }
 
-/**
- * The annotation for a pod in a ZDS state (handoff.ts's HandoffState): `enabled` only once ztunnel
- * acked it, `pending` while it is captured but not served (istio-cni's rule).
- */
-export function redirectionFor(state: 'pending' | 'acked' | 'nacked' | 'no-ztunnel'): RedirectionValue {
+/** The annotation for a pod in a ZDS state: `enabled` only once ztunnel acked it, `pending` while it is captured but not served. */
+export function redirectionFor(state: HandoffState): RedirectionValue {
   return state === 'acked' ? 'enabled' : 'pending';
 }
 
