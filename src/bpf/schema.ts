@@ -6,8 +6,8 @@
 // Conventions (as in ambpf.h): addresses are 16 bytes, IPv4 as v4-mapped IPv6, network order; ports
 // inside keys/values are network order unless the C field ends in _host; everything else is the
 // host's (little-endian) order, as the kernel stores it.
-import { isIPv4, isIPv6 } from 'node:net';
 import { AmbpfError } from '../errors.ts';
+import { bytesToIp, ip4ToBytes, ipToBytes, isV4Mapped, isZeroIp } from '../ip.ts';
 
 export class SchemaError extends AmbpfError {
   override readonly name: string = 'SchemaError';
@@ -104,74 +104,8 @@ export const LAYOUT = {
   ambpf_inpod_lkey: { size: 20, fields: { pod_ip: 0, slot: 16 } },
 } as const;
 
-// ---- addresses ----
-const V4_PREFIX = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-
-function parseIPv6(ip: string): Uint8Array {
-  const out = new Uint8Array(16);
-  let text = ip;
-  let tail: number[] = [];
-  // An embedded dotted quad (::ffff:1.2.3.4) supplies the last 4 bytes.
-  const lastColon = text.lastIndexOf(':');
-  const last = text.slice(lastColon + 1);
-  if (isIPv4(last)) {
-    tail = last.split('.').map(Number);
-    text = text.slice(0, lastColon + 1) + '0:0';
-  }
-  const [head = '', rest] = text.split('::') as [string, string | undefined];
-  const h = head === '' ? [] : head.split(':');
-  const r = rest === undefined || rest === '' ? [] : rest.split(':');
-  const groups = rest === undefined ? h : [...h, ...Array<string>(8 - h.length - r.length).fill('0'), ...r];
-  groups.forEach((g, i) => {
-    const n = parseInt(g, 16);
-    out[i * 2] = n >> 8;
-    out[i * 2 + 1] = n & 0xff;
-  });
-  if (tail.length === 4) out.set(tail, 12);
-  return out;
-}
-
-/** "10.0.0.1" -> ::ffff:10.0.0.1 bytes; an IPv6 string -> its 16 bytes. */
-export function ipToBytes(ip: string): Uint8Array {
-  if (isIPv4(ip)) return Uint8Array.from([...V4_PREFIX, ...ip.split('.').map(Number)]);
-  if (isIPv6(ip)) return parseIPv6(ip);
-  throw new SchemaError(`"${ip}" is not an IPv4 or IPv6 address.`, { ip });
-}
-
-export function isV4Mapped(b: Uint8Array): boolean {
-  return V4_PREFIX.every((x, i) => b[i] === x);
-}
-
-export function isZeroIp(b: Uint8Array): boolean {
-  return b.every((x) => x === 0);
-}
-
-/** 16 bytes -> "a.b.c.d" for v4-mapped, else the compressed IPv6 form. */
-export function bytesToIp(b: Uint8Array): string {
-  if (b.length !== 16) throw new SchemaError(`an address is 16 bytes, got ${b.length}.`);
-  if (isV4Mapped(b)) return `${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((b[i] ?? 0) << 8) | (b[i + 1] ?? 0));
-  // Longest run of zero groups (length >= 2) becomes "::" (RFC 5952).
-  let best = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) { best = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
-}
-
-/** A 4-byte IPv4 address in network order as used by ambpf_flow4. */
-function ip4ToBytes(ip: string): Uint8Array {
-  if (!isIPv4(ip)) throw new SchemaError(`"${ip}" is not an IPv4 address.`, { ip });
-  return Uint8Array.from(ip.split('.').map(Number));
-}
+// ---- addresses (src/ip.ts) ----
+export { bytesToIp, ipToBytes } from '../ip.ts';
 
 export function macToBytes(mac: string): Uint8Array {
   const parts = mac.split(':');
@@ -465,8 +399,8 @@ export function encodeFlow4(f: Flow4): Uint8Array {
 export function decodeFlow4(b: Uint8Array): Flow4 {
   const dv = need(b, LAYOUT.ambpf_flow4.size, 'ambpf_flow4');
   return {
-    saddr: [...b.subarray(0, 4)].join('.'),
-    daddr: [...b.subarray(4, 8)].join('.'),
+    saddr: bytesToIp(b.subarray(0, 4)),
+    daddr: bytesToIp(b.subarray(4, 8)),
     sport: dv.getUint16(8, false),
     dport: dv.getUint16(10, false),
   };

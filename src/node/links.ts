@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { AmbpfError } from '../errors.ts';
 import { ifIndex } from '../libbpf/index.ts';
-import { canonicalIp } from '../state/desired.ts';
+import { bytesToIp } from '../ip.ts';
 
 const run = promisify(execFile);
 
@@ -34,9 +34,9 @@ function hexToIpv4(hex: string): string {
   return [n & 255, (n >>> 8) & 255, (n >>> 16) & 255, n >>> 24].join('.');
 }
 
+/** IPv6 from /proc/net/ipv6_route's 32 hex digits (network order). */
 function hexToIpv6(hex: string): string {
-  const groups = hex.match(/.{4}/g)!.map((g) => parseInt(g, 16).toString(16));
-  return canonicalIp(groups.join(':')) ?? groups.join(':');
+  return bytesToIp(Buffer.from(hex, 'hex'));
 }
 
 /**

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import * as schema from '../../src/bpf/schema.ts';
+import { AddressError, bytesToIp, canonicalIp, ipToBytes } from '../../src/ip.ts';
 
 const HEADER_DIR = resolve(import.meta.dirname, '../../bpf/include');
 
@@ -53,12 +54,18 @@ t.test('schema.ts mirrors ambpf.h (gcc sizeof/offsetof/enum)', async (t) => {
 });
 
 t.test('codecs round-trip and put bytes where C expects them', async (t) => {
-  t.same([...schema.ipToBytes('198.18.0.7')], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 198, 18, 0, 7]);
-  t.equal(schema.bytesToIp(schema.ipToBytes('::ffff:198.18.0.7')), '198.18.0.7');
+  t.same([...ipToBytes('198.18.0.7')], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 198, 18, 0, 7]);
+  t.equal(bytesToIp(ipToBytes('::ffff:198.18.0.7')), '198.18.0.7');
   for (const ip of ['fd16:9254:7127:1337:ffff:ffff:ffff:ffff', '2001:db8::1', '::1', 'fe80::', '1::2:0:0:3']) {
-    t.equal(schema.bytesToIp(schema.ipToBytes(ip)), ip, `IPv6 ${ip} round-trips`);
+    t.equal(bytesToIp(ipToBytes(ip)), ip, `IPv6 ${ip} round-trips`);
   }
-  t.throws(() => schema.ipToBytes('198.18.0.300'), schema.SchemaError);
+  t.throws(() => ipToBytes('198.18.0.300'), AddressError);
+  t.throws(() => ipToBytes('fe80::1%eth0'), AddressError, 'a zone is not an address the maps can hold');
+  t.equal(canonicalIp('2001:DB8:0:0::1'), '2001:db8::1');
+  t.equal(canonicalIp('::ffff:198.18.0.7'), '198.18.0.7', 'a v4-mapped address is the IPv4 address');
+  t.equal(canonicalIp('64:ff9b::198.18.0.7'), '64:ff9b::c612:7');
+  t.equal(canonicalIp('198.018.0.1'), undefined);
+  t.equal(canonicalIp(''), undefined);
 
   const pod = { netnsCookie: 0x1122334455667788n, hostIfindex: 42, flags: schema.POD_AMBIENT };
   t.same(schema.decodePod(schema.encodePod(pod)), pod);
