@@ -31,6 +31,8 @@ export interface CellOptions {
 export interface CellResult {
   readonly metrics: Record<string, number>;
   readonly errors: number;
+  /** Requests completed (HTTP workloads; a connection each for `connections`). */
+  readonly requests?: number;
 }
 
 const WRITE_BYTES: Readonly<Record<string, number>> = { 'bulk-1k': 1024, 'bulk-16k': 16 * 1024, 'bulk-128k': 128 * 1024 };
@@ -63,5 +65,5 @@ export async function runCell(tb: Testbed, workload: WorkloadName, t: CellTarget
       : { reqPerSec: r.requests / secs, p50us: r.p50, p99us: r.p99, p999us: r.p999 };
   metrics['clientCpuUsPerReq'] = (c1 - c0) / reqs;
   metrics['serverCpuUsPerReq'] = (s1 - s0) / reqs;
-  return { metrics, errors: r.socketErrors + r.statusErrors };
+  return { metrics, errors: r.socketErrors + r.statusErrors, requests: r.requests };
 }

@@ -18,6 +18,8 @@ import { describeMachine } from './machine.ts';
 import { APP_PORT, runE2ePhase, runSinkPhase, sinkActors, sinkCapturedPods, startHttpSink, type MatrixOptions } from './matrix.ts';
 import type { PathContext } from './paths.ts';
 import { resultsMarkdown } from './report.ts';
+import { profileRows } from './profile.ts';
+import { BpfRunTimeStats } from '../libbpf/index.ts';
 import { spread } from './stats.ts';
 import { summarize } from './summary.ts';
 import { buildTransparentShim } from './transparent-shim.ts';
@@ -53,7 +55,16 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   const notes: string[] = [];
   const controlPlane: { -readonly [K in keyof ControlPlaneResults]: ControlPlaneResults[K] } = {};
 
-  const tb = await startTestbed(defaultSpec(), { topology: o.topology, standIn: false, ...(o.prefix ? { prefix: o.prefix } : {}) });
+  // --profile: the kernel's BPF run-time statistics for the whole run, released in the finally below
+  // (and by the kernel if this process dies), so the machine never keeps paying for them.
+  const stats = o.profile ? BpfRunTimeStats.enable() : undefined;
+  let tb: Testbed;
+  try {
+    tb = await startTestbed(defaultSpec(), { topology: o.topology, standIn: false, ...(o.prefix ? { prefix: o.prefix } : {}) });
+  } catch (err) {
+    stats?.close();
+    throw err;
+  }
   o.onTestbed?.(tb);
   const inpod = o.topology === 'inpod';
   try {
@@ -74,6 +85,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     const m: MatrixOptions = {
       paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds, warmup: o.warmup,
       seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
+      profile: o.profile ?? false,
     };
     const obs = {
       sample: (s: Sample) => samples.push(s),
@@ -135,6 +147,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     }
     throw err;
   } finally {
+    stats?.close();
     await tb.down();
   }
 
@@ -144,19 +157,23 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   }
   if (rss.length > 0) controlPlane.rssMiB = { samples: rss, median: spread(rss).median, max: Math.max(...rss) };
   notes.push(...topologyNotes(o.topology));
+  if (o.profile) {
+    notes.push('--profile: the kernel\'s BPF run-time statistics were on for the whole run (held by BPF_ENABLE_STATS, released at the end; kernel.bpf_stats_enabled itself untouched). They add two clock reads to every program run, so a profiled run\'s end-to-end figures are a little lower than an unprofiled one\'s; ns per request counts the programs of the path\'s loaders only (maps pinned in their bpffs dirs), summed over nodes.');
+  }
 
   const results: BenchResults = {
     version: 1,
     command: o.command,
     config: {
       topology: o.topology, paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds,
-      warmup: o.warmup, seconds: o.seconds, e2e: o.e2e, controlPlane: o.controlPlane, quick: o.quick,
+      warmup: o.warmup, seconds: o.seconds, e2e: o.e2e, controlPlane: o.controlPlane, quick: o.quick, profile: o.profile ?? false,
     },
     machine,
     startedAt,
     finishedAt: new Date().toISOString(),
     samples,
     summary: summarize(samples, o.paths),
+    ...(o.profile ? { profile: profileRows(samples) } : {}),
     controlPlane,
     notes,
   };

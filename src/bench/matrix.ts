@@ -9,6 +9,7 @@ import { logger } from '../log.ts';
 import { runCell, type CellTarget, type Endpoint } from './cells.ts';
 import { BenchError } from './errors.ts';
 import { startPath, type PathContext } from './paths.ts';
+import { cellCost, pathPrograms, readCounters } from './profile.ts';
 import { inPod, startIperfServer, startNginx, type Sink, type SinkPlace } from './sinks.ts';
 import { schedule } from './stats.ts';
 import { isDirect, type BenchConfig, type PathName, type Phase, type Placement, type Sample, type WorkloadName } from './types.ts';
@@ -23,6 +24,8 @@ export interface MatrixOptions extends Pick<BenchConfig, 'paths' | 'workloads' |
   readonly wrkScript: string;
   readonly shim: string;
   readonly dir: string;
+  /** Read the eBPF paths' programs' run-time statistics around every cell (the run turned them on). */
+  readonly profile?: boolean;
 }
 
 export interface MatrixObserver {
@@ -131,13 +134,17 @@ async function runRounds(
           const path = await startPath(ctx, pathName);
           try {
             await path.settle();
+            // Listed once the path is up: its programs are loaded by then (captures attach, not load).
+            const progs = o.profile && pathName.startsWith('ebpf') ? pathPrograms(ctx.loaderNodes.map((n) => n.bpffsDir)) : [];
             for (const workload of group.workloads) {
               for (const placement of o.placements) {
+                const before = progs.length > 0 ? readCounters(progs) : undefined;
                 const r = await runCell(tb, workload, targets(placement, pathName), o).catch((err: unknown) => {
                   const what = `${phase} round ${round}, path ${pathName}, ${workload} ${placement}`;
                   throw new BenchError(`${what}: ${err instanceof Error ? err.message : String(err)}`, { phase, round, path: pathName, workload, placement }, { cause: err });
                 });
-                const sample: Sample = { phase, round, warmup, path: pathName, workload, placement, metrics: r.metrics, errors: r.errors };
+                const profile = before ? cellCost(progs, before, readCounters(progs), r.requests) : undefined;
+                const sample: Sample = { phase, round, warmup, path: pathName, workload, placement, metrics: r.metrics, errors: r.errors, ...(profile ? { profile } : {}) };
                 log.info({ phase, round, warmup, path: pathName, workload, placement, ...r.metrics, errors: r.errors }, 'cell');
                 obs.sample(sample);
               }

@@ -1,6 +1,7 @@
 // results.md: the table a person reads at a glance. One row per (phase, placement, workload,
 // metric), one column per path: median, min-max, and the per-round ratio to direct.
 import { summarize } from './summary.ts';
+import { profileTable } from './profile.ts';
 import { ISTIO_PATHS, METRICS, PRIMARY_METRIC, type BenchResults, type PathName, type SummaryRow } from './types.ts';
 
 function fmt(v: number): string {
@@ -86,6 +87,7 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
   const m = r.machine;
   const c = r.config;
   const errors = r.samples.filter((s) => s.errors > 0);
+  const profile = profileTable(r.profile ?? []);
   const versus = ISTIO_PATHS.flatMap((base) => {
     const table = versusIstioTable(r, base);
     return table ? [`## eBPF vs ${base} (sink phase, ratio per round, then median (min–max))`, '', table] : [];
@@ -105,6 +107,7 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
     resultsTable(r.summary, c.paths),
     errors.length > 0 ? `Cells with socket or HTTP errors: ${errors.map((s) => `${s.path}/${s.workload}/${s.placement}/round ${s.round}: ${s.errors}`).join('; ')}\n` : 'No cell had socket or HTTP errors.\n',
     ...versus,
+    ...(profile ? ['## BPF cost per request (--profile; median (min–max) over rounds)', '', profile] : []),
     '## Control plane',
     '',
     controlPlaneTable(r),

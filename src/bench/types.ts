@@ -1,4 +1,5 @@
 // The shapes of a benchmark run and of results.json (the contract of `ambpf bench --out`).
+import type { Spread } from './stats.ts';
 
 /**
  * `direct-aa` is the A/A control: `direct` measured a second time in the same round, so its ratio to
@@ -56,6 +57,32 @@ export const PRIMARY_METRIC: Readonly<Record<WorkloadName, string>> = {
   'bulk-128k': 'gbps',
 };
 
+/** One program's cost over one cell (`--profile`): kernel run-time statistics deltas. */
+export interface ProgCost {
+  /** Program name, or 'all' for the sum of the path's programs. */
+  readonly prog: string;
+  readonly runs: number;
+  readonly ns: number;
+  readonly nsPerRun: number;
+  /** Per request (HTTP workloads; a request is a connection for `connections`). */
+  readonly runsPerReq?: number;
+  readonly nsPerReq?: number;
+}
+
+/** `--profile`: one program's cost in one cell, over the measured rounds. */
+export interface ProfileRow {
+  readonly phase: Phase;
+  readonly placement: Placement;
+  readonly workload: WorkloadName;
+  readonly path: PathName;
+  readonly prog: string;
+  readonly nsPerRun: Spread;
+  readonly runsPerReq?: Spread;
+  readonly nsPerReq?: Spread;
+  /** The cell's primary metric (connPerSec, p99us, gbps): the end-to-end figure beside it. */
+  readonly primary: { readonly metric: string; readonly value: Spread };
+}
+
 /** One measurement: one path, one workload, one placement, one round. */
 export interface Sample {
   readonly phase: Phase;
@@ -67,6 +94,8 @@ export interface Sample {
   readonly metrics: Readonly<Record<string, number>>;
   /** Socket errors, non-2xx answers: a cell with errors is reported, never silently averaged. */
   readonly errors: number;
+  /** `--profile`, eBPF paths: what each program cost over this cell. */
+  readonly profile?: readonly ProgCost[];
 }
 
 export interface SummaryRow {
@@ -117,6 +146,8 @@ export interface BenchConfig {
   readonly e2e: boolean;
   readonly controlPlane: boolean;
   readonly quick: boolean;
+  /** Kernel BPF run-time statistics on for the run, per-program cost per cell. */
+  readonly profile?: boolean;
 }
 
 export interface BenchResults {
@@ -131,4 +162,6 @@ export interface BenchResults {
   readonly controlPlane: ControlPlaneResults;
   /** Things the run could not measure, in words (a missing datapath, a skipped workload). */
   readonly notes: readonly string[];
+  /** `--profile`: medians over rounds of each program's cost per cell (src/bench/profile.ts). */
+  readonly profile?: readonly ProfileRow[];
 }

@@ -65,6 +65,8 @@ export const raw = {
   bpf_obj_get_info_by_fd: f('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)'),
   bpf_map_get_next_id: f('int bpf_map_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_prog_get_next_id: f('int bpf_prog_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
+  // enum bpf_stats_type: BPF_STATS_RUN_TIME = 0. Returns an fd; run-time stats stay on while it is open.
+  bpf_enable_stats: f('int bpf_enable_stats(int type)'),
   bpf_link_get_next_id: f('int bpf_link_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_btf_get_next_id: f('int bpf_btf_get_next_id(uint32_t start, _Out_ uint32_t *next)'),
   bpf_map_get_fd_by_id: f('int bpf_map_get_fd_by_id(uint32_t id)'),

@@ -10,6 +10,7 @@ export {
   mapInfoByFd, progInfoByFd, progFuncInfo, attachedProgIds, linkInfoByFd, btfInfoByFd, listIds, fdById, withFdById, fdinfo, kindOfFd, openPinnedFd, pinFd,
   type MapInfo, type ProgInfo, type FuncInfo, type LinkInfo, type BtfInfo, type ObjKind,
 } from './info.ts';
+export { BpfRunTimeStats, bpfStatsSysctl, progRunStats, type ProgRunStats } from './stats.ts';
 export { clockGettime, bootTimeNs, bootEpochParts, CLOCKS, type ClockName, type Timespec } from './clock.ts';
 export { withNetns, inNetns } from './netns.ts';
 export { netnsCookie, currentNetnsCookie, socketCookie, ifIndex, ifName } from './sockets.ts';

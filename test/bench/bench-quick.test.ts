@@ -32,7 +32,10 @@ async function quickRun(t: Test, topology: 'node' | 'inpod', paths: readonly Pat
   });
 
   const argv = ['bench', '--quick', '--topology', topology, '--paths', paths.join(','), '--workloads', WORKLOADS.join(','), '--out', out, '--prefix', prefix];
+  // The full run also profiles: the kernel's BPF run-time statistics per eBPF program and cell.
   if (!full) argv.push('--no-e2e', '--no-control-plane');
+  else argv.push('--profile');
+  const statsSysctl = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8');
   const r = await run(AMBPF, argv, { timeout: 110_000, env: { ...process.env, AMBPF_LOG_LEVEL: 'warn' }, maxBuffer: 16 << 20 }).catch((err: unknown) => {
     // A failed bench keeps its loaders' logs in <out>/logs: show their last lines before out goes.
     const logs = join(out, 'logs');
@@ -128,6 +131,25 @@ async function quickRun(t: Test, topology: 'node' | 'inpod', paths: readonly Pat
       t.ok((cp.reconcile?.[0]?.totalMs ?? 0) > 0);
       t.ok((cp.coldStartMs?.median ?? 0) > 0 && (cp.coldStartMs?.samples.length ?? 0) >= 2, 'a cold start per eBPF path slot');
       t.ok((cp.rssMiB?.median ?? 0) > 0);
+    });
+  }
+
+  if (full) {
+    await t.test('--profile: ns and runs per request of each eBPF program, beside the end-to-end figures', async (t) => {
+      t.equal(res.config.profile, true);
+      const all = (phase: string, placement: string) => res.profile?.find((r) => r.phase === phase && r.placement === placement && r.workload === 'connections' && r.path === 'ebpf' && r.prog === 'all');
+      for (const placement of ['same-node', 'cross-node']) {
+        const row = all('sink', placement);
+        // Every captured connection runs at least one program (connect4 same-node, sk_lookup cross-node).
+        t.ok((row?.runsPerReq?.median ?? 0) >= 1, `sink ${placement}: ${row?.runsPerReq?.median} program runs per connection`);
+        t.ok((row?.nsPerReq?.median ?? 0) > 0, `sink ${placement}: ${row?.nsPerReq?.median} ns per connection`);
+        t.ok((row?.primary.value.median ?? 0) > 0, 'with the cell\'s connPerSec beside it');
+      }
+      t.ok(res.profile?.some((r) => r.phase === 'e2e'), 'the end-to-end phase is profiled too');
+      t.notOk(res.profile?.some((r) => !r.path.startsWith('ebpf')), 'only eBPF paths have programs');
+      t.ok(res.samples.filter((s) => s.path === 'ebpf').every((s) => (s.profile?.length ?? 0) > 1), 'every eBPF cell carries its programs');
+      t.match(readFileSync(join(out, 'results.md'), 'utf8'), /## BPF cost per request[^\n]*\n\n\| phase \| placement \| workload \| path \| program \| ns per request/);
+      t.equal(readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8'), statsSysctl, 'kernel.bpf_stats_enabled as before the run');
     });
   }
 

@@ -8,7 +8,7 @@ import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type Workl
 
 const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,nftables,ebpf,ebpf-splice,direct-aa] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
-                   [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P]
+                   [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P] [--profile]
 
 Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunnel's ports (node:
 in ztunnel's pod; inpod: inside the mesh pod's netns, held by ztunnel), and measures every path side
@@ -32,6 +32,9 @@ Options:
   --rounds N              measured rounds (default 5; a warm-up round comes first)
   --seconds S             seconds per cell (default 3; --quick: 1)
   --quick                 1 round, 1 s cells, no warm-up, 1,000-pod reconcile, 4 pod changes
+  --profile               the kernel's BPF run-time statistics on for the run: per eBPF program and
+                          cell, ns and runs per request (run_time_ns / run_cnt deltas), in
+                          results.json and results.md beside the end-to-end figures
 `;
 
 function list<T extends string>(flag: string, value: string | undefined, allowed: readonly T[], fallback: readonly T[]): T[] {
@@ -69,6 +72,7 @@ export const command: Command = {
         'no-control-plane': { type: 'boolean', default: false },
         'no-warmup': { type: 'boolean', default: false },
         prefix: { type: 'string' },
+        profile: { type: 'boolean', default: false },
       },
       strict: true,
       allowPositionals: false,
@@ -98,6 +102,7 @@ export const command: Command = {
       const { results, files } = await runBench({
         topology: values.topology, paths, workloads, placements, rounds, seconds, quick,
         warmup: !quick && !values['no-warmup'],
+        profile: values.profile,
         e2e: !values['no-e2e'],
         controlPlane: !values['no-control-plane'],
         outDir: values.out,

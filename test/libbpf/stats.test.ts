@@ -1,0 +1,37 @@
+// BPF run-time statistics through BPF_ENABLE_STATS: while the handle is open every program run adds
+// to run_cnt and run_time_ns; kernel.bpf_stats_enabled (someone else's switch) is never touched.
+import t from 'tap';
+import { BpfObject, BpfRunTimeStats, bpfStatsSysctl, progRunStats } from '../../src/libbpf/index.ts';
+import { fixtureObject } from './fixture.ts';
+
+t.test('counts every run while enabled, leaves the sysctl alone', async (t) => {
+  const sysctl = bpfStatsSysctl();
+  using obj = BpfObject.open(await fixtureObject('basic'));
+  obj.load();
+  const prog = obj.program('count_packets');
+  const pkt = new Uint8Array(64);
+  pkt[12] = 0x08;
+  const stats = BpfRunTimeStats.enable();
+  const before = progRunStats(prog.id);
+  prog.testRun({ data: pkt, repeat: 7 });
+  const after = progRunStats(prog.id);
+  stats.close();
+  stats.close();
+  t.ok(before && after, 'the program is found by id');
+  t.equal((after?.runCnt ?? 0n) - (before?.runCnt ?? 0n), 7n, 'seven runs counted');
+  t.ok((after?.runTimeNs ?? 0n) > (before?.runTimeNs ?? 0n), `run time counted (${(after?.runTimeNs ?? 0n) - (before?.runTimeNs ?? 0n)} ns)`);
+  t.equal(bpfStatsSysctl(), sysctl, 'kernel.bpf_stats_enabled as it was');
+});
+
+t.test('a program that is gone has no statistics', async (t) => {
+  let id: number;
+  {
+    using obj = BpfObject.open(await fixtureObject('basic'));
+    obj.load();
+    id = obj.program('count_packets').id;
+  }
+  // The kernel frees a closed program asynchronously (RCU): poll for it to go.
+  const deadline = Date.now() + 10_000;
+  while (progRunStats(id) !== undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.equal(progRunStats(id), undefined);
+});
