@@ -13,7 +13,8 @@ import {
   type Backend, type IstioConfig, type PodOverrides,
 } from '../../src/baseline/istio-rules.ts';
 import { inpodNodeRules, inpodPodRules, updateProbeSet } from '../../src/baseline/inpod.ts';
-import { install, iptablesSave, nftRuleset, nftTables, remove, type NetnsRules } from '../../src/baseline/ruleset.ts';
+import { install, nftRuleset, nftTables, remove, type NetnsRules } from '../../src/baseline/ruleset.ts';
+import { netnsState, type NetnsState } from './netns-state.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { snapshot } from '../testbed/leak-check.ts';
 
@@ -87,18 +88,7 @@ t.test('in the kernel: ours == golden, and removal restores the netns', async (t
     for (const n of [gold, ours]) await run(['ip', 'netns', 'del', n], { check: false });
   });
 
-  /** Everything the baseline may touch in a netns, counters aside. */
-  const state = async (ns: string): Promise<Record<string, string>> => {
-    const ip = async (...args: string[]): Promise<string> => (await run(['ip', '-n', ns, ...args])).stdout;
-    const [iptables, ip6tables, nft, ipsets, rules4, rules6, routes4, routes6] = await Promise.all([
-      iptablesSave(path(ns), 4), iptablesSave(path(ns), 6), nftRuleset(path(ns)),
-      inNetns(path(ns), ['ipset', 'list']).then((r) => r.stdout),
-      ip('rule', 'show'), ip('-6', 'rule', 'show'), ip('route', 'show', 'table', 'all'), ip('-6', 'route', 'show', 'table', 'all'),
-    ]);
-    // A set's hash seed and memory size differ between two identical sets.
-    const sets = ipsets.replace(/ initval 0x[0-9a-f]+/g, '').replace(/^Size in memory: \d+$/gm, '');
-    return { iptables, ip6tables, nft, ipsets: sets, rules: rules4 + rules6, routes: routes4 + routes6 };
-  };
+  const state = (ns: string): Promise<NetnsState> => netnsState(path(ns));
   const fresh = await state(ours);
   const resetGold = async (): Promise<void> => {
     await inNetns(path(gold), ['nft', 'flush', 'ruleset']);
@@ -115,7 +105,7 @@ t.test('in the kernel: ours == golden, and removal restores the netns', async (t
   };
 
   /** Installs `rules` in ours and checks the netfilter state equals the golden netns's; returns ours. */
-  const installAndCompare = async (t: Test, rules: NetnsRules): Promise<{ tablesBefore: string[]; o: Record<string, string>; g: Record<string, string> }> => {
+  const installAndCompare = async (t: Test, rules: NetnsRules): Promise<{ tablesBefore: string[]; o: NetnsState; g: NetnsState }> => {
     const tablesBefore = await nftTables(path(ours));
     await install(rules);
     const [g, o] = [await state(gold), await state(ours)];

@@ -1,0 +1,6 @@
+// The baseline agent with Istio's nftables in-pod rules, serving ZDS to the per-node ztunnel stand-in:
+// the whole in-pod design end to end (see agent-scenarios.ts).
+import t from 'tap';
+import { runAgentScenarios } from './agent-scenarios.ts';
+
+await runAgentScenarios(t, 'nftables');
