@@ -8,21 +8,16 @@ import { installPath, removePath, pathRules, iptablesSave, nftRuleset, type Back
 import { inNetns } from '../../src/testbed/run.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { snapshot } from '../testbed/leak-check.ts';
+import { linesSince, logMark, type Expect } from '../helpers/standin.ts';
 
 const PORT = 8080;
 
-/** Log lines written since `marks`, once `want` of them are there (bounded wait), plus a short settle for extras. */
-async function newLines(tb: Testbed, marks: Map<string, number>, want: number): Promise<ZtunnelLogEntry[]> {
-  const collect = (): ZtunnelLogEntry[] => tb.nodes.flatMap((n) => tb.ztunnelLog(n.name).slice(marks.get(n.name) ?? 0));
-  const deadline = Date.now() + 5000;
-  while (collect().length < want && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  await new Promise((r) => setTimeout(r, 150));
-  return collect();
+/** The lines logged on every node since `marks`, once the expected directions are in (see linesSince). */
+async function newLines(tb: Testbed, marks: ReadonlyMap<string, number>, expect?: Expect): Promise<ZtunnelLogEntry[]> {
+  return Object.values(await linesSince(tb, marks, expect)).flat();
 }
 
-function mark(tb: Testbed): Map<string, number> {
-  return new Map(tb.nodes.map((n) => [n.name, tb.ztunnelLog(n.name).length]));
-}
+const mark = (tb: Testbed): ReadonlyMap<string, number> => logMark(tb, tb.nodes.map((n) => n.name));
 
 const ipOf = (hostPort: string): string => hostPort.replace(/:\d+$/, '');
 
@@ -92,7 +87,7 @@ export async function runScenarios(t: Test, topology: Topology, backend: Backend
     const m = mark(tb);
     const r = await curl(tb, 'app1-node1', ip('app2-node1'), PORT);
     t.equal(r.body, `hello from app2-node1 peer=${topology === 'node' ? zip('node1') : ip('app2-node1')} path=/\n`, r.stderr);
-    const lines = await newLines(tb, m, 2);
+    const lines = await newLines(tb, m, { node1: ['outbound', 'inbound-hbone'] });
     t.equal(lines.length, 2, 'one outbound and one inbound line, no loop');
     const out = lines.find((l) => l.direction === 'outbound');
     t.match(out, { node: 'node1', originalDst: `${ip('app2-node1')}:${PORT}`, dstFrom, upstreamProtocol: 'hbone', result: 'ok' });
@@ -104,7 +99,7 @@ export async function runScenarios(t: Test, topology: Topology, backend: Backend
     const m = mark(tb);
     const r = await curl(tb, 'app1-node1', ip('app1-node2'), PORT, { path: '/cross' });
     t.match(r.body, /^hello from app1-node2 peer=\S+ path=\/cross\n$/, r.stderr);
-    const lines = await newLines(tb, m, 2);
+    const lines = await newLines(tb, m, { node1: ['outbound'], node2: ['inbound-hbone'] });
     t.equal(lines.length, 2);
     const out = lines.find((l) => l.direction === 'outbound');
     t.match(out, { node: 'node1', originalDst: `${ip('app1-node2')}:${PORT}`, dstFrom, upstream: `${ip('app1-node2')}:15008`, upstreamProtocol: 'hbone', result: 'ok' });
@@ -119,7 +114,7 @@ export async function runScenarios(t: Test, topology: Topology, backend: Backend
     const m = mark(tb);
     const r = await curl(tb, 'client-node1', ip('app1-node2'), PORT);
     t.match(r.body, /^hello from app1-node2 /, r.stderr);
-    const lines = await newLines(tb, m, 1);
+    const lines = await newLines(tb, m, { node2: ['inbound-plaintext'] });
     t.equal(lines.length, 1, 'no outbound capture for a non-mesh client');
     t.match(lines[0], { node: 'node2', direction: 'inbound-plaintext', originalDst: `${ip('app1-node2')}:${PORT}`, dstFrom, result: 'ok' });
     t.equal(ipOf(lines[0]?.source ?? ''), ip('client-node1'), 'source = the non-mesh client');
@@ -129,7 +124,7 @@ export async function runScenarios(t: Test, topology: Topology, backend: Backend
     const m = mark(tb);
     const r = await curl(tb, 'app1-node1', ip('client-node2'), PORT);
     t.equal(r.body, `hello from client-node2 peer=${topology === 'node' ? zip('node1') : ip('app1-node1')} path=/\n`, r.stderr);
-    const lines = await newLines(tb, m, 1);
+    const lines = await newLines(tb, m, { node1: ['outbound'] });
     t.equal(lines.length, 1);
     t.match(lines[0], { node: 'node1', direction: 'outbound', originalDst: `${ip('client-node2')}:${PORT}`, upstream: `${ip('client-node2')}:${PORT}`, upstreamProtocol: 'tcp', result: 'ok' });
   });
@@ -138,7 +133,7 @@ export async function runScenarios(t: Test, topology: Topology, backend: Backend
     const m = mark(tb);
     const r = await curl(tb, 'client-node1', ip('client-node2'), PORT);
     t.equal(r.body, `hello from client-node2 peer=${ip('client-node1')} path=/\n`, r.stderr);
-    t.same(await newLines(tb, m, 0), []);
+    t.same(await newLines(tb, m), []);
   });
 
   await t.test('bypass: traffic from the probe source 169.254.7.127 is not captured', async (t) => {
@@ -154,7 +149,7 @@ export async function runScenarios(t: Test, topology: Topology, backend: Backend
       r = await curl(tb, 'node1', ip('app2-node1'), PORT);
     }
     t.equal(r.body, `hello from app2-node1 peer=169.254.7.127 path=/\n`, r.stderr);
-    t.same(await newLines(tb, m, 0), [], 'ztunnel saw nothing');
+    t.same(await newLines(tb, m), [], 'ztunnel saw nothing');
   });
 
   await t.test('every connection the stand-in opened carried SO_MARK 0x539 from its first SYN', async (t) => {
