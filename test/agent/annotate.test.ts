@@ -219,7 +219,8 @@ t.test('retried with backoff through 500s and 403s; the 403 names the missing gr
   const { a, log } = annotator(t, kubeConfigFor(server));
   server.failNext(3, 500);
   a.set(refOf(web), 'enabled');
-  await eventually(() => valueOn(server, 'shop', 'web') === 'enabled', 10_000, 'enabled after three 500s');
+  // The server holds the value before the client has read the answer: wait for both.
+  await eventually(() => valueOn(server, 'shop', 'web') === 'enabled' && a.stats().outstanding === 0, 10_000, 'enabled after three 500s');
   t.equal(server.requests.filter((r) => r.method === 'PATCH' && r.status === 500).length, 3, 'three failed attempts, then success');
   t.match(a.stats(), { patched: 1, failed: 3, outstanding: 0 });
   server.failNext(2, 403);
@@ -243,7 +244,7 @@ t.test('never blocks the caller: the API server down, set() returns at once, and
   await eventually(() => a.stats().failed >= 3, 10_000, 'failed attempts while the server is down');
   await server.up();
   await eventually(() => pods.every((p) => valueOn(server, 'shop', String(p.metadata['name'])) === 'enabled'), 20_000, 'every pod enabled');
-  t.equal(a.stats().outstanding, 0);
+  await eventually(() => a.stats().outstanding === 0, 10_000, 'the annotator to know it');
 });
 
 t.test('a deleted pod or one re-created under the same name is left alone', async (t) => {
