@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { mountsOf } from '../../src/doctor/system.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { REPO_ROOT, containersOf, loadManifests, only, type Container, type Json } from './manifests.ts';
+import { REPO_ROOT, argOf, containersOf, loadManifests, only, type Container, type Json } from './manifests.ts';
 
 const run = promisify(execFile);
 const AMBPF = join(REPO_ROOT, 'bin/ambpf');
@@ -52,10 +52,9 @@ t.test('every flag the DaemonSet passes is in `ambpf run --help`', async (t) => 
 
 t.test('the DaemonSet runs run\'s default mode, inpod, on run\'s default ZDS socket', async (t) => {
   const text = await help('run');
-  const arg = (flag: string): string | undefined => loader.args?.find((a) => a.startsWith(`${flag}=`))?.slice(flag.length + 1);
-  t.equal(arg('--mode'), 'inpod');
+  t.equal(argOf(loader, '--mode'), 'inpod');
   t.match(text, /--mode inpod\|node\s+.*inpod \(default\)/, 'inpod is run\'s default: the manifest says it anyway, so a change of default cannot move it');
-  const sock = arg('--zds-socket');
+  const sock = argOf(loader, '--zds-socket');
   t.ok(sock, 'the DaemonSet names the socket');
   // The help wraps the default onto the next line.
   t.match(text.replace(/\s+/g, ' '), `(default ${sock};`, `${sock} is run's default (ztunnel's INPOD_UDS)`);

@@ -111,3 +111,8 @@ export function containersOf(workload: Json): { init: Container[]; main: Contain
     main: (spec['containers'] ?? []) as Container[],
   };
 }
+
+/** The value of `--flag=value` in a container's args, if it is passed that way. */
+export function argOf(c: Container, flag: string): string | undefined {
+  return c.args?.find((a) => a.startsWith(`${flag}=`))?.slice(flag.length + 1);
+}

@@ -8,7 +8,7 @@ import t from 'tap';
 import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseDocument, isMap, isSeq, isScalar, type Node } from 'yaml';
-import { DEPLOY_DIR, REPO_ROOT, at, containersOf, loadManifests, only, parseFile, podSpec, type Container, type Json } from './manifests.ts';
+import { DEPLOY_DIR, REPO_ROOT, argOf, at, containersOf, loadManifests, only, parseFile, podSpec, type Container, type Json } from './manifests.ts';
 
 const manifests = loadManifests();
 const ds = only(manifests, 'DaemonSet');
@@ -19,7 +19,6 @@ const dsContainers = containersOf(ds);
 const loader = dsContainers.main.find((c) => c.name === 'loader')!;
 const initMount = dsContainers.init.find((c) => c.name === 'mount-bpffs')!;
 const uninstall = containersOf(job).main[0]!;
-const argOf = (flag: string): string | undefined => loader.args?.find((a) => a.startsWith(`${flag}=`))?.slice(flag.length + 1);
 
 /**
  * ztunnel's side of ZDS, as Istio's ztunnel chart installs it (istio/istio
@@ -147,11 +146,11 @@ t.test('host access: node netns and PID namespace, the bpffs, the cgroup v2 root
   t.not(sysctlMount?.readOnly, true);
 
   // inpod: ambpf serves ZDS where ztunnel's chart looks for it.
-  t.equal(argOf('--mode'), 'inpod', 'the loader runs in inpod mode (ztunnel >= 1.23)');
-  t.equal(argOf('--zds-socket'), ZTUNNEL_INPOD_UDS, 'it listens on ztunnel\'s INPOD_UDS default');
+  t.equal(argOf(loader, '--mode'), 'inpod', 'the loader runs in inpod mode (ztunnel >= 1.23)');
+  t.equal(argOf(loader, '--zds-socket'), ZTUNNEL_INPOD_UDS, 'it listens on ztunnel\'s INPOD_UDS default');
   const zds = mount(ZTUNNEL_SOCK_DIR);
   t.ok(zds, `the loader mounts ${ZTUNNEL_SOCK_DIR}`);
-  t.equal(dirname(argOf('--zds-socket') ?? ''), zds?.mountPath, 'the socket is inside that mount');
+  t.equal(dirname(argOf(loader, '--zds-socket') ?? ''), zds?.mountPath, 'the socket is inside that mount');
   const zdsVolume = volumes.find((v) => v.name === zds?.name) as { hostPath?: { path: string; type?: string } } | undefined;
   t.equal(zdsVolume?.hostPath?.path, ZTUNNEL_SOCK_DIR, 'from the node\'s directory of the same path, the one ztunnel\'s pod mounts');
   t.equal(zdsVolume?.hostPath?.type, 'DirectoryOrCreate', 'created by whichever of ambpf and ztunnel starts first');
