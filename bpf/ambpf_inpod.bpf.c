@@ -87,14 +87,15 @@ static const struct ambpf_ztunnel inpod_default_zt = {
 	.mark_mask = AMBPF_ZTUNNEL_MARK_MASK,
 };
 
-/* ztunnel's inbound legs that spoof the client's address (ztunnel binds to it, IP_TRANSPARENT): the
- * app-side 4-tuple (local = pod IP:port, remote = client IP:port), from ztunnel's connect to its close.
- * sk_lookup lets these reach the app instead of steering them back into ztunnel: their source is not
- * the pod's own IP, so the loop guard (local == remote) does not catch them. When full, sockops counts
- * an error and the leg is refused rather than looped (sockops_error, map pressure in status). */
+/* ztunnel's inbound legs that spoof the client's address (ztunnel binds to it, IP_TRANSPARENT), by the
+ * app-side 4-tuple (local = pod IP:port, remote = client IP:port): put there by tc on the pod's lo
+ * (ambpf_inpod_lo_egress) when the SYN leaves, taken by sk_lookup, which lets the leg reach the app
+ * instead of steering it back into ztunnel (its source is not the pod's own IP, so the loop guard
+ * local == remote does not catch it). An LRU: an entry lives microseconds; were one evicted first, that
+ * one leg would be refused (ztunnel retries it), never sent around ztunnel. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
 	__type(key, struct ambpf_tuple);
 	__type(value, __u32);
 } ambpf_inpod_origsrc SEC(".maps");
@@ -262,6 +263,22 @@ int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
 
 /* ---- sockops: the client's original dst under {netns cookie, 4-tuple} ---- */
 
+/*
+ * The netns cookie part of an ambpf_inpod_pair key. A pod reaches its ztunnel at its own IP:15001, so
+ * the client-side 4-tuple is unique on the node by itself (pod IPs are): cookie 0, and ztunnel's side
+ * finds the entry from its own tuple with no help. Only a connection over loopback (an IPv6 connect of
+ * a pod the loader knows by no IPv6 address goes to ::1) repeats across pods and needs the cookie,
+ * which ztunnel's side learns from its tagged 15001 listener.
+ */
+static __always_inline __u64 inpod_key_cookie(const struct ambpf_tuple *t, __u64 cookie)
+{
+	const __u32 *z = t->remote_ip; /* ztunnel's end */
+
+	if (ip_is_v4mapped(z) ? ip4_is_loopback(z[3]) : (z[0] == 0 && z[1] == 0 && z[2] == 0 && z[3] == bpf_htonl(1)))
+		return cookie;
+	return 0;
+}
+
 /* The key of a redirected app socket, from its storage; 0 when the socket was not redirected. */
 static __always_inline int inpod_key(struct bpf_sock_ops *skops, struct ambpf_inpod_key *key,
 				     struct ambpf_inpod_sk **out)
@@ -274,18 +291,19 @@ static __always_inline int inpod_key(struct bpf_sock_ops *skops, struct ambpf_in
 	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
 	if (!st || st->orig.family == 0 || st->role != AMBPF_INPOD_SK_APP)
 		return 0;
-	key->netns_cookie = st->netns_cookie;
 	CTX_TUPLE(skops, &key->t);
+	key->netns_cookie = inpod_key_cookie(&key->t, st->netns_cookie);
 	*out = st;
 	return 1;
 }
 
 /*
- * ztunnel's 15001 listener in a pod accepted a connection (the child exists before accept(), with the
- * listener's storage cloned: the pod's cookie). Copy the client's original dst onto this socket, so
- * getsockopt finds it for as long as ztunnel holds the socket, even when the client has closed and
- * its pair entry is gone (a fire-and-forget client beats a busy ztunnel's accept()). The entry itself
- * is not needed any more.
+ * A socket in the pods' cgroup subtree reached ESTABLISHED passively: when it is ztunnel's side of a
+ * redirected connection (the client's entry is in ambpf_inpod_pair), copy the client's original dst onto
+ * it, so getsockopt finds it for as long as ztunnel holds the socket, even when the client has closed
+ * and its pair entry is gone (a fire-and-forget client beats a busy ztunnel's accept()). The entry
+ * itself is not needed any more. Any listener of the group qualifies (two ztunnels during a rolling
+ * upgrade): no tag on the listener is needed, except over loopback (inpod_key_cookie).
  */
 static __always_inline void inpod_passive(struct bpf_sock_ops *skops)
 {
@@ -298,69 +316,26 @@ static __always_inline void inpod_passive(struct bpf_sock_ops *skops)
 	if (!sk)
 		return;
 	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-	if (!st || st->netns_cookie == 0 || st->orig.family != 0)
+	if (st && st->orig.family != 0)
 		return;
-	key.netns_cookie = st->netns_cookie;
 	CTX_TUPLE(skops, &own);
 	tuple_reverse(&key.t, &own);
+	key.netns_cookie = inpod_key_cookie(&key.t, st ? st->netns_cookie : 0);
+	if (key.netns_cookie == 0 && inpod_key_cookie(&key.t, 1) != 0)
+		return; /* over loopback without a tagged listener: not ztunnel's */
 	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);
 	if (!orig)
 		return;
+	if (!st)
+		st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* getsockopt falls back to the pair entry while it lives */
+		return;
+	}
 	st->orig = *orig;
 	st->role = AMBPF_INPOD_SK_ACCEPTED;
 	if (bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
 		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
-}
-
-/*
- * ztunnel connects to the app from the client's address (its default, ENABLE_ORIG_SRC): record the
- * leg for sk_lookup and add AMBPF_MARK_ORIG_SRC to the socket before its SYN leaves, so the app's
- * accepted socket inherits the mark (tcp_fwmark_accept) and its replies route back to ztunnel. Runs
- * at TCP_CONNECT_CB: the source port is bound, the SYN not yet built (it takes the mark with it).
- */
-static __always_inline void inpod_orig_src_connect(struct bpf_sock_ops *skops)
-{
-	struct bpf_sock *sk = skops->sk;
-	struct ambpf_tuple own = {}, app = {};
-	struct ambpf_pod *pod;
-	__u32 one = 1;
-	int mark;
-
-	if (!sk || CTX_READ(skops->family) != AF_INET)
-		return;
-	mark = sk->mark;
-	if ((mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
-		return;
-	CTX_TUPLE(skops, &own);
-	/* Not spoofed (ztunnel's upstream from the pod's own IP, or anything to a non-pod address). */
-	if (ip_eq(own.local_ip, own.remote_ip))
-		return;
-	pod = bpf_map_lookup_elem(&ambpf_pods, &own.remote_ip);
-	if (!pod || !(pod->flags & AMBPF_POD_AMBIENT) || bpf_map_lookup_elem(&ambpf_pods, &own.local_ip))
-		return;
-	tuple_reverse(&app, &own);
-	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &app, &one, BPF_ANY)) {
-		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
-		return;
-	}
-	mark |= AMBPF_MARK_ORIG_SRC;
-	bpf_setsockopt(skops, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	stat_inc(AMBPF_STAT_SOCKOPS_ORIG_SRC_ADDED);
-}
-
-/* At its close, a spoofed leg's entry goes (the mark says it is one; only ztunnel's carry it). */
-static __always_inline int inpod_orig_src_close(struct bpf_sock_ops *skops)
-{
-	struct bpf_sock *sk = skops->sk;
-	struct ambpf_tuple own = {}, app = {};
-
-	if (!sk || !(sk->mark & AMBPF_MARK_ORIG_SRC) || (sk->mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
-		return 0;
-	CTX_TUPLE(skops, &own);
-	tuple_reverse(&app, &own);
-	bpf_map_delete_elem(&ambpf_inpod_origsrc, &app);
-	return 1;
 }
 
 SEC("sockops")
@@ -370,9 +345,7 @@ int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 	struct ambpf_inpod_sk *st = 0;
 	__u32 op = skops->op;
 
-	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
-		inpod_orig_src_connect(skops);
-	} else if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
 		if (!inpod_key(skops, &key, &st) || !st)
 			return SYS_PROCEED;
 		if (bpf_map_update_elem(&ambpf_inpod_pair, &key, &st->orig, BPF_ANY)) {
@@ -384,8 +357,6 @@ int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 	} else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
 		inpod_passive(skops);
 	} else if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
-		if (inpod_orig_src_close(skops))
-			return SYS_PROCEED;
 		if (inpod_key(skops, &key, &st) && bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
 			stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
 	}
@@ -406,17 +377,12 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
 		return SYS_PROCEED;
 	if (!sockopt_wants_orig_dst(ctx))
 		return SYS_PROCEED;
-	/* Only sockets accepted on a listener the loader tagged carry a cookie (and no orig). */
 	st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
-	if (!st || st->netns_cookie == 0) {
-		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
-		return SYS_PROCEED;
-	}
 	/* The usual case: sockops copied the client's original onto this socket when it was accepted. */
-	if (st->role == AMBPF_INPOD_SK_ACCEPTED)
+	if (st && st->role == AMBPF_INPOD_SK_ACCEPTED && st->orig.family != 0)
 		return sockopt_answer(ctx, &st->orig);
-	key.netns_cookie = st->netns_cookie;
 	sockopt_client_tuple(ctx->sk, &key.t);
+	key.netns_cookie = inpod_key_cookie(&key.t, st ? st->netns_cookie : 0);
 	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);
 	if (!orig) {
 		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
@@ -464,6 +430,52 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
 	return TC_ACT_UNSPEC;
 }
 
+/* ---- tc egress on a captured pod's lo: ztunnel's spoofed legs to the app ---- */
+
+/*
+ * Every packet a pod's netns sends to one of its own addresses leaves through lo. A SYN there with
+ * ztunnel's mark and a source that is not its destination is ztunnel's inbound leg to the app, bound
+ * to the original client's address (ztunnel's default, ENABLE_ORIG_SRC). Record it for sk_lookup and
+ * add AMBPF_MARK_ORIG_SRC to the packet: the app's accepted socket takes the SYN's mark
+ * (tcp_fwmark_accept=1 in the pod), and the pod's `ip rule fwmark 0x1000/0x1000 lookup 41919` sends
+ * its replies to the client's address back over lo to ztunnel instead of out of eth0. ztunnel's own
+ * sockets keep their mark: its legs to other pods route as before. The first test is the mark, so the
+ * pod <-> ztunnel traffic over lo costs one load and compare per packet.
+ */
+SEC("tc")
+int ambpf_inpod_lo_egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ambpf_tuple t = {};
+	struct iphdr *ip;
+	struct tcphdr *tcp;
+	__u32 one = 1;
+
+	if ((skb->mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
+		return TC_ACT_UNSPEC;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_UNSPEC;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5 || ip->saddr == ip->daddr)
+		return TC_ACT_UNSPEC;
+	tcp = (void *)(ip + 1);
+	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)
+		return TC_ACT_UNSPEC;
+	ip_set_v4(t.local_ip, ip->daddr);
+	ip_set_v4(t.remote_ip, ip->saddr);
+	t.local_port = tcp->dest;
+	t.remote_port = tcp->source;
+	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &one, BPF_ANY)) {
+		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+		return TC_ACT_UNSPEC;
+	}
+	skb->mark |= AMBPF_MARK_ORIG_SRC;
+	stat_inc(AMBPF_STAT_TC_ORIG_SRC_MARKED);
+	return TC_ACT_UNSPEC;
+}
+
 SEC("sk_lookup")
 int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 {
@@ -495,12 +507,14 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
 		return SK_PASS;
 	}
-	/* ztunnel's own leg to the app, from the client's address (inpod_orig_src_connect). */
+	/* ztunnel's own leg to the app, from the client's address (ambpf_inpod_lo_egress). Taken once: a
+	 * retransmitted SYN is recorded again. */
 	ip_set_v4(app.local_ip, local_ip4);
 	ip_set_v4(app.remote_ip, remote_ip4);
 	app.local_port = bpf_htons((__u16)CTX_READ(ctx->local_port));
 	app.remote_port = (__u16)CTX_READ(ctx->remote_port);
 	if (bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app)) {
+		bpf_map_delete_elem(&ambpf_inpod_origsrc, &app);
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL);
 		return SK_PASS;
 	}

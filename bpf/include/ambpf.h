@@ -49,11 +49,11 @@
 #define AMBPF_CFG_FAIL_OPEN      (1U << 2) /* inpod: a captured pod whose ztunnel is away talks direct
 					    * (--fail-open); off = refused both ways, as with Istio */
 
-/* inpod: the mark ambpf adds to ztunnel's spoofed inbound legs (bound to the client's address) at
- * connect. The app's accepted socket inherits it from the SYN (net.ipv4.tcp_fwmark_accept=1 in the
- * pod), and `ip rule fwmark 0x1000/0x1000 lookup 100` + `local default dev lo table 100` deliver the
- * app's replies to the client's address back to ztunnel instead of eth0. Above Istio's 0xfff mask,
- * so ztunnel's own 0x539 stays readable. See docs/inpod.md. */
+/* inpod: the mark ambpf adds to the SYN of ztunnel's spoofed inbound legs (bound to the client's
+ * address) as it crosses the pod's lo. The app's accepted socket inherits it (tcp_fwmark_accept=1 in
+ * the pod), and `ip rule fwmark 0x1000/0x1000 lookup 41919` + `local default dev lo table 41919`
+ * deliver the app's replies to the client's address back to ztunnel instead of eth0. Above Istio's
+ * 0xfff mask. See ambpf_inpod_lo_egress. */
 #define AMBPF_MARK_ORIG_SRC      0x1000U
 
 /* inpod: the TTL a packet the node itself sends arrives with (Linux's default net.ipv4.ip_default_ttl;
@@ -226,7 +226,7 @@ enum ambpf_stat {
 	AMBPF_STAT_SOCKOPS_OUTFLOW_ADDED,     /* sockops: an ambient pod's own connection recorded */
 	AMBPF_STAT_SKLOOKUP_REFUSED,          /* inpod sk_lookup: captured pod, no ztunnel listener: RST */
 	AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL,     /* inpod sk_lookup: ztunnel's own (spoofed) leg to the app */
-	AMBPF_STAT_SOCKOPS_ORIG_SRC_ADDED,    /* inpod sockops: a spoofed ztunnel leg recorded and marked */
+	AMBPF_STAT_TC_ORIG_SRC_MARKED,        /* inpod tc on lo: a spoofed ztunnel leg recorded and marked */
 	AMBPF_STAT_CONNECT4_FAIL_OPEN,        /* inpod connect: no ztunnel listener, --fail-open: direct */
 	AMBPF_STAT_MAX,
 };

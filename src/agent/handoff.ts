@@ -55,6 +55,9 @@ export interface HandoffOptions {
   readonly log: Logger;
   /** A pod became served (or stopped being served): time for a reconcile pass. */
   readonly onChange: () => void;
+  /** A ztunnel took its snapshot: its listeners may be new in every pod (a restart, a rolling upgrade),
+   * so the pass re-reads them all. */
+  readonly onPeer?: () => void;
   readonly ackTimeoutMs?: number;
 }
 
@@ -180,6 +183,7 @@ export class ZdsHandoff implements ZtunnelHandoff {
         this.#set(e, 'acked');
       }
     }
+    this.#o.onPeer?.();
     this.#pump();
   }
 

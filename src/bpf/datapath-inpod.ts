@@ -9,20 +9,20 @@
 //  - attaches ambpf_inpod_lookup (sk_lookup) to the pod's netns, pinned <bpffs>/links/inpod-<cookie>.
 // Nothing is attached in the node's netns. Restart safety as in the node topology: maps reused from
 // their pins, links adopted (ensurePinnedLink); close() releases this process's fds only.
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
 import { BpfObject, LibbpfError, resolveIfindex, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import {
-  CGROUP_HOOKS, DatapathError, INPOD_LINK_PREFIX, assertPodsCgroup, objectMap, sizeMaps,
+  CGROUP_HOOKS, DatapathError, assertPodsCgroup, objectMap, sizeMaps,
   type CgroupHook, type DatapathOptions,
 } from './datapath.ts';
 import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
 import { writeNetSysctl } from './sysctl.ts';
+import { inpodLinkName, inpodTcLinkName, inpodLoLinkName, linkNames, linkPin, parseLinkName } from './pins.ts';
 import * as s from './schema.ts';
 
 const log = logger('datapath-inpod');
@@ -143,7 +143,7 @@ export class InpodDatapath {
       for (const hook of Object.keys(CGROUP_HOOKS) as CgroupHook[]) {
         const prog = obj.program(INPOD_CGROUP_HOOKS[hook]);
         links[hook] = ensurePinnedLink({
-          pin: join(o.bpffs, 'links', hook),
+          pin: linkPin(o.bpffs, hook),
           prog,
           attach: () => prog.attachCgroup(o.cgroup),
           sameTarget: (info) => info.cgroupId === cgroupIno,
@@ -173,7 +173,7 @@ export class InpodDatapath {
    */
   armPod(p: PodArm): LinkOutcome {
     setOrigSrcReturnPath(p.netnsPath, true);
-    this.#attachNodeSyn(p);
+    this.#attachPodTc(p);
     const prog = this.#lookupProg();
     const ino = statSync(p.netnsPath).ino;
     return ensurePinnedLink({
@@ -185,34 +185,44 @@ export class InpodDatapath {
   }
 
   /**
-   * tc ingress on the pod's eth0, inside its netns (ambpf_inpod_node_syn: the node's own connections,
-   * kubelet's probes, reach the app directly). A tcx link (Linux 6.6+), pinned as
-   * links/inpod-<cookie>-tc. Without tcx, or without an eth0, probes go through ztunnel like any
-   * other inbound connection (they still reach the app): logged once per pod, not an error.
+   * The pod's two tc programs, inside its netns, as tcx links (Linux 6.6+) pinned as
+   * links/inpod-<cookie>-tc and -lo:
+   *  - ingress on eth0, ambpf_inpod_node_syn: the node's own connections (kubelet's probes) reach the
+   *    app directly;
+   *  - egress on lo, ambpf_inpod_lo_egress: ztunnel's spoofed legs reach the app, and its replies
+   *    come back to ztunnel.
+   * Without tcx the pod is captured all the same; probes then go through ztunnel, and ztunnel must
+   * run with ENABLE_ORIG_SRC=false (logged; `ambpf doctor` says so).
    */
-  #attachNodeSyn(p: PodArm): void {
-    const prog = this.#object.program('ambpf_inpod_node_syn');
-    let ifindex: number;
-    try {
-      ifindex = withNetns(p.netnsPath, () => resolveIfindex(POD_IFNAME));
-    } catch (err) {
-      log.warn({ netnsPath: p.netnsPath, err: String(err) }, `no ${POD_IFNAME} in the pod: its probes go through ztunnel`);
-      return;
-    }
-    try {
-      ensurePinnedLink({
-        pin: this.#tcPin(p.netnsCookie),
-        prog,
-        attach: () => {
-          const a = prog.attachTc(ifindex, 'ingress', { mode: 'tcx', netns: p.netnsPath });
-          if (!a.link) throw new DatapathError('tcx attach returned no link');
-          return a.link;
-        },
-        sameTarget: (info) => info.ifindex === ifindex,
-      });
-    } catch (err) {
-      if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
-      log.warn({ netnsPath: p.netnsPath }, 'no tcx on this kernel (< 6.6): the pod\'s probes go through ztunnel');
+  #attachPodTc(p: PodArm): void {
+    const hooks = [
+      { prog: 'ambpf_inpod_node_syn', ifname: POD_IFNAME, direction: 'ingress', pin: this.#tcPin(p.netnsCookie) },
+      { prog: 'ambpf_inpod_lo_egress', ifname: 'lo', direction: 'egress', pin: this.#loPin(p.netnsCookie) },
+    ] as const;
+    for (const h of hooks) {
+      const prog = this.#object.program(h.prog);
+      let ifindex: number;
+      try {
+        ifindex = withNetns(p.netnsPath, () => resolveIfindex(h.ifname));
+      } catch (err) {
+        log.warn({ netnsPath: p.netnsPath, err: String(err) }, `no ${h.ifname} in the pod: ${h.prog} not attached`);
+        continue;
+      }
+      try {
+        ensurePinnedLink({
+          pin: h.pin,
+          prog,
+          attach: () => {
+            const a = prog.attachTc(ifindex, h.direction, { mode: 'tcx', netns: p.netnsPath });
+            if (!a.link) throw new DatapathError('tcx attach returned no link');
+            return a.link;
+          },
+          sameTarget: (info) => info.ifindex === ifindex,
+        });
+      } catch (err) {
+        if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
+        log.warn({ netnsPath: p.netnsPath, prog: h.prog }, 'no tcx on this kernel (< 6.6): probes go through ztunnel, and ztunnel needs ENABLE_ORIG_SRC=false');
+      }
     }
   }
 
@@ -254,16 +264,16 @@ export class InpodDatapath {
       }
     }
     removePinnedLink(this.#tcPin(netnsCookie));
+    removePinnedLink(this.#loPin(netnsCookie));
     return removePinnedLink(this.#podPin(netnsCookie));
   }
 
   /** Netns cookies of the pods whose sk_lookup link is pinned. */
   attachedPods(): Set<bigint> {
-    const dir = join(this.bpffs, 'links');
     const out = new Set<bigint>();
-    if (!existsSync(dir)) return out;
-    for (const name of readdirSync(dir)) {
-      if (name.startsWith(INPOD_LINK_PREFIX) && /^\d+$/.test(name.slice(INPOD_LINK_PREFIX.length))) out.add(BigInt(name.slice(INPOD_LINK_PREFIX.length)));
+    for (const name of linkNames(this.bpffs)) {
+      const pin = parseLinkName(name);
+      if (pin?.kind === 'inpod') out.add(pin.netnsCookie);
     }
     return out;
   }
@@ -274,11 +284,15 @@ export class InpodDatapath {
   }
 
   #podPin(cookie: bigint): string {
-    return join(this.bpffs, 'links', `${INPOD_LINK_PREFIX}${cookie}`);
+    return linkPin(this.bpffs, inpodLinkName(cookie));
   }
 
   #tcPin(cookie: bigint): string {
-    return join(this.bpffs, 'links', `${INPOD_LINK_PREFIX}${cookie}-tc`);
+    return linkPin(this.bpffs, inpodTcLinkName(cookie));
+  }
+
+  #loPin(cookie: bigint): string {
+    return linkPin(this.bpffs, inpodLoLinkName(cookie));
   }
 
   /** Release fds; pins stay and keep working. */

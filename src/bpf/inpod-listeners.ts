@@ -28,8 +28,12 @@ export interface ListenerInodes {
 }
 
 export function podListenerInodes(podPid: number, ports: { outbound: number; inbound: number; hbone: number }): ListenerInodes {
-  const first = (port: number): string | undefined => [...listeningInodes(podPid, port)].sort()[0];
-  return { outbound: first(ports.outbound), inbound: first(ports.inbound), hbone: first(ports.hbone) };
+  // The newest socket of each reuseport group (inode numbers grow): during a ztunnel rolling upgrade it
+  // is the new ztunnel's, which outlives the old one. sk_lookup hands a connection to the group
+  // through it, and reuseport selection still spreads connections over the whole group.
+  const newest = (port: number): string | undefined =>
+    [...listeningInodes(podPid, port)].sort((a, b) => (BigInt(b) > BigInt(a) ? 1 : BigInt(b) < BigInt(a) ? -1 : 0))[0];
+  return { outbound: newest(ports.outbound), inbound: newest(ports.inbound), hbone: newest(ports.hbone) };
 }
 
 /** Runs fn with copies (in this process) of the held sockets; the copies are closed afterwards. */

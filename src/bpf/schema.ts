@@ -61,7 +61,7 @@ export const STAT_NAMES = [
   'tc_steered', 'tc_pass_ztunnel', 'tc_pass_probe', 'tc_pass_not_ambient', 'tc_pass_pod_flow', 'tc_error',
   'sklookup_assigned', 'sklookup_no_listener', 'sklookup_error', 'sklookup_pass_probe', 'sklookup_pass_not_ambient',
   'tc_pass_local', 'tc_rst_cloned', 'sockops_outflow_added',
-  'sklookup_refused', 'sklookup_pass_ztunnel', 'sockops_orig_src_added', 'connect4_fail_open',
+  'sklookup_refused', 'sklookup_pass_ztunnel', 'tc_orig_src_marked', 'connect4_fail_open',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;

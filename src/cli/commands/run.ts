@@ -174,7 +174,7 @@ export const command: Command = {
     // inpod: ambpf is the node agent ztunnel takes its pods from (ZDS). Started before the first pass,
     // so the pods armed by it are handed over as soon as a ztunnel connects.
     let handoff: import('../../agent/handoff.ts').ZdsHandoff | undefined;
-    let reconcilerRef: { resync: () => Promise<unknown> } | undefined;
+    let reconcilerRef: { resync: (o?: { rescanKernel?: boolean }) => Promise<unknown> } | undefined;
     if (values.mode === 'inpod' && values['zds-socket'] !== 'none') {
       const { ZdsHandoff } = await import('../../agent/handoff.ts');
       handoff = await ZdsHandoff.start({
@@ -182,6 +182,10 @@ export const command: Command = {
         log: logger('zds'),
         onChange: () => {
           reconcilerRef?.resync().catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ZDS change failed'));
+        },
+        onPeer: () => {
+          reconcilerRef?.resync({ rescanKernel: true })
+            .catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ztunnel connected failed'));
         },
       });
       log.info({ socket: values['zds-socket'] }, 'serving ZDS: waiting for ztunnel to connect');
