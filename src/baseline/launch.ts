@@ -100,6 +100,12 @@ export function startBaselineAgent(tb: Testbed, node: TestbedNode, o: BaselineAg
 /** One agent per node (or per `o.nodes`); each has installed its node's probe SNAT once this resolves. */
 export async function startBaselineAgents(tb: Testbed, o: BaselineAgentsOptions): Promise<BaselineAgentHandle[]> {
   const handles = (o.nodes ?? tb.nodes).map((n) => startBaselineAgent(tb, n, o));
-  await Promise.all(handles.map((h) => h.waitFor(() => true, 'started')));
+  try {
+    await Promise.all(handles.map((h) => h.waitFor(() => true, 'started')));
+  } catch (err) {
+    // The others would keep their rules: stop them (each removes what it installed).
+    await Promise.all(handles.map((h) => h.stop()));
+    throw err;
+  }
   return handles;
 }

@@ -1,8 +1,9 @@
 // Bringing one redirection path up and down on the testbed, for one slot of one round:
 //   direct         nothing installed (the client addresses ztunnel's port itself: the floor)
 //   direct-aa      the same again (the A/A control)
-//   iptables       Istio's rules for the topology (src/baseline)
-//   nftables       Istio 1.28's native nftables in-pod rules (src/baseline; inpod only)
+//   iptables       Istio's rules for the topology (src/baseline; inpod: the baseline agent installs them,
+//                  one per loader node, as istio-cni's node agent does)
+//   nftables       Istio 1.28's native nftables in-pod rules (the baseline agent; inpod only)
 //   ebpf           `ambpf run` on the node(s), from the pods file (`--mode inpod` on an inpod testbed)
 //   ebpf-splice    the same with --splice (the sockhash splice, off by default)
 // Each `down()` leaves the testbed as it found it: rules removed, loader stopped, pins and the
@@ -13,7 +14,8 @@ import { fileURLToPath } from 'node:url';
 import type { Testbed } from '../testbed/testbed.ts';
 import type { TestbedNode, TestbedPod } from '../testbed/types.ts';
 import type { TestbedProcess } from '../testbed/exec.ts';
-import { installPath, removePath } from '../baseline/index.ts';
+import { installPath, removePath, type Backend } from '../baseline/index.ts';
+import { startBaselineAgents } from '../baseline/launch.ts';
 import { BenchError } from './errors.ts';
 import { logger } from '../log.ts';
 import type { PathName } from './types.ts';
@@ -187,6 +189,27 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
   return { name, coldStartMs, rssKiB: () => procs.map((p) => vmRssKiB(p.pid)), settle, down };
 }
 
+/**
+ * inpod: Istio's path as it runs on a node: the baseline agent on each loader node takes the pods
+ * file, installs the in-pod rules in its mesh pods and the probe SNAT on the node, and removes them
+ * all when stopped. No ZDS here (the bench's stand-ins find their pods by themselves).
+ */
+async function startBaselineAgent(ctx: PathContext, name: PathName & Backend): Promise<ActivePath> {
+  const agents = await startBaselineAgents(ctx.tb, { backend: name, podsFile: ctx.podsFile, zdsSocket: () => undefined, nodes: ctx.loaderNodes, logDir: ctx.logDir });
+  const down = async (): Promise<void> => {
+    const codes = await Promise.all(agents.map((a) => a.stop()));
+    const bad = agents.filter((_, i) => codes[i] !== 0);
+    if (bad.length > 0) throw new BenchError(`the baseline agent on ${bad.map((a) => a.node.name).join(', ')} did not remove its rules cleanly (see ${ctx.logDir})`);
+  };
+  const settle = async (): Promise<void> => {
+    for (const a of agents) {
+      const want = (ctx.captured ?? []).filter((p) => p.node === a.node.name);
+      await a.waitFor((s) => s.ready && want.every((p) => s.pods.some((x) => x.uid === p.uid)), `${name} rules in ${want.map((p) => p.name).join(', ') || 'its pods'}`);
+    }
+  };
+  return { name, coldStartMs: [], rssKiB: () => [], settle, down };
+}
+
 export async function startPath(ctx: PathContext, name: PathName): Promise<ActivePath> {
   const none = { coldStartMs: [] as number[], rssKiB: () => [] as number[], settle: async () => undefined };
   switch (name) {
@@ -195,6 +218,7 @@ export async function startPath(ctx: PathContext, name: PathName): Promise<Activ
       return { name, ...none, down: async () => undefined };
     case 'iptables':
     case 'nftables':
+      if (ctx.tb.info.topology === 'inpod') return startBaselineAgent(ctx, name);
       await installPath(ctx.tb, name);
       return { name, ...none, down: () => removePath(ctx.tb, name) };
     case 'ebpf':
