@@ -15,6 +15,7 @@ import type { ResolvedPod } from '../node/discovery.ts';
 import type { ZtunnelHandoff } from '../reconcile/inpod.ts';
 import { ZdsError, ZdsNoPeerError, ZdsServer, type SnapshotItem, type WorkloadInfo, type ZdsPeer } from '../zds/index.ts';
 import { describeError } from '../errors.ts';
+import type { PodAnnotator } from './annotate.ts';
 
 export type HandoffState = 'pending' | 'acked' | 'nacked' | 'no-ztunnel';
 
@@ -43,6 +44,8 @@ interface Entry {
   /** The netns cookie ztunnel acked; a re-created sandbox (new cookie) is added again. */
   servedCookie: bigint | undefined;
   inflight: boolean;
+  /** ztunnel acked this pod at least once (its annotation stays `enabled` through ztunnel restarts). */
+  everAcked: boolean;
   retryAt: number;
   backoffMs: number;
 }
@@ -59,7 +62,17 @@ export interface HandoffOptions {
    * so the pass re-reads them all. */
   readonly onPeer?: () => void;
   readonly ackTimeoutMs?: number;
+  /** With an API server: `ambient.istio.io/redirection` on each pod (istiod sends HBONE only to
+   * pods marked `enabled`). */
+  readonly annotator?: PodAnnotator;
 }
+
+/**
+ * How long after start a pod not yet served is left as the API server shows it: a restarted agent
+ * finds pods ztunnel still serves (its proxies survive) marked `enabled`, and flipping them to
+ * `pending` until the new snapshot would make istiod tell their peers to send plaintext meanwhile.
+ */
+export const ANNOTATION_GRACE_MS = 30_000;
 
 const infoOf = (p: HandoffPod): WorkloadInfo => ({
   name: p.name,
@@ -74,6 +87,9 @@ export class ZdsHandoff implements ZtunnelHandoff {
   readonly #pods = new Map<string, Entry>();
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
+  readonly #startedAt = Date.now();
+  /** A ztunnel took a snapshot from this agent at least once. */
+  #sawPeer = false;
 
   private constructor(server: ZdsServer, o: HandoffOptions) {
     this.#server = server;
@@ -128,6 +144,7 @@ export class ZdsHandoff implements ZtunnelHandoff {
     for (const [uid, e] of this.#pods) {
       if (want.has(uid)) continue;
       this.#pods.delete(uid);
+      this.#o.annotator?.set(e.pod, null);
       void this.#del(uid, e.pod);
     }
     for (const pod of want.values()) {
@@ -139,8 +156,9 @@ export class ZdsHandoff implements ZtunnelHandoff {
       // New, or its sandbox was re-created (new netns): ztunnel replaces the proxy on a new inode.
       this.#pods.set(pod.uid, {
         pod, state: this.#server.ready ? 'pending' : 'no-ztunnel', error: undefined, attempts: 0, since: Date.now(),
-        servedCookie: undefined, inflight: false, retryAt: 0, backoffMs: RETRY_MIN_MS,
+        servedCookie: undefined, inflight: false, everAcked: false, retryAt: 0, backoffMs: RETRY_MIN_MS,
       });
+      this.#annotate(this.#pods.get(pod.uid)!);
     }
     this.#pump();
   }
@@ -154,11 +172,32 @@ export class ZdsHandoff implements ZtunnelHandoff {
   #set(e: Entry, state: HandoffState, error?: string): void {
     if (e.state !== state || e.error !== error) e.since = Date.now();
     const changed = e.state !== state || e.error !== error;
+    if (state === 'acked') e.everAcked = true;
     e.state = state;
     e.error = error;
     if (state !== 'acked') e.servedCookie = undefined;
     // A pass registers a served pod's listeners and writes every state to the state file.
-    if (changed) this.#o.onChange();
+    if (changed) {
+      this.#annotate(e);
+      this.#o.onChange();
+    }
+  }
+
+  /**
+   * `enabled` once ztunnel acked; `pending` for a pod ztunnel has never taken from this agent, but
+   * only once a ztunnel connected or the start-up grace passed (ANNOTATION_GRACE_MS). A pod that was
+   * served and lost its ztunnel keeps `enabled`: its traffic is refused until ztunnel is back either
+   * way, and flipping every pod of the node at each ztunnel restart would churn istiod.
+   */
+  #annotate(e: Entry): void {
+    const a = this.#o.annotator;
+    if (!a) return;
+    if (e.state === 'acked') {
+      a.set(e.pod, 'enabled');
+      return;
+    }
+    if (e.everAcked) return;
+    if (this.#sawPeer || Date.now() - this.#startedAt > ANNOTATION_GRACE_MS) a.set(e.pod, 'pending');
   }
 
   /** What a new ztunnel connection gets: every armed pod; Keep for one whose netns is gone for now. */
@@ -175,6 +214,7 @@ export class ZdsHandoff implements ZtunnelHandoff {
 
   /** A ztunnel took its snapshot: every pod in it is served by that ztunnel now. */
   #onPeer(peer: ZdsPeer): void {
+    this.#sawPeer = true;
     this.#o.log.info({ peer: peer.pid, pods: this.#pods.size }, 'ztunnel connected and took the snapshot');
     for (const e of this.#pods.values()) {
       if (existsSync(e.pod.netnsPath)) {

@@ -141,6 +141,7 @@ export const command: Command = {
     const cgroup = values.cgroup ?? defaultCgroup();
 
     let source: PodSource;
+    let annotator: import('../../agent/annotate.ts').KubePodAnnotator | undefined;
     let watchCounters: (() => { watchRestarts: number; lastEventAt: number | undefined }) | undefined;
     if (values['pods-file'] !== undefined) {
       const { createPodsFileSource } = await import('../../sources/pods-file.ts');
@@ -150,6 +151,11 @@ export const command: Command = {
       const { createKubeSource } = await import('../../sources/kube.ts');
       const kubeConfig = loadKubeConfig({ kubeconfig: values.kubeconfig, inCluster: values['in-cluster'] });
       const kube = createKubeSource({ kubeConfig, nodeName: node, staleAfterMs, backoffMaxMs });
+      if (values.mode === 'inpod') {
+        // istiod sends HBONE only to pods annotated `enabled` (the only write ambpf makes to the API).
+        const { KubePodAnnotator } = await import('../../agent/annotate.ts');
+        annotator = new KubePodAnnotator({ kubeConfig, log: logger('annotate') });
+      }
       watchCounters = () => kube.counters();
       source = kube;
     }
@@ -180,6 +186,7 @@ export const command: Command = {
       handoff = await ZdsHandoff.start({
         socketPath: values['zds-socket'],
         log: logger('zds'),
+        annotator,
         onChange: () => {
           reconcilerRef?.resync().catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ZDS change failed'));
         },
@@ -214,6 +221,7 @@ export const command: Command = {
           // ztunnel keeps serving the pods it has (its proxies survive an agent restart); the next
           // agent's snapshot reconciles them.
           await handoff?.close();
+          await annotator?.close();
           server.close();
           datapath.close();
           resolve(0);
