@@ -6,9 +6,9 @@
 // and removes them.
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { BpfMap, LibbpfError, TcAttachment, progInfoByFd, withFdById } from '../libbpf/index.ts';
 import { AmbpfError } from '../errors.ts';
+import { mapPin } from './pins.ts';
 
 /** clsact identity of our inbound filter, fixed so a later process can find and remove it. */
 export const CLSACT_HANDLE = 0xa3bf;
@@ -45,7 +45,7 @@ function iproute(netns: string | undefined, argv: string[]): string {
 
 /** The map id behind <bpffs>/ambpf_pods, which every ambpf program of that install uses. */
 function podsMapId(bpffs: string): number | undefined {
-  const pin = join(bpffs, 'ambpf_pods');
+  const pin = mapPin(bpffs, 'ambpf_pods');
   if (!existsSync(pin)) return undefined;
   const m = BpfMap.openPinned(pin);
   try {

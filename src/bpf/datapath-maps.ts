@@ -2,6 +2,7 @@
 // callers (reconcile, status, tests) deal in IPs, cookies and objects, never in raw bytes.
 // Works on maps of a loaded object and on maps opened from their pins (another process's datapath).
 import { BpfMap } from '../libbpf/index.ts';
+import { mapPin } from './pins.ts';
 import * as s from './schema.ts';
 
 /** What a write into a full map raises (TypedMap.set, SingletonMap.set): callers report and count it. */
@@ -136,7 +137,7 @@ export function openPinnedMaps(bpffs: string): DatapathMaps & { close(): void } 
   const opened: BpfMap[] = [];
   try {
     const maps = new DatapathMaps((n) => {
-      const m = BpfMap.openPinned(`${bpffs}/${n}`);
+      const m = BpfMap.openPinned(mapPin(bpffs, n));
       opened.push(m);
       return m;
     });

@@ -6,7 +6,7 @@
 // Restart safety (design.md §4): maps are reused from their pins, links are adopted from their pins
 // (ensurePinnedLink), so a restarted loader changes nothing that works and attaches nothing twice.
 // close() releases this process's fds only: pinned maps and links keep traffic flowing without us.
-import { existsSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
+import { existsSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   BpfLink, BpfMap, BpfObject, LibbpfError, ifIndex, inNetns, resolveIfindex,
@@ -20,6 +20,7 @@ import { DatapathMaps, MAP_NAMES, type MapName } from './datapath-maps.ts';
 import { ensurePinnedLink, progTag, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
+import { SK_LOOKUP_LINK, linkNames, linkPin, linksDir, mapPin, parseLinkName, tcLinkName } from './pins.ts';
 import * as s from './schema.ts';
 
 export { DatapathMaps, openPinnedMaps, TypedMap, SingletonMap, MAP_NAMES, MapFullError, type MapName } from './datapath-maps.ts';
@@ -27,8 +28,6 @@ export type { LinkOutcome } from './datapath-links.ts';
 
 const log = logger('datapath');
 
-/** Pin-name prefix of the per-pod sk_lookup links of the inpod topology (datapath-inpod.ts). */
-export const INPOD_LINK_PREFIX = 'inpod-';
 /** Maps only the inpod object declares (bpf/ambpf_inpod.bpf.c). */
 export const INPOD_MAP_NAMES = ['ambpf_inpod_sk', 'ambpf_inpod_pair', 'ambpf_inpod_listen'] as const;
 
@@ -45,8 +44,6 @@ export const CGROUP_HOOKS = {
   sockops: 'ambpf_sockops',
 } as const;
 export type CgroupHook = keyof typeof CGROUP_HOOKS;
-
-const SK_LOOKUP_PIN = 'sk_lookup';
 
 export class DatapathError extends AmbpfError {
   override readonly name: string = 'DatapathError';
@@ -156,7 +153,7 @@ export class Datapath {
       for (const [hook, progName] of Object.entries(CGROUP_HOOKS) as Array<[CgroupHook, string]>) {
         const prog = sock.program(progName);
         links[hook] = ensurePinnedLink({
-          pin: join(o.bpffs, 'links', hook),
+          pin: linkPin(o.bpffs, hook),
           prog,
           attach: () => prog.attachCgroup(o.cgroup),
           sameTarget: (info) => info.cgroupId === cgroupIno,
@@ -251,8 +248,10 @@ export class Datapath {
    */
   inboundInterfaces(): string[] {
     const names = new Set<string>();
-    const linksDir = join(this.bpffs, 'links');
-    if (existsSync(linksDir)) for (const n of readdirSync(linksDir)) if (n.startsWith('tc-')) names.add(n.slice(3));
+    for (const n of linkNames(this.bpffs)) {
+      const pin = parseLinkName(n);
+      if (pin?.kind === 'tc') names.add(pin.ifname);
+    }
     this.#clsactSeen ??= new Map(listClsactFilters(this.bpffs, this.netns).map((f) => [f.ifname, f.ifindex]));
     // A clsact filter lives and dies with its interface: a veth recreated under the same name (a
     // sandbox restart with deterministic names) has none, so it must be attached again.
@@ -271,12 +270,11 @@ export class Datapath {
    * them, so the next plan attaches to the interface as it is now.
    */
   staleInbound(): Array<{ ifname: string; pinned: number | undefined; current: number | undefined }> {
-    const linksDir = join(this.bpffs, 'links');
-    if (!existsSync(linksDir)) return [];
     const stale: Array<{ ifname: string; pinned: number | undefined; current: number | undefined }> = [];
-    for (const name of readdirSync(linksDir)) {
-      if (!name.startsWith('tc-')) continue;
-      const ifname = name.slice(3);
+    for (const name of linkNames(this.bpffs)) {
+      const pin = parseLinkName(name);
+      if (pin?.kind !== 'tc') continue;
+      const { ifname } = pin;
       let current: number | undefined;
       try {
         current = inNetns(this.netns, () => resolveIfindex(ifname));
@@ -285,7 +283,7 @@ export class Datapath {
       }
       let pinned: number | undefined;
       try {
-        using link = BpfLink.openPinned(join(linksDir, name));
+        using link = BpfLink.openPinned(linkPin(this.bpffs, name));
         pinned = link.info().ifindex;
       } catch {
         pinned = undefined;
@@ -315,7 +313,7 @@ export class Datapath {
   }
 
   #tcPin(ifname: string): string {
-    return join(this.bpffs, 'links', `tc-${ifname}`);
+    return linkPin(this.bpffs, tcLinkName(ifname));
   }
 
   /**
@@ -350,7 +348,7 @@ export class Datapath {
     const prog = this.#prog('ambpf_sk_lookup');
     const ino = statSync(o.netnsPath).ino;
     return ensurePinnedLink({
-      pin: join(this.bpffs, 'links', SK_LOOKUP_PIN),
+      pin: linkPin(this.bpffs, SK_LOOKUP_LINK),
       prog,
       attach: () => prog.attachNetns(o.netnsPath),
       sameTarget: (info) => info.netnsIno === ino,
@@ -359,7 +357,7 @@ export class Datapath {
 
   /** Undo attachZtunnel. */
   async detachZtunnel(o: Pick<ZtunnelAttachOptions, 'netnsPath' | 'ifname' | 'table' | 'pref'>): Promise<void> {
-    removePinnedLink(join(this.bpffs, 'links', SK_LOOKUP_PIN));
+    removePinnedLink(linkPin(this.bpffs, SK_LOOKUP_LINK));
     for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE]) this.maps.raw.ambpf_zt_listen.delete(s.encodeU32Key(slot));
     await removePolicyRoute(this.#routeOpts(o));
   }
@@ -390,7 +388,7 @@ export function objectMap(objects: readonly BpfObject[], name: string): BpfMap {
 export function sizeMaps(obj: BpfObject, o: Pick<DatapathOptions, 'bpffs' | 'mapSizes'>): void {
   for (const m of obj.maps) {
     if (m.name.includes('.')) continue;
-    const pin = join(o.bpffs, m.name);
+    const pin = mapPin(o.bpffs, m.name);
     if (existsSync(pin)) {
       const pinned = BpfMap.openPinned(pin);
       try {
@@ -429,18 +427,14 @@ export interface UninstallOptions {
  */
 export function uninstallDatapath(bpffs: string, opts: UninstallOptions = {}): UninstallReport {
   const report: UninstallReport = { links: [], maps: [], clsact: removeClsactFilters(bpffs, opts.netns) };
-  const linksDir = join(bpffs, 'links');
-  if (existsSync(linksDir)) {
-    const ours = new Set<string>([...Object.keys(CGROUP_HOOKS), SK_LOOKUP_PIN]);
-    for (const name of readdirSync(linksDir)) {
-      // tc-<ifname>: node-topology inbound; inpod-<netns cookie>: an inpod pod's sk_lookup.
-      if (!ours.has(name) && !name.startsWith('tc-') && !name.startsWith(INPOD_LINK_PREFIX)) continue;
-      if (removePinnedLink(join(linksDir, name))) report.links.push(name);
-    }
-    tryRmdir(linksDir);
+  const hooks = new Set<string>(Object.keys(CGROUP_HOOKS));
+  for (const name of linkNames(bpffs)) {
+    if (!hooks.has(name) && parseLinkName(name) === undefined) continue;
+    if (removePinnedLink(linkPin(bpffs, name))) report.links.push(name);
   }
+  tryRmdir(linksDir(bpffs));
   for (const name of [...MAP_NAMES, ...INPOD_MAP_NAMES]) {
-    const pin = join(bpffs, name);
+    const pin = mapPin(bpffs, name);
     if (!existsSync(pin)) continue;
     unlinkSync(pin);
     report.maps.push(name);

@@ -12,7 +12,7 @@ import { podListenerInodes, socketHolders, type ListenerInodes, type SocketHolde
 import { LISTENER_HBONE, LISTENER_INBOUND, POD_AMBIENT, POD_IS_ZTUNNEL, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, ztunnelValue } from '../bpf/schema.ts';
 import type { Problem } from '../state/desired.ts';
 import type { Resolution, ResolvedPod } from '../node/discovery.ts';
-import { INPOD_LINK_PREFIX } from '../bpf/datapath.ts';
+import { inpodLinkName } from '../bpf/pins.ts';
 import type { Current, NetnsEntry, PodEntry, Target, ZtunnelEntry } from './plan.ts';
 
 const PORTS = { outbound: PORT_OUTBOUND, inbound: PORT_INBOUND, hbone: PORT_HBONE } as const;
@@ -126,7 +126,7 @@ export class InpodApplier {
         const ok = attempt(`inpod capture of pod ${pod.namespace}/${pod.name}`, () =>
           dp.armPod({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie }));
         if (!ok) continue;
-        attached.push(`${INPOD_LINK_PREFIX}${pod.netnsCookie}`);
+        attached.push(inpodLinkName(pod.netnsCookie));
       }
       armed.push(pod);
       this.#armedAt.set(pod.netnsCookie, { netnsPath: pod.netnsPath, ips: pod.ips });
@@ -167,7 +167,7 @@ export class InpodApplier {
         .filter((ip) => !target.pods.has(ip));
       const netnsPath = known?.netnsPath;
       this.#armedAt.delete(cookie);
-      if (attempt(`inpod release of netns ${cookie}`, () => dp.detachPod(cookie, ips, netnsPath))) detached.push(`${INPOD_LINK_PREFIX}${cookie}`);
+      if (attempt(`inpod release of netns ${cookie}`, () => dp.detachPod(cookie, ips, netnsPath))) detached.push(inpodLinkName(cookie));
       this.#captured.delete(cookie);
     }
     return detached;

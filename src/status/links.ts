@@ -1,11 +1,10 @@
 // What ambpf has attached, read from its pins (<bpffs>/links/<hook>[-<ifname>], design.md §4) and,
 // for sk_msg (attached to the sockhash with prog_attach, so never pinned as a link), from the
 // sockhash itself.
-import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import {
   ATTACH_TYPES, BpfLink, BpfMap, Btf, LibbpfError, attachedProgIds, progFuncInfo, progInfoByFd, withFdById, type LinkInfo,
 } from '../libbpf/index.ts';
+import { linkNames, linkPin, mapPin, parseLinkName } from '../bpf/pins.ts';
 import { mountsOf } from '../doctor/system.ts';
 import { cgroupPathById, netnsPathByIno } from './targets.ts';
 
@@ -57,7 +56,8 @@ function describeTarget(hook: string, info: LinkInfo): { target: string; problem
   if (info.ifindex !== undefined) {
     if (info.ifindex === 0) return { target: 'interface (gone)', problem: 'defunct: its interface was removed' };
     // The ifindex lives in the node's netns, which need not be ours: the pin name carries the name.
-    const ifname = hook.startsWith('tc-') ? hook.slice(3) : '?';
+    const pin = parseLinkName(hook);
+    const ifname = pin?.kind === 'tc' ? pin.ifname : '?';
     const dir = info.attachTypeName?.replace(/^tcx_/, '') ?? '';
     return { target: `${ifname} (ifindex ${info.ifindex}${dir ? `, ${dir}` : ''})`, problem: null };
   }
@@ -65,12 +65,10 @@ function describeTarget(hook: string, info: LinkInfo): { target: string; problem
 }
 
 export function readLinks(bpffs: string): AttachedRow[] {
-  const dir = join(bpffs, 'links');
   const rows: AttachedRow[] = [];
-  const names = existsSync(dir) ? readdirSync(dir).sort() : [];
-  for (const hook of names) {
+  for (const hook of linkNames(bpffs)) {
     try {
-      using link = BpfLink.openPinned(join(dir, hook));
+      using link = BpfLink.openPinned(linkPin(bpffs, hook));
       const info = link.info();
       const { target, problem } = describeTarget(hook, info);
       rows.push({ hook, linkId: info.id, kind: info.typeName, progId: info.progId, progName: progName(info.progId), target, problem });
@@ -86,7 +84,7 @@ export function readLinks(bpffs: string): AttachedRow[] {
 function skMsgRow(bpffs: string): AttachedRow {
   const base = { hook: 'sk_msg', linkId: null, kind: 'prog_attach', target: 'sockhash ambpf_sockhash' };
   try {
-    using map = BpfMap.openPinned(join(bpffs, 'ambpf_sockhash'));
+    using map = BpfMap.openPinned(mapPin(bpffs, 'ambpf_sockhash'));
     const [id] = attachedProgIds(map.fd, ATTACH_TYPES.sk_msg_verdict);
     if (id === undefined) return { ...base, progId: null, progName: null, problem: 'no sk_msg program on the sockhash: same-node splice is off' };
     return { ...base, progId: id, progName: progName(id), problem: null };
