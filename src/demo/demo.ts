@@ -3,10 +3,12 @@
 // inbound request, and shows the path each took from the ztunnel stand-in's logs and the
 // datapath's own counters. Everything is torn down at the end, also on failure or Ctrl-C.
 import { join } from 'node:path';
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '../testbed/index.ts';
 import { startHttpServer, curl } from '../testbed/helpers.ts';
-import { startLoader, waitReady, AMBPF_BIN, type Loader } from '../testbed/loader.ts';
+import { startLoader, waitReady, zdsSocketPath, AMBPF_BIN, type Loader } from '../testbed/loader.ts';
+import { startZtunnels } from '../testbed/ztunnel/launch.ts';
+import type { StateFile } from '../reconcile/reconciler.ts';
 import { openPinnedMaps } from '../bpf/datapath-maps.ts';
 import type { Stats } from '../bpf/schema.ts';
 import { AmbpfError } from '../errors.ts';
@@ -17,23 +19,54 @@ export interface DemoOptions {
   readonly mode?: 'node' | 'inpod';
 }
 
-/** In inpod mode a pod is captured once ztunnel's listeners in its netns were handed over (pinned per pod). */
-async function waitInpodCapture(tb: Testbed, deadlineMs: number): Promise<void> {
-  const want = tb.info.nodes.map((n) => tb.info.pods.filter((p) => p.node === n.name && p.mesh).length);
-  const end = Date.now() + deadlineMs;
-  for (;;) {
-    const have = tb.info.nodes.map((n) => {
-      try {
-        return readdirSync(join(n.bpffsDir, 'links')).filter((f) => f.startsWith('inpod-')).length;
-      } catch {
-        return 0;
-      }
-    });
-    if (have.every((h, i) => h >= want[i]!)) return;
-    if (Date.now() > end) throw new AmbpfError(`inpod capture incomplete after ${deadlineMs} ms (${have.join('/')} of ${want.join('/')} pods)`);
-    await new Promise((res) => setTimeout(res, 100));
+const pause = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
+
+function readState(l: Loader): StateFile | undefined {
+  try {
+    return JSON.parse(readFileSync(l.stateFile, 'utf8')) as StateFile;
+  } catch {
+    return undefined;
   }
 }
+
+/** Inpod: every mesh pod armed, handed to ztunnel over ZDS and acked (the loader's state file says so). */
+async function waitInpodServed(tb: Testbed, loaders: readonly Loader[], deadlineMs: number): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  for (;;) {
+    const pending = loaders.flatMap((l) => {
+      const want = tb.info.pods.filter((p) => p.node === l.node.name && p.mesh).map((p) => p.name);
+      const acked = new Set((readState(l)?.pods ?? []).filter((p) => p.zds?.state === 'acked').map((p) => p.name));
+      return want.filter((name) => !acked.has(name));
+    });
+    const linked = tb.info.nodes.every((n) => {
+      try {
+        return readdirSync(join(n.bpffsDir, 'links')).some((f) => /^inpod-\d+$/.test(f));
+      } catch {
+        return false;
+      }
+    });
+    if (pending.length === 0 && linked) return;
+    if (Date.now() > end) throw new AmbpfError(`ztunnel has not taken ${pending.join(', ')} after ${deadlineMs} ms`);
+    await pause(100);
+  }
+}
+
+/** The ZDS exchange of a node, from its loader's log (src/zds/server.ts) and state file. */
+function describeZds(tb: Testbed, l: Loader): string[] {
+  const lines = l.logLines().filter((e) => e['component'] === 'zds');
+  const connected = lines.find((e) => e['msg'] === 'ztunnel connected');
+  const hello = lines.find((e) => e['msg'] === 'ztunnel said hello');
+  const snapshot = lines.find((e) => e['msg'] === 'snapshot acked');
+  const pods = (readState(l)?.pods ?? []).filter((p) => p.zds).map((p) => `${p.namespace}/${p.name} ${p.zds?.state}`);
+  return [
+    `    ${l.node.name.padEnd(6)} ztunnel (pid ${String(connected?.['peerPid'] ?? '?')}) connected to ${zdsSocketPath(tb, l.node)}, ` +
+      `hello ${String(hello?.['version'] ?? '?')}`,
+    `    ${l.node.name.padEnd(6)} snapshot: ${String(snapshot?.['items'] ?? '?')} x Add (workload info + the pod's netns fd), ` +
+      `SnapshotSent -> acked; pods: ${pods.join(', ')}`,
+  ];
+}
+
+
 
 interface Hop { readonly node: string; readonly entry: ZtunnelLogEntry }
 
@@ -57,8 +90,10 @@ function counterDelta(before: Stats, after: Stats): string {
 
 export async function runDemo(o: DemoOptions): Promise<number> {
   const started = Date.now();
-  const mode = o.mode ?? 'node';
-  o.out(`ambpf demo (${mode} topology): two nodes in network namespaces, ztunnel stand-in ${mode === 'node' ? 'on each node' : 'in every mesh pod'}, ambpf on the eBPF path`);
+  const mode = o.mode ?? 'inpod';
+  o.out(mode === 'inpod'
+    ? 'ambpf demo (inpod topology, Istio 1.23+): two nodes in network namespaces; on each, ambpf run is the node agent: it captures every mesh pod in eBPF and hands it over ZDS to the ztunnel stand-in, which opens its listeners inside the pod'
+    : 'ambpf demo (node topology, ztunnel <= 1.22): two nodes in network namespaces, a ztunnel stand-in on each node, ambpf on the eBPF path');
   let tb: Testbed | undefined;
   const loaders: Loader[] = [];
   const cleanup = async (): Promise<void> => {
@@ -72,14 +107,22 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    tb = await startTestbed(defaultSpec(), { topology: mode });
+    tb = await startTestbed(defaultSpec(), { topology: mode, standIn: mode === 'node' });
     const bed = tb;
     const podsFile = join(bed.info.runDir, 'pods.json');
     bed.writePodsList(podsFile);
     o.out(`  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15)`);
-    for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile, ['--mode', mode]));
+    for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile, [], mode === 'inpod'));
     await Promise.all(loaders.map((l) => waitReady(bed, l)));
-    if (mode === 'inpod') await waitInpodCapture(bed, 10_000);
+    if (mode === 'inpod') {
+      // ztunnel connects to the agent (its INPOD_UDS), says hello, takes the snapshot of captured pods.
+      await startZtunnels(bed, { zdsSocket: (node) => zdsSocketPath(bed, bed.node(node)) });
+      await waitInpodServed(bed, loaders, 20_000);
+      o.out('');
+      o.out('  ZDS (ambpf run is the server, ztunnel the client):');
+      for (const l of loaders) for (const line of describeZds(bed, l)) o.out(line);
+      o.out('');
+    }
     o.out(`  ambpf run is ready on ${loaders.map((l) => l.node.name).join(', ')}; iptables rules in the cluster: 0`);
     await startHttpServer(bed, 'app1-node1', 8080);
     await startHttpServer(bed, 'app1-node2', 8080);
@@ -95,7 +138,9 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       const before = mapsBefore.map((m) => m.stats());
       const logLen = bed.info.nodes.map((n) => bed.ztunnelLog(n.name).length);
       const r = await curl(bed, c.from, target.ip, 8080, { timeoutMs: 5000 });
-      await new Promise((res) => setTimeout(res, 200)); // the stand-in logs when the connection ends
+      // The stand-in logs a connection when it ends: wait (bounded) until each hop of the path did.
+      const hopsWanted = c.to === 'app1-node1' && c.from === 'client-node2' ? 1 : 2;
+      for (let i = 0; i < 50 && bed.info.nodes.reduce((n, node, j) => n + bed.ztunnelLog(node.name).length - logLen[j]!, 0) < hopsWanted; i++) await pause(50);
       const after = mapsBefore.map((m) => m.stats());
       mapsBefore.forEach((m) => m.close());
       o.out('');
