@@ -12,7 +12,7 @@ TSC   := $(NODE) node_modules/typescript/bin/tsc
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libelf-dev zlib1g-dev bpftool iproute2 iptables nftables ipset \
                 curl iperf3 wrk nginx util-linux procps psmisc openssl
 
-.PHONY: help deps apt node bpf typecheck test demo kernels clean
+.PHONY: help deps apt node bpf typecheck lint test demo kernels clean
 help:
 	@echo "make demo   - run the local two-node demo on the eBPF path"
 	@echo "make test   - typecheck and run the test suite (as root, on this kernel)"
@@ -44,9 +44,13 @@ bpf: deps
 typecheck: node
 	$(TSC) --noEmit -p .
 
+# ESLint (eslint.config.js): the import layering of src/ and a few bug-catching rules; no style rules.
+lint: node
+	$(NODE) node_modules/eslint/bin/eslint.js .
+
 # scripts/leftovers.ts: the suite as a whole leaves no netns, cgroup, pin, BPF program or link,
 # interface or iptables rule behind (each test file also checks its own).
-test: deps typecheck bpf
+test: deps typecheck lint bpf
 	@mkdir -p build && $(NODE) scripts/leftovers.ts snapshot build/leftovers-before.json
 	$(TAP)
 	$(NODE) scripts/leftovers.ts check build/leftovers-before.json

@@ -5,6 +5,7 @@
 // ends however it ends, so a crashed run cannot leave the machine paying for the statistics.
 // The sysctl shows only its own setting: it reads 0 while the statistics are on through an fd.
 import { readFileSync } from 'node:fs';
+import { ERRNO } from '../errors.ts';
 import { raw } from './ffi.ts';
 import { LibbpfError } from './errors.ts';
 import { Handle, closeFd } from './handle.ts';
@@ -26,7 +27,7 @@ export class BpfRunTimeStats extends Handle {
     const rc = raw.bpf_enable_stats(BPF_STATS_RUN_TIME) as number;
     if (rc < 0) {
       const errno = -rc;
-      throw new LibbpfError('bpf_enable_stats', errno, { hint: errno === 1 ? 'BPF run-time statistics need CAP_SYS_ADMIN' : undefined });
+      throw new LibbpfError('bpf_enable_stats', errno, { hint: errno === ERRNO.EPERM ? 'BPF run-time statistics need CAP_SYS_ADMIN' : undefined });
     }
     return new BpfRunTimeStats(rc);
   }
@@ -59,7 +60,7 @@ export function progRunStats(id: number): ProgRunStats | undefined {
       return { id, runCnt: info.runCnt, runTimeNs: info.runTimeNs };
     });
   } catch (err) {
-    if (err instanceof LibbpfError && err.errno === 2) return undefined;
+    if (err instanceof LibbpfError && err.code === 'ENOENT') return undefined;
     throw err;
   }
 }
