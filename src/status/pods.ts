@@ -23,6 +23,10 @@ export interface PodRow {
   readonly node: string | null;
   /** null: in both (or no state file to compare with). */
   readonly drift: Drift | null;
+  /** inpod with ZDS: whether ztunnel took the pod (acked / pending / nacked / no-ztunnel); null otherwise. */
+  readonly zds: string | null;
+  /** ztunnel's nack text or why the last Add failed. */
+  readonly zdsError: string | null;
 }
 
 export interface PodsReport {
@@ -72,6 +76,8 @@ export function collectPods(i: PodsInput): PodsReport {
       namespace: pod?.namespace ?? null,
       node: pod ? node : null,
       drift: i.state && !pod ? 'not-in-state-file' : null,
+      zds: pod?.zds?.state ?? null,
+      zdsError: pod?.zds?.error ?? null,
     });
   }
   for (const [ip, pod] of byIp) {
@@ -79,6 +85,7 @@ export function collectPods(i: PodsInput): PodsReport {
     rows.push({
       ip, netnsCookie: null, hostIfindex: null, hostIfname: pod.hostIfname, flags: [], netnsEntry: null,
       name: pod.name, namespace: pod.namespace, node, drift: 'not-in-map',
+      zds: pod.zds?.state ?? null, zdsError: pod.zds?.error ?? null,
     });
   }
   rows.sort((a, b) => ipOrder(a.ip, b.ip));
@@ -95,6 +102,7 @@ export function collectPods(i: PodsInput): PodsReport {
 const dash = (v: string | number | null): string => (v === null || v === '' ? '-' : String(v));
 
 export function renderPods(r: PodsReport): string {
+  const withZds = r.pods.some((p) => p.zds !== null);
   const rows = r.pods.map((p) => [
     p.ip,
     p.name ? `${p.namespace}/${p.name}` : '-',
@@ -104,10 +112,14 @@ export function renderPods(r: PodsReport): string {
     p.flags.join(',') || '-',
     p.drift === 'not-in-state-file' ? 'DRIFT: in map, not in state file'
       : p.drift === 'not-in-map' ? 'DRIFT: in state file, not in map'
-      : p.netnsEntry === false ? 'no ambpf_netns entry' : '',
+      : p.netnsEntry === false ? 'no ambpf_netns entry'
+      : p.zdsError ? `ztunnel: ${p.zdsError}` : '',
+    // ZTUNNEL only where ambpf hands pods to ztunnel over ZDS (inpod): the node topology has no such state.
+    ...(withZds ? [dash(p.zds)] : []),
   ]);
+  const headers = ['POD IP', 'POD', 'NODE', 'NETNS COOKIE', 'HOST IF (INDEX)', 'FLAGS', 'NOTE', ...(withZds ? ['ZTUNNEL (ZDS)'] : [])];
   let out = r.pods.length
-    ? renderTable(['POD IP', 'POD', 'NODE', 'NETNS COOKIE', 'HOST IF (INDEX)', 'FLAGS', 'NOTE'], rows)
+    ? renderTable(headers, rows)
     : `ambpf_pods under ${r.bpffs} is empty.\n`;
   const inMap = r.pods.filter((p) => p.drift !== 'not-in-map').length;
   out += '\n';

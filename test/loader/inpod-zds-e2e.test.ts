@@ -12,7 +12,7 @@ import { startZtunnels, startExtraZtunnel, stopZtunnel, ztunnelsOn } from '../..
 import { zdsSocketPath } from '../../src/testbed/loader.ts';
 import type { StateFile } from '../../src/reconcile/reconciler.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { startLoader, waitReady, editPodsFile, type Loader } from '../helpers/loader.ts';
+import { startLoader, waitReady, editPodsFile, AMBPF_BIN, type Loader } from '../helpers/loader.ts';
 import { tracedCurl } from '../helpers/standin.ts';
 import { eventually } from '../helpers/wait.ts';
 
@@ -81,6 +81,13 @@ t.test('the state file shows every mesh pod acked by ztunnel over ZDS', async (t
   }
 });
 
+t.test('`ambpf pods` shows each pod\'s ZDS state', async (t) => {
+  const l = loaderOf('node1');
+  const r = await tb.exec('node1', [AMBPF_BIN, 'pods', '--bpffs', l.node.bpffsDir, '--state-file', l.stateFile]);
+  t.match(r.stdout, /ZTUNNEL \(ZDS\)/, 'a ZTUNNEL column');
+  for (const pod of meshPods('node1')) t.match(r.stdout, new RegExp(`mesh/${pod} .* acked`), `${pod} acked`);
+});
+
 t.test('mesh -> mesh across nodes: from the pod\'s IP to 15001, SO_ORIGINAL_DST, HBONE, spoofed inbound leg', async (t) => {
   const r = await tracedCurl(tb, 'app2-node1', ip('app1-node2'), PORT, ['node1', 'node2'], { node1: ['outbound'], node2: ['inbound-hbone'] });
   const out = r.lines['node1']?.find((e) => e.direction === 'outbound');
@@ -138,7 +145,7 @@ t.test('a ztunnel rolling upgrade under a stream of new connections: none fails'
   await eventually(() => done >= mark + 5, 20_000, 'connections after the old ztunnel left');
   stop = true;
   await stream;
-  t.same(failures, [], `${done} connections, none failed`);
+  t.same(failures, [], `${done} connections, none failed (curl exit codes of failures: ${failures.join(",")})`);
 });
 
 t.test('agent SIGKILL: an open connection survives, the successor resends the snapshot, nothing doubles', async (t) => {

@@ -92,7 +92,7 @@ t.test('pods and status on a datapath of our own', { timeout: 240_000 }, async (
     const byIp = new Map(j.pods.map((p) => [p.ip, p]));
     t.same(byIp.get(a.ip), {
       ip: a.ip, netnsCookie: String(cookieA), hostIfindex: idx(a.hostIf), hostIfname: a.hostIf, flags: ['ambient'],
-      netnsEntry: true, name: 'client', namespace: 'shop', node: 'node-1', drift: null,
+      netnsEntry: true, name: 'client', namespace: 'shop', node: 'node-1', drift: null, zds: null, zdsError: null,
     });
     t.equal(byIp.get(b.ip)?.netnsEntry, false);
     t.equal(byIp.get('198.18.9.9')?.drift, 'not-in-state-file');
