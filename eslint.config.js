@@ -44,7 +44,6 @@ const LAYERS = [
       'src/demo/',
       'src/cli/commands/testbed.ts',
       'src/cli/commands/bench.ts',
-      'src/cli/commands/demo.ts',
     ],
     deny: NOT_PRODUCTION,
     why: 'the testbed, the bench and the baseline stay out of the production image',
