@@ -107,7 +107,7 @@ export class BaselineAgent {
 
   static async start(o: BaselineAgentOptions): Promise<BaselineAgent> {
     const agent = new BaselineAgent(o);
-    agent.#host = await agent.#installCleanly(inpodNodeRules(o.nodeNetns, [], o.backend, o.cfg));
+    agent.#host = await agent.#installCleanly(inpodNodeRules(o.nodeNetns, [], o.backend, o.cfg), true);
     o.log.info({ backend: o.backend, netns: o.nodeNetns }, 'node probe SNAT installed');
     if (o.zdsSocket !== undefined) {
       agent.#handoff = await ZdsHandoff.start({ socketPath: o.zdsSocket, log: logger('zds'), onChange: () => agent.#schedule() });
@@ -202,7 +202,8 @@ export class BaselineAgent {
         const rules = inpodPodRules(p.netnsPath, this.#o.backend, {
           cfg: this.#o.cfg, overrides: podOverrides(annotations.get(p.uid) ?? {}), v6Loopback: await loopbackIpv6(p.netnsPath),
         });
-        const { tablesBefore } = await this.#installCleanly(rules);
+        // The first pass may meet the rules of an agent that crashed or kept them (--keep-rules).
+        const { tablesBefore } = await this.#installCleanly(rules, this.#passes === 0);
         this.#pods.set(p.uid, { pod: p, rules, tablesBefore, probe: false });
         this.#log.info({ pod: what, uid: p.uid, netns: p.netnsPath, backend: this.#o.backend }, 'in-pod rules installed');
       } catch (err) {
@@ -225,16 +226,23 @@ export class BaselineAgent {
   }
 
   /**
-   * Installs `rules`; if that fails (leftovers of an earlier agent run with --keep-rules, as istio-cni
-   * reconciles them), removes whatever of them is there and installs once more.
+   * Installs `rules` exactly once, as istio-cni reconciles: with `cleanFirst` (at start, where an
+   * earlier agent's rules may be in place) whatever of them is there is removed first; otherwise a
+   * failed install is cleaned up and tried once more. After a cleanup the netns's tables before the
+   * first install are unknown: removal then deletes iptables-nft's tables once they are empty.
    */
-  async #installCleanly(rules: NetnsRules): Promise<{ rules: NetnsRules; tablesBefore: readonly string[] | undefined }> {
+  async #installCleanly(rules: NetnsRules, cleanFirst: boolean): Promise<{ rules: NetnsRules; tablesBefore: readonly string[] | undefined }> {
+    if (cleanFirst) {
+      await remove(rules, undefined);
+      await install(rules);
+      return { rules, tablesBefore: undefined };
+    }
     const tablesBefore = await nftTables(rules.netnsPath);
     try {
       await install(rules);
       return { rules, tablesBefore };
     } catch (err) {
-      this.#log.warn({ netns: rules.netnsPath, err: describeError(err) }, 'install failed; removing leftovers and installing again');
+      this.#log.warn({ netns: rules.netnsPath, err: describeError(err) }, 'install failed; removing what it left and installing again');
       await remove(rules, undefined);
       await install(rules);
       return { rules, tablesBefore: undefined };

@@ -140,6 +140,17 @@ export async function install(rules: NetnsRules): Promise<void> {
   }
 }
 
+/** iptables-save output as table -> its lines (`:CHAIN …`, `-A …`). */
+function saveByTable(save: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  let cur: string[] | undefined;
+  for (const line of save.split('\n')) {
+    if (line.startsWith('*')) out.set(line.slice(1).trim(), (cur = []));
+    else if (cur && (line.startsWith(':') || line.startsWith('-A '))) cur.push(line);
+  }
+  return out;
+}
+
 /** An iptables-nft table holds nothing of anyone's: no rules, no user chains, every base chain ACCEPT. */
 function emptyTable(save: string): boolean {
   return !/^-A /m.test(save) && !/^:(?!PREROUTING |INPUT |FORWARD |OUTPUT |POSTROUTING )/m.test(save) && !/^:\S+ (DROP|REJECT)/m.test(save);
@@ -158,13 +169,17 @@ export async function remove(rules: NetnsRules, tablesBefore: readonly string[] 
     for (const f of FAMILIES) {
       const tables = f.tables(rules);
       if (tables.length === 0) continue;
-      const save = (await inNetns(ns, [f.save])).stdout;
-      // Only what is still there: removal after a partial install (or twice) must not fail.
-      const present = tables.map((t) => ({
-        table: t.table,
-        chains: t.chains.filter((c) => save.includes(`:${c} `)),
-        rules: t.rules.filter((r) => save.includes(`\n${appendForm(r)}\n`)),
-      }));
+      const save = saveByTable((await inNetns(ns, [f.save])).stdout);
+      // Only what is still there: removal after a partial install (or twice) must not fail. A rule
+      // there twice (an install over the leftovers of a crashed agent) is deleted twice.
+      const present = tables.map((t) => {
+        const lines = save.get(t.table) ?? [];
+        return {
+          table: t.table,
+          chains: t.chains.filter((c) => lines.some((l) => l.startsWith(`:${c} `))),
+          rules: t.rules.flatMap((r) => lines.filter((l) => l === appendForm(r)).map(() => r)),
+        };
+      });
       await inNetns(ns, [f.restore, '--noflush'], { input: removeText(present) });
     }
     if (rules.nft) {

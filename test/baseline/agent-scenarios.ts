@@ -9,7 +9,7 @@ import { startTestbed, defaultSpec, type Testbed } from '../../src/testbed/index
 import { curl, startHttpServer } from '../../src/testbed/helpers.ts';
 import { editPodsFile } from '../../src/testbed/loader.ts';
 import { startZtunnels, type ZtunnelHandle } from '../../src/testbed/ztunnel/launch.ts';
-import { startBaselineAgents, type BaselineAgentHandle } from '../../src/baseline/launch.ts';
+import { startBaselineAgent, startBaselineAgents, type BaselineAgentHandle } from '../../src/baseline/launch.ts';
 import type { Backend } from '../../src/baseline/index.ts';
 import { tracedCurl, logMark, linesSince } from '../helpers/standin.ts';
 import { eventually } from '../helpers/wait.ts';
@@ -143,6 +143,25 @@ export async function runAgentScenarios(t: Test, backend: Backend): Promise<void
     t.equal(back.body, `hello from app2-node1 peer=${ip('client-node1')} path=/\n`, 'captured again, spoofed');
     const again = await eventually(async () => (await curl(tb, 'node1', leaving.ip, PORT)).body, 5000, 'the probe reply');
     t.equal(again, `hello from app2-node1 peer=169.254.7.127 path=/\n`, 'probe SNAT again');
+  });
+
+  await t.test('an agent killed with its rules in: the next adopts them exactly once, ztunnel takes its snapshot', async (t) => {
+    const i = agents.findIndex((a) => a.node.name === 'node1');
+    const old = agents[i] as BaselineAgentHandle;
+    const node1 = [tb.node('node1').netnsPath, ...mesh.filter((p) => p.node === 'node1').map((p) => p.netnsPath)];
+    const running = await Promise.all(node1.map((ns) => netnsState(ns)));
+    old.process.kill('SIGKILL');
+    await old.process.exited;
+    const z1 = zts.find((z) => z.node === 'node1') as ZtunnelHandle;
+    await z1.waitFor((s) => !s.connected, 'ztunnel saw its agent go');
+    const next = startBaselineAgent(tb, tb.node('node1'), { backend, podsFile, zdsSocket });
+    agents[i] = next;
+    await next.waitFor(captured('node1'), 'the new agent captured every pod again');
+    await z1.waitFor((s) => s.connected && s.ready && s.workloads.length === meshOn('node1'), 'ztunnel reconnected and took the new snapshot');
+    const adopted = await Promise.all(node1.map((ns) => netnsState(ns)));
+    for (const [j, ns] of node1.entries()) t.same(adopted[j], running[j], `${ns}: the same rules and sets, each once`);
+    const r = await tracedCurl(tb, 'client-node1', ip('app2-node1'), PORT, ['node1'], { node1: ['inbound-plaintext'] });
+    t.equal(r.body, `hello from app2-node1 peer=${ip('client-node1')} path=/\n`, 'still captured and spoofed');
   });
 
   await t.test('stopping the agent removes every rule it installed, in every netns', async (t) => {

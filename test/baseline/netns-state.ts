@@ -13,8 +13,11 @@ export async function netnsState(netnsPath: string): Promise<NetnsState> {
     inNetns(netnsPath, ['ipset', 'list']).then((r) => r.stdout),
     ip('rule', 'show'), ip('-6', 'rule', 'show'), ip('route', 'show', 'table', 'all'), ip('-6', 'route', 'show', 'table', 'all'),
   ]);
-  // A set's hash seed and memory size differ between two identical sets.
-  const sets = ipsets.replace(/ initval 0x[0-9a-f]+/g, '').replace(/^Size in memory: \d+$/gm, '');
+  // A set's hash seed, memory size and member order differ between two identical sets.
+  const sets = ipsets
+    .replace(/ initval 0x[0-9a-f]+/g, '')
+    .replace(/^Size in memory: \d+$/gm, '')
+    .replace(/^Members:\n((?:.+\n?)*)/gm, (_, members: string) => `Members:\n${members.trimEnd().split('\n').sort().join('\n')}\n`);
   // Routes the kernel makes by itself (addresses, IPv6 link-local once DAD ends) come and go on their own.
   const routes = (routes4 + routes6).split('\n').filter((l) => !/ proto kernel /.test(l)).join('\n');
   return { iptables, ip6tables, nft, ipsets: sets, rules: rules4 + rules6, routes };
