@@ -142,7 +142,7 @@ struct ambpf_pair {
 };
 #define AMBPF_PAIR_CLOSED_ONE    (1U << 24) /* +1 on `closed` through that word (little endian) */
 
-/* ambpf_outflow (and the retired ambpf_inflow) key: a TCP flow as packets entering the pod see it
+/* ambpf_outflow key: a TCP flow as packets entering the pod see it
  * (saddr = the peer, daddr = the pod; IPv4, network order). */
 struct ambpf_flow4 {
 	__u32 saddr;

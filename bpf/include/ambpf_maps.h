@@ -89,16 +89,6 @@ struct {
 	__type(value, __u64);
 } ambpf_outflow SEC(".maps");
 
-/* Retired: the LRU of inbound SYNs that ambpf_outflow replaced. No program uses it; it is declared
- * (one entry) only so a node's pins and the tools that count it (`ambpf status`, metrics) keep
- * finding it until they move to ambpf_outflow. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1);
-	__type(key, struct ambpf_flow4);
-	__type(value, __u64);
-} ambpf_inflow SEC(".maps");
-
 /* ztunnel's inbound listeners (slot AMBPF_LISTENER_*), for sk_lookup in ztunnel's netns. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);

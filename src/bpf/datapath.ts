@@ -16,7 +16,7 @@ import { AmbpfError } from '../errors.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import { readNetSysctl, writeNetSysctl } from './sysctl.ts';
-import { DatapathMaps, MAP_NAMES, type MapName } from './datapath-maps.ts';
+import { DatapathMaps, MAP_NAMES, RETIRED_MAP_NAMES, type MapName } from './datapath-maps.ts';
 import { ensurePinnedLink, progTag, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
@@ -433,7 +433,7 @@ export function uninstallDatapath(bpffs: string, opts: UninstallOptions = {}): U
     if (removePinnedLink(linkPin(bpffs, name))) report.links.push(name);
   }
   tryRmdir(linksDir(bpffs));
-  for (const name of [...MAP_NAMES, ...INPOD_MAP_NAMES]) {
+  for (const name of [...MAP_NAMES, ...INPOD_MAP_NAMES, ...RETIRED_MAP_NAMES]) {
     const pin = mapPin(bpffs, name);
     if (!existsSync(pin)) continue;
     unlinkSync(pin);

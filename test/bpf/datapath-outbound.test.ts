@@ -3,7 +3,7 @@
 // integrity, restart adoption. Environment: test/bpf/env.ts (netns + cgroups of our own).
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { netnsCookie, ifIndex, withNetns } from '../../src/libbpf/index.ts';
+import { BpfMap, netnsCookie, ifIndex, withNetns } from '../../src/libbpf/index.ts';
 import { openDatapath, uninstallDatapath, type Datapath } from '../../src/bpf/datapath.ts';
 import { existsSync } from 'node:fs';
 import * as s from '../../src/bpf/schema.ts';
@@ -142,9 +142,13 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
 
   await t.test('uninstall detaches and unpins everything under bpffs', async (t) => {
     dp.close();
+    // A node upgraded from a version that pinned the retired ambpf_inflow still has that pin.
+    using retired = BpfMap.create('lru_hash', s.LAYOUT.ambpf_flow4.size, 8, 1, { name: 'ambpf_inflow' });
+    retired.pin(`${env.bpffs}/ambpf_inflow`);
     const report = uninstallDatapath(env.bpffs);
     t.equal(report.links.length, 6, `links removed: ${report.links.join(', ')}`);
-    t.equal(report.maps.length, 11, 'all eleven maps unpinned');
+    t.equal(report.maps.length, 11, 'all ten maps and the retired one unpinned');
+    t.ok(report.maps.includes('ambpf_inflow'), 'the retired map\'s pin is gone too');
     const shown = JSON.parse(execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' }).trim() || '[]') as unknown[];
     t.equal(shown.length, 0, 'no program left on the cgroup');
     t.notOk(existsSync(env.bpffs), 'the bpffs directory is gone');
