@@ -10,18 +10,11 @@
 import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { promisify } from 'node:util';
-import koffi from 'koffi';
-import { AmbpfError, SystemError } from '../errors.ts';
-import { withNetns } from '../libbpf/index.ts';
+import { AmbpfError } from '../errors.ts';
+import { withFdOf, withNetns } from '../libbpf/index.ts';
 import { writeNetSysctl } from './sysctl.ts';
 
 const run = promisify(execFile);
-
-const libc = koffi.load('libc.so.6');
-const syscall = libc.func('long syscall(long nr, ...)') as (...args: unknown[]) => number | bigint;
-const closeFd = libc.func('int close(int fd)') as (fd: number) => number;
-const SYS_PIDFD_OPEN = 434;
-const SYS_PIDFD_GETFD = 438;
 
 export class ZtunnelSetupError extends AmbpfError {
   override readonly name: string = 'ZtunnelSetupError';
@@ -75,27 +68,9 @@ export function socketFds(pid: number): Map<string, number> {
   return out;
 }
 
-/** A copy, in this process, of the socket `h` holds (the caller closes it). */
-function copySocketFd(h: SocketHolder): number {
-  const pidfd = Number(syscall(SYS_PIDFD_OPEN, 'int', h.pid, 'uint', 0));
-  if (pidfd < 0) throw new SystemError('pidfd_open', koffi.errno(), `cannot open ztunnel process ${h.pid}`, { pid: h.pid });
-  try {
-    const fd = Number(syscall(SYS_PIDFD_GETFD, 'int', pidfd, 'int', h.fd, 'uint', 0));
-    if (fd < 0) throw new SystemError('pidfd_getfd', koffi.errno(), `cannot copy fd ${h.fd} out of ztunnel process ${h.pid}`, { pid: h.pid, fd: h.fd });
-    return fd;
-  } finally {
-    closeFd(pidfd);
-  }
-}
-
 /** Run fn with a copy (in this process) of the socket `h` holds; the copy is closed afterwards. */
 export function withSocketFd<T>(h: SocketHolder, fn: (fd: number) => T): T {
-  const fd = copySocketFd(h);
-  try {
-    return fn(fd);
-  } finally {
-    closeFd(fd);
-  }
+  return withFdOf(h.pid, h.fd, fn);
 }
 
 /**

@@ -111,6 +111,8 @@ export const raw = {
 
 export const libcRaw = {
   setns: c('int setns(int fd, int nstype)'),
+  // Variadic: each argument is passed as a (type, value) pair, e.g. syscall(434, 'int', pid, 'uint', 0).
+  syscall: c('long syscall(long nr, ...)'),
   socket: c('int socket(int domain, int type, int protocol)'),
   close: c('int close(int fd)'),
   getsockopt: c('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)'),

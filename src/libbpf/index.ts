@@ -13,6 +13,7 @@ export {
 export { BpfRunTimeStats, bpfStatsSysctl, progRunStats, type ProgRunStats } from './stats.ts';
 export { clockGettime, bootTimeNs, bootEpochParts, CLOCKS, type ClockName, type Timespec } from './clock.ts';
 export { withNetns, inNetns } from './netns.ts';
+export { copyFdOf, withFdOf } from './pidfd.ts';
 export { netnsCookie, currentNetnsCookie, socketCookie, ifIndex, ifName } from './sockets.ts';
 export { Btf, BTF_KINDS, type BtfTypeInfo, type BtfMemberInfo, type BtfKindName } from './btf.ts';
 export { probeProgType, probeMapType, probeHelper, probeHelperByLoad } from './probe.ts';
