@@ -4,6 +4,7 @@
 // legs spoofed from the client's address). Real curl, real HTTP servers, real DNS queries; the
 // stand-in's connection log says which way each request went.
 import type { Test } from 'tap';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec, type Testbed } from '../../src/testbed/index.ts';
 import { curl, startHttpServer } from '../../src/testbed/helpers.ts';
@@ -69,7 +70,10 @@ export async function runAgentScenarios(t: Test, backend: Backend): Promise<void
       t.equal(s.zds.peers.length, 1, `${a.node.name}: one ztunnel connected`);
     }
     for (const z of zts) {
-      const s = await z.waitFor((x) => x.ready && x.workloads.length === meshOn(z.node), 'ready with the node\'s pods');
+      const s = await z.waitFor((x) => x.ready && x.workloads.length === meshOn(z.node), 'ready with the node\'s pods').catch((err: unknown) => {
+        t.comment(`--- ${z.outPath} (last 30 lines)\n${readFileSync(z.outPath, 'utf8').trim().split('\n').slice(-30).join('\n')}`);
+        throw err;
+      });
       t.equal(s.workloads.length, meshOn(z.node), `${z.node}: the stand-in serves ${meshOn(z.node)} pods`);
     }
   });
@@ -112,6 +116,20 @@ export async function runAgentScenarios(t: Test, backend: Backend): Promise<void
     const r = await curl(tb, 'node1', ip('app2-node1'), PORT);
     t.equal(r.body, `hello from app2-node1 peer=169.254.7.127 path=/\n`, r.stderr);
     t.same((await linesSince(tb, mark))['node1'], [], 'ztunnel saw nothing');
+  });
+
+  await t.test('a pod to its own IP stays inside it (lo), not captured', async (t) => {
+    const r = await tracedCurl(tb, 'app2-node1', ip('app2-node1'), PORT, ['node1']);
+    t.equal(r.body, `hello from app2-node1 peer=${ip('app2-node1')} path=/\n`);
+    t.same(r.lines['node1'], [], 'ztunnel saw nothing');
+  });
+
+  await t.test('ztunnel\'s own connections (marked 0x539) are never captured again', async (t) => {
+    const lines = tb.nodes.flatMap((n) => tb.ztunnelLog(n.name));
+    t.ok(lines.length >= 4, `${lines.length} connections logged so far`);
+    for (const l of lines) {
+      t.notOk([15001, 15006, 15008].includes(Number(l.originalDst.split(':').pop())), `${l.direction} to ${l.originalDst} is not to a ztunnel port`);
+    }
   });
 
   await t.test('a pod leaving the mesh: probe entry, rules and ztunnel\'s proxy go; coming back: all return', async (t) => {
