@@ -528,6 +528,12 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	lkey.slot = CTX_READ(ctx->local_port) == AMBPF_PORT_HBONE ? AMBPF_LISTENER_HBONE : AMBPF_LISTENER_INBOUND;
 	sk = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
 	if (!sk) {
+		/* The group's second listener (two ztunnels during a rolling upgrade): the first one's
+		 * entry left the sockhash when the old ztunnel closed it. */
+		lkey.slot += AMBPF_LISTENER_SLOTS;
+		sk = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
+	}
+	if (!sk) {
 		/* Captured, but ztunnel does not serve the pod (not yet, or gone): refuse (SK_DROP answers
 		 * the SYN with a RST), never hand the connection to the app past ztunnel. */
 		if (cfg->flags & AMBPF_CFG_FAIL_OPEN) {

@@ -49,7 +49,14 @@ export interface PodListeners {
   readonly outbound: SocketHolder;
   readonly inbound: SocketHolder;
   readonly hbone: SocketHolder;
+  /** Another listener of the same reuseport group, registered as a fallback (a rolling upgrade). */
+  readonly inbound2?: SocketHolder | undefined;
+  readonly hbone2?: SocketHolder | undefined;
 }
+
+/** A slot's fallback entry (bpf/ambpf_inpod.bpf.c tries slot, then slot + LISTENER_SLOTS). */
+const fallbackSlot = (slot: number): number => slot + s.LISTENER_SLOTS;
+const ALL_SLOTS = [s.LISTENER_INBOUND, s.LISTENER_HBONE, fallbackSlot(s.LISTENER_INBOUND), fallbackSlot(s.LISTENER_HBONE)];
 
 /** A pod whose capture is armed: sk_lookup on its netns and the return route of spoofed legs. */
 export interface PodArm {
@@ -237,13 +244,23 @@ export class InpodDatapath {
 
   /** ztunnel took the pod: its 15001 listener tagged, 15006/15008 registered for sk_lookup. */
   setListeners(p: PodCapture): void {
-    const { outbound, inbound, hbone } = p.listeners;
-    withCopiedFds([outbound, inbound, hbone], ([out, inb, hb]) => {
+    const { outbound, inbound, hbone, inbound2, hbone2 } = p.listeners;
+    const extra = [inbound2, hbone2].filter((h): h is SocketHolder => h !== undefined);
+    withCopiedFds([outbound, inbound, hbone, ...extra], ([out, inb, hb, ...rest]) => {
       // The cookie goes on the listener; accepted sockets inherit it (BPF_F_CLONE).
       this.inpodMaps.sk.update(fdKey(out!), s.encodeInpodSk({ orig: null, netnsCookie: p.netnsCookie }));
+      const inb2 = inbound2 ? rest.shift() : undefined;
+      const hb2 = hbone2 ? rest.shift() : undefined;
+      const entries: Array<[number, number | undefined]> = [
+        [s.LISTENER_INBOUND, inb], [s.LISTENER_HBONE, hb],
+        [fallbackSlot(s.LISTENER_INBOUND), inb2], [fallbackSlot(s.LISTENER_HBONE), hb2],
+      ];
       for (const ip of p.ips) {
-        this.inpodMaps.listen.update(s.encodeInpodListenKey(ip, s.LISTENER_INBOUND), s.encodeU64Key(BigInt(inb!)));
-        this.inpodMaps.listen.update(s.encodeInpodListenKey(ip, s.LISTENER_HBONE), s.encodeU64Key(BigInt(hb!)));
+        for (const [slot, fd] of entries) {
+          const key = s.encodeInpodListenKey(ip, slot);
+          if (fd === undefined) this.inpodMaps.listen.delete(key);
+          else this.inpodMaps.listen.update(key, s.encodeU64Key(BigInt(fd)));
+        }
       }
     });
   }
@@ -254,7 +271,7 @@ export class InpodDatapath {
    */
   detachPod(netnsCookie: bigint, ips: readonly string[], netnsPath?: string): boolean {
     for (const ip of ips) {
-      for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE]) this.inpodMaps.listen.delete(s.encodeInpodListenKey(ip, slot));
+      for (const slot of ALL_SLOTS) this.inpodMaps.listen.delete(s.encodeInpodListenKey(ip, slot));
     }
     if (netnsPath !== undefined && existsSync(netnsPath)) {
       try {
@@ -280,7 +297,8 @@ export class InpodDatapath {
 
   /** Whether a listener entry for this pod IP is still in the map (it leaves when ztunnel's socket closes). */
   hasListener(ip: string, slot: number): boolean {
-    return this.inpodMaps.listen.lookup(s.encodeInpodListenKey(ip, slot)) !== undefined;
+    return this.inpodMaps.listen.lookup(s.encodeInpodListenKey(ip, slot)) !== undefined ||
+      this.inpodMaps.listen.lookup(s.encodeInpodListenKey(ip, fallbackSlot(slot))) !== undefined;
   }
 
   #podPin(cookie: bigint): string {

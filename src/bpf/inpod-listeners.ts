@@ -25,15 +25,23 @@ export interface ListenerInodes {
   readonly outbound: string | undefined;
   readonly inbound: string | undefined;
   readonly hbone: string | undefined;
+  /** A second listener of the 15006 / 15008 reuseport group (two ztunnels during a rolling upgrade). */
+  readonly inbound2: string | undefined;
+  readonly hbone2: string | undefined;
 }
 
 export function podListenerInodes(podPid: number, ports: { outbound: number; inbound: number; hbone: number }): ListenerInodes {
-  // The newest socket of each reuseport group (inode numbers grow): during a ztunnel rolling upgrade it
-  // is the new ztunnel's, which outlives the old one. sk_lookup hands a connection to the group
-  // through it, and reuseport selection still spreads connections over the whole group.
-  const newest = (port: number): string | undefined =>
-    [...listeningInodes(podPid, port)].sort((a, b) => (BigInt(b) > BigInt(a) ? 1 : BigInt(b) < BigInt(a) ? -1 : 0))[0];
-  return { outbound: newest(ports.outbound), inbound: newest(ports.inbound), hbone: newest(ports.hbone) };
+  // Up to two sockets of each reuseport group. During a ztunnel rolling upgrade both ztunnels listen,
+  // and which one outlives the other cannot be told from the inodes (they come from per-CPU batches,
+  // not in creation order): both are registered, sk_lookup falls back from one to the other as the
+  // old one closes, and reuseport selection still spreads connections over the whole group.
+  const two = (port: number): [string | undefined, string | undefined] => {
+    const all = [...listeningInodes(podPid, port)].sort();
+    return [all[0], all[1]];
+  };
+  const [inbound, inbound2] = two(ports.inbound);
+  const [hbone, hbone2] = two(ports.hbone);
+  return { outbound: two(ports.outbound)[0], inbound, hbone, inbound2, hbone2 };
 }
 
 /** Runs fn with copies (in this process) of the held sockets; the copies are closed afterwards. */

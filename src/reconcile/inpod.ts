@@ -14,6 +14,7 @@ import type { Problem } from '../state/desired.ts';
 import type { Resolution, ResolvedPod } from '../node/discovery.ts';
 import { inpodLinkName } from '../bpf/pins.ts';
 import type { Current, NetnsEntry, PodEntry, Target, ZtunnelEntry } from './plan.ts';
+import type { PodListeners } from '../bpf/datapath-inpod.ts';
 
 const PORTS = { outbound: PORT_OUTBOUND, inbound: PORT_INBOUND, hbone: PORT_HBONE } as const;
 const NO_MAC = '00:00:00:00:00:00';
@@ -56,10 +57,10 @@ export interface InpodCapture {
 export type Attempt = (what: string, fn: () => unknown) => boolean;
 
 const sameInodes = (a: ListenerInodes, b: ListenerInodes): boolean =>
-  a.outbound === b.outbound && a.inbound === b.inbound && a.hbone === b.hbone;
+  a.outbound === b.outbound && a.inbound === b.inbound && a.hbone === b.hbone && a.inbound2 === b.inbound2 && a.hbone2 === b.hbone2;
 
 /** ztunnel's three listeners in the pod's netns, with the ztunnel process holding each; else why not. */
-function findListeners(pod: ResolvedPod, holders: Map<string, SocketHolder>): { inodes: ListenerInodes; held: { outbound: SocketHolder; inbound: SocketHolder; hbone: SocketHolder } } | string {
+function findListeners(pod: ResolvedPod, holders: Map<string, SocketHolder>): { inodes: ListenerInodes; held: PodListeners } | string {
   const inodes = podListenerInodes(pod.pid, PORTS);
   const get = (inode: string | undefined): SocketHolder | undefined => (inode === undefined ? undefined : holders.get(inode));
   const outbound = get(inodes.outbound);
@@ -69,7 +70,7 @@ function findListeners(pod: ResolvedPod, holders: Map<string, SocketHolder>): { 
     const missing = Object.entries({ [PORTS.outbound]: outbound, [PORTS.inbound]: inbound, [PORTS.hbone]: hbone }).filter(([, h]) => !h).map(([p]) => p);
     return `ztunnel holds no listener on port ${missing.join(', ')} in the pod's netns yet`;
   }
-  return { inodes, held: { outbound, inbound, hbone } };
+  return { inodes, held: { outbound, inbound, hbone, inbound2: get(inodes.inbound2), hbone2: get(inodes.hbone2) } };
 }
 
 export class InpodApplier {

@@ -5,6 +5,7 @@
 // a ztunnel rolling upgrade and an agent restart without a failed connection.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec, type Testbed } from '../../src/testbed/index.ts';
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
@@ -39,6 +40,12 @@ const allAcked = (node: string): boolean => {
   const s = zdsStates(node);
   return meshPods(node).every((p) => s.get(p) === 'acked');
 };
+
+/** Entries of the node's ambpf_inpod_listen (2 per pod with one ztunnel, 4 while two listen). */
+function listenEntries(node: string): number {
+  const out = execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(tb.node(node).bpffsDir, 'ambpf_inpod_listen')], { encoding: 'utf8' });
+  return (JSON.parse(out) as unknown[]).length;
+}
 
 /** curl's exit code (0 = answered) from a pod. */
 async function tryCurl(from: string, to: string, timeoutMs = 3000): Promise<number> {
@@ -138,14 +145,21 @@ t.test('a ztunnel rolling upgrade under a stream of new connections: none fails'
     }
   })();
   const old = ztunnelsOn(tb, 'node1')[0]!;
-  await startExtraZtunnel(tb, 'node1');
+  const logStart = tb.ztunnelLog('node1').length;
+  const fresh = await startExtraZtunnel(tb, 'node1');
+  // As a DaemonSet rollout does: the old ztunnel is terminated once the new one is ready (it took
+  // the snapshot, nothing pending). By then ambpf has registered the new listeners beside the old
+  // ones (a pass follows every snapshot): both members of each group are in the sockhash.
+  await fresh.waitFor((s) => s.ready, 'the new ztunnel to be ready', 20_000);
+  await eventually(() => listenEntries('node1') >= 2 * 2 * meshPods('node1').length, 20_000, 'both ztunnels\' listeners registered');
   await eventually(() => done >= 5, 20_000, 'connections while both ztunnels run');
   await stopZtunnel(tb, 'node1', { handle: old, signal: 'SIGTERM' });
   const mark = done;
   await eventually(() => done >= mark + 5, 20_000, 'connections after the old ztunnel left');
   stop = true;
   await stream;
-  t.same(failures, [], `${done} connections, none failed (curl exit codes of failures: ${failures.join(",")})`);
+  const errors = tb.ztunnelLog('node1').slice(logStart).filter((e) => e.result !== 'ok').map((e) => `${e.where} ${e.direction} ${e.result}`);
+  t.same(failures, [], `${done} connections, none failed (curl exit codes of failures: ${failures.join(',')}; ztunnel: ${errors.join('; ')})`);
 });
 
 t.test('agent SIGKILL: an open connection survives, the successor resends the snapshot, nothing doubles', async (t) => {

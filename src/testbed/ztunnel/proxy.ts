@@ -122,6 +122,8 @@ export class WorkloadProxy {
   /** Downstream sockets, upstream sockets and HBONE sessions still open: what a drain waits for. */
   readonly #open = new Set<Closable>();
   readonly #sessions = new Set<http2.ServerHttp2Session>();
+  /** HBONE sessions whose CONNECT stream arrived: GOAWAY on drain is safe for them (see #drain). */
+  readonly #streamed = new WeakSet<http2.ServerHttp2Session>();
   #draining: Promise<void> | undefined;
   /** Called when the last open connection closed (a graceful drain waits for it). */
   #whenIdle: (() => void) | undefined;
@@ -373,7 +375,19 @@ export class WorkloadProxy {
       ALPNProtocols: ['h2'],
       allowHTTP1: false,
     });
-    hbone.on('stream', (stream, headers) => void this.#onHboneStream(stream, headers));
+    hbone.on('stream', (stream, headers) => {
+      const session = stream.session as http2.ServerHttp2Session | undefined;
+      if (session) {
+        this.#streamed.add(session);
+        // Draining: this session's first stream was already on its way when the drain began; it is
+        // served, then the session goes away (see #drain).
+        if (this.#draining) session.close();
+      }
+      void this.#onHboneStream(stream, headers);
+    });
+    // A connection still in its TLS handshake is open too: a drain that ignored it would end it
+    // with the process (ztunnel drains accepted connections, src/drain.rs).
+    hbone.on('connection', (raw: net.Socket) => this.#track(raw));
     hbone.on('session', (session) => {
       this.#sessions.add(this.#track(session));
       session.once('close', () => this.#sessions.delete(session));
@@ -424,8 +438,10 @@ export class WorkloadProxy {
     // close() stops accepting at once; its callback waits for the connections, which are ours to end.
     for (const s of this.#servers) if (s.listening) s.close();
     if (mode === 'graceful' && this.#open.size > 0) {
-      // HTTP/2 sessions: GOAWAY, then they close once their streams are done.
-      for (const x of this.#sessions) x.close();
+      // HTTP/2 sessions: GOAWAY, then they close once their streams are done. A session whose CONNECT
+      // has not arrived yet is left to receive it (one CONNECT per HBONE connection here): a GOAWAY
+      // before it would refuse a connection the client already handed over.
+      for (const x of this.#sessions) if (this.#streamed.has(x)) x.close();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, deadlineMs);
         this.#whenIdle = () => {
