@@ -177,7 +177,8 @@ static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst
 	return 0;
 }
 
-/* connect4/6: the redirect decision and the saved original; 1 when the caller rewrites the address. */
+/* connect4/6: the redirect decision and the saved original; 1 when the caller rewrites the address,
+ * 0 when the connect goes where it asked, -1 when it is refused. */
 static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family,
 					 struct ambpf_netns **ns)
 {
@@ -187,8 +188,12 @@ static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 
 	if (!inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0, ns))
 		return 0;
 	if (inpod_save(ctx, dst, dport_be, family, cookie)) {
+		/* No socket storage (memory): without the original ztunnel cannot forward the connection,
+		 * and sending it direct would leave the mesh. Refused (EPERM) unless --fail-open. */
+		struct ambpf_config *cfg = config_get();
+
 		stat_inc(v6 ? AMBPF_STAT_CONNECT6_ERROR : AMBPF_STAT_CONNECT4_ERROR);
-		return 0;
+		return cfg && (cfg->flags & AMBPF_CFG_FAIL_OPEN) ? 0 : -1;
 	}
 	return 1;
 }
@@ -217,7 +222,14 @@ int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 	__u32 dst[4];
 	__u16 dport;
 
-	if (!connect_dst4(ctx, dst, &dport) || !inpod_capture(ctx, dst, dport, AF_INET, &ns) || !ns)
+	int verdict;
+
+	if (!connect_dst4(ctx, dst, &dport))
+		return SYS_PROCEED;
+	verdict = inpod_capture(ctx, dst, dport, AF_INET, &ns);
+	if (verdict < 0)
+		return SYS_REJECT;
+	if (verdict == 0 || !ns)
 		return SYS_PROCEED;
 	ctx->user_ip4 = inpod_outbound_ip4(ns);
 	ctx->user_port = (__u32)bpf_htons(AMBPF_PORT_OUTBOUND);
@@ -232,7 +244,14 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 	__u32 dst[4];
 	__u16 dport;
 
-	if (!connect_dst6(ctx, dst, &dport) || !inpod_capture(ctx, dst, dport, AF_INET6, &ns) || !ns)
+	int verdict;
+
+	if (!connect_dst6(ctx, dst, &dport))
+		return SYS_PROCEED;
+	verdict = inpod_capture(ctx, dst, dport, AF_INET6, &ns);
+	if (verdict < 0)
+		return SYS_REJECT;
+	if (verdict == 0 || !ns)
 		return SYS_PROCEED;
 	/* A dual-stack socket reaching an IPv4 peer stays IPv4 (::ffff:<pod IP>); IPv6 goes to ::1. */
 	ctx->user_ip6[0] = 0;
@@ -403,6 +422,29 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
  * break Istio's host SNAT rule; this needs none). Records the SYN for sk_lookup; never drops or
  * changes a packet.
  */
+/*
+ * The TTL alone could be forged (IP_TTL 65 from another node) or be untouched by a bridge CNI between
+ * two pods of the node: the source must also be one of the node's own addresses (--node-ip, the
+ * DaemonSet passes the host IP). With none configured the TTL decides alone.
+ */
+static __always_inline int from_node(__u32 saddr)
+{
+	struct ambpf_config *cfg = config_get();
+	int any = 0;
+
+	if (!cfg)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < AMBPF_MAX_NODE_IPS; i++) {
+		if (!ip_is_v4mapped(cfg->node_ips[i]))
+			continue;
+		any = 1;
+		if (cfg->node_ips[i][3] == saddr)
+			return 1;
+	}
+	return !any;
+}
+
 SEC("tc")
 int ambpf_inpod_node_syn(struct __sk_buff *skb)
 {
@@ -421,6 +463,8 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	tcp = (void *)(ip + 1);
 	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)
+		return TC_ACT_UNSPEC;
+	if (!from_node(ip->saddr))
 		return TC_ACT_UNSPEC;
 	ip_set_v4(t.local_ip, ip->daddr);
 	ip_set_v4(t.remote_ip, ip->saddr);
@@ -543,7 +587,16 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 		stat_inc(AMBPF_STAT_SKLOOKUP_REFUSED);
 		return SK_DROP;
 	}
-	return sklookup_assign(ctx, sk);
+	/* A listener that cannot take the connection (e.g. of the wrong family) must not hand it to the
+	 * app instead: refused unless --fail-open. */
+	if (bpf_sk_assign(ctx, sk, 0)) {
+		bpf_sk_release(sk);
+		stat_inc(AMBPF_STAT_SKLOOKUP_ERROR);
+		return cfg->flags & AMBPF_CFG_FAIL_OPEN ? SK_PASS : SK_DROP;
+	}
+	bpf_sk_release(sk);
+	stat_inc(AMBPF_STAT_SKLOOKUP_ASSIGNED);
+	return SK_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

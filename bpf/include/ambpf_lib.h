@@ -20,8 +20,10 @@
 #endif
 
 /* Return codes, named (Cilium style). cgroup sock_addr/sockopt/sockops: 1 = let the call proceed,
- * 0 = fail it with EPERM. ambpf never fails a call: every miss proceeds unchanged. */
+ * 0 = fail it with EPERM. ambpf fails a call only where proceeding would take a captured pod's
+ * connection around ztunnel (inpod, fail closed); every other miss proceeds unchanged. */
 #define SYS_PROCEED 1
+#define SYS_REJECT  0
 
 /* Keep clang from merging or reordering adjacent ctx stores/reads the verifier checks one by one. */
 #define barrier() asm volatile("" ::: "memory")

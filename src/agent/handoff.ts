@@ -88,6 +88,12 @@ export class ZdsHandoff implements ZtunnelHandoff {
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
   readonly #startedAt = Date.now();
+  /** Resolved by the first sync(): a snapshot before it would be empty, and ztunnel drains every pod a
+   * snapshot does not name (an agent restart would drop all of them). istio-cni likewise loads its
+   * pods before it starts serving. */
+  readonly #firstSync = Promise.withResolvers<void>();
+  /** uid -> netns cookie of each Add in the snapshot being sent (what #onPeer may mark served). */
+  #inSnapshot = new Map<string, bigint>();
   /** A ztunnel took a snapshot from this agent at least once. */
   #sawPeer = false;
 
@@ -98,13 +104,21 @@ export class ZdsHandoff implements ZtunnelHandoff {
 
   static async start(o: HandoffOptions): Promise<ZdsHandoff> {
     let self: ZdsHandoff | undefined;
+    let release: () => void = () => undefined;
+    const firstSync = new Promise<void>((resolve) => {
+      release = resolve;
+    });
     const server = await ZdsServer.listen({
       path: o.socketPath,
       log: o.log,
       ackTimeoutMs: o.ackTimeoutMs,
-      snapshot: () => (self ? self.#snapshot() : []),
+      snapshot: async () => {
+        await firstSync;
+        return self ? self.#snapshot() : [];
+      },
     });
     self = new ZdsHandoff(server, o);
+    self.#firstSync.promise.then(release, release);
     server.on('peer', (peer: ZdsPeer) => self.#onPeer(peer));
     server.on('peer-gone', (peer: ZdsPeer, err: ZdsError | undefined) => self.#onPeerGone(peer, err));
     server.on('snapshot-failed', (peer: ZdsPeer, err: ZdsError) => {
@@ -140,6 +154,7 @@ export class ZdsHandoff implements ZtunnelHandoff {
 
   sync(armed: readonly ResolvedPod[]): void {
     if (this.#closed) return;
+    this.#firstSync.resolve();
     const want = new Map(armed.map((p) => [p.uid, p as HandoffPod]));
     for (const [uid, e] of this.#pods) {
       if (want.has(uid)) continue;
@@ -203,11 +218,15 @@ export class ZdsHandoff implements ZtunnelHandoff {
   /** What a new ztunnel connection gets: every armed pod; Keep for one whose netns is gone for now. */
   #snapshot(): SnapshotItem[] {
     const items: SnapshotItem[] = [];
+    this.#inSnapshot = new Map();
     for (const e of this.#pods.values()) {
       const { pod } = e;
-      items.push(existsSync(pod.netnsPath)
-        ? { kind: 'add', uid: pod.uid, info: infoOf(pod), netnsPath: pod.netnsPath }
-        : { kind: 'keep', uid: pod.uid });
+      if (existsSync(pod.netnsPath)) {
+        items.push({ kind: 'add', uid: pod.uid, info: infoOf(pod), netnsPath: pod.netnsPath });
+        this.#inSnapshot.set(pod.uid, pod.netnsCookie);
+      } else {
+        items.push({ kind: 'keep', uid: pod.uid });
+      }
     }
     return items;
   }
@@ -216,12 +235,14 @@ export class ZdsHandoff implements ZtunnelHandoff {
   #onPeer(peer: ZdsPeer): void {
     this.#sawPeer = true;
     this.#o.log.info({ peer: peer.pid, pods: this.#pods.size }, 'ztunnel connected and took the snapshot');
+    // Only what went out in that snapshot, for the sandbox it named: a pod armed (or re-created)
+    // while the snapshot was on its way gets its own Add from #pump. (A snapshot Add ztunnel nacked is
+    // logged by the server and counted served here; ztunnel retries it by itself every 5 s.)
     for (const e of this.#pods.values()) {
-      if (existsSync(e.pod.netnsPath)) {
-        e.servedCookie = e.pod.netnsCookie;
-        e.attempts++;
-        this.#set(e, 'acked');
-      }
+      if (this.#inSnapshot.get(e.pod.uid) !== e.pod.netnsCookie) continue;
+      e.servedCookie = e.pod.netnsCookie;
+      e.attempts++;
+      this.#set(e, 'acked');
     }
     this.#o.onPeer?.();
     this.#pump();

@@ -21,7 +21,7 @@ import {
 import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
-import { writeNetSysctl } from './sysctl.ts';
+import { netSysctlPath, writeNetSysctl } from './sysctl.ts';
 import { inpodLinkName, inpodTcLinkName, inpodLoLinkName, linkNames, linkPin, parseLinkName } from './pins.ts';
 import * as s from './schema.ts';
 
@@ -96,6 +96,10 @@ function setOrigSrcReturnPath(netnsPath: string, on: boolean): void {
   withNetns(netnsPath, () => {
     // One switch for TCP over IPv4 and IPv6; /proc/sys/net is the opening thread's netns.
     writeNetSysctl('ipv4/tcp_fwmark_accept', on ? '1' : '0');
+    // A ztunnel rolling upgrade closes the old ztunnel's listeners in every pod: with tcp_migrate_req
+    // (Linux 5.14+) connections still in their accept queues move to the new ztunnel's listener of
+    // the reuseport group instead of being reset.
+    if (existsSync(netSysctlPath('ipv4/tcp_migrate_req'))) writeNetSysctl('ipv4/tcp_migrate_req', on ? '1' : '0');
     const families = existsSync('/proc/sys/net/ipv6/conf/lo') ? (['-4', '-6'] as const) : (['-4'] as const);
     for (const family of families) {
       const rule = `fwmark ${ORIG_SRC_MARK} pref ${ORIG_SRC_RULE_PREF} lookup ${ORIG_SRC_ROUTE_TABLE}`;

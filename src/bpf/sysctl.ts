@@ -4,7 +4,7 @@
 // following the thread's netns) and names it in AMBPF_PROC_SYS_NET.
 import { readFileSync, writeFileSync } from 'node:fs';
 
-function netSysctlPath(rel: string): string {
+export function netSysctlPath(rel: string): string {
   return `${process.env['AMBPF_PROC_SYS_NET'] ?? '/proc/sys/net'}/${rel}`;
 }
 

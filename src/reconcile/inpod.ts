@@ -193,7 +193,8 @@ export function buildInpodTarget(ready: readonly ResolvedPod[], resolution: Reso
   const netns = new Map<bigint, NetnsEntry>();
   for (const pod of ready) {
     for (const ip of pod.ips) pods.set(ip, { netnsCookie: pod.netnsCookie, hostIfindex: 0, flags: POD_AMBIENT });
-    netns.set(pod.netnsCookie, { podIp: pod.ips[0]!, flags: POD_AMBIENT });
+    // The IPv4 address when the pod has one: connect4 sends IPv4 (and v4-mapped) connects there.
+    netns.set(pod.netnsCookie, { podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!, flags: POD_AMBIENT });
   }
   const z = resolution.ztunnel;
   let ztunnel: ZtunnelEntry | undefined;

@@ -37,7 +37,8 @@ export function zdsSocketPath(tb: Testbed, node: TestbedNode): string {
 export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false): string[] {
   const from = typeof source === 'string' ? ['--pods-file', source] : ['--kubeconfig', source.kubeconfig];
   const mode = tb.info.topology === 'inpod'
-    ? ['--mode', 'inpod', '--zds-socket', zds ? zdsSocketPath(tb, node) : 'none']
+    // --node-ip as the DaemonSet passes the host IP: kubelet-like probes from it reach the app directly.
+    ? ['--mode', 'inpod', '--zds-socket', zds ? zdsSocketPath(tb, node) : 'none', '--node-ip', node.wireIp]
     : ['--mode', 'node'];
   return [
     AMBPF_BIN, 'run', '--node', node.name, ...from, '--bpffs', node.bpffsDir,
