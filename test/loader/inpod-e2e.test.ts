@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
-import { startHttpServer } from '../../src/testbed/helpers.ts';
+import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { startLoader, waitReady, editPodsFile, metrics, AMBPF_BIN, type Loader } from '../helpers/loader.ts';
 import { tracedCurl, type Expect } from '../helpers/standin.ts';
@@ -239,9 +239,12 @@ async function outboundAnswered(timeoutMs?: number): Promise<boolean> {
 t.test('ztunnel restarts in every pod: its new listeners are captured again', async (t) => {
   await stopStandIns(tb);
   await startStandIns(tb);
-  // New listener sockets carry no cookie tag and are not in ambpf_inpod_listen: the loader notices
-  // (resync) and hands the new ones over.
+  // Outbound needs nothing from the loader (the pod's own IP:15001 reaches any listener of the
+  // group); inbound is refused (fail closed) until the loader noticed the old listeners left
+  // ambpf_inpod_listen (resync) and registered the new ones.
   await eventually(() => outboundAnswered(PROBE_MS), 10_000, 'outbound through the new ztunnel with SO_ORIGINAL_DST');
+  await eventually(async () => (await curl(tb, 'client-node1', ip('app1-node1'), PORT, { timeoutMs: 2000 })).exitCode === 0,
+    10_000, 'inbound through the new ztunnel\'s listeners');
   const r = await request('client-node1', 'app1-node1', PORT, { node1: ['inbound-plaintext'] });
   t.ok(r.node1.some((e) => e.direction === 'inbound-plaintext' && e.where === where('app1-node1')), 'inbound lands on the new 15006');
 });
