@@ -19,6 +19,7 @@ import { logger } from '../log.ts';
 import { backoffDelay, type BackoffPolicy } from '../kube/backoff.ts';
 import { describeError } from '../errors.ts';
 import type { HandoffState } from './handoff.ts';
+import type { ClusterSnapshot } from '../sources/types.ts';
 
 export const REDIRECTION_ANNOTATION = 'ambient.istio.io/redirection';
 
@@ -277,4 +278,31 @@ function whyFailed(err: unknown): string {
   }
   const reason = typeof status.reason === 'string' ? ` ${status.reason}` : '';
   return `HTTP ${err.code}${reason}${typeof status.message === 'string' ? `: ${status.message}` : ''}`;
+}
+
+/**
+ * A pod of this node that carries `ambient.istio.io/redirection` but is not in the mesh any more (it
+ * left while no agent ran, or an older agent crashed before removing it): istiod would keep sending
+ * it HBONE. Feeds what the watch shows to the annotator (so nothing is patched twice) and removes the
+ * stale ones; pods in the mesh are left to the handoff.
+ */
+export function clearStaleRedirection(
+  annotator: KubePodAnnotator, snapshot: ClusterSnapshot, ambientUids: ReadonlySet<string>, node: string,
+): void {
+  const seen: Array<{ pod: PodRef; value: RedirectionValue | null }> = [];
+  const stale: PodRef[] = [];
+  for (const o of snapshot.pods) {
+    const m = o.metadata;
+    const spec = o.spec as { nodeName?: unknown } | undefined;
+    if (!m || typeof m.uid !== 'string' || typeof m.name !== 'string' || typeof m.namespace !== 'string') continue;
+    if (spec?.nodeName !== node) continue;
+    const raw = (m.annotations as Record<string, unknown> | undefined)?.[REDIRECTION_ANNOTATION];
+    const value = raw === 'enabled' || raw === 'pending' ? raw : null;
+    const pod = { uid: m.uid, name: m.name, namespace: m.namespace };
+    seen.push({ pod, value });
+    if (value !== null && !ambientUids.has(m.uid)) stale.push(pod);
+  }
+  // What the server has first, so that set(null) sees an annotation to remove.
+  annotator.observe(seen);
+  for (const pod of stale) annotator.set(pod, null);
 }

@@ -15,8 +15,8 @@ import { BpfObject, LibbpfError, resolveIfindex, withNetns, type BpfMap, type Bp
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import {
-  CGROUP_HOOKS, DatapathError, assertPodsCgroup, objectMap, sizeMaps,
-  type CgroupHook, type DatapathOptions,
+  DatapathError, assertPodsCgroup, objectMap, sizeMaps,
+  type CgroupHook, type DatapathOptions, type INPOD_ONLY_HOOKS,
 } from './datapath.ts';
 import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
@@ -29,14 +29,23 @@ const log = logger('datapath-inpod');
 
 export const INPOD_OBJECT = 'ambpf_inpod';
 
+/** A cgroup hook of the inpod topology: the node topology's, plus UDP send/receive for DNS capture. */
+export type InpodCgroupHook = CgroupHook | (typeof INPOD_ONLY_HOOKS)[number];
+
 /** cgroup hook (pin name, as in the node topology) -> inpod program. */
-export const INPOD_CGROUP_HOOKS: Readonly<Record<CgroupHook, string>> = {
+export const INPOD_CGROUP_HOOKS: Readonly<Record<InpodCgroupHook, string>> = {
   connect4: 'ambpf_inpod_connect4',
   connect6: 'ambpf_inpod_connect6',
   getpeername4: 'ambpf_inpod_peername4',
   getpeername6: 'ambpf_inpod_peername6',
   getsockopt: 'ambpf_inpod_getsopt',
   sockops: 'ambpf_inpod_sockops',
+  // DNS capture: an unconnected UDP socket's query to port 53 goes to ztunnel's 15053, and its
+  // answer shows the server asked (connected sockets go through connect4/6 and getpeername4/6).
+  sendmsg4: 'ambpf_inpod_sendmsg4',
+  sendmsg6: 'ambpf_inpod_sendmsg6',
+  recvmsg4: 'ambpf_inpod_recvmsg4',
+  recvmsg6: 'ambpf_inpod_recvmsg6',
 };
 
 export type InpodDatapathOptions = Pick<DatapathOptions, 'bpffs' | 'cgroup' | 'mapSizes'> & {
@@ -77,6 +86,18 @@ export interface PodCapture extends PodArm {
  * rule + local route hand its replies to the client's address back to ztunnel over lo. Istio's rules
  * do the same with connmark 0x111 and table 100; ambpf's own table and preference keep the two apart.
  */
+/** An armed pod whose probe/spoofed-leg support could not be set up: armed all the same (fail closed). */
+export class PodArmIncomplete extends DatapathError {
+  override readonly name: string = 'PodArmIncomplete';
+  readonly netnsCookie: bigint;
+  readonly problems: readonly string[];
+  constructor(netnsCookie: bigint, problems: readonly string[]) {
+    super(`pod armed, but ${problems.join('; ')}`);
+    this.netnsCookie = netnsCookie;
+    this.problems = problems;
+  }
+}
+
 /** The pod-side interface CNIs give every pod (the CNI spec's CNI_IFNAME, eth0 under Kubernetes). */
 const POD_IFNAME = 'eth0';
 export const ORIG_SRC_ROUTE_TABLE = 41919;
@@ -123,17 +144,20 @@ export class InpodDatapath {
   readonly bpffs: string;
   readonly cgroup: string;
   readonly maps: DatapathMaps;
-  readonly links: Readonly<Record<CgroupHook, LinkOutcome>>;
+  readonly links: Readonly<Record<InpodCgroupHook, LinkOutcome>>;
   /** The inpod maps, raw (tests and inspection). */
-  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap; origsrc: BpfMap }>;
+  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap; origsrc: BpfMap; dns: BpfMap }>;
   readonly #object: BpfObject;
 
-  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<CgroupHook, LinkOutcome>) {
+  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<InpodCgroupHook, LinkOutcome>) {
     this.bpffs = o.bpffs;
     this.cgroup = o.cgroup;
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
-    this.inpodMaps = { sk: object.map('ambpf_inpod_sk'), pair: object.map('ambpf_inpod_pair'), listen: object.map('ambpf_inpod_listen'), origsrc: object.map('ambpf_inpod_origsrc') };
+    this.inpodMaps = {
+      sk: object.map('ambpf_inpod_sk'), pair: object.map('ambpf_inpod_pair'), listen: object.map('ambpf_inpod_listen'),
+      origsrc: object.map('ambpf_inpod_origsrc'), dns: object.map('ambpf_inpod_dns'),
+    };
     this.links = links;
   }
 
@@ -150,8 +174,8 @@ export class InpodDatapath {
       const missing = MAP_NAMES.filter((n) => !obj.maps.some((m) => m.name === n));
       if (missing.length > 0) throw new DatapathError(`${INPOD_OBJECT} lacks the shared maps ${missing.join(', ')}; it must include ambpf_maps.h.`);
       const cgroupIno = BigInt(statSync(o.cgroup).ino);
-      const links = {} as Record<CgroupHook, LinkOutcome>;
-      for (const hook of Object.keys(CGROUP_HOOKS) as CgroupHook[]) {
+      const links = {} as Record<InpodCgroupHook, LinkOutcome>;
+      for (const hook of Object.keys(INPOD_CGROUP_HOOKS) as InpodCgroupHook[]) {
         const prog = obj.program(INPOD_CGROUP_HOOKS[hook]);
         links[hook] = ensurePinnedLink({
           pin: linkPin(o.bpffs, hook),
@@ -183,16 +207,32 @@ export class InpodDatapath {
    * ztunnel's spoofed legs. Idempotent.
    */
   armPod(p: PodArm): LinkOutcome {
-    setOrigSrcReturnPath(p.netnsPath, true);
-    this.#attachPodTc(p);
+    // sk_lookup first: it is what refuses inbound while ztunnel does not serve the pod. If it cannot
+    // be attached the pod is not armed (the caller reports it and retries; nothing is left behind).
     const prog = this.#lookupProg();
     const ino = statSync(p.netnsPath).ino;
-    return ensurePinnedLink({
+    const outcome = ensurePinnedLink({
       pin: this.#podPin(p.netnsCookie),
       prog,
       attach: () => prog.attachNetns(p.netnsPath),
       sameTarget: (info) => info.netnsIno === ino,
     });
+    // The rest serves probes and ztunnel's spoofed legs. A failure there leaves the pod armed (its
+    // traffic can only reach ztunnel, or fails): the error is thrown for the caller to report, after
+    // everything that could be set up is.
+    const problems: string[] = [];
+    try {
+      this.#attachPodTc(p);
+    } catch (err) {
+      problems.push(`tc: ${String(err)}`);
+    }
+    try {
+      setOrigSrcReturnPath(p.netnsPath, true);
+    } catch (err) {
+      problems.push(`return route: ${String(err)}`);
+    }
+    if (problems.length > 0) throw new PodArmIncomplete(p.netnsCookie, problems);
+    return outcome;
   }
 
   /**
@@ -297,6 +337,11 @@ export class InpodDatapath {
       if (pin?.kind === 'inpod') out.add(pin.netnsCookie);
     }
     return out;
+  }
+
+  /** Whether the pod's sk_lookup link is pinned (its capture is armed). */
+  isArmed(netnsCookie: bigint): boolean {
+    return existsSync(this.#podPin(netnsCookie));
   }
 
   /** Whether a listener entry for this pod IP is still in the map (it leaves when ztunnel's socket closes). */

@@ -7,9 +7,12 @@
 //  3. once ztunnel acked: its 15001/15006/15008 listeners found in the pod's netns and registered.
 // Pods that leave lose their map entries first, then their sk_lookup link and listener entries, and
 // then ztunnel is told (Del).
+import { existsSync } from 'node:fs';
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import { podListenerInodes, socketHolders, type ListenerInodes, type SocketHolder } from '../bpf/inpod-listeners.ts';
-import { LISTENER_HBONE, LISTENER_INBOUND, POD_AMBIENT, POD_IS_ZTUNNEL, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, ztunnelValue } from '../bpf/schema.ts';
+import {
+  LISTENER_HBONE, LISTENER_INBOUND, POD_AMBIENT, POD_IS_ZTUNNEL, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, dnsCaptureFlags, ztunnelValue,
+} from '../bpf/schema.ts';
 import type { Problem } from '../state/desired.ts';
 import type { Resolution, ResolvedPod } from '../node/discovery.ts';
 import { inpodLinkName } from '../bpf/pins.ts';
@@ -77,6 +80,8 @@ export class InpodApplier {
   readonly #dp: InpodDatapath;
   /** netns cookie -> what this process handed to the datapath. */
   readonly #captured = new Map<bigint, Captured>();
+  /** uid -> the pod as last resolved and armed (kept armed through a pass that cannot resolve it). */
+  readonly #lastResolved = new Map<string, ResolvedPod>();
   /** netns cookie -> where this process armed a pod (its return route is removed at release). */
   readonly #armedAt = new Map<bigint, { netnsPath: string; ips: readonly string[] }>();
   /** The next pass re-reads every captured pod's listeners from /proc (see capture()). */
@@ -115,7 +120,7 @@ export class InpodApplier {
    * route, skipped when already armed), and hand ztunnel's listeners of the pods it serves to the
    * datapath (skipped when nothing changed since last time).
    */
-  capture(resolution: Resolution, attempt: Attempt, handoff?: ZtunnelHandoff): InpodCapture {
+  capture(resolution: Resolution, attempt: Attempt, handoff?: ZtunnelHandoff, wanted?: ReadonlySet<string>): InpodCapture {
     const dp = this.#dp;
     const unresolved: Problem[] = [];
     let holders: Map<string, SocketHolder> | undefined; // ztunnel's fds, read only when needed
@@ -124,9 +129,10 @@ export class InpodApplier {
     const attached: string[] = [];
     for (const pod of resolution.pods) {
       if (!pinned.has(pod.netnsCookie)) {
-        const ok = attempt(`inpod capture of pod ${pod.namespace}/${pod.name}`, () =>
+        attempt(`inpod capture of pod ${pod.namespace}/${pod.name}`, () =>
           dp.armPod({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie }));
-        if (!ok) continue;
+        // Armed as soon as its sk_lookup link is pinned (a failure after that was reported above).
+        if (!dp.isArmed(pod.netnsCookie)) continue;
         attached.push(inpodLinkName(pod.netnsCookie));
       }
       armed.push(pod);
@@ -145,6 +151,17 @@ export class InpodApplier {
         dp.setListeners({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie, ips: pod.ips, listeners: found.held }));
       if (ok) this.#captured.set(pod.netnsCookie, { pid: pod.pid, ips: pod.ips, inodes: found.inodes, netnsPath: pod.netnsPath });
     }
+
+    // A pod still wanted that this pass could not resolve (a /proc read racing its processes) stays
+    // armed as it was while its netns lives: releasing it would send its traffic direct until the next
+    // pass. A pod whose netns is gone has really left.
+    const resolvedUids = new Set(resolution.pods.map((p) => p.uid));
+    for (const [uid, last] of this.#lastResolved) {
+      if (resolvedUids.has(uid)) continue;
+      if (wanted?.has(uid) && dp.isArmed(last.netnsCookie) && existsSync(last.netnsPath)) armed.push(last);
+      else this.#lastResolved.delete(uid);
+    }
+    for (const pod of resolution.pods) if (dp.isArmed(pod.netnsCookie)) this.#lastResolved.set(pod.uid, pod);
 
     this.#verifyAll = false;
     return { target: buildInpodTarget(armed, resolution), armed, attached, unresolved };
@@ -192,9 +209,11 @@ export function buildInpodTarget(ready: readonly ResolvedPod[], resolution: Reso
   const pods = new Map<string, PodEntry>();
   const netns = new Map<bigint, NetnsEntry>();
   for (const pod of ready) {
-    for (const ip of pod.ips) pods.set(ip, { netnsCookie: pod.netnsCookie, hostIfindex: 0, flags: POD_AMBIENT });
+    // The pod's DNS capture override (annotation) rides along; without one the node's switch decides.
+    const flags = POD_AMBIENT | dnsCaptureFlags(pod.dnsCapture);
+    for (const ip of pod.ips) pods.set(ip, { netnsCookie: pod.netnsCookie, hostIfindex: 0, flags });
     // The IPv4 address when the pod has one: connect4 sends IPv4 (and v4-mapped) connects there.
-    netns.set(pod.netnsCookie, { podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!, flags: POD_AMBIENT });
+    netns.set(pod.netnsCookie, { podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!, flags });
   }
   const z = resolution.ztunnel;
   let ztunnel: ZtunnelEntry | undefined;

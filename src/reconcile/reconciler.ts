@@ -140,7 +140,8 @@ export class Reconciler {
     if (this.#inpod) {
       // Capture (listeners + sk_lookup) before a pod's map entries turn redirection on; release
       // after its entries are gone.
-      const captured = this.#inpod.capture(resolution, attempt, this.#o.handoff);
+      const wanted = new Set(desired.ambientPods.map((p) => p.uid));
+      const captured = this.#inpod.capture(resolution, attempt, this.#o.handoff, wanted);
       const before = readCurrent(this.#o.datapath);
       plan = planReconcile(captured.target, before);
       this.#applyMaps(plan, attempt);

@@ -71,3 +71,14 @@ t.test('a pod opted out of the mesh loses the annotation', async (t) => {
   await eventually(async () => (await annotation('mesh', 'app2')) === undefined, 15_000, 'app2\'s annotation removed');
   t.equal(await annotation('mesh', 'app1'), 'enabled', 'the other pod keeps its own');
 });
+
+t.test('a stale `redirection` annotation on a pod outside the mesh is removed', async (t) => {
+  // As left by an agent that crashed, or a pod that left the mesh while no agent ran.
+  const pod = await api.server.getPod('plain', 'client');
+  if (!pod) throw new Error('client is not in the API server');
+  const meta = pod.metadata as { annotations?: Record<string, string> };
+  await api.server.updatePod({ ...pod, metadata: { ...meta, annotations: { ...(meta.annotations ?? {}), [REDIRECTION_ANNOTATION]: 'enabled' } } });
+  await eventually(async () => (await annotation('plain', 'client')) === undefined, 15_000, 'the stale annotation removed');
+  t.pass('removed');
+  t.equal(await annotation('mesh', 'app1'), 'enabled', 'a mesh pod keeps its own');
+});

@@ -33,6 +33,9 @@ Options:
   --fail-open          inpod: a captured pod whose ztunnel is away or has not taken it talks direct.
                        Off by default: its connections are refused both ways, as with Istio, because
                        direct traffic would bypass the mesh's mTLS and policy
+  --no-dns-capture     inpod: leave DNS (UDP/TCP port 53) alone unless a pod's annotation
+                       ambient.istio.io/dns-capture is "true". Default: captured to ztunnel's
+                       localhost:15053, unless the annotation is "false" (ztunnel's DNS proxy must be on)
   --bpffs DIR          pin directory (default /sys/fs/bpf/ambpf)
   --cgroup DIR         cgroup v2 directory holding the pods (default: kubelet's kubepods under the
                        cgroup v2 mount found in /proc/mounts)
@@ -86,6 +89,7 @@ export const command: Command = {
         mode: { type: 'string', default: 'inpod' },
         'zds-socket': { type: 'string', default: '/var/run/ztunnel/ztunnel.sock' },
         'fail-open': { type: 'boolean' },
+        'no-dns-capture': { type: 'boolean' },
         bpffs: { type: 'string', default: '/sys/fs/bpf/ambpf' },
         cgroup: { type: 'string' },
         listen: { type: 'string', default: '127.0.0.1:15099' },
@@ -126,7 +130,7 @@ export const command: Command = {
     // Heavy modules load only now: `ambpf run --help` stays instant.
     const { resolveNodeName } = await import('../../kube/node-name.ts');
     const { openDatapath } = await import('../../bpf/datapath.ts');
-    const { defaultConfig, CFG_SPLICE, CFG_INPOD, CFG_FAIL_OPEN } = await import('../../bpf/schema.ts');
+    const { defaultConfig, CFG_SPLICE, CFG_INPOD, CFG_FAIL_OPEN, CFG_NO_DNS_CAPTURE } = await import('../../bpf/schema.ts');
     const { Reconciler } = await import('../../reconcile/reconciler.ts');
     const { createMetricsRegistry } = await import('../../metrics/registry.ts');
     const { startHttpServer } = await import('../../server/http.ts');
@@ -174,6 +178,10 @@ export const command: Command = {
       if (values.mode !== 'inpod') throw new UsageError('--fail-open applies to --mode inpod only');
       config.flags |= CFG_FAIL_OPEN;
       log.warn('--fail-open: a captured pod whose ztunnel is away talks direct, outside the mesh');
+    }
+    if (values['no-dns-capture']) {
+      if (values.mode !== 'inpod') throw new UsageError('--no-dns-capture applies to --mode inpod only');
+      config.flags |= CFG_NO_DNS_CAPTURE;
     }
     datapath.maps.config.set(config);
 
@@ -232,7 +240,11 @@ export const command: Command = {
     });
 
     await source.start(async (snapshot) => {
-      await reconciler.reconcile(snapshot);
+      const result = await reconciler.reconcile(snapshot);
+      if (annotator && result) {
+        const { clearStaleRedirection } = await import('../../agent/annotate.ts');
+        clearStaleRedirection(annotator, snapshot, new Set(result.desired.ambientPods.map((p) => p.uid)), node);
+      }
     }).catch((err: unknown) => {
       // A source that cannot start (refused credentials, unreadable file) ends the command; the HTTP
       // server would otherwise keep the process alive. Pins stay, as on SIGTERM.
