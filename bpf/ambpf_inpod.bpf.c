@@ -30,6 +30,11 @@
  * inbound connections. Listener keys are {pod IP, slot} rather than the netns cookie because
  * sk_lookup has no netns cookie helper on older kernels, and the local address is the pod's IP.
  *
+ *   sendmsg4/6, recvmsg4/6 and UDP connect4/6: DNS capture. A captured pod's UDP to port 53 goes to
+ *                    ztunnel's DNS proxy on localhost:15053 and the answers come back from the server
+ *                    the app asked (Istio's nat OUTPUT REDIRECT to 15053 does the same); TCP to port 53
+ *                    goes there too, at connect4/6. See "DNS capture" below.
+ *
  * Not captured: connections ztunnel makes (SO_MARK 0x539: connect4 skips them), connections between
  * two local addresses (the loop trap of inbound-steering.md: ztunnel's upstream to the pod's own IP
  * arrives with ingress_ifindex = eth0 and would be steered back into ztunnel), the kubelet probe
@@ -38,10 +43,13 @@
  * The same-node splice (sk_msg) is not wired for inpod: the pod <-> ztunnel hop is loopback inside
  * one netns here, and the splice's sockhash is keyed by a 4-tuple that repeats across pods.
  */
+#include <stddef.h>
 #include <linux/bpf.h>
+#include <linux/in.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
+#include <linux/udp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -52,6 +60,8 @@
 #include "include/ambpf_sockopt.h"
 
 #define INPOD_LOOPBACK4        bpf_htonl(0x7f000001) /* 127.0.0.1 */
+#define INPOD_DNS_PORT_BE      bpf_htons(AMBPF_DNS_PORT)
+#define INPOD_DNS_PROXY_BE     bpf_htons(AMBPF_PORT_DNS)
 
 /* Per socket: see struct ambpf_inpod_sk. BPF_F_CLONE: accepted sockets inherit their listener's. */
 struct {
@@ -215,6 +225,288 @@ static __always_inline __u32 inpod_outbound_ip4(const struct ambpf_netns *ns)
 	return ip_is_v4mapped(ns->pod_ip) && ns->pod_ip[3] != 0 ? ns->pod_ip[3] : INPOD_LOOPBACK4;
 }
 
+/* ---- DNS capture: port 53 -> ztunnel's DNS proxy on localhost:15053 ----
+ *
+ * Istio's in-pod rules REDIRECT a captured pod's UDP and TCP to port 53 to 15053, and conntrack gives
+ * the answers the server's address back. Here the socket carries that state (the Kmesh recipe): the
+ * destination is rewritten at send (sendmsg4/6, unconnected) or connect (connect4/6), the server
+ * asked is kept in the socket's storage, and recvmsg4/6 puts it back as the answer's source.
+ *
+ * An unconnected socket may ask several servers at once (musl asks every nameserver in parallel),
+ * and recvmsg sees nothing of an answer but its source. So each server gets a slot in the socket's
+ * struct ambpf_inpod_dns, and its queries leave from the slot's own loopback address 127.0.53.<slot +
+ * 1> (msg_src_ip4; the socket is bound to the wildcard, so the answer to that address is its own).
+ * ztunnel answers there; tc egress on the pod's lo (ambpf_inpod_lo_egress) copies that address into
+ * the answer's source, and recvmsg reads the slot from it: the answer to each query carries the server
+ * of that query, with no map shared between sockets (all state dies with the socket, so a reused port
+ * inherits nothing). Where the source could not name a slot (the app bound an address or chose one,
+ * IPv6 to ::1, a kernel without tcx), recvmsg falls back to the socket's connected peer, then to the
+ * server of its latest query.
+ *
+ * Never captured: sockets with ztunnel's mark (ztunnel's own upstream queries),
+ * destinations the pod reaches directly (loopback, its own IP: Istio's `! -o lo`), excluded ports.
+ */
+
+/* Per UDP socket that sent a captured query: see struct ambpf_inpod_dns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ambpf_inpod_dns);
+} ambpf_inpod_dns SEC(".maps");
+
+/* The pod's annotation first, then the node's switch (--no-dns-capture), as istio-cni decides. */
+static __always_inline int inpod_dns_wanted(const struct ambpf_netns *ns)
+{
+	struct ambpf_config *cfg = config_get();
+
+	if (ns->flags & AMBPF_POD_DNS_CAPTURE)
+		return 1;
+	if (ns->flags & AMBPF_POD_NO_DNS_CAPTURE)
+		return 0;
+	return cfg && !(cfg->flags & AMBPF_CFG_NO_DNS_CAPTURE);
+}
+
+/* Whether a UDP query to dst:53 (send or connect) is captured: the connect rules, then the DNS switch. */
+static __always_inline int inpod_dns_udp(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u64 cookie)
+{
+	struct ambpf_netns *ns = 0;
+
+	if (!inpod_redirect(ctx, dst, dport_be, cookie, AMBPF_STAT_DNS_BYPASS, &ns) || !ns)
+		return 0;
+	if (!inpod_dns_wanted(ns)) {
+		stat_inc(AMBPF_STAT_DNS_BYPASS);
+		return 0;
+	}
+	return 1;
+}
+
+/* No socket storage (memory): the answer could not get its server's address back, and sending the
+ * query direct would leave the mesh. Refused (EPERM) unless --fail-open, where it goes as asked. */
+static __always_inline int inpod_dns_no_storage(void)
+{
+	struct ambpf_config *cfg = config_get();
+
+	stat_inc(AMBPF_STAT_DNS_ERROR);
+	return cfg && (cfg->flags & AMBPF_CFG_FAIL_OPEN) ? SYS_PROCEED : SYS_REJECT;
+}
+
+/* The slot of server dst:port in the socket's DNS storage, taking the oldest slot for a new one;
+ * -1 without storage. */
+static __always_inline int inpod_dns_remember(struct bpf_sock *sk, const __u32 dst[4], __u16 port_be, __u16 family)
+{
+	struct ambpf_inpod_dns *d = bpf_sk_storage_get(&ambpf_inpod_dns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	__u32 i;
+
+	if (!d)
+		return -1;
+#pragma unroll
+	for (i = 0; i < AMBPF_DNS_SLOTS; i++) {
+		if (d->srv[i].family != 0 && d->srv[i].port == port_be && ip_eq(d->srv[i].ip, dst)) {
+			d->last = i;
+			return i;
+		}
+	}
+	/* A fifth server at once: an answer still due from the evicted one would carry the new one's
+	 * address (counted; resolv.conf allows three nameservers). */
+	i = d->next & (AMBPF_DNS_SLOTS - 1);
+	if (d->srv[i].family != 0)
+		stat_inc(AMBPF_STAT_DNS_SLOT_REUSED);
+	orig_set(&d->srv[i], dst, port_be, family);
+	d->next = (i + 1) & (AMBPF_DNS_SLOTS - 1);
+	d->last = i;
+	return i;
+}
+
+/* The loopback address that names a slot (network order). */
+static __always_inline __u32 inpod_dns_slot_ip4(int slot)
+{
+	return bpf_htonl(AMBPF_DNS_SLOT_NET + 1 + (__u32)slot);
+}
+
+/* The slot an answer's IPv4 source names, or -1 when it names none. */
+static __always_inline int inpod_dns_slot_of(__u32 from4)
+{
+	__u32 n = bpf_ntohl(from4) - AMBPF_DNS_SLOT_NET;
+
+	return n >= 1 && n <= AMBPF_DNS_SLOTS ? (int)n - 1 : -1;
+}
+
+/*
+ * The server an answer from ztunnel's DNS proxy is for, or NULL when this socket sent no captured
+ * query. `from4` is the answer's IPv4 source (a slot address, or 127.0.0.1); `v6` is set for an
+ * answer from [::1], which names no slot. An IPv4 answer gets an IPv4 server (possibly v4-mapped) and
+ * an IPv6 answer an IPv6 one, never the other kind.
+ */
+static __always_inline const struct ambpf_orig *inpod_dns_server(struct bpf_sock *sk, __u32 from4, int v6)
+{
+	const struct ambpf_orig *srv;
+	struct ambpf_inpod_dns *d;
+	int slot = v6 ? -1 : inpod_dns_slot_of(from4);
+
+	if (slot < 0 && !v6 && from4 != INPOD_LOOPBACK4)
+		return 0;
+	if (slot < 0) {
+		/* A connected socket: the peer it asked connect() for. */
+		srv = inpod_orig(sk);
+		if (srv && srv->port == INPOD_DNS_PORT_BE && ip_is_v4mapped(srv->ip) == !v6)
+			return srv;
+	}
+	d = bpf_sk_storage_get(&ambpf_inpod_dns, sk, 0, 0);
+	if (!d)
+		return 0;
+	srv = &d->srv[(slot < 0 ? d->last : (__u32)slot) & (AMBPF_DNS_SLOTS - 1)];
+	return srv->family != 0 && ip_is_v4mapped(srv->ip) == !v6 ? srv : 0;
+}
+
+/* A UDP connect: to port 53 of a captured pod, the socket talks to ztunnel's DNS proxy from now on,
+ * and getpeername/recvmsg give the server it asked (ambpf_inpod_sk, as a TCP connect's). Any other
+ * connect of that socket makes it forget the server. 1: rewrite; 0: as asked; -1: refuse. */
+static __always_inline int inpod_dns_connect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family)
+{
+	__u64 cookie = bpf_get_netns_cookie(ctx);
+	struct ambpf_inpod_sk *st;
+
+	if (dport_be != INPOD_DNS_PORT_BE || !inpod_dns_udp(ctx, dst, dport_be, cookie)) {
+		st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+		if (st)
+			st->orig.family = 0;
+		return 0;
+	}
+	if (inpod_save(ctx, dst, dport_be, family, cookie))
+		return inpod_dns_no_storage() == SYS_PROCEED ? 0 : -1;
+	stat_inc(AMBPF_STAT_DNS_REDIRECTED);
+	return 1;
+}
+
+/* ztunnel's DNS proxy for an IPv6 socket: ::ffff:127.0.0.1 for an IPv4 server, [::1] for IPv6. */
+static __always_inline void inpod_dns_proxy6(struct bpf_sock_addr *ctx, const __u32 dst[4])
+{
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	if (ip_is_v4mapped(dst)) {
+		ctx->user_ip6[2] = V4MAPPED_W2;
+		ctx->user_ip6[3] = INPOD_LOOPBACK4;
+	} else {
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = (__u32)INPOD_DNS_PROXY_BE;
+}
+
+/* sendmsg4/6 of a datagram to port 53: the slot of its server when it is captured (counted), -1 when
+ * it goes as asked, -2 when it is refused. */
+static __always_inline int inpod_dns_send(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family)
+{
+	int slot;
+
+	/* 0.0.0.0 / :: mean this host: not a server, and Istio leaves what goes via lo alone. */
+	if (ip_is_zero(dst) || (ip_is_v4mapped(dst) && dst[3] == 0) ||
+	    !inpod_dns_udp(ctx, dst, dport_be, bpf_get_netns_cookie(ctx)))
+		return -1;
+	slot = inpod_dns_remember(ctx->sk, dst, dport_be, family);
+	if (slot < 0)
+		return inpod_dns_no_storage() == SYS_PROCEED ? -1 : -2;
+	stat_inc(AMBPF_STAT_DNS_REDIRECTED);
+	return slot;
+}
+
+/* sendmsg4: an unconnected UDP socket's datagram (also a dual-stack socket's to a v4-mapped address,
+ * which the kernel sends through the IPv4 path). Every other port costs one compare. */
+SEC("cgroup/sendmsg4")
+int ambpf_inpod_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	__u16 dport = (__u16)CTX_READ(ctx->user_port);
+	__u32 dst[4];
+	int slot;
+
+	if (dport != INPOD_DNS_PORT_BE)
+		return SYS_PROCEED;
+	ip_set_v4(dst, CTX_READ(ctx->user_ip4));
+	slot = inpod_dns_send(ctx, dst, dport, AF_INET);
+	if (slot < 0)
+		return slot == -1 ? SYS_PROCEED : SYS_REJECT;
+	ctx->user_ip4 = INPOD_LOOPBACK4;
+	ctx->user_port = (__u32)INPOD_DNS_PROXY_BE;
+	/* The source names the slot unless the app chose one (a bound address, IP_PKTINFO): then the
+	 * answer comes to that address, and recvmsg falls back to the latest server. */
+	if (CTX_READ(ctx->msg_src_ip4) == 0)
+		ctx->msg_src_ip4 = inpod_dns_slot_ip4(slot);
+	return SYS_PROCEED;
+}
+
+/* sendmsg6: IPv6 servers go to [::1]:15053 (no loopback range to name a slot in); a v4-mapped server,
+ * should it come here, is handled as sendmsg4 does. */
+SEC("cgroup/sendmsg6")
+int ambpf_inpod_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	__u16 dport = (__u16)CTX_READ(ctx->user_port);
+	__u32 dst[4];
+	int slot;
+
+	if (dport != INPOD_DNS_PORT_BE)
+		return SYS_PROCEED;
+	dst[0] = CTX_READ(ctx->user_ip6[0]);
+	dst[1] = CTX_READ(ctx->user_ip6[1]);
+	dst[2] = CTX_READ(ctx->user_ip6[2]);
+	dst[3] = CTX_READ(ctx->user_ip6[3]);
+	slot = inpod_dns_send(ctx, dst, dport, AF_INET6);
+	if (slot < 0)
+		return slot == -1 ? SYS_PROCEED : SYS_REJECT;
+	inpod_dns_proxy6(ctx, dst);
+	if (ip_is_v4mapped(dst) && CTX_READ(ctx->msg_src_ip6[0]) == 0 && CTX_READ(ctx->msg_src_ip6[1]) == 0 &&
+	    CTX_READ(ctx->msg_src_ip6[2]) == 0 && CTX_READ(ctx->msg_src_ip6[3]) == 0) {
+		ctx->msg_src_ip6[2] = V4MAPPED_W2;
+		ctx->msg_src_ip6[3] = inpod_dns_slot_ip4(slot);
+	}
+	return SYS_PROCEED;
+}
+
+/* recvmsg4: an answer from ztunnel's DNS proxy shows the server the query was for. Every other
+ * datagram costs one compare. recvmsg cannot fail a call: always SYS_PROCEED. */
+SEC("cgroup/recvmsg4")
+int ambpf_inpod_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	const struct ambpf_orig *srv;
+
+	if ((__u16)CTX_READ(ctx->user_port) != INPOD_DNS_PROXY_BE)
+		return SYS_PROCEED;
+	srv = inpod_dns_server(ctx->sk, CTX_READ(ctx->user_ip4), 0);
+	if (!srv)
+		return SYS_PROCEED;
+	ctx->user_ip4 = srv->ip[3];
+	ctx->user_port = (__u32)srv->port;
+	stat_inc(AMBPF_STAT_DNS_RESTORED);
+	return SYS_PROCEED;
+}
+
+/* recvmsg6: the same for IPv6 sockets; an IPv4 answer arrives v4-mapped. */
+SEC("cgroup/recvmsg6")
+int ambpf_inpod_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	const struct ambpf_orig *srv;
+	__u32 from[4];
+
+	if ((__u16)CTX_READ(ctx->user_port) != INPOD_DNS_PROXY_BE)
+		return SYS_PROCEED;
+	from[0] = CTX_READ(ctx->user_ip6[0]);
+	from[1] = CTX_READ(ctx->user_ip6[1]);
+	from[2] = CTX_READ(ctx->user_ip6[2]);
+	from[3] = CTX_READ(ctx->user_ip6[3]);
+	if (ip_is_v4mapped(from))
+		srv = inpod_dns_server(ctx->sk, from[3], 0);
+	else if (from[0] == 0 && from[1] == 0 && from[2] == 0 && from[3] == bpf_htonl(1))
+		srv = inpod_dns_server(ctx->sk, 0, 1);
+	else
+		return SYS_PROCEED;
+	if (!srv)
+		return SYS_PROCEED;
+	sockaddr_set_ip6(ctx, srv->ip);
+	ctx->user_port = (__u32)srv->port;
+	stat_inc(AMBPF_STAT_DNS_RESTORED);
+	return SYS_PROCEED;
+}
+
 SEC("cgroup/connect4")
 int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 {
@@ -224,6 +516,15 @@ int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 
 	int verdict;
 
+	if (ctx->protocol == IPPROTO_UDP) {
+		ip_set_v4(dst, ctx->user_ip4);
+		verdict = inpod_dns_connect(ctx, dst, (__u16)ctx->user_port, AF_INET);
+		if (verdict > 0) {
+			ctx->user_ip4 = INPOD_LOOPBACK4;
+			ctx->user_port = (__u32)INPOD_DNS_PROXY_BE;
+		}
+		return verdict < 0 ? SYS_REJECT : SYS_PROCEED;
+	}
 	if (!connect_dst4(ctx, dst, &dport))
 		return SYS_PROCEED;
 	verdict = inpod_capture(ctx, dst, dport, AF_INET, &ns);
@@ -231,6 +532,12 @@ int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 		return SYS_REJECT;
 	if (verdict == 0 || !ns)
 		return SYS_PROCEED;
+	if (dport == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns)) {
+		ctx->user_ip4 = INPOD_LOOPBACK4;
+		ctx->user_port = (__u32)INPOD_DNS_PROXY_BE;
+		stat_inc(AMBPF_STAT_DNS_REDIRECTED);
+		return SYS_PROCEED;
+	}
 	ctx->user_ip4 = inpod_outbound_ip4(ns);
 	ctx->user_port = (__u32)bpf_htons(AMBPF_PORT_OUTBOUND);
 	stat_inc(AMBPF_STAT_CONNECT4_REDIRECTED);
@@ -246,6 +553,16 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 
 	int verdict;
 
+	if (ctx->protocol == IPPROTO_UDP) {
+		dst[0] = ctx->user_ip6[0];
+		dst[1] = ctx->user_ip6[1];
+		dst[2] = ctx->user_ip6[2];
+		dst[3] = ctx->user_ip6[3];
+		verdict = inpod_dns_connect(ctx, dst, (__u16)ctx->user_port, AF_INET6);
+		if (verdict > 0)
+			inpod_dns_proxy6(ctx, dst);
+		return verdict < 0 ? SYS_REJECT : SYS_PROCEED;
+	}
 	if (!connect_dst6(ctx, dst, &dport))
 		return SYS_PROCEED;
 	verdict = inpod_capture(ctx, dst, dport, AF_INET6, &ns);
@@ -253,6 +570,11 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 		return SYS_REJECT;
 	if (verdict == 0 || !ns)
 		return SYS_PROCEED;
+	if (dport == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns)) {
+		inpod_dns_proxy6(ctx, dst);
+		stat_inc(AMBPF_STAT_DNS_REDIRECTED);
+		return SYS_PROCEED;
+	}
 	/* A dual-stack socket reaching an IPv4 peer stays IPv4 (::ffff:<pod IP>); IPv6 goes to ::1. */
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;
@@ -484,8 +806,39 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
  * (tcp_fwmark_accept=1 in the pod), and the pod's `ip rule fwmark 0x1000/0x1000 lookup 41919` sends
  * its replies to the client's address back over lo to ztunnel instead of out of eth0. ztunnel's own
  * sockets keep their mark: its legs to other pods route as before. The first test is the mark, so the
- * pod <-> ztunnel traffic over lo costs one load and compare per packet.
+ * pod <-> ztunnel traffic over lo costs one load and compare per packet. ztunnel's DNS answers to a
+ * slot address (marked, UDP) are given that address as source (inpod_dns_answer).
  */
+#define INPOD_IP_SADDR_OFF  (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define INPOD_IP_CSUM_OFF   (ETH_HLEN + offsetof(struct iphdr, check))
+#define INPOD_UDP_CSUM_OFF  (ETH_HLEN + sizeof(struct iphdr) + offsetof(struct udphdr, check))
+
+/*
+ * An answer of ztunnel's DNS proxy (marked, UDP from port 15053) to a slot address 127.0.53.<n> (see
+ * "DNS capture"): its source becomes that same address, so the app's recvmsg, which sees only the
+ * source, knows the server of the query. Nothing else is touched: delivery goes by the destination,
+ * and lo keeps the route the packet was sent with (no martian or rp_filter check on the way in).
+ */
+static __always_inline int inpod_dns_answer(struct __sk_buff *skb, const struct iphdr *ip, void *data_end)
+{
+	const struct udphdr *udp = (const void *)(ip + 1);
+	__u32 from = ip->saddr, to = ip->daddr;
+
+	if (ip->ihl != 5 || (void *)(udp + 1) > data_end || udp->source != INPOD_DNS_PROXY_BE)
+		return TC_ACT_UNSPEC;
+	if (inpod_dns_slot_of(to) < 0 || from == to)
+		return TC_ACT_UNSPEC;
+	/* The UDP checksum covers the addresses (pseudo header); 0 means none and stays 0. */
+	if (bpf_l4_csum_replace(skb, INPOD_UDP_CSUM_OFF, from, to, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(to)) ||
+	    bpf_l3_csum_replace(skb, INPOD_IP_CSUM_OFF, from, to, sizeof(to)) ||
+	    bpf_skb_store_bytes(skb, INPOD_IP_SADDR_OFF, &to, sizeof(to), 0)) {
+		stat_inc(AMBPF_STAT_DNS_ERROR);
+		return TC_ACT_UNSPEC;
+	}
+	stat_inc(AMBPF_STAT_TC_DNS_ANSWER);
+	return TC_ACT_UNSPEC;
+}
+
 SEC("tc")
 int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 {
@@ -502,7 +855,11 @@ int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_UNSPEC;
 	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5 || ip->saddr == ip->daddr)
+	if ((void *)(ip + 1) > data_end)
+		return TC_ACT_UNSPEC;
+	if (ip->protocol == IPPROTO_UDP)
+		return inpod_dns_answer(skb, ip, data_end);
+	if (ip->protocol != IPPROTO_TCP || ip->ihl != 5 || ip->saddr == ip->daddr)
 		return TC_ACT_UNSPEC;
 	tcp = (void *)(ip + 1);
 	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)

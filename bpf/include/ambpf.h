@@ -36,8 +36,12 @@
 /* ambpf_pods / ambpf_netns value flags */
 #define AMBPF_POD_AMBIENT        (1U << 0) /* redirect this pod's traffic */
 #define AMBPF_POD_OPT_OUT        (1U << 1) /* known to the loader but opted out: never redirect */
-#define AMBPF_POD_DNS_CAPTURE    (1U << 2) /* reserved: DNS capture to 15053 */
+#define AMBPF_POD_DNS_CAPTURE    (1U << 2) /* inpod: capture this pod's DNS (annotation
+					    * ambient.istio.io/dns-capture: "true"), even with
+					    * AMBPF_CFG_NO_DNS_CAPTURE */
 #define AMBPF_POD_IS_ZTUNNEL     (1U << 3) /* this netns is ztunnel's own: never redirect */
+#define AMBPF_POD_NO_DNS_CAPTURE (1U << 4) /* inpod: never capture this pod's DNS (the annotation's
+					    * "false"). Neither DNS bit: the node's default */
 
 /* ambpf_ztunnel.flags */
 #define AMBPF_ZT_READY           (1U << 0) /* set last by the loader: before it, nothing is redirected */
@@ -48,6 +52,8 @@
 					    * its programs stay inert next to a node-topology datapath */
 #define AMBPF_CFG_FAIL_OPEN      (1U << 2) /* inpod: a captured pod whose ztunnel is away talks direct
 					    * (--fail-open); off = refused both ways, as with Istio */
+#define AMBPF_CFG_NO_DNS_CAPTURE (1U << 3) /* inpod: DNS goes where it asked unless the pod's annotation
+					    * says "true" (--no-dns-capture); off = captured by default */
 
 /* inpod: the mark ambpf adds to the SYN of ztunnel's spoofed inbound legs (bound to the client's
  * address) as it crosses the pod's lo. The app's accepted socket inherits it (tcp_fwmark_accept=1 in
@@ -59,6 +65,14 @@
 /* inpod: the TTL a packet the node itself sends arrives with (Linux's default net.ipv4.ip_default_ttl;
  * a forwarded packet has less). See ambpf_inpod_node_syn. */
 #define AMBPF_NODE_TTL           64
+
+/* inpod DNS capture: an unconnected UDP socket's query to a server leaves from 127.0.53.<slot + 1>, the
+ * slot of that server in the socket's struct ambpf_inpod_dns; ztunnel answers to that address, tc on the
+ * pod's lo copies it into the answer's source, and recvmsg reads the slot back from there. See
+ * ambpf_inpod_sendmsg4. */
+#define AMBPF_DNS_SLOTS          4           /* servers per socket at once (resolv.conf allows 3) */
+#define AMBPF_DNS_SLOT_NET       0x7f003500U /* 127.0.53.0/24, host order */
+#define AMBPF_DNS_PORT           53
 
 /* ambpf_pair.splice_fwd / splice_rev: per-direction splice decision, sticky for the connection */
 #define AMBPF_SPLICE_UNDECIDED   0
@@ -184,6 +198,15 @@ struct ambpf_inpod_lkey {
 	__u32 slot;
 };
 
+/* ambpf_inpod_dns (SK_STORAGE): the DNS servers a pod's UDP socket sent captured queries to, so that
+ * recvmsg can give each answer from ztunnel's 15053 the address of the server that query was for. */
+struct ambpf_inpod_dns {
+	struct ambpf_orig srv[AMBPF_DNS_SLOTS]; /* family 0: a free slot */
+	__u32 last;                              /* slot of the latest query: the answer's server when
+						  * the answer's source names no slot */
+	__u32 next;                              /* slot a new server takes (the oldest) */
+};
+
 /* ---- counters: ambpf_stats index = one program x outcome ---- */
 enum ambpf_stat {
 	AMBPF_STAT_CONNECT4_REDIRECTED = 0,
@@ -228,6 +251,12 @@ enum ambpf_stat {
 	AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL,     /* inpod sk_lookup: ztunnel's own (spoofed) leg to the app */
 	AMBPF_STAT_TC_ORIG_SRC_MARKED,        /* inpod tc on lo: a spoofed ztunnel leg recorded and marked */
 	AMBPF_STAT_CONNECT4_FAIL_OPEN,        /* inpod connect: no ztunnel listener, --fail-open: direct */
+	AMBPF_STAT_DNS_REDIRECTED,            /* inpod: a query (UDP send or connect, TCP connect) to 15053 */
+	AMBPF_STAT_DNS_BYPASS,                /* inpod: port 53, but not captured (pod, mark, dst, switch) */
+	AMBPF_STAT_DNS_RESTORED,              /* inpod recvmsg: an answer given its server's address */
+	AMBPF_STAT_DNS_SLOT_REUSED,           /* inpod: a socket asked a 5th server: its oldest slot reused */
+	AMBPF_STAT_DNS_ERROR,                 /* inpod: no socket storage for a query (refused) */
+	AMBPF_STAT_TC_DNS_ANSWER,             /* inpod tc on lo: an answer's source set to its slot address */
 	AMBPF_STAT_MAX,
 };
 

@@ -29,7 +29,14 @@ export type { LinkOutcome } from './datapath-links.ts';
 const log = logger('datapath');
 
 /** Maps only the inpod object declares (bpf/ambpf_inpod.bpf.c). */
-export const INPOD_MAP_NAMES = ['ambpf_inpod_sk', 'ambpf_inpod_pair', 'ambpf_inpod_listen'] as const;
+export const INPOD_MAP_NAMES = [
+  'ambpf_inpod_sk', 'ambpf_inpod_pair', 'ambpf_inpod_listen', 'ambpf_inpod_origsrc', 'ambpf_inpod_nodesyn',
+  'ambpf_inpod_dns',
+] as const;
+
+/** cgroup hooks only the inpod topology attaches (DNS capture; bpf/ambpf_inpod.bpf.c), pinned as
+ * <bpffs>/links/<hook> like CGROUP_HOOKS. */
+export const INPOD_ONLY_HOOKS = ['sendmsg4', 'sendmsg6', 'recvmsg4', 'recvmsg6'] as const;
 
 /** Object files (bpf/<name>.bpf.c), loaded in this order: the first creates and pins the maps. */
 export const OBJECTS = ['ambpf_sock', 'ambpf_skmsg', 'ambpf_inbound'] as const;
@@ -427,7 +434,7 @@ export interface UninstallOptions {
  */
 export function uninstallDatapath(bpffs: string, opts: UninstallOptions = {}): UninstallReport {
   const report: UninstallReport = { links: [], maps: [], clsact: removeClsactFilters(bpffs, opts.netns) };
-  const hooks = new Set<string>(Object.keys(CGROUP_HOOKS));
+  const hooks = new Set<string>([...Object.keys(CGROUP_HOOKS), ...INPOD_ONLY_HOOKS]);
   for (const name of linkNames(bpffs)) {
     if (!hooks.has(name) && parseLinkName(name) === undefined) continue;
     if (removePinnedLink(linkPin(bpffs, name))) report.links.push(name);

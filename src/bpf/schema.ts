@@ -30,11 +30,17 @@ export const POD_AMBIENT = 1 << 0;
 export const POD_OPT_OUT = 1 << 1;
 export const POD_DNS_CAPTURE = 1 << 2;
 export const POD_IS_ZTUNNEL = 1 << 3;
+export const POD_NO_DNS_CAPTURE = 1 << 4;
 export const ZT_READY = 1 << 0;
 export const CFG_SPLICE = 1 << 0;
 export const CFG_INPOD = 1 << 1;
 export const CFG_FAIL_OPEN = 1 << 2;
+export const CFG_NO_DNS_CAPTURE = 1 << 3;
 export const MARK_ORIG_SRC = 0x1000;
+/** DNS capture (inpod): per-socket server slots, named by source addresses 127.0.53.<slot + 1>. */
+export const DNS_SLOTS = 4;
+export const DNS_SLOT_NET = 0x7f003500;
+export const DNS_PORT = 53;
 export const SPLICE_UNDECIDED = 0;
 export const SPLICE_ON = 1;
 export const SPLICE_OFF = 2;
@@ -62,6 +68,7 @@ export const STAT_NAMES = [
   'sklookup_assigned', 'sklookup_no_listener', 'sklookup_error', 'sklookup_pass_probe', 'sklookup_pass_not_ambient',
   'tc_pass_local', 'tc_rst_cloned', 'sockops_outflow_added',
   'sklookup_refused', 'sklookup_pass_ztunnel', 'tc_orig_src_marked', 'connect4_fail_open',
+  'dns_redirected', 'dns_bypass', 'dns_restored', 'dns_slot_reused', 'dns_error', 'tc_dns_answer',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;
@@ -102,6 +109,7 @@ export const LAYOUT = {
   ambpf_inpod_sk: { size: 32, fields: { orig: 0, role: 20, netns_cookie: 24 } },
   ambpf_inpod_key: { size: 48, fields: { netns_cookie: 0, t: 8 } },
   ambpf_inpod_lkey: { size: 20, fields: { pod_ip: 0, slot: 16 } },
+  ambpf_inpod_dns: { size: 88, fields: { srv: 0, last: 80, next: 84 } },
 } as const;
 
 // ---- addresses (src/ip.ts) ----
@@ -437,6 +445,28 @@ export function encodeInpodKey(k: InpodKey): Uint8Array {
 export function decodeInpodKey(b: Uint8Array): InpodKey {
   const dv = need(b, LAYOUT.ambpf_inpod_key.size, 'ambpf_inpod_key');
   return { netnsCookie: dv.getBigUint64(0, true), tuple: decodeTuple(b.subarray(8, 8 + LAYOUT.ambpf_tuple.size)) };
+}
+
+/** ambpf_inpod_dns value: the servers a UDP socket sent captured queries to (null: a free slot). */
+export interface InpodDns { servers: Array<OrigDst | null>; last: number; next: number }
+
+export function decodeInpodDns(b: Uint8Array): InpodDns {
+  const dv = need(b, LAYOUT.ambpf_inpod_dns.size, 'ambpf_inpod_dns');
+  const servers: Array<OrigDst | null> = [];
+  for (let i = 0; i < DNS_SLOTS; i++) {
+    const o = decodeOrigAt(b, i * LAYOUT.ambpf_orig.size);
+    servers.push(o.family === 0 ? null : o);
+  }
+  return { servers, last: dv.getUint32(80, true), next: dv.getUint32(84, true) };
+}
+
+/**
+ * The DNS bits of a pod's ambpf_netns/ambpf_pods flags from its annotation
+ * (ambient.istio.io/dns-capture): true captures even with --no-dns-capture, false never captures,
+ * undefined follows the node's switch (AMBPF_CFG_NO_DNS_CAPTURE), as istio-cni decides.
+ */
+export function dnsCaptureFlags(dnsCapture: boolean | undefined): number {
+  return dnsCapture === undefined ? 0 : dnsCapture ? POD_DNS_CAPTURE : POD_NO_DNS_CAPTURE;
 }
 
 /** ambpf_inpod_listen key: pod IP + listener slot (LISTENER_INBOUND / LISTENER_HBONE). */

@@ -9,6 +9,8 @@ import type { ClusterSnapshot, KubeObjectLike } from '../sources/types.ts';
 export const LABEL_DATAPLANE_MODE = 'istio.io/dataplane-mode';
 export const REDIRECTION_ANNOTATION = 'ambient.istio.io/redirection';
 export const SIDECAR_STATUS_ANNOTATION = 'sidecar.istio.io/status';
+/** Per-pod DNS capture override ("true"/"false"; istio-cni's AmbientDnsCapture annotation). */
+export const DNS_CAPTURE_ANNOTATION = 'ambient.istio.io/dns-capture';
 export const ZTUNNEL_NAMESPACE = 'istio-system';
 export const ZTUNNEL_APP_LABEL = 'ztunnel';
 
@@ -20,6 +22,9 @@ export interface DesiredPod {
   readonly ips: readonly string[];
   /** spec.serviceAccountName, "default" when unset (as Kubernetes does): ZDS WorkloadInfo carries it. */
   readonly serviceAccount: string;
+  /** The pod's DNS_CAPTURE_ANNOTATION: true/false override the node's switch (`--no-dns-capture`);
+   * absent when the pod does not say (then the node decides). */
+  readonly dnsCapture?: boolean;
 }
 
 export interface DesiredZtunnel extends DesiredPod {}
@@ -160,8 +165,25 @@ function isLive(pod: ParsedPod): boolean {
   return pod.phase !== 'Succeeded' && pod.phase !== 'Failed' && pod.ips.length > 0;
 }
 
-const desired = (p: ParsedPod): DesiredPod =>
-  ({ uid: p.uid, name: p.name, namespace: p.namespace, ips: p.ips, serviceAccount: p.serviceAccount });
+/**
+ * The pod's DNS capture override: "true"/"false" in any case, as istio-cni's boolean annotations
+ * (strconv.ParseBool also takes 1/0, t/f); anything else is no override.
+ */
+export function dnsCaptureOverride(annotations: StringMap): boolean | undefined {
+  const v = annotations[DNS_CAPTURE_ANNOTATION]?.trim().toLowerCase();
+  if (v === 'true' || v === 't' || v === '1') return true;
+  if (v === 'false' || v === 'f' || v === '0') return false;
+  return undefined;
+}
+
+const desired = (p: ParsedPod): DesiredPod => {
+  const dnsCapture = dnsCaptureOverride(p.annotations);
+  return {
+    uid: p.uid, name: p.name, namespace: p.namespace, ips: p.ips, serviceAccount: p.serviceAccount,
+    // Only when the pod says: a pod without the annotation looks as it did before DNS capture.
+    ...(dnsCapture === undefined ? {} : { dnsCapture }),
+  };
+};
 
 const byKey = (a: { namespace: string; name: string }, b: { namespace: string; name: string }): number =>
   a.namespace === b.namespace ? (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) : a.namespace < b.namespace ? -1 : 1;
