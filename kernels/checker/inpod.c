@@ -2,6 +2,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "ambpf.h"
+#include "dns.h"
 #include "fill.h"
 #include "inpod.h"
 #include "report.h"
@@ -43,6 +44,7 @@ int inpod_checks(const struct func_ctx *c)
 		report(c->label, CHECK_15008, "func", "fail", "ambpf_inpod_lookup is not attached (see its load/attach row)");
 		failures += 2;
 	}
+	failures += inpod_dns_checks(c);
 out:
 	if (out >= 0)
 		close(out);
