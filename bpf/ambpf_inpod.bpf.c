@@ -122,12 +122,47 @@ struct {
 	__type(value, __u32);
 } ambpf_inpod_nodesyn SEC(".maps");
 
+/* The pod's annotation first, then the node's switch (--no-dns-capture), as istio-cni decides. */
+static __always_inline int inpod_dns_wanted(const struct ambpf_netns *ns)
+{
+	struct ambpf_config *cfg = config_get();
+
+	if (ns->flags & AMBPF_POD_DNS_CAPTURE)
+		return 1;
+	if (ns->flags & AMBPF_POD_NO_DNS_CAPTURE)
+		return 0;
+	return cfg && !(cfg->flags & AMBPF_CFG_NO_DNS_CAPTURE);
+}
+
+/*
+ * The bypass rules of a captured query to port 53 (connect_bypass's for everything else): Istio
+ * captures DNS to any address that does not go via lo, so only ztunnel's mark, loopback, this host
+ * (0.0.0.0, ::), the pod's own IP and an excluded port 53 leave it alone. The node's addresses are
+ * captured: a resolver on the node is still the pod's resolver.
+ */
+static __always_inline __u32 inpod_dns_bypass(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be,
+					      const struct ambpf_ztunnel *zt, const struct ambpf_config *cfg,
+					      const __u32 *pod_ip)
+{
+	int local = ip_is_v4mapped(dst) ? ip4_is_loopback(dst[3]) || dst[3] == 0
+					: ip_is_zero(dst) || (dst[0] == 0 && dst[1] == 0 && dst[2] == 0 && dst[3] == bpf_htonl(1));
+
+	if ((ctx->sk->mark & zt->mark_mask) == zt->mark)
+		return AMBPF_STAT_CONNECT4_BYPASS_MARK;
+	if (local || ip_eq(dst, pod_ip))
+		return AMBPF_STAT_CONNECT4_BYPASS_DST;
+	if (port_is_excluded(dport_be, cfg))
+		return AMBPF_STAT_CONNECT4_BYPASS_PORT;
+	return CONNECT_REDIRECT;
+}
+
 /*
  * Whether this connect is redirected; counts why not. A pod is in ambpf_netns from the moment the
  * loader armed its capture, before ztunnel was told about it over ZDS: its connects then go to its
  * own IP:15001, where nobody listens until ztunnel took the pod, so they are refused (fail closed, as
  * with Istio's rules), never sent direct. With --fail-open (AMBPF_CFG_FAIL_OPEN) a pod whose ztunnel
- * listener is missing talks direct instead.
+ * listener is missing talks direct instead. 2: a DNS query (port 53, the pod's DNS captured) for
+ * ztunnel's 15053; 1: anything else for 15001; 0: as asked.
  */
 static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be,
 					  __u64 cookie, __u32 stat_bypass6, struct ambpf_netns **out)
@@ -137,6 +172,7 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 	const struct ambpf_ztunnel *zt;
 	struct ambpf_inpod_lkey lkey = {};
 	__u32 why;
+	int dns;
 
 	/* The inpod loader says so (see AMBPF_CFG_INPOD): one topology per node. */
 	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD)) {
@@ -152,7 +188,9 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 		zt = &inpod_default_zt;
 	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. The pod's own IP goes
 	 * over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
-	why = connect_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip);
+	dns = dport_be == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns);
+	why = dns ? inpod_dns_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip)
+		  : connect_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip);
 	if (why != CONNECT_REDIRECT)
 		goto bypass;
 	if (cfg->flags & AMBPF_CFG_FAIL_OPEN) {
@@ -169,7 +207,7 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 		bpf_sk_release(listener);
 	}
 	*out = ns;
-	return 1;
+	return dns ? 2 : 1;
 bypass:
 	stat_inc(stat_bypass6 ? stat_bypass6 : why);
 	return 0;
@@ -187,15 +225,16 @@ static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst
 	return 0;
 }
 
-/* connect4/6: the redirect decision and the saved original; 1 when the caller rewrites the address,
- * 0 when the connect goes where it asked, -1 when it is refused. */
+/* connect4/6: the redirect decision and the saved original; 2 (DNS, to 15053) or 1 (to 15001) when
+ * the caller rewrites the address, 0 when the connect goes where it asked, -1 when it is refused. */
 static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family,
 					 struct ambpf_netns **ns)
 {
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	int v6 = family == AF_INET6;
+	int verdict = inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0, ns);
 
-	if (!inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0, ns))
+	if (!verdict)
 		return 0;
 	if (inpod_save(ctx, dst, dport_be, family, cookie)) {
 		/* No socket storage (memory): without the original ztunnel cannot forward the connection,
@@ -205,7 +244,7 @@ static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 
 		stat_inc(v6 ? AMBPF_STAT_CONNECT6_ERROR : AMBPF_STAT_CONNECT4_ERROR);
 		return cfg && (cfg->flags & AMBPF_CFG_FAIL_OPEN) ? 0 : -1;
 	}
-	return 1;
+	return verdict;
 }
 
 /* A redirected app socket's original dst; NULL for any other socket (orig.family 0 is ztunnel's tagged
@@ -243,8 +282,9 @@ static __always_inline __u32 inpod_outbound_ip4(const struct ambpf_netns *ns)
  * IPv6 to ::1, a kernel without tcx), recvmsg falls back to the socket's connected peer, then to the
  * server of its latest query.
  *
- * Never captured: sockets with ztunnel's mark (ztunnel's own upstream queries),
- * destinations the pod reaches directly (loopback, its own IP: Istio's `! -o lo`), excluded ports.
+ * Never captured: sockets with ztunnel's mark (ztunnel's own upstream queries), destinations that go
+ * via lo (loopback, this host, the pod's own IP: Istio's `! -o lo`), an excluded port 53
+ * (inpod_dns_bypass).
  */
 
 /* Per UDP socket that sent a captured query: see struct ambpf_inpod_dns. */
@@ -255,30 +295,15 @@ struct {
 	__type(value, struct ambpf_inpod_dns);
 } ambpf_inpod_dns SEC(".maps");
 
-/* The pod's annotation first, then the node's switch (--no-dns-capture), as istio-cni decides. */
-static __always_inline int inpod_dns_wanted(const struct ambpf_netns *ns)
-{
-	struct ambpf_config *cfg = config_get();
-
-	if (ns->flags & AMBPF_POD_DNS_CAPTURE)
-		return 1;
-	if (ns->flags & AMBPF_POD_NO_DNS_CAPTURE)
-		return 0;
-	return cfg && !(cfg->flags & AMBPF_CFG_NO_DNS_CAPTURE);
-}
-
-/* Whether a UDP query to dst:53 (send or connect) is captured: the connect rules, then the DNS switch. */
+/* Whether a UDP query to dst:53 (send or connect) is captured. */
 static __always_inline int inpod_dns_udp(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u64 cookie)
 {
 	struct ambpf_netns *ns = 0;
+	int verdict = inpod_redirect(ctx, dst, dport_be, cookie, AMBPF_STAT_DNS_BYPASS, &ns);
 
-	if (!inpod_redirect(ctx, dst, dport_be, cookie, AMBPF_STAT_DNS_BYPASS, &ns) || !ns)
-		return 0;
-	if (!inpod_dns_wanted(ns)) {
-		stat_inc(AMBPF_STAT_DNS_BYPASS);
-		return 0;
-	}
-	return 1;
+	if (verdict == 1)
+		stat_inc(AMBPF_STAT_DNS_BYPASS); /* the pod's DNS is not captured: UDP is never proxied */
+	return verdict == 2;
 }
 
 /* No socket storage (memory): the answer could not get its server's address back, and sending the
@@ -400,9 +425,7 @@ static __always_inline int inpod_dns_send(struct bpf_sock_addr *ctx, const __u32
 {
 	int slot;
 
-	/* 0.0.0.0 / :: mean this host: not a server, and Istio leaves what goes via lo alone. */
-	if (ip_is_zero(dst) || (ip_is_v4mapped(dst) && dst[3] == 0) ||
-	    !inpod_dns_udp(ctx, dst, dport_be, bpf_get_netns_cookie(ctx)))
+	if (!inpod_dns_udp(ctx, dst, dport_be, bpf_get_netns_cookie(ctx)))
 		return -1;
 	slot = inpod_dns_remember(ctx->sk, dst, dport_be, family);
 	if (slot < 0)
@@ -532,7 +555,7 @@ int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 		return SYS_REJECT;
 	if (verdict == 0 || !ns)
 		return SYS_PROCEED;
-	if (dport == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns)) {
+	if (verdict == 2) {
 		ctx->user_ip4 = INPOD_LOOPBACK4;
 		ctx->user_port = (__u32)INPOD_DNS_PROXY_BE;
 		stat_inc(AMBPF_STAT_DNS_REDIRECTED);
@@ -570,7 +593,7 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 		return SYS_REJECT;
 	if (verdict == 0 || !ns)
 		return SYS_PROCEED;
-	if (dport == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns)) {
+	if (verdict == 2) {
 		inpod_dns_proxy6(ctx, dst);
 		stat_inc(AMBPF_STAT_DNS_REDIRECTED);
 		return SYS_PROCEED;

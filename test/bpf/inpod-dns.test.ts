@@ -189,6 +189,20 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     t.equal(own.answers[0]?.by, PROXY, 'the proxy itself is reachable');
   });
 
+  await t.test('a resolver on the node\'s own address is captured (only what goes via lo is not)', async (t) => {
+    // --node-ip addresses are never redirected to 15001; DNS to them is, as Istio's rules do.
+    dp.maps.config.set({ ...config, nodeIps: [SERVERS[0]] });
+    try {
+      const r = await query('a', [SERVERS[0], '53']);
+      t.equal(r.answers[0]?.by, PROXY);
+      t.same(r.answers[0]?.from, { ip: SERVERS[0], port: 53 });
+      const tcp = await query('a', [SERVERS[0], '53', '--tcp']);
+      t.equal(tcp.answers[0]?.by, PROXY, 'over TCP too');
+    } finally {
+      dp.maps.config.set(config);
+    }
+  });
+
   await t.test('the annotation says "false", the node\'s switch says no, the annotation says "true"', async (t) => {
     const setB = (flags: number): void => {
       dp.maps.netns.set(cookieB, { podIp: b.ip, flags });
