@@ -175,6 +175,12 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
       t.same(v6.answers[0]?.from, { ip: SERVER6, port: 53 });
       if (extra.length) t.same(v6.peer, { ip: SERVER6, port: 53 });
     }
+    for (const host of [`::ffff:${SERVERS[1]}`, SERVER6]) {
+      const tcp = await query('a', [host, '53', '--tcp']);
+      t.notOk(tcp.error, `no error (${tcp.error})`);
+      t.equal(tcp.answers[0]?.by, host === SERVER6 ? 'proxy@::1' : PROXY, `TCP to [${host}]:53: the proxy`);
+      t.same(tcp.peer, { ip: host === SERVER6 ? SERVER6 : SERVERS[1], port: 53 }, 'getpeername6 gives the server');
+    }
   });
 
   await t.test('not captured: another pod, a marked socket (ztunnel\'s upstream), other ports', async (t) => {
