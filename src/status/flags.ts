@@ -1,8 +1,9 @@
 // Flag bits of ambpf_pods / ambpf_netns entries as words (ambpf.h's POD_* bits).
-import { POD_AMBIENT, POD_DNS_CAPTURE, POD_IS_ZTUNNEL, POD_OPT_OUT } from '../bpf/schema.ts';
+import { POD_AMBIENT, POD_DNS_CAPTURE, POD_IS_ZTUNNEL, POD_NO_DNS_CAPTURE, POD_OPT_OUT } from '../bpf/schema.ts';
 
 const WORDS: ReadonlyArray<readonly [number, string]> = [
   [POD_AMBIENT, 'ambient'], [POD_OPT_OUT, 'opt-out'], [POD_DNS_CAPTURE, 'dns-capture'], [POD_IS_ZTUNNEL, 'ztunnel'],
+  [POD_NO_DNS_CAPTURE, 'no-dns-capture'],
 ];
 
 /** Known bits by name, unknown ones as one hex word (a newer loader's flag stays visible). */
