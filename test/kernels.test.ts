@@ -33,6 +33,9 @@ const REQUIRED_CHECKS = [
   'inpod/SO_ORIGINAL_DST after the client closed',
   'node/connect6 v4-mapped: lands on 15001, getpeername and SO_ORIGINAL_DST give the original',
   'inpod/connect6 v4-mapped: lands on 15001, getpeername and SO_ORIGINAL_DST give the original',
+  'inpod/UDP to port 53 lands on 15053, the answer shows the server',
+  'inpod/connected UDP to port 53: getpeername and the answer show the server',
+  'inpod/TCP to port 53 lands on 15053, getpeername gives the original',
 ];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {
