@@ -10,7 +10,7 @@ TSC   := $(NODE) node_modules/typescript/bin/tsc
 
 # Debian packages the build, the tests and the demo use.
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libelf-dev zlib1g-dev bpftool iproute2 iptables nftables ipset \
-                curl iperf3 wrk nginx util-linux procps psmisc openssl gcc libc6-dev
+                curl iperf3 wrk nginx util-linux procps psmisc openssl gcc libc6-dev containernetworking-plugins
 
 .PHONY: help deps apt node bpf cni typecheck lint test demo kernels clean
 help:

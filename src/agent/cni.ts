@@ -68,8 +68,8 @@ export interface CniServerOptions {
   readonly node: string;
   readonly log: Logger;
   readonly handoff: CniHandoff;
-  /** Runs a reconcile pass for this (overlaid) snapshot. */
-  readonly reconcile: (snapshot: ClusterSnapshot) => Promise<unknown>;
+  /** Runs a reconcile pass for this (overlaid) snapshot; its errors (one line each, naming the pod). */
+  readonly reconcile: (snapshot: ClusterSnapshot) => Promise<{ readonly errors: readonly string[] } | undefined>;
   /** ADD's budget: the pod appearing in the pod source, arming, ztunnel's ack. */
   readonly timeoutMs?: number;
 }
@@ -360,7 +360,9 @@ export class CniServer {
     }
     this.#pods.set(uid, { netnsPath, ips, containerId: env['CNI_CONTAINERID'] ?? '' });
     try {
-      await this.#pass();
+      // A pod the pass could not arm (its netns not usable) would only time out below: say why now.
+      const armError = (await this.#pass())?.errors.find((e) => e.includes(`${what}:`));
+      if (armError) throw new CniError(CNI_ERR.tryAgainLater, `${what}: the agent could not capture it`, armError);
       await this.#waitFor(deadline, () => (this.#o.handoff.served(uid, cookie) ? true : undefined), () => {
         const why = this.#o.handoff.ready ? 'ztunnel did not ack it' : 'ztunnel disconnected';
         return `${what}: ${why} within ${this.#timeoutMs} ms; the runtime retries the sandbox`;
@@ -384,8 +386,8 @@ export class CniServer {
       this.#o.log.warn({ err: describeError(err) }, 'pass after CNI DEL failed'));
   }
 
-  #pass(): Promise<unknown> {
-    return this.#latest ? this.#o.reconcile(this.#overlay(this.#latest)) : Promise.resolve();
+  #pass(): Promise<{ readonly errors: readonly string[] } | undefined> {
+    return this.#latest ? this.#o.reconcile(this.#overlay(this.#latest)) : Promise.resolve(undefined);
   }
 
   /** The latest snapshot with only this pod's IPs filled in (ADD has not committed to it yet). */

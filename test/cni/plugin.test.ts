@@ -6,10 +6,11 @@
 // only when ztunnel has it, so the pod's first connection already goes through ztunnel.
 import t from 'tap';
 import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startTestbed, type Testbed, type TestbedSpec } from '../../src/testbed/index.ts';
+import { startTestbed, type Testbed, type TestbedPod, type TestbedSpec } from '../../src/testbed/index.ts';
 import { startHttpServer } from '../../src/testbed/helpers.ts';
 import { startZtunnels, stopZtunnel, startExtraZtunnel } from '../../src/testbed/ztunnel/launch.ts';
 import { zdsSocketPath } from '../../src/testbed/loader.ts';
@@ -21,6 +22,8 @@ import { eventually } from '../helpers/wait.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const PLUGIN = join(ROOT, 'build/cni/ambpf-cni');
+/** Debian's containernetworking-plugins (the Makefile's APT_PACKAGES). */
+const CNI_BIN = '/usr/lib/cni';
 const PORT = 8080;
 const TIMEOUT_MS = 3000;
 
@@ -41,6 +44,8 @@ let tb: Testbed;
 let loader: Loader;
 let podsFile: string;
 let socket: string;
+/** Pod objects the test adds to the pods file beside the testbed's (the chained pod). */
+const extraPods: Array<Record<string, unknown>> = [];
 
 interface PluginRun {
   readonly code: number | null;
@@ -50,10 +55,11 @@ interface PluginRun {
 }
 
 /** Runs the plugin binary as a runtime does: env + stdin, stdout and exit code back. */
-function runPlugin(env: Record<string, string>, stdin: string): Promise<PluginRun> {
+function runPlugin(env: Record<string, string>, stdin: string, argv: readonly string[] = [PLUGIN]):
+  Promise<PluginRun> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const p = spawn(PLUGIN, [], { env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const p = spawn(argv[0]!, argv.slice(1), { env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -109,6 +115,7 @@ function writePods(absent: readonly string[]): void {
   tb.writePodsList(podsFile);
   editPodsFile(podsFile, (list) => {
     list.items = list.items.filter((o) => !(o.kind === 'Pod' && absent.includes(o.metadata.name)));
+    list.items.push(...(extraPods as typeof list.items));
     for (const o of list.items) {
       if (o.kind !== 'Pod' || !CNI_PODS.includes(o.metadata.name)) continue;
       o['status'] = { phase: 'Pending' };
@@ -214,6 +221,72 @@ t.test('a pod the source learns of while ADD waits is served; one it never shows
   t.ok(r2.ms >= TIMEOUT_MS * 0.9, `it waited its bound (${r2.ms.toFixed(0)} ms)`);
 });
 
+t.test('chained after the real bridge + host-local: the first connect after ADD goes through ztunnel', async (t) => {
+  if (!existsSync(join(CNI_BIN, 'bridge'))) {
+    return t.plan(0, `skip: ${CNI_BIN}/bridge missing: install containernetworking-plugins (make deps does)`);
+  }
+  // A pod with nothing but its netns (the runtime's part) and its Pod object (Pending, no IP); the
+  // primary CNI (bridge with host-local IPAM, run in the node's netns) gives it its veth and IP.
+  const node = tb.node('node1');
+  const uid = randomUUID();
+  const netnsName = `${tb.info.prefix}-chained`;
+  execFileSync('ip', ['netns', 'add', netnsName]);
+  const cgroup = join(node.kubepodsCgroup, 'besteffort', `pod${uid}`, 'c1');
+  mkdirSync(cgroup, { recursive: true });
+  extraPods.push({
+    apiVersion: 'v1', kind: 'Pod',
+    metadata: { name: 'chained', namespace: 'mesh', uid, labels: {}, annotations: {}, resourceVersion: '9000' },
+    spec: { nodeName: 'node1', containers: [{ name: 'app', image: 'registry.local/ambtb/pause:1' }] },
+    status: { phase: 'Pending' },
+  });
+  writePods(['cni-late']);
+  const base = tb.pod('cni-mesh');
+  const pod: TestbedPod = {
+    ...base, name: 'chained', uid, netnsPath: `/run/netns/${netnsName}`, containerCgroupPath: cgroup, ip: '',
+  };
+  const env = {
+    ...envFor('ADD', 'cni-mesh'), CNI_NETNS: pod.netnsPath, CNI_PATH: CNI_BIN, CNI_CONTAINERID: 'chained',
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=chained;K8S_POD_UID=${uid}`,
+  };
+  const net = { cniVersion: '1.0.0', name: 'ambpf-chain' };
+  const bridgeConf = {
+    ...net, type: 'bridge', bridge: 'ambcni0', isGateway: true, ipMasq: false,
+    ipam: { type: 'host-local', ranges: [[{ subnet: '198.19.200.0/24' }]], routes: [{ dst: '0.0.0.0/0' }],
+      dataDir: join(tb.info.runDir, 'ipam') },
+  };
+  // As containerd does (go-cni's WithLoNetwork): the loopback network first, then the pod network.
+  const loConf = JSON.stringify({ cniVersion: '1.0.0', name: 'cni-loopback', type: 'loopback' });
+  const lo = await runPlugin({ ...env, CNI_IFNAME: 'lo' }, loConf, [join(CNI_BIN, 'loopback')]);
+  t.equal(lo.code, 0, `loopback ADD: ${lo.stdout}${lo.stderr}`);
+  const inNode = ['nsenter', `--net=${node.netnsPath}`, '--', join(CNI_BIN, 'bridge')];
+  const bridge = await runPlugin(env, JSON.stringify(bridgeConf), inNode);
+  t.equal(bridge.code, 0, `bridge ADD: ${bridge.stdout}${bridge.stderr}`);
+  const prev = JSON.parse(bridge.stdout) as Record<string, unknown>;
+  const ours = { ...net, type: 'ambpf-cni', socketPath: socket };
+  const r = await runPlugin(env, JSON.stringify({ ...ours, prevResult: prev }));
+  // The moment ADD returns, the pod's first connection: through ztunnel, never direct.
+  const traced = await tracedCurl(tb, pod, tb.pod('server').ip, PORT, ['node1'], { node1: ['outbound'] });
+  if (r.code !== 0) {
+    // What the agent said about the pod, for the failure's report.
+    const lines = loader.logLines().map((l) => JSON.stringify(l)).filter((l) => l.includes('mesh/chained'));
+    t.comment(lines.slice(-15).join('\n'));
+  }
+  t.equal(r.code, 0, `ambpf-cni ADD: ${r.stdout}${r.stderr}`);
+  t.same(JSON.parse(r.stdout), prev, 'the chain\'s result is the bridge\'s, unchanged');
+  t.comment(`ambient ADD after bridge (no process in the pod yet): ${r.ms.toFixed(0)} ms`);
+  const ip = ((prev['ips'] as Array<{ address: string }>)[0]!.address).split('/')[0]!;
+  const out = traced.lines['node1']?.find((e) => e.direction === 'outbound');
+  t.equal(out?.source.split(':')[0], ip, `ztunnel proxied the first connection of the pod (${ip})`);
+
+  // Teardown in the runtime's order: DEL down the chain in reverse.
+  t.equal((await runPlugin({ ...env, CNI_COMMAND: 'DEL' }, JSON.stringify(ours))).code, 0, 'ambpf-cni DEL');
+  const del = await runPlugin({ ...env, CNI_COMMAND: 'DEL' }, JSON.stringify(bridgeConf), inNode);
+  t.equal(del.code, 0, `bridge DEL: ${del.stderr}`);
+  extraPods.length = 0;
+  writePods(['cni-late']);
+  execFileSync('ip', ['netns', 'del', netnsName]);
+});
+
 t.test('bad input: each a CNI error on stdout and exit 1', async (t) => {
   const cases: Array<[string, Record<string, string>, string, number]> = [
     ['malformed stdin', envFor('ADD', 'cni-mesh'), `{"cniVersion":"1.0.0","socketPath":"${socket}", nope`, 6],
@@ -232,6 +305,22 @@ t.test('bad input: each a CNI error on stdout and exit 1', async (t) => {
     t.ok(e.msg.length > 0, `${what}: a message`);
   }
   t.equal(zdsState('cni-mesh'), undefined, 'nothing was captured by a failed ADD');
+});
+
+t.test('a netns the agent cannot arm: ADD fails at once with the reason, not at the timeout', async (t) => {
+  // No loopback plugin ran: lo is down and the pod's local route cannot be added.
+  const netnsName = `${tb.info.prefix}-lodown`;
+  execFileSync('ip', ['netns', 'add', netnsName]);
+  const r = await runPlugin({ ...envFor('ADD', 'cni-mesh'), CNI_NETNS: `/run/netns/${netnsName}` },
+    config('1.0.0', {}, tb.pod('cni-mesh').ip));
+  execFileSync('ip', ['netns', 'del', netnsName]);
+  t.equal(r.code, 1);
+  const e = JSON.parse(r.stdout) as { code: number; msg: string; details?: string };
+  t.equal(e.code, 11);
+  t.match(e.msg, /could not capture/);
+  t.match(e.details ?? '', /inpod capture of pod mesh\/cni-mesh/);
+  t.ok(r.ms < TIMEOUT_MS, `failed after ${r.ms.toFixed(0)} ms`);
+  await eventually(() => zdsState('cni-mesh') === undefined, 10_000, 'nothing left of cni-mesh');
 });
 
 t.test('agent unreachable: error 11 and exit 1; failOpen: prevResult; DEL still succeeds', async (t) => {
