@@ -113,12 +113,17 @@ t.test('ambpf cni install/uninstall: binary + entry in the first config by name;
   // The CLI, with --watch: the primary CNI rewrites its file (without our entry); it comes back.
   const dirs = ['--conf-dir', confDir, '--bin-dir', binDir];
   const cli = execFile(AMBPF_BIN, ['cni', 'install', '--watch', ...dirs, '--socket', entry.socketPath]);
+  let cliOut = '';
+  cli.stdout?.on('data', (c: Buffer) => (cliOut += c.toString()));
+  cli.stderr?.on('data', (c: Buffer) => (cliOut += c.toString()));
   t.teardown(() => cli.kill('SIGTERM'));
-  // Twice: the first may be undone by the command's initial pass, the second only by its watch.
+  // Twice: the first may be undone by the command's initial pass, the second only while it keeps running.
   for (const round of [1, 2]) {
     writeFileSync(primary, FIXTURES['05-cilium.conflist']!);
     await eventually(() => plugins(readFileSync(primary, 'utf8')).at(-1)?.['type'] === PLUGIN_TYPE, 10_000,
-      `the entry to be back after the primary CNI rewrote its file (${round})`);
+      `the entry to be back after the primary CNI rewrote its file (${round})`).catch((err: unknown) => {
+      throw new Error(`${String(err)}; ambpf cni said: ${cliOut}`);
+    });
   }
   cli.kill('SIGTERM');
   await new Promise((resolve) => cli.once('exit', resolve));

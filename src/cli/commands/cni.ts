@@ -7,6 +7,8 @@ import { UsageError, describeError } from '../../errors.ts';
 import { logger } from '../../log.ts';
 
 const log = logger('cni');
+const SETTLE_MS = 100;
+const SAFETY_NET_MS = 5000;
 
 const USAGE = `Usage: ambpf cni install [--watch] [options]
        ambpf cni uninstall [--conf-dir D] [--bin-dir D]
@@ -63,10 +65,19 @@ export const command: Command = {
     ensure();
     if (!values.watch) return 0;
     // Our own write fires the watch too; ensure() then finds the entry in place and writes nothing.
-    const watcher = watch(confDir, () => ensure());
+    // An event can come mid-write (a primary CNI that truncates and rewrites in place): ensure() runs
+    // once the burst settled, and a periodic pass catches anything a watch missed.
+    let settle: NodeJS.Timeout | undefined;
+    const watcher = watch(confDir, () => {
+      clearTimeout(settle);
+      settle = setTimeout(ensure, SETTLE_MS);
+    });
+    const safetyNet = setInterval(ensure, SAFETY_NET_MS);
     return new Promise<number>((resolve) => {
       const stop = (): void => {
         watcher.close();
+        clearTimeout(settle);
+        clearInterval(safetyNet);
         resolve(0);
       };
       process.once('SIGTERM', stop);
