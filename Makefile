@@ -10,13 +10,14 @@ TSC   := $(NODE) node_modules/typescript/bin/tsc
 
 # Debian packages the build, the tests and the demo use.
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libelf-dev zlib1g-dev bpftool iproute2 iptables nftables ipset \
-                curl iperf3 wrk nginx util-linux procps psmisc openssl
+                curl iperf3 wrk nginx util-linux procps psmisc openssl gcc libc6-dev containernetworking-plugins
 
-.PHONY: help deps apt node bpf typecheck lint test demo kernels clean
+.PHONY: help deps apt node bpf cni typecheck lint test demo kernels clean
 help:
 	@echo "make demo   - run the local two-node demo on the eBPF path"
 	@echo "make test   - typecheck and run the test suite (as root, on this kernel)"
 	@echo "make bpf    - compile the BPF objects into the cache"
+	@echo "make cni    - build the chained CNI plugin build/cni/ambpf-cni"
 
 deps: apt node bpffs
 
@@ -41,6 +42,12 @@ bpffs:
 bpf: deps
 	$(AMBPF) build
 
+# The chained CNI plugin (docs/cni.md): static, so the DaemonSet can copy it to any host's CNI bin dir.
+cni: build/cni/ambpf-cni
+build/cni/ambpf-cni: cni/ambpf-cni.c
+	@mkdir -p build/cni
+	gcc -static -O2 -Wall -Wextra -Werror -o $@ $<
+
 typecheck: node
 	$(TSC) --noEmit -p .
 
@@ -50,13 +57,13 @@ lint: node
 
 # scripts/leftovers.ts: the suite as a whole leaves no netns, cgroup, pin, BPF program or link,
 # interface or iptables rule behind (each test file also checks its own).
-test: deps typecheck lint bpf
+test: deps typecheck lint bpf cni
 	@mkdir -p build && $(NODE) scripts/leftovers.ts snapshot build/leftovers-before.json
 	$(TAP)
 	$(NODE) scripts/leftovers.ts check build/leftovers-before.json
 	$(NODE) scripts/check-coverage.ts
 
-demo: deps bpf
+demo: deps bpf cni
 	$(AMBPF) demo
 
 # The kernel matrix (5.10, 6.1, 6.12 under qemu + the host): test/kernels.test.ts runs it inside

@@ -14,6 +14,7 @@ export const COMMANDS: readonly CommandEntry[] = [
   { name: 'map', summary: 'bpftool-compatible map inspection (show|list|dump|lookup|getnext)', module: './commands/map.ts' },
   { name: 'prog', summary: 'bpftool-compatible program inspection (show|list)', module: './commands/prog.ts' },
   { name: 'uninstall', summary: 'detach and unpin everything ambpf made under --bpffs, nothing else', module: './commands/uninstall.ts' },
+  { name: 'cni', summary: 'put ambpf-cni into the node\'s CNI chain (install) or take it out (uninstall)', module: './commands/cni.ts' },
   { name: 'doctor', summary: 'check the kernel, mounts and tools ambpf needs', module: './commands/doctor.ts' },
   { name: 'build', summary: 'compile the BPF objects into the cache (what `make bpf` runs)', module: './commands/build.ts' },
   { name: 'testbed', summary: 'bring the local netns cluster up or down by hand', module: './commands/testbed.ts' },

@@ -36,6 +36,9 @@ export interface Resolution {
 
 export interface DiscoveryOptions {
   readonly procRoot?: string;
+  /** uid -> netns path the CNI plugin handed over (src/agent/cni.ts): such a pod resolves from it,
+   * even before any process runs in it (pid 0, no pids). */
+  readonly netnsHints?: ReadonlyMap<string, string>;
 }
 
 export async function resolveNode(desired: DesiredState, options: DiscoveryOptions = {}): Promise<Resolution> {
@@ -47,8 +50,31 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
   const ownCookie = currentNetnsCookie();
   const unresolved: Problem[] = [];
 
+  const fromHint = (pod: DesiredPod, netnsPath: string): ResolvedPod | undefined => {
+    let cookie: bigint;
+    try {
+      cookie = netnsCookie(netnsPath);
+    } catch (err) {
+      const reason = `cannot read the netns ${netnsPath}: ${describeError(err)}`;
+      unresolved.push({ object: `pod ${pod.namespace}/${pod.name}`, reason });
+      return undefined;
+    }
+    // The pod's processes in that netns (none yet during CNI ADD): ztunnel's listeners are read from one.
+    const pids = (processes.get(pod.uid) ?? []).map((p) => p.pid).filter((pid) => {
+      try {
+        return netnsCookie(`/proc/${pid}/ns/net`) === cookie;
+      } catch {
+        return false;
+      }
+    });
+    const hostLink = pod.ips.map((ip) => routes.get(ip)).find((l) => l !== undefined);
+    return { ...pod, pid: pids[0] ?? 0, pids, netnsPath, netnsCookie: cookie, hostLink };
+  };
+
   const resolve = (pod: DesiredPod): ResolvedPod | undefined => {
     const what = `pod ${pod.namespace}/${pod.name}`;
+    const hint = options.netnsHints?.get(pod.uid);
+    if (hint !== undefined) return fromHint(pod, hint);
     const procs = processes.get(pod.uid);
     if (!procs || procs.length === 0) {
       unresolved.push({ object: what, reason: `no process found in a cgroup named pod${pod.uid} (sandbox not started yet?)` });

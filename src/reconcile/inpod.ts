@@ -139,6 +139,12 @@ export class InpodApplier {
       this.#armedAt.set(pod.netnsCookie, { netnsPath: pod.netnsPath, ips: pod.ips });
       if (handoff && !handoff.served(pod.uid, pod.netnsCookie)) continue;
       if (this.#stillCaptured(pod)) continue;
+      if (pod.pid === 0) {
+        // Armed from CNI ADD, before any process runs in it: ztunnel's sockets are read from one.
+        const reason = 'no process in the pod\'s netns yet to read ztunnel\'s listeners from';
+        unresolved.push({ object: `pod ${pod.namespace}/${pod.name}`, reason });
+        continue;
+      }
       holders ??= socketHolders([...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])]);
       const found = findListeners(pod, holders);
       if (typeof found === 'string') {

@@ -57,6 +57,8 @@ export interface ReconcilerOptions {
   readonly procRoot?: string;
   /** inpod: who tells ztunnel about captured pods (ZDS); see ZtunnelHandoff. */
   readonly handoff?: ZtunnelHandoff;
+  /** Netns paths from the CNI plugin (uid -> path), read at each pass; see DiscoveryOptions. */
+  readonly netnsHints?: () => ReadonlyMap<string, string>;
 }
 
 /** How long a failed attach to ztunnel's netns is not retried while nothing about ztunnel changed. */
@@ -122,7 +124,7 @@ export class Reconciler {
       mark = now;
     };
     const desired = computeDesiredState(snapshot, this.#o.node);
-    const resolution = await resolveNode(desired, { procRoot: this.#o.procRoot });
+    const resolution = await resolveNode(desired, { procRoot: this.#o.procRoot, netnsHints: this.#o.netnsHints?.() });
     lap('resolve');
     const attempt: Attempt = (what, fn) => {
       try {

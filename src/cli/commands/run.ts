@@ -30,6 +30,9 @@ Options:
   --zds-socket PATH    inpod: the ZDS socket ztunnel connects to (default
                        /var/run/ztunnel/ztunnel.sock; ztunnel's INPOD_UDS). \`none\`: no ZDS server,
                        ztunnel is expected to open its listeners in the pods by itself (testing)
+  --cni-socket PATH    inpod: serve the chained CNI plugin ambpf-cni on this unix socket: its ADD of an
+                       ambient pod returns only once the pod is captured and ztunnel acked it
+  --cni-timeout-ms N   how long a CNI ADD may wait for the pod and ztunnel's ack (default 10000)
   --fail-open          inpod: a captured pod whose ztunnel is away or has not taken it talks direct.
                        Off by default: its connections are refused both ways, as with Istio, because
                        direct traffic would bypass the mesh's mTLS and policy
@@ -90,6 +93,8 @@ export const command: Command = {
         'zds-socket': { type: 'string', default: '/var/run/ztunnel/ztunnel.sock' },
         'fail-open': { type: 'boolean' },
         'no-dns-capture': { type: 'boolean' },
+        'cni-socket': { type: 'string' },
+        'cni-timeout-ms': { type: 'string' },
         bpffs: { type: 'string', default: '/sys/fs/bpf/ambpf' },
         cgroup: { type: 'string' },
         listen: { type: 'string', default: '127.0.0.1:15099' },
@@ -117,7 +122,7 @@ export const command: Command = {
     if (maxPods !== undefined && (!Number.isInteger(maxPods) || maxPods < 1)) throw new UsageError('--max-pods must be a positive integer');
     const resyncMs = Number(values['resync-ms']);
     if (!Number.isFinite(resyncMs) || resyncMs < 100) throw new UsageError('--resync-ms must be a number >= 100');
-    const msFlag = (name: 'watch-stale-ms' | 'watch-backoff-max-ms'): number | undefined => {
+    const msFlag = (name: 'watch-stale-ms' | 'watch-backoff-max-ms' | 'cni-timeout-ms'): number | undefined => {
       const v = values[name];
       if (v === undefined) return undefined;
       const n = Number(v);
@@ -125,6 +130,10 @@ export const command: Command = {
       return n;
     };
     const staleAfterMs = msFlag('watch-stale-ms');
+    const cniTimeoutMs = msFlag('cni-timeout-ms');
+    if (values['cni-socket'] !== undefined && (values.mode !== 'inpod' || values['zds-socket'] === 'none')) {
+      throw new UsageError('--cni-socket needs --mode inpod with a ZDS socket: ADD waits for ztunnel\'s ack');
+    }
     const backoffMaxMs = msFlag('watch-backoff-max-ms');
 
     // Heavy modules load only now: `ambpf run --help` stays instant.
@@ -189,6 +198,7 @@ export const command: Command = {
     // so the pods armed by it are handed over as soon as a ztunnel connects.
     let handoff: import('../../agent/handoff.ts').ZdsHandoff | undefined;
     let reconcilerRef: { resync: (o?: { rescanKernel?: boolean }) => Promise<unknown> } | undefined;
+    let cni: import('../../agent/cni.ts').CniServer | undefined;
     if (values.mode === 'inpod' && values['zds-socket'] !== 'none') {
       const { ZdsHandoff } = await import('../../agent/handoff.ts');
       handoff = await ZdsHandoff.start({
@@ -196,6 +206,7 @@ export const command: Command = {
         log: logger('zds'),
         annotator,
         onChange: () => {
+          cni?.wake();
           reconcilerRef?.resync().catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ZDS change failed'));
         },
         onPeer: () => {
@@ -206,8 +217,17 @@ export const command: Command = {
       log.info({ socket: values['zds-socket'] }, 'serving ZDS: waiting for ztunnel to connect');
     }
 
-    const reconciler = new Reconciler({ node, datapath, stateFile: values['state-file'], handoff });
+    const reconciler = new Reconciler({
+      node, datapath, stateFile: values['state-file'], handoff, netnsHints: () => cni?.netnsHints() ?? new Map(),
+    });
     reconcilerRef = reconciler;
+    if (values['cni-socket'] !== undefined && handoff) {
+      const { CniServer } = await import('../../agent/cni.ts');
+      cni = await CniServer.start({
+        socketPath: values['cni-socket'], node, log: logger('cni'), handoff, timeoutMs: cniTimeoutMs,
+        reconcile: (snapshot) => reconciler.reconcile(snapshot),
+      });
+    }
     let ready = false;
     const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters });
     const { server } = await startHttpServer(values.listen, {
@@ -225,6 +245,7 @@ export const command: Command = {
         if (resyncTimer) clearInterval(resyncTimer);
         void (async () => {
           await source.stop();
+          await cni?.close();
           await reconciler.idle();
           // ztunnel keeps serving the pods it has (its proxies survive an agent restart); the next
           // agent's snapshot reconciles them.
@@ -240,7 +261,7 @@ export const command: Command = {
     });
 
     await source.start(async (snapshot) => {
-      const result = await reconciler.reconcile(snapshot);
+      const result = await reconciler.reconcile(cni ? cni.observe(snapshot) : snapshot);
       if (annotator && result) {
         const { clearStaleRedirection } = await import('../../agent/annotate.ts');
         clearStaleRedirection(annotator, snapshot, new Set(result.desired.ambientPods.map((p) => p.uid)), node);
@@ -249,6 +270,7 @@ export const command: Command = {
       // A source that cannot start (refused credentials, unreadable file) ends the command; the HTTP
       // server would otherwise keep the process alive. Pins stay, as on SIGTERM.
       server.close();
+      void cni?.close();
       void handoff?.close();
       datapath.close();
       throw err;
