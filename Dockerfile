@@ -1,5 +1,6 @@
-# ambpf image: the loader (TypeScript on Node 24), its production node_modules, and the BPF objects
-# compiled at build time. The runtime has no compiler: the loader finds the prebuilt objects in the
+# ambpf image: the loader (TypeScript on Node 24), its production node_modules, the BPF objects
+# compiled at build time, and the chained CNI plugin ambpf-cni (static; the DaemonSet's cni-install
+# container copies it into the host's CNI bin dir). The runtime has no compiler: the loader finds the prebuilt objects in the
 # cache under $AMBPF_CACHE_DIR by the hash of the bpf/ sources it ships (src/bpf/build.ts).
 #
 #   docker build -t ghcr.io/ambpf/ambpf:0.1.0 .
@@ -30,7 +31,19 @@ WORKDIR /opt/ambpf
 ENV AMBPF_CACHE_DIR=/opt/ambpf/build/bpf
 RUN bin/ambpf build
 
-# 3. Runtime. libbpf1 for the koffi binding, bpftool and iproute2 for the loader and for debugging
+# 3. The CNI plugin, exactly as the Makefile's `cni` target builds it. Static: the host runs it, from
+#    its own CNI bin dir, with whatever libc the node has (or none). Only its one source file comes
+#    in; the tests and their stand-ins (test/, .dockerignore) never reach any stage.
+FROM debian:bookworm AS cni
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/ambpf
+COPY cni/ambpf-cni.c ./cni/
+RUN mkdir -p build/cni \
+ && gcc -static -O2 -Wall -Wextra -Werror -o build/cni/ambpf-cni cni/ambpf-cni.c
+
+# 4. Runtime. libbpf1 for the koffi binding, bpftool and iproute2 for the loader and for debugging
 #    (`kubectl exec ... bpftool prog show`); util-linux (nsenter, mount) is already in the base.
 FROM node:24-bookworm-slim
 RUN apt-get update \
@@ -38,6 +51,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=app /opt/ambpf /opt/ambpf
 COPY --from=bpf /opt/ambpf/build/bpf /opt/ambpf/build/bpf
+COPY --from=cni /opt/ambpf/build/cni/ambpf-cni /opt/ambpf/build/cni/ambpf-cni
 WORKDIR /opt/ambpf
 ENV AMBPF_CACHE_DIR=/opt/ambpf/build/bpf \
     AMBPF_LOG_FORMAT=json \

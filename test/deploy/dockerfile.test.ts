@@ -6,11 +6,11 @@
 import t from 'tap';
 import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { BPF_CFLAGS, sourceHash, sourceNames } from '../../src/bpf/build.ts';
-import { REPO_ROOT } from './manifests.ts';
+import { REPO_ROOT, type Json } from './manifests.ts';
 
 const run = promisify(execFile);
 
@@ -188,4 +188,56 @@ t.test('replayed: the clang stage builds every object; the runtime, without clan
   t.equal(result.cached, true, 'nothing compiled at runtime');
   t.equal(result.clangVersion, null, 'clang really was absent');
   t.same(Object.keys(result.objects).sort(), names, 'every object found');
+});
+
+const gccStage = stages.find((s) => aptPackages(s).includes('gcc'));
+const PLUGIN_IN_IMAGE = '/opt/ambpf/build/cni/ambpf-cni';
+
+t.test('the CNI plugin: built as `make cni` builds it, shipped alone, no compiler at runtime', async (t) => {
+  if (!gccStage) return t.fail('no stage installs gcc');
+  t.not(gccStage, runtime, 'gcc is not in the runtime stage');
+  t.notOk(aptPackages(runtime).includes('gcc'), 'no gcc at runtime');
+  // The Makefile's recipe, with $@ and $< filled in, is the command the stage runs.
+  const makefile = readFileSync(join(REPO_ROOT, 'Makefile'), 'utf8');
+  const recipe = /^build\/cni\/ambpf-cni: (\S+)\n(?:\t.*\n)*?\t(gcc .*)$/m.exec(makefile);
+  t.ok(recipe, 'the Makefile has the build/cni/ambpf-cni rule');
+  const expected = recipe?.[2]?.replace('$@', 'build/cni/ambpf-cni').replace('$<', recipe[1]!) ?? '?';
+  const gccRuns = gccStage.instructions.filter((i) => i.op === 'RUN')
+    .flatMap((i) => i.args.split(/&&|;/).map((c) => c.trim())).filter((c) => c.startsWith('gcc '));
+  t.same(gccRuns, [expected], `the stage runs the Makefile's recipe: ${expected}`);
+  t.match(expected, /(^| )-static( |$)/, 'static: the host runs it with its own libc or none');
+  // Only the plugin's source enters that stage; only its binary leaves it.
+  t.same(copies(gccStage).filter((c) => c.from === undefined).flatMap((c) => c.src), [recipe?.[1]], 'the stage copies only the source');
+  const shipped = copies(runtime).filter((c) => c.from === gccStage.name);
+  t.same(shipped.map((c) => [c.src, c.dest]), [[[`${PLUGIN_IN_IMAGE}`], PLUGIN_IN_IMAGE]], `the runtime gets only ${PLUGIN_IN_IMAGE}`);
+  // The image's content rules: nothing from the build context reaches the runtime directly, and no
+  // stage copies the tests (their ZDS stand-ins, CNI fixtures, fake plugins).
+  t.same(copies(runtime).filter((c) => c.from === undefined), [], 'the runtime copies nothing from the context');
+  for (const s of stages) {
+    for (const c of copies(s).filter((c) => c.from === undefined)) {
+      t.notOk(c.src.some((p) => /^(\.\/)?test(\/|$)/.test(p)), `${s.name ?? 'runtime'}: ${c.src.join(' ')} is not test/`);
+    }
+  }
+});
+
+t.test('replayed: the CNI stage\'s command builds a static plugin from the repo\'s source', async (t) => {
+  if (!gccStage) return t.fail('no stage installs gcc');
+  const root = mkdtempSync(join(tmpdir(), 'ambpf-image-cni-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  for (const c of copies(gccStage).filter((c) => c.from === undefined)) {
+    for (const src of c.src) cpSync(join(REPO_ROOT, src), join(root, c.dest.replace(/^\.\//, ''), basename(src)), { recursive: true });
+  }
+  for (const i of gccStage.instructions.filter((i) => i.op === 'RUN' && !/apt-get/.test(i.args))) {
+    await run('/bin/sh', ['-c', i.args], { cwd: root, timeout: 120_000 });
+  }
+  const bin = join(root, PLUGIN_IN_IMAGE.replace('/opt/ambpf/', ''));
+  t.ok(existsSync(bin), 'the plugin is where the runtime copies it from');
+  const elf = readFileSync(bin);
+  // A dynamically linked ELF has a PT_INTERP program header; `-static` leaves none.
+  t.notOk(elf.includes('/lib64/ld-linux') || elf.includes('/lib/ld-linux'), 'no dynamic loader named: static');
+  // It answers VERSION itself (docs/cni.md), with no agent anywhere.
+  const version = run(bin, [], { env: { CNI_COMMAND: 'VERSION' }, timeout: 10_000 });
+  version.child.stdin?.end('{"cniVersion":"1.0.0"}');
+  const { stdout } = await version;
+  t.match(JSON.parse(stdout) as Json, { supportedVersions: ['0.3.1', '0.4.0', '1.0.0'] });
 });
