@@ -4,7 +4,7 @@
 // finding the cluster (no API server here), `uninstall` runs on a pin dir that does not exist.
 import t from 'tap';
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { mountsOf } from '../../src/doctor/system.ts';
@@ -20,6 +20,11 @@ const job = only(manifests, 'Job');
 const cmData = (only(manifests, 'ConfigMap')['data'] ?? {}) as Record<string, string>;
 const loader = containersOf(ds).main.find((c) => c.name === 'loader')!;
 const uninstall = containersOf(job).main[0]!;
+const cniInstall = containersOf(ds).main.find((c) => c.name === 'cni-install')!;
+
+/** The `ambpf cni <verb> ...` command lines of the cni-install script, `\` continuations joined. */
+const cniCommands = (cniInstall.command?.at(-1) ?? '').replace(/\\\n\s*/g, ' ').split('\n')
+  .map((l) => /^(?:exec )?ambpf (cni \w+.*?)(?: &)?$/.exec(l.trim())?.[1]).filter((l): l is string => l !== undefined);
 
 async function help(command: string): Promise<string> {
   const { stdout } = await run(AMBPF, [command, '--help'], { timeout: 30_000 });
@@ -60,6 +65,26 @@ t.test('the DaemonSet runs run\'s default mode, inpod, on run\'s default ZDS soc
   t.match(text.replace(/\s+/g, ' '), `(default ${sock};`, `${sock} is run's default (ztunnel's INPOD_UDS)`);
 });
 
+t.test('every flag the cni-install script passes is in `ambpf cni --help`', async (t) => {
+  t.same(cniCommands.map((l) => l.split(' ').slice(0, 2).join(' ')), ['cni install', 'cni uninstall'], 'install (watching), then uninstall');
+  const text = await help('cni');
+  for (const line of cniCommands) {
+    for (const flag of flagsOf(line.split(' '))) t.match(text, new RegExp(`^\\s+${flag}\\b`, 'm'), `cni --help lists ${flag}`);
+  }
+  t.ok(cniCommands[0]?.split(' ').includes('--watch'), 'install keeps watching');
+});
+
+t.test('the plugin, the installer and the loader agree on the CNI socket', async (t) => {
+  const sock = argOf(loader, '--cni-socket');
+  t.ok(sock, 'the loader is given --cni-socket');
+  t.match(cniCommands[0] ?? '', `--socket=${sock}`, 'the entry the installer writes names it');
+  t.match((await help('cni')).replace(/\s+/g, ' '), `(default ${sock})`, 'it is the installer\'s default');
+  const plugin = readFileSync(join(REPO_ROOT, 'cni/ambpf-cni.c'), 'utf8');
+  t.match(plugin, `#define DEFAULT_SOCKET "${sock}"`, 'and the plugin\'s default socketPath');
+  t.match(argOf(loader, '--cni-timeout-ms') ?? '', /^\$\(AMBPF_CNI_TIMEOUT_MS\)$/, 'the ADD timeout comes from the ConfigMap');
+  t.match(cmData['AMBPF_CNI_TIMEOUT_MS'] ?? '', /^\d+$/, 'as a number of ms');
+});
+
 t.test('every flag the uninstall Job passes is in `ambpf uninstall --help`', async (t) => {
   const [command, ...rest] = uninstall.args ?? [];
   t.equal(command, 'uninstall');
@@ -75,6 +100,8 @@ t.test('`ambpf run` accepts the DaemonSet\'s args as kubelet expands them', asyn
   const args = expand(loader, loader.args ?? [], { 'spec.nodeName': 'node-a', 'status.hostIP': '198.18.0.10' });
   const sock = args.find((a) => a.startsWith('--zds-socket='))?.slice('--zds-socket='.length) ?? '';
   const sockExisted = existsSync(sock);
+  const cniSock = args.find((a) => a.startsWith('--cni-socket='))?.slice('--cni-socket='.length) ?? '';
+  const cniSockExisted = existsSync(cniSock);
   t.notOk(args.some((a) => a.includes('$(')), `every $(VAR) expanded: ${args.join(' ')}`);
   const env: NodeJS.ProcessEnv = { PATH: process.env['PATH'], NODE_NAME: 'node-a', AMBPF_LOG_LEVEL: 'silent' };
   const r = await run(AMBPF, args, { env, timeout: 30_000 }).then(
@@ -85,6 +112,7 @@ t.test('`ambpf run` accepts the DaemonSet\'s args as kubelet expands them', asyn
   t.match(r.stderr, /kubepods|in-cluster|service ?account|KUBERNETES_SERVICE/i, `it stopped at the environment, not at an argument: ${r.stderr.trim()}`);
   t.notMatch(r.stderr, /Unknown option|unexpected argument|is not a port|must be|expects HOST:PORT|not an IP/i, 'no argument was refused');
   if (!sockExisted) t.notOk(existsSync(sock), `it did not get as far as serving ZDS on this machine's ${sock}`);
+  if (!cniSockExisted) t.notOk(existsSync(cniSock), `nor CNI on this machine's ${cniSock}`);
 });
 
 t.test('`ambpf uninstall` runs with the Job\'s args', async (t) => {

@@ -3,7 +3,8 @@
 // unknown fields; TypeScript's excess-property check on the models' interfaces does not), and
 // kustomization.yaml lists exactly the install manifests.
 import t from 'tap';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { parseAllDocuments } from 'yaml';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -110,4 +111,32 @@ t.test('kustomization.yaml lists every install manifest, and each listed file ex
   for (const m of manifests.filter((m) => !['Namespace', 'ClusterRole', 'ClusterRoleBinding'].includes(m.kind))) {
     t.equal((m.object['metadata'] as Json)['namespace'], 'ambpf-system', `${m.file} lives in ambpf-system`);
   }
+});
+
+t.test('the CNI dirs: ConfigMap values, copied into the hostPath volumes by kustomize', async (t) => {
+  const cm = (manifests.find((m) => m.kind === 'ConfigMap')!.object['data'] ?? {}) as Record<string, string>;
+  const volumesOf = (ds: Json): Array<{ name: string; hostPath?: { path: string } }> =>
+    ((((ds['spec'] as Json)['template'] as Json)['spec'] as Json)['volumes'] ?? []) as Array<{ name: string; hostPath?: { path: string } }>;
+  const pathOf = (ds: Json, name: string): string | undefined => volumesOf(ds).find((v) => v.name === name)?.hostPath?.path;
+  const ds = manifests.find((m) => m.kind === 'DaemonSet')!.object;
+  const PAIRS = [['AMBPF_CNI_BIN_DIR', 'cni-bin-dir'], ['AMBPF_CNI_CONF_DIR', 'cni-conf-dir']] as const;
+  // `kubectl apply -f` (no kustomize) gets the same dirs as long as the values are the defaults.
+  for (const [key, volume] of PAIRS) t.equal(pathOf(ds, volume), cm[key], `${volume} defaults to ${key} (${cm[key]})`);
+  const kubectl = await run('kubectl', ['version', '--client'], { timeout: 30_000 }).then(() => true, () => false);
+  if (!kubectl) return t.plan(0, 'skip: kubectl is not installed: the replacements cannot be built here');
+  // A copy of deploy/ with other values, built the way `kubectl apply -k` builds it.
+  const dir = mkdtempSync(join(REPO_ROOT, 'build', 'deploy-kustomize-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  cpSync(DEPLOY_DIR, dir, { recursive: true });
+  const cmFile = join(dir, 'configmap.yaml');
+  writeFileSync(cmFile, readFileSync(cmFile, 'utf8')
+    .replace(/^( {2}AMBPF_CNI_BIN_DIR:).*$/m, '$1 /var/lib/rancher/k3s/data/cni')
+    .replace(/^( {2}AMBPF_CNI_CONF_DIR:).*$/m, '$1 /var/lib/rancher/k3s/agent/etc/cni/net.d'));
+  const { stdout } = await run('kubectl', ['kustomize', dir], { timeout: 60_000 });
+  const built = parseAllDocuments(stdout).map((d) => d.toJS() as Json);
+  const out = built.find((o) => o['kind'] === 'DaemonSet')!;
+  t.equal(pathOf(out, 'cni-bin-dir'), '/var/lib/rancher/k3s/data/cni', 'the bin dir follows the ConfigMap');
+  t.equal(pathOf(out, 'cni-conf-dir'), '/var/lib/rancher/k3s/agent/etc/cni/net.d', 'the conf dir follows the ConfigMap');
+  const others = (d: Json): unknown[] => volumesOf(d).filter((v) => !PAIRS.some(([, n]) => n === v.name));
+  t.same(others(out), others(ds), 'no other volume changed');
 });

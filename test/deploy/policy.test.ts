@@ -18,6 +18,7 @@ const cmData = (configMap['data'] ?? {}) as Record<string, string>;
 const dsContainers = containersOf(ds);
 const loader = dsContainers.main.find((c) => c.name === 'loader')!;
 const initMount = dsContainers.init.find((c) => c.name === 'mount-bpffs')!;
+const cniInstall = dsContainers.main.find((c) => c.name === 'cni-install')!;
 const uninstall = containersOf(job).main[0]!;
 
 /**
@@ -27,6 +28,9 @@ const uninstall = containersOf(job).main[0]!;
  */
 const ZTUNNEL_SOCK_DIR = '/var/run/ztunnel';
 const ZTUNNEL_INPOD_UDS = '/var/run/ztunnel/ztunnel.sock';
+/** ambpf-cni's default socketPath (cni/ambpf-cni.c, `ambpf cni install --socket`). */
+const CNI_SOCKET = '/var/run/ambpf/cni.sock';
+const CNI_SOCK_DIR = '/var/run/ambpf';
 
 /** The comment on item `i` of a YAML sequence (the yaml library hangs the first item's on the sequence). */
 function commentOf(seq: Node, i: number): string {
@@ -40,6 +44,8 @@ function commentOf(seq: Node, i: number): string {
 const ALLOWED_CAPS: Record<string, readonly string[]> = {
   loader: ['BPF', 'NET_ADMIN', 'SYS_ADMIN', 'SYS_PTRACE', 'SYS_RESOURCE'],
   'mount-bpffs': ['SYS_ADMIN', 'SYS_CHROOT', 'SYS_PTRACE'],
+  // Writes the node's CNI files as their owner (root): no capability at all.
+  'cni-install': [],
   uninstall: ['BPF', 'NET_ADMIN', 'SYS_ADMIN', 'SYS_PTRACE'],
 };
 
@@ -52,6 +58,7 @@ const every: Array<{ where: string; workload: Json; c: Container }> = [
 t.test('the workloads have the containers this policy describes', async (t) => {
   t.ok(loader, 'DaemonSet has the loader container');
   t.ok(initMount, 'DaemonSet has the mount-bpffs init container');
+  t.ok(cniInstall, 'DaemonSet has the cni-install container');
   t.equal(containersOf(job).main.length, 1, 'the uninstall Job has one container');
   t.same(every.map((e) => e.c.name).sort(), Object.keys(ALLOWED_CAPS).sort(), 'no container without a capability policy');
 });
@@ -156,14 +163,49 @@ t.test('host access: node netns and PID namespace, the bpffs, the cgroup v2 root
   t.equal(zdsVolume?.hostPath?.type, 'DirectoryOrCreate', 'created by whichever of ambpf and ztunnel starts first');
   t.not(zds?.readOnly, true, 'writable: ambpf creates the socket there');
 
+  // ambpf-cni: the loader serves it on the plugin's default socket, in a host dir at the same path.
+  const cniSock = argOf(loader, '--cni-socket');
+  t.equal(cniSock, CNI_SOCKET, 'the loader serves the CNI socket the plugin connects to by default');
+  const cniSockMount = mount(dirname(cniSock ?? '?'));
+  t.equal(cniSockMount && hostPathOf(cniSockMount.name), CNI_SOCK_DIR, 'in the node\'s directory of the same path');
+  t.not(cniSockMount?.readOnly, true, 'writable: the loader creates the socket there');
+  t.ok(volumes.some((v) => v.name === cniSockMount?.name && (v.hostPath as { type?: string } | undefined)?.type === 'DirectoryOrCreate'),
+    'DirectoryOrCreate: nothing else makes it');
+  // The installer: the plugin's entry names that socket; the CNI dirs are mounted where its script looks.
+  const script = cniInstall.command?.join('\n') ?? '';
+  t.match(script, `--socket=${CNI_SOCKET}`, 'the entry it writes names the loader\'s socket');
+  for (const [volume, inContainer] of [['cni-bin-dir', '/host/opt/cni/bin'], ['cni-conf-dir', '/host/etc/cni/net.d']] as const) {
+    t.equal(cniInstall.volumeMounts?.find((m) => m.name === volume)?.mountPath, inContainer, `${volume} at ${inContainer}`);
+    t.match(script, `:-${inContainer}}`, `the script's default is ${inContainer}`);
+    t.not(cniInstall.volumeMounts?.find((m) => m.name === volume)?.readOnly, true, `${volume} is writable`);
+    t.equal((volumes.find((v) => v.name === volume) as { hostPath?: { type?: string } }).hostPath?.type, 'Directory',
+      `${volume}: Directory, the primary CNI made it`);
+  }
+  t.match(script, /trap .*TERM/, 'SIGTERM stops the watch first');
+  t.match(script, /exec ambpf cni uninstall/, 'then removes the entry and binary');
+
   // Pods' netns by /proc/<pid>/ns/net: the node's PID namespace, setns and ptrace-read access.
   const caps = (at(loader.securityContext, 'capabilities.add') ?? []) as string[];
   t.ok(caps.includes('SYS_ADMIN'), 'SYS_ADMIN: setns(2) into each pod\'s netns');
   t.ok(caps.includes('SYS_PTRACE'), 'SYS_PTRACE: /proc/<pid>/ns/net of pod processes that run as other users');
 
-  // Exactly these host paths, nothing broader.
+  // Exactly these host paths, nothing broader; each with the one container that mounts it and why.
+  const HOST_PATHS: Record<string, { container: string; why: string }> = {
+    '/proc/sys/net': { container: 'loader', why: 'net sysctls of the netns the loader enters' },
+    '/sys/fs/bpf': { container: 'loader', why: 'pins that outlive the pod' },
+    '/sys/fs/cgroup': { container: 'loader', why: 'attach under kubepods' },
+    [ZTUNNEL_SOCK_DIR]: { container: 'loader', why: 'the ZDS socket ztunnel connects to' },
+    [CNI_SOCK_DIR]: { container: 'loader', why: 'the CNI socket the host\'s ambpf-cni connects to' },
+    [cmData['AMBPF_CNI_BIN_DIR'] ?? '?']: { container: 'cni-install', why: 'the plugin binary goes into the host\'s CNI bin dir' },
+    [cmData['AMBPF_CNI_CONF_DIR'] ?? '?']: { container: 'cni-install', why: 'the entry goes into the primary CNI\'s conflist' },
+  };
   const hostPaths = volumes.flatMap((v) => (v.hostPath ? [v.hostPath.path] : [])).sort();
-  t.same(hostPaths, ['/proc/sys/net', '/sys/fs/bpf', '/sys/fs/cgroup', ZTUNNEL_SOCK_DIR].sort(), `host paths: ${hostPaths.join(', ')}`);
+  t.same(hostPaths, Object.keys(HOST_PATHS).sort(), `host paths: ${hostPaths.join(', ')}`);
+  for (const [path, { container, why }] of Object.entries(HOST_PATHS)) {
+    const volume = volumes.find((v) => v.hostPath?.path === path)?.name;
+    const users = [...dsContainers.init, ...dsContainers.main].filter((c) => (c.volumeMounts ?? []).some((m) => m.name === volume));
+    t.same(users.map((c) => c.name), [container], `${path} (${why}) is mounted by ${container} only`);
+  }
   t.notOk(volumes.some((v) => v.hostPath?.path === '/' || v.hostPath?.path === '/proc'), 'neither the node\'s / nor its whole /proc');
   t.notOk(volumes.some((v) => v.hostPath?.path?.includes('containerd.sock') || v.hostPath?.path?.includes('docker.sock')), 'no container runtime socket');
 
