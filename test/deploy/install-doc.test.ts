@@ -47,7 +47,7 @@ t.test('the RBAC check the page gives is the grant the ClusterRole has', async (
 
 t.test('every ambpf command and flag the page uses exists', async (t) => {
   const uses = new Map<string, Set<string>>();
-  for (const m of doc.matchAll(/\bambpf (run|status|pods|doctor|uninstall|build)\b([^`\n|]*)/g)) {
+  for (const m of doc.matchAll(/\bambpf (run|status|pods|doctor|uninstall|build|cni)\b([^`\n|]*)/g)) {
     const flags = uses.get(m[1]!) ?? new Set<string>();
     for (const f of m[2]!.matchAll(/(--[a-z][\w-]*)/g)) flags.add(f[1]!);
     uses.set(m[1]!, flags);
@@ -59,5 +59,28 @@ t.test('every ambpf command and flag the page uses exists', async (t) => {
     const { stdout } = await run(AMBPF, [command, '--help'], { timeout: 30_000 });
     // An option line starts with the flag, or with its short form: `  -j, --json`.
     for (const flag of flags) t.match(stdout, new RegExp(`^\\s+(?:-\\w, )?${flag}\\b`, 'm'), `ambpf ${command} --help lists ${flag}`);
+  }
+});
+
+t.test('the CNI plugin section matches the DaemonSet and docs/cni.md', async (t) => {
+  const section = /## New pods: the CNI plugin\n([\s\S]*?)\n## /.exec(doc)?.[1] ?? '';
+  t.ok(section.length > 500, 'the section exists');
+  const sock = argOf(loader, '--cni-socket')!;
+  t.match(section, `{"type":"ambpf-cni","socketPath":"${sock}"}`, 'the entry it shows names the loader\'s socket');
+  const installer = containersOf(ds).main.find((c) => c.name === 'cni-install');
+  t.ok(installer, 'the DaemonSet has the container the page names');
+  t.match(section, '`cni-install`');
+  const cm = (only(manifests, 'ConfigMap')['data'] ?? {}) as Record<string, string>;
+  for (const key of section.match(/AMBPF_CNI_\w+/g) ?? []) t.ok(key in cm, `${key} is a ConfigMap key`);
+  for (const volume of section.match(/`cni-(?:bin|conf)-dir`/g) ?? []) {
+    const name = volume.replaceAll('`', '');
+    t.ok(((podSpec(ds)['volumes'] ?? []) as Array<{ name: string }>).some((v) => v.name === name), `volume ${name} exists`);
+  }
+  t.match(section, `\`${cm['AMBPF_CNI_BIN_DIR']}\` and \`${cm['AMBPF_CNI_CONF_DIR']}\` by default`, 'the default dirs');
+  // The ADD times are the ones measured in docs/cni.md.
+  const cni = readFileSync(join(REPO_ROOT, 'docs/cni.md'), 'utf8');
+  for (const range of ['95-190 ms', '7-10 ms', '12-30 ms']) {
+    t.match(section, range, `the page quotes ${range}`);
+    t.match(cni, range, `docs/cni.md measured ${range}`);
   }
 });
