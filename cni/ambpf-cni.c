@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -211,7 +212,7 @@ static int cni_error(int code, const char *msg, const char *fmt, ...)
 
 static int version_answer(void)
 {
-	printf("{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.3.1\",\"0.4.0\",\"1.0.0\"]}\n");
+	printf("{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.3.0\",\"0.3.1\",\"0.4.0\",\"1.0.0\",\"1.1.0\"]}\n");
 	return 0;
 }
 
@@ -248,6 +249,10 @@ static int agent_connect(const char *path)
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
+	/* A unix connect() blocks while the agent's backlog is full (its event loop stuck), and send()
+	 * while its buffer is: bound both, or the container runtime hangs with us. */
+	struct timeval tv = { .tv_sec = 10 };
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int e = errno;
 		close(fd);
@@ -377,7 +382,9 @@ int main(void)
 	if (failed) {
 		/* A pod torn down while the agent is away: nothing of it can be held by the agent (it keeps
 		 * its CNI state in memory), so DEL succeeds rather than blocking the sandbox's removal. */
-		if (strcmp(cmd, "DEL") == 0)
+		/* DEL never blocks a pod's teardown; STATUS and GC (CNI 1.1) must not make the whole node
+		 * NotReady because the agent is restarting: only ADD fails closed. */
+		if (strcmp(cmd, "DEL") == 0 || strcmp(cmd, "STATUS") == 0 || strcmp(cmd, "GC") == 0)
 			return 0;
 		if (fail_open && strcmp(cmd, "ADD") == 0) {
 			fprintf(stderr, "ambpf-cni: cannot %s the ambpf agent at %s (%s); failOpen: the pod starts outside the mesh\n",

@@ -18,7 +18,9 @@ import { canonicalIp, computeDesiredState } from '../state/desired.ts';
 import type { ClusterSnapshot, KubeObjectLike } from '../sources/types.ts';
 import { AmbpfError, describeError } from '../errors.ts';
 
-export const CNI_SUPPORTED_VERSIONS = ['0.3.1', '0.4.0', '1.0.0'] as const;
+/** 0.3.0 and 1.1.0 read prevResult the same way (ips[].address); the plugin sits in the primary CNI's
+ * chain, so refusing its version would fail every pod of the node, mesh or not. */
+export const CNI_SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 export const DEFAULT_CNI_TIMEOUT_MS = 10_000;
 /** A request bigger than this is not a CNI invocation (the plugin caps stdin at 1 MiB). */
 const MAX_REQUEST = 4 << 20;
@@ -86,6 +88,8 @@ interface Parsed {
   readonly cniVersion: string;
   readonly config: Record<string, unknown>;
   readonly pod: { namespace: string; name: string; uid: string | undefined } | undefined;
+  /** CNI_CONTAINERID: which sandbox a DEL is about. */
+  readonly containerId: string;
 }
 
 const record = (v: unknown): Record<string, unknown> | undefined =>
@@ -135,7 +139,7 @@ function parse(req: CniRequest): Parsed {
   const namespace = args.get('K8S_POD_NAMESPACE');
   const name = args.get('K8S_POD_NAME');
   const pod = namespace && name ? { namespace, name, uid: args.get('K8S_POD_UID') || undefined } : undefined;
-  return { command, cniVersion, config, pod };
+  return { command, cniVersion, config, pod, containerId: req.env['CNI_CONTAINERID'] ?? '' };
 }
 
 /** The result ADD hands on: prevResult unchanged, or an empty result of the config's version. */
@@ -239,8 +243,13 @@ export class CniServer {
       const uid = metaOf(obj).uid;
       const cni = typeof uid === 'string' ? taken.get(uid) : undefined;
       const status = record(obj.status) ?? {};
-      const known = Array.isArray(status['podIPs']) ? status['podIPs'].length > 0 : typeof status['podIP'] === 'string';
-      if (!cni || known) return obj;
+      if (!cni) return obj;
+      // The source may still show the IPs of a sandbox that was re-created (a pause crash, a reboot):
+      // the netns ADD gave carries the IPs of prevResult, and those are what its capture must use.
+      const shown = Array.isArray(status['podIPs'])
+        ? status['podIPs'].map((x) => record(x)?.['ip']).filter((ip): ip is string => typeof ip === 'string')
+        : typeof status['podIP'] === 'string' ? [status['podIP']] : [];
+      if (shown.length > 0 && shown.every((ip) => cni.ips.includes(ip))) return obj;
       const ips = { podIP: cni.ips[0], podIPs: cni.ips.map((ip) => ({ ip })) };
       return { ...obj, status: { ...status, phase: status['phase'] ?? 'Pending', ...ips } };
     });
@@ -379,7 +388,11 @@ export class CniServer {
   #del(p: Parsed): void {
     if (!p.pod) return;
     const uid = p.pod.uid ?? this.#uidOf(p.pod.namespace, p.pod.name, undefined);
-    if (uid === undefined || !this.#pods.delete(uid)) return;
+    if (uid === undefined) return;
+    // A late or repeated DEL of an older sandbox must not drop the current one's entry.
+    const held = this.#pods.get(uid);
+    if (!held || (p.containerId !== '' && held.containerId !== '' && held.containerId !== p.containerId)) return;
+    this.#pods.delete(uid);
     // Released by the next pass (the pod has no IPs of its own in the source yet, or its netns is
     // gone); DEL does not wait for it: the runtime removes the netns next.
     void this.#pass().catch((err: unknown) =>

@@ -59,6 +59,11 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
       unresolved.push({ object: `pod ${pod.namespace}/${pod.name}`, reason });
       return undefined;
     }
+    if (cookie === ownCookie) {
+      const reason = `the netns ${netnsPath} CNI gave is the node's own; refusing to redirect the node`;
+      unresolved.push({ object: `pod ${pod.namespace}/${pod.name}`, reason });
+      return undefined;
+    }
     // The pod's processes in that netns (none yet during CNI ADD): ztunnel's listeners are read from one.
     const pids = (processes.get(pod.uid) ?? []).map((p) => p.pid).filter((pid) => {
       try {

@@ -150,7 +150,7 @@ t.teardown(async () => {
 t.test('VERSION is answered by the plugin itself', async (t) => {
   const r = await runPlugin({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}');
   t.equal(r.code, 0);
-  t.same(JSON.parse(r.stdout), { cniVersion: '1.0.0', supportedVersions: ['0.3.1', '0.4.0', '1.0.0'] });
+  t.same(JSON.parse(r.stdout), { cniVersion: '1.0.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
 });
 
 t.test('ADD of a non-ambient pod hands prevResult on at once', async (t) => {
