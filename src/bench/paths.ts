@@ -111,9 +111,12 @@ async function probeFails(tb: Testbed, probe: NonNullable<PathContext['probe']>)
   return r.code === 0 ? '' : r.stderr.trim().split('\n').at(-1) ?? `exit ${r.code}`;
 }
 
+/** How long a capture may take to settle: a bound on a hang on a busy machine, not a speed claim. */
+const CAPTURE_SETTLE_MS = 30_000;
+
 async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: readonly TestbedProcess[], probe: PathContext['probe']): Promise<void> {
   const { openPinnedMaps } = await import('../bpf/datapath.ts');
-  const deadline = Date.now() + 10_000;
+  const deadline = Date.now() + CAPTURE_SETTLE_MS;
   for (;;) {
     const missing = pods.filter((pod) => {
       const maps = openPinnedMaps(tb.node(pod.node).bpffsDir);
@@ -126,8 +129,8 @@ async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: rea
     const why = missing.length === 0 && probe ? await probeFails(tb, probe) : '';
     if (missing.length === 0 && why === '') return;
     if (Date.now() > deadline || procs.some((p) => p.child.exitCode !== null)) {
-      if (missing.length === 0) throw new BenchError(`${probe?.from.name}'s connect to ${probe?.ip}:${probe?.port} is not redirected 10 s after its capture: ${why}`);
-      throw new BenchError(`ambpf run --mode inpod did not capture ${missing.map((p) => p.name).join(', ')} within 10 s (are the sinks held by ztunnel's pod?)`, { pods: missing.map((p) => p.name).join(',') });
+      if (missing.length === 0) throw new BenchError(`${probe?.from.name}'s connect to ${probe?.ip}:${probe?.port} is not redirected ${CAPTURE_SETTLE_MS / 1000} s after its capture: ${why}`);
+      throw new BenchError(`ambpf run --mode inpod did not capture ${missing.map((p) => p.name).join(', ')} within ${CAPTURE_SETTLE_MS / 1000} s (are the sinks held by ztunnel's pod?)`, { pods: missing.map((p) => p.name).join(',') });
     }
     await new Promise((r) => setTimeout(r, 20));
   }
