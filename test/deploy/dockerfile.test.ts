@@ -239,5 +239,7 @@ t.test('replayed: the CNI stage\'s command builds a static plugin from the repo\
   const version = run(bin, [], { env: { CNI_COMMAND: 'VERSION' }, timeout: 10_000 });
   version.child.stdin?.end('{"cniVersion":"1.0.0"}');
   const { stdout } = await version;
-  t.match(JSON.parse(stdout) as Json, { supportedVersions: ['0.3.1', '0.4.0', '1.0.0'] });
+  // The exact list is test/cni's business; here: it runs, and speaks the spec's VERSION answer.
+  const versions = (JSON.parse(stdout) as Json)['supportedVersions'];
+  t.ok(Array.isArray(versions) && versions.includes('1.0.0'), `supportedVersions ${JSON.stringify(versions)} includes 1.0.0`);
 });
