@@ -48,11 +48,12 @@ function node(t: { teardown(fn: () => void): void }): Node {
 }
 
 /** The container's command with no capability (as `drop: [ALL]` and no add leave it), `ambpf` on PATH. */
-function start(n: Node): { child: ChildProcess; exited: Promise<number | null>; stderr: () => string } {
+function start(n: Node, extraEnv: Record<string, string> = {}): { child: ChildProcess; exited: Promise<number | null>; stderr: () => string } {
   const command = installer.command ?? [];
   const env = {
     PATH: `${dirname(AMBPF_BIN)}:${process.env['PATH'] ?? ''}`,
     AMBPF_CNI_BIN_MOUNT: n.bin, AMBPF_CNI_CONF_MOUNT: n.conf, AMBPF_CNI_PLUGIN: n.plugin, AMBPF_LOG_LEVEL: 'info',
+    ...extraEnv,
   };
   const child = spawn('setpriv', ['--bounding-set=-all', '--inh-caps=-all', '--', ...command], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
@@ -92,6 +93,18 @@ t.test('installs last in the chain, keeps it there, and removes exactly its part
   writeFileSync(n.conflist, PRIMARY);
   const back = await eventually(() => entryCount(n.conflist) > 0, 1_500, 'a late re-insert').then(() => true, () => false);
   t.notOk(back, 'no watch left running to put the entry back');
+});
+
+t.test('failOpen: off unless the ConfigMap says "true"', async (t) => {
+  for (const [value, want] of [[undefined, undefined], ['false', undefined], ['true', true]] as const) {
+    const n = node(t);
+    const c = start(n, value === undefined ? {} : { AMBPF_CNI_FAIL_OPEN: value });
+    await eventually(() => entryCount(n.conflist) === 1, 30_000, 'the entry');
+    const list = JSON.parse(readFileSync(n.conflist, 'utf8')) as { plugins: Array<{ type: string; failOpen?: boolean }> };
+    t.equal(list.plugins.at(-1)?.failOpen, want, `AMBPF_CNI_FAIL_OPEN=${String(value)}: failOpen ${String(want)}`);
+    c.child.kill('SIGTERM');
+    t.equal(await c.exited, 0, 'stopped cleanly');
+  }
 });
 
 t.test('if the watch dies on its own the entry stays and the container fails (fail closed)', async (t) => {

@@ -23,6 +23,9 @@ Options:
   --bin-dir D     CNI bin dir (default /opt/cni/bin)
   --plugin F      the plugin binary to copy (default: none, binary left alone)
   --socket PATH   the agent's socket, the entry's socketPath (default /var/run/ambpf/cni.sock)
+  --fail-open     write "failOpen": true into the entry: when the agent cannot be reached, new pods
+                  start outside the mesh instead of waiting (their traffic bypasses ztunnel's mTLS
+                  and policy until the agent captures them). Off by default: fail closed
   --watch         keep running and re-insert the entry whenever the config dir changes
 `;
 
@@ -38,6 +41,7 @@ export const command: Command = {
         'bin-dir': { type: 'string' },
         plugin: { type: 'string' },
         socket: { type: 'string', default: '/var/run/ambpf/cni.sock' },
+        'fail-open': { type: 'boolean' },
         watch: { type: 'boolean' },
       },
       strict: true,
@@ -52,7 +56,8 @@ export const command: Command = {
       return 0;
     }
     if (verb !== 'install') throw new UsageError('expected `ambpf cni install` or `ambpf cni uninstall`');
-    const opts = { confDir, binDir, binary: values.plugin, entry: { socketPath: values.socket } };
+    const entry = { socketPath: values.socket, ...(values['fail-open'] ? { failOpen: true } : {}) };
+    const opts = { confDir, binDir, binary: values.plugin, entry };
     const ensure = (): void => {
       try {
         const r = ensureInstalled(opts);
