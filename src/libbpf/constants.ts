@@ -180,3 +180,30 @@ export function nameOf(table: Readonly<Record<string, number>>, value: number): 
   for (const [k, v] of Object.entries(table)) if (v === value) return k;
   return String(value);
 }
+
+/**
+ * Socket-layer numbers of Linux's uapi headers (<sys/socket.h>, <asm-generic/socket.h>,
+ * <netinet/in.h>, <linux/in.h>) for the raw libc calls made through koffi: one home, so the ZDS
+ * transport, the netns cookie reader and the testbed's sockets cannot disagree.
+ */
+export const LINUX_SOCKET = {
+  AF_UNIX: 1,
+  AF_INET: 2,
+  AF_INET6: 10,
+  SOCK_STREAM: 1,
+  SOCK_DGRAM: 2,
+  SOCK_SEQPACKET: 5,
+  SOCK_NONBLOCK: 0o4000,
+  SOCK_CLOEXEC: 0o2000000,
+  SOL_SOCKET: 1,
+  SOL_IP: 0,
+  SOL_IPV6: 41,
+  SO_REUSEADDR: 2,
+  SO_REUSEPORT: 15,
+  SO_PEERCRED: 17,
+  SO_MARK: 36,
+  SO_COOKIE: 57,
+  SO_NETNS_COOKIE: 71,
+  IP_FREEBIND: 15,
+  IP_TRANSPARENT: 19,
+} as const;

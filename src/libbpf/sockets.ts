@@ -3,12 +3,9 @@
 import { libcRaw, lastErrno } from './ffi.ts';
 import { SystemError } from '../errors.ts';
 import { withNetns } from './netns.ts';
+import { LINUX_SOCKET } from './constants.ts';
 
-const AF_INET = 2;
-const SOCK_DGRAM = 2;
-const SOL_SOCKET = 1;
-const SO_NETNS_COOKIE = 71;
-const SO_COOKIE = 57;
+const { AF_INET, SOCK_DGRAM, SOL_SOCKET, SO_NETNS_COOKIE, SO_COOKIE } = LINUX_SOCKET;
 
 function getsockoptU64(fd: number, opt: number, what: string): bigint {
   const buf = new Uint8Array(8);

@@ -6,21 +6,18 @@
 import { lstatSync, mkdirSync, unlinkSync, type Stats } from 'node:fs';
 import { endianness } from 'node:os';
 import { dirname } from 'node:path';
-import { SystemError, errnoName } from '../errors.ts';
+import { ERRNO, SystemError, errnoName } from '../errors.ts';
 import { addressOf, koffi, lastErrno, libcRaw } from '../libbpf/ffi.ts';
 import { closeFd } from '../libbpf/handle.ts';
+import { LINUX_SOCKET } from '../libbpf/constants.ts';
 import { ZdsClosedError, ZdsProtocolError } from './errors.ts';
 import { reactor, type Direction } from './reactor.ts';
+
+const { AF_UNIX, SOCK_SEQPACKET, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_PEERCRED } = LINUX_SOCKET;
 
 /** Largest ZDS datagram: ztunnel and istio-cni read into 1024-byte buffers (protocol.rs, ztunnelserver_linux.go). */
 export const ZDS_MAX_MESSAGE = 1024;
 
-const AF_UNIX = 1;
-const SOCK_SEQPACKET = 5;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
-const SO_PEERCRED = 17;
 const SCM_RIGHTS = 1;
 const MSG_CTRUNC = 0x8;
 const MSG_TRUNC = 0x20;
@@ -85,7 +82,7 @@ function sockaddrUn(path: string): Buffer {
   if (bytes.length >= SUN_PATH_MAX) {
     throw new SystemError(
       'sockaddr_un',
-      36 /* ENAMETOOLONG */,
+      ERRNO.ENAMETOOLONG,
       `socket path ${path} is ${bytes.length} bytes; the limit is ${SUN_PATH_MAX - 1}`,
     );
   }
@@ -336,7 +333,7 @@ function removeStaleSocket(path: string): void {
     if (e.code === 'ENOENT') return;
     throw new SystemError(`lstat(${path})`, -(e.errno ?? -5), `cannot inspect ${path}`);
   }
-  if (!st.isSocket()) throw new SystemError(`listen(${path})`, 17 /* EEXIST */, `${path} exists and is not a socket`);
+  if (!st.isSocket()) throw new SystemError(`listen(${path})`, ERRNO.EEXIST, `${path} exists and is not a socket`);
   try {
     unlinkSync(path);
   } catch (err) {

@@ -3,6 +3,7 @@
 import t from 'tap';
 import { BpfObject, BpfRunTimeStats, bpfStatsSysctl, progRunStats } from '../../src/libbpf/index.ts';
 import { fixtureObject } from './fixture.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 t.test('counts every run while enabled, leaves the sysctl alone', async (t) => {
   const sysctl = bpfStatsSysctl();
@@ -31,7 +32,6 @@ t.test('a program that is gone has no statistics', async (t) => {
     id = obj.program('count_packets').id;
   }
   // The kernel frees a closed program asynchronously (RCU): poll for it to go.
-  const deadline = Date.now() + 10_000;
-  while (progRunStats(id) !== undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await waitUntil(() => progRunStats(id) === undefined, 10_000);
   t.equal(progRunStats(id), undefined);
 });

@@ -3,6 +3,7 @@
 // rules in istio-cni's shape for tests that run without an agent.
 import { startTestbed, type Target, type Testbed, type TestbedSpec } from '../../src/testbed/index.ts';
 import { testPrefix } from '../helpers/prefix.ts';
+import { waitUntil } from '../helpers/wait.ts';
 
 const spec: TestbedSpec = {
   nodes: [{ name: 'node1' }],
@@ -25,13 +26,10 @@ export async function until<T>(
   ok: (v: T) => boolean,
   timeoutMs = 10_000,
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (ok(v)) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  let last: T | undefined;
+  const held = await waitUntil(async () => ok((last = await probe())), timeoutMs);
+  if (!held) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}`);
+  return last as T;
 }
 
 /** Appends iptables rules (each written as one line of arguments) inside a pod; they go with its netns. */

@@ -6,20 +6,10 @@
 import koffi from 'koffi';
 import { SystemError } from '../../errors.ts';
 import { ipToBytes } from '../../bpf/schema.ts';
+import { LINUX_SOCKET } from '../../libbpf/constants.ts';
 
-const AF_INET = 2;
-const AF_INET6 = 10;
-const SOCK_STREAM = 1;
-const SOCK_DGRAM = 2;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
-const SO_REUSEADDR = 2;
-const SO_REUSEPORT = 15;
-const SO_MARK = 36;
-const SOL_IP = 0;
-const SOL_IPV6 = 41;
-const IP_FREEBIND = 15;
-const IP_TRANSPARENT = 19;
+const { AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT, SO_MARK, SOL_IP, SOL_IPV6, IP_FREEBIND, IP_TRANSPARENT } = LINUX_SOCKET;
+
 const IPV6_TRANSPARENT = 75;
 const IPV6_FREEBIND = 78;
 const IPV6_V6ONLY = 26;
