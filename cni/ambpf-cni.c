@@ -336,6 +336,12 @@ int main(void)
 		cni_version = version;
 	if (!cmd || !*cmd)
 		return cni_error(CNI_ERR_INVALID_ENV, "CNI_COMMAND is not set", "ambpf-cni is a CNI plugin: run it from a container runtime");
+	/* Not even an object: no socketPath to find the agent by, so this is answered here (the agent
+	 * answers every other malformed config itself). */
+	const char *first = skip_ws(conf.p, conf.p + conf.len);
+	if (first >= conf.p + conf.len || *first != '{')
+		return cni_error(CNI_ERR_DECODE, "the network configuration on stdin is not a JSON object",
+				 "%zu bytes on stdin", conf.len);
 
 	char sock[108];
 	if (!json_get_str(conf.p, conf.len, "socketPath", sock, sizeof(sock)) &&
@@ -380,8 +386,8 @@ int main(void)
 		err = EPROTO;
 	}
 	if (failed) {
-		/* A pod torn down while the agent is away: nothing of it can be held by the agent (it keeps
-		 * its CNI state in memory), so DEL succeeds rather than blocking the sandbox's removal. */
+		/* A pod torn down while the agent is away: the agent drops what it kept of the pod when it
+		 * finds the netns gone at its restart, so DEL succeeds rather than blocking the removal. */
 		/* DEL never blocks a pod's teardown; STATUS and GC (CNI 1.1) must not make the whole node
 		 * NotReady because the agent is restarting: only ADD fails closed. */
 		if (strcmp(cmd, "DEL") == 0 || strcmp(cmd, "STATUS") == 0 || strcmp(cmd, "GC") == 0)

@@ -5,12 +5,16 @@
 // runtime tears the sandbox down and retries, so no container of the pod ever sends a packet outside
 // the mesh (istio-cni's guarantee; shared/reference/ztunnel-today.md §5).
 //
-// How a pod gets armed before the watch has its IPs: the pod source already knows the pod (Kubernetes
-// creates it, Pending and without IPs, before kubelet asks for its sandbox); this module overlays the
-// IPs of the plugin's prevResult on it, and tells discovery its netns path (CNI_NETNS), so the next
-// reconcile pass arms it and hands it to ztunnel like any other pod.
+// How a pod gets armed before the watch has its IPs: ADD is served from what the runtime hands over
+// (CNI_NETNS, the prevResult IPs, K8S_POD_* from CNI_ARGS) and what the pod source already knows.
+// This module overlays the runtime's IPs on the pod's object (or, when the source has not shown the
+// pod yet but its namespace is ambient, a provisional object of its own: fail closed), and tells
+// discovery the netns path, so a reconcile pass arms it and hands it to ztunnel like any other pod;
+// no process needs to run in it and nothing waits for the watch. The watch then confirms the pod
+// (its own labels, its service account) or releases it; a pod it never shows is released after a
+// grace period. What ADD took is persisted (stateFile), so a restarted agent keeps it armed.
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { netnsCookie } from '../libbpf/index.ts';
@@ -22,6 +26,8 @@ import { AmbpfError, describeError } from '../errors.ts';
  * chain, so refusing its version would fail every pod of the node, mesh or not. */
 export const CNI_SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 export const DEFAULT_CNI_TIMEOUT_MS = 10_000;
+/** How long a pod ADD armed stays armed while the pod source has never shown it (`--cni-grace-ms`). */
+export const DEFAULT_CNI_GRACE_MS = 60_000;
 /** A request bigger than this is not a CNI invocation (the plugin caps stdin at 1 MiB). */
 const MAX_REQUEST = 4 << 20;
 
@@ -72,15 +78,34 @@ export interface CniServerOptions {
   readonly handoff: CniHandoff;
   /** Runs a reconcile pass for this (overlaid) snapshot; its errors (one line each, naming the pod). */
   readonly reconcile: (snapshot: ClusterSnapshot) => Promise<{ readonly errors: readonly string[] } | undefined>;
-  /** ADD's budget: the pod appearing in the pod source, arming, ztunnel's ack. */
+  /** ADD's budget: arming and ztunnel's ack (and, for a pod ADD cannot decide on, the pod source). */
   readonly timeoutMs?: number;
+  /** A pod armed by ADD that the pod source never shows is released after this long. */
+  readonly graceMs?: number;
+  /** Where the pods ADD took are kept across agent restarts (JSON); none if undefined. */
+  readonly stateFile?: string;
 }
 
 /** What ADD learned of a pod from the runtime: where its netns is and its IPs. */
 interface CniPod {
+  readonly uid: string;
+  readonly namespace: string;
+  readonly name: string;
   readonly netnsPath: string;
+  /** The netns's cookie at ADD: a persisted path that names another netns after a restart is dropped. */
+  readonly netnsCookie: bigint;
   readonly ips: readonly string[];
   readonly containerId: string;
+  /** ms since the epoch when ADD took the pod (the grace period runs from here). */
+  readonly since: number;
+  /** The pod source has shown this uid: its absence from then on means the pod is gone. */
+  seen: boolean;
+}
+
+/** The persisted form of the CNI pods (the cookie as a decimal string: JSON has no bigint). */
+interface StateFileV1 {
+  readonly version: 1;
+  readonly pods: ReadonlyArray<Omit<CniPod, 'netnsCookie'> & { readonly netnsCookie: string }>;
 }
 
 interface Parsed {
@@ -162,27 +187,77 @@ function metaOf(obj: KubeObjectLike): { namespace?: unknown; name?: unknown; uid
   return obj.metadata ?? {};
 }
 
+/**
+ * The object a pod ADD took stands for until the source shows the real one: on this node, Pending,
+ * with the runtime's IPs, no label of its own (its namespace decides) and the default service account
+ * (ztunnel's WorkloadInfo; corrected by a Del and Add when the real pod names another).
+ */
+function provisionalPod(p: Pick<CniPod, 'uid' | 'namespace' | 'name' | 'ips'>, node: string): KubeObjectLike {
+  return {
+    apiVersion: 'v1', kind: 'Pod',
+    metadata: { name: p.name, namespace: p.namespace, uid: p.uid, labels: {}, annotations: {} },
+    spec: { nodeName: node, containers: [] },
+    status: { phase: 'Pending', podIP: p.ips[0], podIPs: p.ips.map((ip) => ({ ip })) },
+  };
+}
+
+/** The pods of a state file that still stand for a live netns (same path, same cookie). */
+function loadState(path: string, log: Logger): CniPod[] {
+  let parsed: StateFileV1;
+  try {
+    parsed = JSON.parse(readFileSync(path, 'utf8')) as StateFileV1;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ path, err: describeError(err) }, 'CNI state unreadable; starting empty');
+    return [];
+  }
+  const out: CniPod[] = [];
+  for (const p of Array.isArray(parsed.pods) ? parsed.pods : []) {
+    try {
+      const cookie = BigInt(p.netnsCookie);
+      // A sandbox torn down while the agent was away (its netns gone, or the path reused) is not kept.
+      if (netnsCookie(p.netnsPath) !== cookie) continue;
+      out.push({ ...p, ips: [...p.ips], netnsCookie: cookie });
+    } catch {
+      continue;
+    }
+  }
+  return out;
+}
+
 export class CniServer {
   readonly #o: CniServerOptions;
   readonly #server: Server;
   readonly #timeoutMs: number;
-  /** uid -> what ADD learned; removed by DEL, or when the pod leaves the pod source. */
+  readonly #graceMs: number;
+  /** uid -> what ADD learned; removed by DEL, when the pod leaves the pod source, or when the source
+   * never showed it within the grace period. Persisted in stateFile on every change. */
   readonly #pods = new Map<string, CniPod>();
   #latest: ClusterSnapshot | undefined;
   /** Woken on each snapshot and each ZDS state change: ADDs re-check what they wait for. */
   readonly #waiters = new Set<() => void>();
   readonly #inode: number;
   readonly #sockets = new Set<Socket>();
+  readonly #graceTimer: NodeJS.Timeout;
 
-  private constructor(o: CniServerOptions, server: Server) {
+  private constructor(o: CniServerOptions, server: Server, restored: readonly CniPod[]) {
     this.#o = o;
     this.#server = server;
     this.#timeoutMs = o.timeoutMs ?? DEFAULT_CNI_TIMEOUT_MS;
+    this.#graceMs = o.graceMs ?? DEFAULT_CNI_GRACE_MS;
     this.#inode = lstatSync(o.socketPath).ino;
+    for (const p of restored) this.#pods.set(p.uid, p);
+    // Snapshots check the grace period too; this covers a quiet source (no snapshot for a while).
+    this.#graceTimer = setInterval(() => {
+      if (this.#expire()) void this.#pass().catch(() => undefined);
+    }, Math.max(100, Math.min(this.#graceMs / 4, 5000)));
+    this.#graceTimer.unref();
   }
 
   static async start(o: CniServerOptions): Promise<CniServer> {
     mkdirSync(dirname(o.socketPath), { recursive: true });
+    // What a previous agent's ADDs armed: kept armed by the first pass (whose release would otherwise
+    // drop every pod the source does not show with IPs yet), confirmed or released as any other.
+    const restored = o.stateFile ? loadState(o.stateFile, o.log) : [];
     // A socket file left by a previous agent (killed) would make listen fail with EADDRINUSE.
     if (existsSync(o.socketPath) && lstatSync(o.socketPath).isSocket()) unlinkSync(o.socketPath);
     let self: CniServer | undefined;
@@ -200,8 +275,10 @@ export class CniServer {
       });
     });
     chmodSync(o.socketPath, 0o600); // the runtime runs the plugin as root; nobody else may add pods
-    self = new CniServer(o, server);
-    o.log.info({ socket: o.socketPath, timeoutMs: self.#timeoutMs }, 'serving the CNI plugin');
+    self = new CniServer(o, server, restored);
+    self.#persist();
+    o.log.info({ socket: o.socketPath, timeoutMs: self.#timeoutMs, graceMs: self.#graceMs, restored: restored.length },
+      'serving the CNI plugin');
     return self;
   }
 
@@ -210,14 +287,30 @@ export class CniServer {
     return new Map([...this.#pods].map(([uid, p]) => [uid, p.netnsPath]));
   }
 
+  /** The pods ADD took, for tests and status: uid, name, whether the source confirmed them. */
+  pods(): ReadonlyArray<{ uid: string; namespace: string; name: string; seen: boolean; since: number }> {
+    return [...this.#pods.values()].map(({ uid, namespace, name, seen, since }) => ({ uid, namespace, name, seen, since }));
+  }
+
   /**
-   * A snapshot from the pod source: remembered (ADD waits for its pod in it) and returned with the
-   * IPs of the pods ADD took filled in where the source has none yet.
+   * A snapshot from the pod source: remembered (an ADD that cannot decide waits for its pod in it)
+   * and returned with the pods ADD took filled in: the runtime's IPs where the source has none yet,
+   * a provisional object for a pod the source has not shown.
    */
   observe(snapshot: ClusterSnapshot): ClusterSnapshot {
     this.#latest = snapshot;
     const uids = new Set(snapshot.pods.map((p) => metaOf(p).uid));
-    for (const uid of this.#pods.keys()) if (!uids.has(uid)) this.#pods.delete(uid); // the pod is gone
+    let changed = false;
+    for (const [uid, p] of this.#pods) {
+      if (uids.has(uid)) {
+        changed ||= !p.seen;
+        p.seen = true;
+      } else if (p.seen) {
+        this.#pods.delete(uid); // the source showed it and it is gone now
+        changed = true;
+      }
+    }
+    if (this.#expire(false) || changed) this.#persist();
     this.wake();
     return this.#overlay(snapshot);
   }
@@ -228,6 +321,7 @@ export class CniServer {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.#graceTimer);
     for (const s of this.#sockets) s.destroy();
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
     try {
@@ -237,10 +331,47 @@ export class CniServer {
     }
   }
 
-  #overlay(snapshot: ClusterSnapshot, taken: ReadonlyMap<string, Pick<CniPod, 'ips'>> = this.#pods): ClusterSnapshot {
+  /** Drops the pods the source never showed within the grace period; true if any went. */
+  #expire(persist = true): boolean {
+    const now = Date.now();
+    let dropped = false;
+    for (const [uid, p] of this.#pods) {
+      if (p.seen || now - p.since < this.#graceMs) continue;
+      this.#pods.delete(uid);
+      dropped = true;
+      this.#o.log.warn({ pod: podKey(p.namespace, p.name), uid, graceMs: this.#graceMs },
+        'released a pod CNI ADD armed: the pod source never showed it');
+    }
+    if (dropped && persist) this.#persist();
+    return dropped;
+  }
+
+  /** Writes the pods ADD took (atomically: a crash leaves the old file or the new one). */
+  #persist(): void {
+    const path = this.#o.stateFile;
+    if (!path) return;
+    const state: StateFileV1 = {
+      version: 1,
+      pods: [...this.#pods.values()].map((p) => ({ ...p, netnsCookie: String(p.netnsCookie) })),
+    };
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      const tmp = `${path}.${process.pid}.tmp`;
+      writeFileSync(tmp, JSON.stringify(state) + '\n');
+      renameSync(tmp, path);
+    } catch (err) {
+      // Kept in memory all the same; a restart would then lose (and the first pass release) them.
+      this.#o.log.error({ path, err: describeError(err) }, 'cannot persist the CNI pods');
+    }
+  }
+
+  #overlay(snapshot: ClusterSnapshot, taken: ReadonlyMap<string, Pick<CniPod, 'uid' | 'namespace' | 'name' | 'ips' | 'seen'>> = this.#pods):
+    ClusterSnapshot {
     if (taken.size === 0) return snapshot;
+    const shownUids = new Set<unknown>();
     const pods = snapshot.pods.map((obj) => {
       const uid = metaOf(obj).uid;
+      shownUids.add(uid);
       const cni = typeof uid === 'string' ? taken.get(uid) : undefined;
       const status = record(obj.status) ?? {};
       if (!cni) return obj;
@@ -253,6 +384,8 @@ export class CniServer {
       const ips = { podIP: cni.ips[0], podIPs: cni.ips.map((ip) => ({ ip })) };
       return { ...obj, status: { ...status, phase: status['phase'] ?? 'Pending', ...ips } };
     });
+    // Not shown yet: provisional, decided by its namespace (a pod the source showed and lost is gone).
+    for (const p of taken.values()) if (!p.seen && !shownUids.has(p.uid)) pods.push(provisionalPod(p, this.#o.node));
     return { ...snapshot, pods };
   }
 
@@ -330,27 +463,38 @@ export class CniServer {
   async #add(p: Parsed, env: Readonly<Record<string, string>>): Promise<CniReply> {
     // Not a Kubernetes pod (no K8S_POD_*): nothing ambpf could decide about.
     if (!p.pod) return passThrough(p);
+    const started = performance.now();
     const what = `pod ${podKey(p.pod.namespace, p.pod.name)}`;
     const netnsPath = env['CNI_NETNS'];
     if (!netnsPath) throw new CniError(CNI_ERR.invalidEnv, 'CNI_NETNS is not set', what);
     const deadline = Date.now() + this.#timeoutMs;
-
     const { namespace, name } = p.pod;
-    const known = (): string | undefined => this.#uidOf(namespace, name, p.pod?.uid);
-    if (known() === undefined) {
-      this.#o.log.debug({ pod: podKey(namespace, name) }, 'CNI ADD waits for the pod to appear in the pod source');
-    }
-    const uid = await this.#waitFor(deadline, known, () =>
-      `${what} is not known to the agent's pod source after ${this.#timeoutMs} ms `
-      + '(watch behind, or a pods file without it)');
     const ips = prevResultIps(p.config['prevResult']);
-    // Whether it is ambient, by the same rules as every pass: the pod as the source has it, with the
-    // runtime's IPs. (A pod without IPs is no member of anything: an unroutable stand-in lets the rules
-    // decide, and an ambient pod without IPs is refused below.)
-    const desired = computeDesiredState(this.#overlayOne(uid, ips.length > 0 ? ips : ['0.0.0.0']), this.#o.node);
-    const problem = desired.problems.find((pr) => pr.object === what);
-    if (problem) throw new CniError(CNI_ERR.invalidConfig, `${what}: ${problem.reason}`);
-    if (!desired.ambientPods.some((d) => d.uid === uid)) return passThrough(p);
+    // Membership by the same rules as every pass, with the runtime's IPs. (A pod without IPs is no
+    // member of anything: an unroutable stand-in lets the rules decide; an ambient pod without IPs is
+    // refused below.)
+    const judged = ips.length > 0 ? ips : ['0.0.0.0'];
+
+    let uid = this.#uidOf(namespace, name, p.pod.uid);
+    let provisional = false;
+    if (uid === undefined && p.pod.uid !== undefined && this.#latest) {
+      // The source has not shown the pod yet (the watch lags, or the agent just restarted): its
+      // namespace decides, its own labels are unknown. Ambient: captured now, provisionally, and
+      // confirmed or released by the source later. Anything else is decided once the source shows it.
+      const candidate = { uid: p.pod.uid, namespace, name, ips: judged, seen: false };
+      if (this.#isAmbient(candidate.uid, what, this.#overlay(this.#latest, new Map([[candidate.uid, candidate]])))) {
+        uid = candidate.uid;
+        provisional = true;
+      }
+    }
+    if (uid === undefined) {
+      this.#o.log.debug({ pod: podKey(namespace, name) }, 'CNI ADD waits for the pod to appear in the pod source');
+      const known = (): string | undefined => this.#uidOf(namespace, name, p.pod?.uid);
+      uid = await this.#waitFor(deadline, known, () =>
+        `${what} is not known to the agent's pod source after ${this.#timeoutMs} ms, and its namespace is not `
+        + 'ambient (watch behind, or a pods file without it)');
+    }
+    if (!provisional && !this.#isAmbient(uid, what, this.#overlayOne(uid, judged))) return passThrough(p);
     if (ips.length === 0) {
       throw new CniError(CNI_ERR.invalidConfig, `${what} is ambient but prevResult names no IP`,
         'ambpf-cni must come after the plugin that assigns the pod\'s IPs');
@@ -367,11 +511,19 @@ export class CniServer {
         `no ztunnel is connected to the agent on this node; ${what} would start outside the mesh`,
         'the runtime retries the sandbox; check the ztunnel pod of this node');
     }
-    this.#pods.set(uid, { netnsPath, ips, containerId: env['CNI_CONTAINERID'] ?? '' });
+    const decided = performance.now();
+    // Persisted before anything is armed: an agent that dies from here on finds the pod at restart.
+    this.#pods.set(uid, {
+      uid, namespace, name, netnsPath, netnsCookie: cookie, ips, containerId: env['CNI_CONTAINERID'] ?? '',
+      since: Date.now(), seen: !provisional,
+    });
+    this.#persist();
+    let armed = decided;
     try {
       // A pod the pass could not arm (its netns not usable) would only time out below: say why now.
       const armError = (await this.#pass())?.errors.find((e) => e.includes(`${what}:`));
       if (armError) throw new CniError(CNI_ERR.tryAgainLater, `${what}: the agent could not capture it`, armError);
+      armed = performance.now();
       await this.#waitFor(deadline, () => (this.#o.handoff.served(uid, cookie) ? true : undefined), () => {
         const why = this.#o.handoff.ready ? 'ztunnel did not ack it' : 'ztunnel disconnected';
         return `${what}: ${why} within ${this.#timeoutMs} ms; the runtime retries the sandbox`;
@@ -379,20 +531,38 @@ export class CniServer {
     } catch (err) {
       // Nothing is left half-added: the pod's capture goes with the next pass.
       this.#pods.delete(uid);
+      this.#persist();
       void this.#pass().catch(() => undefined);
       throw err;
     }
+    const ms = (t: number): number => Math.round(t * 10) / 10;
+    this.#o.log.info({
+      pod: podKey(namespace, name), uid, provisional,
+      phases: { decide: ms(decided - started), arm: ms(armed - decided), ack: ms(performance.now() - armed) },
+    }, provisional
+      ? 'CNI ADD: captured provisionally (not in the pod source yet) and acked by ztunnel'
+      : 'CNI ADD: captured and acked by ztunnel');
     return passThrough(p);
   }
 
+  /** Whether the pod is a mesh pod in this snapshot; a problem with it (an IP clash) is an error 7. */
+  #isAmbient(uid: string, what: string, snapshot: ClusterSnapshot): boolean {
+    const desired = computeDesiredState(snapshot, this.#o.node);
+    const problem = desired.problems.find((pr) => pr.object === what);
+    if (problem) throw new CniError(CNI_ERR.invalidConfig, `${what}: ${problem.reason}`);
+    return desired.ambientPods.some((d) => d.uid === uid);
+  }
+
   #del(p: Parsed): void {
-    if (!p.pod) return;
-    const uid = p.pod.uid ?? this.#uidOf(p.pod.namespace, p.pod.name, undefined);
-    if (uid === undefined) return;
+    // The sandbox's entry: by the pod's uid, else (no K8S_POD_UID) by its container id or its name.
+    const entries = [...this.#pods.values()];
+    const held = p.pod?.uid !== undefined ? this.#pods.get(p.pod.uid)
+      : entries.find((e) => p.containerId !== '' && e.containerId === p.containerId)
+        ?? entries.find((e) => p.pod !== undefined && e.namespace === p.pod.namespace && e.name === p.pod.name);
     // A late or repeated DEL of an older sandbox must not drop the current one's entry.
-    const held = this.#pods.get(uid);
     if (!held || (p.containerId !== '' && held.containerId !== '' && held.containerId !== p.containerId)) return;
-    this.#pods.delete(uid);
+    this.#pods.delete(held.uid);
+    this.#persist();
     // Released by the next pass (the pod has no IPs of its own in the source yet, or its netns is
     // gone); DEL does not wait for it: the runtime removes the netns next.
     void this.#pass().catch((err: unknown) =>
@@ -405,7 +575,8 @@ export class CniServer {
 
   /** The latest snapshot with only this pod's IPs filled in (ADD has not committed to it yet). */
   #overlayOne(uid: string, ips: readonly string[]): ClusterSnapshot {
-    return this.#overlay(this.#latest ?? { pods: [], namespaces: [] }, new Map([[uid, { ips }]]));
+    const one = { uid, namespace: '', name: '', ips, seen: true };
+    return this.#overlay(this.#latest ?? { pods: [], namespaces: [] }, new Map([[uid, one]]));
   }
 
   /** The uid of the pod the source knows under this name (and uid, if the runtime gave one). */

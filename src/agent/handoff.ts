@@ -165,8 +165,17 @@ export class ZdsHandoff implements ZtunnelHandoff {
     for (const pod of want.values()) {
       const e = this.#pods.get(pod.uid);
       if (e && e.pod.netnsCookie === pod.netnsCookie) {
-        e.pod = pod;
-        continue;
+        const info = infoOf(e.pod);
+        const same = infoOf(pod);
+        if ((e.state !== 'acked' && !e.inflight)
+          || (info.name === same.name && info.namespace === same.namespace && info.serviceAccount === same.serviceAccount)) {
+          e.pod = pod;
+          continue;
+        }
+        // ztunnel keeps the WorkloadInfo of its first Add for a netns (another Add is a no-op) and
+        // finds the pod's identity by it: a pod CNI ADD armed before the watch showed it went out
+        // with the default service account. Del (queued first), then Add again.
+        void this.#del(pod.uid, e.pod);
       }
       // New, or its sandbox was re-created (new netns): ztunnel replaces the proxy on a new inode.
       this.#pods.set(pod.uid, {

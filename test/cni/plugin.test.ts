@@ -2,11 +2,13 @@
 // config on stdin, prevResult from the plugin before it), against a real `ambpf run --mode inpod
 // --cni-socket` on a one-node testbed with the ZDS ztunnel stand-in. The testbed builds each pod's
 // netns and veth (the primary CNI's part); the pods file shows the CNI pods as Kubernetes does before
-// their sandbox exists: Pending, no IP. What the plugin must guarantee: ADD of an ambient pod returns
-// only when ztunnel has it, so the pod's first connection already goes through ztunnel.
+// their sandbox exists: Pending, no IP; a pod it does not show yet (cni-late) is captured from its
+// namespace alone (provisional) and confirmed or released later. What the plugin must guarantee: ADD
+// of an ambient pod returns only when ztunnel has it, so the pod's first connection already goes
+// through ztunnel; a failed ADD leaves nothing behind. The race over 200 sandboxes: race.test.ts.
 import t from 'tap';
 import type * as Tap from 'tap';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,16 +22,17 @@ import { testPrefix } from '../helpers/prefix.ts';
 import { startLoader, waitReady, editPodsFile, type Loader } from '../helpers/loader.ts';
 import { tracedCurl } from '../helpers/standin.ts';
 import { eventually } from '../helpers/wait.ts';
+import { CniChain, DEBIAN_CNI_BIN, runPlugin as exec, type ChainSandbox, type PluginRun } from '../../src/cni/chain.ts';
+import { netnsCookie } from '../../src/libbpf/index.ts';
+import { inpodLinkName, linkNames } from '../../src/bpf/pins.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const PLUGIN = join(ROOT, 'build/cni/ambpf-cni');
-/** Debian's containernetworking-plugins (the Makefile's APT_PACKAGES). */
-const CNI_BIN = '/usr/lib/cni';
+const CNI_BIN = DEBIAN_CNI_BIN;
 const PORT = 8080;
 const TIMEOUT_MS = 3000;
-/** The issue asks for 200 (AMBPF_CNI_RACE_PODS=200); each costs ~0.3 s here (four plugin runs and a
- * curl), so by default 20 keep the file fast. */
-const RACE_PODS = Number(process.env['AMBPF_CNI_RACE_PODS'] ?? 20);
+/** A pod ADD captured that the source never shows is released after this (--cni-grace-ms). */
+const GRACE_MS = 4000;
 
 const spec: TestbedSpec = {
   nodes: [{ name: 'node1', ztunnel: true }],
@@ -39,10 +42,18 @@ const spec: TestbedSpec = {
     { name: 'cni-mesh', namespace: 'mesh', node: 'node1' },
     { name: 'cni-plain', namespace: 'plain', node: 'node1' },
     { name: 'cni-late', namespace: 'mesh', node: 'node1' },
+    { name: 'cni-gone', namespace: 'mesh', node: 'node1' },
+    { name: 'cni-none', namespace: 'mesh', node: 'node1' },
+    { name: 'cni-restart', namespace: 'mesh', node: 'node1' },
+    { name: 'cni-own', namespace: 'plain', node: 'node1', labels: { 'istio.io/dataplane-mode': 'ambient' } },
+    { name: 'cni-own2', namespace: 'plain', node: 'node1', labels: { 'istio.io/dataplane-mode': 'ambient' } },
   ],
 };
-/** Pods the runtime creates through the plugin: in the pods file without IPs (cni-late: not yet). */
-const CNI_PODS = ['cni-mesh', 'cni-plain', 'cni-late'];
+/** Pods the source does not show until a test says so; one each, so that no ADD races the agent's
+ * reading of a pods file that just took its pod away. */
+const LATE = ['cni-late', 'cni-gone', 'cni-none', 'cni-restart', 'cni-own', 'cni-own2'];
+/** Pods the runtime creates through the plugin: in the pods file without IPs. */
+const CNI_PODS = ['cni-mesh', 'cni-plain', ...LATE];
 
 let tb: Testbed;
 let loader: Loader;
@@ -51,30 +62,9 @@ let socket: string;
 /** Pod objects the test adds to the pods file beside the testbed's (the chained pod). */
 const extraPods: Array<Record<string, unknown>> = [];
 
-interface PluginRun {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-  readonly ms: number;
-}
-
 /** Runs the plugin binary as a runtime does: env + stdin, stdout and exit code back. */
-function runPlugin(env: Record<string, string>, stdin: string, argv: readonly string[] = [PLUGIN]):
-  Promise<PluginRun> {
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    const p = spawn(argv[0]!, argv.slice(1), { env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: 'pipe' });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    p.on('error', reject);
-    // The plugin may exit before reading all of stdin (a config over its bound): not an error here.
-    p.stdin.on('error', () => undefined);
-    p.on('close', (code) => resolve({ code, stdout, stderr, ms: performance.now() - started }));
-    p.stdin.end(stdin);
-  });
-}
+const runPlugin = (env: Record<string, string>, stdin: string, argv: readonly string[] = [PLUGIN]): Promise<PluginRun> =>
+  exec(argv, env, stdin);
 
 function prevResult(version: string, ip: string): Record<string, unknown> {
   return {
@@ -115,7 +105,8 @@ function zdsState(pod: string): string | undefined {
 }
 
 /** The pods file as Kubernetes shows a pod before its sandbox: Pending, no IP; `absent` not at all. */
-function writePods(absent: readonly string[]): void {
+function writePods(shown: readonly string[] = [], labels: Record<string, Record<string, string>> = {}): void {
+  const absent = LATE.filter((name) => !shown.includes(name));
   tb.writePodsList(podsFile);
   editPodsFile(podsFile, (list) => {
     list.items = list.items.filter((o) => !(o.kind === 'Pod' && absent.includes(o.metadata.name)));
@@ -123,18 +114,50 @@ function writePods(absent: readonly string[]): void {
     for (const o of list.items) {
       if (o.kind !== 'Pod' || !CNI_PODS.includes(o.metadata.name)) continue;
       o['status'] = { phase: 'Pending' };
+      const extra = labels[o.metadata.name];
+      if (extra) o.metadata.labels = { ...(o.metadata.labels ?? {}), ...extra };
     }
   });
 }
+
+/** The pods the agent keeps for CNI ADD across restarts (cni-pods.json beside the state file). */
+function cniPods(): Array<{ uid: string; name: string; seen: boolean }> {
+  try {
+    return (JSON.parse(readFileSync(join(tb.info.runDir, 'cni-pods.json'), 'utf8')) as
+      { pods: Array<{ uid: string; name: string; seen: boolean }> }).pods;
+  } catch {
+    return [];
+  }
+}
+
+/** Whether the capture of this netns is pinned (its sk_lookup link). */
+function armedAt(netnsPath: string): boolean {
+  return linkNames(tb.node('node1').bpffsDir).includes(inpodLinkName(netnsCookie(netnsPath)));
+}
+
+/** Nothing of the pod left: not in the state file, not kept for CNI, its netns not captured. */
+async function nothingLeft(t: Tap.Test, pod: string, netnsPath: string, kept = false): Promise<void> {
+  await eventually(() => zdsState(pod) === undefined && !armedAt(netnsPath), 10_000, `nothing left of ${pod}`);
+  // A pod the source shows outside the mesh stays known (its netns, should it join later) until DEL.
+  if (!kept) t.notOk(cniPods().some((p) => p.name === pod), `${pod} is not kept for CNI`);
+}
+
+/** ztunnel acked the pod, as the state file tells (written by the pass after the ack). */
+const acked = (pod: string): Promise<unknown> =>
+  eventually(() => zdsState(pod) === 'acked', 10_000, `the state file to show ${pod} acked`);
+
+const flags = (graceMs: number): string[] =>
+  ['--cni-socket', socket, '--cni-timeout-ms', String(TIMEOUT_MS), '--cni-grace-ms', String(graceMs)];
+
+const del = (pod: string): Promise<PluginRun> => runPlugin(envFor('DEL', pod), config('1.0.0'));
 
 t.before(async () => {
   execFileSync('make', ['-s', '-C', ROOT, 'cni'], { stdio: 'inherit' });
   tb = await startTestbed(spec, { topology: 'inpod', prefix: testPrefix(), standIn: false });
   podsFile = join(tb.info.runDir, 'pods.json');
   socket = join(tb.info.runDir, 'cni.sock');
-  writePods(['cni-late']);
-  const flags = ['--cni-socket', socket, '--cni-timeout-ms', String(TIMEOUT_MS)];
-  loader = startLoader(tb, tb.node('node1'), podsFile, flags, true);
+  writePods();
+  loader = startLoader(tb, tb.node('node1'), podsFile, flags(GRACE_MS), true);
   await waitReady(tb, loader);
   await startZtunnels(tb, { zdsSocket: (node) => zdsSocketPath(tb, tb.node(node)) });
   await startHttpServer(tb, 'server', PORT);
@@ -203,98 +226,137 @@ t.test('0.4.0 and 0.3.1 configs: ADD of the ambient pod, result in the config\'s
   }
 });
 
-t.test('a pod the source learns of while ADD waits is served; one it never shows fails ADD', async (t) => {
+t.test('a pod the source has not shown, in an ambient namespace: captured at once, provisionally', async (t) => {
+  const waiting = loader.logLines().filter((l) => String(l['msg']).startsWith('CNI ADD waits')).length;
+  const r = await add('cni-late');
+  t.equal(r.code, 0, `ADD: ${r.stdout}${r.stderr}`);
+  t.comment(`provisional ADD: ${r.ms.toFixed(0)} ms`);
+  t.equal(loader.logLines().filter((l) => String(l['msg']).startsWith('CNI ADD waits')).length, waiting,
+    'ADD did not wait for the pod source');
+  t.ok(loader.logLines().some((l) => String(l['msg']).includes('captured provisionally')), 'the agent says provisional');
+  const traced = await tracedCurl(tb, 'cni-late', tb.pod('server').ip, PORT, ['node1'], { node1: ['outbound'] });
+  const out = traced.lines['node1']?.find((e) => e.direction === 'outbound');
+  t.equal(out?.source.split(':')[0], tb.pod('cni-late').ip, 'its first connection went through ztunnel');
+  t.same(cniPods().filter((p) => p.name === 'cni-late').map((p) => p.seen), [false], 'kept, not confirmed yet');
+  // The source shows it (as ambient, with a service account of its own): confirmed, kept past the
+  // grace period, and handed to ztunnel again with the right WorkloadInfo (Del, then Add).
+  const uid = tb.pod('cni-late').uid;
+  const took = (): number => loader.logLines().filter((l) => l['msg'] === 'ztunnel took the pod' && l['uid'] === uid).length;
+  t.equal(took(), 1, 'ztunnel took it once, with the default service account');
+  writePods(['cni-late']);
+  editPodsFile(podsFile, (list) => {
+    const pod = list.items.find((o) => o.kind === 'Pod' && o.metadata.name === 'cni-late');
+    if (pod) pod['spec'] = { ...(pod['spec'] as object), serviceAccountName: 'late-sa' };
+  });
+  await eventually(() => cniPods().some((p) => p.name === 'cni-late' && p.seen), 10_000, 'the source to confirm it');
+  await eventually(() => took() === 2, 10_000, 'ztunnel to take it again with its own service account');
+  t.ok(loader.logLines().some((l) => l['msg'] === 'ztunnel released the pod' && l['uid'] === uid), 'after a Del');
+  const confirmedAt = Date.now();
+  await eventually(() => Date.now() - confirmedAt > GRACE_MS, GRACE_MS + 2000, 'the grace period to pass');
+  t.equal(zdsState('cni-late'), 'acked', 'still captured and served after the grace period');
+  t.equal((await del('cni-late')).code, 0, 'DEL');
+  await nothingLeft(t, 'cni-late', tb.pod('cni-late').netnsPath);
+});
+
+t.test('a provisional pod the source never shows is released after the grace period', async (t) => {
+  const r = await add('cni-gone');
+  t.equal(r.code, 0, `ADD: ${r.stdout}${r.stderr}`);
+  const at = Date.now();
+  await acked('cni-gone');
+  await nothingLeft(t, 'cni-gone', tb.pod('cni-gone').netnsPath);
+  const after = Date.now() - at;
+  t.ok(after >= GRACE_MS * 0.9, `released after ${after} ms (grace ${GRACE_MS} ms)`);
+  t.ok(loader.logLines().some((l) => String(l['msg']).includes('the pod source never showed it')), 'the agent says why');
+});
+
+t.test('a provisional pod the source then shows outside the mesh is released', async (t) => {
+  t.equal((await add('cni-none')).code, 0, 'ADD');
+  await acked('cni-none');
+  writePods(['cni-none'], { 'cni-none': { 'istio.io/dataplane-mode': 'none' } });
+  await nothingLeft(t, 'cni-none', tb.pod('cni-none').netnsPath, true);
+  t.equal((await add('cni-none')).code, 0, 'ADD again: not ambient now, prevResult at once');
+  t.equal(zdsState('cni-none'), undefined, 'and not captured');
+  t.equal((await del('cni-none')).code, 0, 'DEL');
+  await eventually(() => !cniPods().some((p) => p.name === 'cni-none'), 5_000, 'DEL to drop what was kept');
+});
+
+t.test('a pod not shown yet in a namespace that is not ambient: ADD waits for the source', async (t) => {
+  // cni-own is ambient by its own label, which only the source can tell.
   const waiting = (): number =>
     loader.logLines().filter((l) => String(l['msg']).startsWith('CNI ADD waits for the pod')).length;
   const before = waiting();
-  const pending = add('cni-late');
+  const pending = add('cni-own');
   await eventually(() => waiting() > before, 5_000, 'ADD to wait for the pod');
-  writePods([]);
+  writePods(['cni-none', 'cni-own'], { 'cni-none': { 'istio.io/dataplane-mode': 'none' } });
   const r = await pending;
   t.equal(r.code, 0, `ADD waited for the pod: ${r.stdout}${r.stderr}`);
-  t.equal((await runPlugin(envFor('DEL', 'cni-late'), config('1.0.0'))).code, 0);
+  await acked('cni-own'); // the pod's label made it ambient
+  t.equal((await del('cni-own')).code, 0);
+  await nothingLeft(t, 'cni-own', tb.pod('cni-own').netnsPath);
 
-  writePods(['cni-late']);
-  await eventually(async () => (await add('cni-late')).code === 1, 5 * TIMEOUT_MS,
-    'ADD of a pod the source lost to fail');
-  const r2 = await add('cni-late');
+  const r2 = await add('cni-own2');
   t.equal(r2.code, 1);
   const err = JSON.parse(r2.stdout) as { code: number; msg: string };
   t.equal(err.code, 11, 'try again later');
   t.match(err.msg, /not known to the agent's pod source/);
   t.ok(r2.ms >= TIMEOUT_MS * 0.9, `it waited its bound (${r2.ms.toFixed(0)} ms)`);
+  t.equal(zdsState('cni-own2'), undefined, 'not captured');
 });
 
 /** A pod sandbox as a runtime makes it: a netns with no process, the pod's cgroup, its Pod object. */
-interface Sandbox {
-  readonly name: string;
-  readonly uid: string;
+interface Sandbox extends ChainSandbox {
   readonly netnsName: string;
   readonly pod: TestbedPod;
-  readonly env: Record<string, string>;
 }
 
-const NET = { cniVersion: '1.0.0', name: 'ambpf-chain' };
-const bridgeConf = (): Record<string, unknown> => ({
-  ...NET, type: 'bridge', bridge: 'ambcni0', isGateway: true, ipMasq: false,
-  ipam: { type: 'host-local', ranges: [[{ subnet: '198.19.200.0/24' }]], routes: [{ dst: '0.0.0.0/0' }],
-    dataDir: join(tb.info.runDir, 'ipam') },
-});
-const ours = (): Record<string, unknown> => ({ ...NET, type: 'ambpf-cni', socketPath: socket });
-/** The primary CNI runs in the node's netns (it creates the bridge and the host side of the veth). */
-const bridgeArgv = (): string[] => ['nsenter', `--net=${tb.node('node1').netnsPath}`, '--', join(CNI_BIN, 'bridge')];
+let chain: CniChain;
+const getChain = (): CniChain => (chain ??= new CniChain({
+  plugin: PLUGIN, socketPath: socket, nodeNetnsPath: tb.node('node1').netnsPath, bridge: 'ambcni0',
+  subnet: '198.19.200.0/24', ipamDir: join(tb.info.runDir, 'ipam'), cniBin: CNI_BIN,
+}));
 
-/** Sandboxes for these pod names, their Pod objects in the pods file (Pending, no IP). */
-function makeSandboxes(names: readonly string[]): Sandbox[] {
+/** Sandboxes for these pod names, their Pod objects in the pods file (Pending, no IP) unless `hidden`. */
+function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
   const boxes = names.map((name) => {
     const uid = randomUUID();
     const netnsName = `${tb.info.prefix}-${name}`;
     execFileSync('ip', ['netns', 'add', netnsName]);
     const cgroup = join(tb.node('node1').kubepodsCgroup, 'besteffort', `pod${uid}`, 'c1');
     mkdirSync(cgroup, { recursive: true });
-    extraPods.push({
-      apiVersion: 'v1', kind: 'Pod',
-      metadata: { name, namespace: 'mesh', uid, labels: {}, annotations: {}, resourceVersion: '9000' },
-      spec: { nodeName: 'node1', containers: [{ name: 'app', image: 'registry.local/ambtb/pause:1' }] },
-      status: { phase: 'Pending' },
-    });
-    const pod: TestbedPod = {
-      ...tb.pod('cni-mesh'), name, uid, netnsPath: `/run/netns/${netnsName}`, containerCgroupPath: cgroup, ip: '',
-    };
-    const env = {
-      ...envFor('ADD', 'cni-mesh'), CNI_NETNS: pod.netnsPath, CNI_PATH: CNI_BIN, CNI_CONTAINERID: name,
-      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=${name};K8S_POD_UID=${uid}`,
-    };
-    return { name, uid, netnsName, pod, env };
+    if (!hidden) {
+      extraPods.push({
+        apiVersion: 'v1', kind: 'Pod',
+        metadata: { name, namespace: 'mesh', uid, labels: {}, annotations: {}, resourceVersion: '9000' },
+        spec: { nodeName: 'node1', containers: [{ name: 'app', image: 'registry.local/ambtb/pause:1' }] },
+        status: { phase: 'Pending' },
+      });
+    }
+    const netnsPath = `/run/netns/${netnsName}`;
+    const pod: TestbedPod = { ...tb.pod('cni-mesh'), name, uid, netnsPath, containerCgroupPath: cgroup, ip: '' };
+    return { name, uid, netnsName, pod, netnsPath, containerId: name, namespace: 'mesh' };
   });
-  writePods(['cni-late']);
+  writePods();
   return boxes;
 }
 
-/** The chain's ADD as containerd runs it: loopback (go-cni's WithLoNetwork), bridge, then ambpf-cni. */
-async function chainAdd(t: Tap.Test, b: Sandbox):
-  Promise<{ ours: PluginRun; prev: Record<string, unknown>; ip: string }> {
-  const loConf = JSON.stringify({ cniVersion: '1.0.0', name: 'cni-loopback', type: 'loopback' });
-  const lo = await runPlugin({ ...b.env, CNI_IFNAME: 'lo' }, loConf, [join(CNI_BIN, 'loopback')]);
-  t.equal(lo.code, 0, `${b.name}: loopback ADD ${lo.stderr}`);
-  const bridge = await runPlugin(b.env, JSON.stringify(bridgeConf()), bridgeArgv());
-  t.equal(bridge.code, 0, `${b.name}: bridge ADD ${bridge.stderr}`);
-  const prev = JSON.parse(bridge.stdout) as Record<string, unknown>;
-  const r = await runPlugin(b.env, JSON.stringify({ ...ours(), prevResult: prev }));
-  if (r.code !== 0) {
+/** The chain's ADD; every plugin before ours must succeed. */
+async function chainAdd(t: Tap.Test, b: Sandbox): Promise<{ ours: PluginRun; prev: Record<string, unknown>; ip: string }> {
+  const r = await getChain().add(b);
+  t.equal(r.loopback.code, 0, `${b.name}: loopback ADD ${r.loopback.stderr}`);
+  t.equal(r.bridge.code, 0, `${b.name}: bridge ADD ${r.bridge.stderr}`);
+  if (r.ours?.code !== 0) {
     // What the agent said about the pod, for the failure's report.
     const lines = loader.logLines().map((l) => JSON.stringify(l)).filter((l) => l.includes(`mesh/${b.name}`));
     t.comment(lines.slice(-15).join('\n'));
   }
-  const ip = ((prev['ips'] as Array<{ address: string }>)[0]!.address).split('/')[0]!;
-  return { ours: r, prev, ip };
+  return { ours: r.ours!, prev: r.prevResult!, ip: r.ip! };
 }
 
 /** DEL down the chain in reverse, as the runtime does, then the netns goes. */
 async function chainDel(t: Tap.Test, b: Sandbox): Promise<void> {
-  const del = { ...b.env, CNI_COMMAND: 'DEL' };
-  t.equal((await runPlugin(del, JSON.stringify(ours()))).code, 0, `${b.name}: ambpf-cni DEL`);
-  t.equal((await runPlugin(del, JSON.stringify(bridgeConf()), bridgeArgv())).code, 0, `${b.name}: bridge DEL`);
+  const r = await getChain().del(b);
+  t.equal(r.ours.code, 0, `${b.name}: ambpf-cni DEL`);
+  t.equal(r.bridge.code, 0, `${b.name}: bridge DEL`);
   execFileSync('ip', ['netns', 'del', b.netnsName]);
 }
 
@@ -314,41 +376,22 @@ t.test('chained after the real bridge + host-local: the first connect after ADD 
   t.equal(out?.source.split(':')[0], ip, `ztunnel proxied the first connection of the pod (${ip})`);
   await chainDel(t, b!);
   extraPods.length = 0;
-  writePods(['cni-late']);
-});
-
-t.test(`the race: ${RACE_PODS} sandboxes one after another, each connecting the moment ADD returns`, async (t) => {
-  if (!haveBridge) return t.plan(0, noBridge);
-  const boxes = makeSandboxes(Array.from({ length: RACE_PODS }, (_, i) => `race-${i}`));
-  const times: number[] = [];
-  const direct: string[] = [];
-  for (const b of boxes) {
-    const { ours: r, ip } = await chainAdd(t, b);
-    t.equal(r.code, 0, `${b.name}: ambpf-cni ADD ${r.stdout}`);
-    times.push(r.ms);
-    // No wait, no retry: the connect is attempted right away and must already be captured.
-    const traced = await tracedCurl(tb, b.pod, tb.pod('server').ip, PORT, ['node1'], { node1: ['outbound'] });
-    const viaZtunnel = traced.lines['node1']?.some((e) => e.direction === 'outbound' && e.source.split(':')[0] === ip);
-    if (!viaZtunnel) direct.push(b.name);
-  }
-  t.same(direct, [], 'every first connection reached ztunnel; none went direct');
-  times.sort((a, b) => a - b);
-  t.comment(`ADD after bridge, ${times.length} pods: median ${times[times.length >> 1]!.toFixed(0)} ms, `
-    + `max ${times.at(-1)!.toFixed(0)} ms`);
-  for (const b of boxes) await chainDel(t, b);
-  extraPods.length = 0;
-  writePods(['cni-late']);
+  writePods();
 });
 
 t.test('bad input: each a CNI error on stdout and exit 1', async (t) => {
   const cases: Array<[string, Record<string, string>, string, number]> = [
     ['malformed stdin', envFor('ADD', 'cni-mesh'), `{"cniVersion":"1.0.0","socketPath":"${socket}", nope`, 6],
+    ['stdin not an object', envFor('ADD', 'cni-mesh'), '[1, 2]', 6],
+    ['empty stdin', envFor('ADD', 'cni-mesh'), '', 6],
     ['unknown cniVersion', envFor('ADD', 'cni-mesh'), config('9.9.9', {}, tb.pod('cni-mesh').ip), 1],
     ['no CNI_NETNS', { ...envFor('ADD', 'cni-mesh'), CNI_NETNS: '' }, config('1.0.0', {}, tb.pod('cni-mesh').ip), 4],
     ['a netns that does not exist', { ...envFor('ADD', 'cni-mesh'), CNI_NETNS: '/run/netns/ambpf-none' },
       config('1.0.0', {}, tb.pod('cni-mesh').ip), 4],
     ['an ambient pod without prevResult IPs', envFor('ADD', 'cni-mesh'), config('1.0.0'), 7],
+    ['a prevResult whose ips is no list', envFor('ADD', 'cni-mesh'), config('1.0.0', { prevResult: { ips: 'x' } }), 7],
     ['a config over 1 MiB', envFor('ADD', 'cni-mesh'), config('1.0.0', { pad: 'x'.repeat(1 << 20) }), 6],
+    ['an unknown CNI_COMMAND', { ...envFor('ADD', 'cni-mesh'), CNI_COMMAND: 'FROB' }, config('1.0.0'), 4],
   ];
   for (const [what, env, stdin, code] of cases) {
     const r = await runPlugin(env, stdin);
@@ -358,22 +401,24 @@ t.test('bad input: each a CNI error on stdout and exit 1', async (t) => {
     t.ok(e.msg.length > 0, `${what}: a message`);
   }
   t.equal(zdsState('cni-mesh'), undefined, 'nothing was captured by a failed ADD');
+  t.notOk(armedAt(tb.pod('cni-mesh').netnsPath), 'the pod\'s netns is not captured');
 });
 
 t.test('a netns the agent cannot arm: ADD fails at once with the reason, not at the timeout', async (t) => {
   // No loopback plugin ran: lo is down and the pod's local route cannot be added.
   const netnsName = `${tb.info.prefix}-lodown`;
   execFileSync('ip', ['netns', 'add', netnsName]);
-  const r = await runPlugin({ ...envFor('ADD', 'cni-mesh'), CNI_NETNS: `/run/netns/${netnsName}` },
+  const netnsPath = `/run/netns/${netnsName}`;
+  const r = await runPlugin({ ...envFor('ADD', 'cni-mesh'), CNI_NETNS: netnsPath },
     config('1.0.0', {}, tb.pod('cni-mesh').ip));
-  execFileSync('ip', ['netns', 'del', netnsName]);
   t.equal(r.code, 1);
   const e = JSON.parse(r.stdout) as { code: number; msg: string; details?: string };
   t.equal(e.code, 11);
   t.match(e.msg, /could not capture/);
   t.match(e.details ?? '', /inpod capture of pod mesh\/cni-mesh/);
   t.ok(r.ms < TIMEOUT_MS, `failed after ${r.ms.toFixed(0)} ms`);
-  await eventually(() => zdsState('cni-mesh') === undefined, 10_000, 'nothing left of cni-mesh');
+  await nothingLeft(t, 'cni-mesh', netnsPath);
+  execFileSync('ip', ['netns', 'del', netnsName]);
 });
 
 t.test('agent unreachable: error 11 and exit 1; failOpen: prevResult; DEL still succeeds', async (t) => {
@@ -393,13 +438,43 @@ t.test('agent unreachable: error 11 and exit 1; failOpen: prevResult; DEL still 
   t.equal((await runPlugin({ ...env, CNI_COMMAND: 'DEL' }, stdin({}))).code, 0, 'DEL with the agent away');
 });
 
-t.test('no ztunnel connected: ADD of an ambient pod fails closed; back: it succeeds', async (t) => {
+t.test('agent stopped: ADD fails closed, nothing left; what ADD armed survives the restart', async (t) => {
+  // A provisional pod (the source never showed it) armed before the agent stops...
+  t.equal((await add('cni-restart')).code, 0, 'ADD of cni-restart before the stop');
+  const lateAt = Date.now();
+  loader.proc.kill('SIGTERM');
+  await loader.proc.exited;
+  const r = await add('cni-mesh');
+  t.equal(r.code, 1, 'ADD with the agent stopped fails');
+  const e = JSON.parse(r.stdout) as { code: number; msg: string; details?: string };
+  t.equal(e.code, 11, `try again later (${e.msg}: ${e.details ?? ''})`);
+  t.notOk(armedAt(tb.pod('cni-mesh').netnsPath), 'cni-mesh is not captured');
+  t.ok(armedAt(tb.pod('cni-restart').netnsPath), 'cni-restart stays captured while the agent is down (pins)');
+
+  // The new agent gets a longer grace period, so what it keeps is not down to timing.
+  loader = startLoader(tb, tb.node('node1'), podsFile, flags(GRACE_MS * 5), true);
+  await waitReady(tb, loader);
+  t.ok(armedAt(tb.pod('cni-restart').netnsPath), 'the new agent\'s first pass kept cni-restart captured');
+  t.ok(Date.now() - lateAt < GRACE_MS * 5, 'within its grace period');
+  await eventually(async () => (await add('cni-mesh')).code === 0, 20_000, 'the retried ADD to succeed');
+  await acked('cni-mesh');
+  await eventually(() => zdsState('cni-restart') === 'acked', 10_000, 'the new agent to hand cni-restart to ztunnel');
+  t.same(cniPods().map((p) => p.name).sort(), ['cni-mesh', 'cni-restart'], 'both kept for CNI');
+  t.equal((await del('cni-restart')).code, 0);
+  await nothingLeft(t, 'cni-restart', tb.pod('cni-restart').netnsPath);
+  t.equal((await del('cni-mesh')).code, 0);
+  await nothingLeft(t, 'cni-mesh', tb.pod('cni-mesh').netnsPath);
+});
+
+t.test('no ztunnel connected: ADD of an ambient pod fails closed, nothing left; back: it succeeds', async (t) => {
   await stopZtunnel(tb, 'node1', { signal: 'SIGKILL' });
   await eventually(async () => (await add('cni-mesh')).code === 1, 10_000, 'ADD to fail without ztunnel');
   const r = await add('cni-mesh');
   const e = JSON.parse(r.stdout) as { code: number; msg: string };
   t.equal(e.code, 11);
   t.match(e.msg, /no ztunnel is connected/);
+  t.equal(zdsState('cni-mesh'), undefined, 'cni-mesh is not in the state file');
+  t.notOk(armedAt(tb.pod('cni-mesh').netnsPath), 'cni-mesh is not captured');
   t.equal((await add('cni-plain')).code, 0, 'a non-ambient pod is not held');
   await startExtraZtunnel(tb, 'node1');
   await eventually(async () => (await add('cni-mesh')).code === 0, 20_000, 'ADD to succeed once ztunnel is back');

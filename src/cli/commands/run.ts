@@ -3,7 +3,7 @@
 // place: traffic keeps flowing while the loader is down or being upgraded.
 import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Command } from '../command.ts';
 import { UsageError, describeError } from '../../errors.ts';
 import { logger } from '../../log.ts';
@@ -32,7 +32,10 @@ Options:
                        ztunnel is expected to open its listeners in the pods by itself (testing)
   --cni-socket PATH    inpod: serve the chained CNI plugin ambpf-cni on this unix socket: its ADD of an
                        ambient pod returns only once the pod is captured and ztunnel acked it
-  --cni-timeout-ms N   how long a CNI ADD may wait for the pod and ztunnel's ack (default 10000)
+  --cni-timeout-ms N   how long a CNI ADD may wait for the capture and ztunnel's ack (default 10000)
+  --cni-grace-ms N     a pod CNI ADD captured that the pod source never shows is released after this
+                       long (default 60000); what ADD captured is kept in cni-pods.json beside
+                       --state-file, so a restarted loader keeps it captured
   --fail-open          inpod: a captured pod whose ztunnel is away or has not taken it talks direct.
                        Off by default: its connections are refused both ways, as with Istio, because
                        direct traffic would bypass the mesh's mTLS and policy
@@ -95,6 +98,7 @@ export const command: Command = {
         'no-dns-capture': { type: 'boolean' },
         'cni-socket': { type: 'string' },
         'cni-timeout-ms': { type: 'string' },
+        'cni-grace-ms': { type: 'string' },
         bpffs: { type: 'string', default: '/sys/fs/bpf/ambpf' },
         cgroup: { type: 'string' },
         listen: { type: 'string', default: '127.0.0.1:15099' },
@@ -122,7 +126,7 @@ export const command: Command = {
     if (maxPods !== undefined && (!Number.isInteger(maxPods) || maxPods < 1)) throw new UsageError('--max-pods must be a positive integer');
     const resyncMs = Number(values['resync-ms']);
     if (!Number.isFinite(resyncMs) || resyncMs < 100) throw new UsageError('--resync-ms must be a number >= 100');
-    const msFlag = (name: 'watch-stale-ms' | 'watch-backoff-max-ms' | 'cni-timeout-ms'): number | undefined => {
+    const msFlag = (name: 'watch-stale-ms' | 'watch-backoff-max-ms' | 'cni-timeout-ms' | 'cni-grace-ms'): number | undefined => {
       const v = values[name];
       if (v === undefined) return undefined;
       const n = Number(v);
@@ -131,6 +135,7 @@ export const command: Command = {
     };
     const staleAfterMs = msFlag('watch-stale-ms');
     const cniTimeoutMs = msFlag('cni-timeout-ms');
+    const cniGraceMs = msFlag('cni-grace-ms');
     if (values['cni-socket'] !== undefined && (values.mode !== 'inpod' || values['zds-socket'] === 'none')) {
       throw new UsageError('--cni-socket needs --mode inpod with a ZDS socket: ADD waits for ztunnel\'s ack');
     }
@@ -225,6 +230,7 @@ export const command: Command = {
       const { CniServer } = await import('../../agent/cni.ts');
       cni = await CniServer.start({
         socketPath: values['cni-socket'], node, log: logger('cni'), handoff, timeoutMs: cniTimeoutMs,
+        graceMs: cniGraceMs, stateFile: join(dirname(values['state-file']), 'cni-pods.json'),
         reconcile: (snapshot) => reconciler.reconcile(snapshot),
       });
     }
