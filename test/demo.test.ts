@@ -18,6 +18,11 @@ for (const mode of ['node', 'inpod'] as const) {
     t.match(r.stdout, /inbound .*:15006 \(orig dst 198\.19\.1\.3:8080 via local-address\)/, 'plaintext inbound kept the original destination');
     t.match(r.stdout, /counters: .*connect4_redirected\+1/);
     t.match(r.stdout, /ambpf pods on node1:[\s\S]*mesh\/app1-node1[\s\S]*mesh\/app2-node1/, 'ambpf pods names the demo\'s mesh pods');
+    if (mode === 'inpod' && !r.stdout.includes('the CNI step is skipped')) {
+      t.match(r.stdout, /ztunnel resumed\n.*ztunnel acked the Add[^\n]*\n.*ADD returned prevResult/,
+        'the pod made through the CNI chain is held until ztunnel acked');
+      t.match(r.stdout, /the first connection went through ztunnel: 198\.19\.200\.\d+:\d+ -> ztunnel:15001/);
+    }
     t.notOk(ours().some((n) => prefix && n.startsWith(prefix)), 'no netns of the demo left');
   });
 }

@@ -12,6 +12,7 @@ import type { StateFile } from '../reconcile/reconciler.ts';
 import { openPinnedMaps } from '../bpf/datapath-maps.ts';
 import type { Stats } from '../bpf/schema.ts';
 import { AmbpfError } from '../errors.ts';
+import { cniStepAvailable, demoCniPod, demoCniSocket } from './cni.ts';
 
 export interface DemoOptions {
   readonly out: (line: string) => void;
@@ -112,7 +113,9 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const podsFile = join(bed.info.runDir, 'pods.json');
     bed.writePodsList(podsFile);
     o.out(`  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15)`);
-    for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile, [], mode === 'inpod'));
+    // inpod: each loader also serves the CNI plugin (the CNI step below creates a pod through it).
+    const cniFlags = (node: string): string[] => (mode === 'inpod' ? ['--cni-socket', demoCniSocket(bed, node)] : []);
+    for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile, cniFlags(node.name), mode === 'inpod'));
     await Promise.all(loaders.map((l) => waitReady(bed, l)));
     if (mode === 'inpod') {
       // ztunnel connects to the agent (its INPOD_UDS), says hello, takes the snapshot of captured pods.
@@ -153,6 +156,11 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       hops.sort((a, b) => rank[a.entry.direction] - rank[b.entry.direction]);
       for (const h of hops) o.out(describeHop(h));
       bed.info.nodes.forEach((n, i) => o.out(`    ${n.name.padEnd(6)} counters: ${counterDelta(before[i]!, after[i]!)}`));
+    }
+    if (mode === 'inpod') {
+      const missing = cniStepAvailable();
+      if (missing) o.out(`\n  (the CNI step is skipped: ${missing})`);
+      else await demoCniPod(bed, loaders[0]!, podsFile, bed.pod('app1-node1'), o.out);
     }
     // What an operator would look at on node1: the ambient-pod map, joined with pod names.
     const pods = await bed.exec('node1', [AMBPF_BIN, 'pods', '--bpffs', loaders[0]!.node.bpffsDir, '--state-file', loaders[0]!.stateFile], { check: false });
