@@ -196,6 +196,7 @@ t.test('host access: node netns and PID namespace, the bpffs, the cgroup v2 root
     '/sys/fs/cgroup': { container: 'loader', why: 'attach under kubepods' },
     [ZTUNNEL_SOCK_DIR]: { container: 'loader', why: 'the ZDS socket ztunnel connects to' },
     [CNI_SOCK_DIR]: { container: 'loader', why: 'the CNI socket the host\'s ambpf-cni connects to' },
+    '/var/run/netns': { container: 'loader', why: 'CNI_NETNS: a new pod\'s netns, opened by its path on the node' },
     [cmData['AMBPF_CNI_BIN_DIR'] ?? '?']: { container: 'cni-install', why: 'the plugin binary goes into the host\'s CNI bin dir' },
     [cmData['AMBPF_CNI_CONF_DIR'] ?? '?']: { container: 'cni-install', why: 'the entry goes into the primary CNI\'s conflist' },
   };
