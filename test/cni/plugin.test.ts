@@ -33,6 +33,8 @@ const PORT = 8080;
 const TIMEOUT_MS = 3000;
 /** A pod ADD captured that the source never shows is released after this (--cni-grace-ms). */
 const GRACE_MS = 4000;
+/** ADDs of the latency loop (each followed by DEL and its release). */
+const LATENCY_LOOP = Number(process.env['AMBPF_CNI_LATENCY_LOOP'] ?? 20);
 
 const spec: TestbedSpec = {
   nodes: [{ name: 'node1', ztunnel: true }],
@@ -224,6 +226,20 @@ t.test('0.4.0 and 0.3.1 configs: ADD of the ambient pod, result in the config\'s
     t.equal((await runPlugin(envFor('DEL', 'cni-mesh'), config(version))).code, 0, `${version}: DEL`);
     await eventually(() => zdsState('cni-mesh') === undefined, 10_000, 'cni-mesh to leave the state file');
   }
+});
+
+t.test('ADD latency with ztunnel ready: a small loop of ADD, first connect, DEL', async (t) => {
+  const times: number[] = [];
+  for (let i = 0; i < LATENCY_LOOP; i++) {
+    const r = await add('cni-mesh');
+    t.equal(r.code, 0, `ADD #${i + 1}: ${r.stdout}`);
+    times.push(r.ms);
+    t.equal((await del('cni-mesh')).code, 0, `DEL #${i + 1}`);
+    await nothingLeft(t, 'cni-mesh', tb.pod('cni-mesh').netnsPath);
+  }
+  times.sort((a, b) => a - b);
+  const q = (p: number): string => times[Math.min(times.length - 1, Math.floor(p * times.length))]!.toFixed(0);
+  t.comment(`ambient ADD, ztunnel ready, ${times.length} runs: median ${q(0.5)} ms, p99 ${q(0.99)} ms`);
 });
 
 t.test('a pod the source has not shown, in an ambient namespace: captured at once, provisionally', async (t) => {

@@ -77,10 +77,10 @@ t.test('the CNI plugin section matches the DaemonSet and docs/cni.md', async (t)
     t.ok(((podSpec(ds)['volumes'] ?? []) as Array<{ name: string }>).some((v) => v.name === name), `volume ${name} exists`);
   }
   t.match(section, `\`${cm['AMBPF_CNI_BIN_DIR']}\` and \`${cm['AMBPF_CNI_CONF_DIR']}\` by default`, 'the default dirs');
-  // The ADD times are the ones measured in docs/cni.md.
+  // The ADD times it quotes are the ones measured in docs/cni.md.
   const cni = readFileSync(join(REPO_ROOT, 'docs/cni.md'), 'utf8');
-  for (const range of ['95-190 ms', '7-10 ms', '12-30 ms']) {
-    t.match(section, range, `the page quotes ${range}`);
-    t.match(cni, range, `docs/cni.md measured ${range}`);
-  }
+  const latency = /\*\*ADD latency\*\*([\s\S]*?)(?:\n\n|$)/.exec(section)?.[1] ?? '';
+  const quoted = latency.match(/\d+(?:-\d+)? ms/g) ?? [];
+  t.ok(quoted.length >= 3, `the page quotes ADD times (${quoted.join(', ')})`);
+  for (const q of quoted) t.match(cni, q, `docs/cni.md measured ${q}`);
 });
