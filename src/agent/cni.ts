@@ -14,7 +14,9 @@
 // (its own labels, its service account) or releases it; a pod it never shows is released after a
 // grace period. What ADD took is persisted (stateFile), so a restarted agent keeps it armed.
 import { createServer, type Server, type Socket } from 'node:net';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { netnsCookie } from '../libbpf/index.ts';
@@ -101,6 +103,9 @@ interface CniPod {
   /** The pod source has shown this uid: its absence from then on means the pod is gone. */
   seen: boolean;
 }
+
+/** What the overlay needs of a pod ADD took. */
+type Overlaid = Pick<CniPod, 'uid' | 'namespace' | 'name' | 'ips' | 'seen'>;
 
 /** The persisted form of the CNI pods (the cookie as a decimal string: JSON has no bigint). */
 interface StateFileV1 {
@@ -207,7 +212,9 @@ function loadState(path: string, log: Logger): CniPod[] {
   try {
     parsed = JSON.parse(readFileSync(path, 'utf8')) as StateFileV1;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ path, err: describeError(err) }, 'CNI state unreadable; starting empty');
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+      log.warn({ path, err: describeError(err) }, 'CNI state unreadable; starting empty');
+    }
     return [];
   }
   const out: CniPod[] = [];
@@ -289,7 +296,8 @@ export class CniServer {
 
   /** The pods ADD took, for tests and status: uid, name, whether the source confirmed them. */
   pods(): ReadonlyArray<{ uid: string; namespace: string; name: string; seen: boolean; since: number }> {
-    return [...this.#pods.values()].map(({ uid, namespace, name, seen, since }) => ({ uid, namespace, name, seen, since }));
+    return [...this.#pods.values()]
+      .map(({ uid, namespace, name, seen, since }) => ({ uid, namespace, name, seen, since }));
   }
 
   /**
@@ -365,8 +373,7 @@ export class CniServer {
     }
   }
 
-  #overlay(snapshot: ClusterSnapshot, taken: ReadonlyMap<string, Pick<CniPod, 'uid' | 'namespace' | 'name' | 'ips' | 'seen'>> = this.#pods):
-    ClusterSnapshot {
+  #overlay(snapshot: ClusterSnapshot, taken: ReadonlyMap<string, Overlaid> = this.#pods): ClusterSnapshot {
     if (taken.size === 0) return snapshot;
     const shownUids = new Set<unknown>();
     const pods = snapshot.pods.map((obj) => {
@@ -468,32 +475,33 @@ export class CniServer {
     const netnsPath = env['CNI_NETNS'];
     if (!netnsPath) throw new CniError(CNI_ERR.invalidEnv, 'CNI_NETNS is not set', what);
     const deadline = Date.now() + this.#timeoutMs;
-    const { namespace, name } = p.pod;
+    const pod = p.pod;
+    const { namespace, name } = pod;
     const ips = prevResultIps(p.config['prevResult']);
     // Membership by the same rules as every pass, with the runtime's IPs. (A pod without IPs is no
     // member of anything: an unroutable stand-in lets the rules decide; an ambient pod without IPs is
     // refused below.)
     const judged = ips.length > 0 ? ips : ['0.0.0.0'];
-
-    let uid = this.#uidOf(namespace, name, p.pod.uid);
-    let provisional = false;
-    if (uid === undefined && p.pod.uid !== undefined && this.#latest) {
+    const decide = (): { uid: string; provisional: boolean } | undefined => {
+      const known = this.#uidOf(namespace, name, pod.uid);
+      if (known !== undefined) return { uid: known, provisional: false };
       // The source has not shown the pod yet (the watch lags, or the agent just restarted): its
       // namespace decides, its own labels are unknown. Ambient: captured now, provisionally, and
-      // confirmed or released by the source later. Anything else is decided once the source shows it.
-      const candidate = { uid: p.pod.uid, namespace, name, ips: judged, seen: false };
-      if (this.#isAmbient(candidate.uid, what, this.#overlay(this.#latest, new Map([[candidate.uid, candidate]])))) {
-        uid = candidate.uid;
-        provisional = true;
-      }
-    }
-    if (uid === undefined) {
+      // confirmed or released by the source later. Anything else is decided once the source shows
+      // it. (Before the source's first snapshot, not even the namespace is known.)
+      if (pod.uid === undefined || !this.#latest) return undefined;
+      const candidate = { uid: pod.uid, namespace, name, ips: judged, seen: false };
+      const overlaid = this.#overlay(this.#latest, new Map([[candidate.uid, candidate]]));
+      return this.#isAmbient(candidate.uid, what, overlaid) ? { uid: candidate.uid, provisional: true } : undefined;
+    };
+    let decision = decide();
+    if (decision === undefined) {
       this.#o.log.debug({ pod: podKey(namespace, name) }, 'CNI ADD waits for the pod to appear in the pod source');
-      const known = (): string | undefined => this.#uidOf(namespace, name, p.pod?.uid);
-      uid = await this.#waitFor(deadline, known, () =>
+      decision = await this.#waitFor(deadline, decide, () =>
         `${what} is not known to the agent's pod source after ${this.#timeoutMs} ms, and its namespace is not `
         + 'ambient (watch behind, or a pods file without it)');
     }
+    const { uid, provisional } = decision;
     if (!provisional && !this.#isAmbient(uid, what, this.#overlayOne(uid, judged))) return passThrough(p);
     if (ips.length === 0) {
       throw new CniError(CNI_ERR.invalidConfig, `${what} is ambient but prevResult names no IP`,
@@ -600,7 +608,14 @@ export class CniServer {
         clearInterval(poll);
       };
       const retry = (): void => {
-        const v = check();
+        let v: T | undefined;
+        try {
+          v = check();
+        } catch (err) {
+          done();
+          reject(err);
+          return;
+        }
         if (v === undefined) return;
         done();
         resolve(v);

@@ -21,7 +21,8 @@ export interface PluginRun {
 }
 
 /** Runs one plugin as a runtime does: env + stdin; stdout, stderr and exit code back. */
-export function runPlugin(argv: readonly string[], env: Readonly<Record<string, string>>, stdin: string): Promise<PluginRun> {
+export function runPlugin(argv: readonly string[], env: Readonly<Record<string, string>>, stdin: string):
+  Promise<PluginRun> {
   const started = performance.now();
   const startedAt = Date.now();
   return new Promise((resolve, reject) => {
@@ -33,7 +34,8 @@ export function runPlugin(argv: readonly string[], env: Readonly<Record<string, 
     p.on('error', reject);
     // A plugin may exit before reading all of stdin (a config over its bound): not an error here.
     p.stdin.on('error', () => undefined);
-    p.on('close', (code) => resolve({ code, stdout, stderr, ms: performance.now() - started, startedAt, endedAt: Date.now() }));
+    p.on('close', (code) =>
+      resolve({ code, stdout, stderr, ms: performance.now() - started, startedAt, endedAt: Date.now() }));
     p.stdin.end(stdin);
   });
 }
@@ -95,7 +97,10 @@ export class CniChain {
   bridgeConf(): Record<string, unknown> {
     return {
       ...NET, type: 'bridge', bridge: this.#o.bridge, isGateway: true, ipMasq: false,
-      ipam: { type: 'host-local', ranges: [[{ subnet: this.#o.subnet }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: this.#o.ipamDir },
+      ipam: {
+        type: 'host-local', ranges: [[{ subnet: this.#o.subnet }]], routes: [{ dst: '0.0.0.0/0' }],
+        dataDir: this.#o.ipamDir,
+      },
     };
   }
 
@@ -114,7 +119,8 @@ export class CniChain {
     const bridge = await runPlugin(this.#bridgeArgv(), this.env('ADD', s), JSON.stringify(this.bridgeConf()));
     if (bridge.code !== 0) return { loopback, bridge, ours: undefined, prevResult: undefined, ip: undefined };
     const prevResult = JSON.parse(bridge.stdout) as Record<string, unknown>;
-    const ours = await runPlugin([this.#o.plugin], this.env('ADD', s), JSON.stringify({ ...this.oursConf(), prevResult }));
+    const conf = JSON.stringify({ ...this.oursConf(), prevResult });
+    const ours = await runPlugin([this.#o.plugin], this.env('ADD', s), conf);
     const ips = prevResult['ips'] as Array<{ address: string }> | undefined;
     return { loopback, bridge, ours, prevResult, ip: ips?.[0]?.address.split('/')[0] };
   }

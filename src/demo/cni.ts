@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Testbed, TestbedPod } from '../testbed/index.ts';
+import type { Testbed, TestbedPod, ZtunnelLogEntry } from '../testbed/index.ts';
 import type { Loader } from '../testbed/loader.ts';
 import { curl } from '../testbed/helpers.ts';
 import { ztunnelsOn } from '../testbed/ztunnel/launch.ts';
@@ -25,7 +25,9 @@ export const demoCniSocket = (tb: Testbed, node: string): string => join(tb.info
 
 /** Whether this machine has what the step needs (the plugin built, Debian's CNI plugins installed). */
 export function cniStepAvailable(): string | undefined {
-  if (!existsSync(join(DEBIAN_CNI_BIN, 'bridge'))) return `${DEBIAN_CNI_BIN}/bridge missing (make deps installs containernetworking-plugins)`;
+  if (!existsSync(join(DEBIAN_CNI_BIN, 'bridge'))) {
+    return `${DEBIAN_CNI_BIN}/bridge missing (make deps installs containernetworking-plugins)`;
+  }
   if (!existsSync(PLUGIN)) return `${PLUGIN} missing (make cni)`;
   return undefined;
 }
@@ -81,7 +83,8 @@ export async function demoCniPod(tb: Testbed, loader: Loader, podsFile: string, 
   at(r.loopback.endedAt, 'loopback ADD: lo up');
   at(r.bridge.endedAt, `bridge + host-local ADD: eth0 ${r.ip ?? '?'} (prevResult)`);
   if (!r.ours || r.ours.code !== 0 || !r.ip) {
-    throw new AmbpfError(`the CNI chain failed: bridge ${r.bridge.stderr.trim()} ambpf-cni ${r.ours?.stdout.trim() ?? ''}`);
+    const why = `bridge ${r.bridge.stderr.trim()} ambpf-cni ${r.ours?.stdout.trim() ?? ''}`;
+    throw new AmbpfError(`the CNI chain failed: ${why}`);
   }
   at(r.ours.startedAt, 'ambpf-cni ADD: relayed to the agent (the runtime waits for it)');
   // The agent's side, from its log: armed (one reconcile pass), ZDS Add sent, ztunnel's ack.
@@ -91,24 +94,34 @@ export async function demoCniPod(tb: Testbed, loader: Loader, podsFile: string, 
   const phases = served?.['phases'] as Record<string, number> | undefined;
   if (served && phases) {
     const end = Number(served['time']);
-    at(Math.round(end - (phases['ack'] ?? 0)), 'agent: capture armed in the pod\'s netns (sk_lookup, return route), ZDS Add sent to ztunnel');
+    at(Math.round(end - (phases['ack'] ?? 0)),
+      'agent: capture armed in the pod\'s netns (sk_lookup, return route), ZDS Add sent to ztunnel');
   }
   if (took) at(Number(took['time']), 'agent: ztunnel acked the Add (its listeners are up in the pod)');
   at(r.ours.endedAt, 'ambpf-cni ADD returned prevResult: only now may the runtime start the pod\'s containers');
   // The pod's first process, started at once: its connection goes through ztunnel.
-  const pod: TestbedPod = { ...to, name, uid, ip: r.ip, netnsPath, containerCgroupPath: cgroup, namespace: 'mesh', mesh: true };
+  const pod: TestbedPod = {
+    ...to, name, uid, ip: r.ip, netnsPath, containerCgroupPath: cgroup, namespace: 'mesh', mesh: true,
+  };
   const logLen = tb.ztunnelLog(node.name).length;
   const c = await curl(tb, pod, to.ip, 8080, { timeoutMs: 5000 });
   at(Date.now(), `first connect ${name} -> ${to.name} (${to.ip}:8080): curl exit ${c.exitCode}, HTTP ${c.status}`);
-  for (let i = 0; i < 50 && !tb.ztunnelLog(node.name).slice(logLen).some((e) => e.direction === 'outbound'); i++) await pause(50);
-  const hop = tb.ztunnelLog(node.name).slice(logLen).find((e) => e.direction === 'outbound');
+  // The stand-in logs a connection when it ends: wait for it, bounded.
+  const outbound = (): ZtunnelLogEntry | undefined =>
+    tb.ztunnelLog(node.name).slice(logLen).find((e) => e.direction === 'outbound');
+  for (let i = 0; i < 50 && !outbound(); i++) await pause(50);
+  const hop = outbound();
 
   out('');
-  out(`  new pod through the CNI chain (loopback, bridge + host-local, ambpf-cni), as kubelet would: mesh/${name} on ${node.name}`);
+  out(`  new pod through the CNI chain (loopback, bridge + host-local, ambpf-cni), as kubelet would: `
+    + `mesh/${name} on ${node.name}`);
   events.sort((a, b) => a[0] - b[0]);
   for (const [t, what] of events) out(`    +${String(t - t0).padStart(5)} ms  ${what}`);
   out(hop
-    ? `    the first connection went through ztunnel: ${hop.source} -> ztunnel:15001 (orig dst ${hop.originalDst}) [${hop.result}]`
+    ? `    the first connection went through ztunnel: ${hop.source} -> ztunnel:15001 `
+      + `(orig dst ${hop.originalDst}) [${hop.result}]`
     : '    the first connection was not seen by ztunnel');
-  if (c.exitCode !== 0 || !hop) throw new AmbpfError(`the new pod's first connection did not go through ztunnel: ${c.stderr.trim()}`);
+  if (c.exitCode !== 0 || !hop) {
+    throw new AmbpfError(`the new pod's first connection did not go through ztunnel: ${c.stderr.trim()}`);
+  }
 }

@@ -65,8 +65,8 @@ let socket: string;
 const extraPods: Array<Record<string, unknown>> = [];
 
 /** Runs the plugin binary as a runtime does: env + stdin, stdout and exit code back. */
-const runPlugin = (env: Record<string, string>, stdin: string, argv: readonly string[] = [PLUGIN]): Promise<PluginRun> =>
-  exec(argv, env, stdin);
+const runPlugin = (env: Record<string, string>, stdin: string, argv: readonly string[] = [PLUGIN]):
+  Promise<PluginRun> => exec(argv, env, stdin);
 
 function prevResult(version: string, ip: string): Record<string, unknown> {
   return {
@@ -151,6 +151,9 @@ const acked = (pod: string): Promise<unknown> =>
 const flags = (graceMs: number): string[] =>
   ['--cni-socket', socket, '--cni-timeout-ms', String(TIMEOUT_MS), '--cni-grace-ms', String(graceMs)];
 
+/** The loader logged a line whose message contains this. */
+const logged = (text: string): boolean => loader.logLines().some((l) => String(l['msg']).includes(text));
+
 const del = (pod: string): Promise<PluginRun> => runPlugin(envFor('DEL', pod), config('1.0.0'));
 
 t.before(async () => {
@@ -175,7 +178,8 @@ t.teardown(async () => {
 t.test('VERSION is answered by the plugin itself', async (t) => {
   const r = await runPlugin({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}');
   t.equal(r.code, 0);
-  t.same(JSON.parse(r.stdout), { cniVersion: '1.0.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
+  const supportedVersions = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
+  t.same(JSON.parse(r.stdout), { cniVersion: '1.0.0', supportedVersions });
 });
 
 t.test('ADD of a non-ambient pod hands prevResult on at once', async (t) => {
@@ -249,7 +253,7 @@ t.test('a pod the source has not shown, in an ambient namespace: captured at onc
   t.comment(`provisional ADD: ${r.ms.toFixed(0)} ms`);
   t.equal(loader.logLines().filter((l) => String(l['msg']).startsWith('CNI ADD waits')).length, waiting,
     'ADD did not wait for the pod source');
-  t.ok(loader.logLines().some((l) => String(l['msg']).includes('captured provisionally')), 'the agent says provisional');
+  t.ok(logged('captured provisionally'), 'the agent says provisional');
   const traced = await tracedCurl(tb, 'cni-late', tb.pod('server').ip, PORT, ['node1'], { node1: ['outbound'] });
   const out = traced.lines['node1']?.find((e) => e.direction === 'outbound');
   t.equal(out?.source.split(':')[0], tb.pod('cni-late').ip, 'its first connection went through ztunnel');
@@ -257,7 +261,8 @@ t.test('a pod the source has not shown, in an ambient namespace: captured at onc
   // The source shows it (as ambient, with a service account of its own): confirmed, kept past the
   // grace period, and handed to ztunnel again with the right WorkloadInfo (Del, then Add).
   const uid = tb.pod('cni-late').uid;
-  const took = (): number => loader.logLines().filter((l) => l['msg'] === 'ztunnel took the pod' && l['uid'] === uid).length;
+  const took = (): number =>
+    loader.logLines().filter((l) => l['msg'] === 'ztunnel took the pod' && l['uid'] === uid).length;
   t.equal(took(), 1, 'ztunnel took it once, with the default service account');
   writePods(['cni-late']);
   editPodsFile(podsFile, (list) => {
@@ -282,7 +287,7 @@ t.test('a provisional pod the source never shows is released after the grace per
   await nothingLeft(t, 'cni-gone', tb.pod('cni-gone').netnsPath);
   const after = Date.now() - at;
   t.ok(after >= GRACE_MS * 0.9, `released after ${after} ms (grace ${GRACE_MS} ms)`);
-  t.ok(loader.logLines().some((l) => String(l['msg']).includes('the pod source never showed it')), 'the agent says why');
+  t.ok(logged('the pod source never showed it'), 'the agent says why');
 });
 
 t.test('a provisional pod the source then shows outside the mesh is released', async (t) => {
@@ -356,7 +361,8 @@ function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
 }
 
 /** The chain's ADD; every plugin before ours must succeed. */
-async function chainAdd(t: Tap.Test, b: Sandbox): Promise<{ ours: PluginRun; prev: Record<string, unknown>; ip: string }> {
+async function chainAdd(t: Tap.Test, b: Sandbox):
+  Promise<{ ours: PluginRun; prev: Record<string, unknown>; ip: string }> {
   const r = await getChain().add(b);
   t.equal(r.loopback.code, 0, `${b.name}: loopback ADD ${r.loopback.stderr}`);
   t.equal(r.bridge.code, 0, `${b.name}: bridge ADD ${r.bridge.stderr}`);

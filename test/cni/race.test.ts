@@ -74,7 +74,9 @@ t.teardown(async () => {
 });
 
 t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the moment ADD returns`, async (t) => {
-  if (!haveBridge) return t.plan(0, `skip: ${DEBIAN_CNI_BIN}/bridge missing: install containernetworking-plugins (make deps does)`);
+  if (!haveBridge) {
+    return t.plan(0, `skip: ${DEBIAN_CNI_BIN}/bridge missing: install containernetworking-plugins (make deps does)`);
+  }
   const node = tb.node('node1');
   const chain = new CniChain({
     plugin: PLUGIN, socketPath: join(tb.info.runDir, 'cni.sock'), nodeNetnsPath: node.netnsPath, bridge: 'ambcni0',
@@ -99,7 +101,7 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
       } as (typeof list.items)[number]);
     }
   });
-  await eventually(() => loader.logLines().some((l) => l['msg'] === 'reconciled'), 10_000, 'the loader to read the pods');
+  await eventually(() => loader.logLines().some((l) => l['msg'] === 'reconciled'), 10_000, 'a pass with the pods');
 
   const started = Date.now();
   const times: number[] = [];
@@ -114,7 +116,8 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
     mkdirSync(b.pod.containerCgroupPath, { recursive: true });
     const r = await chain.add(b);
     if (r.ours?.code !== 0 || !r.ip) {
-      failures.push(`${b.name}: bridge ${r.bridge.code} ${r.bridge.stderr.trim()}; ambpf-cni ${r.ours?.code} ${r.ours?.stdout.trim()}`);
+      const ours = `${r.ours?.code} ${r.ours?.stdout.trim()}`;
+      failures.push(`${b.name}: bridge ${r.bridge.code} ${r.bridge.stderr.trim()}; ambpf-cni ${ours}`);
       continue;
     }
     // The pod's first process, started the moment ADD returned: no wait, no retry.
@@ -126,14 +129,16 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
   const addLoopMs = Date.now() - started;
   const results = await Promise.all(connects);
   t.same(failures, [], 'every chain ADD succeeded');
-  t.ok(times.length >= MIN_PODS, `${times.length} of ${PODS} sandboxes within the ${BUDGET_MS} ms budget (at least ${MIN_PODS})`);
-  const failed = results.filter(([, c]) => c.exitCode !== 0).map(([name, c]) => `${name}: curl ${c.exitCode} ${c.stderr.trim()}`);
+  t.ok(times.length >= MIN_PODS,
+    `${times.length} of ${PODS} sandboxes within the ${BUDGET_MS} ms budget (at least ${MIN_PODS})`);
+  const failed = results.filter(([, c]) => c.exitCode !== 0)
+    .map(([name, c]) => `${name}: curl ${c.exitCode} ${c.stderr.trim()}`);
   t.same(failed, [], 'every first connection succeeded');
   // ztunnel logs a connection when it ends: each sandbox's IP as the source of an outbound leg.
   const viaZtunnel = (): Set<string> => new Set(tb.ztunnelLog('node1')
     .filter((e) => e.direction === 'outbound').map((e) => e.source.split(':')[0] ?? ''));
   const missing = (): string[] => [...ips].filter(([, ip]) => !viaZtunnel().has(ip)).map(([name]) => name);
-  await eventually(() => missing().length === 0, 10_000, 'ztunnel to log every sandbox\'s connection').catch(() => undefined);
+  await eventually(() => missing().length === 0, 10_000, 'ztunnel to log every connection').catch(() => undefined);
   t.same(missing(), [], 'every first connection reached ztunnel; none went direct');
 
   times.sort((a, b) => a - b);
