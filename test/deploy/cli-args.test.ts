@@ -83,6 +83,8 @@ t.test('the plugin, the installer and the loader agree on the CNI socket', async
   t.match(plugin, `#define DEFAULT_SOCKET "${sock}"`, 'and the plugin\'s default socketPath');
   t.match(argOf(loader, '--cni-timeout-ms') ?? '', /^\$\(AMBPF_CNI_TIMEOUT_MS\)$/, 'the ADD timeout comes from the ConfigMap');
   t.match(cmData['AMBPF_CNI_TIMEOUT_MS'] ?? '', /^\d+$/, 'as a number of ms');
+  t.match(argOf(loader, '--cni-grace-ms') ?? '', /^\$\(AMBPF_CNI_GRACE_MS\)$/, 'the CNI grace period too');
+  t.match(cmData['AMBPF_CNI_GRACE_MS'] ?? '', /^\d+$/, 'as a number of ms');
 });
 
 t.test('every flag the uninstall Job passes is in `ambpf uninstall --help`', async (t) => {
