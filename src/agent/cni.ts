@@ -294,12 +294,6 @@ export class CniServer {
     return new Map([...this.#pods].map(([uid, p]) => [uid, p.netnsPath]));
   }
 
-  /** The pods ADD took, for tests and status: uid, name, whether the source confirmed them. */
-  pods(): ReadonlyArray<{ uid: string; namespace: string; name: string; seen: boolean; since: number }> {
-    return [...this.#pods.values()]
-      .map(({ uid, namespace, name, seen, since }) => ({ uid, namespace, name, seen, since }));
-  }
-
   /**
    * A snapshot from the pod source: remembered (an ADD that cannot decide waits for its pod in it)
    * and returned with the pods ADD took filled in: the runtime's IPs where the source has none yet,
