@@ -9,6 +9,9 @@ import { UsageError, describeError } from '../../errors.ts';
 import { logger } from '../../log.ts';
 import { mountsOf } from '../../doctor/system.ts';
 import type { PodSource } from '../../sources/types.ts';
+import type { DatapathMaps } from '../../bpf/datapath-maps.ts';
+import type { Topology } from '../../reconcile/topology.ts';
+import type { ZtunnelHandoff } from '../../reconcile/topology-inpod.ts';
 
 const log = logger('run');
 
@@ -174,9 +177,20 @@ export const command: Command = {
     }
 
     const mapSizes = maxPods === undefined ? {} : { ambpf_pods: maxPods, ambpf_netns: maxPods };
-    const datapath = values.mode === 'inpod'
-      ? await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes })
-      : await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+    // The topology wraps its datapath: the reconciler sees the Topology contract only.
+    let datapath: { readonly maps: DatapathMaps; readonly links: unknown; close(): void };
+    let topologyWith: (handoff: ZtunnelHandoff | undefined) => Topology;
+    if (values.mode === 'inpod') {
+      const dp = await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+      const { InpodTopology } = await import('../../reconcile/topology-inpod.ts');
+      datapath = dp;
+      topologyWith = (handoff) => new InpodTopology(dp, { handoff });
+    } else {
+      const dp = await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+      const { NodeTopology } = await import('../../reconcile/topology-node.ts');
+      datapath = dp;
+      topologyWith = () => new NodeTopology(dp);
+    }
     const config = defaultConfig({ excludedPorts, nodeIps });
     if (values.splice && values['no-splice']) throw new UsageError('--splice and --no-splice exclude each other');
     // The splice is opt-in: with it off, sockops does not even put sockets in the sockhash.
@@ -218,7 +232,7 @@ export const command: Command = {
     }
 
     const reconciler = new Reconciler({
-      node, datapath, stateFile: values['state-file'], handoff, netnsHints: () => cni?.netnsHints() ?? new Map(),
+      node, topology: topologyWith(handoff), stateFile: values['state-file'], netnsHints: () => cni?.netnsHints() ?? new Map(),
     });
     reconcilerRef = reconciler;
     if (values['cni-socket'] !== undefined && handoff) {
