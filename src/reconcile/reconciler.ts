@@ -10,6 +10,7 @@ import { planReconcile, type Plan } from './plan.ts';
 import { MapFullError, type DatapathMaps } from '../bpf/datapath-maps.ts';
 import type { Attempt, HandoffStatus, PassContext, Topology } from './topology.ts';
 import type { ClusterSnapshot } from '../sources/types.ts';
+import type { StateFile } from '../state/state-file.ts';
 import { describeError } from '../errors.ts';
 import { logger } from '../log.ts';
 
@@ -31,19 +32,8 @@ export interface ReconcileResult {
   readonly unresolved: readonly Problem[];
 }
 
-/** What `ambpf pods` and `ambpf status` read to name the entries of the maps. */
-export interface StateFile {
-  readonly node: string;
-  readonly updatedAt: string;
-  readonly ztunnel: { name: string; namespace: string; ips: readonly string[] } | null;
-  readonly pods: ReadonlyArray<{
-    name: string; namespace: string; uid: string; ips: readonly string[]; hostIfname: string | null;
-    /** inpod with ZDS: whether ztunnel took the pod (acked), is being asked (pending), refused it
-     * (nacked, with ztunnel's error) or is not connected (no-ztunnel). Absent otherwise. */
-    zds?: { state: string; error?: string };
-  }>;
-  readonly problems: readonly Problem[];
-}
+/** The state file's type lives in src/state/ (re-exported for code that imports it from here). */
+export type { StateFile } from '../state/state-file.ts';
 
 export interface ReconcilerOptions {
   readonly node: string;

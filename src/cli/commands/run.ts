@@ -147,7 +147,7 @@ export const command: Command = {
     const { ResyncPolicy } = await import('../../reconcile/resync.ts');
     const { createMetricsRegistry } = await import('../../metrics/registry.ts');
     const { startHttpServer } = await import('../../server/http.ts');
-    const { canonicalIp } = await import('../../state/desired.ts');
+    const { canonicalIp } = await import('../../ip.ts');
 
     const nodeIps = csv(values['node-ip']).map((ip) => {
       const c = canonicalIp(ip);
