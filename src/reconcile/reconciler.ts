@@ -1,7 +1,8 @@
 // The one path from cluster objects into the kernel: snapshot -> desired state -> node discovery
-// -> target -> diff against the pinned maps and links -> apply. Passes are serialized (the newest
-// snapshot wins), every pass is idempotent, and a failing entry (a full map, a vanished interface)
-// is reported and counted without stopping the others.
+// -> the topology's plan -> capture -> the maps' diff -> release (src/reconcile/topology.ts). Passes
+// are serialized (the newest snapshot wins), every pass is idempotent, and a failing entry (a full
+// map, a vanished interface) is reported and counted without stopping the others. When to run a pass
+// without a new snapshot is src/reconcile/resync.ts's business.
 import { writeFile, rename, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { computeDesiredState, type DesiredState, type Problem } from '../state/desired.ts';
