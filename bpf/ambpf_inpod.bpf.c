@@ -218,8 +218,10 @@ static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst
 {
 	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
-	if (!st)
+	if (!st) {
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_SK);
 		return -1;
+	}
 	orig_set(&st->orig, dst, port_be, family);
 	st->netns_cookie = cookie;
 	return 0;
@@ -323,8 +325,10 @@ static __always_inline int inpod_dns_remember(struct bpf_sock *sk, const __u32 d
 	struct ambpf_inpod_dns *d = bpf_sk_storage_get(&ambpf_inpod_dns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	__u32 i;
 
-	if (!d)
+	if (!d) {
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_DNS);
 		return -1;
+	}
 #pragma unroll
 	for (i = 0; i < AMBPF_DNS_SLOTS; i++) {
 		if (d->srv[i].family != 0 && d->srv[i].port == port_be && ip_eq(d->srv[i].ip, dst)) {
@@ -694,6 +698,7 @@ static __always_inline void inpod_passive(struct bpf_sock_ops *skops)
 		st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* getsockopt falls back to the pair entry while it lives */
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_SK);
 		return;
 	}
 	st->orig = *orig;
@@ -714,6 +719,7 @@ int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 			return SYS_PROCEED;
 		if (bpf_map_update_elem(&ambpf_inpod_pair, &key, &st->orig, BPF_ANY)) {
 			stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* full map: counted, getsockopt will miss */
+			stat_inc(AMBPF_STAT_MAPFULL_INPOD_PAIR);
 			return SYS_PROCEED;
 		}
 		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_ADDED);
@@ -815,7 +821,8 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
 	ip_set_v4(t.remote_ip, ip->saddr);
 	t.local_port = tcp->dest;
 	t.remote_port = tcp->source;
-	bpf_map_update_elem(&ambpf_inpod_nodesyn, &t, &one, BPF_ANY);
+	if (bpf_map_update_elem(&ambpf_inpod_nodesyn, &t, &one, BPF_ANY))
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_NODESYN); /* this probe then goes through ztunnel */
 	return TC_ACT_UNSPEC;
 }
 
@@ -893,6 +900,7 @@ int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 	t.remote_port = tcp->source;
 	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &one, BPF_ANY)) {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_ORIGSRC);
 		return TC_ACT_UNSPEC;
 	}
 	skb->mark |= AMBPF_MARK_ORIG_SRC;

@@ -146,7 +146,7 @@ export class InpodDatapath {
   readonly maps: DatapathMaps;
   readonly links: Readonly<Record<InpodCgroupHook, LinkOutcome>>;
   /** The inpod maps, raw (tests and inspection). */
-  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap; origsrc: BpfMap; dns: BpfMap }>;
+  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap; origsrc: BpfMap; nodesyn: BpfMap; dns: BpfMap }>;
   readonly #object: BpfObject;
 
   private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<InpodCgroupHook, LinkOutcome>) {
@@ -156,7 +156,7 @@ export class InpodDatapath {
     this.maps = new DatapathMaps((n) => objectMap([object], n));
     this.inpodMaps = {
       sk: object.map('ambpf_inpod_sk'), pair: object.map('ambpf_inpod_pair'), listen: object.map('ambpf_inpod_listen'),
-      origsrc: object.map('ambpf_inpod_origsrc'), dns: object.map('ambpf_inpod_dns'),
+      origsrc: object.map('ambpf_inpod_origsrc'), nodesyn: object.map('ambpf_inpod_nodesyn'), dns: object.map('ambpf_inpod_dns'),
     };
     this.links = links;
   }

@@ -16,7 +16,7 @@ import { AmbpfError } from '../errors.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import { readNetSysctl, writeNetSysctl } from './sysctl.ts';
-import { DatapathMaps, MAP_NAMES, RETIRED_MAP_NAMES, type MapName } from './datapath-maps.ts';
+import { DatapathMaps, MAP_NAMES, RETIRED_MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, progTag, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
@@ -65,8 +65,8 @@ export interface DatapathOptions {
   mode?: 'node' | 'inpod';
   /** Object paths by name (default: ensureObjects() from the build cache). */
   objects?: Partial<Record<(typeof OBJECTS)[number], string>>;
-  /** max_entries for maps created now (a reused pin keeps its size). */
-  mapSizes?: Partial<Record<MapName, number>>;
+  /** max_entries by map name for maps created now (a reused pin keeps its size); see mapSizesFrom. */
+  mapSizes?: Readonly<Record<string, number>>;
   /** The node's netns, when this process does not run in it (tests): tc and node sysctls go there. */
   netns?: string;
   /** How inbound tc attaches: 'auto' (default) tcx, clsact where the kernel has no tcx (< 6.6);
@@ -404,7 +404,7 @@ export function sizeMaps(obj: BpfObject, o: Pick<DatapathOptions, 'bpffs' | 'map
         pinned.close();
       }
     } else {
-      const want = o.mapSizes?.[m.name as MapName];
+      const want = o.mapSizes?.[m.name];
       if (want) m.setMaxEntries(want);
     }
   }

@@ -12,6 +12,9 @@ import type { PodSource } from '../../sources/types.ts';
 
 const log = logger('run');
 
+/** How often the loader walks its maps for fill and failed inserts (metrics, log lines). */
+const MAP_REFRESH_MS = 10_000;
+
 const USAGE = `Usage: ambpf run [--node N] (--pods-file F | --kubeconfig F | --in-cluster) [options]
 
 Loads ambpf's programs, pins maps and links under --bpffs, attaches them to the pods' cgroup, and
@@ -51,7 +54,11 @@ Options:
                        here it never won and a socket in a sockhash pays the sk_msg path on every
                        write (0.5x at 1 KiB writes); see BENCHMARKS.md
   --no-splice          the default (kept for scripts)
-  --max-pods N         size of the ambient-pod and netns maps when created (default 16384)
+  --max-pods N         size of the per-pod maps when created: ambpf_pods and ambpf_netns N entries
+                       (default 16384), ambpf_inpod_listen 4 N. \`ambpf doctor\` compares it with the
+                       node's pod capacity
+  --map-sizes M=N,..   max_entries of any sized map when created, e.g. ambpf_pair_dst=131072
+                       (docs/maps.md lists them, their defaults and what happens when one is full)
   --resync-ms N        re-check pods that were not resolvable, and ztunnel's listeners (default 2000)
   --watch-stale-ms N   relist when the Kubernetes watch heard no event or bookmark for this long
                        (default 180000)
@@ -107,6 +114,7 @@ export const command: Command = {
         'watch-stale-ms': { type: 'string' },
         'watch-backoff-max-ms': { type: 'string' },
         'max-pods': { type: 'string' },
+        'map-sizes': { type: 'string' },
       },
       strict: true,
     });
@@ -173,7 +181,13 @@ export const command: Command = {
       source = kube;
     }
 
-    const mapSizes = maxPods === undefined ? {} : { ambpf_pods: maxPods, ambpf_netns: maxPods };
+    const { mapSizesFrom, MapMonitor } = await import('../../metrics/map-health.ts');
+    let mapSizes: Record<string, number>;
+    try {
+      mapSizes = mapSizesFrom(maxPods, values['map-sizes']);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
     const datapath = values.mode === 'inpod'
       ? await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes })
       : await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
@@ -229,7 +243,25 @@ export const command: Command = {
       });
     }
     let ready = false;
-    const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters });
+    // Map fill is walked here, on the loader's clock, and logged when a map fills or inserts fail;
+    // /metrics reads the last figures (a scrape never walks a map).
+    const inpodMaps = 'inpodMaps' in datapath ? datapath.inpodMaps : undefined;
+    const allMaps = {
+      ...datapath.maps.raw,
+      ...(inpodMaps ? { ambpf_inpod_pair: inpodMaps.pair, ambpf_inpod_listen: inpodMaps.listen, ambpf_inpod_origsrc: inpodMaps.origsrc,
+        ambpf_inpod_nodesyn: inpodMaps.nodesyn, ambpf_inpod_sk: inpodMaps.sk, ambpf_inpod_dns: inpodMaps.dns } : {}),
+    };
+    const mapMonitor = new MapMonitor({ maps: () => allMaps, stats: () => datapath.maps.stats(), loaderFailures: () => reconciler.stats.mapFullByMap });
+    mapMonitor.refresh();
+    const mapTimer = setInterval(() => {
+      try {
+        mapMonitor.refresh();
+      } catch (err) {
+        log.error({ err: describeError(err) }, 'reading map fill failed');
+      }
+    }, MAP_REFRESH_MS);
+    mapTimer.unref();
+    const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters, mapMonitor });
     const { server } = await startHttpServer(values.listen, {
       ready: () => ready,
       notReadyReason: () => (source.health().synced ? 'first reconcile not finished' : 'pod source not synced yet'),
@@ -243,6 +275,7 @@ export const command: Command = {
         stopping = true;
         log.info({ signal }, 'stopping: the watch ends, pins stay (traffic keeps flowing)');
         if (resyncTimer) clearInterval(resyncTimer);
+        clearInterval(mapTimer);
         void (async () => {
           await source.stop();
           await cni?.close();
