@@ -45,7 +45,10 @@ Options:
   --bpffs DIR          pin directory (default /sys/fs/bpf/ambpf)
   --cgroup DIR         cgroup v2 directory holding the pods (default: kubelet's kubepods under the
                        cgroup v2 mount found in /proc/mounts)
-  --listen HOST:PORT   /healthz /readyz /metrics (default 127.0.0.1:15099; port 0 = ephemeral)
+  --listen HOST:PORT   /healthz /readyz /metrics (default 127.0.0.1:15099; port 0 = ephemeral; the
+                       DaemonSet passes 0.0.0.0:15099 for Prometheus). /healthz is 503 with the reason
+                       when the watch is silent past twice --watch-stale-ms, a pin under --bpffs is
+                       missing, or (inpod) the ZDS socket is gone
   --state-file F       pod names for \`ambpf pods\` (default /run/ambpf/state.json)
   --exclude-ports P,.. destination ports never redirected (at most 16)
   --node-ip IP,..      the node's own IPs: never redirected
@@ -164,12 +167,14 @@ export const command: Command = {
     let source: PodSource;
     let annotator: import('../../agent/annotate.ts').KubePodAnnotator | undefined;
     let watchCounters: (() => { watchRestarts: number; lastEventAt: number | undefined }) | undefined;
+    let watchStaleMs: number | undefined;
     if (values['pods-file'] !== undefined) {
       const { createPodsFileSource } = await import('../../sources/pods-file.ts');
       source = createPodsFileSource({ path: values['pods-file'] });
     } else {
       const { loadKubeConfig } = await import('../../kube/config.ts');
-      const { createKubeSource } = await import('../../sources/kube.ts');
+      const { createKubeSource, KUBE_SOURCE_DEFAULTS } = await import('../../sources/kube.ts');
+      watchStaleMs = staleAfterMs ?? KUBE_SOURCE_DEFAULTS.staleAfterMs;
       const kubeConfig = loadKubeConfig({ kubeconfig: values.kubeconfig, inCluster: values['in-cluster'] });
       const kube = createKubeSource({ kubeConfig, nodeName: node, staleAfterMs, backoffMaxMs });
       if (values.mode === 'inpod') {
@@ -262,9 +267,30 @@ export const command: Command = {
     }, MAP_REFRESH_MS);
     mapTimer.unref();
     const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters, mapMonitor });
+    const { healthProblems } = await import('../../server/health.ts');
+    const { linkPin, mapPin } = await import('../../bpf/pins.ts');
+    const { MAP_NAMES } = await import('../../bpf/datapath-maps.ts');
+    const pins = [...Object.keys(datapath.links).map((hook) => linkPin(values.bpffs, hook)), ...MAP_NAMES.map((m) => mapPin(values.bpffs, m))];
+    let lastProblems = '';
     const { server } = await startHttpServer(values.listen, {
       ready: () => ready,
       notReadyReason: () => (source.health().synced ? 'first reconcile not finished' : 'pod source not synced yet'),
+      problems: () => {
+        const problems = healthProblems({
+          source: () => source.health(),
+          staleAfterMs: watchStaleMs,
+          pins: () => pins,
+          zds: handoff ? () => handoff.serverProblem() : undefined,
+        });
+        // Said once per change, not on every probe.
+        const line = problems.join('; ');
+        if (line !== lastProblems) {
+          if (line) log.error({ problems }, `unhealthy: ${line}`);
+          else if (lastProblems) log.info('healthy again');
+          lastProblems = line;
+        }
+        return problems;
+      },
     }, registry);
 
     let stopping = false;
