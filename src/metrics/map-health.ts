@@ -11,6 +11,7 @@
 import { existsSync } from 'node:fs';
 import { BpfMap } from '../libbpf/index.ts';
 import { mapPin } from '../bpf/pins.ts';
+import { isAmbpfMap } from '../bpf/names.ts';
 import type { StatName, Stats } from '../bpf/schema.ts';
 import { logger, type Logger } from '../log.ts';
 
@@ -100,6 +101,7 @@ export function readMapHealth(maps: Readonly<Record<string, Pick<BpfMap, 'nextKe
 export function openPinnedSpecMaps(bpffs: string, names: readonly string[] = MAP_SPECS.map((m) => m.map)): { maps: Record<string, BpfMap>; close(): void } {
   const maps: Record<string, BpfMap> = {};
   for (const name of names) {
+    if (!isAmbpfMap(name)) continue;
     const pin = mapPin(bpffs, name);
     if (!existsSync(pin)) continue;
     try {
