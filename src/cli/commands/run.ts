@@ -3,7 +3,7 @@
 // place: traffic keeps flowing while the loader is down or being upgraded.
 import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Command } from '../command.ts';
 import { UsageError, describeError } from '../../errors.ts';
 import { logger } from '../../log.ts';
@@ -49,7 +49,8 @@ Options:
                        DaemonSet passes 0.0.0.0:15099 for Prometheus). /healthz is 503 with the reason
                        when the watch is silent past twice --watch-stale-ms, a pin under --bpffs is
                        missing, or (inpod) the ZDS socket is gone
-  --state-file F       pod names for \`ambpf pods\` (default /run/ambpf/state.json)
+  --state-file F       pod names for \`ambpf pods\` (default /run/ambpf/state.json); next to it the ledger
+                       of what ambpf changed outside --bpffs (sysctls, routes), for \`ambpf uninstall\`
   --exclude-ports P,.. destination ports never redirected (at most 16)
   --node-ip IP,..      the node's own IPs: never redirected
   --splice             splice same-node pod<->ztunnel sockets through the sockhash (sockops +
@@ -193,9 +194,12 @@ export const command: Command = {
     } catch (err) {
       throw new UsageError((err as Error).message);
     }
+    // What it changes outside bpffs (sysctls, routes) is recorded next to the state file, for uninstall.
+    const { ledgerPath } = await import('../../bpf/sysctl.ts');
+    const ledger = ledgerPath(values.bpffs, dirname(values['state-file']));
     const datapath = values.mode === 'inpod'
-      ? await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes })
-      : await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+      ? await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes, ledger })
+      : await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes, ledger });
     const config = defaultConfig({ excludedPorts, nodeIps });
     if (values.splice && values['no-splice']) throw new UsageError('--splice and --no-splice exclude each other');
     // The splice is opt-in: with it off, sockops does not even put sockets in the sockhash.
