@@ -84,7 +84,7 @@ struct {
  * an entry leaves by itself when the listener closes (ztunnel restarted). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 32768);
+	__uint(max_entries, 65536); /* 4 per pod (15006, 15008, twice in a rolling upgrade) x 16384 pods */
 	__type(key, struct ambpf_inpod_lkey);
 	__type(value, __u64);
 } ambpf_inpod_listen SEC(".maps");
