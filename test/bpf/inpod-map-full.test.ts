@@ -1,0 +1,98 @@
+// Full maps of the inpod topology (issue 19 item 3), created small: ambpf_inpod_pair full fails a new
+// redirected connection closed (it still lands on ztunnel, which cannot learn its destination) and
+// counts it, while an established one keeps working; ambpf_inpod_listen full refuses the new pod's
+// inbound (its sk_lookup finds no listener) instead of handing it to the app, while the pod already
+// there keeps being served.
+import t from 'tap';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { MapFullError, netnsCookie } from '../../src/libbpf/index.ts';
+import { openInpodDatapath } from '../../src/bpf/datapath-inpod.ts';
+import * as s from '../../src/bpf/schema.ts';
+import { readMapHealth } from '../../src/metrics/map-health.ts';
+import type { TestbedProcess } from '../../src/testbed/exec.ts';
+import { HELPER, jsonLines, makeEnv, waitUntil, ztunnelListeners, type Env } from './env.ts';
+
+interface Line {
+  paused?: boolean;
+  hello?: { port: number; local: { ip: string; port: number }; orig: { ip: string; port: number } | { error: number } | null } | null;
+  sha?: string; sha_local?: string; error?: string;
+}
+
+const SIZES = { ambpf_inpod_pair: 2, ambpf_inpod_listen: 2 };
+
+t.test('inpod maps full: existing connections and pods keep working, the new ones fail closed', { timeout: 120_000 }, async (t) => {
+  const env: Env = await makeEnv(t);
+  const { a, b, c, z } = env.pods;
+  const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, mapSizes: SIZES });
+  t.teardown(() => dp.close());
+  t.equal(dp.inpodMaps.pair.maxEntries, SIZES.ambpf_inpod_pair, 'ambpf_inpod_pair created small');
+  t.equal(dp.inpodMaps.listen.maxEntries, SIZES.ambpf_inpod_listen, 'ambpf_inpod_listen created small');
+  dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
+  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: '00:00:00:00:00:00', hostMac: '00:00:00:00:00:00' }));
+
+  const ztA = await env.server('a', ['15001,15006,15008', '--v6']);
+  const ztB = await env.server('b', ['15001,15006,15008', '--v6']);
+  await env.server('a', ['8080']);
+  await env.server('b', ['8080']);
+  await env.server('c', ['9000']);
+  const capture = (name: 'a' | 'b', zt: TestbedProcess): void => {
+    const pod = env.pods[name];
+    const cookie = netnsCookie(pod.netns);
+    // The reconciler's order (src/reconcile/inpod.ts): armed first, then ztunnel's listeners, then the maps.
+    dp.armPod({ netnsPath: pod.netns, netnsCookie: cookie });
+    try {
+      dp.setListeners({ netnsPath: pod.netns, netnsCookie: cookie, ips: [pod.ip], listeners: ztunnelListeners(zt, name) });
+    } finally {
+      dp.maps.pods.set(pod.ip, { netnsCookie: cookie, hostIfindex: 0, flags: s.POD_AMBIENT });
+      dp.maps.netns.set(cookie, { podIp: pod.ip, flags: s.POD_AMBIENT });
+    }
+  };
+  capture('a', ztA);
+
+  await t.test('ambpf_inpod_pair full: a new connection fails closed, an established one goes on', async (t) => {
+    const go = join('/tmp', `${env.prefix}-inpod-go`);
+    t.teardown(() => rmSync(go, { force: true }));
+    const idle = env.spawn('a', ['python3', '-u', HELPER, 'client', c.ip, '9000', '--send', '65536', '--chunk', '65536', '--pause-file', go]);
+    const idleLines = jsonLines<Line>(idle);
+    t.ok(await waitUntil(() => idleLines.some((l) => l.paused), 20_000), 'an established connection, idle');
+    // An entry lives only from the client's ESTABLISHED to ztunnel's: fill the map by hand.
+    for (let i = 0; i < SIZES.ambpf_inpod_pair; i++) {
+      const key = new Uint8Array(dp.inpodMaps.pair.keySize);
+      key[0] = i + 1;
+      dp.inpodMaps.pair.update(key, new Uint8Array(dp.inpodMaps.pair.valueSize));
+    }
+    // The map is full now: the established connection goes on (its destination moved onto ztunnel's
+    // socket when ztunnel accepted it)...
+    writeFileSync(go, '');
+    t.equal(await idle.exited, 0);
+    const out = idleLines.find((l) => l.sha !== undefined || l.error !== undefined);
+    t.same(out?.hello?.orig, { ip: c.ip, port: 9000 }, 'the established connection had its original dst');
+    t.ok(out?.sha && out.sha === out.sha_local, `and carried its bytes intact while the map was full (${JSON.stringify(out)})`);
+    // ...and a new one fails closed (ztunnel's stand-in serves one connection at a time: after the idle one).
+    const before = dp.stats();
+    const [fresh] = (await env.client('a', [c.ip, '9000'])) as Line[];
+    t.equal(fresh?.hello?.port, 15001, `the new connection still went to ztunnel, never around it (${JSON.stringify(fresh)})`);
+    t.ok(fresh?.hello?.orig && 'error' in fresh.hello.orig, 'ztunnel cannot learn its original dst: it fails closed');
+    t.equal(dp.stats().mapfull_inpod_pair - before.mapfull_inpod_pair, 1n, 'counted in mapfull_inpod_pair');
+    const health = readMapHealth({ ambpf_inpod_pair: dp.inpodMaps.pair }, dp.stats());
+    t.match(health, [{ map: 'ambpf_inpod_pair', entries: SIZES.ambpf_inpod_pair, fill: 1, pressure: true, failedByPrograms: 1 }], 'full, and the failure is shown');
+  });
+
+  await t.test('ambpf_inpod_listen full: the new pod\'s inbound is refused, the first pod is still served', async (t) => {
+    let err: unknown;
+    try {
+      capture('b', ztB);
+    } catch (e) {
+      err = e;
+    }
+    t.ok(err instanceof MapFullError, 'the loader\'s insert fails');
+    t.equal((err as MapFullError).map, 'ambpf_inpod_listen', 'naming the map');
+    const [toB] = (await env.client('c', [b.ip, '8080'])) as Line[];
+    t.ok(toB?.error !== undefined && !toB.hello, `b's inbound is refused, not handed to its app around ztunnel (${JSON.stringify(toB)})`);
+    t.ok(dp.stats().sklookup_refused > 0n, 'sk_lookup refused it');
+    const [toA] = (await env.client('c', [a.ip, '8080'])) as Line[];
+    t.equal(toA?.hello?.port, 15006, 'a\'s inbound still lands on its ztunnel');
+    t.same(toA?.hello?.local, { ip: a.ip, port: 8080 }, 'with the original destination');
+  });
+});
