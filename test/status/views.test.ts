@@ -76,7 +76,8 @@ t.test('pods and status on a datapath of our own', { timeout: 240_000 }, async (
     t.match(line('198.18.9.9'), new RegExp(`^198\\.18\\.9\\.9\\s+-\\s+-\\s+77\\s+${c.hostIf} \\(${idx(c.hostIf)}\\)\\s+ambient,dns-capture\\s+DRIFT: in map, not in state file$`),
       'an unnamed entry: its interface resolved from the index in the node netns');
     t.match(line('198.18.9.10'), /^198\.18\.9\.10\s+-\s+-\s+78\s+- \(0\)\s+0x40\s+DRIFT: in map, not in state file$/, 'an unknown flag bit stays visible');
-    t.match(line('198.18.8.8'), /^198\.18\.8\.8\s+shop\/ghost\s+node-1\s+-\s+-\s+-\s+DRIFT: in state file, not in map$/);
+    t.match(line('198.18.8.8'), /^198\.18\.8\.8\s+shop\/ghost\s+node-1\s+-\s+-\s+-\s+DRIFT: in state file, not in map \(ambpf_pods is full: it may not fit; raise --max-pods\)$/,
+      'ambpf_pods (sized 4) is full: the note says the pod may not have fit');
     t.match(r.stdout, /^POD IP\s+POD\s+NODE\s+NETNS COOKIE\s+HOST IF \(INDEX\)\s+FLAGS\s+NOTE\n/);
     t.match(r.stdout, /4 entries in ambpf_pods; state file .* updated .*\. 3 drifted/);
     const ips = r.stdout.split('\n').slice(1).map((l) => l.split(' ')[0]).filter((x) => x && /^\d+\.\d+\.\d+\.\d+$/.test(x));
@@ -89,6 +90,7 @@ t.test('pods and status on a datapath of our own', { timeout: 240_000 }, async (
     const j = JSON.parse(r.stdout) as PodsReport;
     t.equal(j.stateFound, true);
     t.equal(j.drift, 3);
+    t.equal(j.podsMapFull, true);
     const byIp = new Map(j.pods.map((p) => [p.ip, p]));
     t.same(byIp.get(a.ip), {
       ip: a.ip, netnsCookie: String(cookieA), hostIfindex: idx(a.hostIf), hostIfname: a.hostIf, flags: ['ambient'],
