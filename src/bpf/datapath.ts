@@ -16,7 +16,7 @@ import { AmbpfError } from '../errors.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import { changeNetSysctl, forgetRoute, ledgerPath, readNetSysctl, recordRoute } from './sysctl.ts';
-import { undoLedger, type LedgerUndoReport } from './ledger-undo.ts';
+import { undoLedger, type LedgerUndoReport, type NetnsFinder } from './ledger-undo.ts';
 import { DatapathMaps } from './datapath-maps.ts';
 import {
   CGROUP_HOOKS, INPOD_MAP_NAMES, INPOD_ONLY_HOOKS, MAP_NAMES, OBJECTS, PROGRAMS, RETIRED_MAP_NAMES, isAmbpfMap,
@@ -419,6 +419,8 @@ export interface UninstallOptions {
   netns?: string;
   /** The ledger of this install (default ledgerPath(bpffs)). */
   ledger?: string;
+  /** Finds a netns by inode when a recorded path no longer names it (the CLI passes netnsPathByIno). */
+  findNetns?: NetnsFinder;
 }
 
 /**
@@ -431,7 +433,7 @@ export interface UninstallOptions {
  */
 export function uninstallDatapath(bpffs: string, opts: UninstallOptions = {}): UninstallReport {
   const report: UninstallReport = {
-    links: [], maps: [], clsact: removeClsactFilters(bpffs, opts.netns), undone: undoLedger(opts.ledger ?? ledgerPath(bpffs)),
+    links: [], maps: [], clsact: removeClsactFilters(bpffs, opts.netns), undone: undoLedger(opts.ledger ?? ledgerPath(bpffs), opts.findNetns),
   };
   const hooks = new Set<string>([...Object.keys(CGROUP_HOOKS), ...INPOD_ONLY_HOOKS]);
   for (const name of linkNames(bpffs)) {

@@ -4,7 +4,6 @@
 import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { withNetns } from '../libbpf/index.ts';
-import { netnsPathByIno } from '../status/targets.ts';
 import { setOrigSrcReturnPath } from './return-path.ts';
 import { readLedger, replaceLedger, writeNetSysctl, type LedgerEntry } from './sysctl.ts';
 
@@ -18,14 +17,17 @@ export interface LedgerUndoReport {
   readonly failed: string[];
 }
 
+/** Finds a path naming the netns with this inode (status/targets.ts netnsPathByIno), or null. */
+export type NetnsFinder = (ino: number) => string | null;
+
 /** A path to the entry's netns now: the recorded one if it still names that netns, else a search. */
-function netnsOf(e: LedgerEntry): string | null {
+function netnsOf(e: LedgerEntry, find: NetnsFinder | undefined): string | null {
   try {
     if (statSync(e.netnsPath).ino === e.netnsIno) return e.netnsPath;
   } catch {
     // the recorded path is gone (the process exited): search by inode
   }
-  return netnsPathByIno(e.netnsIno);
+  return find?.(e.netnsIno) ?? null;
 }
 
 const sysctlName = (rel: string): string => `net.${rel.replace(/\//g, '.')}`;
@@ -45,7 +47,7 @@ function removePolicyRouteSync(netnsPath: string, ifname: string, table: number,
 }
 
 /** Synchronous (uninstallDatapath is): a handful of `ip` runs at most. */
-export function undoLedger(ledger: string): LedgerUndoReport {
+export function undoLedger(ledger: string, find?: NetnsFinder): LedgerUndoReport {
   const report: LedgerUndoReport = { sysctls: [], routes: [], gone: [], failed: [] };
   const keep: LedgerEntry[] = [];
   const entries = readLedger(ledger);
@@ -54,7 +56,7 @@ export function undoLedger(ledger: string): LedgerUndoReport {
   for (const e of ordered) {
     const what = e.kind === 'sysctl' ? `${sysctlName(e.rel)}=${e.found}` : e.what === 'ztunnel-policy'
       ? `ip rule pref ${e.pref} iif ${e.ifname} lookup ${e.table} + local route in table ${e.table}` : 'ip rule fwmark 0x1000 + table 41919';
-    const path = netnsOf(e);
+    const path = netnsOf(e, find);
     if (path === null) {
       report.gone.push(`${what} (netns ${e.netnsIno} is gone)`);
       continue;

@@ -4,7 +4,7 @@
 // Safe to run twice and on a node where ambpf never ran.
 import { parseArgs } from 'node:util';
 import { existsSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import type { Command } from '../command.ts';
 import { logger } from '../../log.ts';
 
@@ -40,6 +40,7 @@ export const command: Command = {
     const { BpfLink } = await import('../../libbpf/index.ts');
     const { netnsPathByIno } = await import('../../status/targets.ts');
     const { ledgerPath, readLedger } = await import('../../bpf/sysctl.ts');
+    const { SK_LOOKUP_LINK, linkPin } = await import('../../bpf/pins.ts');
 
     // The loader keeps its ledger next to its state file.
     const ledger = ledgerPath(bpffs, dirname(values['state-file']));
@@ -47,7 +48,7 @@ export const command: Command = {
     // An install from before the ledger: its policy route is known only by the sk_lookup link's netns
     // and the defaults it always used (eth0, table 100, pref 100).
     const routes: string[] = [];
-    const skLookupPin = join(bpffs, 'links', 'sk_lookup');
+    const skLookupPin = linkPin(bpffs, SK_LOOKUP_LINK);
     if (existsSync(skLookupPin) && !recorded.some((e) => e.kind === 'route' && e.what === 'ztunnel-policy')) {
       const link = BpfLink.openPinned(skLookupPin);
       try {
@@ -63,7 +64,7 @@ export const command: Command = {
         link.close();
       }
     }
-    const { undone, ...report } = uninstallDatapath(bpffs, { ledger });
+    const { undone, ...report } = uninstallDatapath(bpffs, { ledger, findNetns: netnsPathByIno });
     routes.push(...undone.routes);
     const stateFile = existsSync(values['state-file']) ? values['state-file'] : null;
     if (stateFile) rmSync(stateFile, { force: true });
