@@ -118,6 +118,13 @@ export interface MapMonitorOptions {
   readonly stats: () => Stats | undefined;
   /** Loader-side failed inserts by map (Reconciler.stats.mapFullByMap). */
   readonly loaderFailures?: () => Readonly<Record<string, number>>;
+  /**
+   * Changes whenever the loader wrote its maps (Reconciler.stats.passes): the maps the loader fills
+   * (bounded by the pods of one node, and walked by every pass anyway) are then counted again at the
+   * next read, so a scrape right after a pass shows it. The maps the programs fill (up to max_entries
+   * connections) are only walked by refresh(), on the loader's clock.
+   */
+  readonly loaderGeneration?: () => number;
   readonly log?: Logger;
 }
 
@@ -130,6 +137,7 @@ export class MapMonitor {
   readonly #o: MapMonitorOptions;
   readonly #log: Logger;
   #last: MapHealth[] = [];
+  #generation: number | undefined;
   readonly #failedSeen = new Map<string, number>();
   readonly #pressured = new Set<string>();
 
@@ -138,14 +146,24 @@ export class MapMonitor {
     this.#log = o.log ?? logger('maps');
   }
 
-  /** The figures of the last refresh (what a scrape reports). */
+  /** The figures of the last refresh (what a scrape reports), the loader's maps recounted after a pass. */
   current(): readonly MapHealth[] {
+    const gen = this.#o.loaderGeneration?.();
+    if (gen !== undefined && gen !== this.#generation) {
+      this.#generation = gen;
+      this.refresh((spec) => spec.filledBy === 'loader');
+    }
     return this.#last;
   }
 
-  refresh(): readonly MapHealth[] {
-    const maps = this.#o.maps();
-    if (!maps) return this.#last;
+  /** Count the maps again (those `only` selects; default all) and log what changed. */
+  refresh(only?: (spec: MapSpec) => boolean): readonly MapHealth[] {
+    const all = this.#o.maps();
+    if (!all) return this.#last;
+    const maps = only ? Object.fromEntries(Object.entries(all).filter(([n]) => {
+      const spec = MAP_SPECS.find((x) => x.map === n);
+      return spec !== undefined && only(spec);
+    })) : all;
     const now = readMapHealth(maps, this.#o.stats(), this.#o.loaderFailures?.());
     for (const h of now) {
       const spec = MAP_SPECS.find((s) => s.map === h.map)!;
@@ -166,8 +184,11 @@ export class MapMonitor {
         this.#log.info({ map: h.map, entries: h.entries, maxEntries: h.maxEntries }, `map ${h.map} is below ${PRESSURE_AT * 100}% again`);
       }
     }
-    this.#last = now;
-    return now;
+    const fresh = new Map(now.map((h) => [h.map, h]));
+    const merged = this.#last.map((h) => fresh.get(h.map) ?? h);
+    for (const h of now) if (!this.#last.some((x) => x.map === h.map)) merged.push(h);
+    this.#last = merged;
+    return merged;
   }
 }
 

@@ -275,7 +275,8 @@ export const command: Command = {
       ...(inpodMaps ? { ambpf_inpod_pair: inpodMaps.pair, ambpf_inpod_listen: inpodMaps.listen, ambpf_inpod_origsrc: inpodMaps.origsrc,
         ambpf_inpod_nodesyn: inpodMaps.nodesyn, ambpf_inpod_sk: inpodMaps.sk, ambpf_inpod_dns: inpodMaps.dns } : {}),
     };
-    const mapMonitor = new MapMonitor({ maps: () => allMaps, stats: () => datapath.maps.stats(), loaderFailures: () => reconciler.stats.mapFullByMap });
+    const mapMonitor = new MapMonitor({ maps: () => allMaps, stats: () => datapath.maps.stats(), loaderFailures: () => reconciler.stats.mapFullByMap,
+      loaderGeneration: () => reconciler.stats.passes });
     mapMonitor.refresh();
     const mapTimer = setInterval(() => {
       try {
