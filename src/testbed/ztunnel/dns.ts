@@ -3,8 +3,9 @@
 // ipv6_enabled_localhost reads net.ipv6.conf.lo.disable_ipv6 inside the pod) — every socket made in
 // the pod's netns, marked 0x539 and SO_REUSEPORT (src/inpod/config.rs). Names of the testbed zone
 // (a map from the config: "<pod>.<ns>.svc.cluster.local" -> pod IP) are answered here; anything else is
-// forwarded to the upstream resolver over the same protocol, from a socket made in the pod's netns
-// and marked 0x539, so no redirect captures it again.
+// forwarded to the upstream resolver from a socket made in the pod's netns and marked 0x539, so no
+// redirect captures it again. ztunnel's forwarder is a resolver (hickory, src/dns/forwarder.rs): it
+// asks the upstream over UDP whatever the client used, and again over TCP when the answer is truncated.
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -67,6 +68,11 @@ function servfail(raw: Buffer): Buffer {
   out.writeUInt16BE(0, 8);
   out.writeUInt16BE(0, 10);
   return out;
+}
+
+/** The TC bit: a UDP answer cut to fit, to be asked again over TCP. */
+function isTruncated(answer: Buffer): boolean {
+  return answer.length >= 4 && (answer.readUInt16BE(2) & dnsPacket.TRUNCATED_RESPONSE) !== 0;
 }
 
 /** IPv6 on the pod's loopback, read inside its netns (/proc/sys/net follows the reading thread's netns). */
@@ -136,7 +142,7 @@ export class DnsProxy {
     this.addresses.push(host);
   }
 
-  async #resolve(raw: Buffer, over: 'udp' | 'tcp'): Promise<Buffer> {
+  async #resolve(raw: Buffer): Promise<Buffer> {
     let query: Packet;
     try {
       query = dnsPacket.decode(raw);
@@ -148,15 +154,16 @@ export class DnsProxy {
     const up = this.#opts.upstream;
     if (!up) return servfail(raw);
     try {
-      return over === 'udp' ? await this.#forwardUdp(raw, up) : await this.#forwardTcp(raw, up);
+      const answer = await this.#forwardUdp(raw, up);
+      return isTruncated(answer) ? await this.#forwardTcp(raw, up) : answer;
     } catch (e) {
-      this.#opts.warn(`dns forward to ${up.ip}:${up.port} over ${over}: ${(e as Error).message}`);
+      this.#opts.warn(`dns forward to ${up.ip}:${up.port}: ${(e as Error).message}`);
       return servfail(raw);
     }
   }
 
   async #onUdp(sock: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): Promise<void> {
-    const answer = await this.#resolve(msg, 'udp');
+    const answer = await this.#resolve(msg);
     sock.send(answer, rinfo.port, rinfo.address);
   }
 
@@ -171,7 +178,7 @@ export class DnsProxy {
         const len = buf.readUInt16BE(0);
         const msg = buf.subarray(2, 2 + len);
         buf = buf.subarray(2 + len);
-        void this.#resolve(msg, 'tcp').then((answer) => {
+        void this.#resolve(msg).then((answer) => {
           const framed = Buffer.alloc(2 + answer.length);
           framed.writeUInt16BE(answer.length, 0);
           answer.copy(framed, 2);
