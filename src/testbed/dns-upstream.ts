@@ -52,20 +52,30 @@ export interface DnsUpstream {
 
 const SPAWN_TIMEOUT_MS = 10_000;
 
-function dnsmasqArgv(logPath: string, o: DnsUpstreamOptions): string[] {
+export interface DnsmasqOptions {
+  readonly addresses: readonly string[];
+  readonly port: number;
+  /** Names (lower-case, no trailing dot) -> addresses (A and AAAA by family). */
+  readonly records?: Readonly<Record<string, readonly string[]>>;
+  /** Log every query with its source to this file. */
+  readonly logPath?: string;
+  readonly extra?: readonly string[];
+}
+
+/**
+ * dnsmasq in the foreground as an authoritative-only server: nothing from the host (no resolv.conf, no
+ * /etc/hosts, no forwarding anywhere), no cache (every answer is computed), NXDOMAIN for unknown
+ * names under .test; the bench's DNS sink uses it too.
+ */
+export function dnsmasqArgv(o: DnsmasqOptions): string[] {
   const records = Object.entries(o.records ?? {}).map(([name, ips]) => `--host-record=${[name, ...ips].join(',')}`);
   return [
     'dnsmasq', '--keep-in-foreground', '--conf-file=/dev/null', '--pid-file', '--user=root',
-    // Nothing from the host: no resolv.conf, no /etc/hosts, no forwarding anywhere.
-    '--no-resolv', '--no-hosts', '--no-negcache', '--cache-size=0',
-    '--bind-interfaces', ...[...DNS_UPSTREAM_IPS, DNS_UPSTREAM_IP6].map((ip) => `--listen-address=${ip}`),
-    // The cluster zone, as kube-dns answers it: the Service VIP for every name of the testbed's pods.
-    `--address=/${CLUSTER_DOMAIN}/${CLUSTER_VIP}`,
-    '--local=/test/',
+    '--no-resolv', '--no-hosts', '--no-negcache', '--cache-size=0', '--local=/test/',
+    '--bind-interfaces', ...o.addresses.map((ip) => `--listen-address=${ip}`), `--port=${o.port}`,
     ...records,
-    '--log-queries=extra', `--log-facility=${logPath}`,
-    // Large enough for the tests' bursts of queries from reused ports.
-    '--dns-forward-max=1000',
+    ...(o.logPath === undefined ? [] : ['--log-queries=extra', `--log-facility=${o.logPath}`]),
+    ...(o.extra ?? []),
   ];
 }
 
@@ -112,7 +122,12 @@ export async function startDnsUpstream(tb: Testbed, o: DnsUpstreamOptions = {}):
       ...tb.nodes.map((n) => `route add ${n.podCidr} via ${n.wireIp} dev eth0`),
     ]);
     makeCgroup(cgroupPath);
-    proc = tb.spawnAt(netnsPath, cgroupPath, dnsmasqArgv(logPath, o), { logFile: join(tb.info.runDir, 'dnsmasq.out') });
+    const argv = dnsmasqArgv({
+      addresses: [...DNS_UPSTREAM_IPS, DNS_UPSTREAM_IP6], port: 53, logPath, ...(o.records ? { records: o.records } : {}),
+      // The cluster zone, as kube-dns answers it: the Service VIP for every name of the testbed's pods.
+      extra: [`--address=/${CLUSTER_DOMAIN}/${CLUSTER_VIP}`],
+    });
+    proc = tb.spawnAt(netnsPath, cgroupPath, argv, { logFile: join(tb.info.runDir, 'dnsmasq.out') });
     await listening(netnsPath, proc);
   } catch (err) {
     await stop();
