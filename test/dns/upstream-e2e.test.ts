@@ -51,7 +51,11 @@ function resolvConf(family: Family, over: Over): string {
 
 /** `getent ahostsv4|ahostsv6 NAME` in a pod with its resolv.conf naming the resolver: the first address. */
 async function getent(pod: TestbedPod, name: string, over: Over, family: Family = 'v4', db = 'ahostsv4'): Promise<string> {
-  podResolvConf(pod, resolvConf(family, over));
+  return getentWith(pod, resolvConf(family, over), name, db);
+}
+
+async function getentWith(pod: TestbedPod, conf: string, name: string, db = 'ahostsv4'): Promise<string> {
+  podResolvConf(pod, conf);
   const r = await tb.exec(pod, podResolverArgv(pod, ['getent', db, name]), { check: false, timeoutMs: 20_000 });
   return r.stdout.trim().split(/\s+/)[0] ?? '';
 }
@@ -119,6 +123,14 @@ t.test('a mesh pod resolves a testbed name through ztunnel\'s DNS proxy (glibc, 
   t.equal(await getent(app, ZONE_NAME, 'udp', 'v6'), web, 'UDP to the resolver\'s IPv6 address');
   t.equal(await getent(app, ZONE_NAME, 'tcp', 'v6'), web, 'TCP to the resolver\'s IPv6 address');
   t.notOk(upstream.queriesFor(ZONE_NAME).includes(app.ip), 'none of these reached the resolver');
+});
+
+t.test('a Kubernetes resolv.conf (search domains, ndots:5): short names answered as ztunnel answers them', async (t) => {
+  const conf = `nameserver ${upstream.ip}\nsearch mesh.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:2 attempts:2\n`;
+  // glibc tries the search domains first: web.mesh.svc.cluster.local.mesh.svc.cluster.local gets a
+  // CNAME to web.mesh.svc.cluster.local from ztunnel, which strips the search domain it recognises.
+  for (const name of ['web', 'web.mesh', 'web.mesh.svc', ZONE_NAME]) t.equal(await getentWith(tb.pod('mesh/app'), conf, name), web, name);
+  t.equal(await getentWith(tb.pod('plain/client'), conf, 'web'), CLUSTER_VIP, 'outside the mesh: the resolver\'s answer');
 });
 
 t.test('the answer\'s source is the server the pod asked, for every address of the resolver', async (t) => {
