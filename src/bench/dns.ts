@@ -40,6 +40,8 @@ const IN_FLIGHT = 64;
 export interface DnsperfResult {
   readonly sent: number;
   readonly completed: number;
+  /** Answers with rcode NOERROR (the sink answers every query with one address). */
+  readonly noerror: number;
   readonly lost: number;
   readonly qps: number;
   readonly avgUs: number;
@@ -57,7 +59,7 @@ export function parseDnsperf(stdout: string): DnsperfResult | undefined {
   const qps = num(/Queries per second:\s+([\d.]+)/);
   const avg = num(/Average Latency \(s\):\s+([\d.]+)/);
   if (sent === undefined || completed === undefined || lost === undefined || qps === undefined || avg === undefined) return undefined;
-  return { sent, completed, lost, qps, avgUs: avg * 1e6 };
+  return { sent, completed, noerror: num(/Response codes:.*\bNOERROR (\d+)/) ?? 0, lost, qps, avgUs: avg * 1e6 };
 }
 
 interface DnsSink {
@@ -80,7 +82,16 @@ async function startDnsSink(tb: Testbed, place: SinkPlace, dir: string): Promise
   return { stop };
 }
 
-async function dnsCell(tb: Testbed, client: TestbedPod, server: TestbedPod, path: PathName, seconds: number, data: string): Promise<{ metrics: Record<string, number>; errors: number }> {
+interface DnsCellOptions {
+  readonly seconds: number;
+  /** The query file dnsperf reads. */
+  readonly data: string;
+  /** Where dnsperf's own report of the cell is kept (the logs of the run). */
+  readonly report: string;
+}
+
+async function dnsCell(tb: Testbed, client: TestbedPod, server: TestbedPod, path: PathName, o: DnsCellOptions): Promise<{ metrics: Record<string, number>; errors: number }> {
+  const { seconds, data } = o;
   const [ip, port] = isDirect(path) ? ['127.0.0.1', PORT_DNS] : [DNS_UPSTREAM_IPS[0], 53];
   const argv = ['dnsperf', '-s', ip, '-p', String(port), '-d', data, '-l', String(seconds), '-c', String(CLIENTS), '-q', String(IN_FLIGHT), '-t', '1'];
   const c0 = cpuUsageUs(client.cgroupPath);
@@ -88,12 +99,14 @@ async function dnsCell(tb: Testbed, client: TestbedPod, server: TestbedPod, path
   const r = await tb.exec(client, argv, { check: false, timeoutMs: (seconds + 15) * 1000 });
   const c1 = cpuUsageUs(client.cgroupPath);
   const s1 = cpuUsageUs(server.cgroupPath);
+  writeFileSync(o.report, r.stdout + r.stderr);
   const out = parseDnsperf(r.stdout);
   if (r.code !== 0 || !out) throw new BenchError(`dnsperf in ${client.name} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().slice(-300)}`);
   const n = Math.max(out.completed, 1);
   return {
     metrics: { qps: out.qps, avgUs: out.avgUs, clientCpuUsPerReq: (c1 - c0) / n, serverCpuUsPerReq: (s1 - s0) / n },
-    errors: out.lost,
+    // Lost queries and answers other than NOERROR: a capture that went elsewhere shows here.
+    errors: out.lost + (out.completed - out.noerror),
   };
 }
 
@@ -111,7 +124,8 @@ export async function runDnsPhase(tb: Testbed, ctx: PathContext, o: MatrixOption
         const path = await startPath(ctx, pathName);
         try {
           await path.settle();
-          const r = await dnsCell(tb, meshClient, zpod, pathName, o.seconds, data);
+          const report = join(o.dir, `dnsperf-${round}-${pathName}.txt`);
+          const r = await dnsCell(tb, meshClient, zpod, pathName, { seconds: o.seconds, data, report });
           const sample: Sample = { phase: 'sink', round, warmup, path: pathName, workload: 'dns', placement: 'same-node', ...r };
           log.info({ phase: 'sink', round, warmup, path: pathName, workload: 'dns', ...r.metrics, errors: r.errors }, 'cell');
           obs.sample(sample);
