@@ -17,6 +17,10 @@ for (const mode of ['node', 'inpod'] as const) {
     t.match(r.stdout, /node2\s+inbound\s+HBONE .*:15008 \(:authority 198\.19\.2\.3:8080\)/, 'terminated at the other node');
     t.match(r.stdout, /inbound .*:15006 \(orig dst 198\.19\.1\.3:8080 via local-address\)/, 'plaintext inbound kept the original destination');
     t.match(r.stdout, /counters: .*connect4_redirected\+1/);
+    if (mode === 'inpod') {
+      t.match(r.stdout, /app2-node1 +mesh +-> 198\.19\.2\.3  ztunnel's DNS proxy[^\n]*\n\s+node1 +counters: [^\n]*dns_redirected\+\d[^\n]*dns_restored\+\d/, 'a mesh pod\'s lookup took ztunnel\'s path');
+      t.match(r.stdout, /client-node1 +no mesh +-> 198\.18\.99\.99/, 'a pod outside the mesh asked the resolver');
+    }
     t.match(r.stdout, /ambpf pods on node1:[\s\S]*mesh\/app1-node1[\s\S]*mesh\/app2-node1/, 'ambpf pods names the demo\'s mesh pods');
     t.notOk(ours().some((n) => prefix && n.startsWith(prefix)), 'no netns of the demo left');
   });
