@@ -89,7 +89,7 @@ export function sumPerCpu(values: readonly Uint8Array[]): bigint {
 export const LAYOUT = {
   ambpf_ip: { size: 16, fields: { addr: 0 } },
   ambpf_pod: { size: 16, fields: { netns_cookie: 0, host_ifindex: 8, flags: 12 } },
-  ambpf_netns: { size: 24, fields: { pod_ip: 0, flags: 16 } },
+  ambpf_netns: { size: 40, fields: { pod_ip: 0, flags: 16, pod_ip6: 24 } },
   ambpf_ztunnel: {
     size: 80,
     fields: {
@@ -148,7 +148,9 @@ function putPortBE(dv: DataView, off: number, port: number): void {
 
 // ---- codecs ----
 export interface PodValue { netnsCookie: bigint; hostIfindex: number; flags: number }
-export interface NetnsValue { podIp: string; flags: number }
+/** podIp: the IPv4 address (an IPv6-only pod's IPv6 one); podIp6 (inpod): the IPv6 address of a pod that
+ * has one, absent otherwise (decode omits it for all-zero bytes, so entries compare field by field). */
+export interface NetnsValue { podIp: string; flags: number; podIp6?: string }
 export interface ZtunnelValue {
   ip: string;
   /** IPv6 address, or null when ztunnel has none. */
@@ -223,12 +225,20 @@ export function encodeNetns(v: NetnsValue): Uint8Array {
   const b = new Uint8Array(LAYOUT.ambpf_netns.size);
   b.set(ipToBytes(v.podIp), 0);
   view(b).setUint32(16, v.flags, true);
+  if (v.podIp6 !== undefined) {
+    const ip6 = ipToBytes(v.podIp6);
+    if (isV4Mapped(ip6)) throw new SchemaError(`podIp6 must be IPv6 (got ${v.podIp6}).`);
+    b.set(ip6, 24);
+  }
   return b;
 }
 
 export function decodeNetns(b: Uint8Array): NetnsValue {
   const dv = need(b, LAYOUT.ambpf_netns.size, 'ambpf_netns');
-  return { podIp: bytesToIp(b.subarray(0, 16)), flags: dv.getUint32(16, true) };
+  const ip6 = b.subarray(24, 40);
+  return {
+    podIp: bytesToIp(b.subarray(0, 16)), flags: dv.getUint32(16, true), ...(isZeroIp(ip6) ? {} : { podIp6: bytesToIp(ip6) }),
+  };
 }
 
 export function encodeZtunnel(v: ZtunnelValue): Uint8Array {
