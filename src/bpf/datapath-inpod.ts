@@ -14,10 +14,8 @@ import { execFileSync } from 'node:child_process';
 import { BpfObject, LibbpfError, resolveIfindex, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
-import {
-  DatapathError, assertPodsCgroup, objectMap, sizeMaps,
-  type CgroupHook, type DatapathOptions, type INPOD_ONLY_HOOKS,
-} from './datapath.ts';
+import { DatapathError, assertPodsCgroup, objectMap, sizeMaps, type DatapathOptions } from './datapath.ts';
+import { INPOD_CGROUP_HOOKS, INPOD_OBJECT, PROGRAMS, type InpodCgroupHook, type InpodMapName } from './names.ts';
 import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
@@ -27,26 +25,7 @@ import * as s from './schema.ts';
 
 const log = logger('datapath-inpod');
 
-export const INPOD_OBJECT = 'ambpf_inpod';
-
-/** A cgroup hook of the inpod topology: the node topology's, plus UDP send/receive for DNS capture. */
-export type InpodCgroupHook = CgroupHook | (typeof INPOD_ONLY_HOOKS)[number];
-
-/** cgroup hook (pin name, as in the node topology) -> inpod program. */
-export const INPOD_CGROUP_HOOKS: Readonly<Record<InpodCgroupHook, string>> = {
-  connect4: 'ambpf_inpod_connect4',
-  connect6: 'ambpf_inpod_connect6',
-  getpeername4: 'ambpf_inpod_peername4',
-  getpeername6: 'ambpf_inpod_peername6',
-  getsockopt: 'ambpf_inpod_getsopt',
-  sockops: 'ambpf_inpod_sockops',
-  // DNS capture: an unconnected UDP socket's query to port 53 goes to ztunnel's 15053, and its
-  // answer shows the server asked (connected sockets go through connect4/6 and getpeername4/6).
-  sendmsg4: 'ambpf_inpod_sendmsg4',
-  sendmsg6: 'ambpf_inpod_sendmsg6',
-  recvmsg4: 'ambpf_inpod_recvmsg4',
-  recvmsg6: 'ambpf_inpod_recvmsg6',
-};
+export { INPOD_CGROUP_HOOKS, INPOD_OBJECT, type InpodCgroupHook } from './names.ts';
 
 export type InpodDatapathOptions = Pick<DatapathOptions, 'bpffs' | 'cgroup' | 'mapSizes'> & {
   /** Path of ambpf_inpod.bpf.o (default: the build cache). */
@@ -62,6 +41,11 @@ export interface PodListeners {
   readonly inbound2?: SocketHolder | undefined;
   readonly hbone2?: SocketHolder | undefined;
 }
+
+/** The inpod maps this module writes, by role. */
+const M = {
+  sk: 'ambpf_inpod_sk', pair: 'ambpf_inpod_pair', listen: 'ambpf_inpod_listen', origsrc: 'ambpf_inpod_origsrc', dns: 'ambpf_inpod_dns',
+} as const satisfies Record<string, InpodMapName>;
 
 /** A slot's fallback entry (bpf/ambpf_inpod.bpf.c tries slot, then slot + LISTENER_SLOTS). */
 const fallbackSlot = (slot: number): number => slot + s.LISTENER_SLOTS;
@@ -155,8 +139,7 @@ export class InpodDatapath {
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
     this.inpodMaps = {
-      sk: object.map('ambpf_inpod_sk'), pair: object.map('ambpf_inpod_pair'), listen: object.map('ambpf_inpod_listen'),
-      origsrc: object.map('ambpf_inpod_origsrc'), dns: object.map('ambpf_inpod_dns'),
+      sk: object.map(M.sk), pair: object.map(M.pair), listen: object.map(M.listen), origsrc: object.map(M.origsrc), dns: object.map(M.dns),
     };
     this.links = links;
   }
@@ -193,7 +176,7 @@ export class InpodDatapath {
   }
 
   #lookupProg(): BpfProgram {
-    return this.#object.program('ambpf_inpod_lookup');
+    return this.#object.program(PROGRAMS.inpodLookup);
   }
 
   /** Summed per-CPU counters. */
@@ -247,8 +230,8 @@ export class InpodDatapath {
    */
   #attachPodTc(p: PodArm): void {
     const hooks = [
-      { prog: 'ambpf_inpod_node_syn', ifname: POD_IFNAME, direction: 'ingress', pin: this.#tcPin(p.netnsCookie) },
-      { prog: 'ambpf_inpod_lo_egress', ifname: 'lo', direction: 'egress', pin: this.#loPin(p.netnsCookie) },
+      { prog: PROGRAMS.inpodNodeSyn, ifname: POD_IFNAME, direction: 'ingress', pin: this.#tcPin(p.netnsCookie) },
+      { prog: PROGRAMS.inpodLoEgress, ifname: 'lo', direction: 'egress', pin: this.#loPin(p.netnsCookie) },
     ] as const;
     for (const h of hooks) {
       const prog = this.#object.program(h.prog);
