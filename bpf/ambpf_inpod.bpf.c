@@ -818,11 +818,11 @@ static __always_inline int from_node(const __u32 saddr[4])
 }
 
 /*
- * A frame's TCP SYN (no ACK), IPv4 or IPv6, as the receiving side sees it (t->local = its destination)
- * and its TTL / hop limit; 0 for anything else. IPv4 options and IPv6 extension headers are not
- * parsed: the kernel's own connect() sends neither.
+ * A frame's TCP header, IPv4 or IPv6, with its addresses and ports as the receiving end sees them
+ * (t->local = the destination) and its TTL / hop limit; NULL for anything else. IPv4 options and IPv6
+ * extension headers are not parsed: the kernel's own connect() sends neither.
  */
-static __always_inline int tc_syn(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
+static __always_inline struct tcphdr *tc_tcp(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
 {
 	struct ethhdr *eth = data;
 	struct tcphdr *tcp;
@@ -850,11 +850,19 @@ static __always_inline int tc_syn(void *data, void *data_end, struct ambpf_tuple
 	} else {
 		return 0;
 	}
-	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)
+	if ((void *)(tcp + 1) > data_end)
 		return 0;
 	t->local_port = tcp->dest;
 	t->remote_port = tcp->source;
-	return 1;
+	return tcp;
+}
+
+/* A connection's first SYN (no ACK): see tc_tcp. */
+static __always_inline int tc_syn(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
+{
+	struct tcphdr *tcp = tc_tcp(data, data_end, t, hops);
+
+	return tcp && tcp->syn && !tcp->ack;
 }
 
 SEC("tc")
