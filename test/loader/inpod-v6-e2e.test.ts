@@ -202,3 +202,22 @@ t.test('ztunnel gone: IPv6 is refused both ways, as IPv4; back: served again', a
   await waitServed();
   t.pass('served again after the new ztunnel took the snapshot');
 });
+
+t.test('--fail-open: a pod whose ztunnel is away talks direct over IPv6 too', async (t) => {
+  const i = loaders.findIndex((l) => l.node.name === 'node1');
+  const old = loaders[i]!;
+  old.proc.kill('SIGTERM');
+  await old.proc.exited;
+  const l = startLoader(tb, tb.node('node1'), join(tb.info.runDir, 'pods.json'), ['--fail-open'], true);
+  loaders[i] = l;
+  await waitReady(tb, l);
+  await stopZtunnel(tb, 'node1', { signal: 'SIGKILL' });
+  await eventually(() => [...zdsStates('node1').values()].every((s) => s === 'no-ztunnel'), 10_000, 'node1\'s pods to be no-ztunnel');
+  await eventually(() => dump('node1', 'ambpf_inpod_listen').length === 0, 10_000, 'ztunnel\'s listeners to leave the sockhash');
+  const out = await tracedCurl(tb, 'v6-node1', ip6('dual-node2'), PORT, NODES, { node2: ['inbound-plaintext'] });
+  t.equal(out.lines['node1']?.length ?? 0, 0, 'outbound over IPv6 went direct, not to the gone ztunnel');
+  t.match(out.body, re(`hello from dual-node2 peer=${ip6('v6-node1')} `), 'and was answered (captured inbound at node2 as plaintext)');
+  const inb = await tracedCurl(tb, 'client-node2', ip6('v6-node1'), PORT, ['node1']);
+  t.equal(inb.lines['node1']?.length ?? 0, 0, 'inbound over IPv6 reached the app directly');
+  t.match(inb.body, re(`hello from v6-node1 peer=${ip6('client-node2')} `));
+});
