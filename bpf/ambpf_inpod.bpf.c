@@ -21,7 +21,8 @@
  *                    cloned to the accepted socket (BPF_F_CLONE): bpf_get_netns_cookie is not callable
  *                    from getsockopt/sockops before 5.15 (kernel-matrix.md), and this loads on 5.10.
  *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a new inbound TCP
- *                    connection (IPv4 or IPv6) to one of the pod's IPs is handed to ztunnel's listener in that netns, 15008
+ *                    connection (IPv4 or IPv6) to one of the pod's IPs is handed to ztunnel's listener
+ *                    in that netns, 15008
  *                    for dport 15008 (HBONE), 15006 otherwise. The destination is already local, so no
  *                    route, mark, sysctl or IP_TRANSPARENT is needed, and the accepted socket's local
  *                    address is the original destination.

@@ -18,7 +18,8 @@ for (const mode of ['node', 'inpod'] as const) {
     t.match(r.stdout, /inbound .*:15006 \(orig dst 198\.19\.1\.3:8080 via local-address\)/, 'plaintext inbound kept the original destination');
     t.match(r.stdout, /counters: .*connect4_redirected\+1/);
     if (mode === 'inpod') {
-      t.match(r.stdout, /node1\s+outbound\s+\[fd00:a3bf:1:1::4\]:\d+ -> .*via IP6T_SO_ORIGINAL_DST\) -> \[fd00:a3bf:1:2::3\]:15008\s+\[ok\]/,
+      const v6Out = /node1\s+outbound\s+\[fd00:a3bf:1:1::4\]:\d+ -> .*via IP6T_SO_ORIGINAL_DST\) -> \[fd00:a3bf:1:2::3\]:15008\s+\[ok\]/;
+      t.match(r.stdout, v6Out,
         'over IPv6: from the pod\'s IPv6 address, IP6T_SO_ORIGINAL_DST, HBONE to the pod\'s IPv6 address');
       t.match(r.stdout, /counters: .*connect6_redirected\+1/);
     }

@@ -14,7 +14,8 @@
 #include "sockets.h"
 
 #define SO_ORIGINAL_DST 80 /* IP6T_SO_ORIGINAL_DST has the same number */
-#define CHECK_OUT6 "connect6 native IPv6: lands on [pod IPv6]:15001, getpeername and IP6T_SO_ORIGINAL_DST give the original"
+#define CHECK_OUT6 \
+	"connect6 native IPv6: lands on [pod IPv6]:15001, getpeername and IP6T_SO_ORIGINAL_DST give the original"
 #define CHECK_IN6 "sk_lookup assigns IPv6 to the 15006 listener"
 
 static void addr6(struct sockaddr_in6 *sin6, const char *ip, int port)
@@ -81,7 +82,8 @@ static int check_out6(const struct func_ctx *c, int lfd)
 		return 1;
 	}
 	memset(&peer, 0, sizeof(peer));
-	if (getpeername(afd, (struct sockaddr *)&peer, &len) || memcmp(&peer.sin6_addr, &pod.sin6_addr, sizeof(pod.sin6_addr))) {
+	if (getpeername(afd, (struct sockaddr *)&peer, &len) ||
+	    memcmp(&peer.sin6_addr, &pod.sin6_addr, sizeof(pod.sin6_addr))) {
 		report(c->label, CHECK_OUT6, "func", "fail", "ztunnel's side sees %s as source, want %s", fmt6(&peer, a, sizeof(a)),
 		       FILL_POD_IP6);
 		goto fail;
@@ -123,9 +125,10 @@ static int check_in6(const struct func_ctx *c, int lfd)
 
 	addr6(&dst, FILL_POD_IP6, 80);
 	addr6(&src, FILL_LOCAL_IP6, 0);
-	if (cfd < 0 || bind(cfd, (struct sockaddr *)&src, sizeof(src)) || connect(cfd, (struct sockaddr *)&dst, sizeof(dst)) < 0 ||
-	    (afd = sock_accept_within(lfd)) < 0) {
-		report(c->label, CHECK_IN6, "func", "fail", "connect to %s not assigned: %s", fmt6(&dst, a, sizeof(a)), strerror(errno));
+	if (cfd < 0 || bind(cfd, (struct sockaddr *)&src, sizeof(src)) ||
+	    connect(cfd, (struct sockaddr *)&dst, sizeof(dst)) < 0 || (afd = sock_accept_within(lfd)) < 0) {
+		report(c->label, CHECK_IN6, "func", "fail", "connect to %s not assigned: %s", fmt6(&dst, a, sizeof(a)),
+		       strerror(errno));
 		if (cfd >= 0)
 			close(cfd);
 		return 1;

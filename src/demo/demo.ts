@@ -110,7 +110,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     // Inpod captures IPv6 as IPv4: there the mesh pods are dual-stack, and one request goes over IPv6.
     const spec = defaultSpec();
     const dual = mode === 'inpod'
-      ? { ...spec, pods: spec.pods.map((p) => (p.namespace === 'mesh' ? { ...p, ipFamilies: ['IPv4', 'IPv6'] as const } : p)) }
+      ? {
+        ...spec,
+        pods: spec.pods.map((p) => (p.namespace === 'mesh' ? { ...p, ipFamilies: ['IPv4', 'IPv6'] as const } : p)),
+      }
       : spec;
     tb = await startTestbed(dual, { topology: mode, standIn: mode === 'node' });
     const bed = tb;
@@ -136,7 +139,9 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const cases = [
       { title: 'same node, mesh -> mesh', from: 'app2-node1', to: 'app1-node1', v6: false },
       { title: 'cross node, mesh -> mesh', from: 'app2-node1', to: 'app1-node2', v6: false },
-      ...(mode === 'inpod' ? [{ title: 'cross node, mesh -> mesh over IPv6', from: 'app2-node1', to: 'app1-node2', v6: true }] : []),
+      ...(mode === 'inpod'
+        ? [{ title: 'cross node, mesh -> mesh over IPv6', from: 'app2-node1', to: 'app1-node2', v6: true }]
+        : []),
       { title: 'non-mesh -> mesh (inbound plaintext)', from: 'client-node2', to: 'app1-node1', v6: false },
     ];
     for (const c of cases) {

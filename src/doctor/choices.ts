@@ -42,12 +42,14 @@ export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLin
     tcx.supported
       ? {
         what: 'inpod IPv6', choice: 'as IPv4',
-        why: 'connect6 to the pod\'s IPv6 address, IP6T_SO_ORIGINAL_DST, sk_lookup inbound, IPv6 probes (hop limit 64) and ztunnel\'s spoofed IPv6 legs (tcx)',
+        why: 'connect6 to the pod\'s IPv6 address, IP6T_SO_ORIGINAL_DST, sk_lookup inbound, IPv6 probes ' +
+          '(hop limit 64) and ztunnel\'s spoofed IPv6 legs (tcx)',
       }
       : {
         what: 'inpod IPv6', choice: 'as IPv4, without probes or spoofed legs',
-        why: `IPv6 is captured both ways (${MIN_KERNEL}+), but without tcx (${TCX_SINCE}+) the pod-netns tc programs are not attached, ` +
-          'for IPv4 and IPv6 alike: probes go through ztunnel, and ztunnel needs ENABLE_ORIG_SRC=false',
+        why: `IPv6 is captured both ways (${MIN_KERNEL}+), but without tcx (${TCX_SINCE}+) the pod-netns tc ` +
+          'programs are not attached, for IPv4 and IPv6 alike: probes go through ztunnel, and ztunnel needs ' +
+          'ENABLE_ORIG_SRC=false',
       },
   ];
 }

@@ -223,7 +223,9 @@ export function buildInpodTarget(ready: readonly ResolvedPod[], resolution: Reso
     // connect6 sends native IPv6 connects to the IPv6 one (an IPv6-only pod has it in both fields).
     const ip6 = pod.ips.find((ip) => ip.includes(':'));
     netns.set(pod.netnsCookie, {
-      podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!, flags, ...(ip6 === undefined ? {} : { podIp6: ip6 }),
+      podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!,
+      flags,
+      ...(ip6 === undefined ? {} : { podIp6: ip6 }),
     });
   }
   const z = resolution.ztunnel;

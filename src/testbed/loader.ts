@@ -39,7 +39,10 @@ export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource,
   const mode = tb.info.topology === 'inpod'
     // --node-ip as the DaemonSet passes the host IPs (both families): kubelet-like probes from them
     // reach the app directly.
-    ? ['--mode', 'inpod', '--zds-socket', zds ? zdsSocketPath(tb, node) : 'none', '--node-ip', `${node.wireIp},${node.wireIp6}`]
+    ? [
+      '--mode', 'inpod', '--zds-socket', zds ? zdsSocketPath(tb, node) : 'none',
+      '--node-ip', `${node.wireIp},${node.wireIp6}`,
+    ]
     : ['--mode', 'node'];
   return [
     AMBPF_BIN, 'run', '--node', node.name, ...from, '--bpffs', node.bpffsDir,

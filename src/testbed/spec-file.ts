@@ -42,7 +42,9 @@ export function specFromObject(raw: unknown): TestbedSpec {
       if (!isRecord(p)) throw new TestbedSpecError(`pods[${i}] must be a mapping`);
       const containers = list(p['containers'], `pods[${i}].containers`).map((c, j) => str(c, `pods[${i}].containers[${j}]`));
       const ipFamilies = list(p['ipFamilies'], `pods[${i}].ipFamilies`).map((f, j) => {
-        if (f !== 'IPv4' && f !== 'IPv6') throw new TestbedSpecError(`pods[${i}].ipFamilies[${j}] must be "IPv4" or "IPv6"`);
+        if (f !== 'IPv4' && f !== 'IPv6') {
+          throw new TestbedSpecError(`pods[${i}].ipFamilies[${j}] must be "IPv4" or "IPv6"`);
+        }
         return f;
       });
       return {

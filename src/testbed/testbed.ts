@@ -3,8 +3,8 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  hostVethName, nodePodCidr, nodePodCidr6, nodeWireIp, nodeWireIp6, podIp, podIp6, POD_GATEWAY, POD_GATEWAY6, WIRE_PREFIX_LEN,
-  WIRE_PREFIX_LEN6,
+  hostVethName, nodePodCidr, nodePodCidr6, nodeWireIp, nodeWireIp6, podIp, podIp6, POD_GATEWAY, POD_GATEWAY6,
+  WIRE_PREFIX_LEN, WIRE_PREFIX_LEN6,
 } from './addresses.ts';
 import { cgroup2Root, makeCgroup } from './cgroup.ts';
 import { BPFFS_ROOT, PREFIX_FAMILY, removeByPrefix, runDirOf } from './cleanup.ts';
@@ -198,7 +198,10 @@ export function plan(spec: TestbedSpec, prefix: string, topology: Topology, cgro
       perNode.set(node.name, k + 1);
       // IPv4 first, as Kubernetes lists a dual-stack pod's podIPs.
       const families = new Set(p.ipFamilies ?? ['IPv4']);
-      ips = [...(families.has('IPv4') ? [podIp(node.index, k)] : []), ...(families.has('IPv6') ? [podIp6(node.index, k)] : [])];
+      ips = [
+        ...(families.has('IPv4') ? [podIp(node.index, k)] : []),
+        ...(families.has('IPv6') ? [podIp6(node.index, k)] : []),
+      ];
     }
     const netns = `${prefix}-pod-${p.namespace}-${p.name}`;
     const labels = p.labels ?? {};
@@ -287,7 +290,9 @@ async function buildNetwork(info: TestbedInfo): Promise<void> {
         ...pods.flatMap((p) => [
           `link add ${p.hostIfname} address ${HOST_VETH_MAC} type veth peer name eth0 netns ${netnsName(p.netnsPath)}`,
           `link set ${p.hostIfname} up`,
-          ...p.ips.map((ip) => (ip.includes(':') ? `route add ${ip}/128 dev ${p.hostIfname}` : `route add ${ip}/32 dev ${p.hostIfname} scope link`)),
+          ...p.ips.map((ip) => (ip.includes(':')
+            ? `route add ${ip}/128 dev ${p.hostIfname}`
+            : `route add ${ip}/32 dev ${p.hostIfname} scope link`)),
         ]),
       ]);
       await sysctls(n.netnsPath, {
@@ -300,7 +305,9 @@ async function buildNetwork(info: TestbedInfo): Promise<void> {
         pods.map((p) =>
           ipBatch(netnsName(p.netnsPath), [
             'link set lo up',
-            ...p.ips.map((ip) => (ip.includes(':') ? `addr add ${ip}/128 dev eth0 nodad` : `addr add ${ip}/32 dev eth0`)),
+            ...p.ips.map((ip) => (ip.includes(':')
+              ? `addr add ${ip}/128 dev eth0 nodad`
+              : `addr add ${ip}/32 dev eth0`)),
             'link set eth0 up',
             ...(p.ips.some((ip) => !ip.includes(':')) ? [
               `route add ${POD_GATEWAY} dev eth0 scope link`,

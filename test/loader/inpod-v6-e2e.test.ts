@@ -13,7 +13,14 @@ import { startHttpServer, curl, nodeBinary } from '../../src/testbed/helpers.ts'
 import { startZtunnels, startExtraZtunnel, stopZtunnel } from '../../src/testbed/ztunnel/launch.ts';
 import { zdsSocketPath } from '../../src/testbed/loader.ts';
 import type { StateFile } from '../../src/reconcile/reconciler.ts';
-import { LISTENER_HBONE, LISTENER_INBOUND, decodeIpKey, decodeNetns, encodeInpodListenKey, type NetnsValue } from '../../src/bpf/schema.ts';
+import {
+  LISTENER_HBONE,
+  LISTENER_INBOUND,
+  decodeIpKey,
+  decodeNetns,
+  encodeInpodListenKey,
+  type NetnsValue,
+} from '../../src/bpf/schema.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { startLoader, waitReady, type Loader } from '../helpers/loader.ts';
 import { tracedCurl } from '../helpers/standin.ts';
@@ -23,7 +30,10 @@ const PORT = 8080;
 const NODES = ['node1', 'node2'] as const;
 const SPEC: TestbedSpec = {
   nodes: NODES.map((name) => ({ name, ztunnel: true })),
-  namespaces: [{ name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } }, { name: 'plain', labels: {} }],
+  namespaces: [
+    { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } },
+    { name: 'plain', labels: {} },
+  ],
   pods: NODES.flatMap((node) => [
     { name: `dual-${node}`, namespace: 'mesh', node, ipFamilies: ['IPv4', 'IPv6'] as const },
     { name: `v6-${node}`, namespace: 'mesh', node, ipFamilies: ['IPv6'] as const },
@@ -52,9 +62,14 @@ function zdsStates(node: string): Map<string, string> {
 
 /** A pinned map's entries, raw, through bpftool (another process owns the maps). */
 function dump(node: string, map: string): Array<{ key: Uint8Array; value: Uint8Array }> {
-  const out = execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(tb.node(node).bpffsDir, map)], { encoding: 'utf8' });
+  const out = execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(tb.node(node).bpffsDir, map)], {
+    encoding: 'utf8',
+  });
   const bytes = (a: readonly string[]): Uint8Array => Uint8Array.from(a.map((x) => parseInt(x, 16)));
-  return (JSON.parse(out) as Array<{ key: string[]; value: string[] }>).map((e) => ({ key: bytes(e.key), value: bytes(e.value) }));
+  return (JSON.parse(out) as Array<{ key: string[]; value: string[] }>).map((e) => ({
+    key: bytes(e.key),
+    value: bytes(e.value),
+  }));
 }
 
 async function tryCurl(from: string, ip: string, timeoutMs = 3000): Promise<number> {
@@ -63,9 +78,19 @@ async function tryCurl(from: string, ip: string, timeoutMs = 3000): Promise<numb
 
 /** Every mesh pod acked and a request of each family through ztunnel answered. */
 async function waitServed(): Promise<void> {
-  await eventually(() => NODES.every((n) => meshPods(n).every((p) => zdsStates(n).get(p) === 'acked')), 20_000, 'every mesh pod acked');
-  await eventually(async () => (await tryCurl('v6-node1', ip6('dual-node2'))) === 0 && (await tryCurl('client-node2', ip6('v6-node1'))) === 0 &&
-    (await tryCurl('dual-node1', ip4('dual-node2'))) === 0, 20_000, 'IPv6 and IPv4 requests through ztunnel to succeed');
+  await eventually(
+    () => NODES.every((n) => meshPods(n).every((p) => zdsStates(n).get(p) === 'acked')),
+    20_000,
+    'every mesh pod acked',
+  );
+  await eventually(
+    async () =>
+      (await tryCurl('v6-node1', ip6('dual-node2'))) === 0 &&
+      (await tryCurl('client-node2', ip6('v6-node1'))) === 0 &&
+      (await tryCurl('dual-node1', ip4('dual-node2'))) === 0,
+    20_000,
+    'IPv6 and IPv4 requests through ztunnel to succeed',
+  );
 }
 
 /**
@@ -88,7 +113,10 @@ s.on('close', () => { console.log(JSON.stringify({ ...peer, body })); process.ex
 setTimeout(() => { console.log(JSON.stringify({ error: 'timeout' })); process.exit(0); }, 4000);
 `;
 
-async function peerOf(from: string, ip: string): Promise<{ remote?: string; remotePort?: number; local?: string; body?: string; error?: string }> {
+async function peerOf(
+  from: string,
+  ip: string,
+): Promise<{ remote?: string; remotePort?: number; local?: string; body?: string; error?: string }> {
   const r = await tb.exec(from, [nodeBinary(), '-e', PEER_SCRIPT, ip, String(PORT)], { timeoutMs: 8000 });
   return JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '{}') as { remote?: string; error?: string };
 }
@@ -111,35 +139,57 @@ t.teardown(async () => {
 
 t.test('dual-stack and IPv6-only pods from the pods file: armed with every address, acked', async (t) => {
   const pods = new Set(dump('node1', 'ambpf_pods').map((e) => decodeIpKey(e.key)));
-  for (const name of ['dual-node1', 'v6-node1']) for (const ip of tb.pod(name).ips) t.ok(pods.has(ip), `${name}: ${ip} in ambpf_pods`);
+  for (const name of ['dual-node1', 'v6-node1'])
+    for (const ip of tb.pod(name).ips) t.ok(pods.has(ip), `${name}: ${ip} in ambpf_pods`);
   const netns: NetnsValue[] = dump('node1', 'ambpf_netns').map((e) => decodeNetns(e.value));
-  t.ok(netns.some((n) => n.podIp === ip4('dual-node1') && n.podIp6 === ip6('dual-node1')), 'dual-stack: IPv4 and IPv6 in ambpf_netns');
-  t.ok(netns.some((n) => n.podIp === ip6('v6-node1') && n.podIp6 === ip6('v6-node1')), 'IPv6-only: its IPv6 address in ambpf_netns');
+  t.ok(
+    netns.some((n) => n.podIp === ip4('dual-node1') && n.podIp6 === ip6('dual-node1')),
+    'dual-stack: IPv4 and IPv6 in ambpf_netns',
+  );
+  t.ok(
+    netns.some((n) => n.podIp === ip6('v6-node1') && n.podIp6 === ip6('v6-node1')),
+    'IPv6-only: its IPv6 address in ambpf_netns',
+  );
   // ZDS hands ztunnel the netns (WorkloadInfo carries no address); its [::] listeners serve every address.
   const listen = new Set(dump('node1', 'ambpf_inpod_listen').map((e) => Buffer.from(e.key).toString('hex')));
   for (const name of ['dual-node1', 'v6-node1']) {
     for (const ip of tb.pod(name).ips) {
       for (const slot of [LISTENER_INBOUND, LISTENER_HBONE]) {
-        t.ok(listen.has(Buffer.from(encodeInpodListenKey(ip, slot)).toString('hex')), `${name}: listener slot ${slot} under ${ip}`);
+        t.ok(
+          listen.has(Buffer.from(encodeInpodListenKey(ip, slot)).toString('hex')),
+          `${name}: listener slot ${slot} under ${ip}`,
+        );
       }
     }
   }
 });
 
-t.test('mesh -> mesh over IPv6 across nodes: the pod\'s IPv6 address to 15001, IP6T_SO_ORIGINAL_DST, HBONE, spoofed leg', async (t) => {
-  const r = await tracedCurl(tb, 'v6-node1', ip6('dual-node2'), PORT, NODES, { node1: ['outbound'], node2: ['inbound-hbone'] });
-  const out = r.lines['node1']?.find((e) => e.direction === 'outbound');
-  t.match(out?.source ?? '', re(`[${ip6('v6-node1')}]:`), 'ztunnel sees the pod\'s IPv6 address as source');
-  t.equal(out?.originalDst, bracket(ip6('dual-node2'), PORT));
-  t.equal(out?.dstFrom, 'IP6T_SO_ORIGINAL_DST', 'SOL_IP had no answer, SOL_IPV6 had (ztunnel asks in that order)');
-  t.equal(out?.upstream, bracket(ip6('dual-node2'), 15008), 'HBONE to the destination pod\'s IPv6 address');
-  const inb = r.lines['node2']?.find((e) => e.direction === 'inbound-hbone');
-  t.match(inb?.upstreamLocal ?? '', re(`[${ip6('v6-node1')}]:`), 'the inbound leg is bound to the client\'s IPv6 address');
-  t.match(r.body, re(`hello from dual-node2 peer=${ip6('v6-node1')} `), 'the app sees the client pod\'s IPv6 address');
-});
+t.test(
+  "mesh -> mesh over IPv6 across nodes: the pod's IPv6 address to 15001, IP6T_SO_ORIGINAL_DST, HBONE, spoofed leg",
+  async (t) => {
+    const r = await tracedCurl(tb, 'v6-node1', ip6('dual-node2'), PORT, NODES, {
+      node1: ['outbound'],
+      node2: ['inbound-hbone'],
+    });
+    const out = r.lines['node1']?.find((e) => e.direction === 'outbound');
+    t.match(out?.source ?? '', re(`[${ip6('v6-node1')}]:`), "ztunnel sees the pod's IPv6 address as source");
+    t.equal(out?.originalDst, bracket(ip6('dual-node2'), PORT));
+    t.equal(out?.dstFrom, 'IP6T_SO_ORIGINAL_DST', 'SOL_IP had no answer, SOL_IPV6 had (ztunnel asks in that order)');
+    t.equal(out?.upstream, bracket(ip6('dual-node2'), 15008), "HBONE to the destination pod's IPv6 address");
+    const inb = r.lines['node2']?.find((e) => e.direction === 'inbound-hbone');
+    t.match(
+      inb?.upstreamLocal ?? '',
+      re(`[${ip6('v6-node1')}]:`),
+      "the inbound leg is bound to the client's IPv6 address",
+    );
+    t.match(r.body, re(`hello from dual-node2 peer=${ip6('v6-node1')} `), "the app sees the client pod's IPv6 address");
+  },
+);
 
 t.test('mesh -> mesh over IPv6 on one node', async (t) => {
-  const r = await tracedCurl(tb, 'v6-node1', ip6('dual-node1'), PORT, ['node1'], { node1: ['outbound', 'inbound-hbone'] });
+  const r = await tracedCurl(tb, 'v6-node1', ip6('dual-node1'), PORT, ['node1'], {
+    node1: ['outbound', 'inbound-hbone'],
+  });
   t.equal(r.lines['node1']?.find((e) => e.direction === 'outbound')?.dstFrom, 'IP6T_SO_ORIGINAL_DST');
   t.match(r.body, re(`hello from dual-node1 peer=${ip6('v6-node1')} `));
 });
@@ -151,7 +201,11 @@ t.test('one dual-stack pod: IPv4 and IPv6 each through ztunnel with their own fa
   ] as const) {
     const r = await tracedCurl(tb, 'dual-node1', dst, PORT, NODES, { node1: ['outbound'], node2: ['inbound-hbone'] });
     const out = r.lines['node1']?.find((e) => e.direction === 'outbound');
-    t.match(out?.source ?? '', re(src.includes(':') ? `[${src}]:` : `${src}:`), `${family}: the pod's ${family} address as source`);
+    t.match(
+      out?.source ?? '',
+      re(src.includes(':') ? `[${src}]:` : `${src}:`),
+      `${family}: the pod's ${family} address as source`,
+    );
     t.equal(out?.originalDst, bracket(dst, PORT), `${family}: original destination`);
     t.equal(out?.dstFrom, option, `${family}: answered by ${option}`);
     t.match(r.body, re(`peer=${src} `), `${family}: the server sees the client's ${family} address`);
@@ -162,7 +216,12 @@ t.test('getpeername per family: the peer the app asked for, not ztunnel', async 
   const cases = [
     { what: 'AF_INET', dst: ip4('dual-node2'), peer: ip4('dual-node2'), src: ip4('dual-node1') },
     { what: 'AF_INET6, native IPv6', dst: ip6('dual-node2'), peer: ip6('dual-node2'), src: ip6('dual-node1') },
-    { what: 'AF_INET6, v4-mapped', dst: `::ffff:${ip4('dual-node2')}`, peer: `::ffff:${ip4('dual-node2')}`, src: ip4('dual-node1') },
+    {
+      what: 'AF_INET6, v4-mapped',
+      dst: `::ffff:${ip4('dual-node2')}`,
+      peer: `::ffff:${ip4('dual-node2')}`,
+      src: ip4('dual-node1'),
+    },
   ];
   for (const c of cases) {
     const r = await peerOf('dual-node1', c.dst);
@@ -173,30 +232,60 @@ t.test('getpeername per family: the peer the app asked for, not ztunnel', async 
   }
 });
 
-t.test('non-mesh -> mesh over IPv6: plaintext inbound to 15006, the original address kept, the client spoofed', async (t) => {
-  const r = await tracedCurl(tb, 'client-node2', ip6('v6-node1'), PORT, ['node1'], { node1: ['inbound-plaintext'] });
-  const inb = r.lines['node1']?.find((e) => e.direction === 'inbound-plaintext');
-  t.equal(inb?.originalDst, bracket(ip6('v6-node1'), PORT), 'the original destination is the accepted socket\'s local address');
-  t.equal(inb?.dstFrom, 'local-address');
-  t.match(inb?.upstreamLocal ?? '', re(`[${ip6('client-node2')}]:`), 'ztunnel\'s leg to the app is bound to the client\'s IPv6 address');
-  t.match(r.body, re(`hello from v6-node1 peer=${ip6('client-node2')} `), 'the app sees the client, its reply found the way back');
-});
+t.test(
+  'non-mesh -> mesh over IPv6: plaintext inbound to 15006, the original address kept, the client spoofed',
+  async (t) => {
+    const r = await tracedCurl(tb, 'client-node2', ip6('v6-node1'), PORT, ['node1'], { node1: ['inbound-plaintext'] });
+    const inb = r.lines['node1']?.find((e) => e.direction === 'inbound-plaintext');
+    t.equal(
+      inb?.originalDst,
+      bracket(ip6('v6-node1'), PORT),
+      "the original destination is the accepted socket's local address",
+    );
+    t.equal(inb?.dstFrom, 'local-address');
+    t.match(
+      inb?.upstreamLocal ?? '',
+      re(`[${ip6('client-node2')}]:`),
+      "ztunnel's leg to the app is bound to the client's IPv6 address",
+    );
+    t.match(
+      r.body,
+      re(`hello from v6-node1 peer=${ip6('client-node2')} `),
+      'the app sees the client, its reply found the way back',
+    );
+  },
+);
 
-t.test('a connection the node itself opens over IPv6 (hop limit 64: kubelet\'s probe) reaches the app directly', async (t) => {
-  for (const pod of ['dual-node1', 'v6-node1']) {
-    const r = await tracedCurl(tb, 'node1', ip6(pod), PORT, ['node1']);
-    t.equal(r.lines['node1']?.length ?? 0, 0, `${pod}: ztunnel saw nothing`);
-    t.match(r.body, re(`hello from ${pod} peer=${tb.node('node1').wireIp6} `), `${pod}: the app answered the node`);
-  }
-});
+t.test(
+  "a connection the node itself opens over IPv6 (hop limit 64: kubelet's probe) reaches the app directly",
+  async (t) => {
+    for (const pod of ['dual-node1', 'v6-node1']) {
+      const r = await tracedCurl(tb, 'node1', ip6(pod), PORT, ['node1']);
+      t.equal(r.lines['node1']?.length ?? 0, 0, `${pod}: ztunnel saw nothing`);
+      t.match(r.body, re(`hello from ${pod} peer=${tb.node('node1').wireIp6} `), `${pod}: the app answered the node`);
+    }
+  },
+);
 
 t.test('ztunnel gone: IPv6 is refused both ways, as IPv4; back: served again', async (t) => {
   await stopZtunnel(tb, 'node1', { signal: 'SIGKILL' });
-  await eventually(() => [...zdsStates('node1').values()].every((s) => s === 'no-ztunnel'), 10_000, 'node1\'s pods to be no-ztunnel');
-  t.not(await tryCurl('v6-node1', ip6('dual-node2')), 0, 'IPv6 outbound from a captured pod is refused, not sent direct');
+  await eventually(
+    () => [...zdsStates('node1').values()].every((s) => s === 'no-ztunnel'),
+    10_000,
+    "node1's pods to be no-ztunnel",
+  );
+  t.not(
+    await tryCurl('v6-node1', ip6('dual-node2')),
+    0,
+    'IPv6 outbound from a captured pod is refused, not sent direct',
+  );
   t.not(await tryCurl('dual-node1', ip6('dual-node2')), 0, 'IPv6 outbound from a dual-stack pod too');
   t.not(await tryCurl('dual-node1', ip4('dual-node2')), 0, 'and its IPv4');
-  t.not(await tryCurl('client-node2', ip6('v6-node1')), 0, 'IPv6 inbound to a captured pod is refused, not handed to the app');
+  t.not(
+    await tryCurl('client-node2', ip6('v6-node1')),
+    0,
+    'IPv6 inbound to a captured pod is refused, not handed to the app',
+  );
   t.not(await tryCurl('client-node2', ip6('dual-node1')), 0, 'IPv6 inbound to a dual-stack pod too');
   await startExtraZtunnel(tb, 'node1');
   await waitServed();
@@ -212,11 +301,23 @@ t.test('--fail-open: a pod whose ztunnel is away talks direct over IPv6 too', as
   loaders[i] = l;
   await waitReady(tb, l);
   await stopZtunnel(tb, 'node1', { signal: 'SIGKILL' });
-  await eventually(() => [...zdsStates('node1').values()].every((s) => s === 'no-ztunnel'), 10_000, 'node1\'s pods to be no-ztunnel');
-  await eventually(() => dump('node1', 'ambpf_inpod_listen').length === 0, 10_000, 'ztunnel\'s listeners to leave the sockhash');
+  await eventually(
+    () => [...zdsStates('node1').values()].every((s) => s === 'no-ztunnel'),
+    10_000,
+    "node1's pods to be no-ztunnel",
+  );
+  await eventually(
+    () => dump('node1', 'ambpf_inpod_listen').length === 0,
+    10_000,
+    "ztunnel's listeners to leave the sockhash",
+  );
   const out = await tracedCurl(tb, 'v6-node1', ip6('dual-node2'), PORT, NODES, { node2: ['inbound-plaintext'] });
   t.equal(out.lines['node1']?.length ?? 0, 0, 'outbound over IPv6 went direct, not to the gone ztunnel');
-  t.match(out.body, re(`hello from dual-node2 peer=${ip6('v6-node1')} `), 'and was answered (captured inbound at node2 as plaintext)');
+  t.match(
+    out.body,
+    re(`hello from dual-node2 peer=${ip6('v6-node1')} `),
+    'and was answered (captured inbound at node2 as plaintext)',
+  );
   const inb = await tracedCurl(tb, 'client-node2', ip6('v6-node1'), PORT, ['node1']);
   t.equal(inb.lines['node1']?.length ?? 0, 0, 'inbound over IPv6 reached the app directly');
   t.match(inb.body, re(`hello from v6-node1 peer=${ip6('client-node2')} `));

@@ -74,7 +74,10 @@ t.test('IPv6: pods ask for their address families; addresses from fd00:a3bf::/32
   const spec = specFromObject({
     nodes: [{ name: 'n1' }],
     namespaces: [{ name: 'a' }],
-    pods: [{ name: 'dual', namespace: 'a', node: 'n1', ipFamilies: ['IPv4', 'IPv6'] }, { name: 'six', namespace: 'a', node: 'n1', ipFamilies: ['IPv6'] }],
+    pods: [
+      { name: 'dual', namespace: 'a', node: 'n1', ipFamilies: ['IPv4', 'IPv6'] },
+      { name: 'six', namespace: 'a', node: 'n1', ipFamilies: ['IPv6'] },
+    ],
   });
   const info = plan(spec, 'ambtbspec6', 'inpod', '/sys/fs/cgroup');
   const ips = (name: string): readonly string[] => info.pods.find((p) => p.name === name)!.ips;
@@ -83,8 +86,8 @@ t.test('IPv6: pods ask for their address families; addresses from fd00:a3bf::/32
   t.same(ips('six'), [podIp6(1, 2)]);
   t.equal(info.pods.find((p) => p.name === 'six')!.ip, podIp6(1, 2), 'an IPv6-only pod\'s ip is its IPv6 address');
   t.same(ips('ztunnel-n1'), [podIp(1, 0)], 'IPv4 by default');
-  t.throws(() => specFromObject({ nodes: [{ name: 'n1' }], namespaces: [{ name: 'a' }], pods: [{ name: 'p', namespace: 'a', node: 'n1', ipFamilies: ['IPv5'] }] }),
-    /ipFamilies\[0\] must be "IPv4" or "IPv6"/);
-  t.throws(() => normalizeSpec({ nodes: [{ name: 'n1' }], namespaces: [{ name: 'a' }], pods: [{ name: 'p', namespace: 'a', node: 'n1', ipFamilies: ['IPv6', 'IPv6'] }] }),
-    /ipFamilies/);
+  const onePod = (ipFamilies: unknown): Record<string, unknown> =>
+    ({ nodes: [{ name: 'n1' }], namespaces: [{ name: 'a' }], pods: [{ name: 'p', namespace: 'a', node: 'n1', ipFamilies }] });
+  t.throws(() => specFromObject(onePod(['IPv5'])), /ipFamilies\[0\] must be "IPv4" or "IPv6"/);
+  t.throws(() => specFromObject(onePod(['IPv6', 'IPv6'])), /ipFamilies/, 'each family once');
 });
