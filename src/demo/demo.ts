@@ -3,12 +3,13 @@
 // inbound request, and shows the path each took from the ztunnel stand-in's logs and the
 // datapath's own counters. Everything is torn down at the end, also on failure or Ctrl-C.
 import { join } from 'node:path';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { startTestbed, defaultSpec, type Testbed, type ZtunnelLogEntry } from '../testbed/index.ts';
 import { startHttpServer, curl } from '../testbed/helpers.ts';
 import { startLoader, waitReady, zdsSocketPath, AMBPF_BIN, type Loader } from '../testbed/loader.ts';
 import { startZtunnels } from '../testbed/ztunnel/launch.ts';
-import type { StateFile } from '../reconcile/reconciler.ts';
+import type { StateFile } from '../state/state-file.ts';
+import { linkNames, parseLinkName } from '../bpf/pins.ts';
 import { openPinnedMaps } from '../bpf/datapath-maps.ts';
 import type { Stats } from '../bpf/schema.ts';
 import { AmbpfError } from '../errors.ts';
@@ -38,13 +39,7 @@ async function waitInpodServed(tb: Testbed, loaders: readonly Loader[], deadline
       const acked = new Set((readState(l)?.pods ?? []).filter((p) => p.zds?.state === 'acked').map((p) => p.name));
       return want.filter((name) => !acked.has(name));
     });
-    const linked = tb.info.nodes.every((n) => {
-      try {
-        return readdirSync(join(n.bpffsDir, 'links')).some((f) => /^inpod-\d+$/.test(f));
-      } catch {
-        return false;
-      }
-    });
+    const linked = tb.info.nodes.every((n) => linkNames(n.bpffsDir).some((f) => parseLinkName(f)?.kind === 'inpod'));
     if (pending.length === 0 && linked) return;
     if (Date.now() > end) throw new AmbpfError(`ztunnel has not taken ${pending.join(', ')} after ${deadlineMs} ms`);
     await pause(100);

@@ -11,7 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Testbed } from '../../src/testbed/index.ts';
 import { startZtunnels } from '../../src/testbed/ztunnel/launch.ts';
-import type { StateFile } from '../../src/reconcile/reconciler.ts';
+import type { StateFile } from '../../src/state/state-file.ts';
 import { DNS_CAPTURE_ANNOTATION } from '../../src/state/desired.ts';
 import { startLoader, waitReady, editPodsFile, zdsSocketPath, type Loader } from '../helpers/loader.ts';
 import { eventually } from '../helpers/wait.ts';

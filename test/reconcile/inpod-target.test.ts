@@ -2,7 +2,7 @@
 // the IPv6 one in ambpf_netns.pod_ip6 (connect6's destination), and a target that the maps, once
 // written and read back, match exactly (no rewrite on every pass).
 import t from 'tap';
-import { buildInpodTarget } from '../../src/reconcile/inpod.ts';
+import { buildInpodTarget } from '../../src/reconcile/topology-inpod.ts';
 import { planReconcile, isEmptyPlan } from '../../src/reconcile/plan.ts';
 import { POD_AMBIENT, decodeNetns, encodeNetns, SchemaError } from '../../src/bpf/schema.ts';
 import { computeDesiredState } from '../../src/state/desired.ts';

@@ -3,8 +3,8 @@
 // through koffi on the fd of a Node socket (`socket._handle.fd`), or on a socket made here with libc
 // socket() so an option can be set BEFORE bind/listen/connect, then handed to Node
 // (`net.Socket({ fd })`, `server.listen({ fd })`, `dgram` `bind({ fd })`).
-import koffi from 'koffi';
 import { SystemError } from '../../errors.ts';
+import { lastErrno, libcRaw as c } from '../../libbpf/ffi.ts';
 import { bytesToIp, ipToBytes } from '../../bpf/schema.ts';
 import { LINUX_SOCKET } from '../../libbpf/constants.ts';
 
@@ -16,15 +16,6 @@ const IPV6_V6ONLY = 26;
 /** SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST share the number 80 (netfilter_ipv4.h, ip6_tables.h). */
 const SO_ORIGINAL_DST = 80;
 
-const libc = koffi.load('libc.so.6');
-const c = {
-  socket: libc.func('int socket(int domain, int type, int protocol)'),
-  close: libc.func('int close(int fd)'),
-  setsockopt: libc.func('int setsockopt(int fd, int level, int name, void *val, uint32_t len)'),
-  getsockopt: libc.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)'),
-  bind: libc.func('int bind(int fd, void *addr, uint32_t len)'),
-  listen: libc.func('int listen(int fd, int backlog)'),
-};
 
 export type Family = 4 | 6;
 
@@ -34,7 +25,7 @@ export interface SockAddr {
 }
 
 function fail(op: string, fd: number): never {
-  const errno = koffi.errno();
+  const errno = lastErrno();
   throw new SystemError(op, errno, `${op} on socket fd ${fd} failed`, { fd });
 }
 

@@ -1,5 +1,6 @@
-// Reconcile for the inpod topology: the same desired state and discovery as the node topology, but a
-// mesh pod is captured inside its own netns, where ztunnel holds its listeners. Per pod, in order:
+// The inpod topology (ztunnel >= 1.23 listens inside every mesh pod's netns): the same desired state
+// and discovery as the node topology, but a mesh pod is captured inside its own netns. Per pod, in
+// order:
 //  1. arm: sk_lookup on its netns + the spoofed legs' return route, then its ambpf_netns/ambpf_pods
 //     entries (the pass's map phase). From here its traffic can only reach ztunnel's ports: with no
 //     ztunnel listening, its connects are refused and inbound SYNs answered with a RST (fail closed);
@@ -7,23 +8,32 @@
 //  3. once ztunnel acked: its 15001/15006/15008 listeners found in the pod's netns and registered.
 // Pods that leave lose their map entries first, then their sk_lookup link and listener entries, and
 // then ztunnel is told (Del).
+//
+// plan() decides every pod's capture steps (arm, listeners, wait) from the pins, the maps and /proc
+// before anything is written; capture carries them out in order, release undoes the pods that left.
 import { existsSync } from 'node:fs';
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
+import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { podListenerInodes, socketHolders, type ListenerInodes, type SocketHolder } from '../bpf/inpod-listeners.ts';
 import {
   LISTENER_HBONE, LISTENER_INBOUND, POD_AMBIENT, POD_IS_ZTUNNEL, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, dnsCaptureFlags, ztunnelValue,
 } from '../bpf/schema.ts';
 import type { Problem } from '../state/desired.ts';
 import type { Resolution, ResolvedPod } from '../node/discovery.ts';
-import { inpodLinkName } from '../bpf/pins.ts';
 import type { Current, NetnsEntry, PodEntry, Target, ZtunnelEntry } from './plan.ts';
 import type { PodListeners } from '../bpf/datapath-inpod.ts';
+import {
+  readCurrent, type Attempt, type Captured, type PassInput, type Topology,
+  type TopologyHealth, type TopologyPass,
+} from './topology.ts';
+
+export type { Attempt } from './topology.ts';
 
 const PORTS = { outbound: PORT_OUTBOUND, inbound: PORT_INBOUND, hbone: PORT_HBONE } as const;
 const NO_MAC = '00:00:00:00:00:00';
 
 /** What was handed to the datapath for one pod, to notice a ztunnel restart (new listeners). */
-interface Captured {
+interface PodCaptured {
   readonly pid: number;
   readonly ips: readonly string[];
   readonly inodes: ListenerInodes;
@@ -45,25 +55,46 @@ export interface ZtunnelHandoff {
   status(): ReadonlyArray<{ uid: string; state: string; error: string | undefined }>;
 }
 
-export interface InpodCapture {
-  /** What the maps should hold: every armed pod. */
-  readonly target: Target;
-  /** Pods whose capture is armed (in the target), for the handoff. */
-  readonly armed: readonly ResolvedPod[];
-  /** Link pin names attached (or re-attached after a ztunnel restart) by this pass. */
-  readonly attached: readonly string[];
-  /** Pods whose netns has no ztunnel listeners yet: retried on the next pass. */
-  readonly unresolved: readonly Problem[];
+/**
+ * One step of a pod's capture, decided before any of them runs. In a pass a pod has at most one arm
+ * step, followed by either a listeners step or a wait; a pod whose arm fails takes no further step.
+ */
+export type InpodStep =
+  /** sk_lookup on the pod's netns + tc + the spoofed legs' return route (datapath armPod). */
+  | { readonly kind: 'arm'; readonly subject: string; readonly pod: ResolvedPod }
+  /** ztunnel's listeners found in the pod's netns, registered for it (datapath setListeners). */
+  | { readonly kind: 'listeners'; readonly subject: string; readonly pod: ResolvedPod; readonly found: FoundListeners }
+  /** ztunnel serves the pod but its listeners cannot be registered yet: retried next pass. */
+  | { readonly kind: 'wait'; readonly subject: string; readonly pod: ResolvedPod; readonly reason: string };
+
+/** A pod that left (or whose netns was replaced): its listener entries, links and return route go. */
+export interface ReleaseStep {
+  readonly kind: 'release';
+  readonly subject: string;
+  readonly netnsCookie: bigint;
+  readonly ips: readonly string[];
+  readonly netnsPath: string | undefined;
 }
 
-/** Runs fn, turning a throw into an error line (and keeping the pass going). */
-export type Attempt = (what: string, fn: () => unknown) => boolean;
+/** What a capture left for the release and the handoff. */
+interface CaptureDone {
+  readonly captured: Captured;
+  /** Pods whose capture is armed (in the target), for the handoff. */
+  readonly armed: readonly ResolvedPod[];
+  /** Pods armed by this pass. */
+  readonly attached: readonly string[];
+}
+
+interface FoundListeners {
+  readonly inodes: ListenerInodes;
+  readonly held: PodListeners;
+}
 
 const sameInodes = (a: ListenerInodes, b: ListenerInodes): boolean =>
   a.outbound === b.outbound && a.inbound === b.inbound && a.hbone === b.hbone && a.inbound2 === b.inbound2 && a.hbone2 === b.hbone2;
 
 /** ztunnel's three listeners in the pod's netns, with the ztunnel process holding each; else why not. */
-function findListeners(pod: ResolvedPod, holders: Map<string, SocketHolder>): { inodes: ListenerInodes; held: PodListeners } | string {
+function findListeners(pod: ResolvedPod, holders: Map<string, SocketHolder>): FoundListeners | string {
   const inodes = podListenerInodes(pod.pid, PORTS);
   const get = (inode: string | undefined): SocketHolder | undefined => (inode === undefined ? undefined : holders.get(inode));
   const outbound = get(inodes.outbound);
@@ -76,19 +107,31 @@ function findListeners(pod: ResolvedPod, holders: Map<string, SocketHolder>): { 
   return { inodes, held: { outbound, inbound, hbone, inbound2: get(inodes.inbound2), hbone2: get(inodes.hbone2) } };
 }
 
-export class InpodApplier {
+export interface InpodTopologyOptions {
+  /** Who tells ztunnel about captured pods (ZDS); see ZtunnelHandoff. */
+  readonly handoff?: ZtunnelHandoff | undefined;
+}
+
+export class InpodTopology implements Topology {
+  readonly kind = 'inpod' as const;
   readonly #dp: InpodDatapath;
+  readonly #handoff: ZtunnelHandoff | undefined;
   /** netns cookie -> what this process handed to the datapath. */
-  readonly #captured = new Map<bigint, Captured>();
+  readonly #captured = new Map<bigint, PodCaptured>();
   /** uid -> the pod as last resolved and armed (kept armed through a pass that cannot resolve it). */
   readonly #lastResolved = new Map<string, ResolvedPod>();
   /** netns cookie -> where this process armed a pod (its return route is removed at release). */
   readonly #armedAt = new Map<bigint, { netnsPath: string; ips: readonly string[] }>();
-  /** The next pass re-reads every captured pod's listeners from /proc (see capture()). */
+  /** The next pass re-reads every captured pod's listeners from /proc (see plan()). */
   #verifyAll = false;
 
-  constructor(dp: InpodDatapath) {
+  constructor(dp: InpodDatapath, o: InpodTopologyOptions = {}) {
     this.#dp = dp;
+    this.#handoff = o.handoff;
+  }
+
+  get maps(): DatapathMaps {
+    return this.#dp.maps;
   }
 
   /** Have the next pass check every captured pod's listeners again (the periodic safety-net pass). */
@@ -116,47 +159,93 @@ export class InpodApplier {
   }
 
   /**
-   * First half of a pass, before the maps are written: arm every resolved pod (sk_lookup + return
-   * route, skipped when already armed), and hand ztunnel's listeners of the pods it serves to the
-   * datapath (skipped when nothing changed since last time).
+   * Every resolved pod's capture steps, from what is pinned, what the sockmap holds and, for pods
+   * ztunnel serves whose listeners are not registered, the pod's /proc (reads only): arm a pod whose
+   * sk_lookup link is not pinned; register ztunnel's listeners of a pod it serves, unless those
+   * registered are the same; wait for a pod with no process to read them from yet.
    */
-  capture(resolution: Resolution, attempt: Attempt, handoff?: ZtunnelHandoff, wanted?: ReadonlySet<string>): InpodCapture {
+  #planCapture(resolution: Resolution): InpodStep[] {
     const dp = this.#dp;
-    const unresolved: Problem[] = [];
-    let holders: Map<string, SocketHolder> | undefined; // ztunnel's fds, read only when needed
+    const handoff = this.#handoff;
     const pinned = dp.attachedPods();
-    const armed: ResolvedPod[] = [];
-    const attached: string[] = [];
+    const steps: InpodStep[] = [];
+    let holders: Map<string, SocketHolder> | undefined; // ztunnel's fds, read only when needed
     for (const pod of resolution.pods) {
-      if (!pinned.has(pod.netnsCookie)) {
-        attempt(`inpod capture of pod ${pod.namespace}/${pod.name}`, () =>
-          dp.armPod({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie }));
-        // Armed as soon as its sk_lookup link is pinned (a failure after that was reported above).
-        if (!dp.isArmed(pod.netnsCookie)) continue;
-        attached.push(inpodLinkName(pod.netnsCookie));
-      }
-      armed.push(pod);
-      this.#armedAt.set(pod.netnsCookie, { netnsPath: pod.netnsPath, ips: pod.ips });
+      const subject = `pod ${pod.namespace}/${pod.name}`;
+      if (!pinned.has(pod.netnsCookie)) steps.push({ kind: 'arm', subject, pod });
       if (handoff && !handoff.served(pod.uid, pod.netnsCookie)) continue;
       if (this.#stillCaptured(pod)) continue;
       if (pod.pid === 0) {
         // Armed from CNI ADD, before any process runs in it: ztunnel's sockets are read from one.
-        const reason = 'no process in the pod\'s netns yet to read ztunnel\'s listeners from';
-        unresolved.push({ object: `pod ${pod.namespace}/${pod.name}`, reason });
+        steps.push({ kind: 'wait', subject, pod, reason: 'no process in the pod\'s netns yet to read ztunnel\'s listeners from' });
         continue;
       }
       holders ??= socketHolders([...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])]);
       const found = findListeners(pod, holders);
       if (typeof found === 'string') {
-        unresolved.push({ object: `pod ${pod.namespace}/${pod.name}`, reason: found });
+        steps.push({ kind: 'wait', subject, pod, reason: found });
         continue;
       }
       const prev = this.#captured.get(pod.netnsCookie);
       if (prev && sameInodes(prev.inodes, found.inodes) && this.#listening(pod.ips)) continue;
-      const ok = attempt(`inpod listeners of pod ${pod.namespace}/${pod.name}`, () =>
-        dp.setListeners({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie, ips: pod.ips, listeners: found.held }));
-      if (ok) this.#captured.set(pod.netnsCookie, { pid: pod.pid, ips: pod.ips, inodes: found.inodes, netnsPath: pod.netnsPath });
+      steps.push({ kind: 'listeners', subject, pod, found });
     }
+    return steps;
+  }
+
+  plan({ desired, resolution }: PassInput): TopologyPass {
+    const steps = this.#planCapture(resolution);
+    const wanted = new Set(desired.ambientPods.map((p) => p.uid));
+    let done: CaptureDone | undefined;
+    return {
+      steps,
+      capture: (cx) => {
+        done = this.#capture(steps, resolution, wanted, cx.attempt);
+        return Promise.resolve(done.captured);
+      },
+      release: (_maps, cx) => {
+        if (!done) throw new Error('release before capture');
+        const detached = this.#release(this.#planRelease(done.captured.target, done.captured.current), cx.attempt);
+        // Armed (the maps were written before this) before ztunnel hears of a pod; released before it
+        // hears it went.
+        this.#handoff?.sync(done.armed);
+        return Promise.resolve({ attached: done.attached, detached });
+      },
+    };
+  }
+
+  /**
+   * Before the maps are written: the planned steps, in order (a pod whose arm fails takes no further
+   * step), then the maps' target: every armed pod.
+   */
+  #capture(steps: readonly InpodStep[], resolution: Resolution, wanted: ReadonlySet<string>, attempt: Attempt): CaptureDone {
+    const dp = this.#dp;
+    const unresolved: Problem[] = [];
+    const attached: string[] = [];
+    const notArmed = new Set<bigint>();
+    for (const step of steps) {
+      const { pod } = step;
+      if (notArmed.has(pod.netnsCookie)) continue;
+      switch (step.kind) {
+        case 'arm':
+          attempt(`inpod capture of ${step.subject}`, () => dp.armPod({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie }));
+          // Armed as soon as its sk_lookup link is pinned (a failure after that was reported above).
+          if (dp.isArmed(pod.netnsCookie)) attached.push(step.subject);
+          else notArmed.add(pod.netnsCookie);
+          break;
+        case 'wait':
+          unresolved.push({ object: step.subject, reason: step.reason });
+          break;
+        case 'listeners': {
+          const ok = attempt(`inpod listeners of ${step.subject}`, () =>
+            dp.setListeners({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie, ips: pod.ips, listeners: step.found.held }));
+          if (ok) this.#captured.set(pod.netnsCookie, { pid: pod.pid, ips: pod.ips, inodes: step.found.inodes, netnsPath: pod.netnsPath });
+          break;
+        }
+      }
+    }
+    const armed = resolution.pods.filter((pod) => !notArmed.has(pod.netnsCookie));
+    for (const pod of armed) this.#armedAt.set(pod.netnsCookie, { netnsPath: pod.netnsPath, ips: pod.ips });
 
     // A pod still wanted that this pass could not resolve (a /proc read racing its processes) stays
     // armed as it was while its netns lives: releasing it would send its traffic direct until the next
@@ -164,25 +253,26 @@ export class InpodApplier {
     const resolvedUids = new Set(resolution.pods.map((p) => p.uid));
     for (const [uid, last] of this.#lastResolved) {
       if (resolvedUids.has(uid)) continue;
-      if (wanted?.has(uid) && dp.isArmed(last.netnsCookie) && existsSync(last.netnsPath)) armed.push(last);
+      if (wanted.has(uid) && dp.isArmed(last.netnsCookie) && existsSync(last.netnsPath)) armed.push(last);
       else this.#lastResolved.delete(uid);
     }
     for (const pod of resolution.pods) if (dp.isArmed(pod.netnsCookie)) this.#lastResolved.set(pod.uid, pod);
 
     this.#verifyAll = false;
-    return { target: buildInpodTarget(armed, resolution), armed, attached, unresolved };
+    // What the maps hold is read after the capture, as the release needs it: before this pass's writes.
+    const captured = { target: buildInpodTarget(armed, resolution), current: readCurrent(dp.maps), unresolved };
+    return { captured, armed, attached };
   }
 
   /**
-   * Second half, after the maps dropped the pods that left (so nothing is redirected to them any
-   * more): release every pod not in the target. `before` is what the maps held before this pass
-   * (it names the pod IP of a pod captured by an earlier loader process). Returns the pins removed.
+   * Every pod not in the target, once the maps dropped it (so nothing is redirected to it any more).
+   * `before` is what the maps held before this pass (it names the pod IP of a pod captured by an
+   * earlier loader process).
    */
-  release(target: Target, before: Current, attempt: Attempt): string[] {
-    const dp = this.#dp;
+  #planRelease(target: Target, before: Current): ReleaseStep[] {
     const keep = new Set([...target.pods.values()].map((p) => p.netnsCookie));
-    const detached: string[] = [];
-    for (const cookie of new Set([...dp.attachedPods(), ...this.#captured.keys(), ...this.#armedAt.keys()])) {
+    const steps: ReleaseStep[] = [];
+    for (const cookie of new Set([...this.#dp.attachedPods(), ...this.#captured.keys(), ...this.#armedAt.keys()])) {
       if (keep.has(cookie)) continue;
       // An IP the target still holds went to a new pod (IP reuse within one pass): its listener
       // entries are the new pod's now, captured above; only the old pod's link goes.
@@ -190,24 +280,29 @@ export class InpodApplier {
       const was = before.netns.get(cookie);
       const ips = (known?.ips ?? [...new Set([was?.podIp, was?.podIp6])].filter((ip): ip is string => ip !== undefined))
         .filter((ip) => !target.pods.has(ip));
-      const netnsPath = known?.netnsPath;
-      this.#armedAt.delete(cookie);
-      if (attempt(`inpod release of netns ${cookie}`, () => dp.detachPod(cookie, ips, netnsPath))) detached.push(inpodLinkName(cookie));
-      this.#captured.delete(cookie);
+      steps.push({ kind: 'release', subject: `netns ${cookie}`, netnsCookie: cookie, ips, netnsPath: known?.netnsPath });
+    }
+    return steps;
+  }
+
+  /** Carries out the release steps; returns the pods released. */
+  #release(steps: readonly ReleaseStep[], attempt: Attempt): string[] {
+    const detached: string[] = [];
+    for (const step of steps) {
+      this.#armedAt.delete(step.netnsCookie);
+      const ok = attempt(`inpod release of ${step.subject}`, () => this.#dp.detachPod(step.netnsCookie, step.ips, step.netnsPath));
+      if (ok) detached.push(step.subject);
+      this.#captured.delete(step.netnsCookie);
     }
     return detached;
   }
 
-  /** False when ztunnel's listeners in a captured pod changed (ztunnel restarted): time for a pass. */
-  listenersPresent(): boolean {
+  /** listenersPresent: false when ztunnel's listeners in a captured pod changed (ztunnel restarted). */
+  inspect(): TopologyHealth {
     // Map lookups only: this runs on every resync tick. A replaced 15001 listener comes with replaced
     // inbound ones (see #stillCaptured); the safety-net pass re-reads all three.
-    return [...this.#captured.values()].every((c) => this.#listening(c.ips));
-  }
-
-  /** A pod ztunnel no longer serves (Del, ztunnel gone): its listeners are looked for afresh. */
-  forget(netnsCookie: bigint): void {
-    this.#captured.delete(netnsCookie);
+    const listenersPresent = [...this.#captured.values()].every((c) => this.#listening(c.ips));
+    return { listenersPresent, handoff: this.#handoff?.status() ?? [] };
   }
 }
 
