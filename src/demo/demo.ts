@@ -127,11 +127,20 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    tb = await startTestbed(defaultSpec(), { topology: mode, standIn: mode === 'node' });
+    // Inpod captures IPv6 as IPv4: there the mesh pods are dual-stack, and one request goes over IPv6.
+    const spec = defaultSpec();
+    const dual = mode === 'inpod'
+      ? {
+        ...spec,
+        pods: spec.pods.map((p) => (p.namespace === 'mesh' ? { ...p, ipFamilies: ['IPv4', 'IPv6'] as const } : p)),
+      }
+      : spec;
+    tb = await startTestbed(dual, { topology: mode, standIn: mode === 'node' });
     const bed = tb;
     const podsFile = join(bed.info.runDir, 'pods.json');
     bed.writePodsList(podsFile);
-    o.out(`  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15)`);
+    o.out(`  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15` +
+      `${mode === 'inpod' ? ', mesh pods dual-stack with fd00:a3bf::/32' : ''})`);
     for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile, [], mode === 'inpod'));
     await Promise.all(loaders.map((l) => waitReady(bed, l)));
     if (mode === 'inpod') {
@@ -150,12 +159,16 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     await startHttpServer(bed, 'app1-node2', 8080);
 
     const cases = [
-      { title: 'same node, mesh -> mesh', from: 'app2-node1', to: 'app1-node1' },
-      { title: 'cross node, mesh -> mesh', from: 'app2-node1', to: 'app1-node2' },
-      { title: 'non-mesh -> mesh (inbound plaintext)', from: 'client-node2', to: 'app1-node1' },
+      { title: 'same node, mesh -> mesh', from: 'app2-node1', to: 'app1-node1', v6: false },
+      { title: 'cross node, mesh -> mesh', from: 'app2-node1', to: 'app1-node2', v6: false },
+      ...(mode === 'inpod'
+        ? [{ title: 'cross node, mesh -> mesh over IPv6', from: 'app2-node1', to: 'app1-node2', v6: true }]
+        : []),
+      { title: 'non-mesh -> mesh (inbound plaintext)', from: 'client-node2', to: 'app1-node1', v6: false },
     ];
     for (const c of cases) {
-      const target = bed.pod(c.to);
+      const pod = bed.pod(c.to);
+      const target = { ip: (c.v6 ? pod.ips.find((a) => a.includes(':')) : undefined) ?? pod.ip };
       const mapsBefore = bed.info.nodes.map((n) => openPinnedMaps(n.bpffsDir));
       const before = mapsBefore.map((m) => m.stats());
       const logLen = bed.info.nodes.map((n) => bed.ztunnelLog(n.name).length);
@@ -166,7 +179,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       const after = mapsBefore.map((m) => m.stats());
       mapsBefore.forEach((m) => m.close());
       o.out('');
-      o.out(`  ${c.title}: curl ${c.from} -> ${c.to} (${target.ip}:8080)`);
+      o.out(`  ${c.title}: curl ${c.from} -> ${c.to} (${c.v6 ? `[${target.ip}]` : target.ip}:8080)`);
       if (r.exitCode !== 0) throw new AmbpfError(`demo request failed: curl exit ${r.exitCode}: ${r.stderr.trim()}`);
       o.out(`    response: ${r.status} "${r.body.trim()}"`);
       const hops: Hop[] = bed.info.nodes.flatMap((n, i) => bed.ztunnelLog(n.name).slice(logLen[i]).map((entry) => ({ node: n.name, entry })));
