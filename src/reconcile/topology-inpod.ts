@@ -277,7 +277,8 @@ export class InpodTopology implements Topology {
       // An IP the target still holds went to a new pod (IP reuse within one pass): its listener
       // entries are the new pod's now, captured above; only the old pod's link goes.
       const known = this.#captured.get(cookie) ?? this.#armedAt.get(cookie);
-      const ips = (known?.ips ?? [before.netns.get(cookie)?.podIp].filter((ip): ip is string => ip !== undefined))
+      const was = before.netns.get(cookie);
+      const ips = (known?.ips ?? [...new Set([was?.podIp, was?.podIp6])].filter((ip): ip is string => ip !== undefined))
         .filter((ip) => !target.pods.has(ip));
       steps.push({ kind: 'release', subject: `netns ${cookie}`, netnsCookie: cookie, ips, netnsPath: known?.netnsPath });
     }
@@ -313,8 +314,14 @@ export function buildInpodTarget(ready: readonly ResolvedPod[], resolution: Reso
     // The pod's DNS capture override (annotation) rides along; without one the node's switch decides.
     const flags = POD_AMBIENT | dnsCaptureFlags(pod.dnsCapture);
     for (const ip of pod.ips) pods.set(ip, { netnsCookie: pod.netnsCookie, hostIfindex: 0, flags });
-    // The IPv4 address when the pod has one: connect4 sends IPv4 (and v4-mapped) connects there.
-    netns.set(pod.netnsCookie, { podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!, flags });
+    // The IPv4 address when the pod has one: connect4 sends IPv4 (and v4-mapped) connects there;
+    // connect6 sends native IPv6 connects to the IPv6 one (an IPv6-only pod has it in both fields).
+    const ip6 = pod.ips.find((ip) => ip.includes(':'));
+    netns.set(pod.netnsCookie, {
+      podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!,
+      flags,
+      ...(ip6 === undefined ? {} : { podIp6: ip6 }),
+    });
   }
   const z = resolution.ztunnel;
   let ztunnel: ZtunnelEntry | undefined;
