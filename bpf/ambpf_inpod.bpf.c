@@ -1012,7 +1012,18 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	}
 	__builtin_memcpy(lkey.pod_ip, app.local_ip, sizeof(lkey.pod_ip));
 	pod = bpf_map_lookup_elem(&ambpf_pods, &lkey.pod_ip);
-	if (!pod || !(pod->flags & AMBPF_POD_AMBIENT) || (pod->flags & AMBPF_POD_OPT_OUT)) {
+	if (!pod) {
+		/* This program runs only in captured pods' netns, so an address without an entry is one that
+		 * did not fit a full ambpf_pods, or a pod being armed or released: refuse, as Istio's rules
+		 * would send it to ztunnel whatever the address (unless --fail-open). */
+		if (cfg->flags & AMBPF_CFG_FAIL_OPEN) {
+			stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
+			return SK_PASS;
+		}
+		stat_inc(AMBPF_STAT_SKLOOKUP_REFUSED);
+		return SK_DROP;
+	}
+	if (!(pod->flags & AMBPF_POD_AMBIENT) || (pod->flags & AMBPF_POD_OPT_OUT)) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
 		return SK_PASS;
 	}

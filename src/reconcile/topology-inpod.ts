@@ -193,6 +193,12 @@ export class InpodTopology implements Topology {
     return steps;
   }
 
+  /** Every entry the maps' target has for this pod is in the maps. */
+  #inMaps(pod: ResolvedPod): boolean {
+    const { maps } = this.#dp;
+    return maps.netns.get(pod.netnsCookie) !== undefined && pod.ips.every((ip) => maps.pods.get(ip)?.netnsCookie === pod.netnsCookie);
+  }
+
   plan({ desired, resolution }: PassInput): TopologyPass {
     const steps = this.#planCapture(resolution);
     const wanted = new Set(desired.ambientPods.map((p) => p.uid));
@@ -207,8 +213,10 @@ export class InpodTopology implements Topology {
         if (!done) throw new Error('release before capture');
         const detached = this.#release(this.#planRelease(done.captured.target, done.captured.current), cx.attempt);
         // Armed (the maps were written before this) before ztunnel hears of a pod; released before it
-        // hears it went.
-        this.#handoff?.sync(done.armed);
+        // hears it went. A pod whose entries did not make it into the maps (a full map, reported by the
+        // map phase) is not handed over: its outbound would bypass connect4 while ztunnel served its
+        // inbound. Unannounced, its CNI ADD fails and sk_lookup refuses its inbound (fail closed).
+        this.#handoff?.sync(done.armed.filter((pod) => this.#inMaps(pod)));
         return Promise.resolve({ attached: done.attached, detached });
       },
     };
