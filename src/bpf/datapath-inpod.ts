@@ -29,8 +29,17 @@ const log = logger('datapath-inpod');
 
 export const INPOD_OBJECT = 'ambpf_inpod';
 
-/** A cgroup hook of the inpod topology: the node topology's, plus UDP send/receive for DNS capture. */
-export type InpodCgroupHook = CgroupHook | (typeof INPOD_ONLY_HOOKS)[number];
+/** A cgroup hook of the inpod topology: the node topology's but sockops, plus UDP send/receive for DNS
+ * capture. */
+export type InpodCgroupHook = Exclude<CgroupHook, 'sockops'> | (typeof INPOD_ONLY_HOOKS)[number];
+
+/**
+ * sockops is attached only on kernels without tcx (< 6.6), where no tc program on the pod's lo catches
+ * the FIN of a client that closes before ztunnel's accept() took its original (ambpf_inpod_sockops; it
+ * runs a dozen times per connection). With tcx its link is removed: accept() takes the original
+ * (bpf/ambpf_inpod.bpf.c inpod_handover) and the lo program covers the early close.
+ */
+const SOCKOPS_FALLBACK = { hook: 'sockops', prog: 'ambpf_inpod_sockops' } as const satisfies { hook: CgroupHook; prog: string };
 
 /** cgroup hook (pin name, as in the node topology) -> inpod program. */
 export const INPOD_CGROUP_HOOKS: Readonly<Record<InpodCgroupHook, string>> = {
@@ -39,7 +48,6 @@ export const INPOD_CGROUP_HOOKS: Readonly<Record<InpodCgroupHook, string>> = {
   getpeername4: 'ambpf_inpod_peername4',
   getpeername6: 'ambpf_inpod_peername6',
   getsockopt: 'ambpf_inpod_getsopt',
-  sockops: 'ambpf_inpod_sockops',
   // DNS capture: an unconnected UDP socket's query to port 53 goes to ztunnel's 15053, and its
   // answer shows the server asked (connected sockets go through connect4/6 and getpeername4/6).
   sendmsg4: 'ambpf_inpod_sendmsg4',
@@ -146,7 +154,7 @@ export class InpodDatapath {
   readonly maps: DatapathMaps;
   readonly links: Readonly<Record<InpodCgroupHook, LinkOutcome>>;
   /** The inpod maps, raw (tests and inspection). */
-  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap; origsrc: BpfMap; dns: BpfMap }>;
+  readonly inpodMaps: Readonly<{ sk: BpfMap; closed: BpfMap; listen: BpfMap; origsrc: BpfMap; dns: BpfMap }>;
   readonly #object: BpfObject;
 
   private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<InpodCgroupHook, LinkOutcome>) {
@@ -155,7 +163,7 @@ export class InpodDatapath {
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
     this.inpodMaps = {
-      sk: object.map('ambpf_inpod_sk'), pair: object.map('ambpf_inpod_pair'), listen: object.map('ambpf_inpod_listen'),
+      sk: object.map('ambpf_inpod_sk'), closed: object.map('ambpf_inpod_closed'), listen: object.map('ambpf_inpod_listen'),
       origsrc: object.map('ambpf_inpod_origsrc'), dns: object.map('ambpf_inpod_dns'),
     };
     this.links = links;
@@ -270,11 +278,25 @@ export class InpodDatapath {
           },
           sameTarget: (info) => info.ifindex === ifindex,
         });
+        if (h.ifname === 'lo') this.#sockopsFallback(false);
       } catch (err) {
         if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
         log.warn({ netnsPath: p.netnsPath, prog: h.prog }, 'no tcx on this kernel (< 6.6): probes go through ztunnel, and ztunnel needs ENABLE_ORIG_SRC=false');
+        if (h.ifname === 'lo') this.#sockopsFallback(true);
       }
     }
+  }
+
+  /** The sockops link of kernels without tcx (SOCKOPS_FALLBACK): attached when `on`, else removed. */
+  #sockopsFallback(on: boolean): void {
+    const pin = linkPin(this.bpffs, SOCKOPS_FALLBACK.hook);
+    if (!on) {
+      if (existsSync(pin)) removePinnedLink(pin);
+      return;
+    }
+    const prog = this.#object.program(SOCKOPS_FALLBACK.prog);
+    const cgroupIno = BigInt(statSync(this.cgroup).ino);
+    ensurePinnedLink({ pin, prog, attach: () => prog.attachCgroup(this.cgroup), sameTarget: (info) => info.cgroupId === cgroupIno });
   }
 
   /**

@@ -18,9 +18,10 @@ export type MapName = (typeof MAP_NAMES)[number];
 /**
  * Maps earlier versions pinned and no object declares any more. A node upgraded from such a version
  * still has their pins: nothing uses them, and uninstall removes them with the rest.
- * ambpf_inflow: the LRU of inbound SYNs that ambpf_outflow replaced.
+ * ambpf_inflow: the LRU of inbound SYNs that ambpf_outflow replaced. ambpf_inpod_pair: the inpod
+ * topology's per-connection {cookie, 4-tuple} map, before accept() took the original (issue 20).
  */
-export const RETIRED_MAP_NAMES = ['ambpf_inflow'] as const;
+export const RETIRED_MAP_NAMES = ['ambpf_inflow', 'ambpf_inpod_pair'] as const;
 
 /** A hash map seen through a key codec and a value codec. */
 export class TypedMap<K, V> {

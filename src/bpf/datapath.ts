@@ -30,7 +30,7 @@ const log = logger('datapath');
 
 /** Maps only the inpod object declares (bpf/ambpf_inpod.bpf.c). */
 export const INPOD_MAP_NAMES = [
-  'ambpf_inpod_sk', 'ambpf_inpod_pair', 'ambpf_inpod_listen', 'ambpf_inpod_origsrc', 'ambpf_inpod_nodesyn',
+  'ambpf_inpod_sk', 'ambpf_inpod_closed', 'ambpf_inpod_listen', 'ambpf_inpod_origsrc', 'ambpf_inpod_nodesyn',
   'ambpf_inpod_dns',
 ] as const;
 

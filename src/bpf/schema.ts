@@ -46,6 +46,7 @@ export const SPLICE_ON = 1;
 export const SPLICE_OFF = 2;
 export const INPOD_SK_APP = 0;
 export const INPOD_SK_ACCEPTED = 1;
+export const INPOD_SK_HANDED = 2;
 /** +1 on ambpf_pair.closed through the 32-bit word at splice_fwd (bpf/include/ambpf.h). */
 export const PAIR_CLOSED_ONE = 1 << 24;
 
@@ -69,6 +70,7 @@ export const STAT_NAMES = [
   'tc_pass_local', 'tc_rst_cloned', 'sockops_outflow_added',
   'sklookup_refused', 'sklookup_pass_ztunnel', 'tc_orig_src_marked', 'connect4_fail_open',
   'dns_redirected', 'dns_bypass', 'dns_restored', 'dns_slot_reused', 'dns_error', 'tc_dns_answer',
+  'inpod_handed', 'inpod_closed_early',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;
@@ -415,8 +417,9 @@ export function decodeFlow4(b: Uint8Array): Flow4 {
 }
 
 // ---- inpod topology (ambpf_inpod.bpf.c) ----
-/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener) or INPOD_SK_ACCEPTED (ztunnel's
- * accepted socket carrying its client's original dst). */
+/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener), INPOD_SK_ACCEPTED (ztunnel's
+ * accepted socket carrying its client's original dst) or INPOD_SK_HANDED (an app socket whose original
+ * ztunnel's accepted socket took). */
 export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint; role?: number }
 export interface InpodKey { netnsCookie: bigint; tuple: Tuple }
 

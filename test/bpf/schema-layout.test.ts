@@ -23,7 +23,7 @@ function cProgram(): string {
   const consts = ['ZTUNNEL_MARK', 'ZTUNNEL_MARK_MASK', 'PORT_OUTBOUND', 'PORT_INBOUND', 'PORT_HBONE', 'PORT_DNS',
     'MAX_EXCLUDED_PORTS', 'MAX_NODE_IPS', 'LISTENER_INBOUND', 'LISTENER_HBONE', 'LISTENER_SLOTS', 'POD_AMBIENT',
     'POD_OPT_OUT', 'POD_DNS_CAPTURE', 'POD_IS_ZTUNNEL', 'ZT_READY', 'CFG_SPLICE', 'CFG_INPOD', 'CFG_FAIL_OPEN', 'MARK_ORIG_SRC', 'SPLICE_UNDECIDED', 'SPLICE_ON', 'SPLICE_OFF',
-    'INPOD_SK_APP', 'INPOD_SK_ACCEPTED', 'PAIR_CLOSED_ONE',
+    'INPOD_SK_APP', 'INPOD_SK_ACCEPTED', 'INPOD_SK_HANDED', 'PAIR_CLOSED_ONE',
     'POD_NO_DNS_CAPTURE', 'CFG_NO_DNS_CAPTURE', 'DNS_SLOTS', 'DNS_SLOT_NET', 'DNS_PORT'];
   consts.forEach((c) => lines.push(`printf("C ${c} %lu\\n", (unsigned long)(AMBPF_${c}));`));
   return `#include <stdio.h>\n#include <stddef.h>\n#include "ambpf.h"\nint main(void) {\n${lines.join('\n')}\nreturn 0;\n}\n`;
