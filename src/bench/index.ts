@@ -24,6 +24,8 @@ import { spread } from './stats.ts';
 import { summarize } from './summary.ts';
 import { buildTransparentShim } from './transparent-shim.ts';
 import type { BenchConfig, BenchResults, ControlPlaneResults, Sample } from './types.ts';
+import type { AaVerdict } from './aa.ts';
+import { cpuPlan } from './cpus.ts';
 
 const log = logger('bench');
 
@@ -54,6 +56,8 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   const rss: number[] = [];
   const notes: string[] = [];
   const controlPlane: { -readonly [K in keyof ControlPlaneResults]: ControlPlaneResults[K] } = {};
+  const cpus = cpuPlan();
+  let aa: AaVerdict | undefined;
 
   // --profile: the kernel's BPF run-time statistics for the whole run, released in the finally below
   // (and by the kernel if this process dies), so the machine never keeps paying for them.
@@ -79,16 +83,20 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     const idle = inpod ? tb.pods.filter((p) => p.mesh && p.name !== actors.meshClient.name) : [];
     writePodsWithOptOut(tb, podsFile, idle);
     const ctx: PathContext = {
-      tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb),
+      tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb), cpus,
       ...(inpod ? { probe: { from: actors.meshClient, ip: actors.meshDst.ip, port: APP_PORT } } : {}),
     };
     const m: MatrixOptions = {
       paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds, warmup: o.warmup,
       seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
-      profile: o.profile ?? false,
+      profile: o.profile ?? false, cpus,
+      ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
+      ...(o.maxMinutes !== undefined ? { maxMinutes: o.maxMinutes } : {}),
+      ...(o.aaTolerance !== undefined ? { aaTolerance: o.aaTolerance } : {}),
     };
     const obs = {
       sample: (s: Sample) => samples.push(s),
+      rounds: (v: AaVerdict) => (aa ??= v), // the sink phase's; the e2e phase runs fixed rounds
       loader: (c: readonly number[], r: readonly number[]) => {
         coldStarts.push(...c);
         rss.push(...r.map((k) => k / 1024));
@@ -129,7 +137,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
       try {
         const captured = inpod ? tb.pods.filter((p) => p.mesh) : [];
         const { probe: _sinkProbe, ...e2eCtx } = ctx; // the sink phase's probe target is not the stand-ins'
-        await runE2ePhase(tb, { ...e2eCtx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads }, obs);
+        await runE2ePhase(tb, { ...e2eCtx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads, maxRounds: o.rounds }, obs);
       } finally {
         await stopStandIns(tb);
       }
@@ -167,6 +175,9 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     config: {
       topology: o.topology, paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds,
       warmup: o.warmup, seconds: o.seconds, e2e: o.e2e, controlPlane: o.controlPlane, quick: o.quick, profile: o.profile ?? false,
+      ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
+      ...(o.maxMinutes !== undefined ? { maxMinutes: o.maxMinutes } : {}),
+      ...(o.aaTolerance !== undefined ? { aaTolerance: o.aaTolerance } : {}),
     },
     machine,
     startedAt,
@@ -174,6 +185,8 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     samples,
     summary: summarize(samples, o.paths),
     ...(o.profile ? { profile: profileRows(samples) } : {}),
+    ...(aa ? { aa } : {}),
+    cpus: cpus.note,
     controlPlane,
     notes,
   };

@@ -1,5 +1,6 @@
 // The shapes of a benchmark run and of results.json (the contract of `ambpf bench --out`).
 import type { Spread } from './stats.ts';
+import type { AaVerdict } from './aa.ts';
 
 /**
  * `direct-aa` is the A/A control: `direct` measured a second time in the same round, so its ratio to
@@ -148,6 +149,12 @@ export interface BenchConfig {
   readonly quick: boolean;
   /** Kernel BPF run-time statistics on for the run, per-program cost per cell. */
   readonly profile?: boolean;
+  /** With direct-aa among the paths: more sink rounds, up to this many, until the A/A median of every
+   * claimed row is within aaTolerance (src/bench/aa.ts). Default: rounds (no extra rounds). */
+  readonly maxRounds?: number;
+  /** ... and stop adding rounds once the sink phase has run this long. */
+  readonly maxMinutes?: number;
+  readonly aaTolerance?: number;
 }
 
 export interface BenchResults {
@@ -164,4 +171,8 @@ export interface BenchResults {
   readonly notes: readonly string[];
   /** `--profile`: medians over rounds of each program's cost per cell (src/bench/profile.ts). */
   readonly profile?: readonly ProfileRow[];
+  /** How many sink rounds ran and whether the A/A control got within its tolerance (src/bench/aa.ts). */
+  readonly aa?: AaVerdict;
+  /** Where client, server and loader ran (src/bench/cpus.ts). */
+  readonly cpus?: string;
 }
