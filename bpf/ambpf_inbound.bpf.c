@@ -2,7 +2,7 @@
 /*
  * ambpf_inbound.bpf.c: inbound capture for the node topology, without iptables and without a tunnel.
  *
- * Two halves (reference/inbound-steering.md proved both on this kernel):
+ * Two halves (docs/kernel-facts.md#inbound-steering: both proven on this kernel):
  *
  * 1. ambpf_tc_pod, tc egress on an ambient pod's host-side veth (node netns), i.e. on packets about to
  *    enter the pod. TCP/IPv4 that did not come from the local ztunnel (its host veth or its address),
@@ -26,7 +26,8 @@
  *    tcp_max_tw_buckets=0); sk_lookup runs after the established/TIME_WAIT lookup, so it does not.
  *
  * IPv4 only for now (IPv6 passes untouched). No bpf_get_netns_cookie here: tc accepts it only on
- * 6.18 (kernel-matrix.md), and ingress_ifindex in sk_lookup needs 5.17; neither is needed.
+ * 6.18 (docs/kernel-facts.md#what-each-kernel-has-and-lacks), and ingress_ifindex in sk_lookup needs 5.17;
+ * neither is needed.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>

@@ -4,7 +4,7 @@
  * every sendmsg of a pod <-> ztunnel socket that sockops put in the sockhash and hands the data
  * straight to the peer socket's receive queue, skipping TCP/IP and the veth.
  *
- * When to splice. Measured on this machine (kernel-and-ffi-facts.md, iperf3 through a pair): 1.6x at
+ * When to splice. Measured on this machine (docs/kernel-facts.md#measured-costs, iperf3 through a pair): 1.6x at
  * 128 KiB writes, 1.56x at 16 KiB, but 0.47x at 1 KiB: a spliced sendmsg is one message on the peer's
  * queue, so TCP's coalescing of small writes into 64 KiB segments is lost and every write costs a
  * wakeup. The choice cannot be made per write: data passed to TCP may still be in flight when a later

@@ -1,4 +1,4 @@
-// Istio 1.21+ in-pod redirection (istio-redirection.md, "Today's path") as NetnsRules, for either
+// Istio 1.21+ in-pod redirection (docs/istio-ambient.md#istio-cnis-in-pod-rules) as NetnsRules, for either
 // backend: the golden rules inside each mesh pod's netns with the 0x111 connmark policy route (v4
 // and v6), and in the node's netns the SNAT of kubelet's probes to 169.254.7.127 for the node's
 // mesh pods (a set of their IPs, one entry per pod tagged with its UID as istio-cni does).

@@ -4,7 +4,7 @@
 // golden files (test/baseline/golden/): the order of rules, chains and tables, and the spelling of
 // every match (double spaces included), are Istio's, so a diff there is a bug here.
 //
-// Marks and ports are ztunnel's contract (shared/reference/istio-redirection.md): 0x539/0xfff on
+// Marks and ports are ztunnel's contract (docs/istio-ambient.md#ports-and-marks): 0x539/0xfff on
 // ztunnel's own sockets, connmark 0x111/0xfff for the replies to its spoofed inbound connections,
 // 15001 outbound, 15006 inbound plaintext, 15008 HBONE, 15053 DNS.
 

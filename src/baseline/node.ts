@@ -1,4 +1,4 @@
-// The seed's node-topology path (Istio 1.15-1.17, istio-redirection.md "The seed's path"), with the
+// The seed's node-topology path (Istio 1.15-1.17, docs/istio-ambient.md#the-node-topology-before-in-pod), with the
 // Geneve hops replaced by policy routes via the ztunnel pod's veth (this kernel has no Geneve):
 // on the node, the ztunnel-* mangle chains and marks (0x100 outbound, 0x200 skip, 0x220 conn-skip,
 // 0x210 proxy, 0x040 proxy-return), ipset ztunnel-pods-ips, ip rules 100-103 and tables 100-102;

@@ -9,12 +9,13 @@ import { existsSync } from 'node:fs';
 import { BpfMap, LibbpfError, TcAttachment, progInfoByFd, withFdById } from '../libbpf/index.ts';
 import { AmbpfError } from '../errors.ts';
 import { mapPin } from './pins.ts';
+import { PROGRAMS } from './names.ts';
 
 /** clsact identity of our inbound filter, fixed so a later process can find and remove it. */
 export const CLSACT_HANDLE = 0xa3bf;
 export const CLSACT_PRIORITY = 1;
 /** The program attachInbound puts there (bpf/ambpf_inbound.bpf.c). */
-export const TC_PROGRAM = 'ambpf_tc_pod';
+export const TC_PROGRAM = PROGRAMS.tcPod;
 
 export class ClsactError extends AmbpfError {
   override readonly name: string = 'ClsactError';

@@ -14,10 +14,8 @@ import { execFileSync } from 'node:child_process';
 import { BpfObject, LibbpfError, resolveIfindex, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
-import {
-  DatapathError, assertPodsCgroup, objectMap, sizeMaps,
-  type CgroupHook, type DatapathOptions, type INPOD_ONLY_HOOKS,
-} from './datapath.ts';
+import { DatapathError, assertPodsCgroup, objectMap, sizeMaps, type DatapathOptions } from './datapath.ts';
+import { INPOD_CGROUP_HOOKS, INPOD_OBJECT, PROGRAMS, type InpodCgroupHook, type InpodMapName } from './names.ts';
 import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
@@ -27,34 +25,7 @@ import * as s from './schema.ts';
 
 const log = logger('datapath-inpod');
 
-export const INPOD_OBJECT = 'ambpf_inpod';
-
-/** A cgroup hook of the inpod topology: the node topology's but sockops, plus UDP send/receive for DNS
- * capture. */
-export type InpodCgroupHook = Exclude<CgroupHook, 'sockops'> | (typeof INPOD_ONLY_HOOKS)[number];
-
-/**
- * sockops is attached only on kernels without tcx (< 6.6), where no tc program on the pod's lo catches
- * the FIN of a client that closes before ztunnel's accept() took its original (ambpf_inpod_sockops; it
- * runs a dozen times per connection). With tcx its link is removed: accept() takes the original
- * (bpf/ambpf_inpod.bpf.c inpod_handover) and the lo program covers the early close.
- */
-const SOCKOPS_FALLBACK = { hook: 'sockops', prog: 'ambpf_inpod_sockops' } as const satisfies { hook: CgroupHook; prog: string };
-
-/** cgroup hook (pin name, as in the node topology) -> inpod program. */
-export const INPOD_CGROUP_HOOKS: Readonly<Record<InpodCgroupHook, string>> = {
-  connect4: 'ambpf_inpod_connect4',
-  connect6: 'ambpf_inpod_connect6',
-  getpeername4: 'ambpf_inpod_peername4',
-  getpeername6: 'ambpf_inpod_peername6',
-  getsockopt: 'ambpf_inpod_getsopt',
-  // DNS capture: an unconnected UDP socket's query to port 53 goes to ztunnel's 15053, and its
-  // answer shows the server asked (connected sockets go through connect4/6 and getpeername4/6).
-  sendmsg4: 'ambpf_inpod_sendmsg4',
-  sendmsg6: 'ambpf_inpod_sendmsg6',
-  recvmsg4: 'ambpf_inpod_recvmsg4',
-  recvmsg6: 'ambpf_inpod_recvmsg6',
-};
+export { INPOD_CGROUP_HOOKS, INPOD_OBJECT, type InpodCgroupHook } from './names.ts';
 
 export type InpodDatapathOptions = Pick<DatapathOptions, 'bpffs' | 'cgroup' | 'mapSizes'> & {
   /** Path of ambpf_inpod.bpf.o (default: the build cache). */
@@ -70,6 +41,20 @@ export interface PodListeners {
   readonly inbound2?: SocketHolder | undefined;
   readonly hbone2?: SocketHolder | undefined;
 }
+
+/** The inpod maps this module writes, by role. */
+const M = {
+  sk: 'ambpf_inpod_sk', closed: 'ambpf_inpod_closed', listen: 'ambpf_inpod_listen', origsrc: 'ambpf_inpod_origsrc', dns: 'ambpf_inpod_dns',
+} as const satisfies Record<string, InpodMapName>;
+
+/**
+ * The hook attached only on kernels without tcx (< 6.6), where no tc program on the pod's lo catches the
+ * FIN of a client that closes before ztunnel's accept() took its original: ambpf_inpod_sockops (it
+ * runs a dozen times per connection). With tcx its link is removed: accept() takes the original
+ * (bpf/ambpf_inpod.bpf.c inpod_handover) and the lo program covers the early close.
+ */
+const SOCKOPS_FALLBACK = 'sockops' satisfies InpodCgroupHook;
+type AlwaysHook = Exclude<InpodCgroupHook, typeof SOCKOPS_FALLBACK>;
 
 /** A slot's fallback entry (bpf/ambpf_inpod.bpf.c tries slot, then slot + LISTENER_SLOTS). */
 const fallbackSlot = (slot: number): number => slot + s.LISTENER_SLOTS;
@@ -152,19 +137,18 @@ export class InpodDatapath {
   readonly bpffs: string;
   readonly cgroup: string;
   readonly maps: DatapathMaps;
-  readonly links: Readonly<Record<InpodCgroupHook, LinkOutcome>>;
+  readonly links: Readonly<Record<AlwaysHook, LinkOutcome>>;
   /** The inpod maps, raw (tests and inspection). */
   readonly inpodMaps: Readonly<{ sk: BpfMap; closed: BpfMap; listen: BpfMap; origsrc: BpfMap; dns: BpfMap }>;
   readonly #object: BpfObject;
 
-  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<InpodCgroupHook, LinkOutcome>) {
+  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<AlwaysHook, LinkOutcome>) {
     this.bpffs = o.bpffs;
     this.cgroup = o.cgroup;
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
     this.inpodMaps = {
-      sk: object.map('ambpf_inpod_sk'), closed: object.map('ambpf_inpod_closed'), listen: object.map('ambpf_inpod_listen'),
-      origsrc: object.map('ambpf_inpod_origsrc'), dns: object.map('ambpf_inpod_dns'),
+      sk: object.map(M.sk), closed: object.map(M.closed), listen: object.map(M.listen), origsrc: object.map(M.origsrc), dns: object.map(M.dns),
     };
     this.links = links;
   }
@@ -182,8 +166,9 @@ export class InpodDatapath {
       const missing = MAP_NAMES.filter((n) => !obj.maps.some((m) => m.name === n));
       if (missing.length > 0) throw new DatapathError(`${INPOD_OBJECT} lacks the shared maps ${missing.join(', ')}; it must include ambpf_maps.h.`);
       const cgroupIno = BigInt(statSync(o.cgroup).ino);
-      const links = {} as Record<InpodCgroupHook, LinkOutcome>;
+      const links = {} as Record<AlwaysHook, LinkOutcome>;
       for (const hook of Object.keys(INPOD_CGROUP_HOOKS) as InpodCgroupHook[]) {
+        if (hook === SOCKOPS_FALLBACK) continue; // per kernel, at the first pod (#sockopsFallback)
         const prog = obj.program(INPOD_CGROUP_HOOKS[hook]);
         links[hook] = ensurePinnedLink({
           pin: linkPin(o.bpffs, hook),
@@ -201,7 +186,7 @@ export class InpodDatapath {
   }
 
   #lookupProg(): BpfProgram {
-    return this.#object.program('ambpf_inpod_lookup');
+    return this.#object.program(PROGRAMS.inpodLookup);
   }
 
   /** Summed per-CPU counters. */
@@ -255,8 +240,8 @@ export class InpodDatapath {
    */
   #attachPodTc(p: PodArm): void {
     const hooks = [
-      { prog: 'ambpf_inpod_node_syn', ifname: POD_IFNAME, direction: 'ingress', pin: this.#tcPin(p.netnsCookie) },
-      { prog: 'ambpf_inpod_lo_egress', ifname: 'lo', direction: 'egress', pin: this.#loPin(p.netnsCookie) },
+      { prog: PROGRAMS.inpodNodeSyn, ifname: POD_IFNAME, direction: 'ingress', pin: this.#tcPin(p.netnsCookie) },
+      { prog: PROGRAMS.inpodLoEgress, ifname: 'lo', direction: 'egress', pin: this.#loPin(p.netnsCookie) },
     ] as const;
     for (const h of hooks) {
       const prog = this.#object.program(h.prog);
@@ -289,12 +274,12 @@ export class InpodDatapath {
 
   /** The sockops link of kernels without tcx (SOCKOPS_FALLBACK): attached when `on`, else removed. */
   #sockopsFallback(on: boolean): void {
-    const pin = linkPin(this.bpffs, SOCKOPS_FALLBACK.hook);
+    const pin = linkPin(this.bpffs, SOCKOPS_FALLBACK);
     if (!on) {
       if (existsSync(pin)) removePinnedLink(pin);
       return;
     }
-    const prog = this.#object.program(SOCKOPS_FALLBACK.prog);
+    const prog = this.#object.program(INPOD_CGROUP_HOOKS[SOCKOPS_FALLBACK]);
     const cgroupIno = BigInt(statSync(this.cgroup).ino);
     ensurePinnedLink({ pin, prog, attach: () => prog.attachCgroup(this.cgroup), sameTarget: (info) => info.cgroupId === cgroupIno });
   }

@@ -8,20 +8,9 @@ import * as s from './schema.ts';
 /** What a write into a full map raises (TypedMap.set, SingletonMap.set): callers report and count it. */
 export { MapFullError } from '../libbpf/index.ts';
 
-/** The maps of the design's contract (design.md §3) plus the inbound maps, by pinned name. */
-export const MAP_NAMES = [
-  'ambpf_pods', 'ambpf_netns', 'ambpf_ztunnel', 'ambpf_config', 'ambpf_orig_dst', 'ambpf_pair_dst',
-  'ambpf_sockhash', 'ambpf_zt_listen', 'ambpf_stats', 'ambpf_outflow',
-] as const;
-export type MapName = (typeof MAP_NAMES)[number];
+import { MAP_NAMES, type MapName } from './names.ts';
 
-/**
- * Maps earlier versions pinned and no object declares any more. A node upgraded from such a version
- * still has their pins: nothing uses them, and uninstall removes them with the rest.
- * ambpf_inflow: the LRU of inbound SYNs that ambpf_outflow replaced. ambpf_inpod_pair: the inpod
- * topology's per-connection {cookie, 4-tuple} map, before accept() took the original (issue 20).
- */
-export const RETIRED_MAP_NAMES = ['ambpf_inflow', 'ambpf_inpod_pair'] as const;
+export { MAP_NAMES, RETIRED_MAP_NAMES, type MapName } from './names.ts';
 
 /** A hash map seen through a key codec and a value codec. */
 export class TypedMap<K, V> {

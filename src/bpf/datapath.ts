@@ -16,7 +16,11 @@ import { AmbpfError } from '../errors.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import { readNetSysctl, writeNetSysctl } from './sysctl.ts';
-import { DatapathMaps, MAP_NAMES, RETIRED_MAP_NAMES, type MapName } from './datapath-maps.ts';
+import { DatapathMaps } from './datapath-maps.ts';
+import {
+  CGROUP_HOOKS, INPOD_MAP_NAMES, INPOD_ONLY_HOOKS, MAP_NAMES, OBJECTS, PROGRAMS, RETIRED_MAP_NAMES, isAmbpfMap,
+  type CgroupHook, type MapName,
+} from './names.ts';
 import { ensurePinnedLink, progTag, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
@@ -28,29 +32,9 @@ export type { LinkOutcome } from './datapath-links.ts';
 
 const log = logger('datapath');
 
-/** Maps only the inpod object declares (bpf/ambpf_inpod.bpf.c). */
-export const INPOD_MAP_NAMES = [
-  'ambpf_inpod_sk', 'ambpf_inpod_closed', 'ambpf_inpod_listen', 'ambpf_inpod_origsrc', 'ambpf_inpod_nodesyn',
-  'ambpf_inpod_dns',
-] as const;
-
-/** cgroup hooks only the inpod topology attaches (DNS capture; bpf/ambpf_inpod.bpf.c), pinned as
- * <bpffs>/links/<hook> like CGROUP_HOOKS. */
-export const INPOD_ONLY_HOOKS = ['sendmsg4', 'sendmsg6', 'recvmsg4', 'recvmsg6'] as const;
-
-/** Object files (bpf/<name>.bpf.c), loaded in this order: the first creates and pins the maps. */
-export const OBJECTS = ['ambpf_sock', 'ambpf_skmsg', 'ambpf_inbound'] as const;
-
-/** cgroup hooks: pin name under <bpffs>/links/ -> program. Order matters only for sk_msg (below). */
-export const CGROUP_HOOKS = {
-  connect4: 'ambpf_connect4',
-  connect6: 'ambpf_connect6',
-  getpeername4: 'ambpf_peername4',
-  getpeername6: 'ambpf_peername6',
-  getsockopt: 'ambpf_getsopt',
-  sockops: 'ambpf_sockops',
-} as const;
-export type CgroupHook = keyof typeof CGROUP_HOOKS;
+export {
+  CGROUP_HOOKS, INPOD_MAP_NAMES, INPOD_ONLY_HOOKS, OBJECTS, type CgroupHook,
+} from './names.ts';
 
 export class DatapathError extends AmbpfError {
   override readonly name: string = 'DatapathError';
@@ -154,7 +138,7 @@ export class Datapath {
       const maps = new DatapathMaps((n) => objectMap(objects, n));
       // sk_msg before sockops: a socket inserted before the verdict program exists is never spliced.
       // A restart re-attaches, which replaces the previous program in the map's single slot.
-      const skMsg = skmsg.program('ambpf_skmsg').attachSkMsg(maps.raw.ambpf_sockhash);
+      const skMsg = skmsg.program(PROGRAMS.skmsg).attachSkMsg(maps.raw.ambpf_sockhash);
       const cgroupIno = BigInt(statSync(o.cgroup).ino);
       const links = {} as Record<CgroupHook, LinkOutcome>;
       for (const [hook, progName] of Object.entries(CGROUP_HOOKS) as Array<[CgroupHook, string]>) {
@@ -193,7 +177,7 @@ export class Datapath {
    * again in the kernel (datapath-clsact.ts).
    */
   attachInbound(ifname: string): LinkOutcome {
-    const prog = this.#prog('ambpf_tc_pod');
+    const prog = this.#prog(PROGRAMS.tcPod);
     const ifindex = inNetns(this.netns, () => resolveIfindex(ifname));
     if (this.tcMode !== 'clsact') {
       try {
@@ -352,7 +336,7 @@ export class Datapath {
       });
       if (all !== '0') log.warn({ all }, 'net.ipv4.conf.all.rp_filter is not 0: replies from ztunnel to steered inbound connections will be dropped; set it to 0');
     }
-    const prog = this.#prog('ambpf_sk_lookup');
+    const prog = this.#prog(PROGRAMS.skLookup);
     const ino = statSync(o.netnsPath).ino;
     return ensurePinnedLink({
       pin: linkPin(this.bpffs, SK_LOOKUP_LINK),
@@ -394,7 +378,7 @@ export function objectMap(objects: readonly BpfObject[], name: string): BpfMap {
 /** A map being reused must be declared with its pinned size, else libbpf refuses the reuse. */
 export function sizeMaps(obj: BpfObject, o: Pick<DatapathOptions, 'bpffs' | 'mapSizes'>): void {
   for (const m of obj.maps) {
-    if (m.name.includes('.')) continue;
+    if (!isAmbpfMap(m.name)) continue; // .bss, .rodata: not pinned
     const pin = mapPin(o.bpffs, m.name);
     if (existsSync(pin)) {
       const pinned = BpfMap.openPinned(pin);
@@ -404,7 +388,7 @@ export function sizeMaps(obj: BpfObject, o: Pick<DatapathOptions, 'bpffs' | 'map
         pinned.close();
       }
     } else {
-      const want = o.mapSizes?.[m.name as MapName];
+      const want = o.mapSizes?.[m.name as MapName]; // an inpod-only map has no size option: undefined
       if (want) m.setMaxEntries(want);
     }
   }

@@ -12,6 +12,7 @@
 //   <bpffs>/links/inpod-<cookie>-lo   inpod topology: tcx egress on the pod's lo (ztunnel's spoofed legs)
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import type { AnyMapName } from './names.ts';
 
 const LINKS = 'links';
 export const SK_LOOKUP_LINK = 'sk_lookup';
@@ -42,7 +43,7 @@ export function parseLinkName(name: string): LinkPin | undefined {
   return undefined;
 }
 
-export const mapPin = (bpffs: string, map: string): string => join(bpffs, map);
+export const mapPin = (bpffs: string, map: AnyMapName): string => join(bpffs, map);
 export const linksDir = (bpffs: string): string => join(bpffs, LINKS);
 export const linkPin = (bpffs: string, name: string): string => join(bpffs, LINKS, name);
 

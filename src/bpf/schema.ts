@@ -1,17 +1,15 @@
-// TS mirror of bpf/include/ambpf.h: byte-exact encode/decode of every map key and value, the flag
-// bits, and the counter indices of ambpf_stats. test/bpf/schema-layout.test.ts compiles ambpf.h with
-// gcc and checks every size, offset and enum value here against the C compiler's: change both sides
-// together.
+// TS mirror of bpf/include/ambpf.h: the constants and flag bits, the counter indices of ambpf_stats,
+// and one declarative description per shared struct (STRUCTS: C field, offset, type) from which
+// every map key/value codec derives (src/bpf/layout.ts). test/bpf/schema-layout.test.ts compiles
+// ambpf.h with gcc and checks every struct size, field offset and field size, every enum value and
+// every AMBPF_* constant here against the C compiler's: change both sides together.
 //
 // Conventions (as in ambpf.h): addresses are 16 bytes, IPv4 as v4-mapped IPv6, network order; ports
 // inside keys/values are network order unless the C field ends in _host; everything else is the
 // host's (little-endian) order, as the kernel stores it.
-import { AmbpfError } from '../errors.ts';
-import { bytesToIp, ip4ToBytes, ipToBytes, isV4Mapped, isZeroIp } from '../ip.ts';
-
-export class SchemaError extends AmbpfError {
-  override readonly name: string = 'SchemaError';
-}
+import { ipToBytes, isZeroIp } from '../ip.ts';
+import * as L from './layout.ts';
+import { SchemaError, Struct, field } from './layout.ts';
 
 // ---- constants (ambpf.h) ----
 export const ZTUNNEL_MARK = 0x539;
@@ -49,6 +47,8 @@ export const INPOD_SK_ACCEPTED = 1;
 export const INPOD_SK_HANDED = 2;
 /** +1 on ambpf_pair.closed through the 32-bit word at splice_fwd (bpf/include/ambpf.h). */
 export const PAIR_CLOSED_ONE = 1 << 24;
+/** AMBPF_* macros of ambpf.h the loader has no use for (the layout test mirrors every other one). */
+export const C_ONLY_CONSTANTS = ['NODE_TTL'] as const;
 
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -83,72 +83,12 @@ export function statIndex(name: StatName): number {
 /** Sum one ambpf_stats entry over CPUs (each per-CPU value is a u64). */
 export function sumPerCpu(values: readonly Uint8Array[]): bigint {
   let sum = 0n;
-  for (const v of values) sum += view(v).getBigUint64(0, true);
+  for (const v of values) sum += L.u64.decode(v, 0);
   return sum;
 }
 
-// ---- layouts: sizes and field offsets, checked against gcc by the layout test ----
-export const LAYOUT = {
-  ambpf_ip: { size: 16, fields: { addr: 0 } },
-  ambpf_pod: { size: 16, fields: { netns_cookie: 0, host_ifindex: 8, flags: 12 } },
-  ambpf_netns: { size: 24, fields: { pod_ip: 0, flags: 16 } },
-  ambpf_ztunnel: {
-    size: 80,
-    fields: {
-      ip: 0, ip6: 16, netns_cookie: 32, host_ifindex: 40, ifindex: 44, mac: 48, host_mac: 54,
-      port_out_host: 60, port_in_host: 62, port_hbone_host: 64, port_dns_host: 66,
-      mark: 68, mark_mask: 72, flags: 76,
-    },
-  },
-  ambpf_config: {
-    size: 204,
-    fields: { flags: 0, splice_min_bytes: 4, probe_ip: 8, probe_ip6: 24, excluded_ports: 40, node_ips: 72, log_level: 200 },
-  },
-  ambpf_orig: { size: 20, fields: { ip: 0, port: 16, family: 18 } },
-  ambpf_tuple: { size: 36, fields: { local_ip: 0, remote_ip: 16, local_port: 32, remote_port: 34 } },
-  ambpf_pair: { size: 24, fields: { orig: 0, splice_fwd: 20, splice_rev: 21, zt_seen: 22, closed: 23 } },
-  ambpf_flow4: { size: 12, fields: { saddr: 0, daddr: 4, sport: 8, dport: 10 } },
-  ambpf_inpod_sk: { size: 32, fields: { orig: 0, role: 20, netns_cookie: 24 } },
-  ambpf_inpod_key: { size: 48, fields: { netns_cookie: 0, t: 8 } },
-  ambpf_inpod_lkey: { size: 20, fields: { pod_ip: 0, slot: 16 } },
-  ambpf_inpod_dns: { size: 88, fields: { srv: 0, last: 80, next: 84 } },
-} as const;
-
-// ---- addresses (src/ip.ts) ----
-export { bytesToIp, ipToBytes } from '../ip.ts';
-
-export function macToBytes(mac: string): Uint8Array {
-  const parts = mac.split(':');
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{1,2}$/.test(p))) {
-    throw new SchemaError(`"${mac}" is not a MAC address (six hex bytes separated by colons).`, { mac });
-  }
-  return Uint8Array.from(parts.map((p) => parseInt(p, 16)));
-}
-
-export function bytesToMac(b: Uint8Array): string {
-  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
-}
-
-function checkPort(port: number): number {
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new SchemaError(`port ${port} is out of range 0-65535.`);
-  return port;
-}
-
-// ---- byte helpers ----
-function view(b: Uint8Array): DataView {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
-}
-
-function need(b: Uint8Array, size: number, what: string): DataView {
-  if (b.length < size) throw new SchemaError(`a ${what} is ${size} bytes, got ${b.length}.`, { what });
-  return view(b);
-}
-
-function putPortBE(dv: DataView, off: number, port: number): void {
-  dv.setUint16(off, checkPort(port), false);
-}
-
-// ---- codecs ----
+// ---- structs: one description per struct of ambpf.h (C field, offset, type); the codecs below and
+// the layout test derive from it (src/bpf/layout.ts) ----
 export interface PodValue { netnsCookie: bigint; hostIfindex: number; flags: number }
 export interface NetnsValue { podIp: string; flags: number }
 export interface ZtunnelValue {
@@ -187,145 +127,134 @@ export interface Tuple { localIp: string; localPort: number; remoteIp: string; r
  * closed (the entry goes at 2). Both are the datapath's; the loader never writes them. */
 export interface PairValue { orig: OrigDst; spliceFwd: number; spliceRev: number; ztSeen?: number; closed?: number }
 export interface Flow4 { saddr: string; daddr: string; sport: number; dport: number }
+/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener), INPOD_SK_ACCEPTED (ztunnel's
+ * accepted socket carrying its client's original dst) or INPOD_SK_HANDED (an app socket whose original
+ * ztunnel's accepted socket took). */
+export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint; role?: number }
+export interface InpodKey { netnsCookie: bigint; tuple: Tuple }
+/** ambpf_inpod_lkey: pod IP + listener slot (LISTENER_INBOUND / LISTENER_HBONE). */
+export interface InpodListenKey { podIp: string; slot: number }
+/** ambpf_inpod_dns value: the servers a UDP socket sent captured queries to (null: a free slot). */
+export interface InpodDns { servers: Array<OrigDst | null>; last: number; next: number }
 
-export const encodeIpKey = (ip: string): Uint8Array => ipToBytes(ip);
-export const decodeIpKey = (b: Uint8Array): string => bytesToIp(b.subarray(0, 16));
+const ORIG = new Struct<OrigDst>('ambpf_orig', 20, {
+  ip: field('ip', 0, L.ip), port: field('port', 16, L.be16), family: field('family', 18, L.u16),
+});
+/** An orig that was never set (family 0) reads as null. */
+const optionalOrig = L.nullable(ORIG, (b, off) => ORIG.fields.family.type.decode(b, off + ORIG.fields.family.offset) === 0);
+const TUPLE = new Struct<Tuple>('ambpf_tuple', 36, {
+  localIp: field('local_ip', 0, L.ip), remoteIp: field('remote_ip', 16, L.ip),
+  localPort: field('local_port', 32, L.be16), remotePort: field('remote_port', 34, L.be16),
+});
+const ZERO_PORT = (p: number): boolean => p === 0;
+
+/** Every struct ambpf.h shares with the loader, by its C name. */
+export const STRUCTS = {
+  ambpf_ip: new Struct<{ addr: string }>('ambpf_ip', 16, { addr: field('addr', 0, L.ip) }),
+  ambpf_pod: new Struct<PodValue>('ambpf_pod', 16, {
+    netnsCookie: field('netns_cookie', 0, L.u64), hostIfindex: field('host_ifindex', 8, L.u32), flags: field('flags', 12, L.u32),
+  }),
+  ambpf_netns: new Struct<NetnsValue>('ambpf_netns', 24, { podIp: field('pod_ip', 0, L.ip), flags: field('flags', 16, L.u32) }),
+  ambpf_ztunnel: new Struct<ZtunnelValue>('ambpf_ztunnel', 80, {
+    ip: field('ip', 0, L.ipv4Mapped("ztunnel's ip (put an IPv6 address in ip6)")),
+    ip6: field('ip6', 16, L.optionalIp),
+    netnsCookie: field('netns_cookie', 32, L.u64),
+    hostIfindex: field('host_ifindex', 40, L.u32),
+    ifindex: field('ifindex', 44, L.u32),
+    mac: field('mac', 48, L.mac),
+    hostMac: field('host_mac', 54, L.mac),
+    portOut: field('port_out_host', 60, L.u16),
+    portIn: field('port_in_host', 62, L.u16),
+    portHbone: field('port_hbone_host', 64, L.u16),
+    portDns: field('port_dns_host', 66, L.u16),
+    mark: field('mark', 68, L.u32),
+    markMask: field('mark_mask', 72, L.u32),
+    flags: field('flags', 76, L.u32),
+  }),
+  ambpf_config: new Struct<ConfigValue>('ambpf_config', 204, {
+    flags: field('flags', 0, L.u32),
+    spliceMinBytes: field('splice_min_bytes', 4, L.u32),
+    probeIp: field('probe_ip', 8, L.ip),
+    probeIp6: field('probe_ip6', 24, L.ip),
+    excludedPorts: field('excluded_ports', 40, L.list(L.be16, MAX_EXCLUDED_PORTS, 'excluded ports in ambpf_config', ZERO_PORT)),
+    nodeIps: field('node_ips', 72, L.list(L.ip, MAX_NODE_IPS, 'node IPs in ambpf_config', (ip) => isZeroIp(ipToBytes(ip)))),
+    logLevel: field('log_level', 200, L.u32),
+  }),
+  ambpf_orig: ORIG,
+  ambpf_tuple: TUPLE,
+  ambpf_pair: new Struct<PairValue>('ambpf_pair', 24, {
+    orig: field('orig', 0, ORIG),
+    spliceFwd: field('splice_fwd', 20, L.u8),
+    spliceRev: field('splice_rev', 21, L.u8),
+    ztSeen: field('zt_seen', 22, L.withDefault(L.u8, 0)),
+    closed: field('closed', 23, L.withDefault(L.u8, 0)),
+  }),
+  ambpf_flow4: new Struct<Flow4>('ambpf_flow4', 12, {
+    saddr: field('saddr', 0, L.ip4), daddr: field('daddr', 4, L.ip4), sport: field('sport', 8, L.be16), dport: field('dport', 10, L.be16),
+  }),
+  ambpf_inpod_sk: new Struct<InpodSk>('ambpf_inpod_sk', 32, {
+    orig: field('orig', 0, optionalOrig),
+    role: field('role', 20, L.withDefault(L.u32, INPOD_SK_APP)),
+    netnsCookie: field('netns_cookie', 24, L.u64),
+  }),
+  ambpf_inpod_key: new Struct<InpodKey>('ambpf_inpod_key', 48, { netnsCookie: field('netns_cookie', 0, L.u64), tuple: field('t', 8, TUPLE) }),
+  ambpf_inpod_lkey: new Struct<InpodListenKey>('ambpf_inpod_lkey', 20, { podIp: field('pod_ip', 0, L.ip), slot: field('slot', 16, L.u32) }),
+  ambpf_inpod_dns: new Struct<InpodDns>('ambpf_inpod_dns', 88, {
+    servers: field('srv', 0, L.array(optionalOrig, DNS_SLOTS)), last: field('last', 80, L.u32), next: field('next', 84, L.u32),
+  }),
+} as const;
+export type StructName = keyof typeof STRUCTS;
+
+/** Sizes and field offsets by C name (what offsetof says), derived from STRUCTS. */
+export const LAYOUT = Object.fromEntries(
+  Object.entries(STRUCTS).map(([name, st]) => [name, { size: st.size, fields: st.offsets() }]),
+) as Record<StructName, { readonly size: number; readonly fields: Readonly<Record<string, number>> }>;
+
+// ---- addresses (src/ip.ts) and MACs (src/bpf/layout.ts) ----
+export { bytesToIp, ipToBytes } from '../ip.ts';
+export { SchemaError, macToBytes, bytesToMac } from './layout.ts';
+
+// ---- codecs: map keys and values as bytes, all from STRUCTS ----
+const codec = <V>(st: Struct<V>): [(v: V) => Uint8Array, (b: Uint8Array) => V] => [(v) => st.toBytes(v), (b) => st.fromBytes(b)];
+
+export const encodeIpKey = (ip: string): Uint8Array => STRUCTS.ambpf_ip.toBytes({ addr: ip });
+export const decodeIpKey = (b: Uint8Array): string => STRUCTS.ambpf_ip.fromBytes(b).addr;
 
 export function encodeU32Key(n: number): Uint8Array {
   const b = new Uint8Array(4);
-  view(b).setUint32(0, n, true);
+  L.u32.encode(b, 0, n);
   return b;
 }
 
 export function encodeU64Key(n: bigint): Uint8Array {
   const b = new Uint8Array(8);
-  view(b).setBigUint64(0, n, true);
+  L.u64.encode(b, 0, n);
   return b;
 }
 
 export function decodeU64Key(b: Uint8Array): bigint {
-  return need(b, 8, 'u64 key').getBigUint64(0, true);
+  if (b.length < 8) throw new SchemaError(`a u64 key is 8 bytes, got ${b.length}.`, { what: 'u64 key' });
+  return L.u64.decode(b, 0);
 }
 
-export function encodePod(v: PodValue): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_pod.size);
-  const dv = view(b);
-  dv.setBigUint64(0, v.netnsCookie, true);
-  dv.setUint32(8, v.hostIfindex, true);
-  dv.setUint32(12, v.flags, true);
-  return b;
-}
-
-export function decodePod(b: Uint8Array): PodValue {
-  const dv = need(b, LAYOUT.ambpf_pod.size, 'ambpf_pod');
-  return { netnsCookie: dv.getBigUint64(0, true), hostIfindex: dv.getUint32(8, true), flags: dv.getUint32(12, true) };
-}
-
-export function encodeNetns(v: NetnsValue): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_netns.size);
-  b.set(ipToBytes(v.podIp), 0);
-  view(b).setUint32(16, v.flags, true);
-  return b;
-}
-
-export function decodeNetns(b: Uint8Array): NetnsValue {
-  const dv = need(b, LAYOUT.ambpf_netns.size, 'ambpf_netns');
-  return { podIp: bytesToIp(b.subarray(0, 16)), flags: dv.getUint32(16, true) };
-}
-
-export function encodeZtunnel(v: ZtunnelValue): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_ztunnel.size);
-  const dv = view(b);
-  const ip = ipToBytes(v.ip);
-  if (!isV4Mapped(ip)) throw new SchemaError(`ztunnel's ip must be IPv4 (got ${v.ip}); put an IPv6 address in ip6.`);
-  b.set(ip, 0);
-  if (v.ip6 !== null) b.set(ipToBytes(v.ip6), 16);
-  dv.setBigUint64(32, v.netnsCookie, true);
-  dv.setUint32(40, v.hostIfindex, true);
-  dv.setUint32(44, v.ifindex, true);
-  b.set(macToBytes(v.mac), 48);
-  b.set(macToBytes(v.hostMac), 54);
-  dv.setUint16(60, checkPort(v.portOut), true);
-  dv.setUint16(62, checkPort(v.portIn), true);
-  dv.setUint16(64, checkPort(v.portHbone), true);
-  dv.setUint16(66, checkPort(v.portDns), true);
-  dv.setUint32(68, v.mark, true);
-  dv.setUint32(72, v.markMask, true);
-  dv.setUint32(76, v.flags, true);
-  return b;
-}
-
-export function decodeZtunnel(b: Uint8Array): ZtunnelValue {
-  const dv = need(b, LAYOUT.ambpf_ztunnel.size, 'ambpf_ztunnel');
-  const ip6 = b.subarray(16, 32);
-  return {
-    ip: bytesToIp(b.subarray(0, 16)),
-    ip6: isZeroIp(ip6) ? null : bytesToIp(ip6),
-    netnsCookie: dv.getBigUint64(32, true),
-    hostIfindex: dv.getUint32(40, true),
-    ifindex: dv.getUint32(44, true),
-    mac: bytesToMac(b.subarray(48, 54)),
-    hostMac: bytesToMac(b.subarray(54, 60)),
-    portOut: dv.getUint16(60, true),
-    portIn: dv.getUint16(62, true),
-    portHbone: dv.getUint16(64, true),
-    portDns: dv.getUint16(66, true),
-    mark: dv.getUint32(68, true),
-    markMask: dv.getUint32(72, true),
-    flags: dv.getUint32(76, true),
-  };
-}
+export const [encodePod, decodePod] = codec(STRUCTS.ambpf_pod);
+export const [encodeNetns, decodeNetns] = codec(STRUCTS.ambpf_netns);
+export const [encodeZtunnel, decodeZtunnel] = codec(STRUCTS.ambpf_ztunnel);
+export const [encodeConfig, decodeConfig] = codec(STRUCTS.ambpf_config);
+export const [encodeOrig, decodeOrig] = codec(STRUCTS.ambpf_orig);
+export const [encodeTuple, decodeTuple] = codec(STRUCTS.ambpf_tuple);
+export const [encodePair, decodePair] = codec(STRUCTS.ambpf_pair);
+export const [encodeFlow4, decodeFlow4] = codec(STRUCTS.ambpf_flow4);
+/** ambpf_inpod_sk value; the loader writes { orig: null, netnsCookie } on ztunnel's 15001 listener. */
+export const [encodeInpodSk, decodeInpodSk] = codec(STRUCTS.ambpf_inpod_sk);
+export const [encodeInpodKey, decodeInpodKey] = codec(STRUCTS.ambpf_inpod_key);
+export const decodeInpodDns = (b: Uint8Array): InpodDns => STRUCTS.ambpf_inpod_dns.fromBytes(b);
 
 /** ztunnel defaults (ports and mark of ztunnel's contract) for the fields a caller rarely sets. */
 export function ztunnelValue(v: Pick<ZtunnelValue, 'ip' | 'netnsCookie' | 'hostIfindex' | 'mac' | 'hostMac'> & Partial<ZtunnelValue>): ZtunnelValue {
   return {
     ip6: null, ifindex: 0, portOut: PORT_OUTBOUND, portIn: PORT_INBOUND, portHbone: PORT_HBONE, portDns: PORT_DNS,
     mark: ZTUNNEL_MARK, markMask: ZTUNNEL_MARK_MASK, flags: ZT_READY, ...v,
-  };
-}
-
-export function encodeConfig(v: ConfigValue): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_config.size);
-  const dv = view(b);
-  if (v.excludedPorts.length > MAX_EXCLUDED_PORTS) {
-    throw new SchemaError(`at most ${MAX_EXCLUDED_PORTS} excluded ports fit in ambpf_config, got ${v.excludedPorts.length}.`);
-  }
-  if (v.nodeIps.length > MAX_NODE_IPS) {
-    throw new SchemaError(`at most ${MAX_NODE_IPS} node IPs fit in ambpf_config, got ${v.nodeIps.length}.`);
-  }
-  dv.setUint32(0, v.flags, true);
-  dv.setUint32(4, v.spliceMinBytes, true);
-  b.set(ipToBytes(v.probeIp), 8);
-  b.set(ipToBytes(v.probeIp6), 24);
-  v.excludedPorts.forEach((p, i) => {
-    if (p === 0) throw new SchemaError('port 0 cannot be excluded (0 marks an unused slot).');
-    putPortBE(dv, 40 + 2 * i, p);
-  });
-  v.nodeIps.forEach((ip, i) => b.set(ipToBytes(ip), 72 + 16 * i));
-  dv.setUint32(200, v.logLevel, true);
-  return b;
-}
-
-export function decodeConfig(b: Uint8Array): ConfigValue {
-  const dv = need(b, LAYOUT.ambpf_config.size, 'ambpf_config');
-  const excludedPorts: number[] = [];
-  for (let i = 0; i < MAX_EXCLUDED_PORTS; i++) {
-    const p = dv.getUint16(40 + 2 * i, false);
-    if (p !== 0) excludedPorts.push(p);
-  }
-  const nodeIps: string[] = [];
-  for (let i = 0; i < MAX_NODE_IPS; i++) {
-    const ip = b.subarray(72 + 16 * i, 88 + 16 * i);
-    if (!isZeroIp(ip)) nodeIps.push(bytesToIp(ip));
-  }
-  return {
-    flags: dv.getUint32(0, true),
-    spliceMinBytes: dv.getUint32(4, true),
-    probeIp: bytesToIp(b.subarray(8, 24)),
-    probeIp6: bytesToIp(b.subarray(24, 40)),
-    excludedPorts,
-    nodeIps,
-    logLevel: dv.getUint32(200, true),
   };
 }
 
@@ -338,131 +267,6 @@ export function defaultConfig(over: Partial<ConfigValue> = {}): ConfigValue {
   };
 }
 
-function encodeOrigInto(b: Uint8Array, off: number, v: OrigDst): void {
-  b.set(ipToBytes(v.ip), off);
-  const dv = view(b);
-  putPortBE(dv, off + 16, v.port);
-  dv.setUint16(off + 18, v.family, true);
-}
-
-function decodeOrigAt(b: Uint8Array, off: number): OrigDst {
-  const dv = view(b);
-  return { ip: bytesToIp(b.subarray(off, off + 16)), port: dv.getUint16(off + 16, false), family: dv.getUint16(off + 18, true) };
-}
-
-export function encodeOrig(v: OrigDst): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_orig.size);
-  encodeOrigInto(b, 0, v);
-  return b;
-}
-
-export function decodeOrig(b: Uint8Array): OrigDst {
-  need(b, LAYOUT.ambpf_orig.size, 'ambpf_orig');
-  return decodeOrigAt(b, 0);
-}
-
-export function encodeTuple(t: Tuple): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_tuple.size);
-  const dv = view(b);
-  b.set(ipToBytes(t.localIp), 0);
-  b.set(ipToBytes(t.remoteIp), 16);
-  putPortBE(dv, 32, t.localPort);
-  putPortBE(dv, 34, t.remotePort);
-  return b;
-}
-
-export function decodeTuple(b: Uint8Array): Tuple {
-  const dv = need(b, LAYOUT.ambpf_tuple.size, 'ambpf_tuple');
-  return {
-    localIp: bytesToIp(b.subarray(0, 16)),
-    remoteIp: bytesToIp(b.subarray(16, 32)),
-    localPort: dv.getUint16(32, false),
-    remotePort: dv.getUint16(34, false),
-  };
-}
-
-export function encodePair(v: PairValue): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_pair.size);
-  encodeOrigInto(b, 0, v.orig);
-  b[20] = v.spliceFwd;
-  b[21] = v.spliceRev;
-  b[22] = v.ztSeen ?? 0;
-  b[23] = v.closed ?? 0;
-  return b;
-}
-
-export function decodePair(b: Uint8Array): PairValue {
-  need(b, LAYOUT.ambpf_pair.size, 'ambpf_pair');
-  return { orig: decodeOrigAt(b, 0), spliceFwd: b[20] ?? 0, spliceRev: b[21] ?? 0, ztSeen: b[22] ?? 0, closed: b[23] ?? 0 };
-}
-
-export function encodeFlow4(f: Flow4): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_flow4.size);
-  const dv = view(b);
-  b.set(ip4ToBytes(f.saddr), 0);
-  b.set(ip4ToBytes(f.daddr), 4);
-  putPortBE(dv, 8, f.sport);
-  putPortBE(dv, 10, f.dport);
-  return b;
-}
-
-export function decodeFlow4(b: Uint8Array): Flow4 {
-  const dv = need(b, LAYOUT.ambpf_flow4.size, 'ambpf_flow4');
-  return {
-    saddr: bytesToIp(b.subarray(0, 4)),
-    daddr: bytesToIp(b.subarray(4, 8)),
-    sport: dv.getUint16(8, false),
-    dport: dv.getUint16(10, false),
-  };
-}
-
-// ---- inpod topology (ambpf_inpod.bpf.c) ----
-/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener), INPOD_SK_ACCEPTED (ztunnel's
- * accepted socket carrying its client's original dst) or INPOD_SK_HANDED (an app socket whose original
- * ztunnel's accepted socket took). */
-export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint; role?: number }
-export interface InpodKey { netnsCookie: bigint; tuple: Tuple }
-
-/** ambpf_inpod_sk value; the loader writes { orig: null, netnsCookie } on ztunnel's 15001 listener. */
-export function encodeInpodSk(v: InpodSk): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_inpod_sk.size);
-  if (v.orig) encodeOrigInto(b, 0, v.orig);
-  view(b).setUint32(20, v.role ?? INPOD_SK_APP, true);
-  view(b).setBigUint64(24, v.netnsCookie, true);
-  return b;
-}
-
-export function decodeInpodSk(b: Uint8Array): InpodSk {
-  const dv = need(b, LAYOUT.ambpf_inpod_sk.size, 'ambpf_inpod_sk');
-  const orig = decodeOrigAt(b, 0);
-  return { orig: orig.family === 0 ? null : orig, netnsCookie: dv.getBigUint64(24, true), role: dv.getUint32(20, true) };
-}
-
-export function encodeInpodKey(k: InpodKey): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_inpod_key.size);
-  view(b).setBigUint64(0, k.netnsCookie, true);
-  b.set(encodeTuple(k.tuple), 8);
-  return b;
-}
-
-export function decodeInpodKey(b: Uint8Array): InpodKey {
-  const dv = need(b, LAYOUT.ambpf_inpod_key.size, 'ambpf_inpod_key');
-  return { netnsCookie: dv.getBigUint64(0, true), tuple: decodeTuple(b.subarray(8, 8 + LAYOUT.ambpf_tuple.size)) };
-}
-
-/** ambpf_inpod_dns value: the servers a UDP socket sent captured queries to (null: a free slot). */
-export interface InpodDns { servers: Array<OrigDst | null>; last: number; next: number }
-
-export function decodeInpodDns(b: Uint8Array): InpodDns {
-  const dv = need(b, LAYOUT.ambpf_inpod_dns.size, 'ambpf_inpod_dns');
-  const servers: Array<OrigDst | null> = [];
-  for (let i = 0; i < DNS_SLOTS; i++) {
-    const o = decodeOrigAt(b, i * LAYOUT.ambpf_orig.size);
-    servers.push(o.family === 0 ? null : o);
-  }
-  return { servers, last: dv.getUint32(80, true), next: dv.getUint32(84, true) };
-}
-
 /**
  * The DNS bits of a pod's ambpf_netns/ambpf_pods flags from its annotation
  * (ambient.istio.io/dns-capture): true captures even with --no-dns-capture, false never captures,
@@ -473,9 +277,4 @@ export function dnsCaptureFlags(dnsCapture: boolean | undefined): number {
 }
 
 /** ambpf_inpod_listen key: pod IP + listener slot (LISTENER_INBOUND / LISTENER_HBONE). */
-export function encodeInpodListenKey(podIp: string, slot: number): Uint8Array {
-  const b = new Uint8Array(LAYOUT.ambpf_inpod_lkey.size);
-  b.set(ipToBytes(podIp), 0);
-  view(b).setUint32(16, slot, true);
-  return b;
-}
+export const encodeInpodListenKey = (podIp: string, slot: number): Uint8Array => STRUCTS.ambpf_inpod_lkey.toBytes({ podIp, slot });

@@ -105,7 +105,7 @@ export function renderMarkdown({ runs, rows, packages, problems }: RenderInput):
     '',
     ...probesTable(runs),
     '',
-    '## Checker self-test (known answers from shared/reference/kernel-matrix.md)',
+    '## Checker self-test (known answers from [kernel-facts.md](kernel-facts.md#what-each-kernel-has-and-lacks))',
     '',
     'These fixture programs (`kernels/fixtures/selftest.bpf.c`) must fail exactly where the kernel lacks the',
     'feature: they prove the checker sees a verifier rejection and takes both tc attach paths.',

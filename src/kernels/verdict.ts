@@ -1,7 +1,8 @@
 // Turn parsed console results into the matrix: one cell per program (or functional check) and kernel,
 // and the list of everything that is not as it must be. ambpf's programs must pass everywhere; the
-// checker's self-test fixture must answer exactly as kernel-matrix.md says each kernel behaves, which
-// proves the checker can see a rejection and really takes each attach path.
+// checker's self-test fixture must answer exactly as each kernel behaves
+// (docs/kernel-facts.md#what-each-kernel-has-and-lacks), which proves the checker can see a rejection and
+// really takes each attach path.
 import { failureReason, type KernelRun, type ProgramResult } from './results.ts';
 
 export const SELFTEST_OBJECT = 'checker-selftest';
@@ -32,7 +33,7 @@ function atLeast(v: [number, number], major: number, minor: number): boolean {
   return v[0] > major || (v[0] === major && v[1] >= minor);
 }
 
-/** The self-test's known answers (shared/reference/kernel-matrix.md), as a function of the version. */
+/** The self-test's known answers (docs/kernel-facts.md#what-each-kernel-has-and-lacks), by kernel version. */
 export function selftestExpectation(program: string, v: [number, number]): { pass: boolean; attachVia?: RegExp } {
   switch (program) {
     case 'st_tc_netns_cookie':

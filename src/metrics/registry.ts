@@ -3,6 +3,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { STAT_NAMES } from '../bpf/schema.ts';
+import { FILL_MAPS } from '../bpf/names.ts';
 import type { ReconcileStats } from '../reconcile/reconciler.ts';
 
 export interface MetricsSources {
@@ -13,7 +14,7 @@ export interface MetricsSources {
 }
 
 /** Maps whose fill the loader controls or that grow with traffic: pressure = entries / max_entries. */
-const COUNTED_MAPS = ['ambpf_pods', 'ambpf_netns', 'ambpf_pair_dst', 'ambpf_outflow'] as const;
+const COUNTED_MAPS = FILL_MAPS;
 
 export function countEntries(map: { nextKey(k: Uint8Array | null): Uint8Array | undefined }, limit: number): number {
   let n = 0;

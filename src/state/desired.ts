@@ -2,7 +2,7 @@
 // Both pod sources (pods file, Kubernetes watch) feed it, so membership rules live here only.
 // The sources deliver only objects that passed src/state/schema.ts; the readers here stay total
 // anyway, for snapshots built in code (tests, the benchmark's synthetic cluster).
-// Rules follow istio-cni's ambient pod selection (shared/reference/istio-redirection.md).
+// Rules follow istio-cni's ambient pod selection (docs/istio-ambient.md#which-pods-are-in-the-mesh).
 import { isIP } from 'node:net';
 import type { ClusterSnapshot, KubeObjectLike } from '../sources/types.ts';
 

@@ -7,8 +7,9 @@ import type { StateFile } from '../reconcile/reconciler.ts';
 import type { AttachedRow } from './links.ts';
 import { renderTable } from './table.ts';
 
-/** Maps whose fill matters: the loader fills the first two, the programs the last two. */
-export const FILL_MAPS = ['ambpf_pods', 'ambpf_netns', 'ambpf_pair_dst', 'ambpf_outflow'] as const;
+import { FILL_MAPS } from '../bpf/names.ts';
+
+export { FILL_MAPS };
 /** Fill at which a map is called under pressure: the next burst of pods or connections may not fit. */
 export const PRESSURE_AT = 0.8;
 

@@ -73,8 +73,12 @@ export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource
   return loader;
 }
 
-/** Polls the loader's /readyz from inside the node's netns. */
-export async function waitReady(tb: Testbed, loader: Loader, timeoutMs = 20_000): Promise<void> {
+/**
+ * Polls the loader's /readyz from inside the node's netns. The deadline only bounds a failure: a loader
+ * is ready in ~1 s on an idle machine, but a cold start (Node type-stripping the sources, koffi, libbpf
+ * loading and verifying every program) took over 20 s with both cores busy.
+ */
+export async function waitReady(tb: Testbed, loader: Loader, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const r = await tb.exec(loader.node.name, ['curl', '-sf', '--max-time', '1', `http://127.0.0.1:${LOADER_PORT}/readyz`], { check: false, timeoutMs: 3000 });

@@ -2,7 +2,7 @@
 // with gcc, print every sizeof/offsetof/enum value, compare with src/bpf/schema.ts.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import * as schema from '../../src/bpf/schema.ts';
@@ -10,22 +10,23 @@ import { AddressError, bytesToIp, canonicalIp, ipToBytes } from '../../src/ip.ts
 
 const HEADER_DIR = resolve(import.meta.dirname, '../../bpf/include');
 
+const HEADER = readFileSync(join(HEADER_DIR, 'ambpf.h'), 'utf8');
+/** Every numeric AMBPF_* macro of the header (the include guard aside): the TS side mirrors each one. */
+const HEADER_CONSTANTS = [...HEADER.matchAll(/^#define AMBPF_(\w+)[ \t]+\S/gm)].map((m) => m[1]!)
+  .filter((c) => !(schema.C_ONLY_CONSTANTS as readonly string[]).includes(c));
+
 function cProgram(): string {
   const lines: string[] = [];
-  for (const [struct, layout] of Object.entries(schema.LAYOUT)) {
-    lines.push(`printf("S ${struct} %zu\\n", sizeof(struct ${struct}));`);
-    for (const field of Object.keys(layout.fields)) {
-      lines.push(`printf("F ${struct}.${field} %zu\\n", offsetof(struct ${struct}, ${field}));`);
+  for (const st of Object.values(schema.STRUCTS)) {
+    lines.push(`printf("S ${st.name} %zu\\n", sizeof(struct ${st.name}));`);
+    for (const f of Object.values(st.fields) as Array<{ c: string }>) {
+      lines.push(`printf("F ${st.name}.${f.c} %zu\\n", offsetof(struct ${st.name}, ${f.c}));`);
+      lines.push(`printf("Z ${st.name}.${f.c} %zu\\n", sizeof(((struct ${st.name} *)0)->${f.c}));`);
     }
   }
   schema.STAT_NAMES.forEach((n) => lines.push(`printf("E ${n} %d\\n", (int)AMBPF_STAT_${n.toUpperCase()});`));
   lines.push('printf("E max %d\\n", (int)AMBPF_STAT_MAX);');
-  const consts = ['ZTUNNEL_MARK', 'ZTUNNEL_MARK_MASK', 'PORT_OUTBOUND', 'PORT_INBOUND', 'PORT_HBONE', 'PORT_DNS',
-    'MAX_EXCLUDED_PORTS', 'MAX_NODE_IPS', 'LISTENER_INBOUND', 'LISTENER_HBONE', 'LISTENER_SLOTS', 'POD_AMBIENT',
-    'POD_OPT_OUT', 'POD_DNS_CAPTURE', 'POD_IS_ZTUNNEL', 'ZT_READY', 'CFG_SPLICE', 'CFG_INPOD', 'CFG_FAIL_OPEN', 'MARK_ORIG_SRC', 'SPLICE_UNDECIDED', 'SPLICE_ON', 'SPLICE_OFF',
-    'INPOD_SK_APP', 'INPOD_SK_ACCEPTED', 'INPOD_SK_HANDED', 'PAIR_CLOSED_ONE',
-    'POD_NO_DNS_CAPTURE', 'CFG_NO_DNS_CAPTURE', 'DNS_SLOTS', 'DNS_SLOT_NET', 'DNS_PORT'];
-  consts.forEach((c) => lines.push(`printf("C ${c} %lu\\n", (unsigned long)(AMBPF_${c}));`));
+  HEADER_CONSTANTS.forEach((c) => lines.push(`printf("C ${c} %lu\\n", (unsigned long)(AMBPF_${c}));`));
   return `#include <stdio.h>\n#include <stddef.h>\n#include "ambpf.h"\nint main(void) {\n${lines.join('\n')}\nreturn 0;\n}\n`;
 }
 
@@ -40,18 +41,20 @@ t.test('schema.ts mirrors ambpf.h (gcc sizeof/offsetof/enum)', async (t) => {
     const [kind, name, value] = line.split(' ');
     got.set(`${kind} ${name}`, Number(value));
   }
-  for (const [struct, layout] of Object.entries(schema.LAYOUT)) {
-    t.equal(got.get(`S ${struct}`), layout.size, `sizeof(struct ${struct})`);
-    for (const [field, off] of Object.entries(layout.fields)) {
-      t.equal(got.get(`F ${struct}.${field}`), off, `offsetof(${struct}, ${field})`);
+  // The codecs read and write exactly these fields (src/bpf/layout.ts): offset and width both count.
+  for (const st of Object.values(schema.STRUCTS)) {
+    t.equal(got.get(`S ${st.name}`), st.size, `sizeof(struct ${st.name})`);
+    for (const f of Object.values(st.fields) as Array<{ c: string; offset: number; type: { size: number } }>) {
+      t.equal(got.get(`F ${st.name}.${f.c}`), f.offset, `offsetof(${st.name}, ${f.c})`);
+      t.equal(got.get(`Z ${st.name}.${f.c}`), f.type.size, `sizeof(${st.name}.${f.c})`);
     }
   }
+  t.same(Object.keys(schema.LAYOUT), Object.keys(schema.STRUCTS), 'LAYOUT is derived from STRUCTS');
   schema.STAT_NAMES.forEach((n, i) => t.equal(got.get(`E ${n}`), i, `AMBPF_STAT_${n.toUpperCase()}`));
   t.equal(got.get('E max'), schema.STAT_MAX, 'AMBPF_STAT_MAX: no C counter missing in STAT_NAMES');
+  t.ok(HEADER_CONSTANTS.length > 20, 'the header\'s constants were found');
   const tsConst = schema as unknown as Record<string, number>;
-  for (const [key, value] of got) {
-    if (key.startsWith('C ')) t.equal(value, tsConst[key.slice(2)], `AMBPF_${key.slice(2)}`);
-  }
+  for (const c of HEADER_CONSTANTS) t.equal(tsConst[c], got.get(`C ${c}`), `AMBPF_${c}`);
 });
 
 t.test('codecs round-trip and put bytes where C expects them', async (t) => {

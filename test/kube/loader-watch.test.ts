@@ -145,7 +145,7 @@ t.test('/readyz is 503 until the first full sync and reconcile, and then the map
   await eventually(() => logCount('watch restart after error') >= 4, 20_000, 'the loader to retry its lists');
   t.equal((await loaderHttp(tb, node(), '/readyz')).status, 503, 'still not ready while the server stays away');
   await api.server.up();
-  await waitReady(tb, loader, 20_000);
+  await waitReady(tb, loader);
   // Ready means reconciled: no waiting here.
   t.same(ambientIps(), sorted(['app1', 'app2', 'gone', 'victim', 'late', 'job']), 'every ambient pod is in the map once ready');
   t.equal(readMaps(node()).ztunnelIp, ip('ztunnel-node1'));
@@ -385,7 +385,7 @@ t.test('a restarted loader keeps the pins until it synced, then removes a pod de
 
   await api.server.up();
   loader!.restart();
-  await waitReady(tb, loader!, 20_000);
+  await waitReady(tb, loader!);
   // Ready means reconciled against the pins: the entry is gone already.
   t.notOk(readMaps(node()).pods.has(late.ip), 'the pod deleted while the loader was down is gone');
   t.notOk(readMaps(node()).netns.has(cookie!), 'and so is its netns entry');
