@@ -26,6 +26,7 @@ import { buildTransparentShim } from './transparent-shim.ts';
 import type { BenchConfig, BenchResults, ControlPlaneResults, Sample } from './types.ts';
 import type { AaVerdict } from './aa.ts';
 import { cpuPlan } from './cpus.ts';
+import { measureScale } from './scale.ts';
 
 const log = logger('bench');
 
@@ -39,6 +40,8 @@ export interface BenchOptions extends BenchConfig {
   readonly reconcileSizes: readonly number[];
   /** Concurrent wrk connections. */
   readonly connections: number;
+  /** inpod control plane: mesh pods of the node-scale run with ZDS (scale.ts); 0 skips it. */
+  readonly scalePods?: number;
   /** Called once the testbed exists, so a signal handler can take it down. */
   readonly onTestbed?: (tb: Testbed) => void;
 }
@@ -159,6 +162,10 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     await tb.down();
   }
 
+  if (inpod && o.controlPlane && (o.scalePods ?? 0) > 0) {
+    log.info({ pods: o.scalePods }, 'bench: the loader at node scale, with ZDS');
+    controlPlane.scale = await measureScale({ pods: o.scalePods ?? 0, changes: o.podChanges, idleSeconds: o.quick ? 2 : 10, ...(o.prefix ? { prefix: o.prefix } : {}) });
+  }
   if (coldStarts.length > 0) {
     const s = spread(coldStarts);
     controlPlane.coldStartMs = { samples: coldStarts, median: s.median, min: s.min, max: s.max };

@@ -87,6 +87,13 @@ export function controlPlaneTable(r: BenchResults): string {
   for (const x of cp.reconcile ?? []) lines.push(`| reconcile ${x.pods.toLocaleString('en-US')} pods (plan + map write) | ${fmt(x.totalMs)} ms (plan ${fmt(x.planMs)} ms, write ${fmt(x.writeMs)} ms) |`);
   if (cp.coldStartMs) lines.push(`| cold start: \`ambpf run\` -> /readyz 200 (${cp.coldStartMs.samples.length} starts) | median ${fmt(cp.coldStartMs.median)} ms (${fmt(cp.coldStartMs.min)}–${fmt(cp.coldStartMs.max)}) |`);
   if (cp.rssMiB) lines.push(`| loader RSS after its cells | median ${fmt(cp.rssMiB.median)} MiB, max ${fmt(cp.rssMiB.max)} MiB |`);
+  const sc = cp.scale;
+  if (sc) {
+    const on = `${sc.pods + 1} pods on the node (${sc.pods} mesh + ztunnel)`;
+    lines.push(`| ${on}, ZDS: loader start -> all captured and acked | ${fmt(sc.captureAllMs)} ms |`);
+    lines.push(`| ${on}: loader RSS / idle CPU (${sc.idleSeconds} s, nothing changing) | ${fmt(sc.rssMiB)} MiB / ${sc.idleCpuPct.toFixed(2)} % of a core |`);
+    lines.push(`| ${on}: pod change -> released, or captured and acked by the stand-in over ZDS (${sc.podChangeMs.samples.length} changes) | p50 ${fmt(sc.podChangeMs.p50)} ms, p99 ${fmt(sc.podChangeMs.p99)} ms, max ${fmt(sc.podChangeMs.max)} ms |`);
+  }
   return lines.join('\n') + '\n';
 }
 

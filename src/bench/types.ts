@@ -134,6 +134,20 @@ export interface ControlPlaneResults {
   readonly coldStartMs?: { readonly samples: readonly number[]; readonly median: number; readonly min: number; readonly max: number };
   /** Loader RSS after its workloads ran, MiB. */
   readonly rssMiB?: { readonly samples: readonly number[]; readonly median: number; readonly max: number };
+  /** inpod: the loader at node scale with ZDS (src/bench/scale.ts). */
+  readonly scale?: ScaleResults;
+}
+
+export interface ScaleResults {
+  readonly pods: number;
+  /** Loader start -> every pod captured (armed, ZDS Add acked, listeners registered), ms. */
+  readonly captureAllMs: number;
+  readonly rssMiB: number;
+  /** Loader CPU over idleSeconds with nothing changing, % of one core. */
+  readonly idleCpuPct: number;
+  readonly idleSeconds: number;
+  /** Pod label change in the pods file -> released, or captured and acked again (ZDS included), ms. */
+  readonly podChangeMs: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
 }
 
 export interface BenchConfig {

@@ -9,7 +9,7 @@ import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type Workl
 const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,nftables,ebpf,ebpf-splice,direct-aa] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
                    [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P] [--profile]
-                   [--max-rounds N] [--max-minutes M]
+                   [--max-rounds N] [--max-minutes M] [--scale-pods N]
 
 Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunnel's ports (node:
 in ztunnel's pod; inpod: inside the mesh pod's netns, held by ztunnel), and measures every path side
@@ -37,6 +37,10 @@ Options:
                           until the A/A median of every claimed row (conn/s, req/s, Gbit/s) is within
                           ±3 %; results.md says when it never got there (default: --rounds, no extra)
   --max-minutes M         stop adding rounds once the sink phase has run M minutes (default 60)
+  --scale-pods N          inpod control plane: a one-node testbed with N mesh pods and the ztunnel
+                          stand-in over ZDS: time to capture all, loader RSS and idle CPU, pod change
+                          -> captured and acked p50/p99 (default 249: 250 pods on the node with
+                          ztunnel's; --quick 10; 0 skips it)
   --profile               the kernel's BPF run-time statistics on for the run: per eBPF program and
                           cell, ns and runs per request (run_time_ns / run_cnt deltas), in
                           results.json and results.md beside the end-to-end figures
@@ -80,6 +84,7 @@ export const command: Command = {
         profile: { type: 'boolean', default: false },
         'max-rounds': { type: 'string' },
         'max-minutes': { type: 'string' },
+        'scale-pods': { type: 'string' },
       },
       strict: true,
       allowPositionals: false,
@@ -114,6 +119,7 @@ export const command: Command = {
         warmup: !quick && !values['no-warmup'],
         profile: values.profile,
         maxRounds, maxMinutes,
+        scalePods: values['scale-pods'] === '0' ? 0 : positiveInt('scale-pods', values['scale-pods'], quick ? 10 : 249),
         e2e: !values['no-e2e'],
         controlPlane: !values['no-control-plane'],
         outDir: values.out,
