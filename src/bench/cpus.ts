@@ -31,7 +31,8 @@ export function allowedCpus(status = readFileSync('/proc/self/status', 'utf8')):
   return out;
 }
 
-export function cpuPlan(allowed: readonly number[] = allowedCpus()): CpuPlan {
+export function cpuPlan(allowed: readonly number[] = allowedCpus(), pin = true): CpuPlan {
+  if (!pin) return { allowed, roles: { loader: [], server: [], client: [] }, note: 'nothing pinned (--no-pin): the scheduler places client, server and loader' };
   const [a, b, c] = allowed;
   if (a !== undefined && b !== undefined && c !== undefined) {
     return { allowed, roles: { loader: [a], server: [b], client: [c] }, note: `CPUs pinned (taskset): loader ${a}, server (sinks) ${b}, client (wrk, iperf3 -c) ${c}` };

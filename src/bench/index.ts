@@ -59,7 +59,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   const rss: number[] = [];
   const notes: string[] = [];
   const controlPlane: { -readonly [K in keyof ControlPlaneResults]: ControlPlaneResults[K] } = {};
-  const cpus = cpuPlan();
+  const cpus = cpuPlan(undefined, o.pin ?? true);
   let aa: AaVerdict | undefined;
 
   // --profile: the kernel's BPF run-time statistics for the whole run, released in the finally below

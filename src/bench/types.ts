@@ -169,6 +169,8 @@ export interface BenchConfig {
   /** ... and stop adding rounds once the sink phase has run this long. */
   readonly maxMinutes?: number;
   readonly aaTolerance?: number;
+  /** false: client, server and loader are not pinned to CPUs (src/bench/cpus.ts). Default true. */
+  readonly pin?: boolean;
 }
 
 export interface BenchResults {

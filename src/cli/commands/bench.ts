@@ -9,7 +9,7 @@ import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type Workl
 const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,nftables,ebpf,ebpf-splice,direct-aa] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
                    [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P] [--profile]
-                   [--max-rounds N] [--max-minutes M] [--scale-pods N]
+                   [--max-rounds N] [--max-minutes M] [--scale-pods N] [--no-pin]
 
 Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunnel's ports (node:
 in ztunnel's pod; inpod: inside the mesh pod's netns, held by ztunnel), and measures every path side
@@ -37,6 +37,8 @@ Options:
                           until the A/A median of every claimed row (conn/s, req/s, Gbit/s) is within
                           ±3 %; results.md says when it never got there (default: --rounds, no extra)
   --max-minutes M         stop adding rounds once the sink phase has run M minutes (default 60)
+  --no-pin                leave client, sinks and loader to the scheduler (default: pinned with
+                          taskset to CPUs of their own; on 2 CPUs the client alone on the second)
   --scale-pods N          inpod control plane: a one-node testbed with N mesh pods and the ztunnel
                           stand-in over ZDS: time to capture all, loader RSS and idle CPU, pod change
                           -> captured and acked p50/p99 (default 249: 250 pods on the node with
@@ -85,6 +87,7 @@ export const command: Command = {
         'max-rounds': { type: 'string' },
         'max-minutes': { type: 'string' },
         'scale-pods': { type: 'string' },
+        'no-pin': { type: 'boolean', default: false },
       },
       strict: true,
       allowPositionals: false,
@@ -118,7 +121,7 @@ export const command: Command = {
         topology: values.topology, paths, workloads, placements, rounds, seconds, quick,
         warmup: !quick && !values['no-warmup'],
         profile: values.profile,
-        maxRounds, maxMinutes,
+        maxRounds, maxMinutes, pin: !values['no-pin'],
         scalePods: values['scale-pods'] === '0' ? 0 : positiveInt('scale-pods', values['scale-pods'], quick ? 10 : 249),
         e2e: !values['no-e2e'],
         controlPlane: !values['no-control-plane'],
