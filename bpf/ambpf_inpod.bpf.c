@@ -4,9 +4,12 @@
  * listeners inside every mesh pod's own netns. Replaces Istio's in-pod iptables rules; nothing of
  * ours runs in the node's netns (no program, route or rule there), so it cannot clash with the CNI.
  *
- *   connect4/6       (pods' cgroup subtree) an ambient pod's TCP connect() goes to 127.0.0.1:15001
- *                    (::ffff:127.0.0.1 for a v4-mapped dst, ::1 for IPv6) in the pod's own netns; the
- *                    original dst and the netns cookie go into the socket's storage (ambpf_inpod_sk).
+ *   connect4/6       (pods' cgroup subtree) an ambient pod's TCP connect() goes to ztunnel's 15001 in
+ *                    the pod's own netns, at the pod's own address of the destination's family (its
+ *                    IPv4 address, v4-mapped on a dual-stack socket; its IPv6 address for native
+ *                    IPv6), so ztunnel sees the pod's address as source as with Istio's REDIRECT;
+ *                    127.0.0.1 / ::1 when the pod has no address of that family. The original dst
+ *                    and the netns cookie go into the socket's storage (ambpf_inpod_sk).
  *   getpeername4/6   the app sees the peer it asked for. On ztunnel's accepted 15001 socket (the kernel
  *                    runs getpeername inside accept()) the client's socket is looked up by the 4-tuple
  *                    and its original copied onto the accepted socket (inpod_handover): no map entry
@@ -17,7 +20,8 @@
  *                    (BPF_F_CLONE): bpf_get_netns_cookie is not callable from getsockopt before 5.15
  *                    (kernel-matrix.md), and this loads on 5.10.
  *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a new inbound TCP
- *                    connection to the pod's IP is handed to ztunnel's listener in that netns, 15008
+ *                    connection (IPv4 or IPv6) to one of the pod's IPs is handed to ztunnel's listener
+ *                    in that netns, 15008
  *                    for dport 15008 (HBONE), 15006 otherwise. The destination is already local, so no
  *                    route, mark, sysctl or IP_TRANSPARENT is needed, and the accepted socket's local
  *                    address is the original destination.
@@ -157,6 +161,14 @@ static __always_inline __u32 inpod_dns_bypass(struct bpf_sock_addr *ctx, const _
 	return CONNECT_REDIRECT;
 }
 
+/* The pod's own address of dst's family: its IPv6 address for a native IPv6 dst when it has one, else
+ * pod_ip (IPv4, or an IPv6-only pod's IPv6 address). Its connects to it stay direct (over lo); a
+ * --fail-open check looks for ztunnel's listener under it (every pod IP has its entries). */
+static __always_inline const __u32 *inpod_own_ip(const struct ambpf_netns *ns, const __u32 dst[4])
+{
+	return ip_is_v4mapped(dst) || ip_is_zero(ns->pod_ip6) ? ns->pod_ip : ns->pod_ip6;
+}
+
 /*
  * Whether this connect is redirected; counts why not. A pod is in ambpf_netns from the moment the
  * loader armed its capture, before ztunnel was told about it over ZDS: its connects then go to its
@@ -172,6 +184,7 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 	struct ambpf_config *cfg = config_get();
 	const struct ambpf_ztunnel *zt;
 	struct ambpf_inpod_lkey lkey = {};
+	const __u32 *own;
 	__u32 why;
 	int dns;
 
@@ -187,17 +200,18 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 	zt = ztunnel_get();
 	if (!ztunnel_ready(zt))
 		zt = &inpod_default_zt;
+	own = inpod_own_ip(ns, dst);
 	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. The pod's own IP goes
 	 * over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
 	dns = dport_be == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns);
-	why = dns ? inpod_dns_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip)
-		  : connect_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip);
+	why = dns ? inpod_dns_bypass(ctx, dst, dport_be, zt, cfg, own)
+		  : connect_bypass(ctx, dst, dport_be, zt, cfg, own);
 	if (why != CONNECT_REDIRECT)
 		goto bypass;
 	if (cfg->flags & AMBPF_CFG_FAIL_OPEN) {
 		struct bpf_sock *listener;
 
-		__builtin_memcpy(lkey.pod_ip, ns->pod_ip, sizeof(lkey.pod_ip));
+		__builtin_memcpy(lkey.pod_ip, own, sizeof(lkey.pod_ip));
 		lkey.slot = AMBPF_LISTENER_INBOUND;
 		/* A sockhash lookup outside sk_lookup takes a reference. */
 		listener = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
@@ -263,6 +277,27 @@ static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
 static __always_inline __u32 inpod_outbound_ip4(const struct ambpf_netns *ns)
 {
 	return ip_is_v4mapped(ns->pod_ip) && ns->pod_ip[3] != 0 ? ns->pod_ip[3] : INPOD_LOOPBACK4;
+}
+
+/* connect6: where ztunnel's [::]:15001 is reached. A v4-mapped dst (a dual-stack socket reaching an
+ * IPv4 peer) stays IPv4: ::ffff:<pod IPv4>. A native IPv6 dst goes to the pod's IPv6 address, so the
+ * client's 4-tuple is unique on the node as over IPv4 (no netns cookie in its closed-map key) and
+ * ztunnel sees the pod's IPv6 address as source; ::1 for a pod the loader knows by no IPv6 address. */
+static __always_inline void inpod_outbound6(struct bpf_sock_addr *ctx, const struct ambpf_netns *ns, const __u32 dst[4])
+{
+	if (ip_is_v4mapped(dst)) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = V4MAPPED_W2;
+		ctx->user_ip6[3] = inpod_outbound_ip4(ns);
+	} else if (!ip_is_zero(ns->pod_ip6)) {
+		sockaddr_set_ip6(ctx, ns->pod_ip6);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
 }
 
 /* ---- DNS capture: port 53 -> ztunnel's DNS proxy on localhost:15053 ----
@@ -599,16 +634,7 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 		stat_inc(AMBPF_STAT_DNS_REDIRECTED);
 		return SYS_PROCEED;
 	}
-	/* A dual-stack socket reaching an IPv4 peer stays IPv4 (::ffff:<pod IP>); IPv6 goes to ::1. */
-	ctx->user_ip6[0] = 0;
-	ctx->user_ip6[1] = 0;
-	if (ip_is_v4mapped(dst)) {
-		ctx->user_ip6[2] = V4MAPPED_W2;
-		ctx->user_ip6[3] = inpod_outbound_ip4(ns);
-	} else {
-		ctx->user_ip6[2] = 0;
-		ctx->user_ip6[3] = bpf_htonl(1);
-	}
+	inpod_outbound6(ctx, ns, dst);
 	ctx->user_port = (__u32)bpf_htons(AMBPF_PORT_OUTBOUND);
 	stat_inc(AMBPF_STAT_CONNECT6_REDIRECTED);
 	return SYS_PROCEED;
@@ -806,25 +832,74 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
  */
 /*
  * The TTL alone could be forged (IP_TTL 65 from another node) or be untouched by a bridge CNI between
- * two pods of the node: the source must also be one of the node's own addresses (--node-ip, the
- * DaemonSet passes the host IP). With none configured the TTL decides alone.
+ * two pods of the node: the source must also be one of the node's own addresses of its family
+ * (--node-ip, the DaemonSet passes the host IPs). With none of that family configured the TTL (IPv6:
+ * hop limit, whose default is 64 too) decides alone.
  */
-static __always_inline int from_node(__u32 saddr)
+static __always_inline int from_node(const __u32 saddr[4])
 {
 	struct ambpf_config *cfg = config_get();
-	int any = 0;
+	int v4 = ip_is_v4mapped(saddr), any = 0;
 
 	if (!cfg)
 		return 0;
 #pragma unroll
 	for (int i = 0; i < AMBPF_MAX_NODE_IPS; i++) {
-		if (!ip_is_v4mapped(cfg->node_ips[i]))
+		if (ip_is_zero(cfg->node_ips[i]) || ip_is_v4mapped(cfg->node_ips[i]) != v4)
 			continue;
 		any = 1;
-		if (cfg->node_ips[i][3] == saddr)
+		if (ip_eq(cfg->node_ips[i], saddr))
 			return 1;
 	}
 	return !any;
+}
+
+/*
+ * A frame's TCP header, IPv4 or IPv6, with its addresses and ports as the receiving end sees them
+ * (t->local = the destination) and its TTL / hop limit; NULL for anything else. IPv4 options and IPv6
+ * extension headers are not parsed: the kernel's own connect() sends neither.
+ */
+static __always_inline struct tcphdr *tc_tcp(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
+{
+	struct ethhdr *eth = data;
+	struct tcphdr *tcp;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
+			return 0;
+		ip_set_v4(t->local_ip, ip->daddr);
+		ip_set_v4(t->remote_ip, ip->saddr);
+		*hops = ip->ttl;
+		tcp = (void *)(ip + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
+			return 0;
+		__builtin_memcpy(t->local_ip, &ip6->daddr, sizeof(t->local_ip));
+		__builtin_memcpy(t->remote_ip, &ip6->saddr, sizeof(t->remote_ip));
+		*hops = ip6->hop_limit;
+		tcp = (void *)(ip6 + 1);
+	} else {
+		return 0;
+	}
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	t->local_port = tcp->dest;
+	t->remote_port = tcp->source;
+	return tcp;
+}
+
+/* A connection's first SYN (no ACK): see tc_tcp. */
+static __always_inline int tc_syn(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
+{
+	struct tcphdr *tcp = tc_tcp(data, data_end, t, hops);
+
+	return tcp && tcp->syn && !tcp->ack;
 }
 
 SEC("tc")
@@ -832,26 +907,12 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
 	struct ambpf_tuple t = {};
-	struct iphdr *ip;
-	struct tcphdr *tcp;
 	__u32 one = 1;
+	__u8 hops = 0;
 
-	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if (!tc_syn(data, data_end, &t, &hops) || hops != AMBPF_NODE_TTL || !from_node(t.remote_ip))
 		return TC_ACT_UNSPEC;
-	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ttl != AMBPF_NODE_TTL || ip->ihl != 5)
-		return TC_ACT_UNSPEC;
-	tcp = (void *)(ip + 1);
-	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)
-		return TC_ACT_UNSPEC;
-	if (!from_node(ip->saddr))
-		return TC_ACT_UNSPEC;
-	ip_set_v4(t.local_ip, ip->daddr);
-	ip_set_v4(t.remote_ip, ip->saddr);
-	t.local_port = tcp->dest;
-	t.remote_port = tcp->source;
 	bpf_map_update_elem(&ambpf_inpod_nodesyn, &t, &one, BPF_ANY);
 	return TC_ACT_UNSPEC;
 }
@@ -969,28 +1030,24 @@ int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct ambpf_tuple t = {};
-	struct iphdr *ip;
-	struct tcphdr *tcp;
 	__u32 one = 1;
+	__u8 hops = 0;
 
 	if ((skb->mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
 		return inpod_client_fin(skb);
-	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > data_end)
 		return TC_ACT_UNSPEC;
-	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end)
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end)
+			return TC_ACT_UNSPEC;
+		if (ip->protocol == IPPROTO_UDP)
+			return inpod_dns_answer(skb, ip, data_end);
+	}
+	/* IPv4 or IPv6 alike: ztunnel binds the leg to the client's address of the connection's family. */
+	if (!tc_syn(data, data_end, &t, &hops) || ip_eq(t.local_ip, t.remote_ip))
 		return TC_ACT_UNSPEC;
-	if (ip->protocol == IPPROTO_UDP)
-		return inpod_dns_answer(skb, ip, data_end);
-	if (ip->protocol != IPPROTO_TCP || ip->ihl != 5 || ip->saddr == ip->daddr)
-		return TC_ACT_UNSPEC;
-	tcp = (void *)(ip + 1);
-	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)
-		return TC_ACT_UNSPEC;
-	ip_set_v4(t.local_ip, ip->daddr);
-	ip_set_v4(t.remote_ip, ip->saddr);
-	t.local_port = tcp->dest;
-	t.remote_port = tcp->source;
 	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &one, BPF_ANY)) {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
 		return TC_ACT_UNSPEC;
@@ -1000,6 +1057,11 @@ int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 	return TC_ACT_UNSPEC;
 }
 
+/*
+ * Inbound over IPv4 and IPv6 alike: the pod's addresses are all in ambpf_pods and ztunnel's [::]
+ * listeners are registered under each of them; an IPv6 connection is assigned to the same dual-stack
+ * listener with its original destination as the accepted socket's local address.
+ */
 SEC("sk_lookup")
 int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 {
@@ -1008,24 +1070,38 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	struct ambpf_config *cfg;
 	struct ambpf_pod *pod;
 	struct bpf_sock *sk;
-	__u32 local_ip4, remote_ip4;
+	__u32 family;
 
-	if (ctx->protocol != IPPROTO_TCP || ctx->family != AF_INET)
+	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
-	local_ip4 = CTX_READ(ctx->local_ip4);
-	remote_ip4 = CTX_READ(ctx->remote_ip4);
+	family = CTX_READ(ctx->family);
+	if (family == AF_INET) {
+		ip_set_v4(app.local_ip, CTX_READ(ctx->local_ip4));
+		ip_set_v4(app.remote_ip, CTX_READ(ctx->remote_ip4));
+	} else if (family == AF_INET6) {
+		app.local_ip[0] = CTX_READ(ctx->local_ip6[0]);
+		app.local_ip[1] = CTX_READ(ctx->local_ip6[1]);
+		app.local_ip[2] = CTX_READ(ctx->local_ip6[2]);
+		app.local_ip[3] = CTX_READ(ctx->local_ip6[3]);
+		app.remote_ip[0] = CTX_READ(ctx->remote_ip6[0]);
+		app.remote_ip[1] = CTX_READ(ctx->remote_ip6[1]);
+		app.remote_ip[2] = CTX_READ(ctx->remote_ip6[2]);
+		app.remote_ip[3] = CTX_READ(ctx->remote_ip6[3]);
+	} else {
+		return SK_PASS;
+	}
 	/* Loopback is the pod <-> ztunnel hop itself; local == remote is the pod's connect to its own IP
 	 * and ztunnel's upstream from the pod's IP (the loop trap); both stay as they are. */
-	if (ip4_is_loopback(local_ip4) || local_ip4 == remote_ip4)
+	if (ip_is_loopback(app.local_ip) || ip_eq(app.local_ip, app.remote_ip))
 		return SK_PASS;
 	cfg = config_get();
 	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD))
 		return SK_PASS;
-	if (ip_is_v4mapped(cfg->probe_ip) && remote_ip4 == cfg->probe_ip[3]) {
+	if (ip_eq(app.remote_ip, cfg->probe_ip) || (!ip_is_zero(cfg->probe_ip6) && ip_eq(app.remote_ip, cfg->probe_ip6))) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;
 	}
-	ip_set_v4(lkey.pod_ip, local_ip4);
+	__builtin_memcpy(lkey.pod_ip, app.local_ip, sizeof(lkey.pod_ip));
 	pod = bpf_map_lookup_elem(&ambpf_pods, &lkey.pod_ip);
 	if (!pod || !(pod->flags & AMBPF_POD_AMBIENT) || (pod->flags & AMBPF_POD_OPT_OUT)) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
@@ -1033,8 +1109,6 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	}
 	/* ztunnel's own leg to the app, from the client's address (ambpf_inpod_lo_egress). Taken once: a
 	 * retransmitted SYN is recorded again. */
-	ip_set_v4(app.local_ip, local_ip4);
-	ip_set_v4(app.remote_ip, remote_ip4);
 	app.local_port = bpf_htons((__u16)CTX_READ(ctx->local_port));
 	app.remote_port = (__u16)CTX_READ(ctx->remote_port);
 	if (bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app)) {

@@ -88,3 +88,9 @@ export function canonicalIp(text: string): string | undefined {
   if (text.includes('%') || isIP(text) === 0) return undefined;
   return bytesToIp(ipToBytes(text));
 }
+
+/** Order for listings: IPv4 numerically first, then IPv6 by its text. */
+export function compareIps(a: string, b: string): number {
+  const v4 = (ip: string): number => (isIPv4(ip) ? new DataView(ip4ToBytes(ip).buffer).getUint32(0) : Infinity);
+  return v4(a) - v4(b) || a.localeCompare(b);
+}

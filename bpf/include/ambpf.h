@@ -94,9 +94,11 @@ struct ambpf_pod {
 
 /* ambpf_netns: key = netns cookie (__u64). */
 struct ambpf_netns {
-	__u32 pod_ip[4];
+	__u32 pod_ip[4];    /* the pod's IPv4 address (v4-mapped); an IPv6-only pod's IPv6 address */
 	__u32 flags;        /* AMBPF_POD_* */
 	__u32 _pad;
+	__u32 pod_ip6[4];   /* inpod: the pod's IPv6 address, all zero when it has none. Native IPv6
+			     * connects go to [pod_ip6]:15001 (ztunnel sees the pod's v6 address as source) */
 };
 
 /* ambpf_ztunnel: ARRAY[1], key 0. */

@@ -12,7 +12,7 @@
 import { existsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ResolvedPod } from '../node/discovery.ts';
-import type { ZtunnelHandoff } from '../reconcile/inpod.ts';
+import type { ZtunnelHandoff } from '../reconcile/topology-inpod.ts';
 import { ZdsError, ZdsNoPeerError, ZdsServer, type SnapshotItem, type WorkloadInfo, type ZdsPeer } from '../zds/index.ts';
 import { describeError } from '../errors.ts';
 import type { PodAnnotator } from './annotate.ts';

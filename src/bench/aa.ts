@@ -13,6 +13,7 @@ export const CLAIM_METRIC: Readonly<Record<WorkloadName, string>> = {
   'bulk-1k': 'gbps',
   'bulk-16k': 'gbps',
   'bulk-128k': 'gbps',
+  dns: 'qps',
 };
 
 export interface AaRow {

@@ -15,6 +15,7 @@ import { chartSpec, renderSvg } from './charts.ts';
 import { measurePodChange, measurePodChangeWatch, measureReconcile, summarizePodChange, writePodsWithOptOut } from './control-plane.ts';
 import { wrkScript } from './load.ts';
 import { describeMachine } from './machine.ts';
+import { runDnsPhase } from './dns.ts';
 import { APP_PORT, runE2ePhase, runSinkPhase, sinkActors, sinkCapturedPods, startHttpSink, type MatrixOptions } from './matrix.ts';
 import type { PathContext } from './paths.ts';
 import { resultsMarkdown } from './report.ts';
@@ -90,7 +91,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
       ...(inpod ? { probe: { from: actors.meshClient, ip: actors.meshDst.ip, port: APP_PORT } } : {}),
     };
     const m: MatrixOptions = {
-      paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds, warmup: o.warmup,
+      paths: o.paths, workloads: o.workloads.filter((w) => w !== 'dns'), placements: o.placements, rounds: o.rounds, warmup: o.warmup,
       seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
       profile: o.profile ?? false, cpus,
       ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
@@ -107,6 +108,10 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     };
     log.info({ prefix: tb.prefix, paths: o.paths, workloads: o.workloads, rounds: o.rounds }, 'bench: sink phase');
     await runSinkPhase(tb, ctx, m, obs);
+    if (o.workloads.includes('dns')) {
+      if (inpod) await runDnsPhase(tb, ctx, m, obs);
+      else notes.push('DNS workload skipped: DNS capture is the inpod topology\'s (--topology inpod).');
+    }
 
     if (o.controlPlane) {
       log.info('bench: control plane');

@@ -16,7 +16,8 @@ export const ISTIO_PATHS: readonly PathName[] = ['iptables', 'nftables'];
 /** Paths that install nothing and address ztunnel's port themselves. */
 export const isDirect = (p: PathName): boolean => p === 'direct' || p === 'direct-aa';
 
-export const WORKLOADS = ['connections', 'latency', 'bulk-1k', 'bulk-16k', 'bulk-128k'] as const;
+/** dns: queries per second to ztunnel's DNS port (inpod only; src/bench/dns.ts). */
+export const WORKLOADS = ['connections', 'latency', 'bulk-1k', 'bulk-16k', 'bulk-128k', 'dns'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
 
 /**
@@ -44,6 +45,8 @@ export const METRICS: Readonly<Record<string, MetricInfo>> = {
   p99us: { unit: 'µs', higherIsBetter: false, label: 'latency p99' },
   p999us: { unit: 'µs', higherIsBetter: false, label: 'latency p99.9' },
   gbps: { unit: 'Gbit/s', higherIsBetter: true, label: 'throughput' },
+  qps: { unit: 'queries/s', higherIsBetter: true, label: 'DNS queries per second' },
+  avgUs: { unit: 'µs', higherIsBetter: false, label: 'latency average' },
   retransmits: { unit: 'segments', higherIsBetter: false, label: 'TCP retransmits' },
   clientCpuUsPerReq: { unit: 'µs CPU/req', higherIsBetter: false, label: 'client pod CPU per request' },
   serverCpuUsPerReq: { unit: 'µs CPU/req', higherIsBetter: false, label: 'server pod CPU per request' },
@@ -56,6 +59,7 @@ export const PRIMARY_METRIC: Readonly<Record<WorkloadName, string>> = {
   'bulk-1k': 'gbps',
   'bulk-16k': 'gbps',
   'bulk-128k': 'gbps',
+  dns: 'qps',
 };
 
 /** One program's cost over one cell (`--profile`): kernel run-time statistics deltas. */

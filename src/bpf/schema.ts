@@ -7,7 +7,7 @@
 // Conventions (as in ambpf.h): addresses are 16 bytes, IPv4 as v4-mapped IPv6, network order; ports
 // inside keys/values are network order unless the C field ends in _host; everything else is the
 // host's (little-endian) order, as the kernel stores it.
-import { ipToBytes, isZeroIp } from '../ip.ts';
+import { ipToBytes, isV4Mapped, isZeroIp } from '../ip.ts';
 import * as L from './layout.ts';
 import { SchemaError, Struct, field } from './layout.ts';
 
@@ -90,7 +90,9 @@ export function sumPerCpu(values: readonly Uint8Array[]): bigint {
 // ---- structs: one description per struct of ambpf.h (C field, offset, type); the codecs below and
 // the layout test derive from it (src/bpf/layout.ts) ----
 export interface PodValue { netnsCookie: bigint; hostIfindex: number; flags: number }
-export interface NetnsValue { podIp: string; flags: number }
+/** podIp: the IPv4 address (an IPv6-only pod's IPv6 one); podIp6 (inpod): the IPv6 address of a pod that
+ * has one, absent otherwise (decode omits it for all-zero bytes, so entries compare field by field). */
+export interface NetnsValue { podIp: string; flags: number; podIp6?: string }
 export interface ZtunnelValue {
   ip: string;
   /** IPv6 address, or null when ztunnel has none. */
@@ -141,6 +143,16 @@ const ORIG = new Struct<OrigDst>('ambpf_orig', 20, {
   ip: field('ip', 0, L.ip), port: field('port', 16, L.be16), family: field('family', 18, L.u16),
 });
 /** An orig that was never set (family 0) reads as null. */
+/** ambpf_netns.pod_ip6: absent (all zero) for a pod with no IPv6 address; an IPv4 address is refused. */
+const optionalIp6: L.FieldType<string | undefined> = {
+  size: 16,
+  encode: (b, off, v) => {
+    if (v === undefined) return;
+    if (isV4Mapped(ipToBytes(v))) throw new SchemaError(`podIp6 must be IPv6 (got ${v}).`);
+    L.ip.encode(b, off, v);
+  },
+  decode: (b, off) => (isZeroIp(b.subarray(off, off + 16)) ? undefined : L.ip.decode(b, off)),
+};
 const optionalOrig = L.nullable(ORIG, (b, off) => ORIG.fields.family.type.decode(b, off + ORIG.fields.family.offset) === 0);
 const TUPLE = new Struct<Tuple>('ambpf_tuple', 36, {
   localIp: field('local_ip', 0, L.ip), remoteIp: field('remote_ip', 16, L.ip),
@@ -154,7 +166,9 @@ export const STRUCTS = {
   ambpf_pod: new Struct<PodValue>('ambpf_pod', 16, {
     netnsCookie: field('netns_cookie', 0, L.u64), hostIfindex: field('host_ifindex', 8, L.u32), flags: field('flags', 12, L.u32),
   }),
-  ambpf_netns: new Struct<NetnsValue>('ambpf_netns', 24, { podIp: field('pod_ip', 0, L.ip), flags: field('flags', 16, L.u32) }),
+  ambpf_netns: new Struct<NetnsValue>('ambpf_netns', 40, {
+    podIp: field('pod_ip', 0, L.ip), flags: field('flags', 16, L.u32), podIp6: field('pod_ip6', 24, optionalIp6),
+  }),
   ambpf_ztunnel: new Struct<ZtunnelValue>('ambpf_ztunnel', 80, {
     ip: field('ip', 0, L.ipv4Mapped("ztunnel's ip (put an IPv6 address in ip6)")),
     ip6: field('ip6', 16, L.optionalIp),

@@ -116,6 +116,7 @@ export const libcRaw = {
   socket: c('int socket(int domain, int type, int protocol)'),
   close: c('int close(int fd)'),
   getsockopt: c('int getsockopt(int fd, int level, int name, _Out_ uint8_t *val, _Inout_ uint32_t *len)'),
+  setsockopt: c('int setsockopt(int fd, int level, int name, void *val, uint32_t len)'),
   if_nametoindex: c('uint32_t if_nametoindex(const char *name)'),
   if_indextoname: c('void *if_indextoname(uint32_t index, _Out_ uint8_t *name)'),
   vsnprintf: c('int vsnprintf(_Out_ uint8_t *buf, size_t size, void *fmt, void *ap)'),

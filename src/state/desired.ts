@@ -5,6 +5,10 @@
 // Rules follow istio-cni's ambient pod selection (docs/istio-ambient.md#which-pods-are-in-the-mesh).
 import { isIP } from 'node:net';
 import type { ClusterSnapshot, KubeObjectLike } from '../sources/types.ts';
+import { canonicalIp } from '../ip.ts';
+
+/** Pod IPs are canonical text (src/ip.ts, the one parser); re-exported for the callers of old. */
+export { canonicalIp } from '../ip.ts';
 
 export const LABEL_DATAPLANE_MODE = 'istio.io/dataplane-mode';
 export const REDIRECTION_ANNOTATION = 'ambient.istio.io/redirection';
@@ -59,25 +63,6 @@ function str(value: unknown): string | undefined {
 
 function record(value: unknown): Readonly<Record<string, unknown>> {
   return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
-}
-
-/** Canonical form of an IP literal, or undefined if it is not one. */
-export function canonicalIp(text: string): string | undefined {
-  const kind = isIP(text);
-  if (kind === 4) return text.split('.').map((o) => String(Number(o))).join('.');
-  if (kind === 6) {
-    // Let the URL parser compress and lowercase; it also turns ::ffff:a.b.c.d into hex groups,
-    // which we fold back to the IPv4 it stands for: a v4-mapped pod IP is an IPv4 pod IP.
-    const host = new URL(`http://[${text}]/`).hostname.slice(1, -1);
-    const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(host);
-    if (mapped) {
-      const hi = parseInt(mapped[1]!, 16);
-      const lo = parseInt(mapped[2]!, 16);
-      return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
-    }
-    return host;
-  }
-  return undefined;
 }
 
 function objectName(obj: KubeObjectLike, kind: string): string {

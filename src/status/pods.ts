@@ -3,9 +3,10 @@
 // longer wants, a pod it wants but the map lacks): what an operator looks at first when a pod is or
 // is not redirected against expectations.
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
-import type { StateFile } from '../reconcile/reconciler.ts';
+import type { StateFile } from '../state/state-file.ts';
 import { podFlagWords } from './flags.ts';
 import { renderTable } from './table.ts';
+import { compareIps } from '../ip.ts';
 
 export type Drift = 'not-in-state-file' | 'not-in-map';
 
@@ -48,12 +49,6 @@ export interface PodsInput {
   readonly ifName: (ifindex: number) => string | null;
 }
 
-/** Sort key: IPv4 numerically, then IPv6 as text. */
-function ipOrder(a: string, b: string): number {
-  const n = (ip: string): number => (ip.includes(':') ? Infinity : ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0));
-  return n(a) - n(b) || a.localeCompare(b);
-}
-
 export function collectPods(i: PodsInput): PodsReport {
   const byIp = new Map<string, StateFile['pods'][number]>();
   for (const p of i.state?.pods ?? []) for (const ip of p.ips) byIp.set(ip, p);
@@ -88,7 +83,7 @@ export function collectPods(i: PodsInput): PodsReport {
       zds: pod.zds?.state ?? null, zdsError: pod.zds?.error ?? null,
     });
   }
-  rows.sort((a, b) => ipOrder(a.ip, b.ip));
+  rows.sort((a, b) => compareIps(a.ip, b.ip));
   return {
     bpffs: i.bpffs,
     stateFile: i.stateFile,

@@ -1,8 +1,9 @@
-// The loader's state file (reconcile/reconciler.ts writes it after every pass): pod names for the
-// map entries, and when the last reconcile happened. Missing is normal (a loader run without
-// --state-file, or before its first pass); unreadable is an error worth a sentence.
+// Reading the loader's state file (its type: src/state/state-file.ts; reconcile/reconciler.ts writes
+// it after every pass): pod names for the map entries, and when the last reconcile happened. Missing
+// is normal (a loader run without --state-file, or before its first pass); unreadable is an error
+// worth a sentence.
 import { readFileSync } from 'node:fs';
-import type { StateFile } from '../reconcile/reconciler.ts';
+import type { StateFile } from '../state/state-file.ts';
 import { StateFileError } from './errors.ts';
 
 export const DEFAULT_STATE_FILE = '/run/ambpf/state.json';

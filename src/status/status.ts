@@ -3,7 +3,7 @@
 // reconciled (and what it could not apply).
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { STAT_NAMES, ZT_READY } from '../bpf/schema.ts';
-import type { StateFile } from '../reconcile/reconciler.ts';
+import type { StateFile } from '../state/state-file.ts';
 import type { AttachedRow } from './links.ts';
 import { renderTable } from './table.ts';
 

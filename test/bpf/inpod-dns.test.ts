@@ -17,7 +17,7 @@ import { inpodLoLinkName, linkPin } from '../../src/bpf/pins.ts';
 import * as s from '../../src/bpf/schema.ts';
 import { execIn } from '../../src/testbed/exec.ts';
 import { computeDesiredState, DNS_CAPTURE_ANNOTATION } from '../../src/state/desired.ts';
-import { buildInpodTarget } from '../../src/reconcile/inpod.ts';
+import { buildInpodTarget } from '../../src/reconcile/topology-inpod.ts';
 import { makeEnv, type PodName } from './env.ts';
 import { eventually } from '../helpers/wait.ts';
 

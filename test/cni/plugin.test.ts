@@ -15,7 +15,7 @@ import { startTestbed, type Testbed, type TestbedPod, type TestbedSpec } from '.
 import { startHttpServer } from '../../src/testbed/helpers.ts';
 import { startZtunnels, stopZtunnel, startExtraZtunnel } from '../../src/testbed/ztunnel/launch.ts';
 import { zdsSocketPath } from '../../src/testbed/loader.ts';
-import type { StateFile } from '../../src/reconcile/reconciler.ts';
+import type { StateFile } from '../../src/state/state-file.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { startLoader, waitReady, editPodsFile, type Loader } from '../helpers/loader.ts';
 import { tracedCurl } from '../helpers/standin.ts';

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { startTestbed, defaultSpec, type Testbed, type TestbedProcess, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
 import { startHttpServer } from '../../src/testbed/helpers.ts';
 import { startZtunnels } from '../../src/testbed/ztunnel/launch.ts';
-import type { StateFile } from '../../src/reconcile/reconciler.ts';
+import type { StateFile } from '../../src/state/state-file.ts';
 import { ORIG_SRC_ROUTE_TABLE, ORIG_SRC_RULE_PREF } from '../../src/bpf/datapath-inpod.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { loaderArgs, zdsSocketPath, LOADER_PORT } from '../helpers/loader.ts';

@@ -11,7 +11,7 @@ import { startTestbed, defaultSpec, type Testbed } from '../../src/testbed/index
 import { startHttpServer, curl } from '../../src/testbed/helpers.ts';
 import { startZtunnels, startExtraZtunnel, stopZtunnel, ztunnelsOn } from '../../src/testbed/ztunnel/launch.ts';
 import { zdsSocketPath } from '../../src/testbed/loader.ts';
-import type { StateFile } from '../../src/reconcile/reconciler.ts';
+import type { StateFile } from '../../src/state/state-file.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { startLoader, waitReady, editPodsFile, AMBPF_BIN, type Loader } from '../helpers/loader.ts';
 import { tracedCurl } from '../helpers/standin.ts';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { ifIndex, netnsCookie, withNetns } from '../../src/libbpf/index.ts';
 import { openDatapath } from '../../src/bpf/datapath.ts';
 import * as s from '../../src/bpf/schema.ts';
-import type { StateFile } from '../../src/reconcile/reconciler.ts';
+import type { StateFile } from '../../src/state/state-file.ts';
 import type { PodsReport } from '../../src/status/pods.ts';
 import type { StatusReport } from '../../src/status/status.ts';
 import { makeEnv } from '../bpf/env.ts';

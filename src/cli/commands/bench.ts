@@ -21,7 +21,8 @@ by side, interleaved round by round (path order rotated each round):
   ebpf            ambpf run (--mode inpod on inpod; the default config, no splice)
   ebpf-splice     ambpf run --splice (adds the sockops/sk_msg sockhash splice; default paths: node only)
 Workloads: connections (wrk, Connection: close), latency (wrk kept-alive, p50/p99/p99.9, 1 KiB),
-bulk-1k, bulk-16k, bulk-128k (iperf3 -l); CPU per request from the pods' cgroup cpu.stat.
+bulk-1k, bulk-16k, bulk-128k (iperf3 -l), dns (inpod: dnsperf queries/s to ztunnel's 15053, Istio's DNS
+capture vs ambpf's vs the client asking 15053 itself); CPU per request from the pods' cgroup cpu.stat.
 Placements: same-node (outbound capture; inpod: the pod's own outbound over loopback) and
 cross-node (inbound capture of a client on the other node, to 15006).
 Then the control plane (pod change -> map entry, reconcile of 1,000/10,000 pods, cold start, RSS)

@@ -5,10 +5,13 @@ import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from '../command.ts';
-import { UsageError, describeError } from '../../errors.ts';
+import { UsageError } from '../../errors.ts';
 import { logger } from '../../log.ts';
 import { mountsOf } from '../../doctor/system.ts';
 import type { PodSource } from '../../sources/types.ts';
+import type { DatapathMaps } from '../../bpf/datapath-maps.ts';
+import type { Topology } from '../../reconcile/topology.ts';
+import type { ZtunnelHandoff } from '../../reconcile/topology-inpod.ts';
 
 const log = logger('run');
 
@@ -141,9 +144,10 @@ export const command: Command = {
     const { openDatapath } = await import('../../bpf/datapath.ts');
     const { defaultConfig, CFG_SPLICE, CFG_INPOD, CFG_FAIL_OPEN, CFG_NO_DNS_CAPTURE } = await import('../../bpf/schema.ts');
     const { Reconciler } = await import('../../reconcile/reconciler.ts');
+    const { ResyncPolicy } = await import('../../reconcile/resync.ts');
     const { createMetricsRegistry } = await import('../../metrics/registry.ts');
     const { startHttpServer } = await import('../../server/http.ts');
-    const { canonicalIp } = await import('../../state/desired.ts');
+    const { canonicalIp } = await import('../../ip.ts');
 
     const nodeIps = csv(values['node-ip']).map((ip) => {
       const c = canonicalIp(ip);
@@ -174,9 +178,20 @@ export const command: Command = {
     }
 
     const mapSizes = maxPods === undefined ? {} : { ambpf_pods: maxPods, ambpf_netns: maxPods };
-    const datapath = values.mode === 'inpod'
-      ? await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes })
-      : await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+    // The topology wraps its datapath: the reconciler sees the Topology contract only.
+    let datapath: { readonly maps: DatapathMaps; readonly links: unknown; close(): void };
+    let topologyWith: (handoff: ZtunnelHandoff | undefined) => Topology;
+    if (values.mode === 'inpod') {
+      const dp = await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+      const { InpodTopology } = await import('../../reconcile/topology-inpod.ts');
+      datapath = dp;
+      topologyWith = (handoff) => new InpodTopology(dp, { handoff });
+    } else {
+      const dp = await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+      const { NodeTopology } = await import('../../reconcile/topology-node.ts');
+      datapath = dp;
+      topologyWith = () => new NodeTopology(dp);
+    }
     const config = defaultConfig({ excludedPorts, nodeIps });
     if (values.splice && values['no-splice']) throw new UsageError('--splice and --no-splice exclude each other');
     // The splice is opt-in: with it off, sockops does not even put sockets in the sockhash.
@@ -197,7 +212,7 @@ export const command: Command = {
     // inpod: ambpf is the node agent ztunnel takes its pods from (ZDS). Started before the first pass,
     // so the pods armed by it are handed over as soon as a ztunnel connects.
     let handoff: import('../../agent/handoff.ts').ZdsHandoff | undefined;
-    let reconcilerRef: { resync: (o?: { rescanKernel?: boolean }) => Promise<unknown> } | undefined;
+    let resync: import('../../reconcile/resync.ts').ResyncPolicy | undefined;
     let cni: import('../../agent/cni.ts').CniServer | undefined;
     if (values.mode === 'inpod' && values['zds-socket'] !== 'none') {
       const { ZdsHandoff } = await import('../../agent/handoff.ts');
@@ -207,20 +222,18 @@ export const command: Command = {
         annotator,
         onChange: () => {
           cni?.wake();
-          reconcilerRef?.resync().catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ZDS change failed'));
+          resync?.now();
         },
-        onPeer: () => {
-          reconcilerRef?.resync({ rescanKernel: true })
-            .catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ztunnel connected failed'));
-        },
+        onPeer: () => resync?.rescanNow(),
       });
       log.info({ socket: values['zds-socket'] }, 'serving ZDS: waiting for ztunnel to connect');
     }
 
     const reconciler = new Reconciler({
-      node, datapath, stateFile: values['state-file'], handoff, netnsHints: () => cni?.netnsHints() ?? new Map(),
+      node, topology: topologyWith(handoff), stateFile: values['state-file'], netnsHints: () => cni?.netnsHints() ?? new Map(),
     });
-    reconcilerRef = reconciler;
+    // Passes no source announces (retries, the safety net, ZDS events): src/reconcile/resync.ts.
+    resync = new ResyncPolicy(reconciler, { intervalMs: resyncMs });
     if (values['cni-socket'] !== undefined && handoff) {
       const { CniServer } = await import('../../agent/cni.ts');
       cni = await CniServer.start({
@@ -236,13 +249,12 @@ export const command: Command = {
     }, registry);
 
     let stopping = false;
-    let resyncTimer: NodeJS.Timeout | undefined;
     const done = new Promise<number>((resolve) => {
       const stop = (signal: string): void => {
         if (stopping) return;
         stopping = true;
         log.info({ signal }, 'stopping: the watch ends, pins stay (traffic keeps flowing)');
-        if (resyncTimer) clearInterval(resyncTimer);
+        resync?.stop();
         void (async () => {
           await source.stop();
           await cni?.close();
@@ -279,22 +291,8 @@ export const command: Command = {
     if (stopping) return done;
     ready = true;
     log.info({ node, mode: values.mode, bpffs: values.bpffs, cgroup, links: datapath.links }, 'ready: first reconcile done');
-    // Pods whose sandbox was not up yet and a ztunnel that restarted are picked up by a resync.
-    // A full pass also runs every 30 s regardless, as a safety net against anything missed.
-    // The safety net runs on its own clock: a busy node (a pod event every few seconds) or a pod
-    // that stays unresolved must not postpone it, since passes in between trust what this loader
-    // attached and captured (clsact filters, in-pod listeners) instead of re-reading the kernel.
-    let lastSafetyNet = Date.now();
-    resyncTimer = setInterval(() => {
-      const safetyNet = Date.now() - lastSafetyNet > 30_000;
-      if (!reconciler.hasUnresolved && reconciler.ztunnelListenersPresent() && !safetyNet) return;
-      if (safetyNet) lastSafetyNet = Date.now();
-      reconciler.resync({ rescanKernel: safetyNet }).catch((err: unknown) => {
-        // A pass that throws (an `ip` dump interrupted by churn, say) is retried on the next tick.
-        reconciler.hasUnresolved = true;
-        log.error({ err: describeError(err) }, 'resync failed; retrying');
-      });
-    }, resyncMs);
+    // Pods whose sandbox was not up yet, a ztunnel that restarted, and the periodic safety net.
+    resync.start();
     return done;
   },
 };

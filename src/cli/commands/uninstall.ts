@@ -2,7 +2,6 @@
 // added in ztunnel's netns; nothing else. Safe to run twice and on a node where ambpf never ran.
 import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Command } from '../command.ts';
 import { logger } from '../../log.ts';
 
@@ -30,10 +29,11 @@ export const command: Command = {
     const { removePolicyRoute } = await import('../../bpf/datapath-ztunnel.ts');
     const { BpfLink } = await import('../../libbpf/index.ts');
     const { netnsPathByIno } = await import('../../status/targets.ts');
+    const { SK_LOOKUP_LINK, linkPin } = await import('../../bpf/pins.ts');
 
     // The sk_lookup link names ztunnel's netns; its policy route goes with it.
     let routeRemovedIn: string | undefined;
-    const skLookupPin = join(bpffs, 'links', 'sk_lookup');
+    const skLookupPin = linkPin(bpffs, SK_LOOKUP_LINK);
     if (existsSync(skLookupPin)) {
       const link = BpfLink.openPinned(skLookupPin);
       try {

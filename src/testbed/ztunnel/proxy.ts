@@ -108,8 +108,8 @@ function learnOriginalDst(s: net.Socket): { dst: SockAddr; from: string } {
   void s.remoteAddress;
   const fd = socketFd(s);
   const local = unmap(s.localAddress);
-  const viaSockopt = fd === undefined ? undefined : originalDst(fd, !local.includes(':'));
-  if (viaSockopt) return { dst: viaSockopt, from: 'SO_ORIGINAL_DST' };
+  const viaSockopt = fd === undefined ? undefined : originalDst(fd);
+  if (viaSockopt) return { dst: viaSockopt.addr, from: viaSockopt.option };
   return { dst: { ip: local, port: s.localPort ?? 0 }, from: 'local-address' };
 }
 

@@ -1,0 +1,98 @@
+// The contract between the reconciler and a topology (where ztunnel listens: its own pod, `node`, or
+// every mesh pod's netns, `inpod`). The reconciler owns the pass and the shared maps; a topology owns
+// what is attached around them. One pass, in this order:
+//   plan     decide from what the kernel holds: reads pins, maps and /proc, writes nothing;
+//   capture  what must be in place before the maps redirect a pod (ztunnel's side, the pod's capture);
+//            returns the maps' target and what they hold now;
+//   (maps)   the reconciler writes the diff (plan.ts);
+//   release  what must follow the maps: undo for pods that left, only once nothing redirects to them
+//            (node: tc on the pods' veths, on for the pods the maps now hold, off for those they dropped).
+// and at any time: inspect (health for the resync policy and the state file), rescan (the next pass
+// re-reads what the topology caches of the kernel). Kernel I/O and pin names stay in src/bpf/.
+import type { DatapathMaps } from '../bpf/datapath-maps.ts';
+import { ZT_READY } from '../bpf/schema.ts';
+import type { Resolution } from '../node/discovery.ts';
+import type { DesiredState, Problem } from '../state/desired.ts';
+import type { Current, Plan, Target } from './plan.ts';
+
+export type TopologyKind = 'node' | 'inpod';
+
+/** Runs fn, turning a throw into an error line (and keeping the pass going); false when it threw. */
+export type Attempt = (what: string, fn: () => unknown) => boolean;
+
+/** What a pass gives its topology to report through. */
+export interface PassContext {
+  readonly attempt: Attempt;
+  /** An error that is not one call's (a failed attach retried later): reported and counted. */
+  readonly fail: (error: string) => void;
+  /** Marks the end of a named phase for the pass's timing log. */
+  readonly lap: (phase: string) => void;
+}
+
+export interface PassInput {
+  readonly desired: DesiredState;
+  readonly resolution: Resolution;
+}
+
+/** One thing a pass will do to the kernel, decided by plan() before any of it is done. */
+export interface Step {
+  readonly kind: string;
+  /** What it is about, for the log: a pod, an interface, a pin. */
+  readonly subject: string;
+}
+
+export interface Captured {
+  /** What the maps should hold. */
+  readonly target: Target;
+  /** What they hold now (before this pass writes them). */
+  readonly current: Current;
+  /** What this pass could not do yet and will retry (a pod with no listeners yet). */
+  readonly unresolved: readonly Problem[];
+}
+
+export interface Released {
+  /** Attachments made (inpod: pods armed; node: interfaces steered), by pin or interface name. */
+  readonly attached: readonly string[];
+  readonly detached: readonly string[];
+}
+
+/** One pass of a topology, planned; capture and release run once each, in that order. */
+export interface TopologyPass {
+  readonly steps: readonly Step[];
+  capture(cx: PassContext): Promise<Captured>;
+  release(maps: Plan, cx: PassContext): Promise<Released>;
+}
+
+/** A pod's handoff to ztunnel as the state file shows it (inpod with ZDS; none otherwise). */
+export interface HandoffStatus {
+  readonly uid: string;
+  readonly state: string;
+  readonly error: string | undefined;
+}
+
+export interface TopologyHealth {
+  /** False when ztunnel's listeners left the datapath (ztunnel restarted): time for a pass. */
+  readonly listenersPresent: boolean;
+  readonly handoff: readonly HandoffStatus[];
+}
+
+export interface Topology {
+  readonly kind: TopologyKind;
+  /** The shared maps (design.md §3) the reconciler writes. */
+  readonly maps: DatapathMaps;
+  plan(input: PassInput): TopologyPass;
+  inspect(): TopologyHealth;
+  /** The next pass re-reads from the kernel what passes in between trust (the safety-net pass). */
+  rescan(): void;
+}
+
+/** What the shared maps hold now; `inbound`: the interfaces the topology steers (node only). */
+export function readCurrent(maps: DatapathMaps, inbound: Iterable<string> = []): Current {
+  const zt = maps.ztunnel.get();
+  return {
+    pods: new Map(maps.pods.entries()),
+    netns: new Map(maps.netns.entries()),
+    ztunnel: (zt.flags & ZT_READY) !== 0 ? zt : undefined,
+    inbound: new Set(inbound),
+  };
+}
