@@ -28,6 +28,7 @@ import type { BenchConfig, BenchResults, ControlPlaneResults, Sample } from './t
 import type { AaVerdict } from './aa.ts';
 import { cpuPlan } from './cpus.ts';
 import { measureScale } from './scale.ts';
+import { SAFETY_NET_MS } from '../reconcile/resync.ts';
 
 const log = logger('bench');
 
@@ -169,7 +170,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
 
   if (inpod && o.controlPlane && (o.scalePods ?? 0) > 0) {
     log.info({ pods: o.scalePods }, 'bench: the loader at node scale, with ZDS');
-    controlPlane.scale = await measureScale({ pods: o.scalePods ?? 0, changes: o.podChanges, idleSeconds: o.quick ? 2 : 10, ...(o.prefix ? { prefix: o.prefix } : {}) });
+    controlPlane.scale = await measureScale({ pods: o.scalePods ?? 0, changes: o.podChanges, idleSeconds: o.quick ? 2 : SAFETY_NET_MS / 1000, ...(o.prefix ? { prefix: o.prefix } : {}) });
   }
   if (coldStarts.length > 0) {
     const s = spread(coldStarts);

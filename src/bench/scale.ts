@@ -5,7 +5,8 @@
 //   captureAllMs   loader start -> every pod captured (armed, Add acked, listeners in ambpf_inpod_listen);
 //   rssMiB         the loader's VmRSS once all are captured;
 //   idleCpuPct     the loader's CPU time (utime + stime) over `idleSeconds` with nothing changing, as %
-//                  of one core (its resync passes are all it does then);
+//                  of one core (its resync ticks are all it does then: a map lookup per pod every
+//                  --resync-ms, a full pass every 30 s; the bench waits 30 s to include one);
 //   podChangeMs    a pod's label flipped in the pods file -> released (opt-out: its ambpf_pods entry
 //                  gone, Del sent) or captured again (opt-in: Add acked by the stand-in and its 15006 in
 //                  ambpf_inpod_listen), each bounded by 10 s.
