@@ -89,7 +89,7 @@ struct {
  * an entry leaves by itself when the listener closes (ztunnel restarted). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 32768);
+	__uint(max_entries, 65536); /* 4 per pod (15006, 15008, twice in a rolling upgrade) x 16384 pods */
 	__type(key, struct ambpf_inpod_lkey);
 	__type(value, __u64);
 } ambpf_inpod_listen SEC(".maps");
@@ -233,8 +233,10 @@ static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst
 {
 	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
-	if (!st)
+	if (!st) {
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_SK);
 		return -1;
+	}
 	orig_set(&st->orig, dst, port_be, family);
 	st->netns_cookie = cookie;
 	return 0;
@@ -359,8 +361,10 @@ static __always_inline int inpod_dns_remember(struct bpf_sock *sk, const __u32 d
 	struct ambpf_inpod_dns *d = bpf_sk_storage_get(&ambpf_inpod_dns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	__u32 i;
 
-	if (!d)
+	if (!d) {
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_DNS);
 		return -1;
+	}
 #pragma unroll
 	for (i = 0; i < AMBPF_DNS_SLOTS; i++) {
 		if (d->srv[i].family != 0 && d->srv[i].port == port_be && ip_eq(d->srv[i].ip, dst)) {
@@ -717,6 +721,7 @@ static __always_inline void inpod_handover(struct bpf_sock_addr *ctx)
 			stat_inc(AMBPF_STAT_INPOD_HANDED);
 		} else {
 			stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* no storage: getsockopt misses, ztunnel refuses */
+			stat_inc(AMBPF_STAT_MAPFULL_INPOD_SK);
 		}
 	}
 	bpf_sk_release(client);
@@ -773,7 +778,7 @@ int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 	CTX_TUPLE(skops, &key.t);
 	key.netns_cookie = inpod_key_cookie(&key.t, st->netns_cookie);
 	if (bpf_map_update_elem(&ambpf_inpod_closed, &key, &st->orig, BPF_ANY))
-		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_CLOSED); /* an LRU: only out of memory; getsockopt misses */
 	else
 		stat_inc(AMBPF_STAT_INPOD_CLOSED_EARLY);
 	st->role = AMBPF_INPOD_SK_HANDED; /* FIN_WAIT1 then CLOSE: written once */
@@ -913,7 +918,8 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
 
 	if (!tc_syn(data, data_end, &t, &hops) || hops != AMBPF_NODE_TTL || !from_node(t.remote_ip))
 		return TC_ACT_UNSPEC;
-	bpf_map_update_elem(&ambpf_inpod_nodesyn, &t, &one, BPF_ANY);
+	if (bpf_map_update_elem(&ambpf_inpod_nodesyn, &t, &one, BPF_ANY))
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_NODESYN); /* this probe then goes through ztunnel */
 	return TC_ACT_UNSPEC;
 }
 
@@ -1016,7 +1022,7 @@ static __always_inline int inpod_client_fin(struct __sk_buff *skb)
 	key.t.remote_port = tcp->dest;
 	key.netns_cookie = inpod_key_cookie(&key.t, st->netns_cookie);
 	if (bpf_map_update_elem(&ambpf_inpod_closed, &key, &st->orig, BPF_ANY))
-		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_CLOSED); /* an LRU: only out of memory; getsockopt misses */
 	else
 		stat_inc(AMBPF_STAT_INPOD_CLOSED_EARLY);
 	st->role = AMBPF_INPOD_SK_HANDED; /* getsockopt takes it from the map, not from this socket */
@@ -1050,6 +1056,7 @@ int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &one, BPF_ANY)) {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_ORIGSRC);
 		return TC_ACT_UNSPEC;
 	}
 	skb->mark |= AMBPF_MARK_ORIG_SRC;

@@ -263,6 +263,18 @@ enum ambpf_stat {
 	AMBPF_STAT_DNS_SLOT_REUSED,           /* inpod: a socket asked a 5th server: its oldest slot reused */
 	AMBPF_STAT_DNS_ERROR,                 /* inpod: no socket storage for a query (refused) */
 	AMBPF_STAT_TC_DNS_ANSWER,             /* inpod tc on lo: an answer's source set to its slot address */
+	/* An insert a program made failed, one counter per map (the map full, or no memory for socket
+	 * storage). What each failure does to the connection is documented at the map (docs/maps.md):
+	 * never a captured pod's traffic sent around ztunnel. */
+	AMBPF_STAT_MAPFULL_PAIR_DST,
+	AMBPF_STAT_MAPFULL_OUTFLOW,
+	AMBPF_STAT_MAPFULL_SOCKHASH,
+	AMBPF_STAT_MAPFULL_ORIG_DST,
+	AMBPF_STAT_MAPFULL_INPOD_CLOSED,
+	AMBPF_STAT_MAPFULL_INPOD_ORIGSRC,
+	AMBPF_STAT_MAPFULL_INPOD_NODESYN,
+	AMBPF_STAT_MAPFULL_INPOD_SK,
+	AMBPF_STAT_MAPFULL_INPOD_DNS,
 	AMBPF_STAT_INPOD_HANDED,              /* inpod: a client's original copied onto ztunnel's accepted socket */
 	AMBPF_STAT_INPOD_CLOSED_EARLY,        /* inpod: a client closed before ztunnel took its original */
 	AMBPF_STAT_MAX,

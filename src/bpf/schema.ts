@@ -70,6 +70,9 @@ export const STAT_NAMES = [
   'tc_pass_local', 'tc_rst_cloned', 'sockops_outflow_added',
   'sklookup_refused', 'sklookup_pass_ztunnel', 'tc_orig_src_marked', 'connect4_fail_open',
   'dns_redirected', 'dns_bypass', 'dns_restored', 'dns_slot_reused', 'dns_error', 'tc_dns_answer',
+  // Failed inserts by the programs, one per map (metrics/map-health.ts names the map of each).
+  'mapfull_pair_dst', 'mapfull_outflow', 'mapfull_sockhash', 'mapfull_orig_dst', 'mapfull_inpod_closed',
+  'mapfull_inpod_origsrc', 'mapfull_inpod_nodesyn', 'mapfull_inpod_sk', 'mapfull_inpod_dns',
   'inpod_handed', 'inpod_closed_early',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
