@@ -10,16 +10,15 @@
  *                    IPv6), so ztunnel sees the pod's address as source as with Istio's REDIRECT;
  *                    127.0.0.1 / ::1 when the pod has no address of that family. The original dst
  *                    and the netns cookie go into the socket's storage (ambpf_inpod_sk).
- *   getpeername4/6   the app sees the peer it asked for.
- *   sockops          at ESTABLISHED the original dst moves to ambpf_inpod_pair under {netns cookie,
- *                    4-tuple}: every pod talks to its ztunnel over 127.0.0.1, so the same 4-tuple can
- *                    exist in two pods at once and the node topology's tuple key would mix them up.
- *                    When ztunnel's side of the connection is established it moves on again, into the
- *                    accepted socket's own storage, and lives exactly as long as that socket.
- *   getsockopt       answers SO_ORIGINAL_DST for ztunnel's accepted socket. Its netns cookie comes
- *                    from socket storage the loader put on ztunnel's 15001 listener and the kernel
- *                    cloned to the accepted socket (BPF_F_CLONE): bpf_get_netns_cookie is not callable
- *                    from getsockopt/sockops before 5.15 (kernel-matrix.md), and this loads on 5.10.
+ *   getpeername4/6   the app sees the peer it asked for. On ztunnel's accepted 15001 socket (the kernel
+ *                    runs getpeername inside accept()) the client's socket is looked up by the 4-tuple
+ *                    and its original copied onto the accepted socket (inpod_handover): no map entry
+ *                    per connection, no sockops.
+ *   getsockopt       answers SO_ORIGINAL_DST for ztunnel's accepted socket, from its storage (or from
+ *                    ambpf_inpod_closed). Its netns cookie comes from socket storage the loader put on
+ *                    ztunnel's 15001 listener and the kernel cloned to the accepted socket
+ *                    (BPF_F_CLONE): bpf_get_netns_cookie is not callable from getsockopt before 5.15
+ *                    (kernel-matrix.md), and this loads on 5.10.
  *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a new inbound TCP
  *                    connection (IPv4 or IPv6) to one of the pod's IPs is handed to ztunnel's listener
  *                    in that netns, 15008
@@ -76,14 +75,15 @@ struct {
 	__type(value, struct ambpf_inpod_sk);
 } ambpf_inpod_sk SEC(".maps");
 
-/* {netns cookie, client 4-tuple} -> original dst, between the client's and ztunnel's ESTABLISHED;
- * deleted when it moves onto ztunnel's accepted socket, or at the client's TCP_CLOSE. */
+/* {netns cookie, client 4-tuple} -> original dst of a client that closed before ztunnel's accept()
+ * took it (its FIN on the pod's lo: inpod_client_fin); getsockopt takes it. Only that race writes here, never the common
+ * case. An LRU: an entry ztunnel never asks for (it never accepted) goes by itself. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
 	__type(key, struct ambpf_inpod_key);
 	__type(value, struct ambpf_orig);
-} ambpf_inpod_pair SEC(".maps");
+} ambpf_inpod_closed SEC(".maps");
 
 /* {pod IP, slot} -> ztunnel's 15006/15008 listener inside that pod's netns. Filled by the loader;
  * an entry leaves by itself when the listener closes (ztunnel restarted). */
@@ -270,7 +270,7 @@ static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
 {
 	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
 
-	return st && st->orig.family != 0 && st->role == AMBPF_INPOD_SK_APP ? &st->orig : 0;
+	return st && st->orig.family != 0 && st->role != AMBPF_INPOD_SK_ACCEPTED ? &st->orig : 0;
 }
 
 /* The address ztunnel's 15001 is reached at: the pod's own IPv4 address, so the connection's source is
@@ -283,7 +283,7 @@ static __always_inline __u32 inpod_outbound_ip4(const struct ambpf_netns *ns)
 
 /* connect6: where ztunnel's [::]:15001 is reached. A v4-mapped dst (a dual-stack socket reaching an
  * IPv4 peer) stays IPv4: ::ffff:<pod IPv4>. A native IPv6 dst goes to the pod's IPv6 address, so the
- * client's 4-tuple is unique on the node as over IPv4 (no netns cookie in the sockops key) and
+ * client's 4-tuple is unique on the node as over IPv4 (no netns cookie in its closed-map key) and
  * ztunnel sees the pod's IPv6 address as source; ::1 for a pod the loader knows by no IPv6 address. */
 static __always_inline void inpod_outbound6(struct bpf_sock_addr *ctx, const struct ambpf_netns *ns, const __u32 dst[4])
 {
@@ -644,22 +644,10 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-SEC("cgroup/getpeername4")
-int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
-{
-	return peername4_restore(ctx, inpod_orig(ctx->sk));
-}
-
-SEC("cgroup/getpeername6")
-int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
-{
-	return peername6_restore(ctx, inpod_orig(ctx->sk));
-}
-
-/* ---- sockops: the client's original dst under {netns cookie, 4-tuple} ---- */
+/* ---- the original dst from the client's socket to ztunnel's accepted one ---- */
 
 /*
- * The netns cookie part of an ambpf_inpod_pair key. A pod reaches its ztunnel at its own IP:15001, so
+ * The netns cookie part of an ambpf_inpod_closed key. A pod reaches its ztunnel at its own IP:15001, so
  * the client-side 4-tuple is unique on the node by itself (pod IPs are): cookie 0, and ztunnel's side
  * finds the entry from its own tuple with no help. Only a connection over loopback (an IPv6 connect of
  * a pod the loader knows by no IPv6 address goes to ::1) repeats across pods and needs the cookie,
@@ -674,89 +662,126 @@ static __always_inline __u64 inpod_key_cookie(const struct ambpf_tuple *t, __u64
 	return 0;
 }
 
-/* The key of a redirected app socket, from its storage; 0 when the socket was not redirected. */
-static __always_inline int inpod_key(struct bpf_sock_ops *skops, struct ambpf_inpod_key *key,
-				     struct ambpf_inpod_sk **out)
+/*
+ * ztunnel accepted a connection on 15001: copy the client's original dst onto the accepted socket.
+ * Runs in getpeername4/6, which the kernel calls on the accepted socket inside accept() whenever the
+ * caller asks for the peer's address (ztunnel's tokio accept does, as do nginx, Go and Python), so
+ * before ztunnel can ask SO_ORIGINAL_DST. Both sockets are in the pod's netns, so the client's socket
+ * is found by the 4-tuple in the kernel's own established table: no map of ours holds connections,
+ * and sockops (a dozen runs per connection for the callbacks nobody can switch off) is not needed.
+ * The accepted socket already has storage, cloned from the tagged listener, so nothing is allocated.
+ * A client that closed first is not found here: its FIN left its original in ambpf_inpod_closed
+ * (inpod_client_fin), and getsockopt takes it from there.
+ */
+static __always_inline void inpod_handover(struct bpf_sock_addr *ctx)
 {
-	struct bpf_sock *sk = skops->sk;
-	struct ambpf_inpod_sk *st;
+	struct bpf_sock *sk = ctx->sk;
+	struct bpf_sock_tuple tup = {};
+	struct ambpf_inpod_key key = {};
+	struct ambpf_inpod_sk *zst, *cst;
+	struct bpf_sock *client;
+	__u32 len = sizeof(tup.ipv4);
 
-	if (!sk)
-		return 0;
-	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-	if (!st || st->orig.family == 0 || st->role != AMBPF_INPOD_SK_APP)
-		return 0;
-	CTX_TUPLE(skops, &key->t);
-	key->netns_cookie = inpod_key_cookie(&key->t, st->netns_cookie);
-	*out = st;
-	return 1;
+	if (sk->protocol != IPPROTO_TCP || sk->src_port != AMBPF_PORT_OUTBOUND)
+		return;
+	zst = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+	if (zst && zst->role == AMBPF_INPOD_SK_ACCEPTED)
+		return; /* a second getpeername */
+	/* The client's socket as a packet coming to it sees it: from ztunnel's end to the client's. A
+	 * v4-mapped pair (dual-stack listener) is an IPv4 connection, in the IPv4 table. */
+	sockopt_client_tuple(sk, &key.t);
+	if (ip_is_v4mapped(key.t.local_ip) && ip_is_v4mapped(key.t.remote_ip)) {
+		tup.ipv4.saddr = key.t.remote_ip[3];
+		tup.ipv4.daddr = key.t.local_ip[3];
+		tup.ipv4.sport = key.t.remote_port;
+		tup.ipv4.dport = key.t.local_port;
+	} else {
+		__builtin_memcpy(tup.ipv6.saddr, key.t.remote_ip, sizeof(tup.ipv6.saddr));
+		__builtin_memcpy(tup.ipv6.daddr, key.t.local_ip, sizeof(tup.ipv6.daddr));
+		tup.ipv6.sport = key.t.remote_port;
+		tup.ipv6.dport = key.t.local_port;
+		len = sizeof(tup.ipv6);
+	}
+	client = bpf_sk_lookup_tcp(ctx, &tup, len, BPF_F_CURRENT_NETNS, 0);
+	if (!client)
+		return;
+	cst = bpf_sk_storage_get(&ambpf_inpod_sk, client, 0, 0);
+	if (!cst || cst->orig.family == 0) {
+		/* Not redirected (a direct connect to 15001): an entry a closed client left on this tuple
+		 * must not answer for it. */
+		key.netns_cookie = inpod_key_cookie(&key.t, zst ? zst->netns_cookie : 0);
+		bpf_map_delete_elem(&ambpf_inpod_closed, &key);
+	} else if (cst->role == AMBPF_INPOD_SK_APP) {
+		if (!zst)
+			zst = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (zst) {
+			zst->orig = cst->orig;
+			zst->role = AMBPF_INPOD_SK_ACCEPTED;
+			cst->role = AMBPF_INPOD_SK_HANDED;
+			stat_inc(AMBPF_STAT_INPOD_HANDED);
+		} else {
+			stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* no storage: getsockopt misses, ztunnel refuses */
+			stat_inc(AMBPF_STAT_MAPFULL_INPOD_SK);
+		}
+	}
+	bpf_sk_release(client);
+}
+
+SEC("cgroup/getpeername4")
+int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_orig *orig = inpod_orig(ctx->sk);
+
+	if (!orig)
+		inpod_handover(ctx);
+	return peername4_restore(ctx, orig);
+}
+
+SEC("cgroup/getpeername6")
+int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_orig *orig = inpod_orig(ctx->sk);
+
+	if (!orig)
+		inpod_handover(ctx);
+	return peername6_restore(ctx, orig);
 }
 
 /*
- * A socket in the pods' cgroup subtree reached ESTABLISHED passively: when it is ztunnel's side of a
- * redirected connection (the client's entry is in ambpf_inpod_pair), copy the client's original dst onto
- * it, so getsockopt finds it for as long as ztunnel holds the socket, even when the client has closed
- * and its pair entry is gone (a fire-and-forget client beats a busy ztunnel's accept()). The entry
- * itself is not needed any more. Any listener of the group qualifies (two ztunnels during a rolling
- * upgrade): no tag on the listener is needed, except over loopback (inpod_key_cookie).
+ * Kernels without tcx (< 6.6) get no tc program on the pod's lo, so no FIN to catch a client that
+ * closes before ztunnel's accept(): the loader attaches this sockops program there instead, and only
+ * there (it runs a dozen times per connection). A redirected client asks for its state changes; when
+ * it closes (FIN_WAIT1, or CLOSE for an abort) with its original not handed over yet, the original
+ * goes to ambpf_inpod_closed, as inpod_client_fin does.
  */
-static __always_inline void inpod_passive(struct bpf_sock_ops *skops)
-{
-	struct ambpf_inpod_key key = {};
-	struct ambpf_tuple own = {};
-	struct ambpf_inpod_sk *st;
-	struct ambpf_orig *orig;
-	struct bpf_sock *sk = skops->sk;
-
-	if (!sk)
-		return;
-	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-	if (st && st->orig.family != 0)
-		return;
-	CTX_TUPLE(skops, &own);
-	tuple_reverse(&key.t, &own);
-	key.netns_cookie = inpod_key_cookie(&key.t, st ? st->netns_cookie : 0);
-	if (key.netns_cookie == 0 && inpod_key_cookie(&key.t, 1) != 0)
-		return; /* over loopback without a tagged listener: not ztunnel's */
-	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);
-	if (!orig)
-		return;
-	if (!st)
-		st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* getsockopt falls back to the pair entry while it lives */
-		stat_inc(AMBPF_STAT_MAPFULL_INPOD_SK);
-		return;
-	}
-	st->orig = *orig;
-	st->role = AMBPF_INPOD_SK_ACCEPTED;
-	if (bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
-		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
-}
-
 SEC("sockops")
 int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 {
 	struct ambpf_inpod_key key = {};
-	struct ambpf_inpod_sk *st = 0;
+	struct ambpf_inpod_sk *st;
+	struct bpf_sock *sk = skops->sk;
 	__u32 op = skops->op;
 
+	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
+		return SYS_PROCEED;
+	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != BPF_TCP_FIN_WAIT1 && skops->args[1] != BPF_TCP_CLOSE)
+		return SYS_PROCEED;
+	if (!sk)
+		return SYS_PROCEED;
+	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+	if (!st || st->role != AMBPF_INPOD_SK_APP || st->orig.family == 0)
+		return SYS_PROCEED;
 	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
-		if (!inpod_key(skops, &key, &st) || !st)
-			return SYS_PROCEED;
-		if (bpf_map_update_elem(&ambpf_inpod_pair, &key, &st->orig, BPF_ANY)) {
-			stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* full map: counted, getsockopt will miss */
-			stat_inc(AMBPF_STAT_MAPFULL_INPOD_PAIR);
-			return SYS_PROCEED;
-		}
-		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_ADDED);
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	} else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
-		inpod_passive(skops);
-	} else if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
-		if (inpod_key(skops, &key, &st) && bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
-			stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
+		return SYS_PROCEED;
 	}
+	CTX_TUPLE(skops, &key.t);
+	key.netns_cookie = inpod_key_cookie(&key.t, st->netns_cookie);
+	if (bpf_map_update_elem(&ambpf_inpod_closed, &key, &st->orig, BPF_ANY))
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_CLOSED); /* an LRU: only out of memory; getsockopt misses */
+	else
+		stat_inc(AMBPF_STAT_INPOD_CLOSED_EARLY);
+	st->role = AMBPF_INPOD_SK_HANDED; /* FIN_WAIT1 then CLOSE: written once */
 	return SYS_PROCEED;
 }
 
@@ -775,15 +800,25 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
 	if (!sockopt_wants_orig_dst(ctx))
 		return SYS_PROCEED;
 	st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
-	/* The usual case: sockops copied the client's original onto this socket when it was accepted. */
+	/* The usual case: accept() copied the client's original onto this socket (inpod_handover). */
 	if (st && st->role == AMBPF_INPOD_SK_ACCEPTED && st->orig.family != 0)
 		return sockopt_answer(ctx, &st->orig);
+	/* The client closed before that (inpod_client_fin). Taken once, onto this socket: a second
+	 * getsockopt answers from there, and the entry cannot answer a later connection on the tuple. */
 	sockopt_client_tuple(ctx->sk, &key.t);
 	key.netns_cookie = inpod_key_cookie(&key.t, st ? st->netns_cookie : 0);
-	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);
+	orig = bpf_map_lookup_elem(&ambpf_inpod_closed, &key);
 	if (!orig) {
 		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
 		return SYS_PROCEED;
+	}
+	if (!st)
+		st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st) {
+		st->orig = *orig;
+		st->role = AMBPF_INPOD_SK_ACCEPTED;
+		bpf_map_delete_elem(&ambpf_inpod_closed, &key);
+		return sockopt_answer(ctx, &st->orig);
 	}
 	return sockopt_answer(ctx, orig);
 }
@@ -931,6 +966,69 @@ static __always_inline int inpod_dns_answer(struct __sk_buff *skb, const struct 
 	return TC_ACT_UNSPEC;
 }
 
+/*
+ * A redirected app socket sends its FIN before ztunnel's accept() took its original (connect, write,
+ * close at once; ztunnel busy): the socket and its storage are gone soon after, so the original goes
+ * to ambpf_inpod_closed under the client's 4-tuple and netns cookie, where getsockopt finds it. The
+ * FIN of a socket whose original was handed over, and every other packet, cost the header tests.
+ */
+static __always_inline int inpod_client_fin(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ambpf_inpod_key key = {};
+	struct ambpf_inpod_sk *st;
+	struct bpf_sock *sk;
+	struct tcphdr *tcp;
+	struct ipv6hdr *ip6;
+	struct iphdr *ip;
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_UNSPEC;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
+			return TC_ACT_UNSPEC;
+		tcp = (void *)(ip + 1);
+		if ((void *)(tcp + 1) > data_end)
+			return TC_ACT_UNSPEC;
+		ip_set_v4(key.t.local_ip, ip->saddr);
+		ip_set_v4(key.t.remote_ip, ip->daddr);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
+			return TC_ACT_UNSPEC;
+		tcp = (void *)(ip6 + 1);
+		if ((void *)(tcp + 1) > data_end)
+			return TC_ACT_UNSPEC;
+		__builtin_memcpy(key.t.local_ip, &ip6->saddr, sizeof(key.t.local_ip));
+		__builtin_memcpy(key.t.remote_ip, &ip6->daddr, sizeof(key.t.remote_ip));
+	} else {
+		return TC_ACT_UNSPEC;
+	}
+	if (!tcp->fin || tcp->dest != bpf_htons(AMBPF_PORT_OUTBOUND))
+		return TC_ACT_UNSPEC;
+	sk = skb->sk;
+	if (!sk)
+		return TC_ACT_UNSPEC;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return TC_ACT_UNSPEC;
+	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+	if (!st || st->role != AMBPF_INPOD_SK_APP || st->orig.family == 0)
+		return TC_ACT_UNSPEC;
+	key.t.local_port = tcp->source;
+	key.t.remote_port = tcp->dest;
+	key.netns_cookie = inpod_key_cookie(&key.t, st->netns_cookie);
+	if (bpf_map_update_elem(&ambpf_inpod_closed, &key, &st->orig, BPF_ANY))
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_CLOSED); /* an LRU: only out of memory; getsockopt misses */
+	else
+		stat_inc(AMBPF_STAT_INPOD_CLOSED_EARLY);
+	st->role = AMBPF_INPOD_SK_HANDED; /* getsockopt takes it from the map, not from this socket */
+	return TC_ACT_UNSPEC;
+}
+
 SEC("tc")
 int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 {
@@ -942,7 +1040,7 @@ int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 	__u8 hops = 0;
 
 	if ((skb->mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
-		return TC_ACT_UNSPEC;
+		return inpod_client_fin(skb);
 	if ((void *)(eth + 1) > data_end)
 		return TC_ACT_UNSPEC;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {

@@ -25,6 +25,10 @@ import { spread } from './stats.ts';
 import { summarize } from './summary.ts';
 import { buildTransparentShim } from './transparent-shim.ts';
 import type { BenchConfig, BenchResults, ControlPlaneResults, Sample } from './types.ts';
+import type { AaVerdict } from './aa.ts';
+import { cpuPlan } from './cpus.ts';
+import { measureScale } from './scale.ts';
+import { SAFETY_NET_MS } from '../reconcile/resync.ts';
 
 const log = logger('bench');
 
@@ -38,6 +42,8 @@ export interface BenchOptions extends BenchConfig {
   readonly reconcileSizes: readonly number[];
   /** Concurrent wrk connections. */
   readonly connections: number;
+  /** inpod control plane: mesh pods of the node-scale run with ZDS (scale.ts); 0 skips it. */
+  readonly scalePods?: number;
   /** Called once the testbed exists, so a signal handler can take it down. */
   readonly onTestbed?: (tb: Testbed) => void;
 }
@@ -55,6 +61,8 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   const rss: number[] = [];
   const notes: string[] = [];
   const controlPlane: { -readonly [K in keyof ControlPlaneResults]: ControlPlaneResults[K] } = {};
+  const cpus = cpuPlan(undefined, o.pin ?? true);
+  let aa: AaVerdict | undefined;
 
   // --profile: the kernel's BPF run-time statistics for the whole run, released in the finally below
   // (and by the kernel if this process dies), so the machine never keeps paying for them.
@@ -80,16 +88,20 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     const idle = inpod ? tb.pods.filter((p) => p.mesh && p.name !== actors.meshClient.name) : [];
     writePodsWithOptOut(tb, podsFile, idle);
     const ctx: PathContext = {
-      tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb),
+      tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb), cpus,
       ...(inpod ? { probe: { from: actors.meshClient, ip: actors.meshDst.ip, port: APP_PORT } } : {}),
     };
     const m: MatrixOptions = {
       paths: o.paths, workloads: o.workloads.filter((w) => w !== 'dns'), placements: o.placements, rounds: o.rounds, warmup: o.warmup,
       seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
-      profile: o.profile ?? false,
+      profile: o.profile ?? false, cpus,
+      ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
+      ...(o.maxMinutes !== undefined ? { maxMinutes: o.maxMinutes } : {}),
+      ...(o.aaTolerance !== undefined ? { aaTolerance: o.aaTolerance } : {}),
     };
     const obs = {
       sample: (s: Sample) => samples.push(s),
+      rounds: (v: AaVerdict) => (aa ??= v), // the sink phase's; the e2e phase runs fixed rounds
       loader: (c: readonly number[], r: readonly number[]) => {
         coldStarts.push(...c);
         rss.push(...r.map((k) => k / 1024));
@@ -134,7 +146,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
       try {
         const captured = inpod ? tb.pods.filter((p) => p.mesh) : [];
         const { probe: _sinkProbe, ...e2eCtx } = ctx; // the sink phase's probe target is not the stand-ins'
-        await runE2ePhase(tb, { ...e2eCtx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads }, obs);
+        await runE2ePhase(tb, { ...e2eCtx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads, maxRounds: o.rounds }, obs);
       } finally {
         await stopStandIns(tb);
       }
@@ -156,6 +168,10 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     await tb.down();
   }
 
+  if (inpod && o.controlPlane && (o.scalePods ?? 0) > 0) {
+    log.info({ pods: o.scalePods }, 'bench: the loader at node scale, with ZDS');
+    controlPlane.scale = await measureScale({ pods: o.scalePods ?? 0, changes: o.podChanges, idleSeconds: o.quick ? 2 : SAFETY_NET_MS / 1000, ...(o.prefix ? { prefix: o.prefix } : {}) });
+  }
   if (coldStarts.length > 0) {
     const s = spread(coldStarts);
     controlPlane.coldStartMs = { samples: coldStarts, median: s.median, min: s.min, max: s.max };
@@ -172,6 +188,9 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     config: {
       topology: o.topology, paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds,
       warmup: o.warmup, seconds: o.seconds, e2e: o.e2e, controlPlane: o.controlPlane, quick: o.quick, profile: o.profile ?? false,
+      ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
+      ...(o.maxMinutes !== undefined ? { maxMinutes: o.maxMinutes } : {}),
+      ...(o.aaTolerance !== undefined ? { aaTolerance: o.aaTolerance } : {}),
     },
     machine,
     startedAt,
@@ -179,6 +198,8 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     samples,
     summary: summarize(samples, o.paths),
     ...(o.profile ? { profile: profileRows(samples) } : {}),
+    ...(aa ? { aa } : {}),
+    cpus: cpus.note,
     controlPlane,
     notes,
   };

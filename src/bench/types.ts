@@ -1,5 +1,6 @@
 // The shapes of a benchmark run and of results.json (the contract of `ambpf bench --out`).
 import type { Spread } from './stats.ts';
+import type { AaVerdict } from './aa.ts';
 
 /**
  * `direct-aa` is the A/A control: `direct` measured a second time in the same round, so its ratio to
@@ -137,6 +138,20 @@ export interface ControlPlaneResults {
   readonly coldStartMs?: { readonly samples: readonly number[]; readonly median: number; readonly min: number; readonly max: number };
   /** Loader RSS after its workloads ran, MiB. */
   readonly rssMiB?: { readonly samples: readonly number[]; readonly median: number; readonly max: number };
+  /** inpod: the loader at node scale with ZDS (src/bench/scale.ts). */
+  readonly scale?: ScaleResults;
+}
+
+export interface ScaleResults {
+  readonly pods: number;
+  /** Loader start -> every pod captured (armed, ZDS Add acked, listeners registered), ms. */
+  readonly captureAllMs: number;
+  readonly rssMiB: number;
+  /** Loader CPU over idleSeconds with nothing changing, % of one core. */
+  readonly idleCpuPct: number;
+  readonly idleSeconds: number;
+  /** Pod label change in the pods file -> released, or captured and acked again (ZDS included), ms. */
+  readonly podChangeMs: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
 }
 
 export interface BenchConfig {
@@ -152,6 +167,14 @@ export interface BenchConfig {
   readonly quick: boolean;
   /** Kernel BPF run-time statistics on for the run, per-program cost per cell. */
   readonly profile?: boolean;
+  /** With direct-aa among the paths: more sink rounds, up to this many, until the A/A median of every
+   * claimed row is within aaTolerance (src/bench/aa.ts). Default: rounds (no extra rounds). */
+  readonly maxRounds?: number;
+  /** ... and stop adding rounds once the sink phase has run this long. */
+  readonly maxMinutes?: number;
+  readonly aaTolerance?: number;
+  /** false: client, server and loader are not pinned to CPUs (src/bench/cpus.ts). Default true. */
+  readonly pin?: boolean;
 }
 
 export interface BenchResults {
@@ -168,4 +191,8 @@ export interface BenchResults {
   readonly notes: readonly string[];
   /** `--profile`: medians over rounds of each program's cost per cell (src/bench/profile.ts). */
   readonly profile?: readonly ProfileRow[];
+  /** How many sink rounds ran and whether the A/A control got within its tolerance (src/bench/aa.ts). */
+  readonly aa?: AaVerdict;
+  /** Where client, server and loader ran (src/bench/cpus.ts). */
+  readonly cpus?: string;
 }

@@ -44,9 +44,18 @@ export interface PodListeners {
 
 /** The inpod maps this module writes, by role. */
 const M = {
-  sk: 'ambpf_inpod_sk', pair: 'ambpf_inpod_pair', listen: 'ambpf_inpod_listen', origsrc: 'ambpf_inpod_origsrc',
+  sk: 'ambpf_inpod_sk', closed: 'ambpf_inpod_closed', listen: 'ambpf_inpod_listen', origsrc: 'ambpf_inpod_origsrc',
   nodesyn: 'ambpf_inpod_nodesyn', dns: 'ambpf_inpod_dns',
 } as const satisfies Record<string, InpodMapName>;
+
+/**
+ * The hook attached only on kernels without tcx (< 6.6), where no tc program on the pod's lo catches the
+ * FIN of a client that closes before ztunnel's accept() took its original: ambpf_inpod_sockops (it
+ * runs a dozen times per connection). With tcx its link is removed: accept() takes the original
+ * (bpf/ambpf_inpod.bpf.c inpod_handover) and the lo program covers the early close.
+ */
+const SOCKOPS_FALLBACK = 'sockops' satisfies InpodCgroupHook;
+type AlwaysHook = Exclude<InpodCgroupHook, typeof SOCKOPS_FALLBACK>;
 
 /** A slot's fallback entry (bpf/ambpf_inpod.bpf.c tries slot, then slot + LISTENER_SLOTS). */
 const fallbackSlot = (slot: number): number => slot + s.LISTENER_SLOTS;
@@ -94,19 +103,19 @@ export class InpodDatapath {
   readonly ledger: string;
   readonly cgroup: string;
   readonly maps: DatapathMaps;
-  readonly links: Readonly<Record<InpodCgroupHook, LinkOutcome>>;
+  readonly links: Readonly<Record<AlwaysHook, LinkOutcome>>;
   /** The inpod maps, raw (tests and inspection). */
-  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap; origsrc: BpfMap; nodesyn: BpfMap; dns: BpfMap }>;
+  readonly inpodMaps: Readonly<{ sk: BpfMap; closed: BpfMap; listen: BpfMap; origsrc: BpfMap; nodesyn: BpfMap; dns: BpfMap }>;
   readonly #object: BpfObject;
 
-  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<InpodCgroupHook, LinkOutcome>) {
+  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<AlwaysHook, LinkOutcome>) {
     this.bpffs = o.bpffs;
     this.ledger = o.ledger ?? ledgerPath(o.bpffs);
     this.cgroup = o.cgroup;
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
     this.inpodMaps = {
-      sk: object.map(M.sk), pair: object.map(M.pair), listen: object.map(M.listen), origsrc: object.map(M.origsrc), nodesyn: object.map(M.nodesyn),
+      sk: object.map(M.sk), closed: object.map(M.closed), listen: object.map(M.listen), origsrc: object.map(M.origsrc), nodesyn: object.map(M.nodesyn),
       dns: object.map(M.dns),
     };
     this.links = links;
@@ -125,8 +134,9 @@ export class InpodDatapath {
       const missing = MAP_NAMES.filter((n) => !obj.maps.some((m) => m.name === n));
       if (missing.length > 0) throw new DatapathError(`${INPOD_OBJECT} lacks the shared maps ${missing.join(', ')}; it must include ambpf_maps.h.`);
       const cgroupIno = BigInt(statSync(o.cgroup).ino);
-      const links = {} as Record<InpodCgroupHook, LinkOutcome>;
+      const links = {} as Record<AlwaysHook, LinkOutcome>;
       for (const hook of Object.keys(INPOD_CGROUP_HOOKS) as InpodCgroupHook[]) {
+        if (hook === SOCKOPS_FALLBACK) continue; // per kernel, at the first pod (#sockopsFallback)
         const prog = obj.program(INPOD_CGROUP_HOOKS[hook]);
         links[hook] = ensurePinnedLink({
           pin: linkPin(o.bpffs, hook),
@@ -221,11 +231,25 @@ export class InpodDatapath {
           },
           sameTarget: (info) => info.ifindex === ifindex,
         });
+        if (h.ifname === 'lo') this.#sockopsFallback(false);
       } catch (err) {
         if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
         log.warn({ netnsPath: p.netnsPath, prog: h.prog }, 'no tcx on this kernel (< 6.6): probes go through ztunnel, and ztunnel needs ENABLE_ORIG_SRC=false');
+        if (h.ifname === 'lo') this.#sockopsFallback(true);
       }
     }
+  }
+
+  /** The sockops link of kernels without tcx (SOCKOPS_FALLBACK): attached when `on`, else removed. */
+  #sockopsFallback(on: boolean): void {
+    const pin = linkPin(this.bpffs, SOCKOPS_FALLBACK);
+    if (!on) {
+      if (existsSync(pin)) removePinnedLink(pin);
+      return;
+    }
+    const prog = this.#object.program(INPOD_CGROUP_HOOKS[SOCKOPS_FALLBACK]);
+    const cgroupIno = BigInt(statSync(this.cgroup).ino);
+    ensurePinnedLink({ pin, prog, attach: () => prog.attachCgroup(this.cgroup), sameTarget: (info) => info.cgroupId === cgroupIno });
   }
 
   /**

@@ -44,6 +44,7 @@ export const SPLICE_ON = 1;
 export const SPLICE_OFF = 2;
 export const INPOD_SK_APP = 0;
 export const INPOD_SK_ACCEPTED = 1;
+export const INPOD_SK_HANDED = 2;
 /** +1 on ambpf_pair.closed through the 32-bit word at splice_fwd (bpf/include/ambpf.h). */
 export const PAIR_CLOSED_ONE = 1 << 24;
 /** AMBPF_* macros of ambpf.h the loader has no use for (the layout test mirrors every other one). */
@@ -70,8 +71,9 @@ export const STAT_NAMES = [
   'sklookup_refused', 'sklookup_pass_ztunnel', 'tc_orig_src_marked', 'connect4_fail_open',
   'dns_redirected', 'dns_bypass', 'dns_restored', 'dns_slot_reused', 'dns_error', 'tc_dns_answer',
   // Failed inserts by the programs, one per map (metrics/map-health.ts names the map of each).
-  'mapfull_pair_dst', 'mapfull_outflow', 'mapfull_sockhash', 'mapfull_orig_dst', 'mapfull_inpod_pair',
+  'mapfull_pair_dst', 'mapfull_outflow', 'mapfull_sockhash', 'mapfull_orig_dst', 'mapfull_inpod_closed',
   'mapfull_inpod_origsrc', 'mapfull_inpod_nodesyn', 'mapfull_inpod_sk', 'mapfull_inpod_dns',
+  'inpod_handed', 'inpod_closed_early',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;
@@ -130,8 +132,9 @@ export interface Tuple { localIp: string; localPort: number; remoteIp: string; r
  * closed (the entry goes at 2). Both are the datapath's; the loader never writes them. */
 export interface PairValue { orig: OrigDst; spliceFwd: number; spliceRev: number; ztSeen?: number; closed?: number }
 export interface Flow4 { saddr: string; daddr: string; sport: number; dport: number }
-/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener) or INPOD_SK_ACCEPTED (ztunnel's
- * accepted socket carrying its client's original dst). */
+/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener), INPOD_SK_ACCEPTED (ztunnel's
+ * accepted socket carrying its client's original dst) or INPOD_SK_HANDED (an app socket whose original
+ * ztunnel's accepted socket took). */
 export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint; role?: number }
 export interface InpodKey { netnsCookie: bigint; tuple: Tuple }
 /** ambpf_inpod_lkey: pod IP + listener slot (LISTENER_INBOUND / LISTENER_HBONE). */

@@ -51,9 +51,10 @@ export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource,
   ];
 }
 
-export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false): Loader {
+export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false,
+  envOver: NodeJS.ProcessEnv = {}): Loader {
   const logFile = join(tb.info.runDir, `loader-${node.name}.log`);
-  const env = { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug' };
+  const env = { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug', ...envOver };
   const start = (): TestbedProcess => tb.spawn(node.name, loaderArgs(tb, node, source, extra, zds), { logFile, env });
   const loader: Loader = {
     node,

@@ -108,6 +108,13 @@ async function quickRun(t: Test, topology: 'node' | 'inpod', paths: readonly Pat
       t.match(md, /reconcile 1,000 pods/);
       t.match(md, /cold start/);
     }
+    if (full && topology === 'inpod') {
+      // The node-scale run with ZDS (--quick: 10 mesh pods): all captured, RSS, idle CPU, pod change -> acked.
+      t.match(md, /11 pods on the node \(10 mesh \+ ztunnel\), ZDS: loader start -> all captured and acked \| [\d,.]+ ms/);
+      t.match(md, /loader RSS \/ idle CPU \(2 s, nothing changing\) \| [\d,.]+ MiB \/ [\d.]+ % of a core/);
+      t.match(md, /captured and acked by the stand-in over ZDS \(4 changes\) \| p50 [\d,.]+ ms, p99/);
+    }
+    t.match(md, /placement of processes: /, 'where client, server and loader ran');
   });
 
   await t.test('one SVG chart per workload, with every path on it', async (t) => {
@@ -159,7 +166,7 @@ async function quickRun(t: Test, topology: 'node' | 'inpod', paths: readonly Pat
 // The node run keeps the splice path but skips the end-to-end phase and the control plane; the inpod
 // run (with the A/A control) does them, so both phases and the inpod control plane stay covered.
 t.test('ambpf bench --quick, node topology', { timeout: 120_000 }, (t) => quickRun(t, 'node', ['direct', 'iptables', 'ebpf', 'ebpf-splice'], false));
-t.test('ambpf bench --quick, inpod topology', { timeout: 120_000 }, (t) => quickRun(t, 'inpod', ['direct', 'direct-aa', 'iptables', 'nftables', 'ebpf'], true));
+t.test('ambpf bench --quick, inpod topology', { timeout: 180_000 }, (t) => quickRun(t, 'inpod', ['direct', 'direct-aa', 'iptables', 'nftables', 'ebpf'], true));
 
 t.test('usage errors are sentences, exit code 2', async (t) => {
   for (const [args, msg] of [

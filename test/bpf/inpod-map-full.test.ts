@@ -1,6 +1,7 @@
-// Full maps of the inpod topology (issue 19 item 3), created small: ambpf_inpod_pair full fails a new
-// redirected connection closed (it still lands on ztunnel, which cannot learn its destination) and
-// counts it, while an established one keeps working; ambpf_inpod_listen full refuses the new pod's
+// Full maps of the inpod topology (issue 19 item 3), created small: no map holds a redirected
+// connection in the common case (accept() copies the client's original onto ztunnel's socket, issue
+// 20), so with ambpf_inpod_closed (the LRU for clients that close before the accept) full, established
+// and new connections alike get their original dst; ambpf_inpod_listen full refuses the new pod's
 // inbound (its sk_lookup finds no listener) instead of handing it to the app, while the pod already
 // there keeps being served.
 import t from 'tap';
@@ -19,14 +20,14 @@ interface Line {
   sha?: string; sha_local?: string; error?: string;
 }
 
-const SIZES = { ambpf_inpod_pair: 2, ambpf_inpod_listen: 2 };
+const SIZES = { ambpf_inpod_closed: 2, ambpf_inpod_listen: 2 };
 
 t.test('inpod maps full: existing connections and pods keep working, the new ones fail closed', { timeout: 120_000 }, async (t) => {
   const env: Env = await makeEnv(t);
   const { a, b, c, z } = env.pods;
   const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, mapSizes: SIZES });
   t.teardown(() => dp.close());
-  t.equal(dp.inpodMaps.pair.maxEntries, SIZES.ambpf_inpod_pair, 'ambpf_inpod_pair created small');
+  t.equal(dp.inpodMaps.closed.maxEntries, SIZES.ambpf_inpod_closed, 'ambpf_inpod_closed created small');
   t.equal(dp.inpodMaps.listen.maxEntries, SIZES.ambpf_inpod_listen, 'ambpf_inpod_listen created small');
   dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
   dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: '00:00:00:00:00:00', hostMac: '00:00:00:00:00:00' }));
@@ -50,33 +51,30 @@ t.test('inpod maps full: existing connections and pods keep working, the new one
   };
   capture('a', ztA);
 
-  await t.test('ambpf_inpod_pair full: a new connection fails closed, an established one goes on', async (t) => {
+  await t.test('ambpf_inpod_closed full: connections need no map entry, established or new', async (t) => {
     const go = join('/tmp', `${env.prefix}-inpod-go`);
     t.teardown(() => rmSync(go, { force: true }));
     const idle = env.spawn('a', ['python3', '-u', HELPER, 'client', c.ip, '9000', '--send', '65536', '--chunk', '65536', '--pause-file', go]);
     const idleLines = jsonLines<Line>(idle);
     t.ok(await waitUntil(() => idleLines.some((l) => l.paused), 20_000), 'an established connection, idle');
-    // An entry lives only from the client's ESTABLISHED to ztunnel's: fill the map by hand.
-    for (let i = 0; i < SIZES.ambpf_inpod_pair; i++) {
-      const key = new Uint8Array(dp.inpodMaps.pair.keySize);
+    // Only a client that closes before ztunnel's accept() writes there: fill it by hand.
+    for (let i = 0; i < SIZES.ambpf_inpod_closed; i++) {
+      const key = new Uint8Array(dp.inpodMaps.closed.keySize);
       key[0] = i + 1;
-      dp.inpodMaps.pair.update(key, new Uint8Array(dp.inpodMaps.pair.valueSize));
+      dp.inpodMaps.closed.update(key, new Uint8Array(dp.inpodMaps.closed.valueSize));
     }
-    // The map is full now: the established connection goes on (its destination moved onto ztunnel's
-    // socket when ztunnel accepted it)...
     writeFileSync(go, '');
     t.equal(await idle.exited, 0);
     const out = idleLines.find((l) => l.sha !== undefined || l.error !== undefined);
     t.same(out?.hello?.orig, { ip: c.ip, port: 9000 }, 'the established connection had its original dst');
     t.ok(out?.sha && out.sha === out.sha_local, `and carried its bytes intact while the map was full (${JSON.stringify(out)})`);
-    // ...and a new one fails closed (ztunnel's stand-in serves one connection at a time: after the idle one).
     const before = dp.stats();
     const [fresh] = (await env.client('a', [c.ip, '9000'])) as Line[];
-    t.equal(fresh?.hello?.port, 15001, `the new connection still went to ztunnel, never around it (${JSON.stringify(fresh)})`);
-    t.ok(fresh?.hello?.orig && 'error' in fresh.hello.orig, 'ztunnel cannot learn its original dst: it fails closed');
-    t.equal(dp.stats().mapfull_inpod_pair - before.mapfull_inpod_pair, 1n, 'counted in mapfull_inpod_pair');
-    const health = readMapHealth({ ambpf_inpod_pair: dp.inpodMaps.pair }, dp.stats());
-    t.match(health, [{ map: 'ambpf_inpod_pair', entries: SIZES.ambpf_inpod_pair, fill: 1, pressure: true, failedByPrograms: 1 }], 'full, and the failure is shown');
+    t.equal(fresh?.hello?.port, 15001, `the new connection went to ztunnel (${JSON.stringify(fresh)})`);
+    t.same(fresh?.hello?.orig, { ip: c.ip, port: 9000 }, 'and got its original dst: handed over at accept(), no map entry');
+    t.equal(dp.stats().mapfull_inpod_closed - before.mapfull_inpod_closed, 0n, 'nothing failed');
+    const health = readMapHealth({ ambpf_inpod_closed: dp.inpodMaps.closed }, dp.stats());
+    t.match(health, [{ map: 'ambpf_inpod_closed', entries: SIZES.ambpf_inpod_closed, fill: 1 }], 'the map is full');
   });
 
   await t.test('ambpf_inpod_listen full: the new pod\'s inbound is refused, the first pod is still served', async (t) => {

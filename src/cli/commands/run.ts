@@ -272,7 +272,7 @@ export const command: Command = {
     // /metrics reads the last figures (a scrape never walks a map).
     const allMaps = {
       ...datapath.maps.raw,
-      ...(inpodMaps ? { ambpf_inpod_pair: inpodMaps.pair, ambpf_inpod_listen: inpodMaps.listen, ambpf_inpod_origsrc: inpodMaps.origsrc,
+      ...(inpodMaps ? { ambpf_inpod_closed: inpodMaps.closed, ambpf_inpod_listen: inpodMaps.listen, ambpf_inpod_origsrc: inpodMaps.origsrc,
         ambpf_inpod_nodesyn: inpodMaps.nodesyn, ambpf_inpod_sk: inpodMaps.sk, ambpf_inpod_dns: inpodMaps.dns } : {}),
     };
     const mapMonitor = new MapMonitor({ maps: () => allMaps, stats: () => datapath.maps.stats(), loaderFailures: () => reconciler.stats.mapFullByMap,
