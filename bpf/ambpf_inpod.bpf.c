@@ -18,7 +18,7 @@
  *                    ambpf_inpod_closed). Its netns cookie comes from socket storage the loader put on
  *                    ztunnel's 15001 listener and the kernel cloned to the accepted socket
  *                    (BPF_F_CLONE): bpf_get_netns_cookie is not callable from getsockopt before 5.15
- *                    (kernel-matrix.md), and this loads on 5.10.
+ *                    (docs/kernel-facts.md), and this loads on 5.10.
  *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a new inbound TCP
  *                    connection (IPv4 or IPv6) to one of the pod's IPs is handed to ztunnel's listener
  *                    in that netns, 15008
@@ -27,7 +27,7 @@
  *                    address is the original destination.
  *
  * Why sk_lookup and not tc ingress + bpf_sk_assign on the pod's eth0: tc silently drops a SYN whose
- * 4-tuple is still in TIME_WAIT in the pod (inbound-steering.md measured ~27k -> ~630 conn/s), and it
+ * 4-tuple is still in TIME_WAIT in the pod (docs/kernel-facts.md, "Inbound steering", measured ~27k -> ~630 conn/s), and it
  * would need a per-packet flow table to leave the replies of the pod's own outbound connections
  * alone; sk_lookup runs only when the established/TIME_WAIT lookup found nothing, i.e. exactly for new
  * inbound connections. Listener keys are {pod IP, slot} rather than the netns cookie because
@@ -39,7 +39,7 @@
  *                    goes there too, at connect4/6. See "DNS capture" below.
  *
  * Not captured: connections ztunnel makes (SO_MARK 0x539: connect4 skips them), connections between
- * two local addresses (the loop trap of inbound-steering.md: ztunnel's upstream to the pod's own IP
+ * two local addresses (the loop trap, docs/kernel-facts.md: ztunnel's upstream to the pod's own IP
  * arrives with ingress_ifindex = eth0 and would be steered back into ztunnel), the kubelet probe
  * source 169.254.7.127, loopback, pods not (or no longer) ambient in ambpf_pods.
  *

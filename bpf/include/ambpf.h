@@ -2,7 +2,7 @@
 /*
  * ambpf.h: the structs, constants and counter indices that the BPF programs and the loader share.
  *
- * This header is the map contract of design.md §3. src/bpf/schema.ts mirrors it byte for byte and a
+ * This header is the map contract of docs/architecture.md "Maps". src/bpf/schema.ts mirrors it byte for byte and a
  * test (test/bpf/schema-layout.test.ts) compiles this file with gcc and compares every sizeof/offsetof
  * and every enum value with the TS side: change both at once.
  *
@@ -16,7 +16,7 @@
 
 #include <linux/types.h>
 
-/* ---- marks, ports, defaults (ztunnel's contract, istio-redirection.md) ---- */
+/* ---- marks, ports, defaults (ztunnel's contract, docs/istio-ambient.md) ---- */
 #define AMBPF_ZTUNNEL_MARK       0x539 /* SO_MARK on every socket ztunnel opens */
 #define AMBPF_ZTUNNEL_MARK_MASK  0xfff
 #define AMBPF_PORT_OUTBOUND      15001

@@ -1,4 +1,4 @@
-// `ambpf bench`: one command, one testbed, every path side by side (design.md §7, issue 8).
+// `ambpf bench`: one command, one testbed, every path side by side (docs/architecture.md "Testbed and benchmark").
 //   1. a two-node testbed without the stand-in; raw sinks where node 1 keeps ztunnel's ports (its
 //      ztunnel pod; inpod: inside its first mesh pod, held by ztunnel's cgroup);
 //   2. the matrix, rounds x paths (rotated) x workloads x placements (matrix.ts);
@@ -214,8 +214,8 @@ function topologyNotes(topology: BenchConfig['topology']): string[] {
   if (topology === 'inpod') {
     return [
       'Sink phase (inpod): nginx (1 KiB answers) and iperf3 listen on 15001/15006/15008 inside the mesh pod app1-node1\'s netns, held by ztunnel\'s pod cgroup (where in-pod ztunnel listens; the loader captures only listeners held by ztunnel), with the same LD_PRELOAD on every path; the other mesh pods are opted out during the sink phase (no listeners there).',
-      'same-node = the mesh pod\'s outbound connection (to another pod\'s IP) captured to 127.0.0.1:15001 in its own netns (direct = a plain loopback connection to 127.0.0.1:15001: the floor); cross-node = a non-mesh pod on node 2 reaching the mesh pod, captured inside the pod to its 15006 (direct = the client addressing pod-IP:15006 itself).',
-      'iptables = Istio\'s golden in-pod rules, complete, installed by the baseline agent (istio-cni\'s role) on each node with a loader (nat REDIRECT to 15001/15006, DNS to 15053, raw conntrack zones, connmark 0x111 policy route; v4 and v6) in every mesh pod, plus the node\'s probe SNAT; nftables = the same as Istio 1.28\'s native nftables tables (inet istio-ambient-nat/-mangle/-raw); ebpf = ambpf run --mode inpod (connect4 to 127.0.0.1:15001, getsockopt, sk_lookup to 15006 in the pod\'s netns).',
+      'same-node = the mesh pod\'s outbound connection (to another pod\'s IP) captured to its own IP:15001 in its own netns (direct = a plain loopback connection to 127.0.0.1:15001: the floor); cross-node = a non-mesh pod on node 2 reaching the mesh pod, captured inside the pod to its 15006 (direct = the client addressing pod-IP:15006 itself).',
+      'iptables = Istio\'s golden in-pod rules, complete, installed by the baseline agent (istio-cni\'s role) on each node with a loader (nat REDIRECT to 15001/15006, DNS to 15053, raw conntrack zones, connmark 0x111 policy route; v4 and v6) in every mesh pod, plus the node\'s probe SNAT; nftables = the same as Istio 1.28\'s native nftables tables (inet istio-ambient-nat/-mangle/-raw); ebpf = ambpf run --mode inpod (connect4 to the pod\'s own IP:15001, getsockopt, sk_lookup to 15006 in the pod\'s netns).',
       'End-to-end phase: through the ztunnel stand-in running in every mesh pod\'s netns (HBONE between pods); direct = the same client reaching the destination nginx with nothing installed.',
       ...common,
     ];

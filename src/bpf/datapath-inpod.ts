@@ -1,6 +1,6 @@
 // The datapath attach layer of the inpod topology (Istio 1.21+: ztunnel listens inside every mesh
 // pod's netns). Loads bpf/ambpf_inpod.bpf.c with every map pinned under <bpffs>/ (the shared maps of
-// design.md §3 plus the three inpod maps), attaches its cgroup programs to the pods' cgroup subtree
+// docs/architecture.md "Maps" plus the inpod maps), attaches its cgroup programs to the pods' cgroup subtree
 // as pinned links <bpffs>/links/<hook> (the node topology's pin names: one mode per bpffs), and per
 // mesh pod:
 //  - tags ztunnel's 15001 listener in the pod's netns with the netns cookie (ambpf_inpod_sk, cloned

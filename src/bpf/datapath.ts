@@ -3,7 +3,7 @@
 // sockhash, and per-interface tc / per-netns sk_lookup for inbound. The loader (reconcile, `ambpf run`)
 // drives it; this module only knows the kernel side.
 //
-// Restart safety (design.md §4): maps are reused from their pins, links are adopted from their pins
+// Restart safety (docs/architecture.md "Lifecycle"): maps are reused from their pins, links are adopted from their pins
 // (ensurePinnedLink), so a restarted loader changes nothing that works and attaches nothing twice.
 // close() releases this process's fds only: pinned maps and links keep traffic flowing without us.
 import { existsSync, rmdirSync, statSync, unlinkSync } from 'node:fs';

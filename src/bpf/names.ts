@@ -9,7 +9,7 @@ export const OBJECTS = ['ambpf_sock', 'ambpf_skmsg', 'ambpf_inbound'] as const;
 /** The inpod topology's one object (bpf/ambpf_inpod.bpf.c). */
 export const INPOD_OBJECT = 'ambpf_inpod';
 
-/** The maps of the design's contract (design.md §3) plus the inbound maps, shared by both topologies
+/** The maps of the design's contract (docs/architecture.md "Maps") plus the inbound maps, shared by both topologies
  * (bpf/include/ambpf_maps.h), by pinned name. */
 export const MAP_NAMES = [
   'ambpf_pods', 'ambpf_netns', 'ambpf_ztunnel', 'ambpf_config', 'ambpf_orig_dst', 'ambpf_pair_dst',

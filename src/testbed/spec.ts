@@ -116,7 +116,7 @@ export function normalizeSpec(spec: TestbedSpec): TestbedSpec {
 }
 
 /**
- * Whether Istio ambient would capture this pod (istio-redirection.md "Pod selection"): namespace or pod
+ * Whether Istio ambient would capture this pod (docs/istio-ambient.md "Which pods are in the mesh"): namespace or pod
  * labelled ambient, no sidecar, not hostNetwork, no opt-out, not ztunnel itself.
  */
 export function isMeshPod(pod: PodSpec, namespace: NamespaceSpec | undefined): boolean {

@@ -1,4 +1,4 @@
-// `ambpf bench`: the benchmark of design.md §7 in one command (src/bench). Parses and checks the
+// `ambpf bench`: the benchmark of docs/architecture.md "Testbed and benchmark" in one command (src/bench). Parses and checks the
 // flags, runs the harness, prints where the results went. SIGINT/SIGTERM take the testbed down
 // before exiting, so an interrupted run leaves nothing behind.
 import { parseArgs } from 'node:util';
