@@ -10,7 +10,8 @@ TSC   := $(NODE) node_modules/typescript/bin/tsc
 
 # Debian packages the build, the tests and the demo use.
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libelf-dev zlib1g-dev bpftool iproute2 iptables nftables ipset \
-                curl iperf3 wrk nginx util-linux procps psmisc openssl gcc libc6-dev containernetworking-plugins
+                curl iperf3 wrk nginx util-linux procps psmisc openssl gcc libc6-dev containernetworking-plugins \
+                dnsmasq-base dnsperf
 
 .PHONY: help deps apt node bpf cni typecheck lint test demo kernels clean
 help:

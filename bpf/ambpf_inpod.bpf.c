@@ -4,27 +4,30 @@
  * listeners inside every mesh pod's own netns. Replaces Istio's in-pod iptables rules; nothing of
  * ours runs in the node's netns (no program, route or rule there), so it cannot clash with the CNI.
  *
- *   connect4/6       (pods' cgroup subtree) an ambient pod's TCP connect() goes to 127.0.0.1:15001
- *                    (::ffff:127.0.0.1 for a v4-mapped dst, ::1 for IPv6) in the pod's own netns; the
- *                    original dst and the netns cookie go into the socket's storage (ambpf_inpod_sk).
- *   getpeername4/6   the app sees the peer it asked for.
- *   sockops          at ESTABLISHED the original dst moves to ambpf_inpod_pair under {netns cookie,
- *                    4-tuple}: every pod talks to its ztunnel over 127.0.0.1, so the same 4-tuple can
- *                    exist in two pods at once and the node topology's tuple key would mix them up.
- *                    When ztunnel's side of the connection is established it moves on again, into the
- *                    accepted socket's own storage, and lives exactly as long as that socket.
- *   getsockopt       answers SO_ORIGINAL_DST for ztunnel's accepted socket. Its netns cookie comes
- *                    from socket storage the loader put on ztunnel's 15001 listener and the kernel
- *                    cloned to the accepted socket (BPF_F_CLONE): bpf_get_netns_cookie is not callable
- *                    from getsockopt/sockops before 5.15 (kernel-matrix.md), and this loads on 5.10.
+ *   connect4/6       (pods' cgroup subtree) an ambient pod's TCP connect() goes to ztunnel's 15001 in
+ *                    the pod's own netns, at the pod's own address of the destination's family (its
+ *                    IPv4 address, v4-mapped on a dual-stack socket; its IPv6 address for native
+ *                    IPv6), so ztunnel sees the pod's address as source as with Istio's REDIRECT;
+ *                    127.0.0.1 / ::1 when the pod has no address of that family. The original dst
+ *                    and the netns cookie go into the socket's storage (ambpf_inpod_sk).
+ *   getpeername4/6   the app sees the peer it asked for. On ztunnel's accepted 15001 socket (the kernel
+ *                    runs getpeername inside accept()) the client's socket is looked up by the 4-tuple
+ *                    and its original copied onto the accepted socket (inpod_handover): no map entry
+ *                    per connection, no sockops.
+ *   getsockopt       answers SO_ORIGINAL_DST for ztunnel's accepted socket, from its storage (or from
+ *                    ambpf_inpod_closed). Its netns cookie comes from socket storage the loader put on
+ *                    ztunnel's 15001 listener and the kernel cloned to the accepted socket
+ *                    (BPF_F_CLONE): bpf_get_netns_cookie is not callable from getsockopt before 5.15
+ *                    (docs/kernel-facts.md), and this loads on 5.10.
  *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a new inbound TCP
- *                    connection to the pod's IP is handed to ztunnel's listener in that netns, 15008
+ *                    connection (IPv4 or IPv6) to one of the pod's IPs is handed to ztunnel's listener
+ *                    in that netns, 15008
  *                    for dport 15008 (HBONE), 15006 otherwise. The destination is already local, so no
  *                    route, mark, sysctl or IP_TRANSPARENT is needed, and the accepted socket's local
  *                    address is the original destination.
  *
  * Why sk_lookup and not tc ingress + bpf_sk_assign on the pod's eth0: tc silently drops a SYN whose
- * 4-tuple is still in TIME_WAIT in the pod (inbound-steering.md measured ~27k -> ~630 conn/s), and it
+ * 4-tuple is still in TIME_WAIT in the pod (docs/kernel-facts.md, "Inbound steering", measured ~27k -> ~630 conn/s), and it
  * would need a per-packet flow table to leave the replies of the pod's own outbound connections
  * alone; sk_lookup runs only when the established/TIME_WAIT lookup found nothing, i.e. exactly for new
  * inbound connections. Listener keys are {pod IP, slot} rather than the netns cookie because
@@ -36,7 +39,7 @@
  *                    goes there too, at connect4/6. See "DNS capture" below.
  *
  * Not captured: connections ztunnel makes (SO_MARK 0x539: connect4 skips them), connections between
- * two local addresses (the loop trap of inbound-steering.md: ztunnel's upstream to the pod's own IP
+ * two local addresses (the loop trap, docs/kernel-facts.md: ztunnel's upstream to the pod's own IP
  * arrives with ingress_ifindex = eth0 and would be steered back into ztunnel), the kubelet probe
  * source 169.254.7.127, loopback, pods not (or no longer) ambient in ambpf_pods.
  *
@@ -48,6 +51,7 @@
 #include <linux/in.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <linux/pkt_cls.h>
@@ -71,20 +75,21 @@ struct {
 	__type(value, struct ambpf_inpod_sk);
 } ambpf_inpod_sk SEC(".maps");
 
-/* {netns cookie, client 4-tuple} -> original dst, between the client's and ztunnel's ESTABLISHED;
- * deleted when it moves onto ztunnel's accepted socket, or at the client's TCP_CLOSE. */
+/* {netns cookie, client 4-tuple} -> original dst of a client that closed before ztunnel's accept()
+ * took it (its FIN on the pod's lo: inpod_client_fin); getsockopt takes it. Only that race writes here, never the common
+ * case. An LRU: an entry ztunnel never asks for (it never accepted) goes by itself. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
 	__type(key, struct ambpf_inpod_key);
 	__type(value, struct ambpf_orig);
-} ambpf_inpod_pair SEC(".maps");
+} ambpf_inpod_closed SEC(".maps");
 
 /* {pod IP, slot} -> ztunnel's 15006/15008 listener inside that pod's netns. Filled by the loader;
  * an entry leaves by itself when the listener closes (ztunnel restarted). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 32768);
+	__uint(max_entries, 65536); /* 4 per pod (15006, 15008, twice in a rolling upgrade) x 16384 pods */
 	__type(key, struct ambpf_inpod_lkey);
 	__type(value, __u64);
 } ambpf_inpod_listen SEC(".maps");
@@ -156,6 +161,14 @@ static __always_inline __u32 inpod_dns_bypass(struct bpf_sock_addr *ctx, const _
 	return CONNECT_REDIRECT;
 }
 
+/* The pod's own address of dst's family: its IPv6 address for a native IPv6 dst when it has one, else
+ * pod_ip (IPv4, or an IPv6-only pod's IPv6 address). Its connects to it stay direct (over lo); a
+ * --fail-open check looks for ztunnel's listener under it (every pod IP has its entries). */
+static __always_inline const __u32 *inpod_own_ip(const struct ambpf_netns *ns, const __u32 dst[4])
+{
+	return ip_is_v4mapped(dst) || ip_is_zero(ns->pod_ip6) ? ns->pod_ip : ns->pod_ip6;
+}
+
 /*
  * Whether this connect is redirected; counts why not. A pod is in ambpf_netns from the moment the
  * loader armed its capture, before ztunnel was told about it over ZDS: its connects then go to its
@@ -171,6 +184,7 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 	struct ambpf_config *cfg = config_get();
 	const struct ambpf_ztunnel *zt;
 	struct ambpf_inpod_lkey lkey = {};
+	const __u32 *own;
 	__u32 why;
 	int dns;
 
@@ -186,17 +200,18 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 	zt = ztunnel_get();
 	if (!ztunnel_ready(zt))
 		zt = &inpod_default_zt;
+	own = inpod_own_ip(ns, dst);
 	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. The pod's own IP goes
 	 * over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
 	dns = dport_be == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns);
-	why = dns ? inpod_dns_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip)
-		  : connect_bypass(ctx, dst, dport_be, zt, cfg, ns->pod_ip);
+	why = dns ? inpod_dns_bypass(ctx, dst, dport_be, zt, cfg, own)
+		  : connect_bypass(ctx, dst, dport_be, zt, cfg, own);
 	if (why != CONNECT_REDIRECT)
 		goto bypass;
 	if (cfg->flags & AMBPF_CFG_FAIL_OPEN) {
 		struct bpf_sock *listener;
 
-		__builtin_memcpy(lkey.pod_ip, ns->pod_ip, sizeof(lkey.pod_ip));
+		__builtin_memcpy(lkey.pod_ip, own, sizeof(lkey.pod_ip));
 		lkey.slot = AMBPF_LISTENER_INBOUND;
 		/* A sockhash lookup outside sk_lookup takes a reference. */
 		listener = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
@@ -218,8 +233,10 @@ static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst
 {
 	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
-	if (!st)
+	if (!st) {
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_SK);
 		return -1;
+	}
 	orig_set(&st->orig, dst, port_be, family);
 	st->netns_cookie = cookie;
 	return 0;
@@ -253,7 +270,7 @@ static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
 {
 	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
 
-	return st && st->orig.family != 0 && st->role == AMBPF_INPOD_SK_APP ? &st->orig : 0;
+	return st && st->orig.family != 0 && st->role != AMBPF_INPOD_SK_ACCEPTED ? &st->orig : 0;
 }
 
 /* The address ztunnel's 15001 is reached at: the pod's own IPv4 address, so the connection's source is
@@ -262,6 +279,27 @@ static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
 static __always_inline __u32 inpod_outbound_ip4(const struct ambpf_netns *ns)
 {
 	return ip_is_v4mapped(ns->pod_ip) && ns->pod_ip[3] != 0 ? ns->pod_ip[3] : INPOD_LOOPBACK4;
+}
+
+/* connect6: where ztunnel's [::]:15001 is reached. A v4-mapped dst (a dual-stack socket reaching an
+ * IPv4 peer) stays IPv4: ::ffff:<pod IPv4>. A native IPv6 dst goes to the pod's IPv6 address, so the
+ * client's 4-tuple is unique on the node as over IPv4 (no netns cookie in its closed-map key) and
+ * ztunnel sees the pod's IPv6 address as source; ::1 for a pod the loader knows by no IPv6 address. */
+static __always_inline void inpod_outbound6(struct bpf_sock_addr *ctx, const struct ambpf_netns *ns, const __u32 dst[4])
+{
+	if (ip_is_v4mapped(dst)) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = V4MAPPED_W2;
+		ctx->user_ip6[3] = inpod_outbound_ip4(ns);
+	} else if (!ip_is_zero(ns->pod_ip6)) {
+		sockaddr_set_ip6(ctx, ns->pod_ip6);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
 }
 
 /* ---- DNS capture: port 53 -> ztunnel's DNS proxy on localhost:15053 ----
@@ -323,8 +361,10 @@ static __always_inline int inpod_dns_remember(struct bpf_sock *sk, const __u32 d
 	struct ambpf_inpod_dns *d = bpf_sk_storage_get(&ambpf_inpod_dns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	__u32 i;
 
-	if (!d)
+	if (!d) {
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_DNS);
 		return -1;
+	}
 #pragma unroll
 	for (i = 0; i < AMBPF_DNS_SLOTS; i++) {
 		if (d->srv[i].family != 0 && d->srv[i].port == port_be && ip_eq(d->srv[i].ip, dst)) {
@@ -598,37 +638,16 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 		stat_inc(AMBPF_STAT_DNS_REDIRECTED);
 		return SYS_PROCEED;
 	}
-	/* A dual-stack socket reaching an IPv4 peer stays IPv4 (::ffff:<pod IP>); IPv6 goes to ::1. */
-	ctx->user_ip6[0] = 0;
-	ctx->user_ip6[1] = 0;
-	if (ip_is_v4mapped(dst)) {
-		ctx->user_ip6[2] = V4MAPPED_W2;
-		ctx->user_ip6[3] = inpod_outbound_ip4(ns);
-	} else {
-		ctx->user_ip6[2] = 0;
-		ctx->user_ip6[3] = bpf_htonl(1);
-	}
+	inpod_outbound6(ctx, ns, dst);
 	ctx->user_port = (__u32)bpf_htons(AMBPF_PORT_OUTBOUND);
 	stat_inc(AMBPF_STAT_CONNECT6_REDIRECTED);
 	return SYS_PROCEED;
 }
 
-SEC("cgroup/getpeername4")
-int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
-{
-	return peername4_restore(ctx, inpod_orig(ctx->sk));
-}
-
-SEC("cgroup/getpeername6")
-int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
-{
-	return peername6_restore(ctx, inpod_orig(ctx->sk));
-}
-
-/* ---- sockops: the client's original dst under {netns cookie, 4-tuple} ---- */
+/* ---- the original dst from the client's socket to ztunnel's accepted one ---- */
 
 /*
- * The netns cookie part of an ambpf_inpod_pair key. A pod reaches its ztunnel at its own IP:15001, so
+ * The netns cookie part of an ambpf_inpod_closed key. A pod reaches its ztunnel at its own IP:15001, so
  * the client-side 4-tuple is unique on the node by itself (pod IPs are): cookie 0, and ztunnel's side
  * finds the entry from its own tuple with no help. Only a connection over loopback (an IPv6 connect of
  * a pod the loader knows by no IPv6 address goes to ::1) repeats across pods and needs the cookie,
@@ -643,87 +662,126 @@ static __always_inline __u64 inpod_key_cookie(const struct ambpf_tuple *t, __u64
 	return 0;
 }
 
-/* The key of a redirected app socket, from its storage; 0 when the socket was not redirected. */
-static __always_inline int inpod_key(struct bpf_sock_ops *skops, struct ambpf_inpod_key *key,
-				     struct ambpf_inpod_sk **out)
+/*
+ * ztunnel accepted a connection on 15001: copy the client's original dst onto the accepted socket.
+ * Runs in getpeername4/6, which the kernel calls on the accepted socket inside accept() whenever the
+ * caller asks for the peer's address (ztunnel's tokio accept does, as do nginx, Go and Python), so
+ * before ztunnel can ask SO_ORIGINAL_DST. Both sockets are in the pod's netns, so the client's socket
+ * is found by the 4-tuple in the kernel's own established table: no map of ours holds connections,
+ * and sockops (a dozen runs per connection for the callbacks nobody can switch off) is not needed.
+ * The accepted socket already has storage, cloned from the tagged listener, so nothing is allocated.
+ * A client that closed first is not found here: its FIN left its original in ambpf_inpod_closed
+ * (inpod_client_fin), and getsockopt takes it from there.
+ */
+static __always_inline void inpod_handover(struct bpf_sock_addr *ctx)
 {
-	struct bpf_sock *sk = skops->sk;
-	struct ambpf_inpod_sk *st;
+	struct bpf_sock *sk = ctx->sk;
+	struct bpf_sock_tuple tup = {};
+	struct ambpf_inpod_key key = {};
+	struct ambpf_inpod_sk *zst, *cst;
+	struct bpf_sock *client;
+	__u32 len = sizeof(tup.ipv4);
 
-	if (!sk)
-		return 0;
-	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-	if (!st || st->orig.family == 0 || st->role != AMBPF_INPOD_SK_APP)
-		return 0;
-	CTX_TUPLE(skops, &key->t);
-	key->netns_cookie = inpod_key_cookie(&key->t, st->netns_cookie);
-	*out = st;
-	return 1;
+	if (sk->protocol != IPPROTO_TCP || sk->src_port != AMBPF_PORT_OUTBOUND)
+		return;
+	zst = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+	if (zst && zst->role == AMBPF_INPOD_SK_ACCEPTED)
+		return; /* a second getpeername */
+	/* The client's socket as a packet coming to it sees it: from ztunnel's end to the client's. A
+	 * v4-mapped pair (dual-stack listener) is an IPv4 connection, in the IPv4 table. */
+	sockopt_client_tuple(sk, &key.t);
+	if (ip_is_v4mapped(key.t.local_ip) && ip_is_v4mapped(key.t.remote_ip)) {
+		tup.ipv4.saddr = key.t.remote_ip[3];
+		tup.ipv4.daddr = key.t.local_ip[3];
+		tup.ipv4.sport = key.t.remote_port;
+		tup.ipv4.dport = key.t.local_port;
+	} else {
+		__builtin_memcpy(tup.ipv6.saddr, key.t.remote_ip, sizeof(tup.ipv6.saddr));
+		__builtin_memcpy(tup.ipv6.daddr, key.t.local_ip, sizeof(tup.ipv6.daddr));
+		tup.ipv6.sport = key.t.remote_port;
+		tup.ipv6.dport = key.t.local_port;
+		len = sizeof(tup.ipv6);
+	}
+	client = bpf_sk_lookup_tcp(ctx, &tup, len, BPF_F_CURRENT_NETNS, 0);
+	if (!client)
+		return;
+	cst = bpf_sk_storage_get(&ambpf_inpod_sk, client, 0, 0);
+	if (!cst || cst->orig.family == 0) {
+		/* Not redirected (a direct connect to 15001): an entry a closed client left on this tuple
+		 * must not answer for it. */
+		key.netns_cookie = inpod_key_cookie(&key.t, zst ? zst->netns_cookie : 0);
+		bpf_map_delete_elem(&ambpf_inpod_closed, &key);
+	} else if (cst->role == AMBPF_INPOD_SK_APP) {
+		if (!zst)
+			zst = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (zst) {
+			zst->orig = cst->orig;
+			zst->role = AMBPF_INPOD_SK_ACCEPTED;
+			cst->role = AMBPF_INPOD_SK_HANDED;
+			stat_inc(AMBPF_STAT_INPOD_HANDED);
+		} else {
+			stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* no storage: getsockopt misses, ztunnel refuses */
+			stat_inc(AMBPF_STAT_MAPFULL_INPOD_SK);
+		}
+	}
+	bpf_sk_release(client);
+}
+
+SEC("cgroup/getpeername4")
+int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_orig *orig = inpod_orig(ctx->sk);
+
+	if (!orig)
+		inpod_handover(ctx);
+	return peername4_restore(ctx, orig);
+}
+
+SEC("cgroup/getpeername6")
+int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_orig *orig = inpod_orig(ctx->sk);
+
+	if (!orig)
+		inpod_handover(ctx);
+	return peername6_restore(ctx, orig);
 }
 
 /*
- * A socket in the pods' cgroup subtree reached ESTABLISHED passively: when it is ztunnel's side of a
- * redirected connection (the client's entry is in ambpf_inpod_pair), copy the client's original dst onto
- * it, so getsockopt finds it for as long as ztunnel holds the socket, even when the client has closed
- * and its pair entry is gone (a fire-and-forget client beats a busy ztunnel's accept()). The entry
- * itself is not needed any more. Any listener of the group qualifies (two ztunnels during a rolling
- * upgrade): no tag on the listener is needed, except over loopback (inpod_key_cookie).
+ * Kernels without tcx (< 6.6) get no tc program on the pod's lo, so no FIN to catch a client that
+ * closes before ztunnel's accept(): the loader attaches this sockops program there instead, and only
+ * there (it runs a dozen times per connection). A redirected client asks for its state changes; when
+ * it closes (FIN_WAIT1, or CLOSE for an abort) with its original not handed over yet, the original
+ * goes to ambpf_inpod_closed, as inpod_client_fin does.
  */
-static __always_inline void inpod_passive(struct bpf_sock_ops *skops)
-{
-	struct ambpf_inpod_key key = {};
-	struct ambpf_tuple own = {};
-	struct ambpf_inpod_sk *st;
-	struct ambpf_orig *orig;
-	struct bpf_sock *sk = skops->sk;
-
-	if (!sk)
-		return;
-	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-	if (st && st->orig.family != 0)
-		return;
-	CTX_TUPLE(skops, &own);
-	tuple_reverse(&key.t, &own);
-	key.netns_cookie = inpod_key_cookie(&key.t, st ? st->netns_cookie : 0);
-	if (key.netns_cookie == 0 && inpod_key_cookie(&key.t, 1) != 0)
-		return; /* over loopback without a tagged listener: not ztunnel's */
-	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);
-	if (!orig)
-		return;
-	if (!st)
-		st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* getsockopt falls back to the pair entry while it lives */
-		return;
-	}
-	st->orig = *orig;
-	st->role = AMBPF_INPOD_SK_ACCEPTED;
-	if (bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
-		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
-}
-
 SEC("sockops")
 int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
 {
 	struct ambpf_inpod_key key = {};
-	struct ambpf_inpod_sk *st = 0;
+	struct ambpf_inpod_sk *st;
+	struct bpf_sock *sk = skops->sk;
 	__u32 op = skops->op;
 
+	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
+		return SYS_PROCEED;
+	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != BPF_TCP_FIN_WAIT1 && skops->args[1] != BPF_TCP_CLOSE)
+		return SYS_PROCEED;
+	if (!sk)
+		return SYS_PROCEED;
+	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+	if (!st || st->role != AMBPF_INPOD_SK_APP || st->orig.family == 0)
+		return SYS_PROCEED;
 	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
-		if (!inpod_key(skops, &key, &st) || !st)
-			return SYS_PROCEED;
-		if (bpf_map_update_elem(&ambpf_inpod_pair, &key, &st->orig, BPF_ANY)) {
-			stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* full map: counted, getsockopt will miss */
-			return SYS_PROCEED;
-		}
-		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_ADDED);
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	} else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
-		inpod_passive(skops);
-	} else if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE) {
-		if (inpod_key(skops, &key, &st) && bpf_map_delete_elem(&ambpf_inpod_pair, &key) == 0)
-			stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
+		return SYS_PROCEED;
 	}
+	CTX_TUPLE(skops, &key.t);
+	key.netns_cookie = inpod_key_cookie(&key.t, st->netns_cookie);
+	if (bpf_map_update_elem(&ambpf_inpod_closed, &key, &st->orig, BPF_ANY))
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_CLOSED); /* an LRU: only out of memory; getsockopt misses */
+	else
+		stat_inc(AMBPF_STAT_INPOD_CLOSED_EARLY);
+	st->role = AMBPF_INPOD_SK_HANDED; /* FIN_WAIT1 then CLOSE: written once */
 	return SYS_PROCEED;
 }
 
@@ -742,15 +800,25 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
 	if (!sockopt_wants_orig_dst(ctx))
 		return SYS_PROCEED;
 	st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
-	/* The usual case: sockops copied the client's original onto this socket when it was accepted. */
+	/* The usual case: accept() copied the client's original onto this socket (inpod_handover). */
 	if (st && st->role == AMBPF_INPOD_SK_ACCEPTED && st->orig.family != 0)
 		return sockopt_answer(ctx, &st->orig);
+	/* The client closed before that (inpod_client_fin). Taken once, onto this socket: a second
+	 * getsockopt answers from there, and the entry cannot answer a later connection on the tuple. */
 	sockopt_client_tuple(ctx->sk, &key.t);
 	key.netns_cookie = inpod_key_cookie(&key.t, st ? st->netns_cookie : 0);
-	orig = bpf_map_lookup_elem(&ambpf_inpod_pair, &key);
+	orig = bpf_map_lookup_elem(&ambpf_inpod_closed, &key);
 	if (!orig) {
 		stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
 		return SYS_PROCEED;
+	}
+	if (!st)
+		st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st) {
+		st->orig = *orig;
+		st->role = AMBPF_INPOD_SK_ACCEPTED;
+		bpf_map_delete_elem(&ambpf_inpod_closed, &key);
+		return sockopt_answer(ctx, &st->orig);
 	}
 	return sockopt_answer(ctx, orig);
 }
@@ -769,25 +837,74 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
  */
 /*
  * The TTL alone could be forged (IP_TTL 65 from another node) or be untouched by a bridge CNI between
- * two pods of the node: the source must also be one of the node's own addresses (--node-ip, the
- * DaemonSet passes the host IP). With none configured the TTL decides alone.
+ * two pods of the node: the source must also be one of the node's own addresses of its family
+ * (--node-ip, the DaemonSet passes the host IPs). With none of that family configured the TTL (IPv6:
+ * hop limit, whose default is 64 too) decides alone.
  */
-static __always_inline int from_node(__u32 saddr)
+static __always_inline int from_node(const __u32 saddr[4])
 {
 	struct ambpf_config *cfg = config_get();
-	int any = 0;
+	int v4 = ip_is_v4mapped(saddr), any = 0;
 
 	if (!cfg)
 		return 0;
 #pragma unroll
 	for (int i = 0; i < AMBPF_MAX_NODE_IPS; i++) {
-		if (!ip_is_v4mapped(cfg->node_ips[i]))
+		if (ip_is_zero(cfg->node_ips[i]) || ip_is_v4mapped(cfg->node_ips[i]) != v4)
 			continue;
 		any = 1;
-		if (cfg->node_ips[i][3] == saddr)
+		if (ip_eq(cfg->node_ips[i], saddr))
 			return 1;
 	}
 	return !any;
+}
+
+/*
+ * A frame's TCP header, IPv4 or IPv6, with its addresses and ports as the receiving end sees them
+ * (t->local = the destination) and its TTL / hop limit; NULL for anything else. IPv4 options and IPv6
+ * extension headers are not parsed: the kernel's own connect() sends neither.
+ */
+static __always_inline struct tcphdr *tc_tcp(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
+{
+	struct ethhdr *eth = data;
+	struct tcphdr *tcp;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
+			return 0;
+		ip_set_v4(t->local_ip, ip->daddr);
+		ip_set_v4(t->remote_ip, ip->saddr);
+		*hops = ip->ttl;
+		tcp = (void *)(ip + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
+			return 0;
+		__builtin_memcpy(t->local_ip, &ip6->daddr, sizeof(t->local_ip));
+		__builtin_memcpy(t->remote_ip, &ip6->saddr, sizeof(t->remote_ip));
+		*hops = ip6->hop_limit;
+		tcp = (void *)(ip6 + 1);
+	} else {
+		return 0;
+	}
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	t->local_port = tcp->dest;
+	t->remote_port = tcp->source;
+	return tcp;
+}
+
+/* A connection's first SYN (no ACK): see tc_tcp. */
+static __always_inline int tc_syn(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
+{
+	struct tcphdr *tcp = tc_tcp(data, data_end, t, hops);
+
+	return tcp && tcp->syn && !tcp->ack;
 }
 
 SEC("tc")
@@ -795,27 +912,14 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
 	struct ambpf_tuple t = {};
-	struct iphdr *ip;
-	struct tcphdr *tcp;
 	__u32 one = 1;
+	__u8 hops = 0;
 
-	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if (!tc_syn(data, data_end, &t, &hops) || hops != AMBPF_NODE_TTL || !from_node(t.remote_ip))
 		return TC_ACT_UNSPEC;
-	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ttl != AMBPF_NODE_TTL || ip->ihl != 5)
-		return TC_ACT_UNSPEC;
-	tcp = (void *)(ip + 1);
-	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)
-		return TC_ACT_UNSPEC;
-	if (!from_node(ip->saddr))
-		return TC_ACT_UNSPEC;
-	ip_set_v4(t.local_ip, ip->daddr);
-	ip_set_v4(t.remote_ip, ip->saddr);
-	t.local_port = tcp->dest;
-	t.remote_port = tcp->source;
-	bpf_map_update_elem(&ambpf_inpod_nodesyn, &t, &one, BPF_ANY);
+	if (bpf_map_update_elem(&ambpf_inpod_nodesyn, &t, &one, BPF_ANY))
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_NODESYN); /* this probe then goes through ztunnel */
 	return TC_ACT_UNSPEC;
 }
 
@@ -862,6 +966,69 @@ static __always_inline int inpod_dns_answer(struct __sk_buff *skb, const struct 
 	return TC_ACT_UNSPEC;
 }
 
+/*
+ * A redirected app socket sends its FIN before ztunnel's accept() took its original (connect, write,
+ * close at once; ztunnel busy): the socket and its storage are gone soon after, so the original goes
+ * to ambpf_inpod_closed under the client's 4-tuple and netns cookie, where getsockopt finds it. The
+ * FIN of a socket whose original was handed over, and every other packet, cost the header tests.
+ */
+static __always_inline int inpod_client_fin(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ambpf_inpod_key key = {};
+	struct ambpf_inpod_sk *st;
+	struct bpf_sock *sk;
+	struct tcphdr *tcp;
+	struct ipv6hdr *ip6;
+	struct iphdr *ip;
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_UNSPEC;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
+			return TC_ACT_UNSPEC;
+		tcp = (void *)(ip + 1);
+		if ((void *)(tcp + 1) > data_end)
+			return TC_ACT_UNSPEC;
+		ip_set_v4(key.t.local_ip, ip->saddr);
+		ip_set_v4(key.t.remote_ip, ip->daddr);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
+			return TC_ACT_UNSPEC;
+		tcp = (void *)(ip6 + 1);
+		if ((void *)(tcp + 1) > data_end)
+			return TC_ACT_UNSPEC;
+		__builtin_memcpy(key.t.local_ip, &ip6->saddr, sizeof(key.t.local_ip));
+		__builtin_memcpy(key.t.remote_ip, &ip6->daddr, sizeof(key.t.remote_ip));
+	} else {
+		return TC_ACT_UNSPEC;
+	}
+	if (!tcp->fin || tcp->dest != bpf_htons(AMBPF_PORT_OUTBOUND))
+		return TC_ACT_UNSPEC;
+	sk = skb->sk;
+	if (!sk)
+		return TC_ACT_UNSPEC;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return TC_ACT_UNSPEC;
+	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
+	if (!st || st->role != AMBPF_INPOD_SK_APP || st->orig.family == 0)
+		return TC_ACT_UNSPEC;
+	key.t.local_port = tcp->source;
+	key.t.remote_port = tcp->dest;
+	key.netns_cookie = inpod_key_cookie(&key.t, st->netns_cookie);
+	if (bpf_map_update_elem(&ambpf_inpod_closed, &key, &st->orig, BPF_ANY))
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_CLOSED); /* an LRU: only out of memory; getsockopt misses */
+	else
+		stat_inc(AMBPF_STAT_INPOD_CLOSED_EARLY);
+	st->role = AMBPF_INPOD_SK_HANDED; /* getsockopt takes it from the map, not from this socket */
+	return TC_ACT_UNSPEC;
+}
+
 SEC("tc")
 int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 {
@@ -869,30 +1036,27 @@ int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct ambpf_tuple t = {};
-	struct iphdr *ip;
-	struct tcphdr *tcp;
 	__u32 one = 1;
+	__u8 hops = 0;
 
 	if ((skb->mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
+		return inpod_client_fin(skb);
+	if ((void *)(eth + 1) > data_end)
 		return TC_ACT_UNSPEC;
-	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end)
+			return TC_ACT_UNSPEC;
+		if (ip->protocol == IPPROTO_UDP)
+			return inpod_dns_answer(skb, ip, data_end);
+	}
+	/* IPv4 or IPv6 alike: ztunnel binds the leg to the client's address of the connection's family. */
+	if (!tc_syn(data, data_end, &t, &hops) || ip_eq(t.local_ip, t.remote_ip))
 		return TC_ACT_UNSPEC;
-	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end)
-		return TC_ACT_UNSPEC;
-	if (ip->protocol == IPPROTO_UDP)
-		return inpod_dns_answer(skb, ip, data_end);
-	if (ip->protocol != IPPROTO_TCP || ip->ihl != 5 || ip->saddr == ip->daddr)
-		return TC_ACT_UNSPEC;
-	tcp = (void *)(ip + 1);
-	if ((void *)(tcp + 1) > data_end || !tcp->syn || tcp->ack)
-		return TC_ACT_UNSPEC;
-	ip_set_v4(t.local_ip, ip->daddr);
-	ip_set_v4(t.remote_ip, ip->saddr);
-	t.local_port = tcp->dest;
-	t.remote_port = tcp->source;
 	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &one, BPF_ANY)) {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_ORIGSRC);
 		return TC_ACT_UNSPEC;
 	}
 	skb->mark |= AMBPF_MARK_ORIG_SRC;
@@ -900,6 +1064,11 @@ int ambpf_inpod_lo_egress(struct __sk_buff *skb)
 	return TC_ACT_UNSPEC;
 }
 
+/*
+ * Inbound over IPv4 and IPv6 alike: the pod's addresses are all in ambpf_pods and ztunnel's [::]
+ * listeners are registered under each of them; an IPv6 connection is assigned to the same dual-stack
+ * listener with its original destination as the accepted socket's local address.
+ */
 SEC("sk_lookup")
 int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 {
@@ -908,33 +1077,56 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	struct ambpf_config *cfg;
 	struct ambpf_pod *pod;
 	struct bpf_sock *sk;
-	__u32 local_ip4, remote_ip4;
+	__u32 family;
 
-	if (ctx->protocol != IPPROTO_TCP || ctx->family != AF_INET)
+	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
-	local_ip4 = CTX_READ(ctx->local_ip4);
-	remote_ip4 = CTX_READ(ctx->remote_ip4);
+	family = CTX_READ(ctx->family);
+	if (family == AF_INET) {
+		ip_set_v4(app.local_ip, CTX_READ(ctx->local_ip4));
+		ip_set_v4(app.remote_ip, CTX_READ(ctx->remote_ip4));
+	} else if (family == AF_INET6) {
+		app.local_ip[0] = CTX_READ(ctx->local_ip6[0]);
+		app.local_ip[1] = CTX_READ(ctx->local_ip6[1]);
+		app.local_ip[2] = CTX_READ(ctx->local_ip6[2]);
+		app.local_ip[3] = CTX_READ(ctx->local_ip6[3]);
+		app.remote_ip[0] = CTX_READ(ctx->remote_ip6[0]);
+		app.remote_ip[1] = CTX_READ(ctx->remote_ip6[1]);
+		app.remote_ip[2] = CTX_READ(ctx->remote_ip6[2]);
+		app.remote_ip[3] = CTX_READ(ctx->remote_ip6[3]);
+	} else {
+		return SK_PASS;
+	}
 	/* Loopback is the pod <-> ztunnel hop itself; local == remote is the pod's connect to its own IP
 	 * and ztunnel's upstream from the pod's IP (the loop trap); both stay as they are. */
-	if (ip4_is_loopback(local_ip4) || local_ip4 == remote_ip4)
+	if (ip_is_loopback(app.local_ip) || ip_eq(app.local_ip, app.remote_ip))
 		return SK_PASS;
 	cfg = config_get();
 	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD))
 		return SK_PASS;
-	if (ip_is_v4mapped(cfg->probe_ip) && remote_ip4 == cfg->probe_ip[3]) {
+	if (ip_eq(app.remote_ip, cfg->probe_ip) || (!ip_is_zero(cfg->probe_ip6) && ip_eq(app.remote_ip, cfg->probe_ip6))) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;
 	}
-	ip_set_v4(lkey.pod_ip, local_ip4);
+	__builtin_memcpy(lkey.pod_ip, app.local_ip, sizeof(lkey.pod_ip));
 	pod = bpf_map_lookup_elem(&ambpf_pods, &lkey.pod_ip);
-	if (!pod || !(pod->flags & AMBPF_POD_AMBIENT) || (pod->flags & AMBPF_POD_OPT_OUT)) {
+	if (!pod) {
+		/* This program runs only in captured pods' netns, so an address without an entry is one that
+		 * did not fit a full ambpf_pods, or a pod being armed or released: refuse, as Istio's rules
+		 * would send it to ztunnel whatever the address (unless --fail-open). */
+		if (cfg->flags & AMBPF_CFG_FAIL_OPEN) {
+			stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
+			return SK_PASS;
+		}
+		stat_inc(AMBPF_STAT_SKLOOKUP_REFUSED);
+		return SK_DROP;
+	}
+	if (!(pod->flags & AMBPF_POD_AMBIENT) || (pod->flags & AMBPF_POD_OPT_OUT)) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
 		return SK_PASS;
 	}
 	/* ztunnel's own leg to the app, from the client's address (ambpf_inpod_lo_egress). Taken once: a
 	 * retransmitted SYN is recorded again. */
-	ip_set_v4(app.local_ip, local_ip4);
-	ip_set_v4(app.remote_ip, remote_ip4);
 	app.local_port = bpf_htons((__u16)CTX_READ(ctx->local_port));
 	app.remote_port = (__u16)CTX_READ(ctx->remote_port);
 	if (bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app)) {

@@ -69,8 +69,10 @@ static __always_inline int save_orig(struct bpf_sock_addr *ctx, const __u32 dst[
 	struct ambpf_orig *orig = bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0,
 						     BPF_SK_STORAGE_GET_F_CREATE);
 
-	if (!orig)
+	if (!orig) {
+		stat_inc(AMBPF_STAT_MAPFULL_ORIG_DST); /* no memory: the connect goes as asked, counted */
 		return -1;
+	}
 	orig_set(orig, dst, port_be, family);
 	return 0;
 }
@@ -179,6 +181,7 @@ static __always_inline void outflow_add(struct bpf_sock_ops *skops, const struct
 	now = bpf_ktime_get_ns();
 	if (bpf_map_update_elem(&ambpf_outflow, &f, &now, BPF_ANY)) {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* full: its replies will be steered; counted */
+		stat_inc(AMBPF_STAT_MAPFULL_OUTFLOW);
 		return;
 	}
 	stat_inc(AMBPF_STAT_SOCKOPS_OUTFLOW_ADDED);
@@ -209,13 +212,19 @@ static __always_inline void on_active_established(struct bpf_sock_ops *skops)
 	pair.orig = *orig;
 	if (bpf_map_update_elem(&ambpf_pair_dst, &t, &pair, BPF_ANY)) {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* full map: counted, getsockopt will miss */
+		stat_inc(AMBPF_STAT_MAPFULL_PAIR_DST);
 		return;
 	}
 	stat_inc(AMBPF_STAT_SOCKOPS_PAIR_ADDED);
 	/* Ask for state changes: the entry goes when this socket and ztunnel's have both closed. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	if (splice_enabled() && bpf_sock_hash_update(skops, &ambpf_sockhash, &t, BPF_ANY) == 0)
+	if (!splice_enabled())
+		return;
+	/* Full: this socket is not spliced and takes the normal path, counted. */
+	if (bpf_sock_hash_update(skops, &ambpf_sockhash, &t, BPF_ANY) == 0)
 		stat_inc(AMBPF_STAT_SOCKOPS_SOCKHASH_ADDED);
+	else
+		stat_inc(AMBPF_STAT_MAPFULL_SOCKHASH);
 }
 
 /* The ztunnel side: its listener accepted a connection (before accept(): the child socket exists once
@@ -236,10 +245,12 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
 		pair->zt_seen = 1;
 	if (!splice_enabled())
 		return;
-	if (bpf_sock_hash_update(skops, &ambpf_sockhash, &t, BPF_ANY) == 0)
+	if (bpf_sock_hash_update(skops, &ambpf_sockhash, &t, BPF_ANY) == 0) {
 		stat_inc(AMBPF_STAT_SOCKOPS_SOCKHASH_ADDED);
-	else
+	} else {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
+		stat_inc(AMBPF_STAT_MAPFULL_SOCKHASH);
+	}
 }
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__

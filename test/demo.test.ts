@@ -17,6 +17,14 @@ for (const mode of ['node', 'inpod'] as const) {
     t.match(r.stdout, /node2\s+inbound\s+HBONE .*:15008 \(:authority 198\.19\.2\.3:8080\)/, 'terminated at the other node');
     t.match(r.stdout, /inbound .*:15006 \(orig dst 198\.19\.1\.3:8080 via local-address\)/, 'plaintext inbound kept the original destination');
     t.match(r.stdout, /counters: .*connect4_redirected\+1/);
+    if (mode === 'inpod') {
+      t.match(r.stdout, /app2-node1 +mesh +-> 198\.19\.2\.3  ztunnel's DNS proxy[^\n]*\n\s+node1 +counters: [^\n]*dns_redirected\+\d[^\n]*dns_restored\+\d/, 'a mesh pod\'s lookup took ztunnel\'s path');
+      t.match(r.stdout, /client-node1 +no mesh +-> 198\.18\.99\.99/, 'a pod outside the mesh asked the resolver');
+      const v6Out = /node1\s+outbound\s+\[fd00:a3bf:1:1::4\]:\d+ -> .*via IP6T_SO_ORIGINAL_DST\) -> \[fd00:a3bf:1:2::3\]:15008\s+\[ok\]/;
+      t.match(r.stdout, v6Out,
+        'over IPv6: from the pod\'s IPv6 address, IP6T_SO_ORIGINAL_DST, HBONE to the pod\'s IPv6 address');
+      t.match(r.stdout, /counters: .*connect6_redirected\+1/);
+    }
     t.match(r.stdout, /ambpf pods on node1:[\s\S]*mesh\/app1-node1[\s\S]*mesh\/app2-node1/, 'ambpf pods names the demo\'s mesh pods');
     if (mode === 'inpod' && !r.stdout.includes('the CNI step is skipped')) {
       t.match(r.stdout, /ztunnel resumed\n.*ztunnel acked the Add[^\n]*\n.*ADD returned prevResult/,

@@ -28,7 +28,9 @@ t.test('ambpf doctor -j is the same report as JSON', async (t) => {
   const report = JSON.parse(out) as DoctorReport;
   t.equal(report.ok, true);
   t.ok(report.checks.length >= 30);
-  t.same(report.choices.map((c) => [c.what, c.choice]), [['minimum kernel', MIN_KERNEL], ['tc attach', 'tcx link'], ['sk_msg attach', 'prog_attach']]);
+  t.same(report.choices.map((c) => [c.what, c.choice]),
+    [['minimum kernel', MIN_KERNEL], ['tc attach', 'tcx link'], ['sk_msg attach', 'prog_attach'],
+      ['inpod IPv6', 'as IPv4']]);
   const bpffs = report.checks.find((c) => c.name === 'bpffs');
   t.same(bpffs?.detail.split(', '), mountsOf('bpf'), 'bpffs discovered from /proc/mounts');
   const r = spawnSync('bin/ambpf', ['doctor', '--bogus'], { encoding: 'utf8' });
@@ -63,6 +65,8 @@ t.test('kernel versions compare numerically; missing features name their kernel'
   t.match(text, /1 missing:\n {2}- link tcx \(needs Linux 6\.6 or newer; this is 6\.1\.0\)/);
   t.match(text, /tc attach {7}clsact filter: no tcx links here \(bpf_link_create\(BPF_TCX_INGRESS\) failed with EINVAL; tcx needs 6\.6\+\)/);
   t.match(text, /sk_msg attach {3}prog_attach: .*sockmap links need 6\.10\+ \(EINVAL\)/);
+  t.match(text, /inpod IPv6 {6}as IPv4, without probes or spoofed legs: IPv6 is captured both ways \(5\.10\+\)/);
+  t.match(text, /but without tcx \(6\.6\+\) the pod-netns tc programs are not attached/);
 });
 
 t.test('the minimum kernel is 5.10: older kernels are told so', async (t) => {

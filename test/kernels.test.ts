@@ -36,6 +36,8 @@ const REQUIRED_CHECKS = [
   'inpod/UDP to port 53 lands on 15053, the answer shows the server',
   'inpod/connected UDP to port 53: getpeername and the answer show the server',
   'inpod/TCP to port 53 lands on 15053, getpeername gives the original',
+  'inpod/connect6 native IPv6: lands on [pod IPv6]:15001, getpeername and IP6T_SO_ORIGINAL_DST give the original',
+  'inpod/sk_lookup assigns IPv6 to the 15006 listener',
 ];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {

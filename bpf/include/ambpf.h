@@ -2,7 +2,7 @@
 /*
  * ambpf.h: the structs, constants and counter indices that the BPF programs and the loader share.
  *
- * This header is the map contract of design.md §3. src/bpf/schema.ts mirrors it byte for byte and a
+ * This header is the map contract of docs/architecture.md "Maps". src/bpf/schema.ts mirrors it byte for byte and a
  * test (test/bpf/schema-layout.test.ts) compiles this file with gcc and compares every sizeof/offsetof
  * and every enum value with the TS side: change both at once.
  *
@@ -16,7 +16,7 @@
 
 #include <linux/types.h>
 
-/* ---- marks, ports, defaults (ztunnel's contract, istio-redirection.md) ---- */
+/* ---- marks, ports, defaults (ztunnel's contract, docs/istio-ambient.md) ---- */
 #define AMBPF_ZTUNNEL_MARK       0x539 /* SO_MARK on every socket ztunnel opens */
 #define AMBPF_ZTUNNEL_MARK_MASK  0xfff
 #define AMBPF_PORT_OUTBOUND      15001
@@ -94,9 +94,11 @@ struct ambpf_pod {
 
 /* ambpf_netns: key = netns cookie (__u64). */
 struct ambpf_netns {
-	__u32 pod_ip[4];
+	__u32 pod_ip[4];    /* the pod's IPv4 address (v4-mapped); an IPv6-only pod's IPv6 address */
 	__u32 flags;        /* AMBPF_POD_* */
 	__u32 _pad;
+	__u32 pod_ip6[4];   /* inpod: the pod's IPv6 address, all zero when it has none. Native IPv6
+			     * connects go to [pod_ip6]:15001 (ztunnel sees the pod's v6 address as source) */
 };
 
 /* ambpf_ztunnel: ARRAY[1], key 0. */
@@ -170,21 +172,25 @@ struct ambpf_flow4 {
 /* ambpf_inpod_sk (SK_STORAGE, BPF_F_CLONE): per socket. On an app socket connect4 redirected: the
  * original dst and the pod's netns. On ztunnel's 15001 listener in a pod netns the loader writes only
  * netns_cookie, and the kernel clones it to every accepted socket: that is how getsockopt, which has
- * no bpf_get_netns_cookie before 5.15, knows which pod an accepted 127.0.0.1 connection came from. */
+ * no bpf_get_netns_cookie before 5.15, knows which pod an accepted 127.0.0.1 connection came from
+ * (and the accepted socket has storage to take the client's original without an allocation). */
 struct ambpf_inpod_sk {
 	struct ambpf_orig orig; /* app socket: what it asked for; ztunnel's accepted socket: its client's */
 	__u32 role;             /* AMBPF_INPOD_SK_* */
 	__u64 netns_cookie;
 };
 /* ambpf_inpod_sk.role. An app socket has orig set and role APP; ztunnel's tagged 15001 listener has
- * only the cookie. At PASSIVE_ESTABLISHED the client's original dst is copied onto ztunnel's accepted
- * socket (role ACCEPTED): getsockopt answers from there for as long as that socket lives, however
- * early the client closed, and nothing has to be deleted later. */
+ * only the cookie. When ztunnel accepts (its accept() asks for the peer's address: getpeername4/6 run
+ * on the accepted socket) the client's socket is looked up by the 4-tuple and its original copied
+ * onto ztunnel's accepted socket (role ACCEPTED), and the client's marked HANDED: getsockopt answers
+ * from there for as long as that socket lives. A client that closes before that (fire and forget)
+ * leaves its original in ambpf_inpod_closed instead. */
 #define AMBPF_INPOD_SK_APP       0
 #define AMBPF_INPOD_SK_ACCEPTED  1
+#define AMBPF_INPOD_SK_HANDED    2 /* an app socket whose original ztunnel's accepted socket has */
 
-/* ambpf_inpod_pair key: every pod talks to its ztunnel over 127.0.0.1, so a 4-tuple alone repeats
- * across pods; the pod's netns cookie makes it unique on the node. */
+/* ambpf_inpod_closed key: a pod's connection to its ztunnel over loopback (::1) repeats its 4-tuple
+ * across pods; the pod's netns cookie makes it unique on the node (0 for the pod's own IP). */
 struct ambpf_inpod_key {
 	__u64 netns_cookie;
 	struct ambpf_tuple t;
@@ -257,6 +263,20 @@ enum ambpf_stat {
 	AMBPF_STAT_DNS_SLOT_REUSED,           /* inpod: a socket asked a 5th server: its oldest slot reused */
 	AMBPF_STAT_DNS_ERROR,                 /* inpod: no socket storage for a query (refused) */
 	AMBPF_STAT_TC_DNS_ANSWER,             /* inpod tc on lo: an answer's source set to its slot address */
+	/* An insert a program made failed, one counter per map (the map full, or no memory for socket
+	 * storage). What each failure does to the connection is documented at the map (docs/maps.md):
+	 * never a captured pod's traffic sent around ztunnel. */
+	AMBPF_STAT_MAPFULL_PAIR_DST,
+	AMBPF_STAT_MAPFULL_OUTFLOW,
+	AMBPF_STAT_MAPFULL_SOCKHASH,
+	AMBPF_STAT_MAPFULL_ORIG_DST,
+	AMBPF_STAT_MAPFULL_INPOD_CLOSED,
+	AMBPF_STAT_MAPFULL_INPOD_ORIGSRC,
+	AMBPF_STAT_MAPFULL_INPOD_NODESYN,
+	AMBPF_STAT_MAPFULL_INPOD_SK,
+	AMBPF_STAT_MAPFULL_INPOD_DNS,
+	AMBPF_STAT_INPOD_HANDED,              /* inpod: a client's original copied onto ztunnel's accepted socket */
+	AMBPF_STAT_INPOD_CLOSED_EARLY,        /* inpod: a client closed before ztunnel took its original */
 	AMBPF_STAT_MAX,
 };
 

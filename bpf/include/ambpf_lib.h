@@ -97,6 +97,17 @@ static __always_inline int ip4_is_loopback(__u32 ip4)
 	return (bpf_ntohl(ip4) >> 24) == 127;
 }
 
+static __always_inline int ip6_is_loopback(const __u32 a[4])
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == bpf_htonl(1);
+}
+
+/* 127.0.0.0/8 (v4-mapped) or ::1. */
+static __always_inline int ip_is_loopback(const __u32 a[4])
+{
+	return ip_is_v4mapped(a) ? ip4_is_loopback(a[3]) : ip6_is_loopback(a);
+}
+
 /* A v4-mapped or IPv6 address the pod must reach directly: loopback, ztunnel itself, the node's own
  * addresses, the probe source. */
 static __always_inline int dst_is_bypassed(const __u32 a[4], const struct ambpf_ztunnel *zt,
@@ -105,7 +116,7 @@ static __always_inline int dst_is_bypassed(const __u32 a[4], const struct ambpf_
 	if (ip_is_v4mapped(a)) {
 		if (ip4_is_loopback(a[3]))
 			return 1;
-	} else if (a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == bpf_htonl(1)) {
+	} else if (ip6_is_loopback(a)) {
 		return 1; /* ::1 */
 	} else if ((bpf_ntohl(a[0]) >> 22) == (0xfe80 >> 6)) {
 		return 1; /* fe80::/10 link-local */

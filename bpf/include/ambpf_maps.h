@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * ambpf_maps.h: the BTF-defined maps every ambpf object shares (design.md §3 names them: a contract).
+ * ambpf_maps.h: the BTF-defined maps every ambpf object shares (docs/architecture.md "Maps" names them: a contract).
  *
  * Each object that includes this header declares the same maps; the loader gives every map a pin path
  * under <bpffs>/ before load, so the first object creates and pins a map and every later object (and a
@@ -47,7 +47,7 @@ struct {
 } ambpf_config SEC(".maps");
 
 /* Per-socket original destination, freed with the socket: no cookie-keyed LRU (a full LRU costs
- * ~800 ns per connect, kernel-and-ffi-facts.md). */
+ * ~800 ns per connect, docs/kernel-facts.md "Measured costs"). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

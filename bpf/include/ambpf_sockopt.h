@@ -90,7 +90,13 @@ static __always_inline int sockopt_answer(struct bpf_sockopt *ctx, const struct 
 	if (ctx->level == SOL_IP) {
 		struct sockaddr_in_ *sin = optval;
 
-		if (!ip_is_v4mapped(orig->ip) || (void *)(sin + 1) > optval_end) {
+		/* ztunnel asks SOL_IP first whatever the family (src/socket.rs orig_dst_addr), then SOL_IPV6:
+		 * for an IPv6 original the IPv4 option has no answer, as with conntrack. */
+		if (!ip_is_v4mapped(orig->ip)) {
+			stat_inc(AMBPF_STAT_GETSOCKOPT_MISS);
+			return SYS_PROCEED; /* the kernel's own error stands */
+		}
+		if ((void *)(sin + 1) > optval_end) {
 			stat_inc(AMBPF_STAT_GETSOCKOPT_ERROR);
 			return SYS_PROCEED; /* the kernel's own error stands */
 		}

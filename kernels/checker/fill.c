@@ -103,6 +103,26 @@ int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_coo
 	return 0;
 }
 
+int fill_inpod6(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int inbound6_fd, char *err, size_t errlen)
+{
+	struct ambpf_netns ns = { .flags = AMBPF_POD_AMBIENT };
+	struct ambpf_pod pod = { .flags = AMBPF_POD_AMBIENT };
+	struct ambpf_inpod_lkey in = { .slot = AMBPF_LISTENER_INBOUND };
+	struct ambpf_ip pod_ip;
+	__u64 in_fd = (__u64)inbound6_fd;
+	int err_;
+
+	v4mapped(ns.pod_ip, FILL_POD_IP);
+	inet_pton(AF_INET6, FILL_POD_IP6, ns.pod_ip6);
+	inet_pton(AF_INET6, FILL_POD_IP6, pod_ip.addr);
+	inet_pton(AF_INET6, FILL_POD_IP6, in.pod_ip);
+	if ((err_ = update(maps, nmaps, "ambpf_pods", &pod_ip, &pod, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_netns", &netns_cookie, &ns, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_inpod_listen", &in, &in_fd, err, errlen)))
+		return err_;
+	return 0;
+}
+
 long long fill_stat(struct bpf_map *const *maps, int nmaps, unsigned int index)
 {
 	struct bpf_map *m = find(maps, nmaps, "ambpf_stats");

@@ -18,6 +18,11 @@
 #define FILL_INPOD_ZT_IP "127.0.0.1"   /* inpod: ztunnel's 15006/15008 (reached only through sk_lookup) */
 #define FILL_INPOD_OUT_IP "0.0.0.0"    /* inpod: ztunnel's 15001, wildcard as ztunnel's [::]: connect4 sends
 					 * the pod's connects to <pod IP>:15001 */
+/* inpod over IPv6 (check.sh puts them on akc0 and lo): the pod's IPv6 address, another local
+ * address to connect from, an original destination assigned nowhere. */
+#define FILL_POD_IP6      "fd00:a3bf:1:1::1"
+#define FILL_LOCAL_IP6    "fd00:a3bf::1"
+#define FILL_ORIG_DST_IP6 "fd00:a3bf:5::5"
 
 /* Which datapath the maps are filled for. */
 enum fill_topology {
@@ -39,6 +44,10 @@ int fill_listener(struct bpf_map *const *maps, int nmaps, int listen_fd, char *e
  * slot}. */
 int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int outbound_fd,
 			 int inbound_fd, int hbone_fd, char *err, size_t errlen);
+
+/* The pod's IPv6 address (FILL_POD_IP6) in ambpf_pods and ambpf_netns.pod_ip6, and ztunnel's IPv6
+ * 15006 listener in ambpf_inpod_listen under it (after fill_maps for FILL_INPOD). */
+int fill_inpod6(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int inbound6_fd, char *err, size_t errlen);
 
 /* Sum of one per-CPU counter in ambpf_stats; -1 when the map is absent. */
 long long fill_stat(struct bpf_map *const *maps, int nmaps, unsigned int index);

@@ -45,6 +45,7 @@ int inpod_checks(const struct func_ctx *c)
 		failures += 2;
 	}
 	failures += inpod_dns_checks(c);
+	failures += inpod6_checks(c);
 out:
 	if (out >= 0)
 		close(out);

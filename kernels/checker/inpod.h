@@ -10,4 +10,8 @@
 /* Fills the maps for inpod, opens and tags the three listeners, runs the checks; returns failures. */
 int inpod_checks(const struct func_ctx *c);
 
+/* The same over native IPv6 (inpod6.c): connect6 to [pod IPv6]:15001, IP6T_SO_ORIGINAL_DST, sk_lookup
+ * of IPv6 inbound; returns failures. */
+int inpod6_checks(const struct func_ctx *c);
+
 #endif /* AMBPF_CHECKER_INPOD_H */

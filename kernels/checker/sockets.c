@@ -50,10 +50,14 @@ int sock_listen(const char *ip, int port)
 int sock_accept_within(int lfd)
 {
 	struct pollfd p = { .fd = lfd, .events = POLLIN };
+	struct sockaddr_storage peer;
+	socklen_t len = sizeof(peer);
 
 	if (poll(&p, 1, 3000) != 1) {
 		errno = ETIMEDOUT;
 		return -1;
 	}
-	return accept(lfd, NULL, NULL);
+	/* With the peer's address, as ztunnel's accept (tokio) asks: the inpod getpeername program hands
+	 * the client's original over to the accepted socket there. */
+	return accept(lfd, (struct sockaddr *)&peer, &len);
 }

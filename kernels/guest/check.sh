@@ -14,6 +14,10 @@ ip link add akc0 type veth peer name akc1 || setup_failed "cannot create the vet
 # 198.18.0.1 stands for the node ztunnel address in the functional checks (func.c).
 ip addr add 198.18.0.1/32 dev lo || setup_failed "cannot address lo"
 ip addr add 198.18.1.1/24 dev akc0 || setup_failed "cannot address akc0"
+# inpod over IPv6 (inpod6.c): the pod's IPv6 address on akc0, another local one on lo; no duplicate
+# address detection, so both are usable at once.
+ip -6 addr add fd00:a3bf::1/128 dev lo nodad || setup_failed "cannot address lo (IPv6)"
+ip -6 addr add fd00:a3bf:1:1::1/64 dev akc0 nodad || setup_failed "cannot address akc0 (IPv6)"
 ip link set akc0 up && ip link set akc1 up || setup_failed "cannot bring the veth pair up"
 # (/sys shows the host netns inside unshare, so the MAC comes from ip.)
 # 198.18.1.2 stands for an ambient pod behind akc0 (its host-side veth): a static neighbour lets a SYN

@@ -132,6 +132,11 @@ export class ZdsHandoff implements ZtunnelHandoff {
     return this.#server.ready;
   }
 
+  /** Why ztunnel cannot connect to this agent now (its ZDS server is down), or undefined. */
+  serverProblem(): string | undefined {
+    return this.#server.problem();
+  }
+
   peers(): readonly ZdsPeer[] {
     return this.#server.peers();
   }

@@ -5,6 +5,7 @@ import type { Testbed } from '../testbed/testbed.ts';
 import type { TestbedPod } from '../testbed/types.ts';
 import { killTimeWait } from './hygiene.ts';
 import { cpuUsageUs, runIperf, runWrk } from './load.ts';
+import type { CpuPlan } from './cpus.ts';
 import type { WorkloadName } from './types.ts';
 
 export interface Endpoint {
@@ -26,6 +27,8 @@ export interface CellOptions {
   readonly wrkScript: string;
   /** Concurrent connections of wrk. */
   readonly connections: number;
+  /** Where the client runs (cpus.ts); unpinned without. */
+  readonly cpus?: CpuPlan | undefined;
 }
 
 export interface CellResult {
@@ -43,7 +46,7 @@ export async function runCell(tb: Testbed, workload: WorkloadName, t: CellTarget
   await killTimeWait(t.netns);
   const writeBytes = WRITE_BYTES[workload];
   if (writeBytes !== undefined) {
-    const r = await runIperf(tb, t.client, { ip: t.endpoint.ip, port: t.endpoint.port, seconds: o.seconds, writeBytes });
+    const r = await runIperf(tb, t.client, { ip: t.endpoint.ip, port: t.endpoint.port, seconds: o.seconds, writeBytes, cpus: o.cpus });
     return { metrics: { gbps: r.bitsPerSecond / 1e9, retransmits: r.retransmits }, errors: 0 };
   }
   const c0 = cpuUsageUs(t.client.cgroupPath);
@@ -54,6 +57,7 @@ export async function runCell(tb: Testbed, workload: WorkloadName, t: CellTarget
     connections: o.connections,
     close: workload === 'connections',
     script: o.wrkScript,
+    cpus: o.cpus,
   });
   const c1 = cpuUsageUs(t.client.cgroupPath);
   const s1 = sumCpu(t.servers);

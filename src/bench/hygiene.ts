@@ -1,4 +1,4 @@
-// State reset between cells (kernel-and-ffi-facts.md, "Benchmark hygiene"): TIME_WAIT sockets left
+// State reset between cells (docs/kernel-facts.md "Benchmark hygiene"): TIME_WAIT sockets left
 // by one path collide with the next path's SYNs on the same 4-tuple (a REDIRECT run once made the
 // following direct run lose 60% to SYN retransmits), so they are destroyed in every netns a cell
 // touched before the next cell starts.

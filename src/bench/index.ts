@@ -1,4 +1,4 @@
-// `ambpf bench`: one command, one testbed, every path side by side (design.md §7, issue 8).
+// `ambpf bench`: one command, one testbed, every path side by side (docs/architecture.md "Testbed and benchmark").
 //   1. a two-node testbed without the stand-in; raw sinks where node 1 keeps ztunnel's ports (its
 //      ztunnel pod; inpod: inside its first mesh pod, held by ztunnel's cgroup);
 //   2. the matrix, rounds x paths (rotated) x workloads x placements (matrix.ts);
@@ -15,6 +15,7 @@ import { chartSpec, renderSvg } from './charts.ts';
 import { measurePodChange, measurePodChangeWatch, measureReconcile, summarizePodChange, writePodsWithOptOut } from './control-plane.ts';
 import { wrkScript } from './load.ts';
 import { describeMachine } from './machine.ts';
+import { runDnsPhase } from './dns.ts';
 import { APP_PORT, runE2ePhase, runSinkPhase, sinkActors, sinkCapturedPods, startHttpSink, type MatrixOptions } from './matrix.ts';
 import type { PathContext } from './paths.ts';
 import { resultsMarkdown } from './report.ts';
@@ -24,6 +25,10 @@ import { spread } from './stats.ts';
 import { summarize } from './summary.ts';
 import { buildTransparentShim } from './transparent-shim.ts';
 import type { BenchConfig, BenchResults, ControlPlaneResults, Sample } from './types.ts';
+import type { AaVerdict } from './aa.ts';
+import { cpuPlan } from './cpus.ts';
+import { measureScale } from './scale.ts';
+import { SAFETY_NET_MS } from '../reconcile/resync.ts';
 
 const log = logger('bench');
 
@@ -37,6 +42,8 @@ export interface BenchOptions extends BenchConfig {
   readonly reconcileSizes: readonly number[];
   /** Concurrent wrk connections. */
   readonly connections: number;
+  /** inpod control plane: mesh pods of the node-scale run with ZDS (scale.ts); 0 skips it. */
+  readonly scalePods?: number;
   /** Called once the testbed exists, so a signal handler can take it down. */
   readonly onTestbed?: (tb: Testbed) => void;
 }
@@ -54,6 +61,8 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   const rss: number[] = [];
   const notes: string[] = [];
   const controlPlane: { -readonly [K in keyof ControlPlaneResults]: ControlPlaneResults[K] } = {};
+  const cpus = cpuPlan(undefined, o.pin ?? true);
+  let aa: AaVerdict | undefined;
 
   // --profile: the kernel's BPF run-time statistics for the whole run, released in the finally below
   // (and by the kernel if this process dies), so the machine never keeps paying for them.
@@ -79,16 +88,20 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     const idle = inpod ? tb.pods.filter((p) => p.mesh && p.name !== actors.meshClient.name) : [];
     writePodsWithOptOut(tb, podsFile, idle);
     const ctx: PathContext = {
-      tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb),
+      tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb), cpus,
       ...(inpod ? { probe: { from: actors.meshClient, ip: actors.meshDst.ip, port: APP_PORT } } : {}),
     };
     const m: MatrixOptions = {
-      paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds, warmup: o.warmup,
+      paths: o.paths, workloads: o.workloads.filter((w) => w !== 'dns'), placements: o.placements, rounds: o.rounds, warmup: o.warmup,
       seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
-      profile: o.profile ?? false,
+      profile: o.profile ?? false, cpus,
+      ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
+      ...(o.maxMinutes !== undefined ? { maxMinutes: o.maxMinutes } : {}),
+      ...(o.aaTolerance !== undefined ? { aaTolerance: o.aaTolerance } : {}),
     };
     const obs = {
       sample: (s: Sample) => samples.push(s),
+      rounds: (v: AaVerdict) => (aa ??= v), // the sink phase's; the e2e phase runs fixed rounds
       loader: (c: readonly number[], r: readonly number[]) => {
         coldStarts.push(...c);
         rss.push(...r.map((k) => k / 1024));
@@ -96,6 +109,10 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     };
     log.info({ prefix: tb.prefix, paths: o.paths, workloads: o.workloads, rounds: o.rounds }, 'bench: sink phase');
     await runSinkPhase(tb, ctx, m, obs);
+    if (o.workloads.includes('dns')) {
+      if (inpod) await runDnsPhase(tb, ctx, m, obs);
+      else notes.push('DNS workload skipped: DNS capture is the inpod topology\'s (--topology inpod).');
+    }
 
     if (o.controlPlane) {
       log.info('bench: control plane');
@@ -129,7 +146,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
       try {
         const captured = inpod ? tb.pods.filter((p) => p.mesh) : [];
         const { probe: _sinkProbe, ...e2eCtx } = ctx; // the sink phase's probe target is not the stand-ins'
-        await runE2ePhase(tb, { ...e2eCtx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads }, obs);
+        await runE2ePhase(tb, { ...e2eCtx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads, maxRounds: o.rounds }, obs);
       } finally {
         await stopStandIns(tb);
       }
@@ -151,6 +168,10 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     await tb.down();
   }
 
+  if (inpod && o.controlPlane && (o.scalePods ?? 0) > 0) {
+    log.info({ pods: o.scalePods }, 'bench: the loader at node scale, with ZDS');
+    controlPlane.scale = await measureScale({ pods: o.scalePods ?? 0, changes: o.podChanges, idleSeconds: o.quick ? 2 : SAFETY_NET_MS / 1000, ...(o.prefix ? { prefix: o.prefix } : {}) });
+  }
   if (coldStarts.length > 0) {
     const s = spread(coldStarts);
     controlPlane.coldStartMs = { samples: coldStarts, median: s.median, min: s.min, max: s.max };
@@ -167,6 +188,9 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     config: {
       topology: o.topology, paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds,
       warmup: o.warmup, seconds: o.seconds, e2e: o.e2e, controlPlane: o.controlPlane, quick: o.quick, profile: o.profile ?? false,
+      ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
+      ...(o.maxMinutes !== undefined ? { maxMinutes: o.maxMinutes } : {}),
+      ...(o.aaTolerance !== undefined ? { aaTolerance: o.aaTolerance } : {}),
     },
     machine,
     startedAt,
@@ -174,6 +198,8 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     samples,
     summary: summarize(samples, o.paths),
     ...(o.profile ? { profile: profileRows(samples) } : {}),
+    ...(aa ? { aa } : {}),
+    cpus: cpus.note,
     controlPlane,
     notes,
   };
@@ -188,8 +214,8 @@ function topologyNotes(topology: BenchConfig['topology']): string[] {
   if (topology === 'inpod') {
     return [
       'Sink phase (inpod): nginx (1 KiB answers) and iperf3 listen on 15001/15006/15008 inside the mesh pod app1-node1\'s netns, held by ztunnel\'s pod cgroup (where in-pod ztunnel listens; the loader captures only listeners held by ztunnel), with the same LD_PRELOAD on every path; the other mesh pods are opted out during the sink phase (no listeners there).',
-      'same-node = the mesh pod\'s outbound connection (to another pod\'s IP) captured to 127.0.0.1:15001 in its own netns (direct = a plain loopback connection to 127.0.0.1:15001: the floor); cross-node = a non-mesh pod on node 2 reaching the mesh pod, captured inside the pod to its 15006 (direct = the client addressing pod-IP:15006 itself).',
-      'iptables = Istio\'s golden in-pod rules, complete, installed by the baseline agent (istio-cni\'s role) on each node with a loader (nat REDIRECT to 15001/15006, DNS to 15053, raw conntrack zones, connmark 0x111 policy route; v4 and v6) in every mesh pod, plus the node\'s probe SNAT; nftables = the same as Istio 1.28\'s native nftables tables (inet istio-ambient-nat/-mangle/-raw); ebpf = ambpf run --mode inpod (connect4 to 127.0.0.1:15001, getsockopt, sk_lookup to 15006 in the pod\'s netns).',
+      'same-node = the mesh pod\'s outbound connection (to another pod\'s IP) captured to its own IP:15001 in its own netns (direct = a plain loopback connection to 127.0.0.1:15001: the floor); cross-node = a non-mesh pod on node 2 reaching the mesh pod, captured inside the pod to its 15006 (direct = the client addressing pod-IP:15006 itself).',
+      'iptables = Istio\'s golden in-pod rules, complete, installed by the baseline agent (istio-cni\'s role) on each node with a loader (nat REDIRECT to 15001/15006, DNS to 15053, raw conntrack zones, connmark 0x111 policy route; v4 and v6) in every mesh pod, plus the node\'s probe SNAT; nftables = the same as Istio 1.28\'s native nftables tables (inet istio-ambient-nat/-mangle/-raw); ebpf = ambpf run --mode inpod (connect4 to the pod\'s own IP:15001, getsockopt, sk_lookup to 15006 in the pod\'s netns).',
       'End-to-end phase: through the ztunnel stand-in running in every mesh pod\'s netns (HBONE between pods); direct = the same client reaching the destination nginx with nothing installed.',
       ...common,
     ];

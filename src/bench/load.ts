@@ -5,6 +5,7 @@ import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Testbed, Target } from '../testbed/testbed.ts';
 import { BenchError } from './errors.ts';
+import { pinned, type CpuPlan } from './cpus.ts';
 
 /** wrk prints this JSON line from its `done` hook: exact counts and µs percentiles incl. p99.9. */
 const WRK_LUA = `done = function(summary, latency, requests)
@@ -45,13 +46,15 @@ export interface WrkOptions {
   /** New connection per request (`Connection: close`). */
   readonly close: boolean;
   readonly script: string;
+  /** Pins wrk to the client's CPUs (cpus.ts). */
+  readonly cpus?: CpuPlan | undefined;
 }
 
 export async function runWrk(tb: Testbed, client: Target, o: WrkOptions): Promise<WrkResult> {
   const argv = ['wrk', '-t1', `-c${o.connections}`, `-d${o.seconds}s`, '--timeout', '2s', '-s', o.script];
   if (o.close) argv.push('-H', 'Connection: close');
   argv.push(o.url);
-  const r = await tb.exec(client, argv, { check: false, timeoutMs: (o.seconds + 15) * 1000 });
+  const r = await tb.exec(client, pinned(o.cpus, 'client', argv), { check: false, timeoutMs: (o.seconds + 15) * 1000 });
   const parsed = parseWrk(r.stdout);
   if (r.code !== 0 || !parsed) throw new BenchError(`wrk against ${o.url} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().slice(0, 300)}`, { url: o.url });
   return parsed;
@@ -81,11 +84,13 @@ export interface IperfOptions {
   readonly seconds: number;
   /** Bytes per write(): the -l of iperf3. */
   readonly writeBytes: number;
+  /** Pins iperf3 to the client's CPUs (cpus.ts). */
+  readonly cpus?: CpuPlan | undefined;
 }
 
 export async function runIperf(tb: Testbed, client: Target, o: IperfOptions): Promise<IperfResult> {
   const argv = ['iperf3', '-c', o.ip, '-p', String(o.port), '-t', String(o.seconds), '-l', String(o.writeBytes), '-J', '--connect-timeout', '3000'];
-  const r = await tb.exec(client, argv, { check: false, timeoutMs: (o.seconds + 15) * 1000 });
+  const r = await tb.exec(client, pinned(o.cpus, 'client', argv), { check: false, timeoutMs: (o.seconds + 15) * 1000 });
   const parsed = parseIperf(r.stdout);
   if (r.code !== 0 || !parsed) {
     let reason = r.stderr.trim();

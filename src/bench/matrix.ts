@@ -11,7 +11,9 @@ import { BenchError } from './errors.ts';
 import { startPath, type PathContext } from './paths.ts';
 import { cellCost, pathPrograms, readCounters } from './profile.ts';
 import { inPod, startIperfServer, startNginx, type Sink, type SinkPlace } from './sinks.ts';
-import { schedule } from './stats.ts';
+import { rotation } from './stats.ts';
+import { aaOutside, aaRows, type AaVerdict } from './aa.ts';
+import type { CpuPlan } from './cpus.ts';
 import { isDirect, type BenchConfig, type PathName, type Phase, type Placement, type Sample, type WorkloadName } from './types.ts';
 
 const log = logger('bench');
@@ -19,19 +21,23 @@ const log = logger('bench');
 /** The port every redirected client addresses (any port works: it is the redirect that matters). */
 export const APP_PORT = 8080;
 
-export interface MatrixOptions extends Pick<BenchConfig, 'paths' | 'workloads' | 'placements' | 'rounds' | 'warmup' | 'seconds'> {
+export interface MatrixOptions extends Pick<BenchConfig, 'paths' | 'workloads' | 'placements' | 'rounds' | 'warmup' | 'seconds' | 'maxRounds' | 'maxMinutes' | 'aaTolerance'> {
   readonly connections: number;
   readonly wrkScript: string;
   readonly shim: string;
   readonly dir: string;
   /** Read the eBPF paths' programs' run-time statistics around every cell (the run turned them on). */
   readonly profile?: boolean;
+  /** Where client and sinks run (cpus.ts); unpinned without. */
+  readonly cpus?: CpuPlan | undefined;
 }
 
 export interface MatrixObserver {
   /** Every ActivePath of an eBPF path reports its cold start and RSS here. */
   loader(coldStartMs: readonly number[], rssKiB: readonly number[]): void;
   sample(s: Sample): void;
+  /** The sink phase's rounds and A/A verdict (aa.ts). */
+  rounds?(v: AaVerdict): void;
 }
 
 interface Group {
@@ -81,8 +87,8 @@ export function sinkCapturedPods(tb: Testbed): TestbedPod[] {
 }
 
 /** nginx on all three ztunnel ports where the sinks go. */
-export function startHttpSink(tb: Testbed, o: Pick<MatrixOptions, 'dir' | 'shim'>): Promise<Sink> {
-  return startNginx(tb, sinkActors(tb).sinks, [PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE], join(o.dir, 'nginx-sink'), o.shim);
+export function startHttpSink(tb: Testbed, o: Pick<MatrixOptions, 'dir' | 'shim' | 'cpus'>): Promise<Sink> {
+  return startNginx(tb, sinkActors(tb).sinks, [PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE], join(o.dir, 'nginx-sink'), o.shim, o.cpus);
 }
 
 /**
@@ -118,14 +124,43 @@ async function stopAll(sinks: readonly Sink[]): Promise<void> {
 }
 
 /**
- * Runs `groups` x rotated paths for every round. `targets(placement, path)` names client, server and
- * endpoint of a cell.
+ * Whether to run another measured round: never below o.rounds; above it (up to o.maxRounds, within
+ * o.maxMinutes) while the A/A control of any claimed row is outside its tolerance. undefined: go on.
+ */
+function stopVerdict(o: MatrixOptions, measured: number, samples: readonly Sample[], startedMs: number): AaVerdict | undefined {
+  const tolerance = o.aaTolerance ?? 0.03;
+  const maxRounds = Math.max(o.rounds, o.maxRounds ?? o.rounds);
+  const adaptive = maxRounds > o.rounds && o.paths.includes('direct') && o.paths.includes('direct-aa');
+  if (measured < o.rounds) return undefined;
+  const outside = aaOutside(aaRows(samples), tolerance);
+  const base = { rounds: measured, tolerance, outside };
+  if (!adaptive) return { ...base, converged: outside.length === 0, stoppedBy: 'fixed rounds' };
+  if (outside.length === 0) return { ...base, converged: true, stoppedBy: 'converged' };
+  if (measured >= maxRounds) return { ...base, converged: false, stoppedBy: 'round cap' };
+  if (o.maxMinutes !== undefined && performance.now() - startedMs > o.maxMinutes * 60_000) return { ...base, converged: false, stoppedBy: 'time cap' };
+  return undefined;
+}
+
+/**
+ * Runs `groups` x rotated paths for every round: o.rounds measured rounds (after the warm-up), then
+ * more while stopVerdict says so. `targets(placement, path)` names client, server and endpoint of a cell.
  */
 async function runRounds(
   tb: Testbed, phase: Phase, ctx: PathContext, o: MatrixOptions, groups: readonly Group[],
   targets: (placement: Placement, path: PathName) => CellTarget, obs: MatrixObserver,
 ): Promise<void> {
-  for (const { round, warmup, order } of schedule(o.paths, o.rounds, o.warmup)) {
+  const startedMs = performance.now();
+  const mine: Sample[] = [];
+  for (let round = 0; ; round++) {
+    const warmup = o.warmup && round === 0;
+    const measured = round - (o.warmup ? 1 : 0);
+    const verdict = warmup ? undefined : stopVerdict(o, measured, mine, startedMs);
+    if (verdict) {
+      log.info({ phase, ...verdict, outside: verdict.outside.length }, 'rounds done');
+      obs.rounds?.(verdict);
+      break;
+    }
+    const order = rotation(o.paths, round);
     for (const group of groups) {
       if (group.workloads.length === 0) continue;
       const sinks = await group.start();
@@ -146,6 +181,7 @@ async function runRounds(
                 const profile = before ? cellCost(progs, before, readCounters(progs), r.requests) : undefined;
                 const sample: Sample = { phase, round, warmup, path: pathName, workload, placement, metrics: r.metrics, errors: r.errors, ...(profile ? { profile } : {}) };
                 log.info({ phase, round, warmup, path: pathName, workload, placement, ...r.metrics, errors: r.errors }, 'cell');
+                mine.push(sample);
                 obs.sample(sample);
               }
             }
@@ -177,9 +213,9 @@ export async function runSinkPhase(tb: Testbed, ctx: PathContext, o: MatrixOptio
       workloads: o.workloads.filter((w) => BULK.includes(w)),
       // Both always run: the loader wants 15006 and 15008 held by one process even for same-node cells.
       start: async () => {
-        const a = await startIperfServer(tb, sinks, PORT_OUTBOUND, join(o.dir, 'iperf-sink'), o.shim);
+        const a = await startIperfServer(tb, sinks, PORT_OUTBOUND, join(o.dir, 'iperf-sink'), o.shim, undefined, o.cpus);
         try {
-          return [a, await startIperfServer(tb, sinks, PORT_INBOUND_PLAINTEXT, join(o.dir, 'iperf-sink'), o.shim, PORT_HBONE)];
+          return [a, await startIperfServer(tb, sinks, PORT_INBOUND_PLAINTEXT, join(o.dir, 'iperf-sink'), o.shim, PORT_HBONE, o.cpus)];
         } catch (err) {
           await a.stop();
           throw err;
@@ -204,9 +240,9 @@ export async function runE2ePhase(tb: Testbed, ctx: PathContext, o: MatrixOption
     name: 'http',
     workloads: o.workloads.filter((w) => !BULK.includes(w)),
     start: async () => {
-      const a = await startNginx(tb, inPod(meshDst), [APP_PORT], join(o.dir, 'nginx-e2e-local'), o.shim);
+      const a = await startNginx(tb, inPod(meshDst), [APP_PORT], join(o.dir, 'nginx-e2e-local'), o.shim, o.cpus);
       try {
-        return [a, await startNginx(tb, inPod(remote), [APP_PORT], join(o.dir, 'nginx-e2e-remote'), o.shim)];
+        return [a, await startNginx(tb, inPod(remote), [APP_PORT], join(o.dir, 'nginx-e2e-remote'), o.shim, o.cpus)];
       } catch (err) {
         await a.stop();
         throw err;

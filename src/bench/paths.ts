@@ -19,6 +19,7 @@ import { startBaselineAgents } from '../baseline/launch.ts';
 import { BenchError } from './errors.ts';
 import { logger } from '../log.ts';
 import type { PathName } from './types.ts';
+import { pinned, type CpuPlan } from './cpus.ts';
 
 const log = logger('bench');
 const AMBPF = fileURLToPath(new URL('../../bin/ambpf', import.meta.url));
@@ -54,6 +55,8 @@ export interface PathContext {
   readonly probe?: { readonly from: TestbedPod; readonly ip: string; readonly port: number };
   /** The eBPF paths' loaders watch this API server (kubeconfig) instead of reading the pods file. */
   readonly kubeconfig?: string;
+  /** Where the loaders run (cpus.ts); unpinned without. */
+  readonly cpus?: CpuPlan;
 }
 
 function vmRssKiB(pid: number): number {
@@ -176,7 +179,7 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
       argv.push('--mode', ctx.tb.info.topology);
       if (ctx.tb.info.topology === 'inpod') argv.push('--zds-socket', 'none');
       const started = performance.now();
-      const proc = ctx.tb.spawn(node, argv, { logFile: join(ctx.logDir, `ambpf-run-${node.name}.log`), env: { ...process.env, AMBPF_LOG_FORMAT: 'json' } });
+      const proc = ctx.tb.spawn(node, pinned(ctx.cpus, 'loader', argv), { logFile: join(ctx.logDir, `ambpf-run-${node.name}.log`), env: { ...process.env, AMBPF_LOG_FORMAT: 'json' } });
       procs.push(proc);
       await waitReady(ctx, node, proc);
       coldStartMs.push(performance.now() - started);

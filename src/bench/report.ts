@@ -2,6 +2,7 @@
 // metric), one column per path: median, min-max, and the per-round ratio to direct.
 import { summarize } from './summary.ts';
 import { profileTable } from './profile.ts';
+import { aaSentence } from './aa.ts';
 import { ISTIO_PATHS, METRICS, PRIMARY_METRIC, type BenchResults, type PathName, type SummaryRow } from './types.ts';
 
 function fmt(v: number): string {
@@ -53,9 +54,15 @@ export function versusIstioTable(r: BenchResults, base: PathName = 'iptables'): 
   if (!r.config.paths.includes(base) || ebpf.length === 0) return undefined;
   const rows = summarize(r.samples, [base, ...ebpf], base)
     .filter((x) => x.path !== base && x.phase === 'sink' && (x.metric === PRIMARY_METRIC[x.workload] || x.metric === 'reqPerSec' || x.metric === 'p50us' || x.metric.endsWith('CpuUsPerReq')));
+  // The noise beside every claim: the A/A control's ratio on the same row (direct-aa / direct).
+  const aa = r.config.paths.includes('direct-aa') ? summarize(r.samples, ['direct', 'direct-aa']).filter((x) => x.path === 'direct-aa') : [];
+  const aaCell = (x: SummaryRow): string => {
+    const a = aa.find((z) => z.phase === x.phase && z.placement === x.placement && z.workload === x.workload && z.metric === x.metric);
+    return a?.ratio ? `×${a.ratio.median.toFixed(2)} (${a.ratio.min.toFixed(2)}–${a.ratio.max.toFixed(2)})` : '–';
+  };
   const lines = [
-    `| placement | workload | metric | ${ebpf.map((p) => `${p} / ${base}`).join(' | ')} |`,
-    `|---|---|---|${ebpf.map(() => '---').join('|')}|`,
+    `| placement | workload | metric | ${ebpf.map((p) => `${p} / ${base}`).join(' | ')} | A/A: direct-aa / direct |`,
+    `|---|---|---|${ebpf.map(() => '---').join('|')}|---|`,
   ];
   const seen = new Set<string>();
   for (const x of rows) {
@@ -66,7 +73,7 @@ export function versusIstioTable(r: BenchResults, base: PathName = 'iptables'): 
       const y = rows.find((z) => z.path === p && z.placement === x.placement && z.workload === x.workload && z.metric === x.metric);
       return y?.ratio ? `**×${y.ratio.median.toFixed(2)}** (${y.ratio.min.toFixed(2)}–${y.ratio.max.toFixed(2)})` : '';
     });
-    lines.push(`| ${x.placement} | ${x.workload} | ${label(x.metric)} | ${cells.join(' | ')} |`);
+    lines.push(`| ${x.placement} | ${x.workload} | ${label(x.metric)} | ${cells.join(' | ')} | ${aaCell(x)} |`);
   }
   return lines.join('\n') + '\n';
 }
@@ -80,6 +87,13 @@ export function controlPlaneTable(r: BenchResults): string {
   for (const x of cp.reconcile ?? []) lines.push(`| reconcile ${x.pods.toLocaleString('en-US')} pods (plan + map write) | ${fmt(x.totalMs)} ms (plan ${fmt(x.planMs)} ms, write ${fmt(x.writeMs)} ms) |`);
   if (cp.coldStartMs) lines.push(`| cold start: \`ambpf run\` -> /readyz 200 (${cp.coldStartMs.samples.length} starts) | median ${fmt(cp.coldStartMs.median)} ms (${fmt(cp.coldStartMs.min)}–${fmt(cp.coldStartMs.max)}) |`);
   if (cp.rssMiB) lines.push(`| loader RSS after its cells | median ${fmt(cp.rssMiB.median)} MiB, max ${fmt(cp.rssMiB.max)} MiB |`);
+  const sc = cp.scale;
+  if (sc) {
+    const on = `${sc.pods + 1} pods on the node (${sc.pods} mesh + ztunnel)`;
+    lines.push(`| ${on}, ZDS: loader start -> all captured and acked | ${fmt(sc.captureAllMs)} ms |`);
+    lines.push(`| ${on}: loader RSS / idle CPU (${sc.idleSeconds} s, nothing changing) | ${fmt(sc.rssMiB)} MiB / ${sc.idleCpuPct.toFixed(2)} % of a core |`);
+    lines.push(`| ${on}: pod change -> released, or captured and acked by the stand-in over ZDS (${sc.podChangeMs.samples.length} changes) | p50 ${fmt(sc.podChangeMs.p50)} ms, p99 ${fmt(sc.podChangeMs.p99)} ms, max ${fmt(sc.podChangeMs.max)} ms |`);
+  }
   return lines.join('\n') + '\n';
 }
 
@@ -99,7 +113,8 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
     '',
     `- machine: ${m.cpuModel}, ${m.cores} cores, ${m.memoryMiB} MiB, Linux ${m.kernel} (${m.hostname})`,
     `- tools: ${Object.entries(m.tools).map(([k, v]) => `${k} ${v}`).join(', ')}`,
-    `- run: ${r.startedAt} -> ${r.finishedAt}; topology ${c.topology}; ${c.rounds} measured round(s)${c.warmup ? ' after 1 warm-up round (discarded)' : ''}; ${c.seconds} s per cell; paths rotated every round`,
+    `- run: ${r.startedAt} -> ${r.finishedAt}; topology ${c.topology}; ${r.aa ? aaSentence(r.aa) : `${c.rounds} measured round(s)`}${c.warmup ? ' after 1 warm-up round (discarded)' : ''}; ${c.seconds} s per cell; paths rotated every round`,
+    ...(r.cpus ? [`- placement of processes: ${r.cpus}`] : []),
     '- cells: median (min–max) over rounds; **×ratio** = path / direct computed within each round, then median (min–max)',
     '',
     '## Datapath',

@@ -11,6 +11,7 @@ import type { TestbedPod } from '../testbed/types.ts';
 import type { TestbedProcess } from '../testbed/exec.ts';
 import { waitForPort } from '../testbed/helpers.ts';
 import { logger } from '../log.ts';
+import { pinned, type CpuPlan } from './cpus.ts';
 
 const log = logger('bench');
 
@@ -82,21 +83,21 @@ async function listening(tb: Testbed, place: SinkPlace, p: TestbedProcess, ports
 }
 
 /** nginx answering 1 KiB on every port, at `place`; resolves once all ports listen. */
-export async function startNginx(tb: Testbed, place: SinkPlace, ports: readonly number[], dir: string, shim: string): Promise<Sink> {
+export async function startNginx(tb: Testbed, place: SinkPlace, ports: readonly number[], dir: string, shim: string, cpus?: CpuPlan): Promise<Sink> {
   mkdirSync(dir, { recursive: true });
   const conf = join(dir, 'nginx.conf');
   writeFileSync(conf, nginxConf(dir, ports));
   const argv = ['nginx', '-p', dir, '-c', conf, '-e', join(dir, 'error.log'), '-g', 'daemon off;'];
-  const p = spawnSink(tb, place, argv, join(dir, 'nginx.out'), { ...process.env, LD_PRELOAD: shim });
+  const p = spawnSink(tb, place, pinned(cpus, 'server', argv), join(dir, 'nginx.out'), { ...process.env, LD_PRELOAD: shim });
   return listening(tb, place, p, ports, 'nginx');
 }
 
 /** `iperf3 -s` on `port` (with an idle extra listener on `extraPort`, see transparent-shim.ts). */
-export async function startIperfServer(tb: Testbed, place: SinkPlace, port: number, dir: string, shim: string, extraPort?: number): Promise<Sink> {
+export async function startIperfServer(tb: Testbed, place: SinkPlace, port: number, dir: string, shim: string, extraPort?: number, cpus?: CpuPlan): Promise<Sink> {
   mkdirSync(dir, { recursive: true });
   const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: shim };
   if (extraPort !== undefined) env['AMBPF_BENCH_EXTRA_LISTEN'] = String(extraPort);
-  const p = spawnSink(tb, place, ['iperf3', '-s', '-p', String(port)], join(dir, `iperf3-${port}.out`), env);
+  const p = spawnSink(tb, place, pinned(cpus, 'server', ['iperf3', '-s', '-p', String(port)]), join(dir, `iperf3-${port}.out`), env);
   const ports = extraPort === undefined ? [port] : [port, extraPort];
   return listening(tb, place, p, ports, 'iperf3');
 }

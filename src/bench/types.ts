@@ -1,5 +1,6 @@
 // The shapes of a benchmark run and of results.json (the contract of `ambpf bench --out`).
 import type { Spread } from './stats.ts';
+import type { AaVerdict } from './aa.ts';
 
 /**
  * `direct-aa` is the A/A control: `direct` measured a second time in the same round, so its ratio to
@@ -15,7 +16,8 @@ export const ISTIO_PATHS: readonly PathName[] = ['iptables', 'nftables'];
 /** Paths that install nothing and address ztunnel's port themselves. */
 export const isDirect = (p: PathName): boolean => p === 'direct' || p === 'direct-aa';
 
-export const WORKLOADS = ['connections', 'latency', 'bulk-1k', 'bulk-16k', 'bulk-128k'] as const;
+/** dns: queries per second to ztunnel's DNS port (inpod only; src/bench/dns.ts). */
+export const WORKLOADS = ['connections', 'latency', 'bulk-1k', 'bulk-16k', 'bulk-128k', 'dns'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
 
 /**
@@ -43,6 +45,8 @@ export const METRICS: Readonly<Record<string, MetricInfo>> = {
   p99us: { unit: 'µs', higherIsBetter: false, label: 'latency p99' },
   p999us: { unit: 'µs', higherIsBetter: false, label: 'latency p99.9' },
   gbps: { unit: 'Gbit/s', higherIsBetter: true, label: 'throughput' },
+  qps: { unit: 'queries/s', higherIsBetter: true, label: 'DNS queries per second' },
+  avgUs: { unit: 'µs', higherIsBetter: false, label: 'latency average' },
   retransmits: { unit: 'segments', higherIsBetter: false, label: 'TCP retransmits' },
   clientCpuUsPerReq: { unit: 'µs CPU/req', higherIsBetter: false, label: 'client pod CPU per request' },
   serverCpuUsPerReq: { unit: 'µs CPU/req', higherIsBetter: false, label: 'server pod CPU per request' },
@@ -55,6 +59,7 @@ export const PRIMARY_METRIC: Readonly<Record<WorkloadName, string>> = {
   'bulk-1k': 'gbps',
   'bulk-16k': 'gbps',
   'bulk-128k': 'gbps',
+  dns: 'qps',
 };
 
 /** One program's cost over one cell (`--profile`): kernel run-time statistics deltas. */
@@ -133,6 +138,20 @@ export interface ControlPlaneResults {
   readonly coldStartMs?: { readonly samples: readonly number[]; readonly median: number; readonly min: number; readonly max: number };
   /** Loader RSS after its workloads ran, MiB. */
   readonly rssMiB?: { readonly samples: readonly number[]; readonly median: number; readonly max: number };
+  /** inpod: the loader at node scale with ZDS (src/bench/scale.ts). */
+  readonly scale?: ScaleResults;
+}
+
+export interface ScaleResults {
+  readonly pods: number;
+  /** Loader start -> every pod captured (armed, ZDS Add acked, listeners registered), ms. */
+  readonly captureAllMs: number;
+  readonly rssMiB: number;
+  /** Loader CPU over idleSeconds with nothing changing, % of one core. */
+  readonly idleCpuPct: number;
+  readonly idleSeconds: number;
+  /** Pod label change in the pods file -> released, or captured and acked again (ZDS included), ms. */
+  readonly podChangeMs: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
 }
 
 export interface BenchConfig {
@@ -148,6 +167,14 @@ export interface BenchConfig {
   readonly quick: boolean;
   /** Kernel BPF run-time statistics on for the run, per-program cost per cell. */
   readonly profile?: boolean;
+  /** With direct-aa among the paths: more sink rounds, up to this many, until the A/A median of every
+   * claimed row is within aaTolerance (src/bench/aa.ts). Default: rounds (no extra rounds). */
+  readonly maxRounds?: number;
+  /** ... and stop adding rounds once the sink phase has run this long. */
+  readonly maxMinutes?: number;
+  readonly aaTolerance?: number;
+  /** false: client, server and loader are not pinned to CPUs (src/bench/cpus.ts). Default true. */
+  readonly pin?: boolean;
 }
 
 export interface BenchResults {
@@ -164,4 +191,8 @@ export interface BenchResults {
   readonly notes: readonly string[];
   /** `--profile`: medians over rounds of each program's cost per cell (src/bench/profile.ts). */
   readonly profile?: readonly ProfileRow[];
+  /** How many sink rounds ran and whether the A/A control got within its tolerance (src/bench/aa.ts). */
+  readonly aa?: AaVerdict;
+  /** Where client, server and loader ran (src/bench/cpus.ts). */
+  readonly cpus?: string;
 }

@@ -1,6 +1,6 @@
 // The datapath attach layer of the inpod topology (Istio 1.21+: ztunnel listens inside every mesh
 // pod's netns). Loads bpf/ambpf_inpod.bpf.c with every map pinned under <bpffs>/ (the shared maps of
-// design.md §3 plus the three inpod maps), attaches its cgroup programs to the pods' cgroup subtree
+// docs/architecture.md "Maps" plus the inpod maps), attaches its cgroup programs to the pods' cgroup subtree
 // as pinned links <bpffs>/links/<hook> (the node topology's pin names: one mode per bpffs), and per
 // mesh pod:
 //  - tags ztunnel's 15001 listener in the pod's netns with the netns cookie (ambpf_inpod_sk, cloned
@@ -10,7 +10,6 @@
 // Nothing is attached in the node's netns. Restart safety as in the node topology: maps reused from
 // their pins, links adopted (ensurePinnedLink); close() releases this process's fds only.
 import { existsSync, statSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
 import { BpfObject, LibbpfError, resolveIfindex, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
@@ -19,7 +18,8 @@ import { INPOD_CGROUP_HOOKS, INPOD_OBJECT, PROGRAMS, type InpodCgroupHook, type 
 import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
-import { netSysctlPath, writeNetSysctl } from './sysctl.ts';
+import { ledgerPath } from './sysctl.ts';
+import { setOrigSrcReturnPath } from './return-path.ts';
 import { inpodLinkName, inpodTcLinkName, inpodLoLinkName, linkNames, linkPin, parseLinkName } from './pins.ts';
 import * as s from './schema.ts';
 
@@ -27,7 +27,7 @@ const log = logger('datapath-inpod');
 
 export { INPOD_CGROUP_HOOKS, INPOD_OBJECT, type InpodCgroupHook } from './names.ts';
 
-export type InpodDatapathOptions = Pick<DatapathOptions, 'bpffs' | 'cgroup' | 'mapSizes'> & {
+export type InpodDatapathOptions = Pick<DatapathOptions, 'bpffs' | 'cgroup' | 'mapSizes' | 'ledger'> & {
   /** Path of ambpf_inpod.bpf.o (default: the build cache). */
   object?: string;
 };
@@ -44,8 +44,18 @@ export interface PodListeners {
 
 /** The inpod maps this module writes, by role. */
 const M = {
-  sk: 'ambpf_inpod_sk', pair: 'ambpf_inpod_pair', listen: 'ambpf_inpod_listen', origsrc: 'ambpf_inpod_origsrc', dns: 'ambpf_inpod_dns',
+  sk: 'ambpf_inpod_sk', closed: 'ambpf_inpod_closed', listen: 'ambpf_inpod_listen', origsrc: 'ambpf_inpod_origsrc',
+  nodesyn: 'ambpf_inpod_nodesyn', dns: 'ambpf_inpod_dns',
 } as const satisfies Record<string, InpodMapName>;
+
+/**
+ * The hook attached only on kernels without tcx (< 6.6), where no tc program on the pod's lo catches the
+ * FIN of a client that closes before ztunnel's accept() took its original: ambpf_inpod_sockops (it
+ * runs a dozen times per connection). With tcx its link is removed: accept() takes the original
+ * (bpf/ambpf_inpod.bpf.c inpod_handover) and the lo program covers the early close.
+ */
+const SOCKOPS_FALLBACK = 'sockops' satisfies InpodCgroupHook;
+type AlwaysHook = Exclude<InpodCgroupHook, typeof SOCKOPS_FALLBACK>;
 
 /** A slot's fallback entry (bpf/ambpf_inpod.bpf.c tries slot, then slot + LISTENER_SLOTS). */
 const fallbackSlot = (slot: number): number => slot + s.LISTENER_SLOTS;
@@ -84,62 +94,29 @@ export class PodArmIncomplete extends DatapathError {
 
 /** The pod-side interface CNIs give every pod (the CNI spec's CNI_IFNAME, eth0 under Kubernetes). */
 const POD_IFNAME = 'eth0';
-export const ORIG_SRC_ROUTE_TABLE = 41919;
-export const ORIG_SRC_RULE_PREF = 32763;
-const ORIG_SRC_MARK = `0x${s.MARK_ORIG_SRC.toString(16)}/0x${s.MARK_ORIG_SRC.toString(16)}`;
-
-/** `ip` in the calling thread's netns (a child inherits the main thread's netns from withNetns). */
-function ip(args: readonly string[], input?: string): string {
-  return execFileSync('ip', args, { encoding: 'utf8', input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-}
-
-/**
- * Idempotent: the rule is added only when `ip rule` does not list it; the route is replaced. Two `ip`
- * runs per family (a show, then one batch), since each costs a process spawn on the pod-add path.
- */
-function setOrigSrcReturnPath(netnsPath: string, on: boolean): void {
-  withNetns(netnsPath, () => {
-    // One switch for TCP over IPv4 and IPv6; /proc/sys/net is the opening thread's netns.
-    writeNetSysctl('ipv4/tcp_fwmark_accept', on ? '1' : '0');
-    // A ztunnel rolling upgrade closes the old ztunnel's listeners in every pod: with tcp_migrate_req
-    // (Linux 5.14+) connections still in their accept queues move to the new ztunnel's listener of
-    // the reuseport group instead of being reset.
-    if (existsSync(netSysctlPath('ipv4/tcp_migrate_req'))) writeNetSysctl('ipv4/tcp_migrate_req', on ? '1' : '0');
-    const families = existsSync('/proc/sys/net/ipv6/conf/lo') ? (['-4', '-6'] as const) : (['-4'] as const);
-    for (const family of families) {
-      const rule = `fwmark ${ORIG_SRC_MARK} pref ${ORIG_SRC_RULE_PREF} lookup ${ORIG_SRC_ROUTE_TABLE}`;
-      const present = ip([family, 'rule', 'show', 'pref', String(ORIG_SRC_RULE_PREF)]).includes(`lookup ${ORIG_SRC_ROUTE_TABLE}`);
-      const any = family === '-4' ? '0.0.0.0/0' : '::/0';
-      const lines = on
-        ? [...(present ? [] : [`rule add ${rule}`]), `route replace local ${any} dev lo table ${ORIG_SRC_ROUTE_TABLE}`]
-        : [...(present ? [`rule del ${rule}`] : []), `route flush table ${ORIG_SRC_ROUTE_TABLE}`];
-      try {
-        ip([family, '-batch', '-'], lines.join('\n') + '\n');
-      } catch (err) {
-        const stderr = String((err as { stderr?: string }).stderr ?? err).trim();
-        throw new DatapathError(`${on ? 'adding' : 'removing'} the return route of spoofed ztunnel legs (ip ${family}) in ${netnsPath}: ${stderr}`);
-      }
-    }
-  });
-}
+export { ORIG_SRC_ROUTE_TABLE, ORIG_SRC_RULE_PREF } from './return-path.ts';
 
 export class InpodDatapath {
   readonly mode = 'inpod' as const;
   readonly bpffs: string;
+  /** Where the sysctls and routes it changes in pod netns are recorded (sysctl.ts). */
+  readonly ledger: string;
   readonly cgroup: string;
   readonly maps: DatapathMaps;
-  readonly links: Readonly<Record<InpodCgroupHook, LinkOutcome>>;
+  readonly links: Readonly<Record<AlwaysHook, LinkOutcome>>;
   /** The inpod maps, raw (tests and inspection). */
-  readonly inpodMaps: Readonly<{ sk: BpfMap; pair: BpfMap; listen: BpfMap; origsrc: BpfMap; dns: BpfMap }>;
+  readonly inpodMaps: Readonly<{ sk: BpfMap; closed: BpfMap; listen: BpfMap; origsrc: BpfMap; nodesyn: BpfMap; dns: BpfMap }>;
   readonly #object: BpfObject;
 
-  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<InpodCgroupHook, LinkOutcome>) {
+  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<AlwaysHook, LinkOutcome>) {
     this.bpffs = o.bpffs;
+    this.ledger = o.ledger ?? ledgerPath(o.bpffs);
     this.cgroup = o.cgroup;
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
     this.inpodMaps = {
-      sk: object.map(M.sk), pair: object.map(M.pair), listen: object.map(M.listen), origsrc: object.map(M.origsrc), dns: object.map(M.dns),
+      sk: object.map(M.sk), closed: object.map(M.closed), listen: object.map(M.listen), origsrc: object.map(M.origsrc), nodesyn: object.map(M.nodesyn),
+      dns: object.map(M.dns),
     };
     this.links = links;
   }
@@ -157,8 +134,9 @@ export class InpodDatapath {
       const missing = MAP_NAMES.filter((n) => !obj.maps.some((m) => m.name === n));
       if (missing.length > 0) throw new DatapathError(`${INPOD_OBJECT} lacks the shared maps ${missing.join(', ')}; it must include ambpf_maps.h.`);
       const cgroupIno = BigInt(statSync(o.cgroup).ino);
-      const links = {} as Record<InpodCgroupHook, LinkOutcome>;
+      const links = {} as Record<AlwaysHook, LinkOutcome>;
       for (const hook of Object.keys(INPOD_CGROUP_HOOKS) as InpodCgroupHook[]) {
+        if (hook === SOCKOPS_FALLBACK) continue; // per kernel, at the first pod (#sockopsFallback)
         const prog = obj.program(INPOD_CGROUP_HOOKS[hook]);
         links[hook] = ensurePinnedLink({
           pin: linkPin(o.bpffs, hook),
@@ -210,7 +188,7 @@ export class InpodDatapath {
       problems.push(`tc: ${String(err)}`);
     }
     try {
-      setOrigSrcReturnPath(p.netnsPath, true);
+      setOrigSrcReturnPath(p.netnsPath, true, this.ledger);
     } catch (err) {
       problems.push(`return route: ${String(err)}`);
     }
@@ -253,11 +231,25 @@ export class InpodDatapath {
           },
           sameTarget: (info) => info.ifindex === ifindex,
         });
+        if (h.ifname === 'lo') this.#sockopsFallback(false);
       } catch (err) {
         if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
         log.warn({ netnsPath: p.netnsPath, prog: h.prog }, 'no tcx on this kernel (< 6.6): probes go through ztunnel, and ztunnel needs ENABLE_ORIG_SRC=false');
+        if (h.ifname === 'lo') this.#sockopsFallback(true);
       }
     }
+  }
+
+  /** The sockops link of kernels without tcx (SOCKOPS_FALLBACK): attached when `on`, else removed. */
+  #sockopsFallback(on: boolean): void {
+    const pin = linkPin(this.bpffs, SOCKOPS_FALLBACK);
+    if (!on) {
+      if (existsSync(pin)) removePinnedLink(pin);
+      return;
+    }
+    const prog = this.#object.program(INPOD_CGROUP_HOOKS[SOCKOPS_FALLBACK]);
+    const cgroupIno = BigInt(statSync(this.cgroup).ino);
+    ensurePinnedLink({ pin, prog, attach: () => prog.attachCgroup(this.cgroup), sameTarget: (info) => info.cgroupId === cgroupIno });
   }
 
   /**
@@ -302,7 +294,7 @@ export class InpodDatapath {
     }
     if (netnsPath !== undefined && existsSync(netnsPath)) {
       try {
-        setOrigSrcReturnPath(netnsPath, false);
+        setOrigSrcReturnPath(netnsPath, false, this.ledger);
       } catch (err) {
         log.warn({ netnsPath, err: String(err) }, 'could not remove the return route of spoofed legs');
       }

@@ -1,5 +1,5 @@
 // Pinned links that survive the loader: attach once, and on every later start adopt what is pinned
-// instead of attaching a second time (design.md §4: no duplicate attachments after restarts).
+// instead of attaching a second time (docs/architecture.md "Lifecycle": no duplicate attachments after restarts).
 import { existsSync, mkdirSync, renameSync, unlinkSync } from 'node:fs';
 import { BpfLink, LibbpfError, progInfoByFd, withFdById, type BpfProgram, type LinkInfo } from '../libbpf/index.ts';
 import { logger } from '../log.ts';

@@ -3,7 +3,7 @@
 // sockhash, and per-interface tc / per-netns sk_lookup for inbound. The loader (reconcile, `ambpf run`)
 // drives it; this module only knows the kernel side.
 //
-// Restart safety (design.md §4): maps are reused from their pins, links are adopted from their pins
+// Restart safety (docs/architecture.md "Lifecycle"): maps are reused from their pins, links are adopted from their pins
 // (ensurePinnedLink), so a restarted loader changes nothing that works and attaches nothing twice.
 // close() releases this process's fds only: pinned maps and links keep traffic flowing without us.
 import { existsSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
@@ -15,11 +15,12 @@ import {
 import { AmbpfError } from '../errors.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
-import { readNetSysctl, writeNetSysctl } from './sysctl.ts';
+import { changeNetSysctl, forgetRoute, ledgerPath, readNetSysctl, recordRoute } from './sysctl.ts';
+import { undoLedger, type LedgerUndoReport, type NetnsFinder } from './ledger-undo.ts';
 import { DatapathMaps } from './datapath-maps.ts';
 import {
   CGROUP_HOOKS, INPOD_MAP_NAMES, INPOD_ONLY_HOOKS, MAP_NAMES, OBJECTS, PROGRAMS, RETIRED_MAP_NAMES, isAmbpfMap,
-  type CgroupHook, type MapName,
+  type CgroupHook,
 } from './names.ts';
 import { ensurePinnedLink, progTag, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
@@ -49,8 +50,10 @@ export interface DatapathOptions {
   mode?: 'node' | 'inpod';
   /** Object paths by name (default: ensureObjects() from the build cache). */
   objects?: Partial<Record<(typeof OBJECTS)[number], string>>;
-  /** max_entries for maps created now (a reused pin keeps its size). */
-  mapSizes?: Partial<Record<MapName, number>>;
+  /** The ledger of what it changes outside bpffs (sysctls, routes): default ledgerPath(bpffs). */
+  ledger?: string;
+  /** max_entries by map name for maps created now (a reused pin keeps its size); see mapSizesFrom. */
+  mapSizes?: Readonly<Record<string, number>>;
   /** The node's netns, when this process does not run in it (tests): tc and node sysctls go there. */
   netns?: string;
   /** How inbound tc attaches: 'auto' (default) tcx, clsact where the kernel has no tcx (< 6.6);
@@ -92,6 +95,7 @@ export class Datapath {
   readonly cgroup: string;
   readonly netns: string | undefined;
   readonly tcMode: 'auto' | 'clsact';
+  readonly ledger: string;
   readonly maps: DatapathMaps;
   /** What happened to each cgroup hook's link at open. */
   readonly links: Readonly<Record<CgroupHook, LinkOutcome>>;
@@ -110,6 +114,7 @@ export class Datapath {
     this.cgroup = o.cgroup;
     this.netns = o.netns;
     this.tcMode = o.tcMode ?? 'auto';
+    this.ledger = o.ledger ?? ledgerPath(o.bpffs);
     this.#objects = objects;
     this.maps = maps;
     this.links = links;
@@ -322,7 +327,10 @@ export class Datapath {
     for (const [slot, port] of ports) {
       withListenerFd(o.pid, port, (fd) => listen.update(s.encodeU32Key(slot), s.encodeU64Key(BigInt(fd))));
     }
-    await installPolicyRoute(this.#routeOpts(o));
+    const route = this.#routeOpts(o);
+    await installPolicyRoute(route);
+    recordRoute(this.ledger, { kind: 'route', netnsIno: statSync(o.netnsPath).ino, netnsPath: o.netnsPath, what: 'ztunnel-policy',
+      ifname: route.ifname, table: route.table, pref: route.pref });
     if (o.hostIfname) {
       // ztunnel answers from the pods' addresses. A Calico-style host veth has no IPv4 address, and
       // the kernel's reverse-path check then drops every packet whose source is not routed via that
@@ -331,7 +339,7 @@ export class Datapath {
       // warning when the node sets net.ipv4.conf.all.rp_filter (Istio's node agent turned it off too).
       const hostIfname = o.hostIfname;
       const all = inNetns(this.netns, () => {
-        writeNetSysctl(`ipv4/conf/${hostIfname}/rp_filter`, '0');
+        changeNetSysctl(this.ledger, this.netns ?? '/proc/self/ns/net', `ipv4/conf/${hostIfname}/rp_filter`, '0');
         return readNetSysctl('ipv4/conf/all/rp_filter');
       });
       if (all !== '0') log.warn({ all }, 'net.ipv4.conf.all.rp_filter is not 0: replies from ztunnel to steered inbound connections will be dropped; set it to 0');
@@ -351,6 +359,7 @@ export class Datapath {
     removePinnedLink(linkPin(this.bpffs, SK_LOOKUP_LINK));
     for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE]) this.maps.raw.ambpf_zt_listen.delete(s.encodeU32Key(slot));
     await removePolicyRoute(this.#routeOpts(o));
+    forgetRoute(this.ledger, statSync(o.netnsPath).ino, 'ztunnel-policy');
   }
 
   #routeOpts(o: Pick<ZtunnelAttachOptions, 'netnsPath' | 'ifname' | 'table' | 'pref'>): PolicyRouteOptions {
@@ -388,7 +397,7 @@ export function sizeMaps(obj: BpfObject, o: Pick<DatapathOptions, 'bpffs' | 'map
         pinned.close();
       }
     } else {
-      const want = o.mapSizes?.[m.name as MapName]; // an inpod-only map has no size option: undefined
+      const want = o.mapSizes?.[m.name];
       if (want) m.setMaxEntries(want);
     }
   }
@@ -399,6 +408,8 @@ export const openDatapath = (o: DatapathOptions): Promise<Datapath> => Datapath.
 export interface UninstallReport {
   links: string[];
   maps: string[];
+  /** What the ledger said ambpf changed outside bpffs, undone (ledger-undo.ts). */
+  undone: LedgerUndoReport;
   /** Interfaces whose clsact filter (kernels without tcx) was removed. */
   clsact: string[];
 }
@@ -406,6 +417,10 @@ export interface UninstallReport {
 export interface UninstallOptions {
   /** The node netns whose interfaces may carry ambpf's clsact filters (default: this process's). */
   netns?: string;
+  /** The ledger of this install (default ledgerPath(bpffs)). */
+  ledger?: string;
+  /** Finds a netns by inode when a recorded path no longer names it (the CLI passes netnsPathByIno). */
+  findNetns?: NetnsFinder;
 }
 
 /**
@@ -417,7 +432,9 @@ export interface UninstallOptions {
  * route in ztunnel's netns is not under bpffs: remove it with detachZtunnel.
  */
 export function uninstallDatapath(bpffs: string, opts: UninstallOptions = {}): UninstallReport {
-  const report: UninstallReport = { links: [], maps: [], clsact: removeClsactFilters(bpffs, opts.netns) };
+  const report: UninstallReport = {
+    links: [], maps: [], clsact: removeClsactFilters(bpffs, opts.netns), undone: undoLedger(opts.ledger ?? ledgerPath(bpffs), opts.findNetns),
+  };
   const hooks = new Set<string>([...Object.keys(CGROUP_HOOKS), ...INPOD_ONLY_HOOKS]);
   for (const name of linkNames(bpffs)) {
     if (!hooks.has(name) && parseLinkName(name) === undefined) continue;

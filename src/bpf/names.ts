@@ -9,7 +9,7 @@ export const OBJECTS = ['ambpf_sock', 'ambpf_skmsg', 'ambpf_inbound'] as const;
 /** The inpod topology's one object (bpf/ambpf_inpod.bpf.c). */
 export const INPOD_OBJECT = 'ambpf_inpod';
 
-/** The maps of the design's contract (design.md §3) plus the inbound maps, shared by both topologies
+/** The maps of the design's contract (docs/architecture.md "Maps") plus the inbound maps, shared by both topologies
  * (bpf/include/ambpf_maps.h), by pinned name. */
 export const MAP_NAMES = [
   'ambpf_pods', 'ambpf_netns', 'ambpf_ztunnel', 'ambpf_config', 'ambpf_orig_dst', 'ambpf_pair_dst',
@@ -19,7 +19,7 @@ export type MapName = (typeof MAP_NAMES)[number];
 
 /** Maps only the inpod object declares (bpf/ambpf_inpod.bpf.c). */
 export const INPOD_MAP_NAMES = [
-  'ambpf_inpod_sk', 'ambpf_inpod_pair', 'ambpf_inpod_listen', 'ambpf_inpod_origsrc', 'ambpf_inpod_nodesyn',
+  'ambpf_inpod_sk', 'ambpf_inpod_closed', 'ambpf_inpod_listen', 'ambpf_inpod_origsrc', 'ambpf_inpod_nodesyn',
   'ambpf_inpod_dns',
 ] as const;
 export type InpodMapName = (typeof INPOD_MAP_NAMES)[number];
@@ -27,9 +27,10 @@ export type InpodMapName = (typeof INPOD_MAP_NAMES)[number];
 /**
  * Maps earlier versions pinned and no object declares any more. A node upgraded from such a version
  * still has their pins: nothing uses them, and uninstall removes them with the rest.
- * ambpf_inflow: the LRU of inbound SYNs that ambpf_outflow replaced.
+ * ambpf_inflow: the LRU of inbound SYNs that ambpf_outflow replaced. ambpf_inpod_pair: the inpod
+ * topology's per-connection {cookie, 4-tuple} map, before accept() took the original (issue 20).
  */
-export const RETIRED_MAP_NAMES = ['ambpf_inflow'] as const;
+export const RETIRED_MAP_NAMES = ['ambpf_inflow', 'ambpf_inpod_pair'] as const;
 
 /** Any map ambpf pins (or pinned once): what a pin path may be made of (src/bpf/pins.ts). */
 export type AnyMapName = MapName | InpodMapName | (typeof RETIRED_MAP_NAMES)[number];
@@ -65,6 +66,7 @@ export const INPOD_CGROUP_HOOKS: Readonly<Record<InpodCgroupHook, string>> = {
   getpeername4: 'ambpf_inpod_peername4',
   getpeername6: 'ambpf_inpod_peername6',
   getsockopt: 'ambpf_inpod_getsopt',
+  // Attached only on kernels without tcx (src/bpf/datapath-inpod.ts SOCKOPS_FALLBACK).
   sockops: 'ambpf_inpod_sockops',
   // DNS capture: an unconnected UDP socket's query to port 53 goes to ztunnel's 15053, and its
   // answer shows the server asked (connected sockets go through connect4/6 and getpeername4/6).

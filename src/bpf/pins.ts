@@ -3,8 +3,8 @@
 // state in them, so every reader must agree with the writer).
 //
 //   <bpffs>/<map>                     every map, by the name the objects give it (ambpf_*)
-//   <bpffs>/links/<hook>              the cgroup hooks (connect4, ..., sockops; CGROUP_HOOKS; inpod adds
-//                                     sendmsg4/6 and recvmsg4/6 for DNS: INPOD_CGROUP_HOOKS)
+//   <bpffs>/links/<hook>              the cgroup hooks (connect4, ..., sockops; CGROUP_HOOKS; inpod drops
+//                                     sockops, adds sendmsg4/6 and recvmsg4/6: INPOD_CGROUP_HOOKS)
 //   <bpffs>/links/sk_lookup           node topology: sk_lookup in ztunnel's netns
 //   <bpffs>/links/tc-<ifname>         node topology: tcx on a mesh pod's host-side veth
 //   <bpffs>/links/inpod-<cookie>      inpod topology: sk_lookup in a pod's netns (netns cookie)

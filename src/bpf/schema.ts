@@ -7,7 +7,7 @@
 // Conventions (as in ambpf.h): addresses are 16 bytes, IPv4 as v4-mapped IPv6, network order; ports
 // inside keys/values are network order unless the C field ends in _host; everything else is the
 // host's (little-endian) order, as the kernel stores it.
-import { ipToBytes, isZeroIp } from '../ip.ts';
+import { ipToBytes, isV4Mapped, isZeroIp } from '../ip.ts';
 import * as L from './layout.ts';
 import { SchemaError, Struct, field } from './layout.ts';
 
@@ -44,6 +44,7 @@ export const SPLICE_ON = 1;
 export const SPLICE_OFF = 2;
 export const INPOD_SK_APP = 0;
 export const INPOD_SK_ACCEPTED = 1;
+export const INPOD_SK_HANDED = 2;
 /** +1 on ambpf_pair.closed through the 32-bit word at splice_fwd (bpf/include/ambpf.h). */
 export const PAIR_CLOSED_ONE = 1 << 24;
 /** AMBPF_* macros of ambpf.h the loader has no use for (the layout test mirrors every other one). */
@@ -69,6 +70,10 @@ export const STAT_NAMES = [
   'tc_pass_local', 'tc_rst_cloned', 'sockops_outflow_added',
   'sklookup_refused', 'sklookup_pass_ztunnel', 'tc_orig_src_marked', 'connect4_fail_open',
   'dns_redirected', 'dns_bypass', 'dns_restored', 'dns_slot_reused', 'dns_error', 'tc_dns_answer',
+  // Failed inserts by the programs, one per map (metrics/map-health.ts names the map of each).
+  'mapfull_pair_dst', 'mapfull_outflow', 'mapfull_sockhash', 'mapfull_orig_dst', 'mapfull_inpod_closed',
+  'mapfull_inpod_origsrc', 'mapfull_inpod_nodesyn', 'mapfull_inpod_sk', 'mapfull_inpod_dns',
+  'inpod_handed', 'inpod_closed_early',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;
@@ -88,7 +93,9 @@ export function sumPerCpu(values: readonly Uint8Array[]): bigint {
 // ---- structs: one description per struct of ambpf.h (C field, offset, type); the codecs below and
 // the layout test derive from it (src/bpf/layout.ts) ----
 export interface PodValue { netnsCookie: bigint; hostIfindex: number; flags: number }
-export interface NetnsValue { podIp: string; flags: number }
+/** podIp: the IPv4 address (an IPv6-only pod's IPv6 one); podIp6 (inpod): the IPv6 address of a pod that
+ * has one, absent otherwise (decode omits it for all-zero bytes, so entries compare field by field). */
+export interface NetnsValue { podIp: string; flags: number; podIp6?: string }
 export interface ZtunnelValue {
   ip: string;
   /** IPv6 address, or null when ztunnel has none. */
@@ -125,8 +132,9 @@ export interface Tuple { localIp: string; localPort: number; remoteIp: string; r
  * closed (the entry goes at 2). Both are the datapath's; the loader never writes them. */
 export interface PairValue { orig: OrigDst; spliceFwd: number; spliceRev: number; ztSeen?: number; closed?: number }
 export interface Flow4 { saddr: string; daddr: string; sport: number; dport: number }
-/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener) or INPOD_SK_ACCEPTED (ztunnel's
- * accepted socket carrying its client's original dst). */
+/** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener), INPOD_SK_ACCEPTED (ztunnel's
+ * accepted socket carrying its client's original dst) or INPOD_SK_HANDED (an app socket whose original
+ * ztunnel's accepted socket took). */
 export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint; role?: number }
 export interface InpodKey { netnsCookie: bigint; tuple: Tuple }
 /** ambpf_inpod_lkey: pod IP + listener slot (LISTENER_INBOUND / LISTENER_HBONE). */
@@ -138,6 +146,16 @@ const ORIG = new Struct<OrigDst>('ambpf_orig', 20, {
   ip: field('ip', 0, L.ip), port: field('port', 16, L.be16), family: field('family', 18, L.u16),
 });
 /** An orig that was never set (family 0) reads as null. */
+/** ambpf_netns.pod_ip6: absent (all zero) for a pod with no IPv6 address; an IPv4 address is refused. */
+const optionalIp6: L.FieldType<string | undefined> = {
+  size: 16,
+  encode: (b, off, v) => {
+    if (v === undefined) return;
+    if (isV4Mapped(ipToBytes(v))) throw new SchemaError(`podIp6 must be IPv6 (got ${v}).`);
+    L.ip.encode(b, off, v);
+  },
+  decode: (b, off) => (isZeroIp(b.subarray(off, off + 16)) ? undefined : L.ip.decode(b, off)),
+};
 const optionalOrig = L.nullable(ORIG, (b, off) => ORIG.fields.family.type.decode(b, off + ORIG.fields.family.offset) === 0);
 const TUPLE = new Struct<Tuple>('ambpf_tuple', 36, {
   localIp: field('local_ip', 0, L.ip), remoteIp: field('remote_ip', 16, L.ip),
@@ -151,7 +169,9 @@ export const STRUCTS = {
   ambpf_pod: new Struct<PodValue>('ambpf_pod', 16, {
     netnsCookie: field('netns_cookie', 0, L.u64), hostIfindex: field('host_ifindex', 8, L.u32), flags: field('flags', 12, L.u32),
   }),
-  ambpf_netns: new Struct<NetnsValue>('ambpf_netns', 24, { podIp: field('pod_ip', 0, L.ip), flags: field('flags', 16, L.u32) }),
+  ambpf_netns: new Struct<NetnsValue>('ambpf_netns', 40, {
+    podIp: field('pod_ip', 0, L.ip), flags: field('flags', 16, L.u32), podIp6: field('pod_ip6', 24, optionalIp6),
+  }),
   ambpf_ztunnel: new Struct<ZtunnelValue>('ambpf_ztunnel', 80, {
     ip: field('ip', 0, L.ipv4Mapped("ztunnel's ip (put an IPv6 address in ip6)")),
     ip6: field('ip6', 16, L.optionalIp),

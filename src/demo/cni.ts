@@ -101,7 +101,7 @@ export async function demoCniPod(tb: Testbed, loader: Loader, podsFile: string, 
   at(r.ours.endedAt, 'ambpf-cni ADD returned prevResult: only now may the runtime start the pod\'s containers');
   // The pod's first process, started at once: its connection goes through ztunnel.
   const pod: TestbedPod = {
-    ...to, name, uid, ip: r.ip, netnsPath, containerCgroupPath: cgroup, namespace: 'mesh', mesh: true,
+    ...to, name, uid, ip: r.ip, ips: [r.ip], netnsPath, containerCgroupPath: cgroup, namespace: 'mesh', mesh: true,
   };
   const logLen = tb.ztunnelLog(node.name).length;
   const c = await curl(tb, pod, to.ip, 8080, { timeoutMs: 5000 });

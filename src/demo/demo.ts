@@ -10,6 +10,7 @@ import { startLoader, waitReady, zdsSocketPath, AMBPF_BIN, type Loader } from '.
 import { startZtunnels } from '../testbed/ztunnel/launch.ts';
 import type { StateFile } from '../state/state-file.ts';
 import { linkNames, parseLinkName } from '../bpf/pins.ts';
+import { CLUSTER_VIP, podResolvConf, podResolverArgv, startDnsUpstream, type DnsUpstream } from '../testbed/dns-upstream.ts';
 import { openPinnedMaps } from '../bpf/datapath-maps.ts';
 import type { Stats } from '../bpf/schema.ts';
 import { AmbpfError } from '../errors.ts';
@@ -84,6 +85,29 @@ function counterDelta(before: Stats, after: Stats): string {
   return moved.length ? moved.join(' ') : '(none)';
 }
 
+/**
+ * Inpod: a name looked up with glibc in a mesh pod (captured: ztunnel's proxy answers with the pod's
+ * address, from the resolver's address) and in a pod outside the mesh (the resolver: a Service VIP).
+ */
+async function dnsLookups(tb: Testbed, upstream: DnsUpstream, out: (line: string) => void): Promise<void> {
+  const name = 'app1-node2.mesh.svc.cluster.local';
+  out('');
+  out(`  DNS: getent ahostsv4 ${name}, resolv.conf: nameserver ${upstream.ip} (dnsmasq, the cluster's resolver)`);
+  for (const pod of [tb.pod('app2-node1'), tb.pod('client-node1')]) {
+    podResolvConf(pod, `nameserver ${upstream.ip}\noptions timeout:2 attempts:2\n`);
+    const maps = openPinnedMaps(tb.node(pod.node).bpffsDir);
+    const before = maps.stats();
+    const r = await tb.exec(pod, podResolverArgv(pod, ['getent', 'ahostsv4', name]), { check: false, timeoutMs: 10_000 });
+    const after = maps.stats();
+    maps.close();
+    const ip = r.stdout.trim().split(/\s+/)[0] || '(no answer)';
+    const who = !pod.mesh ? `the resolver itself (${CLUSTER_VIP} is its Service VIP)`
+      : `ztunnel's DNS proxy in the pod (UDP to ${upstream.ip}:53 went to 127.0.0.1:15053; the answer came from ${upstream.ip})`;
+    out(`    ${pod.name.padEnd(12)} ${pod.mesh ? 'mesh   ' : 'no mesh'}  -> ${ip}  ${who}`);
+    if (pod.mesh) out(`    ${pod.node.padEnd(12)} counters: ${counterDelta(before, after)}`);
+  }
+}
+
 export async function runDemo(o: DemoOptions): Promise<number> {
   const started = Date.now();
   const mode = o.mode ?? 'inpod';
@@ -92,6 +116,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     : 'ambpf demo (node topology, ztunnel <= 1.22): two nodes in network namespaces, a ztunnel stand-in on each node, ambpf on the eBPF path');
   let tb: Testbed | undefined;
   const loaders: Loader[] = [];
+  let upstream: DnsUpstream | undefined;
   const cleanup = async (): Promise<void> => {
     for (const l of loaders) l.proc.kill('SIGTERM');
     await Promise.all(loaders.map((l) => l.proc.exited));
@@ -103,18 +128,29 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    tb = await startTestbed(defaultSpec(), { topology: mode, standIn: mode === 'node' });
+    // Inpod captures IPv6 as IPv4: there the mesh pods are dual-stack, and one request goes over IPv6.
+    const spec = defaultSpec();
+    const dual = mode === 'inpod'
+      ? {
+        ...spec,
+        pods: spec.pods.map((p) => (p.namespace === 'mesh' ? { ...p, ipFamilies: ['IPv4', 'IPv6'] as const } : p)),
+      }
+      : spec;
+    tb = await startTestbed(dual, { topology: mode, standIn: mode === 'node' });
     const bed = tb;
     const podsFile = join(bed.info.runDir, 'pods.json');
     bed.writePodsList(podsFile);
-    o.out(`  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15)`);
+    o.out(`  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15` +
+      `${mode === 'inpod' ? ', mesh pods dual-stack with fd00:a3bf::/32' : ''})`);
     // inpod: each loader also serves the CNI plugin (the CNI step below creates a pod through it).
     const cniFlags = (node: string): string[] => (mode === 'inpod' ? ['--cni-socket', demoCniSocket(bed, node)] : []);
     for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile, cniFlags(node.name), mode === 'inpod'));
     await Promise.all(loaders.map((l) => waitReady(bed, l)));
     if (mode === 'inpod') {
       // ztunnel connects to the agent (its INPOD_UDS), says hello, takes the snapshot of captured pods.
-      await startZtunnels(bed, { zdsSocket: (node) => zdsSocketPath(bed, bed.node(node)) });
+      upstream = await startDnsUpstream(bed);
+      const dnsUpstream = `${upstream.ip}:53`;
+      await startZtunnels(bed, { zdsSocket: (node) => zdsSocketPath(bed, bed.node(node)), dnsUpstream });
       await waitInpodServed(bed, loaders, 20_000);
       o.out('');
       o.out('  ZDS (ambpf run is the server, ztunnel the client):');
@@ -126,12 +162,16 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     await startHttpServer(bed, 'app1-node2', 8080);
 
     const cases = [
-      { title: 'same node, mesh -> mesh', from: 'app2-node1', to: 'app1-node1' },
-      { title: 'cross node, mesh -> mesh', from: 'app2-node1', to: 'app1-node2' },
-      { title: 'non-mesh -> mesh (inbound plaintext)', from: 'client-node2', to: 'app1-node1' },
+      { title: 'same node, mesh -> mesh', from: 'app2-node1', to: 'app1-node1', v6: false },
+      { title: 'cross node, mesh -> mesh', from: 'app2-node1', to: 'app1-node2', v6: false },
+      ...(mode === 'inpod'
+        ? [{ title: 'cross node, mesh -> mesh over IPv6', from: 'app2-node1', to: 'app1-node2', v6: true }]
+        : []),
+      { title: 'non-mesh -> mesh (inbound plaintext)', from: 'client-node2', to: 'app1-node1', v6: false },
     ];
     for (const c of cases) {
-      const target = bed.pod(c.to);
+      const pod = bed.pod(c.to);
+      const target = { ip: (c.v6 ? pod.ips.find((a) => a.includes(':')) : undefined) ?? pod.ip };
       const mapsBefore = bed.info.nodes.map((n) => openPinnedMaps(n.bpffsDir));
       const before = mapsBefore.map((m) => m.stats());
       const logLen = bed.info.nodes.map((n) => bed.ztunnelLog(n.name).length);
@@ -142,7 +182,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       const after = mapsBefore.map((m) => m.stats());
       mapsBefore.forEach((m) => m.close());
       o.out('');
-      o.out(`  ${c.title}: curl ${c.from} -> ${c.to} (${target.ip}:8080)`);
+      o.out(`  ${c.title}: curl ${c.from} -> ${c.to} (${c.v6 ? `[${target.ip}]` : target.ip}:8080)`);
       if (r.exitCode !== 0) throw new AmbpfError(`demo request failed: curl exit ${r.exitCode}: ${r.stderr.trim()}`);
       o.out(`    response: ${r.status} "${r.body.trim()}"`);
       const hops: Hop[] = bed.info.nodes.flatMap((n, i) => bed.ztunnelLog(n.name).slice(logLen[i]).map((entry) => ({ node: n.name, entry })));
@@ -152,6 +192,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       for (const h of hops) o.out(describeHop(h));
       bed.info.nodes.forEach((n, i) => o.out(`    ${n.name.padEnd(6)} counters: ${counterDelta(before[i]!, after[i]!)}`));
     }
+    if (upstream) await dnsLookups(bed, upstream, o.out);
     if (mode === 'inpod') {
       const missing = cniStepAvailable();
       if (missing) o.out(`\n  (the CNI step is skipped: ${missing})`);

@@ -11,7 +11,7 @@ import { versionAtLeast } from './system.ts';
 export const MIN_KERNEL = '5.10';
 
 export interface KernelChoice {
-  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach';
+  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach' | 'inpod IPv6';
   readonly choice: string;
   readonly why: string;
 }
@@ -37,5 +37,19 @@ export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLin
           ? `sockmap links (${SK_MSG_LINK_SINCE}+) work here too`
           : `sockmap links need ${SK_MSG_LINK_SINCE}+ (${skMsgLink.detail})`),
     },
+    // The kernel matrix proves IPv6 capture (connect6 to the pod's IPv6 address, IP6T_SO_ORIGINAL_DST,
+    // sk_lookup of IPv6 inbound) from 5.10 on; only the pod-netns tc programs need tcx, for both families.
+    tcx.supported
+      ? {
+        what: 'inpod IPv6', choice: 'as IPv4',
+        why: 'connect6 to the pod\'s IPv6 address, IP6T_SO_ORIGINAL_DST, sk_lookup inbound, IPv6 probes ' +
+          '(hop limit 64) and ztunnel\'s spoofed IPv6 legs (tcx)',
+      }
+      : {
+        what: 'inpod IPv6', choice: 'as IPv4, without probes or spoofed legs',
+        why: `IPv6 is captured both ways (${MIN_KERNEL}+), but without tcx (${TCX_SINCE}+) the pod-netns tc ` +
+          'programs are not attached, for IPv4 and IPv6 alike: probes go through ztunnel, and ztunnel needs ' +
+          'ENABLE_ORIG_SRC=false',
+      },
   ];
 }

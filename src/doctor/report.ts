@@ -7,14 +7,17 @@ import { kernelRelease, hasKernelBtf, mountsOf, clangVersion, versionAtLeast, VM
 import { probeTcx, type TcxProbe } from './tcx.ts';
 import { probeSkMsgLink, type SkMsgLinkProbe } from './skmsg.ts';
 import { kernelChoices, MIN_KERNEL, type KernelChoice } from './choices.ts';
+import { capacityCheck, sysctlChecks, type CapacityOptions } from './node.ts';
 
 export interface Check {
-  group: 'system' | 'program' | 'map' | 'helper' | 'link' | 'tool';
+  group: 'system' | 'program' | 'map' | 'helper' | 'link' | 'tool' | 'sysctl' | 'capacity';
   name: string;
   ok: boolean;
   detail: string;
   /** First kernel with the feature (kernel features only). */
   since?: string;
+  /** A warning about the node's settings (node.ts): shown, but `ok` and the exit code ignore it. */
+  advisory?: boolean;
 }
 
 export interface DoctorReport {
@@ -43,7 +46,7 @@ function guarded(group: Check['group'], name: string, since: string | undefined,
   }
 }
 
-export function runDoctor(): DoctorReport {
+export function runDoctor(node: CapacityOptions = { bpffs: '/sys/fs/bpf/ambpf' }): DoctorReport {
   const kernel = kernelRelease();
   const checks: Check[] = [];
   checks.push({ group: 'system', name: 'kernel', ok: versionAtLeast(kernel, MIN_KERNEL), detail: kernel, since: MIN_KERNEL });
@@ -73,12 +76,13 @@ export function runDoctor(): DoctorReport {
     group: 'tool', name: 'clang', ok: clang !== null || prebuilt !== undefined,
     detail: clang ?? (prebuilt ? `not installed; prebuilt objects for these sources in ${prebuilt}` : 'not found and no prebuilt objects for these sources: apt-get install clang, or run `ambpf build` where clang exists'),
   });
-  return { kernel, ok: checks.every((c) => c.ok), checks, choices: kernelChoices(kernel, tcx, skMsgLink) };
+  checks.push(...sysctlChecks(), capacityCheck(node));
+  return { kernel, ok: checks.every((c) => c.ok || c.advisory), checks, choices: kernelChoices(kernel, tcx, skMsgLink) };
 }
 
 /** The table printed by `ambpf doctor`. */
 export function renderReport(r: DoctorReport): string {
-  const rows = r.checks.map((c) => [c.group, c.name, c.ok ? 'yes' : 'MISSING', c.detail]);
+  const rows = r.checks.map((c) => [c.group, c.name, c.ok ? 'yes' : c.advisory ? 'WARN' : 'MISSING', c.detail]);
   const head = ['GROUP', 'FEATURE', 'PRESENT', 'DETAIL'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: readonly string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
@@ -86,9 +90,15 @@ export function renderReport(r: DoctorReport): string {
   out.push('', `Loader choices on Linux ${r.kernel}:`);
   const w = Math.max(...r.choices.map((c) => c.what.length));
   for (const c of r.choices) out.push(`  ${c.what.padEnd(w)}  ${c.choice}: ${c.why}`);
-  const missing = r.checks.filter((c) => !c.ok);
+  const missing = r.checks.filter((c) => !c.ok && !c.advisory);
+  const warned = r.checks.filter((c) => !c.ok && c.advisory);
   out.push('');
-  if (missing.length === 0) out.push(`All ${r.checks.length} checks passed on Linux ${r.kernel}.`);
+  if (warned.length > 0) {
+    out.push(`${warned.length} warning${warned.length === 1 ? '' : 's'} about this node's settings:`);
+    for (const c of warned) out.push(`  - ${c.group} ${c.name}: ${c.detail}`);
+    out.push('');
+  }
+  if (missing.length === 0) out.push(`All ${r.checks.length - warned.length} checks passed on Linux ${r.kernel}.`);
   else {
     out.push(`${missing.length} missing:`);
     for (const c of missing) out.push(`  - ${c.group} ${c.name}${c.since ? ` (needs Linux ${c.since} or newer; this is ${r.kernel})` : ''}: ${c.detail}`);

@@ -2,9 +2,9 @@
 // service account (--in-cluster: token + CA mounted under /var/run/secrets/kubernetes.io/serviceaccount,
 // address from KUBERNETES_SERVICE_HOST/PORT). The directory is a parameter so tests can point it at
 // files they made.
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig, type RequestContext } from '@kubernetes/client-node';
 import { KubeConfigError } from './errors.ts';
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
@@ -53,11 +53,49 @@ function inCluster(dir: string, env: NodeJS.ProcessEnv): KubeConfig {
     if (!existsSync(f)) throw new KubeConfigError(`--in-cluster: ${f} is missing; is a service account token mounted into this pod?`, { path: f });
   }
   const hostPart = host.includes(':') ? `[${host}]` : host;
-  const kc = new KubeConfig();
-  // The tokenFile auth provider re-reads the file, so a rotated (projected) token is picked up.
+  const kc = new ServiceAccountKubeConfig(tokenFile);
   kc.loadFromClusterAndUser(
     { name: 'in-cluster', server: `https://${hostPart}:${port}`, caFile, skipTLSVerify: false },
-    { name: 'service-account', authProvider: { name: 'tokenFile', config: { tokenFile } } },
+    { name: 'service-account', token: kc.readToken() },
   );
   return kc;
+}
+
+/**
+ * The service account's token, read from its file before every request. kubelet rotates a projected
+ * token by swapping the file; client-node's tokenFile provider caches it for 60 s, so for up to a
+ * minute after the API server stopped accepting the old one every list and watch would fail. A
+ * request is rare (watches are long-lived), a read of a small file is cheap.
+ */
+class ServiceAccountKubeConfig extends KubeConfig {
+  readonly #tokenFile: string;
+
+  constructor(tokenFile: string) {
+    super();
+    this.#tokenFile = tokenFile;
+  }
+
+  readToken(): string {
+    return readFileSync(this.#tokenFile, 'utf8').trim();
+  }
+
+  #refresh(): void {
+    const user = this.getCurrentUser() as { token?: string } | null;
+    if (!user) return;
+    try {
+      user.token = this.readToken();
+    } catch {
+      // Mid-rotation or unreadable: keep the last token; the request says if it is refused.
+    }
+  }
+
+  override async applyToHTTPSOptions(opts: Parameters<KubeConfig['applyToHTTPSOptions']>[0]): Promise<void> {
+    this.#refresh();
+    return super.applyToHTTPSOptions(opts);
+  }
+
+  override async applySecurityAuthentication(context: RequestContext): Promise<void> {
+    this.#refresh();
+    return super.applySecurityAuthentication(context);
+  }
 }

@@ -255,7 +255,12 @@ export class Reflector {
     }
     const delayMs = backoffDelay(this.opts.backoff, this.attempt++);
     this.counters.watchRestarts++;
-    this.opts.log.warn({ resource: this.opts.resource, reason: reasonOf(err), status: httpStatusOf(err), delayMs, attempt: this.attempt },
+    const status = httpStatusOf(err);
+    // Refused after a good start (a revoked role binding, a token the server no longer takes): say
+    // what to fix, and keep retrying with backoff, serving the last good state meanwhile.
+    const hint = status === 403 ? `forbidden: grant list/watch on ${this.opts.resource} to ambpf's service account`
+      : status === 401 ? 'unauthorized: the API server refused the token (rotated or revoked)' : undefined;
+    this.opts.log.warn({ resource: this.opts.resource, reason: reasonOf(err), status, ...(hint ? { hint } : {}), delayMs, attempt: this.attempt },
       'watch restart after error');
     if (this.restartTimer) clearTimeout(this.restartTimer);
     const gen = this.generation;

@@ -1,30 +1,32 @@
 // Prometheus metrics of a running loader. Kernel counters are read from ambpf_stats at scrape time
-// (never cached: a scrape shows what the datapath did up to that moment).
+// (never cached: a scrape shows what the datapath did up to that moment); map fill comes from the
+// loader's MapMonitor, so a scrape costs O(counters + maps), never a walk of a map's entries.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { STAT_NAMES } from '../bpf/schema.ts';
-import { FILL_MAPS } from '../bpf/names.ts';
 import type { ReconcileStats } from '../reconcile/reconciler.ts';
+import { MAP_SPECS, MapMonitor, type MapHealth } from './map-health.ts';
 
 export interface MetricsSources {
   readonly maps: () => DatapathMaps | undefined;
   readonly reconcile: () => ReconcileStats;
   /** Watch counters (Kubernetes source), absent for the pods-file source. */
   readonly watch?: () => { watchRestarts: number; lastEventAt: number | undefined };
-}
-
-/** Maps whose fill the loader controls or that grow with traffic: pressure = entries / max_entries. */
-const COUNTED_MAPS = FILL_MAPS;
-
-export function countEntries(map: { nextKey(k: Uint8Array | null): Uint8Array | undefined }, limit: number): number {
-  let n = 0;
-  for (let k = map.nextKey(null); k !== undefined && n <= limit; k = map.nextKey(k)) n++;
-  return n;
+  /**
+   * Fill and failed inserts of every map (map-health.ts), refreshed on the loader's clock: a scrape
+   * reads its last figures, never walks a map. Absent: one is refreshed per scrape over `maps` (tests).
+   */
+  readonly mapMonitor?: MapMonitor;
 }
 
 export function createMetricsRegistry(src: MetricsSources): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  const monitor = src.mapMonitor;
+  const fallback = monitor ? undefined : new MapMonitor({
+    maps: () => src.maps()?.raw, stats: () => src.maps()?.stats(), loaderFailures: () => src.reconcile().mapFullByMap ?? {},
+  });
+  const health = (): readonly MapHealth[] => (monitor ? monitor.current() : fallback!.refresh());
 
   new Counter({
     name: 'ambpf_redirected_connections_total',
@@ -43,21 +45,29 @@ export function createMetricsRegistry(src: MetricsSources): Registry {
     },
   });
 
-  const readMapFill = (): Array<{ map: string; entries: number; max: number }> => {
-    const maps = src.maps();
-    if (!maps) return [];
-    return COUNTED_MAPS.map((name) => {
-      const m = maps.raw[name];
-      return { map: name, entries: countEntries(m, m.maxEntries), max: m.maxEntries };
-    });
-  };
   new Gauge({
-    name: 'ambpf_map_entries', help: 'Entries in an ambpf map.', labelNames: ['map'], registers: [registry],
-    collect() { for (const f of readMapFill()) this.set({ map: f.map }, f.entries); },
+    name: 'ambpf_map_entries', help: 'Entries in an ambpf map (refreshed by the loader every few seconds).', labelNames: ['map'], registers: [registry],
+    collect() { for (const f of health()) if (f.entries !== null) this.set({ map: f.map }, f.entries); },
+  });
+  new Gauge({
+    name: 'ambpf_map_max_entries', help: 'max_entries of an ambpf map (its configured size).', labelNames: ['map'], registers: [registry],
+    collect() { for (const f of health()) if (f.maxEntries !== null) this.set({ map: f.map }, f.maxEntries); },
   });
   new Gauge({
     name: 'ambpf_map_pressure', help: 'Fill of an ambpf map, entries / max_entries (1 = full: inserts fail).', labelNames: ['map'], registers: [registry],
-    collect() { for (const f of readMapFill()) this.set({ map: f.map }, f.max === 0 ? 0 : f.entries / f.max); },
+    collect() { for (const f of health()) if (f.fill !== null) this.set({ map: f.map }, f.fill); },
+  });
+  new Counter({
+    name: 'ambpf_map_insert_failures_total',
+    help: 'Inserts into an ambpf map that failed (full, or no socket memory), by who inserted: the datapath programs or the loader.',
+    labelNames: ['map', 'by'], registers: [registry],
+    collect() {
+      this.reset();
+      for (const f of health()) {
+        const spec = MAP_SPECS.find((s) => s.map === f.map);
+        this.inc({ map: f.map, by: spec?.filledBy === 'loader' ? 'loader' : 'datapath' }, spec?.filledBy === 'loader' ? f.failedByLoader : f.failedByPrograms);
+      }
+    },
   });
   new Gauge({
     name: 'ambpf_reconcile_duration_seconds', help: 'Duration of the last reconcile pass.', registers: [registry],

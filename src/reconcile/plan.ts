@@ -74,9 +74,10 @@ export function buildTarget(resolution: Resolution): Target {
   return { pods, netns, ztunnel, inbound, keepZtunnel: ztunnel === undefined && resolution.ztunnelWanted === true };
 }
 
+/** Field by field; an optional field left out equals one read back as undefined (ambpf_netns.pod_ip6). */
 function sameEntry(a: object, b: object): boolean {
-  const ka = Object.keys(a);
-  return ka.length === Object.keys(b).length && ka.every((k) => (a as Record<string, unknown>)[k] === (b as Record<string, unknown>)[k]);
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+  return [...keys].every((k) => (a as Record<string, unknown>)[k] === (b as Record<string, unknown>)[k]);
 }
 
 function diffMap<K, V extends object>(target: ReadonlyMap<K, V>, current: ReadonlyMap<K, V>): { set: Map<K, V>; del: K[] } {

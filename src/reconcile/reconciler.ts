@@ -21,6 +21,8 @@ export interface ReconcileStats {
   passes: number;
   errors: number;
   mapFull: number;
+  /** Failed inserts by map name (the MapFullError's map): ambpf_map_insert_failures_total{by="loader"}. */
+  mapFullByMap: Record<string, number>;
   lastDurationMs: number;
   lastAt: number | undefined;
   lastError: string | undefined;
@@ -48,7 +50,7 @@ export interface ReconcilerOptions {
 }
 
 export class Reconciler {
-  readonly stats: ReconcileStats = { passes: 0, errors: 0, mapFull: 0, lastDurationMs: 0, lastAt: undefined, lastError: undefined };
+  readonly stats: ReconcileStats = { passes: 0, errors: 0, mapFull: 0, mapFullByMap: {}, lastDurationMs: 0, lastAt: undefined, lastError: undefined };
   /** Whether the last pass left something to retry soon. */
   hasUnresolved = false;
   readonly #o: ReconcilerOptions;
@@ -99,7 +101,11 @@ export class Reconciler {
         fn();
         return true;
       } catch (err) {
-        if (err instanceof MapFullError) this.stats.mapFull++;
+        if (err instanceof MapFullError) {
+          this.stats.mapFull++;
+          const map = err.map ?? 'unknown';
+          this.stats.mapFullByMap[map] = (this.stats.mapFullByMap[map] ?? 0) + 1;
+        }
         errors.push(`${what}: ${describeError(err)}`);
         return false;
       }

@@ -31,6 +31,8 @@ export type { Attempt } from './topology.ts';
 
 const PORTS = { outbound: PORT_OUTBOUND, inbound: PORT_INBOUND, hbone: PORT_HBONE } as const;
 const NO_MAC = '00:00:00:00:00:00';
+/** Captured pods whose listeners one safety-net pass re-reads from /proc (InpodTopology.rescan). */
+export const SAFETY_NET_PODS = 16;
 
 /** What was handed to the datapath for one pod, to notice a ztunnel restart (new listeners). */
 interface PodCaptured {
@@ -122,8 +124,11 @@ export class InpodTopology implements Topology {
   readonly #lastResolved = new Map<string, ResolvedPod>();
   /** netns cookie -> where this process armed a pod (its return route is removed at release). */
   readonly #armedAt = new Map<bigint, { netnsPath: string; ips: readonly string[] }>();
-  /** The next pass re-reads every captured pod's listeners from /proc (see plan()). */
-  #verifyAll = false;
+  /** Captured pods whose listeners the next pass re-reads from /proc (the safety net: rescan()). */
+  #verify = new Set<bigint>();
+  /** netns cookie -> the pass that last read the pod's listeners from /proc (rescan() picks the oldest). */
+  readonly #verifiedAt = new Map<bigint, number>();
+  #passes = 0;
 
   constructor(dp: InpodDatapath, o: InpodTopologyOptions = {}) {
     this.#dp = dp;
@@ -134,9 +139,15 @@ export class InpodTopology implements Topology {
     return this.#dp.maps;
   }
 
-  /** Have the next pass check every captured pod's listeners again (the periodic safety-net pass). */
+  /**
+   * Have the next pass check captured pods' listeners again (the periodic safety-net pass): the
+   * SAFETY_NET_PODS read longest ago, not all of them. Each /proc read walks the node's whole TCP hash
+   * table: at 250 pods a pass over all of them cost the loader ~5 s of CPU every 30 s (17 % of a core
+   * when idle, issue 20) and held up the pod changes queued behind it. All are re-read in turn.
+   */
   rescan(): void {
-    this.#verifyAll = true;
+    const age = (c: bigint): number => this.#verifiedAt.get(c) ?? -1;
+    this.#verify = new Set([...this.#captured.keys()].sort((a, b) => age(a) - age(b)).slice(0, SAFETY_NET_PODS));
   }
 
   /**
@@ -148,7 +159,7 @@ export class InpodTopology implements Topology {
    */
   #stillCaptured(pod: ResolvedPod): boolean {
     const prev = this.#captured.get(pod.netnsCookie);
-    if (this.#verifyAll || !prev || prev.pid !== pod.pid) return false;
+    if (this.#verify.has(pod.netnsCookie) || !prev || prev.pid !== pod.pid) return false;
     if (prev.ips.length !== pod.ips.length || prev.ips.some((ip, i) => ip !== pod.ips[i])) return false;
     return this.#listening(pod.ips);
   }
@@ -182,6 +193,7 @@ export class InpodTopology implements Topology {
       }
       holders ??= socketHolders([...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])]);
       const found = findListeners(pod, holders);
+      this.#verifiedAt.set(pod.netnsCookie, this.#passes);
       if (typeof found === 'string') {
         steps.push({ kind: 'wait', subject, pod, reason: found });
         continue;
@@ -191,6 +203,12 @@ export class InpodTopology implements Topology {
       steps.push({ kind: 'listeners', subject, pod, found });
     }
     return steps;
+  }
+
+  /** Every entry the maps' target has for this pod is in the maps. */
+  #inMaps(pod: ResolvedPod): boolean {
+    const { maps } = this.#dp;
+    return maps.netns.get(pod.netnsCookie) !== undefined && pod.ips.every((ip) => maps.pods.get(ip)?.netnsCookie === pod.netnsCookie);
   }
 
   plan({ desired, resolution }: PassInput): TopologyPass {
@@ -207,8 +225,10 @@ export class InpodTopology implements Topology {
         if (!done) throw new Error('release before capture');
         const detached = this.#release(this.#planRelease(done.captured.target, done.captured.current), cx.attempt);
         // Armed (the maps were written before this) before ztunnel hears of a pod; released before it
-        // hears it went.
-        this.#handoff?.sync(done.armed);
+        // hears it went. A pod whose entries did not make it into the maps (a full map, reported by the
+        // map phase) is not handed over: its outbound would bypass connect4 while ztunnel served its
+        // inbound. Unannounced, its CNI ADD fails and sk_lookup refuses its inbound (fail closed).
+        this.#handoff?.sync(done.armed.filter((pod) => this.#inMaps(pod)));
         return Promise.resolve({ attached: done.attached, detached });
       },
     };
@@ -258,7 +278,8 @@ export class InpodTopology implements Topology {
     }
     for (const pod of resolution.pods) if (dp.isArmed(pod.netnsCookie)) this.#lastResolved.set(pod.uid, pod);
 
-    this.#verifyAll = false;
+    this.#verify.clear();
+    this.#passes++;
     // What the maps hold is read after the capture, as the release needs it: before this pass's writes.
     const captured = { target: buildInpodTarget(armed, resolution), current: readCurrent(dp.maps), unresolved };
     return { captured, armed, attached };
@@ -277,7 +298,8 @@ export class InpodTopology implements Topology {
       // An IP the target still holds went to a new pod (IP reuse within one pass): its listener
       // entries are the new pod's now, captured above; only the old pod's link goes.
       const known = this.#captured.get(cookie) ?? this.#armedAt.get(cookie);
-      const ips = (known?.ips ?? [before.netns.get(cookie)?.podIp].filter((ip): ip is string => ip !== undefined))
+      const was = before.netns.get(cookie);
+      const ips = (known?.ips ?? [...new Set([was?.podIp, was?.podIp6])].filter((ip): ip is string => ip !== undefined))
         .filter((ip) => !target.pods.has(ip));
       steps.push({ kind: 'release', subject: `netns ${cookie}`, netnsCookie: cookie, ips, netnsPath: known?.netnsPath });
     }
@@ -292,6 +314,7 @@ export class InpodTopology implements Topology {
       const ok = attempt(`inpod release of ${step.subject}`, () => this.#dp.detachPod(step.netnsCookie, step.ips, step.netnsPath));
       if (ok) detached.push(step.subject);
       this.#captured.delete(step.netnsCookie);
+      this.#verifiedAt.delete(step.netnsCookie);
     }
     return detached;
   }
@@ -313,8 +336,14 @@ export function buildInpodTarget(ready: readonly ResolvedPod[], resolution: Reso
     // The pod's DNS capture override (annotation) rides along; without one the node's switch decides.
     const flags = POD_AMBIENT | dnsCaptureFlags(pod.dnsCapture);
     for (const ip of pod.ips) pods.set(ip, { netnsCookie: pod.netnsCookie, hostIfindex: 0, flags });
-    // The IPv4 address when the pod has one: connect4 sends IPv4 (and v4-mapped) connects there.
-    netns.set(pod.netnsCookie, { podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!, flags });
+    // The IPv4 address when the pod has one: connect4 sends IPv4 (and v4-mapped) connects there;
+    // connect6 sends native IPv6 connects to the IPv6 one (an IPv6-only pod has it in both fields).
+    const ip6 = pod.ips.find((ip) => ip.includes(':'));
+    netns.set(pod.netnsCookie, {
+      podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!,
+      flags,
+      ...(ip6 === undefined ? {} : { podIp6: ip6 }),
+    });
   }
   const z = resolution.ztunnel;
   let ztunnel: ZtunnelEntry | undefined;

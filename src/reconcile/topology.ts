@@ -78,7 +78,7 @@ export interface TopologyHealth {
 
 export interface Topology {
   readonly kind: TopologyKind;
-  /** The shared maps (design.md §3) the reconciler writes. */
+  /** The shared maps (docs/architecture.md "Maps") the reconciler writes. */
   readonly maps: DatapathMaps;
   plan(input: PassInput): TopologyPass;
   inspect(): TopologyHealth;

@@ -1,4 +1,4 @@
-// The loader's HTTP endpoint: /healthz (the process is alive and its event loop turns), /readyz
+// The loader's HTTP endpoint: /healthz (the loader can do its job: see health.ts), /readyz
 // (the first full reconcile is done: before that the maps may not hold every pod), /metrics
 // (Prometheus text from prom-client). Port 0 picks an ephemeral port, which is logged.
 import { createServer, type Server } from 'node:http';
@@ -13,6 +13,8 @@ export interface HealthState {
   ready(): boolean;
   /** Why the loader is not ready, for the /readyz body. */
   notReadyReason(): string;
+  /** Why the loader cannot do its job (health.ts); empty or absent: /healthz is 200. */
+  problems?(): readonly string[];
 }
 
 export function parseListen(value: string): { host: string; port: number } {
@@ -27,7 +29,9 @@ export async function startHttpServer(listen: string, health: HealthState, regis
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      const problems = health.problems?.() ?? [];
+      if (problems.length === 0) res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      else res.writeHead(503, { 'content-type': 'text/plain' }).end(`unhealthy: ${problems.join('; ')}\n`);
     } else if (path === '/readyz') {
       if (health.ready()) res.writeHead(200, { 'content-type': 'text/plain' }).end('ready\n');
       else res.writeHead(503, { 'content-type': 'text/plain' }).end(`not ready: ${health.notReadyReason()}\n`);

@@ -1,4 +1,4 @@
-// What ambpf has attached, read from its pins (<bpffs>/links/<hook>[-<ifname>], design.md §4) and,
+// What ambpf has attached, read from its pins (<bpffs>/links/<hook>[-<ifname>], docs/architecture.md "Lifecycle") and,
 // for sk_msg (attached to the sockhash with prog_attach, so never pinned as a link), from the
 // sockhash itself.
 import {

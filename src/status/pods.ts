@@ -38,6 +38,8 @@ export interface PodsReport {
   readonly updatedAt: string | null;
   readonly pods: readonly PodRow[];
   readonly drift: number;
+  /** ambpf_pods holds max_entries entries: a pod the map lacks did not fit (the loader logged it). */
+  readonly podsMapFull: boolean;
 }
 
 export interface PodsInput {
@@ -91,6 +93,7 @@ export function collectPods(i: PodsInput): PodsReport {
     updatedAt: i.state?.updatedAt ?? null,
     pods: rows,
     drift: rows.filter((r) => r.drift).length,
+    podsMapFull: inMap.size >= i.maps.pods.map.maxEntries,
   };
 }
 
@@ -106,7 +109,7 @@ export function renderPods(r: PodsReport): string {
     p.hostIfindex === null ? dash(p.hostIfname) : `${dash(p.hostIfname)} (${p.hostIfindex})`,
     p.flags.join(',') || '-',
     p.drift === 'not-in-state-file' ? 'DRIFT: in map, not in state file'
-      : p.drift === 'not-in-map' ? 'DRIFT: in state file, not in map'
+      : p.drift === 'not-in-map' ? `DRIFT: in state file, not in map${r.podsMapFull ? ' (ambpf_pods is full: it may not fit; raise --max-pods)' : ''}`
       : p.netnsEntry === false ? 'no ambpf_netns entry'
       : p.zdsError ? `ztunnel: ${p.zdsError}` : '',
     // ZTUNNEL only where ambpf hands pods to ztunnel over ZDS (inpod): the node topology has no such state.

@@ -5,21 +5,22 @@ import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { STAT_NAMES, ZT_READY } from '../bpf/schema.ts';
 import type { StateFile } from '../state/state-file.ts';
 import type { AttachedRow } from './links.ts';
+import type { BpfMap } from '../libbpf/index.ts';
+import { readMapHealth } from '../metrics/map-health.ts';
 import { renderTable } from './table.ts';
 
-import { FILL_MAPS } from '../bpf/names.ts';
-
-export { FILL_MAPS };
-/** Fill at which a map is called under pressure: the next burst of pods or connections may not fit. */
-export const PRESSURE_AT = 0.8;
+export { PRESSURE_AT } from '../metrics/map-health.ts';
 
 export interface MapFill {
   readonly map: string;
-  readonly entries: number;
-  readonly maxEntries: number;
+  /** null for socket storage (no max_entries: only failed inserts). */
+  readonly entries: number | null;
+  readonly maxEntries: number | null;
   /** entries / maxEntries, 0..1. */
-  readonly fill: number;
+  readonly fill: number | null;
   readonly pressure: boolean;
+  /** Inserts the programs could not make since the map was created (ambpf_stats mapfull_*). */
+  readonly failedInserts: number;
 }
 
 export interface ZtunnelStatus {
@@ -47,6 +48,9 @@ export interface StatusReport {
     readonly ageSeconds: number | null;
     readonly pods: number | null;
     readonly problems: StateFile['problems'];
+    /** Pods of the state file (the loader wants them captured) whose IP ambpf_pods lacks: a full map
+     * or a failed pass leaves a pod outside the mesh, and this says which. */
+    readonly notInMap: readonly string[];
   };
 }
 
@@ -57,22 +61,15 @@ export interface StatusInput {
   readonly stateFile: string;
   readonly state: StateFile | null;
   readonly now?: number;
+  /** The topology's own maps (inpod), opened from their pins, for the fill table. */
+  readonly extraMaps?: Readonly<Record<string, BpfMap>>;
 }
 
-function countEntries(m: DatapathMaps['raw'][keyof DatapathMaps['raw']]): number {
-  // Bounded by max_entries: a map being refilled while we walk cannot keep us here forever.
-  let n = 0;
-  for (let k = m.nextKey(null); k !== undefined && n <= m.maxEntries; k = m.nextKey(k)) n++;
-  return n;
-}
-
-export function mapFill(maps: DatapathMaps): MapFill[] {
-  return FILL_MAPS.map((name) => {
-    const m = maps.raw[name];
-    const entries = countEntries(m);
-    const fill = m.maxEntries ? entries / m.maxEntries : 0;
-    return { map: name, entries, maxEntries: m.maxEntries, fill, pressure: fill >= PRESSURE_AT };
-  });
+/** Every map of MAP_SPECS present: the shared ones in `maps`, the topology's own in `extra`. */
+export function mapFill(maps: DatapathMaps, extra: Readonly<Record<string, BpfMap>> = {}): MapFill[] {
+  return readMapHealth({ ...extra, ...maps.raw }, maps.stats()).map((h) => ({
+    map: h.map, entries: h.entries, maxEntries: h.maxEntries, fill: h.fill, pressure: h.pressure, failedInserts: h.failedByPrograms,
+  }));
 }
 
 function ztunnelStatus(maps: DatapathMaps): ZtunnelStatus | null {
@@ -106,7 +103,7 @@ export function collectStatus(i: StatusInput): StatusReport {
   return {
     bpffs: i.bpffs,
     links: i.links,
-    maps: mapFill(i.maps),
+    maps: mapFill(i.maps, i.extraMaps),
     ztunnel: ztunnelStatus(i.maps),
     counters: groupCounters(i.maps.stats()),
     reconcile: {
@@ -117,8 +114,15 @@ export function collectStatus(i: StatusInput): StatusReport {
       ageSeconds: Number.isNaN(updated) ? null : Math.max(0, Math.round((now - updated) / 1000)),
       pods: st ? st.pods.length : null,
       problems: st?.problems ?? [],
+      notInMap: missingPods(i.maps, st),
     },
   };
+}
+
+function missingPods(maps: DatapathMaps, st: StateFile | null): string[] {
+  if (!st) return [];
+  const inMap = new Set(maps.pods.keys());
+  return st.pods.filter((p) => p.ips.length > 0 && !p.ips.some((ip) => inMap.has(ip))).map((p) => `${p.namespace}/${p.name}`);
 }
 
 const pct = (f: number): string => `${(f * 100).toFixed(f > 0 && f < 0.001 ? 2 : 1)}%`;
@@ -132,8 +136,9 @@ export function renderStatus(r: StatusReport): string {
     l.problem ? `${l.target}  PROBLEM: ${l.problem}` : l.target,
   ]), '  '));
   out.push('Maps:');
-  out.push(renderTable(['MAP', 'ENTRIES', 'MAX', 'FILL'], r.maps.map((m) => [
-    m.map, String(m.entries), String(m.maxEntries), m.pressure ? `${pct(m.fill)}  PRESSURE` : pct(m.fill),
+  out.push(renderTable(['MAP', 'ENTRIES', 'MAX', 'FAILED INSERTS', 'FILL'], r.maps.map((m) => [
+    m.map, m.entries === null ? '-' : String(m.entries), m.maxEntries === null ? '-' : String(m.maxEntries), String(m.failedInserts),
+    m.fill === null ? 'socket storage' : m.pressure ? `${pct(m.fill)}  PRESSURE` : pct(m.fill),
   ]), '  '));
   const z = r.ztunnel;
   out.push(z
@@ -155,6 +160,13 @@ export function renderStatus(r: StatusReport): string {
     out.push(`Last reconcile: ${rc.updatedAt}${rc.ageSeconds === null ? '' : ` (${rc.ageSeconds} s ago)`}, node ${rc.node}, ${rc.pods} ambient pod${rc.pods === 1 ? '' : 's'}, ` +
       (rc.problems.length ? `${rc.problems.length} problem${rc.problems.length === 1 ? '' : 's'}:` : 'no problems.'));
     for (const p of rc.problems) out.push(`  - ${p.object}: ${p.reason}`);
+    if (rc.notInMap.length > 0) {
+      const pods = r.maps.find((m) => m.map === 'ambpf_pods');
+      const full = pods && pods.entries !== null && pods.entries >= (pods.maxEntries ?? Infinity);
+      out.push(`NOT CAPTURED: ${rc.notInMap.length} pod${rc.notInMap.length === 1 ? '' : 's'} the loader wants ${rc.notInMap.length === 1 ? 'is' : 'are'} not in ambpf_pods` +
+        (full ? ` (ambpf_pods is full: ${pods.entries} of ${pods.maxEntries}; raise --max-pods and restart with fresh maps)` : ' (see the loader\'s log)') + ':');
+      for (const p of rc.notInMap) out.push(`  - ${p}`);
+    }
   }
   return out.join('\n') + '\n';
 }

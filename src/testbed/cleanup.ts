@@ -5,6 +5,7 @@
 //   cgroup       <cgroup2>/<prefix>/            (processes killed via cgroup.kill, then rmdir bottom-up)
 //   bpffs        /sys/fs/bpf/<prefix>-*         (pins a loader made under the suggested dirs)
 //   run dir      <tmpdir>/<prefix>/             (CA, logs, testbed.json)
+//   resolv.conf  /etc/netns/<prefix>-*/         (a pod's resolver for `ip netns exec`, dns-upstream.ts)
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,8 @@ const log = logger('testbed');
 export const PREFIX_FAMILY = 'ambtb';
 export const BPFFS_ROOT = '/sys/fs/bpf';
 const NETNS_DIR = '/run/netns';
+/** Where `ip netns exec <name>` finds files to bind-mount over /etc (dns-upstream.ts writes resolv.conf there). */
+export const ETC_NETNS = '/etc/netns';
 
 export function runDirOf(prefix: string): string {
   return join(tmpdir(), prefix);
@@ -72,6 +75,9 @@ export async function removeByPrefix(prefix: string): Promise<void> {
   for (const name of listDir(BPFFS_ROOT).filter((n) => ownedBy(prefix, n))) {
     rmSync(join(BPFFS_ROOT, name), { recursive: true, force: true });
   }
+  for (const name of listDir(ETC_NETNS).filter((n) => ownedBy(prefix, n))) {
+    rmSync(join(ETC_NETNS, name), { recursive: true, force: true });
+  }
   rmSync(runDirOf(prefix), { recursive: true, force: true });
 }
 
@@ -106,7 +112,7 @@ export function findPrefixes(): string[] {
   }
   // Run dirs are <tmpdir>/<prefix> exactly; other files there that merely start with the family are not ours.
   const runDirs = listDir(tmpdir()).filter((n) => /^ambtb[a-z0-9]+$/.test(n));
-  for (const n of [...listDir(NETNS_DIR), ...listDir(BPFFS_ROOT), ...(cgRoot ? listDir(cgRoot) : []), ...runDirs]) {
+  for (const n of [...listDir(NETNS_DIR), ...listDir(ETC_NETNS), ...listDir(BPFFS_ROOT), ...(cgRoot ? listDir(cgRoot) : []), ...runDirs]) {
     const p = family(n);
     if (p) found.add(p);
   }

@@ -1,6 +1,6 @@
 /**
  * The local testbed: a Kubernetes-like cluster made of network namespaces, used by tests, `ambpf demo`
- * and `ambpf bench` (design.md §6).
+ * and `ambpf bench` (docs/architecture.md "Testbed and benchmark").
  *
  * Contract (others rely on it):
  * - `startTestbed(spec, { prefix?, topology: 'node' | 'inpod', standIn?, detached? })` -> `Testbed`.

@@ -37,8 +37,12 @@ export function zdsSocketPath(tb: Testbed, node: TestbedNode): string {
 export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false): string[] {
   const from = typeof source === 'string' ? ['--pods-file', source] : ['--kubeconfig', source.kubeconfig];
   const mode = tb.info.topology === 'inpod'
-    // --node-ip as the DaemonSet passes the host IP: kubelet-like probes from it reach the app directly.
-    ? ['--mode', 'inpod', '--zds-socket', zds ? zdsSocketPath(tb, node) : 'none', '--node-ip', node.wireIp]
+    // --node-ip as the DaemonSet passes the host IPs (both families): kubelet-like probes from them
+    // reach the app directly.
+    ? [
+      '--mode', 'inpod', '--zds-socket', zds ? zdsSocketPath(tb, node) : 'none',
+      '--node-ip', `${node.wireIp},${node.wireIp6}`,
+    ]
     : ['--mode', 'node'];
   return [
     AMBPF_BIN, 'run', '--node', node.name, ...from, '--bpffs', node.bpffsDir,
@@ -47,9 +51,10 @@ export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource,
   ];
 }
 
-export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false): Loader {
+export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false,
+  envOver: NodeJS.ProcessEnv = {}): Loader {
   const logFile = join(tb.info.runDir, `loader-${node.name}.log`);
-  const env = { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug' };
+  const env = { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug', ...envOver };
   const start = (): TestbedProcess => tb.spawn(node.name, loaderArgs(tb, node, source, extra, zds), { logFile, env });
   const loader: Loader = {
     node,

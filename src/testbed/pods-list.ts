@@ -39,7 +39,7 @@ export function podsList(info: TestbedInfo): KubeList {
       phase: 'Running',
       hostIP: info.nodes.find((n) => n.name === p.node)?.wireIp,
       podIP: p.ip,
-      podIPs: [{ ip: p.ip }],
+      podIPs: p.ips.map((ip) => ({ ip })),
       containerStatuses: p.containers.map((name) => ({ name, ready: true, containerID: `containerd://${p.containerId}` })),
     },
   }));

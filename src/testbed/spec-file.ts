@@ -41,6 +41,12 @@ export function specFromObject(raw: unknown): TestbedSpec {
     pods: list(raw['pods'], 'pods').map((p, i) => {
       if (!isRecord(p)) throw new TestbedSpecError(`pods[${i}] must be a mapping`);
       const containers = list(p['containers'], `pods[${i}].containers`).map((c, j) => str(c, `pods[${i}].containers[${j}]`));
+      const ipFamilies = list(p['ipFamilies'], `pods[${i}].ipFamilies`).map((f, j) => {
+        if (f !== 'IPv4' && f !== 'IPv6') {
+          throw new TestbedSpecError(`pods[${i}].ipFamilies[${j}] must be "IPv4" or "IPv6"`);
+        }
+        return f;
+      });
       return {
         name: str(p['name'], `pods[${i}].name`),
         namespace: str(p['namespace'], `pods[${i}].namespace`),
@@ -49,6 +55,7 @@ export function specFromObject(raw: unknown): TestbedSpec {
         annotations: labels(p['annotations'], `pods[${i}].annotations`),
         hostNetwork: p['hostNetwork'] === true,
         ...(containers.length ? { containers } : {}),
+        ...(ipFamilies.length ? { ipFamilies } : {}),
       };
     }),
   };

@@ -25,7 +25,12 @@ export interface PodSpec {
   readonly hostNetwork?: boolean;
   /** Container names for the Pod object; default ["app"]. */
   readonly containers?: readonly string[];
+  /** Address families of its pod IPs, IPv4 first on a dual-stack pod as Kubernetes lists them;
+   * default ["IPv4"]. Ignored for hostNetwork pods. */
+  readonly ipFamilies?: readonly IpFamily[];
 }
+
+export type IpFamily = 'IPv4' | 'IPv6';
 
 export interface TestbedSpec {
   readonly nodes: readonly NodeSpec[];
@@ -97,6 +102,10 @@ export function normalizeSpec(spec: TestbedSpec): TestbedSpec {
     if (!namespaces.has(p.namespace)) throw new TestbedSpecError(`pod "${p.name}" is in undeclared namespace "${p.namespace}"`);
     const key = `${p.namespace}/${p.name}`;
     if (seen.has(key)) throw new TestbedSpecError(`pod "${key}" is declared twice`);
+    const fams = p.ipFamilies ?? ['IPv4'];
+    if (fams.length === 0 || fams.length > 2 || new Set(fams).size !== fams.length) {
+      throw new TestbedSpecError(`pod "${key}" must have ipFamilies ["IPv4"], ["IPv6"] or both once each`);
+    }
     seen.add(key);
     perNode.set(p.node, (perNode.get(p.node) ?? 0) + 1);
   }
@@ -107,7 +116,7 @@ export function normalizeSpec(spec: TestbedSpec): TestbedSpec {
 }
 
 /**
- * Whether Istio ambient would capture this pod (istio-redirection.md "Pod selection"): namespace or pod
+ * Whether Istio ambient would capture this pod (docs/istio-ambient.md "Which pods are in the mesh"): namespace or pod
  * labelled ambient, no sidecar, not hostNetwork, no opt-out, not ztunnel itself.
  */
 export function isMeshPod(pod: PodSpec, namespace: NamespaceSpec | undefined): boolean {

@@ -2,7 +2,10 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { hostVethName, nodePodCidr, nodeWireIp, podIp, POD_GATEWAY, WIRE_PREFIX_LEN } from './addresses.ts';
+import {
+  hostVethName, nodePodCidr, nodePodCidr6, nodeWireIp, nodeWireIp6, podIp, podIp6, POD_GATEWAY, POD_GATEWAY6,
+  WIRE_PREFIX_LEN, WIRE_PREFIX_LEN6,
+} from './addresses.ts';
 import { cgroup2Root, makeCgroup } from './cgroup.ts';
 import { BPFFS_ROOT, PREFIX_FAMILY, removeByPrefix, runDirOf } from './cleanup.ts';
 import { TestbedLookupError, TestbedTimeoutError } from './errors.ts';
@@ -171,8 +174,10 @@ export function plan(spec: TestbedSpec, prefix: string, topology: Topology, cgro
       netns,
       netnsPath: `/run/netns/${netns}`,
       wireIp: nodeWireIp(index),
+      wireIp6: nodeWireIp6(index),
       wireIfname: 'eth0',
       podCidr: nodePodCidr(index),
+      podCidr6: nodePodCidr6(index),
       cgroupPath: nodeCg,
       kubepodsCgroup: join(nodeCg, 'kubepods'),
       systemCgroup: join(nodeCg, 'system'),
@@ -187,11 +192,16 @@ export function plan(spec: TestbedSpec, prefix: string, topology: Topology, cgro
     const cid = containerId();
     const podCg = join(node.kubepodsCgroup, 'besteffort', `pod${uid}`);
     const hostNetwork = p.hostNetwork ?? false;
-    let ip = node.wireIp;
+    let ips = [node.wireIp];
     if (!hostNetwork) {
       const k = perNode.get(node.name) ?? 0;
       perNode.set(node.name, k + 1);
-      ip = podIp(node.index, k);
+      // IPv4 first, as Kubernetes lists a dual-stack pod's podIPs.
+      const families = new Set(p.ipFamilies ?? ['IPv4']);
+      ips = [
+        ...(families.has('IPv4') ? [podIp(node.index, k)] : []),
+        ...(families.has('IPv6') ? [podIp6(node.index, k)] : []),
+      ];
     }
     const netns = `${prefix}-pod-${p.namespace}-${p.name}`;
     const labels = p.labels ?? {};
@@ -206,7 +216,8 @@ export function plan(spec: TestbedSpec, prefix: string, topology: Topology, cgro
       hostNetwork,
       mesh: isMeshPod(p, nsByName.get(p.namespace)),
       isZtunnel: p.namespace === 'istio-system' && labels['app'] === 'ztunnel',
-      ip,
+      ip: ips[0]!,
+      ips,
       netnsPath: hostNetwork ? node.netnsPath : `/run/netns/${netns}`,
       cgroupPath: podCg,
       containerCgroupPath: join(podCg, cid),
@@ -242,9 +253,19 @@ function netnsName(path: string): string {
 
 async function buildNetwork(info: TestbedInfo): Promise<void> {
   const wire = netnsName(info.wireNetnsPath);
+  // The nodes get their IPv6 wire addresses and routes whenever the kernel has IPv6 (cheap); pods get
+  // IPv6 addresses only when their spec asks.
+  const v6 = existsSync('/proc/sys/net/ipv6');
   await run(['ip', 'netns', 'add', wire]);
   for (const n of info.nodes) await run(['ip', 'netns', 'add', n.netns]);
   for (const p of info.pods) if (!p.hostNetwork) await run(['ip', 'netns', 'add', netnsName(p.netnsPath)]);
+  // IPv6 addresses usable at once: no duplicate address detection (a second of "tentative") on any
+  // interface made from here on, in any netns of the testbed.
+  const noDad = { 'net.ipv6.conf.all.accept_dad': 0, 'net.ipv6.conf.default.accept_dad': 0 };
+  if (existsSync('/proc/sys/net/ipv6')) {
+    await Promise.all([info.wireNetnsPath, ...info.nodes.map((n) => n.netnsPath),
+      ...info.pods.filter((p) => !p.hostNetwork).map((p) => p.netnsPath)].map((ns) => sysctls(ns, noDad)));
+  }
 
   // The wire: a bridge in its own netns, so nothing of the testbed ever lives in the root netns.
   await ipBatch(wire, [
@@ -260,28 +281,44 @@ async function buildNetwork(info: TestbedInfo): Promise<void> {
       await ipBatch(n.netns, [
         'link set lo up',
         `addr add ${n.wireIp}/${WIRE_PREFIX_LEN} dev eth0`,
+        ...(v6 ? [`addr add ${n.wireIp6}/${WIRE_PREFIX_LEN6} dev eth0 nodad`] : []),
         'link set eth0 up',
-        ...info.nodes.filter((o) => o !== n).map((o) => `route add ${o.podCidr} via ${o.wireIp} dev eth0`),
+        ...info.nodes.filter((o) => o !== n).flatMap((o) => [
+          `route add ${o.podCidr} via ${o.wireIp} dev eth0`,
+          ...(v6 ? [`route add ${o.podCidr6} via ${o.wireIp6} dev eth0`] : []),
+        ]),
         ...pods.flatMap((p) => [
           `link add ${p.hostIfname} address ${HOST_VETH_MAC} type veth peer name eth0 netns ${netnsName(p.netnsPath)}`,
           `link set ${p.hostIfname} up`,
-          `route add ${p.ip}/32 dev ${p.hostIfname} scope link`,
+          ...p.ips.map((ip) => (ip.includes(':')
+            ? `route add ${ip}/128 dev ${p.hostIfname}`
+            : `route add ${ip}/32 dev ${p.hostIfname} scope link`)),
         ]),
       ]);
       await sysctls(n.netnsPath, {
         'net.ipv4.ip_forward': 1,
         'net.ipv4.conf.all.rp_filter': 0,
         'net.ipv4.conf.default.rp_filter': 0,
+        ...(v6 ? { 'net.ipv6.conf.all.forwarding': 1 } : {}),
       });
       await Promise.all(
         pods.map((p) =>
           ipBatch(netnsName(p.netnsPath), [
             'link set lo up',
-            `addr add ${p.ip}/32 dev eth0`,
+            ...p.ips.map((ip) => (ip.includes(':')
+              ? `addr add ${ip}/128 dev eth0 nodad`
+              : `addr add ${ip}/32 dev eth0`)),
             'link set eth0 up',
-            `route add ${POD_GATEWAY} dev eth0 scope link`,
-            `route add default via ${POD_GATEWAY} dev eth0`,
-            `neigh add ${POD_GATEWAY} lladdr ${HOST_VETH_MAC} dev eth0 nud permanent`,
+            ...(p.ips.some((ip) => !ip.includes(':')) ? [
+              `route add ${POD_GATEWAY} dev eth0 scope link`,
+              `route add default via ${POD_GATEWAY} dev eth0`,
+              `neigh add ${POD_GATEWAY} lladdr ${HOST_VETH_MAC} dev eth0 nud permanent`,
+            ] : []),
+            // Calico's IPv6 recipe: the host veth's link-local address as gateway, its MAC pinned.
+            ...(p.ips.some((ip) => ip.includes(':')) ? [
+              `route add default via ${POD_GATEWAY6} dev eth0`,
+              `neigh add ${POD_GATEWAY6} lladdr ${HOST_VETH_MAC} dev eth0 nud permanent`,
+            ] : []),
           ]),
         ),
       );

@@ -11,8 +11,11 @@ export interface TestbedNode {
   readonly netnsPath: string;
   /** The node's address on the wire, 198.18.0.<index>/24 on its eth0. */
   readonly wireIp: string;
+  /** Its IPv6 address on the wire, fd00:a3bf::<index>/64. */
+  readonly wireIp6: string;
   readonly wireIfname: string;
   readonly podCidr: string;
+  readonly podCidr6: string;
   /** <cgroup2>/<prefix>/<node>: everything the node runs. */
   readonly cgroupPath: string;
   /** <cgroup2>/<prefix>/<node>/kubepods: where a loader attaches its cgroup programs. */
@@ -35,8 +38,10 @@ export interface TestbedPod {
   /** Whether Istio ambient would capture it (namespace/pod label, no opt-out, not hostNetwork, not ztunnel). */
   readonly mesh: boolean;
   readonly isZtunnel: boolean;
-  /** Pod IP (the node's wire IP for hostNetwork pods). */
+  /** Pod IP (the node's wire IP for hostNetwork pods): its first address, the IPv6 one of an IPv6-only pod. */
   readonly ip: string;
+  /** Every pod IP, IPv4 first (Kubernetes' status.podIPs). */
+  readonly ips: readonly string[];
   readonly netnsPath: string;
   /** <kubepods>/besteffort/pod<uid>. */
   readonly cgroupPath: string;
@@ -91,7 +96,8 @@ export interface ZtunnelLogEntry {
   readonly source: string;
   /** Original destination "ip:port" (SO_ORIGINAL_DST, else the accepted socket's local address; for HBONE the :authority). */
   readonly originalDst: string;
-  /** How the original dst was learned: "SO_ORIGINAL_DST" | "local-address" | "authority". */
+  /** How the original dst was learned: "SO_ORIGINAL_DST" | "IP6T_SO_ORIGINAL_DST" (an IPv6 original) |
+   * "local-address" | "authority". */
   readonly dstFrom: string;
   /** What the stand-in connected to, "ip:port" (for outbound the peer's 15008). */
   readonly upstream: string;

@@ -461,6 +461,17 @@ export class ZdsServer extends EventEmitter<ZdsServerEvents> {
     return this.#sessions.some((s) => s.snapshotDone);
   }
 
+  /** Why ztunnel cannot connect to this server now (/healthz), or undefined when it can. */
+  problem(): string | undefined {
+    if (this.#closing || this.#listener.closed) return `the ZDS server on ${this.path} is closed`;
+    try {
+      if (lstatSync(this.path).ino !== this.#inode) return `the ZDS socket ${this.path} was replaced by another file: ztunnel cannot reach this agent`;
+    } catch {
+      return `the ZDS socket ${this.path} is gone: ztunnel cannot reach this agent`;
+    }
+    return undefined;
+  }
+
   /** Stop accepting, close every connection (pending requests reject with ZdsClosedError), unlink the socket file. */
   close(): Promise<void> {
     this.#closing ??= this.#close();

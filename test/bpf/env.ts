@@ -12,6 +12,7 @@ import { spawnIn, execIn, type TestbedProcess } from '../../src/testbed/exec.ts'
 import { openDatapath, uninstallDatapath, type Datapath, type DatapathOptions } from '../../src/bpf/datapath.ts';
 import { ifIndex, netnsCookie, withNetns } from '../../src/libbpf/index.ts';
 import * as s from '../../src/bpf/schema.ts';
+import { podListenerInodes, socketHolders } from '../../src/bpf/inpod-listeners.ts';
 
 export const HELPER = resolve(import.meta.dirname, 'fixtures/sockhelper.py');
 export const POD_INDEX = { a: 1, z: 2, b: 3, c: 4 } as const;
@@ -170,3 +171,15 @@ export function jsonLines<T>(p: TestbedProcess): T[] {
 
 /** Tests of this directory import it from here; its home is test/helpers/wait.ts. */
 export { waitUntil } from '../helpers/wait.ts';
+
+/** ztunnel's 15001/15006/15008 listeners held by process `zt` in a pod (inpod), as the reconciler finds them. */
+export function ztunnelListeners(zt: TestbedProcess, pod: string): { outbound: { pid: number; fd: number }; inbound: { pid: number; fd: number }; hbone: { pid: number; fd: number } } {
+  const inodes = podListenerInodes(zt.pid, { outbound: s.PORT_OUTBOUND, inbound: s.PORT_INBOUND, hbone: s.PORT_HBONE });
+  const holders = socketHolders([zt.pid]);
+  const get = (inode: string | undefined): { pid: number; fd: number } => {
+    const h = inode === undefined ? undefined : holders.get(inode);
+    if (!h) throw new Error(`no ztunnel listener found in pod ${pod}`);
+    return h;
+  };
+  return { outbound: get(inodes.outbound), inbound: get(inodes.inbound), hbone: get(inodes.hbone) };
+}

@@ -9,10 +9,9 @@ import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { netnsCookie } from '../../src/libbpf/index.ts';
 import { openInpodDatapath, type InpodDatapath } from '../../src/bpf/datapath-inpod.ts';
-import { podListenerInodes, socketHolders } from '../../src/bpf/inpod-listeners.ts';
 import * as s from '../../src/bpf/schema.ts';
 import type { TestbedProcess } from '../../src/testbed/exec.ts';
-import { makeEnv, HELPER, type Env, type PodName } from './env.ts';
+import { makeEnv, HELPER, ztunnelListeners, type Env, type PodName } from './env.ts';
 import { ERRNO } from '../../src/errors.ts';
 
 interface Addr { ip: string; port: number }
@@ -21,23 +20,12 @@ interface ClientOut { peername: Addr; sockname?: Addr; hello: Hello | null; erro
 interface VaryOut { done: number; wrong: number; errors: number; distinct_ports: number; examples: unknown[] }
 
 const APP = 8080;
-const PORTS = { outbound: s.PORT_OUTBOUND, inbound: s.PORT_INBOUND, hbone: s.PORT_HBONE };
 
 /** Captures pod `name`, whose "ztunnel" is process `zt`, as the inpod reconciler would. */
 function capture(env: Env, dp: InpodDatapath, name: PodName, zt: TestbedProcess): bigint {
   const pod = env.pods[name];
-  const inodes = podListenerInodes(zt.pid, PORTS);
-  const holders = socketHolders([zt.pid]);
-  const get = (inode: string | undefined): { pid: number; fd: number } => {
-    const h = inode === undefined ? undefined : holders.get(inode);
-    if (!h) throw new Error(`no ztunnel listener found in pod ${name}`);
-    return h;
-  };
   const cookie = netnsCookie(pod.netns);
-  dp.attachPod({
-    netnsPath: pod.netns, netnsCookie: cookie, ips: [pod.ip],
-    listeners: { outbound: get(inodes.outbound), inbound: get(inodes.inbound), hbone: get(inodes.hbone) },
-  });
+  dp.attachPod({ netnsPath: pod.netns, netnsCookie: cookie, ips: [pod.ip], listeners: ztunnelListeners(zt, name) });
   dp.maps.pods.set(pod.ip, { netnsCookie: cookie, hostIfindex: 0, flags: s.POD_AMBIENT });
   dp.maps.netns.set(cookie, { podIp: pod.ip, flags: s.POD_AMBIENT });
   return cookie;

@@ -1,7 +1,7 @@
 // How long the original destination lives (review issue 1): a fire-and-forget client (connect,
 // write, close at once) is gone before a slow ztunnel accepts, yet ztunnel's getsockopt
 // (SO_ORIGINAL_DST) must still answer; and once both sides have closed nothing is left in the map.
-// Node topology (ambpf_pair_dst) and inpod (ambpf_inpod_pair), real sockets in netns of our own.
+// Node topology (ambpf_pair_dst) and inpod (ambpf_inpod_closed), real sockets in netns of our own.
 import t from 'tap';
 import { netnsCookie } from '../../src/libbpf/index.ts';
 import { openDatapath } from '../../src/bpf/datapath.ts';
@@ -81,7 +81,7 @@ t.test('inpod: the original dst outlives a client that closed before ztunnel acc
   dp.maps.netns.set(cookie, { podIp: a.ip, flags: s.POD_AMBIENT });
   const pairCount = (): number => {
     let n = 0;
-    for (let k = dp.inpodMaps.pair.nextKey(null); k; k = dp.inpodMaps.pair.nextKey(k)) n++;
+    for (let k = dp.inpodMaps.closed.nextKey(null); k; k = dp.inpodMaps.closed.nextKey(k)) n++;
     return n;
   };
 
@@ -89,7 +89,7 @@ t.test('inpod: the original dst outlives a client that closed before ztunnel acc
   const hello = await log.waitFor(port, 10_000);
   t.equal(hello.port, 15001, 'redirected to ztunnel inside the pod');
   t.same(hello.orig, { ip: c.ip, port: 80 }, 'SO_ORIGINAL_DST answers after the client has closed');
-  t.ok(await waitUntil(() => pairCount() === 0, 5_000), `no ambpf_inpod_pair entry left (${pairCount()})`);
+  t.ok(await waitUntil(() => pairCount() === 0, 5_000), `no ambpf_inpod_closed entry left (${pairCount()})`);
 
   const [out] = (await env.client('a', [c.ip, '81'])) as Array<{ hello?: Hello; peername?: Addr }>;
   t.same(out?.hello?.orig, { ip: c.ip, port: 81 }, 'a normal connection gets its original dst');

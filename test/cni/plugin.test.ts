@@ -353,7 +353,9 @@ function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
       });
     }
     const netnsPath = `/run/netns/${netnsName}`;
-    const pod: TestbedPod = { ...tb.pod('cni-mesh'), name, uid, netnsPath, containerCgroupPath: cgroup, ip: '' };
+    const pod: TestbedPod = {
+      ...tb.pod('cni-mesh'), name, uid, netnsPath, containerCgroupPath: cgroup, ip: '', ips: [],
+    };
     return { name, uid, netnsName, pod, netnsPath, containerId: name, namespace: 'mesh' };
   });
   writePods();

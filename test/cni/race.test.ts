@@ -88,7 +88,9 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
     const uid = randomUUID();
     const cgroup = join(node.kubepodsCgroup, 'besteffort', `pod${uid}`, 'c1');
     const netnsPath = `/run/netns/${tb.info.prefix}-${name}`;
-    const pod: TestbedPod = { ...tb.pod('template'), name, uid, netnsPath, containerCgroupPath: cgroup, ip: '' };
+    const pod: TestbedPod = {
+      ...tb.pod('template'), name, uid, netnsPath, containerCgroupPath: cgroup, ip: '', ips: [],
+    };
     return { name, uid, namespace: 'mesh', containerId: `${name}-sandbox`, netnsPath, pod };
   });
   editPodsFile(join(tb.info.runDir, 'pods.json'), (list) => {
@@ -121,7 +123,7 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
       continue;
     }
     // The pod's first process, started the moment ADD returned: no wait, no retry.
-    const pod = { ...b.pod, ip: r.ip };
+    const pod = { ...b.pod, ip: r.ip, ips: [r.ip] };
     connects.push(curl(tb, pod, tb.pod('server').ip, PORT, { timeoutMs: 5000 }).then((c) => [b.name, c]));
     times.push(r.ours.ms);
     ips.set(b.name, r.ip);

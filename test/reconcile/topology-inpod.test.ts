@@ -7,7 +7,7 @@ import type { InpodDatapath, PodArm } from '../../src/bpf/datapath-inpod.ts';
 import type { ResolvedPod, Resolution } from '../../src/node/discovery.ts';
 import type { DesiredState } from '../../src/state/desired.ts';
 import { InpodTopology, type ZtunnelHandoff } from '../../src/reconcile/topology-inpod.ts';
-import { planReconcile } from '../../src/reconcile/plan.ts';
+import { planReconcile, type NetnsEntry, type Plan, type PodEntry } from '../../src/reconcile/plan.ts';
 import type { PassContext } from '../../src/reconcile/topology.ts';
 
 function pod(name: string, cookie: bigint, pid: number): ResolvedPod {
@@ -17,13 +17,27 @@ function pod(name: string, cookie: bigint, pid: number): ResolvedPod {
   };
 }
 
-/** A datapath double: pins in a Set, writes recorded in order. */
-function fakeDatapath(o: { armFails?: ReadonlySet<bigint> } = {}): { dp: InpodDatapath; log: string[]; pinned: Set<bigint> } {
+/** An in-memory stand-in for one pinned map; `capacity` makes it refuse inserts past that many. */
+function table<K, V>(capacity = Infinity): { entries(): Array<[K, V]>; keys(): K[]; get(k: K): V | undefined; set(k: K, v: V): void; delete(k: K): boolean } {
+  const m = new Map<K, V>();
+  return {
+    entries: () => [...m],
+    keys: () => [...m.keys()],
+    get: (k) => m.get(k),
+    set: (k, v) => {
+      if (!m.has(k) && m.size >= capacity) throw new Error('map is full (E2BIG)');
+      m.set(k, v);
+    },
+    delete: (k) => m.delete(k),
+  };
+}
+
+/** A datapath double: pins in a Set, writes recorded in order, maps in memory. */
+function fakeDatapath(o: { armFails?: ReadonlySet<bigint>; podsCapacity?: number } = {}): { dp: InpodDatapath; log: string[]; pinned: Set<bigint> } {
   const log: string[] = [];
   const pinned = new Set<bigint>();
-  const empty = { entries: () => [], keys: () => [] };
   const double = {
-    maps: { pods: empty, netns: empty, ztunnel: { get: () => ({ flags: 0 }) } },
+    maps: { pods: table<string, PodEntry>(o.podsCapacity), netns: table<bigint, NetnsEntry>(), ztunnel: { get: () => ({ flags: 0 }) } },
     attachedPods: () => new Set(pinned),
     isArmed: (cookie: bigint) => pinned.has(cookie),
     hasListener: () => false,
@@ -39,8 +53,24 @@ function fakeDatapath(o: { armFails?: ReadonlySet<bigint> } = {}): { dp: InpodDa
       return pinned.delete(cookie);
     },
   };
-  // The double implements the part of InpodDatapath the topology calls (its maps are read empty).
+  // The double implements the part of InpodDatapath the topology calls.
   return { dp: double as unknown as InpodDatapath, log, pinned };
+}
+
+/** The reconciler's map phase between capture and release (src/reconcile/reconciler.ts), on the double. */
+function writeMaps(dp: InpodDatapath, plan: Plan, errors: string[]): Plan {
+  const put = (what: string, fn: () => void): void => {
+    try {
+      fn();
+    } catch (err) {
+      errors.push(`${what}: ${String(err)}`);
+    }
+  };
+  for (const [cookie, v] of plan.netnsSet) put(`ambpf_netns ${cookie}`, () => dp.maps.netns.set(cookie, v));
+  for (const [ip, v] of plan.podsSet) put(`ambpf_pods ${ip}`, () => dp.maps.pods.set(ip, v));
+  for (const ip of plan.podsDelete) dp.maps.pods.delete(ip);
+  for (const cookie of plan.netnsDelete) dp.maps.netns.delete(cookie);
+  return plan;
 }
 
 const desired = (pods: readonly ResolvedPod[]): DesiredState => ({ node: 'n1', ambientPods: pods, ztunnel: undefined, problems: [] });
@@ -81,7 +111,7 @@ t.test('plan decides every step before anything is written', async (t) => {
   t.same(log, ['arm 11', 'arm 12'], 'capture carries the steps out in order');
   t.same([...captured.target.netns.keys()].sort(), [11n, 12n], 'both armed pods are in the maps\' target');
   t.same(synced, [], 'ztunnel hears nothing before the maps are written');
-  const released = await pass.release(planReconcile(captured.target, captured.current), context(errors));
+  const released = await pass.release(writeMaps(dp, planReconcile(captured.target, captured.current), errors), context(errors));
   t.same(released.attached, ['pod mesh/a', 'pod mesh/b']);
   t.same(synced, [['a', 'b']], 'after the maps: the armed pods are handed to ztunnel');
   t.same(errors, []);
@@ -110,7 +140,7 @@ t.test('a pod that left is released after the maps, and only then', async (t) =>
   const errors: string[] = [];
   const first = topo.plan({ desired: desired([a]), resolution: resolution([a]) });
   const c1 = await first.capture(context(errors));
-  await first.release(planReconcile(c1.target, c1.current), context(errors));
+  await first.release(writeMaps(dp, planReconcile(c1.target, c1.current), errors), context(errors));
   t.ok(pinned.has(31n));
 
   const second = topo.plan({ desired: desired([]), resolution: resolution([]) });
@@ -118,9 +148,23 @@ t.test('a pod that left is released after the maps, and only then', async (t) =>
   const c2 = await second.capture(context(errors));
   t.equal(c2.target.netns.size, 0);
   t.notOk(log.includes('release 31'), 'not released during capture: the maps still redirect to it');
-  const released = await second.release(planReconcile(c2.target, c2.current), context(errors));
+  const released = await second.release(writeMaps(dp, planReconcile(c2.target, c2.current), errors), context(errors));
   t.same(released.detached, ['netns 31']);
   t.equal(log.at(-1), 'release 31');
   t.same(synced.at(-1), [], 'ztunnel is told the pod went');
   t.same(errors, []);
+});
+
+t.test('a pod whose entries do not fit the maps is not handed to ztunnel', async (t) => {
+  const { dp } = fakeDatapath({ podsCapacity: 1 });
+  const synced: Array<readonly string[]> = [];
+  const topo = new InpodTopology(dp, { handoff: handoff(synced) });
+  const pods = [pod('e', 41n, 100), pod('f', 42n, 100)];
+  const pass = topo.plan({ desired: desired(pods), resolution: resolution(pods) });
+  const errors: string[] = [];
+  const captured = await pass.capture(context(errors));
+  await pass.release(writeMaps(dp, planReconcile(captured.target, captured.current), errors), context(errors));
+  t.match(errors, [/ambpf_pods 198\.18\.9\.42: .*full/], 'the map phase reported the pod that did not fit');
+  // Not announced, its CNI ADD fails and sk_lookup refuses its inbound: it never runs past ztunnel.
+  t.same(synced, [['e']], 'only the pod whose entries are all in the maps is handed over');
 });

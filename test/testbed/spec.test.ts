@@ -4,9 +4,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { defaultSpec, isMeshPod, normalizeSpec } from '../../src/testbed/spec.ts';
-import { hostVethName, podIp, nodeWireIp } from '../../src/testbed/addresses.ts';
+import { hostVethName, podIp, podIp6, nodeWireIp } from '../../src/testbed/addresses.ts';
 import { readSpecFile, specFromObject } from '../../src/testbed/spec-file.ts';
-import { effectivePrefix } from '../../src/testbed/testbed.ts';
+import { effectivePrefix, plan } from '../../src/testbed/testbed.ts';
 
 t.test('default spec: two nodes, ztunnel pods added first per node', async (t) => {
   const s = normalizeSpec(defaultSpec());
@@ -68,4 +68,26 @@ t.test('spec files: YAML in, checked', async (t) => {
   t.throws(() => readSpecFile(join(dir, 'missing.yaml')), /cannot read/);
   writeFileSync(file, 'nodes: [');
   t.throws(() => readSpecFile(file), /not YAML or JSON/);
+});
+
+t.test('IPv6: pods ask for their address families; addresses from fd00:a3bf::/32, IPv4 first', async (t) => {
+  const spec = specFromObject({
+    nodes: [{ name: 'n1' }],
+    namespaces: [{ name: 'a' }],
+    pods: [
+      { name: 'dual', namespace: 'a', node: 'n1', ipFamilies: ['IPv4', 'IPv6'] },
+      { name: 'six', namespace: 'a', node: 'n1', ipFamilies: ['IPv6'] },
+    ],
+  });
+  const info = plan(spec, 'ambtbspec6', 'inpod', '/sys/fs/cgroup');
+  const ips = (name: string): readonly string[] => info.pods.find((p) => p.name === name)!.ips;
+  t.same(ips('dual'), [podIp(1, 1), podIp6(1, 1)], 'dual-stack: IPv4 first, as Kubernetes lists podIPs');
+  t.equal(podIp6(1, 1), 'fd00:a3bf:1:1::3', 'the IPv6 address ends as the IPv4 one does');
+  t.same(ips('six'), [podIp6(1, 2)]);
+  t.equal(info.pods.find((p) => p.name === 'six')!.ip, podIp6(1, 2), 'an IPv6-only pod\'s ip is its IPv6 address');
+  t.same(ips('ztunnel-n1'), [podIp(1, 0)], 'IPv4 by default');
+  const onePod = (ipFamilies: unknown): Record<string, unknown> =>
+    ({ nodes: [{ name: 'n1' }], namespaces: [{ name: 'a' }], pods: [{ name: 'p', namespace: 'a', node: 'n1', ipFamilies }] });
+  t.throws(() => specFromObject(onePod(['IPv5'])), /ipFamilies\[0\] must be "IPv4" or "IPv6"/);
+  t.throws(() => specFromObject(onePod(['IPv6', 'IPv6'])), /ipFamilies/, 'each family once');
 });

@@ -1,4 +1,4 @@
-// `ambpf bench`: the benchmark of design.md §7 in one command (src/bench). Parses and checks the
+// `ambpf bench`: the benchmark of docs/architecture.md "Testbed and benchmark" in one command (src/bench). Parses and checks the
 // flags, runs the harness, prints where the results went. SIGINT/SIGTERM take the testbed down
 // before exiting, so an interrupted run leaves nothing behind.
 import { parseArgs } from 'node:util';
@@ -9,6 +9,7 @@ import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type Workl
 const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,nftables,ebpf,ebpf-splice,direct-aa] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
                    [--no-e2e] [--no-control-plane] [--no-warmup] [--connections N] [--prefix P] [--profile]
+                   [--max-rounds N] [--max-minutes M] [--scale-pods N] [--no-pin]
 
 Builds a two-node testbed in network namespaces, puts nginx and iperf3 on ztunnel's ports (node:
 in ztunnel's pod; inpod: inside the mesh pod's netns, held by ztunnel), and measures every path side
@@ -20,7 +21,8 @@ by side, interleaved round by round (path order rotated each round):
   ebpf            ambpf run (--mode inpod on inpod; the default config, no splice)
   ebpf-splice     ambpf run --splice (adds the sockops/sk_msg sockhash splice; default paths: node only)
 Workloads: connections (wrk, Connection: close), latency (wrk kept-alive, p50/p99/p99.9, 1 KiB),
-bulk-1k, bulk-16k, bulk-128k (iperf3 -l); CPU per request from the pods' cgroup cpu.stat.
+bulk-1k, bulk-16k, bulk-128k (iperf3 -l), dns (inpod: dnsperf queries/s to ztunnel's 15053, Istio's DNS
+capture vs ambpf's vs the client asking 15053 itself); CPU per request from the pods' cgroup cpu.stat.
 Placements: same-node (outbound capture; inpod: the pod's own outbound over loopback) and
 cross-node (inbound capture of a client on the other node, to 15006).
 Then the control plane (pod change -> map entry, reconcile of 1,000/10,000 pods, cold start, RSS)
@@ -32,6 +34,16 @@ Options:
   --rounds N              measured rounds (default 5; a warm-up round comes first)
   --seconds S             seconds per cell (default 3; --quick: 1)
   --quick                 1 round, 1 s cells, no warm-up, 1,000-pod reconcile, 4 pod changes
+  --max-rounds N          with direct-aa among the paths: after --rounds, more sink rounds (up to N)
+                          until the A/A median of every claimed row (conn/s, req/s, Gbit/s) is within
+                          ±3 %; results.md says when it never got there (default: --rounds, no extra)
+  --max-minutes M         stop adding rounds once the sink phase has run M minutes (default 60)
+  --no-pin                leave client, sinks and loader to the scheduler (default: pinned with
+                          taskset to CPUs of their own; on 2 CPUs the client alone on the second)
+  --scale-pods N          inpod control plane: a one-node testbed with N mesh pods and the ztunnel
+                          stand-in over ZDS: time to capture all, loader RSS and idle CPU, pod change
+                          -> captured and acked p50/p99 (default 249: 250 pods on the node with
+                          ztunnel's; --quick 10; 0 skips it)
   --profile               the kernel's BPF run-time statistics on for the run: per eBPF program and
                           cell, ns and runs per request (run_time_ns / run_cnt deltas), in
                           results.json and results.md beside the end-to-end figures
@@ -73,6 +85,10 @@ export const command: Command = {
         'no-warmup': { type: 'boolean', default: false },
         prefix: { type: 'string' },
         profile: { type: 'boolean', default: false },
+        'max-rounds': { type: 'string' },
+        'max-minutes': { type: 'string' },
+        'scale-pods': { type: 'string' },
+        'no-pin': { type: 'boolean', default: false },
       },
       strict: true,
       allowPositionals: false,
@@ -88,6 +104,9 @@ export const command: Command = {
     const placements: Placement[] = list('placements', values.placements, PLACEMENTS, PLACEMENTS);
     const rounds = positiveInt('rounds', values.rounds, quick ? 1 : 5);
     const seconds = positiveInt('seconds', values.seconds, quick ? 1 : 3);
+    const maxRounds = positiveInt('max-rounds', values['max-rounds'], rounds);
+    if (maxRounds < rounds) throw new UsageError(`--max-rounds (${maxRounds}) must be at least --rounds (${rounds})`);
+    const maxMinutes = positiveInt('max-minutes', values['max-minutes'], 60);
     if (seconds > 60) throw new UsageError('--seconds must be at most 60: every load is bounded');
 
     const { runBench } = await import('../../bench/index.ts');
@@ -103,6 +122,8 @@ export const command: Command = {
         topology: values.topology, paths, workloads, placements, rounds, seconds, quick,
         warmup: !quick && !values['no-warmup'],
         profile: values.profile,
+        maxRounds, maxMinutes, pin: !values['no-pin'],
+        scalePods: values['scale-pods'] === '0' ? 0 : positiveInt('scale-pods', values['scale-pods'], quick ? 10 : 249),
         e2e: !values['no-e2e'],
         controlPlane: !values['no-control-plane'],
         outDir: values.out,

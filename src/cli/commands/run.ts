@@ -5,15 +5,19 @@ import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Command } from '../command.ts';
-import { UsageError } from '../../errors.ts';
+import { UsageError, describeError } from '../../errors.ts';
 import { logger } from '../../log.ts';
 import { mountsOf } from '../../doctor/system.ts';
 import type { PodSource } from '../../sources/types.ts';
 import type { DatapathMaps } from '../../bpf/datapath-maps.ts';
+import type { InpodDatapath } from '../../bpf/datapath-inpod.ts';
 import type { Topology } from '../../reconcile/topology.ts';
 import type { ZtunnelHandoff } from '../../reconcile/topology-inpod.ts';
 
 const log = logger('run');
+
+/** How often the loader walks its maps for fill and failed inserts (metrics, log lines). */
+const MAP_REFRESH_MS = 10_000;
 
 const USAGE = `Usage: ambpf run [--node N] (--pods-file F | --kubeconfig F | --in-cluster) [options]
 
@@ -48,8 +52,12 @@ Options:
   --bpffs DIR          pin directory (default /sys/fs/bpf/ambpf)
   --cgroup DIR         cgroup v2 directory holding the pods (default: kubelet's kubepods under the
                        cgroup v2 mount found in /proc/mounts)
-  --listen HOST:PORT   /healthz /readyz /metrics (default 127.0.0.1:15099; port 0 = ephemeral)
-  --state-file F       pod names for \`ambpf pods\` (default /run/ambpf/state.json)
+  --listen HOST:PORT   /healthz /readyz /metrics (default 127.0.0.1:15099; port 0 = ephemeral; the
+                       DaemonSet passes 0.0.0.0:15099 for Prometheus). /healthz is 503 with the reason
+                       when the watch is silent past twice --watch-stale-ms, a pin under --bpffs is
+                       missing, or (inpod) the ZDS socket is gone
+  --state-file F       pod names for \`ambpf pods\` (default /run/ambpf/state.json); next to it the ledger
+                       of what ambpf changed outside --bpffs (sysctls, routes), for \`ambpf uninstall\`
   --exclude-ports P,.. destination ports never redirected (at most 16)
   --node-ip IP,..      the node's own IPs: never redirected
   --splice             splice same-node pod<->ztunnel sockets through the sockhash (sockops +
@@ -57,7 +65,11 @@ Options:
                        here it never won and a socket in a sockhash pays the sk_msg path on every
                        write (0.5x at 1 KiB writes); see BENCHMARKS.md
   --no-splice          the default (kept for scripts)
-  --max-pods N         size of the ambient-pod and netns maps when created (default 16384)
+  --max-pods N         size of the per-pod maps when created: ambpf_pods and ambpf_netns N entries
+                       (default 16384), ambpf_inpod_listen 4 N. \`ambpf doctor\` compares it with the
+                       node's pod capacity
+  --map-sizes M=N,..   max_entries of any sized map when created, e.g. ambpf_pair_dst=131072
+                       (docs/maps.md lists them, their defaults and what happens when one is full)
   --resync-ms N        re-check pods that were not resolvable, and ztunnel's listeners (default 2000)
   --watch-stale-ms N   relist when the Kubernetes watch heard no event or bookmark for this long
                        (default 180000)
@@ -114,6 +126,7 @@ export const command: Command = {
         'watch-stale-ms': { type: 'string' },
         'watch-backoff-max-ms': { type: 'string' },
         'max-pods': { type: 'string' },
+        'map-sizes': { type: 'string' },
       },
       strict: true,
     });
@@ -165,12 +178,14 @@ export const command: Command = {
     let source: PodSource;
     let annotator: import('../../agent/annotate.ts').KubePodAnnotator | undefined;
     let watchCounters: (() => { watchRestarts: number; lastEventAt: number | undefined }) | undefined;
+    let watchStaleMs: number | undefined;
     if (values['pods-file'] !== undefined) {
       const { createPodsFileSource } = await import('../../sources/pods-file.ts');
       source = createPodsFileSource({ path: values['pods-file'] });
     } else {
       const { loadKubeConfig } = await import('../../kube/config.ts');
-      const { createKubeSource } = await import('../../sources/kube.ts');
+      const { createKubeSource, KUBE_SOURCE_DEFAULTS } = await import('../../sources/kube.ts');
+      watchStaleMs = staleAfterMs ?? KUBE_SOURCE_DEFAULTS.staleAfterMs;
       const kubeConfig = loadKubeConfig({ kubeconfig: values.kubeconfig, inCluster: values['in-cluster'] });
       const kube = createKubeSource({ kubeConfig, nodeName: node, staleAfterMs, backoffMaxMs });
       if (values.mode === 'inpod') {
@@ -182,17 +197,28 @@ export const command: Command = {
       source = kube;
     }
 
-    const mapSizes = maxPods === undefined ? {} : { ambpf_pods: maxPods, ambpf_netns: maxPods };
+    const { mapSizesFrom, MapMonitor } = await import('../../metrics/map-health.ts');
+    let mapSizes: Record<string, number>;
+    try {
+      mapSizes = mapSizesFrom(maxPods, values['map-sizes']);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    // What it changes outside bpffs (sysctls, routes) is recorded next to the state file, for uninstall.
+    const { ledgerPath } = await import('../../bpf/sysctl.ts');
+    const ledger = ledgerPath(values.bpffs, dirname(values['state-file']));
     // The topology wraps its datapath: the reconciler sees the Topology contract only.
-    let datapath: { readonly maps: DatapathMaps; readonly links: unknown; close(): void };
+    let datapath: { readonly maps: DatapathMaps; readonly links: object; close(): void };
     let topologyWith: (handoff: ZtunnelHandoff | undefined) => Topology;
+    let inpodMaps: InpodDatapath['inpodMaps'] | undefined;
     if (values.mode === 'inpod') {
-      const dp = await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+      const dp = await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes, ledger });
       const { InpodTopology } = await import('../../reconcile/topology-inpod.ts');
       datapath = dp;
+      inpodMaps = dp.inpodMaps;
       topologyWith = (handoff) => new InpodTopology(dp, { handoff });
     } else {
-      const dp = await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes });
+      const dp = await openDatapath({ bpffs: values.bpffs, cgroup, mapSizes, ledger });
       const { NodeTopology } = await import('../../reconcile/topology-node.ts');
       datapath = dp;
       topologyWith = () => new NodeTopology(dp);
@@ -248,10 +274,49 @@ export const command: Command = {
       });
     }
     let ready = false;
-    const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters });
+    // Map fill is walked here, on the loader's clock, and logged when a map fills or inserts fail;
+    // /metrics reads the last figures (a scrape never walks a map).
+    const allMaps = {
+      ...datapath.maps.raw,
+      ...(inpodMaps ? { ambpf_inpod_closed: inpodMaps.closed, ambpf_inpod_listen: inpodMaps.listen, ambpf_inpod_origsrc: inpodMaps.origsrc,
+        ambpf_inpod_nodesyn: inpodMaps.nodesyn, ambpf_inpod_sk: inpodMaps.sk, ambpf_inpod_dns: inpodMaps.dns } : {}),
+    };
+    const mapMonitor = new MapMonitor({ maps: () => allMaps, stats: () => datapath.maps.stats(), loaderFailures: () => reconciler.stats.mapFullByMap,
+      loaderGeneration: () => reconciler.stats.passes });
+    mapMonitor.refresh();
+    const mapTimer = setInterval(() => {
+      try {
+        mapMonitor.refresh();
+      } catch (err) {
+        log.error({ err: describeError(err) }, 'reading map fill failed');
+      }
+    }, MAP_REFRESH_MS);
+    mapTimer.unref();
+    const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters, mapMonitor });
+    const { healthProblems } = await import('../../server/health.ts');
+    const { linkPin, mapPin } = await import('../../bpf/pins.ts');
+    const { MAP_NAMES } = await import('../../bpf/names.ts');
+    const pins = [...Object.keys(datapath.links).map((hook) => linkPin(values.bpffs, hook)), ...MAP_NAMES.map((m) => mapPin(values.bpffs, m))];
+    let lastProblems = '';
     const { server } = await startHttpServer(values.listen, {
       ready: () => ready,
       notReadyReason: () => (source.health().synced ? 'first reconcile not finished' : 'pod source not synced yet'),
+      problems: () => {
+        const problems = healthProblems({
+          source: () => source.health(),
+          staleAfterMs: watchStaleMs,
+          pins: () => pins,
+          zds: handoff ? () => handoff.serverProblem() : undefined,
+        });
+        // Said once per change, not on every probe.
+        const line = problems.join('; ');
+        if (line !== lastProblems) {
+          if (line) log.error({ problems }, `unhealthy: ${line}`);
+          else if (lastProblems) log.info('healthy again');
+          lastProblems = line;
+        }
+        return problems;
+      },
     }, registry);
 
     let stopping = false;
@@ -261,6 +326,7 @@ export const command: Command = {
         stopping = true;
         log.info({ signal }, 'stopping: the watch ends, pins stay (traffic keeps flowing)');
         resync?.stop();
+        clearInterval(mapTimer);
         void (async () => {
           await source.stop();
           await cni?.close();

@@ -8,8 +8,9 @@ What ambpf has in the kernel under DIR, and whether it works:
   - attached programs: every link pinned under DIR/links (hook, link id, program id and name, and
     its target: cgroup path, interface, or netns), plus sk_msg on the sockhash (prog_attach);
     defunct links (their cgroup, interface or netns is gone) are marked PROBLEM;
-  - map fill: entries / max_entries of ambpf_pods, ambpf_netns, ambpf_pair_dst and ambpf_outflow,
-    marked PRESSURE from 80% (a full map makes the loader fail updates, the programs miss);
+  - map fill: entries / max_entries of every map the loader or the programs fill, marked PRESSURE
+    from 80%, and the inserts the programs could not make (docs/maps.md: what a full map does);
+    pods the loader wants that ambpf_pods lacks are listed as NOT CAPTURED;
   - ztunnel: the address and ports in ambpf_ztunnel and whether it is READY (nothing is redirected
     until it is);
   - counters: the non-zero counters of ambpf_stats, summed over CPUs, grouped by program;
@@ -31,7 +32,16 @@ export const command: Command = {
     const { withPinnedView } = await import('../../status/view.ts');
     const { collectStatus, renderStatus } = await import('../../status/status.ts');
     const { readLinks } = await import('../../status/links.ts');
-    const report = withPinnedView(o, (maps, state) => collectStatus({ bpffs: o.bpffs, maps, links: readLinks(o.bpffs), stateFile: o.stateFile, state }));
+    const { openPinnedSpecMaps, MAP_SPECS } = await import('../../metrics/map-health.ts');
+    const report = withPinnedView(o, (maps, state) => {
+      // The inpod topology's own maps (absent pins: the node topology) go in the fill table too.
+      const extra = openPinnedSpecMaps(o.bpffs, MAP_SPECS.map((m) => m.map).filter((n) => !(n in maps.raw)));
+      try {
+        return collectStatus({ bpffs: o.bpffs, maps, links: readLinks(o.bpffs), stateFile: o.stateFile, state, extraMaps: extra.maps });
+      } finally {
+        extra.close();
+      }
+    });
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : renderStatus(report));
     return 0;
   },

@@ -3,8 +3,9 @@
 // ipv6_enabled_localhost reads net.ipv6.conf.lo.disable_ipv6 inside the pod) — every socket made in
 // the pod's netns, marked 0x539 and SO_REUSEPORT (src/inpod/config.rs). Names of the testbed zone
 // (a map from the config: "<pod>.<ns>.svc.cluster.local" -> pod IP) are answered here; anything else is
-// forwarded to the upstream resolver over the same protocol, from a socket made in the pod's netns
-// and marked 0x539, so no redirect captures it again.
+// forwarded to the upstream resolver from a socket made in the pod's netns and marked 0x539, so no
+// redirect captures it again. ztunnel's forwarder is a resolver (hickory, src/dns/forwarder.rs): it
+// asks the upstream over UDP whatever the client used, and again over TCP when the answer is truncated.
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
@@ -24,6 +25,8 @@ export interface DnsOptions {
   readonly where: string;
   /** Lower-case names without the trailing dot -> addresses (v4 answer A, v6 answer AAAA). */
   readonly records: ReadonlyMap<string, readonly string[]>;
+  /** The client pod's namespace (ztunnel knows its workload): short names and search domains. */
+  readonly namespace?: string;
   /** The resolver for everything else; undefined = SERVFAIL. */
   readonly upstream: SockAddr | undefined;
   readonly warn: (msg: string) => void;
@@ -33,27 +36,89 @@ export function normalizeName(name: string): string {
   return name.replace(/\.$/, '').toLowerCase();
 }
 
-/** Answers a query from the zone, or undefined when a name is not in it (then it is forwarded). */
-export function answerFromZone(query: Packet, records: ReadonlyMap<string, readonly string[]>): Buffer | undefined {
-  const questions = query.questions ?? [];
-  if (questions.length === 0) return undefined;
-  const answers: Answer[] = [];
-  for (const q of questions) {
-    const ips = records.get(normalizeName(q.name));
-    if (ips === undefined) return undefined;
-    // A name we know but a type we have no data for: NOERROR with no answer (NODATA), as ztunnel.
-    const want = q.type === 'A' ? 4 : q.type === 'AAAA' ? 6 : 0;
-    for (const ip of ips) {
-      if (familyOf(ip) === want)
-        answers.push({ type: q.type === 'A' ? 'A' : 'AAAA', name: q.name, ttl: TTL, class: 'IN', data: ip });
+/** kube-dns's domain; ztunnel's CLUSTER_DOMAIN default. */
+const CLUSTER_DOMAIN = 'cluster.local';
+
+interface Alias {
+  readonly name: string;
+  /** The name with one of the client's search domains taken off, when this alias came from that. */
+  readonly stripped?: string;
+}
+
+/**
+ * The Kubernetes FQDNs a short name can stand for, from a client in `ns` (ztunnel's to_kube_fqdns):
+ * svc -> svc.<ns>.svc.<domain>; a.b -> a.b.svc.<domain>, a.b.<ns>.svc.<domain>; a.b.c -> a.b.c.<domain>
+ * when c is "svc", and a.b.c.svc.<domain>; a.b.c.svc -> a.b.c.svc.<domain>.
+ */
+export function kubeFqdns(name: string, ns: string): string[] {
+  const labels = name.split('.');
+  const svcDomain = `svc.${CLUSTER_DOMAIN}`;
+  const endsSvc = labels.at(-1) === 'svc';
+  switch (labels.length) {
+    case 1: return [`${name}.${ns}.${svcDomain}`];
+    case 2: return [`${name}.${svcDomain}`, `${name}.${ns}.${svcDomain}`];
+    case 3: return [...(endsSvc ? [`${name}.${CLUSTER_DOMAIN}`] : []), `${name}.${svcDomain}`];
+    case 4: return endsSvc ? [`${name}.${CLUSTER_DOMAIN}`] : [];
+    default: return [];
+  }
+}
+
+/**
+ * The names a query may mean, in ztunnel's order (src/dns/server.rs get_aliases): the name itself, its
+ * Kubernetes expansions, then with each search domain of the client taken off (PROXY_MODE=shared:
+ * <ns>.svc.<domain>, svc.<domain>, <domain>) and that name's expansions. Without a namespace (a proxy
+ * that does not know its client) only the name itself.
+ */
+export function aliasesOf(name: string, ns: string | undefined): Alias[] {
+  const out = new Map<string, Alias>([[name, { name }]]);
+  if (ns === undefined) return [...out.values()];
+  const add = (a: Alias): void => {
+    if (!out.has(a.name)) out.set(a.name, a);
+  };
+  for (const fqdn of kubeFqdns(name, ns)) add({ name: fqdn });
+  for (const search of [`${ns}.svc.${CLUSTER_DOMAIN}`, `svc.${CLUSTER_DOMAIN}`, CLUSTER_DOMAIN]) {
+    if (!name.endsWith(`.${search}`)) continue;
+    const stripped = name.slice(0, -search.length - 1);
+    add({ name: stripped, stripped });
+    for (const fqdn of kubeFqdns(stripped, ns)) add({ name: fqdn, stripped });
+  }
+  return [...out.values()];
+}
+
+/**
+ * Answers a query from the zone as ztunnel answers the hosts it knows, or undefined when it would
+ * forward it: only the first question counts (hickory's request), only A and AAAA are answered here
+ * (other types of a known name are forwarded too), and a name found after a search domain was taken
+ * off is answered with a CNAME to that name, then its addresses.
+ */
+export function answerFromZone(query: Packet, records: ReadonlyMap<string, readonly string[]>, ns?: string): Buffer | undefined {
+  const q = query.questions?.[0];
+  if (q === undefined || (q.type !== 'A' && q.type !== 'AAAA')) return undefined;
+  const requested = normalizeName(q.name);
+  let match: { alias: Alias; ips: readonly string[] } | undefined;
+  for (const alias of aliasesOf(requested, ns)) {
+    const ips = records.get(alias.name);
+    if (ips !== undefined) {
+      match = { alias, ips };
+      break;
     }
   }
+  if (match === undefined) return undefined;
+  const answers: Answer[] = [];
+  let owner = q.name;
+  // A name we know but a family it has no address of: NOERROR with no answer (NODATA), as ztunnel.
+  const ips = match.ips.filter((ip) => familyOf(ip) === (q.type === 'A' ? 4 : 6));
+  if (match.alias.stripped !== undefined && ips.length > 0) {
+    answers.push({ type: 'CNAME', name: q.name, ttl: TTL, class: 'IN', data: match.alias.stripped });
+    owner = match.alias.stripped;
+  }
+  for (const ip of ips) answers.push({ type: q.type, name: owner, ttl: TTL, class: 'IN', data: ip });
   const rd = (query.flags ?? 0) & dnsPacket.RECURSION_DESIRED;
   return dnsPacket.encode({
     id: query.id ?? 0,
     type: 'response',
     flags: dnsPacket.AUTHORITATIVE_ANSWER | dnsPacket.RECURSION_AVAILABLE | rd,
-    questions,
+    questions: [q],
     answers,
   });
 }
@@ -67,6 +132,11 @@ function servfail(raw: Buffer): Buffer {
   out.writeUInt16BE(0, 8);
   out.writeUInt16BE(0, 10);
   return out;
+}
+
+/** The TC bit: a UDP answer cut to fit, to be asked again over TCP. */
+function isTruncated(answer: Buffer): boolean {
+  return answer.length >= 4 && (answer.readUInt16BE(2) & dnsPacket.TRUNCATED_RESPONSE) !== 0;
 }
 
 /** IPv6 on the pod's loopback, read inside its netns (/proc/sys/net follows the reading thread's netns). */
@@ -136,27 +206,28 @@ export class DnsProxy {
     this.addresses.push(host);
   }
 
-  async #resolve(raw: Buffer, over: 'udp' | 'tcp'): Promise<Buffer> {
+  async #resolve(raw: Buffer): Promise<Buffer> {
     let query: Packet;
     try {
       query = dnsPacket.decode(raw);
     } catch {
       return servfail(raw);
     }
-    const local = answerFromZone(query, this.#opts.records);
+    const local = answerFromZone(query, this.#opts.records, this.#opts.namespace);
     if (local) return local;
     const up = this.#opts.upstream;
     if (!up) return servfail(raw);
     try {
-      return over === 'udp' ? await this.#forwardUdp(raw, up) : await this.#forwardTcp(raw, up);
+      const answer = await this.#forwardUdp(raw, up);
+      return isTruncated(answer) ? await this.#forwardTcp(raw, up) : answer;
     } catch (e) {
-      this.#opts.warn(`dns forward to ${up.ip}:${up.port} over ${over}: ${(e as Error).message}`);
+      this.#opts.warn(`dns forward to ${up.ip}:${up.port}: ${(e as Error).message}`);
       return servfail(raw);
     }
   }
 
   async #onUdp(sock: dgram.Socket, msg: Buffer, rinfo: dgram.RemoteInfo): Promise<void> {
-    const answer = await this.#resolve(msg, 'udp');
+    const answer = await this.#resolve(msg);
     sock.send(answer, rinfo.port, rinfo.address);
   }
 
@@ -171,7 +242,7 @@ export class DnsProxy {
         const len = buf.readUInt16BE(0);
         const msg = buf.subarray(2, 2 + len);
         buf = buf.subarray(2 + len);
-        void this.#resolve(msg, 'tcp').then((answer) => {
+        void this.#resolve(msg).then((answer) => {
           const framed = Buffer.alloc(2 + answer.length);
           framed.writeUInt16BE(answer.length, 0);
           answer.copy(framed, 2);

@@ -41,7 +41,7 @@ function writeState(s: ManagerState): void {
 async function startProxies(uid: string, info: WorkloadInfo, netnsFd: number): Promise<RunningProxy> {
   const where = `${info.namespace}/${info.name}`;
   const warn = (msg: string): void => log.warn({ uid, workload: where }, msg);
-  const dns = await DnsProxy.start({ netnsFd, where, records, upstream: dnsUpstream, warn });
+  const dns = await DnsProxy.start({ netnsFd, where, records, namespace: info.namespace, upstream: dnsUpstream, warn });
   let proxy: WorkloadProxy;
   try {
     proxy = await WorkloadProxy.start({

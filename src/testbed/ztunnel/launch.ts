@@ -34,7 +34,7 @@ export async function startStandIns(tb: Testbed, opts: { origSrc?: boolean } = {
   if (!existsSync(pkiPaths(info.pkiDir).cert)) await makePki(info.pkiDir);
   const dir = join(info.runDir, 'standin');
   mkdirSync(dir, { recursive: true });
-  const meshIps = info.pods.filter((p) => p.mesh).map((p) => p.ip);
+  const meshIps = info.pods.filter((p) => p.mesh).flatMap((p) => p.ips);
   const procs: { proc: TestbedProcess; ready: string; where: string }[] = [];
   for (const z of info.ztunnels) {
     const zpod = tb.pod(`istio-system/${z.pod}`);
@@ -152,7 +152,7 @@ function spawnZtunnel(tb: Testbed, fleet: ZtunnelFleet, node: string): ZtunnelHa
     node,
     logPath: z.logPath,
     pkiDir: tb.info.pkiDir,
-    meshIps: tb.pods.filter((p) => p.mesh).map((p) => p.ip),
+    meshIps: tb.pods.filter((p) => p.mesh).flatMap((p) => p.ips),
     zdsSocket: fleet.opts.zdsSocket(node),
     origSrc: fleet.opts.origSrc ?? true,
     dnsRecords: testbedDnsRecords(tb),

@@ -102,10 +102,14 @@ function hboneClient(peer: string, headers: http2.IncomingHttpHeaders): string {
 
 /** The original destination the way ztunnel learns it (src/socket.rs orig_dst_addr_or_default). */
 function learnOriginalDst(s: net.Socket): { dst: SockAddr; from: string } {
+  // ztunnel's accept (tokio) asks for the peer's address, which runs the inpod getpeername program on
+  // the accepted socket: that is where the client's original is handed over (bpf/ambpf_inpod.bpf.c).
+  // libuv accepts without it, so ask as ztunnel would before SO_ORIGINAL_DST.
+  void s.remoteAddress;
   const fd = socketFd(s);
   const local = unmap(s.localAddress);
-  const viaSockopt = fd === undefined ? undefined : originalDst(fd, !local.includes(':'));
-  if (viaSockopt) return { dst: viaSockopt, from: 'SO_ORIGINAL_DST' };
+  const viaSockopt = fd === undefined ? undefined : originalDst(fd);
+  if (viaSockopt) return { dst: viaSockopt.addr, from: viaSockopt.option };
   return { dst: { ip: local, port: s.localPort ?? 0 }, from: 'local-address' };
 }
 

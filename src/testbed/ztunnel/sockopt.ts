@@ -5,7 +5,7 @@
 // (`net.Socket({ fd })`, `server.listen({ fd })`, `dgram` `bind({ fd })`).
 import { SystemError } from '../../errors.ts';
 import { lastErrno, libcRaw as c } from '../../libbpf/ffi.ts';
-import { ipToBytes } from '../../bpf/schema.ts';
+import { bytesToIp, ipToBytes } from '../../bpf/schema.ts';
 import { LINUX_SOCKET } from '../../libbpf/constants.ts';
 
 const { AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT, SO_MARK, SOL_IP, SOL_IPV6, IP_FREEBIND, IP_TRANSPARENT } = LINUX_SOCKET;
@@ -77,28 +77,31 @@ function decodeSockaddr(buf: Buffer): SockAddr | undefined {
   const family = buf.readUInt16LE(0);
   const port = buf.readUInt16BE(2);
   if (family === AF_INET) return { ip: [...buf.subarray(4, 8)].join('.'), port };
-  if (family === AF_INET6) {
-    const raw = buf.subarray(8, 24);
-    if (raw.subarray(0, 10).every((b) => b === 0) && raw[10] === 0xff && raw[11] === 0xff)
-      return { ip: [...raw.subarray(12, 16)].join('.'), port };
-    const groups: string[] = [];
-    for (let i = 0; i < 16; i += 2) groups.push(raw.readUInt16BE(i).toString(16));
-    return { ip: groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::'), port };
-  }
+  // RFC 5952 text, a v4-mapped address as the IPv4 it stands for (src/ip.ts).
+  if (family === AF_INET6) return { ip: bytesToIp(buf.subarray(8, 24)), port };
   return undefined;
 }
 
-/**
- * The original destination exactly as ztunnel asks for it: getsockopt(SOL_IP, SO_ORIGINAL_DST) for an
- * IPv4 (or v4-mapped) peer, getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) for IPv6. undefined when the
- * kernel has no answer (no NAT conntrack entry and no BPF getsockopt program answering).
- */
-export function originalDst(fd: number, peerIsV4: boolean): SockAddr | undefined {
+/** Which option answered: SO_ORIGINAL_DST (SOL_IP) or IP6T_SO_ORIGINAL_DST (SOL_IPV6). */
+export type OrigDstOption = 'SO_ORIGINAL_DST' | 'IP6T_SO_ORIGINAL_DST';
+
+function getOrigDst(fd: number, level: number): SockAddr | undefined {
   const buf = Buffer.alloc(28);
   const len = [28];
-  const rc = c.getsockopt(fd, peerIsV4 ? SOL_IP : SOL_IPV6, SO_ORIGINAL_DST, buf, len);
-  if (rc !== 0) return undefined;
-  return decodeSockaddr(buf);
+  return c.getsockopt(fd, level, SO_ORIGINAL_DST, buf, len) === 0 ? decodeSockaddr(buf) : undefined;
+}
+
+/**
+ * The original destination exactly as ztunnel asks for it (src/socket.rs orig_dst_addr): first
+ * getsockopt(SOL_IP, SO_ORIGINAL_DST), whatever the socket's family, then getsockopt(SOL_IPV6,
+ * IP6T_SO_ORIGINAL_DST); with the option that answered. undefined when neither has an answer (no NAT
+ * conntrack entry and no BPF getsockopt program answering).
+ */
+export function originalDst(fd: number): { addr: SockAddr; option: OrigDstOption } | undefined {
+  const v4 = getOrigDst(fd, SOL_IP);
+  if (v4) return { addr: v4, option: 'SO_ORIGINAL_DST' };
+  const v6 = getOrigDst(fd, SOL_IPV6);
+  return v6 ? { addr: v6, option: 'IP6T_SO_ORIGINAL_DST' } : undefined;
 }
 
 /** sockaddr_in / sockaddr_in6 for any literal address of the socket's family. */
