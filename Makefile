@@ -11,9 +11,9 @@ TSC   := $(NODE) node_modules/typescript/bin/tsc
 # Debian packages the build, the tests and the demo use.
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 libelf-dev zlib1g-dev bpftool iproute2 iptables nftables ipset \
                 curl iperf3 wrk nginx util-linux procps psmisc openssl gcc libc6-dev containernetworking-plugins \
-                dnsmasq-base dnsperf
+                dnsmasq-base dnsperf clang-format
 
-.PHONY: help deps apt node bpf cni typecheck lint test demo kernels clean
+.PHONY: help deps apt node bpf cni typecheck lint format format-check test demo kernels clean
 help:
 	@echo "make demo   - run the local two-node demo on the eBPF path"
 	@echo "make test   - typecheck and run the test suite (as root, on this kernel)"
@@ -56,9 +56,20 @@ typecheck: node
 lint: node
 	$(NODE) node_modules/eslint/bin/eslint.js .
 
+# Layout: Prettier for the TypeScript (.prettierrc.json), clang-format in the kernel's style for the C
+# (.clang-format). `make format` rewrites; `make test` only checks, so a mis-formatted change fails CI.
+PRETTIER  := $(NODE) node_modules/prettier/bin/prettier.cjs
+C_SOURCES  = $(wildcard bpf/*.c bpf/include/*.h cni/*.c)
+format: node
+	$(PRETTIER) --log-level warn --write .
+	clang-format -i $(C_SOURCES)
+format-check: node
+	$(PRETTIER) --log-level warn --check .
+	clang-format --dry-run --Werror $(C_SOURCES)
+
 # scripts/leftovers.ts: the suite as a whole leaves no netns, cgroup, pin, BPF program or link,
 # interface or iptables rule behind (each test file also checks its own).
-test: deps typecheck lint bpf cni
+test: deps typecheck lint format-check bpf cni
 	@mkdir -p build && $(NODE) scripts/leftovers.ts snapshot build/leftovers-before.json
 	$(TAP)
 	$(NODE) scripts/leftovers.ts check build/leftovers-before.json
