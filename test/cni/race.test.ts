@@ -23,14 +23,21 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const PLUGIN = join(ROOT, 'build/cni/ambpf-cni');
 const PORT = 8080;
 const PODS = Number(process.env['AMBPF_CNI_RACE_PODS'] ?? 200);
-/** The ADD loop stops here even if not all PODS are created (a busy machine); at least MIN_PODS must. */
-const BUDGET_MS = Number(process.env['AMBPF_CNI_RACE_BUDGET_MS'] ?? 50_000);
-const MIN_PODS = Math.min(PODS, 50);
+/**
+ * A bound on the ADD loop, not a speed claim: all PODS must be created within it (issue 17 asks for
+ * 200). One sandbox takes ~190 ms at load 6 and ~600 ms with both cores busy, so 200 fit with room
+ * inside tap's 300 s per file.
+ */
+const BUDGET_MS = Number(process.env['AMBPF_CNI_RACE_BUDGET_MS'] ?? 200_000);
+const MIN_PODS = PODS;
 const haveBridge = existsSync(join(DEBIAN_CNI_BIN, 'bridge'));
 
 const spec: TestbedSpec = {
   nodes: [{ name: 'node1', ztunnel: true }],
-  namespaces: [{ name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } }, { name: 'plain', labels: {} }],
+  namespaces: [
+    { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } },
+    { name: 'plain', labels: {} },
+  ],
   pods: [
     { name: 'server', namespace: 'plain', node: 'node1' },
     // The template of the sandboxes' TestbedPod (node, namespace); never created through the chain.
@@ -79,8 +86,12 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
   }
   const node = tb.node('node1');
   const chain = new CniChain({
-    plugin: PLUGIN, socketPath: join(tb.info.runDir, 'cni.sock'), nodeNetnsPath: node.netnsPath, bridge: 'ambcni0',
-    subnet: '198.19.200.0/24', ipamDir: join(tb.info.runDir, 'ipam'),
+    plugin: PLUGIN,
+    socketPath: join(tb.info.runDir, 'cni.sock'),
+    nodeNetnsPath: node.netnsPath,
+    bridge: 'ambcni0',
+    subnet: '198.19.200.0/24',
+    ipamDir: join(tb.info.runDir, 'ipam'),
   });
   // The sandboxes' Pod objects exist before their sandboxes, as in Kubernetes: Pending, no IP.
   const boxes: Sandbox[] = Array.from({ length: PODS }, (_, i) => {
@@ -89,14 +100,21 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
     const cgroup = join(node.kubepodsCgroup, 'besteffort', `pod${uid}`, 'c1');
     const netnsPath = `/run/netns/${tb.info.prefix}-${name}`;
     const pod: TestbedPod = {
-      ...tb.pod('template'), name, uid, netnsPath, containerCgroupPath: cgroup, ip: '', ips: [],
+      ...tb.pod('template'),
+      name,
+      uid,
+      netnsPath,
+      containerCgroupPath: cgroup,
+      ip: '',
+      ips: [],
     };
     return { name, uid, namespace: 'mesh', containerId: `${name}-sandbox`, netnsPath, pod };
   });
   editPodsFile(join(tb.info.runDir, 'pods.json'), (list) => {
     for (const b of boxes) {
       list.items.push({
-        apiVersion: 'v1', kind: 'Pod',
+        apiVersion: 'v1',
+        kind: 'Pod',
         metadata: { name: b.name, namespace: 'mesh', uid: b.uid, labels: {}, annotations: {}, resourceVersion: '9000' },
         spec: { nodeName: 'node1', containers: [{ name: 'app', image: 'registry.local/ambtb/pause:1' }] },
         status: { phase: 'Pending' },
@@ -131,34 +149,49 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
   const addLoopMs = Date.now() - started;
   const results = await Promise.all(connects);
   t.same(failures, [], 'every chain ADD succeeded');
-  t.ok(times.length >= MIN_PODS,
-    `${times.length} of ${PODS} sandboxes within the ${BUDGET_MS} ms budget (at least ${MIN_PODS})`);
-  const failed = results.filter(([, c]) => c.exitCode !== 0)
+  t.ok(
+    times.length >= MIN_PODS,
+    `${times.length} of ${PODS} sandboxes within the ${BUDGET_MS} ms budget (at least ${MIN_PODS})`,
+  );
+  const failed = results
+    .filter(([, c]) => c.exitCode !== 0)
     .map(([name, c]) => `${name}: curl ${c.exitCode} ${c.stderr.trim()}`);
   t.same(failed, [], 'every first connection succeeded');
   // ztunnel logs a connection when it ends: each sandbox's IP as the source of an outbound leg.
-  const viaZtunnel = (): Set<string> => new Set(tb.ztunnelLog('node1')
-    .filter((e) => e.direction === 'outbound').map((e) => e.source.split(':')[0] ?? ''));
+  const viaZtunnel = (): Set<string> =>
+    new Set(
+      tb
+        .ztunnelLog('node1')
+        .filter((e) => e.direction === 'outbound')
+        .map((e) => e.source.split(':')[0] ?? ''),
+    );
   const missing = (): string[] => [...ips].filter(([, ip]) => !viaZtunnel().has(ip)).map(([name]) => name);
   await eventually(() => missing().length === 0, 10_000, 'ztunnel to log every connection').catch(() => undefined);
   t.same(missing(), [], 'every first connection reached ztunnel; none went direct');
 
   times.sort((a, b) => a - b);
   const q = (p: number): string => times[Math.min(times.length - 1, Math.floor(p * times.length))]!.toFixed(0);
-  t.comment(`ADD of ambpf-cni after bridge, ${times.length} pods in ${(addLoopMs / 1000).toFixed(1)} s: `
-    + `median ${q(0.5)} ms, p99 ${q(0.99)} ms, max ${times.at(-1)!.toFixed(0)} ms`);
+  t.comment(
+    `ADD of ambpf-cni after bridge, ${times.length} pods in ${(addLoopMs / 1000).toFixed(1)} s: ` +
+      `median ${q(0.5)} ms, p99 ${q(0.99)} ms, max ${times.at(-1)!.toFixed(0)} ms`,
+  );
 
   // Where the agent spent ADD's time (its log: decide, arm = a reconcile pass, ack = ZDS Add to ack),
   // and what its passes cost: ADD's pass queues behind the one a previous ack started.
   const logged = (msg: (m: string) => boolean): Array<Record<string, number>> =>
-    loader.logLines().filter((l) => msg(String(l['msg']))).map((l) => l['phases'] as Record<string, number>);
+    loader
+      .logLines()
+      .filter((l) => msg(String(l['msg'])))
+      .map((l) => l['phases'] as Record<string, number>);
   const median = (rows: Array<Record<string, number>>, k: string): string =>
     (rows.map((r) => r[k] ?? 0).sort((a, b) => a - b)[rows.length >> 1] ?? 0).toFixed(1);
   const adds = logged((m) => m.startsWith('CNI ADD: captured'));
   const passes = logged((m) => m === 'reconciled');
-  t.comment(`agent side, median ms: decide ${median(adds, 'decide')}, arm ${median(adds, 'arm')}, `
-    + `ack ${median(adds, 'ack')}; ${passes.length} passes, median ms: resolve ${median(passes, 'resolve')}, `
-    + `apply ${median(passes, 'apply')}, state file ${median(passes, 'stateFile')}`);
+  t.comment(
+    `agent side, median ms: decide ${median(adds, 'decide')}, arm ${median(adds, 'arm')}, ` +
+      `ack ${median(adds, 'ack')}; ${passes.length} passes, median ms: resolve ${median(passes, 'resolve')}, ` +
+      `apply ${median(passes, 'apply')}, state file ${median(passes, 'stateFile')}`,
+  );
 
   // No DEL here: plugin.test.ts covers it; the teardown removes the sandboxes' netns and the node.
 });
