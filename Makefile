@@ -59,7 +59,7 @@ lint: node
 # Layout: Prettier for the TypeScript (.prettierrc.json), clang-format in the kernel's style for the C
 # (.clang-format). `make format` rewrites; `make test` only checks, so a mis-formatted change fails CI.
 PRETTIER  := $(NODE) node_modules/prettier/bin/prettier.cjs
-C_SOURCES  = $(wildcard bpf/*.c bpf/include/*.h cni/*.c)
+C_SOURCES  = $(wildcard bpf/*.c bpf/include/*.h cni/*.c kernels/*/*.c kernels/*/*.h)
 format: node
 	$(PRETTIER) --log-level warn --write .
 	clang-format -i $(C_SOURCES)

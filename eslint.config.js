@@ -36,7 +36,8 @@ const LAYERS = [
   {
     from: ['src/reconcile/'],
     deny: ['src/libbpf/', 'src/cli/', 'src/agent/'],
-    why: 'reconcile drives the datapath (src/bpf) through the Topology contract and never calls libbpf ' +
+    why:
+      'reconcile drives the datapath (src/bpf) through the Topology contract and never calls libbpf ' +
       'itself; the CLI and the agent drive reconcile, not the other way',
   },
   {
@@ -51,12 +52,7 @@ const LAYERS = [
   },
   {
     from: ['src/'],
-    except: [
-      ...NOT_PRODUCTION,
-      'src/demo/',
-      'src/cli/commands/testbed.ts',
-      'src/cli/commands/bench.ts',
-    ],
+    except: [...NOT_PRODUCTION, 'src/demo/', 'src/cli/commands/testbed.ts', 'src/cli/commands/bench.ts'],
     deny: NOT_PRODUCTION,
     why: 'the testbed, the bench and the baseline stay out of the production image',
   },
@@ -67,7 +63,9 @@ const under = (path, prefixes) => prefixes.some((p) => (p.endsWith('/') ? path.s
 /** The repository path an import specifier names, or undefined for a package or a builtin. */
 function target(file, spec) {
   if (typeof spec !== 'string' || !spec.startsWith('.')) return undefined;
-  return relative(ROOT, resolve(dirname(file), spec)).split(sep).join('/');
+  return relative(ROOT, resolve(dirname(file), spec))
+    .split(sep)
+    .join('/');
 }
 
 /** Every way a module names another: import/export ... from, import(), and import('x').T in types. */
@@ -90,7 +88,12 @@ const layers = {
         if (denied) context.report({ node, messageId: 'layer', data: { from: file, to, why: l.why } });
       }
     };
-    const literal = (n) => (n?.type === 'Literal' ? n.value : n?.type === 'TemplateLiteral' && n.expressions.length === 0 ? n.quasis[0].value.cooked : undefined);
+    const literal = (n) =>
+      n?.type === 'Literal'
+        ? n.value
+        : n?.type === 'TemplateLiteral' && n.expressions.length === 0
+          ? n.quasis[0].value.cooked
+          : undefined;
     return {
       ImportDeclaration: (n) => check(n, n.source.value),
       ExportNamedDeclaration: (n) => n.source && check(n, n.source.value),
@@ -102,7 +105,12 @@ const layers = {
 };
 
 /** Unused names are dead code; a leading _ says "unused on purpose" (a destructured field left out). */
-const UNUSED = { varsIgnorePattern: '^_', argsIgnorePattern: '^_', destructuredArrayIgnorePattern: '^_', ignoreRestSiblings: true };
+const UNUSED = {
+  varsIgnorePattern: '^_',
+  argsIgnorePattern: '^_',
+  destructuredArrayIgnorePattern: '^_',
+  ignoreRestSiblings: true,
+};
 
 export default defineConfig(
   {
@@ -130,15 +138,26 @@ export default defineConfig(
       // Typed errors (src/errors.ts): a thrown string carries no context and no exit code.
       '@typescript-eslint/only-throw-error': 'error',
       // One libc/libbpf binding (src/libbpf/ffi.ts): koffi is loaded there and nowhere else.
-      'no-restricted-imports': ['error', {
-        paths: [{ name: 'koffi', message: 'Bind C through src/libbpf/ffi.ts (libcRaw, raw), the one place koffi loads a library.' }],
-      }],
-      'no-restricted-syntax': ['error', {
-        selector:
-          "BinaryExpression[operator=/^[!=]==?$/]:matches([left.name='errno'], [left.property.name='errno'])" +
-          "[right.type=/^(Literal|UnaryExpression)$/]",
-        message: "Compare errno by name: err.code === 'ENOENT', or ERRNO.ENOENT from src/errors.ts.",
-      }],
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: [
+            {
+              name: 'koffi',
+              message: 'Bind C through src/libbpf/ffi.ts (libcRaw, raw), the one place koffi loads a library.',
+            },
+          ],
+        },
+      ],
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector:
+            "BinaryExpression[operator=/^[!=]==?$/]:matches([left.name='errno'], [left.property.name='errno'])" +
+            '[right.type=/^(Literal|UnaryExpression)$/]',
+          message: "Compare errno by name: err.code === 'ENOENT', or ERRNO.ENOENT from src/errors.ts.",
+        },
+      ],
     },
   },
   {

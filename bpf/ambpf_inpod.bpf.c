@@ -63,9 +63,9 @@
 #include "include/ambpf_sockaddr.h"
 #include "include/ambpf_sockopt.h"
 
-#define INPOD_LOOPBACK4        bpf_htonl(0x7f000001) /* 127.0.0.1 */
-#define INPOD_DNS_PORT_BE      bpf_htons(AMBPF_DNS_PORT)
-#define INPOD_DNS_PROXY_BE     bpf_htons(AMBPF_PORT_DNS)
+#define INPOD_LOOPBACK4	   bpf_htonl(0x7f000001) /* 127.0.0.1 */
+#define INPOD_DNS_PORT_BE  bpf_htons(AMBPF_DNS_PORT)
+#define INPOD_DNS_PROXY_BE bpf_htons(AMBPF_PORT_DNS)
 
 /* Per socket: see struct ambpf_inpod_sk. BPF_F_CLONE: accepted sockets inherit their listener's. */
 struct {
@@ -149,8 +149,9 @@ static __always_inline __u32 inpod_dns_bypass(struct bpf_sock_addr *ctx, const _
 					      const struct ambpf_ztunnel *zt, const struct ambpf_config *cfg,
 					      const __u32 *pod_ip)
 {
-	int local = ip_is_v4mapped(dst) ? ip4_is_loopback(dst[3]) || dst[3] == 0
-					: ip_is_zero(dst) || (dst[0] == 0 && dst[1] == 0 && dst[2] == 0 && dst[3] == bpf_htonl(1));
+	int local = ip_is_v4mapped(dst)
+			    ? ip4_is_loopback(dst[3]) || dst[3] == 0
+			    : ip_is_zero(dst) || (dst[0] == 0 && dst[1] == 0 && dst[2] == 0 && dst[3] == bpf_htonl(1));
 
 	if ((ctx->sk->mark & zt->mark_mask) == zt->mark)
 		return AMBPF_STAT_CONNECT4_BYPASS_MARK;
@@ -177,8 +178,8 @@ static __always_inline const __u32 *inpod_own_ip(const struct ambpf_netns *ns, c
  * listener is missing talks direct instead. 2: a DNS query (port 53, the pod's DNS captured) for
  * ztunnel's 15053; 1: anything else for 15001; 0: as asked.
  */
-static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be,
-					  __u64 cookie, __u32 stat_bypass6, struct ambpf_netns **out)
+static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u64 cookie,
+					  __u32 stat_bypass6, struct ambpf_netns **out)
 {
 	struct ambpf_netns *ns = bpf_map_lookup_elem(&ambpf_netns, &cookie);
 	struct ambpf_config *cfg = config_get();
@@ -427,7 +428,8 @@ static __always_inline const struct ambpf_orig *inpod_dns_server(struct bpf_sock
 /* A UDP connect: to port 53 of a captured pod, the socket talks to ztunnel's DNS proxy from now on,
  * and getpeername/recvmsg give the server it asked (ambpf_inpod_sk, as a TCP connect's). Any other
  * connect of that socket makes it forget the server. 1: rewrite; 0: as asked; -1: refuse. */
-static __always_inline int inpod_dns_connect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family)
+static __always_inline int inpod_dns_connect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be,
+					     __u16 family)
 {
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	struct ambpf_inpod_sk *st;
@@ -936,9 +938,9 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
  * pod <-> ztunnel traffic over lo costs one load and compare per packet. ztunnel's DNS answers to a
  * slot address (marked, UDP) are given that address as source (inpod_dns_answer).
  */
-#define INPOD_IP_SADDR_OFF  (ETH_HLEN + offsetof(struct iphdr, saddr))
-#define INPOD_IP_CSUM_OFF   (ETH_HLEN + offsetof(struct iphdr, check))
-#define INPOD_UDP_CSUM_OFF  (ETH_HLEN + sizeof(struct iphdr) + offsetof(struct udphdr, check))
+#define INPOD_IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define INPOD_IP_CSUM_OFF  (ETH_HLEN + offsetof(struct iphdr, check))
+#define INPOD_UDP_CSUM_OFF (ETH_HLEN + sizeof(struct iphdr) + offsetof(struct udphdr, check))
 
 /*
  * An answer of ztunnel's DNS proxy (marked, UDP from port 15053) to a slot address 127.0.53.<n> (see
@@ -956,7 +958,8 @@ static __always_inline int inpod_dns_answer(struct __sk_buff *skb, const struct 
 	if (inpod_dns_slot_of(to) < 0 || from == to)
 		return TC_ACT_UNSPEC;
 	/* The UDP checksum covers the addresses (pseudo header); 0 means none and stays 0. */
-	if (bpf_l4_csum_replace(skb, INPOD_UDP_CSUM_OFF, from, to, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(to)) ||
+	if (bpf_l4_csum_replace(skb, INPOD_UDP_CSUM_OFF, from, to,
+				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(to)) ||
 	    bpf_l3_csum_replace(skb, INPOD_IP_CSUM_OFF, from, to, sizeof(to)) ||
 	    bpf_skb_store_bytes(skb, INPOD_IP_SADDR_OFF, &to, sizeof(to), 0)) {
 		stat_inc(AMBPF_STAT_DNS_ERROR);
@@ -1104,7 +1107,8 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	cfg = config_get();
 	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD))
 		return SK_PASS;
-	if (ip_eq(app.remote_ip, cfg->probe_ip) || (!ip_is_zero(cfg->probe_ip6) && ip_eq(app.remote_ip, cfg->probe_ip6))) {
+	if (ip_eq(app.remote_ip, cfg->probe_ip) ||
+	    (!ip_is_zero(cfg->probe_ip6) && ip_eq(app.remote_ip, cfg->probe_ip6))) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;
 	}

@@ -27,8 +27,8 @@
  * Decide whether a connect from this socket is redirected. Returns the ztunnel entry to redirect to,
  * or NULL (and counts why) when the connect must go where the app asked.
  */
-static __always_inline struct ambpf_ztunnel *
-redirect_target(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u32 stat_bypass6)
+static __always_inline struct ambpf_ztunnel *redirect_target(struct bpf_sock_addr *ctx, const __u32 dst[4],
+							     __u16 dport_be, __u32 stat_bypass6)
 {
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	struct ambpf_netns *ns = bpf_map_lookup_elem(&ambpf_netns, &cookie);
@@ -63,11 +63,9 @@ bypass:
 	return NULL;
 }
 
-static __always_inline int save_orig(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 port_be,
-				     __u16 family)
+static __always_inline int save_orig(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 port_be, __u16 family)
 {
-	struct ambpf_orig *orig = bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0,
-						     BPF_SK_STORAGE_GET_F_CREATE);
+	struct ambpf_orig *orig = bpf_sk_storage_get(&ambpf_orig_dst, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 	if (!orig) {
 		stat_inc(AMBPF_STAT_MAPFULL_ORIG_DST); /* no memory: the connect goes as asked, counted */
@@ -292,9 +290,7 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
 	__sync_fetch_and_add((__u32 *)&pair->splice_fwd, AMBPF_PAIR_CLOSED_ONE);
 	if (*(volatile __u8 *)&pair->closed < 2)
 		return;
-delete:
-	if (bpf_map_delete_elem(&ambpf_pair_dst, &key) == 0)
-		stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
+	delete : if (bpf_map_delete_elem(&ambpf_pair_dst, &key) == 0) stat_inc(AMBPF_STAT_SOCKOPS_PAIR_CLOSED);
 }
 
 SEC("sockops")

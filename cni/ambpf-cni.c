@@ -23,16 +23,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_SOCKET "/var/run/ambpf/cni.sock"
+#define DEFAULT_SOCKET	  "/var/run/ambpf/cni.sock"
 /* The runtime hands a config of a few KiB; anything near this bound is not a CNI config. */
-#define MAX_STDIN (1 << 20)
-#define MAX_RESPONSE (4 << 20)
+#define MAX_STDIN	  (1 << 20)
+#define MAX_RESPONSE	  (4 << 20)
 /* The agent answers within its own ADD timeout (10 s by default); this bounds a hung agent. */
 #define AGENT_DEADLINE_MS 120000
 
 /* CNI spec 1.0.0 error codes. */
-#define CNI_ERR_DECODE 6
-#define CNI_ERR_TRY_AGAIN 11
+#define CNI_ERR_DECODE	    6
+#define CNI_ERR_TRY_AGAIN   11
 #define CNI_ERR_INVALID_ENV 4
 
 struct buf {
@@ -72,10 +72,10 @@ static void buf_json(struct buf *b, const char *s, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		if (c == '"' || c == '\\') {
-			char e[2] = { '\\', (char)c };
+			char e[2] = {'\\', (char)c};
 			buf_put(b, e, 2);
 		} else if (c < 0x20) {
-			char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+			char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
 			buf_put(b, e, 6);
 		} else {
 			buf_put(b, (const char *)&c, 1);
@@ -195,7 +195,7 @@ static int cni_error(int code, const char *msg, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(details, sizeof(details), fmt, ap);
 	va_end(ap);
-	struct buf b = { 0 };
+	struct buf b = {0};
 	buf_str(&b, "{\"cniVersion\":");
 	buf_json(&b, cni_version, strlen(cni_version));
 	char c[32];
@@ -212,7 +212,8 @@ static int cni_error(int code, const char *msg, const char *fmt, ...)
 
 static int version_answer(void)
 {
-	printf("{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.3.0\",\"0.3.1\",\"0.4.0\",\"1.0.0\",\"1.1.0\"]}\n");
+	printf("{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.3.0\",\"0.3.1\",\"0.4.0\",\"1.0.0\",\"1.1.0\"]}"
+	       "\n");
 	return 0;
 }
 
@@ -240,7 +241,7 @@ static long now_ms(void)
 /* Connects to the agent; -1 with errno set. */
 static int agent_connect(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	if (strlen(path) >= sizeof(sa.sun_path)) {
 		errno = ENAMETOOLONG;
 		return -1;
@@ -251,7 +252,7 @@ static int agent_connect(const char *path)
 		return -1;
 	/* A unix connect() blocks while the agent's backlog is full (its event loop stuck), and send()
 	 * while its buffer is: bound both, or the container runtime hangs with us. */
-	struct timeval tv = { .tv_sec = 10 };
+	struct timeval tv = {.tv_sec = 10};
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int e = errno;
@@ -286,7 +287,7 @@ static int read_all(int fd, struct buf *out, long deadline, size_t max)
 			errno = ETIMEDOUT;
 			return -1;
 		}
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
 		int r = poll(&pfd, 1, (int)left);
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -315,7 +316,7 @@ static const char *const RELAYED_ENV[] = {
 
 int main(void)
 {
-	struct buf conf = { 0 };
+	struct buf conf = {0};
 	buf_put(&conf, "", 0);
 	const char *cmd = getenv("CNI_COMMAND");
 
@@ -323,7 +324,8 @@ int main(void)
 	size_t n;
 	while ((n = fread(chunk, 1, sizeof(chunk), stdin)) > 0) {
 		if (conf.len + n > MAX_STDIN)
-			return cni_error(CNI_ERR_DECODE, "config too large", "stdin is larger than %d bytes", MAX_STDIN);
+			return cni_error(CNI_ERR_DECODE, "config too large", "stdin is larger than %d bytes",
+					 MAX_STDIN);
 		buf_put(&conf, chunk, n);
 	}
 
@@ -335,7 +337,8 @@ int main(void)
 	if (json_get_str(conf.p, conf.len, "cniVersion", version, sizeof(version)))
 		cni_version = version;
 	if (!cmd || !*cmd)
-		return cni_error(CNI_ERR_INVALID_ENV, "CNI_COMMAND is not set", "ambpf-cni is a CNI plugin: run it from a container runtime");
+		return cni_error(CNI_ERR_INVALID_ENV, "CNI_COMMAND is not set",
+				 "ambpf-cni is a CNI plugin: run it from a container runtime");
 	/* Not even an object: no socketPath to find the agent by, so this is answered here (the agent
 	 * answers every other malformed config itself). */
 	const char *first = skip_ws(conf.p, conf.p + conf.len);
@@ -351,7 +354,7 @@ int main(void)
 	const char *fo = json_get(conf.p, conf.len, "failOpen", &len);
 	int fail_open = fo && len == 4 && memcmp(fo, "true", 4) == 0;
 
-	struct buf req = { 0 };
+	struct buf req = {0};
 	buf_str(&req, "{\"v\":1,\"env\":{");
 	for (size_t i = 0; i < sizeof(RELAYED_ENV) / sizeof(RELAYED_ENV[0]); i++) {
 		const char *v = getenv(RELAYED_ENV[i]);
@@ -369,7 +372,7 @@ int main(void)
 
 	int fd = agent_connect(sock);
 	const char *failed = NULL;
-	struct buf resp = { 0 };
+	struct buf resp = {0};
 	if (fd < 0)
 		failed = "connect to";
 	else if (write_all(fd, req.p, req.len) < 0 || shutdown(fd, SHUT_WR) < 0)
@@ -393,7 +396,9 @@ int main(void)
 		if (strcmp(cmd, "DEL") == 0 || strcmp(cmd, "STATUS") == 0 || strcmp(cmd, "GC") == 0)
 			return 0;
 		if (fail_open && strcmp(cmd, "ADD") == 0) {
-			fprintf(stderr, "ambpf-cni: cannot %s the ambpf agent at %s (%s); failOpen: the pod starts outside the mesh\n",
+			fprintf(stderr,
+				"ambpf-cni: cannot %s the ambpf agent at %s (%s); failOpen: the pod starts outside the "
+				"mesh\n",
 				failed, sock, strerror(err));
 			return pass_through(conf.p, conf.len);
 		}
@@ -404,7 +409,8 @@ int main(void)
 	char *endp;
 	long code = strtol(resp.p, &endp, 10);
 	if (endp == resp.p || *endp != '\0' || code < 0 || code > 255)
-		return cni_error(CNI_ERR_TRY_AGAIN, "the ambpf node agent answered garbage", "status line '%.32s'", resp.p);
+		return cni_error(CNI_ERR_TRY_AGAIN, "the ambpf node agent answered garbage", "status line '%.32s'",
+				 resp.p);
 	size_t body = (size_t)(nl + 1 - resp.p);
 	fwrite(resp.p + body, 1, resp.len - body, stdout);
 	fflush(stdout);

@@ -40,19 +40,29 @@ function bpfObjects(): { progs: string[]; links: string[] } {
   const systemd = new Set(progs.filter((p) => p.name?.startsWith('sd_')).map((p) => p.id));
   return {
     progs: progs.filter((p) => !systemd.has(p.id)).map((p) => `prog ${p.id} ${p.type ?? ''} ${p.name ?? ''}`.trim()),
-    links: bpftoolJson('link').filter((l) => l.prog_id === undefined || !systemd.has(l.prog_id)).map((l) => `link ${l.id} ${l.type ?? ''} prog ${l.prog_id ?? '?'}`),
+    links: bpftoolJson('link')
+      .filter((l) => l.prog_id === undefined || !systemd.has(l.prog_id))
+      .map((l) => `link ${l.id} ${l.type ?? ''} prog ${l.prog_id ?? '?'}`),
   };
 }
 
 function take(): Snapshot {
   return {
-    netns: cmd(['ip', 'netns', 'list']).split('\n').map((l) => l.split(' ')[0] ?? '').filter(Boolean),
-    interfaces: cmd(['ip', '-o', 'link', 'show']).split('\n').map((l) => l.split(': ')[1]?.split('@')[0] ?? '').filter(Boolean),
+    netns: cmd(['ip', 'netns', 'list'])
+      .split('\n')
+      .map((l) => l.split(' ')[0] ?? '')
+      .filter(Boolean),
+    interfaces: cmd(['ip', '-o', 'link', 'show'])
+      .split('\n')
+      .map((l) => l.split(': ')[1]?.split('@')[0] ?? '')
+      .filter(Boolean),
     cgroups: listTree(cgroup2Root(), 6, { keep: (n) => !SYSTEMD_UNIT.test(n), dirsOnly: true }),
     bpffs: listTree('/sys/fs/bpf', 8),
     ...bpfObjects(),
     // Rules only: an empty table header can appear or vanish with the iptables variant in use.
-    iptables: cmd(['iptables-save']).split('\n').filter((l) => l.startsWith('-A ')),
+    iptables: cmd(['iptables-save'])
+      .split('\n')
+      .filter((l) => l.startsWith('-A ')),
     ipsets: cmd(['ipset', 'list', '-n']).split('\n').filter(Boolean),
   };
 }
@@ -86,10 +96,14 @@ function main(argv: string[]): number {
     left = added(before, take());
   }
   if (left.length > 0) {
-    process.stderr.write(`the test suite left ${left.length} thing(s) behind:\n${left.map((a) => `  ${a}`).join('\n')}\n`);
+    process.stderr.write(
+      `the test suite left ${left.length} thing(s) behind:\n${left.map((a) => `  ${a}`).join('\n')}\n`,
+    );
     return 1;
   }
-  process.stdout.write('leftovers: none (netns, interfaces, cgroups, bpffs, BPF programs and links, iptables, ipsets as before)\n');
+  process.stdout.write(
+    'leftovers: none (netns, interfaces, cgroups, bpffs, BPF programs and links, iptables, ipsets as before)\n',
+  );
   return 0;
 }
 

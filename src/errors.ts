@@ -52,7 +52,9 @@ export class MissingFeatureError extends AmbpfError {
   readonly sinceKernel: string | undefined;
   constructor(feature: string, sinceKernel: string | undefined, detail = '') {
     super(
-      `missing kernel feature: ${feature}` + (sinceKernel ? ` (needs Linux ${sinceKernel} or newer)` : '') + (detail ? `: ${detail}` : ''),
+      `missing kernel feature: ${feature}` +
+        (sinceKernel ? ` (needs Linux ${sinceKernel} or newer)` : '') +
+        (detail ? `: ${detail}` : ''),
       { feature, sinceKernel },
     );
     this.feature = feature;

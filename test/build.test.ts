@@ -33,7 +33,10 @@ t.test('miss compiles, hit compiles nothing, the object loads', async (t) => {
   using obj = BpfObject.open(await objectPath('basic', { srcDir: src, cacheDir: cache }));
   obj.load();
   t.ok(obj.program('count_packets').fd > 0);
-  await t.rejects(objectPath('nope', { srcDir: src, cacheDir: cache }), /no BPF source nope\.bpf\.c; known: basic, rejected/);
+  await t.rejects(
+    objectPath('nope', { srcDir: src, cacheDir: cache }),
+    /no BPF source nope\.bpf\.c; known: basic, rejected/,
+  );
 });
 
 t.test('a header change is a miss (new entry)', async (t) => {
@@ -50,7 +53,10 @@ t.test('no clang: a warm entry (from any clang) is used; a cold cache is a clear
   const missing = '/nonexistent/clang';
   const cold = await t.rejects(ensureObjects({ srcDir: src, cacheDir: cache, clang: missing }), BpfBuildError);
   t.ok(cold);
-  await t.rejects(ensureObjects({ srcDir: src, cacheDir: cache, clang: missing }), /clang not found: install clang \(apt-get install clang\) or ship prebuilt objects/);
+  await t.rejects(
+    ensureObjects({ srcDir: src, cacheDir: cache, clang: missing }),
+    /clang not found: install clang \(apt-get install clang\) or ship prebuilt objects/,
+  );
   const warm = await ensureObjects({ srcDir: src, cacheDir: cache });
   const r = await ensureObjects({ srcDir: src, cacheDir: cache, clang: missing });
   t.equal(r.dir, warm.dir);
@@ -69,7 +75,10 @@ t.test('a compile error carries clang stderr', async (t) => {
   writeFileSync(join(src, 'broken.bpf.c'), 'int broken(void) { return undeclared_thing; }\n');
   const err = await t.rejects(ensureObjects({ srcDir: src, cacheDir: cache }), BpfBuildError);
   t.ok(err);
-  await t.rejects(ensureObjects({ srcDir: src, cacheDir: cache }), /clang failed to compile broken\.bpf\.c:[\s\S]*undeclared_thing/);
+  await t.rejects(
+    ensureObjects({ srcDir: src, cacheDir: cache }),
+    /clang failed to compile broken\.bpf\.c:[\s\S]*undeclared_thing/,
+  );
   t.same(readdirSync(cache), [], 'nothing half-built left in the cache');
 });
 

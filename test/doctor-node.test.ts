@@ -17,17 +17,28 @@ const tmp = (t: { teardown(fn: () => void): void }): string => {
 
 t.test('sysctls: each wrong one says what to set and why', async (t) => {
   const values: Record<string, string> = {
-    'net.ipv4.conf.all.rp_filter': '1', 'net.ipv4.ip_default_ttl': '64', 'net.core.bpf_jit_enable': '1',
+    'net.ipv4.conf.all.rp_filter': '1',
+    'net.ipv4.ip_default_ttl': '64',
+    'net.core.bpf_jit_enable': '1',
   };
   const checks = sysctlChecks((n) => values[n]);
   const rp = checks.find((c) => c.name === 'net.ipv4.conf.all.rp_filter');
   t.equal(rp?.ok, false);
   t.match(rp?.detail, /^1; set net\.ipv4\.conf\.all\.rp_filter=0 .*ztunnel's replies/);
   t.equal(checks.find((c) => c.name === 'net.ipv4.ip_default_ttl')?.ok, true);
-  t.match(checks.find((c) => c.name === 'net.ipv4.tcp_migrate_req'), { ok: false, detail: /^not present on this kernel: .*5\.14/ });
-  t.ok(checks.every((c) => c.advisory), 'warnings, not missing features');
+  t.match(
+    checks.find((c) => c.name === 'net.ipv4.tcp_migrate_req'),
+    { ok: false, detail: /^not present on this kernel: .*5\.14/ },
+  );
+  t.ok(
+    checks.every((c) => c.advisory),
+    'warnings, not missing features',
+  );
   values['net.ipv4.ip_default_ttl'] = '128';
-  t.match(sysctlChecks((n) => values[n]).find((c) => c.name === 'net.ipv4.ip_default_ttl')?.detail, /set net\.ipv4\.ip_default_ttl=64/);
+  t.match(
+    sysctlChecks((n) => values[n]).find((c) => c.name === 'net.ipv4.ip_default_ttl')?.detail,
+    /set net\.ipv4\.ip_default_ttl=64/,
+  );
 });
 
 t.test('pod capacity: kubelet maxPods against the maps, or why it cannot tell', async (t) => {
@@ -36,7 +47,10 @@ t.test('pod capacity: kubelet maxPods against the maps, or why it cannot tell', 
   const cfg = join(dir, 'config.yaml');
   writeFileSync(cfg, 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 250\n');
   t.same(kubeletMaxPods(cfg), { maxPods: 250, from: cfg });
-  t.match(capacityCheck({ bpffs, kubeletConfig: cfg }), { ok: true, detail: /at most 250 pods .* the maps hold 16384/ });
+  t.match(capacityCheck({ bpffs, kubeletConfig: cfg }), {
+    ok: true,
+    detail: /at most 250 pods .* the maps hold 16384/,
+  });
   const small = capacityCheck({ bpffs, kubeletConfig: cfg, maxPods: 100 });
   t.equal(small.ok, false, '--max-pods 100 < maxPods 250');
   t.match(small.detail, /may run 250 pods .* hold only 100 .* --max-pods >= 250/);
@@ -46,19 +60,33 @@ t.test('pod capacity: kubelet maxPods against the maps, or why it cannot tell', 
   t.match(kubeletMaxPods(cfg), { why: /maxPods is not a positive integer/ });
   const unknown = capacityCheck({ bpffs, kubeletConfig: join(dir, 'absent.yaml') });
   t.equal(unknown.ok, false);
-  t.match(unknown.detail, /^cannot tell the node's pod capacity: cannot read .*absent\.yaml \(ENOENT\); pass --kubelet-config F or --node-max-pods N/);
-  t.match(capacityCheck({ bpffs, nodeMaxPods: 20000 }), { ok: false, detail: /may run 20000 pods \(--node-max-pods\)/ });
+  t.match(
+    unknown.detail,
+    /^cannot tell the node's pod capacity: cannot read .*absent\.yaml \(ENOENT\); pass --kubelet-config F or --node-max-pods N/,
+  );
+  t.match(capacityCheck({ bpffs, nodeMaxPods: 20000 }), {
+    ok: false,
+    detail: /may run 20000 pods \(--node-max-pods\)/,
+  });
 });
 
 t.test('ambpf doctor: warnings do not change the exit status; the flags reach the checks', async (t) => {
   const dir = tmp(t);
   const cfg = join(dir, 'config.yaml');
   writeFileSync(cfg, 'maxPods: 300\n');
-  const r = spawnSync('bin/ambpf', ['doctor', '-j', '--bpffs', join(dir, 'none'), '--kubelet-config', cfg, '--max-pods', '200'], { encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(
+    'bin/ambpf',
+    ['doctor', '-j', '--bpffs', join(dir, 'none'), '--kubelet-config', cfg, '--max-pods', '200'],
+    { encoding: 'utf8', timeout: 120_000 },
+  );
   const report = JSON.parse(r.stdout) as DoctorReport;
   const cap = report.checks.find((c) => c.group === 'capacity');
   t.match(cap, { ok: false, advisory: true, detail: /may run 300 pods/ });
-  t.equal(r.status, report.checks.some((c) => !c.ok && !c.advisory) ? 1 : 0, 'the exit status is about the kernel and tools only');
+  t.equal(
+    r.status,
+    report.checks.some((c) => !c.ok && !c.advisory) ? 1 : 0,
+    'the exit status is about the kernel and tools only',
+  );
   const bad = spawnSync('bin/ambpf', ['doctor', '--max-pods', 'x'], { encoding: 'utf8' });
   t.equal(bad.status, 2);
   t.match(bad.stderr, /--max-pods needs a positive integer/);

@@ -8,11 +8,27 @@ import { kernelChoices, MIN_KERNEL } from '../src/doctor/choices.ts';
 
 t.test('ambpf doctor prints every feature present and exits 0', async (t) => {
   // Other test files make their own netns concurrently: only the doctor's own probe names count.
-  const doctorNetns = (): string[] => execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').filter((l) => l.startsWith('ambpf-doctor-'));
+  const doctorNetns = (): string[] =>
+    execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l.startsWith('ambpf-doctor-'));
   const before = doctorNetns();
   const r = spawnSync('bin/ambpf', ['doctor'], { encoding: 'utf8', timeout: 120_000 });
   t.equal(r.status, 0, r.stdout + r.stderr);
-  for (const f of ['kernel', 'BTF', 'bpffs', 'cgroup v2', 'cgroup_sock_addr', 'sk_lookup', 'sockhash', 'sk_storage', 'get_netns_cookie in cgroup_sock_addr', 'sk_assign in sched_cls', 'tcx', 'clang']) {
+  for (const f of [
+    'kernel',
+    'BTF',
+    'bpffs',
+    'cgroup v2',
+    'cgroup_sock_addr',
+    'sk_lookup',
+    'sockhash',
+    'sk_storage',
+    'get_netns_cookie in cgroup_sock_addr',
+    'sk_assign in sched_cls',
+    'tcx',
+    'clang',
+  ]) {
     t.match(r.stdout, new RegExp(`\\b${f}\\b\\s+yes`), `${f} present`);
   }
   t.notMatch(r.stdout, /MISSING/);
@@ -28,9 +44,15 @@ t.test('ambpf doctor -j is the same report as JSON', async (t) => {
   const report = JSON.parse(out) as DoctorReport;
   t.equal(report.ok, true);
   t.ok(report.checks.length >= 30);
-  t.same(report.choices.map((c) => [c.what, c.choice]),
-    [['minimum kernel', MIN_KERNEL], ['tc attach', 'tcx link'], ['sk_msg attach', 'prog_attach'],
-      ['inpod IPv6', 'as IPv4']]);
+  t.same(
+    report.choices.map((c) => [c.what, c.choice]),
+    [
+      ['minimum kernel', MIN_KERNEL],
+      ['tc attach', 'tcx link'],
+      ['sk_msg attach', 'prog_attach'],
+      ['inpod IPv6', 'as IPv4'],
+    ],
+  );
   const bpffs = report.checks.find((c) => c.name === 'bpffs');
   t.same(bpffs?.detail.split(', '), mountsOf('bpf'), 'bpffs discovered from /proc/mounts');
   const r = spawnSync('bin/ambpf', ['doctor', '--bogus'], { encoding: 'utf8' });
@@ -39,7 +61,8 @@ t.test('ambpf doctor -j is the same report as JSON', async (t) => {
 });
 
 t.test('mounts come from /proc/mounts text, escapes decoded', async (t) => {
-  const text = 'bpf /sys/fs/bpf bpf rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nnone /mnt/with\\040space cgroup2 rw 0 0\n';
+  const text =
+    'bpf /sys/fs/bpf bpf rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nnone /mnt/with\\040space cgroup2 rw 0 0\n';
   const m = readMounts(text);
   t.same(mountsOf('bpf', m), ['/sys/fs/bpf']);
   t.same(mountsOf('cgroup2', m), ['/sys/fs/cgroup/unified', '/mnt/with space']);
@@ -56,14 +79,27 @@ t.test('kernel versions compare numerically; missing features name their kernel'
     ok: false,
     checks: [
       { group: 'system', name: 'BTF', ok: true, detail: '/sys/kernel/btf/vmlinux' },
-      { group: 'link', name: 'tcx', ok: false, detail: 'bpf_link_create(BPF_TCX_INGRESS) failed with EINVAL', since: '6.6' },
+      {
+        group: 'link',
+        name: 'tcx',
+        ok: false,
+        detail: 'bpf_link_create(BPF_TCX_INGRESS) failed with EINVAL',
+        since: '6.6',
+      },
     ],
-    choices: kernelChoices('6.1.0', { supported: false, detail: 'bpf_link_create(BPF_TCX_INGRESS) failed with EINVAL' }, { supported: false, detail: 'EINVAL' }),
+    choices: kernelChoices(
+      '6.1.0',
+      { supported: false, detail: 'bpf_link_create(BPF_TCX_INGRESS) failed with EINVAL' },
+      { supported: false, detail: 'EINVAL' },
+    ),
   };
   const text = renderReport(report);
   t.match(text, /tcx\s+MISSING/);
   t.match(text, /1 missing:\n {2}- link tcx \(needs Linux 6\.6 or newer; this is 6\.1\.0\)/);
-  t.match(text, /tc attach {7}clsact filter: no tcx links here \(bpf_link_create\(BPF_TCX_INGRESS\) failed with EINVAL; tcx needs 6\.6\+\)/);
+  t.match(
+    text,
+    /tc attach {7}clsact filter: no tcx links here \(bpf_link_create\(BPF_TCX_INGRESS\) failed with EINVAL; tcx needs 6\.6\+\)/,
+  );
   t.match(text, /sk_msg attach {3}prog_attach: .*sockmap links need 6\.10\+ \(EINVAL\)/);
   t.match(text, /inpod IPv6 {6}as IPv4, without probes or spoofed legs: IPv6 is captured both ways \(5\.10\+\)/);
   t.match(text, /but without tcx \(6\.6\+\) the pod-netns tc programs are not attached/);
@@ -75,16 +111,25 @@ t.test('the minimum kernel is 5.10: older kernels are told so', async (t) => {
   t.match(kernelChoices('5.4.0', yes, yes)[0]?.why, /older than 5\.10, the oldest the kernel matrix proves/);
 });
 
-t.test('without clang, prebuilt objects for these sources satisfy the clang check; without them it is missing', async (t) => {
-  execFileSync('bin/ambpf', ['build'], { stdio: 'ignore' });
-  const withCache = spawnSync('bin/ambpf', ['doctor', '-j'], { encoding: 'utf8', env: { ...process.env, AMBPF_CLANG: '/nonexistent/clang' }, timeout: 120_000 });
-  const clang = (JSON.parse(withCache.stdout) as DoctorReport).checks.find((c) => c.name === 'clang');
-  t.equal(clang?.ok, true);
-  t.match(clang?.detail, /prebuilt objects/);
-  const empty = spawnSync('bin/ambpf', ['doctor', '-j'], {
-    encoding: 'utf8', env: { ...process.env, AMBPF_CLANG: '/nonexistent/clang', AMBPF_CACHE_DIR: '/nonexistent/ambpf-cache' }, timeout: 120_000,
-  });
-  const missing = (JSON.parse(empty.stdout) as DoctorReport).checks.find((c) => c.name === 'clang');
-  t.equal(missing?.ok, false);
-  t.not(empty.status, 0, 'doctor exits non-zero');
-});
+t.test(
+  'without clang, prebuilt objects for these sources satisfy the clang check; without them it is missing',
+  async (t) => {
+    execFileSync('bin/ambpf', ['build'], { stdio: 'ignore' });
+    const withCache = spawnSync('bin/ambpf', ['doctor', '-j'], {
+      encoding: 'utf8',
+      env: { ...process.env, AMBPF_CLANG: '/nonexistent/clang' },
+      timeout: 120_000,
+    });
+    const clang = (JSON.parse(withCache.stdout) as DoctorReport).checks.find((c) => c.name === 'clang');
+    t.equal(clang?.ok, true);
+    t.match(clang?.detail, /prebuilt objects/);
+    const empty = spawnSync('bin/ambpf', ['doctor', '-j'], {
+      encoding: 'utf8',
+      env: { ...process.env, AMBPF_CLANG: '/nonexistent/clang', AMBPF_CACHE_DIR: '/nonexistent/ambpf-cache' },
+      timeout: 120_000,
+    });
+    const missing = (JSON.parse(empty.stdout) as DoctorReport).checks.find((c) => c.name === 'clang');
+    t.equal(missing?.ok, false);
+    t.not(empty.status, 0, 'doctor exits non-zero');
+  },
+);

@@ -26,9 +26,9 @@ const REQUIRED_CHECKS = [
   'inpod/SO_ORIGINAL_DST gives the original',
   'inpod/sk_lookup assigns to the 15006 listener',
   'inpod/sk_lookup assigns dport 15008 to the 15008 listener',
-  'node/tc passes the node\'s own SYN',
-  'node/a 16 KiB getsockopt keeps the kernel\'s answer',
-  'inpod/a 16 KiB getsockopt keeps the kernel\'s answer',
+  "node/tc passes the node's own SYN",
+  "node/a 16 KiB getsockopt keeps the kernel's answer",
+  "inpod/a 16 KiB getsockopt keeps the kernel's answer",
   'node/SO_ORIGINAL_DST after the client closed',
   'inpod/SO_ORIGINAL_DST after the client closed',
   'node/connect6 v4-mapped: lands on 15001, getpeername and SO_ORIGINAL_DST give the original',
@@ -66,9 +66,12 @@ t.test('console parsing survives kernel noise and reports a guest that never fin
   t.match(found.join('\n'), /ambpf_x\/prog_b fails/);
 });
 
-const skip = process.env['AMBPF_SKIP_KERNELS'] === '1'
-  ? 'AMBPF_SKIP_KERNELS=1 is set: the kernel matrix was skipped on purpose'
-  : process.getuid?.() !== 0 ? 'the kernel matrix needs root (cgroups, netns, BPF)' : false;
+const skip =
+  process.env['AMBPF_SKIP_KERNELS'] === '1'
+    ? 'AMBPF_SKIP_KERNELS=1 is set: the kernel matrix was skipped on purpose'
+    : process.getuid?.() !== 0
+      ? 'the kernel matrix needs root (cgroups, netns, BPF)'
+      : false;
 
 t.test('every ambpf program passes on 5.10, 6.1, 6.12 and the host kernel', { skip, timeout: 200_000 }, async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'ambpf-kernels-'));
@@ -81,23 +84,33 @@ t.test('every ambpf program passes on 5.10, 6.1, 6.12 and the host kernel', { sk
     killSignal: 'SIGTERM',
   });
   if (r.status === 3) {
-    t.fail(`a Debian kernel package could not be fetched, so the matrix cannot run (set AMBPF_SKIP_KERNELS=1 to skip it on purpose):\n${r.stderr}`);
+    t.fail(
+      `a Debian kernel package could not be fetched, so the matrix cannot run (set AMBPF_SKIP_KERNELS=1 to skip it on purpose):\n${r.stderr}`,
+    );
     return;
   }
   t.not(r.signal, 'SIGTERM', 'the matrix finished within 3 minutes');
 
   // The Debian package each guest kernel came from, as run.sh records it in the cache, for the table.
   const cache = process.env.AMBPF_KERNELS_CACHE ?? join(repo, '.cache/kernels');
-  const packages = new Map(KERNELS.filter((k) => existsSync(join(cache, k, 'package')))
-    .map((k) => [k, readFileSync(join(cache, k, 'package'), 'utf8').trim()] as const));
+  const packages = new Map(
+    KERNELS.filter((k) => existsSync(join(cache, k, 'package'))).map(
+      (k) => [k, readFileSync(join(cache, k, 'package'), 'utf8').trim()] as const,
+    ),
+  );
   const m = loadMatrix(out, KERNELS, packages);
   t.comment(m.markdown);
   for (const run of m.runs) t.ok(run.done, `the checker finished on ${run.kernel} (${run.release ?? 'no boot'})`);
 
   const rows = buildRows(m.runs);
-  const objects = readdirSync(join(repo, 'bpf')).filter((f) => f.endsWith('.bpf.c')).map((f) => f.replace(/\.bpf\.c$/, ''));
+  const objects = readdirSync(join(repo, 'bpf'))
+    .filter((f) => f.endsWith('.bpf.c'))
+    .map((f) => f.replace(/\.bpf\.c$/, ''));
   for (const obj of objects) {
-    t.ok(rows.some((row) => row.object === obj), `programs of bpf/${obj}.bpf.c were found and checked`);
+    t.ok(
+      rows.some((row) => row.object === obj),
+      `programs of bpf/${obj}.bpf.c were found and checked`,
+    );
   }
   // The datapath's functional checks must have run, and passed, on every kernel (a checker that
   // skipped them would otherwise be green).
@@ -112,7 +125,10 @@ t.test('every ambpf program passes on 5.10, 6.1, 6.12 and the host kernel', { sk
   for (const row of rows) {
     for (const [kernel, cell] of row.cells) {
       if (row.object === SELFTEST_OBJECT) {
-        t.ok(cell.asExpected, `self-test ${row.program} on ${kernel} gives its known answer (got ${cell.pass ? 'pass' : 'fail'}: ${cell.text})`);
+        t.ok(
+          cell.asExpected,
+          `self-test ${row.program} on ${kernel} gives its known answer (got ${cell.pass ? 'pass' : 'fail'}: ${cell.text})`,
+        );
       } else {
         t.ok(cell.pass, `${row.key} on ${kernel}: ${cell.text}`);
       }

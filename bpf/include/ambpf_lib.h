@@ -31,7 +31,12 @@
 /* Read a 32-bit ctx field into a register and pin it there. Without this clang 14 may sink loads from
  * two branches into one block that loads through a computed ctx pointer, which the verifier refuses
  * ("dereference of modified ctx ptr"). */
-#define CTX_READ(field) ({ __u32 __v = (field); asm volatile("" : "+r"(__v)); __v; })
+#define CTX_READ(field)                       \
+	({                                    \
+		__u32 __v = (field);          \
+		asm volatile("" : "+r"(__v)); \
+		__v;                          \
+	})
 
 static __always_inline void stat_add(__u32 idx, __u64 n)
 {
@@ -154,22 +159,22 @@ static __always_inline int port_is_excluded(__u16 port_be, const struct ambpf_co
  * ::ffff:a.b.c.d, and without one form the client's and ztunnel's keys never meet.
  * A macro because the two ctx types differ; CTX_READ keeps every load a plain ctx access.
  */
-#define CTX_TUPLE(ctx, t)                                                                 \
-	do {                                                                              \
-		if (CTX_READ((ctx)->family) == AF_INET) {                                 \
-			ip_set_v4((t)->local_ip, CTX_READ((ctx)->local_ip4));             \
-			ip_set_v4((t)->remote_ip, CTX_READ((ctx)->remote_ip4));           \
-		} else {                                                                  \
-			(t)->local_ip[0] = CTX_READ((ctx)->local_ip6[0]);                 \
-			(t)->local_ip[1] = CTX_READ((ctx)->local_ip6[1]);                 \
-			(t)->local_ip[2] = CTX_READ((ctx)->local_ip6[2]);                 \
-			(t)->local_ip[3] = CTX_READ((ctx)->local_ip6[3]);                 \
-			(t)->remote_ip[0] = CTX_READ((ctx)->remote_ip6[0]);               \
-			(t)->remote_ip[1] = CTX_READ((ctx)->remote_ip6[1]);               \
-			(t)->remote_ip[2] = CTX_READ((ctx)->remote_ip6[2]);               \
-			(t)->remote_ip[3] = CTX_READ((ctx)->remote_ip6[3]);               \
-		}                                                                         \
-		(t)->local_port = bpf_htons((__u16)CTX_READ((ctx)->local_port));          \
+#define CTX_TUPLE(ctx, t)                                                                     \
+	do {                                                                                  \
+		if (CTX_READ((ctx)->family) == AF_INET) {                                     \
+			ip_set_v4((t)->local_ip, CTX_READ((ctx)->local_ip4));                 \
+			ip_set_v4((t)->remote_ip, CTX_READ((ctx)->remote_ip4));               \
+		} else {                                                                      \
+			(t)->local_ip[0] = CTX_READ((ctx)->local_ip6[0]);                     \
+			(t)->local_ip[1] = CTX_READ((ctx)->local_ip6[1]);                     \
+			(t)->local_ip[2] = CTX_READ((ctx)->local_ip6[2]);                     \
+			(t)->local_ip[3] = CTX_READ((ctx)->local_ip6[3]);                     \
+			(t)->remote_ip[0] = CTX_READ((ctx)->remote_ip6[0]);                   \
+			(t)->remote_ip[1] = CTX_READ((ctx)->remote_ip6[1]);                   \
+			(t)->remote_ip[2] = CTX_READ((ctx)->remote_ip6[2]);                   \
+			(t)->remote_ip[3] = CTX_READ((ctx)->remote_ip6[3]);                   \
+		}                                                                             \
+		(t)->local_port = bpf_htons((__u16)CTX_READ((ctx)->local_port));              \
 		(t)->remote_port = bpf_htons((__u16)bpf_ntohl(CTX_READ((ctx)->remote_port))); \
 	} while (0)
 

@@ -9,11 +9,11 @@
 
 #include "ambpf_lib.h"
 
-#define SOL_IP                 0
-#define SOL_IPV6               41
-#define SO_ORIGINAL_DST        80 /* <linux/netfilter_ipv4.h>; IP6T_SO_ORIGINAL_DST is 80 too */
-#define SOL_SOCKET             1  /* <asm-generic/socket.h> */
-#define SO_MARK                36
+#define SOL_IP		0
+#define SOL_IPV6	41
+#define SO_ORIGINAL_DST 80 /* <linux/netfilter_ipv4.h>; IP6T_SO_ORIGINAL_DST is 80 too */
+#define SOL_SOCKET	1  /* <asm-generic/socket.h> */
+#define SO_MARK		36
 
 /* Userspace sockaddr layouts, written into getsockopt's optval. */
 struct sockaddr_in_ {
@@ -40,7 +40,7 @@ struct sockaddr_in6_ {
  * 16 or 28 bytes, so it never takes this branch. 4096 rather than the real page size: on a
  * bigger-page kernel a 4-64 KiB call also gets optlen 0, which is still "the kernel's answer".
  */
-#define SOCKOPT_MAX_BUF        4096
+#define SOCKOPT_MAX_BUF 4096
 
 static __always_inline int sockopt_too_large(struct bpf_sockopt *ctx)
 {
@@ -77,7 +77,7 @@ static __always_inline void sockopt_client_tuple(struct bpf_sock *sk, struct amb
 		client->remote_ip[2] = CTX_READ(sk->src_ip6[2]);
 		client->remote_ip[3] = CTX_READ(sk->src_ip6[3]);
 	}
-	client->local_port = (__u16)sk->dst_port;                     /* __be16 */
+	client->local_port = (__u16)sk->dst_port;			/* __be16 */
 	client->remote_port = bpf_htons((__u16)CTX_READ(sk->src_port)); /* host order */
 }
 

@@ -8,7 +8,7 @@
 
 /* Not in libbpf 1.1's uapi copy: tcx arrived in Linux 6.6. */
 #define AMBPF_BPF_TCX_INGRESS 46
-#define AMBPF_BPF_TCX_EGRESS 47
+#define AMBPF_BPF_TCX_EGRESS  47
 
 /* sk_msg belongs on the splice sockhash; a SOCKMAP (ambpf_zt_listen holds listeners for
  * sk_lookup) only when there is no sockhash. */
@@ -17,7 +17,8 @@ static int first_sock_map_fd(struct bpf_object *obj)
 	struct bpf_map *map;
 	int sockmap = -ENOENT;
 
-	bpf_object__for_each_map(map, obj) {
+	bpf_object__for_each_map(map, obj)
+	{
 		if (bpf_map__type(map) == BPF_MAP_TYPE_SOCKHASH)
 			return bpf_map__fd(map);
 		if (bpf_map__type(map) == BPF_MAP_TYPE_SOCKMAP && sockmap < 0)
@@ -46,12 +47,12 @@ static bool is_egress(const struct bpf_program *prog)
 
 /* The loader prefers tcx (no qdisc to share with a CNI) and falls back to clsact where the kernel
  * refuses the link (before 6.6 it passes the verifier and fails only here, with EINVAL). */
-static int attach_tc(struct bpf_program *prog, const struct attach_env *env, struct attachment *out,
-		     char *how, size_t how_len, struct attach_probe *probe)
+static int attach_tc(struct bpf_program *prog, const struct attach_env *env, struct attachment *out, char *how,
+		     size_t how_len, struct attach_probe *probe)
 {
 	bool egress = is_egress(prog);
-	int fd = bpf_link_create(out->prog_fd, env->ifindex,
-				 egress ? AMBPF_BPF_TCX_EGRESS : AMBPF_BPF_TCX_INGRESS, NULL);
+	int fd = bpf_link_create(out->prog_fd, env->ifindex, egress ? AMBPF_BPF_TCX_EGRESS : AMBPF_BPF_TCX_INGRESS,
+				 NULL);
 	int err;
 
 	probe->name = "tcx link";
@@ -80,8 +81,8 @@ static int attach_tc(struct bpf_program *prog, const struct attach_env *env, str
 
 /* sk_msg lives on the sockhash: prog_attach everywhere (it stays as long as the map); a bpf_link
  * on the map only from 6.10, which is probed and reported but not required. */
-static int attach_sk_msg(struct bpf_object *obj, struct attachment *out, enum bpf_attach_type type,
-			 char *how, size_t how_len, struct attach_probe *probe)
+static int attach_sk_msg(struct bpf_object *obj, struct attachment *out, enum bpf_attach_type type, char *how,
+			 size_t how_len, struct attach_probe *probe)
 {
 	int map_fd = first_sock_map_fd(obj);
 	int fd, err;

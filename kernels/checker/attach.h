@@ -15,17 +15,17 @@ struct attach_env {
 struct attachment {
 	struct bpf_link *link;	/* libbpf link (cgroup, netns, xdp, tracing) */
 	int link_fd;		/* raw bpf_link_create fd (tcx) */
-	int prog_attach_target;	/* prog_attach target (sockhash) or -1 */
+	int prog_attach_target; /* prog_attach target (sockhash) or -1 */
 	int prog_attach_type;
 	int prog_fd;
-	bool tc_clsact;		/* attached through a clsact filter */
+	bool tc_clsact; /* attached through a clsact filter */
 	struct bpf_tc_hook tc_hook;
 	struct bpf_tc_opts tc_opts;
 };
 
 /* Feature facts learned while attaching, reported as probe rows (they are not pass/fail). */
 struct attach_probe {
-	const char *name;	/* "tcx link", "sk_msg link", ... or NULL */
+	const char *name; /* "tcx link", "sk_msg link", ... or NULL */
 	bool supported;
 	int err;
 };

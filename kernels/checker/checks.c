@@ -85,7 +85,8 @@ int check_connect6_mapped(const struct func_ctx *c, int lfd)
 	orig6.sin6_addr.s6_addr[10] = 0xff;
 	orig6.sin6_addr.s6_addr[11] = 0xff;
 	memcpy(&orig6.sin6_addr.s6_addr[12], &orig.sin_addr, 4);
-	if (cfd < 0 || connect(cfd, (struct sockaddr *)&orig6, sizeof(orig6)) < 0 || (afd = sock_accept_within(lfd)) < 0) {
+	if (cfd < 0 || connect(cfd, (struct sockaddr *)&orig6, sizeof(orig6)) < 0 ||
+	    (afd = sock_accept_within(lfd)) < 0) {
 		report(c->label, name, "func", "fail", "connect to [::ffff:%s]:%d did not reach the 15001 listener: %s",
 		       FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT, strerror(errno));
 		if (cfd >= 0)
@@ -97,8 +98,8 @@ int check_connect6_mapped(const struct func_ctx *c, int lfd)
 	     !memcmp(&got6.sin6_addr, &orig6.sin6_addr, sizeof(got6.sin6_addr)) && got6.sin6_port == orig6.sin6_port;
 	if (!ok) {
 		inet_ntop(AF_INET6, &got6.sin6_addr, b, sizeof(b));
-		report(c->label, name, "func", "fail", "getpeername gave [%s]:%d, want [::ffff:%s]:%d", b, ntohs(got6.sin6_port),
-		       FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+		report(c->label, name, "func", "fail", "getpeername gave [%s]:%d, want [::ffff:%s]:%d", b,
+		       ntohs(got6.sin6_port), FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
 		close(afd);
 		close(cfd);
 		return 1;
@@ -108,8 +109,8 @@ int check_connect6_mapped(const struct func_ctx *c, int lfd)
 	close(afd);
 	close(cfd);
 	if (!ok) {
-		report(c->label, name, "func", "fail", "SO_ORIGINAL_DST gave %s, want %s:%d", sock_fmt(&got, a, sizeof(a)),
-		       FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+		report(c->label, name, "func", "fail", "SO_ORIGINAL_DST gave %s, want %s:%d",
+		       sock_fmt(&got, a, sizeof(a)), FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
 		return 1;
 	}
 	report(c->label, name, "func", "ok", "[::ffff:%s]:%d", FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
@@ -209,14 +210,15 @@ int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int l
 	after = fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_ASSIGNED);
 	memset(&got, 0, sizeof(got));
 	if (getsockname(afd, (struct sockaddr *)&got, &len) || !sock_same(&got, &dst) || after <= before) {
-		report(c->label, name, "func", "fail", "accepted with local address %s, want %s (assigned %lld -> %lld)",
-		       sock_fmt(&got, a, sizeof(a)), sock_fmt(&dst, b, sizeof(b)), before, after);
+		report(c->label, name, "func", "fail",
+		       "accepted with local address %s, want %s (assigned %lld -> %lld)", sock_fmt(&got, a, sizeof(a)),
+		       sock_fmt(&dst, b, sizeof(b)), before, after);
 		close(afd);
 		close(cfd);
 		return 1;
 	}
-	report(c->label, name, "func", "ok", "accepted with local address %s (assigned %lld)", sock_fmt(&got, a, sizeof(a)),
-	       after);
+	report(c->label, name, "func", "ok", "accepted with local address %s (assigned %lld)",
+	       sock_fmt(&got, a, sizeof(a)), after);
 	close(afd);
 	close(cfd);
 	return 0;

@@ -9,12 +9,12 @@
 
 /* What a suite's checks get: its loaded set's maps, what got attached, who the test process is. */
 struct func_ctx {
-	const char *label;		/* RESULT object column: the suite ("node", "inpod") */
+	const char *label; /* RESULT object column: the suite ("node", "inpod") */
 	struct bpf_map *const *maps;
 	int nmaps;
-	__u64 netns_cookie;		/* the test process's netns: the "pod" */
-	bool has_sk_lookup;		/* an sk_lookup program is attached to this netns */
-	bool has_tc;			/* a tc program is attached to the veth */
+	__u64 netns_cookie; /* the test process's netns: the "pod" */
+	bool has_sk_lookup; /* an sk_lookup program is attached to this netns */
+	bool has_tc;	    /* a tc program is attached to the veth */
 };
 
 /* A connect from the test cgroup to FILL_ORIG_DST lands on the 15001 listener `lfd` (bound to

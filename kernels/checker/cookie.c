@@ -6,12 +6,12 @@
 #include <bpf/bpf.h>
 #include "cookie.h"
 
-#define INSN(c, d, s, o, i) ((struct bpf_insn){ .code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i) })
+#define INSN(c, d, s, o, i) ((struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)})
 
 int netns_cookie_of_self(int cgroup_fd, __u64 *cookie)
 {
 	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = BPF_CGROUP_INET4_CONNECT);
-	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(9) };
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(9)};
 	int map_fd, prog_fd = -1, link_fd = -1, sock = -1, err = 0;
 	__u32 zero = 0;
 

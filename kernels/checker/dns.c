@@ -17,7 +17,7 @@
 
 static bool readable_within(int fd)
 {
-	struct pollfd p = { .fd = fd, .events = POLLIN };
+	struct pollfd p = {.fd = fd, .events = POLLIN};
 
 	if (poll(&p, 1, 3000) == 1)
 		return true;
@@ -71,8 +71,9 @@ static int udp_exchange(const struct func_ctx *c, const char *name, int ufd, boo
 	}
 	close(cfd);
 	if (!sock_same(&from, &orig) || (connected && !sock_same(&peer, &orig))) {
-		report(c->label, name, "func", "fail", "answer from %s, getpeername %s, want %s", sock_fmt(&from, a, sizeof(a)),
-		       connected ? sock_fmt(&peer, b, sizeof(b)) : "-", sock_fmt(&orig, b, sizeof(b)));
+		report(c->label, name, "func", "fail", "answer from %s, getpeername %s, want %s",
+		       sock_fmt(&from, a, sizeof(a)), connected ? sock_fmt(&peer, b, sizeof(b)) : "-",
+		       sock_fmt(&orig, b, sizeof(b)));
 		return 1;
 	}
 	report(c->label, name, "func", "ok", "answer from %s (restored %lld)", sock_fmt(&from, a, sizeof(a)),
@@ -89,7 +90,8 @@ static int tcp_exchange(const struct func_ctx *c, int lfd)
 
 	sock_addr4(&orig, FILL_ORIG_DST_IP, AMBPF_DNS_PORT);
 	memset(&peer, 0, sizeof(peer));
-	if (cfd < 0 || connect(cfd, (struct sockaddr *)&orig, sizeof(orig)) < 0 || (afd = sock_accept_within(lfd)) < 0) {
+	if (cfd < 0 || connect(cfd, (struct sockaddr *)&orig, sizeof(orig)) < 0 ||
+	    (afd = sock_accept_within(lfd)) < 0) {
 		report(c->label, CHECK_TCP, "func", "fail", "connect to %s did not reach %s:%d: %s",
 		       sock_fmt(&orig, a, sizeof(a)), PROXY_IP, AMBPF_PORT_DNS, strerror(errno));
 		if (cfd >= 0)
@@ -104,7 +106,8 @@ static int tcp_exchange(const struct func_ctx *c, int lfd)
 		return 1;
 	}
 	close(cfd);
-	report(c->label, CHECK_TCP, "func", "ok", "%s -> %s:%d", sock_fmt(&orig, a, sizeof(a)), PROXY_IP, AMBPF_PORT_DNS);
+	report(c->label, CHECK_TCP, "func", "ok", "%s -> %s:%d", sock_fmt(&orig, a, sizeof(a)), PROXY_IP,
+	       AMBPF_PORT_DNS);
 	return 0;
 }
 
@@ -120,8 +123,8 @@ int inpod_dns_checks(const struct func_ctx *c)
 	/* ztunnel marks every socket it opens in a pod; tc on lo recognises its answers by it. */
 	if (ufd < 0 || lfd < 0 || setsockopt(ufd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) ||
 	    bind(ufd, (struct sockaddr *)&proxy, sizeof(proxy))) {
-		report(c->label, CHECK_UDP, "func", "fail", "the proxy's sockets on %s:%d: %s", PROXY_IP, AMBPF_PORT_DNS,
-		       strerror(errno));
+		report(c->label, CHECK_UDP, "func", "fail", "the proxy's sockets on %s:%d: %s", PROXY_IP,
+		       AMBPF_PORT_DNS, strerror(errno));
 		report(c->label, CHECK_CONN, "func", "fail", "no proxy");
 		report(c->label, CHECK_TCP, "func", "fail", "no proxy");
 		failures = 3;

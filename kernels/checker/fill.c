@@ -47,7 +47,7 @@ static int update(struct bpf_map *const *maps, int nmaps, const char *name, cons
 int fill_maps(struct bpf_map *const *maps, int nmaps, enum fill_topology topo, __u64 netns_cookie, char *err,
 	      size_t errlen)
 {
-	struct ambpf_netns ns = { .flags = AMBPF_POD_AMBIENT };
+	struct ambpf_netns ns = {.flags = AMBPF_POD_AMBIENT};
 	struct ambpf_ztunnel zt = {
 		.port_out_host = AMBPF_PORT_OUTBOUND,
 		.port_in_host = AMBPF_PORT_INBOUND,
@@ -57,8 +57,8 @@ int fill_maps(struct bpf_map *const *maps, int nmaps, enum fill_topology topo, _
 		.mark_mask = AMBPF_ZTUNNEL_MARK_MASK,
 		.flags = AMBPF_ZT_READY,
 	};
-	struct ambpf_config cfg = { .flags = topo == FILL_INPOD ? AMBPF_CFG_INPOD : 0 };
-	struct ambpf_pod pod = { .flags = AMBPF_POD_AMBIENT };
+	struct ambpf_config cfg = {.flags = topo == FILL_INPOD ? AMBPF_CFG_INPOD : 0};
+	struct ambpf_pod pod = {.flags = AMBPF_POD_AMBIENT};
 	struct ambpf_ip pod_ip;
 	__u32 zero = 0;
 	int err_;
@@ -85,11 +85,11 @@ int fill_listener(struct bpf_map *const *maps, int nmaps, int listen_fd, char *e
 	return update(maps, nmaps, "ambpf_zt_listen", &slot, &fd, err, errlen);
 }
 
-int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int outbound_fd,
-			 int inbound_fd, int hbone_fd, char *err, size_t errlen)
+int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int outbound_fd, int inbound_fd,
+			 int hbone_fd, char *err, size_t errlen)
 {
-	struct ambpf_inpod_sk tag = { .netns_cookie = netns_cookie }; /* orig.family 0: not an app socket */
-	struct ambpf_inpod_lkey in = { .slot = AMBPF_LISTENER_INBOUND }, hb = { .slot = AMBPF_LISTENER_HBONE };
+	struct ambpf_inpod_sk tag = {.netns_cookie = netns_cookie}; /* orig.family 0: not an app socket */
+	struct ambpf_inpod_lkey in = {.slot = AMBPF_LISTENER_INBOUND}, hb = {.slot = AMBPF_LISTENER_HBONE};
 	__u64 in_fd = (__u64)inbound_fd, hb_fd = (__u64)hbone_fd;
 	int err_;
 
@@ -105,9 +105,9 @@ int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_coo
 
 int fill_inpod6(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int inbound6_fd, char *err, size_t errlen)
 {
-	struct ambpf_netns ns = { .flags = AMBPF_POD_AMBIENT };
-	struct ambpf_pod pod = { .flags = AMBPF_POD_AMBIENT };
-	struct ambpf_inpod_lkey in = { .slot = AMBPF_LISTENER_INBOUND };
+	struct ambpf_netns ns = {.flags = AMBPF_POD_AMBIENT};
+	struct ambpf_pod pod = {.flags = AMBPF_POD_AMBIENT};
+	struct ambpf_inpod_lkey in = {.slot = AMBPF_LISTENER_INBOUND};
 	struct ambpf_ip pod_ip;
 	__u64 in_fd = (__u64)inbound6_fd;
 	int err_;

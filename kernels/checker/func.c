@@ -17,8 +17,8 @@
 #include "report.h"
 #include "sockets.h"
 
-#define MAX_MAPS 64
-#define MAX_OBJS 16
+#define MAX_MAPS	64
+#define MAX_OBJS	16
 #define SELFTEST_OBJECT "checker-selftest" /* the fixture is not part of ambpf's datapath */
 
 struct loaded_set {
@@ -57,7 +57,8 @@ static int load_shared(struct loaded_set *s, struct object_info *o)
 
 	if (!obj)
 		return -errno;
-	bpf_object__for_each_program(prog, obj) {
+	bpf_object__for_each_program(prog, obj)
+	{
 		bool on = false;
 
 		for (int i = 0; i < o->n; i++)
@@ -66,7 +67,8 @@ static int load_shared(struct loaded_set *s, struct object_info *o)
 		bpf_program__set_autoload(prog, on);
 		any |= on;
 	}
-	bpf_object__for_each_map(map, obj) {
+	bpf_object__for_each_map(map, obj)
+	{
 		struct bpf_map *prev = shared(s, bpf_map__name(map));
 
 		if (prev && (err = bpf_map__reuse_fd(map, bpf_map__fd(prev)))) {
@@ -79,9 +81,8 @@ static int load_shared(struct loaded_set *s, struct object_info *o)
 		return any ? err : 0;
 	}
 	s->objs[s->nobj++] = obj;
-	bpf_object__for_each_map(map, obj)
-		if (!shared(s, bpf_map__name(map)) && s->nmaps < MAX_MAPS)
-			s->maps[s->nmaps++] = map;
+	bpf_object__for_each_map(map, obj) if (!shared(s, bpf_map__name(map)) && s->nmaps < MAX_MAPS)
+		s->maps[s->nmaps++] = map;
 	return 0;
 }
 
@@ -94,7 +95,8 @@ static int attach_all(const char *label, struct loaded_set *s, const struct atta
 	for (int i = 0; i < s->nobj; i++) {
 		struct bpf_program *prog;
 
-		bpf_object__for_each_program(prog, s->objs[i]) {
+		bpf_object__for_each_program(prog, s->objs[i])
+		{
 			if (!bpf_program__autoload(prog) || s->natt >= MAX_PROGS)
 				continue;
 			if (attach_program(prog, s->objs[i], env, &s->att[s->natt], how, sizeof(how), &probe)) {
@@ -124,7 +126,8 @@ static int check_tc(const struct func_ctx *c)
 	int err = inject_syn(FILL_ZT_HOST_IF, FILL_TC_IF, FILL_REMOTE_IP, FILL_TC_POD_IP, 80);
 
 	if (err) {
-		report(c->label, name, "func", "fail", "cannot inject a SYN on %s: %s", FILL_ZT_HOST_IF, strerror(-err));
+		report(c->label, name, "func", "fail", "cannot inject a SYN on %s: %s", FILL_ZT_HOST_IF,
+		       strerror(-err));
 		return 1;
 	}
 	for (int i = 0; i < 20 && after <= before; i++) {
@@ -135,9 +138,11 @@ static int check_tc(const struct func_ctx *c)
 		report(c->label, name, "func", "ok", "steered %lld SYN(s) to %s", after - before, FILL_ZT_HOST_IF);
 		return 0;
 	}
-	report(c->label, name, "func", "fail", "TC_STEERED stayed at %lld (pass not-ambient %lld, pod-flow %lld, local %lld, error %lld)",
-	       after, fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_NOT_AMBIENT),
-	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_POD_FLOW), fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_LOCAL),
+	report(c->label, name, "func", "fail",
+	       "TC_STEERED stayed at %lld (pass not-ambient %lld, pod-flow %lld, local %lld, error %lld)", after,
+	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_NOT_AMBIENT),
+	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_POD_FLOW),
+	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_PASS_LOCAL),
 	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_ERROR));
 	return 1;
 }
@@ -165,8 +170,8 @@ static int check_tc_local(const struct func_ctx *c)
 		report(c->label, name, "func", "ok", "passed %lld local SYN(s)", after - before);
 		return 0;
 	}
-	report(c->label, name, "func", "fail", "TC_PASS_LOCAL %lld -> %lld, TC_STEERED %lld -> %lld", before, after, steered,
-	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_STEERED));
+	report(c->label, name, "func", "fail", "TC_PASS_LOCAL %lld -> %lld, TC_STEERED %lld -> %lld", before, after,
+	       steered, fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_STEERED));
 	return 1;
 }
 
@@ -212,8 +217,8 @@ static bool inpod_member(const char *object_label)
 }
 
 static const struct func_suite suites[] = {
-	{ "node", node_member, node_checks },
-	{ "inpod", inpod_member, inpod_checks },
+	{"node", node_member, node_checks},
+	{"inpod", inpod_member, inpod_checks},
 };
 
 /* The child joins the test cgroup (so the cgroup programs see its sockets, ztunnel stand-in
@@ -288,8 +293,7 @@ out:
 	return failures;
 }
 
-int run_functional_checks(struct object_info *objs, int nobj, const char *cgroup_path,
-			  const struct attach_env *env)
+int run_functional_checks(struct object_info *objs, int nobj, const char *cgroup_path, const struct attach_env *env)
 {
 	int failures = 0;
 

@@ -19,7 +19,6 @@ struct object_info {
 };
 
 /* Runs every suite; returns the number of failed checks. */
-int run_functional_checks(struct object_info *objs, int nobj, const char *cgroup_path,
-			  const struct attach_env *env);
+int run_functional_checks(struct object_info *objs, int nobj, const char *cgroup_path, const struct attach_env *env);
 
 #endif /* AMBPF_CHECKER_FUNC_H */

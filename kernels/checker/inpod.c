@@ -40,8 +40,10 @@ int inpod_checks(const struct func_ctx *c)
 		failures += check_sk_lookup(c, CHECK_15006, 80, in, false);
 		failures += check_sk_lookup(c, CHECK_15008, AMBPF_PORT_HBONE, hb, false);
 	} else {
-		report(c->label, CHECK_15006, "func", "fail", "ambpf_inpod_lookup is not attached (see its load/attach row)");
-		report(c->label, CHECK_15008, "func", "fail", "ambpf_inpod_lookup is not attached (see its load/attach row)");
+		report(c->label, CHECK_15006, "func", "fail",
+		       "ambpf_inpod_lookup is not attached (see its load/attach row)");
+		report(c->label, CHECK_15008, "func", "fail",
+		       "ambpf_inpod_lookup is not attached (see its load/attach row)");
 		failures += 2;
 	}
 	failures += inpod_dns_checks(c);

@@ -74,9 +74,10 @@ static int check_out6(const struct func_ctx *c, int lfd)
 
 	addr6(&orig, FILL_ORIG_DST_IP6, FILL_ORIG_DST_PORT);
 	addr6(&pod, FILL_POD_IP6, 0);
-	if (cfd < 0 || connect(cfd, (struct sockaddr *)&orig, sizeof(orig)) < 0 || (afd = sock_accept_within(lfd)) < 0) {
-		report(c->label, CHECK_OUT6, "func", "fail", "connect to %s did not reach [::]:%d: %s", fmt6(&orig, a, sizeof(a)),
-		       AMBPF_PORT_OUTBOUND, strerror(errno));
+	if (cfd < 0 || connect(cfd, (struct sockaddr *)&orig, sizeof(orig)) < 0 ||
+	    (afd = sock_accept_within(lfd)) < 0) {
+		report(c->label, CHECK_OUT6, "func", "fail", "connect to %s did not reach [::]:%d: %s",
+		       fmt6(&orig, a, sizeof(a)), AMBPF_PORT_OUTBOUND, strerror(errno));
 		if (cfd >= 0)
 			close(cfd);
 		return 1;
@@ -84,8 +85,8 @@ static int check_out6(const struct func_ctx *c, int lfd)
 	memset(&peer, 0, sizeof(peer));
 	if (getpeername(afd, (struct sockaddr *)&peer, &len) ||
 	    memcmp(&peer.sin6_addr, &pod.sin6_addr, sizeof(pod.sin6_addr))) {
-		report(c->label, CHECK_OUT6, "func", "fail", "ztunnel's side sees %s as source, want %s", fmt6(&peer, a, sizeof(a)),
-		       FILL_POD_IP6);
+		report(c->label, CHECK_OUT6, "func", "fail", "ztunnel's side sees %s as source, want %s",
+		       fmt6(&peer, a, sizeof(a)), FILL_POD_IP6);
 		goto fail;
 	}
 	memset(&got, 0, sizeof(got));
@@ -100,11 +101,12 @@ static int check_out6(const struct func_ctx *c, int lfd)
 	len = sizeof(got);
 	if (v4_answered || getsockopt(afd, SOL_IPV6, SO_ORIGINAL_DST, &got, &len) || !same6(&got, &orig)) {
 		report(c->label, CHECK_OUT6, "func", "fail", "SOL_IP %s; IP6T_SO_ORIGINAL_DST gave %s, want %s",
-		       v4_answered ? "answered (want no answer)" : "no answer", fmt6(&got, a, sizeof(a)), fmt6(&orig, b, sizeof(b)));
+		       v4_answered ? "answered (want no answer)" : "no answer", fmt6(&got, a, sizeof(a)),
+		       fmt6(&orig, b, sizeof(b)));
 		goto fail;
 	}
-	report(c->label, CHECK_OUT6, "func", "ok", "%s from [%s] (redirected %lld)", fmt6(&orig, a, sizeof(a)), FILL_POD_IP6,
-	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_CONNECT6_REDIRECTED));
+	report(c->label, CHECK_OUT6, "func", "ok", "%s from [%s] (redirected %lld)", fmt6(&orig, a, sizeof(a)),
+	       FILL_POD_IP6, fill_stat(c->maps, c->nmaps, AMBPF_STAT_CONNECT6_REDIRECTED));
 	close(afd);
 	close(cfd);
 	return 0;
@@ -135,14 +137,14 @@ static int check_in6(const struct func_ctx *c, int lfd)
 	}
 	memset(&got, 0, sizeof(got));
 	if (getsockname(afd, (struct sockaddr *)&got, &len) || !same6(&got, &dst)) {
-		report(c->label, CHECK_IN6, "func", "fail", "accepted with local address %s, want %s", fmt6(&got, a, sizeof(a)),
-		       fmt6(&dst, b, sizeof(b)));
+		report(c->label, CHECK_IN6, "func", "fail", "accepted with local address %s, want %s",
+		       fmt6(&got, a, sizeof(a)), fmt6(&dst, b, sizeof(b)));
 		close(afd);
 		close(cfd);
 		return 1;
 	}
-	report(c->label, CHECK_IN6, "func", "ok", "accepted with local address %s (assigned %lld)", fmt6(&got, a, sizeof(a)),
-	       fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_ASSIGNED));
+	report(c->label, CHECK_IN6, "func", "ok", "accepted with local address %s (assigned %lld)",
+	       fmt6(&got, a, sizeof(a)), fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_ASSIGNED));
 	close(afd);
 	close(cfd);
 	return 0;
@@ -167,7 +169,8 @@ int inpod6_checks(const struct func_ctx *c)
 	if (c->has_sk_lookup) {
 		failures += check_in6(c, in);
 	} else {
-		report(c->label, CHECK_IN6, "func", "fail", "ambpf_inpod_lookup is not attached (see its load/attach row)");
+		report(c->label, CHECK_IN6, "func", "fail",
+		       "ambpf_inpod_lookup is not attached (see its load/attach row)");
 		failures++;
 	}
 out:

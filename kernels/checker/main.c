@@ -19,7 +19,7 @@
 #include "report.h"
 
 #define LOG_BUF_SIZE (4 << 20)
-#define MAX_OBJECTS 16
+#define MAX_OBJECTS  16
 
 static char log_buf[LOG_BUF_SIZE];
 
@@ -62,7 +62,8 @@ static bool check_one(const char *path, const char *label, const char *name, con
 		report(label, name, "load", "fail", "cannot open object: %s", strerror(errno));
 		return false;
 	}
-	bpf_object__for_each_program(prog, obj) {
+	bpf_object__for_each_program(prog, obj)
+	{
 		bool me = strcmp(bpf_program__name(prog), name) == 0;
 
 		bpf_program__set_autoload(prog, me);
@@ -113,7 +114,8 @@ static int check_object(struct object_info *o, const struct attach_env *env)
 		report_log_tail(o->label, "-", libbpf_log_text(), 8);
 		return 1;
 	}
-	bpf_object__for_each_program(prog, obj) {
+	bpf_object__for_each_program(prog, obj)
+	{
 		if (o->n < MAX_PROGS)
 			o->names[o->n++] = strdup(bpf_program__name(prog));
 	}
@@ -129,7 +131,7 @@ static int check_object(struct object_info *o, const struct attach_env *env)
 
 int main(int argc, char **argv)
 {
-	struct attach_env env = { .cgroup_fd = -1, .netns_fd = -1 };
+	struct attach_env env = {.cgroup_fd = -1, .netns_fd = -1};
 	const char *cgroup = NULL, *iface = NULL;
 	struct utsname uts;
 	int i, failures = 0;

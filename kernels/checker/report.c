@@ -10,8 +10,7 @@ static void put_clean(const char *s)
 		putchar(*s == '\t' || *s == '\n' || *s == '\r' ? ' ' : *s);
 }
 
-void report(const char *object, const char *program, const char *stage, const char *status,
-	    const char *fmt, ...)
+void report(const char *object, const char *program, const char *stage, const char *status, const char *fmt, ...)
 {
 	char detail[1024];
 	va_list ap;

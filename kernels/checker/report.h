@@ -5,8 +5,8 @@
 #define AMBPF_CHECKER_REPORT_H
 
 /* RESULT <object> <program> <stage> <status> <detail> */
-void report(const char *object, const char *program, const char *stage, const char *status,
-	    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void report(const char *object, const char *program, const char *stage, const char *status, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
 
 /* VLOG <object> <program> <line>: the last `max_lines` non-empty lines of a verifier/libbpf log. */
 void report_log_tail(const char *object, const char *program, const char *log, int max_lines);

@@ -49,7 +49,7 @@ int sock_listen(const char *ip, int port)
 
 int sock_accept_within(int lfd)
 {
-	struct pollfd p = { .fd = lfd, .events = POLLIN };
+	struct pollfd p = {.fd = lfd, .events = POLLIN};
 	struct sockaddr_storage peer;
 	socklen_t len = sizeof(peer);
 

@@ -11,8 +11,15 @@
 // patch names the pod's uid: a pod re-created under the same name (StatefulSets) is a different pod,
 // and the server refuses the patch (uid is immutable) instead of annotating the wrong one.
 import {
-  ApiException, CoreV1Api, Observable, PatchStrategy, setHeaderOptions,
-  type KubeConfig, type ObservableMiddleware, type RequestContext, type ResponseContext,
+  ApiException,
+  CoreV1Api,
+  Observable,
+  PatchStrategy,
+  setHeaderOptions,
+  type KubeConfig,
+  type ObservableMiddleware,
+  type RequestContext,
+  type ResponseContext,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { logger } from '../log.ts';
@@ -245,10 +252,12 @@ export class KubePodAnnotator implements PodAnnotator {
     // The first failure and then every tenth are warnings: an API server outage on a full node
     // would otherwise write a line per pod per retry.
     const level = e.failures === 1 || e.failures % 10 === 0 ? 'warn' : 'debug';
-    this.#log[level]({ ...where, code, err: whyFailed(err), failures: e.failures, retryInMs: delay },
+    this.#log[level](
+      { ...where, code, err: whyFailed(err), failures: e.failures, retryInMs: delay },
       code === 401 || code === 403
-        ? 'the API server refused the annotation patch: does ambpf\'s ClusterRole grant patch on pods/status? retrying'
-        : 'annotation patch failed, retrying');
+        ? "the API server refused the annotation patch: does ambpf's ClusterRole grant patch on pods/status? retrying"
+        : 'annotation patch failed, retrying',
+    );
     e.retry = setTimeout(() => {
       e.retry = undefined;
       this.#schedule(e);
@@ -263,7 +272,10 @@ export class KubePodAnnotator implements PodAnnotator {
       middleware: [deadline(this.#timeoutMs)],
       middlewareMergeStrategy: 'append',
     });
-    await this.#api.patchNamespacedPodStatus({ name: pod.name, namespace: pod.namespace, body, fieldManager: 'ambpf' }, options);
+    await this.#api.patchNamespacedPodStatus(
+      { name: pod.name, namespace: pod.namespace, body, fieldManager: 'ambpf' },
+      options,
+    );
   }
 }
 
@@ -287,7 +299,10 @@ function whyFailed(err: unknown): string {
  * stale ones; pods in the mesh are left to the handoff.
  */
 export function clearStaleRedirection(
-  annotator: KubePodAnnotator, snapshot: ClusterSnapshot, ambientUids: ReadonlySet<string>, node: string,
+  annotator: KubePodAnnotator,
+  snapshot: ClusterSnapshot,
+  ambientUids: ReadonlySet<string>,
+  node: string,
 ): void {
   const seen: Array<{ pod: PodRef; value: RedirectionValue | null }> = [];
   const stale: PodRef[] = [];

@@ -15,7 +15,14 @@
 // grace period. What ADD took is persisted (stateFile), so a restarted agent keeps it armed.
 import { createServer, type Server, type Socket } from 'node:net';
 import {
-  chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync,
+  chmodSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  unlinkSync,
+  writeFileSync,
 } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
@@ -161,9 +168,11 @@ function parse(req: CniRequest): Parsed {
   if (!config) throw new CniError(CNI_ERR.decode, 'the network configuration on stdin is not a JSON object');
   const cniVersion = config['cniVersion'];
   if (typeof cniVersion !== 'string' || !(CNI_SUPPORTED_VERSIONS as readonly string[]).includes(cniVersion)) {
-    throw new CniError(CNI_ERR.incompatibleVersion,
+    throw new CniError(
+      CNI_ERR.incompatibleVersion,
       `ambpf-cni does not support cniVersion ${JSON.stringify(cniVersion)}`,
-      `supported: ${CNI_SUPPORTED_VERSIONS.join(', ')}`);
+      `supported: ${CNI_SUPPORTED_VERSIONS.join(', ')}`,
+    );
   }
   const args = parseCniArgs(req.env['CNI_ARGS']);
   const namespace = args.get('K8S_POD_NAMESPACE');
@@ -199,7 +208,8 @@ function metaOf(obj: KubeObjectLike): { namespace?: unknown; name?: unknown; uid
  */
 function provisionalPod(p: Pick<CniPod, 'uid' | 'namespace' | 'name' | 'ips'>, node: string): KubeObjectLike {
   return {
-    apiVersion: 'v1', kind: 'Pod',
+    apiVersion: 'v1',
+    kind: 'Pod',
     metadata: { name: p.name, namespace: p.namespace, uid: p.uid, labels: {}, annotations: {} },
     spec: { nodeName: node, containers: [] },
     status: { phase: 'Pending', podIP: p.ips[0], podIPs: p.ips.map((ip) => ({ ip })) },
@@ -254,9 +264,12 @@ export class CniServer {
     this.#inode = lstatSync(o.socketPath).ino;
     for (const p of restored) this.#pods.set(p.uid, p);
     // Snapshots check the grace period too; this covers a quiet source (no snapshot for a while).
-    this.#graceTimer = setInterval(() => {
-      if (this.#expire()) void this.#pass().catch(() => undefined);
-    }, Math.max(100, Math.min(this.#graceMs / 4, 5000)));
+    this.#graceTimer = setInterval(
+      () => {
+        if (this.#expire()) void this.#pass().catch(() => undefined);
+      },
+      Math.max(100, Math.min(this.#graceMs / 4, 5000)),
+    );
     this.#graceTimer.unref();
   }
 
@@ -284,8 +297,10 @@ export class CniServer {
     chmodSync(o.socketPath, 0o600); // the runtime runs the plugin as root; nobody else may add pods
     self = new CniServer(o, server, restored);
     self.#persist();
-    o.log.info({ socket: o.socketPath, timeoutMs: self.#timeoutMs, graceMs: self.#graceMs, restored: restored.length },
-      'serving the CNI plugin');
+    o.log.info(
+      { socket: o.socketPath, timeoutMs: self.#timeoutMs, graceMs: self.#graceMs, restored: restored.length },
+      'serving the CNI plugin',
+    );
     return self;
   }
 
@@ -341,8 +356,10 @@ export class CniServer {
       if (p.seen || now - p.since < this.#graceMs) continue;
       this.#pods.delete(uid);
       dropped = true;
-      this.#o.log.warn({ pod: podKey(p.namespace, p.name), uid, graceMs: this.#graceMs },
-        'released a pod CNI ADD armed: the pod source never showed it');
+      this.#o.log.warn(
+        { pod: podKey(p.namespace, p.name), uid, graceMs: this.#graceMs },
+        'released a pod CNI ADD armed: the pod source never showed it',
+      );
     }
     if (dropped && persist) this.#persist();
     return dropped;
@@ -380,7 +397,9 @@ export class CniServer {
       // the netns ADD gave carries the IPs of prevResult, and those are what its capture must use.
       const shown = Array.isArray(status['podIPs'])
         ? status['podIPs'].map((x) => record(x)?.['ip']).filter((ip): ip is string => typeof ip === 'string')
-        : typeof status['podIP'] === 'string' ? [status['podIP']] : [];
+        : typeof status['podIP'] === 'string'
+          ? [status['podIP']]
+          : [];
       if (shown.length > 0 && shown.every((ip) => cni.ips.includes(ip))) return obj;
       const ips = { podIP: cni.ips[0], podIPs: cni.ips.map((ip) => ({ ip })) };
       return { ...obj, status: { ...status, phase: status['phase'] ?? 'Pending', ...ips } };
@@ -423,22 +442,42 @@ export class CniServer {
       const strings = Object.entries(env).filter((e): e is [string, string] => typeof e[1] === 'string');
       req = { env: Object.fromEntries(strings), stdin: raw['stdin'] };
     } catch (err) {
-      return errorReply(cniVersion, new CniError(CNI_ERR.decode,
-        'the plugin\'s request is malformed (plugin and agent versions differ?)', describeError(err)));
+      return errorReply(
+        cniVersion,
+        new CniError(
+          CNI_ERR.decode,
+          "the plugin's request is malformed (plugin and agent versions differ?)",
+          describeError(err),
+        ),
+      );
     }
     try {
       const p = parse(req);
       cniVersion = p.cniVersion;
       const reply = await this.#dispatch(p, req.env);
-      this.#o.log.info({ command: p.command, pod: p.pod ? podKey(p.pod.namespace, p.pod.name) : undefined,
-        ms: Math.round(performance.now() - started) }, 'CNI request served');
+      this.#o.log.info(
+        {
+          command: p.command,
+          pod: p.pod ? podKey(p.pod.namespace, p.pod.name) : undefined,
+          ms: Math.round(performance.now() - started),
+        },
+        'CNI request served',
+      );
       return reply;
     } catch (err) {
-      const e = err instanceof CniError ? err
-        : new CniError(CNI_ERR.tryAgainLater, 'ambpf agent error', describeError(err));
-      this.#o.log.warn({
-        command: req.env['CNI_COMMAND'], args: req.env['CNI_ARGS'], code: e.code, err: e.message, details: e.details,
-        ms: Math.round(performance.now() - started) }, 'CNI request failed');
+      const e =
+        err instanceof CniError ? err : new CniError(CNI_ERR.tryAgainLater, 'ambpf agent error', describeError(err));
+      this.#o.log.warn(
+        {
+          command: req.env['CNI_COMMAND'],
+          args: req.env['CNI_ARGS'],
+          code: e.code,
+          err: e.message,
+          details: e.details,
+          ms: Math.round(performance.now() - started),
+        },
+        'CNI request failed',
+      );
       return errorReply(cniVersion, e);
     }
   }
@@ -491,33 +530,52 @@ export class CniServer {
     let decision = decide();
     if (decision === undefined) {
       this.#o.log.debug({ pod: podKey(namespace, name) }, 'CNI ADD waits for the pod to appear in the pod source');
-      decision = await this.#waitFor(deadline, decide, () =>
-        `${what} is not known to the agent's pod source after ${this.#timeoutMs} ms, and its namespace is not `
-        + 'ambient (watch behind, or a pods file without it)');
+      decision = await this.#waitFor(
+        deadline,
+        decide,
+        () =>
+          `${what} is not known to the agent's pod source after ${this.#timeoutMs} ms, and its namespace is not ` +
+          'ambient (watch behind, or a pods file without it)',
+      );
     }
     const { uid, provisional } = decision;
     if (!provisional && !this.#isAmbient(uid, what, this.#overlayOne(uid, judged))) return passThrough(p);
     if (ips.length === 0) {
-      throw new CniError(CNI_ERR.invalidConfig, `${what} is ambient but prevResult names no IP`,
-        'ambpf-cni must come after the plugin that assigns the pod\'s IPs');
+      throw new CniError(
+        CNI_ERR.invalidConfig,
+        `${what} is ambient but prevResult names no IP`,
+        "ambpf-cni must come after the plugin that assigns the pod's IPs",
+      );
     }
     let cookie: bigint;
     try {
       cookie = netnsCookie(netnsPath);
     } catch (err) {
-      throw new CniError(CNI_ERR.invalidEnv, `cannot open the network namespace CNI_NETNS=${netnsPath}`,
-        describeError(err));
+      throw new CniError(
+        CNI_ERR.invalidEnv,
+        `cannot open the network namespace CNI_NETNS=${netnsPath}`,
+        describeError(err),
+      );
     }
     if (!this.#o.handoff.ready) {
-      throw new CniError(CNI_ERR.tryAgainLater,
+      throw new CniError(
+        CNI_ERR.tryAgainLater,
         `no ztunnel is connected to the agent on this node; ${what} would start outside the mesh`,
-        'the runtime retries the sandbox; check the ztunnel pod of this node');
+        'the runtime retries the sandbox; check the ztunnel pod of this node',
+      );
     }
     const decided = performance.now();
     // Persisted before anything is armed: an agent that dies from here on finds the pod at restart.
     this.#pods.set(uid, {
-      uid, namespace, name, netnsPath, netnsCookie: cookie, ips, containerId: env['CNI_CONTAINERID'] ?? '',
-      since: Date.now(), seen: !provisional,
+      uid,
+      namespace,
+      name,
+      netnsPath,
+      netnsCookie: cookie,
+      ips,
+      containerId: env['CNI_CONTAINERID'] ?? '',
+      since: Date.now(),
+      seen: !provisional,
     });
     this.#persist();
     let armed = decided;
@@ -526,10 +584,14 @@ export class CniServer {
       const armError = (await this.#pass())?.errors.find((e) => e.includes(`${what}:`));
       if (armError) throw new CniError(CNI_ERR.tryAgainLater, `${what}: the agent could not capture it`, armError);
       armed = performance.now();
-      await this.#waitFor(deadline, () => (this.#o.handoff.served(uid, cookie) ? true : undefined), () => {
-        const why = this.#o.handoff.ready ? 'ztunnel did not ack it' : 'ztunnel disconnected';
-        return `${what}: ${why} within ${this.#timeoutMs} ms; the runtime retries the sandbox`;
-      });
+      await this.#waitFor(
+        deadline,
+        () => (this.#o.handoff.served(uid, cookie) ? true : undefined),
+        () => {
+          const why = this.#o.handoff.ready ? 'ztunnel did not ack it' : 'ztunnel disconnected';
+          return `${what}: ${why} within ${this.#timeoutMs} ms; the runtime retries the sandbox`;
+        },
+      );
     } catch (err) {
       // Nothing is left half-added: the pod's capture goes with the next pass.
       this.#pods.delete(uid);
@@ -538,12 +600,17 @@ export class CniServer {
       throw err;
     }
     const ms = (t: number): number => Math.round(t * 10) / 10;
-    this.#o.log.info({
-      pod: podKey(namespace, name), uid, provisional,
-      phases: { decide: ms(decided - started), arm: ms(armed - decided), ack: ms(performance.now() - armed) },
-    }, provisional
-      ? 'CNI ADD: captured provisionally (not in the pod source yet) and acked by ztunnel'
-      : 'CNI ADD: captured and acked by ztunnel');
+    this.#o.log.info(
+      {
+        pod: podKey(namespace, name),
+        uid,
+        provisional,
+        phases: { decide: ms(decided - started), arm: ms(armed - decided), ack: ms(performance.now() - armed) },
+      },
+      provisional
+        ? 'CNI ADD: captured provisionally (not in the pod source yet) and acked by ztunnel'
+        : 'CNI ADD: captured and acked by ztunnel',
+    );
     return passThrough(p);
   }
 
@@ -558,9 +625,11 @@ export class CniServer {
   #del(p: Parsed): void {
     // The sandbox's entry: by the pod's uid, else (no K8S_POD_UID) by its container id or its name.
     const entries = [...this.#pods.values()];
-    const held = p.pod?.uid !== undefined ? this.#pods.get(p.pod.uid)
-      : entries.find((e) => p.containerId !== '' && e.containerId === p.containerId)
-        ?? entries.find((e) => p.pod !== undefined && e.namespace === p.pod.namespace && e.name === p.pod.name);
+    const held =
+      p.pod?.uid !== undefined
+        ? this.#pods.get(p.pod.uid)
+        : (entries.find((e) => p.containerId !== '' && e.containerId === p.containerId) ??
+          entries.find((e) => p.pod !== undefined && e.namespace === p.pod.namespace && e.name === p.pod.name));
     // A late or repeated DEL of an older sandbox must not drop the current one's entry.
     if (!held || (p.containerId !== '' && held.containerId !== '' && held.containerId !== p.containerId)) return;
     this.#pods.delete(held.uid);
@@ -568,7 +637,8 @@ export class CniServer {
     // Released by the next pass (the pod has no IPs of its own in the source yet, or its netns is
     // gone); DEL does not wait for it: the runtime removes the netns next.
     void this.#pass().catch((err: unknown) =>
-      this.#o.log.warn({ err: describeError(err) }, 'pass after CNI DEL failed'));
+      this.#o.log.warn({ err: describeError(err) }, 'pass after CNI DEL failed'),
+    );
   }
 
   #pass(): Promise<{ readonly errors: readonly string[] } | undefined> {
@@ -617,10 +687,13 @@ export class CniServer {
       this.#waiters.add(retry);
       // Wakes come with every snapshot and ZDS change; the poll only covers a missed one.
       const poll = setInterval(retry, 200);
-      const timer = setTimeout(() => {
-        done();
-        reject(new CniError(CNI_ERR.tryAgainLater, why()));
-      }, Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(
+        () => {
+          done();
+          reject(new CniError(CNI_ERR.tryAgainLater, why()));
+        },
+        Math.max(0, deadline - Date.now()),
+      );
     });
   }
 }

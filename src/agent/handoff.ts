@@ -13,7 +13,14 @@ import { existsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ResolvedPod } from '../node/discovery.ts';
 import type { ZtunnelHandoff } from '../reconcile/topology-inpod.ts';
-import { ZdsError, ZdsNoPeerError, ZdsServer, type SnapshotItem, type WorkloadInfo, type ZdsPeer } from '../zds/index.ts';
+import {
+  ZdsError,
+  ZdsNoPeerError,
+  ZdsServer,
+  type SnapshotItem,
+  type WorkloadInfo,
+  type ZdsPeer,
+} from '../zds/index.ts';
 import { describeError } from '../errors.ts';
 import type { PodAnnotator } from './annotate.ts';
 
@@ -152,8 +159,13 @@ export class ZdsHandoff implements ZtunnelHandoff {
 
   status(): PodHandoffStatus[] {
     return [...this.#pods.values()].map((e) => ({
-      uid: e.pod.uid, namespace: e.pod.namespace, name: e.pod.name,
-      state: e.state, error: e.error, attempts: e.attempts, since: e.since,
+      uid: e.pod.uid,
+      namespace: e.pod.namespace,
+      name: e.pod.name,
+      state: e.state,
+      error: e.error,
+      attempts: e.attempts,
+      since: e.since,
     }));
   }
 
@@ -172,8 +184,10 @@ export class ZdsHandoff implements ZtunnelHandoff {
       if (e && e.pod.netnsCookie === pod.netnsCookie) {
         const info = infoOf(e.pod);
         const same = infoOf(pod);
-        if ((e.state !== 'acked' && !e.inflight)
-          || (info.name === same.name && info.namespace === same.namespace && info.serviceAccount === same.serviceAccount)) {
+        if (
+          (e.state !== 'acked' && !e.inflight) ||
+          (info.name === same.name && info.namespace === same.namespace && info.serviceAccount === same.serviceAccount)
+        ) {
           e.pod = pod;
           continue;
         }
@@ -184,8 +198,16 @@ export class ZdsHandoff implements ZtunnelHandoff {
       }
       // New, or its sandbox was re-created (new netns): ztunnel replaces the proxy on a new inode.
       this.#pods.set(pod.uid, {
-        pod, state: this.#server.ready ? 'pending' : 'no-ztunnel', error: undefined, attempts: 0, since: Date.now(),
-        servedCookie: undefined, inflight: false, everAcked: false, retryAt: 0, backoffMs: RETRY_MIN_MS,
+        pod,
+        state: this.#server.ready ? 'pending' : 'no-ztunnel',
+        error: undefined,
+        attempts: 0,
+        since: Date.now(),
+        servedCookie: undefined,
+        inflight: false,
+        everAcked: false,
+        retryAt: 0,
+        backoffMs: RETRY_MIN_MS,
       });
       this.#annotate(this.#pods.get(pod.uid)!);
     }
@@ -308,8 +330,10 @@ export class ZdsHandoff implements ZtunnelHandoff {
         e.retryAt = Date.now() + e.backoffMs;
         e.backoffMs = Math.min(e.backoffMs * 2, RETRY_MAX_MS);
         this.#set(e, 'nacked', text);
-        this.#o.log.warn({ pod: `${pod.namespace}/${pod.name}`, uid: pod.uid, err: text, retryInMs: e.retryAt - Date.now() },
-          'ztunnel did not take the pod; its traffic stays refused, retrying');
+        this.#o.log.warn(
+          { pod: `${pod.namespace}/${pod.name}`, uid: pod.uid, err: text, retryInMs: e.retryAt - Date.now() },
+          'ztunnel did not take the pod; its traffic stays refused, retrying',
+        );
       }
     } finally {
       e.inflight = false;
@@ -321,7 +345,11 @@ export class ZdsHandoff implements ZtunnelHandoff {
     if (this.#server.peers().length === 0) return;
     const results = await this.#server.del(uid);
     for (const r of results) {
-      if (r.error) this.#o.log.warn({ pod: `${pod.namespace}/${pod.name}`, uid, err: describeError(r.error) }, 'ztunnel did not ack the Del');
+      if (r.error)
+        this.#o.log.warn(
+          { pod: `${pod.namespace}/${pod.name}`, uid, err: describeError(r.error) },
+          'ztunnel did not ack the Del',
+        );
     }
     this.#o.log.info({ pod: `${pod.namespace}/${pod.name}`, uid }, 'ztunnel released the pod');
   }

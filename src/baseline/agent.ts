@@ -110,7 +110,11 @@ export class BaselineAgent {
     agent.#host = await agent.#installCleanly(inpodNodeRules(o.nodeNetns, [], o.backend, o.cfg), true);
     o.log.info({ backend: o.backend, netns: o.nodeNetns }, 'node probe SNAT installed');
     if (o.zdsSocket !== undefined) {
-      agent.#handoff = await ZdsHandoff.start({ socketPath: o.zdsSocket, log: logger('zds'), onChange: () => agent.#schedule() });
+      agent.#handoff = await ZdsHandoff.start({
+        socketPath: o.zdsSocket,
+        log: logger('zds'),
+        onChange: () => agent.#schedule(),
+      });
     }
     agent.#writeState();
     await o.source.start((snapshot) => {
@@ -130,8 +134,13 @@ export class BaselineAgent {
       ready: this.#passes > 0 && this.#pending.length === 0,
       zds: { socket: this.#o.zdsSocket, ready: this.#handoff?.ready ?? false, peers: this.#handoff?.peerPids() ?? [] },
       pods: [...this.#pods.values()].map((e) => ({
-        uid: e.pod.uid, namespace: e.pod.namespace, name: e.pod.name, ips: e.pod.ips, netnsPath: e.pod.netnsPath,
-        probe: e.probe, zds: this.#handoff ? (zds.get(e.pod.uid) ?? 'pending') : 'no-zds',
+        uid: e.pod.uid,
+        namespace: e.pod.namespace,
+        name: e.pod.name,
+        ips: e.pod.ips,
+        netnsPath: e.pod.netnsPath,
+        probe: e.probe,
+        zds: this.#handoff ? (zds.get(e.pod.uid) ?? 'pending') : 'no-zds',
       })),
       pending: this.#pending,
     };
@@ -200,12 +209,17 @@ export class BaselineAgent {
       const what = `pod ${p.namespace}/${p.name}`;
       try {
         const rules = inpodPodRules(p.netnsPath, this.#o.backend, {
-          cfg: this.#o.cfg, overrides: podOverrides(annotations.get(p.uid) ?? {}), v6Loopback: await loopbackIpv6(p.netnsPath),
+          cfg: this.#o.cfg,
+          overrides: podOverrides(annotations.get(p.uid) ?? {}),
+          v6Loopback: await loopbackIpv6(p.netnsPath),
         });
         // The first pass may meet the rules of an agent that crashed or kept them (--keep-rules).
         const { tablesBefore } = await this.#installCleanly(rules, this.#passes === 0);
         this.#pods.set(p.uid, { pod: p, rules, tablesBefore, probe: false });
-        this.#log.info({ pod: what, uid: p.uid, netns: p.netnsPath, backend: this.#o.backend }, 'in-pod rules installed');
+        this.#log.info(
+          { pod: what, uid: p.uid, netns: p.netnsPath, backend: this.#o.backend },
+          'in-pod rules installed',
+        );
       } catch (err) {
         pending.push({ object: what, reason: `could not install its rules: ${describeError(err)}` });
       }
@@ -215,7 +229,8 @@ export class BaselineAgent {
     // The probe SNAT is the last step of a capture: only for pods ztunnel took (or without ZDS).
     for (const e of this.#pods.values()) {
       if (e.probe || (this.#handoff && !this.#handoff.served(e.pod.uid, e.pod.netnsCookie))) continue;
-      for (const ip of e.pod.ips) await updateProbeSet(this.#o.nodeNetns, this.#o.backend, { ip, uid: e.pod.uid }, false);
+      for (const ip of e.pod.ips)
+        await updateProbeSet(this.#o.nodeNetns, this.#o.backend, { ip, uid: e.pod.uid }, false);
       e.probe = true;
     }
     this.#pending = pending;
@@ -231,7 +246,10 @@ export class BaselineAgent {
    * failed install is cleaned up and tried once more. After a cleanup the netns's tables before the
    * first install are unknown: removal then deletes iptables-nft's tables once they are empty.
    */
-  async #installCleanly(rules: NetnsRules, cleanFirst: boolean): Promise<{ rules: NetnsRules; tablesBefore: readonly string[] | undefined }> {
+  async #installCleanly(
+    rules: NetnsRules,
+    cleanFirst: boolean,
+  ): Promise<{ rules: NetnsRules; tablesBefore: readonly string[] | undefined }> {
     if (cleanFirst) {
       await remove(rules, undefined);
       await install(rules);
@@ -242,7 +260,10 @@ export class BaselineAgent {
       await install(rules);
       return { rules, tablesBefore };
     } catch (err) {
-      this.#log.warn({ netns: rules.netnsPath, err: describeError(err) }, 'install failed; removing what it left and installing again');
+      this.#log.warn(
+        { netns: rules.netnsPath, err: describeError(err) },
+        'install failed; removing what it left and installing again',
+      );
       await remove(rules, undefined);
       await install(rules);
       return { rules, tablesBefore: undefined };
@@ -252,13 +273,15 @@ export class BaselineAgent {
   async #release(e: PodEntry): Promise<void> {
     const what = `pod ${e.pod.namespace}/${e.pod.name}`;
     try {
-      if (e.probe) for (const ip of e.pod.ips) await updateProbeSet(this.#o.nodeNetns, this.#o.backend, { ip, uid: e.pod.uid }, true);
+      if (e.probe)
+        for (const ip of e.pod.ips)
+          await updateProbeSet(this.#o.nodeNetns, this.#o.backend, { ip, uid: e.pod.uid }, true);
       e.probe = false;
       // A deleted pod's netns went with it: nothing to clean there (istio-cni's isDelete).
       if (existsSync(e.pod.netnsPath)) await remove(e.rules, e.tablesBefore);
       this.#log.info({ pod: what, uid: e.pod.uid }, 'pod released: rules removed');
     } catch (err) {
-      this.#log.error({ pod: what, err: describeError(err) }, 'could not remove the pod\'s rules');
+      this.#log.error({ pod: what, err: describeError(err) }, "could not remove the pod's rules");
     }
   }
 
@@ -271,7 +294,11 @@ export class BaselineAgent {
   }
 }
 
-function parseCli(argv: readonly string[]): { options: Omit<BaselineAgentOptions, 'log' | 'source'>; podsFile: string; keepRules: boolean } {
+function parseCli(argv: readonly string[]): {
+  options: Omit<BaselineAgentOptions, 'log' | 'source'>;
+  podsFile: string;
+  keepRules: boolean;
+} {
   const { values } = parseArgs({
     args: [...argv],
     options: {
@@ -291,9 +318,11 @@ function parseCli(argv: readonly string[]): { options: Omit<BaselineAgentOptions
   if (!values.node) throw new UsageError('--node is required');
   if (!values['pods-file']) throw new UsageError('--pods-file is required');
   const backend = values.rules as Backend;
-  if (!BACKENDS.includes(backend)) throw new UsageError(`--rules must be one of ${BACKENDS.join(', ')}, not '${values.rules}'`);
+  if (!BACKENDS.includes(backend))
+    throw new UsageError(`--rules must be one of ${BACKENDS.join(', ')}, not '${values.rules}'`);
   const uid = Number(values['kubelet-uid']);
-  if (!Number.isInteger(uid) || uid < 0) throw new UsageError(`--kubelet-uid must be a user id, not '${values['kubelet-uid']}'`);
+  if (!Number.isInteger(uid) || uid < 0)
+    throw new UsageError(`--kubelet-uid must be a user id, not '${values['kubelet-uid']}'`);
   const zds = values['zds-socket'];
   return {
     podsFile: values['pods-file'],
@@ -301,7 +330,12 @@ function parseCli(argv: readonly string[]): { options: Omit<BaselineAgentOptions
     options: {
       node: values.node,
       backend,
-      cfg: { ...ISTIO_DEFAULTS, dns: !values['no-dns-capture'], ipv6: !values['no-ipv6'] && existsSync('/proc/sys/net/ipv6'), kubeletUid: uid },
+      cfg: {
+        ...ISTIO_DEFAULTS,
+        dns: !values['no-dns-capture'],
+        ipv6: !values['no-ipv6'] && existsSync('/proc/sys/net/ipv6'),
+        kubeletUid: uid,
+      },
       zdsSocket: zds === 'none' ? undefined : zds,
       nodeNetns: `/proc/${process.pid}/ns/net`,
       ...(values['state-file'] ? { stateFile: values['state-file'] } : {}),
@@ -320,16 +354,22 @@ async function main(): Promise<void> {
   }
   const source = createPodsFileSource({ path: cli.podsFile, pollMs: 500 });
   const agent = await BaselineAgent.start({ ...cli.options, source, log });
-  log.info({ node: cli.options.node, backend: cli.options.backend, zds: cli.options.zdsSocket ?? 'none' }, 'baseline agent running');
+  log.info(
+    { node: cli.options.node, backend: cli.options.backend, zds: cli.options.zdsSocket ?? 'none' },
+    'baseline agent running',
+  );
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
-    agent.stop(cli.keepRules).then(() => process.exit(0), (err: unknown) => {
-      log.error({ err: describeError(err) }, 'stop failed');
-      process.exit(1);
-    });
+    agent.stop(cli.keepRules).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err: describeError(err) }, 'stop failed');
+        process.exit(1);
+      },
+    );
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);

@@ -24,7 +24,11 @@ export function iptablesPathRules(info: TestbedInfo): NetnsRules[] {
 /** Every netns the nftables path touches (in-pod topology only: Istio has no node-topology nftables). */
 export function nftablesPathRules(info: TestbedInfo): NetnsRules[] {
   if (info.topology !== 'inpod') {
-    throw new BaselineError('build the nftables path', info.runDir, new Error('Istio\'s nftables backend exists for the in-pod topology only'));
+    throw new BaselineError(
+      'build the nftables path',
+      info.runDir,
+      new Error("Istio's nftables backend exists for the in-pod topology only"),
+    );
   }
   return inpodPathRules(info, 'nftables');
 }

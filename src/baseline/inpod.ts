@@ -7,8 +7,22 @@ import { inNetns } from '../testbed/run.ts';
 import { isIP } from 'node:net';
 import { existsSync } from 'node:fs';
 import {
-  hostIptables, hostNft, hostNftSets, inpodIptables, inpodNft, inpodPolicyRouting, iptTables, probeSetName,
-  NFT_NAT, NFT_POD_TABLES, NO_OVERRIDES, ISTIO_DEFAULTS, type Backend, type IptRule, type IstioConfig, type PodOverrides,
+  hostIptables,
+  hostNft,
+  hostNftSets,
+  inpodIptables,
+  inpodNft,
+  inpodPolicyRouting,
+  iptTables,
+  probeSetName,
+  NFT_NAT,
+  NFT_POD_TABLES,
+  NO_OVERRIDES,
+  ISTIO_DEFAULTS,
+  type Backend,
+  type IptRule,
+  type IstioConfig,
+  type PodOverrides,
 } from './istio-rules.ts';
 import type { IpsetMember, IptablesTable, NetnsRules } from './ruleset.ts';
 
@@ -55,18 +69,37 @@ const nftElement = (m: IpsetMember, family: 4 | 6): string =>
   `add element inet ${NFT_NAT} ${probeSetName(family)} { ${m.ip} comment "${m.comment ?? ''}" }`;
 
 /** The node's probe SNAT, with its set already holding `pods` (the node's mesh pods). */
-export function inpodNodeRules(netnsPath: string, pods: readonly ProbeTarget[], backend: Backend = 'iptables', cfg: IstioConfig = ISTIO_DEFAULTS): NetnsRules {
+export function inpodNodeRules(
+  netnsPath: string,
+  pods: readonly ProbeTarget[],
+  backend: Backend = 'iptables',
+  cfg: IstioConfig = ISTIO_DEFAULTS,
+): NetnsRules {
   const families: (4 | 6)[] = cfg.ipv6 ? [4, 6] : [4];
   if (backend === 'nftables') {
     // Sets, then the rules (istio-cni's order: its `flush table` would empty sets filled before it).
     const elements = families.flatMap((f) => members(pods, f).map((m) => nftElement(m, f)));
     const script = [...hostNftSets(cfg), ...hostNft(cfg), ...elements];
-    return { netnsPath, ipsets: [], iptables: [], ip6tables: [], nft: { script, tables: [`inet ${NFT_NAT}`] }, ipRules: [], ipRoutes: [] };
+    return {
+      netnsPath,
+      ipsets: [],
+      iptables: [],
+      ip6tables: [],
+      nft: { script, tables: [`inet ${NFT_NAT}`] },
+      ipRules: [],
+      ipRoutes: [],
+    };
   }
   const r = hostIptables(cfg);
   return {
     netnsPath,
-    ipsets: families.map((f) => ({ name: probeSetName(f), type: 'hash:ip', family: f === 4 ? 'inet' : 'inet6', comments: true, members: members(pods, f) })),
+    ipsets: families.map((f) => ({
+      name: probeSetName(f),
+      type: 'hash:ip',
+      family: f === 4 ? 'inet' : 'inet6',
+      comments: true,
+      members: members(pods, f),
+    })),
     iptables: asTables(r.v4),
     ip6tables: asTables(r.v6),
     ipRules: [],
@@ -75,7 +108,12 @@ export function inpodNodeRules(netnsPath: string, pods: readonly ProbeTarget[], 
 }
 
 /** Adds (or, with `del`, removes) one pod's IP in the node's probe set, as pods come and go. */
-export async function updateProbeSet(netnsPath: string, backend: Backend, pod: ProbeTarget, del: boolean): Promise<void> {
+export async function updateProbeSet(
+  netnsPath: string,
+  backend: Backend,
+  pod: ProbeTarget,
+  del: boolean,
+): Promise<void> {
   const family = isIP(pod.ip) === 6 ? 6 : 4;
   if (backend === 'nftables') {
     const line = del
@@ -85,7 +123,9 @@ export async function updateProbeSet(netnsPath: string, backend: Backend, pod: P
     await inNetns(netnsPath, ['nft', '-f', '-'], { input: line + '\n', check: !del });
     return;
   }
-  const argv = del ? ['ipset', 'del', '-exist', probeSetName(family), pod.ip] : ['ipset', 'add', '-exist', probeSetName(family), pod.ip, 'comment', pod.uid];
+  const argv = del
+    ? ['ipset', 'del', '-exist', probeSetName(family), pod.ip]
+    : ['ipset', 'add', '-exist', probeSetName(family), pod.ip, 'comment', pod.uid];
   await inNetns(netnsPath, argv);
 }
 
@@ -97,7 +137,14 @@ export async function updateProbeSet(netnsPath: string, backend: Backend, pod: P
  */
 export function inpodPathRules(info: TestbedInfo, backend: Backend, cfg: IstioConfig = testbedConfig()): NetnsRules[] {
   const mesh = info.pods.filter((p) => p.mesh);
-  const nodes = info.nodes.map((n) => inpodNodeRules(n.netnsPath, mesh.filter((p) => p.node === n.name), backend, cfg));
+  const nodes = info.nodes.map((n) =>
+    inpodNodeRules(
+      n.netnsPath,
+      mesh.filter((p) => p.node === n.name),
+      backend,
+      cfg,
+    ),
+  );
   return [...nodes, ...mesh.map((p) => inpodPodRules(p.netnsPath, backend, { cfg }))];
 }
 

@@ -61,7 +61,13 @@ export function podOverrides(annotations: Readonly<Record<string, string>>): Pod
   return {
     ingress: goBool(annotations[ANNOTATION_BYPASS_INBOUND]) ?? false,
     dns: goBool(annotations[ANNOTATION_DNS_CAPTURE]),
-    virtualInterfaces: virt === undefined ? [] : virt.split(',').map((s) => s.trim()).filter(Boolean),
+    virtualInterfaces:
+      virt === undefined
+        ? []
+        : virt
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean),
   };
 }
 
@@ -133,12 +139,28 @@ export function inpodIptables(cfg: IstioConfig, o: PodOverrides = NO_OVERRIDES):
   if (!o.ingress) b.each('nat', CHAIN_PRERT, (f) => `-s ${probe(f)} -p tcp -m tcp -j ACCEPT`);
   b.each('nat', CHAIN_OUTPUT, (f) => `-d ${probe(f)} -p tcp -m tcp -j ACCEPT`);
   if (!o.ingress) {
-    b.each('nat', CHAIN_PRERT, (f) => `! -d ${LOCALHOST[f]} -p tcp ! --dport 15008 -m mark ! --mark ${MARK} -j REDIRECT --to-ports 15006`);
+    b.each(
+      'nat',
+      CHAIN_PRERT,
+      (f) => `! -d ${LOCALHOST[f]} -p tcp ! --dport 15008 -m mark ! --mark ${MARK} -j REDIRECT --to-ports 15006`,
+    );
   }
-  b.both('mangle', CHAIN_OUTPUT, `-m connmark --mark ${CONNMARK} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`);
+  b.both(
+    'mangle',
+    CHAIN_OUTPUT,
+    `-m connmark --mark ${CONNMARK} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
+  );
   if (dns) {
-    b.both('nat', CHAIN_OUTPUT, `! -o lo -p udp -m mark ! --mark ${MARK} -m udp --dport 53 -j REDIRECT --to-port 15053`);
-    b.each('nat', CHAIN_OUTPUT, (f) => `! -d ${LOCALHOST[f]} -p tcp --dport 53 -m mark ! --mark ${MARK} -j REDIRECT --to-ports 15053`);
+    b.both(
+      'nat',
+      CHAIN_OUTPUT,
+      `! -o lo -p udp -m mark ! --mark ${MARK} -m udp --dport 53 -j REDIRECT --to-port 15053`,
+    );
+    b.each(
+      'nat',
+      CHAIN_OUTPUT,
+      (f) => `! -d ${LOCALHOST[f]} -p tcp --dport 53 -m mark ! --mark ${MARK} -j REDIRECT --to-ports 15053`,
+    );
     // ztunnel's upstream DNS and the app's DNS answers get their own conntrack zone: the REDIRECT of
     // the app's query and ztunnel's own query to the same server must not share an entry.
     b.both('raw', CHAIN_OUTPUT, `-p udp -m mark --mark ${MARK} -m udp --dport 53 -j CT --zone 1`);
@@ -146,7 +168,11 @@ export function inpodIptables(cfg: IstioConfig, o: PodOverrides = NO_OVERRIDES):
   }
   b.both('nat', CHAIN_OUTPUT, `-p tcp -m mark --mark ${CONNMARK} -j ACCEPT`);
   b.each('nat', CHAIN_OUTPUT, (f) => `! -d ${LOCALHOST[f]} -o lo -j ACCEPT`);
-  b.each('nat', CHAIN_OUTPUT, (f) => `! -d ${LOCALHOST[f]} -p tcp -m mark ! --mark ${MARK} -j REDIRECT --to-ports 15001`);
+  b.each(
+    'nat',
+    CHAIN_OUTPUT,
+    (f) => `! -d ${LOCALHOST[f]} -p tcp -m mark ! --mark ${MARK} -j REDIRECT --to-ports 15001`,
+  );
   return { v4: b.v4, v6: b.v6 };
 }
 
@@ -260,13 +286,25 @@ export function inpodNft(cfg: IstioConfig, o: PodOverrides = NO_OVERRIDES): stri
   add(NFT_NAT, 'istio-output', `meta l4proto tcp ip daddr ${cfg.probeV4} counter accept`);
   v6(NFT_NAT, 'istio-output', `meta l4proto tcp ip6 daddr ${cfg.probeV6} counter accept`);
   if (!o.ingress) {
-    add(NFT_NAT, 'istio-prerouting', 'ip daddr != 127.0.0.1/32 tcp dport != 15008 mark and 0xfff  != 0x539 counter redirect to :15006');
-    v6(NFT_NAT, 'istio-prerouting', 'ip6 daddr != ::1/128 tcp dport != 15008 mark and 0xfff != 0x539 counter redirect to :15006');
+    add(
+      NFT_NAT,
+      'istio-prerouting',
+      'ip daddr != 127.0.0.1/32 tcp dport != 15008 mark and 0xfff  != 0x539 counter redirect to :15006',
+    );
+    v6(
+      NFT_NAT,
+      'istio-prerouting',
+      'ip6 daddr != ::1/128 tcp dport != 15008 mark and 0xfff != 0x539 counter redirect to :15006',
+    );
   }
   add(NFT_MANGLE, 'istio-output', 'ct mark and 0xfff == 0x111 counter meta mark set ct mark');
   if (dns) {
     add(NFT_NAT, 'istio-output', 'oifname != lo mark and 0xfff != 0x539 udp dport 53 counter redirect to :15053');
-    add(NFT_NAT, 'istio-output', 'ip daddr != 127.0.0.1/32 tcp dport 53 mark and 0xfff != 0x539 counter redirect to :15053');
+    add(
+      NFT_NAT,
+      'istio-output',
+      'ip daddr != 127.0.0.1/32 tcp dport 53 mark and 0xfff != 0x539 counter redirect to :15053',
+    );
     v6(NFT_NAT, 'istio-output', 'ip6 daddr != ::1/128 tcp dport 53 mark and 0xfff != 0x539 counter redirect to :15053');
     add(NFT_RAW, 'istio-output', 'udp dport 53 meta mark and 0xfff == 0x539 counter ct zone set 1');
     add(NFT_RAW, 'istio-prerouting', 'udp sport 53 meta mark and 0xfff != 0x539 counter ct zone set 1');
@@ -274,8 +312,16 @@ export function inpodNft(cfg: IstioConfig, o: PodOverrides = NO_OVERRIDES): stri
   add(NFT_NAT, 'istio-output', 'meta l4proto tcp mark and 0xfff == 0x111 counter accept');
   add(NFT_NAT, 'istio-output', 'oifname lo ip daddr != 127.0.0.1/32 counter accept');
   v6(NFT_NAT, 'istio-output', 'oifname lo ip6 daddr != ::1/128 counter accept');
-  add(NFT_NAT, 'istio-output', 'meta l4proto tcp ip daddr != 127.0.0.1/32 mark and 0xfff != 0x539 counter redirect to :15001');
-  v6(NFT_NAT, 'istio-output', 'meta l4proto tcp ip6 daddr != ::1/128 mark and 0xfff != 0x539 counter redirect to :15001');
+  add(
+    NFT_NAT,
+    'istio-output',
+    'meta l4proto tcp ip daddr != 127.0.0.1/32 mark and 0xfff != 0x539 counter redirect to :15001',
+  );
+  v6(
+    NFT_NAT,
+    'istio-output',
+    'meta l4proto tcp ip6 daddr != ::1/128 mark and 0xfff != 0x539 counter redirect to :15001',
+  );
 
   const out: string[] = [];
   for (const table of [NFT_NAT, NFT_MANGLE, NFT_RAW] as const) {

@@ -63,8 +63,20 @@ export function startBaselineAgent(tb: Testbed, node: TestbedNode, o: BaselineAg
   rmSync(stateFile, { force: true });
   const zds = o.zdsSocket(node.name);
   const argv = [
-    process.execPath, AGENT, '--node', node.name, '--pods-file', o.podsFile, '--rules', o.backend,
-    '--zds-socket', zds ?? 'none', '--state-file', stateFile, ...(o.keepRules ? ['--keep-rules'] : []), ...(o.extraArgs ?? []),
+    process.execPath,
+    AGENT,
+    '--node',
+    node.name,
+    '--pods-file',
+    o.podsFile,
+    '--rules',
+    o.backend,
+    '--zds-socket',
+    zds ?? 'none',
+    '--state-file',
+    stateFile,
+    ...(o.keepRules ? ['--keep-rules'] : []),
+    ...(o.extraArgs ?? []),
   ];
   const proc = tb.spawn(node, argv, { logFile, env: { ...process.env, AMBPF_LOG_FORMAT: 'json' } });
   let exited: number | null | undefined;
@@ -80,8 +92,16 @@ export function startBaselineAgent(tb: Testbed, node: TestbedNode, o: BaselineAg
       for (;;) {
         const s = readState(stateFile);
         if (s && pred(s)) return s;
-        if (exited !== undefined) throw new TestbedTimeoutError(`baseline agent on ${node.name}: ${what} (it exited with ${exited}):\n${tail(logFile)}`, 0);
-        if (Date.now() > deadline) throw new TestbedTimeoutError(`baseline agent on ${node.name}: ${what}; last state ${JSON.stringify(s)}:\n${tail(logFile)}`, timeoutMs);
+        if (exited !== undefined)
+          throw new TestbedTimeoutError(
+            `baseline agent on ${node.name}: ${what} (it exited with ${exited}):\n${tail(logFile)}`,
+            0,
+          );
+        if (Date.now() > deadline)
+          throw new TestbedTimeoutError(
+            `baseline agent on ${node.name}: ${what}; last state ${JSON.stringify(s)}:\n${tail(logFile)}`,
+            timeoutMs,
+          );
         await new Promise((r) => setTimeout(r, 20));
       }
     },

@@ -64,7 +64,12 @@ export function nodeRules(info: TestbedInfo, node: string): NetnsRules {
         ],
       },
     ],
-    ipRules: ['pref 100 fwmark 0x200/0x200 goto 32766', 'pref 101 fwmark 0x100/0x100 lookup 101', 'pref 102 fwmark 0x40/0x40 lookup 102', 'pref 103 lookup 100'],
+    ipRules: [
+      'pref 100 fwmark 0x200/0x200 goto 32766',
+      'pref 101 fwmark 0x100/0x100 lookup 101',
+      'pref 102 fwmark 0x40/0x40 lookup 102',
+      'pref 103 lookup 100',
+    ],
     ipRoutes: [
       // Outbound (0x100) and proxy-return (0x040) go to ztunnel; inbound to a mesh pod goes to ztunnel.
       `${z.ip} dev ${zv} scope link table 101`,
@@ -90,7 +95,11 @@ export function ztunnelPodRules(info: TestbedInfo, node: string): NetnsRules {
       {
         table: 'mangle',
         chains: [],
-        rules: [tproxy(`-m set --match-set ${SET} src `, 15001), tproxy('-m tcp --dport 15008 ', 15008), tproxy('', 15006)],
+        rules: [
+          tproxy(`-m set --match-set ${SET} src `, 15001),
+          tproxy('-m tcp --dport 15008 ', 15008),
+          tproxy('', 15006),
+        ],
       },
     ],
     ipRules: ['pref 20000 fwmark 0x400/0xfff lookup 100'],

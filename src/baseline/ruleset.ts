@@ -58,7 +58,11 @@ export interface NetnsRules {
 export class BaselineError extends AmbpfError {
   override readonly name: string = 'BaselineError';
   constructor(step: string, netnsPath: string, cause: unknown) {
-    super(`could not ${step} in ${netnsPath}: ${cause instanceof Error ? cause.message : String(cause)}`, { step, netnsPath }, { cause });
+    super(
+      `could not ${step} in ${netnsPath}: ${cause instanceof Error ? cause.message : String(cause)}`,
+      { step, netnsPath },
+      { cause },
+    );
   }
 }
 
@@ -81,7 +85,13 @@ export function removeText(tables: readonly IptablesTable[]): string {
   for (const t of tables) {
     const owned = new Set(t.chains);
     const builtin = t.rules.filter((r) => !owned.has(r.split(' ')[1] ?? ''));
-    out.push(`*${t.table}`, ...builtin.reverse().map((r) => appendForm(r).replace(/^-A /, '-D ')), ...t.chains.map((c) => `-F ${c}`), ...t.chains.map((c) => `-X ${c}`), 'COMMIT');
+    out.push(
+      `*${t.table}`,
+      ...builtin.reverse().map((r) => appendForm(r).replace(/^-A /, '-D ')),
+      ...t.chains.map((c) => `-F ${c}`),
+      ...t.chains.map((c) => `-X ${c}`),
+      'COMMIT',
+    );
   }
   return out.join('\n') + '\n';
 }
@@ -100,7 +110,10 @@ async function nftListTables(netnsPath: string): Promise<string[]> {
   if (r.code !== 0) {
     throw new Error(`'nft list tables' failed (install the Debian package nftables): ${r.stderr.trim()}`);
   }
-  return r.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('table '));
+  return r.stdout
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.startsWith('table '));
 }
 
 /** `ip <object> <verb> <spec>`, where a spec starting with "-6 " is the v6 twin. */
@@ -119,8 +132,16 @@ export async function install(rules: NetnsRules): Promise<void> {
   let step = 'create ipsets';
   try {
     for (const s of rules.ipsets) {
-      await inNetns(ns, ['ipset', 'create', s.name, s.type, ...(s.family ? ['family', s.family] : []), ...(s.comments ? ['comment'] : [])]);
-      for (const m of s.members) await inNetns(ns, ['ipset', 'add', s.name, m.ip, ...(m.comment !== undefined ? ['comment', m.comment] : [])]);
+      await inNetns(ns, [
+        'ipset',
+        'create',
+        s.name,
+        s.type,
+        ...(s.family ? ['family', s.family] : []),
+        ...(s.comments ? ['comment'] : []),
+      ]);
+      for (const m of s.members)
+        await inNetns(ns, ['ipset', 'add', s.name, m.ip, ...(m.comment !== undefined ? ['comment', m.comment] : [])]);
     }
     for (const f of FAMILIES) {
       step = `load ${f.restore} rules`;
@@ -153,7 +174,11 @@ function saveByTable(save: string): Map<string, string[]> {
 
 /** An iptables-nft table holds nothing of anyone's: no rules, no user chains, every base chain ACCEPT. */
 function emptyTable(save: string): boolean {
-  return !/^-A /m.test(save) && !/^:(?!PREROUTING |INPUT |FORWARD |OUTPUT |POSTROUTING )/m.test(save) && !/^:\S+ (DROP|REJECT)/m.test(save);
+  return (
+    !/^-A /m.test(save) &&
+    !/^:(?!PREROUTING |INPUT |FORWARD |OUTPUT |POSTROUTING )/m.test(save) &&
+    !/^:\S+ (DROP|REJECT)/m.test(save)
+  );
 }
 
 /**
@@ -184,12 +209,14 @@ export async function remove(rules: NetnsRules, tablesBefore: readonly string[] 
     }
     if (rules.nft) {
       const now = await nftListTables(ns);
-      for (const t of rules.nft.tables) if (now.includes(`table ${t}`)) await inNetns(ns, ['nft', 'delete', 'table', ...t.split(' ')]);
+      for (const t of rules.nft.tables)
+        if (now.includes(`table ${t}`)) await inNetns(ns, ['nft', 'delete', 'table', ...t.split(' ')]);
     }
     for (const s of rules.ipsets) await inNetns(ns, ['ipset', 'destroy', s.name], { check: false });
     for (const t of await nftTables(ns)) {
       for (const f of FAMILIES) {
-        if (tablesBefore?.includes(t) || !t.startsWith(`table ${f.nftFamily} `) || f.tables(rules).length === 0) continue;
+        if (tablesBefore?.includes(t) || !t.startsWith(`table ${f.nftFamily} `) || f.tables(rules).length === 0)
+          continue;
         const name = t.slice(`table ${f.nftFamily} `.length);
         const rest = (await inNetns(ns, [f.save, '-t', name], { check: false })).stdout;
         if (emptyTable(rest)) await inNetns(ns, ['nft', 'delete', 'table', f.nftFamily, name], { check: false });

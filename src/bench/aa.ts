@@ -51,7 +51,8 @@ export function aaOutside(rows: readonly AaRow[], tolerance: number): AaRow[] {
 /** One line for results.md. */
 export function aaSentence(v: AaVerdict): string {
   const pct = `±${Math.round(v.tolerance * 100)} %`;
-  if (v.stoppedBy === 'fixed rounds') return `${v.rounds} measured round(s), fixed (no A/A control in the paths, or no room above --rounds)`;
+  if (v.stoppedBy === 'fixed rounds')
+    return `${v.rounds} measured round(s), fixed (no A/A control in the paths, or no room above --rounds)`;
   if (v.converged) return `${v.rounds} measured round(s): the A/A median was within ${pct} on every claimed row`;
   const rows = v.outside.map((r) => `${r.placement} ${r.workload} ×${r.ratio.median.toFixed(2)}`).join(', ');
   return `${v.rounds} measured round(s), stopped by the ${v.stoppedBy}: **the A/A median never got within ${pct}** on ${rows}`;

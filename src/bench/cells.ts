@@ -38,7 +38,11 @@ export interface CellResult {
   readonly requests?: number;
 }
 
-const WRITE_BYTES: Readonly<Record<string, number>> = { 'bulk-1k': 1024, 'bulk-16k': 16 * 1024, 'bulk-128k': 128 * 1024 };
+const WRITE_BYTES: Readonly<Record<string, number>> = {
+  'bulk-1k': 1024,
+  'bulk-16k': 16 * 1024,
+  'bulk-128k': 128 * 1024,
+};
 
 const sumCpu = (pods: readonly TestbedPod[]): number => pods.reduce((a, p) => a + cpuUsageUs(p.cgroupPath), 0);
 
@@ -46,7 +50,13 @@ export async function runCell(tb: Testbed, workload: WorkloadName, t: CellTarget
   await killTimeWait(t.netns);
   const writeBytes = WRITE_BYTES[workload];
   if (writeBytes !== undefined) {
-    const r = await runIperf(tb, t.client, { ip: t.endpoint.ip, port: t.endpoint.port, seconds: o.seconds, writeBytes, cpus: o.cpus });
+    const r = await runIperf(tb, t.client, {
+      ip: t.endpoint.ip,
+      port: t.endpoint.port,
+      seconds: o.seconds,
+      writeBytes,
+      cpus: o.cpus,
+    });
     return { metrics: { gbps: r.bitsPerSecond / 1e9, retransmits: r.retransmits }, errors: 0 };
   }
   const c0 = cpuUsageUs(t.client.cgroupPath);

@@ -21,7 +21,8 @@ function listWithOptOut(tb: Testbed, optedOut: readonly TestbedPod[]): ReturnTyp
   const list = podsList(tb.info);
   const items = list.items.map((item) => {
     const meta = item['metadata'] as { name: string; namespace?: string; labels: Record<string, string> };
-    if (item['kind'] !== 'Pod' || !optedOut.some((p) => meta.name === p.name && meta.namespace === p.namespace)) return item;
+    if (item['kind'] !== 'Pod' || !optedOut.some((p) => meta.name === p.name && meta.namespace === p.namespace))
+      return item;
     return { ...item, metadata: { ...meta, labels: { ...meta.labels, [AMBIENT]: 'none' } } };
   });
   return { ...list, items };
@@ -42,7 +43,13 @@ export function writePodsWithOptOut(tb: Testbed, path: string, optedOut: readonl
  * sk_lookup attached), so ztunnel's listeners must be in the pod's netns while this runs.
  * The pods file is left as the full list.
  */
-export async function measurePodChange(ctx: PathContext, node: TestbedNode, pod: TestbedPod, changes: number, optedOut: readonly TestbedPod[] = []): Promise<number[]> {
+export async function measurePodChange(
+  ctx: PathContext,
+  node: TestbedNode,
+  pod: TestbedPod,
+  changes: number,
+  optedOut: readonly TestbedPod[] = [],
+): Promise<number[]> {
   try {
     return await podChangeLoop(ctx, node, pod, changes, (optOut) => {
       writePodsWithOptOut(ctx.tb, ctx.podsFile, optOut ? [...optedOut, pod] : optedOut);
@@ -58,16 +65,27 @@ export async function measurePodChange(ctx: PathContext, node: TestbedNode, pod:
  * `node`'s netns, seeded with the testbed's objects) and `ambpf run --kubeconfig`; each change is
  * a label update of the pod through the API (a MODIFIED event on the loader's watch).
  */
-export async function measurePodChangeWatch(ctx: PathContext, node: TestbedNode, pod: TestbedPod, changes: number, optedOut: readonly TestbedPod[] = []): Promise<number[]> {
+export async function measurePodChangeWatch(
+  ctx: PathContext,
+  node: TestbedNode,
+  pod: TestbedPod,
+  changes: number,
+  optedOut: readonly TestbedPod[] = [],
+): Promise<number[]> {
   const { FakeApiServerProcess } = await import('../testbed/apiserver/process.ts');
   const seedFile = join(ctx.logDir, 'apiserver-seed.json');
   const kubeconfig = join(ctx.logDir, 'apiserver-kubeconfig.yaml');
   writeFileSync(seedFile, JSON.stringify(listWithOptOut(ctx.tb, optedOut)));
-  const server = await FakeApiServerProcess.start({ kubeconfigOut: kubeconfig, seedFile, prefix: ['nsenter', `--net=${node.netnsPath}`] });
+  const server = await FakeApiServerProcess.start({
+    kubeconfigOut: kubeconfig,
+    seedFile,
+    prefix: ['nsenter', `--net=${node.netnsPath}`],
+  });
   try {
     const podItem = (optOut: boolean): Record<string, unknown> => {
-      const item = listWithOptOut(ctx.tb, optOut ? [...optedOut, pod] : optedOut).items
-        .find((i) => i['kind'] === 'Pod' && (i['metadata'] as { name: string }).name === pod.name);
+      const item = listWithOptOut(ctx.tb, optOut ? [...optedOut, pod] : optedOut).items.find(
+        (i) => i['kind'] === 'Pod' && (i['metadata'] as { name: string }).name === pod.name,
+      );
       if (!item) throw new BenchError(`pod ${pod.name} is not in the testbed's list`);
       return item;
     };
@@ -79,7 +97,13 @@ export async function measurePodChangeWatch(ctx: PathContext, node: TestbedNode,
   }
 }
 
-async function podChangeLoop(ctx: PathContext, node: TestbedNode, pod: TestbedPod, changes: number, change: (optOut: boolean) => Promise<void>): Promise<number[]> {
+async function podChangeLoop(
+  ctx: PathContext,
+  node: TestbedNode,
+  pod: TestbedPod,
+  changes: number,
+  change: (optOut: boolean) => Promise<void>,
+): Promise<number[]> {
   const { openPinnedMaps } = await import('../bpf/datapath.ts');
   const path = await startPath(ctx, 'ebpf');
   const samples: number[] = [];
@@ -89,7 +113,8 @@ async function podChangeLoop(ctx: PathContext, node: TestbedNode, pod: TestbedPo
       // Start from a present entry (inpod: the first capture may land just after /readyz).
       const ready = performance.now() + 5000;
       while (maps.pods.get(pod.ip) === undefined) {
-        if (performance.now() > ready) throw new BenchError(`the ambpf_pods entry of ${pod.name} never appeared after the loader started`);
+        if (performance.now() > ready)
+          throw new BenchError(`the ambpf_pods entry of ${pod.name} never appeared after the loader started`);
         await new Promise((r) => setTimeout(r, 10));
       }
       for (let i = 0; i < changes; i++) {
@@ -98,7 +123,10 @@ async function podChangeLoop(ctx: PathContext, node: TestbedNode, pod: TestbedPo
         await change(optOut);
         const deadline = t0 + 5000;
         while ((maps.pods.get(pod.ip) !== undefined) === optOut) {
-          if (performance.now() > deadline) throw new BenchError(`the ambpf_pods entry of ${pod.name} did not ${optOut ? 'disappear' : 'appear'} within 5 s of the pod change`);
+          if (performance.now() > deadline)
+            throw new BenchError(
+              `the ambpf_pods entry of ${pod.name} did not ${optOut ? 'disappear' : 'appear'} within 5 s of the pod change`,
+            );
           // A timer, not setImmediate: a busy poll would take a core from the loader on 2 cores.
           await new Promise((r) => setTimeout(r, 1));
         }
@@ -115,8 +143,18 @@ async function podChangeLoop(ctx: PathContext, node: TestbedNode, pod: TestbedPo
   return samples;
 }
 
-export function summarizePodChange(samples: readonly number[]): { samples: number[]; p50: number; p99: number; max: number } {
-  return { samples: [...samples], p50: percentile(samples, 50), p99: percentile(samples, 99), max: Math.max(...samples) };
+export function summarizePodChange(samples: readonly number[]): {
+  samples: number[];
+  p50: number;
+  p99: number;
+  max: number;
+} {
+  return {
+    samples: [...samples],
+    p50: percentile(samples, 50),
+    p99: percentile(samples, 99),
+    max: Math.max(...samples),
+  };
 }
 
 /** N ambient pods on one node plus its ztunnel, shaped like the API server's objects. */
@@ -124,14 +162,16 @@ export function syntheticSnapshot(n: number, node = 'bench-node'): ClusterSnapsh
   const pods: KubeObjectLike[] = [];
   const ip = (i: number): string => `198.${18 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
   pods.push({
-    apiVersion: 'v1', kind: 'Pod',
+    apiVersion: 'v1',
+    kind: 'Pod',
     metadata: { name: 'ztunnel-bench', namespace: 'istio-system', uid: 'zt-uid', labels: { app: 'ztunnel' } },
     spec: { nodeName: node, containers: [{ name: 'istio-proxy' }] },
     status: { phase: 'Running', podIP: '198.19.255.2', podIPs: [{ ip: '198.19.255.2' }] },
   });
   for (let i = 1; i <= n; i++) {
     pods.push({
-      apiVersion: 'v1', kind: 'Pod',
+      apiVersion: 'v1',
+      kind: 'Pod',
       metadata: { name: `app-${i}`, namespace: 'mesh', uid: `uid-${i}`, labels: { app: 'app' } },
       spec: { nodeName: node, containers: [{ name: 'app' }] },
       status: { phase: 'Running', podIP: ip(i), podIPs: [{ ip: ip(i) }] },
@@ -150,7 +190,10 @@ export function syntheticSnapshot(n: number, node = 'bench-node'): ClusterSnapsh
  * Node discovery (/proc) is replaced by a synthetic resolution: it is per-pod I/O measured by the
  * pod-change figure, not part of the state computation.
  */
-export async function measureReconcile(tb: Testbed, sizes: readonly number[]): Promise<Array<{ pods: number; planMs: number; writeMs: number; totalMs: number }>> {
+export async function measureReconcile(
+  tb: Testbed,
+  sizes: readonly number[],
+): Promise<Array<{ pods: number; planMs: number; writeMs: number; totalMs: number }>> {
   const { openDatapath, uninstallDatapath } = await import('../bpf/datapath.ts');
   const out: Array<{ pods: number; planMs: number; writeMs: number; totalMs: number }> = [];
   for (const n of sizes) {
@@ -164,11 +207,23 @@ export async function measureReconcile(tb: Testbed, sizes: readonly number[]): P
       const t0 = performance.now();
       const desired = computeDesiredState(snapshot, 'bench-node');
       const resolution: Resolution = {
-        pods: desired.ambientPods.map((p, i) => ({ ...p, pid: 0, pids: [], netnsPath: '', netnsCookie: BigInt(1000 + i), hostLink: undefined })),
+        pods: desired.ambientPods.map((p, i) => ({
+          ...p,
+          pid: 0,
+          pids: [],
+          netnsPath: '',
+          netnsCookie: BigInt(1000 + i),
+          hostLink: undefined,
+        })),
         ztunnel: undefined,
         unresolved: [],
       };
-      const plan = planReconcile(buildTarget(resolution), { pods: new Map(), netns: new Map(), ztunnel: undefined, inbound: new Set() });
+      const plan = planReconcile(buildTarget(resolution), {
+        pods: new Map(),
+        netns: new Map(),
+        ztunnel: undefined,
+        inbound: new Set(),
+      });
       const t1 = performance.now();
       for (const [cookie, v] of plan.netnsSet) dp.maps.netns.set(cookie, v);
       for (const [ip, v] of plan.podsSet) dp.maps.pods.set(ip, v);

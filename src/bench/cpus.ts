@@ -32,13 +32,26 @@ export function allowedCpus(status = readFileSync('/proc/self/status', 'utf8')):
 }
 
 export function cpuPlan(allowed: readonly number[] = allowedCpus(), pin = true): CpuPlan {
-  if (!pin) return { allowed, roles: { loader: [], server: [], client: [] }, note: 'nothing pinned (--no-pin): the scheduler places client, server and loader' };
+  if (!pin)
+    return {
+      allowed,
+      roles: { loader: [], server: [], client: [] },
+      note: 'nothing pinned (--no-pin): the scheduler places client, server and loader',
+    };
   const [a, b, c] = allowed;
   if (a !== undefined && b !== undefined && c !== undefined) {
-    return { allowed, roles: { loader: [a], server: [b], client: [c] }, note: `CPUs pinned (taskset): loader ${a}, server (sinks) ${b}, client (wrk, iperf3 -c) ${c}` };
+    return {
+      allowed,
+      roles: { loader: [a], server: [b], client: [c] },
+      note: `CPUs pinned (taskset): loader ${a}, server (sinks) ${b}, client (wrk, iperf3 -c) ${c}`,
+    };
   }
   if (a !== undefined && b !== undefined) {
-    return { allowed, roles: { loader: [a], server: [a], client: [b] }, note: `2 CPUs: client (wrk, iperf3 -c) pinned to CPU ${b}; server (sinks) and loader share CPU ${a} (taskset)` };
+    return {
+      allowed,
+      roles: { loader: [a], server: [a], client: [b] },
+      note: `2 CPUs: client (wrk, iperf3 -c) pinned to CPU ${b}; server (sinks) and loader share CPU ${a} (taskset)`,
+    };
   }
   return { allowed, roles: { loader: [], server: [], client: [] }, note: 'one CPU: nothing pinned' };
 }

@@ -58,7 +58,8 @@ export function parseDnsperf(stdout: string): DnsperfResult | undefined {
   const lost = num(/Queries lost:\s+(\d+)/);
   const qps = num(/Queries per second:\s+([\d.]+)/);
   const avg = num(/Average Latency \(s\):\s+([\d.]+)/);
-  if (sent === undefined || completed === undefined || lost === undefined || qps === undefined || avg === undefined) return undefined;
+  if (sent === undefined || completed === undefined || lost === undefined || qps === undefined || avg === undefined)
+    return undefined;
   return { sent, completed, noerror: num(/Response codes:.*\bNOERROR (\d+)/) ?? 0, lost, qps, avgUs: avg * 1e6 };
 }
 
@@ -68,7 +69,9 @@ interface DnsSink {
 
 async function startDnsSink(tb: Testbed, place: SinkPlace, dir: string): Promise<DnsSink> {
   const argv = dnsmasqArgv({ addresses: ['127.0.0.1'], port: PORT_DNS, records: { [NAME]: [ANSWER] } });
-  const p = tb.spawnAt(place.netns.netnsPath, place.holder.containerCgroupPath, argv, { logFile: join(dir, 'dnsmasq-sink.out') });
+  const p = tb.spawnAt(place.netns.netnsPath, place.holder.containerCgroupPath, argv, {
+    logFile: join(dir, 'dnsmasq-sink.out'),
+  });
   const stop = async (): Promise<void> => {
     p.kill('SIGTERM');
     await p.exited;
@@ -90,10 +93,32 @@ interface DnsCellOptions {
   readonly report: string;
 }
 
-async function dnsCell(tb: Testbed, client: TestbedPod, server: TestbedPod, path: PathName, o: DnsCellOptions): Promise<{ metrics: Record<string, number>; errors: number }> {
+async function dnsCell(
+  tb: Testbed,
+  client: TestbedPod,
+  server: TestbedPod,
+  path: PathName,
+  o: DnsCellOptions,
+): Promise<{ metrics: Record<string, number>; errors: number }> {
   const { seconds, data } = o;
   const [ip, port] = isDirect(path) ? ['127.0.0.1', PORT_DNS] : [DNS_UPSTREAM_IPS[0], 53];
-  const argv = ['dnsperf', '-s', ip, '-p', String(port), '-d', data, '-l', String(seconds), '-c', String(CLIENTS), '-q', String(IN_FLIGHT), '-t', '1'];
+  const argv = [
+    'dnsperf',
+    '-s',
+    ip,
+    '-p',
+    String(port),
+    '-d',
+    data,
+    '-l',
+    String(seconds),
+    '-c',
+    String(CLIENTS),
+    '-q',
+    String(IN_FLIGHT),
+    '-t',
+    '1',
+  ];
   const c0 = cpuUsageUs(client.cgroupPath);
   const s0 = cpuUsageUs(server.cgroupPath);
   const r = await tb.exec(client, argv, { check: false, timeoutMs: (seconds + 15) * 1000 });
@@ -101,7 +126,10 @@ async function dnsCell(tb: Testbed, client: TestbedPod, server: TestbedPod, path
   const s1 = cpuUsageUs(server.cgroupPath);
   writeFileSync(o.report, r.stdout + r.stderr);
   const out = parseDnsperf(r.stdout);
-  if (r.code !== 0 || !out) throw new BenchError(`dnsperf in ${client.name} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().slice(-300)}`);
+  if (r.code !== 0 || !out)
+    throw new BenchError(
+      `dnsperf in ${client.name} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().slice(-300)}`,
+    );
   const n = Math.max(out.completed, 1);
   return {
     metrics: { qps: out.qps, avgUs: out.avgUs, clientCpuUsPerReq: (c1 - c0) / n, serverCpuUsPerReq: (s1 - s0) / n },
@@ -126,8 +154,19 @@ export async function runDnsPhase(tb: Testbed, ctx: PathContext, o: MatrixOption
           await path.settle();
           const report = join(o.dir, `dnsperf-${round}-${pathName}.txt`);
           const r = await dnsCell(tb, meshClient, zpod, pathName, { seconds: o.seconds, data, report });
-          const sample: Sample = { phase: 'sink', round, warmup, path: pathName, workload: 'dns', placement: 'same-node', ...r };
-          log.info({ phase: 'sink', round, warmup, path: pathName, workload: 'dns', ...r.metrics, errors: r.errors }, 'cell');
+          const sample: Sample = {
+            phase: 'sink',
+            round,
+            warmup,
+            path: pathName,
+            workload: 'dns',
+            placement: 'same-node',
+            ...r,
+          };
+          log.info(
+            { phase: 'sink', round, warmup, path: pathName, workload: 'dns', ...r.metrics, errors: r.errors },
+            'cell',
+          );
           obs.sample(sample);
           if (path.coldStartMs.length > 0) obs.loader(path.coldStartMs, path.rssKiB());
         } finally {

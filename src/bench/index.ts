@@ -12,11 +12,25 @@ import { join } from 'node:path';
 import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed } from '../testbed/index.ts';
 import { logger } from '../log.ts';
 import { chartSpec, renderSvg } from './charts.ts';
-import { measurePodChange, measurePodChangeWatch, measureReconcile, summarizePodChange, writePodsWithOptOut } from './control-plane.ts';
+import {
+  measurePodChange,
+  measurePodChangeWatch,
+  measureReconcile,
+  summarizePodChange,
+  writePodsWithOptOut,
+} from './control-plane.ts';
 import { wrkScript } from './load.ts';
 import { describeMachine } from './machine.ts';
 import { runDnsPhase } from './dns.ts';
-import { APP_PORT, runE2ePhase, runSinkPhase, sinkActors, sinkCapturedPods, startHttpSink, type MatrixOptions } from './matrix.ts';
+import {
+  APP_PORT,
+  runE2ePhase,
+  runSinkPhase,
+  sinkActors,
+  sinkCapturedPods,
+  startHttpSink,
+  type MatrixOptions,
+} from './matrix.ts';
 import type { PathContext } from './paths.ts';
 import { resultsMarkdown } from './report.ts';
 import { profileRows } from './profile.ts';
@@ -69,7 +83,11 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   const stats = o.profile ? BpfRunTimeStats.enable() : undefined;
   let tb: Testbed;
   try {
-    tb = await startTestbed(defaultSpec(), { topology: o.topology, standIn: false, ...(o.prefix ? { prefix: o.prefix } : {}) });
+    tb = await startTestbed(defaultSpec(), {
+      topology: o.topology,
+      standIn: false,
+      ...(o.prefix ? { prefix: o.prefix } : {}),
+    });
   } catch (err) {
     stats?.close();
     throw err;
@@ -88,13 +106,27 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     const idle = inpod ? tb.pods.filter((p) => p.mesh && p.name !== actors.meshClient.name) : [];
     writePodsWithOptOut(tb, podsFile, idle);
     const ctx: PathContext = {
-      tb, podsFile, loaderNodes: [node1], logDir: dir, captured: sinkCapturedPods(tb), cpus,
+      tb,
+      podsFile,
+      loaderNodes: [node1],
+      logDir: dir,
+      captured: sinkCapturedPods(tb),
+      cpus,
       ...(inpod ? { probe: { from: actors.meshClient, ip: actors.meshDst.ip, port: APP_PORT } } : {}),
     };
     const m: MatrixOptions = {
-      paths: o.paths, workloads: o.workloads.filter((w) => w !== 'dns'), placements: o.placements, rounds: o.rounds, warmup: o.warmup,
-      seconds: o.seconds, connections: o.connections, wrkScript: wrkScript(dir), shim: await buildTransparentShim(dir), dir,
-      profile: o.profile ?? false, cpus,
+      paths: o.paths,
+      workloads: o.workloads.filter((w) => w !== 'dns'),
+      placements: o.placements,
+      rounds: o.rounds,
+      warmup: o.warmup,
+      seconds: o.seconds,
+      connections: o.connections,
+      wrkScript: wrkScript(dir),
+      shim: await buildTransparentShim(dir),
+      dir,
+      profile: o.profile ?? false,
+      cpus,
       ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
       ...(o.maxMinutes !== undefined ? { maxMinutes: o.maxMinutes } : {}),
       ...(o.aaTolerance !== undefined ? { aaTolerance: o.aaTolerance } : {}),
@@ -111,7 +143,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     await runSinkPhase(tb, ctx, m, obs);
     if (o.workloads.includes('dns')) {
       if (inpod) await runDnsPhase(tb, ctx, m, obs);
-      else notes.push('DNS workload skipped: DNS capture is the inpod topology\'s (--topology inpod).');
+      else notes.push("DNS workload skipped: DNS capture is the inpod topology's (--topology inpod).");
     }
 
     if (o.controlPlane) {
@@ -120,8 +152,12 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
         // An inpod pod enters the map only once captured: its ztunnel listeners must be there.
         const sink = await startHttpSink(tb, m);
         try {
-          controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, actors.meshClient, o.podChanges, idle));
-          controlPlane.podChangeWatchMs = summarizePodChange(await measurePodChangeWatch(ctx, node1, actors.meshClient, o.podChanges, idle));
+          controlPlane.podChangeMs = summarizePodChange(
+            await measurePodChange(ctx, node1, actors.meshClient, o.podChanges, idle),
+          );
+          controlPlane.podChangeWatchMs = summarizePodChange(
+            await measurePodChangeWatch(ctx, node1, actors.meshClient, o.podChanges, idle),
+          );
         } finally {
           await sink.stop();
         }
@@ -129,8 +165,12 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
         // ztunnel ready, as on a real node: its listeners (the HTTP sink's) are in ztunnel's netns.
         const sink = await startHttpSink(tb, m);
         try {
-          controlPlane.podChangeMs = summarizePodChange(await measurePodChange(ctx, node1, actors.meshDst, o.podChanges));
-          controlPlane.podChangeWatchMs = summarizePodChange(await measurePodChangeWatch(ctx, node1, actors.meshDst, o.podChanges));
+          controlPlane.podChangeMs = summarizePodChange(
+            await measurePodChange(ctx, node1, actors.meshDst, o.podChanges),
+          );
+          controlPlane.podChangeWatchMs = summarizePodChange(
+            await measurePodChangeWatch(ctx, node1, actors.meshDst, o.podChanges),
+          );
         } finally {
           await sink.stop();
         }
@@ -146,7 +186,12 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
       try {
         const captured = inpod ? tb.pods.filter((p) => p.mesh) : [];
         const { probe: _sinkProbe, ...e2eCtx } = ctx; // the sink phase's probe target is not the stand-ins'
-        await runE2ePhase(tb, { ...e2eCtx, loaderNodes: tb.nodes, captured }, { ...m, workloads: httpWorkloads, maxRounds: o.rounds }, obs);
+        await runE2ePhase(
+          tb,
+          { ...e2eCtx, loaderNodes: tb.nodes, captured },
+          { ...m, workloads: httpWorkloads, maxRounds: o.rounds },
+          obs,
+        );
       } finally {
         await stopStandIns(tb);
       }
@@ -160,7 +205,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
       cpSync(join(tb.info.runDir, 'bench'), logs, { recursive: true });
       log.error({ logs }, 'bench failed; its logs are kept');
     } catch (e) {
-      log.warn({ err: e }, 'could not keep the failed run\'s logs');
+      log.warn({ err: e }, "could not keep the failed run's logs");
     }
     throw err;
   } finally {
@@ -170,7 +215,12 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
 
   if (inpod && o.controlPlane && (o.scalePods ?? 0) > 0) {
     log.info({ pods: o.scalePods }, 'bench: the loader at node scale, with ZDS');
-    controlPlane.scale = await measureScale({ pods: o.scalePods ?? 0, changes: o.podChanges, idleSeconds: o.quick ? 2 : SAFETY_NET_MS / 1000, ...(o.prefix ? { prefix: o.prefix } : {}) });
+    controlPlane.scale = await measureScale({
+      pods: o.scalePods ?? 0,
+      changes: o.podChanges,
+      idleSeconds: o.quick ? 2 : SAFETY_NET_MS / 1000,
+      ...(o.prefix ? { prefix: o.prefix } : {}),
+    });
   }
   if (coldStarts.length > 0) {
     const s = spread(coldStarts);
@@ -179,15 +229,26 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   if (rss.length > 0) controlPlane.rssMiB = { samples: rss, median: spread(rss).median, max: Math.max(...rss) };
   notes.push(...topologyNotes(o.topology));
   if (o.profile) {
-    notes.push('--profile: the kernel\'s BPF run-time statistics were on for the whole run (held by BPF_ENABLE_STATS, released at the end; kernel.bpf_stats_enabled itself untouched). They add two clock reads to every program run, so a profiled run\'s end-to-end figures are a little lower than an unprofiled one\'s; ns per request counts the programs of the path\'s loaders only (maps pinned in their bpffs dirs), summed over nodes.');
+    notes.push(
+      "--profile: the kernel's BPF run-time statistics were on for the whole run (held by BPF_ENABLE_STATS, released at the end; kernel.bpf_stats_enabled itself untouched). They add two clock reads to every program run, so a profiled run's end-to-end figures are a little lower than an unprofiled one's; ns per request counts the programs of the path's loaders only (maps pinned in their bpffs dirs), summed over nodes.",
+    );
   }
 
   const results: BenchResults = {
     version: 1,
     command: o.command,
     config: {
-      topology: o.topology, paths: o.paths, workloads: o.workloads, placements: o.placements, rounds: o.rounds,
-      warmup: o.warmup, seconds: o.seconds, e2e: o.e2e, controlPlane: o.controlPlane, quick: o.quick, profile: o.profile ?? false,
+      topology: o.topology,
+      paths: o.paths,
+      workloads: o.workloads,
+      placements: o.placements,
+      rounds: o.rounds,
+      warmup: o.warmup,
+      seconds: o.seconds,
+      e2e: o.e2e,
+      controlPlane: o.controlPlane,
+      quick: o.quick,
+      profile: o.profile ?? false,
       ...(o.maxRounds !== undefined ? { maxRounds: o.maxRounds } : {}),
       ...(o.maxMinutes !== undefined ? { maxMinutes: o.maxMinutes } : {}),
       ...(o.aaTolerance !== undefined ? { aaTolerance: o.aaTolerance } : {}),
@@ -213,16 +274,16 @@ function topologyNotes(topology: BenchConfig['topology']): string[] {
   ];
   if (topology === 'inpod') {
     return [
-      'Sink phase (inpod): nginx (1 KiB answers) and iperf3 listen on 15001/15006/15008 inside the mesh pod app1-node1\'s netns, held by ztunnel\'s pod cgroup (where in-pod ztunnel listens; the loader captures only listeners held by ztunnel), with the same LD_PRELOAD on every path; the other mesh pods are opted out during the sink phase (no listeners there).',
-      'same-node = the mesh pod\'s outbound connection (to another pod\'s IP) captured to its own IP:15001 in its own netns (direct = a plain loopback connection to 127.0.0.1:15001: the floor); cross-node = a non-mesh pod on node 2 reaching the mesh pod, captured inside the pod to its 15006 (direct = the client addressing pod-IP:15006 itself).',
-      'iptables = Istio\'s golden in-pod rules, complete, installed by the baseline agent (istio-cni\'s role) on each node with a loader (nat REDIRECT to 15001/15006, DNS to 15053, raw conntrack zones, connmark 0x111 policy route; v4 and v6) in every mesh pod, plus the node\'s probe SNAT; nftables = the same as Istio 1.28\'s native nftables tables (inet istio-ambient-nat/-mangle/-raw); ebpf = ambpf run --mode inpod (connect4 to the pod\'s own IP:15001, getsockopt, sk_lookup to 15006 in the pod\'s netns).',
-      'End-to-end phase: through the ztunnel stand-in running in every mesh pod\'s netns (HBONE between pods); direct = the same client reaching the destination nginx with nothing installed.',
+      "Sink phase (inpod): nginx (1 KiB answers) and iperf3 listen on 15001/15006/15008 inside the mesh pod app1-node1's netns, held by ztunnel's pod cgroup (where in-pod ztunnel listens; the loader captures only listeners held by ztunnel), with the same LD_PRELOAD on every path; the other mesh pods are opted out during the sink phase (no listeners there).",
+      "same-node = the mesh pod's outbound connection (to another pod's IP) captured to its own IP:15001 in its own netns (direct = a plain loopback connection to 127.0.0.1:15001: the floor); cross-node = a non-mesh pod on node 2 reaching the mesh pod, captured inside the pod to its 15006 (direct = the client addressing pod-IP:15006 itself).",
+      "iptables = Istio's golden in-pod rules, complete, installed by the baseline agent (istio-cni's role) on each node with a loader (nat REDIRECT to 15001/15006, DNS to 15053, raw conntrack zones, connmark 0x111 policy route; v4 and v6) in every mesh pod, plus the node's probe SNAT; nftables = the same as Istio 1.28's native nftables tables (inet istio-ambient-nat/-mangle/-raw); ebpf = ambpf run --mode inpod (connect4 to the pod's own IP:15001, getsockopt, sk_lookup to 15006 in the pod's netns).",
+      "End-to-end phase: through the ztunnel stand-in running in every mesh pod's netns (HBONE between pods); direct = the same client reaching the destination nginx with nothing installed.",
       ...common,
     ];
   }
   return [
-    'Sink phase: nginx (1 KiB answers) and iperf3 listen on ztunnel\'s ports 15001/15006/15008 in node 1\'s ztunnel pod, with an LD_PRELOAD that sets IP_TRANSPARENT (TPROXY needs it); direct = the client addresses ztunnel\'s IP and port itself.',
-    'same-node = a mesh pod\'s outbound connection captured to its own node\'s ztunnel (15001); cross-node = a non-mesh pod on node 2 reaching a mesh pod on node 1, captured inbound and steered to 15006.',
+    "Sink phase: nginx (1 KiB answers) and iperf3 listen on ztunnel's ports 15001/15006/15008 in node 1's ztunnel pod, with an LD_PRELOAD that sets IP_TRANSPARENT (TPROXY needs it); direct = the client addresses ztunnel's IP and port itself.",
+    "same-node = a mesh pod's outbound connection captured to its own node's ztunnel (15001); cross-node = a non-mesh pod on node 2 reaching a mesh pod on node 1, captured inbound and steered to 15006.",
     'End-to-end phase: through the ztunnel stand-in (HBONE between the two halves); direct = the same client reaching the destination nginx with nothing installed.',
     ...common,
   ];

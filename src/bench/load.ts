@@ -56,7 +56,11 @@ export async function runWrk(tb: Testbed, client: Target, o: WrkOptions): Promis
   argv.push(o.url);
   const r = await tb.exec(client, pinned(o.cpus, 'client', argv), { check: false, timeoutMs: (o.seconds + 15) * 1000 });
   const parsed = parseWrk(r.stdout);
-  if (r.code !== 0 || !parsed) throw new BenchError(`wrk against ${o.url} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().slice(0, 300)}`, { url: o.url });
+  if (r.code !== 0 || !parsed)
+    throw new BenchError(
+      `wrk against ${o.url} failed (exit ${r.code}): ${(r.stderr || r.stdout).trim().slice(0, 300)}`,
+      { url: o.url },
+    );
   return parsed;
 }
 
@@ -89,7 +93,20 @@ export interface IperfOptions {
 }
 
 export async function runIperf(tb: Testbed, client: Target, o: IperfOptions): Promise<IperfResult> {
-  const argv = ['iperf3', '-c', o.ip, '-p', String(o.port), '-t', String(o.seconds), '-l', String(o.writeBytes), '-J', '--connect-timeout', '3000'];
+  const argv = [
+    'iperf3',
+    '-c',
+    o.ip,
+    '-p',
+    String(o.port),
+    '-t',
+    String(o.seconds),
+    '-l',
+    String(o.writeBytes),
+    '-J',
+    '--connect-timeout',
+    '3000',
+  ];
   const r = await tb.exec(client, pinned(o.cpus, 'client', argv), { check: false, timeoutMs: (o.seconds + 15) * 1000 });
   const parsed = parseIperf(r.stdout);
   if (r.code !== 0 || !parsed) {
@@ -99,7 +116,9 @@ export async function runIperf(tb: Testbed, client: Target, o: IperfOptions): Pr
     } catch {
       /* not JSON */
     }
-    throw new BenchError(`iperf3 to ${o.ip}:${o.port} with ${o.writeBytes}-byte writes failed (exit ${r.code}): ${reason.slice(0, 300)}`);
+    throw new BenchError(
+      `iperf3 to ${o.ip}:${o.port} with ${o.writeBytes}-byte writes failed (exit ${r.code}): ${reason.slice(0, 300)}`,
+    );
   }
   return parsed;
 }

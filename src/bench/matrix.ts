@@ -14,14 +14,25 @@ import { inPod, startIperfServer, startNginx, type Sink, type SinkPlace } from '
 import { rotation } from './stats.ts';
 import { aaOutside, aaRows, type AaVerdict } from './aa.ts';
 import type { CpuPlan } from './cpus.ts';
-import { isDirect, type BenchConfig, type PathName, type Phase, type Placement, type Sample, type WorkloadName } from './types.ts';
+import {
+  isDirect,
+  type BenchConfig,
+  type PathName,
+  type Phase,
+  type Placement,
+  type Sample,
+  type WorkloadName,
+} from './types.ts';
 
 const log = logger('bench');
 
 /** The port every redirected client addresses (any port works: it is the redirect that matters). */
 export const APP_PORT = 8080;
 
-export interface MatrixOptions extends Pick<BenchConfig, 'paths' | 'workloads' | 'placements' | 'rounds' | 'warmup' | 'seconds' | 'maxRounds' | 'maxMinutes' | 'aaTolerance'> {
+export interface MatrixOptions extends Pick<
+  BenchConfig,
+  'paths' | 'workloads' | 'placements' | 'rounds' | 'warmup' | 'seconds' | 'maxRounds' | 'maxMinutes' | 'aaTolerance'
+> {
   readonly connections: number;
   readonly wrkScript: string;
   readonly shim: string;
@@ -75,8 +86,16 @@ export function sinkActors(tb: Testbed): SinkActors {
   return {
     zpod,
     meshClient,
-    meshDst: findPod(tb, (p) => p.mesh && p.node === n1.name && p.name !== meshClient.name, `second mesh pod on ${n1.name}`),
-    plainClient: findPod(tb, (p) => !p.mesh && !p.isZtunnel && !p.hostNetwork && p.node === n2.name, `non-mesh pod on ${n2.name}`),
+    meshDst: findPod(
+      tb,
+      (p) => p.mesh && p.node === n1.name && p.name !== meshClient.name,
+      `second mesh pod on ${n1.name}`,
+    ),
+    plainClient: findPod(
+      tb,
+      (p) => !p.mesh && !p.isZtunnel && !p.hostNetwork && p.node === n2.name,
+      `non-mesh pod on ${n2.name}`,
+    ),
     sinks: tb.info.topology === 'inpod' ? { netns: meshClient, holder: zpod } : inPod(zpod),
   };
 }
@@ -88,7 +107,14 @@ export function sinkCapturedPods(tb: Testbed): TestbedPod[] {
 
 /** nginx on all three ztunnel ports where the sinks go. */
 export function startHttpSink(tb: Testbed, o: Pick<MatrixOptions, 'dir' | 'shim' | 'cpus'>): Promise<Sink> {
-  return startNginx(tb, sinkActors(tb).sinks, [PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE], join(o.dir, 'nginx-sink'), o.shim, o.cpus);
+  return startNginx(
+    tb,
+    sinkActors(tb).sinks,
+    [PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE],
+    join(o.dir, 'nginx-sink'),
+    o.shim,
+    o.cpus,
+  );
 }
 
 /**
@@ -106,7 +132,11 @@ function sinkTargets(tb: Testbed, placement: Placement, path: PathName): CellTar
     return {
       client: meshClient,
       servers: [zpod],
-      endpoint: endpointFor(path, { ip: inpod ? '127.0.0.1' : zpod.ip, port: PORT_OUTBOUND }, { ip: meshDst.ip, port: APP_PORT }),
+      endpoint: endpointFor(
+        path,
+        { ip: inpod ? '127.0.0.1' : zpod.ip, port: PORT_OUTBOUND },
+        { ip: meshDst.ip, port: APP_PORT },
+      ),
       netns: [meshClient.netnsPath, zpod.netnsPath, ...nodeNs],
     };
   }
@@ -114,7 +144,11 @@ function sinkTargets(tb: Testbed, placement: Placement, path: PathName): CellTar
   return {
     client: plainClient,
     servers: [zpod],
-    endpoint: endpointFor(path, { ip: inpod ? meshClient.ip : zpod.ip, port: PORT_INBOUND_PLAINTEXT }, { ip: meshClient.ip, port: APP_PORT }),
+    endpoint: endpointFor(
+      path,
+      { ip: inpod ? meshClient.ip : zpod.ip, port: PORT_INBOUND_PLAINTEXT },
+      { ip: meshClient.ip, port: APP_PORT },
+    ),
     netns: [plainClient.netnsPath, meshClient.netnsPath, zpod.netnsPath, ...nodeNs],
   };
 }
@@ -127,7 +161,12 @@ async function stopAll(sinks: readonly Sink[]): Promise<void> {
  * Whether to run another measured round: never below o.rounds; above it (up to o.maxRounds, within
  * o.maxMinutes) while the A/A control of any claimed row is outside its tolerance. undefined: go on.
  */
-function stopVerdict(o: MatrixOptions, measured: number, samples: readonly Sample[], startedMs: number): AaVerdict | undefined {
+function stopVerdict(
+  o: MatrixOptions,
+  measured: number,
+  samples: readonly Sample[],
+  startedMs: number,
+): AaVerdict | undefined {
   const tolerance = o.aaTolerance ?? 0.03;
   const maxRounds = Math.max(o.rounds, o.maxRounds ?? o.rounds);
   const adaptive = maxRounds > o.rounds && o.paths.includes('direct') && o.paths.includes('direct-aa');
@@ -137,7 +176,8 @@ function stopVerdict(o: MatrixOptions, measured: number, samples: readonly Sampl
   if (!adaptive) return { ...base, converged: outside.length === 0, stoppedBy: 'fixed rounds' };
   if (outside.length === 0) return { ...base, converged: true, stoppedBy: 'converged' };
   if (measured >= maxRounds) return { ...base, converged: false, stoppedBy: 'round cap' };
-  if (o.maxMinutes !== undefined && performance.now() - startedMs > o.maxMinutes * 60_000) return { ...base, converged: false, stoppedBy: 'time cap' };
+  if (o.maxMinutes !== undefined && performance.now() - startedMs > o.maxMinutes * 60_000)
+    return { ...base, converged: false, stoppedBy: 'time cap' };
   return undefined;
 }
 
@@ -146,8 +186,13 @@ function stopVerdict(o: MatrixOptions, measured: number, samples: readonly Sampl
  * more while stopVerdict says so. `targets(placement, path)` names client, server and endpoint of a cell.
  */
 async function runRounds(
-  tb: Testbed, phase: Phase, ctx: PathContext, o: MatrixOptions, groups: readonly Group[],
-  targets: (placement: Placement, path: PathName) => CellTarget, obs: MatrixObserver,
+  tb: Testbed,
+  phase: Phase,
+  ctx: PathContext,
+  o: MatrixOptions,
+  groups: readonly Group[],
+  targets: (placement: Placement, path: PathName) => CellTarget,
+  obs: MatrixObserver,
 ): Promise<void> {
   const startedMs = performance.now();
   const mine: Sample[] = [];
@@ -170,17 +215,35 @@ async function runRounds(
           try {
             await path.settle();
             // Listed once the path is up: its programs are loaded by then (captures attach, not load).
-            const progs = o.profile && pathName.startsWith('ebpf') ? pathPrograms(ctx.loaderNodes.map((n) => n.bpffsDir)) : [];
+            const progs =
+              o.profile && pathName.startsWith('ebpf') ? pathPrograms(ctx.loaderNodes.map((n) => n.bpffsDir)) : [];
             for (const workload of group.workloads) {
               for (const placement of o.placements) {
                 const before = progs.length > 0 ? readCounters(progs) : undefined;
                 const r = await runCell(tb, workload, targets(placement, pathName), o).catch((err: unknown) => {
                   const what = `${phase} round ${round}, path ${pathName}, ${workload} ${placement}`;
-                  throw new BenchError(`${what}: ${err instanceof Error ? err.message : String(err)}`, { phase, round, path: pathName, workload, placement }, { cause: err });
+                  throw new BenchError(
+                    `${what}: ${err instanceof Error ? err.message : String(err)}`,
+                    { phase, round, path: pathName, workload, placement },
+                    { cause: err },
+                  );
                 });
                 const profile = before ? cellCost(progs, before, readCounters(progs), r.requests) : undefined;
-                const sample: Sample = { phase, round, warmup, path: pathName, workload, placement, metrics: r.metrics, errors: r.errors, ...(profile ? { profile } : {}) };
-                log.info({ phase, round, warmup, path: pathName, workload, placement, ...r.metrics, errors: r.errors }, 'cell');
+                const sample: Sample = {
+                  phase,
+                  round,
+                  warmup,
+                  path: pathName,
+                  workload,
+                  placement,
+                  metrics: r.metrics,
+                  errors: r.errors,
+                  ...(profile ? { profile } : {}),
+                };
+                log.info(
+                  { phase, round, warmup, path: pathName, workload, placement, ...r.metrics, errors: r.errors },
+                  'cell',
+                );
                 mine.push(sample);
                 obs.sample(sample);
               }
@@ -200,7 +263,12 @@ async function runRounds(
 const BULK: readonly WorkloadName[] = ['bulk-1k', 'bulk-16k', 'bulk-128k'];
 
 /** Phase 1: raw sinks on ztunnel's ports where ztunnel listens (sinkActors); only the redirect is measured. */
-export async function runSinkPhase(tb: Testbed, ctx: PathContext, o: MatrixOptions, obs: MatrixObserver): Promise<void> {
+export async function runSinkPhase(
+  tb: Testbed,
+  ctx: PathContext,
+  o: MatrixOptions,
+  obs: MatrixObserver,
+): Promise<void> {
   const { sinks } = sinkActors(tb);
   const groups: Group[] = [
     {
@@ -213,9 +281,28 @@ export async function runSinkPhase(tb: Testbed, ctx: PathContext, o: MatrixOptio
       workloads: o.workloads.filter((w) => BULK.includes(w)),
       // Both always run: the loader wants 15006 and 15008 held by one process even for same-node cells.
       start: async () => {
-        const a = await startIperfServer(tb, sinks, PORT_OUTBOUND, join(o.dir, 'iperf-sink'), o.shim, undefined, o.cpus);
+        const a = await startIperfServer(
+          tb,
+          sinks,
+          PORT_OUTBOUND,
+          join(o.dir, 'iperf-sink'),
+          o.shim,
+          undefined,
+          o.cpus,
+        );
         try {
-          return [a, await startIperfServer(tb, sinks, PORT_INBOUND_PLAINTEXT, join(o.dir, 'iperf-sink'), o.shim, PORT_HBONE, o.cpus)];
+          return [
+            a,
+            await startIperfServer(
+              tb,
+              sinks,
+              PORT_INBOUND_PLAINTEXT,
+              join(o.dir, 'iperf-sink'),
+              o.shim,
+              PORT_HBONE,
+              o.cpus,
+            ),
+          ];
         } catch (err) {
           await a.stop();
           throw err;
@@ -250,8 +337,16 @@ export async function runE2ePhase(tb: Testbed, ctx: PathContext, o: MatrixOption
     },
   };
   const allNs = [...tb.nodes.map((n) => n.netnsPath), ...tb.pods.filter((p) => !p.hostNetwork).map((p) => p.netnsPath)];
-  await runRounds(tb, 'e2e', ctx, o, [group], (placement) => {
-    const dst = placement === 'same-node' ? meshDst : remote;
-    return { client: meshClient, servers: [dst, ...zpods], endpoint: { ip: dst.ip, port: APP_PORT }, netns: allNs };
-  }, obs);
+  await runRounds(
+    tb,
+    'e2e',
+    ctx,
+    o,
+    [group],
+    (placement) => {
+      const dst = placement === 'same-node' ? meshDst : remote;
+      return { client: meshClient, servers: [dst, ...zpods], endpoint: { ip: dst.ip, port: APP_PORT }, netns: allNs };
+    },
+    obs,
+  );
 }

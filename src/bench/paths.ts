@@ -74,7 +74,11 @@ async function waitReady(ctx: PathContext, node: TestbedNode, proc: TestbedProce
   let exited = false;
   void proc.exited.then(() => (exited = true));
   const r = await ctx.tb.exec(node, ['sh', '-c', script], { check: false, timeoutMs: 40_000 });
-  if (r.code !== 0 || exited) throw new BenchError(`ambpf run on ${node.name} did not become ready (see ${ctx.logDir}/ambpf-run-${node.name}.log)`, { node: node.name });
+  if (r.code !== 0 || exited)
+    throw new BenchError(
+      `ambpf run on ${node.name} did not become ready (see ${ctx.logDir}/ambpf-run-${node.name}.log)`,
+      { node: node.name },
+    );
 }
 
 /**
@@ -91,13 +95,16 @@ async function waitListenersCopied(node: TestbedNode, procs: readonly TestbedPro
     let count = 0;
     try {
       // A SOCKMAP's next-key walks every slot, filled or not: look each slot up instead.
-      for (const slot of [LISTENER_INBOUND, LISTENER_HBONE]) if (maps.raw.ambpf_zt_listen.lookup(encodeU32Key(slot)) !== undefined) count++;
+      for (const slot of [LISTENER_INBOUND, LISTENER_HBONE])
+        if (maps.raw.ambpf_zt_listen.lookup(encodeU32Key(slot)) !== undefined) count++;
     } finally {
       maps.close();
     }
     if (count >= 2) return;
     if (Date.now() > deadline || procs.some((p) => p.child.exitCode !== null)) {
-      throw new BenchError(`ambpf run on ${node.name} did not pick up the sinks' listeners within 10 s`, { node: node.name });
+      throw new BenchError(`ambpf run on ${node.name} did not pick up the sinks' listeners within 10 s`, {
+        node: node.name,
+      });
     }
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -111,13 +118,18 @@ async function waitListenersCopied(node: TestbedNode, procs: readonly TestbedPro
 async function probeFails(tb: Testbed, probe: NonNullable<PathContext['probe']>): Promise<string> {
   const script = `import socket; socket.create_connection(("${probe.ip}", ${probe.port}), 2).close()`;
   const r = await tb.exec(probe.from, ['python3', '-c', script], { check: false, timeoutMs: 10_000 });
-  return r.code === 0 ? '' : r.stderr.trim().split('\n').at(-1) ?? `exit ${r.code}`;
+  return r.code === 0 ? '' : (r.stderr.trim().split('\n').at(-1) ?? `exit ${r.code}`);
 }
 
 /** How long a capture may take to settle: a bound on a hang on a busy machine, not a speed claim. */
 const CAPTURE_SETTLE_MS = 30_000;
 
-async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: readonly TestbedProcess[], probe: PathContext['probe']): Promise<void> {
+async function waitCaptured(
+  tb: Testbed,
+  pods: readonly TestbedPod[],
+  procs: readonly TestbedProcess[],
+  probe: PathContext['probe'],
+): Promise<void> {
   const { openPinnedMaps } = await import('../bpf/datapath.ts');
   const deadline = Date.now() + CAPTURE_SETTLE_MS;
   for (;;) {
@@ -132,8 +144,14 @@ async function waitCaptured(tb: Testbed, pods: readonly TestbedPod[], procs: rea
     const why = missing.length === 0 && probe ? await probeFails(tb, probe) : '';
     if (missing.length === 0 && why === '') return;
     if (Date.now() > deadline || procs.some((p) => p.child.exitCode !== null)) {
-      if (missing.length === 0) throw new BenchError(`${probe?.from.name}'s connect to ${probe?.ip}:${probe?.port} is not redirected ${CAPTURE_SETTLE_MS / 1000} s after its capture: ${why}`);
-      throw new BenchError(`ambpf run --mode inpod did not capture ${missing.map((p) => p.name).join(', ')} within ${CAPTURE_SETTLE_MS / 1000} s (are the sinks held by ztunnel's pod?)`, { pods: missing.map((p) => p.name).join(',') });
+      if (missing.length === 0)
+        throw new BenchError(
+          `${probe?.from.name}'s connect to ${probe?.ip}:${probe?.port} is not redirected ${CAPTURE_SETTLE_MS / 1000} s after its capture: ${why}`,
+        );
+      throw new BenchError(
+        `ambpf run --mode inpod did not capture ${missing.map((p) => p.name).join(', ')} within ${CAPTURE_SETTLE_MS / 1000} s (are the sinks held by ztunnel's pod?)`,
+        { pods: missing.map((p) => p.name).join(',') },
+      );
     }
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -169,17 +187,33 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
       // Leftovers of a crashed earlier slot would be adopted, not measured: start clean.
       await removeLoaderState(ctx.tb, node);
       const argv = [
-        AMBPF, 'run', '--node', node.name, ...(ctx.kubeconfig ? ['--kubeconfig', ctx.kubeconfig] : ['--pods-file', ctx.podsFile]),
-        '--bpffs', node.bpffsDir, '--cgroup', node.kubepodsCgroup,
-        '--listen', `127.0.0.1:${LOADER_PORT}`, '--state-file', join(ctx.logDir, `state-${node.name}.json`), '--node-ip', node.wireIp,
-        '--resync-ms', '200',
+        AMBPF,
+        'run',
+        '--node',
+        node.name,
+        ...(ctx.kubeconfig ? ['--kubeconfig', ctx.kubeconfig] : ['--pods-file', ctx.podsFile]),
+        '--bpffs',
+        node.bpffsDir,
+        '--cgroup',
+        node.kubepodsCgroup,
+        '--listen',
+        `127.0.0.1:${LOADER_PORT}`,
+        '--state-file',
+        join(ctx.logDir, `state-${node.name}.json`),
+        '--node-ip',
+        node.wireIp,
+        '--resync-ms',
+        '200',
       ];
       if (splice) argv.push('--splice');
       // The testbed's topology; inpod without ZDS until the bench runs the per-node ZDS stand-in.
       argv.push('--mode', ctx.tb.info.topology);
       if (ctx.tb.info.topology === 'inpod') argv.push('--zds-socket', 'none');
       const started = performance.now();
-      const proc = ctx.tb.spawn(node, pinned(ctx.cpus, 'loader', argv), { logFile: join(ctx.logDir, `ambpf-run-${node.name}.log`), env: { ...process.env, AMBPF_LOG_FORMAT: 'json' } });
+      const proc = ctx.tb.spawn(node, pinned(ctx.cpus, 'loader', argv), {
+        logFile: join(ctx.logDir, `ambpf-run-${node.name}.log`),
+        env: { ...process.env, AMBPF_LOG_FORMAT: 'json' },
+      });
       procs.push(proc);
       await waitReady(ctx, node, proc);
       coldStartMs.push(performance.now() - started);
@@ -201,16 +235,28 @@ async function startEbpf(ctx: PathContext, name: PathName, splice: boolean): Pro
  * all when stopped. No ZDS here (the bench's stand-ins find their pods by themselves).
  */
 async function startBaselineAgent(ctx: PathContext, name: PathName & Backend): Promise<ActivePath> {
-  const agents = await startBaselineAgents(ctx.tb, { backend: name, podsFile: ctx.podsFile, zdsSocket: () => undefined, nodes: ctx.loaderNodes, logDir: ctx.logDir });
+  const agents = await startBaselineAgents(ctx.tb, {
+    backend: name,
+    podsFile: ctx.podsFile,
+    zdsSocket: () => undefined,
+    nodes: ctx.loaderNodes,
+    logDir: ctx.logDir,
+  });
   const down = async (): Promise<void> => {
     const codes = await Promise.all(agents.map((a) => a.stop()));
     const bad = agents.filter((_, i) => codes[i] !== 0);
-    if (bad.length > 0) throw new BenchError(`the baseline agent on ${bad.map((a) => a.node.name).join(', ')} did not remove its rules cleanly (see ${ctx.logDir})`);
+    if (bad.length > 0)
+      throw new BenchError(
+        `the baseline agent on ${bad.map((a) => a.node.name).join(', ')} did not remove its rules cleanly (see ${ctx.logDir})`,
+      );
   };
   const settle = async (): Promise<void> => {
     for (const a of agents) {
       const want = (ctx.captured ?? []).filter((p) => p.node === a.node.name);
-      await a.waitFor((s) => s.ready && want.every((p) => s.pods.some((x) => x.uid === p.uid)), `${name} rules in ${want.map((p) => p.name).join(', ') || 'its pods'}`);
+      await a.waitFor(
+        (s) => s.ready && want.every((p) => s.pods.some((x) => x.uid === p.uid)),
+        `${name} rules in ${want.map((p) => p.name).join(', ') || 'its pods'}`,
+      );
     }
   };
   return { name, coldStartMs: [], rssKiB: () => [], settle, down };

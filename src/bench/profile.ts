@@ -10,7 +10,16 @@
 //   profileTable   the same for results.md, beside the cell's end-to-end figure
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { kindOfFd, listIds, mapInfoByFd, openPinnedFd, progInfoByFd, progRunStats, withFdById, type ProgRunStats } from '../libbpf/index.ts';
+import {
+  kindOfFd,
+  listIds,
+  mapInfoByFd,
+  openPinnedFd,
+  progInfoByFd,
+  progRunStats,
+  withFdById,
+  type ProgRunStats,
+} from '../libbpf/index.ts';
 import { closeFd } from '../libbpf/handle.ts';
 import { progName } from '../status/links.ts';
 import { spread, type Spread } from './stats.ts';
@@ -28,7 +37,9 @@ function pinnedMapIds(dir: string): Set<number> {
   const ids = new Set<number>();
   let names: string[];
   try {
-    names = readdirSync(dir, { withFileTypes: true }).filter((d) => d.isFile()).map((d) => d.name);
+    names = readdirSync(dir, { withFileTypes: true })
+      .filter((d) => d.isFile())
+      .map((d) => d.name);
   } catch {
     return ids;
   }
@@ -73,8 +84,12 @@ export function readCounters(progs: readonly ProgRef[]): Map<number, ProgRunStat
 }
 
 /** Per program name (summed over its instances, one per loader) and ALL_PROGRAMS: the cell's deltas. */
-export function cellCost(progs: readonly ProgRef[], before: ReadonlyMap<number, ProgRunStats>, after: ReadonlyMap<number, ProgRunStats>,
-  requests: number | undefined): ProgCost[] {
+export function cellCost(
+  progs: readonly ProgRef[],
+  before: ReadonlyMap<number, ProgRunStats>,
+  after: ReadonlyMap<number, ProgRunStats>,
+  requests: number | undefined,
+): ProgCost[] {
   const sums = new Map<string, { runs: bigint; ns: bigint }>();
   const add = (name: string, runs: bigint, ns: bigint): void => {
     const s = sums.get(name) ?? { runs: 0n, ns: 0n };
@@ -90,39 +105,64 @@ export function cellCost(progs: readonly ProgRef[], before: ReadonlyMap<number, 
   return [...sums].map(([prog, s]) => {
     const runs = Number(s.runs);
     const ns = Number(s.ns);
-    const perReq = requests !== undefined && requests > 0 ? { runsPerReq: runs / requests, nsPerReq: ns / requests } : {};
+    const perReq =
+      requests !== undefined && requests > 0 ? { runsPerReq: runs / requests, nsPerReq: ns / requests } : {};
     return { prog, runs, ns, nsPerRun: runs > 0 ? ns / runs : 0, ...perReq };
   });
 }
 
 /** Medians over rounds (warm-up excluded) per (phase, placement, workload, path, program). */
 export function profileRows(samples: readonly Sample[]): ProfileRow[] {
-  const groups = new Map<string, { key: Omit<ProfileRow, 'nsPerRun' | 'runsPerReq' | 'nsPerReq' | 'primary'>; costs: ProgCost[]; primary: number[] }>();
+  const groups = new Map<
+    string,
+    { key: Omit<ProfileRow, 'nsPerRun' | 'runsPerReq' | 'nsPerReq' | 'primary'>; costs: ProgCost[]; primary: number[] }
+  >();
   for (const s of samples) {
     if (s.warmup || !s.profile) continue;
     for (const c of s.profile) {
       const k = `${s.phase}|${s.placement}|${s.workload}|${s.path}|${c.prog}`;
       let g = groups.get(k);
-      if (!g) groups.set(k, (g = { key: { phase: s.phase, placement: s.placement, workload: s.workload, path: s.path, prog: c.prog }, costs: [], primary: [] }));
+      if (!g)
+        groups.set(
+          k,
+          (g = {
+            key: { phase: s.phase, placement: s.placement, workload: s.workload, path: s.path, prog: c.prog },
+            costs: [],
+            primary: [],
+          }),
+        );
       g.costs.push(c);
       g.primary.push(s.metrics[PRIMARY_METRIC[s.workload]] ?? Number.NaN);
     }
   }
   return [...groups.values()].map(({ key, costs, primary }) => {
     const perReq = costs.every((c) => c.nsPerReq !== undefined)
-      ? { runsPerReq: spread(costs.map((c) => c.runsPerReq ?? Number.NaN)), nsPerReq: spread(costs.map((c) => c.nsPerReq ?? Number.NaN)) }
+      ? {
+          runsPerReq: spread(costs.map((c) => c.runsPerReq ?? Number.NaN)),
+          nsPerReq: spread(costs.map((c) => c.nsPerReq ?? Number.NaN)),
+        }
       : {};
-    return { ...key, nsPerRun: spread(costs.map((c) => c.nsPerRun)), ...perReq, primary: { metric: PRIMARY_METRIC[key.workload], value: spread(primary) } };
+    return {
+      ...key,
+      nsPerRun: spread(costs.map((c) => c.nsPerRun)),
+      ...perReq,
+      primary: { metric: PRIMARY_METRIC[key.workload], value: spread(primary) },
+    };
   });
 }
 
-const num = (v: number, digits = 0): string => (Number.isFinite(v) ? v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '–');
-const range = (s: Spread | undefined, digits = 0): string => (s ? `${num(s.median, digits)} (${num(s.min, digits)}–${num(s.max, digits)})` : '–');
+const num = (v: number, digits = 0): string =>
+  Number.isFinite(v)
+    ? v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits })
+    : '–';
+const range = (s: Spread | undefined, digits = 0): string =>
+  s ? `${num(s.median, digits)} (${num(s.min, digits)}–${num(s.max, digits)})` : '–';
 
 /** results.md's profile table: one line per program that ran in a cell, the cell's total first. */
 export function profileTable(rows: readonly ProfileRow[]): string | undefined {
   if (rows.length === 0) return undefined;
-  const order = (r: ProfileRow): string => `${r.phase}|${r.placement}|${r.workload}|${r.path}|${r.prog === ALL_PROGRAMS ? '' : r.prog}`;
+  const order = (r: ProfileRow): string =>
+    `${r.phase}|${r.placement}|${r.workload}|${r.path}|${r.prog === ALL_PROGRAMS ? '' : r.prog}`;
   const sorted = [...rows].sort((a, b) => (order(a) < order(b) ? -1 : order(a) > order(b) ? 1 : 0));
   const lines = [
     '| phase | placement | workload | path | program | ns per request | runs per request | ns per run | end to end |',
@@ -133,7 +173,9 @@ export function profileTable(rows: readonly ProfileRow[]): string | undefined {
     if (r.prog !== ALL_PROGRAMS && r.nsPerRun.max === 0 && (r.runsPerReq?.max ?? 0) === 0) continue;
     const prog = r.prog === ALL_PROGRAMS ? '**all programs**' : r.prog;
     const e2e = r.prog === ALL_PROGRAMS ? `${r.primary.metric} ${range(r.primary.value)}` : '';
-    lines.push(`| ${r.phase} | ${r.placement} | ${r.workload} | ${r.path} | ${prog} | ${range(r.nsPerReq)} | ${range(r.runsPerReq, 2)} | ${range(r.nsPerRun)} | ${e2e} |`);
+    lines.push(
+      `| ${r.phase} | ${r.placement} | ${r.workload} | ${r.path} | ${prog} | ${range(r.nsPerReq)} | ${range(r.runsPerReq, 2)} | ${range(r.nsPerRun)} | ${e2e} |`,
+    );
   }
   return lines.join('\n') + '\n';
 }

@@ -17,7 +17,9 @@ function fmt(v: number): string {
 function cell(r: SummaryRow | undefined): string {
   if (!r) return '';
   const base = `${fmt(r.median)} (${fmt(r.min)}–${fmt(r.max)})`;
-  return r.ratio ? `${base} **×${r.ratio.median.toFixed(2)}** (${r.ratio.min.toFixed(2)}–${r.ratio.max.toFixed(2)})` : base;
+  return r.ratio
+    ? `${base} **×${r.ratio.median.toFixed(2)}** (${r.ratio.min.toFixed(2)}–${r.ratio.max.toFixed(2)})`
+    : base;
 }
 
 export function resultsTable(rows: readonly SummaryRow[], paths: readonly PathName[]): string {
@@ -34,7 +36,9 @@ export function resultsTable(rows: readonly SummaryRow[], paths: readonly PathNa
   ];
   for (const [k, g] of groups) {
     const [phase, placement, workload, metric] = k.split('|') as [string, string, string, string];
-    lines.push(`| ${phase} | ${placement} | ${workload} | ${label(metric)} | ${paths.map((p) => cell(g.get(p))).join(' | ')} |`);
+    lines.push(
+      `| ${phase} | ${placement} | ${workload} | ${label(metric)} | ${paths.map((p) => cell(g.get(p))).join(' | ')} |`,
+    );
   }
   return lines.join('\n') + '\n';
 }
@@ -52,12 +56,23 @@ const label = (metric: string): string => {
 export function versusIstioTable(r: BenchResults, base: PathName = 'iptables'): string | undefined {
   const ebpf = r.config.paths.filter((p) => p.startsWith('ebpf'));
   if (!r.config.paths.includes(base) || ebpf.length === 0) return undefined;
-  const rows = summarize(r.samples, [base, ...ebpf], base)
-    .filter((x) => x.path !== base && x.phase === 'sink' && (x.metric === PRIMARY_METRIC[x.workload] || x.metric === 'reqPerSec' || x.metric === 'p50us' || x.metric.endsWith('CpuUsPerReq')));
+  const rows = summarize(r.samples, [base, ...ebpf], base).filter(
+    (x) =>
+      x.path !== base &&
+      x.phase === 'sink' &&
+      (x.metric === PRIMARY_METRIC[x.workload] ||
+        x.metric === 'reqPerSec' ||
+        x.metric === 'p50us' ||
+        x.metric.endsWith('CpuUsPerReq')),
+  );
   // The noise beside every claim: the A/A control's ratio on the same row (direct-aa / direct).
-  const aa = r.config.paths.includes('direct-aa') ? summarize(r.samples, ['direct', 'direct-aa']).filter((x) => x.path === 'direct-aa') : [];
+  const aa = r.config.paths.includes('direct-aa')
+    ? summarize(r.samples, ['direct', 'direct-aa']).filter((x) => x.path === 'direct-aa')
+    : [];
   const aaCell = (x: SummaryRow): string => {
-    const a = aa.find((z) => z.phase === x.phase && z.placement === x.placement && z.workload === x.workload && z.metric === x.metric);
+    const a = aa.find(
+      (z) => z.phase === x.phase && z.placement === x.placement && z.workload === x.workload && z.metric === x.metric,
+    );
     return a?.ratio ? `×${a.ratio.median.toFixed(2)} (${a.ratio.min.toFixed(2)}–${a.ratio.max.toFixed(2)})` : '–';
   };
   const lines = [
@@ -70,7 +85,9 @@ export function versusIstioTable(r: BenchResults, base: PathName = 'iptables'): 
     if (seen.has(k)) continue;
     seen.add(k);
     const cells = ebpf.map((p) => {
-      const y = rows.find((z) => z.path === p && z.placement === x.placement && z.workload === x.workload && z.metric === x.metric);
+      const y = rows.find(
+        (z) => z.path === p && z.placement === x.placement && z.workload === x.workload && z.metric === x.metric,
+      );
       return y?.ratio ? `**×${y.ratio.median.toFixed(2)}** (${y.ratio.min.toFixed(2)}–${y.ratio.max.toFixed(2)})` : '';
     });
     lines.push(`| ${x.placement} | ${x.workload} | ${label(x.metric)} | ${cells.join(' | ')} | ${aaCell(x)} |`);
@@ -81,18 +98,35 @@ export function versusIstioTable(r: BenchResults, base: PathName = 'iptables'): 
 export function controlPlaneTable(r: BenchResults): string {
   const cp = r.controlPlane;
   const lines = ['| figure | value |', '|---|---|'];
-  if (cp.podChangeMs) lines.push(`| pods file change -> ambpf_pods entry (${cp.podChangeMs.samples.length} changes) | p50 ${fmt(cp.podChangeMs.p50)} ms, p99 ${fmt(cp.podChangeMs.p99)} ms, max ${fmt(cp.podChangeMs.max)} ms |`);
+  if (cp.podChangeMs)
+    lines.push(
+      `| pods file change -> ambpf_pods entry (${cp.podChangeMs.samples.length} changes) | p50 ${fmt(cp.podChangeMs.p50)} ms, p99 ${fmt(cp.podChangeMs.p99)} ms, max ${fmt(cp.podChangeMs.max)} ms |`,
+    );
   const w = cp.podChangeWatchMs;
-  if (w) lines.push(`| pod label change via the API server (watch) -> ambpf_pods entry (${w.samples.length} changes) | p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms, max ${fmt(w.max)} ms |`);
-  for (const x of cp.reconcile ?? []) lines.push(`| reconcile ${x.pods.toLocaleString('en-US')} pods (plan + map write) | ${fmt(x.totalMs)} ms (plan ${fmt(x.planMs)} ms, write ${fmt(x.writeMs)} ms) |`);
-  if (cp.coldStartMs) lines.push(`| cold start: \`ambpf run\` -> /readyz 200 (${cp.coldStartMs.samples.length} starts) | median ${fmt(cp.coldStartMs.median)} ms (${fmt(cp.coldStartMs.min)}–${fmt(cp.coldStartMs.max)}) |`);
-  if (cp.rssMiB) lines.push(`| loader RSS after its cells | median ${fmt(cp.rssMiB.median)} MiB, max ${fmt(cp.rssMiB.max)} MiB |`);
+  if (w)
+    lines.push(
+      `| pod label change via the API server (watch) -> ambpf_pods entry (${w.samples.length} changes) | p50 ${fmt(w.p50)} ms, p99 ${fmt(w.p99)} ms, max ${fmt(w.max)} ms |`,
+    );
+  for (const x of cp.reconcile ?? [])
+    lines.push(
+      `| reconcile ${x.pods.toLocaleString('en-US')} pods (plan + map write) | ${fmt(x.totalMs)} ms (plan ${fmt(x.planMs)} ms, write ${fmt(x.writeMs)} ms) |`,
+    );
+  if (cp.coldStartMs)
+    lines.push(
+      `| cold start: \`ambpf run\` -> /readyz 200 (${cp.coldStartMs.samples.length} starts) | median ${fmt(cp.coldStartMs.median)} ms (${fmt(cp.coldStartMs.min)}–${fmt(cp.coldStartMs.max)}) |`,
+    );
+  if (cp.rssMiB)
+    lines.push(`| loader RSS after its cells | median ${fmt(cp.rssMiB.median)} MiB, max ${fmt(cp.rssMiB.max)} MiB |`);
   const sc = cp.scale;
   if (sc) {
     const on = `${sc.pods + 1} pods on the node (${sc.pods} mesh + ztunnel)`;
     lines.push(`| ${on}, ZDS: loader start -> all captured and acked | ${fmt(sc.captureAllMs)} ms |`);
-    lines.push(`| ${on}: loader RSS / idle CPU (${sc.idleSeconds} s, nothing changing) | ${fmt(sc.rssMiB)} MiB / ${sc.idleCpuPct.toFixed(2)} % of a core |`);
-    lines.push(`| ${on}: pod change -> released, or captured and acked by the stand-in over ZDS (${sc.podChangeMs.samples.length} changes) | p50 ${fmt(sc.podChangeMs.p50)} ms, p99 ${fmt(sc.podChangeMs.p99)} ms, max ${fmt(sc.podChangeMs.max)} ms |`);
+    lines.push(
+      `| ${on}: loader RSS / idle CPU (${sc.idleSeconds} s, nothing changing) | ${fmt(sc.rssMiB)} MiB / ${sc.idleCpuPct.toFixed(2)} % of a core |`,
+    );
+    lines.push(
+      `| ${on}: pod change -> released, or captured and acked by the stand-in over ZDS (${sc.podChangeMs.samples.length} changes) | p50 ${fmt(sc.podChangeMs.p50)} ms, p99 ${fmt(sc.podChangeMs.p99)} ms, max ${fmt(sc.podChangeMs.max)} ms |`,
+    );
   }
   return lines.join('\n') + '\n';
 }
@@ -112,7 +146,9 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
     `\`${r.command}\``,
     '',
     `- machine: ${m.cpuModel}, ${m.cores} cores, ${m.memoryMiB} MiB, Linux ${m.kernel} (${m.hostname})`,
-    `- tools: ${Object.entries(m.tools).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    `- tools: ${Object.entries(m.tools)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
     `- run: ${r.startedAt} -> ${r.finishedAt}; topology ${c.topology}; ${r.aa ? aaSentence(r.aa) : `${c.rounds} measured round(s)`}${c.warmup ? ' after 1 warm-up round (discarded)' : ''}; ${c.seconds} s per cell; paths rotated every round`,
     ...(r.cpus ? [`- placement of processes: ${r.cpus}`] : []),
     '- cells: median (min–max) over rounds; **×ratio** = path / direct computed within each round, then median (min–max)',
@@ -120,7 +156,9 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
     '## Datapath',
     '',
     resultsTable(r.summary, c.paths),
-    errors.length > 0 ? `Cells with socket or HTTP errors: ${errors.map((s) => `${s.path}/${s.workload}/${s.placement}/round ${s.round}: ${s.errors}`).join('; ')}\n` : 'No cell had socket or HTTP errors.\n',
+    errors.length > 0
+      ? `Cells with socket or HTTP errors: ${errors.map((s) => `${s.path}/${s.workload}/${s.placement}/round ${s.round}: ${s.errors}`).join('; ')}\n`
+      : 'No cell had socket or HTTP errors.\n',
     ...versus,
     ...(profile ? ['## BPF cost per request (--profile; median (min–max) over rounds)', '', profile] : []),
     '## Control plane',

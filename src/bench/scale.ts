@@ -42,11 +42,19 @@ export const MAX_SCALE_PODS = 249;
 
 /** One node with ztunnel and `pods` mesh pods. */
 export function scaleSpec(pods: number): TestbedSpec {
-  if (pods < 1 || pods > MAX_SCALE_PODS) throw new BenchError(`--scale-pods must be 1-${MAX_SCALE_PODS} (one node's pod /24 holds 250 pods with ztunnel), not ${pods}`);
+  if (pods < 1 || pods > MAX_SCALE_PODS)
+    throw new BenchError(
+      `--scale-pods must be 1-${MAX_SCALE_PODS} (one node's pod /24 holds 250 pods with ztunnel), not ${pods}`,
+    );
   return {
     nodes: [{ name: 'node1', ztunnel: true }],
     namespaces: [{ name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } }],
-    pods: Array.from({ length: pods }, (_, i) => ({ name: `app-${i + 1}`, namespace: 'mesh', node: 'node1', labels: { app: 'app' } })),
+    pods: Array.from({ length: pods }, (_, i) => ({
+      name: `app-${i + 1}`,
+      namespace: 'mesh',
+      node: 'node1',
+      labels: { app: 'app' },
+    })),
   };
 }
 
@@ -72,7 +80,11 @@ async function until(what: string, deadlineMs: number, ok: () => boolean): Promi
 }
 
 export async function measureScale(o: ScaleOptions): Promise<ScaleResults> {
-  const tb: Testbed = await startTestbed(scaleSpec(o.pods), { topology: 'inpod', standIn: false, ...(o.prefix ? { prefix: `${o.prefix}s` } : {}) });
+  const tb: Testbed = await startTestbed(scaleSpec(o.pods), {
+    topology: 'inpod',
+    standIn: false,
+    ...(o.prefix ? { prefix: `${o.prefix}s` } : {}),
+  });
   try {
     const [node] = tb.nodes;
     if (!node) throw new BenchError('the scale testbed has no node');
@@ -81,13 +93,16 @@ export async function measureScale(o: ScaleOptions): Promise<ScaleResults> {
     tb.writePodsList(podsFile);
     const t0 = performance.now();
     // As on a real node: the default resync and info logging (startLoader's are a test's: 300 ms, debug).
-    const loader = startLoader(tb, node, podsFile, ['--resync-ms', String(RESYNC_MS)], true, { AMBPF_LOG_LEVEL: 'info' });
+    const loader = startLoader(tb, node, podsFile, ['--resync-ms', String(RESYNC_MS)], true, {
+      AMBPF_LOG_LEVEL: 'info',
+    });
     await waitReady(tb, loader, 120_000);
     await startZtunnels(tb, { zdsSocket: () => zdsSocketPath(tb, node) });
     const listen = BpfMap.openPinned(mapPin(node.bpffsDir, 'ambpf_inpod_listen'));
     const pinnedPods = BpfMap.openPinned(mapPin(node.bpffsDir, 'ambpf_pods'));
     try {
-      const captured = (ip: string): boolean => listen.lookup(s.encodeInpodListenKey(ip, s.LISTENER_INBOUND)) !== undefined;
+      const captured = (ip: string): boolean =>
+        listen.lookup(s.encodeInpodListenKey(ip, s.LISTENER_INBOUND)) !== undefined;
       const present = (ip: string): boolean => pinnedPods.lookup(s.encodeIpKey(ip)) !== undefined;
       await until(`all ${o.pods} pods captured`, 180_000, () => pods.every((p) => captured(p.ip)));
       const captureAllMs = performance.now() - t0;
@@ -108,13 +123,22 @@ export async function measureScale(o: ScaleOptions): Promise<ScaleResults> {
         const t = performance.now();
         writePodsWithOptOut(tb, podsFile, optOut ? [pod] : []);
         if (optOut) await until(`${pod.name} released after opting out`, 10_000, () => !present(pod.ip));
-        else await until(`${pod.name} captured again (ZDS Add acked, listeners registered)`, 10_000, () => present(pod.ip) && captured(pod.ip));
+        else
+          await until(
+            `${pod.name} captured again (ZDS Add acked, listeners registered)`,
+            10_000,
+            () => present(pod.ip) && captured(pod.ip),
+          );
         samples.push(performance.now() - t);
         // Let the loader's debounce settle so changes do not coalesce.
         await new Promise((r) => setTimeout(r, 100));
       }
       return {
-        pods: o.pods, captureAllMs, rssMiB: rss, idleCpuPct, idleSeconds: o.idleSeconds,
+        pods: o.pods,
+        captureAllMs,
+        rssMiB: rss,
+        idleCpuPct,
+        idleSeconds: o.idleSeconds,
         podChangeMs: { samples, p50: percentile(samples, 50), p99: percentile(samples, 99), max: Math.max(...samples) },
       };
     } finally {

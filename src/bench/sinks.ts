@@ -27,7 +27,13 @@ export interface SinkPlace {
 /** A sink in one pod's own netns and cgroup. */
 export const inPod = (pod: TestbedPod): SinkPlace => ({ netns: pod, holder: pod });
 
-function spawnSink(tb: Testbed, place: SinkPlace, argv: readonly string[], logFile: string, env: NodeJS.ProcessEnv): TestbedProcess {
+function spawnSink(
+  tb: Testbed,
+  place: SinkPlace,
+  argv: readonly string[],
+  logFile: string,
+  env: NodeJS.ProcessEnv,
+): TestbedProcess {
   return tb.spawnAt(place.netns.netnsPath, place.holder.containerCgroupPath, argv, { logFile, env });
 }
 
@@ -72,7 +78,13 @@ async function stopProcess(p: TestbedProcess, what: string): Promise<void> {
 }
 
 /** The sink once every port listens (bounded); stopped again if one never does. */
-async function listening(tb: Testbed, place: SinkPlace, p: TestbedProcess, ports: readonly number[], what: string): Promise<Sink> {
+async function listening(
+  tb: Testbed,
+  place: SinkPlace,
+  p: TestbedProcess,
+  ports: readonly number[],
+  what: string,
+): Promise<Sink> {
   try {
     for (const port of ports) await waitForPort(tb, place.netns, port, 10_000);
   } catch (err) {
@@ -83,21 +95,45 @@ async function listening(tb: Testbed, place: SinkPlace, p: TestbedProcess, ports
 }
 
 /** nginx answering 1 KiB on every port, at `place`; resolves once all ports listen. */
-export async function startNginx(tb: Testbed, place: SinkPlace, ports: readonly number[], dir: string, shim: string, cpus?: CpuPlan): Promise<Sink> {
+export async function startNginx(
+  tb: Testbed,
+  place: SinkPlace,
+  ports: readonly number[],
+  dir: string,
+  shim: string,
+  cpus?: CpuPlan,
+): Promise<Sink> {
   mkdirSync(dir, { recursive: true });
   const conf = join(dir, 'nginx.conf');
   writeFileSync(conf, nginxConf(dir, ports));
   const argv = ['nginx', '-p', dir, '-c', conf, '-e', join(dir, 'error.log'), '-g', 'daemon off;'];
-  const p = spawnSink(tb, place, pinned(cpus, 'server', argv), join(dir, 'nginx.out'), { ...process.env, LD_PRELOAD: shim });
+  const p = spawnSink(tb, place, pinned(cpus, 'server', argv), join(dir, 'nginx.out'), {
+    ...process.env,
+    LD_PRELOAD: shim,
+  });
   return listening(tb, place, p, ports, 'nginx');
 }
 
 /** `iperf3 -s` on `port` (with an idle extra listener on `extraPort`, see transparent-shim.ts). */
-export async function startIperfServer(tb: Testbed, place: SinkPlace, port: number, dir: string, shim: string, extraPort?: number, cpus?: CpuPlan): Promise<Sink> {
+export async function startIperfServer(
+  tb: Testbed,
+  place: SinkPlace,
+  port: number,
+  dir: string,
+  shim: string,
+  extraPort?: number,
+  cpus?: CpuPlan,
+): Promise<Sink> {
   mkdirSync(dir, { recursive: true });
   const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: shim };
   if (extraPort !== undefined) env['AMBPF_BENCH_EXTRA_LISTEN'] = String(extraPort);
-  const p = spawnSink(tb, place, pinned(cpus, 'server', ['iperf3', '-s', '-p', String(port)]), join(dir, `iperf3-${port}.out`), env);
+  const p = spawnSink(
+    tb,
+    place,
+    pinned(cpus, 'server', ['iperf3', '-s', '-p', String(port)]),
+    join(dir, `iperf3-${port}.out`),
+    env,
+  );
   const ports = extraPort === undefined ? [port] : [port, extraPort];
   return listening(tb, place, p, ports, 'iperf3');
 }

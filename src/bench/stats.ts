@@ -27,7 +27,10 @@ export function spread(values: readonly number[]): Spread {
  * Ratios of `path` to `base` computed pair by pair within the same round (never median/median), so
  * a slow round slows both sides of its own ratio. Rounds where either side is missing are skipped.
  */
-export function ratiosPerRound(path: ReadonlyMap<number, number>, base: ReadonlyMap<number, number>): Map<number, number> {
+export function ratiosPerRound(
+  path: ReadonlyMap<number, number>,
+  base: ReadonlyMap<number, number>,
+): Map<number, number> {
   const out = new Map<number, number>();
   for (const [round, v] of path) {
     const b = base.get(round);
@@ -48,7 +51,11 @@ export function rotation<T>(items: readonly T[], round: number): T[] {
 }
 
 /** The whole schedule: round -> path order. Round 0 is the warm-up when `warmup` is true. */
-export function schedule<T>(items: readonly T[], rounds: number, warmup: boolean): Array<{ round: number; warmup: boolean; order: T[] }> {
+export function schedule<T>(
+  items: readonly T[],
+  rounds: number,
+  warmup: boolean,
+): Array<{ round: number; warmup: boolean; order: T[] }> {
   const out: Array<{ round: number; warmup: boolean; order: T[] }> = [];
   const total = rounds + (warmup ? 1 : 0);
   for (let r = 0; r < total; r++) out.push({ round: r, warmup: warmup && r === 0, order: rotation(items, r) });

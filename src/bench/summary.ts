@@ -8,10 +8,19 @@ type Key = string;
 const keyOf = (s: Pick<Sample, 'phase' | 'placement' | 'workload'>, metric: string, path: PathName): Key =>
   `${s.phase}|${s.placement}|${s.workload}|${metric}|${path}`;
 
-export function summarize(samples: readonly Sample[], paths: readonly PathName[], basePath: PathName = 'direct'): SummaryRow[] {
+export function summarize(
+  samples: readonly Sample[],
+  paths: readonly PathName[],
+  basePath: PathName = 'direct',
+): SummaryRow[] {
   // cell -> round -> value
   const byCell = new Map<Key, Map<number, number>>();
-  const order: Array<{ phase: Sample['phase']; placement: Sample['placement']; workload: Sample['workload']; metric: string }> = [];
+  const order: Array<{
+    phase: Sample['phase'];
+    placement: Sample['placement'];
+    workload: Sample['workload'];
+    metric: string;
+  }> = [];
   const seen = new Set<string>();
   for (const s of samples) {
     if (s.warmup) continue;

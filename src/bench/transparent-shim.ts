@@ -97,6 +97,7 @@ export async function buildTransparentShim(dir: string): Promise<string> {
   const src = join(dir, 'ambpf-bench-transparent.c');
   writeFileSync(src, SOURCE);
   const r = await run(['cc', '-shared', '-fPIC', '-O2', '-o', so, src, '-ldl'], { check: false });
-  if (r.code !== 0) throw new BenchError(`could not build the sinks' IP_TRANSPARENT preload library with cc: ${r.stderr.trim()}`);
+  if (r.code !== 0)
+    throw new BenchError(`could not build the sinks' IP_TRANSPARENT preload library with cc: ${r.stderr.trim()}`);
   return so;
 }

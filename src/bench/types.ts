@@ -129,13 +129,33 @@ export interface Machine {
 
 export interface ControlPlaneResults {
   /** pods file edit -> ambpf_pods entry present (or gone), ms per change. */
-  readonly podChangeMs?: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
+  readonly podChangeMs?: {
+    readonly samples: readonly number[];
+    readonly p50: number;
+    readonly p99: number;
+    readonly max: number;
+  };
   /** The same through a Kubernetes watch (the testbed's API server, `ambpf run --kubeconfig`). */
-  readonly podChangeWatchMs?: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
+  readonly podChangeWatchMs?: {
+    readonly samples: readonly number[];
+    readonly p50: number;
+    readonly p99: number;
+    readonly max: number;
+  };
   /** Pure reconcile (desired state + target + plan) and the map write of N pods, ms. */
-  readonly reconcile?: ReadonlyArray<{ readonly pods: number; readonly planMs: number; readonly writeMs: number; readonly totalMs: number }>;
+  readonly reconcile?: ReadonlyArray<{
+    readonly pods: number;
+    readonly planMs: number;
+    readonly writeMs: number;
+    readonly totalMs: number;
+  }>;
   /** `ambpf run` start -> /readyz answers 200, ms (objects prebuilt in the cache). */
-  readonly coldStartMs?: { readonly samples: readonly number[]; readonly median: number; readonly min: number; readonly max: number };
+  readonly coldStartMs?: {
+    readonly samples: readonly number[];
+    readonly median: number;
+    readonly min: number;
+    readonly max: number;
+  };
   /** Loader RSS after its workloads ran, MiB. */
   readonly rssMiB?: { readonly samples: readonly number[]; readonly median: number; readonly max: number };
   /** inpod: the loader at node scale with ZDS (src/bench/scale.ts). */
@@ -151,7 +171,12 @@ export interface ScaleResults {
   readonly idleCpuPct: number;
   readonly idleSeconds: number;
   /** Pod label change in the pods file -> released, or captured and acked again (ZDS included), ms. */
-  readonly podChangeMs: { readonly samples: readonly number[]; readonly p50: number; readonly p99: number; readonly max: number };
+  readonly podChangeMs: {
+    readonly samples: readonly number[];
+    readonly p50: number;
+    readonly p99: number;
+    readonly max: number;
+  };
 }
 
 export interface BenchConfig {

@@ -24,7 +24,14 @@ export const DEFAULT_SRC_DIR = join(REPO_ROOT, 'bpf');
  * checkout lives). -mcpu=v3: 32-bit jumps and ALU32, supported by every kernel ambpf targets.
  */
 export const BPF_CFLAGS: readonly string[] = [
-  '-O2', '-g', '-target', 'bpf', '-mcpu=v3', '-D__TARGET_ARCH_x86', '-Wall', '-Wno-unused-function',
+  '-O2',
+  '-g',
+  '-target',
+  'bpf',
+  '-mcpu=v3',
+  '-D__TARGET_ARCH_x86',
+  '-Wall',
+  '-Wno-unused-function',
 ];
 const SYS_INCLUDE = '/usr/include/x86_64-linux-gnu';
 
@@ -77,7 +84,10 @@ function listFiles(dir: string): string[] {
 
 /** Names of the programs to build: every top-level *.bpf.c. */
 export function sourceNames(srcDir: string): string[] {
-  return readdirSync(srcDir).filter((f) => f.endsWith('.bpf.c')).map((f) => f.slice(0, -'.bpf.c'.length)).sort();
+  return readdirSync(srcDir)
+    .filter((f) => f.endsWith('.bpf.c'))
+    .map((f) => f.slice(0, -'.bpf.c'.length))
+    .sort();
 }
 
 /** Hash of every .c/.h under srcDir (paths and contents) and the flags. */
@@ -107,17 +117,36 @@ function entryComplete(dir: string, names: readonly string[]): boolean {
 }
 
 function result(dir: string, names: readonly string[], cached: boolean, version: string | null): BuildResult {
-  return { dir, objects: Object.fromEntries(names.map((n) => [n, join(dir, `${n}.bpf.o`)])), cached, clangVersion: version };
+  return {
+    dir,
+    objects: Object.fromEntries(names.map((n) => [n, join(dir, `${n}.bpf.o`)])),
+    cached,
+    clangVersion: version,
+  };
 }
 
 async function compileOne(clang: string, srcDir: string, name: string, outDir: string): Promise<void> {
-  const args = [...BPF_CFLAGS, '-I', join(srcDir, 'include'), '-idirafter', SYS_INCLUDE, '-c', join(srcDir, `${name}.bpf.c`), '-o', join(outDir, `${name}.bpf.o`)];
+  const args = [
+    ...BPF_CFLAGS,
+    '-I',
+    join(srcDir, 'include'),
+    '-idirafter',
+    SYS_INCLUDE,
+    '-c',
+    join(srcDir, `${name}.bpf.c`),
+    '-o',
+    join(outDir, `${name}.bpf.o`),
+  ];
   try {
     await run(clang, args, { timeout: 120_000, maxBuffer: 16 << 20 });
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
     const stderr = (e.stderr ?? '').trim();
-    throw new BpfBuildError(`clang failed to compile ${name}.bpf.c:\n${stderr || e.message}`, { source: join(srcDir, `${name}.bpf.c`) }, stderr);
+    throw new BpfBuildError(
+      `clang failed to compile ${name}.bpf.c:\n${stderr || e.message}`,
+      { source: join(srcDir, `${name}.bpf.c`) },
+      stderr,
+    );
   }
 }
 
@@ -126,7 +155,10 @@ export function findPrebuilt(srcDir = DEFAULT_SRC_DIR, cacheDir = defaultCacheDi
   if (!existsSync(cacheDir)) return undefined;
   const names = sourceNames(srcDir);
   const srcHash = sourceHash(srcDir);
-  return readdirSync(cacheDir).filter((d) => d.startsWith(`${srcHash}-`)).map((d) => join(cacheDir, d)).find((d) => entryComplete(d, names));
+  return readdirSync(cacheDir)
+    .filter((d) => d.startsWith(`${srcHash}-`))
+    .map((d) => join(cacheDir, d))
+    .find((d) => entryComplete(d, names));
 }
 
 /** Compile (on a miss) and return the cache entry for srcDir. */
@@ -134,7 +166,8 @@ export async function ensureObjects(opts: BuildOptions = {}): Promise<BuildResul
   const srcDir = resolve(opts.srcDir ?? DEFAULT_SRC_DIR);
   const cacheDir = resolve(opts.cacheDir ?? defaultCacheDir());
   const clang = opts.clang ?? (process.env['AMBPF_CLANG'] || 'clang');
-  if (!existsSync(srcDir) || !statSync(srcDir).isDirectory()) throw new BpfBuildError(`BPF source directory ${srcDir} does not exist`, { srcDir });
+  if (!existsSync(srcDir) || !statSync(srcDir).isDirectory())
+    throw new BpfBuildError(`BPF source directory ${srcDir} does not exist`, { srcDir });
   const names = sourceNames(srcDir);
   const srcHash = sourceHash(srcDir);
   const version = await clangVersion(clang);
@@ -181,6 +214,9 @@ export async function ensureObjects(opts: BuildOptions = {}): Promise<BuildResul
 export async function objectPath(name: string, opts: BuildOptions = {}): Promise<string> {
   const { objects } = await ensureObjects(opts);
   const p = objects[name];
-  if (!p) throw new BpfBuildError(`no BPF source ${name}.bpf.c; known: ${Object.keys(objects).join(', ') || '(none)'}`, { name });
+  if (!p)
+    throw new BpfBuildError(`no BPF source ${name}.bpf.c; known: ${Object.keys(objects).join(', ') || '(none)'}`, {
+      name,
+    });
   return p;
 }

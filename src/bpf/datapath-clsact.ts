@@ -40,7 +40,10 @@ function iproute(netns: string | undefined, argv: string[]): string {
     return execFileSync(cmd as string, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (err) {
     const e = err as { stderr?: string; status?: number };
-    throw new ClsactError(`${argv.join(' ')} failed${netns ? ` in ${netns}` : ''}: ${(e.stderr ?? '').trim() || `exit ${e.status}`}.`, { netns, command: argv.join(' ') });
+    throw new ClsactError(
+      `${argv.join(' ')} failed${netns ? ` in ${netns}` : ''}: ${(e.stderr ?? '').trim() || `exit ${e.status}`}.`,
+      { netns, command: argv.join(' ') },
+    );
   }
 }
 
@@ -75,7 +78,9 @@ export function listClsactFilters(bpffs: string, netns: string | undefined): Cls
   for (const { ifindex, ifname } of links) {
     let filters: TcFilterJson[];
     try {
-      filters = JSON.parse(iproute(netns, ['tc', '-j', 'filter', 'show', 'dev', ifname, 'egress']) || '[]') as TcFilterJson[];
+      filters = JSON.parse(
+        iproute(netns, ['tc', '-j', 'filter', 'show', 'dev', ifname, 'egress']) || '[]',
+      ) as TcFilterJson[];
     } catch {
       continue; // no clsact qdisc there, or the interface vanished meanwhile
     }
@@ -91,7 +96,15 @@ export function listClsactFilters(bpffs: string, netns: string | undefined): Cls
 
 /** Remove one interface's filter (ENOENT: already gone, fine). */
 export function detachClsact(ifindex: number, netns: string | undefined): void {
-  new TcAttachment({ mode: 'clsact', ifindex, direction: 'egress', link: null, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY, netns }).detach();
+  new TcAttachment({
+    mode: 'clsact',
+    ifindex,
+    direction: 'egress',
+    link: null,
+    handle: CLSACT_HANDLE,
+    priority: CLSACT_PRIORITY,
+    netns,
+  }).detach();
 }
 
 /** Remove every filter listClsactFilters finds; returns the interface names. */

@@ -44,8 +44,12 @@ export interface PodListeners {
 
 /** The inpod maps this module writes, by role. */
 const M = {
-  sk: 'ambpf_inpod_sk', closed: 'ambpf_inpod_closed', listen: 'ambpf_inpod_listen', origsrc: 'ambpf_inpod_origsrc',
-  nodesyn: 'ambpf_inpod_nodesyn', dns: 'ambpf_inpod_dns',
+  sk: 'ambpf_inpod_sk',
+  closed: 'ambpf_inpod_closed',
+  listen: 'ambpf_inpod_listen',
+  origsrc: 'ambpf_inpod_origsrc',
+  nodesyn: 'ambpf_inpod_nodesyn',
+  dns: 'ambpf_inpod_dns',
 } as const satisfies Record<string, InpodMapName>;
 
 /**
@@ -59,7 +63,12 @@ type AlwaysHook = Exclude<InpodCgroupHook, typeof SOCKOPS_FALLBACK>;
 
 /** A slot's fallback entry (bpf/ambpf_inpod.bpf.c tries slot, then slot + LISTENER_SLOTS). */
 const fallbackSlot = (slot: number): number => slot + s.LISTENER_SLOTS;
-const ALL_SLOTS = [s.LISTENER_INBOUND, s.LISTENER_HBONE, fallbackSlot(s.LISTENER_INBOUND), fallbackSlot(s.LISTENER_HBONE)];
+const ALL_SLOTS = [
+  s.LISTENER_INBOUND,
+  s.LISTENER_HBONE,
+  fallbackSlot(s.LISTENER_INBOUND),
+  fallbackSlot(s.LISTENER_HBONE),
+];
 
 /** A pod whose capture is armed: sk_lookup on its netns and the return route of spoofed legs. */
 export interface PodArm {
@@ -105,7 +114,14 @@ export class InpodDatapath {
   readonly maps: DatapathMaps;
   readonly links: Readonly<Record<AlwaysHook, LinkOutcome>>;
   /** The inpod maps, raw (tests and inspection). */
-  readonly inpodMaps: Readonly<{ sk: BpfMap; closed: BpfMap; listen: BpfMap; origsrc: BpfMap; nodesyn: BpfMap; dns: BpfMap }>;
+  readonly inpodMaps: Readonly<{
+    sk: BpfMap;
+    closed: BpfMap;
+    listen: BpfMap;
+    origsrc: BpfMap;
+    nodesyn: BpfMap;
+    dns: BpfMap;
+  }>;
   readonly #object: BpfObject;
 
   private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<AlwaysHook, LinkOutcome>) {
@@ -115,7 +131,11 @@ export class InpodDatapath {
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
     this.inpodMaps = {
-      sk: object.map(M.sk), closed: object.map(M.closed), listen: object.map(M.listen), origsrc: object.map(M.origsrc), nodesyn: object.map(M.nodesyn),
+      sk: object.map(M.sk),
+      closed: object.map(M.closed),
+      listen: object.map(M.listen),
+      origsrc: object.map(M.origsrc),
+      nodesyn: object.map(M.nodesyn),
       dns: object.map(M.dns),
     };
     this.links = links;
@@ -125,14 +145,20 @@ export class InpodDatapath {
   static async open(o: InpodDatapathOptions): Promise<InpodDatapath> {
     assertPodsCgroup(o.cgroup);
     const path = o.object ?? (await ensureObjects()).objects[INPOD_OBJECT];
-    if (!path) throw new DatapathError(`the BPF object ${INPOD_OBJECT} was not built; run \`ambpf build\`.`, { object: INPOD_OBJECT });
+    if (!path)
+      throw new DatapathError(`the BPF object ${INPOD_OBJECT} was not built; run \`ambpf build\`.`, {
+        object: INPOD_OBJECT,
+      });
     const obj = BpfObject.open(path);
     try {
       sizeMaps(obj, o);
       obj.setPinDir(o.bpffs);
       obj.load();
       const missing = MAP_NAMES.filter((n) => !obj.maps.some((m) => m.name === n));
-      if (missing.length > 0) throw new DatapathError(`${INPOD_OBJECT} lacks the shared maps ${missing.join(', ')}; it must include ambpf_maps.h.`);
+      if (missing.length > 0)
+        throw new DatapathError(
+          `${INPOD_OBJECT} lacks the shared maps ${missing.join(', ')}; it must include ambpf_maps.h.`,
+        );
       const cgroupIno = BigInt(statSync(o.cgroup).ino);
       const links = {} as Record<AlwaysHook, LinkOutcome>;
       for (const hook of Object.keys(INPOD_CGROUP_HOOKS) as InpodCgroupHook[]) {
@@ -234,7 +260,10 @@ export class InpodDatapath {
         if (h.ifname === 'lo') this.#sockopsFallback(false);
       } catch (err) {
         if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
-        log.warn({ netnsPath: p.netnsPath, prog: h.prog }, 'no tcx on this kernel (< 6.6): probes go through ztunnel, and ztunnel needs ENABLE_ORIG_SRC=false');
+        log.warn(
+          { netnsPath: p.netnsPath, prog: h.prog },
+          'no tcx on this kernel (< 6.6): probes go through ztunnel, and ztunnel needs ENABLE_ORIG_SRC=false',
+        );
         if (h.ifname === 'lo') this.#sockopsFallback(true);
       }
     }
@@ -249,7 +278,12 @@ export class InpodDatapath {
     }
     const prog = this.#object.program(INPOD_CGROUP_HOOKS[SOCKOPS_FALLBACK]);
     const cgroupIno = BigInt(statSync(this.cgroup).ino);
-    ensurePinnedLink({ pin, prog, attach: () => prog.attachCgroup(this.cgroup), sameTarget: (info) => info.cgroupId === cgroupIno });
+    ensurePinnedLink({
+      pin,
+      prog,
+      attach: () => prog.attachCgroup(this.cgroup),
+      sameTarget: (info) => info.cgroupId === cgroupIno,
+    });
   }
 
   /**
@@ -271,8 +305,10 @@ export class InpodDatapath {
       const inb2 = inbound2 ? rest.shift() : undefined;
       const hb2 = hbone2 ? rest.shift() : undefined;
       const entries: Array<[number, number | undefined]> = [
-        [s.LISTENER_INBOUND, inb], [s.LISTENER_HBONE, hb],
-        [fallbackSlot(s.LISTENER_INBOUND), inb2], [fallbackSlot(s.LISTENER_HBONE), hb2],
+        [s.LISTENER_INBOUND, inb],
+        [s.LISTENER_HBONE, hb],
+        [fallbackSlot(s.LISTENER_INBOUND), inb2],
+        [fallbackSlot(s.LISTENER_HBONE), hb2],
       ];
       for (const ip of p.ips) {
         for (const [slot, fd] of entries) {
@@ -321,8 +357,10 @@ export class InpodDatapath {
 
   /** Whether a listener entry for this pod IP is still in the map (it leaves when ztunnel's socket closes). */
   hasListener(ip: string, slot: number): boolean {
-    return this.inpodMaps.listen.lookup(s.encodeInpodListenKey(ip, slot)) !== undefined ||
-      this.inpodMaps.listen.lookup(s.encodeInpodListenKey(ip, fallbackSlot(slot))) !== undefined;
+    return (
+      this.inpodMaps.listen.lookup(s.encodeInpodListenKey(ip, slot)) !== undefined ||
+      this.inpodMaps.listen.lookup(s.encodeInpodListenKey(ip, fallbackSlot(slot))) !== undefined
+    );
   }
 
   #podPin(cookie: bigint): string {

@@ -20,7 +20,11 @@ export class TypedMap<K, V> {
   readonly #encVal: (v: V) => Uint8Array;
   readonly #decVal: (b: Uint8Array) => V;
 
-  constructor(map: BpfMap, key: [(k: K) => Uint8Array, (b: Uint8Array) => K], value: [(v: V) => Uint8Array, (b: Uint8Array) => V]) {
+  constructor(
+    map: BpfMap,
+    key: [(k: K) => Uint8Array, (b: Uint8Array) => K],
+    value: [(v: V) => Uint8Array, (b: Uint8Array) => V],
+  ) {
     this.map = map;
     [this.#encKey, this.#decKey] = key;
     [this.#encVal, this.#decVal] = value;

@@ -81,7 +81,10 @@ export function withListenerFd<T>(pid: number, port: number, fn: (fd: number) =>
   const inodes = listeningInodes(pid, port);
   const theirs = [...socketFds(pid)].find(([inode]) => inodes.has(inode))?.[1];
   if (theirs === undefined) {
-    throw new ZtunnelSetupError(`process ${pid} has no TCP socket listening on port ${port}; is ztunnel running and ready?`, { pid, port });
+    throw new ZtunnelSetupError(
+      `process ${pid} has no TCP socket listening on port ${port}; is ztunnel running and ready?`,
+      { pid, port },
+    );
   }
   return withSocketFd({ pid, fd: theirs }, fn);
 }
@@ -102,7 +105,9 @@ async function ipIn(netnsPath: string, args: string[]): Promise<string> {
     return stdout;
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new ZtunnelSetupError(`ip ${args.join(' ')} in ${netnsPath} failed: ${(e.stderr ?? e.message).trim()}`, { netnsPath }, );
+    throw new ZtunnelSetupError(`ip ${args.join(' ')} in ${netnsPath} failed: ${(e.stderr ?? e.message).trim()}`, {
+      netnsPath,
+    });
   }
 }
 
@@ -119,6 +124,18 @@ export async function installPolicyRoute(o: PolicyRouteOptions): Promise<void> {
 
 /** Remove what installPolicyRoute added (missing pieces are fine). */
 export async function removePolicyRoute(o: PolicyRouteOptions): Promise<void> {
-  await ipIn(o.netnsPath, ['-4', 'rule', 'del', 'pref', String(o.pref), 'iif', o.ifname, 'lookup', String(o.table)]).catch(() => undefined);
-  await ipIn(o.netnsPath, ['-4', 'route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(o.table)]).catch(() => undefined);
+  await ipIn(o.netnsPath, [
+    '-4',
+    'rule',
+    'del',
+    'pref',
+    String(o.pref),
+    'iif',
+    o.ifname,
+    'lookup',
+    String(o.table),
+  ]).catch(() => undefined);
+  await ipIn(o.netnsPath, ['-4', 'route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(o.table)]).catch(
+    () => undefined,
+  );
 }

@@ -9,8 +9,15 @@
 import { existsSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  BpfLink, BpfMap, BpfObject, LibbpfError, ifIndex, inNetns, resolveIfindex,
-  type BpfProgram, type SkMsgAttachment,
+  BpfLink,
+  BpfMap,
+  BpfObject,
+  LibbpfError,
+  ifIndex,
+  inNetns,
+  resolveIfindex,
+  type BpfProgram,
+  type SkMsgAttachment,
 } from '../libbpf/index.ts';
 import { AmbpfError } from '../errors.ts';
 import { logger } from '../log.ts';
@@ -19,23 +26,42 @@ import { changeNetSysctl, forgetRoute, ledgerPath, readNetSysctl, recordRoute } 
 import { undoLedger, type LedgerUndoReport, type NetnsFinder } from './ledger-undo.ts';
 import { DatapathMaps } from './datapath-maps.ts';
 import {
-  CGROUP_HOOKS, INPOD_MAP_NAMES, INPOD_ONLY_HOOKS, MAP_NAMES, OBJECTS, PROGRAMS, RETIRED_MAP_NAMES, isAmbpfMap,
+  CGROUP_HOOKS,
+  INPOD_MAP_NAMES,
+  INPOD_ONLY_HOOKS,
+  MAP_NAMES,
+  OBJECTS,
+  PROGRAMS,
+  RETIRED_MAP_NAMES,
+  isAmbpfMap,
   type CgroupHook,
 } from './names.ts';
 import { ensurePinnedLink, progTag, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
-import { CLSACT_HANDLE, CLSACT_PRIORITY, detachClsact, listClsactFilters, removeClsactFilters } from './datapath-clsact.ts';
+import {
+  CLSACT_HANDLE,
+  CLSACT_PRIORITY,
+  detachClsact,
+  listClsactFilters,
+  removeClsactFilters,
+} from './datapath-clsact.ts';
 import { installPolicyRoute, removePolicyRoute, withListenerFd, type PolicyRouteOptions } from './datapath-ztunnel.ts';
 import { SK_LOOKUP_LINK, linkNames, linkPin, linksDir, mapPin, parseLinkName, tcLinkName } from './pins.ts';
 import * as s from './schema.ts';
 
-export { DatapathMaps, openPinnedMaps, TypedMap, SingletonMap, MAP_NAMES, MapFullError, type MapName } from './datapath-maps.ts';
+export {
+  DatapathMaps,
+  openPinnedMaps,
+  TypedMap,
+  SingletonMap,
+  MAP_NAMES,
+  MapFullError,
+  type MapName,
+} from './datapath-maps.ts';
 export type { LinkOutcome } from './datapath-links.ts';
 
 const log = logger('datapath');
 
-export {
-  CGROUP_HOOKS, INPOD_MAP_NAMES, INPOD_ONLY_HOOKS, OBJECTS, type CgroupHook,
-} from './names.ts';
+export { CGROUP_HOOKS, INPOD_MAP_NAMES, INPOD_ONLY_HOOKS, OBJECTS, type CgroupHook } from './names.ts';
 
 export class DatapathError extends AmbpfError {
   override readonly name: string = 'DatapathError';
@@ -83,10 +109,15 @@ function isCgroupRoot(path: string): boolean {
  * machine, ambpf's own traffic included. */
 export function assertPodsCgroup(cgroup: string): void {
   if (!existsSync(cgroup) || !statSync(cgroup).isDirectory()) {
-    throw new DatapathError(`cgroup ${cgroup} does not exist; pass the cgroup v2 directory that holds the pods.`, { cgroup });
+    throw new DatapathError(`cgroup ${cgroup} does not exist; pass the cgroup v2 directory that holds the pods.`, {
+      cgroup,
+    });
   }
   if (isCgroupRoot(cgroup)) {
-    throw new DatapathError(`refusing to attach to the root cgroup ${cgroup}; pass the pods' cgroup subtree (e.g. kubepods).`, { cgroup });
+    throw new DatapathError(
+      `refusing to attach to the root cgroup ${cgroup}; pass the pods' cgroup subtree (e.g. kubepods).`,
+      { cgroup },
+    );
   }
 }
 
@@ -109,7 +140,13 @@ export class Datapath {
    */
   #clsactSeen: Map<string, number> | undefined; // ifname -> ifindex it had when attached
 
-  private constructor(o: DatapathOptions, objects: BpfObject[], maps: DatapathMaps, links: Record<CgroupHook, LinkOutcome>, skMsg: SkMsgAttachment) {
+  private constructor(
+    o: DatapathOptions,
+    objects: BpfObject[],
+    maps: DatapathMaps,
+    links: Record<CgroupHook, LinkOutcome>,
+    skMsg: SkMsgAttachment,
+  ) {
     this.bpffs = o.bpffs;
     this.cgroup = o.cgroup;
     this.netns = o.netns;
@@ -123,7 +160,10 @@ export class Datapath {
 
   /** Load (reusing pins), pin, attach. See the module comment. */
   static async open(o: DatapathOptions): Promise<Datapath> {
-    if ((o.mode ?? 'node') !== 'node') throw new DatapathError(`datapath mode ${o.mode} is not opened here; use openInpodDatapath (src/bpf/datapath-inpod.ts).`);
+    if ((o.mode ?? 'node') !== 'node')
+      throw new DatapathError(
+        `datapath mode ${o.mode} is not opened here; use openInpodDatapath (src/bpf/datapath-inpod.ts).`,
+      );
     assertPodsCgroup(o.cgroup);
     const paths = { ...(o.objects ?? {}) };
     if (OBJECTS.some((n) => !paths[n])) Object.assign(paths, (await ensureObjects()).objects, o.objects ?? {});
@@ -132,7 +172,8 @@ export class Datapath {
     try {
       for (const name of OBJECTS) {
         const path = paths[name];
-        if (!path) throw new DatapathError(`the BPF object ${name} was not built; run \`ambpf build\`.`, { object: name });
+        if (!path)
+          throw new DatapathError(`the BPF object ${name} was not built; run \`ambpf build\`.`, { object: name });
         const obj = BpfObject.open(path);
         objects.push(obj);
         sizeMaps(obj, o);
@@ -203,7 +244,12 @@ export class Datapath {
     }
     // The cache changes only once the kernel did (a failed attach must not look steered).
     const attach = (): void => {
-      prog.attachTc(ifindex, 'egress', { mode: 'clsact', netns: this.netns, handle: CLSACT_HANDLE, priority: CLSACT_PRIORITY });
+      prog.attachTc(ifindex, 'egress', {
+        mode: 'clsact',
+        netns: this.netns,
+        handle: CLSACT_HANDLE,
+        priority: CLSACT_PRIORITY,
+      });
       this.#clsactSeen?.set(ifname, ifindex);
     };
     try {
@@ -225,7 +271,7 @@ export class Datapath {
     detachClsact(ifindex, this.netns);
     attach();
     if (ours) log.info({ ifname, old: ours.progId }, 'replaced an older clsact filter');
-    else log.warn({ ifname, handle: CLSACT_HANDLE }, 'replaced a clsact filter at ambpf\'s handle that uses other maps');
+    else log.warn({ ifname, handle: CLSACT_HANDLE }, "replaced a clsact filter at ambpf's handle that uses other maps");
     return 'replaced';
   }
 
@@ -329,8 +375,15 @@ export class Datapath {
     }
     const route = this.#routeOpts(o);
     await installPolicyRoute(route);
-    recordRoute(this.ledger, { kind: 'route', netnsIno: statSync(o.netnsPath).ino, netnsPath: o.netnsPath, what: 'ztunnel-policy',
-      ifname: route.ifname, table: route.table, pref: route.pref });
+    recordRoute(this.ledger, {
+      kind: 'route',
+      netnsIno: statSync(o.netnsPath).ino,
+      netnsPath: o.netnsPath,
+      what: 'ztunnel-policy',
+      ifname: route.ifname,
+      table: route.table,
+      pref: route.pref,
+    });
     if (o.hostIfname) {
       // ztunnel answers from the pods' addresses. A Calico-style host veth has no IPv4 address, and
       // the kernel's reverse-path check then drops every packet whose source is not routed via that
@@ -342,7 +395,11 @@ export class Datapath {
         changeNetSysctl(this.ledger, this.netns ?? '/proc/self/ns/net', `ipv4/conf/${hostIfname}/rp_filter`, '0');
         return readNetSysctl('ipv4/conf/all/rp_filter');
       });
-      if (all !== '0') log.warn({ all }, 'net.ipv4.conf.all.rp_filter is not 0: replies from ztunnel to steered inbound connections will be dropped; set it to 0');
+      if (all !== '0')
+        log.warn(
+          { all },
+          'net.ipv4.conf.all.rp_filter is not 0: replies from ztunnel to steered inbound connections will be dropped; set it to 0',
+        );
     }
     const prog = this.#prog(PROGRAMS.skLookup);
     const ino = statSync(o.netnsPath).ino;
@@ -357,7 +414,8 @@ export class Datapath {
   /** Undo attachZtunnel. */
   async detachZtunnel(o: Pick<ZtunnelAttachOptions, 'netnsPath' | 'ifname' | 'table' | 'pref'>): Promise<void> {
     removePinnedLink(linkPin(this.bpffs, SK_LOOKUP_LINK));
-    for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE]) this.maps.raw.ambpf_zt_listen.delete(s.encodeU32Key(slot));
+    for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE])
+      this.maps.raw.ambpf_zt_listen.delete(s.encodeU32Key(slot));
     await removePolicyRoute(this.#routeOpts(o));
     forgetRoute(this.ledger, statSync(o.netnsPath).ino, 'ztunnel-policy');
   }
@@ -433,7 +491,10 @@ export interface UninstallOptions {
  */
 export function uninstallDatapath(bpffs: string, opts: UninstallOptions = {}): UninstallReport {
   const report: UninstallReport = {
-    links: [], maps: [], clsact: removeClsactFilters(bpffs, opts.netns), undone: undoLedger(opts.ledger ?? ledgerPath(bpffs), opts.findNetns),
+    links: [],
+    maps: [],
+    clsact: removeClsactFilters(bpffs, opts.netns),
+    undone: undoLedger(opts.ledger ?? ledgerPath(bpffs), opts.findNetns),
   };
   const hooks = new Set<string>([...Object.keys(CGROUP_HOOKS), ...INPOD_ONLY_HOOKS]);
   for (const name of linkNames(bpffs)) {

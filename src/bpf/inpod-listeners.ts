@@ -30,7 +30,10 @@ export interface ListenerInodes {
   readonly hbone2: string | undefined;
 }
 
-export function podListenerInodes(podPid: number, ports: { outbound: number; inbound: number; hbone: number }): ListenerInodes {
+export function podListenerInodes(
+  podPid: number,
+  ports: { outbound: number; inbound: number; hbone: number },
+): ListenerInodes {
   // Up to two sockets of each reuseport group. During a ztunnel rolling upgrade both ztunnels listen,
   // and which one outlives the other cannot be told from the inodes (they come from per-CPU batches,
   // not in creation order): both are registered, sk_lookup falls back from one to the other as the

@@ -34,14 +34,17 @@ export const field = <T>(c: string, offset: number, type: FieldType<T>): Field<T
 const view = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
 
 function checkPort(port: number): number {
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new SchemaError(`port ${port} is out of range 0-65535.`);
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw new SchemaError(`port ${port} is out of range 0-65535.`);
   return port;
 }
 
 // ---- scalar types ----
 export const u8: FieldType<number> = {
   size: 1,
-  encode: (b, off, v) => { b[off] = v; },
+  encode: (b, off, v) => {
+    b[off] = v;
+  },
   decode: (b, off) => b[off] ?? 0,
 };
 /** __u16 in host order (the _host ports of ambpf_ztunnel, the family of ambpf_orig). */
@@ -116,9 +119,14 @@ export const withDefault = <T>(type: FieldType<T>, dflt: T): FieldType<T | undef
 });
 
 /** null <-> a field left all zero (an address not set, an orig with family 0: "none"). */
-export const nullable = <T>(type: FieldType<T>, isNone: (b: Uint8Array, off: number) => boolean): FieldType<T | null> => ({
+export const nullable = <T>(
+  type: FieldType<T>,
+  isNone: (b: Uint8Array, off: number) => boolean,
+): FieldType<T | null> => ({
   size: type.size,
-  encode: (b, off, v) => { if (v !== null) type.encode(b, off, v); },
+  encode: (b, off, v) => {
+    if (v !== null) type.encode(b, off, v);
+  },
   decode: (b, off) => (isNone(b, off) ? null : type.decode(b, off)),
 });
 
@@ -139,7 +147,12 @@ export const array = <T>(type: FieldType<T>, count: number): FieldType<T[]> => (
  * A fixed C array used as a list: the used slots first, an all-zero slot is unused. `what` names the
  * list in errors; a zero value cannot be stored (it would read back as a free slot).
  */
-export const list = <T>(type: FieldType<T>, count: number, what: string, isZero: (v: T) => boolean): FieldType<T[]> => ({
+export const list = <T>(
+  type: FieldType<T>,
+  count: number,
+  what: string,
+  isZero: (v: T) => boolean,
+): FieldType<T[]> => ({
   size: type.size * count,
   encode: (b, off, v) => {
     if (v.length > count) throw new SchemaError(`at most ${count} ${what} fit, got ${v.length}.`);
@@ -201,7 +214,8 @@ export class Struct<V> implements FieldType<V> {
   }
 
   fromBytes(b: Uint8Array): V {
-    if (b.length < this.size) throw new SchemaError(`a ${this.name} is ${this.size} bytes, got ${b.length}.`, { what: this.name });
+    if (b.length < this.size)
+      throw new SchemaError(`a ${this.name} is ${this.size} bytes, got ${b.length}.`, { what: this.name });
     return this.decode(b, 0);
   }
 }

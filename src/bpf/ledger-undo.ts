@@ -35,8 +35,10 @@ const sysctlName = (rel: string): string => `net.${rel.replace(/\//g, '.')}`;
 /** ztunnel's policy rule and local route (datapath-ztunnel.ts installPolicyRoute), each removed if there. */
 function removePolicyRouteSync(netnsPath: string, ifname: string, table: number, pref: number): void {
   withNetns(netnsPath, () => {
-    for (const args of [['rule', 'del', 'pref', String(pref), 'iif', ifname, 'lookup', String(table)],
-      ['route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(table)]]) {
+    for (const args of [
+      ['rule', 'del', 'pref', String(pref), 'iif', ifname, 'lookup', String(table)],
+      ['route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(table)],
+    ]) {
       try {
         execFileSync('ip', ['-4', ...args], { stdio: 'ignore' });
       } catch {
@@ -54,8 +56,12 @@ export function undoLedger(ledger: string, find?: NetnsFinder): LedgerUndoReport
   // Sysctls first: the return path's own undo then finds none of them left to restore.
   const ordered = [...entries.filter((e) => e.kind === 'sysctl'), ...entries.filter((e) => e.kind !== 'sysctl')];
   for (const e of ordered) {
-    const what = e.kind === 'sysctl' ? `${sysctlName(e.rel)}=${e.found}` : e.what === 'ztunnel-policy'
-      ? `ip rule pref ${e.pref} iif ${e.ifname} lookup ${e.table} + local route in table ${e.table}` : 'ip rule fwmark 0x1000 + table 41919';
+    const what =
+      e.kind === 'sysctl'
+        ? `${sysctlName(e.rel)}=${e.found}`
+        : e.what === 'ztunnel-policy'
+          ? `ip rule pref ${e.pref} iif ${e.ifname} lookup ${e.table} + local route in table ${e.table}`
+          : 'ip rule fwmark 0x1000 + table 41919';
     const path = netnsOf(e, find);
     if (path === null) {
       report.gone.push(`${what} (netns ${e.netnsIno} is gone)`);

@@ -12,14 +12,26 @@ export const INPOD_OBJECT = 'ambpf_inpod';
 /** The maps of the design's contract (docs/architecture.md "Maps") plus the inbound maps, shared by both topologies
  * (bpf/include/ambpf_maps.h), by pinned name. */
 export const MAP_NAMES = [
-  'ambpf_pods', 'ambpf_netns', 'ambpf_ztunnel', 'ambpf_config', 'ambpf_orig_dst', 'ambpf_pair_dst',
-  'ambpf_sockhash', 'ambpf_zt_listen', 'ambpf_stats', 'ambpf_outflow',
+  'ambpf_pods',
+  'ambpf_netns',
+  'ambpf_ztunnel',
+  'ambpf_config',
+  'ambpf_orig_dst',
+  'ambpf_pair_dst',
+  'ambpf_sockhash',
+  'ambpf_zt_listen',
+  'ambpf_stats',
+  'ambpf_outflow',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
 /** Maps only the inpod object declares (bpf/ambpf_inpod.bpf.c). */
 export const INPOD_MAP_NAMES = [
-  'ambpf_inpod_sk', 'ambpf_inpod_closed', 'ambpf_inpod_listen', 'ambpf_inpod_origsrc', 'ambpf_inpod_nodesyn',
+  'ambpf_inpod_sk',
+  'ambpf_inpod_closed',
+  'ambpf_inpod_listen',
+  'ambpf_inpod_origsrc',
+  'ambpf_inpod_nodesyn',
   'ambpf_inpod_dns',
 ] as const;
 export type InpodMapName = (typeof INPOD_MAP_NAMES)[number];
@@ -38,7 +50,12 @@ const ANY_MAP: ReadonlySet<string> = new Set([...MAP_NAMES, ...INPOD_MAP_NAMES, 
 export const isAmbpfMap = (name: string): name is AnyMapName => ANY_MAP.has(name);
 
 /** Maps whose fill matters (status, metrics): the loader fills the first two, the programs the last two. */
-export const FILL_MAPS = ['ambpf_pods', 'ambpf_netns', 'ambpf_pair_dst', 'ambpf_outflow'] as const satisfies readonly MapName[];
+export const FILL_MAPS = [
+  'ambpf_pods',
+  'ambpf_netns',
+  'ambpf_pair_dst',
+  'ambpf_outflow',
+] as const satisfies readonly MapName[];
 
 /** cgroup hooks of the node topology: pin name under <bpffs>/links/ -> program. Order matters only
  * for sk_msg (datapath.ts). */

@@ -39,7 +39,11 @@ export function parseLinkName(name: string): LinkPin | undefined {
   if (name === SK_LOOKUP_LINK) return { kind: 'sk_lookup' };
   if (name.startsWith(TC) && name.length > TC.length) return { kind: 'tc', ifname: name.slice(TC.length) };
   const inpod = /^inpod-(\d+)(-tc|-lo)?$/.exec(name);
-  if (inpod) return { kind: inpod[2] === INPOD_TC ? 'inpod-tc' : inpod[2] === INPOD_LO ? 'inpod-lo' : 'inpod', netnsCookie: BigInt(inpod[1]!) };
+  if (inpod)
+    return {
+      kind: inpod[2] === INPOD_TC ? 'inpod-tc' : inpod[2] === INPOD_LO ? 'inpod-lo' : 'inpod',
+      netnsCookie: BigInt(inpod[1]!),
+    };
   return undefined;
 }
 

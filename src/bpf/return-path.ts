@@ -8,7 +8,14 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { AmbpfError } from '../errors.ts';
 import { withNetns } from '../libbpf/index.ts';
-import { changeNetSysctl, currentNetnsIno, forgetRoute, netSysctlPath, recordRoute, restoreNetSysctl } from './sysctl.ts';
+import {
+  changeNetSysctl,
+  currentNetnsIno,
+  forgetRoute,
+  netSysctlPath,
+  recordRoute,
+  restoreNetSysctl,
+} from './sysctl.ts';
 import { MARK_ORIG_SRC } from './schema.ts';
 
 export const ORIG_SRC_ROUTE_TABLE = 41919;
@@ -23,7 +30,11 @@ export class ReturnPathError extends AmbpfError {
 
 /** `ip` in the calling thread's netns (a child inherits the main thread's netns from withNetns). */
 function ip(args: readonly string[], input?: string): string {
-  return execFileSync('ip', args, { encoding: 'utf8', input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+  return execFileSync('ip', args, {
+    encoding: 'utf8',
+    input,
+    stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+  });
 }
 
 /**
@@ -46,7 +57,9 @@ export function setOrigSrcReturnPath(netnsPath: string, on: boolean, ledger: str
     const families = existsSync('/proc/sys/net/ipv6/conf/lo') ? (['-4', '-6'] as const) : (['-4'] as const);
     for (const family of families) {
       const rule = `fwmark ${ORIG_SRC_MARK} pref ${ORIG_SRC_RULE_PREF} lookup ${ORIG_SRC_ROUTE_TABLE}`;
-      const present = ip([family, 'rule', 'show', 'pref', String(ORIG_SRC_RULE_PREF)]).includes(`lookup ${ORIG_SRC_ROUTE_TABLE}`);
+      const present = ip([family, 'rule', 'show', 'pref', String(ORIG_SRC_RULE_PREF)]).includes(
+        `lookup ${ORIG_SRC_ROUTE_TABLE}`,
+      );
       const any = family === '-4' ? '0.0.0.0/0' : '::/0';
       const lines = on
         ? [...(present ? [] : [`rule add ${rule}`]), `route replace local ${any} dev lo table ${ORIG_SRC_ROUTE_TABLE}`]
@@ -55,7 +68,9 @@ export function setOrigSrcReturnPath(netnsPath: string, on: boolean, ledger: str
         ip([family, '-batch', '-'], lines.join('\n') + '\n');
       } catch (err) {
         const stderr = String((err as { stderr?: string }).stderr ?? err).trim();
-        throw new ReturnPathError(`${on ? 'adding' : 'removing'} the return route of spoofed ztunnel legs (ip ${family}) in ${netnsPath}: ${stderr}`);
+        throw new ReturnPathError(
+          `${on ? 'adding' : 'removing'} the return route of spoofed ztunnel legs (ip ${family}) in ${netnsPath}: ${stderr}`,
+        );
       }
     }
     if (on) recordRoute(ledger, { kind: 'route', netnsIno: currentNetnsIno(), netnsPath, what: 'inpod-return' });

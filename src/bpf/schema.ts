@@ -58,22 +58,66 @@ export const PROBE_IP6 = 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff';
 
 /** ambpf_stats indices, in the order of `enum ambpf_stat` (names without the AMBPF_STAT_ prefix). */
 export const STAT_NAMES = [
-  'connect4_redirected', 'connect4_not_ambient', 'connect4_bypass_mark', 'connect4_bypass_ztunnel',
-  'connect4_bypass_dst', 'connect4_bypass_port', 'connect4_no_ztunnel', 'connect4_error',
-  'connect6_redirected', 'connect6_bypass', 'connect6_error',
-  'sockops_pair_added', 'sockops_pair_closed', 'sockops_stale_deleted', 'sockops_sockhash_added', 'sockops_error',
-  'skmsg_spliced', 'skmsg_spliced_bytes', 'skmsg_passed', 'skmsg_miss',
-  'getsockopt_answered', 'getsockopt_miss', 'getsockopt_error',
+  'connect4_redirected',
+  'connect4_not_ambient',
+  'connect4_bypass_mark',
+  'connect4_bypass_ztunnel',
+  'connect4_bypass_dst',
+  'connect4_bypass_port',
+  'connect4_no_ztunnel',
+  'connect4_error',
+  'connect6_redirected',
+  'connect6_bypass',
+  'connect6_error',
+  'sockops_pair_added',
+  'sockops_pair_closed',
+  'sockops_stale_deleted',
+  'sockops_sockhash_added',
+  'sockops_error',
+  'skmsg_spliced',
+  'skmsg_spliced_bytes',
+  'skmsg_passed',
+  'skmsg_miss',
+  'getsockopt_answered',
+  'getsockopt_miss',
+  'getsockopt_error',
   'getpeername_restored',
-  'tc_steered', 'tc_pass_ztunnel', 'tc_pass_probe', 'tc_pass_not_ambient', 'tc_pass_pod_flow', 'tc_error',
-  'sklookup_assigned', 'sklookup_no_listener', 'sklookup_error', 'sklookup_pass_probe', 'sklookup_pass_not_ambient',
-  'tc_pass_local', 'tc_rst_cloned', 'sockops_outflow_added',
-  'sklookup_refused', 'sklookup_pass_ztunnel', 'tc_orig_src_marked', 'connect4_fail_open',
-  'dns_redirected', 'dns_bypass', 'dns_restored', 'dns_slot_reused', 'dns_error', 'tc_dns_answer',
+  'tc_steered',
+  'tc_pass_ztunnel',
+  'tc_pass_probe',
+  'tc_pass_not_ambient',
+  'tc_pass_pod_flow',
+  'tc_error',
+  'sklookup_assigned',
+  'sklookup_no_listener',
+  'sklookup_error',
+  'sklookup_pass_probe',
+  'sklookup_pass_not_ambient',
+  'tc_pass_local',
+  'tc_rst_cloned',
+  'sockops_outflow_added',
+  'sklookup_refused',
+  'sklookup_pass_ztunnel',
+  'tc_orig_src_marked',
+  'connect4_fail_open',
+  'dns_redirected',
+  'dns_bypass',
+  'dns_restored',
+  'dns_slot_reused',
+  'dns_error',
+  'tc_dns_answer',
   // Failed inserts by the programs, one per map (metrics/map-health.ts names the map of each).
-  'mapfull_pair_dst', 'mapfull_outflow', 'mapfull_sockhash', 'mapfull_orig_dst', 'mapfull_inpod_closed',
-  'mapfull_inpod_origsrc', 'mapfull_inpod_nodesyn', 'mapfull_inpod_sk', 'mapfull_inpod_dns',
-  'inpod_handed', 'inpod_closed_early',
+  'mapfull_pair_dst',
+  'mapfull_outflow',
+  'mapfull_sockhash',
+  'mapfull_orig_dst',
+  'mapfull_inpod_closed',
+  'mapfull_inpod_origsrc',
+  'mapfull_inpod_nodesyn',
+  'mapfull_inpod_sk',
+  'mapfull_inpod_dns',
+  'inpod_handed',
+  'inpod_closed_early',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;
@@ -92,10 +136,18 @@ export function sumPerCpu(values: readonly Uint8Array[]): bigint {
 
 // ---- structs: one description per struct of ambpf.h (C field, offset, type); the codecs below and
 // the layout test derive from it (src/bpf/layout.ts) ----
-export interface PodValue { netnsCookie: bigint; hostIfindex: number; flags: number }
+export interface PodValue {
+  netnsCookie: bigint;
+  hostIfindex: number;
+  flags: number;
+}
 /** podIp: the IPv4 address (an IPv6-only pod's IPv6 one); podIp6 (inpod): the IPv6 address of a pod that
  * has one, absent otherwise (decode omits it for all-zero bytes, so entries compare field by field). */
-export interface NetnsValue { podIp: string; flags: number; podIp6?: string }
+export interface NetnsValue {
+  podIp: string;
+  flags: number;
+  podIp6?: string;
+}
 export interface ZtunnelValue {
   ip: string;
   /** IPv6 address, or null when ztunnel has none. */
@@ -126,24 +178,60 @@ export interface ConfigValue {
   nodeIps: string[];
   logLevel: number;
 }
-export interface OrigDst { ip: string; port: number; family: number }
-export interface Tuple { localIp: string; localPort: number; remoteIp: string; remotePort: number }
+export interface OrigDst {
+  ip: string;
+  port: number;
+  family: number;
+}
+export interface Tuple {
+  localIp: string;
+  localPort: number;
+  remoteIp: string;
+  remotePort: number;
+}
 /** ztSeen: ztunnel's accepted socket will report its close; closed: how many of the two sockets have
  * closed (the entry goes at 2). Both are the datapath's; the loader never writes them. */
-export interface PairValue { orig: OrigDst; spliceFwd: number; spliceRev: number; ztSeen?: number; closed?: number }
-export interface Flow4 { saddr: string; daddr: string; sport: number; dport: number }
+export interface PairValue {
+  orig: OrigDst;
+  spliceFwd: number;
+  spliceRev: number;
+  ztSeen?: number;
+  closed?: number;
+}
+export interface Flow4 {
+  saddr: string;
+  daddr: string;
+  sport: number;
+  dport: number;
+}
 /** role: INPOD_SK_APP (an app socket, or ztunnel's tagged listener), INPOD_SK_ACCEPTED (ztunnel's
  * accepted socket carrying its client's original dst) or INPOD_SK_HANDED (an app socket whose original
  * ztunnel's accepted socket took). */
-export interface InpodSk { orig: OrigDst | null; netnsCookie: bigint; role?: number }
-export interface InpodKey { netnsCookie: bigint; tuple: Tuple }
+export interface InpodSk {
+  orig: OrigDst | null;
+  netnsCookie: bigint;
+  role?: number;
+}
+export interface InpodKey {
+  netnsCookie: bigint;
+  tuple: Tuple;
+}
 /** ambpf_inpod_lkey: pod IP + listener slot (LISTENER_INBOUND / LISTENER_HBONE). */
-export interface InpodListenKey { podIp: string; slot: number }
+export interface InpodListenKey {
+  podIp: string;
+  slot: number;
+}
 /** ambpf_inpod_dns value: the servers a UDP socket sent captured queries to (null: a free slot). */
-export interface InpodDns { servers: Array<OrigDst | null>; last: number; next: number }
+export interface InpodDns {
+  servers: Array<OrigDst | null>;
+  last: number;
+  next: number;
+}
 
 const ORIG = new Struct<OrigDst>('ambpf_orig', 20, {
-  ip: field('ip', 0, L.ip), port: field('port', 16, L.be16), family: field('family', 18, L.u16),
+  ip: field('ip', 0, L.ip),
+  port: field('port', 16, L.be16),
+  family: field('family', 18, L.u16),
 });
 /** An orig that was never set (family 0) reads as null. */
 /** ambpf_netns.pod_ip6: absent (all zero) for a pod with no IPv6 address; an IPv4 address is refused. */
@@ -156,10 +244,15 @@ const optionalIp6: L.FieldType<string | undefined> = {
   },
   decode: (b, off) => (isZeroIp(b.subarray(off, off + 16)) ? undefined : L.ip.decode(b, off)),
 };
-const optionalOrig = L.nullable(ORIG, (b, off) => ORIG.fields.family.type.decode(b, off + ORIG.fields.family.offset) === 0);
+const optionalOrig = L.nullable(
+  ORIG,
+  (b, off) => ORIG.fields.family.type.decode(b, off + ORIG.fields.family.offset) === 0,
+);
 const TUPLE = new Struct<Tuple>('ambpf_tuple', 36, {
-  localIp: field('local_ip', 0, L.ip), remoteIp: field('remote_ip', 16, L.ip),
-  localPort: field('local_port', 32, L.be16), remotePort: field('remote_port', 34, L.be16),
+  localIp: field('local_ip', 0, L.ip),
+  remoteIp: field('remote_ip', 16, L.ip),
+  localPort: field('local_port', 32, L.be16),
+  remotePort: field('remote_port', 34, L.be16),
 });
 const ZERO_PORT = (p: number): boolean => p === 0;
 
@@ -167,10 +260,14 @@ const ZERO_PORT = (p: number): boolean => p === 0;
 export const STRUCTS = {
   ambpf_ip: new Struct<{ addr: string }>('ambpf_ip', 16, { addr: field('addr', 0, L.ip) }),
   ambpf_pod: new Struct<PodValue>('ambpf_pod', 16, {
-    netnsCookie: field('netns_cookie', 0, L.u64), hostIfindex: field('host_ifindex', 8, L.u32), flags: field('flags', 12, L.u32),
+    netnsCookie: field('netns_cookie', 0, L.u64),
+    hostIfindex: field('host_ifindex', 8, L.u32),
+    flags: field('flags', 12, L.u32),
   }),
   ambpf_netns: new Struct<NetnsValue>('ambpf_netns', 40, {
-    podIp: field('pod_ip', 0, L.ip), flags: field('flags', 16, L.u32), podIp6: field('pod_ip6', 24, optionalIp6),
+    podIp: field('pod_ip', 0, L.ip),
+    flags: field('flags', 16, L.u32),
+    podIp6: field('pod_ip6', 24, optionalIp6),
   }),
   ambpf_ztunnel: new Struct<ZtunnelValue>('ambpf_ztunnel', 80, {
     ip: field('ip', 0, L.ipv4Mapped("ztunnel's ip (put an IPv6 address in ip6)")),
@@ -193,8 +290,16 @@ export const STRUCTS = {
     spliceMinBytes: field('splice_min_bytes', 4, L.u32),
     probeIp: field('probe_ip', 8, L.ip),
     probeIp6: field('probe_ip6', 24, L.ip),
-    excludedPorts: field('excluded_ports', 40, L.list(L.be16, MAX_EXCLUDED_PORTS, 'excluded ports in ambpf_config', ZERO_PORT)),
-    nodeIps: field('node_ips', 72, L.list(L.ip, MAX_NODE_IPS, 'node IPs in ambpf_config', (ip) => isZeroIp(ipToBytes(ip)))),
+    excludedPorts: field(
+      'excluded_ports',
+      40,
+      L.list(L.be16, MAX_EXCLUDED_PORTS, 'excluded ports in ambpf_config', ZERO_PORT),
+    ),
+    nodeIps: field(
+      'node_ips',
+      72,
+      L.list(L.ip, MAX_NODE_IPS, 'node IPs in ambpf_config', (ip) => isZeroIp(ipToBytes(ip))),
+    ),
     logLevel: field('log_level', 200, L.u32),
   }),
   ambpf_orig: ORIG,
@@ -207,17 +312,28 @@ export const STRUCTS = {
     closed: field('closed', 23, L.withDefault(L.u8, 0)),
   }),
   ambpf_flow4: new Struct<Flow4>('ambpf_flow4', 12, {
-    saddr: field('saddr', 0, L.ip4), daddr: field('daddr', 4, L.ip4), sport: field('sport', 8, L.be16), dport: field('dport', 10, L.be16),
+    saddr: field('saddr', 0, L.ip4),
+    daddr: field('daddr', 4, L.ip4),
+    sport: field('sport', 8, L.be16),
+    dport: field('dport', 10, L.be16),
   }),
   ambpf_inpod_sk: new Struct<InpodSk>('ambpf_inpod_sk', 32, {
     orig: field('orig', 0, optionalOrig),
     role: field('role', 20, L.withDefault(L.u32, INPOD_SK_APP)),
     netnsCookie: field('netns_cookie', 24, L.u64),
   }),
-  ambpf_inpod_key: new Struct<InpodKey>('ambpf_inpod_key', 48, { netnsCookie: field('netns_cookie', 0, L.u64), tuple: field('t', 8, TUPLE) }),
-  ambpf_inpod_lkey: new Struct<InpodListenKey>('ambpf_inpod_lkey', 20, { podIp: field('pod_ip', 0, L.ip), slot: field('slot', 16, L.u32) }),
+  ambpf_inpod_key: new Struct<InpodKey>('ambpf_inpod_key', 48, {
+    netnsCookie: field('netns_cookie', 0, L.u64),
+    tuple: field('t', 8, TUPLE),
+  }),
+  ambpf_inpod_lkey: new Struct<InpodListenKey>('ambpf_inpod_lkey', 20, {
+    podIp: field('pod_ip', 0, L.ip),
+    slot: field('slot', 16, L.u32),
+  }),
   ambpf_inpod_dns: new Struct<InpodDns>('ambpf_inpod_dns', 88, {
-    servers: field('srv', 0, L.array(optionalOrig, DNS_SLOTS)), last: field('last', 80, L.u32), next: field('next', 84, L.u32),
+    servers: field('srv', 0, L.array(optionalOrig, DNS_SLOTS)),
+    last: field('last', 80, L.u32),
+    next: field('next', 84, L.u32),
   }),
 } as const;
 export type StructName = keyof typeof STRUCTS;
@@ -232,7 +348,10 @@ export { bytesToIp, ipToBytes } from '../ip.ts';
 export { SchemaError, macToBytes, bytesToMac } from './layout.ts';
 
 // ---- codecs: map keys and values as bytes, all from STRUCTS ----
-const codec = <V>(st: Struct<V>): [(v: V) => Uint8Array, (b: Uint8Array) => V] => [(v) => st.toBytes(v), (b) => st.fromBytes(b)];
+const codec = <V>(st: Struct<V>): [(v: V) => Uint8Array, (b: Uint8Array) => V] => [
+  (v) => st.toBytes(v),
+  (b) => st.fromBytes(b),
+];
 
 export const encodeIpKey = (ip: string): Uint8Array => STRUCTS.ambpf_ip.toBytes({ addr: ip });
 export const decodeIpKey = (b: Uint8Array): string => STRUCTS.ambpf_ip.fromBytes(b).addr;
@@ -268,10 +387,20 @@ export const [encodeInpodKey, decodeInpodKey] = codec(STRUCTS.ambpf_inpod_key);
 export const decodeInpodDns = (b: Uint8Array): InpodDns => STRUCTS.ambpf_inpod_dns.fromBytes(b);
 
 /** ztunnel defaults (ports and mark of ztunnel's contract) for the fields a caller rarely sets. */
-export function ztunnelValue(v: Pick<ZtunnelValue, 'ip' | 'netnsCookie' | 'hostIfindex' | 'mac' | 'hostMac'> & Partial<ZtunnelValue>): ZtunnelValue {
+export function ztunnelValue(
+  v: Pick<ZtunnelValue, 'ip' | 'netnsCookie' | 'hostIfindex' | 'mac' | 'hostMac'> & Partial<ZtunnelValue>,
+): ZtunnelValue {
   return {
-    ip6: null, ifindex: 0, portOut: PORT_OUTBOUND, portIn: PORT_INBOUND, portHbone: PORT_HBONE, portDns: PORT_DNS,
-    mark: ZTUNNEL_MARK, markMask: ZTUNNEL_MARK_MASK, flags: ZT_READY, ...v,
+    ip6: null,
+    ifindex: 0,
+    portOut: PORT_OUTBOUND,
+    portIn: PORT_INBOUND,
+    portHbone: PORT_HBONE,
+    portDns: PORT_DNS,
+    mark: ZTUNNEL_MARK,
+    markMask: ZTUNNEL_MARK_MASK,
+    flags: ZT_READY,
+    ...v,
   };
 }
 
@@ -279,8 +408,14 @@ export function ztunnelValue(v: Pick<ZtunnelValue, 'ip' | 'netnsCookie' | 'hostI
  * bpf/ambpf_skmsg.bpf.c for why), Istio's probe source, nothing excluded. */
 export function defaultConfig(over: Partial<ConfigValue> = {}): ConfigValue {
   return {
-    flags: CFG_SPLICE, spliceMinBytes: 16384, probeIp: PROBE_IP, probeIp6: PROBE_IP6,
-    excludedPorts: [], nodeIps: [], logLevel: 0, ...over,
+    flags: CFG_SPLICE,
+    spliceMinBytes: 16384,
+    probeIp: PROBE_IP,
+    probeIp6: PROBE_IP6,
+    excludedPorts: [],
+    nodeIps: [],
+    logLevel: 0,
+    ...over,
   };
 }
 
@@ -294,4 +429,5 @@ export function dnsCaptureFlags(dnsCapture: boolean | undefined): number {
 }
 
 /** ambpf_inpod_listen key: pod IP + listener slot (LISTENER_INBOUND / LISTENER_HBONE). */
-export const encodeInpodListenKey = (podIp: string, slot: number): Uint8Array => STRUCTS.ambpf_inpod_lkey.toBytes({ podIp, slot });
+export const encodeInpodListenKey = (podIp: string, slot: number): Uint8Array =>
+  STRUCTS.ambpf_inpod_lkey.toBytes({ podIp, slot });

@@ -28,7 +28,15 @@ export function readNetSysctl(rel: string): string {
  */
 export type LedgerEntry =
   | { kind: 'sysctl'; netnsIno: number; netnsPath: string; rel: string; found: string }
-  | { kind: 'route'; netnsIno: number; netnsPath: string; what: 'ztunnel-policy'; ifname: string; table: number; pref: number }
+  | {
+      kind: 'route';
+      netnsIno: number;
+      netnsPath: string;
+      what: 'ztunnel-policy';
+      ifname: string;
+      table: number;
+      pref: number;
+    }
   | { kind: 'route'; netnsIno: number; netnsPath: string; what: 'inpod-return' };
 
 /** The ledger of a bpffs directory, next to the loader's state file: <dir>/changes<bpffs with / as _>.json. */
@@ -66,7 +74,8 @@ export function currentNetnsIno(): number {
   return statSync('/proc/thread-self/ns/net').ino;
 }
 
-const sameSysctl = (e: LedgerEntry, ino: number, rel: string): boolean => e.kind === 'sysctl' && e.netnsIno === ino && e.rel === rel;
+const sameSysctl = (e: LedgerEntry, ino: number, rel: string): boolean =>
+  e.kind === 'sysctl' && e.netnsIno === ino && e.rel === rel;
 
 /**
  * Set a network sysctl of the calling thread's netns (`netnsPath` names it for uninstall), recording
@@ -89,7 +98,10 @@ export function restoreNetSysctl(ledger: string, rel: string): string | undefine
   const e = entries.find((x) => sameSysctl(x, ino, rel));
   if (!e || e.kind !== 'sysctl') return undefined;
   writeNetSysctl(rel, e.found);
-  writeLedger(ledger, entries.filter((x) => x !== e));
+  writeLedger(
+    ledger,
+    entries.filter((x) => x !== e),
+  );
   return e.found;
 }
 
@@ -101,7 +113,11 @@ export function recordRoute(ledger: string, entry: Extract<LedgerEntry, { kind: 
 }
 
 /** Forget a rule/route (it was removed). */
-export function forgetRoute(ledger: string, netnsIno: number, what: Extract<LedgerEntry, { kind: 'route' }>['what']): void {
+export function forgetRoute(
+  ledger: string,
+  netnsIno: number,
+  what: Extract<LedgerEntry, { kind: 'route' }>['what'],
+): void {
   const entries = readLedger(ledger);
   const kept = entries.filter((e) => !(e.kind === 'route' && e.netnsIno === netnsIno && e.what === what));
   if (kept.length !== entries.length) writeLedger(ledger, kept);

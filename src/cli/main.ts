@@ -18,7 +18,7 @@ function topHelp(): string {
     'Commands:',
     ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     '',
-    'Run `ambpf <command> --help` for a command\'s options.',
+    "Run `ambpf <command> --help` for a command's options.",
     'Global options:',
     '  --log-level LEVEL   fatal|error|warn|info|debug|trace|silent (default info; env AMBPF_LOG_LEVEL)',
     '',

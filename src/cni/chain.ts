@@ -21,8 +21,11 @@ export interface PluginRun {
 }
 
 /** Runs one plugin as a runtime does: env + stdin; stdout, stderr and exit code back. */
-export function runPlugin(argv: readonly string[], env: Readonly<Record<string, string>>, stdin: string):
-  Promise<PluginRun> {
+export function runPlugin(
+  argv: readonly string[],
+  env: Readonly<Record<string, string>>,
+  stdin: string,
+): Promise<PluginRun> {
   const started = performance.now();
   const startedAt = Date.now();
   return new Promise((resolve, reject) => {
@@ -35,7 +38,8 @@ export function runPlugin(argv: readonly string[], env: Readonly<Record<string, 
     // A plugin may exit before reading all of stdin (a config over its bound): not an error here.
     p.stdin.on('error', () => undefined);
     p.on('close', (code) =>
-      resolve({ code, stdout, stderr, ms: performance.now() - started, startedAt, endedAt: Date.now() }));
+      resolve({ code, stdout, stderr, ms: performance.now() - started, startedAt, endedAt: Date.now() }),
+    );
     p.stdin.end(stdin);
   });
 }
@@ -87,18 +91,28 @@ export class CniChain {
 
   env(command: string, s: ChainSandbox, ifname = 'eth0'): Record<string, string> {
     return {
-      CNI_COMMAND: command, CNI_CONTAINERID: s.containerId, CNI_NETNS: s.netnsPath, CNI_IFNAME: ifname,
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: s.containerId,
+      CNI_NETNS: s.netnsPath,
+      CNI_IFNAME: ifname,
       CNI_PATH: this.#bin,
-      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${s.namespace};K8S_POD_NAME=${s.name};`
-        + `K8S_POD_INFRA_CONTAINER_ID=${s.containerId};K8S_POD_UID=${s.uid}`,
+      CNI_ARGS:
+        `IgnoreUnknown=1;K8S_POD_NAMESPACE=${s.namespace};K8S_POD_NAME=${s.name};` +
+        `K8S_POD_INFRA_CONTAINER_ID=${s.containerId};K8S_POD_UID=${s.uid}`,
     };
   }
 
   bridgeConf(): Record<string, unknown> {
     return {
-      ...NET, type: 'bridge', bridge: this.#o.bridge, isGateway: true, ipMasq: false,
+      ...NET,
+      type: 'bridge',
+      bridge: this.#o.bridge,
+      isGateway: true,
+      ipMasq: false,
       ipam: {
-        type: 'host-local', ranges: [[{ subnet: this.#o.subnet }]], routes: [{ dst: '0.0.0.0/0' }],
+        type: 'host-local',
+        ranges: [[{ subnet: this.#o.subnet }]],
+        routes: [{ dst: '0.0.0.0/0' }],
         dataDir: this.#o.ipamDir,
       },
     };

@@ -4,7 +4,15 @@
 // text, right after the last plugin, so removing it gives back the primary CNI's file byte for byte.
 // Idempotent both ways; `ensure` is what a watch calls when the primary CNI rewrites its file.
 import {
-  chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync,
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { AmbpfError } from '../errors.ts';
@@ -112,12 +120,15 @@ function parseConfList(text: string, file: string): ConfList {
   const plugins = doc !== null && typeof doc === 'object' ? (doc as Record<string, unknown>)['plugins'] : undefined;
   if (!Array.isArray(plugins)) {
     throw new CniInstallError(
-      `${file} has no "plugins" list: a single-plugin .conf is not supported (ambpf creates no conflist)`, { file });
+      `${file} has no "plugins" list: a single-plugin .conf is not supported (ambpf creates no conflist)`,
+      { file },
+    );
   }
   const span = memberSpan(text, 'plugins')!;
   const elements = elementSpans(text, span.start);
   const ours = plugins.flatMap((p: unknown, i) =>
-    (p !== null && typeof p === 'object' && (p as Record<string, unknown>)['type'] === PLUGIN_TYPE ? [i] : []));
+    p !== null && typeof p === 'object' && (p as Record<string, unknown>)['type'] === PLUGIN_TYPE ? [i] : [],
+  );
   return { plugins: span, elements, ours };
 }
 
@@ -156,7 +167,9 @@ export function removeEntry(text: string, file = 'conflist'): string {
 /** The primary CNI's config as the runtime picks it: the first .conflist/.conf/.json by name. */
 export function primaryConfig(confDir: string): string | undefined {
   if (!existsSync(confDir)) return undefined;
-  const names = readdirSync(confDir).filter((n) => /\.(conflist|conf|json)$/.test(n)).sort();
+  const names = readdirSync(confDir)
+    .filter((n) => /\.(conflist|conf|json)$/.test(n))
+    .sort();
   return names[0] === undefined ? undefined : join(confDir, names[0]);
 }
 

@@ -36,15 +36,21 @@ export function cniStepAvailable(): string | undefined {
  * Creates `new-app` in the ambient namespace `mesh` on the loader's node through the chain, prints the
  * timeline, and connects from it to `to` the moment ADD returned.
  */
-export async function demoCniPod(tb: Testbed, loader: Loader, podsFile: string, to: TestbedPod,
-  out: (line: string) => void): Promise<void> {
+export async function demoCniPod(
+  tb: Testbed,
+  loader: Loader,
+  podsFile: string,
+  to: TestbedPod,
+  out: (line: string) => void,
+): Promise<void> {
   const node = loader.node;
   const name = 'new-app';
   const uid = randomUUID();
   // As in Kubernetes, the Pod object exists (Pending, no IP) before kubelet asks for its sandbox.
   const list = JSON.parse(readFileSync(podsFile, 'utf8')) as { items: unknown[] };
   list.items.push({
-    apiVersion: 'v1', kind: 'Pod',
+    apiVersion: 'v1',
+    kind: 'Pod',
     metadata: { name, namespace: 'mesh', uid, labels: { app: name }, annotations: {} },
     spec: { nodeName: node.name, containers: [{ name: 'app', image: 'registry.local/ambtb/app:1' }] },
     status: { phase: 'Pending' },
@@ -54,8 +60,12 @@ export async function demoCniPod(tb: Testbed, loader: Loader, podsFile: string, 
   const netnsPath = `/run/netns/${netnsName}`;
   const cgroup = join(node.kubepodsCgroup, 'besteffort', `pod${uid}`, 'app');
   const chain = new CniChain({
-    plugin: PLUGIN, socketPath: demoCniSocket(tb, node.name), nodeNetnsPath: node.netnsPath, bridge: 'cni0',
-    subnet: '198.19.200.0/24', ipamDir: join(tb.info.runDir, 'cni-ipam'),
+    plugin: PLUGIN,
+    socketPath: demoCniSocket(tb, node.name),
+    nodeNetnsPath: node.netnsPath,
+    bridge: 'cni0',
+    subnet: '198.19.200.0/24',
+    ipamDir: join(tb.info.runDir, 'cni-ipam'),
   });
 
   const t0 = Date.now();
@@ -94,33 +104,50 @@ export async function demoCniPod(tb: Testbed, loader: Loader, podsFile: string, 
   const phases = served?.['phases'] as Record<string, number> | undefined;
   if (served && phases) {
     const end = Number(served['time']);
-    at(Math.round(end - (phases['ack'] ?? 0)),
-      'agent: capture armed in the pod\'s netns (sk_lookup, return route), ZDS Add sent to ztunnel');
+    at(
+      Math.round(end - (phases['ack'] ?? 0)),
+      "agent: capture armed in the pod's netns (sk_lookup, return route), ZDS Add sent to ztunnel",
+    );
   }
   if (took) at(Number(took['time']), 'agent: ztunnel acked the Add (its listeners are up in the pod)');
-  at(r.ours.endedAt, 'ambpf-cni ADD returned prevResult: only now may the runtime start the pod\'s containers');
+  at(r.ours.endedAt, "ambpf-cni ADD returned prevResult: only now may the runtime start the pod's containers");
   // The pod's first process, started at once: its connection goes through ztunnel.
   const pod: TestbedPod = {
-    ...to, name, uid, ip: r.ip, ips: [r.ip], netnsPath, containerCgroupPath: cgroup, namespace: 'mesh', mesh: true,
+    ...to,
+    name,
+    uid,
+    ip: r.ip,
+    ips: [r.ip],
+    netnsPath,
+    containerCgroupPath: cgroup,
+    namespace: 'mesh',
+    mesh: true,
   };
   const logLen = tb.ztunnelLog(node.name).length;
   const c = await curl(tb, pod, to.ip, 8080, { timeoutMs: 5000 });
   at(Date.now(), `first connect ${name} -> ${to.name} (${to.ip}:8080): curl exit ${c.exitCode}, HTTP ${c.status}`);
   // The stand-in logs a connection when it ends: wait for it, bounded.
   const outbound = (): ZtunnelLogEntry | undefined =>
-    tb.ztunnelLog(node.name).slice(logLen).find((e) => e.direction === 'outbound');
+    tb
+      .ztunnelLog(node.name)
+      .slice(logLen)
+      .find((e) => e.direction === 'outbound');
   for (let i = 0; i < 50 && !outbound(); i++) await pause(50);
   const hop = outbound();
 
   out('');
-  out(`  new pod through the CNI chain (loopback, bridge + host-local, ambpf-cni), as kubelet would: `
-    + `mesh/${name} on ${node.name}`);
+  out(
+    `  new pod through the CNI chain (loopback, bridge + host-local, ambpf-cni), as kubelet would: ` +
+      `mesh/${name} on ${node.name}`,
+  );
   events.sort((a, b) => a[0] - b[0]);
   for (const [t, what] of events) out(`    +${String(t - t0).padStart(5)} ms  ${what}`);
-  out(hop
-    ? `    the first connection went through ztunnel: ${hop.source} -> ztunnel:15001 `
-      + `(orig dst ${hop.originalDst}) [${hop.result}]`
-    : '    the first connection was not seen by ztunnel');
+  out(
+    hop
+      ? `    the first connection went through ztunnel: ${hop.source} -> ztunnel:15001 ` +
+          `(orig dst ${hop.originalDst}) [${hop.result}]`
+      : '    the first connection was not seen by ztunnel',
+  );
   if (c.exitCode !== 0 || !hop) {
     throw new AmbpfError(`the new pod's first connection did not go through ztunnel: ${c.stderr.trim()}`);
   }

@@ -10,7 +10,13 @@ import { startLoader, waitReady, zdsSocketPath, AMBPF_BIN, type Loader } from '.
 import { startZtunnels } from '../testbed/ztunnel/launch.ts';
 import type { StateFile } from '../state/state-file.ts';
 import { linkNames, parseLinkName } from '../bpf/pins.ts';
-import { CLUSTER_VIP, podResolvConf, podResolverArgv, startDnsUpstream, type DnsUpstream } from '../testbed/dns-upstream.ts';
+import {
+  CLUSTER_VIP,
+  podResolvConf,
+  podResolverArgv,
+  startDnsUpstream,
+  type DnsUpstream,
+} from '../testbed/dns-upstream.ts';
 import { openPinnedMaps } from '../bpf/datapath-maps.ts';
 import type { Stats } from '../bpf/schema.ts';
 import { AmbpfError } from '../errors.ts';
@@ -63,18 +69,20 @@ function describeZds(tb: Testbed, l: Loader): string[] {
   ];
 }
 
-
-
-interface Hop { readonly node: string; readonly entry: ZtunnelLogEntry }
+interface Hop {
+  readonly node: string;
+  readonly entry: ZtunnelLogEntry;
+}
 
 function describeHop(h: Hop): string {
   const e = h.entry;
   const where = e.where === 'ztunnel-pod' || e.where.startsWith('ztunnel') ? 'ztunnel' : `ztunnel@${e.where}`;
-  const how = e.direction === 'outbound'
-    ? `outbound  ${e.source} -> ${where}:15001 (orig dst ${e.originalDst} via ${e.dstFrom}) -> ${e.upstream}`
-    : e.direction === 'inbound-hbone'
-      ? `inbound   HBONE ${e.source} -> ${where}:15008 (:authority ${e.originalDst}) -> ${e.upstream}`
-      : `inbound   ${e.source} -> ${where}:15006 (orig dst ${e.originalDst} via ${e.dstFrom}) -> ${e.upstream}`;
+  const how =
+    e.direction === 'outbound'
+      ? `outbound  ${e.source} -> ${where}:15001 (orig dst ${e.originalDst} via ${e.dstFrom}) -> ${e.upstream}`
+      : e.direction === 'inbound-hbone'
+        ? `inbound   HBONE ${e.source} -> ${where}:15008 (:authority ${e.originalDst}) -> ${e.upstream}`
+        : `inbound   ${e.source} -> ${where}:15006 (orig dst ${e.originalDst} via ${e.dstFrom}) -> ${e.upstream}`;
   return `    ${h.node.padEnd(6)} ${how}  [${e.result}]`;
 }
 
@@ -97,11 +105,15 @@ async function dnsLookups(tb: Testbed, upstream: DnsUpstream, out: (line: string
     podResolvConf(pod, `nameserver ${upstream.ip}\noptions timeout:2 attempts:2\n`);
     const maps = openPinnedMaps(tb.node(pod.node).bpffsDir);
     const before = maps.stats();
-    const r = await tb.exec(pod, podResolverArgv(pod, ['getent', 'ahostsv4', name]), { check: false, timeoutMs: 10_000 });
+    const r = await tb.exec(pod, podResolverArgv(pod, ['getent', 'ahostsv4', name]), {
+      check: false,
+      timeoutMs: 10_000,
+    });
     const after = maps.stats();
     maps.close();
     const ip = r.stdout.trim().split(/\s+/)[0] || '(no answer)';
-    const who = !pod.mesh ? `the resolver itself (${CLUSTER_VIP} is its Service VIP)`
+    const who = !pod.mesh
+      ? `the resolver itself (${CLUSTER_VIP} is its Service VIP)`
       : `ztunnel's DNS proxy in the pod (UDP to ${upstream.ip}:53 went to 127.0.0.1:15053; the answer came from ${upstream.ip})`;
     out(`    ${pod.name.padEnd(12)} ${pod.mesh ? 'mesh   ' : 'no mesh'}  -> ${ip}  ${who}`);
     if (pod.mesh) out(`    ${pod.node.padEnd(12)} counters: ${counterDelta(before, after)}`);
@@ -111,9 +123,11 @@ async function dnsLookups(tb: Testbed, upstream: DnsUpstream, out: (line: string
 export async function runDemo(o: DemoOptions): Promise<number> {
   const started = Date.now();
   const mode = o.mode ?? 'inpod';
-  o.out(mode === 'inpod'
-    ? 'ambpf demo (inpod topology, Istio 1.23+): two nodes in network namespaces; on each, ambpf run is the node agent: it captures every mesh pod in eBPF and hands it over ZDS to the ztunnel stand-in, which opens its listeners inside the pod'
-    : 'ambpf demo (node topology, ztunnel <= 1.22): two nodes in network namespaces, a ztunnel stand-in on each node, ambpf on the eBPF path');
+  o.out(
+    mode === 'inpod'
+      ? 'ambpf demo (inpod topology, Istio 1.23+): two nodes in network namespaces; on each, ambpf run is the node agent: it captures every mesh pod in eBPF and hands it over ZDS to the ztunnel stand-in, which opens its listeners inside the pod'
+      : 'ambpf demo (node topology, ztunnel <= 1.22): two nodes in network namespaces, a ztunnel stand-in on each node, ambpf on the eBPF path',
+  );
   let tb: Testbed | undefined;
   const loaders: Loader[] = [];
   let upstream: DnsUpstream | undefined;
@@ -130,21 +144,25 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   try {
     // Inpod captures IPv6 as IPv4: there the mesh pods are dual-stack, and one request goes over IPv6.
     const spec = defaultSpec();
-    const dual = mode === 'inpod'
-      ? {
-        ...spec,
-        pods: spec.pods.map((p) => (p.namespace === 'mesh' ? { ...p, ipFamilies: ['IPv4', 'IPv6'] as const } : p)),
-      }
-      : spec;
+    const dual =
+      mode === 'inpod'
+        ? {
+            ...spec,
+            pods: spec.pods.map((p) => (p.namespace === 'mesh' ? { ...p, ipFamilies: ['IPv4', 'IPv6'] as const } : p)),
+          }
+        : spec;
     tb = await startTestbed(dual, { topology: mode, standIn: mode === 'node' });
     const bed = tb;
     const podsFile = join(bed.info.runDir, 'pods.json');
     bed.writePodsList(podsFile);
-    o.out(`  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15` +
-      `${mode === 'inpod' ? ', mesh pods dual-stack with fd00:a3bf::/32' : ''})`);
+    o.out(
+      `  testbed ${bed.info.prefix}: ${bed.info.nodes.length} nodes, ${bed.info.pods.length} pods (198.18.0.0/15` +
+        `${mode === 'inpod' ? ', mesh pods dual-stack with fd00:a3bf::/32' : ''})`,
+    );
     // inpod: each loader also serves the CNI plugin (the CNI step below creates a pod through it).
     const cniFlags = (node: string): string[] => (mode === 'inpod' ? ['--cni-socket', demoCniSocket(bed, node)] : []);
-    for (const node of bed.info.nodes) loaders.push(startLoader(bed, node, podsFile, cniFlags(node.name), mode === 'inpod'));
+    for (const node of bed.info.nodes)
+      loaders.push(startLoader(bed, node, podsFile, cniFlags(node.name), mode === 'inpod'));
     await Promise.all(loaders.map((l) => waitReady(bed, l)));
     if (mode === 'inpod') {
       // ztunnel connects to the agent (its INPOD_UDS), says hello, takes the snapshot of captured pods.
@@ -178,19 +196,32 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       const r = await curl(bed, c.from, target.ip, 8080, { timeoutMs: 5000 });
       // The stand-in logs a connection when it ends: wait (bounded) until each hop of the path did.
       const hopsWanted = c.to === 'app1-node1' && c.from === 'client-node2' ? 1 : 2;
-      for (let i = 0; i < 50 && bed.info.nodes.reduce((n, node, j) => n + bed.ztunnelLog(node.name).length - logLen[j]!, 0) < hopsWanted; i++) await pause(50);
+      for (
+        let i = 0;
+        i < 50 &&
+        bed.info.nodes.reduce((n, node, j) => n + bed.ztunnelLog(node.name).length - logLen[j]!, 0) < hopsWanted;
+        i++
+      )
+        await pause(50);
       const after = mapsBefore.map((m) => m.stats());
       mapsBefore.forEach((m) => m.close());
       o.out('');
       o.out(`  ${c.title}: curl ${c.from} -> ${c.to} (${c.v6 ? `[${target.ip}]` : target.ip}:8080)`);
       if (r.exitCode !== 0) throw new AmbpfError(`demo request failed: curl exit ${r.exitCode}: ${r.stderr.trim()}`);
       o.out(`    response: ${r.status} "${r.body.trim()}"`);
-      const hops: Hop[] = bed.info.nodes.flatMap((n, i) => bed.ztunnelLog(n.name).slice(logLen[i]).map((entry) => ({ node: n.name, entry })));
+      const hops: Hop[] = bed.info.nodes.flatMap((n, i) =>
+        bed
+          .ztunnelLog(n.name)
+          .slice(logLen[i])
+          .map((entry) => ({ node: n.name, entry })),
+      );
       // The stand-in logs a connection when it ends, so the inner hop ends first: order by the path.
       const rank = { outbound: 0, 'inbound-hbone': 1, 'inbound-plaintext': 1 } as const;
       hops.sort((a, b) => rank[a.entry.direction] - rank[b.entry.direction]);
       for (const h of hops) o.out(describeHop(h));
-      bed.info.nodes.forEach((n, i) => o.out(`    ${n.name.padEnd(6)} counters: ${counterDelta(before[i]!, after[i]!)}`));
+      bed.info.nodes.forEach((n, i) =>
+        o.out(`    ${n.name.padEnd(6)} counters: ${counterDelta(before[i]!, after[i]!)}`),
+      );
     }
     if (upstream) await dnsLookups(bed, upstream, o.out);
     if (mode === 'inpod') {
@@ -199,7 +230,11 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       else await demoCniPod(bed, loaders[0]!, podsFile, bed.pod('app1-node1'), o.out);
     }
     // What an operator would look at on node1: the ambient-pod map, joined with pod names.
-    const pods = await bed.exec('node1', [AMBPF_BIN, 'pods', '--bpffs', loaders[0]!.node.bpffsDir, '--state-file', loaders[0]!.stateFile], { check: false });
+    const pods = await bed.exec(
+      'node1',
+      [AMBPF_BIN, 'pods', '--bpffs', loaders[0]!.node.bpffsDir, '--state-file', loaders[0]!.stateFile],
+      { check: false },
+    );
     o.out('');
     o.out('  ambpf pods on node1:');
     for (const line of pods.stdout.trimEnd().split('\n')) o.out(`    ${line}`);

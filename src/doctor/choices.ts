@@ -27,12 +27,21 @@ export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLin
         : `this kernel (${kernel}) is older than ${MIN_KERNEL}, the oldest the kernel matrix proves (docs/kernels.md)`,
     },
     tcx.supported
-      ? { what: 'tc attach', choice: 'tcx link', why: `tcx links work here (${TCX_SINCE}+): pinned per interface, they coexist with other tc programs and survive the loader` }
-      : { what: 'tc attach', choice: 'clsact filter', why: `no tcx links here (${tcx.detail}; tcx needs ${TCX_SINCE}+): a clsact filter with ambpf's fixed handle` },
+      ? {
+          what: 'tc attach',
+          choice: 'tcx link',
+          why: `tcx links work here (${TCX_SINCE}+): pinned per interface, they coexist with other tc programs and survive the loader`,
+        }
+      : {
+          what: 'tc attach',
+          choice: 'clsact filter',
+          why: `no tcx links here (${tcx.detail}; tcx needs ${TCX_SINCE}+): a clsact filter with ambpf's fixed handle`,
+        },
     {
       what: 'sk_msg attach',
       choice: 'prog_attach',
-      why: 'on every kernel: the program lives as long as the pinned sockhash, which is all a link would give; ' +
+      why:
+        'on every kernel: the program lives as long as the pinned sockhash, which is all a link would give; ' +
         (skMsgLink.supported
           ? `sockmap links (${SK_MSG_LINK_SINCE}+) work here too`
           : `sockmap links need ${SK_MSG_LINK_SINCE}+ (${skMsgLink.detail})`),
@@ -41,15 +50,19 @@ export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLin
     // sk_lookup of IPv6 inbound) from 5.10 on; only the pod-netns tc programs need tcx, for both families.
     tcx.supported
       ? {
-        what: 'inpod IPv6', choice: 'as IPv4',
-        why: 'connect6 to the pod\'s IPv6 address, IP6T_SO_ORIGINAL_DST, sk_lookup inbound, IPv6 probes ' +
-          '(hop limit 64) and ztunnel\'s spoofed IPv6 legs (tcx)',
-      }
+          what: 'inpod IPv6',
+          choice: 'as IPv4',
+          why:
+            "connect6 to the pod's IPv6 address, IP6T_SO_ORIGINAL_DST, sk_lookup inbound, IPv6 probes " +
+            "(hop limit 64) and ztunnel's spoofed IPv6 legs (tcx)",
+        }
       : {
-        what: 'inpod IPv6', choice: 'as IPv4, without probes or spoofed legs',
-        why: `IPv6 is captured both ways (${MIN_KERNEL}+), but without tcx (${TCX_SINCE}+) the pod-netns tc ` +
-          'programs are not attached, for IPv4 and IPv6 alike: probes go through ztunnel, and ztunnel needs ' +
-          'ENABLE_ORIG_SRC=false',
-      },
+          what: 'inpod IPv6',
+          choice: 'as IPv4, without probes or spoofed legs',
+          why:
+            `IPv6 is captured both ways (${MIN_KERNEL}+), but without tcx (${TCX_SINCE}+) the pod-netns tc ` +
+            'programs are not attached, for IPv4 and IPv6 alike: probes go through ztunnel, and ztunnel needs ' +
+            'ENABLE_ORIG_SRC=false',
+        },
   ];
 }

@@ -2,9 +2,24 @@
 // missing feature can be named with the upgrade that fixes it. Versions are upstream mainline.
 import type { ProgTypeName, MapTypeName, HelperName } from '../libbpf/index.ts';
 
-export interface ProgFeature { readonly kind: 'prog'; readonly type: ProgTypeName; readonly since: string; readonly why: string }
-export interface MapFeature { readonly kind: 'map'; readonly type: MapTypeName; readonly since: string; readonly why: string }
-export interface HelperFeature { readonly kind: 'helper'; readonly prog: ProgTypeName; readonly helper: HelperName; readonly since: string }
+export interface ProgFeature {
+  readonly kind: 'prog';
+  readonly type: ProgTypeName;
+  readonly since: string;
+  readonly why: string;
+}
+export interface MapFeature {
+  readonly kind: 'map';
+  readonly type: MapTypeName;
+  readonly since: string;
+  readonly why: string;
+}
+export interface HelperFeature {
+  readonly kind: 'helper';
+  readonly prog: ProgTypeName;
+  readonly helper: HelperName;
+  readonly since: string;
+}
 
 export const PROG_FEATURES: readonly ProgFeature[] = [
   { kind: 'prog', type: 'cgroup_sock_addr', since: '4.17', why: 'connect4/connect6/getpeername redirect' },

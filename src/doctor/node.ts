@@ -34,24 +34,50 @@ interface SysctlRule {
 
 /** What the datapath depends on. ambpf sets its own per-interface and per-pod values itself. */
 const SYSCTL_RULES: readonly SysctlRule[] = [
-  { name: 'net.ipv4.conf.all.rp_filter', want: (v) => v === '0', set: '0',
-    why: 'node topology: the effective rp_filter of ztunnel\'s host veth is max(all, veth); ztunnel\'s replies from pod addresses are dropped otherwise' },
-  { name: 'net.ipv4.ip_default_ttl', want: (v) => v === '64', set: '64',
-    why: 'inpod: kubelet\'s probes are told from forwarded traffic by TTL 64 (AMBPF_NODE_TTL); with another value they go through ztunnel' },
-  { name: 'net.core.bpf_jit_enable', want: (v) => v === '1', set: '1', why: 'the programs run interpreted otherwise (slower on every connect and packet)' },
-  { name: 'net.ipv4.tcp_migrate_req', want: () => true, set: '-',
-    why: 'inpod: ambpf sets it per pod so a ztunnel rolling upgrade moves queued connections; Linux 5.14+' },
+  {
+    name: 'net.ipv4.conf.all.rp_filter',
+    want: (v) => v === '0',
+    set: '0',
+    why: "node topology: the effective rp_filter of ztunnel's host veth is max(all, veth); ztunnel's replies from pod addresses are dropped otherwise",
+  },
+  {
+    name: 'net.ipv4.ip_default_ttl',
+    want: (v) => v === '64',
+    set: '64',
+    why: "inpod: kubelet's probes are told from forwarded traffic by TTL 64 (AMBPF_NODE_TTL); with another value they go through ztunnel",
+  },
+  {
+    name: 'net.core.bpf_jit_enable',
+    want: (v) => v === '1',
+    set: '1',
+    why: 'the programs run interpreted otherwise (slower on every connect and packet)',
+  },
+  {
+    name: 'net.ipv4.tcp_migrate_req',
+    want: () => true,
+    set: '-',
+    why: 'inpod: ambpf sets it per pod so a ztunnel rolling upgrade moves queued connections; Linux 5.14+',
+  },
 ];
 
 export function sysctlChecks(read: (name: string) => string | undefined = readSysctl): NodeCheck[] {
   return SYSCTL_RULES.map((r) => {
     const v = read(r.name);
     if (v === undefined) {
-      return { group: 'sysctl', name: r.name, ok: false, detail: `not present on this kernel: ${r.why}`, advisory: true };
+      return {
+        group: 'sysctl',
+        name: r.name,
+        ok: false,
+        detail: `not present on this kernel: ${r.why}`,
+        advisory: true,
+      };
     }
     const ok = r.want(v);
     return {
-      group: 'sysctl', name: r.name, ok, advisory: true,
+      group: 'sysctl',
+      name: r.name,
+      ok,
+      advisory: true,
       detail: ok ? `${v}` : `${v}; set ${r.name}=${r.set} (sysctl -w, and in /etc/sysctl.d to keep it): ${r.why}`,
     };
   });
@@ -93,7 +119,8 @@ export function kubeletMaxPods(path: string): { maxPods: number; from: string } 
   }
   const v = doc !== null && typeof doc === 'object' ? (doc as { maxPods?: unknown }).maxPods : undefined;
   if (v === undefined) return { maxPods: KUBELET_DEFAULT_MAX_PODS, from: `${path} (no maxPods: kubelet's default)` };
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) return { why: `${path}: maxPods is not a positive integer (${JSON.stringify(v)})` };
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1)
+    return { why: `${path}: maxPods is not a positive integer (${JSON.stringify(v)})` };
   return { maxPods: v, from: path };
 }
 
@@ -105,7 +132,11 @@ export function mapPodCapacity(o: CapacityOptions): Array<{ map: string; pods: n
       try {
         const map = BpfMap.openPinned(pin);
         try {
-          return { map: m.map, pods: Math.floor(map.maxEntries / m.perPod), from: `pinned, max_entries ${map.maxEntries}` };
+          return {
+            map: m.map,
+            pods: Math.floor(map.maxEntries / m.perPod),
+            from: `pinned, max_entries ${map.maxEntries}`,
+          };
         } finally {
           map.close();
         }
@@ -114,7 +145,11 @@ export function mapPodCapacity(o: CapacityOptions): Array<{ map: string; pods: n
       }
     }
     const size = o.maxPods !== undefined ? o.maxPods * m.perPod : m.size;
-    return { map: m.map, pods: Math.floor(size / m.perPod), from: o.maxPods !== undefined ? `--max-pods ${o.maxPods}` : `default max_entries ${m.size}` };
+    return {
+      map: m.map,
+      pods: Math.floor(size / m.perPod),
+      from: o.maxPods !== undefined ? `--max-pods ${o.maxPods}` : `default max_entries ${m.size}`,
+    };
   });
 }
 
@@ -126,17 +161,25 @@ export function capacityCheck(o: CapacityOptions): NodeCheck {
   const sizes = maps.map((m) => `${m.map} ${m.pods} pods (${m.from})`).join(', ');
   if ('why' in node) {
     return {
-      group: 'capacity', name: 'pods per node', ok: false, advisory: true,
-      detail: `cannot tell the node's pod capacity: ${node.why}; pass --kubelet-config F or --node-max-pods N ` +
+      group: 'capacity',
+      name: 'pods per node',
+      ok: false,
+      advisory: true,
+      detail:
+        `cannot tell the node's pod capacity: ${node.why}; pass --kubelet-config F or --node-max-pods N ` +
         `(kubectl get node <name> -o jsonpath='{.status.capacity.pods}'). The maps hold ${fits} pods: ${sizes}`,
     };
   }
   const ok = node.maxPods <= fits;
   return {
-    group: 'capacity', name: 'pods per node', ok, advisory: true,
+    group: 'capacity',
+    name: 'pods per node',
+    ok,
+    advisory: true,
     detail: ok
       ? `the node runs at most ${node.maxPods} pods (${node.from}); the maps hold ${fits}: ${sizes}`
       : `the node may run ${node.maxPods} pods (${node.from}) but the maps hold only ${fits} (${sizes}): pods beyond that are ` +
-        'not captured (reported, never silently). Run the loader with --max-pods >= ' + `${node.maxPods} (after uninstall: a pinned map keeps its size)`,
+        'not captured (reported, never silently). Run the loader with --max-pods >= ' +
+        `${node.maxPods} (after uninstall: a pinned map keeps its size)`,
   };
 }

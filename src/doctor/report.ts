@@ -29,7 +29,9 @@ export interface DoctorReport {
 }
 
 /** A probe that could not even run counts as "not supported", with the reason. */
-function safeProbe<T extends { supported: boolean; detail: string }>(probe: () => T): T | { supported: false; detail: string } {
+function safeProbe<T extends { supported: boolean; detail: string }>(
+  probe: () => T,
+): T | { supported: false; detail: string } {
   try {
     return probe();
   } catch (err) {
@@ -37,24 +39,57 @@ function safeProbe<T extends { supported: boolean; detail: string }>(probe: () =
   }
 }
 
-function guarded(group: Check['group'], name: string, since: string | undefined, probe: () => { ok: boolean; detail: string }): Check {
+function guarded(
+  group: Check['group'],
+  name: string,
+  since: string | undefined,
+  probe: () => { ok: boolean; detail: string },
+): Check {
   try {
     const r = probe();
     return { group, name, ok: r.ok, detail: r.detail, ...(since ? { since } : {}) };
   } catch (err) {
-    return { group, name, ok: false, detail: `probe failed: ${(err as Error).message.split('\n')[0]}`, ...(since ? { since } : {}) };
+    return {
+      group,
+      name,
+      ok: false,
+      detail: `probe failed: ${(err as Error).message.split('\n')[0]}`,
+      ...(since ? { since } : {}),
+    };
   }
 }
 
 export function runDoctor(node: CapacityOptions = { bpffs: '/sys/fs/bpf/ambpf' }): DoctorReport {
   const kernel = kernelRelease();
   const checks: Check[] = [];
-  checks.push({ group: 'system', name: 'kernel', ok: versionAtLeast(kernel, MIN_KERNEL), detail: kernel, since: MIN_KERNEL });
-  checks.push({ group: 'system', name: 'BTF', ok: hasKernelBtf(), detail: hasKernelBtf() ? VMLINUX_BTF : `${VMLINUX_BTF} is missing (CONFIG_DEBUG_INFO_BTF)`, since: BTF_SINCE });
+  checks.push({
+    group: 'system',
+    name: 'kernel',
+    ok: versionAtLeast(kernel, MIN_KERNEL),
+    detail: kernel,
+    since: MIN_KERNEL,
+  });
+  checks.push({
+    group: 'system',
+    name: 'BTF',
+    ok: hasKernelBtf(),
+    detail: hasKernelBtf() ? VMLINUX_BTF : `${VMLINUX_BTF} is missing (CONFIG_DEBUG_INFO_BTF)`,
+    since: BTF_SINCE,
+  });
   const bpffs = mountsOf('bpf');
-  checks.push({ group: 'system', name: 'bpffs', ok: bpffs.length > 0, detail: bpffs.length ? bpffs.join(', ') : 'not mounted: mount -t bpf bpf /sys/fs/bpf' });
+  checks.push({
+    group: 'system',
+    name: 'bpffs',
+    ok: bpffs.length > 0,
+    detail: bpffs.length ? bpffs.join(', ') : 'not mounted: mount -t bpf bpf /sys/fs/bpf',
+  });
   const cg2 = mountsOf('cgroup2');
-  checks.push({ group: 'system', name: 'cgroup v2', ok: cg2.length > 0, detail: cg2.length ? cg2.join(', ') : 'no cgroup2 mount in /proc/mounts' });
+  checks.push({
+    group: 'system',
+    name: 'cgroup v2',
+    ok: cg2.length > 0,
+    detail: cg2.length ? cg2.join(', ') : 'no cgroup2 mount in /proc/mounts',
+  });
   for (const f of PROG_FEATURES) {
     checks.push(guarded('program', f.type, f.since, () => ({ ok: probeProgType(f.type), detail: f.why })));
   }
@@ -63,21 +98,43 @@ export function runDoctor(node: CapacityOptions = { bpffs: '/sys/fs/bpf/ambpf' }
   }
   for (const f of HELPER_FEATURES) {
     // libbpf 1.1's helper probe misreads newer verifiers: a real load decides.
-    checks.push(guarded('helper', `${f.helper} in ${f.prog}`, f.since, () => ({ ok: probeHelperByLoad(f.prog, f.helper), detail: `bpf_${f.helper}` })));
+    checks.push(
+      guarded('helper', `${f.helper} in ${f.prog}`, f.since, () => ({
+        ok: probeHelperByLoad(f.prog, f.helper),
+        detail: `bpf_${f.helper}`,
+      })),
+    );
   }
   const tcx: TcxProbe = safeProbe(probeTcx);
-  checks.push({ group: 'link', name: 'tcx', ok: tcx.supported, detail: tcx.detail + (tcx.supported ? '' : ' (ambpf falls back to clsact)'), since: TCX_SINCE });
+  checks.push({
+    group: 'link',
+    name: 'tcx',
+    ok: tcx.supported,
+    detail: tcx.detail + (tcx.supported ? '' : ' (ambpf falls back to clsact)'),
+    since: TCX_SINCE,
+  });
   const skMsgLink: SkMsgLinkProbe = safeProbe(probeSkMsgLink);
   const clang = clangVersion();
   // clang is only needed on a cache miss: an image that ships the objects for its sources has no
   // compiler, and that is fine.
   const prebuilt = clang === null ? findPrebuilt() : undefined;
   checks.push({
-    group: 'tool', name: 'clang', ok: clang !== null || prebuilt !== undefined,
-    detail: clang ?? (prebuilt ? `not installed; prebuilt objects for these sources in ${prebuilt}` : 'not found and no prebuilt objects for these sources: apt-get install clang, or run `ambpf build` where clang exists'),
+    group: 'tool',
+    name: 'clang',
+    ok: clang !== null || prebuilt !== undefined,
+    detail:
+      clang ??
+      (prebuilt
+        ? `not installed; prebuilt objects for these sources in ${prebuilt}`
+        : 'not found and no prebuilt objects for these sources: apt-get install clang, or run `ambpf build` where clang exists'),
   });
   checks.push(...sysctlChecks(), capacityCheck(node));
-  return { kernel, ok: checks.every((c) => c.ok || c.advisory), checks, choices: kernelChoices(kernel, tcx, skMsgLink) };
+  return {
+    kernel,
+    ok: checks.every((c) => c.ok || c.advisory),
+    checks,
+    choices: kernelChoices(kernel, tcx, skMsgLink),
+  };
 }
 
 /** The table printed by `ambpf doctor`. */
@@ -85,7 +142,8 @@ export function renderReport(r: DoctorReport): string {
   const rows = r.checks.map((c) => [c.group, c.name, c.ok ? 'yes' : c.advisory ? 'WARN' : 'MISSING', c.detail]);
   const head = ['GROUP', 'FEATURE', 'PRESENT', 'DETAIL'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: readonly string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
+  const line = (cells: readonly string[]): string =>
+    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
   const out = [line(head), ...rows.map(line)];
   out.push('', `Loader choices on Linux ${r.kernel}:`);
   const w = Math.max(...r.choices.map((c) => c.what.length));
@@ -101,7 +159,10 @@ export function renderReport(r: DoctorReport): string {
   if (missing.length === 0) out.push(`All ${r.checks.length - warned.length} checks passed on Linux ${r.kernel}.`);
   else {
     out.push(`${missing.length} missing:`);
-    for (const c of missing) out.push(`  - ${c.group} ${c.name}${c.since ? ` (needs Linux ${c.since} or newer; this is ${r.kernel})` : ''}: ${c.detail}`);
+    for (const c of missing)
+      out.push(
+        `  - ${c.group} ${c.name}${c.since ? ` (needs Linux ${c.since} or newer; this is ${r.kernel})` : ''}: ${c.detail}`,
+      );
   }
   return out.join('\n') + '\n';
 }

@@ -17,7 +17,8 @@ export function probeSkMsgLink(): SkMsgLinkProbe {
     BpfLink.create(prog.fd, map.fd, 'sk_msg_verdict', 'doctor sk_msg link probe').close();
     return { supported: true, detail: 'sockmap link created on a throwaway sockhash' };
   } catch (err) {
-    if (err instanceof LibbpfError) return { supported: false, detail: `bpf_link_create(BPF_SK_MSG_VERDICT) failed with ${err.code}` };
+    if (err instanceof LibbpfError)
+      return { supported: false, detail: `bpf_link_create(BPF_SK_MSG_VERDICT) failed with ${err.code}` };
     throw err;
   }
 }

@@ -12,12 +12,18 @@ export interface Mount {
 
 /** /proc/mounts parsed (octal escapes such as \040 for spaces decoded). */
 export function readMounts(text = readFileSync('/proc/mounts', 'utf8')): Mount[] {
-  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const unescape = (s: string): string =>
+    s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   return text
     .split('\n')
     .map((l) => l.split(' '))
     .filter((f) => f.length >= 4)
-    .map(([source, target, fstype, options]) => ({ source: unescape(source!), target: unescape(target!), fstype: fstype!, options: options! }));
+    .map(([source, target, fstype, options]) => ({
+      source: unescape(source!),
+      target: unescape(target!),
+      fstype: fstype!,
+      options: options!,
+    }));
 }
 
 /** Mount points of a filesystem type, in mount order. */
@@ -51,7 +57,13 @@ export function hasKernelBtf(): boolean {
 /** clang's version line, or null when it is not installed (clang path: $AMBPF_CLANG or clang). */
 export function clangVersion(clang = process.env['AMBPF_CLANG'] || 'clang'): string | null {
   try {
-    return execFileSync(clang, ['--version'], { encoding: 'utf8', timeout: 30_000, stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')[0]!.trim();
+    return execFileSync(clang, ['--version'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
+      .split('\n')[0]!
+      .trim();
   } catch {
     return null;
   }

@@ -14,7 +14,10 @@ export function probeTcx(): TcxProbe {
   try {
     execFileSync('ip', ['netns', 'add', ns], { stdio: 'ignore', timeout: 10_000 });
   } catch {
-    return { supported: false, detail: 'could not create a throwaway netns to probe (is iproute2 installed, are we root?)' };
+    return {
+      supported: false,
+      detail: 'could not create a throwaway netns to probe (is iproute2 installed, are we root?)',
+    };
   }
   try {
     using prog = RawProgram.load('sched_cls', [MOV64_IMM(0, 0), EXIT()]);
@@ -24,7 +27,8 @@ export function probeTcx(): TcxProbe {
         link.close();
         return { supported: true, detail: 'tcx link created on a throwaway netns' };
       } catch (err) {
-        if (err instanceof LibbpfError) return { supported: false, detail: `bpf_link_create(BPF_TCX_INGRESS) failed with ${err.code}` };
+        if (err instanceof LibbpfError)
+          return { supported: false, detail: `bpf_link_create(BPF_TCX_INGRESS) failed with ${err.code}` };
         throw err;
       }
     });

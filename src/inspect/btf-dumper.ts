@@ -36,7 +36,8 @@ function isprint(c: number): boolean {
 function int128Print(d: BtfDumper, v: bigint): void {
   const upper = v >> 64n;
   const lower = v & 0xffffffffffffffffn;
-  const text = upper === 0n ? `0x${lower.toString(16)}` : `0x${upper.toString(16)}${lower.toString(16).padStart(16, '0')}`;
+  const text =
+    upper === 0n ? `0x${lower.toString(16)}` : `0x${upper.toString(16)}${lower.toString(16).padStart(16, '0')}`;
   d.jw.raw(d.plainText ? text : `"${text}"`);
 }
 
@@ -173,7 +174,8 @@ function dumpEnum64(d: BtfDumper, t: BtfType, data: Uint8Array, off: number): nu
 
 function dumpPtr(d: BtfDumper, data: Uint8Array, off: number): void {
   const v = readLE(data, off, 8);
-  if (d.plainText) d.jw.raw(v === 0n ? '(nil)' : `0x${v.toString(16)}`); // glibc's %p
+  if (d.plainText)
+    d.jw.raw(v === 0n ? '(nil)' : `0x${v.toString(16)}`); // glibc's %p
   else d.jw.raw(String(v));
 }
 

@@ -13,15 +13,23 @@ function toModel(t: BtfTypeInfo): BtfType {
     const enc = (e.signed ? 1 : 0) | (e.char ? 2 : 0) | (e.bool ? 4 : 0);
     Object.assign(extra, { intData: (enc << 24) | (t.int.offset << 16) | t.int.bits });
   }
-  if (t.array) Object.assign(extra, { array: { type: t.array.elemType, indexType: t.array.indexType, nelems: t.array.nelems } });
+  if (t.array)
+    Object.assign(extra, { array: { type: t.array.elemType, indexType: t.array.indexType, nelems: t.array.nelems } });
   if (t.members) {
     // Back to BTF's raw offset word: bpftool decodes it itself according to kind_flag.
-    const members = t.members.map((m) => ({ name: m.name, type: m.type, offset: t.kindFlag ? ((m.bitfieldSize << 24) | m.bitOffset) >>> 0 : m.bitOffset }));
+    const members = t.members.map((m) => ({
+      name: m.name,
+      type: m.type,
+      offset: t.kindFlag ? ((m.bitfieldSize << 24) | m.bitOffset) >>> 0 : m.bitOffset,
+    }));
     Object.assign(extra, { members });
   }
   if (t.enumValues) {
     // bpftool compares an enum's value as __s32, an enum64's as two __u32 halves.
-    const enumValues = t.enumValues.map((v) => ({ name: v.name, value: t.kind === 'enum' ? BigInt.asIntN(32, v.value) : BigInt.asUintN(64, v.value) }));
+    const enumValues = t.enumValues.map((v) => ({
+      name: v.name,
+      value: t.kind === 'enum' ? BigInt.asIntN(32, v.value) : BigInt.asUintN(64, v.value),
+    }));
     Object.assign(extra, { enumValues });
   }
   if (t.vars) Object.assign(extra, { secinfos: t.vars });

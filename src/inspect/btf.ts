@@ -4,9 +4,26 @@
 // Layout: include/uapi/linux/btf.h.
 
 export const BTF_KIND = {
-  UNKN: 0, INT: 1, PTR: 2, ARRAY: 3, STRUCT: 4, UNION: 5, ENUM: 6, FWD: 7, TYPEDEF: 8, VOLATILE: 9,
-  CONST: 10, RESTRICT: 11, FUNC: 12, FUNC_PROTO: 13, VAR: 14, DATASEC: 15, FLOAT: 16, DECL_TAG: 17,
-  TYPE_TAG: 18, ENUM64: 19,
+  UNKN: 0,
+  INT: 1,
+  PTR: 2,
+  ARRAY: 3,
+  STRUCT: 4,
+  UNION: 5,
+  ENUM: 6,
+  FWD: 7,
+  TYPEDEF: 8,
+  VOLATILE: 9,
+  CONST: 10,
+  RESTRICT: 11,
+  FUNC: 12,
+  FUNC_PROTO: 13,
+  VAR: 14,
+  DATASEC: 15,
+  FLOAT: 16,
+  DECL_TAG: 17,
+  TYPE_TAG: 18,
+  ENUM64: 19,
 } as const;
 
 export const BTF_INT_SIGNED = 1;
@@ -112,5 +129,7 @@ export class Btf {
 }
 
 export function isMod(kind: number): boolean {
-  return kind === BTF_KIND.VOLATILE || kind === BTF_KIND.CONST || kind === BTF_KIND.RESTRICT || kind === BTF_KIND.TYPE_TAG;
+  return (
+    kind === BTF_KIND.VOLATILE || kind === BTF_KIND.CONST || kind === BTF_KIND.RESTRICT || kind === BTF_KIND.TYPE_TAG
+  );
 }

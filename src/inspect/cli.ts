@@ -21,8 +21,14 @@ export interface InspectResult {
 
 const SHORT = new Set(['j', 'p', 'f', 'd', 'm', 'n', 'L', 'l']);
 const LONG: readonly [string, string][] = [
-  ['json', 'j'], ['pretty', 'p'], ['bpffs', 'f'], ['mapcompat', 'm'], ['nomount', 'n'], ['debug', 'd'],
-  ['use-loader', 'L'], ['legacy', 'l'],
+  ['json', 'j'],
+  ['pretty', 'p'],
+  ['bpffs', 'f'],
+  ['mapcompat', 'm'],
+  ['nomount', 'n'],
+  ['debug', 'd'],
+  ['use-loader', 'L'],
+  ['legacy', 'l'],
 ];
 
 interface Parsed {
@@ -115,17 +121,34 @@ const MAP_COMMANDS: readonly [string, Handler | null][] = [
   ['list', (c, k, a) => mapShow(c, k, a)],
   ['help', null],
   ['dump', (c, k, a, u) => mapDump(c, k, a.count === 0 ? new Args(DEFAULT_DUMP) : a, u)],
-  ['update', null], ['lookup', mapLookup], ['getnext', mapGetNext], ['delete', null], ['pin', null],
-  ['event_pipe', null], ['create', null], ['peek', mapLookup], ['push', null], ['enqueue', null],
-  ['pop', null], ['dequeue', null], ['freeze', null],
+  ['update', null],
+  ['lookup', mapLookup],
+  ['getnext', mapGetNext],
+  ['delete', null],
+  ['pin', null],
+  ['event_pipe', null],
+  ['create', null],
+  ['peek', mapLookup],
+  ['push', null],
+  ['enqueue', null],
+  ['pop', null],
+  ['dequeue', null],
+  ['freeze', null],
 ];
 
 const PROG_COMMANDS: readonly [string, Handler | null][] = [
   ['show', (c, k, a) => progShow(c, k, a)],
   ['list', (c, k, a) => progShow(c, k, a)],
   ['help', null],
-  ['dump', null], ['pin', null], ['load', null], ['loadall', null], ['attach', null], ['detach', null],
-  ['tracelog', null], ['run', null], ['profile', null],
+  ['dump', null],
+  ['pin', null],
+  ['load', null],
+  ['loadall', null],
+  ['attach', null],
+  ['detach', null],
+  ['tracelog', null],
+  ['run', null],
+  ['profile', null],
 ];
 
 function printHelp(ctx: InspectContext, kind: ObjectKind): void {

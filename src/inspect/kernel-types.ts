@@ -92,7 +92,9 @@ export function isErrno(v: unknown): v is number {
  */
 export function carryOverMapInfo(prev: MapInfo | null, cur: MapInfo): MapInfo {
   if (!prev) return cur;
-  const btf = cur.btfId ? {} : { btfId: prev.btfId, btfKeyTypeId: prev.btfKeyTypeId, btfValueTypeId: prev.btfValueTypeId };
+  const btf = cur.btfId
+    ? {}
+    : { btfId: prev.btfId, btfKeyTypeId: prev.btfKeyTypeId, btfValueTypeId: prev.btfValueTypeId };
   const dev = cur.ifindex ? {} : { ifindex: prev.ifindex, netnsDev: prev.netnsDev, netnsIno: prev.netnsIno };
   return { ...cur, ...btf, ...dev };
 }

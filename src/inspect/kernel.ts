@@ -2,7 +2,16 @@
 // each call is turned back into "value or -errno" here.
 // BTF comes from libbpf-ts's Btf (btf-libbpf.ts).
 import {
-  BpfMap, LibbpfError, bootEpochParts, fdById, listIds, mapInfoByFd, numPossibleCpus, openPinnedFd, progFuncInfo, progInfoByFd,
+  BpfMap,
+  LibbpfError,
+  bootEpochParts,
+  fdById,
+  listIds,
+  mapInfoByFd,
+  numPossibleCpus,
+  openPinnedFd,
+  progFuncInfo,
+  progInfoByFd,
 } from '../libbpf/index.ts';
 import { closeSync } from 'node:fs';
 import type { Btf } from './btf.ts';

@@ -55,7 +55,14 @@ function dumpBtf(k: InspectKernel, d: BtfDumper, info: MapInfo, key: Uint8Array,
   return ret;
 }
 
-function entryJson(ctx: InspectContext, k: InspectKernel, info: MapInfo, key: Uint8Array, value: Uint8Array, btf: Btf | null): void {
+function entryJson(
+  ctx: InspectContext,
+  k: InspectKernel,
+  info: MapInfo,
+  key: Uint8Array,
+  value: Uint8Array,
+  btf: Btf | null,
+): void {
   const w = ctx.w;
   w.startObject();
   w.name('key');
@@ -128,7 +135,9 @@ function entryError(ctx: InspectContext, info: MapInfo, key: Uint8Array, errno: 
   else if (errno === ENOSPC && info.type === MAP_TYPE.REUSEPORT_SOCKARRAY) msg = '<cannot read>';
   const breakNames = info.keySize > 16 || msg.length > 16;
   const singleLine = info.keySize + msg.length <= 24 && !breakNames;
-  ctx.out(`key:${breakNames ? '\n' : ' '}${formatHex(key)}${singleLine ? '  ' : '\n'}value:${breakNames ? '\n' : ' '}${msg}\n`);
+  ctx.out(
+    `key:${breakNames ? '\n' : ' '}${formatHex(key)}${singleLine ? '  ' : '\n'}value:${breakNames ? '\n' : ' '}${msg}\n`,
+  );
 }
 
 /** get_map_kv_btf: the map's BTF when it has a value type; null without; undefined after an error. */
@@ -149,7 +158,14 @@ function mapKvBtf(ctx: InspectContext, k: InspectKernel, info: MapInfo): Btf | n
 }
 
 /** One map's elements. `wtr` is the -j writer, the plain-BTF writer, or null for raw hex. */
-function dumpOne(ctx: InspectContext, k: InspectKernel, fd: number, info: MapInfo, wtr: JsonWriter | null, showHeader: boolean): number {
+function dumpOne(
+  ctx: InspectContext,
+  k: InspectKernel,
+  fd: number,
+  info: MapInfo,
+  wtr: JsonWriter | null,
+  showHeader: boolean,
+): number {
   let btf: Btf | null = null;
   if (wtr) {
     const b = mapKvBtf(ctx, k, info);

@@ -141,7 +141,8 @@ export function mapShow(ctx: InspectContext, k: InspectKernel, args: Args): numb
     const next = k.mapGetNextId(id);
     if (next < 0) {
       lastErrno = -next;
-      if (lastErrno !== ENOENT) ctx.err(`can't get next map: ${strerror(lastErrno)}${lastErrno === EINVAL ? ' -- kernel too old?' : ''}`);
+      if (lastErrno !== ENOENT)
+        ctx.err(`can't get next map: ${strerror(lastErrno)}${lastErrno === EINVAL ? ' -- kernel too old?' : ''}`);
       break;
     }
     id = next;

@@ -7,7 +7,11 @@ function ifnameInOurNetns(ifindex: number, nsDev: bigint, nsIno: bigint): string
   try {
     const st = statSync('/proc/self/ns/net', { bigint: true });
     // bpftool compares through 32-bit parameters; the values fit.
-    if (BigInt.asUintN(32, st.dev) !== BigInt.asUintN(32, nsDev) || BigInt.asUintN(32, st.ino) !== BigInt.asUintN(32, nsIno)) return undefined;
+    if (
+      BigInt.asUintN(32, st.dev) !== BigInt.asUintN(32, nsDev) ||
+      BigInt.asUintN(32, st.ino) !== BigInt.asUintN(32, nsIno)
+    )
+      return undefined;
     for (const name of readdirSync('/sys/class/net')) {
       if (Number(readFileSync(`/sys/class/net/${name}/ifindex`, 'latin1').trim()) === ifindex) return name;
     }

@@ -45,7 +45,10 @@ function mapIds(k: InspectKernel, fd: number, info: ProgInfo): number[] {
 }
 
 /** find_metadata + the BTF of its .rodata map: the bpf_metadata_* variables and their bytes. */
-function findMetadata(k: InspectKernel, ids: readonly number[]): { vars: { name: string; type: number; offset: number }[]; value: Uint8Array; btfId: number } | null {
+function findMetadata(
+  k: InspectKernel,
+  ids: readonly number[],
+): { vars: { name: string; type: number; offset: number }[]; value: Uint8Array; btfId: number } | null {
   for (const id of ids) {
     const mfd = k.mapFdById(id);
     if (mfd < 0) return null;
@@ -54,7 +57,13 @@ function findMetadata(k: InspectKernel, ids: readonly number[]): { vars: { name:
       k.close(mfd);
       return null;
     }
-    if (mi.type !== 2 /* array */ || mi.keySize !== 4 || mi.maxEntries !== 1 || !mi.btfValueTypeId || !mi.name.includes('.rodata')) {
+    if (
+      mi.type !== 2 /* array */ ||
+      mi.keySize !== 4 ||
+      mi.maxEntries !== 1 ||
+      !mi.btfValueTypeId ||
+      !mi.name.includes('.rodata')
+    ) {
       k.close(mfd);
       continue;
     }
@@ -68,7 +77,8 @@ function findMetadata(k: InspectKernel, ids: readonly number[]): { vars: { name:
     const vars: { name: string; type: number; offset: number }[] = [];
     for (const vsi of sec.secinfos ?? []) {
       const v = btf.typeById(vsi.type);
-      if (v && v.name.startsWith(METADATA_PREFIX)) vars.push({ name: v.name.slice(METADATA_PREFIX.length), type: v.sizeOrType, offset: vsi.offset });
+      if (v && v.name.startsWith(METADATA_PREFIX))
+        vars.push({ name: v.name.slice(METADATA_PREFIX.length), type: v.sizeOrType, offset: vsi.offset });
     }
     return { vars, value, btfId: mi.btfId };
   }
@@ -110,7 +120,13 @@ function showMetadata(ctx: InspectContext, k: InspectKernel, ids: readonly numbe
   }
 }
 
-function printPlain(ctx: InspectContext, k: InspectKernel, fd: number, info: ProgInfo, pinned: Map<number, string[]> | null): void {
+function printPlain(
+  ctx: InspectContext,
+  k: InspectKernel,
+  fd: number,
+  info: ProgInfo,
+  pinned: Map<number, string[]> | null,
+): void {
   const t = progTypeName(info.type);
   let s = `${info.id}: ${t !== undefined ? `${t}  ` : `type ${info.type}  `}`;
   if (info.name) s += `name ${progFullName(k, info, fd)}  `;
@@ -135,7 +151,13 @@ function printPlain(ctx: InspectContext, k: InspectKernel, fd: number, info: Pro
   showMetadata(ctx, k, ids);
 }
 
-function printJson(ctx: InspectContext, k: InspectKernel, fd: number, info: ProgInfo, pinned: Map<number, string[]> | null): void {
+function printJson(
+  ctx: InspectContext,
+  k: InspectKernel,
+  fd: number,
+  info: ProgInfo,
+  pinned: Map<number, string[]> | null,
+): void {
   const w = ctx.w;
   w.startObject();
   w.intField('id', info.id);

@@ -130,7 +130,15 @@ function fdsMatching<I>(
 
 function mapFdsByName(ctx: InspectContext, k: InspectKernel, name: string): number[] | null {
   const want = name.slice(0, BPF_OBJ_NAME_LEN);
-  return fdsMatching(ctx, 'map', (id) => k.mapGetNextId(id), (id) => k.mapFdById(id), (fd) => k.mapInfo(fd), (info) => info.name === want, (fd) => k.close(fd));
+  return fdsMatching(
+    ctx,
+    'map',
+    (id) => k.mapGetNextId(id),
+    (id) => k.mapFdById(id),
+    (fd) => k.mapInfo(fd),
+    (info) => info.name === want,
+    (fd) => k.close(fd),
+  );
 }
 
 /** bpftool's map_parse_fds. `args` is positioned on the selector keyword. */
@@ -182,7 +190,11 @@ export function mapParseFd(ctx: InspectContext, k: InspectKernel, args: Args): n
  * bpftool's get_prog_full_name: the kernel keeps 15 characters of a name; when it is that long,
  * the full name comes from the program's BTF FUNC record.
  */
-export function progFullName(k: InspectKernel, info: { name: string; btfId: number; nrFuncInfo: number; funcInfoRecSize: number }, fd: number): string {
+export function progFullName(
+  k: InspectKernel,
+  info: { name: string; btfId: number; nrFuncInfo: number; funcInfoRecSize: number },
+  fd: number,
+): string {
   if (Buffer.byteLength(info.name, 'latin1') < BPF_OBJ_NAME_LEN - 1) return info.name;
   if (!info.btfId || info.nrFuncInfo === 0) return info.name;
   const typeId = k.progFirstFuncTypeId(fd, Math.min(info.funcInfoRecSize, 8));
@@ -194,10 +206,20 @@ export function progFullName(k: InspectKernel, info: { name: string; btfId: numb
   return t.name.slice(0, MAX_PROG_FULL_NAME - 1);
 }
 
-function progFdsByNameTag(ctx: InspectContext, k: InspectKernel, match: { tag?: Uint8Array; name?: string }): number[] | null {
+function progFdsByNameTag(
+  ctx: InspectContext,
+  k: InspectKernel,
+  match: { tag?: Uint8Array; name?: string },
+): number[] | null {
   return fdsMatching(
-    ctx, 'prog', (id) => k.progGetNextId(id), (id) => k.progFdById(id), (fd) => k.progInfo(fd),
-    (info, fd) => (!match.tag || Buffer.from(match.tag).equals(Buffer.from(info.tag))) && (match.name === undefined || progFullName(k, info, fd) === match.name),
+    ctx,
+    'prog',
+    (id) => k.progGetNextId(id),
+    (id) => k.progFdById(id),
+    (fd) => k.progInfo(fd),
+    (info, fd) =>
+      (!match.tag || Buffer.from(match.tag).equals(Buffer.from(info.tag))) &&
+      (match.name === undefined || progFullName(k, info, fd) === match.name),
     (fd) => k.close(fd),
   );
 }

@@ -16,7 +16,11 @@ export interface Matrix {
 }
 
 /** Everything the test and the CLI need from a results directory. */
-export function loadMatrix(dir: string, kernels: readonly string[], packages: ReadonlyMap<string, string> = new Map()): Matrix {
+export function loadMatrix(
+  dir: string,
+  kernels: readonly string[],
+  packages: ReadonlyMap<string, string> = new Map(),
+): Matrix {
   const runs = kernels.map((k) => {
     const file = join(dir, `${k}.log`);
     return parseConsole(k, existsSync(file) ? readFileSync(file, 'utf8') : '');

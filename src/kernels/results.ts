@@ -56,7 +56,14 @@ function entry(run: KernelRun, object: string, program: string): ProgramResult {
 }
 
 export function parseConsole(kernel: string, text: string): KernelRun {
-  const run: KernelRun = { kernel, release: undefined, done: false, setupErrors: [], programs: new Map(), consoleTail: [] };
+  const run: KernelRun = {
+    kernel,
+    release: undefined,
+    done: false,
+    setupErrors: [],
+    programs: new Map(),
+    consoleTail: [],
+  };
   const lines = text.split(/\r?\n/);
   run.consoleTail.push(...lines.filter((l) => l.trim() !== '').slice(-15));
   for (const raw of lines) {
@@ -87,7 +94,8 @@ export function parseConsole(kernel: string, text: string): KernelRun {
 }
 
 /** Verifier noise that never explains a rejection. */
-const NOISE = /^(processed \d+ insns|verification time|stack depth|-- (BEGIN|END) PROG LOAD LOG --|libbpf: prog '[^']*': failed to load)/;
+const NOISE =
+  /^(processed \d+ insns|verification time|stack depth|-- (BEGIN|END) PROG LOAD LOG --|libbpf: prog '[^']*': failed to load)/;
 
 /** The one line that says why: the last informative verifier/libbpf line. */
 export function failureReason(p: ProgramResult): string {

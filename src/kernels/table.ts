@@ -71,7 +71,10 @@ export function renderMarkdown({ runs, rows, packages, problems }: RenderInput):
   const func = rows.filter((r) => r.object !== SELFTEST_OBJECT && r.kind === 'func');
   const selftest = rows.filter((r) => r.object === SELFTEST_OBJECT);
   const kernels = runs.map((r) => {
-    const src = r.kernel === 'host' ? 'the host kernel, in a throwaway netns and cgroup' : `Debian \`${packages.get(r.kernel) ?? '?'}\` under qemu (TCG)`;
+    const src =
+      r.kernel === 'host'
+        ? 'the host kernel, in a throwaway netns and cgroup'
+        : `Debian \`${packages.get(r.kernel) ?? '?'}\` under qemu (TCG)`;
     return `| ${r.kernel} | \`${r.release ?? 'did not boot'}\` | ${src} |`;
   });
   return [
@@ -83,8 +86,8 @@ export function renderMarkdown({ runs, rows, packages, problems }: RenderInput):
     'prog_attach to the sockhash; cgroup and netns links), then the programs are loaded together for the',
     'functional checks with real sockets, one topology at a time: **node** (`ambpf_sock`, `ambpf_skmsg`,',
     '`ambpf_inbound`: ztunnel at 198.18.0.1 in another netns) and **inpod** (`ambpf_inpod` alone, with',
-    '`AMBPF_CFG_INPOD`: ztunnel\'s listeners on 127.0.0.1 in the pod\'s netns, the 15001 one tagged with the',
-    'pod\'s netns cookie as the loader tags it). How it works: `kernels/README.md`.',
+    "`AMBPF_CFG_INPOD`: ztunnel's listeners on 127.0.0.1 in the pod's netns, the 15001 one tagged with the",
+    "pod's netns cookie as the loader tags it). How it works: `kernels/README.md`.",
     '',
     '| kernel | release | source |',
     '|---|---|---|',

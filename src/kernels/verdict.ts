@@ -49,7 +49,10 @@ export function selftestExpectation(program: string, v: [number, number]): { pas
 
 function programCell(run: KernelRun, p: ProgramResult | undefined): { pass: boolean; text: string } {
   if (!p) {
-    return { pass: false, text: run.done ? 'no result' : `guest did not report: ${run.consoleTail.at(-1) ?? 'no output'}` };
+    return {
+      pass: false,
+      text: run.done ? 'no result' : `guest did not report: ${run.consoleTail.at(-1) ?? 'no output'}`,
+    };
   }
   if (p.func) return { pass: p.func.status === 'ok', text: p.func.detail };
   if (p.load?.status !== 'ok') {
@@ -69,7 +72,13 @@ export function buildRows(runs: readonly KernelRun[]): Row[] {
     for (const [key, p] of run.programs) {
       if (!p.load && !p.attach && !p.func) continue; // VLOG-only entries (setup noise)
       if (!rows.has(key)) {
-        rows.set(key, { key, object: p.object, program: p.program, kind: p.func ? 'func' : 'program', cells: new Map() });
+        rows.set(key, {
+          key,
+          object: p.object,
+          program: p.program,
+          kind: p.func ? 'func' : 'program',
+          cells: new Map(),
+        });
       }
     }
   }
@@ -94,7 +103,8 @@ export function buildRows(runs: readonly KernelRun[]): Row[] {
 export function problems(runs: readonly KernelRun[], rows: readonly Row[]): string[] {
   const out: string[] = [];
   for (const run of runs) {
-    if (!run.done) out.push(`${run.kernel}: the checker did not finish (last console line: ${run.consoleTail.at(-1) ?? 'none'})`);
+    if (!run.done)
+      out.push(`${run.kernel}: the checker did not finish (last console line: ${run.consoleTail.at(-1) ?? 'none'})`);
     for (const e of run.setupErrors) out.push(`${run.kernel}: ${e}`);
   }
   for (const row of rows) {

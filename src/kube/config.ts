@@ -36,7 +36,10 @@ function fromFile(path: string): KubeConfig {
   }
   const cluster = kc.getCurrentCluster();
   if (!cluster) {
-    throw new KubeConfigError(`kubeconfig ${path} has no usable cluster for its current context "${kc.getCurrentContext()}"`, { path });
+    throw new KubeConfigError(
+      `kubeconfig ${path} has no usable cluster for its current context "${kc.getCurrentContext()}"`,
+      { path },
+    );
   }
   return kc;
 }
@@ -45,12 +48,17 @@ function inCluster(dir: string, env: NodeJS.ProcessEnv): KubeConfig {
   const host = env['KUBERNETES_SERVICE_HOST'];
   const port = env['KUBERNETES_SERVICE_PORT'];
   if (!host || !port) {
-    throw new KubeConfigError('--in-cluster needs KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT, which Kubernetes sets in every pod; they are not set here');
+    throw new KubeConfigError(
+      '--in-cluster needs KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT, which Kubernetes sets in every pod; they are not set here',
+    );
   }
   const tokenFile = join(dir, 'token');
   const caFile = join(dir, 'ca.crt');
   for (const f of [tokenFile, caFile]) {
-    if (!existsSync(f)) throw new KubeConfigError(`--in-cluster: ${f} is missing; is a service account token mounted into this pod?`, { path: f });
+    if (!existsSync(f))
+      throw new KubeConfigError(`--in-cluster: ${f} is missing; is a service account token mounted into this pod?`, {
+        path: f,
+      });
   }
   const hostPart = host.includes(':') ? `[${host}]` : host;
   const kc = new ServiceAccountKubeConfig(tokenFile);

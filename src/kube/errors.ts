@@ -15,7 +15,13 @@ export class KubeApiError extends AmbpfError {
   readonly statusCode: number;
   /** The Status object's reason (Expired, Unauthorized, InternalError, ...), when the server sent one. */
   readonly reason: string | undefined;
-  constructor(message: string, code: number, reason: string | undefined, url: string, options: { cause?: unknown } = {}) {
+  constructor(
+    message: string,
+    code: number,
+    reason: string | undefined,
+    url: string,
+    options: { cause?: unknown } = {},
+  ) {
     super(message, { url, code, reason }, options);
     this.code = code;
     this.statusCode = code;
@@ -43,7 +49,8 @@ export function reasonOf(err: unknown): string {
     const status = httpStatusOf(err);
     const code = (err as { code?: unknown }).code;
     const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
-    const detail = typeof code === 'string' ? ` [${code}]` : cause && typeof cause.code === 'string' ? ` [${cause.code}]` : '';
+    const detail =
+      typeof code === 'string' ? ` [${code}]` : cause && typeof cause.code === 'string' ? ` [${cause.code}]` : '';
     return `${status !== undefined && !(err instanceof KubeApiError) ? `HTTP ${status} ` : ''}${err.message}${detail}`;
   }
   return String(err);

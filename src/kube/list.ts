@@ -37,9 +37,11 @@ export async function listRaw(kc: KubeConfig, path: string, query: ListQuery): P
     params.set('limit', String(query.pageSize));
     if (cont) params.set('continue', cont);
     const page = (await getJson(kc, `${path}?${params.toString()}`, query.timeoutMs)) as Page;
-    if (!Array.isArray(page.items)) throw new KubeApiError(`list of ${path} returned no items array`, 200, undefined, path);
+    if (!Array.isArray(page.items))
+      throw new KubeApiError(`list of ${path} returned no items array`, 200, undefined, path);
     items.push(...page.items);
-    resourceVersion = typeof page.metadata?.resourceVersion === 'string' ? page.metadata.resourceVersion : resourceVersion;
+    resourceVersion =
+      typeof page.metadata?.resourceVersion === 'string' ? page.metadata.resourceVersion : resourceVersion;
     cont = typeof page.metadata?.continue === 'string' ? page.metadata.continue : '';
   } while (cont !== '');
   return { metadata: resourceVersion === undefined ? {} : { resourceVersion }, items };
@@ -49,14 +51,23 @@ async function getJson(kc: KubeConfig, pathAndQuery: string, timeoutMs: number):
   const cluster = kc.getCurrentCluster();
   if (!cluster) throw new KubeApiError('the kubeconfig has no current cluster', 0, undefined, pathAndQuery);
   const url = new URL(cluster.server.replace(/\/$/, '') + pathAndQuery);
-  const opts: RequestOptions & { headers: Record<string, string> } = { method: 'GET', headers: { Accept: 'application/json' } };
+  const opts: RequestOptions & { headers: Record<string, string> } = {
+    method: 'GET',
+    headers: { Accept: 'application/json' },
+  };
   await kc.applyToHTTPSOptions(opts);
   const send = url.protocol === 'http:' ? httpRequest : httpsRequest;
   return new Promise((resolve, reject) => {
     const req = send(url, { ...opts, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('error', (err) => reject(new KubeApiError(`reading the list from ${url.origin} failed: ${err.message}`, 0, undefined, url.href, { cause: err })));
+      res.on('error', (err) =>
+        reject(
+          new KubeApiError(`reading the list from ${url.origin} failed: ${err.message}`, 0, undefined, url.href, {
+            cause: err,
+          }),
+        ),
+      );
       res.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8');
         const code = res.statusCode ?? 0;
@@ -71,7 +82,17 @@ async function getJson(kc: KubeConfig, pathAndQuery: string, timeoutMs: number):
       });
     });
     req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.on('error', (err) => reject(new KubeApiError(`cannot reach the Kubernetes API server at ${url.origin}: ${err.message}`, 0, undefined, url.href, { cause: err })));
+    req.on('error', (err) =>
+      reject(
+        new KubeApiError(
+          `cannot reach the Kubernetes API server at ${url.origin}: ${err.message}`,
+          0,
+          undefined,
+          url.href,
+          { cause: err },
+        ),
+      ),
+    );
     req.end();
   });
 }
@@ -83,8 +104,18 @@ function statusError(code: number, body: unknown, text: string, url: URL): KubeA
   if (code === 401 || code === 403) {
     return new KubeAuthError(
       `the Kubernetes API server at ${url.origin} rejected ambpf's credentials (${code} ${reason ?? ''}: ${message}); ` +
-        (code === 401 ? 'check the token or client certificate in the kubeconfig or service account' : 'grant list/watch on pods and namespaces to ambpf\'s service account'),
-      code, reason, url.href);
+        (code === 401
+          ? 'check the token or client certificate in the kubeconfig or service account'
+          : "grant list/watch on pods and namespaces to ambpf's service account"),
+      code,
+      reason,
+      url.href,
+    );
   }
-  return new KubeApiError(`listing ${url.pathname} on ${url.origin} failed with ${code}${reason ? ` ${reason}` : ''}: ${message}`, code, reason, url.href);
+  return new KubeApiError(
+    `listing ${url.pathname} on ${url.origin} failed with ${code}${reason ? ` ${reason}` : ''}: ${message}`,
+    code,
+    reason,
+    url.href,
+  );
 }

@@ -5,7 +5,17 @@
 //  - a staleness watchdog: no event or bookmark within `staleAfterMs` -> throw the watch away, relist;
 //  - watches ask for bookmarks and a server-side timeout (ListWatch sets neither), so a quiet
 //    resource still proves the stream is alive and streams are renewed now and then.
-import { ADD, DELETE, ERROR, ListWatch, UPDATE, Watch, type KubeConfig, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
+import {
+  ADD,
+  DELETE,
+  ERROR,
+  ListWatch,
+  UPDATE,
+  Watch,
+  type KubeConfig,
+  type KubernetesListObject,
+  type KubernetesObject,
+} from '@kubernetes/client-node';
 import type { Logger } from '../log.ts';
 import type { KubeObjectLike } from '../sources/types.ts';
 import { backoffDelay, type BackoffPolicy } from './backoff.ts';
@@ -50,7 +60,8 @@ function malformed(type: unknown, obj: unknown): string | undefined {
   if (type === 'ERROR') return undefined;
   const meta = (obj as { metadata?: unknown }).metadata;
   if (meta === null || typeof meta !== 'object') return 'object without metadata';
-  if (type !== 'BOOKMARK' && typeof (meta as { name?: unknown }).name !== 'string') return 'object without metadata.name';
+  if (type !== 'BOOKMARK' && typeof (meta as { name?: unknown }).name !== 'string')
+    return 'object without metadata.name';
   return undefined;
 }
 
@@ -62,8 +73,12 @@ class TappedWatch extends Watch {
   private readonly extra: () => Record<string, string | number | boolean>;
   private readonly tap: (type: string, obj: unknown) => void;
   private readonly reject: (why: string, raw: unknown) => void;
-  constructor(kc: KubeConfig, extra: () => Record<string, string | number | boolean>, tap: (type: string, obj: unknown) => void,
-    reject: (why: string, raw: unknown) => void) {
+  constructor(
+    kc: KubeConfig,
+    extra: () => Record<string, string | number | boolean>,
+    tap: (type: string, obj: unknown) => void,
+    reject: (why: string, raw: unknown) => void,
+  ) {
     super(kc);
     this.extra = extra;
     this.tap = tap;
@@ -75,12 +90,17 @@ class TappedWatch extends Watch {
     callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
     done: (err: unknown) => void,
   ): Promise<AbortController> {
-    return super.watch(path, { ...queryParams, ...this.extra() }, (phase, obj, raw) => {
-      const why = malformed(phase, obj);
-      if (why !== undefined) return this.reject(why, raw);
-      this.tap(phase, obj);
-      callback(phase, obj, raw);
-    }, done);
+    return super.watch(
+      path,
+      { ...queryParams, ...this.extra() },
+      (phase, obj, raw) => {
+        const why = malformed(phase, obj);
+        if (why !== undefined) return this.reject(why, raw);
+        this.tap(phase, obj);
+        callback(phase, obj, raw);
+      },
+      done,
+    );
   }
 }
 
@@ -128,8 +148,10 @@ export class Reflector {
     if (this.stopped || this.restartTimer) return;
     const silentMs = this.now() - this.lastHeardAt;
     if (silentMs <= this.opts.staleAfterMs) return;
-    this.opts.log.warn({ resource: this.opts.resource, silentMs, staleAfterMs: this.opts.staleAfterMs },
-      'watch restart: no event or bookmark within the staleness bound; relisting');
+    this.opts.log.warn(
+      { resource: this.opts.resource, silentMs, staleAfterMs: this.opts.staleAfterMs },
+      'watch restart: no event or bookmark within the staleness bound; relisting',
+    );
     this.counters.watchRestarts++;
     this.spawn();
   }
@@ -153,22 +175,33 @@ export class Reflector {
     if (previous) void previous.stop();
     this.lastHeardAt = this.now();
     const o = this.opts;
-    const watch = new TappedWatch(o.kubeConfig,
-      () => ({ allowWatchBookmarks: true, timeoutSeconds: o.watchTimeoutSeconds + Math.floor(Math.random() * o.watchTimeoutSeconds) }),
+    const watch = new TappedWatch(
+      o.kubeConfig,
+      () => ({
+        allowWatchBookmarks: true,
+        timeoutSeconds: o.watchTimeoutSeconds + Math.floor(Math.random() * o.watchTimeoutSeconds),
+      }),
       (type, obj) => {
         if (gen === this.generation) this.heard(type, obj);
       },
       (why, raw) => {
         this.counters.errors++;
-        o.log.error({ resource: o.resource, why, event: JSON.stringify(raw)?.slice(0, 200) }, 'malformed watch event skipped');
-      });
+        o.log.error(
+          { resource: o.resource, why, event: JSON.stringify(raw)?.slice(0, 200) },
+          'malformed watch event skipped',
+        );
+      },
+    );
     // client-node's own inactivity timeout aborts a stalled request; keep it behind the watchdog,
     // which relists, so it only cleans up connections the watchdog already gave up on.
     // (The field is public in the JavaScript but declared private in the typings.)
     (watch as unknown as { requestTimeoutMs: number }).requestTimeoutMs = Math.max(2 * o.staleAfterMs, 1000);
     const list = async (): Promise<KubernetesListObject<KubernetesObject>> => {
       const result = await listRaw(o.kubeConfig, o.path, {
-        fieldSelector: o.fieldSelector, labelSelector: o.labelSelector, pageSize: o.pageSize, timeoutMs: o.listTimeoutMs,
+        fieldSelector: o.fieldSelector,
+        labelSelector: o.labelSelector,
+        pageSize: o.pageSize,
+        timeoutMs: o.listTimeoutMs,
       });
       const items = result.items.filter((item) => this.usable(item));
       if (gen === this.generation) this.listed(lw, items.length);
@@ -223,7 +256,10 @@ export class Reflector {
     const name = meta !== null && typeof meta === 'object' ? (meta as { name?: unknown }).name : undefined;
     if (typeof name === 'string' && name !== '') return true;
     this.counters.errors++;
-    this.opts.log.error({ resource: this.opts.resource, item: JSON.stringify(item)?.slice(0, 200) }, 'listed object has no metadata.name; skipped');
+    this.opts.log.error(
+      { resource: this.opts.resource, item: JSON.stringify(item)?.slice(0, 200) },
+      'listed object has no metadata.name; skipped',
+    );
     return false;
   }
 
@@ -233,8 +269,10 @@ export class Reflector {
       // 410 itself; other codes come back through `failed` when the stream closes.
       this.counters.errors++;
       const st = (obj ?? {}) as { code?: unknown; reason?: unknown; message?: unknown };
-      this.opts.log.warn({ resource: this.opts.resource, code: st.code, reason: st.reason, message: st.message },
-        st.code === 410 ? 'watch expired (410 Gone); relisting' : 'watch returned an error event');
+      this.opts.log.warn(
+        { resource: this.opts.resource, code: st.code, reason: st.reason, message: st.message },
+        st.code === 410 ? 'watch expired (410 Gone); relisting' : 'watch returned an error event',
+      );
       return;
     }
     this.lastHeardAt = this.now();
@@ -258,10 +296,23 @@ export class Reflector {
     const status = httpStatusOf(err);
     // Refused after a good start (a revoked role binding, a token the server no longer takes): say
     // what to fix, and keep retrying with backoff, serving the last good state meanwhile.
-    const hint = status === 403 ? `forbidden: grant list/watch on ${this.opts.resource} to ambpf's service account`
-      : status === 401 ? 'unauthorized: the API server refused the token (rotated or revoked)' : undefined;
-    this.opts.log.warn({ resource: this.opts.resource, reason: reasonOf(err), status, ...(hint ? { hint } : {}), delayMs, attempt: this.attempt },
-      'watch restart after error');
+    const hint =
+      status === 403
+        ? `forbidden: grant list/watch on ${this.opts.resource} to ambpf's service account`
+        : status === 401
+          ? 'unauthorized: the API server refused the token (rotated or revoked)'
+          : undefined;
+    this.opts.log.warn(
+      {
+        resource: this.opts.resource,
+        reason: reasonOf(err),
+        status,
+        ...(hint ? { hint } : {}),
+        delayMs,
+        attempt: this.attempt,
+      },
+      'watch restart after error',
+    );
     if (this.restartTimer) clearTimeout(this.restartTimer);
     const gen = this.generation;
     this.restartTimer = setTimeout(() => {

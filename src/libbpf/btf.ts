@@ -7,8 +7,26 @@ import type { BpfObject } from './object.ts';
 import { btfInfoByFd, withFdById } from './info.ts';
 
 export const BTF_KINDS = [
-  'unknown', 'int', 'ptr', 'array', 'struct', 'union', 'enum', 'fwd', 'typedef', 'volatile', 'const', 'restrict',
-  'func', 'func_proto', 'var', 'datasec', 'float', 'decl_tag', 'type_tag', 'enum64',
+  'unknown',
+  'int',
+  'ptr',
+  'array',
+  'struct',
+  'union',
+  'enum',
+  'fwd',
+  'typedef',
+  'volatile',
+  'const',
+  'restrict',
+  'func',
+  'func_proto',
+  'var',
+  'datasec',
+  'float',
+  'decl_tag',
+  'type_tag',
+  'enum64',
 ] as const;
 export type BtfKindName = (typeof BTF_KINDS)[number];
 
@@ -151,14 +169,15 @@ export class Btf extends Handle {
   type(id: number): BtfTypeInfo {
     if (id === 0) return { id: 0, kind: 'unknown', name: 'void', vlen: 0, kindFlag: false };
     const ptr = raw.btf__type_by_id(this.#p(), id) as Ptr | null;
-    if (!ptr) throw new LibbpfError('btf__type_by_id', lastErrno() || 22, { hint: `no BTF type id ${id} in ${this.#label}` });
+    if (!ptr)
+      throw new LibbpfError('btf__type_by_id', lastErrno() || 22, { hint: `no BTF type id ${id} in ${this.#label}` });
     const head = readBytes(ptr, HEADER);
     const nameOff = head.readUInt32LE(0);
     const info = head.readUInt32LE(4);
     const sizeOrType = head.readUInt32LE(8);
     const vlen = info & 0xffff;
     const kind = BTF_KINDS[(info >>> 24) & 0x1f] ?? 'unknown';
-    const kindFlag = (info >>> 31) === 1;
+    const kindFlag = info >>> 31 === 1;
     const t: BtfTypeInfo = { id, kind, name: this.nameOf(nameOff), vlen, kindFlag };
     if (SIZED.has(kind)) t.size = sizeOrType;
     else t.type = sizeOrType;
@@ -167,7 +186,11 @@ export class Btf extends Handle {
       case 'int': {
         const v = extra(4).readUInt32LE(0);
         const enc = (v >>> 24) & 0x0f;
-        t.int = { encoding: { signed: (enc & 1) !== 0, char: (enc & 2) !== 0, bool: (enc & 4) !== 0 }, offset: (v >>> 16) & 0xff, bits: v & 0xff };
+        t.int = {
+          encoding: { signed: (enc & 1) !== 0, char: (enc & 2) !== 0, bool: (enc & 4) !== 0 },
+          offset: (v >>> 16) & 0xff,
+          bits: v & 0xff,
+        };
         break;
       }
       case 'array': {
@@ -209,7 +232,10 @@ export class Btf extends Handle {
       }
       case 'func_proto': {
         const b = extra(vlen * 8);
-        t.params = Array.from({ length: vlen }, (_, i) => ({ name: this.nameOf(b.readUInt32LE(i * 8)), type: b.readUInt32LE(i * 8 + 4) }));
+        t.params = Array.from({ length: vlen }, (_, i) => ({
+          name: this.nameOf(b.readUInt32LE(i * 8)),
+          type: b.readUInt32LE(i * 8 + 4),
+        }));
         break;
       }
       case 'var':
@@ -217,7 +243,11 @@ export class Btf extends Handle {
         break;
       case 'datasec': {
         const b = extra(vlen * 12);
-        t.vars = Array.from({ length: vlen }, (_, i) => ({ type: b.readUInt32LE(i * 12), offset: b.readUInt32LE(i * 12 + 4), size: b.readUInt32LE(i * 12 + 8) }));
+        t.vars = Array.from({ length: vlen }, (_, i) => ({
+          type: b.readUInt32LE(i * 12),
+          offset: b.readUInt32LE(i * 12 + 4),
+          size: b.readUInt32LE(i * 12 + 8),
+        }));
         break;
       }
       case 'decl_tag':
@@ -232,7 +262,8 @@ export class Btf extends Handle {
   /** Follow typedef/const/volatile/restrict/type_tag to the first other type. */
   skipModifiers(id: number): BtfTypeInfo {
     let t = this.type(id);
-    for (let i = 0; i < 64 && ['typedef', 'const', 'volatile', 'restrict', 'type_tag'].includes(t.kind); i++) t = this.type(t.type ?? 0);
+    for (let i = 0; i < 64 && ['typedef', 'const', 'volatile', 'restrict', 'type_tag'].includes(t.kind); i++)
+      t = this.type(t.type ?? 0);
     return t;
   }
 }

@@ -56,12 +56,20 @@ export class LibbpfError extends AmbpfError {
       ctx.map ? `map ${ctx.map}` : '',
       ctx.link ? `link ${ctx.link}` : '',
       ctx.path ? `path ${ctx.path}` : '',
-    ].filter(Boolean).join(', ');
+    ]
+      .filter(Boolean)
+      .join(', ');
     let message = `${fn} failed${what ? ` for ${what}` : ''}: ${detail} (${code})`;
     if (ctx.hint) message += `. ${ctx.hint[0]?.toUpperCase()}${ctx.hint.slice(1)}`;
     if (ctx.verifierLog) message += `\nverifier log (last lines):\n${verifierTail(ctx.verifierLog)}`;
     const context: AmbpfErrorContext = {
-      fn, errno: abs, code, object: ctx.object, program: ctx.program, map: ctx.map, path: ctx.path,
+      fn,
+      errno: abs,
+      code,
+      object: ctx.object,
+      program: ctx.program,
+      map: ctx.map,
+      path: ctx.path,
     };
     super(message, context);
     this.fn = fn;

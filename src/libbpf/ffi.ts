@@ -54,7 +54,9 @@ export const raw = {
   bpf_map__reuse_fd: f('int bpf_map__reuse_fd(void *map, int fd)'),
   bpf_map__set_autocreate: f('int bpf_map__set_autocreate(void *map, bool autocreate)'),
   // low-level syscall wrappers (int APIs return -errno)
-  bpf_map_create: f('int bpf_map_create(int type, const char *name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, void *opts)'),
+  bpf_map_create: f(
+    'int bpf_map_create(int type, const char *name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, void *opts)',
+  ),
   bpf_map_lookup_elem: f('int bpf_map_lookup_elem(int fd, void *key, void *value)'),
   bpf_map_update_elem: f('int bpf_map_update_elem(int fd, void *key, void *value, uint64_t flags)'),
   bpf_map_delete_elem: f('int bpf_map_delete_elem(int fd, void *key)'),
@@ -73,13 +75,17 @@ export const raw = {
   bpf_prog_get_fd_by_id: f('int bpf_prog_get_fd_by_id(uint32_t id)'),
   bpf_link_get_fd_by_id: f('int bpf_link_get_fd_by_id(uint32_t id)'),
   bpf_btf_get_fd_by_id: f('int bpf_btf_get_fd_by_id(uint32_t id)'),
-  bpf_prog_query: f('int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, _Out_ uint32_t *prog_ids, _Inout_ uint32_t *prog_cnt)'),
+  bpf_prog_query: f(
+    'int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, _Out_ uint32_t *prog_ids, _Inout_ uint32_t *prog_cnt)',
+  ),
   bpf_prog_attach: f('int bpf_prog_attach(int prog_fd, int target_fd, int type, uint32_t flags)'),
   bpf_prog_detach2: f('int bpf_prog_detach2(int prog_fd, int target_fd, int type)'),
   bpf_link_create: f('int bpf_link_create(int prog_fd, int target_fd, int type, void *opts)'),
   bpf_link_detach: f('int bpf_link_detach(int link_fd)'),
   bpf_link_update: f('int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
-  bpf_prog_load: f('int bpf_prog_load(int type, const char *name, const char *license, void *insns, size_t cnt, void *opts)'),
+  bpf_prog_load: f(
+    'int bpf_prog_load(int type, const char *name, const char *license, void *insns, size_t cnt, void *opts)',
+  ),
   bpf_prog_test_run_opts: f('int bpf_prog_test_run_opts(int prog_fd, void *opts)'),
   // tc (clsact)
   bpf_tc_hook_create: f('int bpf_tc_hook_create(void *hook)'),

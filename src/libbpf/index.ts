@@ -4,11 +4,44 @@ export { BpfObject, BpfObjectFileError, type OpenOptions } from './object.ts';
 export { BpfProgram, SkMsgAttachment, type TestRunOptions, type TestRunResult } from './program.ts';
 export { BpfMap, numPossibleCpus, type MapCreateOptions } from './map.ts';
 export { BpfLink } from './link.ts';
-export { TcAttachment, attachTcx, attachClsact, destroyClsact, resolveIfindex, type TcDirection, type TcMode, type TcAttachOptions } from './tc.ts';
-export { LibbpfError, MapFullError, UnknownNameError, ClosedHandleError, libbpfStrerror, verifierTail } from './errors.ts';
 export {
-  mapInfoByFd, progInfoByFd, progFuncInfo, attachedProgIds, linkInfoByFd, btfInfoByFd, listIds, fdById, withFdById, fdinfo, kindOfFd, openPinnedFd, pinFd,
-  type MapInfo, type ProgInfo, type FuncInfo, type LinkInfo, type BtfInfo, type ObjKind,
+  TcAttachment,
+  attachTcx,
+  attachClsact,
+  destroyClsact,
+  resolveIfindex,
+  type TcDirection,
+  type TcMode,
+  type TcAttachOptions,
+} from './tc.ts';
+export {
+  LibbpfError,
+  MapFullError,
+  UnknownNameError,
+  ClosedHandleError,
+  libbpfStrerror,
+  verifierTail,
+} from './errors.ts';
+export {
+  mapInfoByFd,
+  progInfoByFd,
+  progFuncInfo,
+  attachedProgIds,
+  linkInfoByFd,
+  btfInfoByFd,
+  listIds,
+  fdById,
+  withFdById,
+  fdinfo,
+  kindOfFd,
+  openPinnedFd,
+  pinFd,
+  type MapInfo,
+  type ProgInfo,
+  type FuncInfo,
+  type LinkInfo,
+  type BtfInfo,
+  type ObjKind,
 } from './info.ts';
 export { BpfRunTimeStats, bpfStatsSysctl, progRunStats, type ProgRunStats } from './stats.ts';
 export { clockGettime, bootTimeNs, bootEpochParts, CLOCKS, type ClockName, type Timespec } from './clock.ts';

@@ -4,7 +4,17 @@ import { readFileSync } from 'node:fs';
 import { ERRNO } from '../errors.ts';
 import { raw, addressOf } from './ffi.ts';
 import { LibbpfError, check } from './errors.ts';
-import { bpf_map_info, bpf_prog_info, bpf_func_info, bpf_link_info, bpf_btf_info, structBuffer, decodeStruct, sizeOf, type KoffiType } from './structs.ts';
+import {
+  bpf_map_info,
+  bpf_prog_info,
+  bpf_func_info,
+  bpf_link_info,
+  bpf_btf_info,
+  structBuffer,
+  decodeStruct,
+  sizeOf,
+  type KoffiType,
+} from './structs.ts';
 import { MAP_TYPES, PROG_TYPES, ATTACH_TYPES, LINK_TYPES, nameOf } from './constants.ts';
 import { closeFd } from './handle.ts';
 
@@ -200,7 +210,12 @@ export function linkInfoByFd(fd: number): LinkInfo {
   const r = decodeStruct<Record<string, unknown>>(getInfo(fd, bpf_link_info), bpf_link_info);
   const type = r['type'] as number;
   const u = Buffer.from(r['u'] as Uint8Array);
-  const info: LinkInfo = { type, typeName: nameOf(LINK_TYPES, type), id: r['id'] as number, progId: r['prog_id'] as number };
+  const info: LinkInfo = {
+    type,
+    typeName: nameOf(LINK_TYPES, type),
+    id: r['id'] as number,
+    progId: r['prog_id'] as number,
+  };
   const setAttach = (t: number): void => {
     info.attachType = t;
     info.attachTypeName = nameOf(ATTACH_TYPES, t);
@@ -323,7 +338,8 @@ export function openPinnedFd(path: string): number {
     const errno = -rc;
     throw new LibbpfError('bpf_obj_get', errno, {
       path,
-      hint: errno === ERRNO.ENOENT ? `nothing is pinned at ${path} (is bpffs mounted and the loader running?)` : undefined,
+      hint:
+        errno === ERRNO.ENOENT ? `nothing is pinned at ${path} (is bpffs mounted and the loader running?)` : undefined,
     });
   }
   return rc;
@@ -337,7 +353,12 @@ export function pinFd(fd: number, path: string, what: { map?: string; program?: 
     throw new LibbpfError('bpf_obj_pin', errno, {
       ...what,
       path,
-      hint: errno === ERRNO.EEXIST ? `${path} is already pinned` : errno === ERRNO.ENOENT ? `the directory of ${path} does not exist or is not on bpffs` : undefined,
+      hint:
+        errno === ERRNO.EEXIST
+          ? `${path} is already pinned`
+          : errno === ERRNO.ENOENT
+            ? `the directory of ${path} does not exist or is not on bpffs`
+            : undefined,
     });
   }
 }

@@ -106,10 +106,14 @@ export class BpfLink extends Handle {
    * answers EPERM otherwise. Accepts anything with a program fd (BpfProgram, RawProgram).
    */
   update(prog: { readonly fd: number }, expectOld?: { readonly fd: number }): void {
-    const opts = expectOld ? optsBuffer(bpf_link_update_opts, { flags: BPF_F_REPLACE, old_prog_fd: expectOld.fd }) : null;
+    const opts = expectOld
+      ? optsBuffer(bpf_link_update_opts, { flags: BPF_F_REPLACE, old_prog_fd: expectOld.fd })
+      : null;
     check('bpf_link_update', raw.bpf_link_update(this.fd, prog.fd, opts) as number, {
       link: this.#label,
-      hint: expectOld ? 'the link no longer runs the expected program, or the new program does not fit this hook' : undefined,
+      hint: expectOld
+        ? 'the link no longer runs the expected program, or the new program does not fit this hook'
+        : undefined,
     });
   }
 

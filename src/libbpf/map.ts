@@ -19,7 +19,8 @@ const PERCPU_TYPES: ReadonlySet<number> = new Set([
 let possibleCpus: number | undefined;
 /** Number of possible CPUs: per-CPU map values hold one 8-byte-aligned slot for each. */
 export function numPossibleCpus(): number {
-  if (possibleCpus === undefined) possibleCpus = check('libbpf_num_possible_cpus', raw.libbpf_num_possible_cpus() as number);
+  if (possibleCpus === undefined)
+    possibleCpus = check('libbpf_num_possible_cpus', raw.libbpf_num_possible_cpus() as number);
   return possibleCpus;
 }
 
@@ -65,7 +66,13 @@ export class BpfMap extends Handle {
   }
 
   /** Create a standalone map (bpf_map_create). */
-  static create(type: MapTypeName | number, keySize: number, valueSize: number, maxEntries: number, opts: MapCreateOptions = {}): BpfMap {
+  static create(
+    type: MapTypeName | number,
+    keySize: number,
+    valueSize: number,
+    maxEntries: number,
+    opts: MapCreateOptions = {},
+  ): BpfMap {
     const typeNum = typeof type === 'number' ? type : MAP_TYPES[type];
     const o = optsBuffer(bpf_map_create_opts, {
       map_flags: opts.flags ?? 0,
@@ -124,8 +131,13 @@ export class BpfMap extends Handle {
 
   #ensureNotLoaded(op: string): Ptr {
     const p = this.#objPtr();
-    if (!this.#ptr) throw new LibbpfError(op, ERRNO.EINVAL, { map: this.name, hint: `${op} applies only to a map of a BpfObject before load()` });
-    if (this.#owner?.loaded) throw new LibbpfError(op, ERRNO.EBUSY, { map: this.name, hint: `${op} must be called before load()` });
+    if (!this.#ptr)
+      throw new LibbpfError(op, ERRNO.EINVAL, {
+        map: this.name,
+        hint: `${op} applies only to a map of a BpfObject before load()`,
+      });
+    if (this.#owner?.loaded)
+      throw new LibbpfError(op, ERRNO.EBUSY, { map: this.name, hint: `${op} must be called before load()` });
     return p;
   }
 
@@ -179,7 +191,11 @@ export class BpfMap extends Handle {
     this.ensureOpen();
     if (this.#ptr) {
       const fd = raw.bpf_map__fd(this.#ptr) as number;
-      if (fd < 0) throw new LibbpfError('bpf_map__fd', -fd, { map: this.name, hint: 'the map has no fd until its object is loaded' });
+      if (fd < 0)
+        throw new LibbpfError('bpf_map__fd', -fd, {
+          map: this.name,
+          hint: 'the map has no fd until its object is loaded',
+        });
       return fd;
     }
     return this.#fd;
@@ -237,7 +253,13 @@ export class BpfMap extends Handle {
   // ---- data ----
 
   #checkSize(what: string, got: number, want: number): void {
-    if (got !== want) throw new AmbpfError(`map ${this.name}: the ${what} is ${got} bytes, the map wants ${want}`, { map: this.name, what, got, want });
+    if (got !== want)
+      throw new AmbpfError(`map ${this.name}: the ${what} is ${got} bytes, the map wants ${want}`, {
+        map: this.name,
+        what,
+        got,
+        want,
+      });
   }
 
   /** Value for key, or undefined when absent. Per-CPU maps return all CPUs' slots concatenated. */

@@ -42,7 +42,9 @@ export function withNetnsFd<T>(fd: number, fn: () => T, what = `netns fd ${fd}`)
     try {
       const result = fn();
       if (result instanceof Promise) {
-        throw new AmbpfError('withNetns: fn returned a Promise; only synchronous calls may run inside a netns', { path: what });
+        throw new AmbpfError('withNetns: fn returned a Promise; only synchronous calls may run inside a netns', {
+          path: what,
+        });
       }
       return result;
     } finally {

@@ -55,11 +55,19 @@ export class BpfObject extends Handle {
         return owner.#loaded;
       },
     };
-    for (let p = raw.bpf_object__next_program(ptr, null) as Ptr | null; p; p = raw.bpf_object__next_program(ptr, p) as Ptr | null) {
+    for (
+      let p = raw.bpf_object__next_program(ptr, null) as Ptr | null;
+      p;
+      p = raw.bpf_object__next_program(ptr, p) as Ptr | null
+    ) {
       const prog = new BpfProgram(p, view);
       this.#programs.set(prog.name, prog);
     }
-    for (let m = raw.bpf_object__next_map(ptr, null) as Ptr | null; m; m = raw.bpf_object__next_map(ptr, m) as Ptr | null) {
+    for (
+      let m = raw.bpf_object__next_map(ptr, null) as Ptr | null;
+      m;
+      m = raw.bpf_object__next_map(ptr, m) as Ptr | null
+    ) {
       const map = BpfMap.fromObject(m, view);
       this.#maps.set(map.name, map);
     }
@@ -150,7 +158,11 @@ export class BpfObject extends Handle {
    */
   load(): void {
     this.ensureOpen();
-    if (this.#loaded) throw new LibbpfError('bpf_object__load', ERRNO.EALREADY, { object: this.name, hint: 'the object is already loaded' });
+    if (this.#loaded)
+      throw new LibbpfError('bpf_object__load', ERRNO.EALREADY, {
+        object: this.name,
+        hint: 'the object is already loaded',
+      });
     const bufs = new Map<BpfProgram, Buffer>();
     for (const p of this.#programs.values()) {
       if (!p.autoload) continue;
@@ -172,7 +184,12 @@ export class BpfObject extends Handle {
       const end = buf.indexOf(0);
       if (end === 0) continue;
       const verifierLog = buf.toString('utf8', 0, end < 0 ? buf.length : end);
-      return new LibbpfError('bpf_object__load', errno, { object: this.name, program: p.name, verifierLog, hint: `The kernel verifier rejected program ${p.name}` });
+      return new LibbpfError('bpf_object__load', errno, {
+        object: this.name,
+        program: p.name,
+        verifierLog,
+        hint: `The kernel verifier rejected program ${p.name}`,
+      });
     }
     return new LibbpfError('bpf_object__load', errno, { object: this.name });
   }

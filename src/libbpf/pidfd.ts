@@ -14,7 +14,8 @@ export function copyFdOf(pid: number, fd: number): number {
   if (pidfd < 0) throw new SystemError('pidfd_open', lastErrno(), `cannot open process ${pid}`, { pid });
   try {
     const copy = Number(libcRaw.syscall(SYS_PIDFD_GETFD, 'int', pidfd, 'int', fd, 'uint', 0));
-    if (copy < 0) throw new SystemError('pidfd_getfd', lastErrno(), `cannot copy fd ${fd} out of process ${pid}`, { pid, fd });
+    if (copy < 0)
+      throw new SystemError('pidfd_getfd', lastErrno(), `cannot copy fd ${fd} out of process ${pid}`, { pid, fd });
     return copy;
   } finally {
     closeFd(pidfd);

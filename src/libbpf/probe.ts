@@ -6,11 +6,19 @@ import { RawProgram, MOV64_IMM, CALL, EXIT } from './rawprog.ts';
 import { PROG_TYPES, MAP_TYPES, HELPERS, type ProgTypeName, type MapTypeName, type HelperName } from './constants.ts';
 
 export function probeProgType(type: ProgTypeName): boolean {
-  return check('libbpf_probe_bpf_prog_type', raw.libbpf_probe_bpf_prog_type(PROG_TYPES[type], null) as number, { hint: `program type ${type}` }) === 1;
+  return (
+    check('libbpf_probe_bpf_prog_type', raw.libbpf_probe_bpf_prog_type(PROG_TYPES[type], null) as number, {
+      hint: `program type ${type}`,
+    }) === 1
+  );
 }
 
 export function probeMapType(type: MapTypeName): boolean {
-  return check('libbpf_probe_bpf_map_type', raw.libbpf_probe_bpf_map_type(MAP_TYPES[type], null) as number, { hint: `map type ${type}` }) === 1;
+  return (
+    check('libbpf_probe_bpf_map_type', raw.libbpf_probe_bpf_map_type(MAP_TYPES[type], null) as number, {
+      hint: `map type ${type}`,
+    }) === 1
+  );
 }
 
 /**
@@ -19,7 +27,13 @@ export function probeMapType(type: MapTypeName): boolean {
  * with a real load where it matters.
  */
 export function probeHelper(progType: ProgTypeName, helper: HelperName): boolean {
-  return check('libbpf_probe_bpf_helper', raw.libbpf_probe_bpf_helper(PROG_TYPES[progType], HELPERS[helper], null) as number, { hint: `helper ${helper} in ${progType}` }) === 1;
+  return (
+    check(
+      'libbpf_probe_bpf_helper',
+      raw.libbpf_probe_bpf_helper(PROG_TYPES[progType], HELPERS[helper], null) as number,
+      { hint: `helper ${helper} in ${progType}` },
+    ) === 1
+  );
 }
 
 /** Verifier messages that mean "this program type may not call that helper", across kernel versions. */
@@ -31,7 +45,16 @@ const HELPER_REFUSED = /invalid func |unknown func |cannot use helper|helper cal
  * other than the "not allowed" wording (a bad argument) still means the helper is available.
  */
 export function probeHelperByLoad(progType: ProgTypeName, helper: HelperName): boolean {
-  const r = RawProgram.tryLoad(progType, [MOV64_IMM(1, 0), MOV64_IMM(2, 0), MOV64_IMM(3, 0), MOV64_IMM(4, 0), MOV64_IMM(5, 0), CALL(HELPERS[helper]), MOV64_IMM(0, 0), EXIT()]);
+  const r = RawProgram.tryLoad(progType, [
+    MOV64_IMM(1, 0),
+    MOV64_IMM(2, 0),
+    MOV64_IMM(3, 0),
+    MOV64_IMM(4, 0),
+    MOV64_IMM(5, 0),
+    CALL(HELPERS[helper]),
+    MOV64_IMM(0, 0),
+    EXIT(),
+  ]);
   r.prog?.close();
   if (r.prog) return true;
   return !HELPER_REFUSED.test(r.log);

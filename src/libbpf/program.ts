@@ -65,7 +65,11 @@ function openDirFd(path: string, what: string, program: string): number {
     return openSync(path, 'r');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new LibbpfError('open', e.errno ? -e.errno : ERRNO.ENOENT, { program, path, hint: `cannot open ${what} ${path}` });
+    throw new LibbpfError('open', e.errno ? -e.errno : ERRNO.ENOENT, {
+      program,
+      path,
+      hint: `cannot open ${what} ${path}`,
+    });
   }
 }
 
@@ -121,7 +125,9 @@ export class BpfProgram extends Handle {
 
   setExpectedAttachType(type: AttachTypeName | number): void {
     const t = typeof type === 'number' ? type : ATTACH_TYPES[type];
-    check('bpf_program__set_expected_attach_type', raw.bpf_program__set_expected_attach_type(this.#p(), t) as number, { program: this.name });
+    check('bpf_program__set_expected_attach_type', raw.bpf_program__set_expected_attach_type(this.#p(), t) as number, {
+      program: this.name,
+    });
   }
 
   get autoload(): boolean {
@@ -130,19 +136,32 @@ export class BpfProgram extends Handle {
 
   /** Skip (false) or include this program when the object loads; only before load(). */
   setAutoload(on: boolean): void {
-    if (this.#owner.loaded) throw new LibbpfError('bpf_program__set_autoload', ERRNO.EBUSY, { program: this.name, hint: 'call it before load()' });
+    if (this.#owner.loaded)
+      throw new LibbpfError('bpf_program__set_autoload', ERRNO.EBUSY, {
+        program: this.name,
+        hint: 'call it before load()',
+      });
     check('bpf_program__set_autoload', raw.bpf_program__set_autoload(this.#p(), on) as number, { program: this.name });
   }
 
   /** @internal BpfObject points libbpf at a buffer for this program's verifier log. */
   setLogBuf(buf: Buffer | null): void {
-    check('bpf_program__set_log_buf', raw.bpf_program__set_log_buf(this.#p(), buf ? addressOf(buf) : null, buf ? buf.length : 0) as number, { program: this.name });
+    check(
+      'bpf_program__set_log_buf',
+      raw.bpf_program__set_log_buf(this.#p(), buf ? addressOf(buf) : null, buf ? buf.length : 0) as number,
+      { program: this.name },
+    );
   }
 
   /** Program fd (after load). */
   get fd(): number {
     const fd = raw.bpf_program__fd(this.#p()) as number;
-    if (fd < 0) throw new LibbpfError('bpf_program__fd', -fd, { program: this.name, object: this.#owner.objectName, hint: 'the program is not loaded (load() not called, or autoload off)' });
+    if (fd < 0)
+      throw new LibbpfError('bpf_program__fd', -fd, {
+        program: this.name,
+        object: this.#owner.objectName,
+        hint: 'the program is not loaded (load() not called, or autoload off)',
+      });
     return fd;
   }
 
@@ -172,7 +191,12 @@ export class BpfProgram extends Handle {
    * other programs on the cgroup (a CNI's).
    */
   attachCgroup(cgroupPath: string, attachType?: AttachTypeName | number): BpfLink {
-    const t = attachType === undefined ? this.expectedAttachType : typeof attachType === 'number' ? attachType : ATTACH_TYPES[attachType];
+    const t =
+      attachType === undefined
+        ? this.expectedAttachType
+        : typeof attachType === 'number'
+          ? attachType
+          : ATTACH_TYPES[attachType];
     const cg = openDirFd(cgroupPath, 'cgroup', this.name);
     try {
       return this.#linkCreate(cg, t, `cgroup ${cgroupPath} (${nameOf(ATTACH_TYPES, t)})`);
@@ -190,7 +214,10 @@ export class BpfProgram extends Handle {
   attachSkMsg(map: BpfMap): SkMsgAttachment {
     const progFd = this.fd;
     const mapFd = map.fd;
-    check('bpf_prog_attach', raw.bpf_prog_attach(progFd, mapFd, ATTACH_TYPES.sk_msg_verdict, 0) as number, { program: this.name, map: map.name });
+    check('bpf_prog_attach', raw.bpf_prog_attach(progFd, mapFd, ATTACH_TYPES.sk_msg_verdict, 0) as number, {
+      program: this.name,
+      map: map.name,
+    });
     return new SkMsgAttachment(progFd, mapFd, this.name);
   }
 
@@ -229,7 +256,10 @@ export class BpfProgram extends Handle {
       flags: opts.flags ?? 0,
     });
     check('bpf_prog_test_run_opts', raw.bpf_prog_test_run_opts(this.fd, o) as number, { program: this.name });
-    const r = decodeStruct<{ retval: number; data_size_out: number; ctx_size_out: number; duration: number }>(o, bpf_test_run_opts);
+    const r = decodeStruct<{ retval: number; data_size_out: number; ctx_size_out: number; duration: number }>(
+      o,
+      bpf_test_run_opts,
+    );
     return {
       retval: r.retval,
       dataOut: new Uint8Array(dataOut.subarray(0, Math.min(r.data_size_out, dataOut.length))),

@@ -43,7 +43,11 @@ export class RawProgram extends Handle {
   }
 
   /** Try to load; never throws for a refusal (probes want the verdict and the log). */
-  static tryLoad(type: ProgTypeName, insns: readonly Buffer[], opts: { attachType?: AttachTypeName; license?: string } = {}): RawLoadResult {
+  static tryLoad(
+    type: ProgTypeName,
+    insns: readonly Buffer[],
+    opts: { attachType?: AttachTypeName; license?: string } = {},
+  ): RawLoadResult {
     const code = Buffer.concat([...insns]);
     const log = Buffer.alloc(64 * 1024);
     const attach = opts.attachType ?? DEFAULT_ATTACH[type];
@@ -53,16 +57,28 @@ export class RawProgram extends Handle {
       log_size: log.length,
       log_buf: addressOf(log),
     });
-    const fd = raw.bpf_prog_load(PROG_TYPES[type], 'ambpf_probe', opts.license ?? 'GPL', code, insns.length, o) as number;
+    const fd = raw.bpf_prog_load(
+      PROG_TYPES[type],
+      'ambpf_probe',
+      opts.license ?? 'GPL',
+      code,
+      insns.length,
+      o,
+    ) as number;
     const end = log.indexOf(0);
     const text = log.toString('utf8', 0, end < 0 ? log.length : end);
     return fd >= 0 ? { prog: new RawProgram(fd), errno: 0, log: text } : { prog: null, errno: -fd, log: text };
   }
 
   /** Load or throw a LibbpfError with the verifier log. */
-  static load(type: ProgTypeName, insns: readonly Buffer[], opts: { attachType?: AttachTypeName; license?: string } = {}): RawProgram {
+  static load(
+    type: ProgTypeName,
+    insns: readonly Buffer[],
+    opts: { attachType?: AttachTypeName; license?: string } = {},
+  ): RawProgram {
     const r = RawProgram.tryLoad(type, insns, opts);
-    if (!r.prog) throw new LibbpfError('bpf_prog_load', r.errno, { program: `raw ${type}`, verifierLog: r.log || undefined });
+    if (!r.prog)
+      throw new LibbpfError('bpf_prog_load', r.errno, { program: `raw ${type}`, verifierLog: r.log || undefined });
     return r.prog;
   }
 

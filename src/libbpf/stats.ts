@@ -27,7 +27,9 @@ export class BpfRunTimeStats extends Handle {
     const rc = raw.bpf_enable_stats(BPF_STATS_RUN_TIME) as number;
     if (rc < 0) {
       const errno = -rc;
-      throw new LibbpfError('bpf_enable_stats', errno, { hint: errno === ERRNO.EPERM ? 'BPF run-time statistics need CAP_SYS_ADMIN' : undefined });
+      throw new LibbpfError('bpf_enable_stats', errno, {
+        hint: errno === ERRNO.EPERM ? 'BPF run-time statistics need CAP_SYS_ADMIN' : undefined,
+      });
     }
     return new BpfRunTimeStats(rc);
   }

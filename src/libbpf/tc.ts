@@ -46,7 +46,15 @@ export class TcAttachment {
   readonly netns: string | undefined;
   #done = false;
 
-  constructor(init: { mode: 'tcx' | 'clsact'; ifindex: number; direction: TcDirection; link: BpfLink | null; handle: number; priority: number; netns: string | undefined }) {
+  constructor(init: {
+    mode: 'tcx' | 'clsact';
+    ifindex: number;
+    direction: TcDirection;
+    link: BpfLink | null;
+    handle: number;
+    priority: number;
+    netns: string | undefined;
+  }) {
     this.mode = init.mode;
     this.ifindex = init.ifindex;
     this.direction = init.direction;
@@ -90,23 +98,44 @@ function tcHook(ifindex: number, direction: TcDirection): Buffer {
 export function attachTcx(progFd: number, ifindex: number, direction: TcDirection, label: string): BpfLink {
   const type = direction === 'ingress' ? ATTACH_TYPES.tcx_ingress : ATTACH_TYPES.tcx_egress;
   const fd = raw.bpf_link_create(progFd, ifindex, type, null) as number;
-  if (fd < 0) throw new LibbpfError('bpf_link_create', -fd, { program: label, hint: `tcx ${direction} on ifindex ${ifindex} (tcx needs Linux 6.6+)` });
+  if (fd < 0)
+    throw new LibbpfError('bpf_link_create', -fd, {
+      program: label,
+      hint: `tcx ${direction} on ifindex ${ifindex} (tcx needs Linux 6.6+)`,
+    });
   return BpfLink.fromFd(fd, `tcx ${direction} ifindex ${ifindex}`);
 }
 
 /** clsact filter via bpf_tc_hook_create + bpf_tc_attach (direct-action). */
-export function attachClsact(progFd: number, ifindex: number, direction: TcDirection, label: string, priority = 0, handle = 0): { handle: number; priority: number } {
+export function attachClsact(
+  progFd: number,
+  ifindex: number,
+  direction: TcDirection,
+  label: string,
+  priority = 0,
+  handle = 0,
+): { handle: number; priority: number } {
   const hook = tcHook(ifindex, direction);
   const rc = raw.bpf_tc_hook_create(hook) as number;
-  if (rc !== -ERRNO.EEXIST /* clsact already there, fine */) check('bpf_tc_hook_create', rc, { program: label, hint: `clsact on ifindex ${ifindex}` });
+  if (rc !== -ERRNO.EEXIST /* clsact already there, fine */)
+    check('bpf_tc_hook_create', rc, { program: label, hint: `clsact on ifindex ${ifindex}` });
   const opts = optsBuffer(bpf_tc_opts, { prog_fd: progFd, priority, handle });
-  check('bpf_tc_attach', raw.bpf_tc_attach(hook, opts) as number, { program: label, hint: `clsact ${direction} on ifindex ${ifindex}` });
+  check('bpf_tc_attach', raw.bpf_tc_attach(hook, opts) as number, {
+    program: label,
+    hint: `clsact ${direction} on ifindex ${ifindex}`,
+  });
   const out = decodeStruct<{ handle: number; priority: number }>(opts, bpf_tc_opts);
   return { handle: out.handle, priority: out.priority };
 }
 
 /** Attach progFd at iface/direction per opts.mode. */
-export function attachTc(progFd: number, label: string, iface: number | string, direction: TcDirection, opts: TcAttachOptions = {}): TcAttachment {
+export function attachTc(
+  progFd: number,
+  label: string,
+  iface: number | string,
+  direction: TcDirection,
+  opts: TcAttachOptions = {},
+): TcAttachment {
   const mode = opts.mode ?? 'auto';
   return inNetns(opts.netns, () => {
     const ifindex = resolveIfindex(iface);
@@ -130,6 +159,7 @@ export function destroyClsact(ifindex: number, netns?: string): void {
   inNetns(netns, () => {
     const hook = optsBuffer(bpf_tc_hook, { ifindex, attach_point: BPF_TC_INGRESS | BPF_TC_EGRESS });
     const rc = raw.bpf_tc_hook_destroy(hook) as number;
-    if (rc !== -ERRNO.ENOENT && rc !== -ERRNO.EINVAL) check('bpf_tc_hook_destroy', rc, { hint: `clsact on ifindex ${ifindex}` });
+    if (rc !== -ERRNO.ENOENT && rc !== -ERRNO.EINVAL)
+      check('bpf_tc_hook_destroy', rc, { hint: `clsact on ifindex ${ifindex}` });
   });
 }

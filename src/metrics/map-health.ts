@@ -28,30 +28,92 @@ export interface MapSpec {
 }
 
 export const MAP_SPECS: readonly MapSpec[] = [
-  { map: 'ambpf_pods', filledBy: 'loader', sized: true,
-    whenFull: 'a new pod is not captured (reported: ambpf pods, ambpf status, log); pods already in the map are unaffected' },
-  { map: 'ambpf_netns', filledBy: 'loader', sized: true,
-    whenFull: 'a new pod\'s outbound is not captured (reported as for ambpf_pods); existing pods unaffected' },
-  { map: 'ambpf_pair_dst', filledBy: 'programs', stat: 'mapfull_pair_dst', sized: true,
-    whenFull: 'node: a new redirected connection reaches ztunnel without SO_ORIGINAL_DST, which closes it; existing connections unaffected' },
-  { map: 'ambpf_sockhash', filledBy: 'programs', stat: 'mapfull_sockhash', sized: true,
-    whenFull: 'node --splice: a new connection is not spliced and takes the normal path' },
-  { map: 'ambpf_outflow', filledBy: 'programs', stat: 'mapfull_outflow', sized: true,
-    whenFull: 'node: a new outbound connection of a pod has its replies steered to ztunnel, which resets it; existing connections unaffected' },
-  { map: 'ambpf_orig_dst', filledBy: 'programs', stat: 'mapfull_orig_dst', sized: false,
-    whenFull: 'node: no socket memory: the connect is not redirected (goes as asked), counted' },
-  { map: 'ambpf_inpod_closed', filledBy: 'programs', stat: 'mapfull_inpod_closed', sized: true,
-    whenFull: 'inpod LRU: an evicted entry is the original of a client that closed before ztunnel accepted and was never asked for; an insert fails only without memory (that connection then gets no SO_ORIGINAL_DST, and ztunnel closes it)' },
-  { map: 'ambpf_inpod_listen', filledBy: 'loader', sized: true,
-    whenFull: 'inpod: a new pod\'s inbound is refused (fail closed) until it fits; reported by the loader' },
-  { map: 'ambpf_inpod_origsrc', filledBy: 'programs', stat: 'mapfull_inpod_origsrc', sized: true,
-    whenFull: 'inpod LRU: an evicted entry refuses one spoofed ztunnel leg, which ztunnel retries; never sent around ztunnel' },
-  { map: 'ambpf_inpod_nodesyn', filledBy: 'programs', stat: 'mapfull_inpod_nodesyn', sized: true,
-    whenFull: 'inpod LRU: an evicted entry sends that one kubelet probe through ztunnel (it still reaches the app)' },
-  { map: 'ambpf_inpod_sk', filledBy: 'programs', stat: 'mapfull_inpod_sk', sized: false,
-    whenFull: 'inpod: no socket memory: the connect is refused (EPERM, fail closed) unless --fail-open' },
-  { map: 'ambpf_inpod_dns', filledBy: 'programs', stat: 'mapfull_inpod_dns', sized: false,
-    whenFull: 'inpod: no socket memory: the DNS query is refused (EPERM, fail closed) unless --fail-open' },
+  {
+    map: 'ambpf_pods',
+    filledBy: 'loader',
+    sized: true,
+    whenFull:
+      'a new pod is not captured (reported: ambpf pods, ambpf status, log); pods already in the map are unaffected',
+  },
+  {
+    map: 'ambpf_netns',
+    filledBy: 'loader',
+    sized: true,
+    whenFull: "a new pod's outbound is not captured (reported as for ambpf_pods); existing pods unaffected",
+  },
+  {
+    map: 'ambpf_pair_dst',
+    filledBy: 'programs',
+    stat: 'mapfull_pair_dst',
+    sized: true,
+    whenFull:
+      'node: a new redirected connection reaches ztunnel without SO_ORIGINAL_DST, which closes it; existing connections unaffected',
+  },
+  {
+    map: 'ambpf_sockhash',
+    filledBy: 'programs',
+    stat: 'mapfull_sockhash',
+    sized: true,
+    whenFull: 'node --splice: a new connection is not spliced and takes the normal path',
+  },
+  {
+    map: 'ambpf_outflow',
+    filledBy: 'programs',
+    stat: 'mapfull_outflow',
+    sized: true,
+    whenFull:
+      'node: a new outbound connection of a pod has its replies steered to ztunnel, which resets it; existing connections unaffected',
+  },
+  {
+    map: 'ambpf_orig_dst',
+    filledBy: 'programs',
+    stat: 'mapfull_orig_dst',
+    sized: false,
+    whenFull: 'node: no socket memory: the connect is not redirected (goes as asked), counted',
+  },
+  {
+    map: 'ambpf_inpod_closed',
+    filledBy: 'programs',
+    stat: 'mapfull_inpod_closed',
+    sized: true,
+    whenFull:
+      'inpod LRU: an evicted entry is the original of a client that closed before ztunnel accepted and was never asked for; an insert fails only without memory (that connection then gets no SO_ORIGINAL_DST, and ztunnel closes it)',
+  },
+  {
+    map: 'ambpf_inpod_listen',
+    filledBy: 'loader',
+    sized: true,
+    whenFull: "inpod: a new pod's inbound is refused (fail closed) until it fits; reported by the loader",
+  },
+  {
+    map: 'ambpf_inpod_origsrc',
+    filledBy: 'programs',
+    stat: 'mapfull_inpod_origsrc',
+    sized: true,
+    whenFull:
+      'inpod LRU: an evicted entry refuses one spoofed ztunnel leg, which ztunnel retries; never sent around ztunnel',
+  },
+  {
+    map: 'ambpf_inpod_nodesyn',
+    filledBy: 'programs',
+    stat: 'mapfull_inpod_nodesyn',
+    sized: true,
+    whenFull: 'inpod LRU: an evicted entry sends that one kubelet probe through ztunnel (it still reaches the app)',
+  },
+  {
+    map: 'ambpf_inpod_sk',
+    filledBy: 'programs',
+    stat: 'mapfull_inpod_sk',
+    sized: false,
+    whenFull: 'inpod: no socket memory: the connect is refused (EPERM, fail closed) unless --fail-open',
+  },
+  {
+    map: 'ambpf_inpod_dns',
+    filledBy: 'programs',
+    stat: 'mapfull_inpod_dns',
+    sized: false,
+    whenFull: 'inpod: no socket memory: the DNS query is refused (EPERM, fail closed) unless --fail-open',
+  },
 ];
 
 /** Fill at which a map is called under pressure: the next burst of pods or connections may not fit. */
@@ -78,8 +140,11 @@ export function countEntries(map: Pick<BpfMap, 'nextKey'>, limit: number): numbe
 }
 
 /** The health of each map present in `maps` (absent ones are another topology's), now. */
-export function readMapHealth(maps: Readonly<Record<string, Pick<BpfMap, 'nextKey' | 'maxEntries'>>>, stats: Stats | undefined,
-  loaderFailures: Readonly<Record<string, number>> = {}): MapHealth[] {
+export function readMapHealth(
+  maps: Readonly<Record<string, Pick<BpfMap, 'nextKey' | 'maxEntries'>>>,
+  stats: Stats | undefined,
+  loaderFailures: Readonly<Record<string, number>> = {},
+): MapHealth[] {
   const out: MapHealth[] = [];
   for (const spec of MAP_SPECS) {
     const m = maps[spec.map];
@@ -87,18 +152,37 @@ export function readMapHealth(maps: Readonly<Record<string, Pick<BpfMap, 'nextKe
     const failedByPrograms = spec.stat && stats ? Number(stats[spec.stat] ?? 0n) : 0;
     const failedByLoader = loaderFailures[spec.map] ?? 0;
     if (!spec.sized || m.maxEntries === 0) {
-      out.push({ map: spec.map, entries: null, maxEntries: null, fill: null, pressure: false, failedByPrograms, failedByLoader });
+      out.push({
+        map: spec.map,
+        entries: null,
+        maxEntries: null,
+        fill: null,
+        pressure: false,
+        failedByPrograms,
+        failedByLoader,
+      });
       continue;
     }
     const entries = countEntries(m, m.maxEntries);
     const fill = entries / m.maxEntries;
-    out.push({ map: spec.map, entries, maxEntries: m.maxEntries, fill, pressure: fill >= PRESSURE_AT, failedByPrograms, failedByLoader });
+    out.push({
+      map: spec.map,
+      entries,
+      maxEntries: m.maxEntries,
+      fill,
+      pressure: fill >= PRESSURE_AT,
+      failedByPrograms,
+      failedByLoader,
+    });
   }
   return out;
 }
 
 /** The maps `names` (default: all of MAP_SPECS) pinned under bpffs, those present; close() releases the fds. */
-export function openPinnedSpecMaps(bpffs: string, names: readonly string[] = MAP_SPECS.map((m) => m.map)): { maps: Record<string, BpfMap>; close(): void } {
+export function openPinnedSpecMaps(
+  bpffs: string,
+  names: readonly string[] = MAP_SPECS.map((m) => m.map),
+): { maps: Record<string, BpfMap>; close(): void } {
   const maps: Record<string, BpfMap> = {};
   for (const name of names) {
     if (!isAmbpfMap(name)) continue;
@@ -160,10 +244,14 @@ export class MapMonitor {
   refresh(only?: (spec: MapSpec) => boolean): readonly MapHealth[] {
     const all = this.#o.maps();
     if (!all) return this.#last;
-    const maps = only ? Object.fromEntries(Object.entries(all).filter(([n]) => {
-      const spec = MAP_SPECS.find((x) => x.map === n);
-      return spec !== undefined && only(spec);
-    })) : all;
+    const maps = only
+      ? Object.fromEntries(
+          Object.entries(all).filter(([n]) => {
+            const spec = MAP_SPECS.find((x) => x.map === n);
+            return spec !== undefined && only(spec);
+          }),
+        )
+      : all;
     const now = readMapHealth(maps, this.#o.stats(), this.#o.loaderFailures?.());
     for (const h of now) {
       const spec = MAP_SPECS.find((s) => s.map === h.map)!;
@@ -172,16 +260,23 @@ export class MapMonitor {
       // The first refresh takes the counters as they are (a restarted loader reads a pinned map's
       // history): only failures that happen while it watches are news.
       if (seen !== undefined && failed > seen) {
-        this.#log.warn({ map: h.map, failed: failed - seen, total: failed, entries: h.entries, maxEntries: h.maxEntries },
-          `map ${h.map}: ${failed - seen} insert${failed - seen === 1 ? '' : 's'} failed (full): ${spec.whenFull}`);
+        this.#log.warn(
+          { map: h.map, failed: failed - seen, total: failed, entries: h.entries, maxEntries: h.maxEntries },
+          `map ${h.map}: ${failed - seen} insert${failed - seen === 1 ? '' : 's'} failed (full): ${spec.whenFull}`,
+        );
       }
       this.#failedSeen.set(h.map, failed);
       if (h.pressure && !this.#pressured.has(h.map)) {
         this.#pressured.add(h.map);
-        this.#log.warn({ map: h.map, entries: h.entries, maxEntries: h.maxEntries },
-          `map ${h.map} is ${Math.round((h.fill ?? 0) * 100)}% full (${h.entries} of ${h.maxEntries}); when full: ${spec.whenFull}`);
+        this.#log.warn(
+          { map: h.map, entries: h.entries, maxEntries: h.maxEntries },
+          `map ${h.map} is ${Math.round((h.fill ?? 0) * 100)}% full (${h.entries} of ${h.maxEntries}); when full: ${spec.whenFull}`,
+        );
       } else if (!h.pressure && this.#pressured.delete(h.map)) {
-        this.#log.info({ map: h.map, entries: h.entries, maxEntries: h.maxEntries }, `map ${h.map} is below ${PRESSURE_AT * 100}% again`);
+        this.#log.info(
+          { map: h.map, entries: h.entries, maxEntries: h.maxEntries },
+          `map ${h.map} is below ${PRESSURE_AT * 100}% again`,
+        );
       }
     }
     const fresh = new Map(now.map((h) => [h.map, h]));
@@ -203,15 +298,20 @@ export const SIZED_MAPS: readonly string[] = MAP_SPECS.filter((m) => m.sized).ma
  */
 export function mapSizesFrom(maxPods: number | undefined, spec: string | undefined): Record<string, number> {
   const out: Record<string, number> = {};
-  if (maxPods !== undefined) Object.assign(out, { ambpf_pods: maxPods, ambpf_netns: maxPods, ambpf_inpod_listen: maxPods * 4 });
-  for (const part of (spec ?? '').split(',').map((p) => p.trim()).filter(Boolean)) {
+  if (maxPods !== undefined)
+    Object.assign(out, { ambpf_pods: maxPods, ambpf_netns: maxPods, ambpf_inpod_listen: maxPods * 4 });
+  for (const part of (spec ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)) {
     const m = /^([a-z0-9_]+)=(\d+)$/.exec(part);
     const name = m ? (m[1]!.startsWith('ambpf_') ? m[1]! : `ambpf_${m[1]!}`) : '';
     const n = m ? Number(m[2]) : NaN;
     if (!m || !SIZED_MAPS.includes(name)) {
       throw new Error(`--map-sizes: '${part}' is not NAME=N with NAME one of ${SIZED_MAPS.join(', ')}`);
     }
-    if (!Number.isSafeInteger(n) || n < 1) throw new Error(`--map-sizes: ${name} must be a positive integer, not ${m[2]}`);
+    if (!Number.isSafeInteger(n) || n < 1)
+      throw new Error(`--map-sizes: ${name} must be a positive integer, not ${m[2]}`);
     out[name] = n;
   }
   return out;

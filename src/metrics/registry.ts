@@ -23,9 +23,13 @@ export function createMetricsRegistry(src: MetricsSources): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const monitor = src.mapMonitor;
-  const fallback = monitor ? undefined : new MapMonitor({
-    maps: () => src.maps()?.raw, stats: () => src.maps()?.stats(), loaderFailures: () => src.reconcile().mapFullByMap ?? {},
-  });
+  const fallback = monitor
+    ? undefined
+    : new MapMonitor({
+        maps: () => src.maps()?.raw,
+        stats: () => src.maps()?.stats(),
+        loaderFailures: () => src.reconcile().mapFullByMap ?? {},
+      });
   const health = (): readonly MapHealth[] => (monitor ? monitor.current() : fallback!.refresh());
 
   new Counter({
@@ -46,47 +50,87 @@ export function createMetricsRegistry(src: MetricsSources): Registry {
   });
 
   new Gauge({
-    name: 'ambpf_map_entries', help: 'Entries in an ambpf map (refreshed by the loader every few seconds).', labelNames: ['map'], registers: [registry],
-    collect() { for (const f of health()) if (f.entries !== null) this.set({ map: f.map }, f.entries); },
+    name: 'ambpf_map_entries',
+    help: 'Entries in an ambpf map (refreshed by the loader every few seconds).',
+    labelNames: ['map'],
+    registers: [registry],
+    collect() {
+      for (const f of health()) if (f.entries !== null) this.set({ map: f.map }, f.entries);
+    },
   });
   new Gauge({
-    name: 'ambpf_map_max_entries', help: 'max_entries of an ambpf map (its configured size).', labelNames: ['map'], registers: [registry],
-    collect() { for (const f of health()) if (f.maxEntries !== null) this.set({ map: f.map }, f.maxEntries); },
+    name: 'ambpf_map_max_entries',
+    help: 'max_entries of an ambpf map (its configured size).',
+    labelNames: ['map'],
+    registers: [registry],
+    collect() {
+      for (const f of health()) if (f.maxEntries !== null) this.set({ map: f.map }, f.maxEntries);
+    },
   });
   new Gauge({
-    name: 'ambpf_map_pressure', help: 'Fill of an ambpf map, entries / max_entries (1 = full: inserts fail).', labelNames: ['map'], registers: [registry],
-    collect() { for (const f of health()) if (f.fill !== null) this.set({ map: f.map }, f.fill); },
+    name: 'ambpf_map_pressure',
+    help: 'Fill of an ambpf map, entries / max_entries (1 = full: inserts fail).',
+    labelNames: ['map'],
+    registers: [registry],
+    collect() {
+      for (const f of health()) if (f.fill !== null) this.set({ map: f.map }, f.fill);
+    },
   });
   new Counter({
     name: 'ambpf_map_insert_failures_total',
     help: 'Inserts into an ambpf map that failed (full, or no socket memory), by who inserted: the datapath programs or the loader.',
-    labelNames: ['map', 'by'], registers: [registry],
+    labelNames: ['map', 'by'],
+    registers: [registry],
     collect() {
       this.reset();
       for (const f of health()) {
         const spec = MAP_SPECS.find((s) => s.map === f.map);
-        this.inc({ map: f.map, by: spec?.filledBy === 'loader' ? 'loader' : 'datapath' }, spec?.filledBy === 'loader' ? f.failedByLoader : f.failedByPrograms);
+        this.inc(
+          { map: f.map, by: spec?.filledBy === 'loader' ? 'loader' : 'datapath' },
+          spec?.filledBy === 'loader' ? f.failedByLoader : f.failedByPrograms,
+        );
       }
     },
   });
   new Gauge({
-    name: 'ambpf_reconcile_duration_seconds', help: 'Duration of the last reconcile pass.', registers: [registry],
-    collect() { this.set(src.reconcile().lastDurationMs / 1000); },
+    name: 'ambpf_reconcile_duration_seconds',
+    help: 'Duration of the last reconcile pass.',
+    registers: [registry],
+    collect() {
+      this.set(src.reconcile().lastDurationMs / 1000);
+    },
   });
   new Counter({
-    name: 'ambpf_reconcile_errors_total', help: 'Entries or attachments a reconcile pass could not apply.', registers: [registry],
-    collect() { this.reset(); this.inc(src.reconcile().errors); },
+    name: 'ambpf_reconcile_errors_total',
+    help: 'Entries or attachments a reconcile pass could not apply.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(src.reconcile().errors);
+    },
   });
   new Counter({
-    name: 'ambpf_reconcile_passes_total', help: 'Reconcile passes run.', registers: [registry],
-    collect() { this.reset(); this.inc(src.reconcile().passes); },
+    name: 'ambpf_reconcile_passes_total',
+    help: 'Reconcile passes run.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(src.reconcile().passes);
+    },
   });
   new Counter({
-    name: 'ambpf_watch_restarts_total', help: 'Kubernetes watch restarts after an error or a stall.', registers: [registry],
-    collect() { this.reset(); this.inc(src.watch?.().watchRestarts ?? 0); },
+    name: 'ambpf_watch_restarts_total',
+    help: 'Kubernetes watch restarts after an error or a stall.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(src.watch?.().watchRestarts ?? 0);
+    },
   });
   new Gauge({
-    name: 'ambpf_watch_last_event_age_seconds', help: 'Seconds since the watch last heard an event or bookmark (-1 before the first).', registers: [registry],
+    name: 'ambpf_watch_last_event_age_seconds',
+    help: 'Seconds since the watch last heard an event or bookmark (-1 before the first).',
+    registers: [registry],
     collect() {
       const at = src.watch?.().lastEventAt;
       this.set(at === undefined ? -1 : (Date.now() - at) / 1000);

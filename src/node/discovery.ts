@@ -44,7 +44,10 @@ export interface DiscoveryOptions {
 export async function resolveNode(desired: DesiredState, options: DiscoveryOptions = {}): Promise<Resolution> {
   const wanted = [...desired.ambientPods, ...(desired.ztunnel ? [desired.ztunnel] : [])];
   const [processes, routes] = await Promise.all([
-    findPodProcesses(wanted.map((p) => p.uid), options.procRoot),
+    findPodProcesses(
+      wanted.map((p) => p.uid),
+      options.procRoot,
+    ),
     readHostRoutes(),
   ]);
   const ownCookie = currentNetnsCookie();
@@ -65,13 +68,15 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
       return undefined;
     }
     // The pod's processes in that netns (none yet during CNI ADD): ztunnel's listeners are read from one.
-    const pids = (processes.get(pod.uid) ?? []).map((p) => p.pid).filter((pid) => {
-      try {
-        return netnsCookie(`/proc/${pid}/ns/net`) === cookie;
-      } catch {
-        return false;
-      }
-    });
+    const pids = (processes.get(pod.uid) ?? [])
+      .map((p) => p.pid)
+      .filter((pid) => {
+        try {
+          return netnsCookie(`/proc/${pid}/ns/net`) === cookie;
+        } catch {
+          return false;
+        }
+      });
     const hostLink = pod.ips.map((ip) => routes.get(ip)).find((l) => l !== undefined);
     return { ...pod, pid: pids[0] ?? 0, pids, netnsPath, netnsCookie: cookie, hostLink };
   };
@@ -82,7 +87,10 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
     if (hint !== undefined) return fromHint(pod, hint);
     const procs = processes.get(pod.uid);
     if (!procs || procs.length === 0) {
-      unresolved.push({ object: what, reason: `no process found in a cgroup named pod${pod.uid} (sandbox not started yet?)` });
+      unresolved.push({
+        object: what,
+        reason: `no process found in a cgroup named pod${pod.uid} (sandbox not started yet?)`,
+      });
       return undefined;
     }
     // All containers of a pod share its netns; the lowest pid is the sandbox (pause) process.
@@ -96,7 +104,10 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
         continue;
       }
       if (cookie === ownCookie) {
-        unresolved.push({ object: what, reason: `pid ${proc.pid} runs in the node's own network namespace; refusing to redirect the node` });
+        unresolved.push({
+          object: what,
+          reason: `pid ${proc.pid} runs in the node's own network namespace; refusing to redirect the node`,
+        });
         return undefined;
       }
       const hostLink = pod.ips.map((ip) => routes.get(ip)).find((l) => l !== undefined);
@@ -126,7 +137,10 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
           ztunnelLinkCache.clear();
           ztunnelLinkCache.set(key, links);
         } catch (err) {
-          unresolved.push({ object: `pod ${r.namespace}/${r.name}`, reason: `cannot read ztunnel's interfaces: ${describeError(err)}` });
+          unresolved.push({
+            object: `pod ${r.namespace}/${r.name}`,
+            reason: `cannot read ztunnel's interfaces: ${describeError(err)}`,
+          });
         }
       }
       const hostLink = r.hostLink && links ? { ...r.hostLink, mac: links.hostMac } : r.hostLink;

@@ -15,7 +15,11 @@ export interface HostLink {
   readonly mac: string;
 }
 
-interface IpLink { ifindex?: number; ifname?: string; address?: string }
+interface IpLink {
+  ifindex?: number;
+  ifname?: string;
+  address?: string;
+}
 
 async function ipJson<T>(args: readonly string[], netnsPath?: string): Promise<T[]> {
   const argv = netnsPath ? ['--net=' + netnsPath, 'ip', '-j', ...args] : ['-j', ...args];
@@ -90,7 +94,8 @@ export async function readLinkMac(ifname: string, netnsPath?: string): Promise<s
 export async function readLinks(netnsPath?: string): Promise<Map<string, HostLink>> {
   const out = new Map<string, HostLink>();
   for (const l of await ipJson<IpLink>(['link', 'show'], netnsPath)) {
-    if (l.ifname && l.ifindex !== undefined) out.set(l.ifname, { ifname: l.ifname, ifindex: l.ifindex, mac: l.address ?? '' });
+    if (l.ifname && l.ifindex !== undefined)
+      out.set(l.ifname, { ifname: l.ifname, ifindex: l.ifindex, mac: l.address ?? '' });
   }
   return out;
 }

@@ -20,7 +20,10 @@ export interface PodProcess {
  * Scans /proc once and returns, for each wanted pod UID, the processes found in its cgroup. A
  * single scan per reconcile keeps the cost linear in processes, not pods × processes.
  */
-export async function findPodProcesses(uids: readonly string[], procRoot = '/proc'): Promise<Map<string, PodProcess[]>> {
+export async function findPodProcesses(
+  uids: readonly string[],
+  procRoot = '/proc',
+): Promise<Map<string, PodProcess[]>> {
   const found = new Map<string, PodProcess[]>();
   if (uids.length === 0) return found;
   const markers: [string, string][] = [];
@@ -51,7 +54,11 @@ export async function findPodProcesses(uids: readonly string[], procRoot = '/pro
       } catch {
         break;
       }
-      const v2 = cgroupText.split('\n').find((l) => l.startsWith('0::'))?.slice(3) ?? '';
+      const v2 =
+        cgroupText
+          .split('\n')
+          .find((l) => l.startsWith('0::'))
+          ?.slice(3) ?? '';
       const list = found.get(uid) ?? [];
       list.push({ pid: Number(pidText), cgroup: v2, netnsId });
       found.set(uid, list);

@@ -2,7 +2,14 @@
 // difference to what the kernel holds now. Pure: the apply step does the I/O, so the diff logic is
 // tested without a kernel and a restarted loader computes the same plan from the pins alone.
 import type { Resolution } from '../node/discovery.ts';
-import { POD_AMBIENT, POD_IS_ZTUNNEL, ztunnelValue, type NetnsValue, type PodValue, type ZtunnelValue } from '../bpf/schema.ts';
+import {
+  POD_AMBIENT,
+  POD_IS_ZTUNNEL,
+  ztunnelValue,
+  type NetnsValue,
+  type PodValue,
+  type ZtunnelValue,
+} from '../bpf/schema.ts';
 
 export type PodEntry = Readonly<PodValue>;
 export type NetnsEntry = Readonly<NetnsValue>;
@@ -80,7 +87,10 @@ function sameEntry(a: object, b: object): boolean {
   return [...keys].every((k) => (a as Record<string, unknown>)[k] === (b as Record<string, unknown>)[k]);
 }
 
-function diffMap<K, V extends object>(target: ReadonlyMap<K, V>, current: ReadonlyMap<K, V>): { set: Map<K, V>; del: K[] } {
+function diffMap<K, V extends object>(
+  target: ReadonlyMap<K, V>,
+  current: ReadonlyMap<K, V>,
+): { set: Map<K, V>; del: K[] } {
   const set = new Map<K, V>();
   for (const [k, v] of target) {
     const cur = current.get(k);
@@ -113,6 +123,13 @@ export function planReconcile(target: Target, current: Current): Plan {
 }
 
 export function isEmptyPlan(plan: Plan): boolean {
-  return plan.podsSet.size === 0 && plan.podsDelete.length === 0 && plan.netnsSet.size === 0 && plan.netnsDelete.length === 0 &&
-    plan.ztunnel === undefined && plan.inboundAttach.length === 0 && plan.inboundDetach.length === 0;
+  return (
+    plan.podsSet.size === 0 &&
+    plan.podsDelete.length === 0 &&
+    plan.netnsSet.size === 0 &&
+    plan.netnsDelete.length === 0 &&
+    plan.ztunnel === undefined &&
+    plan.inboundAttach.length === 0 &&
+    plan.inboundDetach.length === 0
+  );
 }

@@ -50,7 +50,15 @@ export interface ReconcilerOptions {
 }
 
 export class Reconciler {
-  readonly stats: ReconcileStats = { passes: 0, errors: 0, mapFull: 0, mapFullByMap: {}, lastDurationMs: 0, lastAt: undefined, lastError: undefined };
+  readonly stats: ReconcileStats = {
+    passes: 0,
+    errors: 0,
+    mapFull: 0,
+    mapFullByMap: {},
+    lastDurationMs: 0,
+    lastAt: undefined,
+    lastError: undefined,
+  };
   /** Whether the last pass left something to retry soon. */
   hasUnresolved = false;
   readonly #o: ReconcilerOptions;
@@ -142,12 +150,21 @@ export class Reconciler {
     this.stats.lastDurationMs = performance.now() - started;
     this.stats.lastAt = Date.now();
     this.stats.lastError = errors.at(-1);
-    log.info({
-      pods: resolution.pods.length, ztunnel: resolution.ztunnel?.ips[0] ?? null, steps: pass.steps.length,
-      set: plan.podsSet.size + plan.netnsSet.size, deleted: plan.podsDelete.length + plan.netnsDelete.length,
-      attached: plan.inboundAttach.length, detached: plan.inboundDetach.length,
-      errors: errors.length, ms: Math.round(this.stats.lastDurationMs), phases,
-    }, 'reconciled');
+    log.info(
+      {
+        pods: resolution.pods.length,
+        ztunnel: resolution.ztunnel?.ips[0] ?? null,
+        steps: pass.steps.length,
+        set: plan.podsSet.size + plan.netnsSet.size,
+        deleted: plan.podsDelete.length + plan.netnsDelete.length,
+        attached: plan.inboundAttach.length,
+        detached: plan.inboundDetach.length,
+        errors: errors.length,
+        ms: Math.round(this.stats.lastDurationMs),
+        phases,
+      },
+      'reconciled',
+    );
     return { desired, plan, errors, unresolved };
   }
 
@@ -157,7 +174,8 @@ export class Reconciler {
     for (const p of problems) {
       const line = `${p.object}: ${p.reason}`;
       now.add(line);
-      if (!this.#reported.has(line)) log.error({ object: p.object, reason: p.reason }, `cannot apply ${p.object}: ${p.reason}`);
+      if (!this.#reported.has(line))
+        log.error({ object: p.object, reason: p.reason }, `cannot apply ${p.object}: ${p.reason}`);
     }
     for (const e of errors) {
       now.add(e);
@@ -191,17 +209,31 @@ function applyMaps(maps: DatapathMaps, plan: Plan, attempt: Attempt): void {
 }
 
 async function writeStateFile(
-  path: string, desired: DesiredState, resolution: Resolution, handoff: readonly HandoffStatus[],
+  path: string,
+  desired: DesiredState,
+  resolution: Resolution,
+  handoff: readonly HandoffStatus[],
 ): Promise<void> {
   const hostIf = new Map(resolution.pods.map((p) => [p.uid, p.hostLink?.ifname ?? null]));
-  const zds = new Map(handoff.map((z) => [z.uid, z.error === undefined ? { state: z.state } : { state: z.state, error: z.error }]));
+  const zds = new Map(
+    handoff.map((z) => [z.uid, z.error === undefined ? { state: z.state } : { state: z.state, error: z.error }]),
+  );
   const state: StateFile = {
     node: desired.node,
     updatedAt: new Date().toISOString(),
-    ztunnel: desired.ztunnel ? { name: desired.ztunnel.name, namespace: desired.ztunnel.namespace, ips: desired.ztunnel.ips } : null,
+    ztunnel: desired.ztunnel
+      ? { name: desired.ztunnel.name, namespace: desired.ztunnel.namespace, ips: desired.ztunnel.ips }
+      : null,
     pods: desired.ambientPods.map((p) => {
       const z = zds.get(p.uid);
-      return { name: p.name, namespace: p.namespace, uid: p.uid, ips: p.ips, hostIfname: hostIf.get(p.uid) ?? null, ...(z ? { zds: z } : {}) };
+      return {
+        name: p.name,
+        namespace: p.namespace,
+        uid: p.uid,
+        ips: p.ips,
+        hostIfname: hostIf.get(p.uid) ?? null,
+        ...(z ? { zds: z } : {}),
+      };
     }),
     problems: desired.problems,
   };

@@ -82,12 +82,15 @@ export class ResyncPolicy {
 
   /** A pass now (something changed that no source announces: a ZDS ack, a nack). */
   now(): void {
-    this.#target.resync().catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ZDS change failed'));
+    this.#target
+      .resync()
+      .catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ZDS change failed'));
   }
 
   /** A pass now that also re-reads the kernel (a ztunnel connected: its listeners are new). */
   rescanNow(): void {
-    this.#target.resync({ rescanKernel: true })
+    this.#target
+      .resync({ rescanKernel: true })
       .catch((err: unknown) => log.error({ err: describeError(err) }, 'pass after a ztunnel connected failed'));
   }
 }

@@ -16,15 +16,28 @@ import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { podListenerInodes, socketHolders, type ListenerInodes, type SocketHolder } from '../bpf/inpod-listeners.ts';
 import {
-  LISTENER_HBONE, LISTENER_INBOUND, POD_AMBIENT, POD_IS_ZTUNNEL, PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, dnsCaptureFlags, ztunnelValue,
+  LISTENER_HBONE,
+  LISTENER_INBOUND,
+  POD_AMBIENT,
+  POD_IS_ZTUNNEL,
+  PORT_HBONE,
+  PORT_INBOUND,
+  PORT_OUTBOUND,
+  dnsCaptureFlags,
+  ztunnelValue,
 } from '../bpf/schema.ts';
 import type { Problem } from '../state/desired.ts';
 import type { Resolution, ResolvedPod } from '../node/discovery.ts';
 import type { Current, NetnsEntry, PodEntry, Target, ZtunnelEntry } from './plan.ts';
 import type { PodListeners } from '../bpf/datapath-inpod.ts';
 import {
-  readCurrent, type Attempt, type Captured, type PassInput, type Topology,
-  type TopologyHealth, type TopologyPass,
+  readCurrent,
+  type Attempt,
+  type Captured,
+  type PassInput,
+  type Topology,
+  type TopologyHealth,
+  type TopologyPass,
 } from './topology.ts';
 
 export type { Attempt } from './topology.ts';
@@ -93,17 +106,24 @@ interface FoundListeners {
 }
 
 const sameInodes = (a: ListenerInodes, b: ListenerInodes): boolean =>
-  a.outbound === b.outbound && a.inbound === b.inbound && a.hbone === b.hbone && a.inbound2 === b.inbound2 && a.hbone2 === b.hbone2;
+  a.outbound === b.outbound &&
+  a.inbound === b.inbound &&
+  a.hbone === b.hbone &&
+  a.inbound2 === b.inbound2 &&
+  a.hbone2 === b.hbone2;
 
 /** ztunnel's three listeners in the pod's netns, with the ztunnel process holding each; else why not. */
 function findListeners(pod: ResolvedPod, holders: Map<string, SocketHolder>): FoundListeners | string {
   const inodes = podListenerInodes(pod.pid, PORTS);
-  const get = (inode: string | undefined): SocketHolder | undefined => (inode === undefined ? undefined : holders.get(inode));
+  const get = (inode: string | undefined): SocketHolder | undefined =>
+    inode === undefined ? undefined : holders.get(inode);
   const outbound = get(inodes.outbound);
   const inbound = get(inodes.inbound);
   const hbone = get(inodes.hbone);
   if (!outbound || !inbound || !hbone) {
-    const missing = Object.entries({ [PORTS.outbound]: outbound, [PORTS.inbound]: inbound, [PORTS.hbone]: hbone }).filter(([, h]) => !h).map(([p]) => p);
+    const missing = Object.entries({ [PORTS.outbound]: outbound, [PORTS.inbound]: inbound, [PORTS.hbone]: hbone })
+      .filter(([, h]) => !h)
+      .map(([p]) => p);
     return `ztunnel holds no listener on port ${missing.join(', ')} in the pod's netns yet`;
   }
   return { inodes, held: { outbound, inbound, hbone, inbound2: get(inodes.inbound2), hbone2: get(inodes.hbone2) } };
@@ -188,7 +208,12 @@ export class InpodTopology implements Topology {
       if (this.#stillCaptured(pod)) continue;
       if (pod.pid === 0) {
         // Armed from CNI ADD, before any process runs in it: ztunnel's sockets are read from one.
-        steps.push({ kind: 'wait', subject, pod, reason: 'no process in the pod\'s netns yet to read ztunnel\'s listeners from' });
+        steps.push({
+          kind: 'wait',
+          subject,
+          pod,
+          reason: "no process in the pod's netns yet to read ztunnel's listeners from",
+        });
         continue;
       }
       holders ??= socketHolders([...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])]);
@@ -208,7 +233,10 @@ export class InpodTopology implements Topology {
   /** Every entry the maps' target has for this pod is in the maps. */
   #inMaps(pod: ResolvedPod): boolean {
     const { maps } = this.#dp;
-    return maps.netns.get(pod.netnsCookie) !== undefined && pod.ips.every((ip) => maps.pods.get(ip)?.netnsCookie === pod.netnsCookie);
+    return (
+      maps.netns.get(pod.netnsCookie) !== undefined &&
+      pod.ips.every((ip) => maps.pods.get(ip)?.netnsCookie === pod.netnsCookie)
+    );
   }
 
   plan({ desired, resolution }: PassInput): TopologyPass {
@@ -238,7 +266,12 @@ export class InpodTopology implements Topology {
    * Before the maps are written: the planned steps, in order (a pod whose arm fails takes no further
    * step), then the maps' target: every armed pod.
    */
-  #capture(steps: readonly InpodStep[], resolution: Resolution, wanted: ReadonlySet<string>, attempt: Attempt): CaptureDone {
+  #capture(
+    steps: readonly InpodStep[],
+    resolution: Resolution,
+    wanted: ReadonlySet<string>,
+    attempt: Attempt,
+  ): CaptureDone {
     const dp = this.#dp;
     const unresolved: Problem[] = [];
     const attached: string[] = [];
@@ -248,7 +281,9 @@ export class InpodTopology implements Topology {
       if (notArmed.has(pod.netnsCookie)) continue;
       switch (step.kind) {
         case 'arm':
-          attempt(`inpod capture of ${step.subject}`, () => dp.armPod({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie }));
+          attempt(`inpod capture of ${step.subject}`, () =>
+            dp.armPod({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie }),
+          );
           // Armed as soon as its sk_lookup link is pinned (a failure after that was reported above).
           if (dp.isArmed(pod.netnsCookie)) attached.push(step.subject);
           else notArmed.add(pod.netnsCookie);
@@ -258,8 +293,20 @@ export class InpodTopology implements Topology {
           break;
         case 'listeners': {
           const ok = attempt(`inpod listeners of ${step.subject}`, () =>
-            dp.setListeners({ netnsPath: pod.netnsPath, netnsCookie: pod.netnsCookie, ips: pod.ips, listeners: step.found.held }));
-          if (ok) this.#captured.set(pod.netnsCookie, { pid: pod.pid, ips: pod.ips, inodes: step.found.inodes, netnsPath: pod.netnsPath });
+            dp.setListeners({
+              netnsPath: pod.netnsPath,
+              netnsCookie: pod.netnsCookie,
+              ips: pod.ips,
+              listeners: step.found.held,
+            }),
+          );
+          if (ok)
+            this.#captured.set(pod.netnsCookie, {
+              pid: pod.pid,
+              ips: pod.ips,
+              inodes: step.found.inodes,
+              netnsPath: pod.netnsPath,
+            });
           break;
         }
       }
@@ -299,9 +346,16 @@ export class InpodTopology implements Topology {
       // entries are the new pod's now, captured above; only the old pod's link goes.
       const known = this.#captured.get(cookie) ?? this.#armedAt.get(cookie);
       const was = before.netns.get(cookie);
-      const ips = (known?.ips ?? [...new Set([was?.podIp, was?.podIp6])].filter((ip): ip is string => ip !== undefined))
-        .filter((ip) => !target.pods.has(ip));
-      steps.push({ kind: 'release', subject: `netns ${cookie}`, netnsCookie: cookie, ips, netnsPath: known?.netnsPath });
+      const ips = (
+        known?.ips ?? [...new Set([was?.podIp, was?.podIp6])].filter((ip): ip is string => ip !== undefined)
+      ).filter((ip) => !target.pods.has(ip));
+      steps.push({
+        kind: 'release',
+        subject: `netns ${cookie}`,
+        netnsCookie: cookie,
+        ips,
+        netnsPath: known?.netnsPath,
+      });
     }
     return steps;
   }
@@ -311,7 +365,9 @@ export class InpodTopology implements Topology {
     const detached: string[] = [];
     for (const step of steps) {
       this.#armedAt.delete(step.netnsCookie);
-      const ok = attempt(`inpod release of ${step.subject}`, () => this.#dp.detachPod(step.netnsCookie, step.ips, step.netnsPath));
+      const ok = attempt(`inpod release of ${step.subject}`, () =>
+        this.#dp.detachPod(step.netnsCookie, step.ips, step.netnsPath),
+      );
       if (ok) detached.push(step.subject);
       this.#captured.delete(step.netnsCookie);
       this.#verifiedAt.delete(step.netnsCookie);
@@ -351,7 +407,10 @@ export function buildInpodTarget(ready: readonly ResolvedPod[], resolution: Reso
     ztunnel = ztunnelValue({
       ip: z.ips.find((ip) => !ip.includes(':')) ?? z.ips[0]!,
       ip6: z.ips.find((ip) => ip.includes(':')) ?? null,
-      netnsCookie: z.netnsCookie, hostIfindex: 0, mac: NO_MAC, hostMac: NO_MAC,
+      netnsCookie: z.netnsCookie,
+      hostIfindex: 0,
+      mac: NO_MAC,
+      hostMac: NO_MAC,
     });
     netns.set(z.netnsCookie, { podIp: ztunnel.ip, flags: POD_IS_ZTUNNEL });
   }

@@ -12,8 +12,15 @@ import { logger } from '../log.ts';
 import type { Resolution } from '../node/discovery.ts';
 import { buildTarget, type Plan, type Target } from './plan.ts';
 import {
-  readCurrent, type Captured, type PassContext, type PassInput, type Released, type Step, type Topology,
-  type TopologyHealth, type TopologyPass,
+  readCurrent,
+  type Captured,
+  type PassContext,
+  type PassInput,
+  type Released,
+  type Step,
+  type Topology,
+  type TopologyHealth,
+  type TopologyPass,
 } from './topology.ts';
 
 const log = logger('reconcile');
@@ -101,13 +108,16 @@ export class NodeTopology implements Topology {
       return;
     }
     this.#ztunnelFailed = undefined;
-    log.debug({ key, attachedFor: this.#ztunnelAttachedFor }, 'attaching to ztunnel\'s netns');
+    log.debug({ key, attachedFor: this.#ztunnelAttachedFor }, "attaching to ztunnel's netns");
     // The listeners belong to ztunnel's process, not to the pod's sandbox: try the pod's processes.
     let lastErr: unknown;
     for (const pid of [...z.pids].reverse()) {
       try {
         await dp.attachZtunnel({
-          netnsPath: z.netnsPath, pid, ifname: z.podLink?.ifname ?? 'eth0', hostIfname: z.hostLink?.ifname,
+          netnsPath: z.netnsPath,
+          pid,
+          ifname: z.podLink?.ifname ?? 'eth0',
+          hostIfname: z.hostLink?.ifname,
         });
         this.#ztunnelAttachedFor = key;
         return;
@@ -139,7 +149,10 @@ export class NodeTopology implements Topology {
 
   /** listenersPresent: false when ztunnel is known but its listeners left the sockmap (it restarted). */
   inspect(): TopologyHealth {
-    return { listenersPresent: this.#ztunnelAttachedFor === undefined || this.#dp.ztunnelListenersPresent(), handoff: [] };
+    return {
+      listenersPresent: this.#ztunnelAttachedFor === undefined || this.#dp.ztunnelListenersPresent(),
+      handoff: [],
+    };
   }
 
   /** The next inboundInterfaces() scans the kernel's clsact filters again. */

@@ -23,9 +23,16 @@ export interface HealthInputs {
 export function healthProblems(i: HealthInputs): string[] {
   const out: string[] = [];
   const src = i.source?.();
-  if (src?.synced && i.staleAfterMs !== undefined && src.lastEventAgeMs !== undefined && src.lastEventAgeMs > 2 * i.staleAfterMs) {
-    out.push(`the Kubernetes watch heard nothing for ${Math.round(src.lastEventAgeMs / 1000)} s, past its watchdog ` +
-      `(relist after ${Math.round(i.staleAfterMs / 1000)} s): pod changes are not applied`);
+  if (
+    src?.synced &&
+    i.staleAfterMs !== undefined &&
+    src.lastEventAgeMs !== undefined &&
+    src.lastEventAgeMs > 2 * i.staleAfterMs
+  ) {
+    out.push(
+      `the Kubernetes watch heard nothing for ${Math.round(src.lastEventAgeMs / 1000)} s, past its watchdog ` +
+        `(relist after ${Math.round(i.staleAfterMs / 1000)} s): pod changes are not applied`,
+    );
   }
   const missing = (i.pins?.() ?? []).filter((p) => !existsSync(p));
   if (missing.length > 0) {

@@ -20,11 +20,16 @@ export interface HealthState {
 export function parseListen(value: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new UsageError(`--listen expects HOST:PORT (e.g. 127.0.0.1:15099, port 0 for any), got '${value}'`);
+  if (!m || port > 65535)
+    throw new UsageError(`--listen expects HOST:PORT (e.g. 127.0.0.1:15099, port 0 for any), got '${value}'`);
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-export async function startHttpServer(listen: string, health: HealthState, registry: Registry): Promise<{ server: Server; url: string }> {
+export async function startHttpServer(
+  listen: string,
+  health: HealthState,
+  registry: Registry,
+): Promise<{ server: Server; url: string }> {
   const { host, port } = parseListen(listen);
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
@@ -38,7 +43,8 @@ export async function startHttpServer(listen: string, health: HealthState, regis
     } else if (path === '/metrics') {
       registry.metrics().then(
         (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
-        (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${(err as Error).message}\n`),
+        (err: unknown) =>
+          res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${(err as Error).message}\n`),
       );
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /healthz /readyz /metrics\n');
@@ -46,7 +52,11 @@ export async function startHttpServer(listen: string, health: HealthState, regis
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(new UsageError(`cannot listen on ${listen}: ${err.code === 'EADDRINUSE' ? 'address already in use' : err.message}`)),
+      reject(
+        new UsageError(
+          `cannot listen on ${listen}: ${err.code === 'EADDRINUSE' ? 'address already in use' : err.message}`,
+        ),
+      ),
     );
     server.listen(port, host, () => resolve());
   });

@@ -80,7 +80,12 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
     log,
     onChange: schedule,
   };
-  const pods = new Reflector({ ...common, path: '/api/v1/pods', resource: 'pods', fieldSelector: `spec.nodeName=${o.nodeName}` });
+  const pods = new Reflector({
+    ...common,
+    path: '/api/v1/pods',
+    resource: 'pods',
+    fieldSelector: `spec.nodeName=${o.nodeName}`,
+  });
   const namespaces = new Reflector({ ...common, path: '/api/v1/namespaces', resource: 'namespaces' });
   const reflectors = [pods, namespaces];
 
@@ -124,10 +129,16 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
   return {
     async start(onSnapshot) {
       deliver = onSnapshot;
-      log.info({ node: o.nodeName, server: o.kubeConfig.getCurrentCluster()?.server }, 'watching pods of this node and namespaces');
-      watchdog = setInterval(() => {
-        for (const r of reflectors) r.checkStale();
-      }, Math.max(50, Math.min(o.staleAfterMs / 4, 10_000)));
+      log.info(
+        { node: o.nodeName, server: o.kubeConfig.getCurrentCluster()?.server },
+        'watching pods of this node and namespaces',
+      );
+      watchdog = setInterval(
+        () => {
+          for (const r of reflectors) r.checkStale();
+        },
+        Math.max(50, Math.min(o.staleAfterMs / 4, 10_000)),
+      );
       watchdog.unref();
       try {
         await Promise.all(reflectors.map((r) => r.start()));

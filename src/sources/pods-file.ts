@@ -74,7 +74,10 @@ function collect(doc: unknown, into: unknown[], path: string): void {
   } else if (isObject(doc) && typeof doc['kind'] === 'string') {
     into.push(doc);
   } else {
-    throw new PodsFileError(`${path} holds neither a Kubernetes List (kind: List, items: [...]) nor Pod/Namespace objects`, { path });
+    throw new PodsFileError(
+      `${path} holds neither a Kubernetes List (kind: List, items: [...]) nor Pod/Namespace objects`,
+      { path },
+    );
   }
 }
 
@@ -117,7 +120,8 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
       const e = err as NodeJS.ErrnoException;
       if (initial) throw new PodsFileError(`cannot read pods file ${path}: ${e.message}`, { path, code: e.code });
       // A file being replaced can vanish for a moment; keep the last good state, say so once.
-      if (lastText !== undefined) log.error({ path, code: e.code }, 'pods file unreadable; keeping the last good state');
+      if (lastText !== undefined)
+        log.error({ path, code: e.code }, 'pods file unreadable; keeping the last good state');
       lastText = undefined;
       return;
     }
@@ -156,9 +160,11 @@ export function createPodsFileSource(options: PodsFileSourceOptions): PodSource 
     // Events come in bursts while a file is written: read once, shortly after the burst.
     debounce = setTimeout(() => {
       debounce = undefined;
-      running = running.then(() => readOnce(false, delayMs === 0)).catch((err: unknown) => {
-        log.error({ err: (err as Error).message }, 'pods file reconcile failed');
-      });
+      running = running
+        .then(() => readOnce(false, delayMs === 0))
+        .catch((err: unknown) => {
+          log.error({ err: (err as Error).message }, 'pods file reconcile failed');
+        });
     }, delayMs);
   }
 

@@ -96,8 +96,10 @@ function parsePod(obj: KubeObjectLike): ParseResult {
   const name = str(md['name']);
   const namespace = str(md['namespace']);
   const uid = str(md['uid']);
-  if (!name || !namespace) return { problem: { object: what, reason: 'metadata.name and metadata.namespace are required' } };
-  if (!uid) return { problem: { object: what, reason: 'metadata.uid is missing: the pod cannot be matched to its cgroup' } };
+  if (!name || !namespace)
+    return { problem: { object: what, reason: 'metadata.name and metadata.namespace are required' } };
+  if (!uid)
+    return { problem: { object: what, reason: 'metadata.uid is missing: the pod cannot be matched to its cgroup' } };
 
   const rawIps: unknown[] = [];
   if (Array.isArray(status['podIPs'])) for (const entry of status['podIPs']) rawIps.push(record(entry)['ip']);
@@ -133,7 +135,8 @@ function parsePod(obj: KubeObjectLike): ParseResult {
 /** Why a pod on this node is not in the mesh, or undefined if it is. */
 export function exclusionReason(pod: ParsedPod, namespaceLabels: StringMap | undefined): string | undefined {
   if (pod.hostNetwork) return 'hostNetwork';
-  if (pod.containers.includes('istio-proxy') || pod.annotations[SIDECAR_STATUS_ANNOTATION] !== undefined) return 'has a sidecar';
+  if (pod.containers.includes('istio-proxy') || pod.annotations[SIDECAR_STATUS_ANNOTATION] !== undefined)
+    return 'has a sidecar';
   if (pod.labels[LABEL_DATAPLANE_MODE] === 'none') return `label ${LABEL_DATAPLANE_MODE}=none`;
   if (pod.annotations[REDIRECTION_ANNOTATION] === 'disabled' || pod.labels[REDIRECTION_ANNOTATION] === 'disabled') {
     return `${REDIRECTION_ANNOTATION}: disabled`;
@@ -164,7 +167,11 @@ export function dnsCaptureOverride(annotations: StringMap): boolean | undefined 
 const desired = (p: ParsedPod): DesiredPod => {
   const dnsCapture = dnsCaptureOverride(p.annotations);
   return {
-    uid: p.uid, name: p.name, namespace: p.namespace, ips: p.ips, serviceAccount: p.serviceAccount,
+    uid: p.uid,
+    name: p.name,
+    namespace: p.namespace,
+    ips: p.ips,
+    serviceAccount: p.serviceAccount,
     // Only when the pod says: a pod without the annotation looks as it did before DNS capture.
     ...(dnsCapture === undefined ? {} : { dnsCapture }),
   };

@@ -8,7 +8,11 @@ export interface StateFile {
   readonly updatedAt: string;
   readonly ztunnel: { name: string; namespace: string; ips: readonly string[] } | null;
   readonly pods: ReadonlyArray<{
-    name: string; namespace: string; uid: string; ips: readonly string[]; hostIfname: string | null;
+    name: string;
+    namespace: string;
+    uid: string;
+    ips: readonly string[];
+    hostIfname: string | null;
     /** inpod with ZDS: whether ztunnel took the pod (acked), is being asked (pending), refused it
      * (nacked, with ztunnel's error) or is not connected (no-ztunnel). Absent otherwise. */
     zds?: { state: string; error?: string };

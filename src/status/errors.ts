@@ -10,7 +10,7 @@ export class NotInstalledError extends AmbpfError {
     super(
       partial
         ? `ambpf is only partly installed under ${bpffs}: ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} not pinned there. ` +
-          `Restart \`ambpf run --bpffs ${bpffs}\` to repair it, or remove it with \`ambpf uninstall --bpffs ${bpffs}\`.`
+            `Restart \`ambpf run --bpffs ${bpffs}\` to repair it, or remove it with \`ambpf uninstall --bpffs ${bpffs}\`.`
         : `ambpf is not installed under ${bpffs}: run \`ambpf run --bpffs ${bpffs}\` first, or pass the --bpffs directory it runs with.`,
       { bpffs, missing: missing.join(',') },
     );

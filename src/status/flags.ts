@@ -2,7 +2,10 @@
 import { POD_AMBIENT, POD_DNS_CAPTURE, POD_IS_ZTUNNEL, POD_NO_DNS_CAPTURE, POD_OPT_OUT } from '../bpf/schema.ts';
 
 const WORDS: ReadonlyArray<readonly [number, string]> = [
-  [POD_AMBIENT, 'ambient'], [POD_OPT_OUT, 'opt-out'], [POD_DNS_CAPTURE, 'dns-capture'], [POD_IS_ZTUNNEL, 'ztunnel'],
+  [POD_AMBIENT, 'ambient'],
+  [POD_OPT_OUT, 'opt-out'],
+  [POD_DNS_CAPTURE, 'dns-capture'],
+  [POD_IS_ZTUNNEL, 'ztunnel'],
   [POD_NO_DNS_CAPTURE, 'no-dns-capture'],
 ];
 

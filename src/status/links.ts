@@ -2,7 +2,16 @@
 // for sk_msg (attached to the sockhash with prog_attach, so never pinned as a link), from the
 // sockhash itself.
 import {
-  ATTACH_TYPES, BpfLink, BpfMap, Btf, LibbpfError, attachedProgIds, progFuncInfo, progInfoByFd, withFdById, type LinkInfo,
+  ATTACH_TYPES,
+  BpfLink,
+  BpfMap,
+  Btf,
+  LibbpfError,
+  attachedProgIds,
+  progFuncInfo,
+  progInfoByFd,
+  withFdById,
+  type LinkInfo,
 } from '../libbpf/index.ts';
 import { linkNames, linkPin, mapPin, parseLinkName } from '../bpf/pins.ts';
 import { mountsOf } from '../doctor/system.ts';
@@ -71,10 +80,26 @@ export function readLinks(bpffs: string): AttachedRow[] {
       using link = BpfLink.openPinned(linkPin(bpffs, hook));
       const info = link.info();
       const { target, problem } = describeTarget(hook, info);
-      rows.push({ hook, linkId: info.id, kind: info.typeName, progId: info.progId, progName: progName(info.progId), target, problem });
+      rows.push({
+        hook,
+        linkId: info.id,
+        kind: info.typeName,
+        progId: info.progId,
+        progName: progName(info.progId),
+        target,
+        problem,
+      });
     } catch (err) {
       const why = err instanceof LibbpfError ? err.message : String(err);
-      rows.push({ hook, linkId: null, kind: '?', progId: null, progName: null, target: '?', problem: `cannot read the pin: ${why}` });
+      rows.push({
+        hook,
+        linkId: null,
+        kind: '?',
+        progId: null,
+        progName: null,
+        target: '?',
+        problem: `cannot read the pin: ${why}`,
+      });
     }
   }
   rows.push(skMsgRow(bpffs));
@@ -86,11 +111,24 @@ function skMsgRow(bpffs: string): AttachedRow {
   try {
     using map = BpfMap.openPinned(mapPin(bpffs, 'ambpf_sockhash'));
     const [id] = attachedProgIds(map.fd, ATTACH_TYPES.sk_msg_verdict);
-    if (id === undefined) return { ...base, progId: null, progName: null, problem: 'no sk_msg program on the sockhash: same-node splice is off' };
+    if (id === undefined)
+      return {
+        ...base,
+        progId: null,
+        progName: null,
+        problem: 'no sk_msg program on the sockhash: same-node splice is off',
+      };
     return { ...base, progId: id, progName: progName(id), problem: null };
   } catch (err) {
     // Kernels before 6.0 cannot list a sockmap's programs: say so rather than guess.
-    if (err instanceof LibbpfError && err.code === 'EINVAL') return { ...base, progId: null, progName: null, problem: null, target: `${base.target} (this kernel cannot list it)` };
+    if (err instanceof LibbpfError && err.code === 'EINVAL')
+      return {
+        ...base,
+        progId: null,
+        progName: null,
+        problem: null,
+        target: `${base.target} (this kernel cannot list it)`,
+      };
     return { ...base, progId: null, progName: null, problem: err instanceof Error ? err.message : String(err) };
   }
 }

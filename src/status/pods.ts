@@ -80,9 +80,18 @@ export function collectPods(i: PodsInput): PodsReport {
   for (const [ip, pod] of byIp) {
     if (inMap.has(ip)) continue;
     rows.push({
-      ip, netnsCookie: null, hostIfindex: null, hostIfname: pod.hostIfname, flags: [], netnsEntry: null,
-      name: pod.name, namespace: pod.namespace, node, drift: 'not-in-map',
-      zds: pod.zds?.state ?? null, zdsError: pod.zds?.error ?? null,
+      ip,
+      netnsCookie: null,
+      hostIfindex: null,
+      hostIfname: pod.hostIfname,
+      flags: [],
+      netnsEntry: null,
+      name: pod.name,
+      namespace: pod.namespace,
+      node,
+      drift: 'not-in-map',
+      zds: pod.zds?.state ?? null,
+      zdsError: pod.zds?.error ?? null,
     });
   }
   rows.sort((a, b) => compareIps(a.ip, b.ip));
@@ -108,25 +117,41 @@ export function renderPods(r: PodsReport): string {
     dash(p.netnsCookie),
     p.hostIfindex === null ? dash(p.hostIfname) : `${dash(p.hostIfname)} (${p.hostIfindex})`,
     p.flags.join(',') || '-',
-    p.drift === 'not-in-state-file' ? 'DRIFT: in map, not in state file'
-      : p.drift === 'not-in-map' ? `DRIFT: in state file, not in map${r.podsMapFull ? ' (ambpf_pods is full: it may not fit; raise --max-pods)' : ''}`
-      : p.netnsEntry === false ? 'no ambpf_netns entry'
-      : p.zdsError ? `ztunnel: ${p.zdsError}` : '',
+    p.drift === 'not-in-state-file'
+      ? 'DRIFT: in map, not in state file'
+      : p.drift === 'not-in-map'
+        ? `DRIFT: in state file, not in map${r.podsMapFull ? ' (ambpf_pods is full: it may not fit; raise --max-pods)' : ''}`
+        : p.netnsEntry === false
+          ? 'no ambpf_netns entry'
+          : p.zdsError
+            ? `ztunnel: ${p.zdsError}`
+            : '',
     // ZTUNNEL only where ambpf hands pods to ztunnel over ZDS (inpod): the node topology has no such state.
     ...(withZds ? [dash(p.zds)] : []),
   ]);
-  const headers = ['POD IP', 'POD', 'NODE', 'NETNS COOKIE', 'HOST IF (INDEX)', 'FLAGS', 'NOTE', ...(withZds ? ['ZTUNNEL (ZDS)'] : [])];
-  let out = r.pods.length
-    ? renderTable(headers, rows)
-    : `ambpf_pods under ${r.bpffs} is empty.\n`;
+  const headers = [
+    'POD IP',
+    'POD',
+    'NODE',
+    'NETNS COOKIE',
+    'HOST IF (INDEX)',
+    'FLAGS',
+    'NOTE',
+    ...(withZds ? ['ZTUNNEL (ZDS)'] : []),
+  ];
+  let out = r.pods.length ? renderTable(headers, rows) : `ambpf_pods under ${r.bpffs} is empty.\n`;
   const inMap = r.pods.filter((p) => p.drift !== 'not-in-map').length;
   out += '\n';
   if (!r.stateFound) {
-    out += `${inMap} entr${inMap === 1 ? 'y' : 'ies'} in ambpf_pods. No state file at ${r.stateFile}: pod names unknown, drift not checked ` +
+    out +=
+      `${inMap} entr${inMap === 1 ? 'y' : 'ies'} in ambpf_pods. No state file at ${r.stateFile}: pod names unknown, drift not checked ` +
       '(pass the --state-file of `ambpf run`).\n';
   } else {
-    out += `${inMap} entr${inMap === 1 ? 'y' : 'ies'} in ambpf_pods; state file ${r.stateFile} updated ${r.updatedAt}. ` +
-      (r.drift ? `${r.drift} drifted (the loader should repair them on its next pass; if they stay, check its log).\n` : 'No drift.\n');
+    out +=
+      `${inMap} entr${inMap === 1 ? 'y' : 'ies'} in ambpf_pods; state file ${r.stateFile} updated ${r.updatedAt}. ` +
+      (r.drift
+        ? `${r.drift} drifted (the loader should repair them on its next pass; if they stay, check its log).\n`
+        : 'No drift.\n');
   }
   return out;
 }

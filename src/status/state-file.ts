@@ -19,7 +19,12 @@ export interface LoadedState {
 function isStateFile(v: unknown): v is StateFile {
   if (typeof v !== 'object' || v === null) return false;
   const o = v as Record<string, unknown>;
-  return typeof o['node'] === 'string' && typeof o['updatedAt'] === 'string' && Array.isArray(o['pods']) && Array.isArray(o['problems']);
+  return (
+    typeof o['node'] === 'string' &&
+    typeof o['updatedAt'] === 'string' &&
+    Array.isArray(o['pods']) &&
+    Array.isArray(o['problems'])
+  );
 }
 
 export function loadStateFile(path: string): LoadedState {
@@ -34,10 +39,16 @@ export function loadStateFile(path: string): LoadedState {
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    throw new StateFileError(`the state file ${path} is not valid JSON (${(err as Error).message}); is another program writing it?`, { path });
+    throw new StateFileError(
+      `the state file ${path} is not valid JSON (${(err as Error).message}); is another program writing it?`,
+      { path },
+    );
   }
   if (!isStateFile(parsed)) {
-    throw new StateFileError(`the state file ${path} lacks node, updatedAt, pods or problems; it was not written by ambpf run.`, { path });
+    throw new StateFileError(
+      `the state file ${path} lacks node, updatedAt, pods or problems; it was not written by ambpf run.`,
+      { path },
+    );
   }
   return { path, state: parsed };
 }

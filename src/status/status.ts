@@ -68,7 +68,12 @@ export interface StatusInput {
 /** Every map of MAP_SPECS present: the shared ones in `maps`, the topology's own in `extra`. */
 export function mapFill(maps: DatapathMaps, extra: Readonly<Record<string, BpfMap>> = {}): MapFill[] {
   return readMapHealth({ ...extra, ...maps.raw }, maps.stats()).map((h) => ({
-    map: h.map, entries: h.entries, maxEntries: h.maxEntries, fill: h.fill, pressure: h.pressure, failedInserts: h.failedByPrograms,
+    map: h.map,
+    entries: h.entries,
+    maxEntries: h.maxEntries,
+    fill: h.fill,
+    pressure: h.pressure,
+    failedInserts: h.failedByPrograms,
   }));
 }
 
@@ -77,9 +82,12 @@ function ztunnelStatus(maps: DatapathMaps): ZtunnelStatus | null {
   if (maps.ztunnel.raw().every((b) => b === 0)) return null;
   const z = maps.ztunnel.get();
   return {
-    ip: z.ip, ip6: z.ip6, ready: (z.flags & ZT_READY) !== 0,
+    ip: z.ip,
+    ip6: z.ip6,
+    ready: (z.flags & ZT_READY) !== 0,
     ports: { outbound: z.portOut, inbound: z.portIn, hbone: z.portHbone, dns: z.portDns },
-    mark: `0x${z.mark.toString(16)}/0x${z.markMask.toString(16)}`, hostIfindex: z.hostIfindex,
+    mark: `0x${z.mark.toString(16)}/0x${z.markMask.toString(16)}`,
+    hostIfindex: z.hostIfindex,
   };
 }
 
@@ -122,7 +130,9 @@ export function collectStatus(i: StatusInput): StatusReport {
 function missingPods(maps: DatapathMaps, st: StateFile | null): string[] {
   if (!st) return [];
   const inMap = new Set(maps.pods.keys());
-  return st.pods.filter((p) => p.ips.length > 0 && !p.ips.some((ip) => inMap.has(ip))).map((p) => `${p.namespace}/${p.name}`);
+  return st.pods
+    .filter((p) => p.ips.length > 0 && !p.ips.some((ip) => inMap.has(ip)))
+    .map((p) => `${p.namespace}/${p.name}`);
 }
 
 const pct = (f: number): string => `${(f * 100).toFixed(f > 0 && f < 0.001 ? 2 : 1)}%`;
@@ -131,40 +141,73 @@ export function renderStatus(r: StatusReport): string {
   const out: string[] = [`ambpf status (bpffs ${r.bpffs})`, ''];
   const attached = r.links.filter((l) => l.progId !== null && !l.problem).length;
   out.push(`Attached (${attached} of ${r.links.length}):`);
-  out.push(renderTable(['HOOK', 'KIND', 'LINK', 'PROG', 'NAME', 'TARGET'], r.links.map((l) => [
-    l.hook, l.kind, l.linkId === null ? '-' : String(l.linkId), l.progId === null ? '-' : String(l.progId), l.progName ?? '-',
-    l.problem ? `${l.target}  PROBLEM: ${l.problem}` : l.target,
-  ]), '  '));
+  out.push(
+    renderTable(
+      ['HOOK', 'KIND', 'LINK', 'PROG', 'NAME', 'TARGET'],
+      r.links.map((l) => [
+        l.hook,
+        l.kind,
+        l.linkId === null ? '-' : String(l.linkId),
+        l.progId === null ? '-' : String(l.progId),
+        l.progName ?? '-',
+        l.problem ? `${l.target}  PROBLEM: ${l.problem}` : l.target,
+      ]),
+      '  ',
+    ),
+  );
   out.push('Maps:');
-  out.push(renderTable(['MAP', 'ENTRIES', 'MAX', 'FAILED INSERTS', 'FILL'], r.maps.map((m) => [
-    m.map, m.entries === null ? '-' : String(m.entries), m.maxEntries === null ? '-' : String(m.maxEntries), String(m.failedInserts),
-    m.fill === null ? 'socket storage' : m.pressure ? `${pct(m.fill)}  PRESSURE` : pct(m.fill),
-  ]), '  '));
+  out.push(
+    renderTable(
+      ['MAP', 'ENTRIES', 'MAX', 'FAILED INSERTS', 'FILL'],
+      r.maps.map((m) => [
+        m.map,
+        m.entries === null ? '-' : String(m.entries),
+        m.maxEntries === null ? '-' : String(m.maxEntries),
+        String(m.failedInserts),
+        m.fill === null ? 'socket storage' : m.pressure ? `${pct(m.fill)}  PRESSURE` : pct(m.fill),
+      ]),
+      '  ',
+    ),
+  );
   const z = r.ztunnel;
-  out.push(z
-    ? `ztunnel: ${z.ip}${z.ip6 ? ` ${z.ip6}` : ''} ${z.ready ? 'READY' : 'NOT READY (nothing is redirected)'}, ports out ${z.ports.outbound} in ${z.ports.inbound} hbone ${z.ports.hbone} dns ${z.ports.dns}, mark ${z.mark}, host ifindex ${z.hostIfindex}`
-    : 'ztunnel: unknown (nothing is redirected until the loader finds ztunnel)');
+  out.push(
+    z
+      ? `ztunnel: ${z.ip}${z.ip6 ? ` ${z.ip6}` : ''} ${z.ready ? 'READY' : 'NOT READY (nothing is redirected)'}, ports out ${z.ports.outbound} in ${z.ports.inbound} hbone ${z.ports.hbone} dns ${z.ports.dns}, mark ${z.mark}, host ifindex ${z.hostIfindex}`
+      : 'ztunnel: unknown (nothing is redirected until the loader finds ztunnel)',
+  );
   out.push('');
   const progs = Object.keys(r.counters);
   if (progs.length === 0) out.push('Counters: all zero.');
   else {
     out.push('Counters (non-zero):');
     for (const p of progs) {
-      out.push(`  ${p.padEnd(12)} ${Object.entries(r.counters[p]!).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+      out.push(
+        `  ${p.padEnd(12)} ${Object.entries(r.counters[p]!)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}`,
+      );
     }
   }
   out.push('');
   const rc = r.reconcile;
-  if (!rc.found) out.push(`Last reconcile: unknown (no state file at ${rc.stateFile}; pass the --state-file of \`ambpf run\`).`);
+  if (!rc.found)
+    out.push(`Last reconcile: unknown (no state file at ${rc.stateFile}; pass the --state-file of \`ambpf run\`).`);
   else {
-    out.push(`Last reconcile: ${rc.updatedAt}${rc.ageSeconds === null ? '' : ` (${rc.ageSeconds} s ago)`}, node ${rc.node}, ${rc.pods} ambient pod${rc.pods === 1 ? '' : 's'}, ` +
-      (rc.problems.length ? `${rc.problems.length} problem${rc.problems.length === 1 ? '' : 's'}:` : 'no problems.'));
+    out.push(
+      `Last reconcile: ${rc.updatedAt}${rc.ageSeconds === null ? '' : ` (${rc.ageSeconds} s ago)`}, node ${rc.node}, ${rc.pods} ambient pod${rc.pods === 1 ? '' : 's'}, ` +
+        (rc.problems.length ? `${rc.problems.length} problem${rc.problems.length === 1 ? '' : 's'}:` : 'no problems.'),
+    );
     for (const p of rc.problems) out.push(`  - ${p.object}: ${p.reason}`);
     if (rc.notInMap.length > 0) {
       const pods = r.maps.find((m) => m.map === 'ambpf_pods');
       const full = pods && pods.entries !== null && pods.entries >= (pods.maxEntries ?? Infinity);
-      out.push(`NOT CAPTURED: ${rc.notInMap.length} pod${rc.notInMap.length === 1 ? '' : 's'} the loader wants ${rc.notInMap.length === 1 ? 'is' : 'are'} not in ambpf_pods` +
-        (full ? ` (ambpf_pods is full: ${pods.entries} of ${pods.maxEntries}; raise --max-pods and restart with fresh maps)` : ' (see the loader\'s log)') + ':');
+      out.push(
+        `NOT CAPTURED: ${rc.notInMap.length} pod${rc.notInMap.length === 1 ? '' : 's'} the loader wants ${rc.notInMap.length === 1 ? 'is' : 'are'} not in ambpf_pods` +
+          (full
+            ? ` (ambpf_pods is full: ${pods.entries} of ${pods.maxEntries}; raise --max-pods and restart with fresh maps)`
+            : " (see the loader's log)") +
+          ':',
+      );
       for (const p of rc.notInMap) out.push(`  - ${p}`);
     }
   }

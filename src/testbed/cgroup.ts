@@ -11,7 +11,11 @@ export function cgroup2Root(): string {
     const [, mountPoint, fsType] = line.split(' ');
     if (fsType === 'cgroup2' && mountPoint !== undefined) return mountPoint;
   }
-  throw new SystemError('finding the cgroup v2 mount', 2, 'no cgroup2 filesystem is mounted (the testbed needs cgroup v2)');
+  throw new SystemError(
+    'finding the cgroup v2 mount',
+    2,
+    'no cgroup2 filesystem is mounted (the testbed needs cgroup v2)',
+  );
 }
 
 export function makeCgroup(path: string): void {
@@ -62,7 +66,9 @@ export async function killSubtree(cgroupPath: string, timeoutMs = 10_000): Promi
       }
     }
     if (Date.now() > deadline) {
-      throw new SystemError('emptying a testbed cgroup', 16, `${pids.length} process(es) still in ${cgroupPath}`, { cgroupPath });
+      throw new SystemError('emptying a testbed cgroup', 16, `${pids.length} process(es) still in ${cgroupPath}`, {
+        cgroupPath,
+      });
     }
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -71,11 +77,13 @@ export async function killSubtree(cgroupPath: string, timeoutMs = 10_000): Promi
 /** rmdir bottom-up (cgroupfs refuses rm -r: each directory is removed once its children are). */
 export function removeTree(cgroupPath: string): void {
   if (!existsSync(cgroupPath)) return;
-  for (const e of readdirSync(cgroupPath, { withFileTypes: true })) if (e.isDirectory()) removeTree(join(cgroupPath, e.name));
+  for (const e of readdirSync(cgroupPath, { withFileTypes: true }))
+    if (e.isDirectory()) removeTree(join(cgroupPath, e.name));
   try {
     rmdirSync(cgroupPath);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT') throw new SystemError('removing a testbed cgroup', 16, `rmdir ${cgroupPath} failed [${code}]`, { cgroupPath });
+    if (code !== 'ENOENT')
+      throw new SystemError('removing a testbed cgroup', 16, `rmdir ${cgroupPath} failed [${code}]`, { cgroupPath });
   }
 }

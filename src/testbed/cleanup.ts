@@ -30,7 +30,11 @@ export function runDirOf(prefix: string): string {
  * Paths under `root` down to `depth` levels whose names pass `keep` (a directory that fails it is
  * not entered); unreadable directories are skipped. For leftover checks: cgroup trees, bpffs.
  */
-export function listTree(root: string, depth: number, o: { keep?: (name: string) => boolean; dirsOnly?: boolean } = {}): string[] {
+export function listTree(
+  root: string,
+  depth: number,
+  o: { keep?: (name: string) => boolean; dirsOnly?: boolean } = {},
+): string[] {
   const out: string[] = [];
   const visit = (dir: string, d: number): void => {
     let entries;
@@ -63,13 +67,15 @@ function ownedBy(prefix: string, name: string): boolean {
 
 /** Removes everything of one testbed; idempotent, and tolerant of half-made testbeds. */
 export async function removeByPrefix(prefix: string): Promise<void> {
-  if (!prefix.startsWith(PREFIX_FAMILY)) throw new RangeError(`refusing to remove "${prefix}": testbed prefixes start with ${PREFIX_FAMILY}`);
+  if (!prefix.startsWith(PREFIX_FAMILY))
+    throw new RangeError(`refusing to remove "${prefix}": testbed prefixes start with ${PREFIX_FAMILY}`);
   const cg = join(cgroup2Root(), prefix);
   // Processes first: a netns held by a live process outlives `ip netns del`.
   await killSubtree(cg);
   for (const name of listDir(NETNS_DIR).filter((n) => ownedBy(prefix, n))) {
     const r = await run(['ip', 'netns', 'del', name], { check: false });
-    if (r.code !== 0 && existsSync(join(NETNS_DIR, name))) log.warn({ netns: name, stderr: r.stderr.trim() }, 'could not delete testbed netns');
+    if (r.code !== 0 && existsSync(join(NETNS_DIR, name)))
+      log.warn({ netns: name, stderr: r.stderr.trim() }, 'could not delete testbed netns');
   }
   removeTree(cg);
   for (const name of listDir(BPFFS_ROOT).filter((n) => ownedBy(prefix, n))) {
@@ -94,7 +100,9 @@ export function liveOwner(prefix: string): number | undefined {
     return undefined;
   }
   try {
-    return Number.isInteger(pid) && pid > 0 && readFileSync(`/proc/${pid}/cmdline`, 'utf8').length > 0 ? pid : undefined;
+    return Number.isInteger(pid) && pid > 0 && readFileSync(`/proc/${pid}/cmdline`, 'utf8').length > 0
+      ? pid
+      : undefined;
   } catch {
     return undefined;
   }
@@ -112,7 +120,13 @@ export function findPrefixes(): string[] {
   }
   // Run dirs are <tmpdir>/<prefix> exactly; other files there that merely start with the family are not ours.
   const runDirs = listDir(tmpdir()).filter((n) => /^ambtb[a-z0-9]+$/.test(n));
-  for (const n of [...listDir(NETNS_DIR), ...listDir(ETC_NETNS), ...listDir(BPFFS_ROOT), ...(cgRoot ? listDir(cgRoot) : []), ...runDirs]) {
+  for (const n of [
+    ...listDir(NETNS_DIR),
+    ...listDir(ETC_NETNS),
+    ...listDir(BPFFS_ROOT),
+    ...(cgRoot ? listDir(cgRoot) : []),
+    ...runDirs,
+  ]) {
     const p = family(n);
     if (p) found.add(p);
   }

@@ -70,9 +70,19 @@ export interface DnsmasqOptions {
 export function dnsmasqArgv(o: DnsmasqOptions): string[] {
   const records = Object.entries(o.records ?? {}).map(([name, ips]) => `--host-record=${[name, ...ips].join(',')}`);
   return [
-    'dnsmasq', '--keep-in-foreground', '--conf-file=/dev/null', '--pid-file', '--user=root',
-    '--no-resolv', '--no-hosts', '--no-negcache', '--cache-size=0', '--local=/test/',
-    '--bind-interfaces', ...o.addresses.map((ip) => `--listen-address=${ip}`), `--port=${o.port}`,
+    'dnsmasq',
+    '--keep-in-foreground',
+    '--conf-file=/dev/null',
+    '--pid-file',
+    '--user=root',
+    '--no-resolv',
+    '--no-hosts',
+    '--no-negcache',
+    '--cache-size=0',
+    '--local=/test/',
+    '--bind-interfaces',
+    ...o.addresses.map((ip) => `--listen-address=${ip}`),
+    `--port=${o.port}`,
     ...records,
     ...(o.logPath === undefined ? [] : ['--log-queries=extra', `--log-facility=${o.logPath}`]),
     ...(o.extra ?? []),
@@ -87,7 +97,8 @@ async function listening(netnsPath: string, proc: TestbedProcess): Promise<void>
   for (;;) {
     const r = await inNetns(netnsPath, ['ss', '-Hlnut', 'sport = :53'], { check: false });
     if (r.stdout.trim().split('\n').filter(Boolean).length >= want) return;
-    if (exited || Date.now() > deadline) throw new TestbedTimeoutError('dnsmasq listening on UDP and TCP port 53', SPAWN_TIMEOUT_MS);
+    if (exited || Date.now() > deadline)
+      throw new TestbedTimeoutError('dnsmasq listening on UDP and TCP port 53', SPAWN_TIMEOUT_MS);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -110,7 +121,11 @@ export async function startDnsUpstream(tb: Testbed, o: DnsUpstreamOptions = {}):
     removeTree(cgroupPath);
   };
   try {
-    await ipBatch(wire, [`link add dns0 type veth peer name eth0 netns ${netns}`, 'link set dns0 master br0', 'link set dns0 up']);
+    await ipBatch(wire, [
+      `link add dns0 type veth peer name eth0 netns ${netns}`,
+      'link set dns0 master br0',
+      'link set dns0 up',
+    ]);
     await ipBatch(netns, [
       'link set lo up',
       `addr add ${DNS_UPSTREAM_IPS[0]}/${WIRE_PREFIX_LEN} dev eth0`,
@@ -123,7 +138,10 @@ export async function startDnsUpstream(tb: Testbed, o: DnsUpstreamOptions = {}):
     ]);
     makeCgroup(cgroupPath);
     const argv = dnsmasqArgv({
-      addresses: [...DNS_UPSTREAM_IPS, DNS_UPSTREAM_IP6], port: 53, logPath, ...(o.records ? { records: o.records } : {}),
+      addresses: [...DNS_UPSTREAM_IPS, DNS_UPSTREAM_IP6],
+      port: 53,
+      logPath,
+      ...(o.records ? { records: o.records } : {}),
       // The cluster zone, as kube-dns answers it: the Service VIP for every name of the testbed's pods.
       extra: [`--address=/${CLUSTER_DOMAIN}/${CLUSTER_VIP}`],
     });
@@ -185,6 +203,7 @@ export function podResolverArgv(pod: TestbedPod, argv: readonly string[]): strin
 }
 
 function netnsNameOf(pod: TestbedPod): string {
-  if (!pod.netnsPath.startsWith('/run/netns/')) throw new RangeError(`pod ${pod.namespace}/${pod.name} has no netns of its own`);
+  if (!pod.netnsPath.startsWith('/run/netns/'))
+    throw new RangeError(`pod ${pod.namespace}/${pod.name} has no netns of its own`);
   return pod.netnsPath.slice('/run/netns/'.length);
 }

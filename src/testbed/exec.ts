@@ -14,7 +14,12 @@ export function enterArgv(cgroupPath: string, netnsPath: string, argv: readonly 
   return ['sh', '-c', script, 'ambtb-enter', join(cgroupPath, 'cgroup.procs'), netnsPath, ...argv];
 }
 
-export async function execIn(cgroupPath: string, netnsPath: string, argv: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+export async function execIn(
+  cgroupPath: string,
+  netnsPath: string,
+  argv: readonly string[],
+  opts: RunOptions = {},
+): Promise<RunResult> {
   return run(enterArgv(cgroupPath, netnsPath, argv), opts);
 }
 
@@ -36,7 +41,12 @@ export interface TestbedProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
-export function spawnIn(cgroupPath: string, netnsPath: string, argv: readonly string[], opts: SpawnOptions = {}): TestbedProcess {
+export function spawnIn(
+  cgroupPath: string,
+  netnsPath: string,
+  argv: readonly string[],
+  opts: SpawnOptions = {},
+): TestbedProcess {
   const [file, ...args] = enterArgv(cgroupPath, netnsPath, argv);
   let fd: number | undefined;
   let stdio: 'ignore' | 'pipe' | number = 'ignore';
@@ -57,7 +67,8 @@ export function spawnIn(cgroupPath: string, netnsPath: string, argv: readonly st
     child.on('exit', (code) => resolve(code));
     child.on('error', () => resolve(null));
   });
-  if (child.pid === undefined) throw new SystemError('starting a testbed process', 2, `could not start ${argv.join(' ')}`);
+  if (child.pid === undefined)
+    throw new SystemError('starting a testbed process', 2, `could not start ${argv.join(' ')}`);
   return {
     pid: child.pid,
     child,

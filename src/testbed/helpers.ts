@@ -40,12 +40,33 @@ export interface CurlResult {
 }
 
 /** curl http://ip:port/path from inside a pod (its netns and cgroup), with a hard timeout. */
-export async function curl(tb: Testbed, from: Target, ip: string, port: number, opts: { path?: string; timeoutMs?: number; interface?: string } = {}): Promise<CurlResult> {
+export async function curl(
+  tb: Testbed,
+  from: Target,
+  ip: string,
+  port: number,
+  opts: { path?: string; timeoutMs?: number; interface?: string } = {},
+): Promise<CurlResult> {
   const t = opts.timeoutMs ?? 3000;
   const host = ip.includes(':') ? `[${ip}]` : ip;
-  const argv = ['curl', '-sS', '--max-time', String(t / 1000), '-o', '-', '-w', '\n%{http_code}', `http://${host}:${port}${opts.path ?? '/'}`];
+  const argv = [
+    'curl',
+    '-sS',
+    '--max-time',
+    String(t / 1000),
+    '-o',
+    '-',
+    '-w',
+    '\n%{http_code}',
+    `http://${host}:${port}${opts.path ?? '/'}`,
+  ];
   if (opts.interface) argv.splice(1, 0, '--interface', opts.interface);
   const r = await tb.exec(from, argv, { check: false, timeoutMs: t + 2000 });
   const cut = r.stdout.lastIndexOf('\n');
-  return { exitCode: r.code ?? -1, status: Number(r.stdout.slice(cut + 1)) || 0, body: r.stdout.slice(0, Math.max(cut, 0)), stderr: r.stderr };
+  return {
+    exitCode: r.code ?? -1,
+    status: Number(r.stdout.slice(cut + 1)) || 0,
+    body: r.stdout.slice(0, Math.max(cut, 0)),
+    stderr: r.stderr,
+  };
 }

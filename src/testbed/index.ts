@@ -58,10 +58,32 @@
 export { startTestbed, attachTestbed, effectivePrefix, Testbed, type StartOptions, type Target } from './testbed.ts';
 export { startStandIns, stopStandIns } from './ztunnel/launch.ts';
 export {
-  startZtunnels, startExtraZtunnel, stopZtunnel, ztunnelsOn, ztunnelReadiness, testbedDnsRecords, type ZtunnelsOptions, type ZtunnelHandle,
+  startZtunnels,
+  startExtraZtunnel,
+  stopZtunnel,
+  ztunnelsOn,
+  ztunnelReadiness,
+  testbedDnsRecords,
+  type ZtunnelsOptions,
+  type ZtunnelHandle,
 } from './ztunnel/launch.ts';
-export { PORT_OUTBOUND, PORT_INBOUND_PLAINTEXT, PORT_HBONE, PORT_READINESS, ZTUNNEL_MARK, type InpodStandInState } from './ztunnel/config.ts';
-export { defaultSpec, isMeshPod, type TestbedSpec, type NodeSpec, type PodSpec, type NamespaceSpec, type Topology } from './spec.ts';
+export {
+  PORT_OUTBOUND,
+  PORT_INBOUND_PLAINTEXT,
+  PORT_HBONE,
+  PORT_READINESS,
+  ZTUNNEL_MARK,
+  type InpodStandInState,
+} from './ztunnel/config.ts';
+export {
+  defaultSpec,
+  isMeshPod,
+  type TestbedSpec,
+  type NodeSpec,
+  type PodSpec,
+  type NamespaceSpec,
+  type Topology,
+} from './spec.ts';
 export { removeByPrefix, findPrefixes, liveOwner, PREFIX_FAMILY } from './cleanup.ts';
 export type { TestbedInfo, TestbedNode, TestbedPod, TestbedZtunnel, ZtunnelLogEntry } from './types.ts';
 export type { TestbedProcess, SpawnOptions } from './exec.ts';

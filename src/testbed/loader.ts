@@ -34,25 +34,56 @@ export function zdsSocketPath(tb: Testbed, node: TestbedNode): string {
  * on zdsSocketPath (the per-node ztunnel stand-in connects there) or not (`none`: the per-pod
  * stand-ins open their listeners by themselves).
  */
-export function loaderArgs(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false): string[] {
+export function loaderArgs(
+  tb: Testbed,
+  node: TestbedNode,
+  source: LoaderSource,
+  extra: readonly string[] = [],
+  zds = false,
+): string[] {
   const from = typeof source === 'string' ? ['--pods-file', source] : ['--kubeconfig', source.kubeconfig];
-  const mode = tb.info.topology === 'inpod'
-    // --node-ip as the DaemonSet passes the host IPs (both families): kubelet-like probes from them
-    // reach the app directly.
-    ? [
-      '--mode', 'inpod', '--zds-socket', zds ? zdsSocketPath(tb, node) : 'none',
-      '--node-ip', `${node.wireIp},${node.wireIp6}`,
-    ]
-    : ['--mode', 'node'];
+  const mode =
+    tb.info.topology === 'inpod'
+      ? // --node-ip as the DaemonSet passes the host IPs (both families): kubelet-like probes from them
+        // reach the app directly.
+        [
+          '--mode',
+          'inpod',
+          '--zds-socket',
+          zds ? zdsSocketPath(tb, node) : 'none',
+          '--node-ip',
+          `${node.wireIp},${node.wireIp6}`,
+        ]
+      : ['--mode', 'node'];
   return [
-    AMBPF_BIN, 'run', '--node', node.name, ...from, '--bpffs', node.bpffsDir,
-    '--cgroup', node.kubepodsCgroup, '--listen', `127.0.0.1:${LOADER_PORT}`,
-    '--state-file', join(tb.info.runDir, `state-${node.name}.json`), '--resync-ms', '300', ...mode, ...extra,
+    AMBPF_BIN,
+    'run',
+    '--node',
+    node.name,
+    ...from,
+    '--bpffs',
+    node.bpffsDir,
+    '--cgroup',
+    node.kubepodsCgroup,
+    '--listen',
+    `127.0.0.1:${LOADER_PORT}`,
+    '--state-file',
+    join(tb.info.runDir, `state-${node.name}.json`),
+    '--resync-ms',
+    '300',
+    ...mode,
+    ...extra,
   ];
 }
 
-export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource, extra: readonly string[] = [], zds = false,
-  envOver: NodeJS.ProcessEnv = {}): Loader {
+export function startLoader(
+  tb: Testbed,
+  node: TestbedNode,
+  source: LoaderSource,
+  extra: readonly string[] = [],
+  zds = false,
+  envOver: NodeJS.ProcessEnv = {},
+): Loader {
   const logFile = join(tb.info.runDir, `loader-${node.name}.log`);
   const env = { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug', ...envOver };
   const start = (): TestbedProcess => tb.spawn(node.name, loaderArgs(tb, node, source, extra, zds), { logFile, env });
@@ -66,13 +97,16 @@ export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource
       return loader.proc;
     },
     logLines() {
-      return readFileSync(logFile, 'utf8').split('\n').filter(Boolean).flatMap((l) => {
-        try {
-          return [JSON.parse(l) as Record<string, unknown>];
-        } catch {
-          return [];
-        }
-      });
+      return readFileSync(logFile, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .flatMap((l) => {
+          try {
+            return [JSON.parse(l) as Record<string, unknown>];
+          } catch {
+            return [];
+          }
+        });
     },
   };
   return loader;
@@ -86,22 +120,44 @@ export function startLoader(tb: Testbed, node: TestbedNode, source: LoaderSource
 export async function waitReady(tb: Testbed, loader: Loader, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const r = await tb.exec(loader.node.name, ['curl', '-sf', '--max-time', '1', `http://127.0.0.1:${LOADER_PORT}/readyz`], { check: false, timeoutMs: 3000 });
+    const r = await tb.exec(
+      loader.node.name,
+      ['curl', '-sf', '--max-time', '1', `http://127.0.0.1:${LOADER_PORT}/readyz`],
+      { check: false, timeoutMs: 3000 },
+    );
     if (r.code === 0) return;
     if (Date.now() > deadline) {
-      throw new Error(`loader on ${loader.node.name} not ready after ${timeoutMs} ms; log:\n${readFileSync(loader.logFile, 'utf8').slice(-3000)}`);
+      throw new Error(
+        `loader on ${loader.node.name} not ready after ${timeoutMs} ms; log:\n${readFileSync(loader.logFile, 'utf8').slice(-3000)}`,
+      );
     }
     await new Promise((res) => setTimeout(res, 100));
   }
 }
 
 export async function metrics(tb: Testbed, loader: Loader): Promise<string> {
-  const r = await tb.exec(loader.node.name, ['curl', '-sf', '--max-time', '2', `http://127.0.0.1:${LOADER_PORT}/metrics`], { timeoutMs: 4000 });
+  const r = await tb.exec(
+    loader.node.name,
+    ['curl', '-sf', '--max-time', '2', `http://127.0.0.1:${LOADER_PORT}/metrics`],
+    { timeoutMs: 4000 },
+  );
   return r.stdout;
 }
 
 type Json = Record<string, unknown>;
-interface ListFile { items: Array<{ kind: string; metadata: Json & { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> } } & Json> }
+interface ListFile {
+  items: Array<
+    {
+      kind: string;
+      metadata: Json & {
+        name: string;
+        namespace?: string;
+        labels?: Record<string, string>;
+        annotations?: Record<string, string>;
+      };
+    } & Json
+  >;
+}
 
 /** Edits the pods List in place, atomically (write + rename), as a GitOps tool or kubectl would. */
 export function editPodsFile(path: string, edit: (list: ListFile) => void): void {

@@ -15,7 +15,12 @@ export function podsList(info: TestbedInfo): KubeList {
   const namespaces = info.namespaces.map((ns) => ({
     apiVersion: 'v1',
     kind: 'Namespace',
-    metadata: { name: ns.name, uid: ns.uid, labels: { 'kubernetes.io/metadata.name': ns.name, ...ns.labels }, resourceVersion: String(++rv) },
+    metadata: {
+      name: ns.name,
+      uid: ns.uid,
+      labels: { 'kubernetes.io/metadata.name': ns.name, ...ns.labels },
+      resourceVersion: String(++rv),
+    },
     spec: { finalizers: ['kubernetes'] },
     status: { phase: 'Active' },
   }));
@@ -40,7 +45,11 @@ export function podsList(info: TestbedInfo): KubeList {
       hostIP: info.nodes.find((n) => n.name === p.node)?.wireIp,
       podIP: p.ip,
       podIPs: p.ips.map((ip) => ({ ip })),
-      containerStatuses: p.containers.map((name) => ({ name, ready: true, containerID: `containerd://${p.containerId}` })),
+      containerStatuses: p.containers.map((name) => ({
+        name,
+        ready: true,
+        containerID: `containerd://${p.containerId}`,
+      })),
     },
   }));
   return { apiVersion: 'v1', kind: 'List', metadata: { resourceVersion: String(rv) }, items: [...namespaces, ...pods] };

@@ -28,13 +28,20 @@ export async function run(argv: readonly string[], opts: RunOptions = {}): Promi
   const err: Buffer[] = [];
   child.stdout.on('data', (b: Buffer) => out.push(b));
   child.stderr.on('data', (b: Buffer) => err.push(b));
-  child.stdin.on('error', () => { /* child exited before reading stdin: its exit status tells why */ });
+  child.stdin.on('error', () => {
+    /* child exited before reading stdin: its exit status tells why */
+  });
   child.stdin.end(opts.input ?? '');
   const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
   const result = await new Promise<RunResult>((resolve, reject) => {
     child.on('error', (e) => reject(e));
     child.on('close', (code, signal) =>
-      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') }),
+      resolve({
+        code,
+        signal,
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+      }),
     );
   }).finally(() => clearTimeout(timer));
   if ((opts.check ?? true) && result.code !== 0) {

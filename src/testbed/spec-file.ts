@@ -11,7 +11,8 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 
 function labels(v: unknown, where: string): Labels {
   if (v === undefined) return {};
-  if (!isRecord(v) || Object.values(v).some((x) => typeof x !== 'string')) throw new TestbedSpecError(`${where} must map strings to strings`);
+  if (!isRecord(v) || Object.values(v).some((x) => typeof x !== 'string'))
+    throw new TestbedSpecError(`${where} must map strings to strings`);
   return v as Labels;
 }
 
@@ -31,7 +32,8 @@ export function specFromObject(raw: unknown): TestbedSpec {
   const spec: TestbedSpec = {
     nodes: list(raw['nodes'], 'nodes').map((n, i) => {
       if (!isRecord(n)) throw new TestbedSpecError(`nodes[${i}] must be a mapping`);
-      if (n['ztunnel'] !== undefined && typeof n['ztunnel'] !== 'boolean') throw new TestbedSpecError(`nodes[${i}].ztunnel must be true or false`);
+      if (n['ztunnel'] !== undefined && typeof n['ztunnel'] !== 'boolean')
+        throw new TestbedSpecError(`nodes[${i}].ztunnel must be true or false`);
       return { name: str(n['name'], `nodes[${i}].name`), ztunnel: (n['ztunnel'] as boolean | undefined) ?? true };
     }),
     namespaces: list(raw['namespaces'], 'namespaces').map((n, i) => {
@@ -40,7 +42,9 @@ export function specFromObject(raw: unknown): TestbedSpec {
     }),
     pods: list(raw['pods'], 'pods').map((p, i) => {
       if (!isRecord(p)) throw new TestbedSpecError(`pods[${i}] must be a mapping`);
-      const containers = list(p['containers'], `pods[${i}].containers`).map((c, j) => str(c, `pods[${i}].containers[${j}]`));
+      const containers = list(p['containers'], `pods[${i}].containers`).map((c, j) =>
+        str(c, `pods[${i}].containers[${j}]`),
+      );
       const ipFamilies = list(p['ipFamilies'], `pods[${i}].ipFamilies`).map((f, j) => {
         if (f !== 'IPv4' && f !== 'IPv6') {
           throw new TestbedSpecError(`pods[${i}].ipFamilies[${j}] must be "IPv4" or "IPv6"`);

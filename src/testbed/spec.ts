@@ -91,7 +91,13 @@ export function normalizeSpec(spec: TestbedSpec): TestbedSpec {
     namespaces.set(ZTUNNEL_NAMESPACE, { name: ZTUNNEL_NAMESPACE, labels: {} });
   }
   for (const n of wantsZtunnel) {
-    pods.push({ name: ztunnelPodName(n.name), namespace: ZTUNNEL_NAMESPACE, node: n.name, labels: { app: 'ztunnel' }, containers: ['istio-proxy'] });
+    pods.push({
+      name: ztunnelPodName(n.name),
+      namespace: ZTUNNEL_NAMESPACE,
+      node: n.name,
+      labels: { app: 'ztunnel' },
+      containers: ['istio-proxy'],
+    });
   }
   pods.push(...spec.pods);
   const seen = new Set<string>();
@@ -99,7 +105,8 @@ export function normalizeSpec(spec: TestbedSpec): TestbedSpec {
   for (const p of pods) {
     if (!nameOk.test(p.name)) throw new TestbedSpecError(`pod name "${p.name}" is not a DNS label`);
     if (!nodes.has(p.node)) throw new TestbedSpecError(`pod "${p.namespace}/${p.name}" is on unknown node "${p.node}"`);
-    if (!namespaces.has(p.namespace)) throw new TestbedSpecError(`pod "${p.name}" is in undeclared namespace "${p.namespace}"`);
+    if (!namespaces.has(p.namespace))
+      throw new TestbedSpecError(`pod "${p.name}" is in undeclared namespace "${p.namespace}"`);
     const key = `${p.namespace}/${p.name}`;
     if (seen.has(key)) throw new TestbedSpecError(`pod "${key}" is declared twice`);
     const fams = p.ipFamilies ?? ['IPv4'];
@@ -125,7 +132,11 @@ export function isMeshPod(pod: PodSpec, namespace: NamespaceSpec | undefined): b
   if (pod.hostNetwork) return false;
   if (pod.namespace === ZTUNNEL_NAMESPACE && labels['app'] === 'ztunnel') return false;
   if (labels[AMBIENT_LABEL] === 'none') return false;
-  if (labels['ambient.istio.io/redirection'] === 'disabled' || annotations['ambient.istio.io/redirection'] === 'disabled') return false;
+  if (
+    labels['ambient.istio.io/redirection'] === 'disabled' ||
+    annotations['ambient.istio.io/redirection'] === 'disabled'
+  )
+    return false;
   if (annotations['sidecar.istio.io/status'] !== undefined) return false;
   if ((pod.containers ?? []).includes('istio-proxy')) return false;
   return labels[AMBIENT_LABEL] === 'ambient' || namespace?.labels?.[AMBIENT_LABEL] === 'ambient';

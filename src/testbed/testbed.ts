@@ -3,8 +3,17 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  hostVethName, nodePodCidr, nodePodCidr6, nodeWireIp, nodeWireIp6, podIp, podIp6, POD_GATEWAY, POD_GATEWAY6,
-  WIRE_PREFIX_LEN, WIRE_PREFIX_LEN6,
+  hostVethName,
+  nodePodCidr,
+  nodePodCidr6,
+  nodeWireIp,
+  nodeWireIp6,
+  podIp,
+  podIp6,
+  POD_GATEWAY,
+  POD_GATEWAY6,
+  WIRE_PREFIX_LEN,
+  WIRE_PREFIX_LEN6,
 } from './addresses.ts';
 import { cgroup2Root, makeCgroup } from './cgroup.ts';
 import { BPFFS_ROOT, PREFIX_FAMILY, removeByPrefix, runDirOf } from './cleanup.ts';
@@ -37,7 +46,8 @@ export function effectivePrefix(prefix: string | undefined): string {
     const alphabet = '0123456789abcdefghijklmnopqrstuvwxyz';
     return PREFIX_FAMILY + [...randomBytes(4)].map((b) => alphabet[b % alphabet.length]).join('');
   }
-  if (!/^[a-z0-9]{1,16}$/.test(prefix)) throw new RangeError(`testbed prefix "${prefix}" must be 1-16 lowercase letters or digits`);
+  if (!/^[a-z0-9]{1,16}$/.test(prefix))
+    throw new RangeError(`testbed prefix "${prefix}" must be 1-16 lowercase letters or digits`);
   return prefix.startsWith(PREFIX_FAMILY) ? prefix : PREFIX_FAMILY + prefix;
 }
 
@@ -74,7 +84,8 @@ export class Testbed {
   pod(ref: string): TestbedPod {
     const [a, b] = ref.includes('/') ? ref.split('/', 2) : [undefined, ref];
     const hits = this.info.pods.filter((p) => p.name === b && (a === undefined || p.namespace === a));
-    if (hits.length !== 1 || hits[0] === undefined) throw new TestbedLookupError(ref, hits.length > 1 ? 'unambiguous pod (give namespace/name)' : 'pod');
+    if (hits.length !== 1 || hits[0] === undefined)
+      throw new TestbedLookupError(ref, hits.length > 1 ? 'unambiguous pod (give namespace/name)' : 'pod');
     return hits[0];
   }
 
@@ -231,7 +242,13 @@ export function plan(spec: TestbedSpec, prefix: string, topology: Topology, cgro
   });
   const ztunnels: TestbedZtunnel[] = pods
     .filter((p) => p.isZtunnel)
-    .map((p) => ({ node: p.node, pod: p.name, ip: p.ip, netnsPath: p.netnsPath, logPath: join(runDir, `ztunnel-${p.node}.log`) }));
+    .map((p) => ({
+      node: p.node,
+      pod: p.name,
+      ip: p.ip,
+      netnsPath: p.netnsPath,
+      logPath: join(runDir, `ztunnel-${p.node}.log`),
+    }));
   return {
     prefix,
     topology,
@@ -263,8 +280,13 @@ async function buildNetwork(info: TestbedInfo): Promise<void> {
   // interface made from here on, in any netns of the testbed.
   const noDad = { 'net.ipv6.conf.all.accept_dad': 0, 'net.ipv6.conf.default.accept_dad': 0 };
   if (existsSync('/proc/sys/net/ipv6')) {
-    await Promise.all([info.wireNetnsPath, ...info.nodes.map((n) => n.netnsPath),
-      ...info.pods.filter((p) => !p.hostNetwork).map((p) => p.netnsPath)].map((ns) => sysctls(ns, noDad)));
+    await Promise.all(
+      [
+        info.wireNetnsPath,
+        ...info.nodes.map((n) => n.netnsPath),
+        ...info.pods.filter((p) => !p.hostNetwork).map((p) => p.netnsPath),
+      ].map((ns) => sysctls(ns, noDad)),
+    );
   }
 
   // The wire: a bridge in its own netns, so nothing of the testbed ever lives in the root netns.
@@ -272,7 +294,11 @@ async function buildNetwork(info: TestbedInfo): Promise<void> {
     'link set lo up',
     'link add br0 type bridge',
     'link set br0 up',
-    ...info.nodes.flatMap((n) => [`link add n${n.index} type veth peer name eth0 netns ${n.netns}`, `link set n${n.index} master br0`, `link set n${n.index} up`]),
+    ...info.nodes.flatMap((n) => [
+      `link add n${n.index} type veth peer name eth0 netns ${n.netns}`,
+      `link set n${n.index} master br0`,
+      `link set n${n.index} up`,
+    ]),
   ]);
 
   await Promise.all(
@@ -283,16 +309,20 @@ async function buildNetwork(info: TestbedInfo): Promise<void> {
         `addr add ${n.wireIp}/${WIRE_PREFIX_LEN} dev eth0`,
         ...(v6 ? [`addr add ${n.wireIp6}/${WIRE_PREFIX_LEN6} dev eth0 nodad`] : []),
         'link set eth0 up',
-        ...info.nodes.filter((o) => o !== n).flatMap((o) => [
-          `route add ${o.podCidr} via ${o.wireIp} dev eth0`,
-          ...(v6 ? [`route add ${o.podCidr6} via ${o.wireIp6} dev eth0`] : []),
-        ]),
+        ...info.nodes
+          .filter((o) => o !== n)
+          .flatMap((o) => [
+            `route add ${o.podCidr} via ${o.wireIp} dev eth0`,
+            ...(v6 ? [`route add ${o.podCidr6} via ${o.wireIp6} dev eth0`] : []),
+          ]),
         ...pods.flatMap((p) => [
           `link add ${p.hostIfname} address ${HOST_VETH_MAC} type veth peer name eth0 netns ${netnsName(p.netnsPath)}`,
           `link set ${p.hostIfname} up`,
-          ...p.ips.map((ip) => (ip.includes(':')
-            ? `route add ${ip}/128 dev ${p.hostIfname}`
-            : `route add ${ip}/32 dev ${p.hostIfname} scope link`)),
+          ...p.ips.map((ip) =>
+            ip.includes(':')
+              ? `route add ${ip}/128 dev ${p.hostIfname}`
+              : `route add ${ip}/32 dev ${p.hostIfname} scope link`,
+          ),
         ]),
       ]);
       await sysctls(n.netnsPath, {
@@ -305,20 +335,24 @@ async function buildNetwork(info: TestbedInfo): Promise<void> {
         pods.map((p) =>
           ipBatch(netnsName(p.netnsPath), [
             'link set lo up',
-            ...p.ips.map((ip) => (ip.includes(':')
-              ? `addr add ${ip}/128 dev eth0 nodad`
-              : `addr add ${ip}/32 dev eth0`)),
+            ...p.ips.map((ip) =>
+              ip.includes(':') ? `addr add ${ip}/128 dev eth0 nodad` : `addr add ${ip}/32 dev eth0`,
+            ),
             'link set eth0 up',
-            ...(p.ips.some((ip) => !ip.includes(':')) ? [
-              `route add ${POD_GATEWAY} dev eth0 scope link`,
-              `route add default via ${POD_GATEWAY} dev eth0`,
-              `neigh add ${POD_GATEWAY} lladdr ${HOST_VETH_MAC} dev eth0 nud permanent`,
-            ] : []),
+            ...(p.ips.some((ip) => !ip.includes(':'))
+              ? [
+                  `route add ${POD_GATEWAY} dev eth0 scope link`,
+                  `route add default via ${POD_GATEWAY} dev eth0`,
+                  `neigh add ${POD_GATEWAY} lladdr ${HOST_VETH_MAC} dev eth0 nud permanent`,
+                ]
+              : []),
             // Calico's IPv6 recipe: the host veth's link-local address as gateway, its MAC pinned.
-            ...(p.ips.some((ip) => ip.includes(':')) ? [
-              `route add default via ${POD_GATEWAY6} dev eth0`,
-              `neigh add ${POD_GATEWAY6} lladdr ${HOST_VETH_MAC} dev eth0 nud permanent`,
-            ] : []),
+            ...(p.ips.some((ip) => ip.includes(':'))
+              ? [
+                  `route add default via ${POD_GATEWAY6} dev eth0`,
+                  `neigh add ${POD_GATEWAY6} lladdr ${HOST_VETH_MAC} dev eth0 nud permanent`,
+                ]
+              : []),
           ]),
         ),
       );
@@ -355,14 +389,20 @@ async function waitFor(what: string, timeoutMs: number, check: () => boolean): P
 function inCgroup(pid: number, cgroupPath: string, cgroupRoot: string): boolean {
   try {
     const rel = cgroupPath.slice(cgroupRoot.length);
-    return readFileSync(`/proc/${pid}/cgroup`, 'utf8').includes(`0::${rel}\n`) && readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'sleep';
+    return (
+      readFileSync(`/proc/${pid}/cgroup`, 'utf8').includes(`0::${rel}\n`) &&
+      readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'sleep'
+    );
   } catch {
     return false;
   }
 }
 
 /** Builds the cluster; on any failure removes what it made and rethrows. */
-export async function startTestbed(spec: TestbedSpec = defaultSpec(), opts: StartOptions = { topology: 'node' }): Promise<Testbed> {
+export async function startTestbed(
+  spec: TestbedSpec = defaultSpec(),
+  opts: StartOptions = { topology: 'node' },
+): Promise<Testbed> {
   const prefix = effectivePrefix(opts.prefix);
   const cgroupRoot = cgroup2Root();
   let info = plan(spec, prefix, opts.topology, cgroupRoot);
@@ -382,16 +422,25 @@ export async function startTestbed(spec: TestbedSpec = defaultSpec(), opts: Star
       return spawnIn(p.containerCgroupPath, p.netnsPath, ['sleep', 'infinity'], { detached: true });
     });
     await Promise.all(
-      info.pods.map((p, i) => waitFor(`pause process of pod ${p.namespace}/${p.name}`, 5000, () => inCgroup(pauses[i]?.pid ?? 0, p.containerCgroupPath, cgroupRoot))),
+      info.pods.map((p, i) =>
+        waitFor(`pause process of pod ${p.namespace}/${p.name}`, 5000, () =>
+          inCgroup(pauses[i]?.pid ?? 0, p.containerCgroupPath, cgroupRoot),
+        ),
+      ),
     );
     info = { ...info, pods: info.pods.map((p, i) => ({ ...p, pausePid: pauses[i]?.pid ?? 0 })) };
     const tb = new Testbed(info, opts.detached ?? false);
     if (opts.standIn ?? true) await startStandIns(tb);
     writeFileSync(join(info.runDir, 'testbed.json'), JSON.stringify(info, null, 2) + '\n');
-    log.info({ prefix, topology: opts.topology, nodes: info.nodes.length, pods: info.pods.length, ms: Date.now() - started }, 'testbed up');
+    log.info(
+      { prefix, topology: opts.topology, nodes: info.nodes.length, pods: info.pods.length, ms: Date.now() - started },
+      'testbed up',
+    );
     return tb;
   } catch (err) {
-    await removeByPrefix(prefix).catch((e: unknown) => log.error({ err: e, prefix }, 'cleanup after failed start failed'));
+    await removeByPrefix(prefix).catch((e: unknown) =>
+      log.error({ err: e, prefix }, 'cleanup after failed start failed'),
+    );
     throw err;
   }
 }

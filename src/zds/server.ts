@@ -465,7 +465,8 @@ export class ZdsServer extends EventEmitter<ZdsServerEvents> {
   problem(): string | undefined {
     if (this.#closing || this.#listener.closed) return `the ZDS server on ${this.path} is closed`;
     try {
-      if (lstatSync(this.path).ino !== this.#inode) return `the ZDS socket ${this.path} was replaced by another file: ztunnel cannot reach this agent`;
+      if (lstatSync(this.path).ino !== this.#inode)
+        return `the ZDS socket ${this.path} was replaced by another file: ztunnel cannot reach this agent`;
     } catch {
       return `the ZDS socket ${this.path} is gone: ztunnel cannot reach this agent`;
     }

@@ -9,8 +9,17 @@ import t, { type Test } from 'tap';
 import { readFileSync } from 'node:fs';
 import { run, inNetns } from '../../src/testbed/run.ts';
 import {
-  hostIptables, hostNft, hostNftSets, inpodIptables, inpodNft, restoreText, ISTIO_DEFAULTS, NO_OVERRIDES,
-  type Backend, type IstioConfig, type PodOverrides,
+  hostIptables,
+  hostNft,
+  hostNftSets,
+  inpodIptables,
+  inpodNft,
+  restoreText,
+  ISTIO_DEFAULTS,
+  NO_OVERRIDES,
+  type Backend,
+  type IstioConfig,
+  type PodOverrides,
 } from '../../src/baseline/istio-rules.ts';
 import { inpodNodeRules, inpodPodRules, updateProbeSet } from '../../src/baseline/inpod.ts';
 import { install, nftRuleset, nftTables, remove, type NetnsRules } from '../../src/baseline/ruleset.ts';
@@ -19,11 +28,18 @@ import { testPrefix } from '../helpers/prefix.ts';
 import { snapshot } from '../testbed/leak-check.ts';
 
 const GOLDEN = new URL('./golden/', import.meta.url);
-const golden = (backend: Backend, name: string): string => readFileSync(new URL(`${backend}/${name}.golden`, GOLDEN), 'utf8');
+const golden = (backend: Backend, name: string): string =>
+  readFileSync(new URL(`${backend}/${name}.golden`, GOLDEN), 'utf8');
 
 /** Istio's test configuration (cni/pkg/iptables/iptables_test.go constructTestConfig and the cases). */
 const TEST_PROBE_V6 = 'e9ac:1e77:90ca:399f:4d6d:ece2:2f9b:3164';
-const cfgFor = (dns: boolean, ipv6: boolean): IstioConfig => ({ ...ISTIO_DEFAULTS, dns, ipv6, probeV6: TEST_PROBE_V6, kubeletUid: 1000 });
+const cfgFor = (dns: boolean, ipv6: boolean): IstioConfig => ({
+  ...ISTIO_DEFAULTS,
+  dns,
+  ipv6,
+  probeV6: TEST_PROBE_V6,
+  kubeletUid: 1000,
+});
 const VIRT = ['fake1s0f0', 'fake1s0f1'];
 const CASES: { name: string; dns: boolean; o: PodOverrides }[] = [
   { name: 'default', dns: true, o: NO_OVERRIDES },
@@ -60,7 +76,11 @@ t.test('generated text is the golden text, line for line', async (t) => {
       const file = `${c.name}${ipv6 ? '_ipv6' : ''}`;
       const cfg = cfgFor(c.dns, ipv6);
       const ipt = inpodIptables(cfg, c.o);
-      t.same(restoreText(ipt.v4) + restoreText(ipt.v6), iptablesGolden(golden('iptables', file)).v4 + iptablesGolden(golden('iptables', file)).v6, `iptables ${file}`);
+      t.same(
+        restoreText(ipt.v4) + restoreText(ipt.v6),
+        iptablesGolden(golden('iptables', file)).v4 + iptablesGolden(golden('iptables', file)).v6,
+        `iptables ${file}`,
+      );
       t.same(inpodNft(cfg, c.o), nftLines(golden('nftables', file)), `nftables ${file}`);
     }
   }
@@ -96,7 +116,9 @@ t.test('in the kernel: ours == golden, and removal restores the netns', async (t
   };
   const loadGold = async (backend: Backend, file: string, prelude: readonly string[] = []): Promise<void> => {
     if (backend === 'nftables') {
-      await inNetns(path(gold), ['nft', '-f', '-'], { input: [...prelude, ...nftLines(golden('nftables', file))].join('\n') + '\n' });
+      await inNetns(path(gold), ['nft', '-f', '-'], {
+        input: [...prelude, ...nftLines(golden('nftables', file))].join('\n') + '\n',
+      });
       return;
     }
     const g = iptablesGolden(golden('iptables', file));
@@ -105,7 +127,10 @@ t.test('in the kernel: ours == golden, and removal restores the netns', async (t
   };
 
   /** Installs `rules` in ours and checks the netfilter state equals the golden netns's; returns ours. */
-  const installAndCompare = async (t: Test, rules: NetnsRules): Promise<{ tablesBefore: string[]; o: NetnsState; g: NetnsState }> => {
+  const installAndCompare = async (
+    t: Test,
+    rules: NetnsRules,
+  ): Promise<{ tablesBefore: string[]; o: NetnsState; g: NetnsState }> => {
     const tablesBefore = await nftTables(path(ours));
     await install(rules);
     const [g, o] = [await state(gold), await state(ours)];
@@ -124,11 +149,20 @@ t.test('in the kernel: ours == golden, and removal restores the netns', async (t
           await loadGold(backend, file);
           const rules = inpodPodRules(path(ours), backend, { cfg: cfgFor(c.dns, ipv6), overrides: c.o });
           const { tablesBefore, o } = await installAndCompare(t, rules);
-          t.match(o.rules, /^32764:\tfrom all fwmark 0x111\/0xfff lookup 100 *$/m, 'ip rule fwmark 0x111/0xfff pref 32764 lookup 100');
-          t.match(o.routes, /^local default dev lo table 100 scope host *$/m, 'ip route local 0.0.0.0/0 dev lo table 100');
+          t.match(
+            o.rules,
+            /^32764:\tfrom all fwmark 0x111\/0xfff lookup 100 *$/m,
+            'ip rule fwmark 0x111/0xfff pref 32764 lookup 100',
+          );
+          t.match(
+            o.routes,
+            /^local default dev lo table 100 scope host *$/m,
+            'ip route local 0.0.0.0/0 dev lo table 100',
+          );
           const v6 = (await run(['ip', '-n', ours, '-6', 'rule', 'show'])).stdout;
           // An absent table 100 is an error for `ip -6 route show table 100`: empty output then.
-          const v6routes = (await run(['ip', '-n', ours, '-6', 'route', 'show', 'table', '100'], { check: false })).stdout;
+          const v6routes = (await run(['ip', '-n', ours, '-6', 'route', 'show', 'table', '100'], { check: false }))
+            .stdout;
           if (ipv6) {
             t.match(v6, /^32764:\tfrom all fwmark 0x111\/0xfff lookup 100 *$/m, 'ip -6 rule twin');
             t.match(v6routes, /^local default dev lo /m, 'ip -6 route local ::/0 dev lo table 100');
@@ -149,11 +183,20 @@ t.test('in the kernel: ours == golden, and removal restores the netns', async (t
       const file = `hostprobe${ipv6 ? '_ipv6' : ''}`;
       await t.test(`${backend} ${file} (node netns)`, async (t) => {
         await resetGold();
-        const cfg = backend === 'iptables' ? { ...cfgFor(true, ipv6), probeV6: ISTIO_DEFAULTS.probeV6 } : cfgFor(true, ipv6);
+        const cfg =
+          backend === 'iptables' ? { ...cfgFor(true, ipv6), probeV6: ISTIO_DEFAULTS.probeV6 } : cfgFor(true, ipv6);
         if (backend === 'iptables') {
           // The golden's rules name the probe sets; istio-cni creates them (netlink) before the rules.
           for (const f of ipv6 ? [4, 6] : [4]) {
-            await inNetns(path(gold), ['ipset', 'create', `istio-inpod-probes-v${f}`, 'hash:ip', 'family', f === 4 ? 'inet' : 'inet6', 'comment']);
+            await inNetns(path(gold), [
+              'ipset',
+              'create',
+              `istio-inpod-probes-v${f}`,
+              'hash:ip',
+              'family',
+              f === 4 ? 'inet' : 'inet6',
+              'comment',
+            ]);
           }
           await loadGold(backend, file);
         } else {
@@ -166,11 +209,18 @@ t.test('in the kernel: ours == golden, and removal restores the netns', async (t
         // Pods come and go: one entry per pod IP, tagged with its UID.
         const pods = [{ ip: '198.19.1.5', uid: 'uid-a' }, ...(ipv6 ? [{ ip: 'fd00:a3bf::5', uid: 'uid-b' }] : [])];
         for (const p of pods) await updateProbeSet(path(ours), backend, p, false);
-        const listed = backend === 'iptables' ? (await inNetns(path(ours), ['ipset', 'list'])).stdout : await nftRuleset(path(ours));
-        for (const p of pods) t.match(listed, new RegExp(`${p.ip.replaceAll('.', '\\.')} comment "${p.uid}"`), `${p.ip} in the probe set, tagged ${p.uid}`);
+        const listed =
+          backend === 'iptables' ? (await inNetns(path(ours), ['ipset', 'list'])).stdout : await nftRuleset(path(ours));
+        for (const p of pods)
+          t.match(
+            listed,
+            new RegExp(`${p.ip.replaceAll('.', '\\.')} comment "${p.uid}"`),
+            `${p.ip} in the probe set, tagged ${p.uid}`,
+          );
         for (const p of pods) await updateProbeSet(path(ours), backend, p, true);
         for (const p of pods) await updateProbeSet(path(ours), backend, p, true);
-        const after = backend === 'iptables' ? (await inNetns(path(ours), ['ipset', 'list'])).stdout : await nftRuleset(path(ours));
+        const after =
+          backend === 'iptables' ? (await inNetns(path(ours), ['ipset', 'list'])).stdout : await nftRuleset(path(ours));
         for (const p of pods) t.notOk(after.includes(p.ip), `${p.ip} gone (deleting twice is fine)`);
 
         await remove(rules, tablesBefore);

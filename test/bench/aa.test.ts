@@ -10,10 +10,18 @@ import type { BenchResults, PathName, Sample } from '../../src/bench/types.ts';
 function cells(v: Partial<Record<PathName, number[]>>): Sample[] {
   const out: Sample[] = [];
   for (const [path, values] of Object.entries(v) as Array<[PathName, number[]]>) {
-    values.forEach((x, round) => out.push({
-      phase: 'sink', round, warmup: false, path, workload: 'connections', placement: 'same-node',
-      metrics: { connPerSec: x, p99us: 100 * (round + 1), clientCpuUsPerReq: 50 }, errors: 0,
-    }));
+    values.forEach((x, round) =>
+      out.push({
+        phase: 'sink',
+        round,
+        warmup: false,
+        path,
+        workload: 'connections',
+        placement: 'same-node',
+        metrics: { connPerSec: x, p99us: 100 * (round + 1), clientCpuUsPerReq: 50 },
+        errors: 0,
+      }),
+    );
   }
   return out;
 }
@@ -31,17 +39,44 @@ t.test('aaRows: direct-aa / direct per round on the claimed metric only', async 
 
 t.test('aaSentence says how many rounds ran and, when it never converged, where', async (t) => {
   const rows = aaRows(cells({ direct: [100, 100], 'direct-aa': [80, 85] }));
-  t.match(aaSentence({ rounds: 7, converged: true, stoppedBy: 'converged', tolerance: 0.03, outside: [] }), /7 measured round\(s\): the A\/A median was within ±3 %/);
-  const never = aaSentence({ rounds: 10, converged: false, stoppedBy: 'round cap', tolerance: 0.03, outside: aaOutside(rows, 0.03) });
-  t.match(never, /stopped by the round cap: \*\*the A\/A median never got within ±3 %\*\* on same-node connections ×0\.8\d/);
-  t.match(aaSentence({ rounds: 3, converged: false, stoppedBy: 'fixed rounds', tolerance: 0.03, outside: [] }), /fixed/);
+  t.match(
+    aaSentence({ rounds: 7, converged: true, stoppedBy: 'converged', tolerance: 0.03, outside: [] }),
+    /7 measured round\(s\): the A\/A median was within ±3 %/,
+  );
+  const never = aaSentence({
+    rounds: 10,
+    converged: false,
+    stoppedBy: 'round cap',
+    tolerance: 0.03,
+    outside: aaOutside(rows, 0.03),
+  });
+  t.match(
+    never,
+    /stopped by the round cap: \*\*the A\/A median never got within ±3 %\*\* on same-node connections ×0\.8\d/,
+  );
+  t.match(
+    aaSentence({ rounds: 3, converged: false, stoppedBy: 'fixed rounds', tolerance: 0.03, outside: [] }),
+    /fixed/,
+  );
 });
 
 t.test('the eBPF-vs-Istio table carries the A/A spread of every row it claims on', async (t) => {
-  const samples = cells({ direct: [100, 100, 100], 'direct-aa': [95, 99, 102], iptables: [70, 70, 70], ebpf: [84, 84, 84] });
-  const table = versusIstioTable({ config: { paths: ['direct', 'direct-aa', 'iptables', 'ebpf'] }, samples } as unknown as BenchResults) ?? '';
+  const samples = cells({
+    direct: [100, 100, 100],
+    'direct-aa': [95, 99, 102],
+    iptables: [70, 70, 70],
+    ebpf: [84, 84, 84],
+  });
+  const table =
+    versusIstioTable({
+      config: { paths: ['direct', 'direct-aa', 'iptables', 'ebpf'] },
+      samples,
+    } as unknown as BenchResults) ?? '';
   t.match(table, /\| A\/A: direct-aa \/ direct \|/);
-  t.match(table, /\| same-node \| connections \| connPerSec \(conn\/s, higher is better\) \| \*\*×1\.20\*\* \(1\.20–1\.20\) \| ×0\.99 \(0\.95–1\.02\) \|/);
+  t.match(
+    table,
+    /\| same-node \| connections \| connPerSec \(conn\/s, higher is better\) \| \*\*×1\.20\*\* \(1\.20–1\.20\) \| ×0\.99 \(0\.95–1\.02\) \|/,
+  );
 });
 
 t.test('cpus: allowed list parsing and the plan for 1, 2 and 4 CPUs', async (t) => {

@@ -4,4 +4,5 @@ import t from 'tap';
 import { QUICK_RUN_MS, quickRun } from './quick-run.ts';
 
 t.test('ambpf bench --quick, inpod topology', { timeout: QUICK_RUN_MS + 15_000 }, (t) =>
-  quickRun(t, 'inpod', ['direct', 'direct-aa', 'iptables', 'nftables', 'ebpf'], true));
+  quickRun(t, 'inpod', ['direct', 'direct-aa', 'iptables', 'nftables', 'ebpf'], true),
+);

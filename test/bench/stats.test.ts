@@ -27,11 +27,35 @@ t.test('percentile by nearest rank', async (t) => {
 });
 
 t.test('ratiosPerRound pairs values of the same round only', async (t) => {
-  const path = new Map([[1, 90], [2, 50], [3, 80]]);
-  const base = new Map([[1, 100], [2, 100], [4, 100]]);
-  t.same([...ratiosPerRound(path, base)], [[1, 0.9], [2, 0.5]], 'round 3 has no base, round 4 no path value');
+  const path = new Map([
+    [1, 90],
+    [2, 50],
+    [3, 80],
+  ]);
+  const base = new Map([
+    [1, 100],
+    [2, 100],
+    [4, 100],
+  ]);
+  t.same(
+    [...ratiosPerRound(path, base)],
+    [
+      [1, 0.9],
+      [2, 0.5],
+    ],
+    'round 3 has no base, round 4 no path value',
+  );
   // A slow round slows both sides: its ratio stays the same, unlike a ratio of medians.
-  const r = ratiosPerRound(new Map([[1, 10], [2, 100]]), new Map([[1, 20], [2, 200]]));
+  const r = ratiosPerRound(
+    new Map([
+      [1, 10],
+      [2, 100],
+    ]),
+    new Map([
+      [1, 20],
+      [2, 200],
+    ]),
+  );
   t.same([...r.values()], [0.5, 0.5]);
   t.same([...ratiosPerRound(new Map([[1, 5]]), new Map([[1, 0]]))], [], 'a zero base gives no ratio');
 });
@@ -51,17 +75,37 @@ t.test('rotation puts every path in every position once per cycle', async (t) =>
 t.test('schedule: a warm-up round first, then the measured rounds, interleaved', async (t) => {
   const s = schedule(['a', 'b'], 3, true);
   t.equal(s.length, 4);
-  t.same(s.map((x) => x.warmup), [true, false, false, false]);
-  t.same(s.map((x) => x.order.join('')), ['ab', 'ba', 'ab', 'ba']);
+  t.same(
+    s.map((x) => x.warmup),
+    [true, false, false, false],
+  );
+  t.same(
+    s.map((x) => x.order.join('')),
+    ['ab', 'ba', 'ab', 'ba'],
+  );
   t.equal(schedule(['a'], 2, false).filter((x) => x.warmup).length, 0);
 });
 
 t.test('summarize: warm-up excluded, ratios from the same round, direct has no ratio', async (t) => {
   const mk = (round: number, path: Sample['path'], v: number, warmup = false): Sample => ({
-    phase: 'sink', round, warmup, path, workload: 'connections', placement: 'same-node', metrics: { connPerSec: v }, errors: 0,
+    phase: 'sink',
+    round,
+    warmup,
+    path,
+    workload: 'connections',
+    placement: 'same-node',
+    metrics: { connPerSec: v },
+    errors: 0,
   });
   const rows = summarize(
-    [mk(0, 'direct', 1, true), mk(0, 'ebpf', 1000, true), mk(1, 'direct', 100), mk(1, 'ebpf', 90), mk(2, 'direct', 200), mk(2, 'ebpf', 190)],
+    [
+      mk(0, 'direct', 1, true),
+      mk(0, 'ebpf', 1000, true),
+      mk(1, 'direct', 100),
+      mk(1, 'ebpf', 90),
+      mk(2, 'direct', 200),
+      mk(2, 'ebpf', 190),
+    ],
     ['direct', 'ebpf'],
   );
   t.equal(rows.length, 2);
@@ -76,21 +120,46 @@ t.test('summarize: warm-up excluded, ratios from the same round, direct has no r
 
 t.test('summarize against another base: eBPF / iptables paired per round; the report shows it', async (t) => {
   const mk = (round: number, path: Sample['path'], v: number): Sample => ({
-    phase: 'sink', round, warmup: false, path, workload: 'connections', placement: 'same-node', metrics: { connPerSec: v }, errors: 0,
+    phase: 'sink',
+    round,
+    warmup: false,
+    path,
+    workload: 'connections',
+    placement: 'same-node',
+    metrics: { connPerSec: v },
+    errors: 0,
   });
-  const samples = [mk(1, 'iptables', 80), mk(1, 'ebpf', 100), mk(2, 'iptables', 50), mk(2, 'ebpf', 60), mk(1, 'direct', 120)];
+  const samples = [
+    mk(1, 'iptables', 80),
+    mk(1, 'ebpf', 100),
+    mk(2, 'iptables', 50),
+    mk(2, 'ebpf', 60),
+    mk(1, 'direct', 120),
+  ];
   const rows = summarize(samples, ['iptables', 'ebpf'], 'iptables');
   t.notOk(rows.find((r) => r.path === 'iptables')?.ratio, 'the base has no ratio');
   t.match(rows.find((r) => r.path === 'ebpf')?.ratio, { min: 1.2, max: 1.25, n: 2 });
   const results = {
-    config: { paths: ['direct', 'iptables', 'ebpf'] }, samples,
+    config: { paths: ['direct', 'iptables', 'ebpf'] },
+    samples,
   } as unknown as BenchResults;
   const table = versusIstioTable(results) ?? '';
-  t.match(table, /\| same-node \| connections \| connPerSec \(conn\/s, higher is better\) \| \*\*×1\.23\*\* \(1\.20–1\.25\) \|/);
-  t.equal(versusIstioTable({ config: { paths: ['direct', 'ebpf'] }, samples } as unknown as BenchResults), undefined, 'no table without iptables');
+  t.match(
+    table,
+    /\| same-node \| connections \| connPerSec \(conn\/s, higher is better\) \| \*\*×1\.23\*\* \(1\.20–1\.25\) \|/,
+  );
+  t.equal(
+    versusIstioTable({ config: { paths: ['direct', 'ebpf'] }, samples } as unknown as BenchResults),
+    undefined,
+    'no table without iptables',
+  );
   // Against nftables the same way, its own column header.
   const nft = samples.map((s) => (s.path === 'iptables' ? { ...s, path: 'nftables' as const } : s));
-  const nftTable = versusIstioTable({ config: { paths: ['direct', 'nftables', 'ebpf'] }, samples: nft } as unknown as BenchResults, 'nftables') ?? '';
+  const nftTable =
+    versusIstioTable(
+      { config: { paths: ['direct', 'nftables', 'ebpf'] }, samples: nft } as unknown as BenchResults,
+      'nftables',
+    ) ?? '';
   t.match(nftTable, /\| ebpf \/ nftables \|/);
   t.match(nftTable, /\*\*×1\.23\*\* \(1\.20–1\.25\)/);
 });

@@ -13,7 +13,10 @@ import { eventually } from '../helpers/wait.ts';
 /** Inodes of the sockets listening on 127.0.0.1:port, by owning pid. */
 async function listeners(port: number): Promise<Array<{ pid: number; inode: string }>> {
   const r = await run(['ss', '-Hltnpe', `sport = :${port}`]);
-  return r.stdout.split('\n').filter((l) => l.trim()).map((l) => ({ pid: Number(/pid=(\d+)/.exec(l)?.[1]), inode: /ino:(\d+)/.exec(l)?.[1] ?? '' }));
+  return r.stdout
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => ({ pid: Number(/pid=(\d+)/.exec(l)?.[1]), inode: /ino:(\d+)/.exec(l)?.[1] ?? '' }));
 }
 
 async function waitListening(port: number): Promise<void> {
@@ -41,7 +44,10 @@ t.test('iperf3 under the library keeps its listener across tests; the extra list
   t.equal(ex[0]?.pid, server.pid, 'the extra listener lives in the same process');
 
   for (let i = 0; i < 2; i++) {
-    const c = await run(['iperf3', '-c', '127.0.0.1', '-p', String(port), '-n', '1M', '-J', '--connect-timeout', '3000'], { check: false, timeoutMs: 15_000 });
+    const c = await run(
+      ['iperf3', '-c', '127.0.0.1', '-p', String(port), '-n', '1M', '-J', '--connect-timeout', '3000'],
+      { check: false, timeoutMs: 15_000 },
+    );
     t.equal(c.code, 0, `test ${i + 1} ran`);
     await waitListening(port);
   }

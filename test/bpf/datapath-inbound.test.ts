@@ -5,7 +5,16 @@
 // crafted packets.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { BpfLink, BpfObject, ifIndex, linkInfoByFd, listIds, netnsCookie, withFdById, withNetns } from '../../src/libbpf/index.ts';
+import {
+  BpfLink,
+  BpfObject,
+  ifIndex,
+  linkInfoByFd,
+  listIds,
+  netnsCookie,
+  withFdById,
+  withNetns,
+} from '../../src/libbpf/index.ts';
 import { ensureObjects } from '../../src/bpf/build.ts';
 import { openDatapath } from '../../src/bpf/datapath.ts';
 import * as s from '../../src/bpf/schema.ts';
@@ -16,8 +25,15 @@ import { ACK, SYN, TC_ACT_OK, TC_ACT_REDIRECT, skbCtx, tcpPacket } from './packe
 const packet = (o: { src: string; dst: string; sport: number; dport: number; flags: number }): Uint8Array =>
   tcpPacket(o.src, o.dst, o.sport, o.dport, o.flags);
 
-interface Addr { ip: string; port: number }
-interface ClientOut { peername: Addr; hello: { port: number; local: Addr; peer: Addr } | null; error?: string }
+interface Addr {
+  ip: string;
+  port: number;
+}
+interface ClientOut {
+  peername: Addr;
+  hello: { port: number; local: Addr; peer: Addr } | null;
+  error?: string;
+}
 
 t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, async (t) => {
   const env = await makeEnv(t);
@@ -27,7 +43,15 @@ t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, 
   const ztHostIfindex = withNetns(env.node, () => ifIndex(z.hostIf));
   const bHostIfindex = withNetns(env.node, () => ifIndex(b.hostIf));
   dp.maps.config.set(s.defaultConfig());
-  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: ztHostIfindex, mac: z.mac, hostMac: z.hostMac }));
+  dp.maps.ztunnel.set(
+    s.ztunnelValue({
+      ip: z.ip,
+      netnsCookie: netnsCookie(z.netns),
+      hostIfindex: ztHostIfindex,
+      mac: z.mac,
+      hostMac: z.hostMac,
+    }),
+  );
   // b is a mesh pod for inbound; its netns is deliberately not in ambpf_netns, so its own outbound
   // connections are not redirected and must come back untouched.
   dp.maps.pods.set(b.ip, { netnsCookie: netnsCookie(b.netns), hostIfindex: bHostIfindex, flags: s.POD_AMBIENT });
@@ -45,24 +69,43 @@ t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, 
     // Forwarded from the non-mesh peer's veth, as the node would see it.
     const fromC = skbCtx(withNetns(env.node, () => ifIndex(c.hostIf)));
     // In the node's netns: the ifindexes the program acts on are that netns's.
-    const prog = { testRun: (o: { data: Uint8Array; ctx?: Uint8Array }) => withNetns(env.node, () => prog0.testRun({ ctx: fromC, ...o })) };
+    const prog = {
+      testRun: (o: { data: Uint8Array; ctx?: Uint8Array }) =>
+        withNetns(env.node, () => prog0.testRun({ ctx: fromC, ...o })),
+    };
     const syn = prog.testRun({ data: packet({ src: c.ip, dst: b.ip, sport: 40001, dport: 8080, flags: SYN }) });
     t.equal(syn.retval, TC_ACT_REDIRECT, 'a SYN from a non-mesh client to a mesh pod is redirected');
-    t.equal(Buffer.from(syn.dataOut.subarray(0, 6)).toString('hex'), z.mac.replaceAll(':', ''), 'dst MAC = ztunnel eth0');
-    t.equal(Buffer.from(syn.dataOut.subarray(6, 12)).toString('hex'), z.hostMac.replaceAll(':', ''), 'src MAC = ztunnel host veth');
+    t.equal(
+      Buffer.from(syn.dataOut.subarray(0, 6)).toString('hex'),
+      z.mac.replaceAll(':', ''),
+      'dst MAC = ztunnel eth0',
+    );
+    t.equal(
+      Buffer.from(syn.dataOut.subarray(6, 12)).toString('hex'),
+      z.hostMac.replaceAll(':', ''),
+      'src MAC = ztunnel host veth',
+    );
     const ack = prog.testRun({ data: packet({ src: c.ip, dst: b.ip, sport: 40001, dport: 8080, flags: ACK }) });
     t.equal(ack.retval, TC_ACT_REDIRECT, 'later packets of that flow follow (stateless: no flow table)');
     const stray = prog.testRun({ data: packet({ src: c.ip, dst: b.ip, sport: 40002, dport: 8080, flags: SYN | ACK }) });
     t.equal(stray.retval, TC_ACT_OK, "a reply to the pod's own connection (no SYN seen) passes");
     const fromZt = prog.testRun({ data: packet({ src: z.ip, dst: b.ip, sport: 40003, dport: 15008, flags: SYN }) });
     t.equal(fromZt.retval, TC_ACT_OK, "ztunnel's own traffic to the pod passes");
-    const spoofed = prog.testRun({ data: packet({ src: c.ip, dst: b.ip, sport: 40006, dport: 8080, flags: SYN }), ctx: skbCtx(ztHostIfindex) });
+    const spoofed = prog.testRun({
+      data: packet({ src: c.ip, dst: b.ip, sport: 40006, dport: 8080, flags: SYN }),
+      ctx: skbCtx(ztHostIfindex),
+    });
     t.equal(spoofed.retval, TC_ACT_OK, "ztunnel's upstream with the client's address (from ztunnel's veth) passes");
-    const local = prog.testRun({ data: packet({ src: '198.18.3.1', dst: b.ip, sport: 40007, dport: 8080, flags: SYN }), ctx: skbCtx(0) });
+    const local = prog.testRun({
+      data: packet({ src: '198.18.3.1', dst: b.ip, sport: 40007, dport: 8080, flags: SYN }),
+      ctx: skbCtx(0),
+    });
     t.equal(local.retval, TC_ACT_OK, 'a packet the node made itself (no ingress interface) passes');
     const probe = prog.testRun({ data: packet({ src: s.PROBE_IP, dst: b.ip, sport: 40004, dport: 8080, flags: SYN }) });
     t.equal(probe.retval, TC_ACT_OK, 'kubelet probes (169.254.7.127) pass');
-    const other = prog.testRun({ data: packet({ src: c.ip, dst: '198.18.9.9', sport: 40005, dport: 8080, flags: SYN }) });
+    const other = prog.testRun({
+      data: packet({ src: c.ip, dst: '198.18.9.9', sport: 40005, dport: 8080, flags: SYN }),
+    });
     t.equal(other.retval, TC_ACT_OK, 'a destination not in ambpf_pods passes');
     const arp = Buffer.alloc(42);
     arp.writeUInt16BE(0x0806, 12);
@@ -71,7 +114,11 @@ t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, 
   });
 
   const standIn = await env.server('z', ['15006,15008', '--transparent']);
-  t.equal(await dp.attachZtunnel({ netnsPath: z.netns, pid: standIn.pid, hostIfname: z.hostIf }), 'created', 'sk_lookup link created');
+  t.equal(
+    await dp.attachZtunnel({ netnsPath: z.netns, pid: standIn.pid, hostIfname: z.hostIf }),
+    'created',
+    'sk_lookup link created',
+  );
   t.equal(dp.attachInbound(b.hostIf), 'created', 'tc link created on the pod veth');
   await env.server('c', ['9000']);
 
@@ -85,7 +132,11 @@ t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, 
     const before = dp.stats();
     const plain = await connect('c', b.ip, 8080);
     t.equal(plain.hello?.port, 15006, 'assigned to the 15006 listener');
-    t.same(plain.hello?.local, { ip: b.ip, port: 8080 }, "the accepted socket's local address is the original destination");
+    t.same(
+      plain.hello?.local,
+      { ip: b.ip, port: 8080 },
+      "the accepted socket's local address is the original destination",
+    );
     t.equal(plain.hello?.peer.ip, c.ip, "ztunnel sees the client's IP");
     const hbone = await connect('c', b.ip, 15008);
     t.equal(hbone.hello?.port, 15008, 'dport 15008 is assigned to the 15008 listener');

@@ -10,9 +10,24 @@ import * as s from '../../src/bpf/schema.ts';
 import { makeEnv } from './env.ts';
 import { ERRNO } from '../../src/errors.ts';
 
-interface Hello { port: number; local: Addr; peer: Addr; orig: Addr | { error: number } }
-interface Addr { ip: string; port: number }
-interface ClientOut { peername: Addr; sockname: Addr; hello: Hello; sha?: string; sha_local?: string; error?: string }
+interface Hello {
+  port: number;
+  local: Addr;
+  peer: Addr;
+  orig: Addr | { error: number };
+}
+interface Addr {
+  ip: string;
+  port: number;
+}
+interface ClientOut {
+  peername: Addr;
+  sockname: Addr;
+  hello: Hello;
+  sha?: string;
+  sha_local?: string;
+  error?: string;
+}
 
 t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 }, async (t) => {
   const env = await makeEnv(t);
@@ -25,7 +40,13 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
   t.same(Object.values(dp.links), Array(6).fill('created'), 'six cgroup links created on first open');
 
   const ztHostIfindex = withNetns(env.node, () => ifIndex(z.hostIf));
-  const ztunnel = s.ztunnelValue({ ip: z.ip, netnsCookie: cookieZ, hostIfindex: ztHostIfindex, mac: z.mac, hostMac: z.hostMac });
+  const ztunnel = s.ztunnelValue({
+    ip: z.ip,
+    netnsCookie: cookieZ,
+    hostIfindex: ztHostIfindex,
+    mac: z.mac,
+    hostMac: z.hostMac,
+  });
   dp.maps.config.set(s.defaultConfig({ excludedPorts: [81], nodeIps: ['198.18.1.1'] }));
   dp.maps.netns.set(cookieA, { podIp: a.ip, flags: s.POD_AMBIENT });
   dp.maps.netns.set(cookieZ, { podIp: z.ip, flags: s.POD_IS_ZTUNNEL });
@@ -70,7 +91,11 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
     t.equal((await connect(c.ip, 80, ['--mark', String(0x539)])).hello.port, 80, 'mark 0x539 is not redirected');
     t.equal((await connect(c.ip, 81)).hello.port, 81, 'excluded port 81 is not redirected');
     t.equal((await connect('127.0.0.1', 7000)).hello.port, 7000, 'loopback is not redirected');
-    t.equal((await connect('198.18.1.1', 7000).catch(() => null)), null, 'node IP is not redirected (nothing listens there)');
+    t.equal(
+      await connect('198.18.1.1', 7000).catch(() => null),
+      null,
+      'node IP is not redirected (nothing listens there)',
+    );
     const after = dp.stats();
     t.equal(after.connect4_bypass_mark - before.connect4_bypass_mark, 1n);
     t.equal(after.connect4_bypass_port - before.connect4_bypass_port, 1n);
@@ -92,10 +117,13 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
   await t.test('getsockopt leaves other options and unknown sockets alone', async (t) => {
     // The direct server's accepted socket (no pair entry): SO_ORIGINAL_DST fails as without ambpf.
     const out = await connect(c.ip, 80, ['--mark', String(0x539)]);
-    t.ok('error' in out.hello.orig, `no answer for a socket ambpf did not redirect (${JSON.stringify(out.hello.orig)})`);
+    t.ok(
+      'error' in out.hello.orig,
+      `no answer for a socket ambpf did not redirect (${JSON.stringify(out.hello.orig)})`,
+    );
   });
 
-  await t.test('a getsockopt bigger than a page gets the kernel\'s answer, not EFAULT', async (t) => {
+  await t.test("a getsockopt bigger than a page gets the kernel's answer, not EFAULT", async (t) => {
     // The kernel's own answer is ENOPROTOOPT (no LSM label) or success; before Linux 6.5 a program
     // that leaves optlen alone turns it into EFAULT (the matrix's 5.10 run shows that; this kernel
     // tolerates it, so here this guards the behaviour rather than reproducing the old failure).
@@ -103,19 +131,31 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
     t.ok(r?.ok === true || r?.errno === ERRNO.ENOPROTOOPT, `SO_PEERSEC with a 16 KiB buffer: ${JSON.stringify(r)}`);
   });
 
-  await t.test('10,000 sequential connections with reused ports: 0 wrong SO_ORIGINAL_DST', { timeout: 240_000 }, async (t) => {
-    withNetns(a.netns, () => execFileSync('sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=40000 40099']));
-    const [sum] = (await env.client('a', ['0', '0', '--vary', '--count', '10000', '--ttl', '150'], 200_000)) as Array<{
-      done: number; wrong: number; errors: number; distinct_ports: number; examples: unknown[];
-    }>;
-    t.ok(sum, 'the client reported');
-    if (!sum) return;
-    t.equal(sum.done, 10000, 'all connections ran within the time bound');
-    t.equal(sum.errors, 0, `no connection failed ${JSON.stringify(sum.examples)}`);
-    t.equal(sum.wrong, 0, `no wrong original dst ${JSON.stringify(sum.examples)}`);
-    t.ok(sum.distinct_ports <= 100, `ports were reused (${sum.distinct_ports} distinct for 10,000 connections)`);
-    t.ok(dp.maps.pairs.keys().length < 10, 'closed connections left no pair entries');
-  });
+  await t.test(
+    '10,000 sequential connections with reused ports: 0 wrong SO_ORIGINAL_DST',
+    { timeout: 240_000 },
+    async (t) => {
+      withNetns(a.netns, () => execFileSync('sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=40000 40099']));
+      const [sum] = (await env.client(
+        'a',
+        ['0', '0', '--vary', '--count', '10000', '--ttl', '150'],
+        200_000,
+      )) as Array<{
+        done: number;
+        wrong: number;
+        errors: number;
+        distinct_ports: number;
+        examples: unknown[];
+      }>;
+      t.ok(sum, 'the client reported');
+      if (!sum) return;
+      t.equal(sum.done, 10000, 'all connections ran within the time bound');
+      t.equal(sum.errors, 0, `no connection failed ${JSON.stringify(sum.examples)}`);
+      t.equal(sum.wrong, 0, `no wrong original dst ${JSON.stringify(sum.examples)}`);
+      t.ok(sum.distinct_ports <= 100, `ports were reused (${sum.distinct_ports} distinct for 10,000 connections)`);
+      t.ok(dp.maps.pairs.keys().length < 10, 'closed connections left no pair entries');
+    },
+  );
 
   await t.test('same-node splice: bulk is spliced, small first writes are not, bytes intact', async (t) => {
     const before = dp.stats();
@@ -135,7 +175,9 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
     const again = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node });
     t.same(Object.values(again.links), Array(6).fill('adopted'), 'all six links adopted');
     again.close();
-    const shown = JSON.parse(execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' })) as Array<{ name: string }>;
+    const shown = JSON.parse(
+      execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' }),
+    ) as Array<{ name: string }>;
     t.equal(shown.length, 6, `exactly six programs on the cgroup (${shown.map((p) => p.name).join(', ')})`);
     t.equal((await connect(c.ip, 80)).hello.port, 15001, 'still redirected with only pins holding the datapath');
   });
@@ -148,8 +190,10 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
     const report = uninstallDatapath(env.bpffs);
     t.equal(report.links.length, 6, `links removed: ${report.links.join(', ')}`);
     t.equal(report.maps.length, 11, 'all ten maps and the retired one unpinned');
-    t.ok(report.maps.includes('ambpf_inflow'), 'the retired map\'s pin is gone too');
-    const shown = JSON.parse(execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' }).trim() || '[]') as unknown[];
+    t.ok(report.maps.includes('ambpf_inflow'), "the retired map's pin is gone too");
+    const shown = JSON.parse(
+      execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' }).trim() || '[]',
+    ) as unknown[];
     t.equal(shown.length, 0, 'no program left on the cgroup');
     t.notOk(existsSync(env.bpffs), 'the bpffs directory is gone');
     t.equal((await connect(c.ip, 80)).hello.port, 80, 'connections go direct again');

@@ -74,7 +74,11 @@ export async function makeEnv(t: Test): Promise<Env> {
       rmSync(bpffs, { recursive: true, force: true });
     }
     for (const ns of made.reverse()) {
-      try { ip(['netns', 'del', ns]); } catch { /* already gone */ }
+      try {
+        ip(['netns', 'del', ns]);
+      } catch {
+        /* already gone */
+      }
     }
   });
 
@@ -84,7 +88,14 @@ export async function makeEnv(t: Test): Promise<Env> {
   ip(['netns', 'add', node]);
   made.push(node);
   ip(['-n', node, 'link', 'set', 'lo', 'up']);
-  execFileSync('nsenter', [`--net=${netnsPath('n')}`, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=0']);
+  execFileSync('nsenter', [
+    `--net=${netnsPath('n')}`,
+    'sysctl',
+    '-q',
+    '-w',
+    'net.ipv4.ip_forward=1',
+    'net.ipv4.conf.all.rp_filter=0',
+  ]);
 
   const pods = {} as Record<PodName, Pod>;
   for (const [name, i] of Object.entries(POD_INDEX) as Array<[PodName, number]>) {
@@ -101,7 +112,15 @@ export async function makeEnv(t: Test): Promise<Env> {
     ip(['-n', ns, 'route', 'add', 'default', 'via', `198.18.${i}.1`]);
     const podCg = join(cgroup, `pod-${name}`);
     makeCgroup(podCg);
-    pods[name] = { name, netns: `/run/netns/${ns}`, cgroup: podCg, ip: `198.18.${i}.2`, hostIf, mac: macOf(ns, 'eth0'), hostMac: macOf(node, hostIf) };
+    pods[name] = {
+      name,
+      netns: `/run/netns/${ns}`,
+      cgroup: podCg,
+      ip: `198.18.${i}.2`,
+      hostIf,
+      mac: macOf(ns, 'eth0'),
+      hostMac: macOf(node, hostIf),
+    };
   }
 
   const spawn = (pod: PodName, argv: string[]): TestbedProcess => {
@@ -112,11 +131,20 @@ export async function makeEnv(t: Test): Promise<Env> {
 
   const helper = async (pod: PodName, args: string[], timeoutMs = 60_000): Promise<unknown[]> => {
     const r = await execIn(pods[pod].cgroup, pods[pod].netns, ['python3', HELPER, ...args], { timeoutMs });
-    return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as unknown);
+    return r.stdout
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as unknown);
   };
 
   return {
-    prefix, bpffs, cgroup, node: netnsPath('n'), pods, spawn,
+    prefix,
+    bpffs,
+    cgroup,
+    node: netnsPath('n'),
+    pods,
+    spawn,
     client(pod, args, timeoutMs = 60_000) {
       return helper(pod, ['client', ...args], timeoutMs);
     },
@@ -128,10 +156,18 @@ export async function makeEnv(t: Test): Promise<Env> {
         let buf = '';
         p.child.stdout?.on('data', (d: Buffer) => {
           buf += d.toString();
-          if (buf.includes('ready')) { clearTimeout(timer); res(); }
+          if (buf.includes('ready')) {
+            clearTimeout(timer);
+            res();
+          }
         });
-        p.child.stderr?.on('data', (d: Buffer) => { buf += d.toString(); });
-        void p.exited.then((code) => { clearTimeout(timer); rej(new Error(`helper server in ${pod} exited (${code}): ${buf}`)); });
+        p.child.stderr?.on('data', (d: Buffer) => {
+          buf += d.toString();
+        });
+        void p.exited.then((code) => {
+          clearTimeout(timer);
+          rej(new Error(`helper server in ${pod} exited (${code}): ${buf}`));
+        });
       });
       return p;
     },
@@ -143,14 +179,30 @@ export async function makeEnv(t: Test): Promise<Env> {
  * (its stand-in listening on 15006/15008 with IP_TRANSPARENT, its netns made ready), pod b ambient.
  * The tc program is not attached yet: the test decides how and when.
  */
-export async function openNodeInbound(t: Test, env: Env, o: Pick<DatapathOptions, 'tcMode'> = {}): Promise<{ dp: Datapath; ztHostIfindex: number }> {
+export async function openNodeInbound(
+  t: Test,
+  env: Env,
+  o: Pick<DatapathOptions, 'tcMode'> = {},
+): Promise<{ dp: Datapath; ztHostIfindex: number }> {
   const { b, z } = env.pods;
   const dp = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node, ...o });
   t.teardown(() => dp.close());
   const ztHostIfindex = withNetns(env.node, () => ifIndex(z.hostIf));
   dp.maps.config.set(s.defaultConfig());
-  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: ztHostIfindex, mac: z.mac, hostMac: z.hostMac }));
-  dp.maps.pods.set(b.ip, { netnsCookie: netnsCookie(b.netns), hostIfindex: withNetns(env.node, () => ifIndex(b.hostIf)), flags: s.POD_AMBIENT });
+  dp.maps.ztunnel.set(
+    s.ztunnelValue({
+      ip: z.ip,
+      netnsCookie: netnsCookie(z.netns),
+      hostIfindex: ztHostIfindex,
+      mac: z.mac,
+      hostMac: z.hostMac,
+    }),
+  );
+  dp.maps.pods.set(b.ip, {
+    netnsCookie: netnsCookie(b.netns),
+    hostIfindex: withNetns(env.node, () => ifIndex(b.hostIf)),
+    flags: s.POD_AMBIENT,
+  });
   const standIn = await env.server('z', ['15006,15008', '--transparent']);
   await dp.attachZtunnel({ netnsPath: z.netns, pid: standIn.pid, hostIfname: z.hostIf });
   return { dp, ztHostIfindex };
@@ -173,7 +225,10 @@ export function jsonLines<T>(p: TestbedProcess): T[] {
 export { waitUntil } from '../helpers/wait.ts';
 
 /** ztunnel's 15001/15006/15008 listeners held by process `zt` in a pod (inpod), as the reconciler finds them. */
-export function ztunnelListeners(zt: TestbedProcess, pod: string): { outbound: { pid: number; fd: number }; inbound: { pid: number; fd: number }; hbone: { pid: number; fd: number } } {
+export function ztunnelListeners(
+  zt: TestbedProcess,
+  pod: string,
+): { outbound: { pid: number; fd: number }; inbound: { pid: number; fd: number }; hbone: { pid: number; fd: number } } {
   const inodes = podListenerInodes(zt.pid, { outbound: s.PORT_OUTBOUND, inbound: s.PORT_INBOUND, hbone: s.PORT_HBONE });
   const holders = socketHolders([zt.pid]);
   const get = (inode: string | undefined): { pid: number; fd: number } => {

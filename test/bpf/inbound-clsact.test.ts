@@ -12,7 +12,10 @@ import { listClsactFilters } from '../../src/bpf/datapath-clsact.ts';
 import { openDatapath, uninstallDatapath } from '../../src/bpf/datapath.ts';
 import { makeEnv, openNodeInbound } from './env.ts';
 
-interface ClientOut { hello?: { port: number } | null; error?: string }
+interface ClientOut {
+  hello?: { port: number } | null;
+  error?: string;
+}
 const APP = 8080;
 
 t.test('inbound via clsact (no tcx): attach, see, detach, uninstall', { timeout: 90_000 }, async (t) => {
@@ -21,7 +24,10 @@ t.test('inbound via clsact (no tcx): attach, see, detach, uninstall', { timeout:
   const { dp } = await openNodeInbound(t, env, { tcMode: 'clsact' });
   await env.server('b', [String(APP)]);
 
-  const filters = (): string => execFileSync('nsenter', [`--net=${env.node}`, 'tc', 'filter', 'show', 'dev', b.hostIf, 'egress'], { encoding: 'utf8' });
+  const filters = (): string =>
+    execFileSync('nsenter', [`--net=${env.node}`, 'tc', 'filter', 'show', 'dev', b.hostIf, 'egress'], {
+      encoding: 'utf8',
+    });
   const landsOn = async (): Promise<number | undefined> => {
     const [out] = (await env.client('c', [b.ip, String(APP)])) as ClientOut[];
     return out?.hello?.port;
@@ -43,7 +49,20 @@ t.test('inbound via clsact (no tcx): attach, see, detach, uninstall', { timeout:
   t.equal(dp.attachInbound(b.hostIf), 'created', 'attached again');
   // Reconcile passes trust what this loader attached (no ip/tc scan per pod event); the safety-net
   // pass rescans, so a filter removed behind ambpf's back is noticed and re-attached there.
-  execFileSync('nsenter', [`--net=${env.node}`, 'tc', 'filter', 'del', 'dev', b.hostIf, 'egress', 'pref', '1', 'handle', '0xa3bf', 'bpf']);
+  execFileSync('nsenter', [
+    `--net=${env.node}`,
+    'tc',
+    'filter',
+    'del',
+    'dev',
+    b.hostIf,
+    'egress',
+    'pref',
+    '1',
+    'handle',
+    '0xa3bf',
+    'bpf',
+  ]);
   t.same(dp.inboundInterfaces(), [b.hostIf], 'between rescans the view is what ambpf attached');
   dp.rescanInbound();
   t.same(dp.inboundInterfaces(), [], 'a rescan sees the filter is gone');
@@ -75,9 +94,22 @@ t.test('an upgraded loader swaps an older clsact program for its own', { timeout
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const old = join(dir, 'ambpf_inbound.bpf.o');
   const clang = process.env['AMBPF_CLANG'] ?? 'clang-14';
-  execFileSync(clang, [...BPF_CFLAGS.map((f) => (f === '-mcpu=v3' ? '-mcpu=v2' : f)), '-I', '/usr/include/x86_64-linux-gnu',
-    '-c', join(DEFAULT_SRC_DIR, 'ambpf_inbound.bpf.c'), '-o', old]);
-  const before = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node, tcMode: 'clsact', objects: { ambpf_inbound: old } });
+  execFileSync(clang, [
+    ...BPF_CFLAGS.map((f) => (f === '-mcpu=v3' ? '-mcpu=v2' : f)),
+    '-I',
+    '/usr/include/x86_64-linux-gnu',
+    '-c',
+    join(DEFAULT_SRC_DIR, 'ambpf_inbound.bpf.c'),
+    '-o',
+    old,
+  ]);
+  const before = await openDatapath({
+    bpffs: env.bpffs,
+    cgroup: env.cgroup,
+    netns: env.node,
+    tcMode: 'clsact',
+    objects: { ambpf_inbound: old },
+  });
   t.equal(before.attachInbound(b.hostIf), 'created', 'the old program is attached');
   before.close();
   const oldFilter = listClsactFilters(env.bpffs, env.node)[0];

@@ -14,10 +14,29 @@ import type { TestbedProcess } from '../../src/testbed/exec.ts';
 import { makeEnv, HELPER, ztunnelListeners, type Env, type PodName } from './env.ts';
 import { ERRNO } from '../../src/errors.ts';
 
-interface Addr { ip: string; port: number }
-interface Hello { port: number; local: Addr; peer: Addr; orig: Addr | { error: number } | null }
-interface ClientOut { peername: Addr; sockname?: Addr; hello: Hello | null; error?: string }
-interface VaryOut { done: number; wrong: number; errors: number; distinct_ports: number; examples: unknown[] }
+interface Addr {
+  ip: string;
+  port: number;
+}
+interface Hello {
+  port: number;
+  local: Addr;
+  peer: Addr;
+  orig: Addr | { error: number } | null;
+}
+interface ClientOut {
+  peername: Addr;
+  sockname?: Addr;
+  hello: Hello | null;
+  error?: string;
+}
+interface VaryOut {
+  done: number;
+  wrong: number;
+  errors: number;
+  distinct_ports: number;
+  examples: unknown[];
+}
 
 const APP = 8080;
 
@@ -37,7 +56,15 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
   const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup });
   t.teardown(() => dp.close());
   dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
-  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: '00:00:00:00:00:00', hostMac: '00:00:00:00:00:00' }));
+  dp.maps.ztunnel.set(
+    s.ztunnelValue({
+      ip: z.ip,
+      netnsCookie: netnsCookie(z.netns),
+      hostIfindex: 0,
+      mac: '00:00:00:00:00:00',
+      hostMac: '00:00:00:00:00:00',
+    }),
+  );
 
   // ztunnel's listeners inside the mesh pods a and b (dual-stack, like the stand-in and ztunnel).
   const ztA = await env.server('a', ['15001,15006,15008', '--v6']);
@@ -48,17 +75,20 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
   const cookieB = capture(env, dp, 'b', ztB);
   t.not(cookieA, cookieB);
 
-  await t.test('outbound lands on <pod IP>:15001 in the pod; SO_ORIGINAL_DST and getpeername give the original', async (t) => {
-    const [r] = (await env.client('a', [b.ip, String(APP)])) as ClientOut[];
-    t.equal(r?.hello?.port, 15001, 'accepted by the 15001 listener inside pod a');
-    t.same(r?.hello?.local, { ip: a.ip, port: 15001 }, 'to the pod\'s own IP, as Istio\'s REDIRECT');
-    t.equal(r?.hello?.peer.ip, a.ip, 'the source ztunnel sees is the pod\'s IP');
-    t.same(r?.hello?.orig, { ip: b.ip, port: APP }, 'SO_ORIGINAL_DST answers the original destination');
-    t.same(r?.peername, { ip: b.ip, port: APP }, 'the app\'s getpeername shows the original destination');
-    t.ok(dp.stats().getsockopt_answered > 0n);
-  });
+  await t.test(
+    'outbound lands on <pod IP>:15001 in the pod; SO_ORIGINAL_DST and getpeername give the original',
+    async (t) => {
+      const [r] = (await env.client('a', [b.ip, String(APP)])) as ClientOut[];
+      t.equal(r?.hello?.port, 15001, 'accepted by the 15001 listener inside pod a');
+      t.same(r?.hello?.local, { ip: a.ip, port: 15001 }, "to the pod's own IP, as Istio's REDIRECT");
+      t.equal(r?.hello?.peer.ip, a.ip, "the source ztunnel sees is the pod's IP");
+      t.same(r?.hello?.orig, { ip: b.ip, port: APP }, 'SO_ORIGINAL_DST answers the original destination');
+      t.same(r?.peername, { ip: b.ip, port: APP }, "the app's getpeername shows the original destination");
+      t.ok(dp.stats().getsockopt_answered > 0n);
+    },
+  );
 
-  await t.test('a getsockopt bigger than a page gets the kernel\'s answer, not EFAULT', async (t) => {
+  await t.test("a getsockopt bigger than a page gets the kernel's answer, not EFAULT", async (t) => {
     const [r] = (await env.helper('a', ['bigopt'])) as Array<{ ok?: true; errno?: number }>;
     t.ok(r?.ok === true || r?.errno === ERRNO.ENOPROTOOPT, `SO_PEERSEC with a 16 KiB buffer: ${JSON.stringify(r)}`);
   });
@@ -70,9 +100,9 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
     t.same(r?.peername, { ip: c.ip, port: 9000 });
   });
 
-  await t.test('inbound from a non-mesh peer goes to the pod\'s 15006, HBONE to its 15008', async (t) => {
+  await t.test("inbound from a non-mesh peer goes to the pod's 15006, HBONE to its 15008", async (t) => {
     const [plain] = (await env.client('c', [b.ip, String(APP)])) as ClientOut[];
-    t.equal(plain?.hello?.port, 15006, 'assigned to ztunnel\'s 15006 inside pod b');
+    t.equal(plain?.hello?.port, 15006, "assigned to ztunnel's 15006 inside pod b");
     t.same(plain?.hello?.local, { ip: b.ip, port: APP }, 'the local address is the original destination');
     t.equal(plain?.hello?.peer.ip, c.ip, 'the source is the client');
     const [hbone] = (await env.client('c', [b.ip, '15008'])) as ClientOut[];
@@ -80,17 +110,25 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
     t.ok(dp.stats().sklookup_assigned >= 2n);
   });
 
-  await t.test('a connection the node itself opens (kubelet\'s probe) reaches the app; forwarded ones do not', async (t) => {
-    const before = dp.stats();
-    const out = execFileSync('nsenter', [`--net=${env.node}`, 'python3', HELPER, 'client', b.ip, String(APP)], { encoding: 'utf8' });
-    const [probe] = out.trim().split('\n').map((l) => JSON.parse(l) as ClientOut);
-    t.equal(probe?.hello?.port, APP, 'from the node netns: straight to the app, no host SNAT rule needed');
-    t.ok(dp.stats().sklookup_pass_probe > before.sklookup_pass_probe, 'counted as a probe');
-    const [fwd] = (await env.client('c', [b.ip, String(APP)])) as ClientOut[];
-    t.equal(fwd?.hello?.port, 15006, 'forwarded by the node (pod c): to ztunnel');
-  });
+  await t.test(
+    "a connection the node itself opens (kubelet's probe) reaches the app; forwarded ones do not",
+    async (t) => {
+      const before = dp.stats();
+      const out = execFileSync('nsenter', [`--net=${env.node}`, 'python3', HELPER, 'client', b.ip, String(APP)], {
+        encoding: 'utf8',
+      });
+      const [probe] = out
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as ClientOut);
+      t.equal(probe?.hello?.port, APP, 'from the node netns: straight to the app, no host SNAT rule needed');
+      t.ok(dp.stats().sklookup_pass_probe > before.sklookup_pass_probe, 'counted as a probe');
+      const [fwd] = (await env.client('c', [b.ip, String(APP)])) as ClientOut[];
+      t.equal(fwd?.hello?.port, 15006, 'forwarded by the node (pod c): to ztunnel');
+    },
+  );
 
-  await t.test('ztunnel\'s marked sockets and the pod\'s own IP are not redirected', async (t) => {
+  await t.test("ztunnel's marked sockets and the pod's own IP are not redirected", async (t) => {
     const [marked] = (await env.client('a', [c.ip, '9000', '--mark', String(s.ZTUNNEL_MARK)])) as ClientOut[];
     t.equal(marked?.hello?.port, 9000, 'a marked connect goes where it asked');
     // ztunnel's upstream to the pod's own IP (local == remote): the loop trap must not steer it.
@@ -100,17 +138,25 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
     t.equal(self?.hello?.port, APP, 'the app calling its own IP is not redirected either');
   });
 
-  await t.test('ztunnel\'s spoofed leg (bound to the client\'s IP) reaches the app and gets its replies', async (t) => {
+  await t.test("ztunnel's spoofed leg (bound to the client's IP) reaches the app and gets its replies", async (t) => {
     const before = dp.stats();
     // ztunnel's inbound leg: mark 0x539, IP_TRANSPARENT, bound to the original client's address.
-    const [r] = (await env.client('b', [b.ip, String(APP), '--mark', String(s.ZTUNNEL_MARK), '--transparent', '--bind', c.ip])) as ClientOut[];
+    const [r] = (await env.client('b', [
+      b.ip,
+      String(APP),
+      '--mark',
+      String(s.ZTUNNEL_MARK),
+      '--transparent',
+      '--bind',
+      c.ip,
+    ])) as ClientOut[];
     t.equal(r?.hello?.port, APP, 'the app accepted it (not steered back into 15006)');
-    t.equal(r?.hello?.peer.ip, c.ip, 'the app sees the client\'s address');
-    t.same(r?.sockname?.ip, c.ip, 'the leg really was bound to the client\'s address');
+    t.equal(r?.hello?.peer.ip, c.ip, "the app sees the client's address");
+    t.same(r?.sockname?.ip, c.ip, "the leg really was bound to the client's address");
     const after = dp.stats();
     t.ok(after.tc_orig_src_marked > before.tc_orig_src_marked, 'tc on lo recorded and marked the leg');
     t.ok(after.sklookup_pass_ztunnel > before.sklookup_pass_ztunnel, 'sk_lookup let it through');
-    t.equal([...dp.inpodMaps.origsrc.keys()].length, 0, 'sk_lookup took the leg\'s entry');
+    t.equal([...dp.inpodMaps.origsrc.keys()].length, 0, "sk_lookup took the leg's entry");
   });
 
   await t.test('an armed pod without ztunnel listeners refuses both ways (fail closed)', async (t) => {
@@ -138,14 +184,17 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
     t.equal(inb?.hello?.port, 9000, 'released: inbound reaches the app again');
   });
 
-  await t.test('two pods using the same loopback tuples at once never get each other\'s destination', async (t) => {
+  await t.test("two pods using the same loopback tuples at once never get each other's destination", async (t) => {
     // Both pods connect to their own IP:15001 from the same ephemeral range; the netns cookie in the
     // key keeps them apart (and would, were they to share an address, as over loopback).
-    const [ra, rb] = await Promise.all([
+    const [ra, rb] = (await Promise.all([
       env.client('a', ['0', '0', '--vary', '--count', '1500', '--ttl', '60']),
       env.client('b', ['0', '0', '--vary', '--count', '1500', '--ttl', '60']),
-    ]) as [VaryOut[], VaryOut[]];
-    for (const [pod, r] of [['a', ra[0]], ['b', rb[0]]] as const) {
+    ])) as [VaryOut[], VaryOut[]];
+    for (const [pod, r] of [
+      ['a', ra[0]],
+      ['b', rb[0]],
+    ] as const) {
       t.ok(r && r.done > 100, `pod ${pod} made connections (${r?.done})`);
       t.equal(r?.wrong, 0, `pod ${pod}: no wrong SO_ORIGINAL_DST (${JSON.stringify(r?.examples)})`);
       t.equal(r?.errors, 0, `pod ${pod}: no errors`);
@@ -164,10 +213,20 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
 
   await t.test('nothing of ours is attached in the node netns', async (t) => {
     const nodeIno = statSync(env.node).ino;
-    const links = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{ type: string; netns_ino?: number; prog_id: number }>;
+    const links = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as Array<{
+      type: string;
+      netns_ino?: number;
+      prog_id: number;
+    }>;
     const ours = links.filter((l) => l.type === 'netns');
-    t.ok(ours.some((l) => l.netns_ino === statSync(a.netns).ino), 'sk_lookup sits in pod a\'s netns');
-    t.notOk(ours.some((l) => l.netns_ino === nodeIno), 'no netns link in the node netns');
+    t.ok(
+      ours.some((l) => l.netns_ino === statSync(a.netns).ino),
+      "sk_lookup sits in pod a's netns",
+    );
+    t.notOk(
+      ours.some((l) => l.netns_ino === nodeIno),
+      'no netns link in the node netns',
+    );
     const tc = execFileSync('nsenter', [`--net=${env.node}`, 'bpftool', 'net', 'show'], { encoding: 'utf8' });
     t.notMatch(tc, /ambpf/, 'no tc/xdp program in the node netns');
   });

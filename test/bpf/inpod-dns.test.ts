@@ -26,31 +26,81 @@ const SERVERS = ['198.18.4.53', '198.18.4.54', '198.18.4.55'] as const;
 const SERVER6 = 'fd00:a3bf::53';
 const PROXY = 'proxy@127.0.0.1';
 
-interface Addr { ip: string; port: number }
-interface Answer { by: string; id: number; from?: Addr; asked?: string }
-interface QueryOut { answers: Answer[]; peer?: Addr; sockname?: Addr; error?: string }
+interface Addr {
+  ip: string;
+  port: number;
+}
+interface Answer {
+  by: string;
+  id: number;
+  from?: Addr;
+  asked?: string;
+}
+interface QueryOut {
+  answers: Answer[];
+  peer?: Addr;
+  sockname?: Addr;
+  error?: string;
+}
 interface ReuseOut {
-  queries: number; answers: number; wrong_server: number; wrong_socket: number; lost: number; errors: number;
-  sockets: number; by: Record<string, number>; examples: unknown[]; seconds: number;
+  queries: number;
+  answers: number;
+  wrong_server: number;
+  wrong_socket: number;
+  lost: number;
+  errors: number;
+  sockets: number;
+  by: Record<string, number>;
+  examples: unknown[];
+  seconds: number;
 }
 
 t.test('the pod annotation reaches the DNS bits of ambpf_netns and ambpf_pods', async (t) => {
   const pod = (name: string, i: number, dns?: string): Record<string, unknown> => ({
-    metadata: { name, namespace: 'app', uid: `uid-${name}`, annotations: dns === undefined ? {} : { [DNS_CAPTURE_ANNOTATION]: dns } },
+    metadata: {
+      name,
+      namespace: 'app',
+      uid: `uid-${name}`,
+      annotations: dns === undefined ? {} : { [DNS_CAPTURE_ANNOTATION]: dns },
+    },
     spec: { nodeName: 'n1', containers: [{ name: 'app' }] },
     status: { phase: 'Running', podIP: `198.19.1.${i}` },
   });
-  const desired = computeDesiredState({
-    namespaces: [{ metadata: { name: 'app', labels: { 'istio.io/dataplane-mode': 'ambient' } } }],
-    pods: [pod('plain', 1), pod('off', 2, 'false'), pod('on', 3, 'True'), pod('junk', 4, 'maybe')],
-  }, 'n1');
-  t.same(desired.ambientPods.map((p) => [p.name, p.dnsCapture]), [['junk', undefined], ['off', false], ['on', true], ['plain', undefined]]);
-  t.notOk('dnsCapture' in desired.ambientPods.find((p) => p.name === 'plain')!, 'a pod without the annotation looks as before');
-  const pods = desired.ambientPods.map((p, i) => ({ ...p, pid: 0, pids: [], netnsPath: '', netnsCookie: BigInt(i + 1), hostLink: undefined }));
+  const desired = computeDesiredState(
+    {
+      namespaces: [{ metadata: { name: 'app', labels: { 'istio.io/dataplane-mode': 'ambient' } } }],
+      pods: [pod('plain', 1), pod('off', 2, 'false'), pod('on', 3, 'True'), pod('junk', 4, 'maybe')],
+    },
+    'n1',
+  );
+  t.same(
+    desired.ambientPods.map((p) => [p.name, p.dnsCapture]),
+    [
+      ['junk', undefined],
+      ['off', false],
+      ['on', true],
+      ['plain', undefined],
+    ],
+  );
+  t.notOk(
+    'dnsCapture' in desired.ambientPods.find((p) => p.name === 'plain')!,
+    'a pod without the annotation looks as before',
+  );
+  const pods = desired.ambientPods.map((p, i) => ({
+    ...p,
+    pid: 0,
+    pids: [],
+    netnsPath: '',
+    netnsCookie: BigInt(i + 1),
+    hostLink: undefined,
+  }));
   const target = buildInpodTarget(pods, { pods, ztunnel: undefined, unresolved: [] });
   const flags = Object.fromEntries(pods.map((p) => [p.name, target.netns.get(p.netnsCookie)?.flags]));
   t.same(flags, {
-    plain: s.POD_AMBIENT, junk: s.POD_AMBIENT, off: s.POD_AMBIENT | s.POD_NO_DNS_CAPTURE, on: s.POD_AMBIENT | s.POD_DNS_CAPTURE,
+    plain: s.POD_AMBIENT,
+    junk: s.POD_AMBIENT,
+    off: s.POD_AMBIENT | s.POD_NO_DNS_CAPTURE,
+    on: s.POD_AMBIENT | s.POD_DNS_CAPTURE,
   });
   t.equal(target.pods.get('198.19.1.3')?.flags, s.POD_AMBIENT | s.POD_DNS_CAPTURE, 'the pod map carries them too');
 });
@@ -62,29 +112,52 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
   t.teardown(() => dp.close());
   const config = s.defaultConfig({ flags: s.CFG_INPOD });
   dp.maps.config.set(config);
-  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: '00:00:00:00:00:00', hostMac: '00:00:00:00:00:00' }));
+  dp.maps.ztunnel.set(
+    s.ztunnelValue({
+      ip: z.ip,
+      netnsCookie: netnsCookie(z.netns),
+      hostIfindex: 0,
+      mac: '00:00:00:00:00:00',
+      hostMac: '00:00:00:00:00:00',
+    }),
+  );
 
   const dns = async (pod: PodName, args: string[]): Promise<unknown[]> => {
-    const r = await execIn(env.pods[pod].cgroup, env.pods[pod].netns, ['python3', DNS_HELPER, ...args], { timeoutMs: 60_000 });
-    return r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as unknown);
+    const r = await execIn(env.pods[pod].cgroup, env.pods[pod].netns, ['python3', DNS_HELPER, ...args], {
+      timeoutMs: 60_000,
+    });
+    return r.stdout
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as unknown);
   };
-  const query = async (pod: PodName, args: string[]): Promise<QueryOut> => (await dns(pod, ['query', ...args]))[0] as QueryOut;
+  const query = async (pod: PodName, args: string[]): Promise<QueryOut> =>
+    (await dns(pod, ['query', ...args]))[0] as QueryOut;
   const server = async (pod: PodName, args: string[]): Promise<void> => {
     const p = env.spawn(pod, ['python3', '-u', DNS_HELPER, 'server', ...args]);
     let out = '';
     let exited = false;
-    p.child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-    p.child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
-    void p.exited.then(() => { exited = true; });
+    p.child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    p.child.stderr?.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    void p.exited.then(() => {
+      exited = true;
+    });
     await eventually(() => out.includes('ready') || exited, 10_000, `the dns helper in pod ${pod}`);
     if (exited) throw new Error(`dns helper in pod ${pod} exited: ${out}`);
   };
 
   // The real servers: three addresses of pod c (not in the mesh), and pod c's v6 address.
-  for (const ip of SERVERS) execFileSync('ip', ['-n', c.netns.split('/').pop()!, 'addr', 'add', `${ip}/32`, 'dev', 'eth0']);
+  for (const ip of SERVERS)
+    execFileSync('ip', ['-n', c.netns.split('/').pop()!, 'addr', 'add', `${ip}/32`, 'dev', 'eth0']);
   await server('c', ['real', SERVERS.map((ip) => `${ip}:53`).join(',')]);
   // "ztunnel's DNS proxy" in pods a and b, marked as ztunnel marks every socket it opens in a pod.
-  for (const pod of ['a', 'b'] as const) await server(pod, ['proxy', '127.0.0.1:15053,[::1]:15053', '--mark', String(s.ZTUNNEL_MARK)]);
+  for (const pod of ['a', 'b'] as const)
+    await server(pod, ['proxy', '127.0.0.1:15053,[::1]:15053', '--mark', String(s.ZTUNNEL_MARK)]);
 
   // Pods a and b captured; armPod brings tc on their lo (the answers' slot addresses).
   const capture = (pod: PodName, flags: number): bigint => {
@@ -97,9 +170,19 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
   const cookieA = capture('a', s.POD_AMBIENT);
   const cookieB = capture('b', s.POD_AMBIENT);
   t.teardown(() => {
-    for (const [pod, cookie] of [['a', cookieA], ['b', cookieB]] as const) dp.detachPod(cookie, [env.pods[pod].ip], env.pods[pod].netns);
+    for (const [pod, cookie] of [
+      ['a', cookieA],
+      ['b', cookieB],
+    ] as const)
+      dp.detachPod(cookie, [env.pods[pod].ip], env.pods[pod].netns);
   });
-  t.same(Object.keys(dp.links).filter((h) => /msg/.test(h)).sort(), ['recvmsg4', 'recvmsg6', 'sendmsg4', 'sendmsg6'], 'the UDP hooks are attached');
+  t.same(
+    Object.keys(dp.links)
+      .filter((h) => /msg/.test(h))
+      .sort(),
+    ['recvmsg4', 'recvmsg6', 'sendmsg4', 'sendmsg6'],
+    'the UDP hooks are attached',
+  );
 
   await t.test('unconnected UDP: to the proxy, the answer from the server asked', async (t) => {
     const before = dp.stats();
@@ -124,7 +207,7 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     }
   });
 
-  await t.test('TCP to port 53 goes to the proxy\'s 15053, getpeername shows the server', async (t) => {
+  await t.test("TCP to port 53 goes to the proxy's 15053, getpeername shows the server", async (t) => {
     const r = await query('a', [SERVERS[2], '53', '--tcp']);
     t.notOk(r.error, `no error (${r.error})`);
     t.equal(r.answers[0]?.by, PROXY);
@@ -144,17 +227,21 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
   await t.test('without tc on lo (Linux < 6.6: no tcx) the answers show the latest server asked', async (t) => {
     // What the slot addresses buy: the same three queries at once, with nothing to copy the slot into
     // the answers' source. Re-armed afterwards (armPod is idempotent).
-    t.ok(removePinnedLink(linkPin(env.bpffs, inpodLoLinkName(cookieA))), 'tc on pod a\'s lo detached');
+    t.ok(removePinnedLink(linkPin(env.bpffs, inpodLoLinkName(cookieA))), "tc on pod a's lo detached");
     try {
       const [r] = (await dns('a', ['spread', SERVERS.join(','), '53'])) as QueryOut[];
       t.equal(r?.answers.length, 3);
-      t.same(r?.answers.map((ans) => ans.from?.ip), [SERVERS[2], SERVERS[2], SERVERS[2]], 'all three show the last server');
+      t.same(
+        r?.answers.map((ans) => ans.from?.ip),
+        [SERVERS[2], SERVERS[2], SERVERS[2]],
+        'all three show the last server',
+      );
     } finally {
       dp.armPod({ netnsPath: a.netns, netnsCookie: cookieA });
     }
   });
 
-  await t.test('a socket bound to the pod\'s IP (no slot address): the server of its query', async (t) => {
+  await t.test("a socket bound to the pod's IP (no slot address): the server of its query", async (t) => {
     const r = await query('a', [SERVERS[0], '53', '--bind', a.ip, '--count', '2']);
     t.notOk(r.error, `no error (${r.error})`);
     for (const ans of r.answers) {
@@ -183,11 +270,11 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     }
   });
 
-  await t.test('not captured: another pod, a marked socket (ztunnel\'s upstream), other ports', async (t) => {
+  await t.test("not captured: another pod, a marked socket (ztunnel's upstream), other ports", async (t) => {
     const direct = await query('z', [SERVERS[0], '53']);
     t.equal(direct.answers[0]?.by, `real@${SERVERS[0]}`, 'a pod not in the mesh reaches the server');
     const marked = await query('a', [SERVERS[0], '53', '--mark', String(s.ZTUNNEL_MARK)]);
-    t.equal(marked.answers[0]?.by, `real@${SERVERS[0]}`, 'ztunnel\'s own query is not looped back');
+    t.equal(marked.answers[0]?.by, `real@${SERVERS[0]}`, "ztunnel's own query is not looped back");
     t.same(marked.answers[0]?.from, { ip: SERVERS[0], port: 53 });
     const tcpMarked = await query('a', [SERVERS[0], '53', '--tcp', '--mark', String(s.ZTUNNEL_MARK)]);
     t.equal(tcpMarked.answers[0]?.by, `real@${SERVERS[0]}`, 'nor its TCP query');
@@ -195,7 +282,7 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     t.equal(own.answers[0]?.by, PROXY, 'the proxy itself is reachable');
   });
 
-  await t.test('a resolver on the node\'s own address is captured (only what goes via lo is not)', async (t) => {
+  await t.test("a resolver on the node's own address is captured (only what goes via lo is not)", async (t) => {
     // --node-ip addresses are never redirected to 15001; DNS to them is, as Istio's rules do.
     dp.maps.config.set({ ...config, nodeIps: [SERVERS[0]] });
     try {
@@ -218,10 +305,14 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
       const off = await query('b', [SERVERS[0], '53']);
       t.equal(off.answers[0]?.by, `real@${SERVERS[0]}`, 'annotation "false": the server itself');
       const tcpOff = await query('b', [SERVERS[0], '53', '--tcp']);
-      t.match(tcpOff.error ?? '', /refused/i, 'its TCP to port 53 is ordinary TCP: ztunnel\'s 15001 (not up here)');
+      t.match(tcpOff.error ?? '', /refused/i, "its TCP to port 53 is ordinary TCP: ztunnel's 15001 (not up here)");
       dp.maps.config.set({ ...config, flags: config.flags | s.CFG_NO_DNS_CAPTURE });
       const node = await query('a', [SERVERS[0], '53']);
-      t.equal(node.answers[0]?.by, `real@${SERVERS[0]}`, '--no-dns-capture: a pod without the annotation is left alone');
+      t.equal(
+        node.answers[0]?.by,
+        `real@${SERVERS[0]}`,
+        '--no-dns-capture: a pod without the annotation is left alone',
+      );
       setB(s.POD_AMBIENT | s.POD_DNS_CAPTURE);
       const on = await query('b', [SERVERS[0], '53']);
       t.equal(on.answers[0]?.by, PROXY, 'annotation "true" captures all the same');
@@ -232,32 +323,58 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     }
   });
 
-  await t.test('10,000 queries from reused source ports, two pods and ztunnel\'s upstream at once', async (t) => {
+  await t.test("10,000 queries from reused source ports, two pods and ztunnel's upstream at once", async (t) => {
     const before = dp.stats();
     // Pods a and b bind the same 16 ports in turn (each port ~80 times per pod); a socket sends 4
     // queries to random servers before it reads. ztunnel's upstream queries (marked) in pod a use
     // the next 16 ports meanwhile and must reach the real servers.
     const app = ['reuse', SERVERS.join(','), '53', '--ports', '40000-40015', '--queries', '5000', '--per-socket', '4'];
     const started = Date.now();
-    const [ra, rb, rz] = (await Promise.all([
-      dns('a', [...app, '--seed', '1']),
-      dns('b', [...app, '--seed', '2']),
-      dns('a', ['reuse', SERVERS.join(','), '53', '--ports', '40016-40031', '--queries', '1000', '--per-socket', '4', '--mark', String(s.ZTUNNEL_MARK)]),
-    ])).map((r) => r[0] as ReuseOut);
+    const [ra, rb, rz] = (
+      await Promise.all([
+        dns('a', [...app, '--seed', '1']),
+        dns('b', [...app, '--seed', '2']),
+        dns('a', [
+          'reuse',
+          SERVERS.join(','),
+          '53',
+          '--ports',
+          '40016-40031',
+          '--queries',
+          '1000',
+          '--per-socket',
+          '4',
+          '--mark',
+          String(s.ZTUNNEL_MARK),
+        ]),
+      ])
+    ).map((r) => r[0] as ReuseOut);
     const seconds = (Date.now() - started) / 1000;
-    t.comment(`10,000 captured + 1,000 upstream queries in ${seconds.toFixed(1)} s (a ${ra?.seconds} s, b ${rb?.seconds} s)`);
-    for (const [name, r] of [['pod a', ra], ['pod b', rb]] as const) {
+    t.comment(
+      `10,000 captured + 1,000 upstream queries in ${seconds.toFixed(1)} s (a ${ra?.seconds} s, b ${rb?.seconds} s)`,
+    );
+    for (const [name, r] of [
+      ['pod a', ra],
+      ['pod b', rb],
+    ] as const) {
       t.equal(r?.queries, 5000, `${name}: 5,000 queries`);
       t.equal(r?.answers, 5000, `${name}: every one answered`);
       t.equal(r?.wrong_socket, 0, `${name}: no answer reached another socket (${JSON.stringify(r?.examples)})`);
-      t.equal(r?.wrong_server, 0, `${name}: every answer shows its own query's server (${JSON.stringify(r?.examples)})`);
+      t.equal(
+        r?.wrong_server,
+        0,
+        `${name}: every answer shows its own query's server (${JSON.stringify(r?.examples)})`,
+      );
       t.equal(r?.errors, 0, `${name}: every port could be bound`);
       t.equal(r?.sockets, 1250, `${name}: 1,250 sockets on 16 ports (each port bound ~78 times)`);
       t.same(r?.by, { [PROXY]: 5000 }, `${name}: all answered by the pod's proxy`);
     }
-    t.equal(rz?.answers, 1000, 'ztunnel\'s upstream queries all answered');
+    t.equal(rz?.answers, 1000, "ztunnel's upstream queries all answered");
     t.equal((rz?.wrong_server ?? 1) + (rz?.wrong_socket ?? 1), 0, 'by the server each was sent to, on its own socket');
-    t.notOk(Object.keys(rz?.by ?? {}).some((k) => k.startsWith('proxy')), 'none looped back to the proxy');
+    t.notOk(
+      Object.keys(rz?.by ?? {}).some((k) => k.startsWith('proxy')),
+      'none looped back to the proxy',
+    );
     t.ok(seconds < 45, `bounded in time (${seconds.toFixed(1)} s)`);
     const after = dp.stats();
     t.ok(after.dns_redirected - before.dns_redirected >= 10_000n, 'every app query redirected');

@@ -11,8 +11,16 @@ import type { TestbedProcess } from '../../src/testbed/exec.ts';
 import * as s from '../../src/bpf/schema.ts';
 import { jsonLines, makeEnv, waitUntil, type Env } from './env.ts';
 
-interface Addr { ip: string; port: number }
-interface Hello { port: number; local: Addr; peer: Addr; orig: Addr | { error: number } }
+interface Addr {
+  ip: string;
+  port: number;
+}
+interface Hello {
+  port: number;
+  local: Addr;
+  peer: Addr;
+  orig: Addr | { error: number };
+}
 
 /** The hellos a `--log` server prints, as they come. */
 function helloLog(p: TestbedProcess): { waitFor: (peerPort: number, ms: number) => Promise<Hello> } {
@@ -20,7 +28,8 @@ function helloLog(p: TestbedProcess): { waitFor: (peerPort: number, ms: number) 
   return {
     async waitFor(peerPort, ms) {
       const found = (): Hello | undefined => seen.find((x) => x.peer.port === peerPort);
-      if (!(await waitUntil(() => found() !== undefined, ms))) throw new Error(`the server logged no connection from port ${peerPort} within ${ms} ms`);
+      if (!(await waitUntil(() => found() !== undefined, ms)))
+        throw new Error(`the server logged no connection from port ${peerPort} within ${ms} ms`);
       return found() as Hello;
     },
   };
@@ -35,64 +44,96 @@ async function fire(env: Env, ip: string, port: number): Promise<number> {
 
 const DELAY_S = '1.5';
 
-t.test('node: the original dst outlives a client that closed before ztunnel accepted', { timeout: 60_000 }, async (t) => {
-  const env = await makeEnv(t);
-  const { a, c, z } = env.pods;
-  const dp = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node });
-  t.teardown(() => dp.close());
-  dp.maps.config.set(s.defaultConfig());
-  dp.maps.netns.set(netnsCookie(a.netns), { podIp: a.ip, flags: s.POD_AMBIENT });
-  dp.maps.netns.set(netnsCookie(z.netns), { podIp: z.ip, flags: s.POD_IS_ZTUNNEL });
-  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: z.mac, hostMac: z.hostMac }));
-  const log = helloLog(await env.server('z', ['15001', '--v6', '--accept-delay', DELAY_S, '--log']));
+t.test(
+  'node: the original dst outlives a client that closed before ztunnel accepted',
+  { timeout: 60_000 },
+  async (t) => {
+    const env = await makeEnv(t);
+    const { a, c, z } = env.pods;
+    const dp = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node });
+    t.teardown(() => dp.close());
+    dp.maps.config.set(s.defaultConfig());
+    dp.maps.netns.set(netnsCookie(a.netns), { podIp: a.ip, flags: s.POD_AMBIENT });
+    dp.maps.netns.set(netnsCookie(z.netns), { podIp: z.ip, flags: s.POD_IS_ZTUNNEL });
+    dp.maps.ztunnel.set(
+      s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: z.mac, hostMac: z.hostMac }),
+    );
+    const log = helloLog(await env.server('z', ['15001', '--v6', '--accept-delay', DELAY_S, '--log']));
 
-  const port = await fire(env, c.ip, 80);
-  const hello = await log.waitFor(port, 10_000);
-  t.equal(hello.port, 15001, 'redirected to ztunnel');
-  t.same(hello.orig, { ip: c.ip, port: 80 }, 'SO_ORIGINAL_DST answers after the client has closed');
-  t.ok(await waitUntil(() => dp.maps.pairs.keys().length === 0, 5_000),
-    `no pair entry left once both sides closed (${JSON.stringify(dp.maps.pairs.keys())})`);
+    const port = await fire(env, c.ip, 80);
+    const hello = await log.waitFor(port, 10_000);
+    t.equal(hello.port, 15001, 'redirected to ztunnel');
+    t.same(hello.orig, { ip: c.ip, port: 80 }, 'SO_ORIGINAL_DST answers after the client has closed');
+    t.ok(
+      await waitUntil(() => dp.maps.pairs.keys().length === 0, 5_000),
+      `no pair entry left once both sides closed (${JSON.stringify(dp.maps.pairs.keys())})`,
+    );
 
-  // The usual order too (ztunnel answers, the client reads and closes): still cleaned up.
-  const [out] = (await env.client('a', [c.ip, '81'])) as Array<{ hello?: Hello }>;
-  t.same(out?.hello?.orig, { ip: c.ip, port: 81 }, 'a normal connection gets its original dst');
-  t.ok(await waitUntil(() => dp.maps.pairs.keys().length === 0, 5_000), 'no pair entry left after a normal connection');
-});
+    // The usual order too (ztunnel answers, the client reads and closes): still cleaned up.
+    const [out] = (await env.client('a', [c.ip, '81'])) as Array<{ hello?: Hello }>;
+    t.same(out?.hello?.orig, { ip: c.ip, port: 81 }, 'a normal connection gets its original dst');
+    t.ok(
+      await waitUntil(() => dp.maps.pairs.keys().length === 0, 5_000),
+      'no pair entry left after a normal connection',
+    );
+  },
+);
 
-t.test('inpod: the original dst outlives a client that closed before ztunnel accepted', { timeout: 60_000 }, async (t) => {
-  const env = await makeEnv(t);
-  const { a, c, z } = env.pods;
-  const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup });
-  t.teardown(() => dp.close());
-  dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
-  dp.maps.ztunnel.set(s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: '00:00:00:00:00:00', hostMac: '00:00:00:00:00:00' }));
-  const zt = await env.server('a', ['15001,15006,15008', '--v6', '--accept-delay', DELAY_S, '--log']);
-  const log = helloLog(zt);
-  const inodes = podListenerInodes(zt.pid, { outbound: s.PORT_OUTBOUND, inbound: s.PORT_INBOUND, hbone: s.PORT_HBONE });
-  const holders = socketHolders([zt.pid]);
-  const get = (inode: string | undefined): { pid: number; fd: number } => {
-    const h = inode === undefined ? undefined : holders.get(inode);
-    if (!h) throw new Error('no ztunnel listener found in pod a');
-    return h;
-  };
-  const cookie = netnsCookie(a.netns);
-  dp.attachPod({ netnsPath: a.netns, netnsCookie: cookie, ips: [a.ip], listeners: { outbound: get(inodes.outbound), inbound: get(inodes.inbound), hbone: get(inodes.hbone) } });
-  dp.maps.pods.set(a.ip, { netnsCookie: cookie, hostIfindex: 0, flags: s.POD_AMBIENT });
-  dp.maps.netns.set(cookie, { podIp: a.ip, flags: s.POD_AMBIENT });
-  const pairCount = (): number => {
-    let n = 0;
-    for (let k = dp.inpodMaps.closed.nextKey(null); k; k = dp.inpodMaps.closed.nextKey(k)) n++;
-    return n;
-  };
+t.test(
+  'inpod: the original dst outlives a client that closed before ztunnel accepted',
+  { timeout: 60_000 },
+  async (t) => {
+    const env = await makeEnv(t);
+    const { a, c, z } = env.pods;
+    const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup });
+    t.teardown(() => dp.close());
+    dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
+    dp.maps.ztunnel.set(
+      s.ztunnelValue({
+        ip: z.ip,
+        netnsCookie: netnsCookie(z.netns),
+        hostIfindex: 0,
+        mac: '00:00:00:00:00:00',
+        hostMac: '00:00:00:00:00:00',
+      }),
+    );
+    const zt = await env.server('a', ['15001,15006,15008', '--v6', '--accept-delay', DELAY_S, '--log']);
+    const log = helloLog(zt);
+    const inodes = podListenerInodes(zt.pid, {
+      outbound: s.PORT_OUTBOUND,
+      inbound: s.PORT_INBOUND,
+      hbone: s.PORT_HBONE,
+    });
+    const holders = socketHolders([zt.pid]);
+    const get = (inode: string | undefined): { pid: number; fd: number } => {
+      const h = inode === undefined ? undefined : holders.get(inode);
+      if (!h) throw new Error('no ztunnel listener found in pod a');
+      return h;
+    };
+    const cookie = netnsCookie(a.netns);
+    dp.attachPod({
+      netnsPath: a.netns,
+      netnsCookie: cookie,
+      ips: [a.ip],
+      listeners: { outbound: get(inodes.outbound), inbound: get(inodes.inbound), hbone: get(inodes.hbone) },
+    });
+    dp.maps.pods.set(a.ip, { netnsCookie: cookie, hostIfindex: 0, flags: s.POD_AMBIENT });
+    dp.maps.netns.set(cookie, { podIp: a.ip, flags: s.POD_AMBIENT });
+    const pairCount = (): number => {
+      let n = 0;
+      for (let k = dp.inpodMaps.closed.nextKey(null); k; k = dp.inpodMaps.closed.nextKey(k)) n++;
+      return n;
+    };
 
-  const port = await fire(env, c.ip, 80);
-  const hello = await log.waitFor(port, 10_000);
-  t.equal(hello.port, 15001, 'redirected to ztunnel inside the pod');
-  t.same(hello.orig, { ip: c.ip, port: 80 }, 'SO_ORIGINAL_DST answers after the client has closed');
-  t.ok(await waitUntil(() => pairCount() === 0, 5_000), `no ambpf_inpod_closed entry left (${pairCount()})`);
+    const port = await fire(env, c.ip, 80);
+    const hello = await log.waitFor(port, 10_000);
+    t.equal(hello.port, 15001, 'redirected to ztunnel inside the pod');
+    t.same(hello.orig, { ip: c.ip, port: 80 }, 'SO_ORIGINAL_DST answers after the client has closed');
+    t.ok(await waitUntil(() => pairCount() === 0, 5_000), `no ambpf_inpod_closed entry left (${pairCount()})`);
 
-  const [out] = (await env.client('a', [c.ip, '81'])) as Array<{ hello?: Hello; peername?: Addr }>;
-  t.same(out?.hello?.orig, { ip: c.ip, port: 81 }, 'a normal connection gets its original dst');
-  t.same(out?.peername, { ip: c.ip, port: 81 }, "the app's getpeername still shows the original");
-  t.ok(await waitUntil(() => pairCount() === 0, 5_000), 'no entry left after a normal connection');
-});
+    const [out] = (await env.client('a', [c.ip, '81'])) as Array<{ hello?: Hello; peername?: Addr }>;
+    t.same(out?.hello?.orig, { ip: c.ip, port: 81 }, 'a normal connection gets its original dst');
+    t.same(out?.peername, { ip: c.ip, port: 81 }, "the app's getpeername still shows the original");
+    t.ok(await waitUntil(() => pairCount() === 0, 5_000), 'no entry left after a normal connection');
+  },
+);

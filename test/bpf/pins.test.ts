@@ -1,7 +1,16 @@
 // The pin names the datapath writes are the ones uninstall, the status views and a restarted loader
 // read back.
 import t from 'tap';
-import { inpodLinkName, inpodLoLinkName, inpodTcLinkName, linkPin, mapPin, parseLinkName, tcLinkName, SK_LOOKUP_LINK } from '../../src/bpf/pins.ts';
+import {
+  inpodLinkName,
+  inpodLoLinkName,
+  inpodTcLinkName,
+  linkPin,
+  mapPin,
+  parseLinkName,
+  tcLinkName,
+  SK_LOOKUP_LINK,
+} from '../../src/bpf/pins.ts';
 
 t.test('link pin names round-trip', async (t) => {
   const cookie = 18446744073709551615n; // a netns cookie is a u64

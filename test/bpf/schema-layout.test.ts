@@ -12,7 +12,8 @@ const HEADER_DIR = resolve(import.meta.dirname, '../../bpf/include');
 
 const HEADER = readFileSync(join(HEADER_DIR, 'ambpf.h'), 'utf8');
 /** Every numeric AMBPF_* macro of the header (the include guard aside): the TS side mirrors each one. */
-const HEADER_CONSTANTS = [...HEADER.matchAll(/^#define AMBPF_(\w+)[ \t]+\S/gm)].map((m) => m[1]!)
+const HEADER_CONSTANTS = [...HEADER.matchAll(/^#define AMBPF_(\w+)[ \t]+\S/gm)]
+  .map((m) => m[1]!)
   .filter((c) => !(schema.C_ONLY_CONSTANTS as readonly string[]).includes(c));
 
 function cProgram(): string {
@@ -52,7 +53,7 @@ t.test('schema.ts mirrors ambpf.h (gcc sizeof/offsetof/enum)', async (t) => {
   t.same(Object.keys(schema.LAYOUT), Object.keys(schema.STRUCTS), 'LAYOUT is derived from STRUCTS');
   schema.STAT_NAMES.forEach((n, i) => t.equal(got.get(`E ${n}`), i, `AMBPF_STAT_${n.toUpperCase()}`));
   t.equal(got.get('E max'), schema.STAT_MAX, 'AMBPF_STAT_MAX: no C counter missing in STAT_NAMES');
-  t.ok(HEADER_CONSTANTS.length > 20, 'the header\'s constants were found');
+  t.ok(HEADER_CONSTANTS.length > 20, "the header's constants were found");
   const tsConst = schema as unknown as Record<string, number>;
   for (const c of HEADER_CONSTANTS) t.equal(tsConst[c], got.get(`C ${c}`), `AMBPF_${c}`);
 });
@@ -78,7 +79,13 @@ t.test('codecs round-trip and put bytes where C expects them', async (t) => {
   const ns = { podIp: '198.18.1.2', flags: schema.POD_AMBIENT | schema.POD_IS_ZTUNNEL };
   t.same(schema.decodeNetns(schema.encodeNetns(ns)), ns);
 
-  const zt = schema.ztunnelValue({ ip: '198.18.1.9', netnsCookie: 7n, hostIfindex: 3, mac: '02:00:00:00:00:01', hostMac: '02:00:00:00:00:02' });
+  const zt = schema.ztunnelValue({
+    ip: '198.18.1.9',
+    netnsCookie: 7n,
+    hostIfindex: 3,
+    mac: '02:00:00:00:00:01',
+    hostMac: '02:00:00:00:00:02',
+  });
   const ztb = schema.encodeZtunnel(zt);
   t.same(schema.decodeZtunnel(ztb), zt);
   t.equal(Buffer.from(ztb).readUInt16LE(60), 15001, 'port_out_host is host order');
@@ -96,7 +103,13 @@ t.test('codecs round-trip and put bytes where C expects them', async (t) => {
   t.same(schema.decodeTuple(tb), tuple);
   t.equal(Buffer.from(tb).readUInt16BE(34), 15001);
 
-  const pair = { orig: { ip: '198.18.5.5', port: 80, family: schema.AF_INET }, spliceFwd: schema.SPLICE_ON, spliceRev: schema.SPLICE_OFF, ztSeen: 1, closed: 1 };
+  const pair = {
+    orig: { ip: '198.18.5.5', port: 80, family: schema.AF_INET },
+    spliceFwd: schema.SPLICE_ON,
+    spliceRev: schema.SPLICE_OFF,
+    ztSeen: 1,
+    closed: 1,
+  };
   t.same(schema.decodePair(schema.encodePair(pair)), pair);
   t.same(schema.decodeOrig(schema.encodeOrig(pair.orig)), pair.orig);
 
@@ -106,8 +119,10 @@ t.test('codecs round-trip and put bytes where C expects them', async (t) => {
   t.throws(() => schema.macToBytes('02:00:00'), schema.SchemaError);
   t.throws(() => schema.decodePod(new Uint8Array(3)), schema.SchemaError);
 
-  const a = new Uint8Array(8); Buffer.from(a.buffer).writeBigUInt64LE(5n);
-  const b = new Uint8Array(8); Buffer.from(b.buffer).writeBigUInt64LE(6n);
+  const a = new Uint8Array(8);
+  Buffer.from(a.buffer).writeBigUInt64LE(5n);
+  const b = new Uint8Array(8);
+  Buffer.from(b.buffer).writeBigUInt64LE(6n);
   t.equal(schema.sumPerCpu([a, b]), 11n);
   t.equal(schema.statIndex('tc_steered'), schema.STAT_NAMES.indexOf('tc_steered'));
 });

@@ -69,7 +69,11 @@ for (const [name, original] of Object.entries(FIXTURES)) {
     const once = insertEntry(original, entry);
     const types = plugins(once).map((p) => p['type']);
     t.equal(types.at(-1), PLUGIN_TYPE, 'ambpf-cni is the last plugin');
-    t.same(types.slice(0, -1), plugins(original).map((p) => p['type']), 'the primary\'s plugins unchanged, in order');
+    t.same(
+      types.slice(0, -1),
+      plugins(original).map((p) => p['type']),
+      "the primary's plugins unchanged, in order",
+    );
     t.same(plugins(once).at(-1), { type: PLUGIN_TYPE, ...entry });
     t.equal(insertEntry(once, entry), once, 'inserting again changes nothing');
     t.equal(removeEntry(once), original, 'removal restores the file byte for byte');
@@ -78,7 +82,13 @@ for (const [name, original] of Object.entries(FIXTURES)) {
     const list = JSON.parse(original) as { plugins: unknown[] };
     list.plugins.unshift({ type: PLUGIN_TYPE, socketPath: '/old.sock' });
     const moved = insertEntry(JSON.stringify(list, null, 2), entry);
-    t.same(plugins(moved).map((p) => p['type']).filter((x) => x === PLUGIN_TYPE), [PLUGIN_TYPE], 'one entry');
+    t.same(
+      plugins(moved)
+        .map((p) => p['type'])
+        .filter((x) => x === PLUGIN_TYPE),
+      [PLUGIN_TYPE],
+      'one entry',
+    );
     t.equal(plugins(moved).at(-1)?.['type'], PLUGIN_TYPE, 'and it is last');
   });
 }
@@ -102,7 +112,7 @@ t.test('ambpf cni install/uninstall: binary + entry in the first config by name;
   const primary = join(confDir, '05-cilium.conflist');
 
   const r = ensureInstalled({ confDir, binDir, binary: plugin, entry });
-  t.equal(r.file, primary, 'the runtime\'s pick: the first file by name');
+  t.equal(r.file, primary, "the runtime's pick: the first file by name");
   t.ok(r.changed);
   t.equal(statSync(join(binDir, PLUGIN_TYPE)).mode & 0o777, 0o755, 'the binary is executable');
   t.equal(plugins(readFileSync(primary, 'utf8')).at(-1)?.['type'], PLUGIN_TYPE);
@@ -120,8 +130,11 @@ t.test('ambpf cni install/uninstall: binary + entry in the first config by name;
   // Twice: the first may be undone by the command's initial pass, the second only while it keeps running.
   for (const round of [1, 2]) {
     writeFileSync(primary, FIXTURES['05-cilium.conflist']!);
-    await eventually(() => plugins(readFileSync(primary, 'utf8')).at(-1)?.['type'] === PLUGIN_TYPE, 10_000,
-      `the entry to be back after the primary CNI rewrote its file (${round})`).catch((err: unknown) => {
+    await eventually(
+      () => plugins(readFileSync(primary, 'utf8')).at(-1)?.['type'] === PLUGIN_TYPE,
+      10_000,
+      `the entry to be back after the primary CNI rewrote its file (${round})`,
+    ).catch((err: unknown) => {
       throw new Error(`${String(err)}; ambpf cni said: ${cliOut}`);
     });
   }

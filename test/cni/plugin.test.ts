@@ -38,7 +38,10 @@ const LATENCY_LOOP = Number(process.env['AMBPF_CNI_LATENCY_LOOP'] ?? 20);
 
 const spec: TestbedSpec = {
   nodes: [{ name: 'node1', ztunnel: true }],
-  namespaces: [{ name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } }, { name: 'plain', labels: {} }],
+  namespaces: [
+    { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } },
+    { name: 'plain', labels: {} },
+  ],
   pods: [
     { name: 'server', namespace: 'plain', node: 'node1' },
     { name: 'cni-mesh', namespace: 'mesh', node: 'node1' },
@@ -65,8 +68,11 @@ let socket: string;
 const extraPods: Array<Record<string, unknown>> = [];
 
 /** Runs the plugin binary as a runtime does: env + stdin, stdout and exit code back. */
-const runPlugin = (env: Record<string, string>, stdin: string, argv: readonly string[] = [PLUGIN]):
-  Promise<PluginRun> => exec(argv, env, stdin);
+const runPlugin = (
+  env: Record<string, string>,
+  stdin: string,
+  argv: readonly string[] = [PLUGIN],
+): Promise<PluginRun> => exec(argv, env, stdin);
 
 function prevResult(version: string, ip: string): Record<string, unknown> {
   return {
@@ -78,18 +84,26 @@ function prevResult(version: string, ip: string): Record<string, unknown> {
 
 function config(version: string, extra: Record<string, unknown> = {}, ip?: string): string {
   return JSON.stringify({
-    cniVersion: version, name: 'k8s-pod-network', type: 'ambpf-cni', socketPath: socket,
-    ...(ip ? { prevResult: prevResult(version, ip) } : {}), ...extra,
+    cniVersion: version,
+    name: 'k8s-pod-network',
+    type: 'ambpf-cni',
+    socketPath: socket,
+    ...(ip ? { prevResult: prevResult(version, ip) } : {}),
+    ...extra,
   });
 }
 
 function envFor(command: string, pod: string): Record<string, string> {
   const p = tb.pod(pod);
   return {
-    CNI_COMMAND: command, CNI_CONTAINERID: p.containerId, CNI_NETNS: p.netnsPath, CNI_IFNAME: 'eth0',
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: p.containerId,
+    CNI_NETNS: p.netnsPath,
+    CNI_IFNAME: 'eth0',
     CNI_PATH: '/opt/cni/bin',
-    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${p.namespace};K8S_POD_NAME=${p.name};`
-      + `K8S_POD_INFRA_CONTAINER_ID=${p.containerId};K8S_POD_UID=${p.uid}`,
+    CNI_ARGS:
+      `IgnoreUnknown=1;K8S_POD_NAMESPACE=${p.namespace};K8S_POD_NAME=${p.name};` +
+      `K8S_POD_INFRA_CONTAINER_ID=${p.containerId};K8S_POD_UID=${p.uid}`,
   };
 }
 
@@ -125,8 +139,11 @@ function writePods(shown: readonly string[] = [], labels: Record<string, Record<
 /** The pods the agent keeps for CNI ADD across restarts (cni-pods.json beside the state file). */
 function cniPods(): Array<{ uid: string; name: string; seen: boolean }> {
   try {
-    return (JSON.parse(readFileSync(join(tb.info.runDir, 'cni-pods.json'), 'utf8')) as
-      { pods: Array<{ uid: string; name: string; seen: boolean }> }).pods;
+    return (
+      JSON.parse(readFileSync(join(tb.info.runDir, 'cni-pods.json'), 'utf8')) as {
+        pods: Array<{ uid: string; name: string; seen: boolean }>;
+      }
+    ).pods;
   } catch {
     return [];
   }
@@ -141,15 +158,25 @@ function armedAt(netnsPath: string): boolean {
 async function nothingLeft(t: Tap.Test, pod: string, netnsPath: string, kept = false): Promise<void> {
   await eventually(() => zdsState(pod) === undefined && !armedAt(netnsPath), 10_000, `nothing left of ${pod}`);
   // A pod the source shows outside the mesh stays known (its netns, should it join later) until DEL.
-  if (!kept) t.notOk(cniPods().some((p) => p.name === pod), `${pod} is not kept for CNI`);
+  if (!kept)
+    t.notOk(
+      cniPods().some((p) => p.name === pod),
+      `${pod} is not kept for CNI`,
+    );
 }
 
 /** ztunnel acked the pod, as the state file tells (written by the pass after the ack). */
 const acked = (pod: string): Promise<unknown> =>
   eventually(() => zdsState(pod) === 'acked', 10_000, `the state file to show ${pod} acked`);
 
-const flags = (graceMs: number): string[] =>
-  ['--cni-socket', socket, '--cni-timeout-ms', String(TIMEOUT_MS), '--cni-grace-ms', String(graceMs)];
+const flags = (graceMs: number): string[] => [
+  '--cni-socket',
+  socket,
+  '--cni-timeout-ms',
+  String(TIMEOUT_MS),
+  '--cni-grace-ms',
+  String(graceMs),
+];
 
 /** The loader logged a line whose message contains this. */
 const logged = (text: string): boolean => loader.logLines().some((l) => String(l['msg']).includes(text));
@@ -199,7 +226,7 @@ t.test('ADD of an ambient pod returns once ztunnel acked; its first connect goes
   // The first connection of the pod, right after ADD: through ztunnel, never direct.
   const traced = await tracedCurl(tb, 'cni-mesh', tb.pod('server').ip, PORT, ['node1'], { node1: ['outbound'] });
   const out = traced.lines['node1']?.find((e) => e.direction === 'outbound');
-  t.equal(out?.source.split(':')[0], tb.pod('cni-mesh').ip, 'ztunnel proxied the pod\'s connection');
+  t.equal(out?.source.split(':')[0], tb.pod('cni-mesh').ip, "ztunnel proxied the pod's connection");
   await eventually(() => zdsState('cni-mesh') === 'acked', 10_000, 'the state file to show cni-mesh acked');
   const served = loader.logLines().filter((l) => l['msg'] === 'CNI request served');
   t.ok(served.length >= 2, 'the agent logged each ADD');
@@ -222,7 +249,7 @@ t.test('DEL succeeds and is idempotent; the pod is released', async (t) => {
   t.equal(r.code, 0, 'CHECK succeeds');
 });
 
-t.test('0.4.0 and 0.3.1 configs: ADD of the ambient pod, result in the config\'s version', async (t) => {
+t.test("0.4.0 and 0.3.1 configs: ADD of the ambient pod, result in the config's version", async (t) => {
   for (const version of ['0.4.0', '0.3.1']) {
     const r = await add('cni-mesh', version);
     t.equal(r.code, 0, r.stdout + r.stderr);
@@ -251,13 +278,22 @@ t.test('a pod the source has not shown, in an ambient namespace: captured at onc
   const r = await add('cni-late');
   t.equal(r.code, 0, `ADD: ${r.stdout}${r.stderr}`);
   t.comment(`provisional ADD: ${r.ms.toFixed(0)} ms`);
-  t.equal(loader.logLines().filter((l) => String(l['msg']).startsWith('CNI ADD waits')).length, waiting,
-    'ADD did not wait for the pod source');
+  t.equal(
+    loader.logLines().filter((l) => String(l['msg']).startsWith('CNI ADD waits')).length,
+    waiting,
+    'ADD did not wait for the pod source',
+  );
   t.ok(logged('captured provisionally'), 'the agent says provisional');
   const traced = await tracedCurl(tb, 'cni-late', tb.pod('server').ip, PORT, ['node1'], { node1: ['outbound'] });
   const out = traced.lines['node1']?.find((e) => e.direction === 'outbound');
   t.equal(out?.source.split(':')[0], tb.pod('cni-late').ip, 'its first connection went through ztunnel');
-  t.same(cniPods().filter((p) => p.name === 'cni-late').map((p) => p.seen), [false], 'kept, not confirmed yet');
+  t.same(
+    cniPods()
+      .filter((p) => p.name === 'cni-late')
+      .map((p) => p.seen),
+    [false],
+    'kept, not confirmed yet',
+  );
   // The source shows it (as ambient, with a service account of its own): confirmed, kept past the
   // grace period, and handed to ztunnel again with the right WorkloadInfo (Del, then Add).
   const uid = tb.pod('cni-late').uid;
@@ -271,7 +307,10 @@ t.test('a pod the source has not shown, in an ambient namespace: captured at onc
   });
   await eventually(() => cniPods().some((p) => p.name === 'cni-late' && p.seen), 10_000, 'the source to confirm it');
   await eventually(() => took() === 2, 10_000, 'ztunnel to take it again with its own service account');
-  t.ok(loader.logLines().some((l) => l['msg'] === 'ztunnel released the pod' && l['uid'] === uid), 'after a Del');
+  t.ok(
+    loader.logLines().some((l) => l['msg'] === 'ztunnel released the pod' && l['uid'] === uid),
+    'after a Del',
+  );
   const confirmedAt = Date.now();
   await eventually(() => Date.now() - confirmedAt > GRACE_MS, GRACE_MS + 2000, 'the grace period to pass');
   t.equal(zdsState('cni-late'), 'acked', 'still captured and served after the grace period');
@@ -331,10 +370,16 @@ interface Sandbox extends ChainSandbox {
 }
 
 let chain: CniChain;
-const getChain = (): CniChain => (chain ??= new CniChain({
-  plugin: PLUGIN, socketPath: socket, nodeNetnsPath: tb.node('node1').netnsPath, bridge: 'ambcni0',
-  subnet: '198.19.200.0/24', ipamDir: join(tb.info.runDir, 'ipam'), cniBin: CNI_BIN,
-}));
+const getChain = (): CniChain =>
+  (chain ??= new CniChain({
+    plugin: PLUGIN,
+    socketPath: socket,
+    nodeNetnsPath: tb.node('node1').netnsPath,
+    bridge: 'ambcni0',
+    subnet: '198.19.200.0/24',
+    ipamDir: join(tb.info.runDir, 'ipam'),
+    cniBin: CNI_BIN,
+  }));
 
 /** Sandboxes for these pod names, their Pod objects in the pods file (Pending, no IP) unless `hidden`. */
 function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
@@ -346,7 +391,8 @@ function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
     mkdirSync(cgroup, { recursive: true });
     if (!hidden) {
       extraPods.push({
-        apiVersion: 'v1', kind: 'Pod',
+        apiVersion: 'v1',
+        kind: 'Pod',
         metadata: { name, namespace: 'mesh', uid, labels: {}, annotations: {}, resourceVersion: '9000' },
         spec: { nodeName: 'node1', containers: [{ name: 'app', image: 'registry.local/ambtb/pause:1' }] },
         status: { phase: 'Pending' },
@@ -354,7 +400,13 @@ function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
     }
     const netnsPath = `/run/netns/${netnsName}`;
     const pod: TestbedPod = {
-      ...tb.pod('cni-mesh'), name, uid, netnsPath, containerCgroupPath: cgroup, ip: '', ips: [],
+      ...tb.pod('cni-mesh'),
+      name,
+      uid,
+      netnsPath,
+      containerCgroupPath: cgroup,
+      ip: '',
+      ips: [],
     };
     return { name, uid, netnsName, pod, netnsPath, containerId: name, namespace: 'mesh' };
   });
@@ -363,14 +415,19 @@ function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
 }
 
 /** The chain's ADD; every plugin before ours must succeed. */
-async function chainAdd(t: Tap.Test, b: Sandbox):
-  Promise<{ ours: PluginRun; prev: Record<string, unknown>; ip: string }> {
+async function chainAdd(
+  t: Tap.Test,
+  b: Sandbox,
+): Promise<{ ours: PluginRun; prev: Record<string, unknown>; ip: string }> {
   const r = await getChain().add(b);
   t.equal(r.loopback.code, 0, `${b.name}: loopback ADD ${r.loopback.stderr}`);
   t.equal(r.bridge.code, 0, `${b.name}: bridge ADD ${r.bridge.stderr}`);
   if (r.ours?.code !== 0) {
     // What the agent said about the pod, for the failure's report.
-    const lines = loader.logLines().map((l) => JSON.stringify(l)).filter((l) => l.includes(`mesh/${b.name}`));
+    const lines = loader
+      .logLines()
+      .map((l) => JSON.stringify(l))
+      .filter((l) => l.includes(`mesh/${b.name}`));
     t.comment(lines.slice(-15).join('\n'));
   }
   return { ours: r.ours!, prev: r.prevResult!, ip: r.ip! };
@@ -394,7 +451,7 @@ t.test('chained after the real bridge + host-local: the first connect after ADD 
   // The moment ADD returns, the pod's first connection: through ztunnel, never direct.
   const traced = await tracedCurl(tb, b!.pod, tb.pod('server').ip, PORT, ['node1'], { node1: ['outbound'] });
   t.equal(r.code, 0, `ambpf-cni ADD: ${r.stdout}${r.stderr}`);
-  t.same(JSON.parse(r.stdout), prev, 'the chain\'s result is the bridge\'s, unchanged');
+  t.same(JSON.parse(r.stdout), prev, "the chain's result is the bridge's, unchanged");
   t.comment(`ambient ADD after bridge (no process in the pod yet): ${r.ms.toFixed(0)} ms`);
   const out = traced.lines['node1']?.find((e) => e.direction === 'outbound');
   t.equal(out?.source.split(':')[0], ip, `ztunnel proxied the first connection of the pod (${ip})`);
@@ -410,8 +467,12 @@ t.test('bad input: each a CNI error on stdout and exit 1', async (t) => {
     ['empty stdin', envFor('ADD', 'cni-mesh'), '', 6],
     ['unknown cniVersion', envFor('ADD', 'cni-mesh'), config('9.9.9', {}, tb.pod('cni-mesh').ip), 1],
     ['no CNI_NETNS', { ...envFor('ADD', 'cni-mesh'), CNI_NETNS: '' }, config('1.0.0', {}, tb.pod('cni-mesh').ip), 4],
-    ['a netns that does not exist', { ...envFor('ADD', 'cni-mesh'), CNI_NETNS: '/run/netns/ambpf-none' },
-      config('1.0.0', {}, tb.pod('cni-mesh').ip), 4],
+    [
+      'a netns that does not exist',
+      { ...envFor('ADD', 'cni-mesh'), CNI_NETNS: '/run/netns/ambpf-none' },
+      config('1.0.0', {}, tb.pod('cni-mesh').ip),
+      4,
+    ],
     ['an ambient pod without prevResult IPs', envFor('ADD', 'cni-mesh'), config('1.0.0'), 7],
     ['a prevResult whose ips is no list', envFor('ADD', 'cni-mesh'), config('1.0.0', { prevResult: { ips: 'x' } }), 7],
     ['a config over 1 MiB', envFor('ADD', 'cni-mesh'), config('1.0.0', { pad: 'x'.repeat(1 << 20) }), 6],
@@ -425,7 +486,7 @@ t.test('bad input: each a CNI error on stdout and exit 1', async (t) => {
     t.ok(e.msg.length > 0, `${what}: a message`);
   }
   t.equal(zdsState('cni-mesh'), undefined, 'nothing was captured by a failed ADD');
-  t.notOk(armedAt(tb.pod('cni-mesh').netnsPath), 'the pod\'s netns is not captured');
+  t.notOk(armedAt(tb.pod('cni-mesh').netnsPath), "the pod's netns is not captured");
 });
 
 t.test('a netns the agent cannot arm: ADD fails at once with the reason, not at the timeout', async (t) => {
@@ -433,8 +494,10 @@ t.test('a netns the agent cannot arm: ADD fails at once with the reason, not at 
   const netnsName = `${tb.info.prefix}-lodown`;
   execFileSync('ip', ['netns', 'add', netnsName]);
   const netnsPath = `/run/netns/${netnsName}`;
-  const r = await runPlugin({ ...envFor('ADD', 'cni-mesh'), CNI_NETNS: netnsPath },
-    config('1.0.0', {}, tb.pod('cni-mesh').ip));
+  const r = await runPlugin(
+    { ...envFor('ADD', 'cni-mesh'), CNI_NETNS: netnsPath },
+    config('1.0.0', {}, tb.pod('cni-mesh').ip),
+  );
   t.equal(r.code, 1);
   const e = JSON.parse(r.stdout) as { code: number; msg: string; details?: string };
   t.equal(e.code, 11);
@@ -478,12 +541,18 @@ t.test('agent stopped: ADD fails closed, nothing left; what ADD armed survives t
   // The new agent gets a longer grace period, so what it keeps is not down to timing.
   loader = startLoader(tb, tb.node('node1'), podsFile, flags(GRACE_MS * 5), true);
   await waitReady(tb, loader);
-  t.ok(armedAt(tb.pod('cni-restart').netnsPath), 'the new agent\'s first pass kept cni-restart captured');
+  t.ok(armedAt(tb.pod('cni-restart').netnsPath), "the new agent's first pass kept cni-restart captured");
   t.ok(Date.now() - lateAt < GRACE_MS * 5, 'within its grace period');
   await eventually(async () => (await add('cni-mesh')).code === 0, 20_000, 'the retried ADD to succeed');
   await acked('cni-mesh');
   await eventually(() => zdsState('cni-restart') === 'acked', 10_000, 'the new agent to hand cni-restart to ztunnel');
-  t.same(cniPods().map((p) => p.name).sort(), ['cni-mesh', 'cni-restart'], 'both kept for CNI');
+  t.same(
+    cniPods()
+      .map((p) => p.name)
+      .sort(),
+    ['cni-mesh', 'cni-restart'],
+    'both kept for CNI',
+  );
   t.equal((await del('cni-restart')).code, 0);
   await nothingLeft(t, 'cni-restart', tb.pod('cni-restart').netnsPath);
   t.equal((await del('cni-mesh')).code, 0);

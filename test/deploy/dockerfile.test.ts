@@ -65,7 +65,11 @@ function envOf(stage: Stage): Record<string, string> {
 const aptPackages = (stage: Stage): string[] =>
   stage.instructions
     .filter((i) => i.op === 'RUN')
-    .flatMap((i) => [...i.args.matchAll(/apt-get install ([^&;|]+)/g)].flatMap((m) => m[1]!.split(' ').filter((w) => w && !w.startsWith('-'))));
+    .flatMap((i) =>
+      [...i.args.matchAll(/apt-get install ([^&;|]+)/g)].flatMap((m) =>
+        m[1]!.split(' ').filter((w) => w && !w.startsWith('-')),
+      ),
+    );
 
 const copies = (stage: Stage): Array<{ from: string | undefined; src: string[]; dest: string }> =>
   stage.instructions
@@ -101,10 +105,16 @@ t.test('multi-stage, every base image pinned by tag', async (t) => {
 t.test('packages: libbpf1, bpftool, iproute2 at runtime; clang and libbpf-dev only at build', async (t) => {
   const rt = aptPackages(runtime);
   for (const p of ['libbpf1', 'bpftool', 'iproute2']) t.ok(rt.includes(p), `runtime installs ${p}`);
-  t.notOk(rt.some((p) => /clang|llvm|-dev$/.test(p)), `no compiler or headers at runtime (${rt.join(' ')})`);
+  t.notOk(
+    rt.some((p) => /clang|llvm|-dev$/.test(p)),
+    `no compiler or headers at runtime (${rt.join(' ')})`,
+  );
   const build = clangStage ? aptPackages(clangStage) : [];
   for (const p of ['clang', 'libbpf-dev']) t.ok(build.includes(p), `build stage installs ${p}`);
-  t.ok(appStage?.instructions.some((i) => i.op === 'RUN' && /npm ci .*--omit=dev/.test(i.args)), 'npm ci --omit=dev: node@24 (a devDependency) stays out');
+  t.ok(
+    appStage?.instructions.some((i) => i.op === 'RUN' && /npm ci .*--omit=dev/.test(i.args)),
+    'npm ci --omit=dev: node@24 (a devDependency) stays out',
+  );
   for (const s of stages) {
     for (const i of s.instructions.filter((i) => i.op === 'RUN' && /apt-get install/.test(i.args))) {
       t.match(i.args, /--no-install-recommends/, `${s.name ?? 'runtime'}: no recommends`);
@@ -125,7 +135,9 @@ t.test('the clang stage compiles with the flags of src/bpf/build.ts', async (t) 
   if (!clangStage) return t.fail('no clang stage');
   const runs = clangStage.instructions.filter((i) => i.op === 'RUN').map((i) => i.args);
   // Commands of each RUN (split at && ; ||) that are a clang invocation, not an apt-get naming it.
-  const direct = runs.flatMap((r) => r.split(/&&|;|\|\|/).map((c) => c.trim())).filter((c) => /^(\S*\/)?clang(-\d+)?\s/.test(c));
+  const direct = runs
+    .flatMap((r) => r.split(/&&|;|\|\|/).map((c) => c.trim()))
+    .filter((c) => /^(\S*\/)?clang(-\d+)?\s/.test(c));
   const viaAmbpf = runs.filter((r) => /bin\/ambpf build/.test(r));
   t.ok(direct.length + viaAmbpf.length > 0, 'the stage compiles the objects');
   // Running clang by hand would need every flag build.ts uses (they are part of the cache key too).
@@ -143,17 +155,33 @@ t.test('the runtime gets the cache entry where the loader looks for it', async (
   t.equal(fromBpf?.dest, runtimeCache, 'the cache dir is copied from the clang stage to that place');
   // The loader hashes bpf/ to find the entry: the sources must ship too.
   const appCopies = appStage ? copies(appStage).flatMap((c) => c.src) : [];
-  t.ok(appCopies.some((s) => s.replace(/\/$/, '') === 'bpf'), 'bpf/ is copied into the image');
-  t.ok(copies(runtime).some((c) => c.from === appStage?.name), 'the runtime takes the app tree');
+  t.ok(
+    appCopies.some((s) => s.replace(/\/$/, '') === 'bpf'),
+    'bpf/ is copied into the image',
+  );
+  t.ok(
+    copies(runtime).some((c) => c.from === appStage?.name),
+    'the runtime takes the app tree',
+  );
 });
 
 t.test('.dockerignore keeps the build context small but never hides what the Dockerfile copies', async (t) => {
-  const ignore = readFileSync(join(REPO_ROOT, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const ignore = readFileSync(join(REPO_ROOT, '.dockerignore'), 'utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
   for (const p of ['node_modules', '.git', 'build']) t.ok(ignore.includes(p), `${p} is ignored`);
-  const contextSources = stages.flatMap((s) => copies(s).filter((c) => c.from === undefined).flatMap((c) => c.src));
+  const contextSources = stages.flatMap((s) =>
+    copies(s)
+      .filter((c) => c.from === undefined)
+      .flatMap((c) => c.src),
+  );
   for (const src of contextSources) {
     const top = src.replace(/^\.\//, '').split('/')[0]!;
-    t.notOk(ignore.some((p) => p === top || p === `${top}/`), `${src} is in the build context`);
+    t.notOk(
+      ignore.some((p) => p === top || p === `${top}/`),
+      `${src} is in the build context`,
+    );
     t.ok(existsSync(join(REPO_ROOT, src)), `${src} exists`);
   }
 });
@@ -164,11 +192,15 @@ t.test('replayed: the clang stage builds every object; the runtime, without clan
   const root = mkdtempSync(join(tmpdir(), 'ambpf-image-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   for (const c of copies(appStage).filter((c) => c.from === undefined)) {
-    for (const src of c.src) cpSync(join(REPO_ROOT, src), join(root, c.dest === './' ? src : c.dest), { recursive: true });
+    for (const src of c.src)
+      cpSync(join(REPO_ROOT, src), join(root, c.dest === './' ? src : c.dest), { recursive: true });
   }
   symlinkSync(join(REPO_ROOT, 'node_modules'), join(root, 'node_modules'));
   const cache = join(root, 'build', 'bpf');
-  const buildCmd = clangStage.instructions.filter((i) => i.op === 'RUN').map((i) => i.args).find((r) => r.startsWith('bin/ambpf build'));
+  const buildCmd = clangStage.instructions
+    .filter((i) => i.op === 'RUN')
+    .map((i) => i.args)
+    .find((r) => r.startsWith('bin/ambpf build'));
   if (!buildCmd) return t.fail('the clang stage does not run bin/ambpf build (a hand-run clang is checked above)');
   const env = { ...process.env, AMBPF_CACHE_DIR: cache, AMBPF_LOG_LEVEL: 'warn' };
   const argv = buildCmd.split(' ');
@@ -182,9 +214,15 @@ t.test('replayed: the clang stage builds every object; the runtime, without clan
 
   // Runtime: no clang anywhere (AMBPF_CLANG points nowhere), same cache dir.
   const { stdout } = await run(join(root, 'bin/ambpf'), ['build', '--json'], {
-    cwd: root, env: { ...env, AMBPF_CLANG: join(root, 'no-clang-here') }, timeout: 60_000,
+    cwd: root,
+    env: { ...env, AMBPF_CLANG: join(root, 'no-clang-here') },
+    timeout: 60_000,
   });
-  const result = JSON.parse(stdout) as { cached: boolean; clangVersion: string | null; objects: Record<string, string> };
+  const result = JSON.parse(stdout) as {
+    cached: boolean;
+    clangVersion: string | null;
+    objects: Record<string, string>;
+  };
   t.equal(result.cached, true, 'nothing compiled at runtime');
   t.equal(result.clangVersion, null, 'clang really was absent');
   t.same(Object.keys(result.objects).sort(), names, 'every object found');
@@ -202,30 +240,50 @@ t.test('the CNI plugin: built as `make cni` builds it, shipped alone, no compile
   const recipe = /^build\/cni\/ambpf-cni: (\S+)\n(?:\t.*\n)*?\t(gcc .*)$/m.exec(makefile);
   t.ok(recipe, 'the Makefile has the build/cni/ambpf-cni rule');
   const expected = recipe?.[2]?.replace('$@', 'build/cni/ambpf-cni').replace('$<', recipe[1]!) ?? '?';
-  const gccRuns = gccStage.instructions.filter((i) => i.op === 'RUN')
-    .flatMap((i) => i.args.split(/&&|;/).map((c) => c.trim())).filter((c) => c.startsWith('gcc '));
+  const gccRuns = gccStage.instructions
+    .filter((i) => i.op === 'RUN')
+    .flatMap((i) => i.args.split(/&&|;/).map((c) => c.trim()))
+    .filter((c) => c.startsWith('gcc '));
   t.same(gccRuns, [expected], `the stage runs the Makefile's recipe: ${expected}`);
   t.match(expected, /(^| )-static( |$)/, 'static: the host runs it with its own libc or none');
   // Only the plugin's source enters that stage; only its binary leaves it.
-  t.same(copies(gccStage).filter((c) => c.from === undefined).flatMap((c) => c.src), [recipe?.[1]], 'the stage copies only the source');
+  t.same(
+    copies(gccStage)
+      .filter((c) => c.from === undefined)
+      .flatMap((c) => c.src),
+    [recipe?.[1]],
+    'the stage copies only the source',
+  );
   const shipped = copies(runtime).filter((c) => c.from === gccStage.name);
-  t.same(shipped.map((c) => [c.src, c.dest]), [[[`${PLUGIN_IN_IMAGE}`], PLUGIN_IN_IMAGE]], `the runtime gets only ${PLUGIN_IN_IMAGE}`);
+  t.same(
+    shipped.map((c) => [c.src, c.dest]),
+    [[[`${PLUGIN_IN_IMAGE}`], PLUGIN_IN_IMAGE]],
+    `the runtime gets only ${PLUGIN_IN_IMAGE}`,
+  );
   // The image's content rules: nothing from the build context reaches the runtime directly, and no
   // stage copies the tests (their ZDS stand-ins, CNI fixtures, fake plugins).
-  t.same(copies(runtime).filter((c) => c.from === undefined), [], 'the runtime copies nothing from the context');
+  t.same(
+    copies(runtime).filter((c) => c.from === undefined),
+    [],
+    'the runtime copies nothing from the context',
+  );
   for (const s of stages) {
     for (const c of copies(s).filter((c) => c.from === undefined)) {
-      t.notOk(c.src.some((p) => /^(\.\/)?test(\/|$)/.test(p)), `${s.name ?? 'runtime'}: ${c.src.join(' ')} is not test/`);
+      t.notOk(
+        c.src.some((p) => /^(\.\/)?test(\/|$)/.test(p)),
+        `${s.name ?? 'runtime'}: ${c.src.join(' ')} is not test/`,
+      );
     }
   }
 });
 
-t.test('replayed: the CNI stage\'s command builds a static plugin from the repo\'s source', async (t) => {
+t.test("replayed: the CNI stage's command builds a static plugin from the repo's source", async (t) => {
   if (!gccStage) return t.fail('no stage installs gcc');
   const root = mkdtempSync(join(tmpdir(), 'ambpf-image-cni-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   for (const c of copies(gccStage).filter((c) => c.from === undefined)) {
-    for (const src of c.src) cpSync(join(REPO_ROOT, src), join(root, c.dest.replace(/^\.\//, ''), basename(src)), { recursive: true });
+    for (const src of c.src)
+      cpSync(join(REPO_ROOT, src), join(root, c.dest.replace(/^\.\//, ''), basename(src)), { recursive: true });
   }
   for (const i of gccStage.instructions.filter((i) => i.op === 'RUN' && !/apt-get/.test(i.args))) {
     await run('/bin/sh', ['-c', i.args], { cwd: root, timeout: 120_000 });
@@ -241,5 +299,8 @@ t.test('replayed: the CNI stage\'s command builds a static plugin from the repo\
   const { stdout } = await version;
   // The exact list is test/cni's business; here: it runs, and speaks the spec's VERSION answer.
   const versions = (JSON.parse(stdout) as Json)['supportedVersions'];
-  t.ok(Array.isArray(versions) && versions.includes('1.0.0'), `supportedVersions ${JSON.stringify(versions)} includes 1.0.0`);
+  t.ok(
+    Array.isArray(versions) && versions.includes('1.0.0'),
+    `supportedVersions ${JSON.stringify(versions)} includes 1.0.0`,
+  );
 });

@@ -9,7 +9,13 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startTestbed, defaultSpec, type Testbed, type TestbedProcess, type ZtunnelLogEntry } from '../../src/testbed/index.ts';
+import {
+  startTestbed,
+  defaultSpec,
+  type Testbed,
+  type TestbedProcess,
+  type ZtunnelLogEntry,
+} from '../../src/testbed/index.ts';
 import { startHttpServer } from '../../src/testbed/helpers.ts';
 import { startZtunnels } from '../../src/testbed/ztunnel/launch.ts';
 import type { StateFile } from '../../src/state/state-file.ts';
@@ -23,7 +29,14 @@ import { at, containersOf, loadManifests, only } from './manifests.ts';
 const PORT = 8080;
 /** Linux capability numbers (include/uapi/linux/capability.h) of the names the manifest may use. */
 const CAP_NUMBERS: Record<string, number> = {
-  NET_ADMIN: 12, NET_RAW: 13, SYS_CHROOT: 18, SYS_PTRACE: 19, SYS_ADMIN: 21, SYS_RESOURCE: 24, PERFMON: 38, BPF: 39,
+  NET_ADMIN: 12,
+  NET_RAW: 13,
+  SYS_CHROOT: 18,
+  SYS_PTRACE: 19,
+  SYS_ADMIN: 21,
+  SYS_RESOURCE: 24,
+  PERFMON: 38,
+  BPF: 39,
 };
 
 const ds = only(loadManifests(), 'DaemonSet');
@@ -37,9 +50,16 @@ const loaders: Array<{ node: string; proc: TestbedProcess; logFile: string }> = 
 
 async function waitReady(node: string, logFile: string, timeoutMs = 30_000): Promise<void> {
   const ready = async (): Promise<boolean> =>
-    (await tb.exec(node, ['curl', '-sf', '--max-time', '1', `http://127.0.0.1:${LOADER_PORT}/readyz`], { check: false, timeoutMs: 3000 })).code === 0;
+    (
+      await tb.exec(node, ['curl', '-sf', '--max-time', '1', `http://127.0.0.1:${LOADER_PORT}/readyz`], {
+        check: false,
+        timeoutMs: 3000,
+      })
+    ).code === 0;
   if (!(await waitUntil(ready, timeoutMs))) {
-    throw new Error(`loader on ${node} not ready after ${timeoutMs} ms; log:\n${readFileSync(logFile, 'utf8').slice(-3000)}`);
+    throw new Error(
+      `loader on ${node} not ready after ${timeoutMs} ms; log:\n${readFileSync(logFile, 'utf8').slice(-3000)}`,
+    );
   }
 }
 
@@ -63,14 +83,20 @@ t.before(async () => {
     const logFile = join(tb.info.runDir, `loader-caps-${node.name}.log`);
     // For a root process the bounding set decides what exec grants: P' = E' = bounding set.
     const argv = ['setpriv', `--bounding-set=${bounding}`, '--', ...loaderArgs(tb, node, podsFile, [], true)];
-    const proc = tb.spawn(node.name, argv, { logFile, env: { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug' } });
+    const proc = tb.spawn(node.name, argv, {
+      logFile,
+      env: { ...process.env, AMBPF_LOG_FORMAT: 'json', AMBPF_LOG_LEVEL: 'debug' },
+    });
     loaders.push({ node: node.name, proc, logFile });
   }
   await Promise.all(loaders.map((l) => waitReady(l.node, l.logFile)));
   await startZtunnels(tb, { zdsSocket: (node) => zdsSocketPath(tb, tb.node(node)) });
   for (const pod of ['app1-node1', 'app1-node2']) await startHttpServer(tb, pod, PORT);
-  await eventually(() => ['node1', 'node2'].every((n) => meshPods(n).every((p) => zdsStates(n).get(p) === 'acked')), 30_000,
-    'every mesh pod acked by its node\'s ztunnel');
+  await eventually(
+    () => ['node1', 'node2'].every((n) => meshPods(n).every((p) => zdsStates(n).get(p) === 'acked')),
+    30_000,
+    "every mesh pod acked by its node's ztunnel",
+  );
 });
 
 t.teardown(async () => {
@@ -80,13 +106,20 @@ t.teardown(async () => {
 });
 
 /** curl and the stand-in's log lines that request produced on each node, once `expect`ed ones are there. */
-async function request(from: string, to: string, expect: Expect): Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
+async function request(
+  from: string,
+  to: string,
+  expect: Expect,
+): Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
   const r = await tracedCurl(tb, from, tb.pod(to).ip, PORT, ['node1', 'node2'], expect);
   return { body: r.body, node1: r.lines['node1'] ?? [], node2: r.lines['node2'] ?? [] };
 }
 
-t.test('each loader runs with exactly the manifest\'s capabilities', async (t) => {
-  t.ok(caps.every((c) => c in CAP_NUMBERS), `known capabilities: ${caps.join(', ')}`);
+t.test("each loader runs with exactly the manifest's capabilities", async (t) => {
+  t.ok(
+    caps.every((c) => c in CAP_NUMBERS),
+    `known capabilities: ${caps.join(', ')}`,
+  );
   // A process cannot grant what its own bounding set lacks: where this test runs without one of the
   // manifest's capabilities (this machine's sandbox has no SYS_RESOURCE), the loader runs without it
   // too, which still shows the rest is enough on this kernel.
@@ -104,32 +137,42 @@ t.test('each loader runs with exactly the manifest\'s capabilities', async (t) =
   }
 });
 
-t.test('the loader entered every mesh pod\'s netns and ztunnel took each pod over ZDS', async (t) => {
+t.test("the loader entered every mesh pod's netns and ztunnel took each pod over ZDS", async (t) => {
   for (const node of ['node1', 'node2']) {
     const states = zdsStates(node);
     for (const pod of meshPods(node)) {
       t.equal(states.get(pod), 'acked', `${node}: ${pod} handed to ztunnel with its netns fd, acked`);
       // setns + NET_ADMIN inside the pod: the return path of ztunnel's spoofed inbound legs.
       const rules = await tb.exec(pod, ['ip', 'rule', 'show', 'pref', String(ORIG_SRC_RULE_PREF)]);
-      t.match(rules.stdout, `lookup ${ORIG_SRC_ROUTE_TABLE}`, `${pod}: ip rule pref ${ORIG_SRC_RULE_PREF} in the pod's netns`);
+      t.match(
+        rules.stdout,
+        `lookup ${ORIG_SRC_ROUTE_TABLE}`,
+        `${pod}: ip rule pref ${ORIG_SRC_RULE_PREF} in the pod's netns`,
+      );
       const accept = await tb.exec(pod, ['cat', '/proc/sys/net/ipv4/tcp_fwmark_accept']);
       t.equal(accept.stdout.trim(), '1', `${pod}: tcp_fwmark_accept set in the pod's netns`);
     }
   }
 });
 
-t.test('mesh -> mesh across nodes: from the pod\'s IP via SO_ORIGINAL_DST, HBONE, the app sees the client', async (t) => {
-  const r = await request('app2-node1', 'app1-node2', { node1: ['outbound'], node2: ['inbound-hbone'] });
-  t.match(r.body, /hello from app1-node2/);
-  const out = r.node1.find((e) => e.direction === 'outbound');
-  t.equal(out?.dstFrom, 'SO_ORIGINAL_DST', 'ztunnel on node1 learned the destination from getsockopt');
-  t.equal(out?.originalDst, `${tb.pod('app1-node2').ip}:${PORT}`);
-  t.equal(out?.source.split(':')[0], tb.pod('app2-node1').ip, 'from the pod\'s own IP');
-  t.ok(r.node2.some((e) => e.direction === 'inbound-hbone' && e.result === 'ok'), 'node2\'s ztunnel terminated HBONE');
-  t.match(r.body, `peer=${tb.pod('app2-node1').ip} `, 'the spoofed inbound leg\'s replies found their way back');
-});
+t.test(
+  "mesh -> mesh across nodes: from the pod's IP via SO_ORIGINAL_DST, HBONE, the app sees the client",
+  async (t) => {
+    const r = await request('app2-node1', 'app1-node2', { node1: ['outbound'], node2: ['inbound-hbone'] });
+    t.match(r.body, /hello from app1-node2/);
+    const out = r.node1.find((e) => e.direction === 'outbound');
+    t.equal(out?.dstFrom, 'SO_ORIGINAL_DST', 'ztunnel on node1 learned the destination from getsockopt');
+    t.equal(out?.originalDst, `${tb.pod('app1-node2').ip}:${PORT}`);
+    t.equal(out?.source.split(':')[0], tb.pod('app2-node1').ip, "from the pod's own IP");
+    t.ok(
+      r.node2.some((e) => e.direction === 'inbound-hbone' && e.result === 'ok'),
+      "node2's ztunnel terminated HBONE",
+    );
+    t.match(r.body, `peer=${tb.pod('app2-node1').ip} `, "the spoofed inbound leg's replies found their way back");
+  },
+);
 
-t.test('non-mesh -> mesh: plaintext inbound steered to ztunnel\'s 15006 in the pod', async (t) => {
+t.test("non-mesh -> mesh: plaintext inbound steered to ztunnel's 15006 in the pod", async (t) => {
   const r = await request('client-node1', 'app1-node1', { node1: ['inbound-plaintext'] });
   t.match(r.body, /hello from app1-node1/);
   const inbound = r.node1.find((e) => e.direction === 'inbound-plaintext');

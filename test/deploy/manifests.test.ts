@@ -23,12 +23,36 @@ type Model = new (data: never) => Validatable;
 
 /** kind -> [apiVersion, model class, TypeScript interface import for the strict-field check]. */
 const MODELS: Record<string, readonly [string, Model, string]> = {
-  Namespace: ['v1', Namespace as unknown as Model, "import type { INamespace as T } from 'kubernetes-models/v1/Namespace';"],
-  ServiceAccount: ['v1', ServiceAccount as unknown as Model, "import type { IServiceAccount as T } from 'kubernetes-models/v1/ServiceAccount';"],
-  ConfigMap: ['v1', ConfigMap as unknown as Model, "import type { IConfigMap as T } from 'kubernetes-models/v1/ConfigMap';"],
-  ClusterRole: ['rbac.authorization.k8s.io/v1', ClusterRole as unknown as Model, "import type { IClusterRole as T } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';"],
-  ClusterRoleBinding: ['rbac.authorization.k8s.io/v1', ClusterRoleBinding as unknown as Model, "import type { IClusterRoleBinding as T } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';"],
-  DaemonSet: ['apps/v1', DaemonSet as unknown as Model, "import type { IDaemonSet as T } from 'kubernetes-models/apps/v1/DaemonSet';"],
+  Namespace: [
+    'v1',
+    Namespace as unknown as Model,
+    "import type { INamespace as T } from 'kubernetes-models/v1/Namespace';",
+  ],
+  ServiceAccount: [
+    'v1',
+    ServiceAccount as unknown as Model,
+    "import type { IServiceAccount as T } from 'kubernetes-models/v1/ServiceAccount';",
+  ],
+  ConfigMap: [
+    'v1',
+    ConfigMap as unknown as Model,
+    "import type { IConfigMap as T } from 'kubernetes-models/v1/ConfigMap';",
+  ],
+  ClusterRole: [
+    'rbac.authorization.k8s.io/v1',
+    ClusterRole as unknown as Model,
+    "import type { IClusterRole as T } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';",
+  ],
+  ClusterRoleBinding: [
+    'rbac.authorization.k8s.io/v1',
+    ClusterRoleBinding as unknown as Model,
+    "import type { IClusterRoleBinding as T } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';",
+  ],
+  DaemonSet: [
+    'apps/v1',
+    DaemonSet as unknown as Model,
+    "import type { IDaemonSet as T } from 'kubernetes-models/apps/v1/DaemonSet';",
+  ],
   Job: ['batch/v1', Job as unknown as Model, "import type { IJob as T } from 'kubernetes-models/batch/v1/Job';"],
 };
 
@@ -75,7 +99,10 @@ t.test('no misspelled field anywhere: TypeScript checks each object against the 
   const files: string[] = [];
   manifests.forEach((m, i) => {
     const file = join(dir, `m${i}.ts`);
-    writeFileSync(file, `${MODELS[m.kind]![2]}\n// ${m.file}\nexport const manifest: T = ${JSON.stringify(m.object, null, 2)};\n`);
+    writeFileSync(
+      file,
+      `${MODELS[m.kind]![2]}\n// ${m.file}\nexport const manifest: T = ${JSON.stringify(m.object, null, 2)};\n`,
+    );
     files.push(file);
   });
   // A deliberately misspelled copy proves the check catches typos.
@@ -84,7 +111,18 @@ t.test('no misspelled field anywhere: TypeScript checks each object against the 
   const typoFile = join(dir, 'typo.ts');
   writeFileSync(typoFile, `${MODELS['DaemonSet']![2]}\nexport const manifest: T = ${typo};\n`);
 
-  const tsc = [join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--skipLibCheck', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022'];
+  const tsc = [
+    join(REPO_ROOT, 'node_modules/typescript/bin/tsc'),
+    '--noEmit',
+    '--strict',
+    '--skipLibCheck',
+    '--module',
+    'nodenext',
+    '--moduleResolution',
+    'nodenext',
+    '--target',
+    'es2022',
+  ];
   const check = async (paths: string[]): Promise<string> => {
     try {
       await run(process.execPath, [...tsc, ...paths], { cwd: REPO_ROOT, timeout: 120_000 });
@@ -106,7 +144,10 @@ t.test('kustomization.yaml lists every install manifest, and each listed file ex
   // what the DaemonSet just pinned.
   const installFiles = yamlFiles().filter((f) => f !== 'kustomization.yaml' && !f.startsWith('uninstall/'));
   t.same([...resources].sort(), installFiles, 'the resources are exactly the top-level manifests');
-  t.notOk(resources.some((r) => r.startsWith('uninstall')), 'the uninstall Job is not installed');
+  t.notOk(
+    resources.some((r) => r.startsWith('uninstall')),
+    'the uninstall Job is not installed',
+  );
   t.equal(kustomization?.['namespace'], 'ambpf-system');
   for (const m of manifests.filter((m) => !['Namespace', 'ClusterRole', 'ClusterRoleBinding'].includes(m.kind))) {
     t.equal((m.object['metadata'] as Json)['namespace'], 'ambpf-system', `${m.file} lives in ambpf-system`);
@@ -116,27 +157,44 @@ t.test('kustomization.yaml lists every install manifest, and each listed file ex
 t.test('the CNI dirs: ConfigMap values, copied into the hostPath volumes by kustomize', async (t) => {
   const cm = (manifests.find((m) => m.kind === 'ConfigMap')!.object['data'] ?? {}) as Record<string, string>;
   const volumesOf = (ds: Json): Array<{ name: string; hostPath?: { path: string } }> =>
-    ((((ds['spec'] as Json)['template'] as Json)['spec'] as Json)['volumes'] ?? []) as Array<{ name: string; hostPath?: { path: string } }>;
-  const pathOf = (ds: Json, name: string): string | undefined => volumesOf(ds).find((v) => v.name === name)?.hostPath?.path;
+    ((((ds['spec'] as Json)['template'] as Json)['spec'] as Json)['volumes'] ?? []) as Array<{
+      name: string;
+      hostPath?: { path: string };
+    }>;
+  const pathOf = (ds: Json, name: string): string | undefined =>
+    volumesOf(ds).find((v) => v.name === name)?.hostPath?.path;
   const ds = manifests.find((m) => m.kind === 'DaemonSet')!.object;
-  const PAIRS = [['AMBPF_CNI_BIN_DIR', 'cni-bin-dir'], ['AMBPF_CNI_CONF_DIR', 'cni-conf-dir']] as const;
+  const PAIRS = [
+    ['AMBPF_CNI_BIN_DIR', 'cni-bin-dir'],
+    ['AMBPF_CNI_CONF_DIR', 'cni-conf-dir'],
+  ] as const;
   // `kubectl apply -f` (no kustomize) gets the same dirs as long as the values are the defaults.
   for (const [key, volume] of PAIRS) t.equal(pathOf(ds, volume), cm[key], `${volume} defaults to ${key} (${cm[key]})`);
-  const kubectl = await run('kubectl', ['version', '--client'], { timeout: 30_000 }).then(() => true, () => false);
+  const kubectl = await run('kubectl', ['version', '--client'], { timeout: 30_000 }).then(
+    () => true,
+    () => false,
+  );
   if (!kubectl) return t.plan(0, 'skip: kubectl is not installed: the replacements cannot be built here');
   // A copy of deploy/ with other values, built the way `kubectl apply -k` builds it.
   const dir = mkdtempSync(join(REPO_ROOT, 'build', 'deploy-kustomize-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   cpSync(DEPLOY_DIR, dir, { recursive: true });
   const cmFile = join(dir, 'configmap.yaml');
-  writeFileSync(cmFile, readFileSync(cmFile, 'utf8')
-    .replace(/^( {2}AMBPF_CNI_BIN_DIR:).*$/m, '$1 /var/lib/rancher/k3s/data/cni')
-    .replace(/^( {2}AMBPF_CNI_CONF_DIR:).*$/m, '$1 /var/lib/rancher/k3s/agent/etc/cni/net.d'));
+  writeFileSync(
+    cmFile,
+    readFileSync(cmFile, 'utf8')
+      .replace(/^( {2}AMBPF_CNI_BIN_DIR:).*$/m, '$1 /var/lib/rancher/k3s/data/cni')
+      .replace(/^( {2}AMBPF_CNI_CONF_DIR:).*$/m, '$1 /var/lib/rancher/k3s/agent/etc/cni/net.d'),
+  );
   const { stdout } = await run('kubectl', ['kustomize', dir], { timeout: 60_000 });
   const built = parseAllDocuments(stdout).map((d) => d.toJS() as Json);
   const out = built.find((o) => o['kind'] === 'DaemonSet')!;
   t.equal(pathOf(out, 'cni-bin-dir'), '/var/lib/rancher/k3s/data/cni', 'the bin dir follows the ConfigMap');
-  t.equal(pathOf(out, 'cni-conf-dir'), '/var/lib/rancher/k3s/agent/etc/cni/net.d', 'the conf dir follows the ConfigMap');
+  t.equal(
+    pathOf(out, 'cni-conf-dir'),
+    '/var/lib/rancher/k3s/agent/etc/cni/net.d',
+    'the conf dir follows the ConfigMap',
+  );
   const others = (d: Json): unknown[] => volumesOf(d).filter((v) => !PAIRS.some(([, n]) => n === v.name));
   t.same(others(out), others(ds), 'no other volume changed');
 });

@@ -35,7 +35,11 @@ async function runInit(withCaps: readonly string[]): Promise<{ code: number; out
   const bounding = ['-all', ...withCaps.map((c) => `+${c}`)].join(',');
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', AMBPF_HOST_PID: String(node!.pid), AMBPF_BPFFS_ROOT: target };
   try {
-    const { stdout, stderr } = await run('setpriv', [`--bounding-set=${bounding}`, `--inh-caps=${bounding}`, '--', ...command], { env, timeout: 20_000 });
+    const { stdout, stderr } = await run(
+      'setpriv',
+      [`--bounding-set=${bounding}`, `--inh-caps=${bounding}`, '--', ...command],
+      { env, timeout: 20_000 },
+    );
     return { code: 0, out: stdout + stderr };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };
@@ -57,7 +61,8 @@ t.before(async () => {
       return false; // not started yet
     }
   };
-  if (!(await waitUntil(ownNamespace, 5000))) throw new Error('the stand-in node process never entered its own mount namespace');
+  if (!(await waitUntil(ownNamespace, 5000)))
+    throw new Error('the stand-in node process never entered its own mount namespace');
 });
 
 t.teardown(async () => {
@@ -69,7 +74,7 @@ t.teardown(async () => {
   rmSync(join(tmpdir(), `${prefix}-node`), { recursive: true, force: true });
 });
 
-t.test('the manifest runs a shell script that enters the node\'s mount namespace', async (t) => {
+t.test("the manifest runs a shell script that enters the node's mount namespace", async (t) => {
   t.same(command.slice(0, 2), ['/bin/sh', '-c']);
   t.match(command[2] ?? '', /nsenter --mount=/);
   t.same([...caps].sort(), ['sys_admin', 'sys_chroot', 'sys_ptrace']);
@@ -83,12 +88,12 @@ t.test('without each of its capabilities, the init container fails (each one is 
   }
 });
 
-t.test('with exactly its capabilities it mounts the bpffs in the node\'s namespace, once', async (t) => {
+t.test("with exactly its capabilities it mounts the bpffs in the node's namespace, once", async (t) => {
   const first = await runInit(caps);
   t.equal(first.code, 0, `first run succeeds: ${first.out.trim()}`);
   t.match(first.out, /mounting bpffs/);
-  t.equal(bpfMountsAt(node!.pid!), 1, 'a bpffs is mounted at the target in the node\'s mount namespace');
-  t.equal(bpfMountsAt('self'), 0, 'and not in ours (it is the node\'s mount, not the container\'s)');
+  t.equal(bpfMountsAt(node!.pid!), 1, "a bpffs is mounted at the target in the node's mount namespace");
+  t.equal(bpfMountsAt('self'), 0, "and not in ours (it is the node's mount, not the container's)");
 
   const second = await runInit(caps);
   t.equal(second.code, 0);

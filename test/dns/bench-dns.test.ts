@@ -33,8 +33,15 @@ Statistics:
   Latency StdDev (s):   0.000612
 `;
 
-t.test('dnsperf\'s summary', async (t) => {
-  t.same(parseDnsperf(DNSPERF_OUT), { sent: 41803, completed: 41790, noerror: 41790, lost: 13, qps: 41709.335445, avgUs: 1251 });
+t.test("dnsperf's summary", async (t) => {
+  t.same(parseDnsperf(DNSPERF_OUT), {
+    sent: 41803,
+    completed: 41790,
+    noerror: 41790,
+    lost: 13,
+    qps: 41709.335445,
+    avgUs: 1251,
+  });
   t.equal(parseDnsperf('[Status] Sending queries'), undefined, 'no summary: undefined, not zeros');
 });
 
@@ -46,7 +53,22 @@ t.test('a quick inpod DNS run: every path answered', { timeout: 90_000 }, async 
     rmSync(out, { recursive: true, force: true });
   });
   const paths: PathName[] = ['direct', 'iptables', 'ebpf'];
-  const argv = ['bench', '--quick', '--topology', 'inpod', '--paths', paths.join(','), '--workloads', 'dns', '--no-e2e', '--no-control-plane', '--out', out, '--prefix', prefix];
+  const argv = [
+    'bench',
+    '--quick',
+    '--topology',
+    'inpod',
+    '--paths',
+    paths.join(','),
+    '--workloads',
+    'dns',
+    '--no-e2e',
+    '--no-control-plane',
+    '--out',
+    out,
+    '--prefix',
+    prefix,
+  ];
   await run(AMBPF, argv, { timeout: 80_000, env: { ...process.env, AMBPF_LOG_LEVEL: 'warn' }, maxBuffer: 16 << 20 });
   t.ok(existsSync(join(out, 'bench-dns.svg')), 'the DNS chart');
   const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as BenchResults;
@@ -58,5 +80,9 @@ t.test('a quick inpod DNS run: every path answered', { timeout: 90_000 }, async 
     // A loaded machine may time out a handful of queries; a missed capture loses every one.
     t.ok((cells[0]?.errors ?? Infinity) < 0.01 * qps, `${path}: lost queries (${cells[0]?.errors}) under 1%`);
   }
-  t.match(readFileSync(join(out, 'results.md'), 'utf8'), /\| sink \| same-node \| dns \| qps/, 'results.md has the row');
+  t.match(
+    readFileSync(join(out, 'results.md'), 'utf8'),
+    /\| sink \| same-node \| dns \| qps/,
+    'results.md has the row',
+  );
 });

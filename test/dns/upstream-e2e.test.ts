@@ -12,7 +12,11 @@ import { join, resolve } from 'node:path';
 import type { Testbed, TestbedPod } from '../../src/testbed/index.ts';
 import { startZtunnels } from '../../src/testbed/ztunnel/launch.ts';
 import {
-  CLUSTER_VIP, podResolvConf, podResolverArgv, startDnsUpstream, type DnsUpstream,
+  CLUSTER_VIP,
+  podResolvConf,
+  podResolverArgv,
+  startDnsUpstream,
+  type DnsUpstream,
 } from '../../src/testbed/dns-upstream.ts';
 import type { StateFile } from '../../src/state/state-file.ts';
 import { DNS_CAPTURE_ANNOTATION } from '../../src/state/desired.ts';
@@ -28,10 +32,25 @@ const OUTSIDE = 'outside.test';
 const OUTSIDE_IP = '198.18.77.7';
 const OUTSIDE6 = 'outside6.test';
 
-interface Reply { rcode?: number; aa?: boolean; ips?: string[]; from?: { ip: string; port: number }; peer?: { ip: string; port: number }; error?: string }
+interface Reply {
+  rcode?: number;
+  aa?: boolean;
+  ips?: string[];
+  from?: { ip: string; port: number };
+  peer?: { ip: string; port: number };
+  error?: string;
+}
 interface ReuseOut {
-  queries: number; answers: number; wrong_server: number; wrong_socket: number; lost: number; errors: number;
-  sockets: number; ips: Record<string, number>; examples: unknown[]; seconds: number;
+  queries: number;
+  answers: number;
+  wrong_server: number;
+  wrong_socket: number;
+  lost: number;
+  errors: number;
+  sockets: number;
+  ips: Record<string, number>;
+  examples: unknown[];
+  seconds: number;
 }
 
 let tb: Testbed;
@@ -50,7 +69,13 @@ function resolvConf(family: Family, over: Over): string {
 }
 
 /** `getent ahostsv4|ahostsv6 NAME` in a pod with its resolv.conf naming the resolver: the first address. */
-async function getent(pod: TestbedPod, name: string, over: Over, family: Family = 'v4', db = 'ahostsv4'): Promise<string> {
+async function getent(
+  pod: TestbedPod,
+  name: string,
+  over: Over,
+  family: Family = 'v4',
+  db = 'ahostsv4',
+): Promise<string> {
   return getentWith(pod, resolvConf(family, over), name, db);
 }
 
@@ -64,8 +89,10 @@ async function dnsq(pod: TestbedPod, args: string[], timeoutMs = 20_000): Promis
   const r = await tb.exec(pod, ['python3', DNSQ, ...args], { timeoutMs });
   return r.stdout.trim();
 }
-const query = async (pod: TestbedPod, args: string[]): Promise<Reply> => JSON.parse(await dnsq(pod, ['query', ...args])) as Reply;
-const reuse = async (pod: TestbedPod, args: string[]): Promise<ReuseOut> => JSON.parse(await dnsq(pod, ['reuse', ...args], 50_000)) as ReuseOut;
+const query = async (pod: TestbedPod, args: string[]): Promise<Reply> =>
+  JSON.parse(await dnsq(pod, ['query', ...args])) as Reply;
+const reuse = async (pod: TestbedPod, args: string[]): Promise<ReuseOut> =>
+  JSON.parse(await dnsq(pod, ['reuse', ...args], 50_000)) as ReuseOut;
 
 function acked(): boolean {
   try {
@@ -113,27 +140,35 @@ t.test('the resolver itself answers the cluster zone with the Service VIP', asyn
   t.same(r.from, { ip: upstream.ip, port: 53 });
 });
 
-t.test('a mesh pod resolves a testbed name through ztunnel\'s DNS proxy (glibc, UDP and TCP, v4 and v6)', async (t) => {
+t.test("a mesh pod resolves a testbed name through ztunnel's DNS proxy (glibc, UDP and TCP, v4 and v6)", async (t) => {
   const app = tb.pod('mesh/app');
   // The first lookup may race the pass that registers ztunnel's listeners: poll it.
   await eventually(async () => (await getent(app, ZONE_NAME, 'udp')) === web, 15_000, 'the zone answer over UDP');
-  t.pass('UDP: the pod\'s address from the proxy, accepted by glibc (its source is the resolver asked)');
+  t.pass("UDP: the pod's address from the proxy, accepted by glibc (its source is the resolver asked)");
   t.equal(await getent(app, ZONE_NAME, 'tcp'), web, 'TCP (use-vc)');
   // A v6 resolver address: captured to [::1]:15053 (the pod has no IPv6 route: only the proxy can answer).
-  t.equal(await getent(app, ZONE_NAME, 'udp', 'v6'), web, 'UDP to the resolver\'s IPv6 address');
-  t.equal(await getent(app, ZONE_NAME, 'tcp', 'v6'), web, 'TCP to the resolver\'s IPv6 address');
+  t.equal(await getent(app, ZONE_NAME, 'udp', 'v6'), web, "UDP to the resolver's IPv6 address");
+  t.equal(await getent(app, ZONE_NAME, 'tcp', 'v6'), web, "TCP to the resolver's IPv6 address");
   t.notOk(upstream.queriesFor(ZONE_NAME).includes(app.ip), 'none of these reached the resolver');
 });
 
-t.test('a Kubernetes resolv.conf (search domains, ndots:5): short names answered as ztunnel answers them', async (t) => {
-  const conf = `nameserver ${upstream.ip}\nsearch mesh.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:2 attempts:2\n`;
-  // glibc tries the search domains first: web.mesh.svc.cluster.local.mesh.svc.cluster.local gets a
-  // CNAME to web.mesh.svc.cluster.local from ztunnel, which strips the search domain it recognises.
-  for (const name of ['web', 'web.mesh', 'web.mesh.svc', ZONE_NAME]) t.equal(await getentWith(tb.pod('mesh/app'), conf, name), web, name);
-  t.equal(await getentWith(tb.pod('plain/client'), conf, 'web'), CLUSTER_VIP, 'outside the mesh: the resolver\'s answer');
-});
+t.test(
+  'a Kubernetes resolv.conf (search domains, ndots:5): short names answered as ztunnel answers them',
+  async (t) => {
+    const conf = `nameserver ${upstream.ip}\nsearch mesh.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:2 attempts:2\n`;
+    // glibc tries the search domains first: web.mesh.svc.cluster.local.mesh.svc.cluster.local gets a
+    // CNAME to web.mesh.svc.cluster.local from ztunnel, which strips the search domain it recognises.
+    for (const name of ['web', 'web.mesh', 'web.mesh.svc', ZONE_NAME])
+      t.equal(await getentWith(tb.pod('mesh/app'), conf, name), web, name);
+    t.equal(
+      await getentWith(tb.pod('plain/client'), conf, 'web'),
+      CLUSTER_VIP,
+      "outside the mesh: the resolver's answer",
+    );
+  },
+);
 
-t.test('the answer\'s source is the server the pod asked, for every address of the resolver', async (t) => {
+t.test("the answer's source is the server the pod asked, for every address of the resolver", async (t) => {
   const app = tb.pod('mesh/app');
   for (const ip of upstream.ips) {
     const r = await query(app, [ip, ZONE_NAME]);
@@ -155,15 +190,24 @@ t.test('the answer\'s source is the server the pod asked, for every address of t
 
 t.test('a name outside the zone: ztunnel forwards it from the pod, marked, and it is not looped back', async (t) => {
   const app = tb.pod('mesh/app');
-  for (const [over, family] of [['udp', 'v4'], ['tcp', 'v4'], ['udp', 'v6'], ['tcp', 'v6']] as const) {
-    t.equal(await getent(app, OUTSIDE, over, family), OUTSIDE_IP, `${over} ${family}: the resolver's answer through the proxy`);
+  for (const [over, family] of [
+    ['udp', 'v4'],
+    ['tcp', 'v4'],
+    ['udp', 'v6'],
+    ['tcp', 'v6'],
+  ] as const) {
+    t.equal(
+      await getent(app, OUTSIDE, over, family),
+      OUTSIDE_IP,
+      `${over} ${family}: the resolver's answer through the proxy`,
+    );
   }
   t.equal(await getent(app, OUTSIDE6, 'udp', 'v4', 'ahostsv6'), 'fd00:a3bf::77', 'AAAA forwarded too');
   // Four lookups, each an A query (ahostsv4) sent by the proxy from a socket in the pod's netns: had
   // the capture taken it back to the proxy, it would never have reached the resolver at all.
   const sources = upstream.queriesFor(OUTSIDE);
   t.ok(sources.length >= 4, `the resolver saw the forwarded queries (${sources.length})`);
-  t.same([...new Set(sources)], [app.ip], 'from the pod\'s address (ztunnel\'s socket in the pod\'s netns)');
+  t.same([...new Set(sources)], [app.ip], "from the pod's address (ztunnel's socket in the pod's netns)");
   const marked = await query(app, [upstream.ip, ZONE_NAME, '--mark', String(ZTUNNEL_MARK)]);
   t.same(marked.ips, [CLUSTER_VIP], 'a socket marked 0x539 in a mesh pod reaches the resolver itself');
   const markedTcp = await query(app, [upstream.ip, ZONE_NAME, '--tcp', '--mark', String(ZTUNNEL_MARK)]);
@@ -174,21 +218,25 @@ t.test('a pod outside the mesh asks the resolver itself', async (t) => {
   const client = tb.pod('plain/client');
   t.equal(await getent(client, ZONE_NAME, 'udp'), CLUSTER_VIP, 'UDP');
   t.equal(await getent(client, ZONE_NAME, 'tcp'), CLUSTER_VIP, 'TCP');
-  t.ok(upstream.queriesFor(ZONE_NAME).includes(client.ip), 'the resolver logged the pod\'s own queries');
+  t.ok(upstream.queriesFor(ZONE_NAME).includes(client.ip), "the resolver logged the pod's own queries");
 });
 
 t.test('the annotation "false" leaves a mesh pod\'s DNS alone; removing it captures again', async (t) => {
   const app = tb.pod('mesh/app');
   annotate('app', 'false');
   try {
-    await eventually(async () => (await getent(app, ZONE_NAME, 'udp')) === CLUSTER_VIP, 20_000, 'app\'s DNS to go to the resolver');
+    await eventually(
+      async () => (await getent(app, ZONE_NAME, 'udp')) === CLUSTER_VIP,
+      20_000,
+      "app's DNS to go to the resolver",
+    );
     t.equal(await getent(app, ZONE_NAME, 'tcp'), CLUSTER_VIP, 'over TCP too');
-    t.ok(upstream.queriesFor(ZONE_NAME).includes(app.ip), 'the resolver logged the pod\'s own queries');
+    t.ok(upstream.queriesFor(ZONE_NAME).includes(app.ip), "the resolver logged the pod's own queries");
     t.equal(await getent(tb.pod('mesh/web'), ZONE_NAME, 'udp'), web, 'the other mesh pod is still captured');
   } finally {
     annotate('app', undefined);
   }
-  await eventually(async () => (await getent(app, ZONE_NAME, 'udp')) === web, 20_000, 'app\'s DNS to be captured again');
+  await eventually(async () => (await getent(app, ZONE_NAME, 'udp')) === web, 20_000, "app's DNS to be captured again");
   t.pass('captured again');
 });
 
@@ -203,12 +251,29 @@ t.test('10,000 queries from reused source ports, two pods at once: none reaches 
   const [ra, rw, rz] = await Promise.all([
     reuse(app, [upstream.ips.join(','), ZONE_NAME, ...common, '--seed', '1']),
     reuse(webPod, [upstream.ips.join(','), ZONE_NAME, ...common, '--seed', '2']),
-    reuse(app, [upstream.ips.join(','), ZONE_NAME, '--ports', '40016-40031', '--queries', '400', '--per-socket', '4',
-      '--seed', '3', '--mark', String(ZTUNNEL_MARK)]),
+    reuse(app, [
+      upstream.ips.join(','),
+      ZONE_NAME,
+      '--ports',
+      '40016-40031',
+      '--queries',
+      '400',
+      '--per-socket',
+      '4',
+      '--seed',
+      '3',
+      '--mark',
+      String(ZTUNNEL_MARK),
+    ]),
   ]);
   const seconds = (Date.now() - started) / 1000;
-  t.comment(`10,000 captured + 400 marked queries in ${seconds.toFixed(1)} s (app ${ra.seconds} s, web ${rw.seconds} s)`);
-  for (const [name, r] of [['app', ra], ['web', rw]] as const) {
+  t.comment(
+    `10,000 captured + 400 marked queries in ${seconds.toFixed(1)} s (app ${ra.seconds} s, web ${rw.seconds} s)`,
+  );
+  for (const [name, r] of [
+    ['app', ra],
+    ['web', rw],
+  ] as const) {
     t.equal(r.queries, 5000, `${name}: 5,000 queries`);
     t.equal(r.wrong_socket, 0, `${name}: no answer reached another socket (${JSON.stringify(r.examples)})`);
     t.equal(r.wrong_server, 0, `${name}: every answer shows its own query's server (${JSON.stringify(r.examples)})`);
@@ -222,11 +287,22 @@ t.test('10,000 queries from reused source ports, two pods at once: none reaches 
   t.ok(seconds < 40, `bounded in time (${seconds.toFixed(1)} s)`);
 });
 
-t.test('IPv6: 2,000 queries from reused ports to the resolver\'s v6 address', async (t) => {
+t.test("IPv6: 2,000 queries from reused ports to the resolver's v6 address", async (t) => {
   const app = tb.pod('mesh/app');
-  const r = await reuse(app, [upstream.ip6, ZONE_NAME, '--ports', '40100-40107', '--queries', '2000', '--per-socket', '4', '--seed', '4']);
+  const r = await reuse(app, [
+    upstream.ip6,
+    ZONE_NAME,
+    '--ports',
+    '40100-40107',
+    '--queries',
+    '2000',
+    '--per-socket',
+    '4',
+    '--seed',
+    '4',
+  ]);
   t.equal(r.wrong_socket, 0, `no answer reached another socket (${JSON.stringify(r.examples)})`);
   t.equal(r.wrong_server, 0, 'every answer from the v6 server asked');
   t.equal(r.answers, 2000, `every query answered (lost ${r.lost}) in ${r.seconds} s`);
-  t.same(r.ips, { [web]: 2000 }, 'by ztunnel\'s proxy on [::1]:15053');
+  t.same(r.ips, { [web]: 2000 }, "by ztunnel's proxy on [::1]:15053");
 });

@@ -26,8 +26,12 @@ export function logMark(tb: Testbed, nodes: readonly string[]): ReadonlyMap<stri
  * QUIET_MS: a request expected to leave no line at all. A probe polled until a change takes effect
  * passes a shorter `timeoutMs`: "not yet" then costs that much per try.
  */
-export async function linesSince(tb: Testbed, mark: ReadonlyMap<string, number>, expect?: Expect, timeoutMs = LINES_MS):
-  Promise<Record<string, ZtunnelLogEntry[]>> {
+export async function linesSince(
+  tb: Testbed,
+  mark: ReadonlyMap<string, number>,
+  expect?: Expect,
+  timeoutMs = LINES_MS,
+): Promise<Record<string, ZtunnelLogEntry[]>> {
   const read = (): Record<string, ZtunnelLogEntry[]> =>
     Object.fromEntries([...mark].map(([node, since]) => [node, tb.ztunnelLog(node).slice(since)]));
   if (expect === undefined) {
@@ -36,7 +40,9 @@ export async function linesSince(tb: Testbed, mark: ReadonlyMap<string, number>,
   }
   await waitUntil(() => {
     const lines = read();
-    return Object.entries(expect).every(([node, dirs]) => dirs.every((d) => lines[node]?.some((e) => e.direction === d)));
+    return Object.entries(expect).every(([node, dirs]) =>
+      dirs.every((d) => lines[node]?.some((e) => e.direction === d)),
+    );
   }, timeoutMs);
   return read();
 }
@@ -48,10 +54,20 @@ export interface Traced {
 }
 
 /** curl from a pod to ip:port (throws when it fails) and the lines it left on `nodes` (see linesSince). */
-export async function tracedCurl(tb: Testbed, from: Target, ip: string, port: number, nodes: readonly string[], expect?: Expect,
-  timeoutMs?: number): Promise<Traced> {
+export async function tracedCurl(
+  tb: Testbed,
+  from: Target,
+  ip: string,
+  port: number,
+  nodes: readonly string[],
+  expect?: Expect,
+  timeoutMs?: number,
+): Promise<Traced> {
   const mark = logMark(tb, nodes);
   const r = await curl(tb, from, ip, port, { timeoutMs: 5000 });
-  if (r.exitCode !== 0) throw new Error(`curl ${typeof from === 'string' ? from : from.name} -> ${ip}:${port} failed (${r.exitCode}): ${r.stderr}`);
+  if (r.exitCode !== 0)
+    throw new Error(
+      `curl ${typeof from === 'string' ? from : from.name} -> ${ip}:${port} failed (${r.exitCode}): ${r.stderr}`,
+    );
   return { body: r.body, lines: await linesSince(tb, mark, expect, timeoutMs) };
 }

@@ -24,12 +24,26 @@ import { ambpf, bpftool, hasBpftool, same } from './oracle.ts';
 const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url));
 const MODES: readonly (readonly string[])[] = [[], ['-j'], ['-p']];
 
-
 /** zoo_value bytes (112, layout from the fixture's BTF: see the offsets in zoo.bpf.c's order). */
 function zooValue(v: {
-  u64: bigint; s64: bigint; s32: number; s16: number; u8: number; flag: number; color: number; small: number;
-  bits: number; port: number; delta: number; tag: number; u32: number; counts: number[]; label: Uint8Array;
-  raw: number[]; ptr: bigint; big: bigint;
+  u64: bigint;
+  s64: bigint;
+  s32: number;
+  s16: number;
+  u8: number;
+  flag: number;
+  color: number;
+  small: number;
+  bits: number;
+  port: number;
+  delta: number;
+  tag: number;
+  u32: number;
+  counts: number[];
+  label: Uint8Array;
+  raw: number[];
+  ptr: bigint;
+  big: bigint;
 }): Uint8Array {
   const b = Buffer.alloc(112);
   b.writeBigUInt64LE(v.u64, 0);
@@ -72,7 +86,8 @@ const u32 = (n: number): Uint8Array => {
   b.writeUInt32LE(n >>> 0);
   return b;
 };
-const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 37 + seed * 11 + 5) & 0xff);
+const pattern = (n: number, seed: number): Uint8Array =>
+  Uint8Array.from({ length: n }, (_, i) => (i * 37 + seed * 11 + 5) & 0xff);
 
 /** Removes everything main() made; also called when setup itself throws (tap's teardown would not run). */
 let cleanup = (): void => {};
@@ -108,18 +123,48 @@ async function main(): Promise<void> {
   zooHash.update(
     zooKey(str('web'), 1),
     zooValue({
-      u64: (1n << 64n) - 1n, s64: -5n, s32: -100000, s16: -3, u8: 255, flag: 1, color: 1, small: 200,
-      bits: 5 | (4000 << 3) | (0x7d << 16), port: 15001, delta: -1, tag: 65, u32: 0xdeadbeef, counts: [1, 2, 3],
+      u64: (1n << 64n) - 1n,
+      s64: -5n,
+      s32: -100000,
+      s16: -3,
+      u8: 255,
+      flag: 1,
+      color: 1,
+      small: 200,
+      bits: 5 | (4000 << 3) | (0x7d << 16),
+      port: 15001,
+      delta: -1,
+      tag: 65,
+      u32: 0xdeadbeef,
+      counts: [1, 2, 3],
       // a backslash, quotes and a single quote: bpftool escapes the first two its own way
-      label: str('he"l\\o\'x'), raw: [0x7f, 1, 0x41, 0], ptr: 0n, big: (1n << 100n) + 5n,
+      label: str('he"l\\o\'x'),
+      raw: [0x7f, 1, 0x41, 0],
+      ptr: 0n,
+      big: (1n << 100n) + 5n,
     }),
   );
   zooHash.update(
     zooKey(Uint8Array.from([0x64, 0x62, 0x01, 0x80, 0, 0, 0, 0]), 0xffffffff),
     zooValue({
-      u64: 0n, s64: -(1n << 63n), s32: 2147483647, s16: -32768, u8: 0, flag: 0, color: -3, small: 7,
-      bits: 0xffffff, port: 0, delta: -128, tag: 9, u32: 0, counts: [0, 0xffffffff, 7],
-      label: Buffer.from('twelve chars', 'latin1'), raw: [0x20, 0x7e, 0x21, 0x22], ptr: 0xffff888812345678n, big: 0n,
+      u64: 0n,
+      s64: -(1n << 63n),
+      s32: 2147483647,
+      s16: -32768,
+      u8: 0,
+      flag: 0,
+      color: -3,
+      small: 7,
+      bits: 0xffffff,
+      port: 0,
+      delta: -128,
+      tag: 9,
+      u32: 0,
+      counts: [0, 0xffffffff, 7],
+      label: Buffer.from('twelve chars', 'latin1'),
+      raw: [0x20, 0x7e, 0x21, 0x22],
+      ptr: 0xffff888812345678n,
+      big: 0n,
     }),
   );
   zooHash.update(zooKey(pattern(8, 3), 7), pattern(112, 4));
@@ -167,8 +212,18 @@ async function main(): Promise<void> {
   opened.push(twinA, twinB);
   twinA.update(u32(1), u32(2));
 
-  const zooMaps = ['zoo_hash', 'zoo_array', 'zoo_pcpu_hash', 'zoo_pcpu_array', 'zoo_lru', 'zoo_sockhash', 'zoo_wide'].map((n) => `${root}/m/${n}`);
-  const rawMaps = ['_h4', '_h816', '_h817', '_h20', '_h40', '_arr', '_pch', '_pca', '_lru', '_progs', '_frz'].map((n) => `${root}/${n}`);
+  const zooMaps = [
+    'zoo_hash',
+    'zoo_array',
+    'zoo_pcpu_hash',
+    'zoo_pcpu_array',
+    'zoo_lru',
+    'zoo_sockhash',
+    'zoo_wide',
+  ].map((n) => `${root}/m/${n}`);
+  const rawMaps = ['_h4', '_h816', '_h817', '_h20', '_h40', '_arr', '_pch', '_pca', '_lru', '_progs', '_frz'].map(
+    (n) => `${root}/${n}`,
+  );
 
   await t.test('map show and dump: every zoo and raw map, plain/-j/-p', async (t) => {
     for (const path of [...zooMaps, ...rawMaps]) {
@@ -205,7 +260,10 @@ async function main(): Promise<void> {
       same(t, ['map', '-f', ...mode, 'show', 'name', `${prefix}_twin`], 0);
     }
     // The twins really are two maps, so the multi-map paths were taken.
-    t.match(ambpf(['map', 'show', 'name', `${prefix}_twin`]).stdout.toString(), new RegExp(`hash  name ${prefix}_twin[^]*array  name ${prefix}_twin`));
+    t.match(
+      ambpf(['map', 'show', 'name', `${prefix}_twin`]).stdout.toString(),
+      new RegExp(`hash  name ${prefix}_twin[^]*array  name ${prefix}_twin`),
+    );
   });
 
   await t.test('lookup and getnext, hex and decimal keys, BTF and raw', async (t) => {
@@ -213,7 +271,31 @@ async function main(): Promise<void> {
       same(t, ['map', 'lookup', ...mode, 'pinned', `${root}/_h4`, 'key', '1', '0', '0', '0'], 0);
       same(t, ['map', 'lookup', ...mode, 'pinned', `${root}/_h4`, 'key', 'hex', '04', '03', '02', '01'], 0);
       same(t, ['map', 'lookup', ...mode, 'pinned', `${root}/_h4`, 'key', '0x04', '03', '0x2', '1'], 0);
-      same(t, ['map', 'lookup', ...mode, 'pinned', `${root}/m/zoo_hash`, 'key', 'hex', '77', '65', '62', '00', '00', '00', '00', '00', '01', '00', '00', '00'], 0);
+      same(
+        t,
+        [
+          'map',
+          'lookup',
+          ...mode,
+          'pinned',
+          `${root}/m/zoo_hash`,
+          'key',
+          'hex',
+          '77',
+          '65',
+          '62',
+          '00',
+          '00',
+          '00',
+          '00',
+          '00',
+          '01',
+          '00',
+          '00',
+          '00',
+        ],
+        0,
+      );
       same(t, ['map', 'lookup', ...mode, 'pinned', `${root}/m/zoo_pcpu_hash`, 'key', '3', '0', '0', '0'], 0);
       same(t, ['map', 'lookup', ...mode, 'pinned', `${root}/_pca`, 'key', '1', '0', '0', '0'], 0);
       same(t, ['map', 'lookup', ...mode, 'pinned', `${root}/_h40`, 'key', ...Array.from(pattern(40, 9), String)], 0);
@@ -259,7 +341,8 @@ async function main(): Promise<void> {
       const strict = args[1] !== 'getnext';
       for (const mode of MODES) {
         const { oracle, ours } = same(t, [args[0]!, ...mode, ...args.slice(1)], strict ? code : undefined);
-        if (mode.length === 0 && strict) t.same(errorLines(ours.stderr), errorLines(oracle.stderr), `stderr Error: lines: ${args.join(' ')}`);
+        if (mode.length === 0 && strict)
+          t.same(errorLines(ours.stderr), errorLines(oracle.stderr), `stderr Error: lines: ${args.join(' ')}`);
       }
     }
   });
@@ -273,15 +356,20 @@ async function main(): Promise<void> {
       same(t, ['prog', 'show', ...mode, 'pinned', `${root}/p/zoo_sockops`], 0);
       same(t, ['prog', '-f', ...mode, 'show', 'pinned', `${root}/p/zoo_sockops`], 0);
     }
-    t.match(ambpf(['prog', 'show', 'id', String(c4.id)]).stdout.toString(), /name zoo_connect4_with_a_long_name {2}tag/);
+    t.match(
+      ambpf(['prog', 'show', 'id', String(c4.id)]).stdout.toString(),
+      /name zoo_connect4_with_a_long_name {2}tag/,
+    );
   });
 
   await t.test('full listings (other objects may come and go: up to three attempts)', async (t) => {
     // Other objects' programs may run between the two tools' reads while another test holds BPF run-time
     // stats on (bench --profile): their counters are the one field allowed to move. Ours never run.
-    const steady = (b: Buffer): string => b.toString()
-      .replace(/run_time_ns \d+ run_cnt \d+/g, 'run_time_ns N run_cnt N')
-      .replace(/("run_time_ns": ?)\d+(, ?\s*"run_cnt": ?)\d+/g, '$1N$2N');
+    const steady = (b: Buffer): string =>
+      b
+        .toString()
+        .replace(/run_time_ns \d+ run_cnt \d+/g, 'run_time_ns N run_cnt N')
+        .replace(/("run_time_ns": ?)\d+(, ?\s*"run_cnt": ?)\d+/g, '$1N$2N');
     for (const args of [['map'], ['map', '-j'], ['prog', 'show', '-p'], ['prog', 'list']]) {
       let ok = false;
       for (let i = 0; i < 3 && !ok; i++) {

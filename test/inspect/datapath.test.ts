@@ -35,8 +35,13 @@ async function main(): Promise<void> {
     obj.load();
   }
 
-  const pinned = readdirSync(root).filter((n) => n.startsWith('ambpf_')).sort();
-  t.ok(pinned.includes('ambpf_pods') && pinned.includes('ambpf_stats'), `the datapath pinned its maps: ${pinned.join(' ')}`);
+  const pinned = readdirSync(root)
+    .filter((n) => n.startsWith('ambpf_'))
+    .sort();
+  t.ok(
+    pinned.includes('ambpf_pods') && pinned.includes('ambpf_stats'),
+    `the datapath pinned its maps: ${pinned.join(' ')}`,
+  );
 
   // Entries of the right sizes in every map user space may write (bytes are a pattern: the point is
   // the formatting of each map's real BTF types, not meaningful values).

@@ -24,7 +24,10 @@ t.test('json writer: pretty arrays of scalars stay on one line, objects join as 
   }
   w.endArray();
   w.destroy();
-  t.equal(out.text(), '[{\n        "key": ["0x01","0x01"\n        ]\n    },{\n        "key": ["0x01","0x02"\n        ]\n    }\n]\n');
+  t.equal(
+    out.text(),
+    '[{\n        "key": ["0x01","0x01"\n        ]\n    },{\n        "key": ["0x01","0x02"\n        ]\n    }\n]\n',
+  );
 });
 
 t.test('json strings: bpftool escapes a backslash as \\n and leaves single quotes alone', async (t) => {
@@ -53,19 +56,28 @@ function model(types: Omit<BtfType, 'vlen' | 'kindFlag'>[], kindFlagIds: number[
 }
 
 t.test('btf dumper: ints, chars, enums, bitfields, strings, plain vs JSON', async (t) => {
-  const withFlag = model([
-    /* 1 */ { kind: BTF_KIND.INT, name: 'int', sizeOrType: 4, intData: (1 << 24) | 32 },
-    /* 2 */ { kind: BTF_KIND.INT, name: 'char', sizeOrType: 1, intData: (1 << 24) | 8 },
-    /* 3 */ { kind: BTF_KIND.ARRAY, name: '', sizeOrType: 0, array: { type: 2, indexType: 1, nelems: 4 } },
-    /* 4 */ { kind: BTF_KIND.ENUM, name: 'e', sizeOrType: 4, enumValues: [{ name: 'NEG', value: -3n }] },
-    /* 5 */ {
-      kind: BTF_KIND.STRUCT, name: 's', sizeOrType: 16, members: [
-        { name: 'i', type: 1, offset: 0 }, { name: 's', type: 3, offset: 32 }, { name: 'e', type: 4, offset: 64 },
-        { name: 'bf', type: 1, offset: (5 << 24) | 98 }, { name: 'p', type: 6, offset: 0 },
-      ],
-    },
-    /* 6 */ { kind: BTF_KIND.PTR, name: '', sizeOrType: 0 },
-  ], [5]);
+  const withFlag = model(
+    [
+      /* 1 */ { kind: BTF_KIND.INT, name: 'int', sizeOrType: 4, intData: (1 << 24) | 32 },
+      /* 2 */ { kind: BTF_KIND.INT, name: 'char', sizeOrType: 1, intData: (1 << 24) | 8 },
+      /* 3 */ { kind: BTF_KIND.ARRAY, name: '', sizeOrType: 0, array: { type: 2, indexType: 1, nelems: 4 } },
+      /* 4 */ { kind: BTF_KIND.ENUM, name: 'e', sizeOrType: 4, enumValues: [{ name: 'NEG', value: -3n }] },
+      /* 5 */ {
+        kind: BTF_KIND.STRUCT,
+        name: 's',
+        sizeOrType: 16,
+        members: [
+          { name: 'i', type: 1, offset: 0 },
+          { name: 's', type: 3, offset: 32 },
+          { name: 'e', type: 4, offset: 64 },
+          { name: 'bf', type: 1, offset: (5 << 24) | 98 },
+          { name: 'p', type: 6, offset: 0 },
+        ],
+      },
+      /* 6 */ { kind: BTF_KIND.PTR, name: '', sizeOrType: 0 },
+    ],
+    [5],
+  );
   const data = Buffer.alloc(16);
   data.writeInt32LE(-7, 0);
   data.write('ab\0', 4, 'latin1');

@@ -16,7 +16,11 @@ export interface Run {
 }
 
 function run(cmd: string, args: readonly string[]): Run {
-  const r = spawnSync(cmd, args, { timeout: 30_000, maxBuffer: 64 << 20, env: { ...process.env, AMBPF_LOG_LEVEL: 'silent' } });
+  const r = spawnSync(cmd, args, {
+    timeout: 30_000,
+    maxBuffer: 64 << 20,
+    env: { ...process.env, AMBPF_LOG_LEVEL: 'silent' },
+  });
   if (r.error) throw r.error;
   return { stdout: r.stdout, stderr: r.stderr.toString('latin1'), code: r.status };
 }
@@ -46,11 +50,19 @@ export function hasBpftool(): boolean {
 }
 
 /** Both tools, then one assertion on stdout bytes and one on the exit code. */
-export function same(t: Test, args: readonly string[], expectCode?: number, how: 'cli' | 'in-process' = 'in-process'): { oracle: Run; ours: Run } {
+export function same(
+  t: Test,
+  args: readonly string[],
+  expectCode?: number,
+  how: 'cli' | 'in-process' = 'in-process',
+): { oracle: Run; ours: Run } {
   const oracle = bpftool(args);
   const ours = how === 'cli' ? ambpf(args) : ambpfInProcess(args);
   const label = args.join(' ');
-  t.equal(ours.stdout.toString('latin1'), oracle.stdout.toString('latin1'), `stdout: ${label}`, { ambpfStderr: ours.stderr, bpftoolStderr: oracle.stderr });
+  t.equal(ours.stdout.toString('latin1'), oracle.stdout.toString('latin1'), `stdout: ${label}`, {
+    ambpfStderr: ours.stderr,
+    bpftoolStderr: oracle.stderr,
+  });
   t.equal(ours.code, oracle.code, `exit code: ${label}`);
   if (expectCode !== undefined) t.equal(oracle.code, expectCode, `bpftool exit code is ${expectCode}: ${label}`);
   return { oracle, ours };

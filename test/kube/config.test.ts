@@ -28,7 +28,7 @@ async function syncsWith(t: TestContext, server: FakeApiServer, kubeConfig: Kube
   return podNames(rec.last);
 }
 
-t.test('--kubeconfig FILE: the fake server\'s kubeconfig reaches it (CA data + token)', async (t) => {
+t.test("--kubeconfig FILE: the fake server's kubeconfig reaches it (CA data + token)", async (t) => {
   const server = await startFakeServer(t);
   const file = join(tempDir(t), 'kubeconfig');
   writeFileSync(file, server.kubeconfigYaml());
@@ -45,18 +45,37 @@ t.test('--in-cluster: service account token and CA from a directory, address fro
   const kc = loadKubeConfig({ inCluster: true, serviceAccountDir: dir, env });
   t.equal(kc.getCurrentCluster()?.server, `https://127.0.0.1:${server.port}`);
   t.same(await syncsWith(t, server, kc), ['shop/web-1']);
-  t.ok(server.requests.every((r) => r.status !== 401), 'the token file was sent as the bearer token');
+  t.ok(
+    server.requests.every((r) => r.status !== 401),
+    'the token file was sent as the bearer token',
+  );
 });
 
 t.test('configuration mistakes are clear usage errors', async (t) => {
   const dir = tempDir(t);
   const cases: Array<[string, () => unknown, RegExp]> = [
-    ['missing kubeconfig file', () => loadKubeConfig({ kubeconfig: join(dir, 'nope') }), /cannot load kubeconfig .*nope/],
+    [
+      'missing kubeconfig file',
+      () => loadKubeConfig({ kubeconfig: join(dir, 'nope') }),
+      /cannot load kubeconfig .*nope/,
+    ],
     ['both sources', () => loadKubeConfig({ kubeconfig: 'x', inCluster: true }), /exclude each other/],
     ['no source', () => loadKubeConfig({}), /--kubeconfig FILE or --in-cluster/],
-    ['in-cluster outside a pod', () => loadKubeConfig({ inCluster: true, serviceAccountDir: dir, env: {} }), /KUBERNETES_SERVICE_HOST/],
-    ['in-cluster without a token', () => loadKubeConfig({ inCluster: true, serviceAccountDir: dir, env: { KUBERNETES_SERVICE_HOST: '10.0.0.1', KUBERNETES_SERVICE_PORT: '443' } }),
-      /token is missing|token.*missing|is missing/],
+    [
+      'in-cluster outside a pod',
+      () => loadKubeConfig({ inCluster: true, serviceAccountDir: dir, env: {} }),
+      /KUBERNETES_SERVICE_HOST/,
+    ],
+    [
+      'in-cluster without a token',
+      () =>
+        loadKubeConfig({
+          inCluster: true,
+          serviceAccountDir: dir,
+          env: { KUBERNETES_SERVICE_HOST: '10.0.0.1', KUBERNETES_SERVICE_PORT: '443' },
+        }),
+      /token is missing|token.*missing|is missing/,
+    ],
   ];
   for (const [what, fn, message] of cases) {
     t.throws(fn, KubeConfigError, what);
@@ -80,9 +99,26 @@ t.test('node name: --node, else NODE_NAME, else the hostname (lowercased)', asyn
 
 t.test('backoff: exponential, capped, jittered within [d/2, d]', async (t) => {
   const policy = { baseMs: 100, maxMs: 1000 };
-  t.equal(backoffDelay(policy, 0, () => 1), 100);
-  t.equal(backoffDelay(policy, 0, () => 0), 50);
-  t.equal(backoffDelay(policy, 3, () => 1), 800);
-  t.equal(backoffDelay(policy, 10, () => 1), 1000, 'capped');
-  t.equal(backoffDelay(policy, 500, () => 0), 500, 'no overflow for huge attempts');
+  t.equal(
+    backoffDelay(policy, 0, () => 1),
+    100,
+  );
+  t.equal(
+    backoffDelay(policy, 0, () => 0),
+    50,
+  );
+  t.equal(
+    backoffDelay(policy, 3, () => 1),
+    800,
+  );
+  t.equal(
+    backoffDelay(policy, 10, () => 1),
+    1000,
+    'capped',
+  );
+  t.equal(
+    backoffDelay(policy, 500, () => 0),
+    500,
+    'no overflow for huge attempts',
+  );
 });

@@ -23,15 +23,18 @@ function workDir(t: TestContext): string {
 
 function seedFile(dir: string): string {
   const file = join(dir, 'seed.yaml');
-  writeFileSync(file, stringify({
-    apiVersion: 'v1',
-    kind: 'List',
-    items: [
-      { apiVersion: 'v1', kind: 'Namespace', ...namespace('shop', { 'istio.io/dataplane-mode': 'ambient' }) },
-      { apiVersion: 'v1', kind: 'Pod', ...pod('web-1', 'shop', 'node-a', '198.18.1.10') },
-      { apiVersion: 'v1', kind: 'Pod', ...pod('web-2', 'shop', 'node-b', '198.18.2.10') },
-    ],
-  }));
+  writeFileSync(
+    file,
+    stringify({
+      apiVersion: 'v1',
+      kind: 'List',
+      items: [
+        { apiVersion: 'v1', kind: 'Namespace', ...namespace('shop', { 'istio.io/dataplane-mode': 'ambient' }) },
+        { apiVersion: 'v1', kind: 'Pod', ...pod('web-1', 'shop', 'node-a', '198.18.1.10') },
+        { apiVersion: 'v1', kind: 'Pod', ...pod('web-2', 'shop', 'node-b', '198.18.2.10') },
+      ],
+    }),
+  );
   return file;
 }
 
@@ -41,7 +44,11 @@ t.test('seeded from a List, driven over IPC, watched by the kube source through 
   const server = await FakeApiServerProcess.start({ kubeconfigOut, seedFile: seedFile(dir) });
   t.teardown(() => server.stop());
   t.match(server.url, /^https:\/\/127\.0\.0\.1:\d+$/);
-  const source = createKubeSource({ kubeConfig: loadKubeConfig({ kubeconfig: kubeconfigOut }), nodeName: 'node-a', coalesceMs: 20 });
+  const source = createKubeSource({
+    kubeConfig: loadKubeConfig({ kubeconfig: kubeconfigOut }),
+    nodeName: 'node-a',
+    coalesceMs: 20,
+  });
   t.teardown(() => source.stop());
   const rec = new SnapshotRecorder();
   await source.start(rec.onSnapshot);
@@ -51,7 +58,10 @@ t.test('seeded from a List, driven over IPC, watched by the kube source through 
   await server.deletePod('shop', 'web-1');
   await rec.waitFor((s) => !podNames(s).includes('shop/web-1'), 5000, 'pod deleted over IPC');
   const requests = await server.requests();
-  t.ok(requests.some((r) => r.watch && r.query['fieldSelector'] === 'spec.nodeName=node-a'), 'request log readable over IPC');
+  t.ok(
+    requests.some((r) => r.watch && r.query['fieldSelector'] === 'spec.nodeName=node-a'),
+    'request log readable over IPC',
+  );
   await t.rejects(server.deletePod('shop', 'nope'), /does not exist/, 'errors come back as rejections');
   await server.stop();
   t.ok(readFileSync(kubeconfigOut, 'utf8').includes('certificate-authority-data'));
@@ -64,14 +74,28 @@ t.test('inside a network namespace the test made, reachable there on 127.0.0.1',
   await run('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
   const dir = workDir(t);
   const kubeconfigOut = join(dir, 'kubeconfig');
-  const server = await FakeApiServerProcess.start({ kubeconfigOut, seedFile: seedFile(dir), prefix: ['nsenter', `--net=/run/netns/${netns}`] });
+  const server = await FakeApiServerProcess.start({
+    kubeconfigOut,
+    seedFile: seedFile(dir),
+    prefix: ['nsenter', `--net=/run/netns/${netns}`],
+  });
   t.teardown(() => server.stop());
   const ca = join(dir, 'ca.pem');
   const kc = loadKubeConfig({ kubeconfig: kubeconfigOut });
   writeFileSync(ca, Buffer.from(kc.getCurrentCluster()?.caData ?? '', 'base64'));
   const token = kc.getCurrentUser()?.token ?? '';
-  const inside = await run('nsenter', [`--net=/run/netns/${netns}`, 'curl', '-sS', '-m', '3', '--cacert', ca,
-    '-H', `Authorization: Bearer ${token}`, `${server.url}/api/v1/namespaces/shop/pods`]);
+  const inside = await run('nsenter', [
+    `--net=/run/netns/${netns}`,
+    'curl',
+    '-sS',
+    '-m',
+    '3',
+    '--cacert',
+    ca,
+    '-H',
+    `Authorization: Bearer ${token}`,
+    `${server.url}/api/v1/namespaces/shop/pods`,
+  ]);
   const list = JSON.parse(inside.stdout) as { kind: string; items: unknown[] };
   t.equal(list.kind, 'PodList');
   t.equal(list.items.length, 2, 'served inside the namespace');

@@ -20,7 +20,12 @@ interface CurlResult {
 
 type Json = Record<string, unknown>;
 
-async function curl(t: TestContext, server: FakeApiServer, path: string, opts: { token?: string | null; maxSeconds?: number } = {}): Promise<CurlResult> {
+async function curl(
+  t: TestContext,
+  server: FakeApiServer,
+  path: string,
+  opts: { token?: string | null; maxSeconds?: number } = {},
+): Promise<CurlResult> {
   const dir = mkdtempSync(join(tmpdir(), 'ambpf-curl-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const ca = join(dir, 'ca.pem');
@@ -42,7 +47,10 @@ async function curl(t: TestContext, server: FakeApiServer, path: string, opts: {
 }
 
 function events(body: string): Array<{ type: string; object: Json }> {
-  return body.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as { type: string; object: Json });
+  return body
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as { type: string; object: Json });
 }
 
 const meta = (o: Json): Json => o['metadata'] as Json;
@@ -54,7 +62,10 @@ const meta = (o: Json): Json => o['metadata'] as Json;
 function onceWatching(server: FakeApiServer, act: () => void): void {
   const before = server.requests.filter((r) => r.watch).length;
   // Should curl never get there, its own result fails the test: nothing to add here.
-  eventually(() => server.requests.filter((r) => r.watch).length > before, 10_000, 'curl\'s watch request').then(act, () => {});
+  eventually(() => server.requests.filter((r) => r.watch).length > before, 10_000, "curl's watch request").then(
+    act,
+    () => {},
+  );
 }
 
 async function seeded(t: TestContext): Promise<FakeApiServer> {
@@ -94,10 +105,17 @@ t.test('list: a typed List with metadata.resourceVersion; namespaced and single-
   const list = JSON.parse(r.body) as Json;
   t.equal(list['kind'], 'PodList');
   t.equal(list['apiVersion'], 'v1');
-  t.equal(meta(list)['resourceVersion'], String(server.store.resourceVersion), 'the list\'s resourceVersion is the current one, as a string');
+  t.equal(
+    meta(list)['resourceVersion'],
+    String(server.store.resourceVersion),
+    "the list's resourceVersion is the current one, as a string",
+  );
   const items = list['items'] as Json[];
   t.equal(items.length, 3);
-  t.ok(items.every((i) => typeof meta(i)['resourceVersion'] === 'string' && typeof meta(i)['uid'] === 'string'), 'items carry their own resourceVersion and uid');
+  t.ok(
+    items.every((i) => typeof meta(i)['resourceVersion'] === 'string' && typeof meta(i)['uid'] === 'string'),
+    'items carry their own resourceVersion and uid',
+  );
   const inShop = JSON.parse((await curl(t, server, '/api/v1/namespaces/shop/pods')).body) as Json;
   t.same((inShop['items'] as Json[]).map((i) => meta(i)['name']).sort(), ['a', 'b']);
   const one = JSON.parse((await curl(t, server, '/api/v1/namespaces/shop/pods/a')).body) as Json;
@@ -106,7 +124,7 @@ t.test('list: a typed List with metadata.resourceVersion; namespaced and single-
   t.equal(nsList['kind'], 'NamespaceList');
 });
 
-t.test('watch from a list\'s resourceVersion streams every later change as chunked JSON lines', async (t) => {
+t.test("watch from a list's resourceVersion streams every later change as chunked JSON lines", async (t) => {
   const server = await seeded(t);
   const rv = server.store.resourceVersion;
   onceWatching(server, () => {
@@ -118,19 +136,37 @@ t.test('watch from a list\'s resourceVersion streams every later change as chunk
   t.equal(r.exitCode, 0, 'timeoutSeconds ended the stream cleanly');
   t.match(r.headers, /transfer-encoding: chunked/i);
   const ev = events(r.body);
-  t.same(ev.map((e) => e.type), ['ADDED', 'MODIFIED', 'DELETED'], 'no synthetic ADDED for existing pods, then the three changes');
-  t.same(ev.map((e) => Number(meta(e.object)['resourceVersion'])), [rv + 1, rv + 2, rv + 3], 'each event carries the version of its change');
-  t.ok(ev.every((e) => e.object['kind'] === 'Pod' && e.object['apiVersion'] === 'v1'), 'event objects are full Pods');
+  t.same(
+    ev.map((e) => e.type),
+    ['ADDED', 'MODIFIED', 'DELETED'],
+    'no synthetic ADDED for existing pods, then the three changes',
+  );
+  t.same(
+    ev.map((e) => Number(meta(e.object)['resourceVersion'])),
+    [rv + 1, rv + 2, rv + 3],
+    'each event carries the version of its change',
+  );
+  t.ok(
+    ev.every((e) => e.object['kind'] === 'Pod' && e.object['apiVersion'] === 'v1'),
+    'event objects are full Pods',
+  );
 
   const fromOld = await curl(t, server, `/api/v1/pods?watch=true&resourceVersion=${rv + 1}&timeoutSeconds=1`);
-  t.same(events(fromOld.body).map((e) => e.type), ['MODIFIED', 'DELETED'], 'resuming replays what came after the given version');
+  t.same(
+    events(fromOld.body).map((e) => e.type),
+    ['MODIFIED', 'DELETED'],
+    'resuming replays what came after the given version',
+  );
 });
 
 t.test('watch without a resourceVersion starts with synthetic ADDED events for the current state', async (t) => {
   const server = await seeded(t);
   const r = await curl(t, server, '/api/v1/pods?watch=1&timeoutSeconds=1&fieldSelector=spec.nodeName%3Dnode-a');
   const ev = events(r.body);
-  t.same(ev.map((e) => e.type), ['ADDED', 'ADDED']);
+  t.same(
+    ev.map((e) => e.type),
+    ['ADDED', 'ADDED'],
+  );
   t.same(ev.map((e) => meta(e.object)['name']).sort(), ['a', 'c']);
 });
 
@@ -138,7 +174,11 @@ t.test('bookmarks only when asked for, with an object holding only metadata.reso
   const server = await seeded(t);
   const rv = server.store.resourceVersion;
   onceWatching(server, () => server.sendBookmarks());
-  const withBm = await curl(t, server, `/api/v1/pods?watch=1&resourceVersion=${rv}&allowWatchBookmarks=true&timeoutSeconds=1`);
+  const withBm = await curl(
+    t,
+    server,
+    `/api/v1/pods?watch=1&resourceVersion=${rv}&allowWatchBookmarks=true&timeoutSeconds=1`,
+  );
   const ev = events(withBm.body);
   t.equal(ev.length, 1);
   t.equal(ev[0]?.type, 'BOOKMARK');
@@ -160,7 +200,11 @@ t.test('410 Gone: a watch from a compacted version gets an ERROR event with an E
   t.equal(ev.length, 1);
   t.equal(ev[0]?.type, 'ERROR');
   assertStatus(t, ev[0]!.object, 410, 'Expired');
-  const current = await curl(t, server, `/api/v1/pods?watch=1&resourceVersion=${server.store.resourceVersion}&timeoutSeconds=1`);
+  const current = await curl(
+    t,
+    server,
+    `/api/v1/pods?watch=1&resourceVersion=${server.store.resourceVersion}&timeoutSeconds=1`,
+  );
   t.same(events(current.body), [], 'a watch from the current version works after compaction');
 
   // An exact list (limit + resourceVersion) from a compacted version is an HTTP 410.
@@ -172,7 +216,7 @@ t.test('410 Gone: a watch from a compacted version gets an ERROR event with an E
   t.equal(notOlder.status, 200);
 });
 
-t.test('paging: limit/continue keep the first page\'s resourceVersion; an expired continue token is 410', async (t) => {
+t.test("paging: limit/continue keep the first page's resourceVersion; an expired continue token is 410", async (t) => {
   const server = await seeded(t);
   const first = JSON.parse((await curl(t, server, '/api/v1/pods?limit=2')).body) as Json;
   t.equal((first['items'] as Json[]).length, 2);
@@ -181,7 +225,11 @@ t.test('paging: limit/continue keep the first page\'s resourceVersion; an expire
   t.equal(meta(first)['remainingItemCount'], 1);
   server.addPod(pod('zz-new', 'shop', 'node-a', '198.18.1.9')); // after the snapshot: not in the next page
   const second = JSON.parse((await curl(t, server, `/api/v1/pods?limit=2&continue=${String(token)}`)).body) as Json;
-  t.same((second['items'] as Json[]).map((i) => meta(i)['name']), ['b'], 'the rest of the consistent snapshot only');
+  t.same(
+    (second['items'] as Json[]).map((i) => meta(i)['name']),
+    ['b'],
+    'the rest of the consistent snapshot only',
+  );
   t.equal(meta(second)['resourceVersion'], meta(first)['resourceVersion']);
   t.equal(meta(second)['continue'], undefined, 'no continue on the last page');
   server.compact();
@@ -209,13 +257,20 @@ t.test('field and label selectors filter lists; bad selectors are 400 BadRequest
   t.same(await names(`labelSelector=${q('tier')}`), ['a']);
   t.same(await names(`labelSelector=${q('!tier')}`), ['b', 'c']);
   t.same(await names(`labelSelector=${q('app,!tier')}`), ['b']);
-  for (const bad of [`fieldSelector=${q('spec.containers=x')}`, `labelSelector=${q('app in web')}`, `labelSelector=${q('app=(x')}`]) {
+  for (const bad of [
+    `fieldSelector=${q('spec.containers=x')}`,
+    `labelSelector=${q('app in web')}`,
+    `labelSelector=${q('app=(x')}`,
+  ]) {
     const r = await curl(t, server, `/api/v1/pods?${bad}`);
     t.equal(r.status, 400, bad);
     assertStatus(t, JSON.parse(r.body) as Json, 400, 'BadRequest');
   }
   const ns = await curl(t, server, `/api/v1/namespaces?labelSelector=${q('istio.io/dataplane-mode=ambient')}`);
-  t.same(((JSON.parse(ns.body) as Json)['items'] as Json[]).map((i) => meta(i)['name']), ['shop']);
+  t.same(
+    ((JSON.parse(ns.body) as Json)['items'] as Json[]).map((i) => meta(i)['name']),
+    ['shop'],
+  );
 });
 
 t.test('a watch with a selector sees objects entering as ADDED and leaving as DELETED', async (t) => {
@@ -226,35 +281,52 @@ t.test('a watch with a selector sees objects entering as ADDED and leaving as DE
     server.updatePod(pod('b', 'shop', 'node-b', '198.18.2.1', { app: 'web' })); // enters
     server.updatePod(pod('c', 'plain', 'node-a', '198.18.1.2', { x: 'y' })); // never matches
   });
-  const r = await curl(t, server, `/api/v1/pods?watch=1&resourceVersion=${rv}&timeoutSeconds=1&labelSelector=app%3Dweb`);
+  const r = await curl(
+    t,
+    server,
+    `/api/v1/pods?watch=1&resourceVersion=${rv}&timeoutSeconds=1&labelSelector=app%3Dweb`,
+  );
   const ev = events(r.body);
-  t.same(ev.map((e) => `${e.type} ${String(meta(e.object)['name'])}`), ['DELETED a', 'ADDED b']);
+  t.same(
+    ev.map((e) => `${e.type} ${String(meta(e.object)['name'])}`),
+    ['DELETED a', 'ADDED b'],
+  );
   t.same(meta(ev[0]!.object)['labels'], { app: 'web', tier: 'front' }, 'the DELETED carries the last matching content');
   t.equal(meta(ev[0]!.object)['resourceVersion'], String(rv + 1), '...stamped with the version of the change');
 });
 
-t.test('knobs: failNext answers 500 Status; stall starves watches but not lists; dropWatches cuts streams', async (t) => {
-  const server = await seeded(t);
-  server.failNext(2);
-  for (let i = 0; i < 2; i++) {
-    const r = await curl(t, server, '/api/v1/pods');
-    t.equal(r.status, 500);
-    assertStatus(t, JSON.parse(r.body) as Json, 500, 'InternalError');
-  }
-  t.equal((await curl(t, server, '/api/v1/pods')).status, 200, 'then it recovers');
+t.test(
+  'knobs: failNext answers 500 Status; stall starves watches but not lists; dropWatches cuts streams',
+  async (t) => {
+    const server = await seeded(t);
+    server.failNext(2);
+    for (let i = 0; i < 2; i++) {
+      const r = await curl(t, server, '/api/v1/pods');
+      t.equal(r.status, 500);
+      assertStatus(t, JSON.parse(r.body) as Json, 500, 'InternalError');
+    }
+    t.equal((await curl(t, server, '/api/v1/pods')).status, 200, 'then it recovers');
 
-  server.stall();
-  onceWatching(server, () => server.addPod(pod('during-stall', 'shop', 'node-a', '198.18.1.7')));
-  // What is tested is that nothing comes: curl gives up after its 3 s.
-  const stalled = await curl(t, server, `/api/v1/pods?watch=1&resourceVersion=${server.store.resourceVersion}`, { maxSeconds: 3 });
-  t.equal(stalled.status, 200, 'the stalled watch was accepted');
-  t.equal(stalled.body, '', '...and sent nothing');
-  t.equal(stalled.exitCode, 28, 'curl gave up waiting');
-  t.equal((await curl(t, server, '/api/v1/pods')).status, 200, 'lists still work while watches stall');
-  server.unstall();
+    server.stall();
+    onceWatching(server, () => server.addPod(pod('during-stall', 'shop', 'node-a', '198.18.1.7')));
+    // What is tested is that nothing comes: curl gives up after its 3 s.
+    const stalled = await curl(t, server, `/api/v1/pods?watch=1&resourceVersion=${server.store.resourceVersion}`, {
+      maxSeconds: 3,
+    });
+    t.equal(stalled.status, 200, 'the stalled watch was accepted');
+    t.equal(stalled.body, '', '...and sent nothing');
+    t.equal(stalled.exitCode, 28, 'curl gave up waiting');
+    t.equal((await curl(t, server, '/api/v1/pods')).status, 200, 'lists still work while watches stall');
+    server.unstall();
 
-  eventually(() => server.openWatches === 1, 10_000, 'curl\'s watch to be open').then(() => server.dropWatches(), () => {});
-  const dropped = await curl(t, server, `/api/v1/pods?watch=1&resourceVersion=${server.store.resourceVersion}`, { maxSeconds: 20 });
-  t.not(dropped.exitCode, 0, 'curl saw the connection cut');
-  t.not(dropped.exitCode, 28, '...not a timeout');
-});
+    eventually(() => server.openWatches === 1, 10_000, "curl's watch to be open").then(
+      () => server.dropWatches(),
+      () => {},
+    );
+    const dropped = await curl(t, server, `/api/v1/pods?watch=1&resourceVersion=${server.store.resourceVersion}`, {
+      maxSeconds: 20,
+    });
+    t.not(dropped.exitCode, 0, 'curl saw the connection cut');
+    t.not(dropped.exitCode, 28, '...not a timeout');
+  },
+);

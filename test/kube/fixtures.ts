@@ -20,7 +20,13 @@ export function kubeConfigFor(server: FakeApiServer): KubeConfig {
   return kc;
 }
 
-export function pod(name: string, namespace: string, node: string, ip: string | undefined, labels: Record<string, string> = {}): Record<string, unknown> {
+export function pod(
+  name: string,
+  namespace: string,
+  node: string,
+  ip: string | undefined,
+  labels: Record<string, string> = {},
+): Record<string, unknown> {
   return {
     metadata: { name, namespace, labels },
     spec: { nodeName: node, containers: [{ name: 'app', image: 'registry.invalid/app:1' }] },
@@ -69,7 +75,10 @@ export class SnapshotRecorder {
   /** Resolves with the latest snapshot once `pred` holds for it; rejects after `timeoutMs`. */
   async waitFor(pred: (s: ClusterSnapshot) => boolean, timeoutMs = 5000, what = 'condition'): Promise<ClusterSnapshot> {
     const ok = await waitUntil(() => this.last !== undefined && pred(this.last), timeoutMs);
-    if (!ok) throw new Error(`no snapshot satisfied "${what}" within ${timeoutMs} ms; last pods: ${podNames(this.last).join(',')}`);
+    if (!ok)
+      throw new Error(
+        `no snapshot satisfied "${what}" within ${timeoutMs} ms; last pods: ${podNames(this.last).join(',')}`,
+      );
     return this.last!;
   }
 }

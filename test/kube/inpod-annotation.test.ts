@@ -67,8 +67,11 @@ t.test('a pod opted out of the mesh loses the annotation', async (t) => {
   const pod = await api.server.getPod('mesh', 'app2');
   if (!pod) throw new Error('app2 is not in the API server');
   const meta = pod.metadata as { labels?: Record<string, string> };
-  await api.server.updatePod({ ...pod, metadata: { ...meta, labels: { ...(meta.labels ?? {}), 'istio.io/dataplane-mode': 'none' } } });
-  await eventually(async () => (await annotation('mesh', 'app2')) === undefined, 15_000, 'app2\'s annotation removed');
+  await api.server.updatePod({
+    ...pod,
+    metadata: { ...meta, labels: { ...(meta.labels ?? {}), 'istio.io/dataplane-mode': 'none' } },
+  });
+  await eventually(async () => (await annotation('mesh', 'app2')) === undefined, 15_000, "app2's annotation removed");
   t.equal(await annotation('mesh', 'app1'), 'enabled', 'the other pod keeps its own');
 });
 
@@ -77,8 +80,15 @@ t.test('a stale `redirection` annotation on a pod outside the mesh is removed', 
   const pod = await api.server.getPod('plain', 'client');
   if (!pod) throw new Error('client is not in the API server');
   const meta = pod.metadata as { annotations?: Record<string, string> };
-  await api.server.updatePod({ ...pod, metadata: { ...meta, annotations: { ...(meta.annotations ?? {}), [REDIRECTION_ANNOTATION]: 'enabled' } } });
-  await eventually(async () => (await annotation('plain', 'client')) === undefined, 15_000, 'the stale annotation removed');
+  await api.server.updatePod({
+    ...pod,
+    metadata: { ...meta, annotations: { ...(meta.annotations ?? {}), [REDIRECTION_ANNOTATION]: 'enabled' } },
+  });
+  await eventually(
+    async () => (await annotation('plain', 'client')) === undefined,
+    15_000,
+    'the stale annotation removed',
+  );
   t.pass('removed');
   t.equal(await annotation('mesh', 'app1'), 'enabled', 'a mesh pod keeps its own');
 });

@@ -5,7 +5,15 @@ import { createKubeSource, type KubeSource, type KubeSourceOptions } from '../..
 import { KubeAuthError } from '../../src/kube/errors.ts';
 import type { FakeApiServer, FakeApiServerOptions } from '../../src/testbed/apiserver/server.ts';
 import {
-  SnapshotRecorder, kubeConfigFor, namespace, namespaceLabels, pod, podIp, podNames, startFakeServer, type TestContext,
+  SnapshotRecorder,
+  kubeConfigFor,
+  namespace,
+  namespaceLabels,
+  pod,
+  podIp,
+  podNames,
+  startFakeServer,
+  type TestContext,
 } from './fixtures.ts';
 import { eventually, waitUntil } from '../helpers/wait.ts';
 import { captureLog } from '../helpers/log.ts';
@@ -41,7 +49,11 @@ async function watching(server: FakeApiServer): Promise<void> {
 }
 
 /** A seeded server and a source that finished its initial sync, with its watches open. */
-async function synced(t: TestContext, extra: Partial<KubeSourceOptions> = {}, serverOptions: FakeApiServerOptions = {}) {
+async function synced(
+  t: TestContext,
+  extra: Partial<KubeSourceOptions> = {},
+  serverOptions: FakeApiServerOptions = {},
+) {
   const server = await startFakeServer(t, serverOptions);
   seed(server);
   const rec = new SnapshotRecorder();
@@ -52,7 +64,7 @@ async function synced(t: TestContext, extra: Partial<KubeSourceOptions> = {}, se
   return { server, rec, source };
 }
 
-t.test('initial sync delivers this node\'s pods and all namespaces, once, before start resolves', async (t) => {
+t.test("initial sync delivers this node's pods and all namespaces, once, before start resolves", async (t) => {
   const server = await startFakeServer(t);
   seed(server);
   const rec = new SnapshotRecorder();
@@ -60,7 +72,7 @@ t.test('initial sync delivers this node\'s pods and all namespaces, once, before
   t.equal(source.health().synced, false);
   await source.start(rec.onSnapshot);
   t.equal(rec.snapshots.length, 1, 'exactly one snapshot by the time start resolves');
-  t.same(podNames(rec.last), ['istio-system/ztunnel-x1', 'shop/web-1'], 'node-b\'s pod is not delivered');
+  t.same(podNames(rec.last), ['istio-system/ztunnel-x1', 'shop/web-1'], "node-b's pod is not delivered");
   t.same(namespaceLabels(rec.last, 'shop'), { 'istio.io/dataplane-mode': 'ambient' });
   t.equal(rec.last?.namespaces.length, 2);
   const h = source.health();
@@ -71,10 +83,14 @@ t.test('initial sync delivers this node\'s pods and all namespaces, once, before
   const podList = server.requests.find((r) => r.path === '/api/v1/pods' && !r.watch);
   t.equal(podList?.query['fieldSelector'], `spec.nodeName=${NODE}`, 'pods are listed with the node field selector');
   // The watch follows the list shortly after start.
-  const podWatch = await eventually(() => server.requests.find((r) => r.path === '/api/v1/pods' && r.watch), 5000, 'the pod watch');
+  const podWatch = await eventually(
+    () => server.requests.find((r) => r.path === '/api/v1/pods' && r.watch),
+    5000,
+    'the pod watch',
+  );
   t.equal(podWatch?.query['fieldSelector'], `spec.nodeName=${NODE}`, 'pods are watched with the node field selector');
   t.equal(podWatch?.query['allowWatchBookmarks'], 'true', 'the watch asks for bookmarks');
-  t.equal(podWatch?.query['resourceVersion'], '1005', 'the watch resumes from the list\'s resourceVersion');
+  t.equal(podWatch?.query['resourceVersion'], '1005', "the watch resumes from the list's resourceVersion");
   t.ok(Number(podWatch?.query['timeoutSeconds']) > 0, 'the watch has a server-side timeout');
 });
 
@@ -89,8 +105,12 @@ t.test('ADDED, MODIFIED and DELETED pods and a namespace label change are reflec
   await rec.waitFor((s) => !podNames(s).includes('shop/web-1'), 5000, 'web-1 deleted');
   server.addPod(pod('web-4', 'shop', 'node-b', '198.18.2.11'));
   server.updateNamespace(namespace('shop'));
-  const s = await rec.waitFor((s) => namespaceLabels(s, 'shop')?.['istio.io/dataplane-mode'] === undefined, 5000, 'label removed');
-  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/web-3'], 'another node\'s pod never shows up');
+  const s = await rec.waitFor(
+    (s) => namespaceLabels(s, 'shop')?.['istio.io/dataplane-mode'] === undefined,
+    5000,
+    'label removed',
+  );
+  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/web-3'], "another node's pod never shows up");
   server.addNamespace(namespace('late', { 'istio.io/dataplane-mode': 'ambient' }));
   await rec.waitFor((s) => namespaceLabels(s, 'late') !== undefined, 5000, 'new namespace');
   t.equal(source.health().restarts, 0, 'no restart on a healthy stream');
@@ -104,35 +124,51 @@ t.test('a burst of changes is coalesced into few snapshots', async (t) => {
   t.ok(rec.snapshots.length <= 4, `30 events made ${rec.snapshots.length - 1} snapshots after the first`);
 });
 
-t.test('watch dropped and server down: restarts with backoff and catches up on the changes made meanwhile', async (t) => {
-  const { server, rec, source } = await synced(t);
-  await server.down();
-  server.addPod(pod('while-down', 'shop', NODE, '198.18.1.20'));
-  server.deletePod('shop', 'web-1');
-  server.updateNamespace(namespace('shop', { 'istio.io/dataplane-mode': 'ambient', extra: 'yes' }));
-  // Both watches were cut (2 restarts), then reconnect attempts fail (connection refused), each counted.
-  t.ok(await waitUntil(() => source.health().restarts >= 4, 5000), `restarts counted while the server is down (${source.health().restarts})`);
-  await server.up();
-  const s = await rec.waitFor((s) => podNames(s).includes('shop/while-down') && !podNames(s).includes('shop/web-1')
-    && namespaceLabels(s, 'shop')?.['extra'] === 'yes', 5000, 'changes made while down');
-  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/while-down']);
-  t.equal(source.counters().relists, 0, 'history was still there: resumed by watch, no relist needed');
+t.test(
+  'watch dropped and server down: restarts with backoff and catches up on the changes made meanwhile',
+  async (t) => {
+    const { server, rec, source } = await synced(t);
+    await server.down();
+    server.addPod(pod('while-down', 'shop', NODE, '198.18.1.20'));
+    server.deletePod('shop', 'web-1');
+    server.updateNamespace(namespace('shop', { 'istio.io/dataplane-mode': 'ambient', extra: 'yes' }));
+    // Both watches were cut (2 restarts), then reconnect attempts fail (connection refused), each counted.
+    t.ok(
+      await waitUntil(() => source.health().restarts >= 4, 5000),
+      `restarts counted while the server is down (${source.health().restarts})`,
+    );
+    await server.up();
+    const s = await rec.waitFor(
+      (s) =>
+        podNames(s).includes('shop/while-down') &&
+        !podNames(s).includes('shop/web-1') &&
+        namespaceLabels(s, 'shop')?.['extra'] === 'yes',
+      5000,
+      'changes made while down',
+    );
+    t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/while-down']);
+    t.equal(source.counters().relists, 0, 'history was still there: resumed by watch, no relist needed');
 
-  // An abrupt drop of the open streams (no server outage) also restarts and resumes.
-  await watching(server);
-  const before = source.health().restarts;
-  server.dropWatches();
-  server.addPod(pod('after-drop', 'shop', NODE, '198.18.1.21'));
-  await rec.waitFor((s) => podNames(s).includes('shop/after-drop'), 5000, 'change made at the drop');
-  t.ok(source.health().restarts > before, 'the drop counted as a restart');
-});
+    // An abrupt drop of the open streams (no server outage) also restarts and resumes.
+    await watching(server);
+    const before = source.health().restarts;
+    server.dropWatches();
+    server.addPod(pod('after-drop', 'shop', NODE, '198.18.1.21'));
+    await rec.waitFor((s) => podNames(s).includes('shop/after-drop'), 5000, 'change made at the drop');
+    t.ok(source.health().restarts > before, 'the drop counted as a restart');
+  },
+);
 
 t.test('stalled watch: the watchdog relists and delivers what the stream never sent', async (t) => {
   const { server, rec, source } = await synced(t, { staleAfterMs: 600 });
   server.stall();
   server.addPod(pod('during-stall', 'shop', NODE, '198.18.1.30'));
   server.deletePod('shop', 'web-1');
-  const s = await rec.waitFor((s) => podNames(s).includes('shop/during-stall') && !podNames(s).includes('shop/web-1'), 5000, 'relist after stall');
+  const s = await rec.waitFor(
+    (s) => podNames(s).includes('shop/during-stall') && !podNames(s).includes('shop/web-1'),
+    5000,
+    'relist after stall',
+  );
   t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/during-stall']);
   const first = rec.snapshots.findIndex((x) => podNames(x).includes('shop/during-stall'));
   t.ok(rec.notes[first]! >= 1, 'the stalled stream delivered nothing: the change came with a relist');
@@ -154,7 +190,10 @@ t.test('invalid objects are each one log line and left out; garbage in the strea
   const cap = captureLog();
   const { server, rec, source } = await synced(t, { log: cap.log });
   server.addPod(pod('no-ip-yet', 'shop', NODE, undefined));
-  server.addPod({ ...pod('v6-only', 'shop', NODE, undefined), status: { podIP: 'fd00::10', podIPs: [{ ip: 'fd00::10' }] } });
+  server.addPod({
+    ...pod('v6-only', 'shop', NODE, undefined),
+    status: { podIP: 'fd00::10', podIPs: [{ ip: 'fd00::10' }] },
+  });
   // The pods file's cases (test/sources/invalid-objects.ts) with no uid (the server assigns one),
   // less those the node's field selector (spec.nodeName) keeps from the watch altogether.
   const cases = INVALID_PODS.filter((c) => !['metadata.uid', 'spec.nodeName', 'spec'].includes(c.field));
@@ -167,9 +206,15 @@ t.test('invalid objects are each one log line and left out; garbage in the strea
   server.addNamespace(structuredClone(INVALID_NAMESPACE.object));
   server.addPod(pod('after-bad', 'shop', NODE, '198.18.1.51'));
   const s = await rec.waitFor((s) => podNames(s).includes('shop/after-bad'), 5000, 'a valid pod after the bad ones');
-  t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/after-bad', 'shop/no-ip-yet', 'shop/v6-only', 'shop/web-1'],
-    'the valid pods only');
-  t.notOk(s.namespaces.some((n) => n.metadata?.name === 'odd'), 'the invalid namespace is left out');
+  t.same(
+    podNames(s),
+    ['istio-system/ztunnel-x1', 'shop/after-bad', 'shop/no-ip-yet', 'shop/v6-only', 'shop/web-1'],
+    'the valid pods only',
+  );
+  t.notOk(
+    s.namespaces.some((n) => n.metadata?.name === 'odd'),
+    'the invalid namespace is left out',
+  );
   // The namespace comes by its own watch: its line may follow the pods'.
   await waitUntil(() => cap.with('invalid object skipped').length >= cases.length + 1, 5000);
   const reported = cap.with('invalid object skipped');
@@ -189,7 +234,7 @@ t.test('invalid objects are each one log line and left out; garbage in the strea
   server.updatePod(pod('web-1', 'shop', NODE, '198.18.1.10'));
   await rec.waitFor((s) => podNames(s).includes('shop/web-1'), 5000, 'web-1 back once valid');
   const lines = cap.with('invalid object skipped');
-  t.equal(lines.length, cases.length + 2, 'one more line: web-1\'s invalid version, nothing repeated');
+  t.equal(lines.length, cases.length + 2, "one more line: web-1's invalid version, nothing repeated");
   t.match(lines.at(-1), { object: 'pod shop/web-1', field: 'spec.hostNetwork', reason: /got string "yes"$/ });
   t.equal(source.counters().invalidObjects, cases.length + 2, 'counted');
 
@@ -210,7 +255,10 @@ t.test('1,000 pods on the node: listed in pages, all delivered', async (t) => {
   const source = makeSource(t, server);
   await source.start(rec.onSnapshot);
   t.equal(rec.last?.pods.length, 1002);
-  t.ok(server.requests.some((r) => r.path === '/api/v1/pods' && r.query['continue'] !== undefined), 'the list was paged');
+  t.ok(
+    server.requests.some((r) => r.path === '/api/v1/pods' && r.query['continue'] !== undefined),
+    'the list was paged',
+  );
   server.deletePod('shop', 'many-500');
   await rec.waitFor((s) => s.pods.length === 1001, 5000, 'one deleted of 1000');
 });
@@ -236,11 +284,22 @@ t.test('expired resourceVersion: 410 Gone -> relist; a pod deleted during the ou
   server.addPod(pod('web-5', 'shop', NODE, '198.18.1.15'));
   server.compact(); // the history the client would resume from is gone
   await server.up();
-  const s = await rec.waitFor((s) => !podNames(s).includes('shop/web-1') && podNames(s).includes('shop/web-5'), 5000, 'relisted state');
+  const s = await rec.waitFor(
+    (s) => !podNames(s).includes('shop/web-1') && podNames(s).includes('shop/web-5'),
+    5000,
+    'relisted state',
+  );
   t.same(podNames(s), ['istio-system/ztunnel-x1', 'shop/web-5']);
   t.ok(source.counters().relists >= 1, 'relisted');
-  t.ok(server.requests.some((r) => r.watch && r.query['resourceVersion'] !== undefined && Number(r.query['resourceVersion']) < server.store.compactedVersion),
-    'a watch was resumed from a compacted version (and got the 410)');
+  t.ok(
+    server.requests.some(
+      (r) =>
+        r.watch &&
+        r.query['resourceVersion'] !== undefined &&
+        Number(r.query['resourceVersion']) < server.store.compactedVersion,
+    ),
+    'a watch was resumed from a compacted version (and got the 410)',
+  );
 
   // 410 in the middle of an open stream (the server lost the window while we watched).
   await watching(server);
@@ -278,7 +337,10 @@ t.test('a refused token fails start with a clear error and delivers nothing', as
   const source = makeSource(t, server); // its kubeconfig carries the token of now...
   server.setToken('a-rotated-token'); // ...which the server no longer accepts
   const rec = new SnapshotRecorder();
-  const err = await source.start(rec.onSnapshot).then(() => undefined, (e: unknown) => e);
+  const err = await source.start(rec.onSnapshot).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(err instanceof KubeAuthError, 'a KubeAuthError');
   t.match((err as Error).message, /rejected ambpf's credentials \(401 Unauthorized/);
   t.match((err as Error).message, server.url);

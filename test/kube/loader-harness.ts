@@ -11,7 +11,12 @@ import { FakeApiServerProcess } from '../../src/testbed/apiserver/process.ts';
 
 export type KubeItem = Record<string, unknown> & {
   kind: string;
-  metadata: Record<string, unknown> & { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  metadata: Record<string, unknown> & {
+    name: string;
+    namespace?: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+  };
 };
 
 export interface ClusterApi {
@@ -23,13 +28,18 @@ export interface ClusterApi {
   readonly heldBack: Map<string, KubeItem>;
 }
 
-export const keyOf = (kind: string, namespace: string | undefined, name: string): string => `${kind}/${namespace ?? ''}/${name}`;
+export const keyOf = (kind: string, namespace: string | undefined, name: string): string =>
+  `${kind}/${namespace ?? ''}/${name}`;
 
 /**
  * Starts the fake API server in `node`'s netns, seeded with the testbed's Namespaces and Pods minus
  * the pods named in `holdBack` (they exist on the testbed, but the API learns of them later).
  */
-export async function startClusterApi(tb: Testbed, node: TestbedNode, holdBack: readonly string[]): Promise<ClusterApi> {
+export async function startClusterApi(
+  tb: Testbed,
+  node: TestbedNode,
+  holdBack: readonly string[],
+): Promise<ClusterApi> {
   const seedFile = join(tb.info.runDir, 'apiserver-seed.json');
   const kubeconfig = join(tb.info.runDir, 'kubeconfig.yaml');
   tb.writePodsList(seedFile);
@@ -44,7 +54,11 @@ export async function startClusterApi(tb: Testbed, node: TestbedNode, holdBack: 
     }
     list.items = items.filter((i) => !(i.kind === 'Pod' && holdBack.includes(i.metadata.name)));
   });
-  const server = await FakeApiServerProcess.start({ kubeconfigOut: kubeconfig, seedFile, prefix: ['nsenter', `--net=${node.netnsPath}`] });
+  const server = await FakeApiServerProcess.start({
+    kubeconfigOut: kubeconfig,
+    seedFile,
+    prefix: ['nsenter', `--net=${node.netnsPath}`],
+  });
   return { server, kubeconfig, objects, heldBack };
 }
 
@@ -78,9 +92,16 @@ export function inboundLinkPinned(node: TestbedNode, hostIfname: string): boolea
 }
 
 /** GET on the loader's HTTP endpoint from inside the node: status 0 when nothing answered. */
-export async function loaderHttp(tb: Testbed, node: TestbedNode, path: string): Promise<{ status: number; body: string }> {
-  const r = await tb.exec(node.name, ['curl', '-s', '--max-time', '1', '-w', '\n%{http_code}', `http://127.0.0.1:${LOADER_PORT}${path}`],
-    { check: false, timeoutMs: 3000 });
+export async function loaderHttp(
+  tb: Testbed,
+  node: TestbedNode,
+  path: string,
+): Promise<{ status: number; body: string }> {
+  const r = await tb.exec(
+    node.name,
+    ['curl', '-s', '--max-time', '1', '-w', '\n%{http_code}', `http://127.0.0.1:${LOADER_PORT}${path}`],
+    { check: false, timeoutMs: 3000 },
+  );
   const cut = r.stdout.lastIndexOf('\n');
   return { status: Number(r.stdout.slice(cut + 1)) || 0, body: r.stdout.slice(0, Math.max(cut, 0)) };
 }

@@ -23,11 +23,19 @@ async function inClusterSource(t: TestContext) {
   writeFileSync(join(dir, 'token'), 'token-1\n');
   writeFileSync(join(dir, 'ca.crt'), server.caPem);
   const kubeConfig = loadKubeConfig({
-    inCluster: true, serviceAccountDir: dir, env: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: String(server.port) },
+    inCluster: true,
+    serviceAccountDir: dir,
+    env: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: String(server.port) },
   });
   const captured = captureLog();
   const source = createKubeSource({
-    kubeConfig, nodeName: NODE, coalesceMs: 20, staleAfterMs: 60_000, backoffBaseMs: 40, backoffMaxMs: 300, log: captured.log,
+    kubeConfig,
+    nodeName: NODE,
+    coalesceMs: 20,
+    staleAfterMs: 60_000,
+    backoffBaseMs: 40,
+    backoffMaxMs: 300,
+    log: captured.log,
   });
   t.teardown(() => source.stop());
   const rec = new SnapshotRecorder();
@@ -46,7 +54,10 @@ t.test('a rotated service-account token is used by the next request', async (t) 
   server.addPod(pod('web-2', 'shop', NODE, '198.18.1.11'));
   await rec.waitFor((s) => podNames(s).includes('shop/web-2'), 10_000, 'a change seen with the new token');
   const after = server.requests.filter((r) => r.watch).slice(-2);
-  t.ok(after.every((r) => r.status !== 401), 'the watches after the rotation were accepted (no 60 s cache of the old token)');
+  t.ok(
+    after.every((r) => r.status !== 401),
+    'the watches after the rotation were accepted (no 60 s cache of the old token)',
+  );
 });
 
 t.test('a 403 after a good start: a clear error, backoff, the last state kept, recovery', async (t) => {
@@ -58,10 +69,22 @@ t.test('a 403 after a good start: a clear error, backoff, the last state kept, r
     captured.lines.filter((l) => l['msg'] === 'watch restart after error' && l['status'] === 403);
   await eventually(() => refusals().length >= 4, 10_000, 'four refused attempts, each logged with its status');
   const lines = refusals();
-  t.match(lines[0], { hint: /^forbidden: grant list\/watch on (pods|namespaces) to ambpf's service account$/, level: 40 }, 'saying what to fix');
-  t.ok(lines.every((l) => Number(l['delayMs']) > 0), `every retry waits (${lines.map((l) => l['delayMs']).join(', ')} ms)`);
-  const podAttempts = captured.lines.filter((l) => l['msg'] === 'watch restart after error' && l['resource'] === 'pods').map((l) => Number(l['attempt']));
-  t.ok(podAttempts.length >= 2 && podAttempts.every((a, i) => i === 0 || a > podAttempts[i - 1]!), `the backoff steps up (attempts ${podAttempts.join(', ')})`);
+  t.match(
+    lines[0],
+    { hint: /^forbidden: grant list\/watch on (pods|namespaces) to ambpf's service account$/, level: 40 },
+    'saying what to fix',
+  );
+  t.ok(
+    lines.every((l) => Number(l['delayMs']) > 0),
+    `every retry waits (${lines.map((l) => l['delayMs']).join(', ')} ms)`,
+  );
+  const podAttempts = captured.lines
+    .filter((l) => l['msg'] === 'watch restart after error' && l['resource'] === 'pods')
+    .map((l) => Number(l['attempt']));
+  t.ok(
+    podAttempts.length >= 2 && podAttempts.every((a, i) => i === 0 || a > podAttempts[i - 1]!),
+    `the backoff steps up (attempts ${podAttempts.join(', ')})`,
+  );
   t.equal(rec.snapshots.length, delivered, 'nothing was delivered while refused: the last good state stands');
   server.addPod(pod('web-3', 'shop', NODE, '198.18.1.12'));
   await rec.waitFor((s) => podNames(s).includes('shop/web-3'), 10_000, 'recovery once the server accepts again');

@@ -7,8 +7,22 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  ATTACH_TYPES, BpfLink, BpfMap, BpfObject, Btf, LibbpfError, RawProgram, MOV64_IMM, EXIT, attachedProgIds, bootEpochParts, bootTimeNs,
-  clockGettime, ifIndex, ifName, progFuncInfo,
+  ATTACH_TYPES,
+  BpfLink,
+  BpfMap,
+  BpfObject,
+  Btf,
+  LibbpfError,
+  RawProgram,
+  MOV64_IMM,
+  EXIT,
+  attachedProgIds,
+  bootEpochParts,
+  bootTimeNs,
+  clockGettime,
+  ifIndex,
+  ifName,
+  progFuncInfo,
 } from '../../src/libbpf/index.ts';
 import { cgroup2Root, makeCgroup } from '../../src/testbed/cgroup.ts';
 import { testPrefix } from '../helpers/prefix.ts';
@@ -21,9 +35,13 @@ const basicPath = await fixtureObject('basic');
 
 /** UDP connect() from a process inside `cgroup`: 'ok', or the errno name python saw. */
 function connectFrom(cgroup: string): string {
-  const py = 'import socket,errno\ntry:\n  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.connect(("127.0.0.1",9)); print("ok")\n' +
+  const py =
+    'import socket,errno\ntry:\n  s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.connect(("127.0.0.1",9)); print("ok")\n' +
     'except OSError as e:\n  print(errno.errorcode[e.errno])';
-  const r = spawnSync('sh', ['-c', `echo $$ > ${join(cgroup, 'cgroup.procs')} && exec python3 -c '${py}'`], { encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync('sh', ['-c', `echo $$ > ${join(cgroup, 'cgroup.procs')} && exec python3 -c '${py}'`], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   return r.stdout.trim() || `failed: ${r.stderr}`;
 }
 
@@ -38,7 +56,11 @@ t.test('BpfLink.update swaps the program of a cgroup link in place', async (t) =
   t.teardown(() => {
     link.close(); // unpinned: closing detaches
     for (let i = 0; i < 50 && existsSync(cgroup); i++) {
-      try { rmdirSync(cgroup); } catch { spawnSync('sleep', ['0.1']); }
+      try {
+        rmdirSync(cgroup);
+      } catch {
+        spawnSync('sleep', ['0.1']);
+      }
     }
   });
   const allowId = allow.id;
@@ -110,7 +132,11 @@ t.test('BpfLink.create on a sockhash (sockmap link) and attachedProgIds list wha
   const info = link.info();
   t.equal(info.typeName, 'sockmap');
   t.equal(info.attachTypeName, 'sk_msg_verdict');
-  t.same(attachedProgIds(map.fd, ATTACH_TYPES.sk_msg_verdict), [info.progId], 'bpf_prog_query on the map lists the program');
+  t.same(
+    attachedProgIds(map.fd, ATTACH_TYPES.sk_msg_verdict),
+    [info.progId],
+    'bpf_prog_query on the map lists the program',
+  );
   link.close();
   t.same(attachedProgIds(map.fd, ATTACH_TYPES.sk_msg_verdict), [], 'closing the unpinned link detached it');
   const bad = t.throws(() => BpfLink.create(pass.fd, map.fd, 'cgroup_inet4_connect')) as LibbpfError;
@@ -137,13 +163,21 @@ t.test('ensurePinnedLink swaps a new program version into the pinned link in pla
   t.teardown(() => {
     rmSync(pinDir, { recursive: true, force: true }); // unpinning the last reference detaches
     for (let i = 0; i < 50 && existsSync(cgroup); i++) {
-      try { rmdirSync(cgroup); } catch { spawnSync('sleep', ['0.1']); }
+      try {
+        rmdirSync(cgroup);
+      } catch {
+        spawnSync('sleep', ['0.1']);
+      }
     }
   });
   const ino = BigInt(statSync(cgroup).ino);
-  const ensure = (prog: ReturnType<BpfObject['program']>): string => ensurePinnedLink({
-    pin, prog, attach: () => prog.attachCgroup(cgroup), sameTarget: (info) => info.cgroupId === ino,
-  });
+  const ensure = (prog: ReturnType<BpfObject['program']>): string =>
+    ensurePinnedLink({
+      pin,
+      prog,
+      attach: () => prog.attachCgroup(cgroup),
+      sameTarget: (info) => info.cgroupId === ino,
+    });
   const a = v1.program('rewrite_connect4');
   const b = v2.program('ambpf_connect4');
   t.equal(ensure(a), 'created');

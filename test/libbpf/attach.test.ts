@@ -4,7 +4,15 @@
 import t from 'tap';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync, rmdirSync, existsSync, statSync } from 'node:fs';
-import { BpfObject, BpfLink, withNetns, netnsCookie, currentNetnsCookie, ifIndex, linkInfoByFd } from '../../src/libbpf/index.ts';
+import {
+  BpfObject,
+  BpfLink,
+  withNetns,
+  netnsCookie,
+  currentNetnsCookie,
+  ifIndex,
+  linkInfoByFd,
+} from '../../src/libbpf/index.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { fixtureObject, makeNetns, sh, u32, readU64 } from './fixture.ts';
 
@@ -40,7 +48,9 @@ function removeCgroup(path: string): void {
 /** A TCP server in the netns on 127.0.0.1:port that greets every client with `banner`. */
 async function startServer(ns: string, port: number, banner: string): Promise<void> {
   const code = `require('net').createServer(s=>{s.end(${JSON.stringify(banner)})}).listen(${port},'127.0.0.1',()=>console.log('ready'))`;
-  const child = spawn('nsenter', ['--net=/run/netns/' + ns, process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('nsenter', ['--net=/run/netns/' + ns, process.execPath, '-e', code], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   children.push(child);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('server did not start in 10 s')), 10_000);
@@ -56,10 +66,19 @@ async function startServer(ns: string, port: number, banner: string): Promise<vo
 function clientConnect(cgroup: string, ns: string, ip: string, port: number): string {
   const code = `const s=require('net').connect(${port},'${ip}');s.on('data',d=>{process.stdout.write(d.toString());process.exit(0)});s.on('error',e=>{process.stdout.write('ERR '+e.code);process.exit(0)});setTimeout(()=>{process.stdout.write('TIMEOUT');process.exit(0)},5000)`;
   // The shell moves itself into the cgroup before exec: the connect happens inside it.
-  return execFileSync('sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=/run/netns/${ns} "$0" -e "$1"`, process.execPath, code], {
-    encoding: 'utf8',
-    timeout: 15_000,
-  });
+  return execFileSync(
+    'sh',
+    [
+      '-c',
+      `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=/run/netns/${ns} "$0" -e "$1"`,
+      process.execPath,
+      code,
+    ],
+    {
+      encoding: 'utf8',
+      timeout: 15_000,
+    },
+  );
 }
 
 t.test('cgroup connect4 rewrites a real connect() of a process in the cgroup', async (t) => {
@@ -87,7 +106,11 @@ t.test('cgroup connect4 rewrites a real connect() of a process in the cgroup', a
   t.equal(info.cgroupId, BigInt(statSync(cg).ino), 'link info names our cgroup');
   t.equal(info.progId, obj.program('rewrite_connect4').id);
 
-  t.equal(clientConnect(cg, ns.name, '198.18.0.99', 7), `hello-${prefix}`, 'the connect landed on the rewritten address');
+  t.equal(
+    clientConnect(cg, ns.name, '198.18.0.99', 7),
+    `hello-${prefix}`,
+    'the connect landed on the rewritten address',
+  );
   t.equal(readU64(obj.map('counters').lookup(u32(0))!), 1n, 'the program counted one rewrite');
   t.match(clientConnect(cg, ns.name, '198.18.0.98', 7), /^ERR /, 'other destinations pass untouched');
 
@@ -124,7 +147,10 @@ function vethPair(teardown: (fn: () => void) => void, tag: string): { a: string;
 /** Send `count` UDP datagrams from netns a to b's address (bounded: count packets, then exit). */
 function sendUdp(fromNs: string, count: number): void {
   const code = `const s=require('dgram').createSocket('udp4');let n=0;const go=()=>{if(n++>=${count}){s.close();return}s.send('x',9,'198.18.1.2',()=>setTimeout(go,20))};go()`;
-  execFileSync('nsenter', ['--net=/run/netns/' + fromNs, process.execPath, '-e', code], { stdio: 'ignore', timeout: 15_000 });
+  execFileSync('nsenter', ['--net=/run/netns/' + fromNs, process.execPath, '-e', code], {
+    stdio: 'ignore',
+    timeout: 15_000,
+  });
 }
 
 for (const mode of ['tcx', 'clsact'] as const) {
@@ -136,14 +162,21 @@ for (const mode of ['tcx', 'clsact'] as const) {
     const att = obj.program('count_packets').attachTc(ifb, 'ingress', { mode, netns: `/run/netns/${b}` });
     t.teardown(() => att.detach());
     t.equal(att.mode, mode);
-    t.equal(att.ifindex, withNetns(`/run/netns/${b}`, () => ifIndex(ifb)));
+    t.equal(
+      att.ifindex,
+      withNetns(`/run/netns/${b}`, () => ifIndex(ifb)),
+    );
     if (mode === 'tcx') {
       const info = att.link!.info();
       t.equal(info.typeName, 'tcx');
       t.equal(info.attachTypeName, 'tcx_ingress');
       t.equal(info.ifindex, att.ifindex);
     } else {
-      t.match(sh('nsenter', ['--net=/run/netns/' + b, 'tc', 'filter', 'show', 'dev', ifb, 'ingress']), /count_packets/, 'tc sees our filter');
+      t.match(
+        sh('nsenter', ['--net=/run/netns/' + b, 'tc', 'filter', 'show', 'dev', ifb, 'ingress']),
+        /count_packets/,
+        'tc sees our filter',
+      );
     }
     sendUdp(a, 5);
     const ipv4 = readU64(counters.lookup(u32(2))!);
@@ -151,7 +184,11 @@ for (const mode of ['tcx', 'clsact'] as const) {
     t.ok(readU64(counters.lookup(u32(1))!) >= ipv4, 'all packets >= IPv4 packets');
     att.detach();
     if (mode === 'clsact') {
-      t.notMatch(sh('nsenter', ['--net=/run/netns/' + b, 'tc', 'filter', 'show', 'dev', ifb, 'ingress']), /count_packets/, 'our filter is gone');
+      t.notMatch(
+        sh('nsenter', ['--net=/run/netns/' + b, 'tc', 'filter', 'show', 'dev', ifb, 'ingress']),
+        /count_packets/,
+        'our filter is gone',
+      );
     }
     const before = readU64(counters.lookup(u32(2))!);
     sendUdp(a, 2);
@@ -169,7 +206,9 @@ t.test('sockops link on a cgroup, sk_msg on a sockhash, sk_lookup on a netns', a
   using sockops = obj.program('sockops_noop').attachSockops(cg);
   t.equal(sockops.info().attachTypeName, 'cgroup_sock_ops');
   const skmsg = obj.program('skmsg_pass').attachSkMsg(obj.map('socks'));
-  const shown = JSON.parse(sh('bpftool', ['prog', 'show', 'id', String(obj.program('skmsg_pass').id), '-j'])) as { id: number };
+  const shown = JSON.parse(sh('bpftool', ['prog', 'show', 'id', String(obj.program('skmsg_pass').id), '-j'])) as {
+    id: number;
+  };
   t.equal(shown.id, obj.program('skmsg_pass').id);
   skmsg.detach();
   skmsg.detach();

@@ -39,7 +39,15 @@ t.test("an object's BTF, and the same types from the kernel by the map's btf id"
   const local = Btf.fromObject(obj)!;
   const rid = local.findByName('rewrite_rule', 'struct')!;
   const rule = local.type(rid);
-  t.same(rule.members!.map((m) => [m.name, m.bitOffset]), [['from_ip', 0], ['from_port', 32], ['to_ip', 64], ['to_port', 96]]);
+  t.same(
+    rule.members!.map((m) => [m.name, m.bitOffset]),
+    [
+      ['from_ip', 0],
+      ['from_port', 32],
+      ['to_ip', 64],
+      ['to_port', 96],
+    ],
+  );
   t.equal(local.resolveSize(rid), 16);
   obj.load();
   const { btfId, btfValueTypeId } = obj.map('rule').info();

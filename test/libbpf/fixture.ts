@@ -33,7 +33,10 @@ export function shQuiet(cmd: string, args: readonly string[]): void {
 
 /** `bpftool map dump -j pinned PATH` as [key bytes hex, value bytes hex] pairs. */
 export function bpftoolDump(pin: string): Array<[string, string]> {
-  const out = JSON.parse(sh('bpftool', ['map', 'dump', '-j', 'pinned', pin])) as Array<{ key: string[]; value: string[] }>;
+  const out = JSON.parse(sh('bpftool', ['map', 'dump', '-j', 'pinned', pin])) as Array<{
+    key: string[];
+    value: string[];
+  }>;
   const hex = (a: string[]): string => a.map((b) => b.replace(/^0x/, '')).join('');
   return out.map((e) => [hex(e.key), hex(e.value)] as [string, string]).sort();
 }

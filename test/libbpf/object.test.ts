@@ -1,7 +1,18 @@
 // libbpf-ts on the real kernel: objects, programs, maps (checked against bpftool), pins, errors.
 import t from 'tap';
 import { mkdirSync, rmSync, existsSync } from 'node:fs';
-import { BpfObject, BpfMap, BpfObjectFileError, LibbpfError, MapFullError, UnknownNameError, ClosedHandleError, BPF_NOEXIST, listIds, fdinfo } from '../../src/libbpf/index.ts';
+import {
+  BpfObject,
+  BpfMap,
+  BpfObjectFileError,
+  LibbpfError,
+  MapFullError,
+  UnknownNameError,
+  ClosedHandleError,
+  BPF_NOEXIST,
+  listIds,
+  fdinfo,
+} from '../../src/libbpf/index.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { fixtureObject, bpftoolDump, u32, u64, readU64, hexOf } from './fixture.ts';
 
@@ -15,7 +26,13 @@ const basicPath = await fixtureObject('basic');
 t.test('open lists programs and maps; load gives fds, ids and info', async (t) => {
   using obj = BpfObject.open(basicPath);
   t.equal(obj.name, 'basic');
-  t.same(obj.programs.map((p) => p.name).sort(), ['count_packets', 'rewrite_connect4', 'sklookup_pass', 'skmsg_pass', 'sockops_noop']);
+  t.same(obj.programs.map((p) => p.name).sort(), [
+    'count_packets',
+    'rewrite_connect4',
+    'sklookup_pass',
+    'skmsg_pass',
+    'sockops_noop',
+  ]);
   const conn = obj.program('rewrite_connect4');
   t.equal(conn.section, 'cgroup/connect4');
   t.equal(conn.typeName, 'cgroup_sock_addr');
@@ -54,7 +71,10 @@ t.test('map CRUD agrees with bpftool on the same pinned map; a full map is MapFu
   t.equal(readU64(kv.lookup(u32(2))!), 222n);
   const ours = [...kv.entries()].map(([k, v]) => [hexOf(k), hexOf(v)] as [string, string]).sort();
   t.same(ours, bpftoolDump(pin), 'entries() == bpftool map dump');
-  t.same(ours, [[hexOf(u32(1)), hexOf(u64(100))], [hexOf(u32(2)), hexOf(u64(222))]]);
+  t.same(ours, [
+    [hexOf(u32(1)), hexOf(u64(100))],
+    [hexOf(u32(2)), hexOf(u64(222))],
+  ]);
   t.throws(() => kv.update(u32(1), u64(1), BPF_NOEXIST), LibbpfError, 'NOEXIST on an existing key fails');
   kv.update(u32(3), u64(3));
   kv.update(u32(4), u64(4));
@@ -123,7 +143,10 @@ t.test('BPF_PROG_TEST_RUN counts a crafted packet in per-CPU and shared counters
   t.equal(readU64(obj.map('counters').lookup(u32(1))!), 3n);
   t.equal(readU64(obj.map('counters').lookup(u32(2))!), 3n, 'seen as IPv4');
   const per = obj.map('percpu').lookupPerCpu(u32(0))!;
-  t.equal(per.reduce((s, v) => s + readU64(v), 0n), 3n);
+  t.equal(
+    per.reduce((s, v) => s + readU64(v), 0n),
+    3n,
+  );
 });
 
 t.test('autoload off skips a program the verifier would reject', async (t) => {

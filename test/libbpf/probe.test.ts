@@ -1,10 +1,21 @@
 // Feature probes: real loads decide helper availability (libbpf 1.1's own helper probe misreads
 // the wording of newer verifiers), raw program loads report the verifier's reason.
 import t from 'tap';
-import { probeProgType, probeMapType, probeHelperByLoad, RawProgram, MOV64_IMM, CALL, EXIT, HELPERS, LibbpfError } from '../../src/libbpf/index.ts';
+import {
+  probeProgType,
+  probeMapType,
+  probeHelperByLoad,
+  RawProgram,
+  MOV64_IMM,
+  CALL,
+  EXIT,
+  HELPERS,
+  LibbpfError,
+} from '../../src/libbpf/index.ts';
 
 t.test('program and map types ambpf needs are present', async (t) => {
-  for (const p of ['cgroup_sock_addr', 'sock_ops', 'sk_msg', 'sched_cls', 'sk_lookup'] as const) t.equal(probeProgType(p), true, p);
+  for (const p of ['cgroup_sock_addr', 'sock_ops', 'sk_msg', 'sched_cls', 'sk_lookup'] as const)
+    t.equal(probeProgType(p), true, p);
   for (const m of ['hash', 'sockhash', 'sk_storage'] as const) t.equal(probeMapType(m), true, m);
 });
 

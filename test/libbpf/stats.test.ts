@@ -20,7 +20,10 @@ t.test('counts every run while enabled, leaves the sysctl alone', async (t) => {
   stats.close();
   t.ok(before && after, 'the program is found by id');
   t.equal((after?.runCnt ?? 0n) - (before?.runCnt ?? 0n), 7n, 'seven runs counted');
-  t.ok((after?.runTimeNs ?? 0n) > (before?.runTimeNs ?? 0n), `run time counted (${(after?.runTimeNs ?? 0n) - (before?.runTimeNs ?? 0n)} ns)`);
+  t.ok(
+    (after?.runTimeNs ?? 0n) > (before?.runTimeNs ?? 0n),
+    `run time counted (${(after?.runTimeNs ?? 0n) - (before?.runTimeNs ?? 0n)} ns)`,
+  );
   t.equal(bpfStatsSysctl(), sysctl, 'kernel.bpf_stats_enabled as it was');
 });
 

@@ -16,7 +16,24 @@ const FIELDS: Record<string, readonly string[]> = {
   bpf_tc_hook: ['ifindex', 'attach_point', 'parent'],
   bpf_tc_opts: ['prog_fd', 'flags', 'prog_id', 'handle', 'priority'],
   bpf_map_info: ['name', 'ifindex', 'netns_dev', 'btf_id', 'btf_value_type_id', 'map_extra'],
-  bpf_prog_info: ['tag', 'load_time', 'map_ids', 'name', 'ifindex', 'netns_dev', 'btf_id', 'run_time_ns', 'run_cnt', 'recursion_misses', 'verified_insns', 'attach_btf_id', 'nr_map_ids', 'func_info_rec_size', 'func_info', 'nr_func_info'],
+  bpf_prog_info: [
+    'tag',
+    'load_time',
+    'map_ids',
+    'name',
+    'ifindex',
+    'netns_dev',
+    'btf_id',
+    'run_time_ns',
+    'run_cnt',
+    'recursion_misses',
+    'verified_insns',
+    'attach_btf_id',
+    'nr_map_ids',
+    'func_info_rec_size',
+    'func_info',
+    'nr_func_info',
+  ],
   bpf_link_info: ['prog_id'],
   bpf_link_update_opts: ['flags', 'old_prog_fd'],
   bpf_func_info: ['insn_off', 'type_id'],
@@ -26,7 +43,14 @@ const FIELDS: Record<string, readonly string[]> = {
 t.test('koffi struct sizes and offsets equal C sizeof/offsetof', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ambpf-sizeof-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const lines = ['#include <stdio.h>', '#include <stddef.h>', '#include <linux/bpf.h>', '#include <bpf/libbpf.h>', '#include <bpf/bpf.h>', 'int main(void) {'];
+  const lines = [
+    '#include <stdio.h>',
+    '#include <stddef.h>',
+    '#include <linux/bpf.h>',
+    '#include <bpf/libbpf.h>',
+    '#include <bpf/bpf.h>',
+    'int main(void) {',
+  ];
   for (const [st, fields] of Object.entries(FIELDS)) {
     lines.push(`printf("${st} %zu\\n", sizeof(struct ${st}));`);
     for (const f of fields) lines.push(`printf("${st}.${f} %zu\\n", offsetof(struct ${st}, ${f}));`);

@@ -43,7 +43,11 @@ const allAcked = (node: string): boolean => {
 
 /** Entries of the node's ambpf_inpod_listen (2 per pod with one ztunnel, 4 while two listen). */
 function listenEntries(node: string): number {
-  const out = execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', join(tb.node(node).bpffsDir, 'ambpf_inpod_listen')], { encoding: 'utf8' });
+  const out = execFileSync(
+    'bpftool',
+    ['-j', 'map', 'dump', 'pinned', join(tb.node(node).bpffsDir, 'ambpf_inpod_listen')],
+    { encoding: 'utf8' },
+  );
   return (JSON.parse(out) as unknown[]).length;
 }
 
@@ -55,8 +59,12 @@ async function tryCurl(from: string, to: string, timeoutMs = 3000): Promise<numb
 /** Waits until a request really goes through ztunnel (acked and listeners registered by a pass). */
 async function waitServed(): Promise<void> {
   await eventually(() => allAcked('node1') && allAcked('node2'), 20_000, 'every mesh pod acked by ztunnel');
-  await eventually(async () => (await tryCurl('app2-node1', 'app1-node2')) === 0 && (await tryCurl('client-node2', 'app1-node1')) === 0,
-    20_000, 'requests through ztunnel to succeed');
+  await eventually(
+    async () =>
+      (await tryCurl('app2-node1', 'app1-node2')) === 0 && (await tryCurl('client-node2', 'app1-node1')) === 0,
+    20_000,
+    'requests through ztunnel to succeed',
+  );
 }
 
 t.before(async () => {
@@ -66,7 +74,8 @@ t.before(async () => {
   for (const node of tb.info.nodes) loaders.push(startLoader(tb, node, podsFile, [], true));
   await Promise.all(loaders.map((l) => waitReady(tb, l)));
   await startZtunnels(tb, { zdsSocket: (node) => zdsSocketPath(tb, tb.node(node)) });
-  for (const pod of ['app1-node1', 'app2-node1', 'app1-node2', 'client-node1', 'client-node2']) await startHttpServer(tb, pod, PORT);
+  for (const pod of ['app1-node1', 'app2-node1', 'app1-node2', 'client-node1', 'client-node2'])
+    await startHttpServer(tb, pod, PORT);
   await waitServed();
 });
 t.teardown(async () => {
@@ -88,35 +97,52 @@ t.test('the state file shows every mesh pod acked by ztunnel over ZDS', async (t
   }
 });
 
-t.test('`ambpf pods` shows each pod\'s ZDS state', async (t) => {
+t.test("`ambpf pods` shows each pod's ZDS state", async (t) => {
   const l = loaderOf('node1');
   const r = await tb.exec('node1', [AMBPF_BIN, 'pods', '--bpffs', l.node.bpffsDir, '--state-file', l.stateFile]);
   t.match(r.stdout, /ZTUNNEL \(ZDS\)/, 'a ZTUNNEL column');
   for (const pod of meshPods('node1')) t.match(r.stdout, new RegExp(`mesh/${pod} .* acked`), `${pod} acked`);
 });
 
-t.test('mesh -> mesh across nodes: from the pod\'s IP to 15001, SO_ORIGINAL_DST, HBONE, spoofed inbound leg', async (t) => {
-  const r = await tracedCurl(tb, 'app2-node1', ip('app1-node2'), PORT, ['node1', 'node2'], { node1: ['outbound'], node2: ['inbound-hbone'] });
-  const out = r.lines['node1']?.find((e) => e.direction === 'outbound');
-  t.equal(out?.source.split(':')[0], ip('app2-node1'), 'ztunnel sees the pod\'s IP as source');
-  t.equal(out?.originalDst, `${ip('app1-node2')}:${PORT}`);
-  t.equal(out?.dstFrom, 'SO_ORIGINAL_DST');
-  t.equal(out?.upstream, `${ip('app1-node2')}:15008`);
-  const inb = r.lines['node2']?.find((e) => e.direction === 'inbound-hbone');
-  t.ok(inb, 'the server node\'s ztunnel terminated HBONE');
-  t.match(r.body, new RegExp(`hello from app1-node2 peer=${ip('app2-node1').replaceAll('.', '\\.')} `), 'the app sees the client pod\'s address');
-});
+t.test(
+  "mesh -> mesh across nodes: from the pod's IP to 15001, SO_ORIGINAL_DST, HBONE, spoofed inbound leg",
+  async (t) => {
+    const r = await tracedCurl(tb, 'app2-node1', ip('app1-node2'), PORT, ['node1', 'node2'], {
+      node1: ['outbound'],
+      node2: ['inbound-hbone'],
+    });
+    const out = r.lines['node1']?.find((e) => e.direction === 'outbound');
+    t.equal(out?.source.split(':')[0], ip('app2-node1'), "ztunnel sees the pod's IP as source");
+    t.equal(out?.originalDst, `${ip('app1-node2')}:${PORT}`);
+    t.equal(out?.dstFrom, 'SO_ORIGINAL_DST');
+    t.equal(out?.upstream, `${ip('app1-node2')}:15008`);
+    const inb = r.lines['node2']?.find((e) => e.direction === 'inbound-hbone');
+    t.ok(inb, "the server node's ztunnel terminated HBONE");
+    t.match(
+      r.body,
+      new RegExp(`hello from app1-node2 peer=${ip('app2-node1').replaceAll('.', '\\.')} `),
+      "the app sees the client pod's address",
+    );
+  },
+);
 
-t.test('non-mesh -> mesh: plaintext inbound to 15006, the app sees the client\'s address', async (t) => {
+t.test("non-mesh -> mesh: plaintext inbound to 15006, the app sees the client's address", async (t) => {
   const r = await tracedCurl(tb, 'client-node2', ip('app1-node1'), PORT, ['node1'], { node1: ['inbound-plaintext'] });
   const inb = r.lines['node1']?.find((e) => e.direction === 'inbound-plaintext');
   t.equal(inb?.originalDst, `${ip('app1-node1')}:${PORT}`, 'the original destination is the local address');
-  t.match(inb?.upstreamLocal ?? '', new RegExp(`^(::ffff:)?\\[?${ip('client-node2').replaceAll('.', '\\.')}\\]?:`),
-    `ztunnel's leg to the app is bound to the client's address (${inb?.upstreamLocal})`);
-  t.match(r.body, new RegExp(`peer=${ip('client-node2').replaceAll('.', '\\.')} `), 'the app sees the client, its reply found the way back');
+  t.match(
+    inb?.upstreamLocal ?? '',
+    new RegExp(`^(::ffff:)?\\[?${ip('client-node2').replaceAll('.', '\\.')}\\]?:`),
+    `ztunnel's leg to the app is bound to the client's address (${inb?.upstreamLocal})`,
+  );
+  t.match(
+    r.body,
+    new RegExp(`peer=${ip('client-node2').replaceAll('.', '\\.')} `),
+    'the app sees the client, its reply found the way back',
+  );
 });
 
-t.test('a connection the node itself opens (kubelet\'s probe) reaches the app directly', async (t) => {
+t.test("a connection the node itself opens (kubelet's probe) reaches the app directly", async (t) => {
   const r = await tracedCurl(tb, 'node1', ip('app1-node1'), PORT, ['node1']);
   t.equal(r.lines['node1']?.length ?? 0, 0, 'ztunnel saw nothing');
   t.match(r.body, /hello from app1-node1/);
@@ -124,7 +150,11 @@ t.test('a connection the node itself opens (kubelet\'s probe) reaches the app di
 
 t.test('ztunnel gone: a captured pod is refused both ways; back: snapshot, captured again', async (t) => {
   await stopZtunnel(tb, 'node1', { signal: 'SIGKILL' });
-  await eventually(() => [...zdsStates('node1').values()].every((s) => s === 'no-ztunnel'), 10_000, 'node1\'s pods to be no-ztunnel');
+  await eventually(
+    () => [...zdsStates('node1').values()].every((s) => s === 'no-ztunnel'),
+    10_000,
+    "node1's pods to be no-ztunnel",
+  );
   t.not(await tryCurl('app2-node1', 'app1-node2'), 0, 'outbound from a captured pod is refused, not sent direct');
   t.not(await tryCurl('client-node2', 'app1-node1'), 0, 'inbound to a captured pod is refused, not handed to the app');
   await startExtraZtunnel(tb, 'node1');
@@ -151,25 +181,44 @@ t.test('a ztunnel rolling upgrade under a stream of new connections: none fails'
   // the snapshot, nothing pending). By then ambpf has registered the new listeners beside the old
   // ones (a pass follows every snapshot): both members of each group are in the sockhash.
   await fresh.waitFor((s) => s.ready, 'the new ztunnel to be ready', 20_000);
-  await eventually(() => listenEntries('node1') >= 2 * 2 * meshPods('node1').length, 20_000, 'both ztunnels\' listeners registered');
+  await eventually(
+    () => listenEntries('node1') >= 2 * 2 * meshPods('node1').length,
+    20_000,
+    "both ztunnels' listeners registered",
+  );
   await eventually(() => done >= 5, 20_000, 'connections while both ztunnels run');
   await stopZtunnel(tb, 'node1', { handle: old, signal: 'SIGTERM' });
   const mark = done;
   await eventually(() => done >= mark + 5, 20_000, 'connections after the old ztunnel left');
   stop = true;
   await stream;
-  const errors = tb.ztunnelLog('node1').slice(logStart).filter((e) => e.result !== 'ok').map((e) => `${e.where} ${e.direction} ${e.result}`);
-  t.same(failures, [], `${done} connections, none failed (curl exit codes of failures: ${failures.join(',')}; ztunnel: ${errors.join('; ')})`);
+  const errors = tb
+    .ztunnelLog('node1')
+    .slice(logStart)
+    .filter((e) => e.result !== 'ok')
+    .map((e) => `${e.where} ${e.direction} ${e.result}`);
+  t.same(
+    failures,
+    [],
+    `${done} connections, none failed (curl exit codes of failures: ${failures.join(',')}; ztunnel: ${errors.join('; ')})`,
+  );
 });
 
 t.test('agent SIGKILL: an open connection survives, the successor resends the snapshot, nothing doubles', async (t) => {
   const l = loaderOf('node1');
   const zt = ztunnelsOn(tb, 'node1').at(-1)!;
-  const drained = (): number => readFileSync(zt.outPath, 'utf8').split('\n').filter((line) => line.includes('proxy drained')).length;
+  const drained = (): number =>
+    readFileSync(zt.outPath, 'utf8')
+      .split('\n')
+      .filter((line) => line.includes('proxy drained')).length;
   const drainedBefore = drained();
   l.proc.kill('SIGKILL');
   await l.proc.exited;
-  t.equal(await tryCurl('app2-node1', 'app1-node2'), 0, 'traffic flows while the agent is down (pins and ztunnel\'s proxies stay)');
+  t.equal(
+    await tryCurl('app2-node1', 'app1-node2'),
+    0,
+    "traffic flows while the agent is down (pins and ztunnel's proxies stay)",
+  );
   l.restart();
   await waitReady(tb, l);
   await waitServed();
@@ -185,10 +234,18 @@ t.test('a pod that leaves the mesh is released (Del) and talks direct within a s
     if (pod) pod.metadata.labels = { ...(pod.metadata.labels ?? {}), 'istio.io/dataplane-mode': 'none' };
   });
   const started = Date.now();
-  await eventually(() => !zdsStates('node1').has('app2-node1') || zdsStates('node1').get('app2-node1') === 'none', 5_000, 'app2-node1 to leave the state');
-  await eventually(async () => {
-    const r = await tracedCurl(tb, 'app2-node1', ip('app1-node2'), PORT, ['node1'], undefined);
-    return (r.lines['node1'] ?? []).every((e) => e.direction !== 'outbound');
-  }, 5_000, 'app2-node1 to talk direct');
+  await eventually(
+    () => !zdsStates('node1').has('app2-node1') || zdsStates('node1').get('app2-node1') === 'none',
+    5_000,
+    'app2-node1 to leave the state',
+  );
+  await eventually(
+    async () => {
+      const r = await tracedCurl(tb, 'app2-node1', ip('app1-node2'), PORT, ['node1'], undefined);
+      return (r.lines['node1'] ?? []).every((e) => e.direction !== 'outbound');
+    },
+    5_000,
+    'app2-node1 to talk direct',
+  );
   t.ok(Date.now() - started < 5_000, `direct after ${Date.now() - started} ms`);
 });

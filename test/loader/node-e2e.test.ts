@@ -27,7 +27,8 @@ t.before(async () => {
   tb = await startTestbed(defaultSpec(), { topology: 'node', prefix: testPrefix() });
   podsFile = join(tb.info.runDir, 'pods.json');
   tb.writePodsList(podsFile);
-  for (const node of tb.info.nodes) loaders.push(startLoader(tb, node, podsFile, ['--exclude-ports', String(EXCLUDED)]));
+  for (const node of tb.info.nodes)
+    loaders.push(startLoader(tb, node, podsFile, ['--exclude-ports', String(EXCLUDED)]));
   await Promise.all(loaders.map((l) => waitReady(tb, l)));
   for (const pod of ['app1-node1', 'app2-node1', 'app1-node2', 'client-node1', 'client-node2']) {
     await startHttpServer(tb, pod, PORT);
@@ -41,8 +42,13 @@ t.teardown(async () => {
 });
 
 /** curl and the stand-in's log lines that request produced on each node (see linesSince for `expect`). */
-async function request(from: string, toPod: string, port = PORT, expect?: Expect, timeoutMs?: number):
-  Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
+async function request(
+  from: string,
+  toPod: string,
+  port = PORT,
+  expect?: Expect,
+  timeoutMs?: number,
+): Promise<{ body: string; node1: ZtunnelLogEntry[]; node2: ZtunnelLogEntry[] }> {
   const r = await tracedCurl(tb, from, ip(toPod), port, ['node1', 'node2'], expect, timeoutMs);
   return { body: r.body, node1: r.lines['node1'] ?? [], node2: r.lines['node2'] ?? [] };
 }
@@ -86,7 +92,7 @@ t.test('(c) non-mesh -> mesh: steered to 15006 with the pod IP as the local addr
     t.ok(inbound, `ztunnel on node1 captured ${from}'s connection`);
     t.equal(inbound?.source.split(':')[0], ip(from));
     t.equal(inbound?.originalDst, `${ip('app1-node1')}:${PORT}`);
-    t.equal(inbound?.dstFrom, 'local-address', 'the original destination is the socket\'s local address (sk_lookup)');
+    t.equal(inbound?.dstFrom, 'local-address', "the original destination is the socket's local address (sk_lookup)");
   }
 });
 
@@ -98,12 +104,15 @@ t.test('(d) mesh -> non-mesh: outbound through ztunnel, then straight to the pod
   t.same(r.node2, [], 'no ztunnel on the way in to a non-mesh pod');
 });
 
-t.test('bypass: non-mesh outbound, excluded port, ztunnel\'s own upstream', async (t) => {
+t.test("bypass: non-mesh outbound, excluded port, ztunnel's own upstream", async (t) => {
   const plain = await request('client-node1', 'client-node2');
   t.same([...plain.node1, ...plain.node2], [], 'non-mesh to non-mesh never touches ztunnel');
   const excluded = await request('app2-node1', 'app1-node1', EXCLUDED); // no line expected: observed for a window
   t.match(excluded.body, /hello from app1-node1/);
-  t.notOk(excluded.node1.some((e) => e.direction === 'outbound'), 'an excluded port is not redirected');
+  t.notOk(
+    excluded.node1.some((e) => e.direction === 'outbound'),
+    'an excluded port is not redirected',
+  );
   // One request through two ztunnels makes exactly one outbound and one inbound line: no loop.
   const r = await request('app2-node1', 'app1-node2', PORT, { node1: ['outbound'], node2: ['inbound-hbone'] });
   t.equal(r.node1.filter((e) => e.direction === 'outbound').length, 1);
@@ -114,14 +123,18 @@ t.test('the probe source 169.254.7.127 is not captured', async (t) => {
   await tb.exec('node1', ['ip', 'addr', 'add', '169.254.7.127/32', 'dev', 'lo']);
   t.teardown(() => tb.exec('node1', ['ip', 'addr', 'del', '169.254.7.127/32', 'dev', 'lo'], { check: false }));
   const before = tb.ztunnelLog('node1').length;
-  const r = await tb.exec('node1', ['curl', '-sS', '--max-time', '3', '--interface', '169.254.7.127', `http://${ip('app1-node1')}:${PORT}/`], { check: false });
+  const r = await tb.exec(
+    'node1',
+    ['curl', '-sS', '--max-time', '3', '--interface', '169.254.7.127', `http://${ip('app1-node1')}:${PORT}/`],
+    { check: false },
+  );
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /peer=169\.254\.7\.127/, 'the pod sees the probe source itself');
   await observeFor(300); // what is tested: no line within the window
   t.same(newLogs('node1', before), []);
 });
 
-t.test('the client\'s getpeername() shows the original destination', async (t) => {
+t.test("the client's getpeername() shows the original destination", async (t) => {
   const script = `import socket; s=socket.create_connection(("${ip('app1-node2')}", ${PORT}), 3); print("%s:%d" % s.getpeername()[:2])`;
   const r = await tb.exec('app1-node1', ['python3', '-c', script]);
   t.equal(r.stdout.trim(), `${ip('app1-node2')}:${PORT}`);
@@ -131,8 +144,9 @@ t.test('opt-out annotation and namespace label removal take effect within a seco
   // Whether a request went out through ztunnel; `expected` says how to look: wait for the line (up
   // to PROBE_MS) or watch a window for its absence.
   const viaZtunnel = async (expected: boolean): Promise<boolean> =>
-    (await request('app2-node1', 'app1-node2', PORT, expected ? { node1: ['outbound'] } : undefined, PROBE_MS))
-      .node1.some((e) => e.direction === 'outbound');
+    (
+      await request('app2-node1', 'app1-node2', PORT, expected ? { node1: ['outbound'] } : undefined, PROBE_MS)
+    ).node1.some((e) => e.direction === 'outbound');
   // While a change propagates, the two nodes' loaders apply it independently: node1 may still send
   // HBONE to a pod node2 already took out of the mesh (Istio has the same window). Such a request
   // fails and is retried; once both have applied it, requests must succeed.
@@ -184,22 +198,34 @@ t.test('ztunnel restarts in its pod (same sandbox, new listening sockets): inbou
   await stopStandIns(tb);
   await startStandIns(tb);
   for (const p of ['app1-node1', 'app1-node2']) await tb.exec(p, ['true']); // the pods are still there
-  await eventually(async () => {
-    try {
-      return (await request('client-node2', 'app1-node1', PORT, { node1: ['inbound-plaintext'] }, PROBE_MS)).node1
-        .some((e) => e.direction === 'inbound-plaintext');
-    } catch {
-      return false; // until the loader hands the new listeners over, steered SYNs find none
-    }
-  }, 10_000, 'inbound plaintext through the restarted ztunnel');
+  await eventually(
+    async () => {
+      try {
+        return (
+          await request('client-node2', 'app1-node1', PORT, { node1: ['inbound-plaintext'] }, PROBE_MS)
+        ).node1.some((e) => e.direction === 'inbound-plaintext');
+      } catch {
+        return false; // until the loader hands the new listeners over, steered SYNs find none
+      }
+    },
+    10_000,
+    'inbound plaintext through the restarted ztunnel',
+  );
   const r = await request('app2-node1', 'app1-node2', PORT, { node2: ['inbound-hbone'] });
-  t.ok(r.node2.some((e) => e.direction === 'inbound-hbone'), 'cross-node HBONE lands on the restarted ztunnel of node2');
+  t.ok(
+    r.node2.some((e) => e.direction === 'inbound-hbone'),
+    'cross-node HBONE lands on the restarted ztunnel of node2',
+  );
 });
 
 t.test('counters and metrics show the datapath at work', async (t) => {
   const text = await metrics(tb, loaders[0]!);
   const value = (hook: string, outcome: string): number =>
-    Number(new RegExp(`^ambpf_redirected_connections_total\\{hook="${hook}",outcome="${outcome}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 'NaN');
+    Number(
+      new RegExp(`^ambpf_redirected_connections_total\\{hook="${hook}",outcome="${outcome}"\\} (\\d+)`, 'm').exec(
+        text,
+      )?.[1] ?? 'NaN',
+    );
   t.ok(value('connect4', 'redirected') > 0, 'connect4 redirected');
   t.ok(value('getsockopt', 'answered') > 0, 'getsockopt answered SO_ORIGINAL_DST');
   t.ok(value('tc', 'steered') > 0, 'tc steered inbound');
@@ -214,13 +240,19 @@ t.test('counters and metrics show the datapath at work', async (t) => {
   t.teardown(() => maps.close());
   const counter = (text: string, name: string): bigint => {
     const i = name.indexOf('_');
-    const m = new RegExp(`^ambpf_redirected_connections_total\\{hook="${name.slice(0, i)}",outcome="${name.slice(i + 1)}"\\} (\\d+)`, 'm').exec(text);
+    const m = new RegExp(
+      `^ambpf_redirected_connections_total\\{hook="${name.slice(0, i)}",outcome="${name.slice(i + 1)}"\\} (\\d+)`,
+      'm',
+    ).exec(text);
     return BigInt(m?.[1] ?? '-1');
   };
   const before = await metrics(tb, loaders[0]!);
   const stats = maps.stats();
   const after = await metrics(tb, loaders[0]!);
   for (const [name, v] of Object.entries(stats)) {
-    t.ok(counter(before, name) <= v && v <= counter(after, name), `${name}: /metrics agrees with ambpf_stats (${counter(before, name)} <= ${v} <= ${counter(after, name)})`);
+    t.ok(
+      counter(before, name) <= v && v <= counter(after, name),
+      `${name}: /metrics agrees with ambpf_stats (${counter(before, name)} <= ${v} <= ${counter(after, name)})`,
+    );
   }
 });

@@ -34,7 +34,8 @@ t.teardown(async () => {
   await tb?.down();
 });
 
-const passCount = (metricsText: string): number => Number(/^ambpf_reconcile_passes_total (\d+)/m.exec(metricsText)?.[1] ?? NaN);
+const passCount = (metricsText: string): number =>
+  Number(/^ambpf_reconcile_passes_total (\d+)/m.exec(metricsText)?.[1] ?? NaN);
 
 /** Programs attached to the node's kubepods cgroup, as bpftool sees them. */
 async function cgroupPrograms(loader: Loader): Promise<string[]> {
@@ -60,34 +61,63 @@ t.test('SIGKILL during a stream of connections loses none; the restart adopts ev
   }
   t.ok(killed, 'the loader was killed mid-stream');
   t.ok(results.length > 10, `${results.length} requests made`);
-  t.same(results.filter((c) => c !== 0), [], 'every request succeeded while the loader was dead');
+  t.same(
+    results.filter((c) => c !== 0),
+    [],
+    'every request succeeded while the loader was dead',
+  );
   const dead = await tracedCurl(tb, 'app2-node1', tb.pod('app1-node2').ip, 8080, ['node1'], { node1: ['outbound'] });
-  t.ok(dead.lines['node1']?.some((e) => e.direction === 'outbound'), 'still redirected with no loader running');
+  t.ok(
+    dead.lines['node1']?.some((e) => e.direction === 'outbound'),
+    'still redirected with no loader running',
+  );
 
   node1.restart();
   await waitReady(tb, node1);
-  const attached = node1.logLines().filter((l) => l['msg'] === 'datapath attached').at(-1)?.['links'] as Record<string, string>;
-  t.same(Object.values(attached), ['adopted', 'adopted', 'adopted', 'adopted', 'adopted', 'adopted'], 'every cgroup link adopted');
+  const attached = node1
+    .logLines()
+    .filter((l) => l['msg'] === 'datapath attached')
+    .at(-1)?.['links'] as Record<string, string>;
+  t.same(
+    Object.values(attached),
+    ['adopted', 'adopted', 'adopted', 'adopted', 'adopted', 'adopted'],
+    'every cgroup link adopted',
+  );
   t.same(await cgroupPrograms(node1), attachedBefore, 'no duplicate attachment');
 });
 
 t.test('SIGTERM stops the loader cleanly and keeps every pin: traffic stays redirected', async (t) => {
   const pinsBefore = (await tb.exec('node1', ['ls', '-R', tb.node('node1').bpffsDir])).stdout;
   node1.proc.kill('SIGTERM');
-  const code = await Promise.race([node1.proc.exited, new Promise<string>((res) => setTimeout(() => res('timeout'), 10_000))]);
+  const code = await Promise.race([
+    node1.proc.exited,
+    new Promise<string>((res) => setTimeout(() => res('timeout'), 10_000)),
+  ]);
   t.equal(code, 0, 'exit code 0 after SIGTERM');
-  t.ok(node1.logLines().some((l) => String(l['msg']).startsWith('stopping')), 'says it is stopping and keeping the pins');
-  t.equal((await tb.exec('node1', ['ls', '-R', tb.node('node1').bpffsDir])).stdout, pinsBefore, 'every pin is still there');
+  t.ok(
+    node1.logLines().some((l) => String(l['msg']).startsWith('stopping')),
+    'says it is stopping and keeping the pins',
+  );
+  t.equal(
+    (await tb.exec('node1', ['ls', '-R', tb.node('node1').bpffsDir])).stdout,
+    pinsBefore,
+    'every pin is still there',
+  );
   t.equal((await cgroupPrograms(node1)).length, 6, 'the cgroup programs stay attached');
   const r = await tracedCurl(tb, 'app2-node1', tb.pod('app1-node2').ip, 8080, ['node1'], { node1: ['outbound'] });
-  t.ok(r.lines['node1']?.some((e) => e.direction === 'outbound'), 'still redirected');
+  t.ok(
+    r.lines['node1']?.some((e) => e.direction === 'outbound'),
+    'still redirected',
+  );
   node1.restart();
   await waitReady(tb, node1);
 });
 
 t.test('malformed pods-file objects: the good ones apply, each bad one is one clear error', async (t) => {
   const list = JSON.parse(readFileSync(podsFile, 'utf8')) as { items: Array<Record<string, unknown>> };
-  const template = list.items.find((i) => i['kind'] === 'Pod' && (i['metadata'] as { name: string }).name === 'app2-node1')!;
+  const template = list.items.find(
+    (i) => i['kind'] === 'Pod' && (i['metadata'] as { name: string }).name === 'app2-node1',
+  )!;
   const variant = (name: string, patch: (p: Record<string, any>) => void): Record<string, unknown> => {
     const p = JSON.parse(JSON.stringify(template)) as Record<string, any>;
     p['metadata'].name = name;
@@ -96,15 +126,29 @@ t.test('malformed pods-file objects: the good ones apply, each bad one is one cl
     return p;
   };
   list.items.push(
-    variant('bad-ip', (p) => { p['status'].podIP = '198.19.1.300'; p['status'].podIPs = [{ ip: '198.19.1.300' }]; }),
-    variant('no-uid', (p) => { delete p['metadata'].uid; p['status'].podIP = '198.19.1.200'; p['status'].podIPs = [{ ip: '198.19.1.200' }]; }),
-    variant('zz-dup-ip', () => { /* same IP as app2-node1 */ }),
-    variant('extra-fields', (p) => { p['spec'].someFutureField = { x: 1 }; p['status'].podIP = '198.19.1.201'; p['status'].podIPs = [{ ip: '198.19.1.201' }]; }),
+    variant('bad-ip', (p) => {
+      p['status'].podIP = '198.19.1.300';
+      p['status'].podIPs = [{ ip: '198.19.1.300' }];
+    }),
+    variant('no-uid', (p) => {
+      delete p['metadata'].uid;
+      p['status'].podIP = '198.19.1.200';
+      p['status'].podIPs = [{ ip: '198.19.1.200' }];
+    }),
+    variant('zz-dup-ip', () => {
+      /* same IP as app2-node1 */
+    }),
+    variant('extra-fields', (p) => {
+      p['spec'].someFutureField = { x: 1 };
+      p['status'].podIP = '198.19.1.201';
+      p['status'].podIPs = [{ ip: '198.19.1.201' }];
+    }),
     { kind: 'Pod', metadata: 'not an object' },
   );
   writeFileSync(`${podsFile}.tmp`, JSON.stringify(list));
   writeFileSync(podsFile, readFileSync(`${podsFile}.tmp`));
-  const errorsFor = (what: string): number => node1.logLines().filter((l) => l['level'] === 50 && String(l['msg']).includes(what)).length;
+  const errorsFor = (what: string): number =>
+    node1.logLines().filter((l) => l['level'] === 50 && String(l['msg']).includes(what)).length;
   await eventually(() => errorsFor('zz-dup-ip') > 0, 5000, 'the duplicate IP to be reported');
   // More passes (--resync-ms 300 makes them): each problem must still be said once.
   const passes = passCount(await metrics(tb, node1));
@@ -114,27 +158,40 @@ t.test('malformed pods-file objects: the good ones apply, each bad one is one cl
   t.match(lineFor('mesh/bad-ip'), { field: 'status.podIP', reason: '"198.19.1.300" is not an IP address' });
   t.equal(errorsFor('mesh/no-uid'), 1, 'missing uid reported once');
   t.match(lineFor('mesh/no-uid'), { field: 'metadata.uid', reason: 'missing (string required)' });
-  t.equal(errorsFor('pod <no namespace>/<no name>: metadata: expected object, got string "not an object"'), 1,
-    'an object that is not a pod is named too');
+  t.equal(
+    errorsFor('pod <no namespace>/<no name>: metadata: expected object, got string "not an object"'),
+    1,
+    'an object that is not a pod is named too',
+  );
   t.equal(errorsFor('mesh/zz-dup-ip'), 1, 'duplicate IP reported once');
   t.equal(errorsFor('extra-fields'), 1, 'extra fields are fine, but it has no process on this node yet');
   t.match(node1.logLines().find((l) => String(l['msg']).includes('extra-fields'))?.['msg'], /no process found/);
   const maps = openPinnedMaps(tb.node('node1').bpffsDir);
   t.teardown(() => maps.close());
-  t.same(maps.pods.keys().sort(), [tb.pod('app1-node1').ip, tb.pod('app2-node1').ip].sort(), 'the good pods are in the map');
+  t.same(
+    maps.pods.keys().sort(),
+    [tb.pod('app1-node1').ip, tb.pod('app2-node1').ip].sort(),
+    'the good pods are in the map',
+  );
   tb.writePodsList(podsFile);
 });
 
 t.test('a full map is an error and a counter; the loader keeps serving', async (t) => {
-  const text = await eventually(async () => {
-    const m = await metrics(tb, node2);
-    return /^ambpf_reconcile_errors_total [1-9]/m.test(m) ? m : undefined;
-  }, 5000, 'reconcile errors to be counted');
+  const text = await eventually(
+    async () => {
+      const m = await metrics(tb, node2);
+      return /^ambpf_reconcile_errors_total [1-9]/m.test(m) ? m : undefined;
+    },
+    5000,
+    'reconcile errors to be counted',
+  );
   t.match(text, /^ambpf_map_entries\{map="ambpf_pods"\} 1$/m, 'one entry fits');
   t.match(text, /^ambpf_map_pressure\{map="ambpf_pods"\} 1$/m, 'pressure 1: full');
   const full = node2.logLines().filter((l) => l['level'] === 50 && /ambpf_pods .*(full|E2BIG)/i.test(String(l['msg'])));
   t.ok(full.length >= 1, 'the full map is logged with the map name');
-  const r = await tb.exec('node2', ['curl', '-sf', '--max-time', '2', 'http://127.0.0.1:15099/healthz'], { check: false });
+  const r = await tb.exec('node2', ['curl', '-sf', '--max-time', '2', 'http://127.0.0.1:15099/healthz'], {
+    check: false,
+  });
   t.equal(r.code, 0, 'still healthy');
 });
 
@@ -164,7 +221,11 @@ while not reply.endswith(b"\\n"):
 print("%d %s|%s" % (n, h.hexdigest(), reply.decode().strip()))`;
   const srv = tb.spawn('app1-node1', ['python3', '-c', server]);
   t.teardown(() => srv.kill('SIGKILL'));
-  await eventually(async () => (await tb.exec('app1-node1', ['ss', '-Hltn', 'sport = :9100'])).stdout.trim() !== '', 5000, 'the sink to listen');
+  await eventually(
+    async () => (await tb.exec('app1-node1', ['ss', '-Hltn', 'sport = :9100'])).stdout.trim() !== '',
+    5000,
+    'the sink to listen',
+  );
   const maps = openPinnedMaps(tb.node('node1').bpffsDir);
   t.teardown(() => maps.close());
   const before = maps.stats().skmsg_spliced_bytes;
@@ -178,18 +239,29 @@ print("%d %s|%s" % (n, h.hexdigest(), reply.decode().strip()))`;
 
 t.test('ambpf uninstall removes everything ambpf made on the node, and only that', async (t) => {
   const node = tb.node('node1');
-  t.match((await tb.exec('istio-system/ztunnel-node1', ['ip', 'rule'])).stdout, /iif eth0 lookup 100/, 'policy route present before');
+  t.match(
+    (await tb.exec('istio-system/ztunnel-node1', ['ip', 'rule'])).stdout,
+    /iif eth0 lookup 100/,
+    'policy route present before',
+  );
   node1.proc.kill('SIGTERM');
   await node1.proc.exited;
   const r = await tb.exec('node1', [AMBPF, 'uninstall', '--bpffs', node.bpffsDir, '-j']);
   const report = JSON.parse(r.stdout) as { links: string[]; maps: string[]; policyRouteRemovedIn: string | null };
   t.equal(report.links.filter((l) => !l.startsWith('tc-')).length, 7, 'six cgroup links and sk_lookup detached');
-  t.ok(report.links.some((l) => l.startsWith('tc-')), 'inbound tc links detached');
+  t.ok(
+    report.links.some((l) => l.startsWith('tc-')),
+    'inbound tc links detached',
+  );
   t.ok(report.maps.includes('ambpf_pods'), 'maps unpinned');
   t.ok(report.policyRouteRemovedIn, 'ztunnel netns found from the sk_lookup link');
   t.same(await cgroupPrograms(node1), [], 'nothing attached to kubepods');
   t.notMatch((await tb.exec('istio-system/ztunnel-node1', ['ip', 'rule'])).stdout, /lookup 100/, 'policy route gone');
-  t.equal((await tb.exec('node1', ['ls', '-A', node.bpffsDir], { check: false })).stdout.trim(), '', 'bpffs dir empty or gone');
+  t.equal(
+    (await tb.exec('node1', ['ls', '-A', node.bpffsDir], { check: false })).stdout.trim(),
+    '',
+    'bpffs dir empty or gone',
+  );
   const direct = await tracedCurl(tb, 'app2-node1', tb.pod('app1-node2').ip, 8080, ['node1']); // throws if it fails
   t.match(direct.body, /hello from app1-node2/, 'traffic flows');
   t.same(direct.lines['node1'], [], 'directly, without ztunnel (no line within the observed window)');

@@ -28,9 +28,12 @@ t.test('host routes of both families, by interface, in canonical text', async (t
   await writeFile(join(dir, 'route'), v4.join('\n') + '\n');
   await writeFile(join(dir, 'ipv6_route'), v6.join('\n') + '\n');
   const link = { ifname, ifindex: ifIndex(ifname), mac: '' };
-  t.same([...readHostRoutes(dir)], [
-    ['198.18.0.7', link],
-    ['fd00:a3bf::7', link],
-    ['198.18.0.9', link],
-  ]);
+  t.same(
+    [...readHostRoutes(dir)],
+    [
+      ['198.18.0.7', link],
+      ['fd00:a3bf::7', link],
+      ['198.18.0.9', link],
+    ],
+  );
 });

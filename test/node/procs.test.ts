@@ -27,7 +27,10 @@ t.test('finds pods under the cgroupfs and systemd drivers, whole components only
     13: `0::/user.slice\n`,
   });
   const found = await findPodProcesses([uid, 'other'], root);
-  t.same(found.get(uid)?.map((p) => p.pid), [10, 11]);
+  t.same(
+    found.get(uid)?.map((p) => p.pid),
+    [10, 11],
+  );
   t.equal(found.get(uid)?.[0]?.netnsId, 'net:[4026510]');
   t.equal(found.get(uid)?.[0]?.cgroup, `/kubepods/besteffort/pod${uid}/ctr1`);
   t.notOk(found.has('other'));

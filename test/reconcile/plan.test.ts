@@ -3,15 +3,29 @@ import { buildTarget, planReconcile, isEmptyPlan } from '../../src/reconcile/pla
 import { POD_AMBIENT, POD_IS_ZTUNNEL } from '../../src/bpf/schema.ts';
 import type { Resolution, ResolvedPod } from '../../src/node/discovery.ts';
 
-const link = (ifname: string, ifindex: number) => ({ ifname, ifindex, mac: `02:00:00:00:00:${ifindex.toString(16).padStart(2, '0')}` });
+const link = (ifname: string, ifindex: number) => ({
+  ifname,
+  ifindex,
+  mac: `02:00:00:00:00:${ifindex.toString(16).padStart(2, '0')}`,
+});
 const pod = (name: string, ips: string[], cookie: bigint, ifindex: number): ResolvedPod => ({
-  uid: `u-${name}`, name, namespace: 'app', ips, pid: 100 + ifindex, pids: [100 + ifindex], netnsPath: `/proc/${100 + ifindex}/ns/net`,
-  netnsCookie: cookie, hostLink: link(`veth-${name}`, ifindex), serviceAccount: 'default',
+  uid: `u-${name}`,
+  name,
+  namespace: 'app',
+  ips,
+  pid: 100 + ifindex,
+  pids: [100 + ifindex],
+  netnsPath: `/proc/${100 + ifindex}/ns/net`,
+  netnsCookie: cookie,
+  hostLink: link(`veth-${name}`, ifindex),
+  serviceAccount: 'default',
 });
 
 const resolution = (pods: ResolvedPod[], withZtunnel = true): Resolution => ({
   pods,
-  ztunnel: withZtunnel ? { ...pod('zt', ['198.19.1.2'], 9n, 2), namespace: 'istio-system', podLink: link('eth0', 3) } : undefined,
+  ztunnel: withZtunnel
+    ? { ...pod('zt', ['198.19.1.2'], 9n, 2), namespace: 'istio-system', podLink: link('eth0', 3) }
+    : undefined,
   unresolved: [],
 });
 
@@ -51,11 +65,16 @@ t.test('plan: ztunnel gone clears it; a new ztunnel is written', async (t) => {
 
 t.test('plan: a ztunnel that exists but cannot be resolved this pass is kept, not cleared', async (t) => {
   const withZ = buildTarget(resolution([pod('a', ['198.19.1.10'], 11n, 10)]));
-  const transient = buildTarget({ pods: [pod('a', ['198.19.1.10'], 11n, 10)], ztunnel: undefined, ztunnelWanted: true, unresolved: [] });
+  const transient = buildTarget({
+    pods: [pod('a', ['198.19.1.10'], 11n, 10)],
+    ztunnel: undefined,
+    ztunnelWanted: true,
+    unresolved: [],
+  });
   t.equal(transient.keepZtunnel, true);
   const plan = planReconcile(transient, withZ);
   t.equal(plan.ztunnel, undefined, 'the ztunnel entry stays');
-  t.same(plan.netnsDelete, [], 'ztunnel\'s own netns entry stays');
+  t.same(plan.netnsDelete, [], "ztunnel's own netns entry stays");
   const gone = buildTarget({ pods: [], ztunnel: undefined, ztunnelWanted: false, unresolved: [] });
   t.equal(planReconcile(gone, withZ).ztunnel, null, 'no ztunnel pod at all: cleared');
 });

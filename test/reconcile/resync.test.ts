@@ -5,7 +5,9 @@ import { ResyncPolicy, SAFETY_NET_MS, type Resyncable } from '../../src/reconcil
 
 function harness(): {
   target: Resyncable & { calls: Array<{ rescanKernel?: boolean }>; listeners: boolean; fail: boolean };
-  policy: ResyncPolicy; clock: { now: number }; timer: { fn: (() => void) | undefined; ms: number; cancelled: boolean };
+  policy: ResyncPolicy;
+  clock: { now: number };
+  timer: { fn: (() => void) | undefined; ms: number; cancelled: boolean };
 } {
   const clock = { now: 1_000_000 };
   const timer = { fn: undefined as (() => void) | undefined, ms: 0, cancelled: false };
@@ -28,7 +30,11 @@ function harness(): {
     every: (fn, ms) => {
       timer.fn = fn;
       timer.ms = ms;
-      return { cancel: () => { timer.cancelled = true; } };
+      return {
+        cancel: () => {
+          timer.cancelled = true;
+        },
+      };
     },
   });
   return { target, policy, clock, timer };

@@ -12,13 +12,23 @@ import type { PassContext } from '../../src/reconcile/topology.ts';
 
 function pod(name: string, cookie: bigint, pid: number): ResolvedPod {
   return {
-    uid: `uid-${name}`, name, namespace: 'mesh', ips: [`198.18.9.${cookie}`], serviceAccount: 'default',
-    pid, pids: pid === 0 ? [] : [pid], netnsPath: `/nonexistent/${name}`, netnsCookie: cookie, hostLink: undefined,
+    uid: `uid-${name}`,
+    name,
+    namespace: 'mesh',
+    ips: [`198.18.9.${cookie}`],
+    serviceAccount: 'default',
+    pid,
+    pids: pid === 0 ? [] : [pid],
+    netnsPath: `/nonexistent/${name}`,
+    netnsCookie: cookie,
+    hostLink: undefined,
   };
 }
 
 /** An in-memory stand-in for one pinned map; `capacity` makes it refuse inserts past that many. */
-function table<K, V>(capacity = Infinity): { entries(): Array<[K, V]>; keys(): K[]; get(k: K): V | undefined; set(k: K, v: V): void; delete(k: K): boolean } {
+function table<K, V>(
+  capacity = Infinity,
+): { entries(): Array<[K, V]>; keys(): K[]; get(k: K): V | undefined; set(k: K, v: V): void; delete(k: K): boolean } {
   const m = new Map<K, V>();
   return {
     entries: () => [...m],
@@ -33,11 +43,19 @@ function table<K, V>(capacity = Infinity): { entries(): Array<[K, V]>; keys(): K
 }
 
 /** A datapath double: pins in a Set, writes recorded in order, maps in memory. */
-function fakeDatapath(o: { armFails?: ReadonlySet<bigint>; podsCapacity?: number } = {}): { dp: InpodDatapath; log: string[]; pinned: Set<bigint> } {
+function fakeDatapath(o: { armFails?: ReadonlySet<bigint>; podsCapacity?: number } = {}): {
+  dp: InpodDatapath;
+  log: string[];
+  pinned: Set<bigint>;
+} {
   const log: string[] = [];
   const pinned = new Set<bigint>();
   const double = {
-    maps: { pods: table<string, PodEntry>(o.podsCapacity), netns: table<bigint, NetnsEntry>(), ztunnel: { get: () => ({ flags: 0 }) } },
+    maps: {
+      pods: table<string, PodEntry>(o.podsCapacity),
+      netns: table<bigint, NetnsEntry>(),
+      ztunnel: { get: () => ({ flags: 0 }) },
+    },
     attachedPods: () => new Set(pinned),
     isArmed: (cookie: bigint) => pinned.has(cookie),
     hasListener: () => false,
@@ -73,7 +91,12 @@ function writeMaps(dp: InpodDatapath, plan: Plan, errors: string[]): Plan {
   return plan;
 }
 
-const desired = (pods: readonly ResolvedPod[]): DesiredState => ({ node: 'n1', ambientPods: pods, ztunnel: undefined, problems: [] });
+const desired = (pods: readonly ResolvedPod[]): DesiredState => ({
+  node: 'n1',
+  ambientPods: pods,
+  ztunnel: undefined,
+  problems: [],
+});
 const resolution = (pods: readonly ResolvedPod[]): Resolution => ({ pods, ztunnel: undefined, unresolved: [] });
 
 function context(errors: string[]): PassContext {
@@ -94,7 +117,12 @@ function context(errors: string[]): PassContext {
 
 /** A handoff that serves no pod yet (ZDS Add not acked): no listeners are looked for. */
 function handoff(synced: Array<readonly string[]>): ZtunnelHandoff {
-  return { served: () => false, peerPids: () => [], sync: (armed) => synced.push(armed.map((p) => p.name)), status: () => [] };
+  return {
+    served: () => false,
+    peerPids: () => [],
+    sync: (armed) => synced.push(armed.map((p) => p.name)),
+    status: () => [],
+  };
 }
 
 t.test('plan decides every step before anything is written', async (t) => {
@@ -103,15 +131,22 @@ t.test('plan decides every step before anything is written', async (t) => {
   const topo = new InpodTopology(dp, { handoff: handoff(synced) });
   const pods = [pod('a', 11n, 100), pod('b', 12n, 0)];
   const pass = topo.plan({ desired: desired(pods), resolution: resolution(pods) });
-  t.same(pass.steps.map((s) => `${s.kind} ${s.subject}`), ['arm pod mesh/a', 'arm pod mesh/b'], 'not served yet: arm only');
+  t.same(
+    pass.steps.map((s) => `${s.kind} ${s.subject}`),
+    ['arm pod mesh/a', 'arm pod mesh/b'],
+    'not served yet: arm only',
+  );
   t.same(log, [], 'planning wrote nothing');
 
   const errors: string[] = [];
   const captured = await pass.capture(context(errors));
   t.same(log, ['arm 11', 'arm 12'], 'capture carries the steps out in order');
-  t.same([...captured.target.netns.keys()].sort(), [11n, 12n], 'both armed pods are in the maps\' target');
+  t.same([...captured.target.netns.keys()].sort(), [11n, 12n], "both armed pods are in the maps' target");
   t.same(synced, [], 'ztunnel hears nothing before the maps are written');
-  const released = await pass.release(writeMaps(dp, planReconcile(captured.target, captured.current), errors), context(errors));
+  const released = await pass.release(
+    writeMaps(dp, planReconcile(captured.target, captured.current), errors),
+    context(errors),
+  );
   t.same(released.attached, ['pod mesh/a', 'pod mesh/b']);
   t.same(synced, [['a', 'b']], 'after the maps: the armed pods are handed to ztunnel');
   t.same(errors, []);
@@ -123,11 +158,18 @@ t.test('a served pod with no process yet waits; a pod whose arm fails takes no f
   const topo = new InpodTopology(dp, { handoff: served });
   const pods = [pod('c', 21n, 0), pod('d', 22n, 0)];
   const pass = topo.plan({ desired: desired(pods), resolution: resolution(pods) });
-  t.same(pass.steps.map((s) => `${s.kind} ${s.subject}`), ['arm pod mesh/c', 'wait pod mesh/c', 'arm pod mesh/d', 'wait pod mesh/d']);
+  t.same(
+    pass.steps.map((s) => `${s.kind} ${s.subject}`),
+    ['arm pod mesh/c', 'wait pod mesh/c', 'arm pod mesh/d', 'wait pod mesh/d'],
+  );
   const errors: string[] = [];
   const captured = await pass.capture(context(errors));
   t.same(log, ['arm 21', 'arm 22']);
-  t.same(captured.unresolved.map((p) => p.object), ['pod mesh/c'], 'd failed to arm: not waited for, reported instead');
+  t.same(
+    captured.unresolved.map((p) => p.object),
+    ['pod mesh/c'],
+    'd failed to arm: not waited for, reported instead',
+  );
   t.match(errors, [/inpod capture of pod mesh\/d: .*sk_lookup attach failed/]);
   t.same([...captured.target.netns.keys()], [21n], 'only the armed pod is in the target');
 });

@@ -21,7 +21,11 @@ t.test('the watch: healthy while syncing and while events come, unhealthy past t
   t.same(check(), [], 'past one bound the watchdog relists: not yet a problem');
   src.lastEventAgeMs = 2500;
   t.match(check(), [/^the Kubernetes watch heard nothing for 3 s, past its watchdog \(relist after 1 s\)/]);
-  t.same(healthProblems({ source: () => ({ synced: true, lastEventAgeMs: 1e9 }) }), [], 'no watch (pods file): no watchdog to judge by');
+  t.same(
+    healthProblems({ source: () => ({ synced: true, lastEventAgeMs: 1e9 }) }),
+    [],
+    'no watch (pods file): no watchdog to judge by',
+  );
 });
 
 t.test('pins: each missing one is named', async (t) => {
@@ -31,7 +35,9 @@ t.test('pins: each missing one is named', async (t) => {
   for (const p of pins) writeFileSync(p, '');
   t.same(healthProblems({ pins: () => pins }), []);
   unlinkSync(pins[1]!);
-  t.same(healthProblems({ pins: () => pins }), [`pins missing: ${pins[1]} (removed under the loader: a restart re-creates them)`]);
+  t.same(healthProblems({ pins: () => pins }), [
+    `pins missing: ${pins[1]} (removed under the loader: a restart re-creates them)`,
+  ]);
 });
 
 t.test('ZDS: a socket file removed or a closed server is a problem', async (t) => {
@@ -48,9 +54,15 @@ t.test('ZDS: a socket file removed or a closed server is a problem', async (t) =
 t.test('/healthz answers 503 with every reason, 200 once they are gone; /readyz as before', async (t) => {
   let problems: string[] = [];
   let ready = false;
-  const { server, url } = await startHttpServer('127.0.0.1:0', {
-    ready: () => ready, notReadyReason: () => 'first reconcile not finished', problems: () => problems,
-  }, new Registry());
+  const { server, url } = await startHttpServer(
+    '127.0.0.1:0',
+    {
+      ready: () => ready,
+      notReadyReason: () => 'first reconcile not finished',
+      problems: () => problems,
+    },
+    new Registry(),
+  );
   t.teardown(() => server.close());
   const get = async (path: string): Promise<[number, string]> => {
     const r = await fetch(url + path);
@@ -59,7 +71,10 @@ t.test('/healthz answers 503 with every reason, 200 once they are gone; /readyz 
   t.same(await get('/healthz'), [200, 'ok\n']);
   t.same(await get('/readyz'), [503, 'not ready: first reconcile not finished\n']);
   problems = ['pins missing: /x', 'the ZDS socket /y is gone: ztunnel cannot reach this agent'];
-  t.same(await get('/healthz'), [503, 'unhealthy: pins missing: /x; the ZDS socket /y is gone: ztunnel cannot reach this agent\n']);
+  t.same(await get('/healthz'), [
+    503,
+    'unhealthy: pins missing: /x; the ZDS socket /y is gone: ztunnel cannot reach this agent\n',
+  ]);
   ready = true;
   t.same(await get('/readyz'), [200, 'ready\n'], '/readyz only tells readiness');
   problems = [];

@@ -44,8 +44,12 @@ export const INVALID_PODS: readonly InvalidCase[] = [
   broken('hostnet', 'spec.hostNetwork', /^expected boolean, got string "yes"$/, (p) => (p['spec'].hostNetwork = 'yes')),
   broken('phase-number', 'status.phase', /^expected string, got number 3$/, (p) => (p['status'].phase = 3)),
   broken('node-list', 'spec.nodeName', /^expected string, got an array$/, (p) => (p['spec'].nodeName = [NODE])),
-  broken('sa-obj', 'spec.serviceAccountName', /^expected string, got an object$/,
-    (p) => (p['spec'].serviceAccountName = {})),
+  broken(
+    'sa-obj',
+    'spec.serviceAccountName',
+    /^expected string, got an object$/,
+    (p) => (p['spec'].serviceAccountName = {}),
+  ),
   broken('bad-ip', 'status.podIP', /^"198\.19\.1\.300" is not an IP address$/, (p) => {
     p['status'].podIP = '198.19.1.300';
     p['status'].podIPs = [{ ip: '198.19.1.300' }];

@@ -20,7 +20,10 @@ const tb = await startTestbed(spec, { topology: 'node', prefix });
 t.teardown(() => tb.down());
 
 t.test('only nodes that ask for it get a ztunnel pod', async (t) => {
-  t.same(tb.ztunnels.map((z) => z.node), ['a']);
+  t.same(
+    tb.ztunnels.map((z) => z.node),
+    ['a'],
+  );
   t.throws(() => tb.ztunnel('b'), { name: 'TestbedLookupError' });
 });
 

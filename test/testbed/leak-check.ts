@@ -16,7 +16,10 @@ export interface MachineSnapshot {
 /** Only objects carrying `prefix` count: other engineers run tests on this machine at the same time. */
 export async function snapshot(prefix: string): Promise<MachineSnapshot> {
   const mine = (s: string): boolean => s.includes(prefix);
-  const netns = (await run(['ip', 'netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '').filter(mine);
+  const netns = (await run(['ip', 'netns', 'list'])).stdout
+    .split('\n')
+    .map((l) => l.split(' ')[0] ?? '')
+    .filter(mine);
   const save = (await run(['iptables-save'])).stdout
     .split('\n')
     .filter((l) => !l.startsWith('#') && !l.startsWith(':'))

@@ -22,18 +22,29 @@ t.test('stand-in listens on 15001/15006/15008 inside the ztunnel pod, dual-stack
 t.test('a direct connection to 15001 or 15006 has no original destination: logged and closed', async (t) => {
   for (const port of [15001, 15006]) {
     const before = tb.ztunnelLog('node1').length;
-    const r = await tb.exec('client-node1', ['curl', '-sS', '--max-time', '3', `http://${z.ip}:${port}/`], { check: false });
+    const r = await tb.exec('client-node1', ['curl', '-sS', '--max-time', '3', `http://${z.ip}:${port}/`], {
+      check: false,
+    });
     t.not(r.code, 0, 'no answer');
     t.not(r.code, 28, 'closed at once, not hung');
     await waitUntil(() => tb.ztunnelLog('node1').length > before, 10_000);
     const lines = tb.ztunnelLog('node1').slice(before);
     t.equal(lines.length, 1);
-    t.match(lines[0], { direction: port === 15001 ? 'outbound' : 'inbound-plaintext', dstFrom: 'local-address', originalDst: `${z.ip}:${port}`, result: 'error: no original destination' });
+    t.match(lines[0], {
+      direction: port === 15001 ? 'outbound' : 'inbound-plaintext',
+      dstFrom: 'local-address',
+      originalDst: `${z.ip}:${port}`,
+      result: 'error: no original destination',
+    });
   }
 });
 
 t.test('HBONE needs a client certificate from the test CA', async (t) => {
-  const r = await tb.exec('client-node1', ['curl', '-sS', '-k', '--http2', '--max-time', '3', `https://${z.ip}:15008/`], { check: false });
+  const r = await tb.exec(
+    'client-node1',
+    ['curl', '-sS', '-k', '--http2', '--max-time', '3', `https://${z.ip}:15008/`],
+    { check: false },
+  );
   t.not(r.code, 0, 'TLS without a client certificate is refused');
 });
 
@@ -42,7 +53,23 @@ t.test('HBONE answers anything but CONNECT with 405', async (t) => {
   const before = tb.ztunnelLog('node1').length;
   const r = await tb.exec(
     'client-node1',
-    ['curl', '-sS', '-k', '--http2', '--max-time', '3', '--cert', join(pki, 'ztunnel.crt'), '--key', join(pki, 'ztunnel.key'), '-o', '/dev/null', '-w', '%{http_code} %{http_version}', `https://${z.ip}:15008/`],
+    [
+      'curl',
+      '-sS',
+      '-k',
+      '--http2',
+      '--max-time',
+      '3',
+      '--cert',
+      join(pki, 'ztunnel.crt'),
+      '--key',
+      join(pki, 'ztunnel.key'),
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code} %{http_version}',
+      `https://${z.ip}:15008/`,
+    ],
     { check: false },
   );
   t.equal(r.stdout, '405 2', r.stderr);

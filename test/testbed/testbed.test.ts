@@ -16,16 +16,28 @@ t.teardown(() => tb.down());
 
 t.test('plan: names, addresses and cgroups follow the contract', async (t) => {
   t.equal(tb.prefix, `ambtb${prefix}`);
-  t.same(tb.nodes.map((n) => [n.name, n.wireIp, n.podCidr]), [
-    ['node1', '198.18.0.1', '198.19.1.0/24'],
-    ['node2', '198.18.0.2', '198.19.2.0/24'],
-  ]);
+  t.same(
+    tb.nodes.map((n) => [n.name, n.wireIp, n.podCidr]),
+    [
+      ['node1', '198.18.0.1', '198.19.1.0/24'],
+      ['node2', '198.18.0.2', '198.19.2.0/24'],
+    ],
+  );
   t.equal(tb.pods.length, 8, 'two ztunnel pods + 3 pods per node');
-  t.same(tb.ztunnels.map((z) => [z.node, z.pod, z.ip]), [
-    ['node1', 'ztunnel-node1', '198.19.1.2'],
-    ['node2', 'ztunnel-node2', '198.19.2.2'],
-  ]);
-  t.same(tb.pods.filter((p) => p.mesh).map((p) => p.name).sort(), ['app1-node1', 'app1-node2', 'app2-node1', 'app2-node2']);
+  t.same(
+    tb.ztunnels.map((z) => [z.node, z.pod, z.ip]),
+    [
+      ['node1', 'ztunnel-node1', '198.19.1.2'],
+      ['node2', 'ztunnel-node2', '198.19.2.2'],
+    ],
+  );
+  t.same(
+    tb.pods
+      .filter((p) => p.mesh)
+      .map((p) => p.name)
+      .sort(),
+    ['app1-node1', 'app1-node2', 'app2-node1', 'app2-node2'],
+  );
   for (const n of tb.nodes) t.ok(existsSync(n.netnsPath), `${n.name} netns exists`);
   t.equal(tb.node('node1').bpffsDir, `/sys/fs/bpf/${tb.prefix}-node1`);
   t.ok(findPrefixes().includes(tb.prefix), 'down --all would find this testbed');
@@ -54,7 +66,11 @@ t.test('host veths: /32 route and ifindex on the node', async (t) => {
 
 t.test('exec runs in the pod netns and cgroup, and on the node in its system cgroup', async (t) => {
   const p = tb.pod('mesh/app2-node2');
-  const r = await tb.exec(p, ['sh', '-c', 'cat /proc/self/cgroup; readlink /proc/self/ns/net; ls /sys/fs/bpf >/dev/null && echo bpffs-visible']);
+  const r = await tb.exec(p, [
+    'sh',
+    '-c',
+    'cat /proc/self/cgroup; readlink /proc/self/ns/net; ls /sys/fs/bpf >/dev/null && echo bpffs-visible',
+  ]);
   t.match(r.stdout, `0::${p.containerCgroupPath.slice(tb.info.cgroupRoot.length)}\n`);
   t.match(r.stdout, `net:[${statSync(p.netnsPath).ino}]`);
   t.match(r.stdout, 'bpffs-visible', 'not ip netns exec: bpffs stays visible');
@@ -83,10 +99,17 @@ t.test('pods List has the Kubernetes shape', async (t) => {
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'pods.json');
   tb.writePodsList(file);
-  const list = JSON.parse(readFileSync(file, 'utf8')) as { apiVersion: string; kind: string; items: Record<string, any>[] };
+  const list = JSON.parse(readFileSync(file, 'utf8')) as {
+    apiVersion: string;
+    kind: string;
+    items: Record<string, any>[];
+  };
   t.equal(list.apiVersion, 'v1');
   t.equal(list.kind, 'List');
-  const ns = list.items.filter((i) => i.kind === 'Namespace').map((i) => i.metadata.name).sort();
+  const ns = list.items
+    .filter((i) => i.kind === 'Namespace')
+    .map((i) => i.metadata.name)
+    .sort();
   t.same(ns, ['istio-system', 'mesh', 'plain']);
   const mesh = list.items.find((i) => i.kind === 'Namespace' && i.metadata.name === 'mesh');
   t.equal(mesh?.metadata.labels['istio.io/dataplane-mode'], 'ambient');
@@ -106,7 +129,11 @@ t.test('down() removes everything and is idempotent', async (t) => {
   const spawned = tb.spawn('client-node1', ['sleep', '1000']);
   await tb.down();
   await tb.down();
-  t.notOk(existsSync(`/proc/${spawned.pid}/cgroup`) && readFileSync(`/proc/${spawned.pid}/cgroup`, 'utf8').includes(tb.prefix), 'spawned process is gone');
+  t.notOk(
+    existsSync(`/proc/${spawned.pid}/cgroup`) &&
+      readFileSync(`/proc/${spawned.pid}/cgroup`, 'utf8').includes(tb.prefix),
+    'spawned process is gone',
+  );
   for (const p of tb.pods) t.notOk(existsSync(p.netnsPath), `${p.name} netns removed`);
   t.notOk(existsSync(tb.info.cgroupPath), 'cgroup subtree removed');
   t.notOk(existsSync(tb.info.runDir), 'run dir removed');

@@ -89,53 +89,62 @@ function netnsFds(): number {
 
 // ---------------------------------------------------------------- server side: a bad ztunnel
 
-t.test('a peer that never acks: ZdsTimeoutError within the deadline, dropped; the other peer is not stalled', async (t) => {
-  const log = captureLog();
-  const ackTimeoutMs = 400;
-  const { srv, path, ev } = await server(t, log, { ackTimeoutMs });
-  const seenByGood: { kind: string; at: number }[] = [];
-  const good = ZdsClient.start({
-    path,
-    log: log.log,
-    handle: async (req) => {
-      seenByGood.push({ kind: req.kind, at: performance.now() });
-      if (req.kind === 'add' && req.netnsFd !== undefined) closeFd(req.netnsFd);
-      return { ack: '' };
-    },
-  });
-  t.teardown(() => good.stop());
-  await eventually(() => srv.ready, 5000, 'the good peer');
-  const silent = await servedRaw(t, path); // newest: adds go to it
-  await eventually(() => srv.peers().length === 2 && srv.peers()[1]?.snapshotDone, 5000, 'the silent peer');
+t.test(
+  'a peer that never acks: ZdsTimeoutError within the deadline, dropped; the other peer is not stalled',
+  async (t) => {
+    const log = captureLog();
+    const ackTimeoutMs = 400;
+    const { srv, path, ev } = await server(t, log, { ackTimeoutMs });
+    const seenByGood: { kind: string; at: number }[] = [];
+    const good = ZdsClient.start({
+      path,
+      log: log.log,
+      handle: async (req) => {
+        seenByGood.push({ kind: req.kind, at: performance.now() });
+        if (req.kind === 'add' && req.netnsFd !== undefined) closeFd(req.netnsFd);
+        return { ack: '' };
+      },
+    });
+    t.teardown(() => good.stop());
+    await eventually(() => srv.ready, 5000, 'the good peer');
+    const silent = await servedRaw(t, path); // newest: adds go to it
+    await eventually(() => srv.peers().length === 2 && srv.peers()[1]?.snapshotDone, 5000, 'the silent peer');
 
-  const start = performance.now();
-  const added = srv.add('pod-x', info, SELF_NS).then(
-    () => undefined,
-    (e: unknown) => ({ e, at: performance.now() }),
-  );
-  const deleted = srv.del('pod-y');
-  const { req } = await silent.request(); // it gets the Add ... and never answers
-  t.equal(req.payload.case, 'add');
-  const failure = await added;
-  t.ok(failure?.e instanceof ZdsTimeoutError, 'ZdsTimeoutError');
-  const elapsed = (failure?.at ?? 0) - start;
-  t.ok(elapsed >= ackTimeoutMs - 50 && elapsed < ackTimeoutMs + 3000, `rejected after ${elapsed.toFixed(0)} ms`);
-  t.match(String(failure?.e), new RegExp(`add \\(uid pod-x\\), peer pid ${process.pid} on .* \\(conn 2\\): no ack within 400 ms`));
+    const start = performance.now();
+    const added = srv.add('pod-x', info, SELF_NS).then(
+      () => undefined,
+      (e: unknown) => ({ e, at: performance.now() }),
+    );
+    const deleted = srv.del('pod-y');
+    const { req } = await silent.request(); // it gets the Add ... and never answers
+    t.equal(req.payload.case, 'add');
+    const failure = await added;
+    t.ok(failure?.e instanceof ZdsTimeoutError, 'ZdsTimeoutError');
+    const elapsed = (failure?.at ?? 0) - start;
+    t.ok(elapsed >= ackTimeoutMs - 50 && elapsed < ackTimeoutMs + 3000, `rejected after ${elapsed.toFixed(0)} ms`);
+    t.match(
+      String(failure?.e),
+      new RegExp(`add \\(uid pod-x\\), peer pid ${process.pid} on .* \\(conn 2\\): no ack within 400 ms`),
+    );
 
-  const delAtGood = seenByGood.find((s) => s.kind === 'del')?.at ?? Infinity;
-  t.ok(delAtGood < (failure?.at ?? 0) - 100, 'the good peer had the Del long before the silent one timed out');
-  const results = await deleted;
-  t.equal(results.length, 2);
-  t.equal(results.find((r) => r.peer.id === 1)?.error, undefined, 'the good peer acked the Del');
-  t.ok(results.find((r) => r.peer.id === 2)?.error instanceof ZdsClosedError, 'the Del queued behind the stalled Add fails');
+    const delAtGood = seenByGood.find((s) => s.kind === 'del')?.at ?? Infinity;
+    t.ok(delAtGood < (failure?.at ?? 0) - 100, 'the good peer had the Del long before the silent one timed out');
+    const results = await deleted;
+    t.equal(results.length, 2);
+    t.equal(results.find((r) => r.peer.id === 1)?.error, undefined, 'the good peer acked the Del');
+    t.ok(
+      results.find((r) => r.peer.id === 2)?.error instanceof ZdsClosedError,
+      'the Del queued behind the stalled Add fails',
+    );
 
-  t.equal(srv.peers().length, 1, 'the silent peer was dropped');
-  t.ok(ev.gone.some(([p, e]) => p.id === 2 && e instanceof ZdsTimeoutError));
-  t.equal(await recvWithin(silent.sock, 5000, 'EOF'), null, 'its connection was closed');
-  t.ok(log.find(/no ack within 400 ms/, ERROR).length >= 1, 'logged as an error');
-  await srv.add('pod-z', info, SELF_NS); // now the good peer is the newest
-  t.ok(seenByGood.some((s) => s.kind === 'add'));
-});
+    t.equal(srv.peers().length, 1, 'the silent peer was dropped');
+    t.ok(ev.gone.some(([p, e]) => p.id === 2 && e instanceof ZdsTimeoutError));
+    t.equal(await recvWithin(silent.sock, 5000, 'EOF'), null, 'its connection was closed');
+    t.ok(log.find(/no ack within 400 ms/, ERROR).length >= 1, 'logged as an error');
+    await srv.add('pod-z', info, SELF_NS); // now the good peer is the newest
+    t.ok(seenByGood.some((s) => s.kind === 'add'));
+  },
+);
 
 const badAnswers: [string, (z: RawZtunnel) => Promise<void>, RegExp][] = [
   ['garbage', (z) => z.sock.send(new Uint8Array([0xff, 0xff, 0xff, 0x07])), /the answer is not a WorkloadResponse/],
@@ -235,7 +244,10 @@ t.test('a snapshot callback that throws: snapshot-failed naming it, the peer dro
   const z = await RawZtunnel.connect(path);
   t.teardown(() => z.close());
   await eventually(() => ev.gone.length === 1, 5000, 'the drop');
-  t.match(String(ev.snapshotFailed[0]?.[1]), /ZDS snapshot, peer .*: the snapshot callback failed: pod cache not synced/);
+  t.match(
+    String(ev.snapshotFailed[0]?.[1]),
+    /ZDS snapshot, peer .*: the snapshot callback failed: pod cache not synced/,
+  );
   t.equal(await recvWithin(z.sock, 5000, 'EOF'), null);
   t.equal(srv.ready, false);
 });
@@ -285,7 +297,10 @@ interface ClientRig {
   log: CapturedLog;
 }
 
-function clientRig(t: Teardown, verdict: (req: ZdsRequest) => ZdsVerdict | Promise<ZdsVerdict> = () => ({ ack: '' })): ClientRig {
+function clientRig(
+  t: Teardown,
+  verdict: (req: ZdsRequest) => ZdsVerdict | Promise<ZdsVerdict> = () => ({ ack: '' }),
+): ClientRig {
   const log = captureLog();
   const path = socketPath(t);
   const agent = RawAgent.listen(path);
@@ -309,7 +324,11 @@ function clientRig(t: Teardown, verdict: (req: ZdsRequest) => ZdsVerdict | Promi
 }
 
 const badRequests: [string, (conn: SeqpacketSocket, nsFd: number) => Promise<void>, RegExp][] = [
-  ['garbage', (c) => c.send(new Uint8Array([0xff, 0xff, 0xff, 0x07])), /^failure to read message : not a WorkloadRequest/],
+  [
+    'garbage',
+    (c) => c.send(new Uint8Array([0xff, 0xff, 0xff, 0x07])),
+    /^failure to read message : not a WorkloadRequest/,
+  ],
   [
     'an oversized datagram',
     (c) => c.sendUnchecked(new Uint8Array(1500).fill(0x0a)),
@@ -375,7 +394,9 @@ t.test('verdict exit (an Add without workload_info): nack, then the client stops
 });
 
 t.test('verdict reconnect: nack with the reason, then a new connection', async (t) => {
-  const rig = clientRig(t, (req) => (req.kind === 'del' ? { reconnect: 'failure to process message : boom' } : { ack: '' }));
+  const rig = clientRig(t, (req) =>
+    req.kind === 'del' ? { reconnect: 'failure to process message : boom' } : { ack: '' },
+  );
   const conn = await rig.agent.accept();
   t.teardown(() => conn.close());
   await conn.send(encodeRequest(delRequest('pod-d')));

@@ -49,18 +49,29 @@ Options:
                           results.json and results.md beside the end-to-end figures
 `;
 
-function list<T extends string>(flag: string, value: string | undefined, allowed: readonly T[], fallback: readonly T[]): T[] {
+function list<T extends string>(
+  flag: string,
+  value: string | undefined,
+  allowed: readonly T[],
+  fallback: readonly T[],
+): T[] {
   if (value === undefined) return [...fallback];
-  const items = value.split(',').map((v) => v.trim()).filter(Boolean);
+  const items = value
+    .split(',')
+    .map((v) => v.trim())
+    .filter(Boolean);
   if (items.length === 0) throw new UsageError(`--${flag} needs at least one of ${allowed.join(', ')}`);
-  for (const i of items) if (!(allowed as readonly string[]).includes(i)) throw new UsageError(`--${flag}: '${i}' is not one of ${allowed.join(', ')}`);
+  for (const i of items)
+    if (!(allowed as readonly string[]).includes(i))
+      throw new UsageError(`--${flag}: '${i}' is not one of ${allowed.join(', ')}`);
   return [...new Set(items)] as T[];
 }
 
 function positiveInt(flag: string, value: string | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 1000) throw new UsageError(`--${flag} must be a whole number from 1 to 1000, not '${value}'`);
+  if (!Number.isInteger(n) || n < 1 || n > 1000)
+    throw new UsageError(`--${flag} must be a whole number from 1 to 1000, not '${value}'`);
   return n;
 }
 
@@ -93,13 +104,19 @@ export const command: Command = {
       strict: true,
       allowPositionals: false,
     });
-    if (values.topology !== 'node' && values.topology !== 'inpod') throw new UsageError(`--topology must be node or inpod, not '${values.topology}'`);
-    if (values.prefix !== undefined && !/^[a-z0-9]{1,8}$/.test(values.prefix)) throw new UsageError(`--prefix must be 1-8 lowercase letters or digits, not '${values.prefix}'`);
+    if (values.topology !== 'node' && values.topology !== 'inpod')
+      throw new UsageError(`--topology must be node or inpod, not '${values.topology}'`);
+    if (values.prefix !== undefined && !/^[a-z0-9]{1,8}$/.test(values.prefix))
+      throw new UsageError(`--prefix must be 1-8 lowercase letters or digits, not '${values.prefix}'`);
     const quick = values.quick;
     // The splice is opt-in and measured on the node topology; inpod compares the three paths of issue 11.
-    const defaultPaths: readonly PathName[] = values.topology === 'inpod' ? ['direct', 'iptables', 'nftables', 'ebpf'] : ['direct', 'iptables', 'ebpf', 'ebpf-splice'];
+    const defaultPaths: readonly PathName[] =
+      values.topology === 'inpod'
+        ? ['direct', 'iptables', 'nftables', 'ebpf']
+        : ['direct', 'iptables', 'ebpf', 'ebpf-splice'];
     const paths: PathName[] = list('paths', values.paths, PATHS, defaultPaths);
-    if (values.topology === 'node' && paths.includes('nftables')) throw new UsageError('--paths: nftables is Istio\'s in-pod backend; use it with --topology inpod');
+    if (values.topology === 'node' && paths.includes('nftables'))
+      throw new UsageError("--paths: nftables is Istio's in-pod backend; use it with --topology inpod");
     const workloads: WorkloadName[] = list('workloads', values.workloads, WORKLOADS, WORKLOADS);
     const placements: Placement[] = list('placements', values.placements, PLACEMENTS, PLACEMENTS);
     const rounds = positiveInt('rounds', values.rounds, quick ? 1 : 5);
@@ -119,10 +136,18 @@ export const command: Command = {
     process.once('SIGTERM', onSignal);
     try {
       const { results, files } = await runBench({
-        topology: values.topology, paths, workloads, placements, rounds, seconds, quick,
+        topology: values.topology,
+        paths,
+        workloads,
+        placements,
+        rounds,
+        seconds,
+        quick,
         warmup: !quick && !values['no-warmup'],
         profile: values.profile,
-        maxRounds, maxMinutes, pin: !values['no-pin'],
+        maxRounds,
+        maxMinutes,
+        pin: !values['no-pin'],
         scalePods: values['scale-pods'] === '0' ? 0 : positiveInt('scale-pods', values['scale-pods'], quick ? 10 : 249),
         e2e: !values['no-e2e'],
         controlPlane: !values['no-control-plane'],
@@ -136,7 +161,8 @@ export const command: Command = {
       });
       for (const f of files) process.stdout.write(`${f}\n`);
       const failed = results.samples.filter((s) => s.errors > 0).length;
-      if (failed > 0) process.stderr.write(`ambpf bench: ${failed} cell(s) had socket or HTTP errors; see results.md\n`);
+      if (failed > 0)
+        process.stderr.write(`ambpf bench: ${failed} cell(s) had socket or HTTP errors; see results.md\n`);
       return 0;
     } finally {
       process.off('SIGINT', onSignal);

@@ -30,7 +30,7 @@ Options:
 `;
 
 export const command: Command = {
-  summary: 'put ambpf-cni into the node\'s CNI chain (install) or take it out (uninstall)',
+  summary: "put ambpf-cni into the node's CNI chain (install) or take it out (uninstall)",
   usage: USAGE,
   async run(argv) {
     const { values, positionals } = parseArgs({
@@ -61,7 +61,7 @@ export const command: Command = {
     const ensure = (): void => {
       try {
         const r = ensureInstalled(opts);
-        if (r.changed) log.info({ file: r.file }, 'ambpf-cni is the last plugin of the primary CNI\'s conflist');
+        if (r.changed) log.info({ file: r.file }, "ambpf-cni is the last plugin of the primary CNI's conflist");
         else if (!r.file) log.warn({ confDir }, 'no CNI config yet: waiting for the primary CNI to write one');
       } catch (err) {
         log.error({ err: describeError(err) }, 'cannot insert ambpf-cni');

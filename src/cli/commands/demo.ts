@@ -12,7 +12,11 @@ ztunnel stand-in (inpod, the default: one per node, taking its pods from ambpf o
 path each took (ztunnel's log and ambpf's counters), and removes everything. Needs root.
 `,
   async run(argv) {
-    const { values } = parseArgs({ args: [...argv], options: { mode: { type: 'string', default: 'inpod' } }, strict: true });
+    const { values } = parseArgs({
+      args: [...argv],
+      options: { mode: { type: 'string', default: 'inpod' } },
+      strict: true,
+    });
     const mode = values.mode;
     if (mode !== 'node' && mode !== 'inpod') throw new UsageError(`--mode must be node or inpod, not ${mode}`);
     const { runDemo } = await import('../../demo/demo.ts');

@@ -2,4 +2,8 @@
 import { inspectCommand } from '../../inspect/cli.ts';
 import { LibbpfKernel } from '../../inspect/kernel.ts';
 
-export const command = inspectCommand('map', 'bpftool-compatible map inspection (show|list|dump|lookup|getnext)', () => new LibbpfKernel());
+export const command = inspectCommand(
+  'map',
+  'bpftool-compatible map inspection (show|list|dump|lookup|getnext)',
+  () => new LibbpfKernel(),
+);

@@ -29,7 +29,9 @@ export const command: Command = {
     const { withPinnedView } = await import('../../status/view.ts');
     const { collectPods, renderPods } = await import('../../status/pods.ts');
     const { ifName } = await import('../../libbpf/index.ts');
-    const report = withPinnedView(o, (maps, state) => collectPods({ bpffs: o.bpffs, stateFile: o.stateFile, state, maps, ifName }));
+    const report = withPinnedView(o, (maps, state) =>
+      collectPods({ bpffs: o.bpffs, stateFile: o.stateFile, state, maps, ifName }),
+    );
     process.stdout.write(o.json ? JSON.stringify(report) + '\n' : renderPods(report));
     return 0;
   },

@@ -2,4 +2,8 @@
 import { inspectCommand } from '../../inspect/cli.ts';
 import { LibbpfKernel } from '../../inspect/kernel.ts';
 
-export const command = inspectCommand('prog', 'bpftool-compatible program inspection (show|list)', () => new LibbpfKernel());
+export const command = inspectCommand(
+  'prog',
+  'bpftool-compatible program inspection (show|list)',
+  () => new LibbpfKernel(),
+);

@@ -93,7 +93,12 @@ function defaultCgroup(): string {
 }
 
 function csv(value: string | undefined): string[] {
-  return value ? value.split(',').map((v) => v.trim()).filter(Boolean) : [];
+  return value
+    ? value
+        .split(',')
+        .map((v) => v.trim())
+        .filter(Boolean)
+    : [];
 }
 
 export const command: Command = {
@@ -130,19 +135,29 @@ export const command: Command = {
       },
       strict: true,
     });
-    const sources = [values['pods-file'] !== undefined, values.kubeconfig !== undefined, values['in-cluster'] === true].filter(Boolean).length;
-    if (sources !== 1) throw new UsageError('pass exactly one pod source: --pods-file F, --kubeconfig F or --in-cluster');
-    if (values.mode !== 'node' && values.mode !== 'inpod') throw new UsageError(`--mode must be node or inpod, not '${values.mode}'`);
+    const sources = [
+      values['pods-file'] !== undefined,
+      values.kubeconfig !== undefined,
+      values['in-cluster'] === true,
+    ].filter(Boolean).length;
+    if (sources !== 1)
+      throw new UsageError('pass exactly one pod source: --pods-file F, --kubeconfig F or --in-cluster');
+    if (values.mode !== 'node' && values.mode !== 'inpod')
+      throw new UsageError(`--mode must be node or inpod, not '${values.mode}'`);
     const excludedPorts = csv(values['exclude-ports']).map((p) => {
       const n = Number(p);
-      if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`--exclude-ports: '${p}' is not a port number`);
+      if (!Number.isInteger(n) || n < 1 || n > 65535)
+        throw new UsageError(`--exclude-ports: '${p}' is not a port number`);
       return n;
     });
     const maxPods = values['max-pods'] === undefined ? undefined : Number(values['max-pods']);
-    if (maxPods !== undefined && (!Number.isInteger(maxPods) || maxPods < 1)) throw new UsageError('--max-pods must be a positive integer');
+    if (maxPods !== undefined && (!Number.isInteger(maxPods) || maxPods < 1))
+      throw new UsageError('--max-pods must be a positive integer');
     const resyncMs = Number(values['resync-ms']);
     if (!Number.isFinite(resyncMs) || resyncMs < 100) throw new UsageError('--resync-ms must be a number >= 100');
-    const msFlag = (name: 'watch-stale-ms' | 'watch-backoff-max-ms' | 'cni-timeout-ms' | 'cni-grace-ms'): number | undefined => {
+    const msFlag = (
+      name: 'watch-stale-ms' | 'watch-backoff-max-ms' | 'cni-timeout-ms' | 'cni-grace-ms',
+    ): number | undefined => {
       const v = values[name];
       if (v === undefined) return undefined;
       const n = Number(v);
@@ -153,14 +168,15 @@ export const command: Command = {
     const cniTimeoutMs = msFlag('cni-timeout-ms');
     const cniGraceMs = msFlag('cni-grace-ms');
     if (values['cni-socket'] !== undefined && (values.mode !== 'inpod' || values['zds-socket'] === 'none')) {
-      throw new UsageError('--cni-socket needs --mode inpod with a ZDS socket: ADD waits for ztunnel\'s ack');
+      throw new UsageError("--cni-socket needs --mode inpod with a ZDS socket: ADD waits for ztunnel's ack");
     }
     const backoffMaxMs = msFlag('watch-backoff-max-ms');
 
     // Heavy modules load only now: `ambpf run --help` stays instant.
     const { resolveNodeName } = await import('../../kube/node-name.ts');
     const { openDatapath } = await import('../../bpf/datapath.ts');
-    const { defaultConfig, CFG_SPLICE, CFG_INPOD, CFG_FAIL_OPEN, CFG_NO_DNS_CAPTURE } = await import('../../bpf/schema.ts');
+    const { defaultConfig, CFG_SPLICE, CFG_INPOD, CFG_FAIL_OPEN, CFG_NO_DNS_CAPTURE } =
+      await import('../../bpf/schema.ts');
     const { Reconciler } = await import('../../reconcile/reconciler.ts');
     const { ResyncPolicy } = await import('../../reconcile/resync.ts');
     const { createMetricsRegistry } = await import('../../metrics/registry.ts');
@@ -212,7 +228,9 @@ export const command: Command = {
     let topologyWith: (handoff: ZtunnelHandoff | undefined) => Topology;
     let inpodMaps: InpodDatapath['inpodMaps'] | undefined;
     if (values.mode === 'inpod') {
-      const dp = await (await import('../../bpf/datapath-inpod.ts')).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes, ledger });
+      const dp = await (
+        await import('../../bpf/datapath-inpod.ts')
+      ).openInpodDatapath({ bpffs: values.bpffs, cgroup, mapSizes, ledger });
       const { InpodTopology } = await import('../../reconcile/topology-inpod.ts');
       datapath = dp;
       inpodMaps = dp.inpodMaps;
@@ -261,15 +279,23 @@ export const command: Command = {
     }
 
     const reconciler = new Reconciler({
-      node, topology: topologyWith(handoff), stateFile: values['state-file'], netnsHints: () => cni?.netnsHints() ?? new Map(),
+      node,
+      topology: topologyWith(handoff),
+      stateFile: values['state-file'],
+      netnsHints: () => cni?.netnsHints() ?? new Map(),
     });
     // Passes no source announces (retries, the safety net, ZDS events): src/reconcile/resync.ts.
     resync = new ResyncPolicy(reconciler, { intervalMs: resyncMs });
     if (values['cni-socket'] !== undefined && handoff) {
       const { CniServer } = await import('../../agent/cni.ts');
       cni = await CniServer.start({
-        socketPath: values['cni-socket'], node, log: logger('cni'), handoff, timeoutMs: cniTimeoutMs,
-        graceMs: cniGraceMs, stateFile: join(dirname(values['state-file']), 'cni-pods.json'),
+        socketPath: values['cni-socket'],
+        node,
+        log: logger('cni'),
+        handoff,
+        timeoutMs: cniTimeoutMs,
+        graceMs: cniGraceMs,
+        stateFile: join(dirname(values['state-file']), 'cni-pods.json'),
         reconcile: (snapshot) => reconciler.reconcile(snapshot),
       });
     }
@@ -278,11 +304,23 @@ export const command: Command = {
     // /metrics reads the last figures (a scrape never walks a map).
     const allMaps = {
       ...datapath.maps.raw,
-      ...(inpodMaps ? { ambpf_inpod_closed: inpodMaps.closed, ambpf_inpod_listen: inpodMaps.listen, ambpf_inpod_origsrc: inpodMaps.origsrc,
-        ambpf_inpod_nodesyn: inpodMaps.nodesyn, ambpf_inpod_sk: inpodMaps.sk, ambpf_inpod_dns: inpodMaps.dns } : {}),
+      ...(inpodMaps
+        ? {
+            ambpf_inpod_closed: inpodMaps.closed,
+            ambpf_inpod_listen: inpodMaps.listen,
+            ambpf_inpod_origsrc: inpodMaps.origsrc,
+            ambpf_inpod_nodesyn: inpodMaps.nodesyn,
+            ambpf_inpod_sk: inpodMaps.sk,
+            ambpf_inpod_dns: inpodMaps.dns,
+          }
+        : {}),
     };
-    const mapMonitor = new MapMonitor({ maps: () => allMaps, stats: () => datapath.maps.stats(), loaderFailures: () => reconciler.stats.mapFullByMap,
-      loaderGeneration: () => reconciler.stats.passes });
+    const mapMonitor = new MapMonitor({
+      maps: () => allMaps,
+      stats: () => datapath.maps.stats(),
+      loaderFailures: () => reconciler.stats.mapFullByMap,
+      loaderGeneration: () => reconciler.stats.passes,
+    });
     mapMonitor.refresh();
     const mapTimer = setInterval(() => {
       try {
@@ -292,32 +330,44 @@ export const command: Command = {
       }
     }, MAP_REFRESH_MS);
     mapTimer.unref();
-    const registry = createMetricsRegistry({ maps: () => datapath.maps, reconcile: () => reconciler.stats, watch: watchCounters, mapMonitor });
+    const registry = createMetricsRegistry({
+      maps: () => datapath.maps,
+      reconcile: () => reconciler.stats,
+      watch: watchCounters,
+      mapMonitor,
+    });
     const { healthProblems } = await import('../../server/health.ts');
     const { linkPin, mapPin } = await import('../../bpf/pins.ts');
     const { MAP_NAMES } = await import('../../bpf/names.ts');
-    const pins = [...Object.keys(datapath.links).map((hook) => linkPin(values.bpffs, hook)), ...MAP_NAMES.map((m) => mapPin(values.bpffs, m))];
+    const pins = [
+      ...Object.keys(datapath.links).map((hook) => linkPin(values.bpffs, hook)),
+      ...MAP_NAMES.map((m) => mapPin(values.bpffs, m)),
+    ];
     let lastProblems = '';
-    const { server } = await startHttpServer(values.listen, {
-      ready: () => ready,
-      notReadyReason: () => (source.health().synced ? 'first reconcile not finished' : 'pod source not synced yet'),
-      problems: () => {
-        const problems = healthProblems({
-          source: () => source.health(),
-          staleAfterMs: watchStaleMs,
-          pins: () => pins,
-          zds: handoff ? () => handoff.serverProblem() : undefined,
-        });
-        // Said once per change, not on every probe.
-        const line = problems.join('; ');
-        if (line !== lastProblems) {
-          if (line) log.error({ problems }, `unhealthy: ${line}`);
-          else if (lastProblems) log.info('healthy again');
-          lastProblems = line;
-        }
-        return problems;
+    const { server } = await startHttpServer(
+      values.listen,
+      {
+        ready: () => ready,
+        notReadyReason: () => (source.health().synced ? 'first reconcile not finished' : 'pod source not synced yet'),
+        problems: () => {
+          const problems = healthProblems({
+            source: () => source.health(),
+            staleAfterMs: watchStaleMs,
+            pins: () => pins,
+            zds: handoff ? () => handoff.serverProblem() : undefined,
+          });
+          // Said once per change, not on every probe.
+          const line = problems.join('; ');
+          if (line !== lastProblems) {
+            if (line) log.error({ problems }, `unhealthy: ${line}`);
+            else if (lastProblems) log.info('healthy again');
+            lastProblems = line;
+          }
+          return problems;
+        },
       },
-    }, registry);
+      registry,
+    );
 
     let stopping = false;
     const done = new Promise<number>((resolve) => {
@@ -344,25 +394,30 @@ export const command: Command = {
       process.once('SIGINT', () => stop('SIGINT'));
     });
 
-    await source.start(async (snapshot) => {
-      const result = await reconciler.reconcile(cni ? cni.observe(snapshot) : snapshot);
-      if (annotator && result) {
-        const { clearStaleRedirection } = await import('../../agent/annotate.ts');
-        clearStaleRedirection(annotator, snapshot, new Set(result.desired.ambientPods.map((p) => p.uid)), node);
-      }
-    }).catch((err: unknown) => {
-      // A source that cannot start (refused credentials, unreadable file) ends the command; the HTTP
-      // server would otherwise keep the process alive. Pins stay, as on SIGTERM.
-      server.close();
-      void cni?.close();
-      void handoff?.close();
-      datapath.close();
-      throw err;
-    });
+    await source
+      .start(async (snapshot) => {
+        const result = await reconciler.reconcile(cni ? cni.observe(snapshot) : snapshot);
+        if (annotator && result) {
+          const { clearStaleRedirection } = await import('../../agent/annotate.ts');
+          clearStaleRedirection(annotator, snapshot, new Set(result.desired.ambientPods.map((p) => p.uid)), node);
+        }
+      })
+      .catch((err: unknown) => {
+        // A source that cannot start (refused credentials, unreadable file) ends the command; the HTTP
+        // server would otherwise keep the process alive. Pins stay, as on SIGTERM.
+        server.close();
+        void cni?.close();
+        void handoff?.close();
+        datapath.close();
+        throw err;
+      });
     // SIGTERM before the first sync: nothing more to start.
     if (stopping) return done;
     ready = true;
-    log.info({ node, mode: values.mode, bpffs: values.bpffs, cgroup, links: datapath.links }, 'ready: first reconcile done');
+    log.info(
+      { node, mode: values.mode, bpffs: values.bpffs, cgroup, links: datapath.links },
+      'ready: first reconcile done',
+    );
     // Pods whose sandbox was not up yet, a ztunnel that restarted, and the periodic safety net.
     resync.start();
     return done;

@@ -35,9 +35,19 @@ export const command: Command = {
     const { openPinnedSpecMaps, MAP_SPECS } = await import('../../metrics/map-health.ts');
     const report = withPinnedView(o, (maps, state) => {
       // The inpod topology's own maps (absent pins: the node topology) go in the fill table too.
-      const extra = openPinnedSpecMaps(o.bpffs, MAP_SPECS.map((m) => m.map).filter((n) => !(n in maps.raw)));
+      const extra = openPinnedSpecMaps(
+        o.bpffs,
+        MAP_SPECS.map((m) => m.map).filter((n) => !(n in maps.raw)),
+      );
       try {
-        return collectStatus({ bpffs: o.bpffs, maps, links: readLinks(o.bpffs), stateFile: o.stateFile, state, extraMaps: extra.maps });
+        return collectStatus({
+          bpffs: o.bpffs,
+          maps,
+          links: readLinks(o.bpffs),
+          stateFile: o.stateFile,
+          state,
+          extraMaps: extra.maps,
+        });
       } finally {
         extra.close();
       }

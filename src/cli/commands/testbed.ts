@@ -17,7 +17,7 @@ const USAGE = [
   '                                pods: [{name, namespace, node, labels, annotations, hostNetwork}]}',
   '         --prefix P             name prefix ("ambtb" is prepended unless present)',
   '         --no-standin           do not start the ztunnel stand-in',
-  '         --iptables             install Istio\'s iptables redirection for the topology',
+  "         --iptables             install Istio's iptables redirection for the topology",
   '         --pods-list FILE       also write the Kubernetes List of Pods and Namespaces there',
   'down   removes a testbed by prefix (processes, netns, cgroups, bpffs dirs, run dir);',
   '       --all removes every testbed of the "ambtb" family on this machine (e.g. after a crash),',
@@ -53,7 +53,8 @@ async function up(args: string[]): Promise<number> {
   const { startTestbed, defaultSpec } = await import('../../testbed/index.ts');
   const { readSpecFile } = await import('../../testbed/spec-file.ts');
   const spec = specFile ? readSpecFile(specFile) : defaultSpec();
-  if (prefix !== undefined && !/^[a-z0-9]{1,16}$/.test(prefix)) throw new UsageError(`--prefix must be 1-16 lowercase letters or digits, not "${prefix}"`);
+  if (prefix !== undefined && !/^[a-z0-9]{1,16}$/.test(prefix))
+    throw new UsageError(`--prefix must be 1-16 lowercase letters or digits, not "${prefix}"`);
   const tb = await startTestbed(spec, { topology, standIn, detached: true, ...(prefix ? { prefix } : {}) });
   try {
     if (iptables) {

@@ -58,7 +58,7 @@ export const command: Command = {
           await removePolicyRoute({ netnsPath, ifname: 'eth0', table: 100, pref: 100 });
           routes.push(`ip rule pref 100 iif eth0 lookup 100 + local route in table 100 in ${netnsPath}`);
         } else {
-          log.warn('ztunnel\'s netns is gone; no policy route to remove');
+          log.warn("ztunnel's netns is gone; no policy route to remove");
         }
       } finally {
         link.close();
@@ -69,7 +69,13 @@ export const command: Command = {
     const stateFile = existsSync(values['state-file']) ? values['state-file'] : null;
     if (stateFile) rmSync(stateFile, { force: true });
     const out = {
-      bpffs, ...report, sysctls: undone.sysctls, routes, goneWithTheirNetns: undone.gone, failed: undone.failed, stateFile,
+      bpffs,
+      ...report,
+      sysctls: undone.sysctls,
+      routes,
+      goneWithTheirNetns: undone.gone,
+      failed: undone.failed,
+      stateFile,
       // kept for scripts of earlier versions
       policyRouteRemovedIn: routes.length > 0 ? routes[0]!.replace(/^.* in /, '') : null,
     };
@@ -79,7 +85,9 @@ export const command: Command = {
       const lines: string[] = [];
       if (report.links.length > 0 || report.maps.length > 0) {
         const clsact = report.clsact.length > 0 ? `, removed ${report.clsact.length} clsact filters` : '';
-        lines.push(`detached ${report.links.length} links (${report.links.join(', ') || '-'})${clsact}, unpinned ${report.maps.length} maps under ${bpffs}`);
+        lines.push(
+          `detached ${report.links.length} links (${report.links.join(', ') || '-'})${clsact}, unpinned ${report.maps.length} maps under ${bpffs}`,
+        );
       } else {
         lines.push(`nothing of ambpf's under ${bpffs}`);
       }

@@ -33,9 +33,14 @@ export interface PatchRefusal {
   readonly message: string;
 }
 
-export type PatchResult = { readonly ok: true; readonly object: KubeObject; readonly changed: boolean } | { readonly ok: false; readonly refusal: PatchRefusal };
+export type PatchResult =
+  | { readonly ok: true; readonly object: KubeObject; readonly changed: boolean }
+  | { readonly ok: false; readonly refusal: PatchRefusal };
 
-const refuse = (code: number, reason: string, message: string): PatchResult => ({ ok: false, refusal: { code, reason, message } });
+const refuse = (code: number, reason: string, message: string): PatchResult => ({
+  ok: false,
+  refusal: { code, reason, message },
+});
 
 /** Every value of a string map (labels, annotations) is a string; the field path of the first that is not. */
 function nonStringValue(map: unknown, path: string): string | undefined {
@@ -51,20 +56,37 @@ export function patchPodStatus(pod: KubeObject, patch: unknown, namespace: strin
   const patchMeta = isObject(patch['metadata']) ? patch['metadata'] : {};
   const rv = patchMeta['resourceVersion'];
   if (rv !== undefined && rv !== pod.metadata['resourceVersion']) {
-    return refuse(409, 'Conflict', `Operation cannot be fulfilled on pods "${name}": the object has been modified; please apply your changes to the latest version and try again`);
+    return refuse(
+      409,
+      'Conflict',
+      `Operation cannot be fulfilled on pods "${name}": the object has been modified; please apply your changes to the latest version and try again`,
+    );
   }
   const merged = mergePatch(pod, patch) as KubeObject;
   const meta = isObject(merged.metadata) ? merged.metadata : {};
   // The handler's checkName: the object must still be the one the URL names.
-  if (meta['name'] !== name) return refuse(400, 'BadRequest', `the name of the object (${String(meta['name'])}) does not match the name on the URL (${name})`);
+  if (meta['name'] !== name)
+    return refuse(
+      400,
+      'BadRequest',
+      `the name of the object (${String(meta['name'])}) does not match the name on the URL (${name})`,
+    );
   if (meta['namespace'] !== namespace) {
-    return refuse(400, 'BadRequest', `the namespace of the object (${String(meta['namespace'])}) does not match the namespace on the URL (${namespace})`);
+    return refuse(
+      400,
+      'BadRequest',
+      `the namespace of the object (${String(meta['namespace'])}) does not match the namespace on the URL (${namespace})`,
+    );
   }
   // ValidateObjectMetaUpdate: a patch naming another uid (a pod re-created under the same name) fails
   // here rather than changing the new pod.
   for (const field of ['uid', 'creationTimestamp'] as const) {
     if (meta[field] !== pod.metadata[field]) {
-      return refuse(422, 'Invalid', `Pod "${name}" is invalid: metadata.${field}: Invalid value: ${JSON.stringify(meta[field])}: field is immutable`);
+      return refuse(
+        422,
+        'Invalid',
+        `Pod "${name}" is invalid: metadata.${field}: Invalid value: ${JSON.stringify(meta[field])}: field is immutable`,
+      );
     }
   }
   for (const key of ['annotations', 'labels'] as const) {

@@ -53,7 +53,9 @@ export class FakeApiServerProcess {
     const argv = [...(options.prefix ?? []), NODE, ...args];
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
     let stderr = '';
-    child.stderr?.on('data', (c: Buffer) => { stderr += c.toString(); });
+    child.stderr?.on('data', (c: Buffer) => {
+      stderr += c.toString();
+    });
     const url = await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
@@ -84,27 +86,63 @@ export class FakeApiServerProcess {
     });
   }
 
-  addPod(pod: Record<string, unknown>): Promise<KubeObject> { return this.call('addPod', pod); }
-  updatePod(pod: Record<string, unknown>): Promise<KubeObject> { return this.call('updatePod', pod); }
-  deletePod(namespace: string, name: string): Promise<KubeObject> { return this.call('deletePod', namespace, name); }
+  addPod(pod: Record<string, unknown>): Promise<KubeObject> {
+    return this.call('addPod', pod);
+  }
+  updatePod(pod: Record<string, unknown>): Promise<KubeObject> {
+    return this.call('updatePod', pod);
+  }
+  deletePod(namespace: string, name: string): Promise<KubeObject> {
+    return this.call('deletePod', namespace, name);
+  }
   async getPod(namespace: string, name: string): Promise<KubeObject | undefined> {
     return (await this.call<KubeObject | null>('getPod', namespace, name)) ?? undefined;
   }
-  addNamespace(ns: Record<string, unknown>): Promise<KubeObject> { return this.call('addNamespace', ns); }
-  updateNamespace(ns: Record<string, unknown>): Promise<KubeObject> { return this.call('updateNamespace', ns); }
-  deleteNamespace(name: string): Promise<KubeObject> { return this.call('deleteNamespace', name); }
-  dropWatches(options: { graceful?: boolean } = {}): Promise<void> { return this.call('dropWatches', options); }
-  stall(options: { headers?: boolean } = {}): Promise<void> { return this.call('stall', options); }
-  unstall(): Promise<void> { return this.call('unstall'); }
-  compact(): Promise<void> { return this.call('compact'); }
-  expireWatches(): Promise<void> { return this.call('expireWatches'); }
-  failNext(count: number, code = 500): Promise<void> { return this.call('failNext', count, code); }
-  sendBookmarks(): Promise<void> { return this.call('sendBookmarks'); }
-  setToken(token: string): Promise<void> { return this.call('setToken', token); }
-  down(): Promise<void> { return this.call('down'); }
-  up(): Promise<void> { return this.call('up'); }
-  requests(): Promise<RequestRecord[]> { return this.call('requests'); }
-  openWatches(): Promise<number> { return this.call('openWatches'); }
+  addNamespace(ns: Record<string, unknown>): Promise<KubeObject> {
+    return this.call('addNamespace', ns);
+  }
+  updateNamespace(ns: Record<string, unknown>): Promise<KubeObject> {
+    return this.call('updateNamespace', ns);
+  }
+  deleteNamespace(name: string): Promise<KubeObject> {
+    return this.call('deleteNamespace', name);
+  }
+  dropWatches(options: { graceful?: boolean } = {}): Promise<void> {
+    return this.call('dropWatches', options);
+  }
+  stall(options: { headers?: boolean } = {}): Promise<void> {
+    return this.call('stall', options);
+  }
+  unstall(): Promise<void> {
+    return this.call('unstall');
+  }
+  compact(): Promise<void> {
+    return this.call('compact');
+  }
+  expireWatches(): Promise<void> {
+    return this.call('expireWatches');
+  }
+  failNext(count: number, code = 500): Promise<void> {
+    return this.call('failNext', count, code);
+  }
+  sendBookmarks(): Promise<void> {
+    return this.call('sendBookmarks');
+  }
+  setToken(token: string): Promise<void> {
+    return this.call('setToken', token);
+  }
+  down(): Promise<void> {
+    return this.call('down');
+  }
+  up(): Promise<void> {
+    return this.call('up');
+  }
+  requests(): Promise<RequestRecord[]> {
+    return this.call('requests');
+  }
+  openWatches(): Promise<number> {
+    return this.call('openWatches');
+  }
 
   /** Stops the server process (SIGTERM, then SIGKILL after 3 s). */
   async stop(): Promise<void> {

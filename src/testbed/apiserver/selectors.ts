@@ -69,8 +69,15 @@ function parseLabelRequirement(req: string): Matcher {
     if (values.length === 0 || values.some((v) => v === '' || !RE_VALUE.test(v))) {
       throw new SelectorError(`invalid value list in label selector requirement ${JSON.stringify(req)}`);
     }
-    if (op === 'notin') return (o) => { const v = labelsOf(o)[key]; return v === undefined || !values.includes(v); };
-    return (o) => { const v = labelsOf(o)[key]; return v !== undefined && values.includes(v); };
+    if (op === 'notin')
+      return (o) => {
+        const v = labelsOf(o)[key];
+        return v === undefined || !values.includes(v);
+      };
+    return (o) => {
+      const v = labelsOf(o)[key];
+      return v !== undefined && values.includes(v);
+    };
   }
   throw new SelectorError(`unable to parse requirement: ${JSON.stringify(req)}`);
 }

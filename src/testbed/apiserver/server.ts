@@ -86,7 +86,10 @@ interface Route {
 }
 
 function route(path: string): Route | undefined {
-  const parts = path.split('/').filter((p) => p !== '').map(decodeURIComponent);
+  const parts = path
+    .split('/')
+    .filter((p) => p !== '')
+    .map(decodeURIComponent);
   if (parts[0] !== 'api' || parts[1] !== 'v1') return undefined;
   const rest = parts.slice(2);
   const base = { namespace: undefined, name: undefined, subresource: undefined };
@@ -95,7 +98,8 @@ function route(path: string): Route | undefined {
     if (rest.length === 1) return { ...base, kind: 'Namespace' };
     if (rest.length === 2) return { ...base, kind: 'Namespace', name: rest[1] };
     if (rest[2] === 'pods' && rest.length <= 4) return { ...base, kind: 'Pod', namespace: rest[1], name: rest[3] };
-    if (rest[2] === 'pods' && rest.length === 5 && rest[4] === 'status') return { kind: 'Pod', namespace: rest[1], name: rest[3], subresource: 'status' };
+    if (rest[2] === 'pods' && rest.length === 5 && rest[4] === 'status')
+      return { kind: 'Pod', namespace: rest[1], name: rest[3], subresource: 'status' };
   }
   return undefined;
 }
@@ -172,7 +176,12 @@ export class FakeApiServer {
     return {
       apiVersion: 'v1',
       kind: 'Config',
-      clusters: [{ name: 'fake', cluster: { server: this.url, 'certificate-authority-data': Buffer.from(this.pki.caPem).toString('base64') } }],
+      clusters: [
+        {
+          name: 'fake',
+          cluster: { server: this.url, 'certificate-authority-data': Buffer.from(this.pki.caPem).toString('base64') },
+        },
+      ],
       users: [{ name: 'fake', user: { token: this.token } }],
       contexts: [{ name: 'fake', context: { cluster: 'fake', user: 'fake' } }],
       'current-context': 'fake',
@@ -184,14 +193,28 @@ export class FakeApiServer {
   }
 
   // --- mutations (each bumps the resourceVersion and reaches open watches at once) ---
-  addPod(pod: Record<string, unknown>): KubeObject { return this.store.create('Pod', pod); }
-  updatePod(pod: Record<string, unknown>): KubeObject { return this.store.update('Pod', pod); }
-  deletePod(namespace: string, name: string): KubeObject { return this.store.delete('Pod', namespace, name); }
+  addPod(pod: Record<string, unknown>): KubeObject {
+    return this.store.create('Pod', pod);
+  }
+  updatePod(pod: Record<string, unknown>): KubeObject {
+    return this.store.update('Pod', pod);
+  }
+  deletePod(namespace: string, name: string): KubeObject {
+    return this.store.delete('Pod', namespace, name);
+  }
   /** The stored pod (what a GET returns), or undefined. */
-  getPod(namespace: string, name: string): KubeObject | undefined { return this.store.get('Pod', namespace, name); }
-  addNamespace(ns: Record<string, unknown>): KubeObject { return this.store.create('Namespace', ns); }
-  updateNamespace(ns: Record<string, unknown>): KubeObject { return this.store.update('Namespace', ns); }
-  deleteNamespace(name: string): KubeObject { return this.store.delete('Namespace', '', name); }
+  getPod(namespace: string, name: string): KubeObject | undefined {
+    return this.store.get('Pod', namespace, name);
+  }
+  addNamespace(ns: Record<string, unknown>): KubeObject {
+    return this.store.create('Namespace', ns);
+  }
+  updateNamespace(ns: Record<string, unknown>): KubeObject {
+    return this.store.update('Namespace', ns);
+  }
+  deleteNamespace(name: string): KubeObject {
+    return this.store.delete('Namespace', '', name);
+  }
 
   // --- knobs ---
   /** Cuts every open watch connection: abruptly (TCP reset, the default) or with a clean end of stream. */
@@ -222,7 +245,15 @@ export class FakeApiServer {
     this.store.compact();
     for (const w of [...this.watches]) {
       if (w.stalled) continue;
-      this.writeEvent(w.res, 'ERROR', status(410, 'Expired', `too old resource version: ${this.store.compactedVersion - 1} (${this.store.compactedVersion})`));
+      this.writeEvent(
+        w.res,
+        'ERROR',
+        status(
+          410,
+          'Expired',
+          `too old resource version: ${this.store.compactedVersion - 1} (${this.store.compactedVersion})`,
+        ),
+      );
       w.close();
     }
   }
@@ -243,7 +274,11 @@ export class FakeApiServer {
   sendBookmarks(): void {
     for (const w of this.watches) {
       if (!w.bookmarks || w.stalled) continue;
-      this.writeEvent(w.res, 'BOOKMARK', { kind: w.kind, apiVersion: 'v1', metadata: { resourceVersion: String(this.store.resourceVersion) } });
+      this.writeEvent(w.res, 'BOOKMARK', {
+        kind: w.kind,
+        apiVersion: 'v1',
+        metadata: { resourceVersion: String(this.store.resourceVersion) },
+      });
     }
   }
 
@@ -293,7 +328,13 @@ export class FakeApiServer {
     const url = new URL(req.url ?? '/', 'https://fake');
     const q = url.searchParams;
     const watch = q.get('watch') === 'true' || q.get('watch') === '1';
-    const record: RequestRecord = { method: req.method ?? '', path: url.pathname, query: Object.fromEntries(q), watch, status: 0 };
+    const record: RequestRecord = {
+      method: req.method ?? '',
+      path: url.pathname,
+      query: Object.fromEntries(q),
+      watch,
+      status: 0,
+    };
     this.requests.push(record);
     const fail = (s: Status): void => {
       record.status = s.code;
@@ -308,7 +349,13 @@ export class FakeApiServer {
     if (!r) return fail(status(404, 'NotFound', 'the server could not find the requested resource'));
     if (this.failures.remaining > 0) {
       this.failures.remaining--;
-      return fail(status(this.failures.code, 'InternalError', `Internal error occurred: injected failure (${this.failures.code})`));
+      return fail(
+        status(
+          this.failures.code,
+          'InternalError',
+          `Internal error occurred: injected failure (${this.failures.code})`,
+        ),
+      );
     }
     if (req.method === 'PATCH') {
       void this.servePatch(req, r.namespace ?? '', r.name ?? '').then((out) => {
@@ -321,7 +368,8 @@ export class FakeApiServer {
     try {
       const byField = parseFieldSelector(q.get('fieldSelector'), r.kind);
       const byLabel = parseLabelSelector(q.get('labelSelector'));
-      const inNs: Matcher = (o) => r.namespace === undefined || (o['metadata'] as Record<string, unknown>)['namespace'] === r.namespace;
+      const inNs: Matcher = (o) =>
+        r.namespace === undefined || (o['metadata'] as Record<string, unknown>)['namespace'] === r.namespace;
       match = (o) => inNs(o) && byField(o) && byLabel(o);
     } catch (err) {
       if (err instanceof SelectorError) return fail(status(400, 'BadRequest', err.message));
@@ -329,7 +377,8 @@ export class FakeApiServer {
     }
     if (r.name !== undefined && !watch) {
       const obj = this.store.get(r.kind, r.namespace ?? '', r.name);
-      if (!obj) return fail(status(404, 'NotFound', `${r.kind === 'Pod' ? 'pods' : 'namespaces'} "${r.name}" not found`));
+      if (!obj)
+        return fail(status(404, 'NotFound', `${r.kind === 'Pod' ? 'pods' : 'namespaces'} "${r.name}" not found`));
       record.status = 200;
       return this.sendJson(res, 200, obj);
     }
@@ -349,10 +398,16 @@ export class FakeApiServer {
     try {
       text = await readBody(req, MAX_BODY_BYTES);
     } catch (err) {
-      return err instanceof BodyTooLarge ? status(413, 'RequestEntityTooLarge', err.message) : status(400, 'BadRequest', (err as Error).message);
+      return err instanceof BodyTooLarge
+        ? status(413, 'RequestEntityTooLarge', err.message)
+        : status(400, 'BadRequest', (err as Error).message);
     }
     if (type !== MERGE_PATCH) {
-      return status(415, 'UnsupportedMediaType', `the fake API server takes only ${MERGE_PATCH} patches, got "${type}"`);
+      return status(
+        415,
+        'UnsupportedMediaType',
+        `the fake API server takes only ${MERGE_PATCH} patches, got "${type}"`,
+      );
     }
     let body: unknown;
     try {
@@ -375,7 +430,8 @@ export class FakeApiServer {
     let after = '';
     let exact = false;
     if (cont !== '') {
-      if (rvParam !== '' && rvParam !== '0') return status(400, 'BadRequest', 'specifying resource version is not allowed when using continue');
+      if (rvParam !== '' && rvParam !== '0')
+        return status(400, 'BadRequest', 'specifying resource version is not allowed when using continue');
       try {
         const tok = JSON.parse(Buffer.from(cont, 'base64url').toString()) as { rv: number; start: string };
         atRv = tok.rv;
@@ -387,7 +443,8 @@ export class FakeApiServer {
     } else if (rvParam !== '' && rvParam !== '0') {
       const n = Number(rvParam);
       if (!Number.isInteger(n) || n < 0) return status(400, 'BadRequest', `invalid resource version: ${rvParam}`);
-      if (n > this.store.resourceVersion) return status(504, 'Timeout', `Too large resource version: ${n}, current: ${this.store.resourceVersion}`);
+      if (n > this.store.resourceVersion)
+        return status(504, 'Timeout', `Too large resource version: ${n}, current: ${this.store.resourceVersion}`);
       // limit set (or resourceVersionMatch=Exact) means "Exact"; otherwise "Not older than": serve the newest.
       if (limit > 0 || q.get('resourceVersionMatch') === 'Exact') {
         atRv = n;
@@ -396,7 +453,11 @@ export class FakeApiServer {
     }
     if (exact && atRv < this.store.compactedVersion) {
       return cont !== ''
-        ? status(410, 'Expired', 'The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.')
+        ? status(
+            410,
+            'Expired',
+            'The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.',
+          )
         : status(410, 'Expired', `too old resource version: ${atRv} (${this.store.compactedVersion})`);
     }
     const all = (exact ? this.store.listAt(r.kind, atRv) : this.store.list(r.kind))
@@ -407,14 +468,17 @@ export class FakeApiServer {
     if (limit > 0 && items.length > limit) {
       const rest = items.length - limit;
       items = items.slice(0, limit);
-      metadata['continue'] = Buffer.from(JSON.stringify({ rv: atRv, start: keyOf(items[items.length - 1]!) })).toString('base64url');
+      metadata['continue'] = Buffer.from(JSON.stringify({ rv: atRv, start: keyOf(items[items.length - 1]!) })).toString(
+        'base64url',
+      );
       metadata['remainingItemCount'] = rest;
     }
     return { kind: `${r.kind}List`, apiVersion: 'v1', metadata, items: items.map(asListItem) };
   }
 
   private serveWatch(req: IncomingMessage, res: ServerResponse, r: Route, match: Matcher, q: URLSearchParams): void {
-    const nameMatch: Matcher = (o) => r.name === undefined || (o['metadata'] as Record<string, unknown>)['name'] === r.name;
+    const nameMatch: Matcher = (o) =>
+      r.name === undefined || (o['metadata'] as Record<string, unknown>)['name'] === r.name;
     const m: Matcher = (o) => nameMatch(o) && match(o);
     if (this.stallMode && this.stallMode.headers === false) {
       // Accepted, then nothing at all: not even the status line.
@@ -463,7 +527,11 @@ export class FakeApiServer {
     } catch (err) {
       if (!(err instanceof StoreError)) throw err;
       // The docs' 410: a 200 stream whose only event is an ERROR with an Expired Status.
-      this.writeEvent(res, 'ERROR', status(410, 'Expired', `too old resource version: ${from} (${this.store.compactedVersion})`));
+      this.writeEvent(
+        res,
+        'ERROR',
+        status(410, 'Expired', `too old resource version: ${from} (${this.store.compactedVersion})`),
+      );
       return w.close();
     }
     for (const e of events) {

@@ -119,7 +119,8 @@ export class ObjectStore {
     const { apiVersion: _a, kind: _k, ...rest } = clone(input);
     const obj = { apiVersion: 'v1', kind, ...rest } as unknown as KubeObject;
     if (obj.metadata === null || typeof obj.metadata !== 'object') throw new StoreError(`${kind} has no metadata`);
-    if (typeof obj.metadata['name'] !== 'string' || obj.metadata['name'] === '') throw new StoreError(`${kind} has no metadata.name`);
+    if (typeof obj.metadata['name'] !== 'string' || obj.metadata['name'] === '')
+      throw new StoreError(`${kind} has no metadata.name`);
     if (kind === 'Pod') obj.metadata['namespace'] ??= 'default';
     else delete obj.metadata['namespace'];
     return obj;
@@ -130,7 +131,13 @@ export class ObjectStore {
     obj.metadata['resourceVersion'] = String(this.revision);
     if (type === 'DELETED') this.objects[kind].delete(keyOf(obj));
     else this.objects[kind].set(keyOf(obj), obj);
-    const event: StoredEvent = { rv: this.revision, type, kind, object: clone(obj), prev: prev ? clone(prev) : undefined };
+    const event: StoredEvent = {
+      rv: this.revision,
+      type,
+      kind,
+      object: clone(obj),
+      prev: prev ? clone(prev) : undefined,
+    };
     this.history.push(event);
     for (const fn of this.listeners) fn(event);
     return clone(obj);

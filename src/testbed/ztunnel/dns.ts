@@ -55,11 +55,16 @@ export function kubeFqdns(name: string, ns: string): string[] {
   const svcDomain = `svc.${CLUSTER_DOMAIN}`;
   const endsSvc = labels.at(-1) === 'svc';
   switch (labels.length) {
-    case 1: return [`${name}.${ns}.${svcDomain}`];
-    case 2: return [`${name}.${svcDomain}`, `${name}.${ns}.${svcDomain}`];
-    case 3: return [...(endsSvc ? [`${name}.${CLUSTER_DOMAIN}`] : []), `${name}.${svcDomain}`];
-    case 4: return endsSvc ? [`${name}.${CLUSTER_DOMAIN}`] : [];
-    default: return [];
+    case 1:
+      return [`${name}.${ns}.${svcDomain}`];
+    case 2:
+      return [`${name}.${svcDomain}`, `${name}.${ns}.${svcDomain}`];
+    case 3:
+      return [...(endsSvc ? [`${name}.${CLUSTER_DOMAIN}`] : []), `${name}.${svcDomain}`];
+    case 4:
+      return endsSvc ? [`${name}.${CLUSTER_DOMAIN}`] : [];
+    default:
+      return [];
   }
 }
 
@@ -91,7 +96,11 @@ export function aliasesOf(name: string, ns: string | undefined): Alias[] {
  * (other types of a known name are forwarded too), and a name found after a search domain was taken
  * off is answered with a CNAME to that name, then its addresses.
  */
-export function answerFromZone(query: Packet, records: ReadonlyMap<string, readonly string[]>, ns?: string): Buffer | undefined {
+export function answerFromZone(
+  query: Packet,
+  records: ReadonlyMap<string, readonly string[]>,
+  ns?: string,
+): Buffer | undefined {
   const q = query.questions?.[0];
   if (q === undefined || (q.type !== 'A' && q.type !== 'AAAA')) return undefined;
   const requested = normalizeName(q.name);

@@ -24,10 +24,46 @@ export async function makePki(dir: string): Promise<Pki> {
   const csr = join(dir, 'ztunnel.csr');
   const ext = join(dir, 'ztunnel.ext');
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  await run(['openssl', 'req', '-x509', ...ec, '-keyout', caKey, '-out', p.caCert, '-days', '1', '-subj', '/O=ambpf testbed/CN=ambtb test CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  await run([
+    'openssl',
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    caKey,
+    '-out',
+    p.caCert,
+    '-days',
+    '1',
+    '-subj',
+    '/O=ambpf testbed/CN=ambtb test CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
   await run(['openssl', 'req', '-new', ...ec, '-keyout', p.key, '-out', csr, '-subj', '/O=cluster.local/CN=ztunnel']);
-  writeFileSync(ext, `subjectAltName=URI:${ZTUNNEL_SPIFFE_ID},DNS:ztunnel.istio-system\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n`);
-  await run(['openssl', 'x509', '-req', '-in', csr, '-CA', p.caCert, '-CAkey', caKey, '-CAcreateserial', '-days', '1', '-out', p.cert, '-extfile', ext]);
+  writeFileSync(
+    ext,
+    `subjectAltName=URI:${ZTUNNEL_SPIFFE_ID},DNS:ztunnel.istio-system\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n`,
+  );
+  await run([
+    'openssl',
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    p.caCert,
+    '-CAkey',
+    caKey,
+    '-CAcreateserial',
+    '-days',
+    '1',
+    '-out',
+    p.cert,
+    '-extfile',
+    ext,
+  ]);
   return p;
 }

@@ -8,14 +8,27 @@ import { lastErrno, libcRaw as c } from '../../libbpf/ffi.ts';
 import { bytesToIp, ipToBytes } from '../../bpf/schema.ts';
 import { LINUX_SOCKET } from '../../libbpf/constants.ts';
 
-const { AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT, SO_MARK, SOL_IP, SOL_IPV6, IP_FREEBIND, IP_TRANSPARENT } = LINUX_SOCKET;
+const {
+  AF_INET,
+  AF_INET6,
+  SOCK_STREAM,
+  SOCK_DGRAM,
+  SOCK_CLOEXEC,
+  SOL_SOCKET,
+  SO_REUSEADDR,
+  SO_REUSEPORT,
+  SO_MARK,
+  SOL_IP,
+  SOL_IPV6,
+  IP_FREEBIND,
+  IP_TRANSPARENT,
+} = LINUX_SOCKET;
 
 const IPV6_TRANSPARENT = 75;
 const IPV6_FREEBIND = 78;
 const IPV6_V6ONLY = 26;
 /** SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST share the number 80 (netfilter_ipv4.h, ip6_tables.h). */
 const SO_ORIGINAL_DST = 80;
-
 
 export type Family = 4 | 6;
 
