@@ -62,7 +62,7 @@ export async function runCell(tb: Testbed, workload: WorkloadName, t: CellTarget
   const c0 = cpuUsageUs(t.client.cgroupPath);
   const s0 = sumCpu(t.servers);
   const r = await runWrk(tb, t.client, {
-    url: `http://${t.endpoint.ip}:${t.endpoint.port}/`,
+    url: `http://${t.endpoint.ip.includes(':') ? `[${t.endpoint.ip}]` : t.endpoint.ip}:${t.endpoint.port}/`,
     seconds: o.seconds,
     connections: o.connections,
     close: workload === 'connections',

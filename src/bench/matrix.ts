@@ -62,6 +62,13 @@ function endpointFor(path: PathName, direct: Endpoint, redirected: Endpoint): En
   return isDirect(path) ? direct : redirected;
 }
 
+/** A dual-stack pod's IPv6 address (the bench's inpod spec makes its pods dual-stack). */
+export function ipv6Of(pod: TestbedPod): string {
+  const ip = pod.ips.find((a) => a.includes(':'));
+  if (!ip) throw new BenchError(`${pod.name} has no IPv6 address (the bench's inpod pods are dual-stack)`);
+  return ip;
+}
+
 function findPod(tb: Testbed, pred: (p: TestbedPod) => boolean, what: string): TestbedPod {
   const p = tb.pods.find(pred);
   if (!p) throw new Error(`the bench testbed has no ${what}`);
@@ -128,6 +135,17 @@ function sinkTargets(tb: Testbed, placement: Placement, path: PathName): CellTar
   const { zpod, meshClient, meshDst, plainClient } = sinkActors(tb);
   const inpod = tb.info.topology === 'inpod';
   const nodeNs = tb.nodes.map((n) => n.netnsPath);
+  if (placement === 'same-node-v6') {
+    // The v4 same-node cell over native IPv6: the floor is [::1]:15001, the captured connect goes to
+    // the destination's IPv6 address (ambpf: connect6 to [pod IPv6]:15001; Istio: ip6tables REDIRECT).
+    if (!inpod) throw new BenchError('same-node-v6 is measured on the inpod topology only');
+    return {
+      client: meshClient,
+      servers: [zpod],
+      endpoint: endpointFor(path, { ip: '::1', port: PORT_OUTBOUND }, { ip: ipv6Of(meshDst), port: APP_PORT }),
+      netns: [meshClient.netnsPath, zpod.netnsPath, ...nodeNs],
+    };
+  }
   if (placement === 'same-node') {
     return {
       client: meshClient,

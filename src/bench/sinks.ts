@@ -42,7 +42,11 @@ export interface Sink {
   stop(): Promise<void>;
 }
 
-function nginxConf(dir: string, ports: readonly number[]): string {
+/**
+ * `dualStack`: one `[::]` listener per port taking both families (ipv6only=off), as ztunnel's own
+ * listeners are, so IPv4 and IPv6 connections of a dual-stack pod reach the same socket.
+ */
+function nginxConf(dir: string, ports: readonly number[], dualStack: boolean): string {
   const body = 'x'.repeat(BODY_BYTES - 1) + '\n';
   return [
     'worker_processes 1;',
@@ -59,7 +63,9 @@ function nginxConf(dir: string, ports: readonly number[]): string {
     '  keepalive_requests 10000000;',
     '  keepalive_timeout 60s;',
     '  server {',
-    ...ports.map((p) => `    listen ${p} backlog=4096;`),
+    ...ports.map((p) =>
+      dualStack ? `    listen [::]:${p} ipv6only=off backlog=4096;` : `    listen ${p} backlog=4096;`,
+    ),
     `    location / { default_type text/plain; return 200 '${body}'; }`,
     '  }',
     '}',
@@ -105,7 +111,14 @@ export async function startNginx(
 ): Promise<Sink> {
   mkdirSync(dir, { recursive: true });
   const conf = join(dir, 'nginx.conf');
-  writeFileSync(conf, nginxConf(dir, ports));
+  writeFileSync(
+    conf,
+    nginxConf(
+      dir,
+      ports,
+      place.netns.ips.some((a) => a.includes(':')),
+    ),
+  );
   const argv = ['nginx', '-p', dir, '-c', conf, '-e', join(dir, 'error.log'), '-g', 'daemon off;'];
   const p = spawnSink(tb, place, pinned(cpus, 'server', argv), join(dir, 'nginx.out'), {
     ...process.env,

@@ -23,10 +23,16 @@ export type WorkloadName = (typeof WORKLOADS)[number];
 /**
  * same-node: a mesh pod's outbound connection captured to its own node's ztunnel (15001), where the
  * splice can apply. cross-node: a client on the other node reaching a mesh pod, captured inbound at
- * the pod's node and steered to its ztunnel (15006).
+ * the pod's node and steered to its ztunnel (15006). same-node-v6: same-node over native IPv6 (a
+ * dual-stack mesh pod's connect to another pod's IPv6 address, captured to [its IPv6]:15001; inpod
+ * only, the topology whose datapath captures IPv6).
  */
-export const PLACEMENTS = ['same-node', 'cross-node'] as const;
+export const PLACEMENTS = ['same-node', 'cross-node', 'same-node-v6'] as const;
 export type Placement = (typeof PLACEMENTS)[number];
+
+/** The placements a topology measures (and the default of `--placements`). */
+export const topologyPlacements = (topology: 'node' | 'inpod'): readonly Placement[] =>
+  topology === 'inpod' ? PLACEMENTS : PLACEMENTS.filter((p) => p !== 'same-node-v6');
 
 /** sink: raw servers on ztunnel's ports (the redirect alone); e2e: through the ztunnel stand-in. */
 export type Phase = 'sink' | 'e2e';

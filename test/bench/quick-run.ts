@@ -11,7 +11,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { removeByPrefix, effectivePrefix } from '../../src/testbed/index.ts';
-import { PRIMARY_METRIC, type BenchResults, type PathName, type WorkloadName } from '../../src/bench/types.ts';
+import {
+  PRIMARY_METRIC,
+  topologyPlacements,
+  type BenchResults,
+  type PathName,
+  type WorkloadName,
+} from '../../src/bench/types.ts';
 import { testPrefix } from '../helpers/prefix.ts';
 import { snapshot } from '../testbed/leak-check.ts';
 
@@ -82,6 +88,9 @@ export async function quickRun(
   t.equal(res.config.topology, topology);
   t.same(res.config.paths, paths);
   t.same(res.config.workloads, WORKLOADS);
+  // inpod adds same-node-v6 (dual-stack pods, native IPv6 capture) to the default placements.
+  const placements = topologyPlacements(topology);
+  t.same(res.config.placements, placements);
   t.match(res.machine, { kernel: /\S/, cpuModel: /\S/ });
   t.ok(res.machine.cores >= 1);
 
@@ -90,7 +99,7 @@ export async function quickRun(
   await t.test(
     'every path x workload x placement measured, with a finite non-zero primary metric and (almost) no errors',
     async (t) => {
-      for (const placement of ['same-node', 'cross-node'] as const) {
+      for (const placement of placements) {
         for (const workload of WORKLOADS) {
           for (const path of paths) {
             const cells = res.samples.filter(
@@ -113,12 +122,16 @@ export async function quickRun(
         conn.every((s) => (s.metrics['clientCpuUsPerReq'] ?? 0) > 0 && (s.metrics['serverCpuUsPerReq'] ?? 0) > 0),
         'CPU per request from both cgroups',
       );
-      if (full)
+      if (full) {
         t.ok(
           res.samples.some((s) => s.phase === 'e2e' && s.path === 'ebpf'),
           'the end-to-end phase ran through the stand-in',
         );
-      else
+        t.notOk(
+          res.samples.some((s) => s.phase === 'e2e' && s.placement === 'same-node-v6'),
+          'same-node-v6 is a sink-phase row only',
+        );
+      } else
         t.notOk(
           res.samples.some((s) => s.phase === 'e2e'),
           '--no-e2e: no end-to-end phase',
@@ -155,7 +168,8 @@ export async function quickRun(
   await t.test('results.md is a table with every path and workload, and says which topology', async (t) => {
     const md = readFileSync(join(out, 'results.md'), 'utf8');
     t.match(md, new RegExp(`\\| phase \\| placement \\| workload \\| metric \\| ${paths.join(' \\| ')} \\|`));
-    for (const w of WORKLOADS) t.match(md, new RegExp(`\\| sink \\| same-node \\| ${w} \\|`));
+    for (const w of WORKLOADS)
+      for (const p of placements) t.match(md, new RegExp(`\\| sink \\| ${p} \\| ${w} \\|`), `${p} ${w} row`);
     t.match(md, /×\d+\.\d\d/, 'ratios shown');
     t.match(md, new RegExp(`topology ${topology};`));
     if (topology === 'inpod') t.match(md, /127\.0\.0\.1:15001/, 'the notes say what inpod measures');
@@ -220,9 +234,9 @@ export async function quickRun(
               r.path === 'ebpf' &&
               r.prog === 'all',
           );
-        for (const placement of ['same-node', 'cross-node']) {
+        for (const placement of placements) {
           const row = all('sink', placement);
-          // Every captured connection runs at least one program (connect4 same-node, sk_lookup cross-node).
+          // Every captured connection runs at least one program (connect4/6 same-node, sk_lookup cross-node).
           t.ok(
             (row?.runsPerReq?.median ?? 0) >= 1,
             `sink ${placement}: ${row?.runsPerReq?.median} program runs per connection`,

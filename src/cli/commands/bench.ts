@@ -4,7 +4,15 @@
 import { parseArgs } from 'node:util';
 import type { Command } from '../command.ts';
 import { UsageError } from '../../errors.ts';
-import { PATHS, PLACEMENTS, WORKLOADS, type PathName, type Placement, type WorkloadName } from '../../bench/types.ts';
+import {
+  PATHS,
+  PLACEMENTS,
+  WORKLOADS,
+  topologyPlacements,
+  type PathName,
+  type Placement,
+  type WorkloadName,
+} from '../../bench/types.ts';
 
 const USAGE = `Usage: ambpf bench [--topology node|inpod] [--paths direct,iptables,nftables,ebpf,ebpf-splice,direct-aa] [--out DIR]
                    [--rounds N] [--seconds S] [--quick] [--workloads W,..] [--placements P,..]
@@ -23,8 +31,9 @@ by side, interleaved round by round (path order rotated each round):
 Workloads: connections (wrk, Connection: close), latency (wrk kept-alive, p50/p99/p99.9, 1 KiB),
 bulk-1k, bulk-16k, bulk-128k (iperf3 -l), dns (inpod: dnsperf queries/s to ztunnel's 15053, Istio's DNS
 capture vs ambpf's vs the client asking 15053 itself); CPU per request from the pods' cgroup cpu.stat.
-Placements: same-node (outbound capture; inpod: the pod's own outbound over loopback) and
-cross-node (inbound capture of a client on the other node, to 15006).
+Placements: same-node (outbound capture; inpod: the pod's own outbound over loopback),
+cross-node (inbound capture of a client on the other node, to 15006) and, inpod only (its default),
+same-node-v6 (same-node over native IPv6: dual-stack pods, captured to [pod IPv6]:15001).
 Then the control plane (pod change -> map entry, reconcile of 1,000/10,000 pods, cold start, RSS)
 and an end-to-end run through the ztunnel stand-in.
 
@@ -118,7 +127,14 @@ export const command: Command = {
     if (values.topology === 'node' && paths.includes('nftables'))
       throw new UsageError("--paths: nftables is Istio's in-pod backend; use it with --topology inpod");
     const workloads: WorkloadName[] = list('workloads', values.workloads, WORKLOADS, WORKLOADS);
-    const placements: Placement[] = list('placements', values.placements, PLACEMENTS, PLACEMENTS);
+    const placements: Placement[] = list(
+      'placements',
+      values.placements,
+      PLACEMENTS,
+      topologyPlacements(values.topology),
+    );
+    if (values.topology === 'node' && placements.includes('same-node-v6'))
+      throw new UsageError('--placements: same-node-v6 is measured on the inpod topology; use --topology inpod');
     const rounds = positiveInt('rounds', values.rounds, quick ? 1 : 5);
     const seconds = positiveInt('seconds', values.seconds, quick ? 1 : 3);
     const maxRounds = positiveInt('max-rounds', values['max-rounds'], rounds);
