@@ -22,7 +22,15 @@ export class ZtunnelSetupError extends AmbpfError {
 
 /** Inodes of the TCP sockets in LISTEN state on `port`, as process `pid`'s netns sees them. */
 export function listeningInodes(pid: number, port: number): Set<string> {
-  const out = new Set<string>();
+  return listeningInodesByPort(pid, [port]).get(port)!;
+}
+
+/**
+ * The same for several ports from one read of /proc/<pid>/net/tcp{,6}: each read walks the kernel's
+ * whole TCP hash (every socket of the node), so a pod's three ports cost one walk per family, not three.
+ */
+export function listeningInodesByPort(pid: number, ports: readonly number[]): Map<number, Set<string>> {
+  const byPort = new Map(ports.map((p) => [p, new Set<string>()]));
   for (const file of ['tcp', 'tcp6']) {
     let text: string;
     try {
@@ -33,11 +41,11 @@ export function listeningInodes(pid: number, port: number): Set<string> {
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
       const local = f[1];
-      if (!local || f[3] !== '0A') continue; // 0A = TCP_LISTEN
-      if (parseInt(local.slice(local.indexOf(':') + 1), 16) === port && f[9]) out.add(f[9]);
+      if (!local || f[3] !== '0A' || !f[9]) continue; // 0A = TCP_LISTEN
+      byPort.get(parseInt(local.slice(local.indexOf(':') + 1), 16))?.add(f[9]);
     }
   }
-  return out;
+  return byPort;
 }
 
 /** Where a socket lives: which process holds it under which fd. */

@@ -5,7 +5,7 @@
 // and pidfd_getfd (Linux 5.6+, root) copies the socket into this process. Unlike the node topology
 // (withListenerFd), the netns and the holding process differ, so discovery is split in two steps and
 // the copy takes the holder found; the /proc readers and the copy are datapath-ztunnel.ts's.
-import { listeningInodes, socketFds, withSocketFd, type SocketHolder } from './datapath-ztunnel.ts';
+import { listeningInodesByPort, socketFds, withSocketFd, type SocketHolder } from './datapath-ztunnel.ts';
 
 export type { SocketHolder } from './datapath-ztunnel.ts';
 
@@ -38,8 +38,9 @@ export function podListenerInodes(
   // and which one outlives the other cannot be told from the inodes (they come from per-CPU batches,
   // not in creation order): both are registered, sk_lookup falls back from one to the other as the
   // old one closes, and reuseport selection still spreads connections over the whole group.
+  const listening = listeningInodesByPort(podPid, [ports.outbound, ports.inbound, ports.hbone]);
   const two = (port: number): [string | undefined, string | undefined] => {
-    const all = [...listeningInodes(podPid, port)].sort();
+    const all = [...(listening.get(port) ?? [])].sort();
     return [all[0], all[1]];
   };
   const [inbound, inbound2] = two(ports.inbound);
