@@ -8,7 +8,7 @@ import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { BpfObject, ifIndex, netnsCookie, withNetns } from '../../src/libbpf/index.ts';
 import { ensureObjects } from '../../src/bpf/build.ts';
-import { openDatapath } from '../../src/bpf/datapath.ts';
+import { openDatapath, uninstallDatapath } from '../../src/bpf/datapath.ts';
 import * as s from '../../src/bpf/schema.ts';
 import { HELPER, makeEnv, type Env, type PodName } from './env.ts';
 import { ACK, RST, SYN, TC_ACT_OK, TC_ACT_REDIRECT, skbCtx } from './packets.ts';
@@ -236,5 +236,19 @@ t.test('node topology: IPv6 inbound steered into ztunnel, as IPv4', { timeout: 1
       encoding: 'utf8',
     });
     t.notMatch(rules, /lookup 100/, 'the IPv6 policy rule is removed with the IPv4 one');
+  });
+
+  await t.test('uninstall (the ledger) removes the IPv6 policy route too', async (t) => {
+    const again = await env.server('z', ['15006,15008', '--transparent', '--v6']);
+    await dp.attachZtunnel({ netnsPath: z.netns, pid: again.pid, hostIfname: z.hostIf });
+    const zns = z.netns.split('/').pop() ?? '';
+    const show = (...args: string[]): string => execFileSync('ip', ['-n', zns, '-6', ...args], { encoding: 'utf8' });
+    t.match(show('route', 'show', 'table', '100'), /local (::\/0|default) dev lo/, 'the IPv6 local route is there');
+    dp.close();
+    const report = uninstallDatapath(env.bpffs, { netns: env.node });
+    t.same(report.undone.failed, [], 'nothing failed');
+    t.ok(report.undone.routes.length > 0, 'the route was undone');
+    t.notMatch(show('rule', 'show'), /lookup 100/, 'the IPv6 rule is gone');
+    t.equal(show('route', 'show', 'table', '100').trim(), '', 'and its local route');
   });
 });
