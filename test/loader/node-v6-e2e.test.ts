@@ -14,6 +14,7 @@ import { testPrefix } from '../helpers/prefix.ts';
 import { startLoader, waitReady, type Loader } from '../helpers/loader.ts';
 import { tracedCurl } from '../helpers/standin.ts';
 import { eventually } from '../helpers/wait.ts';
+import { hostPort, literal, podIp4, podIp6 } from '../helpers/addr.ts';
 
 const PORT = 8080;
 const NODES = ['node1', 'node2'] as const;
@@ -34,10 +35,8 @@ const SPEC: TestbedSpec = {
 let tb: Testbed;
 const loaders: Loader[] = [];
 
-const ip4 = (pod: string): string => tb.pod(pod).ips.find((a) => !a.includes(':'))!;
-const ip6 = (pod: string): string => tb.pod(pod).ips.find((a) => a.includes(':'))!;
-const bracket = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
-const re = (s: string): RegExp => new RegExp(s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+const ip4 = (pod: string): string => podIp4(tb, pod);
+const ip6 = (pod: string): string => podIp6(tb, pod);
 
 t.before(async () => {
   tb = await startTestbed(SPEC, { topology: 'node', prefix: testPrefix() });
@@ -63,9 +62,9 @@ t.test('non-mesh -> mesh over IPv6: steered to 15006, the pod IPv6 as the local 
     const inb = r.lines['node1']?.find((e) => e.direction === 'inbound-plaintext');
     t.ok(inb, `ztunnel on node1 captured ${from} -> ${to}`);
     t.equal(inb?.source.replace(/\]:\d+$/, '').slice(1), ip6(from), "ztunnel sees the client's IPv6 address");
-    t.equal(inb?.originalDst, bracket(ip6(to), PORT), 'the original destination is kept');
+    t.equal(inb?.originalDst, hostPort(ip6(to), PORT), 'the original destination is kept');
     t.equal(inb?.dstFrom, 'local-address', "learned from the accepted socket's local address (sk_lookup)");
-    t.match(r.body, re(`hello from ${to} `), 'the app answered through ztunnel');
+    t.match(r.body, literal(`hello from ${to} `), 'the app answered through ztunnel');
   }
 });
 
@@ -73,7 +72,7 @@ t.test('one dual-stack pod: IPv4 and IPv6 inbound each through ztunnel', async (
   for (const ip of [ip4('dual-node2'), ip6('dual-node2')]) {
     const r = await tracedCurl(tb, 'client-node1', ip, PORT, ['node2'], { node2: ['inbound-plaintext'] });
     const inb = r.lines['node2']?.find((e) => e.direction === 'inbound-plaintext');
-    t.equal(inb?.originalDst, bracket(ip, PORT), `${ip}: captured with its original destination`);
+    t.equal(inb?.originalDst, hostPort(ip, PORT), `${ip}: captured with its original destination`);
     t.match(r.body, /hello from dual-node2 /);
   }
 });
@@ -84,18 +83,32 @@ t.test('mesh -> mesh over IPv6: outbound to ztunnel, HBONE into the other node o
     node2: ['inbound-hbone'],
   });
   const out = r.lines['node1']?.find((e) => e.direction === 'outbound');
-  t.equal(out?.originalDst, bracket(ip6('dual-node2'), PORT));
+  t.equal(out?.originalDst, hostPort(ip6('dual-node2'), PORT));
   t.equal(out?.dstFrom, 'IP6T_SO_ORIGINAL_DST');
-  t.equal(out?.upstream, bracket(ip6('dual-node2'), 15008), "HBONE to the pod's IPv6 address, steered at node2");
+  t.equal(out?.upstream, hostPort(ip6('dual-node2'), 15008), "HBONE to the pod's IPv6 address, steered at node2");
   t.equal(r.lines['node2']?.find((e) => e.direction === 'inbound-hbone')?.result, 'ok');
   t.match(r.body, /hello from dual-node2 /);
+});
+
+t.test('mesh -> mesh over IPv6 on one node: outbound, then HBONE to our own 15008', async (t) => {
+  const r = await tracedCurl(tb, 'v6-node1', ip6('dual-node1'), PORT, ['node1'], {
+    node1: ['outbound', 'inbound-hbone'],
+  });
+  t.equal(r.lines['node1']?.find((e) => e.direction === 'outbound')?.dstFrom, 'IP6T_SO_ORIGINAL_DST');
+  const inb = r.lines['node1']?.find((e) => e.direction === 'inbound-hbone');
+  t.equal(inb?.originalDst, hostPort(ip6('dual-node1'), PORT), 'the HBONE authority is the original');
+  t.match(r.body, literal(`hello from dual-node1 peer=`), 'answered by the app');
 });
 
 t.test("the node's own IPv6 connection (kubelet's probe) reaches the app directly", async (t) => {
   for (const pod of ['dual-node1', 'v6-node1']) {
     const r = await tracedCurl(tb, 'node1', ip6(pod), PORT, ['node1']);
     t.same(r.lines['node1'], [], `${pod}: ztunnel saw nothing`);
-    t.match(r.body, re(`hello from ${pod} peer=${tb.node('node1').wireIp6} `), `${pod}: the app answered the node`);
+    t.match(
+      r.body,
+      literal(`hello from ${pod} peer=${tb.node('node1').wireIp6} `),
+      `${pod}: the app answered the node`,
+    );
   }
 });
 
