@@ -58,23 +58,31 @@ export interface SocketHolder {
 /** socket inode -> fd (the first one, in readdir order) over process `pid`'s fds; empty once it exited. */
 export function socketFds(pid: number): Map<string, number> {
   const out = new Map<string, number>();
-  let names: string[];
-  try {
-    names = readdirSync(`/proc/${pid}/fd`);
-  } catch {
-    return out; // exited
-  }
-  for (const name of names) {
-    let target: string;
-    try {
-      target = readlinkSync(`/proc/${pid}/fd/${name}`);
-    } catch {
-      continue; // closed meanwhile
-    }
-    const m = /^socket:\[(\d+)\]$/.exec(target);
-    if (m?.[1] && !out.has(m[1])) out.set(m[1], Number(name));
+  for (const fd of fdNumbers(pid) ?? []) {
+    const inode = socketInode(pid, fd);
+    if (inode !== undefined && !out.has(inode)) out.set(inode, fd);
   }
   return out;
+}
+
+/** Process `pid`'s open fds (undefined once it exited). */
+export function fdNumbers(pid: number): number[] | undefined {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).map(Number);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The socket inode fd `fd` of process `pid` refers to; undefined if it is no socket (or closed). */
+export function socketInode(pid: number, fd: number): string | undefined {
+  let target: string;
+  try {
+    target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+  } catch {
+    return undefined; // closed meanwhile
+  }
+  return /^socket:\[(\d+)\]$/.exec(target)?.[1];
 }
 
 /** Run fn with a copy (in this process) of the socket `h` holds; the copy is closed afterwards. */

@@ -17,7 +17,12 @@
 import { existsSync } from 'node:fs';
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
-import { podListenerInodes, socketHolders, type ListenerInodes, type SocketHolder } from '../bpf/inpod-listeners.ts';
+import {
+  podListenerInodes,
+  SocketHolderCache,
+  type ListenerInodes,
+  type SocketHolder,
+} from '../bpf/inpod-listeners.ts';
 import {
   LISTENER_HBONE,
   LISTENER_INBOUND,
@@ -131,6 +136,9 @@ const sameInodes = (a: ListenerInodes, b: ListenerInodes): boolean =>
   a.inbound2 === b.inbound2 &&
   a.hbone2 === b.hbone2;
 
+/** The inodes found (a port without a listener has none). */
+const listenerInodes = (i: ListenerInodes): string[] => Object.values(i).filter((x): x is string => x !== undefined);
+
 /** ztunnel's three listeners in the pod's netns, with the ztunnel process holding each; else why not. */
 function findListeners(inodes: ListenerInodes, holders: Map<string, SocketHolder>): FoundListeners | string {
   const get = (inode: string | undefined): SocketHolder | undefined =>
@@ -167,6 +175,8 @@ export class InpodTopology implements Topology {
   /** netns cookie -> the pass that last read the pod's listeners from /proc (rescan() picks the oldest). */
   readonly #verifiedAt = new Map<bigint, number>();
   #passes = 0;
+  /** Which ztunnel process holds which listener (ztunnel's fd table, read as little as possible). */
+  readonly #holders = new SocketHolderCache();
   /** Where the next resync tick's look at the listeners starts (inspect). */
   #listenerCursor = 0;
 
@@ -221,7 +231,6 @@ export class InpodTopology implements Topology {
     // A full pass lists the pins once; a scoped one looks at its pods' pins only.
     const pinned = scope === undefined ? dp.attachedPods() : undefined;
     const steps: InpodStep[] = [];
-    let holders: Map<string, SocketHolder> | undefined; // ztunnel's fds, read only when needed
     for (const pod of resolution.pods) {
       if (scope !== undefined && !scope.has(pod.uid)) continue;
       const subject = `pod ${pod.namespace}/${pod.name}`;
@@ -245,8 +254,9 @@ export class InpodTopology implements Topology {
       // process holds them (ztunnel's whole fd table).
       const prev = this.#captured.get(pod.netnsCookie);
       if (prev && sameInodes(prev.inodes, inodes) && this.#listening(pod.ips)) continue;
-      holders ??= socketHolders([...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])]);
-      const found = findListeners(inodes, holders);
+      const wanted = listenerInodes(inodes);
+      const ztunnelPids = [...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])];
+      const found = findListeners(inodes, this.#holders.find(ztunnelPids, wanted));
       if (typeof found === 'string') {
         steps.push({ kind: 'wait', subject, pod, reason: found });
         continue;
@@ -350,6 +360,8 @@ export class InpodTopology implements Topology {
               listeners: step.found.held,
             }),
           );
+          const replaced = this.#captured.get(pod.netnsCookie)?.inodes;
+          if (ok && replaced) this.#holders.forget(listenerInodes(replaced));
           if (ok)
             this.#captured.set(pod.netnsCookie, {
               pid: pod.pid,
@@ -442,6 +454,8 @@ export class InpodTopology implements Topology {
         this.#dp.detachPod(step.netnsCookie, step.ips, step.netnsPath),
       );
       if (ok) detached.push(step.subject);
+      const gone = this.#captured.get(step.netnsCookie)?.inodes;
+      if (gone) this.#holders.forget(listenerInodes(gone));
       this.#captured.delete(step.netnsCookie);
       this.#verifiedAt.delete(step.netnsCookie);
     }
