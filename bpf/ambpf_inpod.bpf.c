@@ -62,6 +62,7 @@
 #include "include/ambpf_lib.h"
 #include "include/ambpf_sockaddr.h"
 #include "include/ambpf_sockopt.h"
+#include "include/ambpf_pkt.h"
 
 #define INPOD_LOOPBACK4	   bpf_htonl(0x7f000001) /* 127.0.0.1 */
 #define INPOD_DNS_PORT_BE  bpf_htons(AMBPF_DNS_PORT)
@@ -861,54 +862,6 @@ static __always_inline int from_node(const __u32 saddr[4])
 	return !any;
 }
 
-/*
- * A frame's TCP header, IPv4 or IPv6, with its addresses and ports as the receiving end sees them
- * (t->local = the destination) and its TTL / hop limit; NULL for anything else. IPv4 options and IPv6
- * extension headers are not parsed: the kernel's own connect() sends neither.
- */
-static __always_inline struct tcphdr *tc_tcp(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
-{
-	struct ethhdr *eth = data;
-	struct tcphdr *tcp;
-
-	if ((void *)(eth + 1) > data_end)
-		return 0;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-
-		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
-			return 0;
-		ip_set_v4(t->local_ip, ip->daddr);
-		ip_set_v4(t->remote_ip, ip->saddr);
-		*hops = ip->ttl;
-		tcp = (void *)(ip + 1);
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-
-		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
-			return 0;
-		__builtin_memcpy(t->local_ip, &ip6->daddr, sizeof(t->local_ip));
-		__builtin_memcpy(t->remote_ip, &ip6->saddr, sizeof(t->remote_ip));
-		*hops = ip6->hop_limit;
-		tcp = (void *)(ip6 + 1);
-	} else {
-		return 0;
-	}
-	if ((void *)(tcp + 1) > data_end)
-		return 0;
-	t->local_port = tcp->dest;
-	t->remote_port = tcp->source;
-	return tcp;
-}
-
-/* A connection's first SYN (no ACK): see tc_tcp. */
-static __always_inline int tc_syn(void *data, void *data_end, struct ambpf_tuple *t, __u8 *hops)
-{
-	struct tcphdr *tcp = tc_tcp(data, data_end, t, hops);
-
-	return tcp && tcp->syn && !tcp->ack;
-}
-
 SEC("tc")
 int ambpf_inpod_node_syn(struct __sk_buff *skb)
 {
@@ -1080,26 +1033,9 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	struct ambpf_config *cfg;
 	struct ambpf_pod *pod;
 	struct bpf_sock *sk;
-	__u32 family;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (ctx->protocol != IPPROTO_TCP || !sklookup_addrs(ctx, &app))
 		return SK_PASS;
-	family = CTX_READ(ctx->family);
-	if (family == AF_INET) {
-		ip_set_v4(app.local_ip, CTX_READ(ctx->local_ip4));
-		ip_set_v4(app.remote_ip, CTX_READ(ctx->remote_ip4));
-	} else if (family == AF_INET6) {
-		app.local_ip[0] = CTX_READ(ctx->local_ip6[0]);
-		app.local_ip[1] = CTX_READ(ctx->local_ip6[1]);
-		app.local_ip[2] = CTX_READ(ctx->local_ip6[2]);
-		app.local_ip[3] = CTX_READ(ctx->local_ip6[3]);
-		app.remote_ip[0] = CTX_READ(ctx->remote_ip6[0]);
-		app.remote_ip[1] = CTX_READ(ctx->remote_ip6[1]);
-		app.remote_ip[2] = CTX_READ(ctx->remote_ip6[2]);
-		app.remote_ip[3] = CTX_READ(ctx->remote_ip6[3]);
-	} else {
-		return SK_PASS;
-	}
 	/* Loopback is the pod <-> ztunnel hop itself; local == remote is the pod's connect to its own IP
 	 * and ztunnel's upstream from the pod's IP (the loop trap); both stay as they are. */
 	if (ip_is_loopback(app.local_ip) || ip_eq(app.local_ip, app.remote_ip))
@@ -1107,8 +1043,7 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	cfg = config_get();
 	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD))
 		return SK_PASS;
-	if (ip_eq(app.remote_ip, cfg->probe_ip) ||
-	    (!ip_is_zero(cfg->probe_ip6) && ip_eq(app.remote_ip, cfg->probe_ip6))) {
+	if (ip_is_probe(app.remote_ip, cfg)) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;
 	}

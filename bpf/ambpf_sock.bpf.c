@@ -153,33 +153,16 @@ static __always_inline int splice_enabled(void)
 	return cfg && (cfg->flags & AMBPF_CFG_SPLICE);
 }
 
-/* The flow of a pod's own connection as the packets coming back into the pod see it (ambpf_outflow);
- * 0 for anything but IPv4 (or v4-mapped), which the tc program does not steer. */
-static __always_inline int outflow_key(const struct ambpf_tuple *t, struct ambpf_flow4 *f)
-{
-	if (!ip_is_v4mapped(t->local_ip) || !ip_is_v4mapped(t->remote_ip))
-		return 0;
-	f->saddr = t->remote_ip[3];
-	f->daddr = t->local_ip[3];
-	f->sport = t->remote_port;
-	f->dport = t->local_port;
-	return 1;
-}
-
-/* A pod opened a connection that is not ztunnel's: the tc program must let its replies in. Any pod
- * in ambpf_pods, not only ambient ones: a pod that turns ambient keeps the connections it already had.
- * The close deletes it whatever ambpf_pods says by then. */
+/* A pod opened a connection that is not ztunnel's: the tc program must let its replies in (IPv4 in
+ * ambpf_outflow, IPv6 in ambpf_outflow6). Any pod in ambpf_pods, not only ambient ones: a pod that
+ * turns ambient keeps the connections it already had. The close deletes it whatever ambpf_pods says
+ * by then. */
 static __always_inline void outflow_add(struct bpf_sock_ops *skops, const struct ambpf_tuple *t)
 {
-	struct ambpf_flow4 f;
-	__u64 now;
-
-	if (!outflow_key(t, &f) || !bpf_map_lookup_elem(&ambpf_pods, t->local_ip))
+	if (!bpf_map_lookup_elem(&ambpf_pods, t->local_ip))
 		return;
-	now = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&ambpf_outflow, &f, &now, BPF_ANY)) {
+	if (outflow_put(t, bpf_ktime_get_ns())) {
 		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* full: its replies will be steered; counted */
-		stat_inc(AMBPF_STAT_MAPFULL_OUTFLOW);
 		return;
 	}
 	stat_inc(AMBPF_STAT_SOCKOPS_OUTFLOW_ADDED);
@@ -267,13 +250,11 @@ _Static_assert(__builtin_offsetof(struct ambpf_pair, closed) == __builtin_offset
 static __always_inline void on_close(struct bpf_sock_ops *skops)
 {
 	struct ambpf_tuple t = {}, key = {};
-	struct ambpf_flow4 f;
 	struct ambpf_pair *pair;
 	int client_side = 1;
 
 	CTX_TUPLE(skops, &t);
-	if (outflow_key(&t, &f))
-		bpf_map_delete_elem(&ambpf_outflow, &f);
+	outflow_del(&t);
 	pair = bpf_map_lookup_elem(&ambpf_pair_dst, &t);
 	if (pair) {
 		key = t;

@@ -51,6 +51,7 @@ t.test('ambpf doctor -j is the same report as JSON', async (t) => {
       ['tc attach', 'tcx link'],
       ['sk_msg attach', 'prog_attach'],
       ['inpod IPv6', 'as IPv4'],
+      ['node IPv6', 'as IPv4'],
     ],
   );
   const bpffs = report.checks.find((c) => c.name === 'bpffs');
@@ -103,6 +104,7 @@ t.test('kernel versions compare numerically; missing features name their kernel'
   t.match(text, /sk_msg attach {3}prog_attach: .*sockmap links need 6\.10\+ \(EINVAL\)/);
   t.match(text, /inpod IPv6 {6}as IPv4, without probes or spoofed legs: IPv6 is captured both ways \(5\.10\+\)/);
   t.match(text, /but without tcx \(6\.6\+\) the pod-netns tc programs are not attached/);
+  t.match(text, /node IPv6 {7}as IPv4: connect6 to ztunnel's IPv6 address, .* \(5\.10\+\)/);
 });
 
 t.test('the minimum kernel is 5.10: older kernels are told so', async (t) => {

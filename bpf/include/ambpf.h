@@ -164,7 +164,8 @@ struct ambpf_pair {
 #define AMBPF_PAIR_CLOSED_ONE (1U << 24) /* +1 on `closed` through that word (little endian) */
 
 /* ambpf_outflow key: a TCP flow as packets entering the pod see it
- * (saddr = the peer, daddr = the pod; IPv4, network order). */
+ * (saddr = the peer, daddr = the pod; IPv4, network order). Its IPv6 twin, ambpf_outflow6, is keyed
+ * by the pod's own struct ambpf_tuple (local = the pod, remote = the peer). */
 struct ambpf_flow4 {
 	__u32 saddr;
 	__u32 daddr;
@@ -282,6 +283,7 @@ enum ambpf_stat {
 	AMBPF_STAT_MAPFULL_INPOD_DNS,
 	AMBPF_STAT_INPOD_HANDED,       /* inpod: a client's original copied onto ztunnel's accepted socket */
 	AMBPF_STAT_INPOD_CLOSED_EARLY, /* inpod: a client closed before ztunnel took its original */
+	AMBPF_STAT_MAPFULL_OUTFLOW6,   /* node: a pod's own IPv6 connection not recorded (ambpf_outflow6) */
 	AMBPF_STAT_MAX,
 };
 

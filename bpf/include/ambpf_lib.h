@@ -38,6 +38,16 @@
 		__v;                          \
 	})
 
+/* An IPv6 address out of a ctx's four 32-bit words (local_ip6, remote_ip6, src_ip6, ...), one plain
+ * ctx load each. */
+#define CTX_IP6(dst, src)                      \
+	do {                                   \
+		(dst)[0] = CTX_READ((src)[0]); \
+		(dst)[1] = CTX_READ((src)[1]); \
+		(dst)[2] = CTX_READ((src)[2]); \
+		(dst)[3] = CTX_READ((src)[3]); \
+	} while (0)
+
 static __always_inline void stat_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&ambpf_stats, &idx);
@@ -113,6 +123,25 @@ static __always_inline int ip_is_loopback(const __u32 a[4])
 	return ip_is_v4mapped(a) ? ip4_is_loopback(a[3]) : ip6_is_loopback(a);
 }
 
+/* fe80::/10. */
+static __always_inline int ip6_is_linklocal(const __u32 a[4])
+{
+	return (bpf_ntohl(a[0]) >> 22) == (0xfe80 >> 6);
+}
+
+/* One of ztunnel's own addresses: its IPv4 (v4-mapped) or, when it has one, its IPv6. */
+static __always_inline int ip_is_ztunnel(const __u32 a[4], const struct ambpf_ztunnel *zt)
+{
+	return ip_eq(a, zt->ip) || (!ip_is_zero(zt->ip6) && ip_eq(a, zt->ip6));
+}
+
+/* The kubelet probe source of a's family (169.254.7.127 v4-mapped, or the IPv6 one when configured). */
+static __always_inline int ip_is_probe(const __u32 a[4], const struct ambpf_config *cfg)
+{
+	return (!ip_is_zero(cfg->probe_ip) && ip_eq(a, cfg->probe_ip)) ||
+	       (!ip_is_zero(cfg->probe_ip6) && ip_eq(a, cfg->probe_ip6));
+}
+
 /* A v4-mapped or IPv6 address the pod must reach directly: loopback, ztunnel itself, the node's own
  * addresses, the probe source. */
 static __always_inline int dst_is_bypassed(const __u32 a[4], const struct ambpf_ztunnel *zt,
@@ -121,10 +150,8 @@ static __always_inline int dst_is_bypassed(const __u32 a[4], const struct ambpf_
 	if (ip_is_v4mapped(a)) {
 		if (ip4_is_loopback(a[3]))
 			return 1;
-	} else if (ip6_is_loopback(a)) {
-		return 1; /* ::1 */
-	} else if ((bpf_ntohl(a[0]) >> 22) == (0xfe80 >> 6)) {
-		return 1; /* fe80::/10 link-local */
+	} else if (ip6_is_loopback(a) || ip6_is_linklocal(a)) {
+		return 1; /* ::1, fe80::/10 */
 	}
 	if (ip_eq(a, zt->ip) || ip_eq(a, zt->ip6))
 		return 1;
@@ -165,18 +192,88 @@ static __always_inline int port_is_excluded(__u16 port_be, const struct ambpf_co
 			ip_set_v4((t)->local_ip, CTX_READ((ctx)->local_ip4));                 \
 			ip_set_v4((t)->remote_ip, CTX_READ((ctx)->remote_ip4));               \
 		} else {                                                                      \
-			(t)->local_ip[0] = CTX_READ((ctx)->local_ip6[0]);                     \
-			(t)->local_ip[1] = CTX_READ((ctx)->local_ip6[1]);                     \
-			(t)->local_ip[2] = CTX_READ((ctx)->local_ip6[2]);                     \
-			(t)->local_ip[3] = CTX_READ((ctx)->local_ip6[3]);                     \
-			(t)->remote_ip[0] = CTX_READ((ctx)->remote_ip6[0]);                   \
-			(t)->remote_ip[1] = CTX_READ((ctx)->remote_ip6[1]);                   \
-			(t)->remote_ip[2] = CTX_READ((ctx)->remote_ip6[2]);                   \
-			(t)->remote_ip[3] = CTX_READ((ctx)->remote_ip6[3]);                   \
+			CTX_IP6((t)->local_ip, (ctx)->local_ip6);                             \
+			CTX_IP6((t)->remote_ip, (ctx)->remote_ip6);                           \
 		}                                                                             \
 		(t)->local_port = bpf_htons((__u16)CTX_READ((ctx)->local_port));              \
 		(t)->remote_port = bpf_htons((__u16)bpf_ntohl(CTX_READ((ctx)->remote_port))); \
 	} while (0)
+
+/*
+ * An sk_lookup's connection as the receiving end sees it (local = the destination), IPv4 as
+ * v4-mapped; 0 for a family that is neither. Ports are not filled: local_port is host order in the
+ * ctx, remote_port network order, and callers want different ones.
+ */
+static __always_inline int sklookup_addrs(struct bpf_sk_lookup *ctx, struct ambpf_tuple *t)
+{
+	__u32 family = CTX_READ(ctx->family);
+
+	if (family == AF_INET) {
+		ip_set_v4(t->local_ip, CTX_READ(ctx->local_ip4));
+		ip_set_v4(t->remote_ip, CTX_READ(ctx->remote_ip4));
+		return 1;
+	}
+	if (family != AF_INET6)
+		return 0;
+	CTX_IP6(t->local_ip, ctx->local_ip6);
+	CTX_IP6(t->remote_ip, ctx->remote_ip6);
+	return 1;
+}
+
+/*
+ * A pod's own connection, for the node topology's tc program to leave its replies alone: `t` is the
+ * pod's 4-tuple (local = the pod). IPv4 goes to ambpf_outflow (keyed as the packets coming back see
+ * it), IPv6 to ambpf_outflow6 (keyed by the tuple itself). A v4-mapped tuple is IPv4 whatever the
+ * socket's family.
+ */
+static __always_inline void outflow4_key(const struct ambpf_tuple *t, struct ambpf_flow4 *f)
+{
+	f->saddr = t->remote_ip[3];
+	f->daddr = t->local_ip[3];
+	f->sport = t->remote_port;
+	f->dport = t->local_port;
+}
+
+static __always_inline int outflow_has(const struct ambpf_tuple *t)
+{
+	struct ambpf_flow4 f;
+
+	if (!ip_is_v4mapped(t->local_ip))
+		return bpf_map_lookup_elem(&ambpf_outflow6, t) != 0;
+	outflow4_key(t, &f);
+	return bpf_map_lookup_elem(&ambpf_outflow, &f) != 0;
+}
+
+/* 0, or the insert's error with its map-full counter bumped. */
+static __always_inline long outflow_put(const struct ambpf_tuple *t, __u64 now)
+{
+	struct ambpf_flow4 f;
+	long err;
+
+	if (!ip_is_v4mapped(t->local_ip)) {
+		err = bpf_map_update_elem(&ambpf_outflow6, t, &now, BPF_ANY);
+		if (err)
+			stat_inc(AMBPF_STAT_MAPFULL_OUTFLOW6);
+		return err;
+	}
+	outflow4_key(t, &f);
+	err = bpf_map_update_elem(&ambpf_outflow, &f, &now, BPF_ANY);
+	if (err)
+		stat_inc(AMBPF_STAT_MAPFULL_OUTFLOW);
+	return err;
+}
+
+static __always_inline void outflow_del(const struct ambpf_tuple *t)
+{
+	struct ambpf_flow4 f;
+
+	if (!ip_is_v4mapped(t->local_ip)) {
+		bpf_map_delete_elem(&ambpf_outflow6, t);
+		return;
+	}
+	outflow4_key(t, &f);
+	bpf_map_delete_elem(&ambpf_outflow, &f);
+}
 
 static __always_inline void tuple_reverse(struct ambpf_tuple *dst, const struct ambpf_tuple *src)
 {

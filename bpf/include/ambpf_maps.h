@@ -89,6 +89,17 @@ struct {
 	__type(value, __u64);
 } ambpf_outflow SEC(".maps");
 
+/* ambpf_outflow for IPv6: the pod's own connections by its own 4-tuple (local = the pod), which is
+ * what sockops has and what tc reads off a packet entering the pod (tc_tcp). A map of its own rather
+ * than a wider ambpf_outflow key: a pinned map keeps its key size across upgrades, and IPv4's lookups
+ * stay at 12 bytes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ambpf_tuple);
+	__type(value, __u64);
+} ambpf_outflow6 SEC(".maps");
+
 /* ztunnel's inbound listeners (slot AMBPF_LISTENER_*), for sk_lookup in ztunnel's netns. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);

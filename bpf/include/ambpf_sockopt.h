@@ -68,14 +68,8 @@ static __always_inline void sockopt_client_tuple(struct bpf_sock *sk, struct amb
 		ip_set_v4(client->local_ip, CTX_READ(sk->dst_ip4));
 		ip_set_v4(client->remote_ip, CTX_READ(sk->src_ip4));
 	} else {
-		client->local_ip[0] = CTX_READ(sk->dst_ip6[0]);
-		client->local_ip[1] = CTX_READ(sk->dst_ip6[1]);
-		client->local_ip[2] = CTX_READ(sk->dst_ip6[2]);
-		client->local_ip[3] = CTX_READ(sk->dst_ip6[3]);
-		client->remote_ip[0] = CTX_READ(sk->src_ip6[0]);
-		client->remote_ip[1] = CTX_READ(sk->src_ip6[1]);
-		client->remote_ip[2] = CTX_READ(sk->src_ip6[2]);
-		client->remote_ip[3] = CTX_READ(sk->src_ip6[3]);
+		CTX_IP6(client->local_ip, sk->dst_ip6);
+		CTX_IP6(client->remote_ip, sk->src_ip6);
 	}
 	client->local_port = (__u16)sk->dst_port;			/* __be16 */
 	client->remote_port = bpf_htons((__u16)CTX_READ(sk->src_port)); /* host order */

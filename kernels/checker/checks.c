@@ -223,3 +223,38 @@ int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int l
 	close(cfd);
 	return 0;
 }
+
+int check_sk_lookup6(const struct func_ctx *c, const char *name, int dport, int lfd, bool marked)
+{
+	struct sockaddr_in6 dst, src, got;
+	socklen_t len = sizeof(got);
+	unsigned int mark = AMBPF_ZTUNNEL_MARK;
+	char a[80], b[80];
+	int cfd = socket(AF_INET6, SOCK_STREAM, 0), afd;
+
+	sock_addr6(&dst, FILL_POD_IP6, dport);
+	sock_addr6(&src, FILL_LOCAL_IP6, 0);
+	if (cfd >= 0 && marked)
+		setsockopt(cfd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark));
+	if (lfd < 0 || cfd < 0 || bind(cfd, (struct sockaddr *)&src, sizeof(src)) ||
+	    connect(cfd, (struct sockaddr *)&dst, sizeof(dst)) < 0 || (afd = sock_accept_within(lfd)) < 0) {
+		report(c->label, name, "func", "fail", "connect to %s not assigned: %s", sock_fmt6(&dst, a, sizeof(a)),
+		       strerror(errno));
+		if (cfd >= 0)
+			close(cfd);
+		return 1;
+	}
+	memset(&got, 0, sizeof(got));
+	if (getsockname(afd, (struct sockaddr *)&got, &len) || !sock_same6(&got, &dst)) {
+		report(c->label, name, "func", "fail", "accepted with local address %s, want %s",
+		       sock_fmt6(&got, a, sizeof(a)), sock_fmt6(&dst, b, sizeof(b)));
+		close(afd);
+		close(cfd);
+		return 1;
+	}
+	report(c->label, name, "func", "ok", "accepted with local address %s (assigned %lld)",
+	       sock_fmt6(&got, a, sizeof(a)), fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_ASSIGNED));
+	close(afd);
+	close(cfd);
+	return 0;
+}

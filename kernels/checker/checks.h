@@ -39,4 +39,8 @@ int check_large_getsockopt(const struct func_ctx *c);
  * Reports the check `name`; returns 1 when it failed. */
 int check_sk_lookup(const struct func_ctx *c, const char *name, int dport, int lfd, bool marked);
 
+/* The same over IPv6: from FILL_LOCAL_IP6 to [FILL_POD_IP6]:dport, accepted on `lfd` with the original
+ * destination as its local address. */
+int check_sk_lookup6(const struct func_ctx *c, const char *name, int dport, int lfd, bool marked);
+
 #endif /* AMBPF_CHECKER_CHECKS_H */

@@ -123,6 +123,15 @@ int fill_inpod6(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int 
 	return 0;
 }
 
+int fill_node6(struct bpf_map *const *maps, int nmaps, char *err, size_t errlen)
+{
+	struct ambpf_pod pod = {.flags = AMBPF_POD_AMBIENT};
+	struct ambpf_ip pod_ip;
+
+	inet_pton(AF_INET6, FILL_TC_POD_IP6, pod_ip.addr);
+	return update(maps, nmaps, "ambpf_pods", &pod_ip, &pod, err, errlen);
+}
+
 long long fill_stat(struct bpf_map *const *maps, int nmaps, unsigned int index)
 {
 	struct bpf_map *m = find(maps, nmaps, "ambpf_stats");

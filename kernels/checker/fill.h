@@ -24,6 +24,9 @@
 #define FILL_POD_IP6	  "fd00:a3bf:1:1::1"
 #define FILL_LOCAL_IP6	  "fd00:a3bf::1"
 #define FILL_ORIG_DST_IP6 "fd00:a3bf:5::5"
+/* node over IPv6 (node6.c): an ambient pod behind akc0 (check.sh's IPv6 neighbour), a client elsewhere. */
+#define FILL_TC_POD_IP6	  "fd00:a3bf:1:1::2"
+#define FILL_REMOTE_IP6	  "fd00:a3bf:9::9"
 
 /* Which datapath the maps are filled for. */
 enum fill_topology {
@@ -49,6 +52,9 @@ int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_coo
 /* The pod's IPv6 address (FILL_POD_IP6) in ambpf_pods and ambpf_netns.pod_ip6, and ztunnel's IPv6
  * 15006 listener in ambpf_inpod_listen under it (after fill_maps for FILL_INPOD). */
 int fill_inpod6(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int inbound6_fd, char *err, size_t errlen);
+
+/* The node topology's IPv6 pod (FILL_TC_POD_IP6) in ambpf_pods, ambient (after fill_maps for FILL_NODE). */
+int fill_node6(struct bpf_map *const *maps, int nmaps, char *err, size_t errlen);
 
 /* Sum of one per-CPU counter in ambpf_stats; -1 when the map is absent. */
 long long fill_stat(struct bpf_map *const *maps, int nmaps, unsigned int index);

@@ -118,12 +118,14 @@ static int attach_all(const char *label, struct loaded_set *s, const struct atta
 /* A SYN for an ambient pod leaving its host-side veth is steered (counted and redirected) by the tc
  * program. Where it lands needs ztunnel's netns; the guest checks the program's decision. The SYN
  * must come in from outside (a frame injected on the veth's peer and forwarded back out of it): one
- * the checker's own socket made is the node's own traffic, which the program rightly passes. */
-static int check_tc(const struct func_ctx *c)
+ * the checker's own socket made is the node's own traffic, which the program rightly passes. `v6`:
+ * the same over IPv6, to the pod's IPv6 address. */
+static int check_tc(const struct func_ctx *c, bool v6)
 {
-	const char *name = "tc steers a SYN for an ambient pod";
+	const char *name = v6 ? "tc steers an IPv6 SYN for an ambient pod" : "tc steers a SYN for an ambient pod";
 	long long before = fill_stat(c->maps, c->nmaps, AMBPF_STAT_TC_STEERED), after = before;
-	int err = inject_syn(FILL_ZT_HOST_IF, FILL_TC_IF, FILL_REMOTE_IP, FILL_TC_POD_IP, 80);
+	int err = v6 ? inject_syn6(FILL_ZT_HOST_IF, FILL_TC_IF, FILL_REMOTE_IP6, FILL_TC_POD_IP6, 80)
+		     : inject_syn(FILL_ZT_HOST_IF, FILL_TC_IF, FILL_REMOTE_IP, FILL_TC_POD_IP, 80);
 
 	if (err) {
 		report(c->label, name, "func", "fail", "cannot inject a SYN on %s: %s", FILL_ZT_HOST_IF,
@@ -176,13 +178,15 @@ static int check_tc_local(const struct func_ctx *c)
 }
 
 /* The node topology: ztunnel at FILL_ZTUNNEL_IP in "another" netns, its 15006 listener (bound to a
- * wildcard, as ztunnel's) in ambpf_zt_listen for sk_lookup. */
+ * wildcard, as ztunnel's) in ambpf_zt_listen for sk_lookup; then IPv6 inbound with an IPv6 listener
+ * in that slot and the pod's IPv6 address in ambpf_pods. */
 static int node_checks(const struct func_ctx *c)
 {
 	char err[256];
 	int lfd, failures;
 
-	if (fill_maps(c->maps, c->nmaps, FILL_NODE, c->netns_cookie, err, sizeof(err))) {
+	if (fill_maps(c->maps, c->nmaps, FILL_NODE, c->netns_cookie, err, sizeof(err)) ||
+	    fill_node6(c->maps, c->nmaps, err, sizeof(err))) {
 		report(c->label, "setup", "func", "fail", "filling maps: %s", err);
 		return 1;
 	}
@@ -200,9 +204,19 @@ static int node_checks(const struct func_ctx *c)
 		}
 		if (lfd >= 0)
 			close(lfd);
+		lfd = sock_listen6("::", AMBPF_PORT_INBOUND);
+		if (lfd < 0 || fill_listener(c->maps, c->nmaps, lfd, err, sizeof(err))) {
+			report(c->label, "setup", "func", "fail", "IPv6 listener in ambpf_zt_listen: %s",
+			       lfd < 0 ? strerror(errno) : err);
+			failures++;
+		} else {
+			failures += check_sk_lookup6(c, "sk_lookup assigns IPv6 to the 15006 listener", 80, lfd, true);
+		}
+		if (lfd >= 0)
+			close(lfd);
 	}
 	if (c->has_tc)
-		failures += check_tc(c) + check_tc_local(c);
+		failures += check_tc(c, false) + check_tc(c, true) + check_tc_local(c);
 	return failures;
 }
 

@@ -9,4 +9,7 @@
  * -errno. */
 int inject_syn(const char *out_if, const char *to_if, const char *src_ip, const char *dst_ip, int dport);
 
+/* The same over IPv6 (hop limit 2). */
+int inject_syn6(const char *out_if, const char *to_if, const char *src_ip, const char *dst_ip, int dport);
+
 #endif /* AMBPF_CHECKER_INJECT_H */

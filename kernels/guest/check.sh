@@ -24,10 +24,14 @@ ip link set akc0 up && ip link set akc1 up || setup_failed "cannot bring the vet
 # leave akc0 without an ARP answer, so the tc program on akc0 sees it.
 ip neigh add 198.18.1.2 lladdr "$(ip -br link show akc1 | awk '{print $3}')" dev akc0 nud permanent \
   || setup_failed "cannot add the pod neighbour"
+# fd00:a3bf:1:1::2, its IPv6 twin (the node topology's IPv6 checks, func.c).
+ip -6 neigh add fd00:a3bf:1:1::2 lladdr "$(ip -br link show akc1 | awk '{print $3}')" dev akc0 nud permanent \
+  || setup_failed "cannot add the pod's IPv6 neighbour"
 # Injected SYNs (func.c check_tc) enter on akc0 and are forwarded back out of it to the pod: routing
 # on, and no reverse-path check for their made-up source.
 { echo 1 > /proc/sys/net/ipv4/ip_forward && echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter &&
-  echo 0 > /proc/sys/net/ipv4/conf/akc0/rp_filter; } || setup_failed "cannot enable forwarding"
+  echo 0 > /proc/sys/net/ipv4/conf/akc0/rp_filter && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding; } \
+  || setup_failed "cannot enable forwarding"
 mkdir "$cg" || { echo "RESULT	-	-	setup	fail	cannot create cgroup $cg"; exit 1; }
 "$checker" --cgroup "$cg" --iface akc0 "$@"
 rc=$?

@@ -106,6 +106,8 @@ export class DatapathMaps {
   readonly pairs: TypedMap<s.Tuple, s.PairValue>;
   /** Connections ambient pods opened themselves (flow as seen entering the pod) -> start time (ns). */
   readonly outflow: TypedMap<s.Flow4, bigint>;
+  /** The same for IPv6, by the pod's own 4-tuple (local = the pod). */
+  readonly outflow6: TypedMap<s.Tuple, bigint>;
   readonly raw: Readonly<Record<MapName, BpfMap>>;
 
   constructor(get: (name: MapName) => BpfMap) {
@@ -118,6 +120,7 @@ export class DatapathMaps {
     this.config = new SingletonMap(raw.ambpf_config, s.encodeConfig, s.decodeConfig);
     this.pairs = new TypedMap(raw.ambpf_pair_dst, [s.encodeTuple, s.decodeTuple], [s.encodePair, s.decodePair]);
     this.outflow = new TypedMap(raw.ambpf_outflow, [s.encodeFlow4, s.decodeFlow4], [s.encodeU64Key, s.decodeU64Key]);
+    this.outflow6 = new TypedMap(raw.ambpf_outflow6, [s.encodeTuple, s.decodeTuple], [s.encodeU64Key, s.decodeU64Key]);
   }
 
   /** Every counter of ambpf_stats, summed over CPUs. */

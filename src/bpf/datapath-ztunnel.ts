@@ -5,10 +5,11 @@
 //    The inpod topology finds and copies ztunnel's sockets in the pods' netns with the same pieces
 //    (listeningInodes, socketFds, withSocketFd; see inpod-listeners.ts).
 //  - the policy route that makes any destination arriving on eth0 local (`ip rule iif eth0 lookup
-//    100`, `local 0.0.0.0/0 dev lo table 100`) and arp_ignore=1 on eth0 so ztunnel does not answer ARP
-//    for the pods' addresses. Routing rules, not iptables.
+//    100`, `local 0.0.0.0/0 dev lo table 100`, and their IPv6 twins with `local ::/0`) and
+//    arp_ignore=1 on eth0 so ztunnel does not answer ARP for the pods' addresses. Routing rules, not
+//    iptables.
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { AmbpfError } from '../errors.ts';
 import { withFdOf, withNetns } from '../libbpf/index.ts';
@@ -111,31 +112,44 @@ async function ipIn(netnsPath: string, args: string[]): Promise<string> {
   }
 }
 
-/** Install (idempotently) the policy route in ztunnel's netns, and arp_ignore on its interface. */
+/** The address families the policy route is made for: IPv6 too unless this kernel has none. */
+function families(netnsPath: string): Array<'-4' | '-6'> {
+  // /proc/sys/net follows the netns of the thread that opens it; no ipv6 there = booted ipv6.disable=1.
+  return withNetns(netnsPath, () => existsSync('/proc/sys/net/ipv6')) ? ['-4', '-6'] : ['-4'];
+}
+
+const anyAddr = (family: '-4' | '-6'): string => (family === '-4' ? '0.0.0.0/0' : '::/0');
+
+/**
+ * The `ip` commands that remove the policy route, both families (a missing piece fails its own
+ * command only). Shared with the ledger's synchronous undo (ledger-undo.ts).
+ */
+export function policyRouteDelCommands(o: Pick<PolicyRouteOptions, 'ifname' | 'table' | 'pref'>): string[][] {
+  return (['-4', '-6'] as const).flatMap((f) => [
+    [f, 'rule', 'del', 'pref', String(o.pref), 'iif', o.ifname, 'lookup', String(o.table)],
+    [f, 'route', 'del', 'local', anyAddr(f), 'dev', 'lo', 'table', String(o.table)],
+  ]);
+}
+
+/**
+ * Install (idempotently) the policy route in ztunnel's netns, for IPv4 and IPv6 alike (a steered
+ * IPv6 packet keeps the pod's IPv6 address as destination), and arp_ignore on its interface. IPv6
+ * needs no arp_ignore twin: neighbour discovery answers only for addresses on the interface, never
+ * for what a route makes local.
+ */
 export async function installPolicyRoute(o: PolicyRouteOptions): Promise<void> {
-  const rules = await ipIn(o.netnsPath, ['-4', 'rule', 'show', 'pref', String(o.pref)]);
-  if (!rules.includes(`iif ${o.ifname} lookup ${o.table}`)) {
-    await ipIn(o.netnsPath, ['-4', 'rule', 'add', 'pref', String(o.pref), 'iif', o.ifname, 'lookup', String(o.table)]);
+  for (const f of families(o.netnsPath)) {
+    const rules = await ipIn(o.netnsPath, [f, 'rule', 'show', 'pref', String(o.pref)]);
+    if (!rules.includes(`iif ${o.ifname} lookup ${o.table}`)) {
+      await ipIn(o.netnsPath, [f, 'rule', 'add', 'pref', String(o.pref), 'iif', o.ifname, 'lookup', String(o.table)]);
+    }
+    await ipIn(o.netnsPath, [f, 'route', 'replace', 'local', anyAddr(f), 'dev', 'lo', 'table', String(o.table)]);
   }
-  await ipIn(o.netnsPath, ['-4', 'route', 'replace', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(o.table)]);
   // /proc/sys/net follows the netns of the thread that opens it.
   withNetns(o.netnsPath, () => writeNetSysctl(`ipv4/conf/${o.ifname}/arp_ignore`, '1'));
 }
 
 /** Remove what installPolicyRoute added (missing pieces are fine). */
 export async function removePolicyRoute(o: PolicyRouteOptions): Promise<void> {
-  await ipIn(o.netnsPath, [
-    '-4',
-    'rule',
-    'del',
-    'pref',
-    String(o.pref),
-    'iif',
-    o.ifname,
-    'lookup',
-    String(o.table),
-  ]).catch(() => undefined);
-  await ipIn(o.netnsPath, ['-4', 'route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(o.table)]).catch(
-    () => undefined,
-  );
+  for (const args of policyRouteDelCommands(o)) await ipIn(o.netnsPath, args).catch(() => undefined);
 }

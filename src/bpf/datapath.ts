@@ -414,8 +414,14 @@ export class Datapath {
   /** Undo attachZtunnel. */
   async detachZtunnel(o: Pick<ZtunnelAttachOptions, 'netnsPath' | 'ifname' | 'table' | 'pref'>): Promise<void> {
     removePinnedLink(linkPin(this.bpffs, SK_LOOKUP_LINK));
-    for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE])
-      this.maps.raw.ambpf_zt_listen.delete(s.encodeU32Key(slot));
+    for (const slot of [s.LISTENER_INBOUND, s.LISTENER_HBONE]) {
+      try {
+        this.maps.raw.ambpf_zt_listen.delete(s.encodeU32Key(slot));
+      } catch (err) {
+        // A slot whose listener already closed (ztunnel gone) is empty: a sockmap answers EINVAL.
+        if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
+      }
+    }
     await removePolicyRoute(this.#routeOpts(o));
     forgetRoute(this.ledger, statSync(o.netnsPath).ino, 'ztunnel-policy');
   }

@@ -4,6 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { withNetns } from '../libbpf/index.ts';
+import { policyRouteDelCommands } from './datapath-ztunnel.ts';
 import { setOrigSrcReturnPath } from './return-path.ts';
 import { readLedger, replaceLedger, writeNetSysctl, type LedgerEntry } from './sysctl.ts';
 
@@ -32,17 +33,14 @@ function netnsOf(e: LedgerEntry, find: NetnsFinder | undefined): string | null {
 
 const sysctlName = (rel: string): string => `net.${rel.replace(/\//g, '.')}`;
 
-/** ztunnel's policy rule and local route (datapath-ztunnel.ts installPolicyRoute), each removed if there. */
+/** ztunnel's policy rules and local routes (datapath-ztunnel.ts installPolicyRoute), each removed if there. */
 function removePolicyRouteSync(netnsPath: string, ifname: string, table: number, pref: number): void {
   withNetns(netnsPath, () => {
-    for (const args of [
-      ['rule', 'del', 'pref', String(pref), 'iif', ifname, 'lookup', String(table)],
-      ['route', 'del', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', String(table)],
-    ]) {
+    for (const args of policyRouteDelCommands({ ifname, table, pref })) {
       try {
-        execFileSync('ip', ['-4', ...args], { stdio: 'ignore' });
+        execFileSync('ip', args, { stdio: 'ignore' });
       } catch {
-        // already gone
+        // already gone (or no IPv6 here)
       }
     }
   });

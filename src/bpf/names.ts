@@ -22,6 +22,7 @@ export const MAP_NAMES = [
   'ambpf_zt_listen',
   'ambpf_stats',
   'ambpf_outflow',
+  'ambpf_outflow6',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -55,6 +56,7 @@ export const FILL_MAPS = [
   'ambpf_netns',
   'ambpf_pair_dst',
   'ambpf_outflow',
+  'ambpf_outflow6',
 ] as const satisfies readonly MapName[];
 
 /** cgroup hooks of the node topology: pin name under <bpffs>/links/ -> program. Order matters only

@@ -118,6 +118,7 @@ export const STAT_NAMES = [
   'mapfull_inpod_dns',
   'inpod_handed',
   'inpod_closed_early',
+  'mapfull_outflow6',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;

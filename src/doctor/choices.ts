@@ -11,7 +11,7 @@ import { versionAtLeast } from './system.ts';
 export const MIN_KERNEL = '5.10';
 
 export interface KernelChoice {
-  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach' | 'inpod IPv6';
+  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach' | 'inpod IPv6' | 'node IPv6';
   readonly choice: string;
   readonly why: string;
 }
@@ -64,5 +64,15 @@ export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLin
             'programs are not attached, for IPv4 and IPv6 alike: probes go through ztunnel, and ztunnel needs ' +
             'ENABLE_ORIG_SRC=false',
         },
+    // The node topology's IPv6 is the same programs as its IPv4 (tcx or a clsact filter alike), proven by
+    // the matrix from 5.10 on; what it needs is a dual-stack ztunnel, not a newer kernel.
+    {
+      what: 'node IPv6',
+      choice: 'as IPv4',
+      why:
+        "connect6 to ztunnel's IPv6 address, IP6T_SO_ORIGINAL_DST, inbound steered by tc into ztunnel's netns " +
+        `and handed to its [::] listeners by sk_lookup, the original address kept (${MIN_KERNEL}+); ztunnel needs ` +
+        'an IPv4 address too (an IPv6-only ztunnel cannot serve the node topology)',
+    },
   ];
 }

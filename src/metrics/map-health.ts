@@ -65,6 +65,14 @@ export const MAP_SPECS: readonly MapSpec[] = [
       'node: a new outbound connection of a pod has its replies steered to ztunnel, which resets it; existing connections unaffected',
   },
   {
+    map: 'ambpf_outflow6',
+    filledBy: 'programs',
+    stat: 'mapfull_outflow6',
+    sized: true,
+    whenFull:
+      'node: a new outbound IPv6 connection of a pod has its replies steered to ztunnel, which resets it; existing connections unaffected',
+  },
+  {
     map: 'ambpf_orig_dst',
     filledBy: 'programs',
     stat: 'mapfull_orig_dst',

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parse } from 'yaml';
 import { TestbedSpecError } from './errors.ts';
-import { normalizeSpec, type Labels, type TestbedSpec } from './spec.ts';
+import { normalizeSpec, type IpFamily, type Labels, type TestbedSpec } from './spec.ts';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -27,6 +27,13 @@ function list(v: unknown, where: string): unknown[] {
   return v;
 }
 
+function families(v: unknown, where: string): IpFamily[] {
+  return list(v, where).map((f, j) => {
+    if (f !== 'IPv4' && f !== 'IPv6') throw new TestbedSpecError(`${where}[${j}] must be "IPv4" or "IPv6"`);
+    return f;
+  });
+}
+
 export function specFromObject(raw: unknown): TestbedSpec {
   if (!isRecord(raw)) throw new TestbedSpecError('the spec must be a mapping with nodes, namespaces and pods');
   const spec: TestbedSpec = {
@@ -34,7 +41,12 @@ export function specFromObject(raw: unknown): TestbedSpec {
       if (!isRecord(n)) throw new TestbedSpecError(`nodes[${i}] must be a mapping`);
       if (n['ztunnel'] !== undefined && typeof n['ztunnel'] !== 'boolean')
         throw new TestbedSpecError(`nodes[${i}].ztunnel must be true or false`);
-      return { name: str(n['name'], `nodes[${i}].name`), ztunnel: (n['ztunnel'] as boolean | undefined) ?? true };
+      const ztunnelIpFamilies = families(n['ztunnelIpFamilies'], `nodes[${i}].ztunnelIpFamilies`);
+      return {
+        name: str(n['name'], `nodes[${i}].name`),
+        ztunnel: (n['ztunnel'] as boolean | undefined) ?? true,
+        ...(ztunnelIpFamilies.length ? { ztunnelIpFamilies } : {}),
+      };
     }),
     namespaces: list(raw['namespaces'], 'namespaces').map((n, i) => {
       if (!isRecord(n)) throw new TestbedSpecError(`namespaces[${i}] must be a mapping`);
@@ -45,12 +57,7 @@ export function specFromObject(raw: unknown): TestbedSpec {
       const containers = list(p['containers'], `pods[${i}].containers`).map((c, j) =>
         str(c, `pods[${i}].containers[${j}]`),
       );
-      const ipFamilies = list(p['ipFamilies'], `pods[${i}].ipFamilies`).map((f, j) => {
-        if (f !== 'IPv4' && f !== 'IPv6') {
-          throw new TestbedSpecError(`pods[${i}].ipFamilies[${j}] must be "IPv4" or "IPv6"`);
-        }
-        return f;
-      });
+      const ipFamilies = families(p['ipFamilies'], `pods[${i}].ipFamilies`);
       return {
         name: str(p['name'], `pods[${i}].name`),
         namespace: str(p['namespace'], `pods[${i}].namespace`),

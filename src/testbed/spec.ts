@@ -8,6 +8,10 @@ export interface NodeSpec {
   readonly name: string;
   /** Run a ztunnel pod (istio-system, app=ztunnel) on this node; default true. */
   readonly ztunnel?: boolean;
+  /** Address families of the ztunnel pod (as PodSpec.ipFamilies); default ["IPv4"]. A dual-stack
+   * node topology needs ["IPv4", "IPv6"]: ztunnel's IPv6 address is where the pods' IPv6 connects go
+   * and where its IPv6 legs to the pods come from. */
+  readonly ztunnelIpFamilies?: readonly IpFamily[];
 }
 
 export interface NamespaceSpec {
@@ -97,6 +101,7 @@ export function normalizeSpec(spec: TestbedSpec): TestbedSpec {
       node: n.name,
       labels: { app: 'ztunnel' },
       containers: ['istio-proxy'],
+      ...(n.ztunnelIpFamilies ? { ipFamilies: n.ztunnelIpFamilies } : {}),
     });
   }
   pods.push(...spec.pods);

@@ -189,7 +189,7 @@ t.test('outbound datapath in a netns + cgroup of our own', { timeout: 290_000 },
     retired.pin(`${env.bpffs}/ambpf_inflow`);
     const report = uninstallDatapath(env.bpffs);
     t.equal(report.links.length, 6, `links removed: ${report.links.join(', ')}`);
-    t.equal(report.maps.length, 11, 'all ten maps and the retired one unpinned');
+    t.equal(report.maps.length, 12, 'all eleven maps and the retired one unpinned');
     t.ok(report.maps.includes('ambpf_inflow'), "the retired map's pin is gone too");
     const shown = JSON.parse(
       execFileSync('bpftool', ['-j', 'cgroup', 'show', env.cgroup], { encoding: 'utf8' }).trim() || '[]',

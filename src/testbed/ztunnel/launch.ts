@@ -51,8 +51,9 @@ export async function startStandIns(tb: Testbed, opts: { origSrc?: boolean } = {
         pkiDir: info.pkiDir,
         transparent: info.topology === 'node',
         meshIps,
+        // Every address of a dual-stack pod: HBONE to a same-node pod's IPv6 address takes the shortcut too.
         localMeshIps:
-          info.topology === 'node' ? info.pods.filter((p) => p.mesh && p.node === z.node).map((p) => p.ip) : [],
+          info.topology === 'node' ? info.pods.filter((p) => p.mesh && p.node === z.node).flatMap((p) => p.ips) : [],
         readyFile: ready,
         origSrc: opts.origSrc ?? false,
       };
