@@ -8,8 +8,8 @@
 # x86-64 only: src/bpf/build.ts compiles with -D__TARGET_ARCH_x86 and x86_64 system headers.
 
 # 1. The application tree: production dependencies (koffi ships its native module prebuilt, so no
-#    compiler is needed) and the sources. bpf/ stays in it: the loader hashes the sources to find
-#    the prebuilt cache entry.
+#    compiler is needed), the sources and their JavaScript build. bpf/ stays in it: the loader hashes
+#    the sources to find the prebuilt cache entry.
 FROM node:24-bookworm-slim AS app
 WORKDIR /opt/ambpf
 COPY package.json package-lock.json ./
@@ -17,6 +17,9 @@ RUN npm ci --omit=dev --no-audit --no-fund
 COPY bin ./bin
 COPY src ./src
 COPY bpf ./bpf
+# The sources as JavaScript in dist/ (what `make js` builds): bin/ambpf runs it while it matches src/, so
+# the loader never loads Node's TypeScript stripper (~17 MiB resident, issue 20).
+RUN node --disable-warning=ExperimentalWarning src/cli/build-js.ts
 
 # 2. BPF objects. `ambpf build` runs clang with exactly the flags of src/bpf/build.ts and writes the
 #    cache entry (<sources hash>-<clang hash>/) the loader looks up; running clang by hand here

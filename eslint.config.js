@@ -114,7 +114,7 @@ const UNUSED = {
 
 export default defineConfig(
   {
-    ignores: ['node_modules/', 'build/', 'coverage/', '.tap/', 'tmp/', 'kernels/', 'src/zds/gen/'],
+    ignores: ['node_modules/', 'build/', 'dist/', 'coverage/', '.tap/', 'tmp/', 'kernels/', 'src/zds/gen/'],
   },
   {
     files: ['**/*.ts'],

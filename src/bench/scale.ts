@@ -14,7 +14,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTestbed, type Testbed } from '../testbed/index.ts';
 import type { TestbedSpec } from '../testbed/spec.ts';
-import { startLoader, waitReady, zdsSocketPath } from '../testbed/loader.ts';
+import { metrics, startLoader, waitReady, zdsSocketPath } from '../testbed/loader.ts';
 import { startZtunnels } from '../testbed/ztunnel/launch.ts';
 import { BpfMap } from '../libbpf/index.ts';
 import { mapPin } from '../bpf/pins.ts';
@@ -70,6 +70,47 @@ function rssMiB(pid: number): number {
   return m?.[1] ? Number(m[1]) / 1024 : Number.NaN;
 }
 
+/**
+ * Where a process's resident memory sits, in MiB: anonymous memory (the V8 heap, malloc, JIT code), and the
+ * file-backed mappings grouped by file (node's own text, libbpf, koffi's module, ...), largest first.
+ */
+export function rssByMapping(pid: number): { anonMiB: number; files: Record<string, number> } {
+  let anonKiB = 0;
+  const files = new Map<string, number>();
+  let name = '';
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (head) {
+      name = head[1] ?? '';
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB$/.exec(line);
+    if (!rss) continue;
+    const kib = Number(rss[1]);
+    if (name.startsWith('/')) files.set(name, (files.get(name) ?? 0) + kib);
+    else anonKiB += kib; // [heap], [stack], anonymous mappings (V8's heap and code space), [vdso]
+  }
+  const top = [...files].sort((a, b) => b[1] - a[1]).filter(([, kib]) => kib >= 256);
+  const mib = (kib: number): number => Math.round((kib / 1024) * 10) / 10;
+  return { anonMiB: mib(anonKiB), files: Object.fromEntries(top.map(([f, kib]) => [f, mib(kib)])) };
+}
+
+/** The loader's own view of its memory from its /metrics (prom-client's default process metrics), MiB. */
+function nodeMemory(text: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  const want = [
+    'process_resident_memory_bytes',
+    'nodejs_heap_size_total_bytes',
+    'nodejs_heap_size_used_bytes',
+    'nodejs_external_memory_bytes',
+  ];
+  for (const line of text.split('\n')) {
+    const [k, v] = line.split(' ');
+    if (k && v && want.includes(k)) out[k] = Math.round((Number(v) / 2 ** 20) * 10) / 10;
+  }
+  return out;
+}
+
 async function until(what: string, deadlineMs: number, ok: () => boolean): Promise<void> {
   const end = performance.now() + deadlineMs;
   while (!ok()) {
@@ -108,6 +149,7 @@ export async function measureScale(o: ScaleOptions): Promise<ScaleResults> {
       const captureAllMs = performance.now() - t0;
       const pid = loader.proc.pid;
       const rss = rssMiB(pid);
+      log.info({ rssMiB: rss, ...rssByMapping(pid), node: nodeMemory(await metrics(tb, loader)) }, 'scale: loader RSS');
       // Idle: nothing changes; what the loader costs is its periodic passes.
       const c0 = cpuTicks(pid);
       const w0 = performance.now();

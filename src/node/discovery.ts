@@ -108,7 +108,7 @@ export async function resolveNode(desired: DesiredState, options: DiscoveryOptio
       });
       return undefined;
     }
-    // All containers of a pod share its netns; the lowest pid is the sandbox (pause) process.
+    // All containers of a pod share its netns; the oldest process (procs.ts) is the sandbox (pause).
     for (const proc of procs) {
       const netnsPath = `/proc/${proc.pid}/ns/net`;
       let cookie: bigint;

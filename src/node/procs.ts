@@ -14,6 +14,31 @@ export interface PodProcess {
   readonly cgroup: string;
   /** `net:[4026532xyz]`: identifies the netns without opening it. */
   readonly netnsId: string;
+  /** Start time, clock ticks after boot (/proc/<pid>/stat field 22); undefined if unreadable. */
+  readonly started: number | undefined;
+}
+
+/** Field 22 of /proc/<pid>/stat (starttime); the fields are counted after the command's closing ')'. */
+function startTime(procRoot: string, pid: string): number | undefined {
+  try {
+    const stat = readFileSync(`${procRoot}/${pid}/stat`, 'utf8');
+    const v = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    return Number.isFinite(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Oldest first (the sandbox, which starts before the pod's containers), pid for equal or unknown start
+ * times. Not the pid alone: pids wrap (pid_max is 32768 on many nodes), and a process started after a
+ * wrap sorts before the sandbox. A process of another netns in the pod's cgroup (the bench's and
+ * testbed's ztunnel stand-ins open their listeners as processes in a mesh pod's netns, in ztunnel's
+ * cgroup) then became "the pod's netns", and the loader marked that mesh pod as ztunnel.
+ */
+function oldestFirst(a: PodProcess, b: PodProcess): number {
+  if (a.started !== undefined && b.started !== undefined && a.started !== b.started) return a.started - b.started;
+  return a.pid - b.pid;
 }
 
 /**
@@ -74,9 +99,9 @@ export async function findPodProcesses(
         .find((l) => l.startsWith('0::'))
         ?.slice(3) ?? '';
     const list = found.get(uid) ?? [];
-    list.push({ pid: Number(pidText), cgroup: v2, netnsId });
+    list.push({ pid: Number(pidText), cgroup: v2, netnsId, started: startTime(procRoot, pidText) });
     found.set(uid, list);
   }
-  for (const list of found.values()) list.sort((a, b) => a.pid - b.pid);
+  for (const list of found.values()) list.sort(oldestFirst);
   return found;
 }

@@ -29,6 +29,11 @@ export function zdsSocketPath(tb: Testbed, node: TestbedNode): string {
   return join(tb.info.runDir, `zds-${node.name}.sock`);
 }
 
+/** The state file `ambpf run` on this node writes (loaderArgs), beside the testbed's other files. */
+export function stateFilePath(tb: Testbed, node: TestbedNode): string {
+  return join(tb.info.runDir, `state-${node.name}.json`);
+}
+
 /**
  * `ambpf run` for a node, in the testbed's topology. `zds`: inpod only, whether the loader serves ZDS
  * on zdsSocketPath (the per-node ztunnel stand-in connects there) or not (`none`: the per-pod
@@ -68,7 +73,7 @@ export function loaderArgs(
     '--listen',
     `127.0.0.1:${LOADER_PORT}`,
     '--state-file',
-    join(tb.info.runDir, `state-${node.name}.json`),
+    stateFilePath(tb, node),
     '--resync-ms',
     '300',
     ...mode,
@@ -90,7 +95,7 @@ export function startLoader(
   const loader: Loader = {
     node,
     logFile,
-    stateFile: join(tb.info.runDir, `state-${node.name}.json`),
+    stateFile: stateFilePath(tb, node),
     proc: start(),
     restart() {
       loader.proc = start();

@@ -18,17 +18,13 @@ import {
 import { ensureObjects } from '../../src/bpf/build.ts';
 import { openDatapath } from '../../src/bpf/datapath.ts';
 import * as s from '../../src/bpf/schema.ts';
-import { makeEnv } from './env.ts';
+import { makeEnv, type Addr } from './env.ts';
 import { ACK, SYN, TC_ACT_OK, TC_ACT_REDIRECT, skbCtx, tcpPacket } from './packets.ts';
 
 /** The old object form of tcpPacket, kept for readability of the checks below. */
 const packet = (o: { src: string; dst: string; sport: number; dport: number; flags: number }): Uint8Array =>
   tcpPacket(o.src, o.dst, o.sport, o.dport, o.flags);
 
-interface Addr {
-  ip: string;
-  port: number;
-}
 interface ClientOut {
   peername: Addr;
   hello: { port: number; local: Addr; peer: Addr } | null;

@@ -10,6 +10,7 @@ import { testPrefix } from '../helpers/prefix.ts';
 import { cgroup2Root, killSubtree, makeCgroup, removeTree } from '../../src/testbed/cgroup.ts';
 import { spawnIn, execIn, type TestbedProcess } from '../../src/testbed/exec.ts';
 import { openDatapath, uninstallDatapath, type Datapath, type DatapathOptions } from '../../src/bpf/datapath.ts';
+import { openInpodDatapath, type InpodDatapath, type InpodDatapathOptions } from '../../src/bpf/datapath-inpod.ts';
 import { ifIndex, netnsCookie, withNetns } from '../../src/libbpf/index.ts';
 import * as s from '../../src/bpf/schema.ts';
 import { podListenerInodes, socketHolders } from '../../src/bpf/inpod-listeners.ts';
@@ -17,6 +18,23 @@ import { podListenerInodes, socketHolders } from '../../src/bpf/inpod-listeners.
 export const HELPER = resolve(import.meta.dirname, 'fixtures/sockhelper.py');
 export const POD_INDEX = { a: 1, z: 2, b: 3, c: 4 } as const;
 export type PodName = keyof typeof POD_INDEX;
+
+/** An address as the python helper prints it. */
+export interface Addr {
+  ip: string;
+  port: number;
+}
+
+/**
+ * The helper server's answer to a connection: the port it was accepted on, the accepted socket's local
+ * and peer addresses, and SO_ORIGINAL_DST (null where the server did not ask).
+ */
+export interface Hello {
+  port: number;
+  local: Addr;
+  peer: Addr;
+  orig: Addr | { error: number } | null;
+}
 
 export interface Pod {
   name: PodName;
@@ -42,6 +60,11 @@ export interface Env {
   helper(pod: PodName, args: string[], timeoutMs?: number): Promise<unknown[]>;
   /** Start the python helper server in a pod and wait for "ready". */
   server(pod: PodName, args: string[]): Promise<TestbedProcess>;
+  /**
+   * Start a helper client in a pod that connects to ip:port, prints `{"paused": true}` and stays idle
+   * (established) until the file `go` exists, then sends `bytes` in one chunk (jsonLines reads it).
+   */
+  pausedClient(pod: PodName, ip: string, port: number, go: string, bytes?: number): TestbedProcess;
 }
 
 function ip(args: string[]): string {
@@ -149,6 +172,23 @@ export async function makeEnv(t: Test): Promise<Env> {
       return helper(pod, ['client', ...args], timeoutMs);
     },
     helper,
+    pausedClient(pod, ip, port, go, bytes = 65536) {
+      const n = String(bytes);
+      return spawn(pod, [
+        'python3',
+        '-u',
+        HELPER,
+        'client',
+        ip,
+        String(port),
+        '--send',
+        n,
+        '--chunk',
+        n,
+        '--pause-file',
+        go,
+      ]);
+    },
     async server(pod, args) {
       const p = spawn(pod, ['python3', '-u', HELPER, 'server', ...args]);
       await new Promise<void>((res, rej) => {
@@ -206,6 +246,61 @@ export async function openNodeInbound(
   const standIn = await env.server('z', ['15006,15008', '--transparent']);
   await dp.attachZtunnel({ netnsPath: z.netns, pid: standIn.pid, hostIfname: z.hostIf });
   return { dp, ztHostIfindex };
+}
+
+/** ambpf_config of the inpod topology, as the inpod loader writes it. */
+export const INPOD_CONFIG = s.defaultConfig({ flags: s.CFG_INPOD });
+
+/**
+ * The inpod setup the inpod tests share: the inpod datapath on the env's bpffs and pods' cgroup
+ * (closed in teardown), INPOD_CONFIG, and ztunnel = pod z (no veth or MAC: inpod steers nothing to it).
+ * No pod is captured yet (captureInpod).
+ */
+export async function openInpod(
+  t: Test,
+  env: Env,
+  o: Pick<InpodDatapathOptions, 'mapSizes'> = {},
+): Promise<InpodDatapath> {
+  const { z } = env.pods;
+  const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, ...o });
+  t.teardown(() => dp.close());
+  dp.maps.config.set(INPOD_CONFIG);
+  const noMac = '00:00:00:00:00:00';
+  dp.maps.ztunnel.set(
+    s.ztunnelValue({ ip: z.ip, netnsCookie: netnsCookie(z.netns), hostIfindex: 0, mac: noMac, hostMac: noMac }),
+  );
+  return dp;
+}
+
+/**
+ * Captures pod `name` in the inpod reconciler's order: armed (sk_lookup, tc), then the listeners of its
+ * "ztunnel" process `zt` registered (none without `zt`), then its ambpf_pods/ambpf_netns entries with
+ * `flags`, written even when the listeners could not be (a full map: the pod stays armed, fail closed).
+ * Returns the pod's netns cookie.
+ */
+export function captureInpod(
+  env: Env,
+  dp: InpodDatapath,
+  name: PodName,
+  zt?: TestbedProcess,
+  flags: number = s.POD_AMBIENT,
+): bigint {
+  const pod = env.pods[name];
+  const cookie = netnsCookie(pod.netns);
+  dp.armPod({ netnsPath: pod.netns, netnsCookie: cookie });
+  try {
+    if (zt)
+      dp.setListeners({
+        netnsPath: pod.netns,
+        netnsCookie: cookie,
+        ips: [pod.ip],
+        listeners: ztunnelListeners(zt, name),
+      });
+  } finally {
+    dp.maps.pods.set(pod.ip, { netnsCookie: cookie, hostIfindex: 0, flags });
+    dp.maps.netns.set(cookie, { podIp: pod.ip, flags });
+  }
+  return cookie;
 }
 
 /** The JSON lines a helper process prints on stdout, collected as they come. */

@@ -8,7 +8,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BpfObject, ifIndex, withNetns } from '../../src/libbpf/index.ts';
 import { ensureObjects } from '../../src/bpf/build.ts';
-import { HELPER, jsonLines, makeEnv, openNodeInbound, waitUntil } from './env.ts';
+import { jsonLines, makeEnv, openNodeInbound, waitUntil } from './env.ts';
 import { ACK, RST, SYN, TC_ACT_OK, TC_ACT_REDIRECT, skbCtx, tcpPacket } from './packets.ts';
 
 const FLOODING_FLOWS = 70_000;
@@ -44,20 +44,7 @@ t.test('inbound steering keeps no per-flow state an attacker can fill', { timeou
   await t.test(`an idle inbound connection survives ${FLOODING_FLOWS} other flows`, async (t) => {
     const go = join('/tmp', `${env.prefix}-go`);
     t.teardown(() => rmSync(go, { force: true }));
-    const client = env.spawn('c', [
-      'python3',
-      '-u',
-      HELPER,
-      'client',
-      b.ip,
-      '8080',
-      '--send',
-      '4096',
-      '--chunk',
-      '4096',
-      '--pause-file',
-      go,
-    ]);
+    const client = env.pausedClient('c', b.ip, 8080, go, 4096);
     const lines = jsonLines<Line>(client);
     t.ok(await waitUntil(() => lines.some((l) => l.paused), 10_000), 'the client is connected and idle');
 

@@ -6,12 +6,8 @@
 //   `--socket-exists` exempts it.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { HELPER, makeEnv, openNodeInbound } from './env.ts';
+import { HELPER, makeEnv, openNodeInbound, type Addr } from './env.ts';
 
-interface Addr {
-  ip: string;
-  port: number;
-}
 interface ClientOut {
   hello?: { port: number; local: Addr; peer: Addr } | null;
   error?: string;

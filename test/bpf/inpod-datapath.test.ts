@@ -7,23 +7,10 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { statSync } from 'node:fs';
-import { netnsCookie } from '../../src/libbpf/index.ts';
-import { openInpodDatapath, type InpodDatapath } from '../../src/bpf/datapath-inpod.ts';
 import * as s from '../../src/bpf/schema.ts';
-import type { TestbedProcess } from '../../src/testbed/exec.ts';
-import { makeEnv, HELPER, ztunnelListeners, type Env, type PodName } from './env.ts';
+import { makeEnv, HELPER, openInpod, captureInpod, type Addr, type Hello } from './env.ts';
 import { ERRNO } from '../../src/errors.ts';
 
-interface Addr {
-  ip: string;
-  port: number;
-}
-interface Hello {
-  port: number;
-  local: Addr;
-  peer: Addr;
-  orig: Addr | { error: number } | null;
-}
 interface ClientOut {
   peername: Addr;
   sockname?: Addr;
@@ -40,39 +27,18 @@ interface VaryOut {
 
 const APP = 8080;
 
-/** Captures pod `name`, whose "ztunnel" is process `zt`, as the inpod reconciler would. */
-function capture(env: Env, dp: InpodDatapath, name: PodName, zt: TestbedProcess): bigint {
-  const pod = env.pods[name];
-  const cookie = netnsCookie(pod.netns);
-  dp.attachPod({ netnsPath: pod.netns, netnsCookie: cookie, ips: [pod.ip], listeners: ztunnelListeners(zt, name) });
-  dp.maps.pods.set(pod.ip, { netnsCookie: cookie, hostIfindex: 0, flags: s.POD_AMBIENT });
-  dp.maps.netns.set(cookie, { podIp: pod.ip, flags: s.POD_AMBIENT });
-  return cookie;
-}
-
 t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, async (t) => {
   const env = await makeEnv(t);
-  const { a, b, c, z } = env.pods;
-  const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup });
-  t.teardown(() => dp.close());
-  dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
-  dp.maps.ztunnel.set(
-    s.ztunnelValue({
-      ip: z.ip,
-      netnsCookie: netnsCookie(z.netns),
-      hostIfindex: 0,
-      mac: '00:00:00:00:00:00',
-      hostMac: '00:00:00:00:00:00',
-    }),
-  );
+  const { a, b, c } = env.pods;
+  const dp = await openInpod(t, env);
 
   // ztunnel's listeners inside the mesh pods a and b (dual-stack, like the stand-in and ztunnel).
   const ztA = await env.server('a', ['15001,15006,15008', '--v6']);
   const ztB = await env.server('b', ['15001,15006,15008', '--v6']);
   await env.server('b', [String(APP)]);
   await env.server('c', ['9000,9001']);
-  const cookieA = capture(env, dp, 'a', ztA);
-  const cookieB = capture(env, dp, 'b', ztB);
+  const cookieA = captureInpod(env, dp, 'a', ztA);
+  const cookieB = captureInpod(env, dp, 'b', ztB);
   t.not(cookieA, cookieB);
 
   await t.test(
@@ -160,10 +126,7 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
   });
 
   await t.test('an armed pod without ztunnel listeners refuses both ways (fail closed)', async (t) => {
-    const cookieC = netnsCookie(c.netns);
-    dp.armPod({ netnsPath: c.netns, netnsCookie: cookieC });
-    dp.maps.pods.set(c.ip, { netnsCookie: cookieC, hostIfindex: 0, flags: s.POD_AMBIENT });
-    dp.maps.netns.set(cookieC, { podIp: c.ip, flags: s.POD_AMBIENT });
+    const cookieC = captureInpod(env, dp, 'c');
     try {
       const before = dp.stats();
       const [out] = (await env.client('c', [b.ip, String(APP)])) as Array<ClientOut & { error?: string }>;

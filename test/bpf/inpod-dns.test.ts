@@ -10,26 +10,23 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { resolve } from 'node:path';
-import { netnsCookie } from '../../src/libbpf/index.ts';
-import { openInpodDatapath } from '../../src/bpf/datapath-inpod.ts';
 import { removePinnedLink } from '../../src/bpf/datapath-links.ts';
 import { inpodLoLinkName, linkPin } from '../../src/bpf/pins.ts';
 import * as s from '../../src/bpf/schema.ts';
 import { execIn } from '../../src/testbed/exec.ts';
 import { computeDesiredState, DNS_CAPTURE_ANNOTATION } from '../../src/state/desired.ts';
 import { buildInpodTarget } from '../../src/reconcile/topology-inpod.ts';
-import { makeEnv, type PodName } from './env.ts';
+import { INPOD_CONFIG, captureInpod, makeEnv, openInpod, type PodName, type Addr } from './env.ts';
 import { eventually } from '../helpers/wait.ts';
 
-const DNS_HELPER = resolve(import.meta.dirname, 'fixtures/dnshelper.py');
+// The DNS test helper (real DNS wire format): its server answers a TXT record naming itself ("by").
+const DNS_HELPER = resolve(import.meta.dirname, '../dns/fixtures/dnsq.py');
+/** What every query here asks: the answer's TXT record says which server gave it. */
+const ASK = ['ambpf.test', '--type', 'TXT'];
 const SERVERS = ['198.18.4.53', '198.18.4.54', '198.18.4.55'] as const;
 const SERVER6 = 'fd00:a3bf::53';
 const PROXY = 'proxy@127.0.0.1';
 
-interface Addr {
-  ip: string;
-  port: number;
-}
 interface Answer {
   by: string;
   id: number;
@@ -107,20 +104,9 @@ t.test('the pod annotation reaches the DNS bits of ambpf_netns and ambpf_pods', 
 
 t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, async (t) => {
   const env = await makeEnv(t);
-  const { a, b, c, z } = env.pods;
-  const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup });
-  t.teardown(() => dp.close());
-  const config = s.defaultConfig({ flags: s.CFG_INPOD });
-  dp.maps.config.set(config);
-  dp.maps.ztunnel.set(
-    s.ztunnelValue({
-      ip: z.ip,
-      netnsCookie: netnsCookie(z.netns),
-      hostIfindex: 0,
-      mac: '00:00:00:00:00:00',
-      hostMac: '00:00:00:00:00:00',
-    }),
-  );
+  const { a, b, c } = env.pods;
+  const dp = await openInpod(t, env);
+  const config = INPOD_CONFIG;
 
   const dns = async (pod: PodName, args: string[]): Promise<unknown[]> => {
     const r = await execIn(env.pods[pod].cgroup, env.pods[pod].netns, ['python3', DNS_HELPER, ...args], {
@@ -132,8 +118,9 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
       .filter(Boolean)
       .map((l) => JSON.parse(l) as unknown);
   };
-  const query = async (pod: PodName, args: string[]): Promise<QueryOut> =>
-    (await dns(pod, ['query', ...args]))[0] as QueryOut;
+  /** One query (or --count N) to host:port from pod. */
+  const query = async (pod: PodName, [host, port, ...flags]: string[]): Promise<QueryOut> =>
+    (await dns(pod, ['query', host!, ...ASK, '--port', port!, ...flags]))[0] as QueryOut;
   const server = async (pod: PodName, args: string[]): Promise<void> => {
     const p = env.spawn(pod, ['python3', '-u', DNS_HELPER, 'server', ...args]);
     let out = '';
@@ -160,15 +147,8 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     await server(pod, ['proxy', '127.0.0.1:15053,[::1]:15053', '--mark', String(s.ZTUNNEL_MARK)]);
 
   // Pods a and b captured; armPod brings tc on their lo (the answers' slot addresses).
-  const capture = (pod: PodName, flags: number): bigint => {
-    const cookie = netnsCookie(env.pods[pod].netns);
-    dp.armPod({ netnsPath: env.pods[pod].netns, netnsCookie: cookie });
-    dp.maps.pods.set(env.pods[pod].ip, { netnsCookie: cookie, hostIfindex: 0, flags });
-    dp.maps.netns.set(cookie, { podIp: env.pods[pod].ip, flags });
-    return cookie;
-  };
-  const cookieA = capture('a', s.POD_AMBIENT);
-  const cookieB = capture('b', s.POD_AMBIENT);
+  const cookieA = captureInpod(env, dp, 'a');
+  const cookieB = captureInpod(env, dp, 'b');
   t.teardown(() => {
     for (const [pod, cookie] of [
       ['a', cookieA],
@@ -215,7 +195,7 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
   });
 
   await t.test('one unconnected socket asking three servers at once: each answer shows its own server', async (t) => {
-    const [r] = (await dns('a', ['spread', SERVERS.join(','), '53'])) as QueryOut[];
+    const [r] = (await dns('a', ['spread', SERVERS.join(','), ...ASK])) as QueryOut[];
     t.notOk(r?.error, `no error (${r?.error})`);
     t.equal(r?.answers.length, 3);
     for (const ans of r?.answers ?? []) {
@@ -229,7 +209,7 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     // the answers' source. Re-armed afterwards (armPod is idempotent).
     t.ok(removePinnedLink(linkPin(env.bpffs, inpodLoLinkName(cookieA))), "tc on pod a's lo detached");
     try {
-      const [r] = (await dns('a', ['spread', SERVERS.join(','), '53'])) as QueryOut[];
+      const [r] = (await dns('a', ['spread', SERVERS.join(','), ...ASK])) as QueryOut[];
       t.equal(r?.answers.length, 3);
       t.same(
         r?.answers.map((ans) => ans.from?.ip),
@@ -328,22 +308,35 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     // Pods a and b bind the same 16 ports in turn (each port ~80 times per pod); a socket sends 4
     // queries to random servers before it reads. ztunnel's upstream queries (marked) in pod a use
     // the next 16 ports meanwhile and must reach the real servers.
-    const app = ['reuse', SERVERS.join(','), '53', '--ports', '40000-40015', '--queries', '5000', '--per-socket', '4'];
+    const app = [
+      'reuse',
+      SERVERS.join(','),
+      ...ASK,
+      '--ports',
+      '40000-40015',
+      '--queries',
+      '5000',
+      '--per-socket',
+      '4',
+    ];
     const started = Date.now();
     const [ra, rb, rz] = (
       await Promise.all([
         dns('a', [...app, '--seed', '1']),
         dns('b', [...app, '--seed', '2']),
+        // A seed of its own: its ids differ from pod a's app queries beside it (see dnsq.py reuse).
         dns('a', [
           'reuse',
           SERVERS.join(','),
-          '53',
+          ...ASK,
           '--ports',
           '40016-40031',
           '--queries',
           '1000',
           '--per-socket',
           '4',
+          '--seed',
+          '3',
           '--mark',
           String(s.ZTUNNEL_MARK),
         ]),

@@ -7,12 +7,9 @@
 import t from 'tap';
 import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MapFullError, netnsCookie } from '../../src/libbpf/index.ts';
-import { openInpodDatapath } from '../../src/bpf/datapath-inpod.ts';
-import * as s from '../../src/bpf/schema.ts';
+import { MapFullError } from '../../src/libbpf/index.ts';
 import { readMapHealth } from '../../src/metrics/map-health.ts';
-import type { TestbedProcess } from '../../src/testbed/exec.ts';
-import { HELPER, jsonLines, makeEnv, waitUntil, ztunnelListeners, type Env } from './env.ts';
+import { captureInpod, jsonLines, makeEnv, openInpod, waitUntil, type Env } from './env.ts';
 
 interface Line {
   paused?: boolean;
@@ -33,63 +30,23 @@ t.test(
   { timeout: 120_000 },
   async (t) => {
     const env: Env = await makeEnv(t);
-    const { a, b, c, z } = env.pods;
-    const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, mapSizes: SIZES });
-    t.teardown(() => dp.close());
+    const { a, b, c } = env.pods;
+    const dp = await openInpod(t, env, { mapSizes: SIZES });
     t.equal(dp.inpodMaps.closed.maxEntries, SIZES.ambpf_inpod_closed, 'ambpf_inpod_closed created small');
     t.equal(dp.inpodMaps.listen.maxEntries, SIZES.ambpf_inpod_listen, 'ambpf_inpod_listen created small');
-    dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
-    dp.maps.ztunnel.set(
-      s.ztunnelValue({
-        ip: z.ip,
-        netnsCookie: netnsCookie(z.netns),
-        hostIfindex: 0,
-        mac: '00:00:00:00:00:00',
-        hostMac: '00:00:00:00:00:00',
-      }),
-    );
 
     const ztA = await env.server('a', ['15001,15006,15008', '--v6']);
     const ztB = await env.server('b', ['15001,15006,15008', '--v6']);
     await env.server('a', ['8080']);
     await env.server('b', ['8080']);
     await env.server('c', ['9000']);
-    const capture = (name: 'a' | 'b', zt: TestbedProcess): void => {
-      const pod = env.pods[name];
-      const cookie = netnsCookie(pod.netns);
-      // The reconciler's order (src/reconcile/inpod.ts): armed first, then ztunnel's listeners, then the maps.
-      dp.armPod({ netnsPath: pod.netns, netnsCookie: cookie });
-      try {
-        dp.setListeners({
-          netnsPath: pod.netns,
-          netnsCookie: cookie,
-          ips: [pod.ip],
-          listeners: ztunnelListeners(zt, name),
-        });
-      } finally {
-        dp.maps.pods.set(pod.ip, { netnsCookie: cookie, hostIfindex: 0, flags: s.POD_AMBIENT });
-        dp.maps.netns.set(cookie, { podIp: pod.ip, flags: s.POD_AMBIENT });
-      }
-    };
-    capture('a', ztA);
+    // The reconciler's order (captureInpod): armed first, then ztunnel's listeners, then the maps.
+    captureInpod(env, dp, 'a', ztA);
 
     await t.test('ambpf_inpod_closed full: connections need no map entry, established or new', async (t) => {
       const go = join('/tmp', `${env.prefix}-inpod-go`);
       t.teardown(() => rmSync(go, { force: true }));
-      const idle = env.spawn('a', [
-        'python3',
-        '-u',
-        HELPER,
-        'client',
-        c.ip,
-        '9000',
-        '--send',
-        '65536',
-        '--chunk',
-        '65536',
-        '--pause-file',
-        go,
-      ]);
+      const idle = env.pausedClient('a', c.ip, 9000, go);
       const idleLines = jsonLines<Line>(idle);
       t.ok(await waitUntil(() => idleLines.some((l) => l.paused), 20_000), 'an established connection, idle');
       // Only a client that closes before ztunnel's accept() writes there: fill it by hand.
@@ -124,7 +81,7 @@ t.test(
       async (t) => {
         let err: unknown;
         try {
-          capture('b', ztB);
+          captureInpod(env, dp, 'b', ztB);
         } catch (e) {
           err = e;
         }

@@ -72,20 +72,7 @@ t.test(
     ): Promise<Array<{ lines: Line[]; exited: Promise<number | null> }>> => {
       const out = [];
       for (let i = 0; i < count; i++) {
-        const p = env.spawn(pod, [
-          'python3',
-          '-u',
-          HELPER,
-          'client',
-          host,
-          String(port),
-          '--send',
-          '65536',
-          '--chunk',
-          '65536',
-          '--pause-file',
-          go,
-        ]);
+        const p = env.pausedClient(pod, host, port, go);
         out.push({ lines: jsonLines<Line>(p), exited: p.exited });
       }
       return out;

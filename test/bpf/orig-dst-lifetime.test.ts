@@ -5,22 +5,9 @@
 import t from 'tap';
 import { netnsCookie } from '../../src/libbpf/index.ts';
 import { openDatapath } from '../../src/bpf/datapath.ts';
-import { openInpodDatapath } from '../../src/bpf/datapath-inpod.ts';
-import { podListenerInodes, socketHolders } from '../../src/bpf/inpod-listeners.ts';
 import type { TestbedProcess } from '../../src/testbed/exec.ts';
 import * as s from '../../src/bpf/schema.ts';
-import { jsonLines, makeEnv, waitUntil, type Env } from './env.ts';
-
-interface Addr {
-  ip: string;
-  port: number;
-}
-interface Hello {
-  port: number;
-  local: Addr;
-  peer: Addr;
-  orig: Addr | { error: number };
-}
+import { captureInpod, jsonLines, makeEnv, openInpod, waitUntil, type Env, type Addr, type Hello } from './env.ts';
 
 /** The hellos a `--log` server prints, as they come. */
 function helloLog(p: TestbedProcess): { waitFor: (peerPort: number, ms: number) => Promise<Hello> } {
@@ -84,41 +71,11 @@ t.test(
   { timeout: 60_000 },
   async (t) => {
     const env = await makeEnv(t);
-    const { a, c, z } = env.pods;
-    const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup });
-    t.teardown(() => dp.close());
-    dp.maps.config.set(s.defaultConfig({ flags: s.CFG_INPOD }));
-    dp.maps.ztunnel.set(
-      s.ztunnelValue({
-        ip: z.ip,
-        netnsCookie: netnsCookie(z.netns),
-        hostIfindex: 0,
-        mac: '00:00:00:00:00:00',
-        hostMac: '00:00:00:00:00:00',
-      }),
-    );
+    const { c } = env.pods;
+    const dp = await openInpod(t, env);
     const zt = await env.server('a', ['15001,15006,15008', '--v6', '--accept-delay', DELAY_S, '--log']);
     const log = helloLog(zt);
-    const inodes = podListenerInodes(zt.pid, {
-      outbound: s.PORT_OUTBOUND,
-      inbound: s.PORT_INBOUND,
-      hbone: s.PORT_HBONE,
-    });
-    const holders = socketHolders([zt.pid]);
-    const get = (inode: string | undefined): { pid: number; fd: number } => {
-      const h = inode === undefined ? undefined : holders.get(inode);
-      if (!h) throw new Error('no ztunnel listener found in pod a');
-      return h;
-    };
-    const cookie = netnsCookie(a.netns);
-    dp.attachPod({
-      netnsPath: a.netns,
-      netnsCookie: cookie,
-      ips: [a.ip],
-      listeners: { outbound: get(inodes.outbound), inbound: get(inodes.inbound), hbone: get(inodes.hbone) },
-    });
-    dp.maps.pods.set(a.ip, { netnsCookie: cookie, hostIfindex: 0, flags: s.POD_AMBIENT });
-    dp.maps.netns.set(cookie, { podIp: a.ip, flags: s.POD_AMBIENT });
+    captureInpod(env, dp, 'a', zt);
     const pairCount = (): number => {
       let n = 0;
       for (let k = dp.inpodMaps.closed.nextKey(null); k; k = dp.inpodMaps.closed.nextKey(k)) n++;

@@ -12,54 +12,52 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { startTestbed, type Testbed, type TestbedPod, type TestbedSpec } from '../../src/testbed/index.ts';
-import { startHttpServer } from '../../src/testbed/helpers.ts';
-import { startZtunnels, stopZtunnel, startExtraZtunnel } from '../../src/testbed/ztunnel/launch.ts';
-import { zdsSocketPath } from '../../src/testbed/loader.ts';
+import type { Testbed, TestbedPod } from '../../src/testbed/index.ts';
+import { stopZtunnel, startExtraZtunnel } from '../../src/testbed/ztunnel/launch.ts';
 import type { StateFile } from '../../src/state/state-file.ts';
-import { testPrefix } from '../helpers/prefix.ts';
 import { startLoader, waitReady, editPodsFile, type Loader } from '../helpers/loader.ts';
 import { tracedCurl } from '../helpers/standin.ts';
 import { eventually } from '../helpers/wait.ts';
 import { CniChain, DEBIAN_CNI_BIN, runPlugin as exec, type ChainSandbox, type PluginRun } from '../../src/cni/chain.ts';
 import { netnsCookie } from '../../src/libbpf/index.ts';
 import { inpodLinkName, linkNames } from '../../src/bpf/pins.ts';
+import {
+  PLUGIN,
+  PORT,
+  cniChain,
+  cniSpec,
+  pendingPod,
+  sandboxPod,
+  startCniAgent,
+  startCniTestbed,
+  stopCniNode,
+  type CniNode,
+} from './env.ts';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const PLUGIN = join(ROOT, 'build/cni/ambpf-cni');
 const CNI_BIN = DEBIAN_CNI_BIN;
-const PORT = 8080;
 const TIMEOUT_MS = 3000;
 /** A pod ADD captured that the source never shows is released after this (--cni-grace-ms). */
 const GRACE_MS = 4000;
 /** ADDs of the latency loop (each followed by DEL and its release). */
 const LATENCY_LOOP = Number(process.env['AMBPF_CNI_LATENCY_LOOP'] ?? 20);
 
-const spec: TestbedSpec = {
-  nodes: [{ name: 'node1', ztunnel: true }],
-  namespaces: [
-    { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } },
-    { name: 'plain', labels: {} },
-  ],
-  pods: [
-    { name: 'server', namespace: 'plain', node: 'node1' },
-    { name: 'cni-mesh', namespace: 'mesh', node: 'node1' },
-    { name: 'cni-plain', namespace: 'plain', node: 'node1' },
-    { name: 'cni-late', namespace: 'mesh', node: 'node1' },
-    { name: 'cni-gone', namespace: 'mesh', node: 'node1' },
-    { name: 'cni-none', namespace: 'mesh', node: 'node1' },
-    { name: 'cni-restart', namespace: 'mesh', node: 'node1' },
-    { name: 'cni-own', namespace: 'plain', node: 'node1', labels: { 'istio.io/dataplane-mode': 'ambient' } },
-    { name: 'cni-own2', namespace: 'plain', node: 'node1', labels: { 'istio.io/dataplane-mode': 'ambient' } },
-  ],
-};
+const spec = cniSpec([
+  { name: 'cni-mesh', namespace: 'mesh', node: 'node1' },
+  { name: 'cni-plain', namespace: 'plain', node: 'node1' },
+  { name: 'cni-late', namespace: 'mesh', node: 'node1' },
+  { name: 'cni-gone', namespace: 'mesh', node: 'node1' },
+  { name: 'cni-none', namespace: 'mesh', node: 'node1' },
+  { name: 'cni-restart', namespace: 'mesh', node: 'node1' },
+  { name: 'cni-own', namespace: 'plain', node: 'node1', labels: { 'istio.io/dataplane-mode': 'ambient' } },
+  { name: 'cni-own2', namespace: 'plain', node: 'node1', labels: { 'istio.io/dataplane-mode': 'ambient' } },
+]);
 /** Pods the source does not show until a test says so; one each, so that no ADD races the agent's
  * reading of a pods file that just took its pod away. */
 const LATE = ['cni-late', 'cni-gone', 'cni-none', 'cni-restart', 'cni-own', 'cni-own2'];
 /** Pods the runtime creates through the plugin: in the pods file without IPs. */
 const CNI_PODS = ['cni-mesh', 'cni-plain', ...LATE];
 
+let node: CniNode;
 let tb: Testbed;
 let loader: Loader;
 let podsFile: string;
@@ -184,23 +182,12 @@ const logged = (text: string): boolean => loader.logLines().some((l) => String(l
 const del = (pod: string): Promise<PluginRun> => runPlugin(envFor('DEL', pod), config('1.0.0'));
 
 t.before(async () => {
-  execFileSync('make', ['-s', '-C', ROOT, 'cni'], { stdio: 'inherit' });
-  tb = await startTestbed(spec, { topology: 'inpod', prefix: testPrefix(), standIn: false });
-  podsFile = join(tb.info.runDir, 'pods.json');
-  socket = join(tb.info.runDir, 'cni.sock');
+  node = await startCniTestbed(spec);
+  ({ tb, podsFile, socket } = node);
   writePods();
-  loader = startLoader(tb, tb.node('node1'), podsFile, flags(GRACE_MS), true);
-  await waitReady(tb, loader);
-  await startZtunnels(tb, { zdsSocket: (node) => zdsSocketPath(tb, tb.node(node)) });
-  await startHttpServer(tb, 'server', PORT);
+  loader = await startCniAgent(node, flags(GRACE_MS));
 });
-t.teardown(async () => {
-  if (loader) {
-    loader.proc.kill('SIGTERM');
-    await loader.proc.exited;
-  }
-  await tb?.down();
-});
+t.teardown(() => stopCniNode(tb, loader));
 
 t.test('VERSION is answered by the plugin itself', async (t) => {
   const r = await runPlugin({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}');
@@ -370,16 +357,7 @@ interface Sandbox extends ChainSandbox {
 }
 
 let chain: CniChain;
-const getChain = (): CniChain =>
-  (chain ??= new CniChain({
-    plugin: PLUGIN,
-    socketPath: socket,
-    nodeNetnsPath: tb.node('node1').netnsPath,
-    bridge: 'ambcni0',
-    subnet: '198.19.200.0/24',
-    ipamDir: join(tb.info.runDir, 'ipam'),
-    cniBin: CNI_BIN,
-  }));
+const getChain = (): CniChain => (chain ??= cniChain(node, CNI_BIN));
 
 /** Sandboxes for these pod names, their Pod objects in the pods file (Pending, no IP) unless `hidden`. */
 function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
@@ -387,27 +365,10 @@ function makeSandboxes(names: readonly string[], hidden = false): Sandbox[] {
     const uid = randomUUID();
     const netnsName = `${tb.info.prefix}-${name}`;
     execFileSync('ip', ['netns', 'add', netnsName]);
-    const cgroup = join(tb.node('node1').kubepodsCgroup, 'besteffort', `pod${uid}`, 'c1');
-    mkdirSync(cgroup, { recursive: true });
-    if (!hidden) {
-      extraPods.push({
-        apiVersion: 'v1',
-        kind: 'Pod',
-        metadata: { name, namespace: 'mesh', uid, labels: {}, annotations: {}, resourceVersion: '9000' },
-        spec: { nodeName: 'node1', containers: [{ name: 'app', image: 'registry.local/ambtb/pause:1' }] },
-        status: { phase: 'Pending' },
-      });
-    }
     const netnsPath = `/run/netns/${netnsName}`;
-    const pod: TestbedPod = {
-      ...tb.pod('cni-mesh'),
-      name,
-      uid,
-      netnsPath,
-      containerCgroupPath: cgroup,
-      ip: '',
-      ips: [],
-    };
+    const pod = sandboxPod(tb, 'cni-mesh', name, uid, netnsPath);
+    mkdirSync(pod.containerCgroupPath, { recursive: true });
+    if (!hidden) extraPods.push(pendingPod(name, uid));
     return { name, uid, netnsName, pod, netnsPath, containerId: name, namespace: 'mesh' };
   });
   writePods();

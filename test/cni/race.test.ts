@@ -9,19 +9,23 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { startTestbed, type Testbed, type TestbedPod, type TestbedSpec } from '../../src/testbed/index.ts';
-import { curl, startHttpServer, type CurlResult } from '../../src/testbed/helpers.ts';
-import { startZtunnels } from '../../src/testbed/ztunnel/launch.ts';
-import { zdsSocketPath } from '../../src/testbed/loader.ts';
-import { CniChain, DEBIAN_CNI_BIN, type ChainSandbox } from '../../src/cni/chain.ts';
-import { testPrefix } from '../helpers/prefix.ts';
-import { startLoader, waitReady, editPodsFile, type Loader } from '../helpers/loader.ts';
+import type { Testbed, TestbedPod } from '../../src/testbed/index.ts';
+import { curl, type CurlResult } from '../../src/testbed/helpers.ts';
+import { DEBIAN_CNI_BIN, type ChainSandbox } from '../../src/cni/chain.ts';
+import { editPodsFile, type Loader } from '../helpers/loader.ts';
 import { eventually } from '../helpers/wait.ts';
+import {
+  PORT,
+  cniChain,
+  cniSpec,
+  pendingPod,
+  sandboxPod,
+  startCniAgent,
+  startCniTestbed,
+  stopCniNode,
+  type CniNode,
+} from './env.ts';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const PLUGIN = join(ROOT, 'build/cni/ambpf-cni');
-const PORT = 8080;
 const PODS = Number(process.env['AMBPF_CNI_RACE_PODS'] ?? 200);
 /**
  * A bound on the ADD loop, not a speed claim: all PODS must be created within it (issue 17 asks for
@@ -32,19 +36,10 @@ const BUDGET_MS = Number(process.env['AMBPF_CNI_RACE_BUDGET_MS'] ?? 200_000);
 const MIN_PODS = PODS;
 const haveBridge = existsSync(join(DEBIAN_CNI_BIN, 'bridge'));
 
-const spec: TestbedSpec = {
-  nodes: [{ name: 'node1', ztunnel: true }],
-  namespaces: [
-    { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } },
-    { name: 'plain', labels: {} },
-  ],
-  pods: [
-    { name: 'server', namespace: 'plain', node: 'node1' },
-    // The template of the sandboxes' TestbedPod (node, namespace); never created through the chain.
-    { name: 'template', namespace: 'mesh', node: 'node1' },
-  ],
-};
+// The template of the sandboxes' TestbedPod (node, namespace); never created through the chain.
+const spec = cniSpec([{ name: 'template', namespace: 'mesh', node: 'node1' }]);
 
+let node: CniNode;
 let tb: Testbed;
 let loader: Loader;
 const netnsMade: string[] = [];
@@ -55,15 +50,10 @@ interface Sandbox extends ChainSandbox {
 
 t.before(async () => {
   if (!haveBridge) return;
-  execFileSync('make', ['-s', '-C', ROOT, 'cni'], { stdio: 'inherit' });
-  tb = await startTestbed(spec, { topology: 'inpod', prefix: testPrefix(), standIn: false });
-  const podsFile = join(tb.info.runDir, 'pods.json');
-  tb.writePodsList(podsFile);
-  const socket = join(tb.info.runDir, 'cni.sock');
-  loader = startLoader(tb, tb.node('node1'), podsFile, ['--cni-socket', socket, '--cni-timeout-ms', '10000'], true);
-  await waitReady(tb, loader);
-  await startZtunnels(tb, { zdsSocket: (node) => zdsSocketPath(tb, tb.node(node)) });
-  await startHttpServer(tb, 'server', PORT);
+  node = await startCniTestbed(spec);
+  tb = node.tb;
+  tb.writePodsList(node.podsFile);
+  loader = await startCniAgent(node, ['--cni-socket', node.socket, '--cni-timeout-ms', '10000']);
 });
 t.teardown(async () => {
   for (const name of netnsMade) {
@@ -73,53 +63,24 @@ t.teardown(async () => {
       // already gone
     }
   }
-  if (loader) {
-    loader.proc.kill('SIGTERM');
-    await loader.proc.exited;
-  }
-  await tb?.down();
+  await stopCniNode(tb, loader);
 });
 
 t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the moment ADD returns`, async (t) => {
   if (!haveBridge) {
     return t.plan(0, `skip: ${DEBIAN_CNI_BIN}/bridge missing: install containernetworking-plugins (make deps does)`);
   }
-  const node = tb.node('node1');
-  const chain = new CniChain({
-    plugin: PLUGIN,
-    socketPath: join(tb.info.runDir, 'cni.sock'),
-    nodeNetnsPath: node.netnsPath,
-    bridge: 'ambcni0',
-    subnet: '198.19.200.0/24',
-    ipamDir: join(tb.info.runDir, 'ipam'),
-  });
+  const chain = cniChain(node);
   // The sandboxes' Pod objects exist before their sandboxes, as in Kubernetes: Pending, no IP.
   const boxes: Sandbox[] = Array.from({ length: PODS }, (_, i) => {
     const name = `race-${i}`;
     const uid = randomUUID();
-    const cgroup = join(node.kubepodsCgroup, 'besteffort', `pod${uid}`, 'c1');
     const netnsPath = `/run/netns/${tb.info.prefix}-${name}`;
-    const pod: TestbedPod = {
-      ...tb.pod('template'),
-      name,
-      uid,
-      netnsPath,
-      containerCgroupPath: cgroup,
-      ip: '',
-      ips: [],
-    };
+    const pod = sandboxPod(tb, 'template', name, uid, netnsPath);
     return { name, uid, namespace: 'mesh', containerId: `${name}-sandbox`, netnsPath, pod };
   });
-  editPodsFile(join(tb.info.runDir, 'pods.json'), (list) => {
-    for (const b of boxes) {
-      list.items.push({
-        apiVersion: 'v1',
-        kind: 'Pod',
-        metadata: { name: b.name, namespace: 'mesh', uid: b.uid, labels: {}, annotations: {}, resourceVersion: '9000' },
-        spec: { nodeName: 'node1', containers: [{ name: 'app', image: 'registry.local/ambtb/pause:1' }] },
-        status: { phase: 'Pending' },
-      } as (typeof list.items)[number]);
-    }
+  editPodsFile(node.podsFile, (list) => {
+    for (const b of boxes) list.items.push(pendingPod(b.name, b.uid) as (typeof list.items)[number]);
   });
   await eventually(() => loader.logLines().some((l) => l['msg'] === 'reconciled'), 10_000, 'a pass with the pods');
 

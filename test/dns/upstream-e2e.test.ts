@@ -89,8 +89,15 @@ async function dnsq(pod: TestbedPod, args: string[], timeoutMs = 20_000): Promis
   const r = await tb.exec(pod, ['python3', DNSQ, ...args], { timeoutMs });
   return r.stdout.trim();
 }
-const query = async (pod: TestbedPod, args: string[]): Promise<Reply> =>
-  JSON.parse(await dnsq(pod, ['query', ...args])) as Reply;
+/** One query; its answer's fields with the socket's peer (connected) or error beside them. */
+const query = async (pod: TestbedPod, args: string[]): Promise<Reply> => {
+  const out = JSON.parse(await dnsq(pod, ['query', ...args])) as {
+    answers: Reply[];
+    peer?: Reply['peer'];
+    error?: string;
+  };
+  return { ...out.answers[0], ...(out.peer ? { peer: out.peer } : {}), ...(out.error ? { error: out.error } : {}) };
+};
 const reuse = async (pod: TestbedPod, args: string[]): Promise<ReuseOut> =>
   JSON.parse(await dnsq(pod, ['reuse', ...args], 50_000)) as ReuseOut;
 

@@ -36,3 +36,24 @@ t.test('finds pods under the cgroupfs and systemd drivers, whole components only
   t.notOk(found.has('other'));
   t.same(podCgroupMarkers('a-b'), ['poda-b', 'poda_b']);
 });
+
+t.test('oldest process first, not lowest pid (a process started after a pid wrap)', async (t) => {
+  const uid = '1b2c3d4e-0000-4000-8000-00000000000b';
+  const cg = `0::/kubepods/besteffort/pod${uid}/ctr\n`;
+  const root = await fakeProc(t, { 300: cg, 31000: cg, 31001: cg });
+  // starttime is field 22; the command may hold spaces and parentheses.
+  const stat = (pid: number, started: number): string =>
+    `${pid} (a) b) S ${Array.from({ length: 18 }, (_, i) => i + 4).join(' ')} ${started} 0 0\n`;
+  await writeFile(join(root, '31000', 'stat'), stat(31000, 100));
+  await writeFile(join(root, '31001', 'stat'), stat(31001, 200));
+  await writeFile(join(root, '300', 'stat'), stat(300, 900));
+  const found = await findPodProcesses([uid], root);
+  t.same(
+    found.get(uid)?.map((p) => [p.pid, p.started]),
+    [
+      [31000, 100],
+      [31001, 200],
+      [300, 900],
+    ],
+  );
+});
