@@ -12,7 +12,7 @@
 // and when asked (the safety net, a ztunnel restart).
 import { writeFile, rename, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { computeDesiredState, type DesiredState, type Problem } from '../state/desired.ts';
+import { computeDesiredState, type DesiredPod, type DesiredState, type Problem } from '../state/desired.ts';
 import {
   resolveNode,
   stillResolved,
@@ -72,6 +72,16 @@ export interface Discovery {
 }
 
 const NODE_DISCOVERY: Discovery = { resolve: resolveNode, stillResolved };
+
+/**
+ * An earlier resolution of a pod with what the cluster says of it now: the node's facts (processes,
+ * netns, host link) from the one, every DesiredPod field from the other. Not `{ ...known, ...d }`: an
+ * optional field the pod lost (its dns-capture annotation removed) would keep the old value.
+ */
+function withDesired(known: ResolvedPod, d: DesiredPod): ResolvedPod {
+  const { pid, pids, netnsPath, netnsCookie, hostLink } = known;
+  return { ...d, pid, pids, netnsPath, netnsCookie, hostLink };
+}
 
 /** Pods resolved by earlier passes kept for scoped passes (those that left too: a pod that opts out and
  * back in is resolved without a /proc scan). */
@@ -222,7 +232,7 @@ export class Reconciler {
         known.ips.length === d.ips.length &&
         known.ips.every((ip, i) => ip === d.ips[i]) &&
         (hint === undefined || hint === known.netnsPath);
-      if (same && discovery.stillResolved(known)) byUid.set(d.uid, { ...known, ...d });
+      if (same && discovery.stillResolved(known)) byUid.set(d.uid, withDesired(known, d));
       else if (hint !== undefined && changed.has(d.uid)) fromHint.push(d);
       else scan.push(d);
     }

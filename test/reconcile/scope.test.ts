@@ -9,7 +9,7 @@ import { Reconciler, type Discovery } from '../../src/reconcile/reconciler.ts';
 import { InpodTopology } from '../../src/reconcile/topology-inpod.ts';
 import { isEmptyPlan } from '../../src/reconcile/plan.ts';
 import { changedPods, memoOf } from '../../src/reconcile/scope.ts';
-import { computeDesiredState, type DesiredState } from '../../src/state/desired.ts';
+import { DNS_CAPTURE_ANNOTATION, computeDesiredState, type DesiredState } from '../../src/state/desired.ts';
 import type { ResolvedPod } from '../../src/node/discovery.ts';
 import type { ClusterSnapshot, KubeObjectLike } from '../../src/sources/types.ts';
 import { fakeDatapath, handoff } from './fake-inpod.ts';
@@ -20,6 +20,7 @@ interface PodSpec {
   readonly name: string;
   readonly ip: string;
   readonly labels?: Record<string, string>;
+  readonly annotations?: Record<string, string>;
   readonly namespace?: string;
 }
 
@@ -27,7 +28,13 @@ function podObject(p: PodSpec): KubeObjectLike {
   return {
     apiVersion: 'v1',
     kind: 'Pod',
-    metadata: { name: p.name, namespace: p.namespace ?? 'mesh', uid: `uid-${p.name}`, labels: p.labels ?? {} },
+    metadata: {
+      name: p.name,
+      namespace: p.namespace ?? 'mesh',
+      uid: `uid-${p.name}`,
+      labels: p.labels ?? {},
+      annotations: p.annotations ?? {},
+    },
     spec: { nodeName: NODE, containers: [{ name: 'app' }] },
     status: { phase: 'Running', podIP: p.ip, podIPs: [{ ip: p.ip }] },
   };
@@ -171,6 +178,9 @@ t.test('a burst of fast-path changes leaves what a full pass would', async (t) =
     (p) => p.map((x) => (x.name === 'app-5' ? { ...x, ip: '198.18.2.5' } : x)),
     (p) => [...p, { name: 'new-2', ip: '198.18.1.3' }], // app-3's old IP
     (p) => p.map((x) => (x.name === 'app-4' ? { ...x, labels: {} } : x)),
+    // An optional field set, then gone: the scoped pass must not keep the old value.
+    (p) => p.map((x) => (x.name === 'app-7' ? { ...x, annotations: { [DNS_CAPTURE_ANNOTATION]: 'false' } } : x)),
+    (p) => p.map((x) => (x.name === 'app-7' ? { ...x, annotations: {} } : x)),
   ];
   for (const step of steps) {
     pods = step(pods);
