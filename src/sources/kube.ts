@@ -2,10 +2,16 @@
 // node's ztunnel pod is one of them) and all Namespaces (their labels decide ambient membership),
 // mirrored by two reflectors and delivered as whole snapshots. Bursts of events (a deployment
 // rolling, a relist) are coalesced into one snapshot; deliveries never overlap.
-import type { KubeConfig } from '@kubernetes/client-node';
+//
+// A pod event that changes nothing the loader reads is no change: the agent's own redirection
+// annotation patches (pending -> enabled, one per pod) come back as MODIFIED events, and at 250 pods
+// each would otherwise start a full reconcile pass (the "annotation echo").
+import { isDeepStrictEqual } from 'node:util';
+import type { KubeConfig } from '../kube/config.ts';
 import { logger, type Logger } from '../log.ts';
 import { Reflector, type ReflectorCounters } from '../kube/reflector.ts';
-import type { ClusterSnapshot, PodSource, SourceHealth } from './types.ts';
+import { REDIRECTION_ANNOTATION } from '../state/desired.ts';
+import type { ClusterSnapshot, KubeObjectLike, PodSource, SourceHealth } from './types.ts';
 import { SnapshotValidator } from './validate.ts';
 
 const moduleLog = logger('kube-source');
@@ -85,6 +91,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
     path: '/api/v1/pods',
     resource: 'pods',
     fieldSelector: `spec.nodeName=${o.nodeName}`,
+    same: samePodForLoader,
   });
   const namespaces = new Reflector({ ...common, path: '/api/v1/namespaces', resource: 'namespaces' });
   const reflectors = [pods, namespaces];
@@ -130,7 +137,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
     async start(onSnapshot) {
       deliver = onSnapshot;
       log.info(
-        { node: o.nodeName, server: o.kubeConfig.getCurrentCluster()?.server },
+        { node: o.nodeName, server: o.kubeConfig.server },
         'watching pods of this node and namespaces',
       );
       watchdog = setInterval(
@@ -182,6 +189,32 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
       };
     },
   };
+}
+
+/** Values of the redirection annotation that only report what the agent did; `disabled` opts a pod out. */
+const REPORTED = new Set([undefined, 'pending', 'enabled']);
+
+/**
+ * Two versions of a pod the loader treats alike: equal but for metadata.resourceVersion,
+ * managedFields, and the redirection annotation moving between absent, pending and enabled (what
+ * the annotator writes; it knows what it wrote, and the next pass sees the stored value anyway).
+ */
+export function samePodForLoader(before: KubeObjectLike, after: KubeObjectLike): boolean {
+  const strip = (o: KubeObjectLike): { rest: object; redirection: unknown } => {
+    const { resourceVersion: _rv, managedFields: _mf, annotations, ...meta } = (o.metadata ?? {}) as Record<
+      string,
+      unknown
+    >;
+    const { [REDIRECTION_ANNOTATION]: redirection, ...others } = (annotations ?? {}) as Record<string, unknown>;
+    // No annotations and none but the redirection one read alike (an empty map either way).
+    const kept = Object.keys(others).length > 0 ? { annotations: others } : {};
+    return { rest: { ...o, metadata: { ...meta, ...kept } }, redirection };
+  };
+  const a = strip(before);
+  const b = strip(after);
+  if (a.redirection !== b.redirection && !(REPORTED.has(a.redirection as string) && REPORTED.has(b.redirection as string)))
+    return false;
+  return isDeepStrictEqual(a.rest, b.rest);
 }
 
 function definedOnly<T extends object>(obj: T): Partial<T> {

@@ -8,7 +8,7 @@ import { KubeConfigError } from '../../src/kube/errors.ts';
 import { resolveNodeName } from '../../src/kube/node-name.ts';
 import { backoffDelay } from '../../src/kube/backoff.ts';
 import { createKubeSource } from '../../src/sources/kube.ts';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '../../src/kube/config.ts';
 import type { FakeApiServer } from '../../src/testbed/apiserver/server.ts';
 import { SnapshotRecorder, namespace, pod, podNames, startFakeServer, type TestContext } from './fixtures.ts';
 
@@ -43,7 +43,7 @@ t.test('--in-cluster: service account token and CA from a directory, address fro
   writeFileSync(join(dir, 'namespace'), 'istio-system');
   const env = { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: String(server.port) };
   const kc = loadKubeConfig({ inCluster: true, serviceAccountDir: dir, env });
-  t.equal(kc.getCurrentCluster()?.server, `https://127.0.0.1:${server.port}`);
+  t.equal(kc.server, `https://127.0.0.1:${server.port}`);
   t.same(await syncsWith(t, server, kc), ['shop/web-1']);
   t.ok(
     server.requests.every((r) => r.status !== 401),
