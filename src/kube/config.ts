@@ -169,10 +169,9 @@ function fromFile(path: string): KubeConfig {
   const ctx = ctxName === undefined ? undefined : contexts.get(ctxName)?.['context'];
   const cluster = isRecord(ctx) ? named(doc['clusters'], 'cluster').get(String(ctx['cluster'])) : undefined;
   if (!isRecord(ctx) || !cluster || typeof cluster['server'] !== 'string') {
-    throw new KubeConfigError(
-      `kubeconfig ${path} has no usable cluster for its current context "${ctxName ?? ''}"`,
-      { path },
-    );
+    throw new KubeConfigError(`kubeconfig ${path} has no usable cluster for its current context "${ctxName ?? ''}"`, {
+      path,
+    });
   }
   const user = ctx['user'] === undefined ? {} : named(doc['users'], 'user').get(String(ctx['user']));
   if (!user) throw bad(`context "${ctxName}" names user "${String(ctx['user'])}", which is not in users`);

@@ -28,7 +28,12 @@ export function requestJson(kc: KubeConfig, r: JsonRequest): Promise<unknown> {
       done = true;
       reject(err);
     };
-    const req = send(kc, url, r.method, body === undefined ? {} : { 'Content-Type': r.contentType ?? 'application/json' });
+    const req = send(
+      kc,
+      url,
+      r.method,
+      body === undefined ? {} : { 'Content-Type': r.contentType ?? 'application/json' },
+    );
     const timer = setTimeout(() => {
       fail(unreachable(r.method, url, new Error(`no answer within ${r.timeoutMs} ms (timeout)`)));
       req.destroy();

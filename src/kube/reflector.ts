@@ -254,7 +254,10 @@ export class Reflector {
 
   private rejectEvent(why: string, raw: string): void {
     this.counters.errors++;
-    this.opts.log.error({ resource: this.opts.resource, why, event: raw.slice(0, 200) }, 'malformed watch event skipped');
+    this.opts.log.error(
+      { resource: this.opts.resource, why, event: raw.slice(0, 200) },
+      'malformed watch event skipped',
+    );
   }
 
   private listed(m: Mirror): void {

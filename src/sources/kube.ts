@@ -136,10 +136,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
   return {
     async start(onSnapshot) {
       deliver = onSnapshot;
-      log.info(
-        { node: o.nodeName, server: o.kubeConfig.server },
-        'watching pods of this node and namespaces',
-      );
+      log.info({ node: o.nodeName, server: o.kubeConfig.server }, 'watching pods of this node and namespaces');
       watchdog = setInterval(
         () => {
           for (const r of reflectors) r.checkStale();
@@ -195,24 +192,31 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
 const REPORTED = new Set([undefined, 'pending', 'enabled']);
 
 /**
- * Two versions of a pod the loader treats alike: equal but for metadata.resourceVersion,
+ * Two versions of a pod the loader treats alike: equal but for apiVersion/kind, metadata.resourceVersion,
  * managedFields, and the redirection annotation moving between absent, pending and enabled (what
  * the annotator writes; it knows what it wrote, and the next pass sees the stored value anyway).
  */
 export function samePodForLoader(before: KubeObjectLike, after: KubeObjectLike): boolean {
   const strip = (o: KubeObjectLike): { rest: object; redirection: unknown } => {
-    const { resourceVersion: _rv, managedFields: _mf, annotations, ...meta } = (o.metadata ?? {}) as Record<
-      string,
-      unknown
-    >;
+    const {
+      resourceVersion: _rv,
+      managedFields: _mf,
+      annotations,
+      ...meta
+    } = (o.metadata ?? {}) as Record<string, unknown>;
     const { [REDIRECTION_ANNOTATION]: redirection, ...others } = (annotations ?? {}) as Record<string, unknown>;
     // No annotations and none but the redirection one read alike (an empty map either way).
     const kept = Object.keys(others).length > 0 ? { annotations: others } : {};
-    return { rest: { ...o, metadata: { ...meta, ...kept } }, redirection };
+    // apiVersion and kind too: a list's items come without them, a watch event's object with them.
+    const { apiVersion: _a, kind: _k, ...body } = o;
+    return { rest: { ...body, metadata: { ...meta, ...kept } }, redirection };
   };
   const a = strip(before);
   const b = strip(after);
-  if (a.redirection !== b.redirection && !(REPORTED.has(a.redirection as string) && REPORTED.has(b.redirection as string)))
+  if (
+    a.redirection !== b.redirection &&
+    !(REPORTED.has(a.redirection as string) && REPORTED.has(b.redirection as string))
+  )
     return false;
   return isDeepStrictEqual(a.rest, b.rest);
 }

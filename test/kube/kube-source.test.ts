@@ -1,7 +1,10 @@
 // The Kubernetes pod source against the fake API server: sync, changes, and every way a watch can
 // go wrong (dropped, server down, stalled, expired, failing, refusing the token).
 import t from 'tap';
-import { createKubeSource, type KubeSource, type KubeSourceOptions } from '../../src/sources/kube.ts';
+import { createKubeSource, samePodForLoader, type KubeSource, type KubeSourceOptions } from '../../src/sources/kube.ts';
+import { PatchStrategy, PodsApi } from '../../src/kube/pods.ts';
+import { REDIRECTION_ANNOTATION } from '../../src/state/desired.ts';
+import type { KubeObjectLike } from '../../src/sources/types.ts';
 import { KubeAuthError } from '../../src/kube/errors.ts';
 import type { FakeApiServer, FakeApiServerOptions } from '../../src/testbed/apiserver/server.ts';
 import {
@@ -15,7 +18,7 @@ import {
   startFakeServer,
   type TestContext,
 } from './fixtures.ts';
-import { eventually, waitUntil } from '../helpers/wait.ts';
+import { eventually, observeFor, waitUntil } from '../helpers/wait.ts';
 import { captureLog } from '../helpers/log.ts';
 import { INVALID_NAMESPACE, INVALID_PODS } from '../sources/invalid-objects.ts';
 
@@ -346,4 +349,74 @@ t.test('a refused token fails start with a clear error and delivers nothing', as
   t.match((err as Error).message, server.url);
   t.equal(rec.snapshots.length, 0);
   t.equal(source.health().synced, false);
+});
+
+t.test('which pod edits the loader cannot tell apart (the annotation echo)', async (t) => {
+  const base = (): KubeObjectLike & Record<string, unknown> => ({
+    ...pod('web-1', 'shop', NODE, '198.18.1.10', { app: 'web' }),
+    metadata: { name: 'web-1', namespace: 'shop', uid: 'u1', resourceVersion: '7', labels: { app: 'web' } },
+  });
+  const edit = (f: (p: Record<string, any>) => void): KubeObjectLike => {
+    const p = structuredClone(base()) as Record<string, any>;
+    f(p);
+    return p as KubeObjectLike;
+  };
+  const alike: Array<[string, KubeObjectLike]> = [
+    ['only the resourceVersion', edit((p) => (p['metadata'].resourceVersion = '8'))],
+    ['redirection set to pending', edit((p) => (p['metadata'].annotations = { [REDIRECTION_ANNOTATION]: 'pending' }))],
+    ['managedFields', edit((p) => (p['metadata'].managedFields = [{ manager: 'ambpf' }]))],
+    [
+      'apiVersion and kind (a watch event; list items have neither)',
+      edit((p) => Object.assign(p, { apiVersion: 'v1', kind: 'Pod' })),
+    ],
+  ];
+  for (const [what, after] of alike) t.ok(samePodForLoader(base(), after), `alike: ${what}`);
+  const enabled = edit((p) => (p['metadata'].annotations = { [REDIRECTION_ANNOTATION]: 'enabled', x: '1' }));
+  const pending = edit((p) => (p['metadata'].annotations = { [REDIRECTION_ANNOTATION]: 'pending', x: '1' }));
+  t.ok(samePodForLoader(pending, enabled), 'alike: pending -> enabled beside another annotation');
+  const differ: Array<[string, KubeObjectLike]> = [
+    [
+      'redirection disabled (an opt-out)',
+      edit((p) => (p['metadata'].annotations = { [REDIRECTION_ANNOTATION]: 'disabled' })),
+    ],
+    ['another annotation', edit((p) => (p['metadata'].annotations = { 'sidecar.istio.io/status': '{}' }))],
+    ['a label', edit((p) => (p['metadata'].labels = { app: 'web', 'istio.io/dataplane-mode': 'none' }))],
+    ['the pod IP', edit((p) => (p['status'].podIP = '198.18.1.11'))],
+    ['deletionTimestamp', edit((p) => (p['metadata'].deletionTimestamp = '2026-01-01T00:00:00Z'))],
+    ['the uid', edit((p) => (p['metadata'].uid = 'u2'))],
+  ];
+  for (const [what, after] of differ) t.notOk(samePodForLoader(base(), after), `differ: ${what}`);
+});
+
+t.test("the agent's own redirection patches are no change; a real edit right after them is", async (t) => {
+  const { server, rec, source } = await synced(t);
+  const api = new PodsApi(kubeConfigFor(server));
+  const uid = server.getPod('shop', 'web-1')?.metadata['uid'];
+  const annotate = (value: string): Promise<unknown> =>
+    api.patchNamespacedPodStatus({
+      namespace: 'shop',
+      name: 'web-1',
+      body: { metadata: { uid, annotations: { [REDIRECTION_ANNOTATION]: value } } },
+      strategy: PatchStrategy.MergePatch,
+      fieldManager: 'ambpf-test',
+      timeoutMs: 5000,
+    });
+  const before = rec.snapshots.length;
+  const events = source.counters().events;
+  await annotate('pending');
+  await annotate('enabled');
+  await eventually(() => source.counters().events >= events + 2, 5000, 'both echoes heard by the watch');
+  await observeFor(200); // ten coalescing windows: an echo taken for a change would be delivered by now
+  t.equal(rec.snapshots.length, before, 'no snapshot for the echoes');
+  await annotate('disabled');
+  const s = await rec.waitFor(
+    (s) => {
+      const p = s.pods.find((p) => p.metadata?.name === 'web-1');
+      return (p?.metadata?.annotations as Record<string, string> | undefined)?.[REDIRECTION_ANNOTATION] === 'disabled';
+    },
+    5000,
+    'the opt-out delivered',
+  );
+  t.ok(s, 'an opt-out through the same annotation is a change');
+  t.equal(rec.snapshots.length, before + 1, 'one snapshot, for the opt-out');
 });
