@@ -13,6 +13,7 @@ import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { parse } from 'yaml';
 import { KubeConfigError } from './errors.ts';
+import { OwnWrites } from './own-writes.ts';
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -39,11 +40,13 @@ export interface KubeConfigInit {
 }
 
 /**
- * An API server and the credentials for it, with one keep-alive connection pool: the watches hold
- * their connections, lists and patches reuse idle ones.
+ * An API server and the credentials for it, with one keep-alive connection pool (the watches hold
+ * their connections, lists and patches reuse idle ones), and the annotations written through it (so
+ * the watch can tell their echo from news).
  */
 export class KubeConfig {
   readonly server: string;
+  readonly writes = new OwnWrites();
   readonly ca: Buffer | undefined;
   readonly insecureSkipTlsVerify: boolean;
   readonly #init: KubeConfigInit;

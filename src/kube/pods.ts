@@ -11,10 +11,18 @@ export const PatchStrategy = {
 
 export type PatchStrategyType = (typeof PatchStrategy)[keyof typeof PatchStrategy];
 
+/** What ambpf patches: metadata (the uid as a precondition, annotations; null removes one). */
+export interface PodStatusPatchBody {
+  readonly metadata: {
+    readonly uid?: string;
+    readonly annotations?: Readonly<Record<string, string | null>>;
+  };
+}
+
 export interface PodStatusPatch {
   readonly namespace: string;
   readonly name: string;
-  readonly body: unknown;
+  readonly body: PodStatusPatchBody;
   readonly strategy: PatchStrategyType;
   /** Recorded in managedFields as the writer. */
   readonly fieldManager: string;
@@ -33,6 +41,8 @@ export class PodsApi {
     const path =
       `/api/v1/namespaces/${encodeURIComponent(p.namespace)}/pods/${encodeURIComponent(p.name)}/status` +
       `?fieldManager=${encodeURIComponent(p.fieldManager)}`;
+    const annotations = p.body.metadata.annotations;
+    if (annotations) this.#kc.writes.record(p.namespace, p.name, annotations);
     return requestJson(this.#kc, {
       method: 'PATCH',
       path,

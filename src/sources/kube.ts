@@ -3,9 +3,9 @@
 // mirrored by two reflectors and delivered as whole snapshots. Bursts of events (a deployment
 // rolling, a relist) are coalesced into one snapshot; deliveries never overlap.
 //
-// A pod event that changes nothing the loader reads is no change: the agent's own redirection
-// annotation patches (pending -> enabled, one per pod) come back as MODIFIED events, and at 250 pods
-// each would otherwise start a full reconcile pass (the "annotation echo").
+// A pod event that changes nothing the loader reads is no change, nor is the echo of the agent's own
+// redirection annotation patches (pending -> enabled, one per pod, src/kube/own-writes.ts): at 250
+// pods each would otherwise start a full reconcile pass.
 import { isDeepStrictEqual } from 'node:util';
 import type { KubeConfig } from '../kube/config.ts';
 import { logger, type Logger } from '../log.ts';
@@ -91,7 +91,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
     path: '/api/v1/pods',
     resource: 'pods',
     fieldSelector: `spec.nodeName=${o.nodeName}`,
-    same: samePodForLoader,
+    same: noNews(o.kubeConfig),
   });
   const namespaces = new Reflector({ ...common, path: '/api/v1/namespaces', resource: 'namespaces' });
   const reflectors = [pods, namespaces];
@@ -188,37 +188,43 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
   };
 }
 
-/** Values of the redirection annotation that only report what the agent did; `disabled` opts a pod out. */
-const REPORTED = new Set([undefined, 'pending', 'enabled']);
+/**
+ * Two versions of a pod that differ at most in what the loader does not read (apiVersion/kind,
+ * metadata.resourceVersion, managedFields) and in the redirection annotation, which the agent writes.
+ */
+export function sameButRedirection(before: KubeObjectLike, after: KubeObjectLike): boolean {
+  return isDeepStrictEqual(withoutWritten(before), withoutWritten(after));
+}
+
+function withoutWritten(o: KubeObjectLike): object {
+  // apiVersion and kind too: a list's items come without them, a watch event's object with them.
+  const { apiVersion: _a, kind: _k, ...body } = o;
+  const {
+    resourceVersion: _rv,
+    managedFields: _mf,
+    annotations,
+    ...meta
+  } = (o.metadata ?? {}) as Record<string, unknown>;
+  const { [REDIRECTION_ANNOTATION]: _r, ...others } = (annotations ?? {}) as Record<string, unknown>;
+  // No annotations and none but the redirection one read alike (an empty map either way).
+  return { ...body, metadata: { ...meta, ...(Object.keys(others).length > 0 ? { annotations: others } : {}) } };
+}
+
+function redirectionOf(o: KubeObjectLike): unknown {
+  return (o.metadata?.annotations as Record<string, unknown> | undefined)?.[REDIRECTION_ANNOTATION];
+}
 
 /**
- * Two versions of a pod the loader treats alike: equal but for apiVersion/kind, metadata.resourceVersion,
- * managedFields, and the redirection annotation moving between absent, pending and enabled (what
- * the annotator writes; it knows what it wrote, and the next pass sees the stored value anyway).
+ * A pod event that is no news: nothing the loader reads changed, or only the redirection annotation,
+ * to what this process itself wrote (its echo). Someone else's edit of the annotation is news.
  */
-export function samePodForLoader(before: KubeObjectLike, after: KubeObjectLike): boolean {
-  const strip = (o: KubeObjectLike): { rest: object; redirection: unknown } => {
-    const {
-      resourceVersion: _rv,
-      managedFields: _mf,
-      annotations,
-      ...meta
-    } = (o.metadata ?? {}) as Record<string, unknown>;
-    const { [REDIRECTION_ANNOTATION]: redirection, ...others } = (annotations ?? {}) as Record<string, unknown>;
-    // No annotations and none but the redirection one read alike (an empty map either way).
-    const kept = Object.keys(others).length > 0 ? { annotations: others } : {};
-    // apiVersion and kind too: a list's items come without them, a watch event's object with them.
-    const { apiVersion: _a, kind: _k, ...body } = o;
-    return { rest: { ...body, metadata: { ...meta, ...kept } }, redirection };
+function noNews(kc: KubeConfig): (before: KubeObjectLike, after: KubeObjectLike) => boolean {
+  return (before, after) => {
+    if (!sameButRedirection(before, after)) return false;
+    if (redirectionOf(before) === redirectionOf(after)) return true;
+    const m = after.metadata;
+    return kc.writes.takeEcho(String(m?.namespace), String(m?.name), m?.annotations);
   };
-  const a = strip(before);
-  const b = strip(after);
-  if (
-    a.redirection !== b.redirection &&
-    !(REPORTED.has(a.redirection as string) && REPORTED.has(b.redirection as string))
-  )
-    return false;
-  return isDeepStrictEqual(a.rest, b.rest);
 }
 
 function definedOnly<T extends object>(obj: T): Partial<T> {
