@@ -63,11 +63,14 @@ export const RETRY_MAX_MS = 30_000;
 export interface HandoffOptions {
   readonly socketPath: string;
   readonly log: Logger;
-  /** A pod became served (or stopped being served): time for a reconcile pass. */
-  readonly onChange: () => void;
+  /** A pod became served (or stopped being served): time for a reconcile pass (of that pod). */
+  readonly onChange: (uid: string) => void;
   /** A ztunnel took its snapshot: its listeners may be new in every pod (a restart, a rolling upgrade),
    * so the pass re-reads them all. */
   readonly onPeer?: () => void;
+  /** A ztunnel left while another stays (a rolling upgrade): the old one's listeners close in every
+   * pod, so a full pass looks for them (its pods' state did not change: no onChange). */
+  readonly onPeerGone?: () => void;
   readonly ackTimeoutMs?: number;
   /** With an API server: `ambient.istio.io/redirection` on each pod (istiod sends HBONE only to
    * pods marked `enabled`). */
@@ -103,6 +106,8 @@ export class ZdsHandoff implements ZtunnelHandoff {
   #inSnapshot = new Map<string, bigint>();
   /** A ztunnel took a snapshot from this agent at least once. */
   #sawPeer = false;
+  /** When a ztunnel last connected or left (ms since the epoch). */
+  #peersChangedAt: number | undefined;
 
   private constructor(server: ZdsServer, o: HandoffOptions) {
     this.#server = server;
@@ -169,12 +174,18 @@ export class ZdsHandoff implements ZtunnelHandoff {
     }));
   }
 
-  sync(armed: readonly ResolvedPod[]): void {
+  peersChangedAt(): number | undefined {
+    return this.#peersChangedAt;
+  }
+
+  sync(armed: readonly ResolvedPod[], scope?: ReadonlySet<string>): void {
     if (this.#closed) return;
     this.#firstSync.resolve();
     const want = new Map(armed.map((p) => [p.uid, p as HandoffPod]));
-    for (const [uid, e] of this.#pods) {
-      if (want.has(uid)) continue;
+    // A scoped pass (src/reconcile/reconciler.ts) speaks for its pods only; the others stay as they are.
+    for (const uid of scope ?? [...this.#pods.keys()]) {
+      const e = this.#pods.get(uid);
+      if (!e || want.has(uid)) continue;
       this.#pods.delete(uid);
       this.#o.annotator?.set(e.pod, null);
       void this.#del(uid, e.pod);
@@ -230,7 +241,7 @@ export class ZdsHandoff implements ZtunnelHandoff {
     // A pass registers a served pod's listeners and writes every state to the state file.
     if (changed) {
       this.#annotate(e);
-      this.#o.onChange();
+      this.#o.onChange(e.pod.uid);
     }
   }
 
@@ -270,6 +281,7 @@ export class ZdsHandoff implements ZtunnelHandoff {
   /** A ztunnel took its snapshot: every pod in it is served by that ztunnel now. */
   #onPeer(peer: ZdsPeer): void {
     this.#sawPeer = true;
+    this.#peersChangedAt = Date.now();
     this.#o.log.info({ peer: peer.pid, pods: this.#pods.size }, 'ztunnel connected and took the snapshot');
     // Only what went out in that snapshot, for the sandbox it named: a pod armed (or re-created)
     // while the snapshot was on its way gets its own Add from #pump. (A snapshot Add ztunnel nacked is
@@ -286,7 +298,11 @@ export class ZdsHandoff implements ZtunnelHandoff {
 
   #onPeerGone(peer: ZdsPeer, err: ZdsError | undefined): void {
     this.#o.log.warn({ peer: peer.pid, err: err ? describeError(err) : undefined }, 'ztunnel disconnected');
-    if (this.#server.ready) return;
+    this.#peersChangedAt = Date.now();
+    if (this.#server.ready) {
+      this.#o.onPeerGone?.();
+      return;
+    }
     // No ztunnel left: the captures stay armed, so the pods' traffic is refused until one comes back
     // and takes the snapshot (fail closed).
     for (const e of this.#pods.values()) this.#set(e, 'no-ztunnel', err ? describeError(err) : 'ztunnel disconnected');

@@ -1,12 +1,13 @@
 // The loader at node scale, ZDS included (issue 20's control-plane targets): a testbed of its own with
-// one node and N mesh pods (249 by default: with ztunnel's, 250 pods on the node), the inpod ztunnel stand-in as a ZDS client of the loader
-// (it opens its listeners in a pod's netns when the Add arrives, then acks), `ambpf run --mode inpod`
-// as on a real node. Measured:
+// one node and N mesh pods (249 by default: with ztunnel's, 250 pods on the node), the inpod ztunnel
+// stand-in as a ZDS client of the loader (it opens its listeners in a pod's netns when the Add arrives,
+// then acks), `ambpf run --mode inpod` as on a real node. Measured:
 //   captureAllMs   loader start -> every pod captured (armed, Add acked, listeners in ambpf_inpod_listen);
 //   rssMiB         the loader's VmRSS once all are captured;
 //   idleCpuPct     the loader's CPU time (utime + stime) over `idleSeconds` with nothing changing, as %
-//                  of one core (its resync ticks are all it does then: a map lookup per pod every
-//                  --resync-ms, a full pass every 30 s; the bench waits 30 s to include one);
+//                  of one core (its resync ticks are all it does then: a look at a few pods'
+//                  listeners every --resync-ms; the safety-net full pass runs every 5 min
+//                  (SAFETY_NET_MS), outside the window: ~0.25 s of CPU per pass at 250 pods);
 //   podChangeMs    a pod's label flipped in the pods file -> released (opt-out: its ambpf_pods entry
 //                  gone, Del sent) or captured again (opt-in: Add acked by the stand-in and its 15006 in
 //                  ambpf_inpod_listen), each bounded by 10 s.

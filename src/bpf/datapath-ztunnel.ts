@@ -23,7 +23,15 @@ export class ZtunnelSetupError extends AmbpfError {
 
 /** Inodes of the TCP sockets in LISTEN state on `port`, as process `pid`'s netns sees them. */
 export function listeningInodes(pid: number, port: number): Set<string> {
-  const out = new Set<string>();
+  return listeningInodesByPort(pid, [port]).get(port)!;
+}
+
+/**
+ * The same for several ports from one read of /proc/<pid>/net/tcp{,6}: each read walks the kernel's
+ * whole TCP hash (every socket of the node), so a pod's three ports cost one walk per family, not three.
+ */
+export function listeningInodesByPort(pid: number, ports: readonly number[]): Map<number, Set<string>> {
+  const byPort = new Map(ports.map((p) => [p, new Set<string>()]));
   for (const file of ['tcp', 'tcp6']) {
     let text: string;
     try {
@@ -34,11 +42,11 @@ export function listeningInodes(pid: number, port: number): Set<string> {
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
       const local = f[1];
-      if (!local || f[3] !== '0A') continue; // 0A = TCP_LISTEN
-      if (parseInt(local.slice(local.indexOf(':') + 1), 16) === port && f[9]) out.add(f[9]);
+      if (!local || f[3] !== '0A' || !f[9]) continue; // 0A = TCP_LISTEN
+      byPort.get(parseInt(local.slice(local.indexOf(':') + 1), 16))?.add(f[9]);
     }
   }
-  return out;
+  return byPort;
 }
 
 /** Where a socket lives: which process holds it under which fd. */
@@ -50,23 +58,31 @@ export interface SocketHolder {
 /** socket inode -> fd (the first one, in readdir order) over process `pid`'s fds; empty once it exited. */
 export function socketFds(pid: number): Map<string, number> {
   const out = new Map<string, number>();
-  let names: string[];
-  try {
-    names = readdirSync(`/proc/${pid}/fd`);
-  } catch {
-    return out; // exited
-  }
-  for (const name of names) {
-    let target: string;
-    try {
-      target = readlinkSync(`/proc/${pid}/fd/${name}`);
-    } catch {
-      continue; // closed meanwhile
-    }
-    const m = /^socket:\[(\d+)\]$/.exec(target);
-    if (m?.[1] && !out.has(m[1])) out.set(m[1], Number(name));
+  for (const fd of fdNumbers(pid) ?? []) {
+    const inode = socketInode(pid, fd);
+    if (inode !== undefined && !out.has(inode)) out.set(inode, fd);
   }
   return out;
+}
+
+/** Process `pid`'s open fds (undefined once it exited). */
+export function fdNumbers(pid: number): number[] | undefined {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).map(Number);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The socket inode fd `fd` of process `pid` refers to; undefined if it is no socket (or closed). */
+export function socketInode(pid: number, fd: number): string | undefined {
+  let target: string;
+  try {
+    target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+  } catch {
+    return undefined; // closed meanwhile
+  }
+  return /^socket:\[(\d+)\]$/.exec(target)?.[1];
 }
 
 /** Run fn with a copy (in this process) of the socket `h` holds; the copy is closed afterwards. */

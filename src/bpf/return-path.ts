@@ -38,8 +38,20 @@ function ip(args: readonly string[], input?: string): string {
 }
 
 /**
- * Idempotent: the rule is added only when `ip rule` does not list it; the route is replaced. Two `ip`
- * runs per family (a show, then one batch), since each costs a process spawn on the pod-add path.
+ * `ip -force -batch` reports each failed line as its error message followed by `Command failed -:N`:
+ * true when every failed line's message is one its line accepts.
+ */
+function onlyAcceptedFailures(stderr: string, accepted: ReadonlyArray<RegExp | undefined>): boolean {
+  const failures = [...stderr.matchAll(/([^]*?)Command failed -:(\d+)\n?/g)];
+  if (failures.length === 0) return false; // failed some other way
+  return failures.every(([, message, line]) => accepted[Number(line) - 1]?.test(message ?? '') === true);
+}
+
+/**
+ * Idempotent: the rule is deleted (if there) and added, the route replaced. One `ip -batch` per family,
+ * since each costs a process spawn (~10 ms) on the pod-add and pod-delete paths (issue 20's pod change
+ * latency); -force runs every line, and only the failures a line may have are accepted (the delete of a
+ * rule that is not there, the add of one that is).
  * Off: the sysctls get back the value found when they were first set (not 0: a pod may have had them
  * on by itself), the rule and the table go.
  */
@@ -57,20 +69,32 @@ export function setOrigSrcReturnPath(netnsPath: string, on: boolean, ledger: str
     const families = existsSync('/proc/sys/net/ipv6/conf/lo') ? (['-4', '-6'] as const) : (['-4'] as const);
     for (const family of families) {
       const rule = `fwmark ${ORIG_SRC_MARK} pref ${ORIG_SRC_RULE_PREF} lookup ${ORIG_SRC_ROUTE_TABLE}`;
-      const present = ip([family, 'rule', 'show', 'pref', String(ORIG_SRC_RULE_PREF)]).includes(
-        `lookup ${ORIG_SRC_ROUTE_TABLE}`,
-      );
       const any = family === '-4' ? '0.0.0.0/0' : '::/0';
-      const lines = on
-        ? [...(present ? [] : [`rule add ${rule}`]), `route replace local ${any} dev lo table ${ORIG_SRC_ROUTE_TABLE}`]
-        : [...(present ? [`rule del ${rule}`] : []), `route flush table ${ORIG_SRC_ROUTE_TABLE}`];
+      // [line, what its failure may say and still be fine]
+      const lines: Array<[string, RegExp | undefined]> = on
+        ? [
+            [`rule del ${rule}`, /No such file or directory/],
+            [`rule add ${rule}`, /File exists/],
+            [`route replace local ${any} dev lo table ${ORIG_SRC_ROUTE_TABLE}`, undefined],
+          ]
+        : [
+            [`rule del ${rule}`, /No such file or directory/],
+            [`route flush table ${ORIG_SRC_ROUTE_TABLE}`, undefined],
+          ];
       try {
-        ip([family, '-batch', '-'], lines.join('\n') + '\n');
+        ip([family, '-force', '-batch', '-'], lines.map(([l]) => l).join('\n') + '\n');
       } catch (err) {
         const stderr = String((err as { stderr?: string }).stderr ?? err).trim();
-        throw new ReturnPathError(
-          `${on ? 'adding' : 'removing'} the return route of spoofed ztunnel legs (ip ${family}) in ${netnsPath}: ${stderr}`,
-        );
+        if (
+          !onlyAcceptedFailures(
+            stderr,
+            lines.map(([, ok]) => ok),
+          )
+        ) {
+          throw new ReturnPathError(
+            `${on ? 'adding' : 'removing'} the return route of spoofed ztunnel legs (ip ${family}) in ${netnsPath}: ${stderr}`,
+          );
+        }
       }
     }
     if (on) recordRoute(ledger, { kind: 'route', netnsIno: currentNetnsIno(), netnsPath, what: 'inpod-return' });

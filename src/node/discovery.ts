@@ -5,7 +5,7 @@
 import { netnsCookie, currentNetnsCookie } from '../libbpf/index.ts';
 import { describeError } from '../errors.ts';
 import type { DesiredPod, DesiredState, Problem } from '../state/desired.ts';
-import { findPodProcesses } from './procs.ts';
+import { findPodProcesses, type PodProcess } from './procs.ts';
 import { readHostRoutes, readLinkMac, readLinks, type HostLink } from './links.ts';
 
 const ztunnelLinkCache = new Map<string, { podLink: HostLink | undefined; hostMac: string }>();
@@ -39,15 +39,30 @@ export interface DiscoveryOptions {
   /** uid -> netns path the CNI plugin handed over (src/agent/cni.ts): such a pod resolves from it,
    * even before any process runs in it (pid 0, no pids). */
   readonly netnsHints?: ReadonlyMap<string, string>;
+  /** false: no /proc scan; a pod with a netns hint resolves from it alone (pid 0), the others do not.
+   * For a pod CNI ADD just handed over: no process to find yet, and its ADD waits for this pass. */
+  readonly scanProcesses?: boolean;
+}
+
+/** An earlier resolution still holds: the pod's process still runs in that netns (no /proc scan). */
+export function stillResolved(pod: ResolvedPod): boolean {
+  if (pod.pid === 0) return false;
+  try {
+    return netnsCookie(`/proc/${pod.pid}/ns/net`) === pod.netnsCookie;
+  } catch {
+    return false; // it exited
+  }
 }
 
 export async function resolveNode(desired: DesiredState, options: DiscoveryOptions = {}): Promise<Resolution> {
   const wanted = [...desired.ambientPods, ...(desired.ztunnel ? [desired.ztunnel] : [])];
   const [processes, routes] = await Promise.all([
-    findPodProcesses(
-      wanted.map((p) => p.uid),
-      options.procRoot,
-    ),
+    options.scanProcesses === false
+      ? new Map<string, PodProcess[]>()
+      : findPodProcesses(
+          wanted.map((p) => p.uid),
+          options.procRoot,
+        ),
     readHostRoutes(),
   ]);
   const ownCookie = currentNetnsCookie();

@@ -51,8 +51,20 @@ export async function findPodProcesses(
 ): Promise<Map<string, PodProcess[]>> {
   const found = new Map<string, PodProcess[]>();
   if (uids.length === 0) return found;
-  const markers: [string, string][] = [];
-  for (const uid of uids) for (const m of podCgroupMarkers(uid)) markers.push([m, uid]);
+  // marker -> uid, looked up per path component: a scan of a node's ~1,000 processes for 250 pods cost
+  // ~140 ms comparing every component with every marker, ~15 ms this way (issue 20).
+  const markers = new Map<string, string>();
+  for (const uid of uids) for (const m of podCgroupMarkers(uid)) markers.set(m, uid);
+  const uidOf = (part: string): string | undefined => {
+    const direct = markers.get(part);
+    if (direct !== undefined || !part.endsWith('.slice')) return direct;
+    // systemd driver: `kubepods-besteffort-pod<uid>.slice`: the marker follows one of the dashes.
+    for (let i = part.indexOf('-'); i >= 0; i = part.indexOf('-', i + 1)) {
+      const uid = markers.get(part.slice(i + 1, -'.slice'.length));
+      if (uid !== undefined) return uid;
+    }
+    return undefined;
+  };
   // Synchronous reads: /proc answers from memory, and a few hundred tiny async reads cost more in
   // thread-pool round trips (~10 ms) than the reads themselves (~1 ms). This runs on every reconcile.
   let entries: string[];
@@ -69,26 +81,26 @@ export async function findPodProcesses(
     } catch {
       continue; // the process exited while we looked
     }
-    const parts = cgroupText.split(/[/\n:]/);
-    for (const [marker, uid] of markers) {
-      // Match a whole path component so pod "ab" never matches pod "abc".
-      if (!parts.some((part) => part === marker || part.endsWith(`-${marker}.slice`))) continue;
-      let netnsId: string;
-      try {
-        netnsId = readlinkSync(`${procRoot}/${pidText}/ns/net`);
-      } catch {
-        break;
-      }
-      const v2 =
-        cgroupText
-          .split('\n')
-          .find((l) => l.startsWith('0::'))
-          ?.slice(3) ?? '';
-      const list = found.get(uid) ?? [];
-      list.push({ pid: Number(pidText), cgroup: v2, netnsId, started: startTime(procRoot, pidText) });
-      found.set(uid, list);
-      break;
+    // Match a whole path component so pod "ab" never matches pod "abc".
+    const uid = cgroupText
+      .split(/[/\n:]/)
+      .map(uidOf)
+      .find((u) => u !== undefined);
+    if (uid === undefined) continue;
+    let netnsId: string;
+    try {
+      netnsId = readlinkSync(`${procRoot}/${pidText}/ns/net`);
+    } catch {
+      continue;
     }
+    const v2 =
+      cgroupText
+        .split('\n')
+        .find((l) => l.startsWith('0::'))
+        ?.slice(3) ?? '';
+    const list = found.get(uid) ?? [];
+    list.push({ pid: Number(pidText), cgroup: v2, netnsId, started: startTime(procRoot, pidText) });
+    found.set(uid, list);
   }
   for (const list of found.values()) list.sort(oldestFirst);
   return found;

@@ -11,10 +11,18 @@
 //
 // plan() decides every pod's capture steps (arm, listeners, wait) from the pins, the maps and /proc
 // before anything is written; capture carries them out in order, release undoes the pods that left.
+// A scoped pass (PassInput.scope: one CNI ADD, one watch event, one ZDS ack) does the same for the
+// scope's pods only: their pins, their map keys (those they hold now and held before), their handoff;
+// the other pods' pins, maps and /proc are not read.
 import { existsSync } from 'node:fs';
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
-import { podListenerInodes, socketHolders, type ListenerInodes, type SocketHolder } from '../bpf/inpod-listeners.ts';
+import {
+  podListenerInodes,
+  SocketHolderCache,
+  type ListenerInodes,
+  type SocketHolder,
+} from '../bpf/inpod-listeners.ts';
 import {
   LISTENER_HBONE,
   LISTENER_INBOUND,
@@ -32,6 +40,7 @@ import type { Current, NetnsEntry, PodEntry, Target, ZtunnelEntry } from './plan
 import type { PodListeners } from '../bpf/datapath-inpod.ts';
 import {
   readCurrent,
+  restrictToKeys,
   type Attempt,
   type Captured,
   type PassInput,
@@ -46,6 +55,14 @@ const PORTS = { outbound: PORT_OUTBOUND, inbound: PORT_INBOUND, hbone: PORT_HBON
 const NO_MAC = '00:00:00:00:00:00';
 /** Captured pods whose listeners one safety-net pass re-reads from /proc (InpodTopology.rescan). */
 export const SAFETY_NET_PODS = 16;
+/**
+ * With ZDS, captured pods whose listeners one resync tick looks up in the sockmap (in turn, so each pod
+ * is looked at every pods / LISTENER_CHECKS_PER_TICK ticks): a restarted ztunnel is announced over ZDS,
+ * so the ticks are only a backstop. Within LISTENER_WATCH_MS of a ztunnel connecting or leaving (a
+ * rolling upgrade: the old one closes its listeners in every pod) every tick looks at every pod.
+ */
+export const LISTENER_CHECKS_PER_TICK = 32;
+export const LISTENER_WATCH_MS = 60_000;
 
 /** What was handed to the datapath for one pod, to notice a ztunnel restart (new listeners). */
 interface PodCaptured {
@@ -64,10 +81,15 @@ export interface ZtunnelHandoff {
   served(uid: string, netnsCookie: bigint): boolean;
   /** pids of the connected ztunnel processes (SO_PEERCRED): they hold the pods' listeners. */
   peerPids(): readonly number[];
-  /** After a pass: these pods are armed (Add the new ones), every other pod is not (Del). */
-  sync(armed: readonly ResolvedPod[]): void;
+  /**
+   * After a pass: these pods are armed (Add the new ones), every other pod is not (Del). With a scope
+   * (a scoped pass), only the pods of the scope are looked at: `armed` lists those of them armed.
+   */
+  sync(armed: readonly ResolvedPod[], scope?: ReadonlySet<string>): void;
   /** Each armed pod's ZDS state, for the state file. */
   status(): ReadonlyArray<{ uid: string; state: string; error: string | undefined }>;
+  /** ms since the epoch when a ztunnel last connected or left (undefined: never). */
+  peersChangedAt?(): number | undefined;
 }
 
 /**
@@ -98,6 +120,8 @@ interface CaptureDone {
   readonly armed: readonly ResolvedPod[];
   /** Pods armed by this pass. */
   readonly attached: readonly string[];
+  /** A scoped pass: the netns cookies its release looks at (the scope's, before and now). */
+  readonly candidates: ReadonlySet<bigint> | undefined;
 }
 
 interface FoundListeners {
@@ -112,9 +136,11 @@ const sameInodes = (a: ListenerInodes, b: ListenerInodes): boolean =>
   a.inbound2 === b.inbound2 &&
   a.hbone2 === b.hbone2;
 
+/** The inodes found (a port without a listener has none). */
+const listenerInodes = (i: ListenerInodes): string[] => Object.values(i).filter((x): x is string => x !== undefined);
+
 /** ztunnel's three listeners in the pod's netns, with the ztunnel process holding each; else why not. */
-function findListeners(pod: ResolvedPod, holders: Map<string, SocketHolder>): FoundListeners | string {
-  const inodes = podListenerInodes(pod.pid, PORTS);
+function findListeners(inodes: ListenerInodes, holders: Map<string, SocketHolder>): FoundListeners | string {
   const get = (inode: string | undefined): SocketHolder | undefined =>
     inode === undefined ? undefined : holders.get(inode);
   const outbound = get(inodes.outbound);
@@ -149,6 +175,10 @@ export class InpodTopology implements Topology {
   /** netns cookie -> the pass that last read the pod's listeners from /proc (rescan() picks the oldest). */
   readonly #verifiedAt = new Map<bigint, number>();
   #passes = 0;
+  /** Which ztunnel process holds which listener (ztunnel's fd table, read as little as possible). */
+  readonly #holders = new SocketHolderCache();
+  /** Where the next resync tick's look at the listeners starts (inspect). */
+  #listenerCursor = 0;
 
   constructor(dp: InpodDatapath, o: InpodTopologyOptions = {}) {
     this.#dp = dp;
@@ -195,15 +225,17 @@ export class InpodTopology implements Topology {
    * sk_lookup link is not pinned; register ztunnel's listeners of a pod it serves, unless those
    * registered are the same; wait for a pod with no process to read them from yet.
    */
-  #planCapture(resolution: Resolution): InpodStep[] {
+  #planCapture(resolution: Resolution, scope: ReadonlySet<string> | undefined): InpodStep[] {
     const dp = this.#dp;
     const handoff = this.#handoff;
-    const pinned = dp.attachedPods();
+    // A full pass lists the pins once; a scoped one looks at its pods' pins only.
+    const pinned = scope === undefined ? dp.attachedPods() : undefined;
     const steps: InpodStep[] = [];
-    let holders: Map<string, SocketHolder> | undefined; // ztunnel's fds, read only when needed
     for (const pod of resolution.pods) {
+      if (scope !== undefined && !scope.has(pod.uid)) continue;
       const subject = `pod ${pod.namespace}/${pod.name}`;
-      if (!pinned.has(pod.netnsCookie)) steps.push({ kind: 'arm', subject, pod });
+      if (!(pinned ? pinned.has(pod.netnsCookie) : dp.isArmed(pod.netnsCookie)))
+        steps.push({ kind: 'arm', subject, pod });
       if (handoff && !handoff.served(pod.uid, pod.netnsCookie)) continue;
       if (this.#stillCaptured(pod)) continue;
       if (pod.pid === 0) {
@@ -216,15 +248,19 @@ export class InpodTopology implements Topology {
         });
         continue;
       }
-      holders ??= socketHolders([...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])]);
-      const found = findListeners(pod, holders);
+      const inodes = podListenerInodes(pod.pid, PORTS);
       this.#verifiedAt.set(pod.netnsCookie, this.#passes);
+      // The same sockets as registered, still in the sockmap: nothing to do, and no need to read which
+      // process holds them (ztunnel's whole fd table).
+      const prev = this.#captured.get(pod.netnsCookie);
+      if (prev && sameInodes(prev.inodes, inodes) && this.#listening(pod.ips)) continue;
+      const wanted = listenerInodes(inodes);
+      const ztunnelPids = [...(resolution.ztunnel?.pids ?? []), ...(handoff?.peerPids() ?? [])];
+      const found = findListeners(inodes, this.#holders.find(ztunnelPids, wanted));
       if (typeof found === 'string') {
         steps.push({ kind: 'wait', subject, pod, reason: found });
         continue;
       }
-      const prev = this.#captured.get(pod.netnsCookie);
-      if (prev && sameInodes(prev.inodes, found.inodes) && this.#listening(pod.ips)) continue;
       steps.push({ kind: 'listeners', subject, pod, found });
     }
     return steps;
@@ -239,27 +275,49 @@ export class InpodTopology implements Topology {
     );
   }
 
-  plan({ desired, resolution }: PassInput): TopologyPass {
-    const steps = this.#planCapture(resolution);
+  plan({ desired, resolution, scope }: PassInput): TopologyPass {
+    // What the scope's pods held before this pass: a pod that left is known from here only.
+    const before = scope === undefined ? undefined : this.#heldBy(scope);
+    const steps = this.#planCapture(resolution, scope);
     const wanted = new Set(desired.ambientPods.map((p) => p.uid));
     let done: CaptureDone | undefined;
     return {
       steps,
       capture: (cx) => {
-        done = this.#capture(steps, resolution, wanted, cx.attempt);
+        done = this.#capture(steps, resolution, wanted, cx.attempt, scope, before);
         return Promise.resolve(done.captured);
       },
       release: (_maps, cx) => {
         if (!done) throw new Error('release before capture');
-        const detached = this.#release(this.#planRelease(done.captured.target, done.captured.current), cx.attempt);
+        const { target, current } = done.captured;
+        const detached = this.#release(this.#planRelease(target, current, done.candidates), cx.attempt);
         // Armed (the maps were written before this) before ztunnel hears of a pod; released before it
         // hears it went. A pod whose entries did not make it into the maps (a full map, reported by the
         // map phase) is not handed over: its outbound would bypass connect4 while ztunnel served its
         // inbound. Unannounced, its CNI ADD fails and sk_lookup refuses its inbound (fail closed).
-        this.#handoff?.sync(done.armed.filter((pod) => this.#inMaps(pod)));
+        const inScope = (pod: ResolvedPod): boolean => scope === undefined || scope.has(pod.uid);
+        this.#handoff?.sync(
+          done.armed.filter((pod) => inScope(pod) && this.#inMaps(pod)),
+          scope,
+        );
         return Promise.resolve({ attached: done.attached, detached });
       },
     };
+  }
+
+  /** The netns cookies and IPs the scope's pods were last armed with (before a scoped pass changes them). */
+  #heldBy(scope: ReadonlySet<string>): { cookies: Set<bigint>; ips: Set<string> } {
+    const cookies = new Set<bigint>();
+    const ips = new Set<string>();
+    for (const uid of scope) {
+      const last = this.#lastResolved.get(uid);
+      if (!last) continue;
+      cookies.add(last.netnsCookie);
+      for (const ip of last.ips) ips.add(ip);
+      for (const ip of this.#armedAt.get(last.netnsCookie)?.ips ?? []) ips.add(ip);
+      for (const ip of this.#captured.get(last.netnsCookie)?.ips ?? []) ips.add(ip);
+    }
+    return { cookies, ips };
   }
 
   /**
@@ -271,6 +329,8 @@ export class InpodTopology implements Topology {
     resolution: Resolution,
     wanted: ReadonlySet<string>,
     attempt: Attempt,
+    scope: ReadonlySet<string> | undefined,
+    before: { cookies: ReadonlySet<bigint>; ips: ReadonlySet<string> } | undefined,
   ): CaptureDone {
     const dp = this.#dp;
     const unresolved: Problem[] = [];
@@ -300,6 +360,8 @@ export class InpodTopology implements Topology {
               listeners: step.found.held,
             }),
           );
+          const replaced = this.#captured.get(pod.netnsCookie)?.inodes;
+          if (ok && replaced) this.#holders.forget(listenerInodes(replaced));
           if (ok)
             this.#captured.set(pod.netnsCookie, {
               pid: pod.pid,
@@ -323,13 +385,35 @@ export class InpodTopology implements Topology {
       if (wanted.has(uid) && dp.isArmed(last.netnsCookie) && existsSync(last.netnsPath)) armed.push(last);
       else this.#lastResolved.delete(uid);
     }
-    for (const pod of resolution.pods) if (dp.isArmed(pod.netnsCookie)) this.#lastResolved.set(pod.uid, pod);
+    for (const pod of resolution.pods) {
+      if (scope !== undefined && !scope.has(pod.uid)) continue;
+      if (dp.isArmed(pod.netnsCookie)) this.#lastResolved.set(pod.uid, pod);
+    }
 
-    this.#verify.clear();
-    this.#passes++;
-    // What the maps hold is read after the capture, as the release needs it: before this pass's writes.
-    const captured = { target: buildInpodTarget(armed, resolution), current: readCurrent(dp.maps), unresolved };
-    return { captured, armed, attached };
+    const target = buildInpodTarget(armed, resolution);
+    if (scope === undefined || before === undefined) {
+      // The safety net's listener re-reads were done by this pass's plan.
+      this.#verify.clear();
+      this.#passes++;
+      // What the maps hold is read after the capture, as the release needs it: before this pass's writes.
+      return {
+        captured: { target, current: readCurrent(dp.maps), unresolved },
+        armed,
+        attached,
+        candidates: undefined,
+      };
+    }
+    // Scoped: the keys the scope's pods hold now or held before, and ztunnel's netns entry.
+    const ips = new Set(before.ips);
+    const cookies = new Set(before.cookies);
+    for (const pod of [...resolution.pods, ...armed]) {
+      if (!scope.has(pod.uid)) continue;
+      cookies.add(pod.netnsCookie);
+      for (const ip of pod.ips) ips.add(ip);
+    }
+    const candidates = new Set(cookies);
+    if (resolution.ztunnel) cookies.add(resolution.ztunnel.netnsCookie);
+    return { captured: { ...restrictToKeys(dp.maps, target, ips, cookies), unresolved }, armed, attached, candidates };
   }
 
   /**
@@ -337,10 +421,11 @@ export class InpodTopology implements Topology {
    * `before` is what the maps held before this pass (it names the pod IP of a pod captured by an
    * earlier loader process).
    */
-  #planRelease(target: Target, before: Current): ReleaseStep[] {
+  #planRelease(target: Target, before: Current, candidates: ReadonlySet<bigint> | undefined): ReleaseStep[] {
     const keep = new Set([...target.pods.values()].map((p) => p.netnsCookie));
     const steps: ReleaseStep[] = [];
-    for (const cookie of new Set([...this.#dp.attachedPods(), ...this.#captured.keys(), ...this.#armedAt.keys()])) {
+    const all = candidates ?? [...this.#dp.attachedPods(), ...this.#captured.keys(), ...this.#armedAt.keys()];
+    for (const cookie of new Set(all)) {
       if (keep.has(cookie)) continue;
       // An IP the target still holds went to a new pod (IP reuse within one pass): its listener
       // entries are the new pod's now, captured above; only the old pod's link goes.
@@ -369,6 +454,8 @@ export class InpodTopology implements Topology {
         this.#dp.detachPod(step.netnsCookie, step.ips, step.netnsPath),
       );
       if (ok) detached.push(step.subject);
+      const gone = this.#captured.get(step.netnsCookie)?.inodes;
+      if (gone) this.#holders.forget(listenerInodes(gone));
       this.#captured.delete(step.netnsCookie);
       this.#verifiedAt.delete(step.netnsCookie);
     }
@@ -379,8 +466,22 @@ export class InpodTopology implements Topology {
   inspect(): TopologyHealth {
     // Map lookups only: this runs on every resync tick. A replaced 15001 listener comes with replaced
     // inbound ones (see #stillCaptured); the safety-net pass re-reads all three.
-    const listenersPresent = [...this.#captured.values()].every((c) => this.#listening(c.ips));
-    return { listenersPresent, handoff: this.#handoff?.status() ?? [] };
+    return { listenersPresent: this.#listenersPresent(), handoff: this.#handoff?.status() ?? [] };
+  }
+
+  /** Every captured pod's listeners are in the sockmap; with ZDS, a turn of them (LISTENER_CHECKS_PER_TICK). */
+  #listenersPresent(): boolean {
+    const captured = [...this.#captured.values()];
+    const changedAt = this.#handoff?.peersChangedAt?.();
+    const watching = changedAt !== undefined && Date.now() - changedAt < LISTENER_WATCH_MS;
+    if (!this.#handoff || watching || captured.length <= LISTENER_CHECKS_PER_TICK)
+      return captured.every((c) => this.#listening(c.ips));
+    const start = this.#listenerCursor % captured.length;
+    this.#listenerCursor = start + LISTENER_CHECKS_PER_TICK;
+    for (let i = 0; i < LISTENER_CHECKS_PER_TICK; i++) {
+      if (!this.#listening(captured[(start + i) % captured.length]!.ips)) return false;
+    }
+    return true;
   }
 }
 

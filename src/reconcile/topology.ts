@@ -9,6 +9,12 @@
 //            (node: tc on the pods' veths, on for the pods the maps now hold, off for those they dropped).
 // and at any time: inspect (health for the resync policy and the state file), rescan (the next pass
 // re-reads what the topology caches of the kernel). Kernel I/O and pin names stay in src/bpf/.
+//
+// A pass may be scoped (PassInput.scope: the uids of the pods that changed, e.g. one CNI ADD or one watch
+// event): the same steps, restricted to those pods and to the map keys they hold or held. The resolution
+// still names every pod (the others as the last pass resolved them), so the maps' target is the same
+// one a full pass computes; a topology may narrow its work to the scope (inpod does) or ignore it and
+// do a full pass (node does): both leave the kernel as a full pass would.
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { ZT_READY } from '../bpf/schema.ts';
 import type { Resolution } from '../node/discovery.ts';
@@ -32,6 +38,8 @@ export interface PassContext {
 export interface PassInput {
   readonly desired: DesiredState;
   readonly resolution: Resolution;
+  /** Pod uids this pass is about (the rest is as the last pass left it); undefined: every pod. */
+  readonly scope?: ReadonlySet<string> | undefined;
 }
 
 /** One thing a pass will do to the kernel, decided by plan() before any of it is done. */
@@ -42,9 +50,9 @@ export interface Step {
 }
 
 export interface Captured {
-  /** What the maps should hold. */
+  /** What the maps should hold (a scoped pass: restricted to the keys its pods hold or held). */
   readonly target: Target;
-  /** What they hold now (before this pass writes them). */
+  /** What they hold now (before this pass writes them), for the same keys as target. */
   readonly current: Current;
   /** What this pass could not do yet and will retry (a pod with no listeners yet). */
   readonly unresolved: readonly Problem[];
@@ -84,6 +92,38 @@ export interface Topology {
   inspect(): TopologyHealth;
   /** The next pass re-reads from the kernel what passes in between trust (the safety-net pass). */
   rescan(): void;
+}
+
+/**
+ * A scoped pass's view of the maps: the target and what the maps hold, both restricted to these pod
+ * IPs and netns cookies (and ztunnel's entry), read key by key instead of walking the maps. The diff of
+ * the two is the full pass's diff restricted to those keys.
+ */
+export function restrictToKeys(
+  maps: DatapathMaps,
+  target: Target,
+  ips: ReadonlySet<string>,
+  cookies: ReadonlySet<bigint>,
+): { target: Target; current: Current } {
+  const pick = <K, V>(from: ReadonlyMap<K, V>, keys: ReadonlySet<K>): Map<K, V> =>
+    new Map([...keys].flatMap((k): Array<[K, V]> => (from.has(k) ? [[k, from.get(k)!]] : [])));
+  const read = <K, V>(get: (k: K) => V | undefined, keys: ReadonlySet<K>): Map<K, V> =>
+    new Map(
+      [...keys].flatMap((k): Array<[K, V]> => {
+        const v = get(k);
+        return v === undefined ? [] : [[k, v]];
+      }),
+    );
+  const zt = maps.ztunnel.get();
+  return {
+    target: { ...target, pods: pick(target.pods, ips), netns: pick(target.netns, cookies) },
+    current: {
+      pods: read((ip) => maps.pods.get(ip), ips),
+      netns: read((c) => maps.netns.get(c), cookies),
+      ztunnel: (zt.flags & ZT_READY) !== 0 ? zt : undefined,
+      inbound: new Set(target.inbound),
+    },
+  };
 }
 
 /** What the shared maps hold now; `inbound`: the interfaces the topology steers (node only). */

@@ -151,7 +151,7 @@ t.test(`the race: up to ${PODS} sandboxes one after another, each connecting the
   t.comment(
     `agent side, median ms: decide ${median(adds, 'decide')}, arm ${median(adds, 'arm')}, ` +
       `ack ${median(adds, 'ack')}; ${passes.length} passes, median ms: resolve ${median(passes, 'resolve')}, ` +
-      `apply ${median(passes, 'apply')}, state file ${median(passes, 'stateFile')}`,
+      `apply ${median(passes, 'apply')}`,
   );
 
   // No DEL here: plugin.test.ts covers it; the teardown removes the sandboxes' netns and the node.

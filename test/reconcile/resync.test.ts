@@ -3,8 +3,10 @@
 import t from 'tap';
 import { ResyncPolicy, SAFETY_NET_MS, type Resyncable } from '../../src/reconcile/resync.ts';
 
+type ResyncCall = { rescanKernel?: boolean; scope?: Iterable<string>; retry?: boolean };
+
 function harness(): {
-  target: Resyncable & { calls: Array<{ rescanKernel?: boolean }>; listeners: boolean; fail: boolean };
+  target: Resyncable & { calls: Array<ResyncCall>; listeners: boolean; fail: boolean };
   policy: ResyncPolicy;
   clock: { now: number };
   timer: { fn: (() => void) | undefined; ms: number; cancelled: boolean };
@@ -12,14 +14,14 @@ function harness(): {
   const clock = { now: 1_000_000 };
   const timer = { fn: undefined as (() => void) | undefined, ms: 0, cancelled: false };
   const target = {
-    calls: [] as Array<{ rescanKernel?: boolean }>,
+    calls: [] as Array<ResyncCall>,
     listeners: true,
     fail: false,
     hasUnresolved: false,
     ztunnelListenersPresent(): boolean {
       return this.listeners;
     },
-    resync(o: { rescanKernel?: boolean } = {}): Promise<unknown> {
+    resync(o: ResyncCall = {}): Promise<unknown> {
       this.calls.push(o);
       return this.fail ? Promise.reject(new Error('ip dump interrupted')) : Promise.resolve(undefined);
     },
@@ -60,24 +62,29 @@ t.test('unresolved pods and a restarted ztunnel are retried on the next tick', a
   policy.start();
   target.hasUnresolved = true;
   timer.fn?.();
-  t.same(target.calls, [{ rescanKernel: false }], 'a retry does not re-read the kernel');
+  t.same(
+    target.calls,
+    [{ rescanKernel: false, retry: true }],
+    'a retry (of what is unresolved) does not re-read the kernel',
+  );
   target.hasUnresolved = false;
   target.listeners = false;
   timer.fn?.();
-  t.equal(target.calls.length, 2, 'listeners gone: a pass');
+  t.same(target.calls[1], { rescanKernel: false }, 'listeners gone: a full pass');
 });
 
 t.test('the safety net keeps its clock on a busy node', async (t) => {
   const { target, policy, clock, timer } = harness();
   policy.start();
   target.hasUnresolved = true;
-  for (let i = 0; i < 20; i++) {
+  const ticks = SAFETY_NET_MS / 2000 + 10;
+  for (let i = 0; i < ticks; i++) {
     clock.now += 2000;
     timer.fn?.();
   }
   const full = target.calls.filter((c) => c.rescanKernel).length;
-  t.equal(target.calls.length, 20, 'a pass on every tick while something is unresolved');
-  t.equal(full, 1, 'one of them (after 30 s) is the safety net');
+  t.equal(target.calls.length, ticks, 'a pass on every tick while something is unresolved');
+  t.equal(full, 1, 'one of them (after SAFETY_NET_MS) is the safety net');
 });
 
 t.test('a pass that throws is retried on the next tick', async (t) => {
@@ -98,7 +105,9 @@ t.test('on demand: now() and rescanNow()', async (t) => {
   const { target, policy } = harness();
   policy.now();
   policy.rescanNow();
-  t.same(target.calls, [{}, { rescanKernel: true }]);
+  policy.now('uid-a');
+  t.same(target.calls, [{}, { rescanKernel: true }, { scope: ['uid-a'] }], "a pod's ZDS change: a pass of that pod");
+  target.calls.length = 2;
   target.fail = true;
   policy.now();
   policy.rescanNow();

@@ -3,77 +3,13 @@
 // whose arm fails takes no further step), and release comes only after the maps. The kernel side of
 // the same flow is covered by test/bpf/inpod-datapath.test.ts and test/loader/inpod-*.test.ts.
 import t from 'tap';
-import type { InpodDatapath, PodArm } from '../../src/bpf/datapath-inpod.ts';
+import type { InpodDatapath } from '../../src/bpf/datapath-inpod.ts';
 import type { ResolvedPod, Resolution } from '../../src/node/discovery.ts';
 import type { DesiredState } from '../../src/state/desired.ts';
 import { InpodTopology, type ZtunnelHandoff } from '../../src/reconcile/topology-inpod.ts';
-import { planReconcile, type NetnsEntry, type Plan, type PodEntry } from '../../src/reconcile/plan.ts';
+import { planReconcile, type Plan } from '../../src/reconcile/plan.ts';
 import type { PassContext } from '../../src/reconcile/topology.ts';
-
-function pod(name: string, cookie: bigint, pid: number): ResolvedPod {
-  return {
-    uid: `uid-${name}`,
-    name,
-    namespace: 'mesh',
-    ips: [`198.18.9.${cookie}`],
-    serviceAccount: 'default',
-    pid,
-    pids: pid === 0 ? [] : [pid],
-    netnsPath: `/nonexistent/${name}`,
-    netnsCookie: cookie,
-    hostLink: undefined,
-  };
-}
-
-/** An in-memory stand-in for one pinned map; `capacity` makes it refuse inserts past that many. */
-function table<K, V>(
-  capacity = Infinity,
-): { entries(): Array<[K, V]>; keys(): K[]; get(k: K): V | undefined; set(k: K, v: V): void; delete(k: K): boolean } {
-  const m = new Map<K, V>();
-  return {
-    entries: () => [...m],
-    keys: () => [...m.keys()],
-    get: (k) => m.get(k),
-    set: (k, v) => {
-      if (!m.has(k) && m.size >= capacity) throw new Error('map is full (E2BIG)');
-      m.set(k, v);
-    },
-    delete: (k) => m.delete(k),
-  };
-}
-
-/** A datapath double: pins in a Set, writes recorded in order, maps in memory. */
-function fakeDatapath(o: { armFails?: ReadonlySet<bigint>; podsCapacity?: number } = {}): {
-  dp: InpodDatapath;
-  log: string[];
-  pinned: Set<bigint>;
-} {
-  const log: string[] = [];
-  const pinned = new Set<bigint>();
-  const double = {
-    maps: {
-      pods: table<string, PodEntry>(o.podsCapacity),
-      netns: table<bigint, NetnsEntry>(),
-      ztunnel: { get: () => ({ flags: 0 }) },
-    },
-    attachedPods: () => new Set(pinned),
-    isArmed: (cookie: bigint) => pinned.has(cookie),
-    hasListener: () => false,
-    armPod: (p: PodArm) => {
-      log.push(`arm ${p.netnsCookie}`);
-      if (o.armFails?.has(p.netnsCookie)) throw new Error('sk_lookup attach failed');
-      pinned.add(p.netnsCookie);
-      return 'created';
-    },
-    setListeners: () => log.push('listeners'),
-    detachPod: (cookie: bigint) => {
-      log.push(`release ${cookie}`);
-      return pinned.delete(cookie);
-    },
-  };
-  // The double implements the part of InpodDatapath the topology calls.
-  return { dp: double as unknown as InpodDatapath, log, pinned };
-}
+import { fakeDatapath, handoff, pod } from './fake-inpod.ts';
 
 /** The reconciler's map phase between capture and release (src/reconcile/reconciler.ts), on the double. */
 function writeMaps(dp: InpodDatapath, plan: Plan, errors: string[]): Plan {
@@ -112,16 +48,6 @@ function context(errors: string[]): PassContext {
     },
     fail: (e) => errors.push(e),
     lap: () => undefined,
-  };
-}
-
-/** A handoff that serves no pod yet (ZDS Add not acked): no listeners are looked for. */
-function handoff(synced: Array<readonly string[]>): ZtunnelHandoff {
-  return {
-    served: () => false,
-    peerPids: () => [],
-    sync: (armed) => synced.push(armed.map((p) => p.name)),
-    status: () => [],
   };
 }
 

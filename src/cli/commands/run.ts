@@ -269,11 +269,12 @@ export const command: Command = {
         socketPath: values['zds-socket'],
         log: logger('zds'),
         annotator,
-        onChange: () => {
+        onChange: (uid) => {
           cni?.wake();
-          resync?.now();
+          resync?.now(uid);
         },
         onPeer: () => resync?.rescanNow(),
+        onPeerGone: () => resync?.now(),
       });
       log.info({ socket: values['zds-socket'] }, 'serving ZDS: waiting for ztunnel to connect');
     }
