@@ -10,17 +10,9 @@
 // from what the server is known to have, retried with capped backoff while the API server fails. The
 // patch names the pod's uid: a pod re-created under the same name (StatefulSets) is a different pod,
 // and the server refuses the patch (uid is immutable) instead of annotating the wrong one.
-import {
-  ApiException,
-  CoreV1Api,
-  Observable,
-  PatchStrategy,
-  setHeaderOptions,
-  type KubeConfig,
-  type ObservableMiddleware,
-  type RequestContext,
-  type ResponseContext,
-} from '@kubernetes/client-node';
+import type { KubeConfig } from '../kube/config.ts';
+import { KubeApiError } from '../kube/errors.ts';
+import { PatchStrategy, PodsApi } from '../kube/pods.ts';
 import type { Logger } from 'pino';
 import { logger } from '../log.ts';
 import { backoffDelay, type BackoffPolicy } from '../kube/backoff.ts';
@@ -90,19 +82,8 @@ interface Entry {
   gone: boolean;
 }
 
-/** Aborts a request that gets no answer in time (client-node sets no deadline of its own). */
-function deadline(ms: number): ObservableMiddleware {
-  return {
-    pre: (req: RequestContext) => {
-      req.setSignal(AbortSignal.timeout(ms));
-      return new Observable(Promise.resolve(req));
-    },
-    post: (res: ResponseContext) => new Observable(Promise.resolve(res)),
-  };
-}
-
 export class KubePodAnnotator implements PodAnnotator {
-  readonly #api: CoreV1Api;
+  readonly #api: PodsApi;
   readonly #log: Logger;
   readonly #backoff: BackoffPolicy;
   readonly #timeoutMs: number;
@@ -119,7 +100,7 @@ export class KubePodAnnotator implements PodAnnotator {
   #stats = { patched: 0, failed: 0, gone: 0 };
 
   constructor(o: KubePodAnnotatorOptions) {
-    this.#api = o.kubeConfig.makeApiClient(CoreV1Api);
+    this.#api = new PodsApi(o.kubeConfig);
     this.#log = o.log ?? logger('annotate');
     this.#backoff = o.backoff ?? ANNOTATOR_DEFAULTS.backoff;
     this.#timeoutMs = o.requestTimeoutMs ?? ANNOTATOR_DEFAULTS.requestTimeoutMs;
@@ -236,7 +217,7 @@ export class KubePodAnnotator implements PodAnnotator {
   #failed(e: Entry, value: RedirectionValue | null, err: unknown): void {
     const { pod } = e;
     // Only an answer from the server has a status; a timeout or a refused connection has none.
-    const code = err instanceof ApiException ? err.code : undefined;
+    const code = err instanceof KubeApiError && err.code !== 0 ? err.code : undefined;
     const where = { pod: `${pod.namespace}/${pod.name}`, uid: pod.uid, value };
     // 404: the pod is deleted. 409/422: the name now belongs to another pod (our uid precondition
     // failed). Either way this uid is done; annotating again would never succeed.
@@ -268,28 +249,22 @@ export class KubePodAnnotator implements PodAnnotator {
   async #send(pod: PodRef, value: RedirectionValue | null): Promise<void> {
     // A merge patch: only this annotation changes. Naming the uid makes it a precondition.
     const body = { metadata: { uid: pod.uid, annotations: { [REDIRECTION_ANNOTATION]: value } } };
-    const options = setHeaderOptions('Content-Type', PatchStrategy.MergePatch, {
-      middleware: [deadline(this.#timeoutMs)],
-      middlewareMergeStrategy: 'append',
+    await this.#api.patchNamespacedPodStatus({
+      namespace: pod.namespace,
+      name: pod.name,
+      body,
+      strategy: PatchStrategy.MergePatch,
+      fieldManager: 'ambpf',
+      timeoutMs: this.#timeoutMs,
     });
-    await this.#api.patchNamespacedPodStatus(
-      { name: pod.name, namespace: pod.namespace, body, fieldManager: 'ambpf' },
-      options,
-    );
   }
 }
 
-/** One line for a failed patch: the Status the server sent (ApiException's own message is the whole response). */
+/** One line for a failed patch: the status, the Status reason and message the server sent. */
 function whyFailed(err: unknown): string {
-  if (!(err instanceof ApiException)) return describeError(err);
-  let status: { reason?: unknown; message?: unknown } = {};
-  try {
-    status = typeof err.body === 'string' ? (JSON.parse(err.body) as typeof status) : {};
-  } catch {
-    // Not a Status: the code says enough.
-  }
-  const reason = typeof status.reason === 'string' ? ` ${status.reason}` : '';
-  return `HTTP ${err.code}${reason}${typeof status.message === 'string' ? `: ${status.message}` : ''}`;
+  if (!(err instanceof KubeApiError) || err.code === 0) return describeError(err);
+  const reason = err.reason ? ` ${err.reason}` : '';
+  return `HTTP ${err.code}${reason}${err.statusMessage ? `: ${err.statusMessage}` : ''}`;
 }
 
 /**

@@ -1,5 +1,5 @@
-// Errors from talking to the Kubernetes API. They carry the HTTP status as `code` and `statusCode`
-// because @kubernetes/client-node's ListWatch recognises 410 Gone by either field and relists.
+// Errors from talking to the Kubernetes API: the HTTP status (`code`, also as `statusCode`, the name
+// Node's own HTTP errors use) and the reason and message of the Status object the server sent.
 import { AmbpfError, UsageError } from '../errors.ts';
 
 /** The kubeconfig or in-cluster credentials cannot be loaded: a usage problem the operator fixes. */
@@ -15,17 +15,20 @@ export class KubeApiError extends AmbpfError {
   readonly statusCode: number;
   /** The Status object's reason (Expired, Unauthorized, InternalError, ...), when the server sent one. */
   readonly reason: string | undefined;
+  /** The Status object's message, when the server sent one. */
+  readonly statusMessage: string | undefined;
   constructor(
     message: string,
     code: number,
     reason: string | undefined,
     url: string,
-    options: { cause?: unknown } = {},
+    options: { cause?: unknown; statusMessage?: string | undefined } = {},
   ) {
-    super(message, { url, code, reason }, options);
+    super(message, { url, code, reason }, options.cause === undefined ? {} : { cause: options.cause });
     this.code = code;
     this.statusCode = code;
     this.reason = reason;
+    this.statusMessage = options.statusMessage;
   }
 }
 
@@ -34,7 +37,7 @@ export class KubeAuthError extends KubeApiError {
   override readonly name: string = 'KubeAuthError';
 }
 
-/** The HTTP status of any error a list or watch produced (ours, client-node's, undici's), if it has one. */
+/** The HTTP status of any error a list or watch produced (ours, or Node's), if it has one. */
 export function httpStatusOf(err: unknown): number | undefined {
   if (err === null || typeof err !== 'object') return undefined;
   const e = err as { code?: unknown; statusCode?: unknown };

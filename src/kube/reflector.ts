@@ -1,25 +1,19 @@
 // Keeps one resource (pods of a node, or namespaces) mirrored from the API server, and never lets
-// the mirror go silently stale. The list+watch itself is @kubernetes/client-node's ListWatch; around
-// it this adds what that class leaves out (see its issues #596 and #958):
-//  - ListWatch gives up for good on any error but 410: restart it with capped exponential backoff;
+// the mirror go silently stale: list (in pages), then watch from the list's resourceVersion, applying
+// each event to the mirror; around that
+//  - errors restart the watch with capped exponential backoff, resuming from the last resourceVersion;
+//    410 Gone (an ERROR event or the answer to the watch) relists;
 //  - a staleness watchdog: no event or bookmark within `staleAfterMs` -> throw the watch away, relist;
-//  - watches ask for bookmarks and a server-side timeout (ListWatch sets neither), so a quiet
-//    resource still proves the stream is alive and streams are renewed now and then.
-import {
-  ADD,
-  DELETE,
-  ERROR,
-  ListWatch,
-  UPDATE,
-  Watch,
-  type KubeConfig,
-  type KubernetesListObject,
-  type KubernetesObject,
-} from '@kubernetes/client-node';
+//  - watches ask for bookmarks and a server-side timeout, so a quiet resource still proves the stream
+//    is alive and streams are renewed now and then;
+//  - a relist builds a new mirror while the last good one is served; 401/403 after a good start keep
+//    it served (and say what to grant), at start they fail at once.
 import type { Logger } from '../log.ts';
 import type { KubeObjectLike } from '../sources/types.ts';
 import { backoffDelay, type BackoffPolicy } from './backoff.ts';
+import type { KubeConfig } from './config.ts';
 import { KubeAuthError, httpStatusOf, reasonOf } from './errors.ts';
+import { openWatch, type WatchHandle } from './http.ts';
 import { listRaw } from './list.ts';
 
 export interface ReflectorCounters {
@@ -48,12 +42,17 @@ export interface ReflectorOptions {
   readonly log: Logger;
   /** Called after anything in the mirror changed (including a completed relist). */
   readonly onChange: () => void;
+  /**
+   * A MODIFIED object that is `same` as the version it replaces is stored without onChange: what the
+   * consumer reads of it did not change (e.g. only the resourceVersion and an annotation it writes).
+   */
+  readonly same?: (before: KubeObjectLike, after: KubeObjectLike) => boolean;
   readonly now?: () => number;
 }
 
 const WATCH_TYPES = new Set(['ADDED', 'MODIFIED', 'DELETED', 'BOOKMARK', 'ERROR']);
 
-/** Why ListWatch cannot take this event (it would throw in an async handler: an unhandled rejection), or undefined if it can. */
+/** Why an event cannot be applied to the mirror, or undefined if it can. */
 function malformed(type: unknown, obj: unknown): string | undefined {
   if (typeof type !== 'string' || !WATCH_TYPES.has(type)) return `unknown event type ${JSON.stringify(type)}`;
   if (obj === null || typeof obj !== 'object') return 'event without an object';
@@ -66,53 +65,38 @@ function malformed(type: unknown, obj: unknown): string | undefined {
 }
 
 /**
- * ListWatch's Watch, plus bookmarks, a server-side timeout, a tap on every event for liveness, and
- * a filter that keeps malformed events (which would crash ListWatch's handler) away from it.
+ * One list+watch and the objects it produced, keyed namespace/name. A relist by the watchdog starts a
+ * new one; a 410 or an error resumes the same one (relisting into it, or watching from its version).
  */
-class TappedWatch extends Watch {
-  private readonly extra: () => Record<string, string | number | boolean>;
-  private readonly tap: (type: string, obj: unknown) => void;
-  private readonly reject: (why: string, raw: unknown) => void;
-  constructor(
-    kc: KubeConfig,
-    extra: () => Record<string, string | number | boolean>,
-    tap: (type: string, obj: unknown) => void,
-    reject: (why: string, raw: unknown) => void,
-  ) {
-    super(kc);
-    this.extra = extra;
-    this.tap = tap;
-    this.reject = reject;
+class Mirror {
+  readonly objects = new Map<string, KubeObjectLike>();
+  resourceVersion = '';
+  watch: WatchHandle | undefined;
+  /** Clean stream ends in a row with nothing heard in between: paces re-watches of a server that closes at once. */
+  quietEnds = 0;
+  stopped = false;
+
+  stop(): void {
+    this.stopped = true;
+    this.watch?.abort();
+    this.watch = undefined;
   }
-  override watch(
-    path: string,
-    queryParams: Record<string, string | number | boolean | undefined>,
-    callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
-    done: (err: unknown) => void,
-  ): Promise<AbortController> {
-    return super.watch(
-      path,
-      { ...queryParams, ...this.extra() },
-      (phase, obj, raw) => {
-        const why = malformed(phase, obj);
-        if (why !== undefined) return this.reject(why, raw);
-        this.tap(phase, obj);
-        callback(phase, obj, raw);
-      },
-      done,
-    );
-  }
+}
+
+function keyOf(obj: KubeObjectLike): string {
+  const m = obj.metadata;
+  return `${typeof m?.namespace === 'string' ? m.namespace : ''}/${String(m?.name)}`;
 }
 
 export class Reflector {
   readonly counters: ReflectorCounters = { watchRestarts: 0, relists: 0, errors: 0, events: 0, lastEventAt: undefined };
   private readonly opts: ReflectorOptions;
   private readonly now: () => number;
-  /** Bumped whenever a ListWatch is abandoned: callbacks of older generations are ignored. */
+  /** Bumped whenever a mirror is abandoned: callbacks of older generations are ignored. */
   private generation = 0;
-  private current: ListWatch<KubernetesObject> | undefined;
-  /** The ListWatch whose objects are served: the previous one until a fresh relist completes. */
-  private served: ListWatch<KubernetesObject> | undefined;
+  private current: Mirror | undefined;
+  /** The mirror whose objects are served: the previous one until a fresh relist completes. */
+  private served: Mirror | undefined;
   private everListed = false;
   private attempt = 0;
   private restartTimer: NodeJS.Timeout | undefined;
@@ -140,7 +124,7 @@ export class Reflector {
 
   /** The mirrored objects, raw as the server sent them (lists and watch events alike). */
   items(): readonly KubeObjectLike[] {
-    return (this.served?.list() ?? []) as readonly KubeObjectLike[];
+    return this.served ? [...this.served.objects.values()] : [];
   }
 
   /** The watchdog: relists when nothing was heard for staleAfterMs (unless a restart is already pending). */
@@ -161,96 +145,140 @@ export class Reflector {
     this.generation++;
     if (this.restartTimer) clearTimeout(this.restartTimer);
     this.restartTimer = undefined;
-    const lws = new Set([this.current, this.served]);
-    for (const lw of lws) await lw?.stop();
+    this.current?.stop();
+    this.served?.stop();
+    // Idle pooled connections are unref'd by node:http's agent: they do not keep the process alive.
+    await Promise.resolve();
   }
 
-  /** A fresh ListWatch (so a fresh list): at start and when the watchdog fires. */
+  /** A fresh mirror (so a fresh list): at start and when the watchdog fires. */
   private spawn(): void {
     const gen = ++this.generation;
     if (this.restartTimer) clearTimeout(this.restartTimer);
     this.restartTimer = undefined;
-    const previous = this.current;
     // The old stream's events must stop now; its objects stay served until the new list lands.
-    if (previous) void previous.stop();
+    this.current?.stop();
     this.lastHeardAt = this.now();
+    const m = new Mirror();
+    this.current = m;
+    this.run(m, gen);
+  }
+
+  /** Lists when the mirror has no resourceVersion (first time, after a 410), then watches from it. */
+  private run(m: Mirror, gen: number): void {
+    const live = (): boolean => gen === this.generation && !m.stopped && !this.stopped;
+    const go = async (): Promise<void> => {
+      if (!m.resourceVersion) await this.list(m, live);
+      if (live()) this.watch(m, gen, live);
+    };
+    go().catch((err: unknown) => {
+      if (live()) this.failed(m, err);
+    });
+  }
+
+  private async list(m: Mirror, live: () => boolean): Promise<void> {
     const o = this.opts;
-    const watch = new TappedWatch(
-      o.kubeConfig,
-      () => ({
-        allowWatchBookmarks: true,
-        timeoutSeconds: o.watchTimeoutSeconds + Math.floor(Math.random() * o.watchTimeoutSeconds),
-      }),
-      (type, obj) => {
-        if (gen === this.generation) this.heard(type, obj);
+    const result = await listRaw(o.kubeConfig, o.path, {
+      fieldSelector: o.fieldSelector,
+      labelSelector: o.labelSelector,
+      pageSize: o.pageSize,
+      timeoutMs: o.listTimeoutMs,
+    });
+    if (!live()) return;
+    m.objects.clear();
+    for (const item of result.items) if (this.usable(item)) m.objects.set(keyOf(item), item);
+    m.resourceVersion = result.metadata.resourceVersion ?? '';
+    this.listed(m);
+  }
+
+  private watch(m: Mirror, gen: number, live: () => boolean): void {
+    const o = this.opts;
+    const params = new URLSearchParams();
+    if (o.fieldSelector) params.set('fieldSelector', o.fieldSelector);
+    if (o.labelSelector) params.set('labelSelector', o.labelSelector);
+    params.set('watch', 'true');
+    params.set('allowWatchBookmarks', 'true');
+    params.set('resourceVersion', m.resourceVersion);
+    params.set('timeoutSeconds', String(o.watchTimeoutSeconds + Math.floor(Math.random() * o.watchTimeoutSeconds)));
+    // A silent connection is dropped well after the watchdog relisted, so this only cleans up
+    // connections the watchdog already gave up on.
+    const idleMs = Math.max(2 * o.staleAfterMs, 1000);
+    m.watch = openWatch(o.kubeConfig, `${o.path}?${params.toString()}`, idleMs, {
+      onLine: (line) => {
+        if (live()) this.line(m, line);
       },
-      (why, raw) => {
-        this.counters.errors++;
-        o.log.error(
-          { resource: o.resource, why, event: JSON.stringify(raw)?.slice(0, 200) },
-          'malformed watch event skipped',
-        );
+      onEnd: (err) => {
+        m.watch = undefined;
+        if (!live()) return;
+        if (err !== undefined && httpStatusOf(err) === 410) m.resourceVersion = '';
+        else if (err !== undefined) return this.failed(m, err);
+        // The server's timeout (or a 410 ERROR event) ended it: go on, pacing a server that ends
+        // streams at once.
+        const delayMs = m.quietEnds++ === 0 ? 0 : backoffDelay(o.backoff, m.quietEnds - 2);
+        this.later(delayMs, gen, () => this.run(m, gen));
       },
+    });
+  }
+
+  private line(m: Mirror, line: string): void {
+    let ev: { type?: unknown; object?: unknown };
+    try {
+      ev = JSON.parse(line) as typeof ev;
+    } catch {
+      return this.rejectEvent('not JSON', line);
+    }
+    const why = malformed(ev?.type, ev?.object);
+    if (why !== undefined) return this.rejectEvent(why, line);
+    const type = ev.type as string;
+    const obj = ev.object as KubeObjectLike;
+    this.heard(type, obj);
+    if (type === 'ERROR') {
+      // 410 Expired: the stream ends next; the mirror relists then.
+      if ((obj as { code?: unknown }).code === 410) m.resourceVersion = '';
+      return;
+    }
+    m.quietEnds = 0;
+    const rv = obj.metadata?.resourceVersion;
+    if (typeof rv === 'string' && rv !== '') m.resourceVersion = rv;
+    if (type === 'BOOKMARK') return;
+    const key = keyOf(obj);
+    const before = m.objects.get(key);
+    if (type === 'DELETED') {
+      if (!m.objects.delete(key)) return;
+    } else {
+      m.objects.set(key, obj);
+      if (type === 'MODIFIED' && before && this.opts.same?.(before, obj)) return;
+    }
+    if (m === this.served) this.opts.onChange();
+  }
+
+  private rejectEvent(why: string, raw: string): void {
+    this.counters.errors++;
+    this.opts.log.error(
+      { resource: this.opts.resource, why, event: raw.slice(0, 200) },
+      'malformed watch event skipped',
     );
-    // client-node's own inactivity timeout aborts a stalled request; keep it behind the watchdog,
-    // which relists, so it only cleans up connections the watchdog already gave up on.
-    // (The field is public in the JavaScript but declared private in the typings.)
-    (watch as unknown as { requestTimeoutMs: number }).requestTimeoutMs = Math.max(2 * o.staleAfterMs, 1000);
-    const list = async (): Promise<KubernetesListObject<KubernetesObject>> => {
-      const result = await listRaw(o.kubeConfig, o.path, {
-        fieldSelector: o.fieldSelector,
-        labelSelector: o.labelSelector,
-        pageSize: o.pageSize,
-        timeoutMs: o.listTimeoutMs,
-      });
-      const items = result.items.filter((item) => this.usable(item));
-      if (gen === this.generation) this.listed(lw, items.length);
-      return { metadata: result.metadata, items: items as KubernetesObject[] };
-    };
-    const lw: ListWatch<KubernetesObject> = new ListWatch(o.path, watch, list, false, o.labelSelector, o.fieldSelector);
-    const changed = (): void => {
-      if (gen === this.generation && lw === this.served) o.onChange();
-    };
-    lw.on(ADD, changed);
-    lw.on(UPDATE, changed);
-    lw.on(DELETE, changed);
-    lw.on(ERROR, (err: unknown) => {
-      if (gen === this.generation) this.failed(lw, err);
-    });
-    this.current = lw;
-    this.run(lw, gen);
   }
 
-  private run(lw: ListWatch<KubernetesObject>, gen: number): void {
-    lw.start().catch((err: unknown) => {
-      if (gen === this.generation) this.failed(lw, err);
-    });
-  }
-
-  private listed(lw: ListWatch<KubernetesObject>, count: number): void {
+  private listed(m: Mirror): void {
     this.lastHeardAt = this.now();
     // A completed list is news from the server too: the age metric must not read "never" on a quiet cluster.
     this.counters.lastEventAt = this.lastHeardAt;
     this.attempt = 0;
     if (this.everListed) this.counters.relists++;
-    this.opts.log.debug({ resource: this.opts.resource, count }, 'listed');
-    // ListWatch applies the list right after our promise resolves (same microtask run); switch the
-    // served mirror once it has, then announce the change.
-    setImmediate(() => {
-      if (this.stopped || this.current !== lw) return;
-      if (this.served !== lw) {
-        const old = this.served;
-        this.served = lw;
-        if (old && old !== lw) void old.stop();
-      }
-      this.everListed = true;
-      this.opts.onChange();
-      this.firstSync?.resolve();
-      this.firstSync = undefined;
-    });
+    this.opts.log.debug({ resource: this.opts.resource, count: m.objects.size }, 'listed');
+    if (this.served !== m) {
+      const old = this.served;
+      this.served = m;
+      if (old && old !== m) old.stop();
+    }
+    this.everListed = true;
+    this.opts.onChange();
+    this.firstSync?.resolve();
+    this.firstSync = undefined;
   }
 
-  /** ListWatch indexes by metadata.namespace/name and throws on an item without them: skip such items. */
+  /** The mirror is keyed by metadata.namespace/name: skip items without a name. */
   private usable(item: unknown): item is KubeObjectLike {
     const meta = item !== null && typeof item === 'object' ? (item as { metadata?: unknown }).metadata : undefined;
     const name = meta !== null && typeof meta === 'object' ? (meta as { name?: unknown }).name : undefined;
@@ -265,8 +293,7 @@ export class Reflector {
 
   private heard(type: string, obj: unknown): void {
     if (type === 'ERROR') {
-      // An in-stream Status (410 Expired, or a server error): ListWatch ends the stream and relists on
-      // 410 itself; other codes come back through `failed` when the stream closes.
+      // An in-stream Status (410 Expired, or a server error): the stream ends next and is restarted.
       this.counters.errors++;
       const st = (obj ?? {}) as { code?: unknown; reason?: unknown; message?: unknown };
       this.opts.log.warn(
@@ -281,7 +308,7 @@ export class Reflector {
     if (type !== 'BOOKMARK') this.attempt = 0;
   }
 
-  private failed(lw: ListWatch<KubernetesObject>, err: unknown): void {
+  private failed(m: Mirror, err: unknown): void {
     if (this.stopped) return;
     this.counters.errors++;
     if (err instanceof KubeAuthError && !this.everListed) {
@@ -313,13 +340,16 @@ export class Reflector {
       },
       'watch restart after error',
     );
+    // Resumes from the last resourceVersion when it has one (a 410 then makes it relist).
+    this.later(delayMs, this.generation, () => this.run(m, this.generation));
+  }
+
+  private later(delayMs: number, gen: number, fn: () => void): void {
     if (this.restartTimer) clearTimeout(this.restartTimer);
-    const gen = this.generation;
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined;
       if (gen !== this.generation || this.stopped) return;
-      // Resumes from the last resourceVersion when it has one (a 410 then makes it relist).
-      this.run(lw, gen);
+      fn();
     }, delayMs);
   }
 }

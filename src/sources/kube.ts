@@ -2,10 +2,16 @@
 // node's ztunnel pod is one of them) and all Namespaces (their labels decide ambient membership),
 // mirrored by two reflectors and delivered as whole snapshots. Bursts of events (a deployment
 // rolling, a relist) are coalesced into one snapshot; deliveries never overlap.
-import type { KubeConfig } from '@kubernetes/client-node';
+//
+// A pod event that changes nothing the loader reads is no change, nor is the echo of the agent's own
+// redirection annotation patches (pending -> enabled, one per pod, src/kube/own-writes.ts): at 250
+// pods each would otherwise start a full reconcile pass.
+import { isDeepStrictEqual } from 'node:util';
+import type { KubeConfig } from '../kube/config.ts';
 import { logger, type Logger } from '../log.ts';
 import { Reflector, type ReflectorCounters } from '../kube/reflector.ts';
-import type { ClusterSnapshot, PodSource, SourceHealth } from './types.ts';
+import { REDIRECTION_ANNOTATION } from '../state/desired.ts';
+import type { ClusterSnapshot, KubeObjectLike, PodSource, SourceHealth } from './types.ts';
 import { SnapshotValidator } from './validate.ts';
 
 const moduleLog = logger('kube-source');
@@ -85,6 +91,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
     path: '/api/v1/pods',
     resource: 'pods',
     fieldSelector: `spec.nodeName=${o.nodeName}`,
+    same: noNews(o.kubeConfig),
   });
   const namespaces = new Reflector({ ...common, path: '/api/v1/namespaces', resource: 'namespaces' });
   const reflectors = [pods, namespaces];
@@ -129,10 +136,7 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
   return {
     async start(onSnapshot) {
       deliver = onSnapshot;
-      log.info(
-        { node: o.nodeName, server: o.kubeConfig.getCurrentCluster()?.server },
-        'watching pods of this node and namespaces',
-      );
+      log.info({ node: o.nodeName, server: o.kubeConfig.server }, 'watching pods of this node and namespaces');
       watchdog = setInterval(
         () => {
           for (const r of reflectors) r.checkStale();
@@ -181,6 +185,45 @@ export function createKubeSource(options: KubeSourceOptions): KubeSource {
         lastEventAt: last > 0 ? last : undefined,
       };
     },
+  };
+}
+
+/**
+ * Two versions of a pod that differ at most in what the loader does not read (apiVersion/kind,
+ * metadata.resourceVersion, managedFields) and in the redirection annotation, which the agent writes.
+ */
+export function sameButRedirection(before: KubeObjectLike, after: KubeObjectLike): boolean {
+  return isDeepStrictEqual(withoutWritten(before), withoutWritten(after));
+}
+
+function withoutWritten(o: KubeObjectLike): object {
+  // apiVersion and kind too: a list's items come without them, a watch event's object with them.
+  const { apiVersion: _a, kind: _k, ...body } = o;
+  const {
+    resourceVersion: _rv,
+    managedFields: _mf,
+    annotations,
+    ...meta
+  } = (o.metadata ?? {}) as Record<string, unknown>;
+  const { [REDIRECTION_ANNOTATION]: _r, ...others } = (annotations ?? {}) as Record<string, unknown>;
+  // No annotations and none but the redirection one read alike (an empty map either way).
+  return { ...body, metadata: { ...meta, ...(Object.keys(others).length > 0 ? { annotations: others } : {}) } };
+}
+
+function redirectionOf(o: KubeObjectLike): unknown {
+  return (o.metadata?.annotations as Record<string, unknown> | undefined)?.[REDIRECTION_ANNOTATION];
+}
+
+/**
+ * A pod event that is no news: nothing the loader reads changed, or only the redirection annotation,
+ * to what this process itself wrote (its echo). Someone else's edit of the annotation is news.
+ */
+function noNews(kc: KubeConfig): (before: KubeObjectLike, after: KubeObjectLike) => boolean {
+  return (before, after) => {
+    if (!sameButRedirection(before, after)) return false;
+    if (redirectionOf(before) === redirectionOf(after)) return true;
+    const m = after.metadata;
+    return kc.writes.takeEcho(String(m?.namespace), String(m?.name), m?.annotations);
   };
 }
 

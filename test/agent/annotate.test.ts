@@ -3,14 +3,14 @@
 //     what kube-apiserver does: merge patch applied to metadata and status only, resourceVersion
 //     bumped and a MODIFIED event on the watch, nothing written for a patch that changes nothing,
 //     the uid as a precondition, 404/405/409/415 where the real server gives them;
-//  2. KubePodAnnotator (client-node) takes a pod pending -> enabled -> removed, sends a value only
+//  2. KubePodAnnotator (src/kube's client) takes a pod pending -> enabled -> removed, sends a value only
 //     when it changes, retries through API failures and outages without ever blocking the caller,
 //     stops at a deleted or replaced pod, and gives up on a server that never answers.
 import t from 'tap';
 import { request } from 'node:https';
 import { createServer, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
-import { KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig } from '../../src/kube/config.ts';
 import { pino } from 'pino';
 import {
   KubePodAnnotator,
@@ -443,11 +443,7 @@ t.test('a server that accepts and never answers: the patch times out and is retr
     silent.close();
   });
   const port = (silent.address() as { port: number }).port;
-  const kc = new KubeConfig();
-  kc.loadFromClusterAndUser(
-    { name: 'silent', server: `https://127.0.0.1:${port}`, skipTLSVerify: true },
-    { name: 'u', token: 'x' },
-  );
+  const kc = new KubeConfig({ server: `https://127.0.0.1:${port}`, insecureSkipTlsVerify: true, token: 'x' });
   const { a, log } = annotator(t, kc, { requestTimeoutMs: 200 });
   a.set({ namespace: 'shop', name: 'web', uid: 'u-1' }, 'enabled');
   await eventually(() => a.stats().failed >= 2, 10_000, 'two timed-out attempts');

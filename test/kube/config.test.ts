@@ -3,12 +3,14 @@ import t from 'tap';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { makeTestPki } from '../../src/testbed/apiserver/tls.ts';
 import { loadKubeConfig } from '../../src/kube/config.ts';
 import { KubeConfigError } from '../../src/kube/errors.ts';
 import { resolveNodeName } from '../../src/kube/node-name.ts';
 import { backoffDelay } from '../../src/kube/backoff.ts';
 import { createKubeSource } from '../../src/sources/kube.ts';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '../../src/kube/config.ts';
 import type { FakeApiServer } from '../../src/testbed/apiserver/server.ts';
 import { SnapshotRecorder, namespace, pod, podNames, startFakeServer, type TestContext } from './fixtures.ts';
 
@@ -43,7 +45,7 @@ t.test('--in-cluster: service account token and CA from a directory, address fro
   writeFileSync(join(dir, 'namespace'), 'istio-system');
   const env = { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: String(server.port) };
   const kc = loadKubeConfig({ inCluster: true, serviceAccountDir: dir, env });
-  t.equal(kc.getCurrentCluster()?.server, `https://127.0.0.1:${server.port}`);
+  t.equal(kc.server, `https://127.0.0.1:${server.port}`);
   t.same(await syncsWith(t, server, kc), ['shop/web-1']);
   t.ok(
     server.requests.every((r) => r.status !== 401),
@@ -89,6 +91,72 @@ t.test('configuration mistakes are clear usage errors', async (t) => {
   const bad = join(dir, 'no-cluster');
   writeFileSync(bad, 'apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []\n');
   t.throws(() => loadKubeConfig({ kubeconfig: bad }), KubeConfigError, 'a kubeconfig without a cluster');
+});
+
+t.test('kubeconfig: the fields ambpf takes (files relative to it, tokenFile read per request)', async (t) => {
+  const server = await startFakeServer(t);
+  const dir = tempDir(t);
+  writeFileSync(join(dir, 'ca.pem'), server.caPem);
+  writeFileSync(join(dir, 'token'), `${server.bearerToken}\n`);
+  const file = join(dir, 'kubeconfig');
+  const write = (cluster: Record<string, unknown>, user: Record<string, unknown>): void =>
+    writeFileSync(
+      file,
+      stringify({
+        apiVersion: 'v1',
+        kind: 'Config',
+        clusters: [{ name: 'c', cluster: { server: server.url, ...cluster } }],
+        users: [{ name: 'u', user }],
+        contexts: [{ name: 'x', context: { cluster: 'c', user: 'u' } }],
+        'current-context': 'x',
+      }),
+    );
+  write({ 'certificate-authority': 'ca.pem' }, { tokenFile: 'token' });
+  const kc = loadKubeConfig({ kubeconfig: file });
+  t.equal(kc.server, server.url);
+  t.equal(kc.ca?.toString(), server.caPem, 'certificate-authority read relative to the kubeconfig');
+  t.same(await syncsWith(t, server, kc), ['shop/web-1'], 'synced with the token from tokenFile');
+  writeFileSync(join(dir, 'token'), 'rotated\n');
+  t.equal(kc.authorization(), 'Bearer rotated', 'tokenFile is read again for the next request');
+
+  // Any certificate and key do: the point is that they reach the connection pool's TLS options.
+  const { keyPem: key, certPem: cert } = makeTestPki();
+  write(
+    { 'insecure-skip-tls-verify': true },
+    {
+      'client-certificate-data': Buffer.from(cert).toString('base64'),
+      'client-key-data': Buffer.from(key).toString('base64'),
+    },
+  );
+  const insecure = loadKubeConfig({ kubeconfig: file });
+  t.equal(insecure.insecureSkipTlsVerify, true);
+  t.equal(insecure.authorization(), undefined, 'no token: client certificate only');
+  t.equal((insecure.agent() as unknown as { options: { cert?: Buffer } }).options.cert?.toString(), cert);
+
+  for (const [where, field, value] of [
+    ['user', 'exec', { command: 'aws', apiVersion: 'client.authentication.k8s.io/v1' }],
+    ['user', 'auth-provider', { name: 'gcp' }],
+    ['user', 'username', 'admin'],
+    ['cluster', 'proxy-url', 'http://proxy:3128'],
+  ] as const) {
+    if (where === 'user') write({}, { [field]: value });
+    else write({ [field]: value }, {});
+    t.throws(
+      () => loadKubeConfig({ kubeconfig: file }),
+      { name: 'KubeConfigError', message: new RegExp(`${where} field "${field}" is not supported`) },
+      `${where}.${field} is refused by name`,
+    );
+  }
+  write({}, { tokenFile: 'no-such-token' });
+  t.throws(() => loadKubeConfig({ kubeconfig: file }), { name: 'KubeConfigError', message: /tokenFile/ });
+  writeFileSync(
+    file,
+    stringify({
+      clusters: [{ name: 'c', cluster: { server: 'ftp://x' } }],
+      contexts: [{ name: 'x', context: { cluster: 'c' } }],
+    }),
+  );
+  t.throws(() => loadKubeConfig({ kubeconfig: file }), { name: 'KubeConfigError', message: /neither https/ });
 });
 
 t.test('node name: --node, else NODE_NAME, else the hostname (lowercased)', async (t) => {

@@ -82,8 +82,8 @@ t.test('inside a network namespace the test made, reachable there on 127.0.0.1',
   t.teardown(() => server.stop());
   const ca = join(dir, 'ca.pem');
   const kc = loadKubeConfig({ kubeconfig: kubeconfigOut });
-  writeFileSync(ca, Buffer.from(kc.getCurrentCluster()?.caData ?? '', 'base64'));
-  const token = kc.getCurrentUser()?.token ?? '';
+  writeFileSync(ca, kc.ca ?? '');
+  const token = /^Bearer (.*)$/.exec(kc.authorization() ?? '')?.[1] ?? '';
   const inside = await run('nsenter', [
     `--net=/run/netns/${netns}`,
     'curl',

@@ -1,5 +1,5 @@
 // Shared pieces of the kube tests: objects, a started fake API server, a snapshot recorder.
-import { KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig } from '../../src/kube/config.ts';
 import { FakeApiServer, type FakeApiServerOptions } from '../../src/testbed/apiserver/server.ts';
 import type { ClusterSnapshot, KubeObjectLike } from '../../src/sources/types.ts';
 import { waitUntil } from '../helpers/wait.ts';
@@ -15,9 +15,7 @@ export async function startFakeServer(t: TestContext, options: FakeApiServerOpti
 }
 
 export function kubeConfigFor(server: FakeApiServer): KubeConfig {
-  const kc = new KubeConfig();
-  kc.loadFromString(server.kubeconfigYaml());
-  return kc;
+  return new KubeConfig({ server: server.url, ca: Buffer.from(server.caPem), token: server.bearerToken });
 }
 
 export function pod(

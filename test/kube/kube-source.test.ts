@@ -1,7 +1,17 @@
 // The Kubernetes pod source against the fake API server: sync, changes, and every way a watch can
 // go wrong (dropped, server down, stalled, expired, failing, refusing the token).
 import t from 'tap';
-import { createKubeSource, type KubeSource, type KubeSourceOptions } from '../../src/sources/kube.ts';
+import {
+  createKubeSource,
+  sameButRedirection,
+  type KubeSource,
+  type KubeSourceOptions,
+} from '../../src/sources/kube.ts';
+import { PatchStrategy, PodsApi } from '../../src/kube/pods.ts';
+import { OwnWrites } from '../../src/kube/own-writes.ts';
+import type { KubeConfig } from '../../src/kube/config.ts';
+import { REDIRECTION_ANNOTATION } from '../../src/state/desired.ts';
+import type { KubeObjectLike } from '../../src/sources/types.ts';
 import { KubeAuthError } from '../../src/kube/errors.ts';
 import type { FakeApiServer, FakeApiServerOptions } from '../../src/testbed/apiserver/server.ts';
 import {
@@ -15,7 +25,7 @@ import {
   startFakeServer,
   type TestContext,
 } from './fixtures.ts';
-import { eventually, waitUntil } from '../helpers/wait.ts';
+import { eventually, observeFor, waitUntil } from '../helpers/wait.ts';
 import { captureLog } from '../helpers/log.ts';
 import { INVALID_NAMESPACE, INVALID_PODS } from '../sources/invalid-objects.ts';
 
@@ -346,4 +356,96 @@ t.test('a refused token fails start with a clear error and delivers nothing', as
   t.match((err as Error).message, server.url);
   t.equal(rec.snapshots.length, 0);
   t.equal(source.health().synced, false);
+});
+
+t.test('which pod edits differ only in what the agent writes', async (t) => {
+  const base = (): KubeObjectLike & Record<string, unknown> => ({
+    ...pod('web-1', 'shop', NODE, '198.18.1.10', { app: 'web' }),
+    metadata: { name: 'web-1', namespace: 'shop', uid: 'u1', resourceVersion: '7', labels: { app: 'web' } },
+  });
+  const edit = (f: (p: Record<string, any>) => void): KubeObjectLike => {
+    const p = structuredClone(base()) as Record<string, any>;
+    f(p);
+    return p as KubeObjectLike;
+  };
+  const redirection = (v: string, more: Record<string, string> = {}) =>
+    edit((p) => (p['metadata'].annotations = { [REDIRECTION_ANNOTATION]: v, ...more }));
+  const alike: Array<[string, KubeObjectLike, KubeObjectLike]> = [
+    ['only the resourceVersion', base(), edit((p) => (p['metadata'].resourceVersion = '8'))],
+    ['redirection set', base(), redirection('pending')],
+    [
+      'redirection pending -> enabled beside another annotation',
+      redirection('pending', { x: '1' }),
+      redirection('enabled', { x: '1' }),
+    ],
+    ['managedFields', base(), edit((p) => (p['metadata'].managedFields = [{ manager: 'ambpf' }]))],
+    [
+      'apiVersion and kind (list items have neither)',
+      base(),
+      edit((p) => Object.assign(p, { apiVersion: 'v1', kind: 'Pod' })),
+    ],
+  ];
+  for (const [what, a, b] of alike) t.ok(sameButRedirection(a, b), `alike: ${what}`);
+  const differ: Array<[string, KubeObjectLike]> = [
+    ['another annotation', edit((p) => (p['metadata'].annotations = { 'sidecar.istio.io/status': '{}' }))],
+    ['a label', edit((p) => (p['metadata'].labels = { app: 'web', 'istio.io/dataplane-mode': 'none' }))],
+    ['the pod IP', edit((p) => (p['status'].podIP = '198.18.1.11'))],
+    ['deletionTimestamp', edit((p) => (p['metadata'].deletionTimestamp = '2026-01-01T00:00:00Z'))],
+    ['the uid', edit((p) => (p['metadata'].uid = 'u2'))],
+  ];
+  for (const [what, after] of differ) t.notOk(sameButRedirection(base(), after), `differ: ${what}`);
+});
+
+t.test('own writes: an echo is recognised once, in order, and only for a while', async (t) => {
+  let now = 1000;
+  const w = new OwnWrites(() => now);
+  const a = REDIRECTION_ANNOTATION;
+  t.notOk(w.takeEcho('shop', 'web', { [a]: 'enabled' }), 'nothing written');
+  w.record('shop', 'web', { [a]: 'pending' });
+  w.record('shop', 'web', { [a]: 'enabled' });
+  t.notOk(w.takeEcho('shop', 'other', { [a]: 'pending' }), 'another pod');
+  t.notOk(w.takeEcho('shop', 'web', { [a]: 'disabled' }), 'a value not written');
+  t.ok(w.takeEcho('shop', 'web', { [a]: 'pending' }), 'the first echo');
+  t.ok(w.takeEcho('shop', 'web', { [a]: 'enabled' }), 'the second');
+  t.notOk(w.takeEcho('shop', 'web', { [a]: 'enabled' }), 'each once');
+  w.record('shop', 'web', { [a]: null });
+  t.ok(w.takeEcho('shop', 'web', {}), 'a removal echoes as an absent annotation');
+  w.record('shop', 'web', { [a]: 'pending' });
+  now += 120_000;
+  t.notOk(w.takeEcho('shop', 'web', { [a]: 'pending' }), 'expired');
+});
+
+t.test("the agent's own redirection patches are no change; someone else's are", async (t) => {
+  const server = await startFakeServer(t);
+  seed(server);
+  const kubeConfig = kubeConfigFor(server);
+  const rec = new SnapshotRecorder();
+  const source = makeSource(t, server, { kubeConfig });
+  await source.start(rec.onSnapshot);
+  await watching(server);
+  const annotate = (kc: KubeConfig, name: string, value: string, namespace = 'shop'): Promise<unknown> =>
+    new PodsApi(kc).patchNamespacedPodStatus({
+      namespace,
+      name,
+      body: { metadata: { annotations: { [REDIRECTION_ANNOTATION]: value } } },
+      strategy: PatchStrategy.MergePatch,
+      fieldManager: 'ambpf-test',
+      timeoutMs: 5000,
+    });
+  const annotationOf = (s: { pods: readonly KubeObjectLike[] }, name: string): unknown =>
+    (s.pods.find((p) => p.metadata?.name === name)?.metadata?.annotations as Record<string, string> | undefined)?.[
+      REDIRECTION_ANNOTATION
+    ];
+  const before = rec.snapshots.length;
+  const events = source.counters().events;
+  await annotate(kubeConfig, 'web-1', 'pending');
+  await annotate(kubeConfig, 'web-1', 'enabled');
+  await eventually(() => source.counters().events >= events + 2, 5000, 'both echoes heard by the watch');
+  await observeFor(200); // ten coalescing windows: an echo taken for a change would be delivered by now
+  t.equal(rec.snapshots.length, before, 'no snapshot for the echoes');
+  // As an agent that crashed left it, or kubectl: the annotator must see it to put it right.
+  await annotate(kubeConfigFor(server), 'ztunnel-x1', 'enabled', 'istio-system');
+  const s = await rec.waitFor((s) => annotationOf(s, 'ztunnel-x1') === 'enabled', 5000, "another writer's value");
+  t.equal(annotationOf(s, 'web-1'), 'enabled', 'the snapshot carries the stored value of the echoed pod');
+  t.equal(rec.snapshots.length, before + 1, "one snapshot, for the other writer's change");
 });
