@@ -147,6 +147,10 @@ export class Reflector {
     this.restartTimer = undefined;
     this.current?.stop();
     this.served?.stop();
+    // A stop before the first list (API server unreachable, SIGTERM at start): start() returns now,
+    // not when the pending list times out, past kubelet's grace period.
+    this.firstSync?.resolve();
+    this.firstSync = undefined;
     // Idle pooled connections are unref'd by node:http's agent: they do not keep the process alive.
     await Promise.resolve();
   }

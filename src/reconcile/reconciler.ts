@@ -268,8 +268,10 @@ export class Reconciler {
     try {
       return await this.#run(snapshot, request);
     } catch (err) {
-      // Whatever this pass did not finish, the next one redoes in full.
+      // Whatever this pass did not finish, the next one redoes in full, and soon: the resync policy's
+      // next tick (a pass a watch event, a CNI ADD or a ZDS ack started has no one else to retry it).
       this.#memo = undefined;
+      this.#failed = true;
       throw err;
     }
   }

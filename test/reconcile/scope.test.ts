@@ -67,7 +67,7 @@ const many = (n: number, from = 1): PodSpec[] =>
 function fakeDiscovery(): Discovery & {
   cookies: Map<string, bigint>;
   calls: Array<{ pods: string[]; scan: boolean }>;
-  gate: { hold?: Promise<void> };
+  gate: { hold?: Promise<void>; fail?: Error };
 } {
   const cookies = new Map<string, bigint>();
   let next = 100n;
@@ -86,10 +86,11 @@ function fakeDiscovery(): Discovery & {
   const self = {
     cookies,
     calls: [] as Array<{ pods: string[]; scan: boolean }>,
-    gate: {} as { hold?: Promise<void> },
+    gate: {} as { hold?: Promise<void>; fail?: Error },
     async resolve(desired: DesiredState, o: { scanProcesses?: boolean }) {
       self.calls.push({ pods: desired.ambientPods.map((p) => p.name), scan: o.scanProcesses !== false });
       await self.gate.hold;
+      if (self.gate.fail) throw self.gate.fail;
       return {
         pods: desired.ambientPods.map(resolved),
         ztunnel: desired.ztunnel ? { ...resolved(desired.ztunnel), podLink: undefined } : undefined,
@@ -198,6 +199,22 @@ t.test('a burst of fast-path changes leaves what a full pass would', async (t) =
   await fullPassFindsNothing(t, s, snapshot(pods));
   const expected = pods.filter((p) => p.name !== 'app-3').map((p) => p.name);
   t.same(new Set(s.synced.at(-1)), new Set(expected), 'ztunnel has every mesh pod');
+});
+
+t.test('a pass that throws, whoever started it, is retried in full at the next tick', async (t) => {
+  const s = setup();
+  const pods = many(5);
+  await s.reconciler.reconcile(snapshot(pods));
+  t.notOk(s.reconciler.hasUnresolved);
+  s.discovery.gate.fail = new Error('ip: dump interrupted');
+  // A watch event's pass: nothing but the reconciler itself can remember that it failed.
+  await t.rejects(s.reconciler.reconcile(snapshot([...pods, { name: 'late', ip: '198.18.4.1' }])));
+  t.ok(s.reconciler.hasUnresolved, 'the resync tick will retry it');
+  delete s.discovery.gate.fail;
+  s.discovery.calls.length = 0;
+  await s.reconciler.resync({ retry: true });
+  t.equal(s.discovery.calls[0]?.pods.length, 6, 'as a full pass');
+  t.notOk(s.reconciler.hasUnresolved, 'and then nothing is left');
 });
 
 t.test('a pod deleted while its fast path runs', async (t) => {
