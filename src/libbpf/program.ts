@@ -237,7 +237,11 @@ export class BpfProgram extends Handle {
     return attachTc(this.fd, this.name, iface, direction, opts);
   }
 
-  /** BPF_PROG_TEST_RUN with a crafted packet/context. */
+  /**
+   * BPF_PROG_TEST_RUN with a crafted packet/context. With repeat > 1 the kernel checks for a pending
+   * signal between runs and fails with EINTR after some of them (bpf_test_timer_continue): not retried
+   * here, since the runs done already had their effects (maps); a caller counting effects runs once.
+   */
   testRun(opts: TestRunOptions = {}): TestRunResult {
     const data = opts.data ? Buffer.from(opts.data) : null;
     const ctx = opts.ctx ? Buffer.from(opts.ctx) : null;
