@@ -6,8 +6,8 @@
 //   rssMiB         the loader's VmRSS once all are captured;
 //   idleCpuPct     the loader's CPU time (utime + stime) over `idleSeconds` with nothing changing, as %
 //                  of one core (its resync ticks are all it does then: a look at a few pods'
-//                  listeners every --resync-ms; the safety-net full pass runs every 5 min
-//                  (SAFETY_NET_MS), outside the window: ~0.25 s of CPU per pass at 250 pods);
+//                  listeners every --resync-ms; the bench's window is one SAFETY_NET_MS period
+//                  (5 min), so it holds one safety-net full pass, ~0.25 s of CPU at 250 pods);
 //   podChangeMs    a pod's label flipped in the pods file -> released (opt-out: its ambpf_pods entry
 //                  gone, Del sent) or captured again (opt-in: Add acked by the stand-in and its 15006 in
 //                  ambpf_inpod_listen), each bounded by 10 s.
