@@ -51,7 +51,9 @@ function buildMarked(root: string): void {
 }
 
 async function version(root: string, env: NodeJS.ProcessEnv = ENV): Promise<string> {
-  const { stdout } = await run(join(root, 'bin/ambpf'), ['version'], { env, timeout: 60_000 });
+  const { stdout, stderr } = await run(join(root, 'bin/ambpf'), ['version'], { env, timeout: 60_000 });
+  // Choosing between dist/ and the sources says nothing (it once leaked xargs' SIGPIPE complaint).
+  if (stderr.trim() !== '') throw new Error(`bin/ambpf version wrote to stderr: ${stderr.trim()}`);
   return stdout.trim();
 }
 
