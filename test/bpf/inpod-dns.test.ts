@@ -9,48 +9,22 @@
 // wrong server.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { resolve } from 'node:path';
 import { removePinnedLink } from '../../src/bpf/datapath-links.ts';
 import { inpodLoLinkName, linkPin } from '../../src/bpf/pins.ts';
 import * as s from '../../src/bpf/schema.ts';
 import { execIn } from '../../src/testbed/exec.ts';
 import { computeDesiredState, DNS_CAPTURE_ANNOTATION } from '../../src/state/desired.ts';
 import { buildInpodTarget } from '../../src/reconcile/topology-inpod.ts';
-import { INPOD_CONFIG, captureInpod, makeEnv, openInpod, type PodName, type Addr } from './env.ts';
+import { INPOD_CONFIG, captureInpod, makeEnv, openInpod, type PodName } from './env.ts';
 import { eventually } from '../helpers/wait.ts';
+import { DNSQ, type DnsqQuery, type DnsqReuse } from '../dns/dnsq.ts';
 
 // The DNS test helper (real DNS wire format): its server answers a TXT record naming itself ("by").
-const DNS_HELPER = resolve(import.meta.dirname, '../dns/fixtures/dnsq.py');
 /** What every query here asks: the answer's TXT record says which server gave it. */
 const ASK = ['ambpf.test', '--type', 'TXT'];
 const SERVERS = ['198.18.4.53', '198.18.4.54', '198.18.4.55'] as const;
 const SERVER6 = 'fd00:a3bf::53';
 const PROXY = 'proxy@127.0.0.1';
-
-interface Answer {
-  by: string;
-  id: number;
-  from?: Addr;
-  asked?: string;
-}
-interface QueryOut {
-  answers: Answer[];
-  peer?: Addr;
-  sockname?: Addr;
-  error?: string;
-}
-interface ReuseOut {
-  queries: number;
-  answers: number;
-  wrong_server: number;
-  wrong_socket: number;
-  lost: number;
-  errors: number;
-  sockets: number;
-  by: Record<string, number>;
-  examples: unknown[];
-  seconds: number;
-}
 
 t.test('the pod annotation reaches the DNS bits of ambpf_netns and ambpf_pods', async (t) => {
   const pod = (name: string, i: number, dns?: string): Record<string, unknown> => ({
@@ -109,7 +83,7 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
   const config = INPOD_CONFIG;
 
   const dns = async (pod: PodName, args: string[]): Promise<unknown[]> => {
-    const r = await execIn(env.pods[pod].cgroup, env.pods[pod].netns, ['python3', DNS_HELPER, ...args], {
+    const r = await execIn(env.pods[pod].cgroup, env.pods[pod].netns, ['python3', DNSQ, ...args], {
       timeoutMs: 60_000,
     });
     return r.stdout
@@ -119,10 +93,10 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
       .map((l) => JSON.parse(l) as unknown);
   };
   /** One query (or --count N) to host:port from pod. */
-  const query = async (pod: PodName, [host, port, ...flags]: string[]): Promise<QueryOut> =>
-    (await dns(pod, ['query', host!, ...ASK, '--port', port!, ...flags]))[0] as QueryOut;
+  const query = async (pod: PodName, [host, port, ...flags]: string[]): Promise<DnsqQuery> =>
+    (await dns(pod, ['query', host!, ...ASK, '--port', port!, ...flags]))[0] as DnsqQuery;
   const server = async (pod: PodName, args: string[]): Promise<void> => {
-    const p = env.spawn(pod, ['python3', '-u', DNS_HELPER, 'server', ...args]);
+    const p = env.spawn(pod, ['python3', '-u', DNSQ, 'server', ...args]);
     let out = '';
     let exited = false;
     p.child.stdout?.on('data', (d: Buffer) => {
@@ -195,7 +169,7 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
   });
 
   await t.test('one unconnected socket asking three servers at once: each answer shows its own server', async (t) => {
-    const [r] = (await dns('a', ['spread', SERVERS.join(','), ...ASK])) as QueryOut[];
+    const [r] = (await dns('a', ['spread', SERVERS.join(','), ...ASK])) as DnsqQuery[];
     t.notOk(r?.error, `no error (${r?.error})`);
     t.equal(r?.answers.length, 3);
     for (const ans of r?.answers ?? []) {
@@ -209,7 +183,7 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
     // the answers' source. Re-armed afterwards (armPod is idempotent).
     t.ok(removePinnedLink(linkPin(env.bpffs, inpodLoLinkName(cookieA))), "tc on pod a's lo detached");
     try {
-      const [r] = (await dns('a', ['spread', SERVERS.join(','), ...ASK])) as QueryOut[];
+      const [r] = (await dns('a', ['spread', SERVERS.join(','), ...ASK])) as DnsqQuery[];
       t.equal(r?.answers.length, 3);
       t.same(
         r?.answers.map((ans) => ans.from?.ip),
@@ -341,7 +315,7 @@ t.test('inpod DNS capture in netns + cgroups of our own', { timeout: 120_000 }, 
           String(s.ZTUNNEL_MARK),
         ]),
       ])
-    ).map((r) => r[0] as ReuseOut);
+    ).map((r) => r[0] as DnsqReuse);
     const seconds = (Date.now() - started) / 1000;
     t.comment(
       `10,000 captured + 1,000 upstream queries in ${seconds.toFixed(1)} s (a ${ra?.seconds} s, b ${rb?.seconds} s)`,

@@ -8,7 +8,7 @@
 // source of an answer and the socket it reached must be seen.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { Testbed, TestbedPod } from '../../src/testbed/index.ts';
 import { startZtunnels } from '../../src/testbed/ztunnel/launch.ts';
 import {
@@ -23,35 +23,17 @@ import { DNS_CAPTURE_ANNOTATION } from '../../src/state/desired.ts';
 import { ZTUNNEL_MARK } from '../../src/bpf/schema.ts';
 import { startLoader, waitReady, editPodsFile, zdsSocketPath, type Loader } from '../helpers/loader.ts';
 import { eventually } from '../helpers/wait.ts';
+import { DNSQ, type DnsqAnswer, type DnsqQuery, type DnsqReuse } from './dnsq.ts';
 import { oneNodeInpodTestbed } from '../testbed/ztunnel-fixture.ts';
 
-const DNSQ = resolve(import.meta.dirname, 'fixtures/dnsq.py');
 const ZONE_NAME = 'web.mesh.svc.cluster.local';
 /** A name only the resolver knows: a mesh pod gets it through ztunnel's forwarded query. */
 const OUTSIDE = 'outside.test';
 const OUTSIDE_IP = '198.18.77.7';
 const OUTSIDE6 = 'outside6.test';
 
-interface Reply {
-  rcode?: number;
-  aa?: boolean;
-  ips?: string[];
-  from?: { ip: string; port: number };
-  peer?: { ip: string; port: number };
-  error?: string;
-}
-interface ReuseOut {
-  queries: number;
-  answers: number;
-  wrong_server: number;
-  wrong_socket: number;
-  lost: number;
-  errors: number;
-  sockets: number;
-  ips: Record<string, number>;
-  examples: unknown[];
-  seconds: number;
-}
+/** One query's answer with the socket's peer (connected) or error beside it. */
+type Reply = Partial<DnsqAnswer> & Pick<DnsqQuery, 'peer' | 'error'>;
 
 let tb: Testbed;
 let loader: Loader;
@@ -91,15 +73,11 @@ async function dnsq(pod: TestbedPod, args: string[], timeoutMs = 20_000): Promis
 }
 /** One query; its answer's fields with the socket's peer (connected) or error beside them. */
 const query = async (pod: TestbedPod, args: string[]): Promise<Reply> => {
-  const out = JSON.parse(await dnsq(pod, ['query', ...args])) as {
-    answers: Reply[];
-    peer?: Reply['peer'];
-    error?: string;
-  };
+  const out = JSON.parse(await dnsq(pod, ['query', ...args])) as DnsqQuery;
   return { ...out.answers[0], ...(out.peer ? { peer: out.peer } : {}), ...(out.error ? { error: out.error } : {}) };
 };
-const reuse = async (pod: TestbedPod, args: string[]): Promise<ReuseOut> =>
-  JSON.parse(await dnsq(pod, ['reuse', ...args], 50_000)) as ReuseOut;
+const reuse = async (pod: TestbedPod, args: string[]): Promise<DnsqReuse> =>
+  JSON.parse(await dnsq(pod, ['reuse', ...args], 50_000)) as DnsqReuse;
 
 function acked(): boolean {
   try {
