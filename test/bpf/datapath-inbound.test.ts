@@ -5,20 +5,10 @@
 // crafted packets.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import {
-  BpfLink,
-  BpfObject,
-  ifIndex,
-  linkInfoByFd,
-  listIds,
-  netnsCookie,
-  withFdById,
-  withNetns,
-} from '../../src/libbpf/index.ts';
+import { BpfLink, BpfObject, ifIndex, linkInfoByFd, listIds, withFdById, withNetns } from '../../src/libbpf/index.ts';
 import { ensureObjects } from '../../src/bpf/build.ts';
-import { openDatapath } from '../../src/bpf/datapath.ts';
 import * as s from '../../src/bpf/schema.ts';
-import { makeEnv, type Addr } from './env.ts';
+import { makeEnv, openNodeInboundMaps, type Addr } from './env.ts';
 import { ACK, SYN, TC_ACT_OK, TC_ACT_REDIRECT, skbCtx, tcpPacket } from './packets.ts';
 
 /** The old object form of tcpPacket, kept for readability of the checks below. */
@@ -34,23 +24,8 @@ interface ClientOut {
 t.test('inbound steering in a netns + cgroup of our own', { timeout: 200_000 }, async (t) => {
   const env = await makeEnv(t);
   const { b, c, z } = env.pods;
-  const dp = await openDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, netns: env.node });
-  t.teardown(() => dp.close());
-  const ztHostIfindex = withNetns(env.node, () => ifIndex(z.hostIf));
+  const { dp, ztHostIfindex } = await openNodeInboundMaps(t, env);
   const bHostIfindex = withNetns(env.node, () => ifIndex(b.hostIf));
-  dp.maps.config.set(s.defaultConfig());
-  dp.maps.ztunnel.set(
-    s.ztunnelValue({
-      ip: z.ip,
-      netnsCookie: netnsCookie(z.netns),
-      hostIfindex: ztHostIfindex,
-      mac: z.mac,
-      hostMac: z.hostMac,
-    }),
-  );
-  // b is a mesh pod for inbound; its netns is deliberately not in ambpf_netns, so its own outbound
-  // connections are not redirected and must come back untouched.
-  dp.maps.pods.set(b.ip, { netnsCookie: netnsCookie(b.netns), hostIfindex: bHostIfindex, flags: s.POD_AMBIENT });
 
   await t.test('tc program on crafted packets (BPF_PROG_TEST_RUN)', async (t) => {
     const { objects } = await ensureObjects();

@@ -215,11 +215,11 @@ export async function makeEnv(t: Test): Promise<Env> {
 }
 
 /**
- * The node-topology inbound setup most inbound tests share: the datapath opened, ztunnel = pod z
- * (its stand-in listening on 15006/15008 with IP_TRANSPARENT, its netns made ready), pod b ambient.
- * The tc program is not attached yet: the test decides how and when.
+ * The node-topology inbound maps: the datapath opened, ztunnel = pod z in ambpf_ztunnel, pod b ambient
+ * in ambpf_pods (its netns deliberately not in ambpf_netns: its own outbound is not redirected).
+ * Nothing is attached: ztunnel's netns is not made ready (openNodeInbound does it).
  */
-export async function openNodeInbound(
+export async function openNodeInboundMaps(
   t: Test,
   env: Env,
   o: Pick<DatapathOptions, 'tcMode'> = {},
@@ -243,6 +243,21 @@ export async function openNodeInbound(
     hostIfindex: withNetns(env.node, () => ifIndex(b.hostIf)),
     flags: s.POD_AMBIENT,
   });
+  return { dp, ztHostIfindex };
+}
+
+/**
+ * The node-topology inbound setup most inbound tests share: openNodeInboundMaps, and ztunnel's stand-in
+ * listening on 15006/15008 with IP_TRANSPARENT, its netns made ready. The tc program is not attached
+ * yet: the test decides how and when.
+ */
+export async function openNodeInbound(
+  t: Test,
+  env: Env,
+  o: Pick<DatapathOptions, 'tcMode'> = {},
+): Promise<{ dp: Datapath; ztHostIfindex: number }> {
+  const { dp, ztHostIfindex } = await openNodeInboundMaps(t, env, o);
+  const { z } = env.pods;
   const standIn = await env.server('z', ['15006,15008', '--transparent']);
   await dp.attachZtunnel({ netnsPath: z.netns, pid: standIn.pid, hostIfname: z.hostIf });
   return { dp, ztHostIfindex };
