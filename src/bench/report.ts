@@ -122,7 +122,7 @@ export function controlPlaneTable(r: BenchResults): string {
     const on = `${sc.pods + 1} pods on the node (${sc.pods} mesh + ztunnel)`;
     lines.push(`| ${on}, ZDS: loader start -> all captured and acked | ${fmt(sc.captureAllMs)} ms |`);
     lines.push(
-      `| ${on}: loader RSS / idle CPU (${sc.idleSeconds} s, nothing changing) | ${fmt(sc.rssMiB)} MiB / ${sc.idleCpuPct.toFixed(2)} % of a core |`,
+      `| ${on}: loader RSS at capture / after ${sc.idleSeconds} s idle; idle CPU (nothing changing) | ${fmt(sc.rssMiB)} MiB / ${sc.rssIdleMiB === undefined ? '-' : fmt(sc.rssIdleMiB)} MiB; ${sc.idleCpuPct.toFixed(2)} % of a core |`,
     );
     lines.push(
       `| ${on}: pod change -> released, or captured and acked by the stand-in over ZDS (${sc.podChangeMs.samples.length} changes) | p50 ${fmt(sc.podChangeMs.p50)} ms, p99 ${fmt(sc.podChangeMs.p99)} ms, max ${fmt(sc.podChangeMs.max)} ms |`,

@@ -3,7 +3,9 @@
 // stand-in as a ZDS client of the loader (it opens its listeners in a pod's netns when the Add arrives,
 // then acks), `ambpf run --mode inpod` as on a real node. Measured:
 //   captureAllMs   loader start -> every pod captured (armed, Add acked, listeners in ambpf_inpod_listen);
-//   rssMiB         the loader's VmRSS once all are captured;
+//   rssMiB         the loader's VmRSS once all are captured (the end of its biggest burst of work);
+//   rssIdleMiB     its VmRSS at the end of the idle window: what a node carries (the loader gives back
+//                  what a burst left resident once it is quiet, src/cli/idle-trim.ts);
 //   idleCpuPct     the loader's CPU time (utime + stime) over `idleSeconds` with nothing changing, as %
 //                  of one core (its resync ticks are all it does then: a look at a few pods'
 //                  listeners every --resync-ms; the bench's window is one SAFETY_NET_MS period
@@ -156,7 +158,12 @@ export async function measureScale(o: ScaleOptions): Promise<ScaleResults> {
       const w0 = performance.now();
       await new Promise((r) => setTimeout(r, o.idleSeconds * 1000));
       const idleCpuPct = ((cpuTicks(pid) - c0) / 100 / ((performance.now() - w0) / 1000)) * 100;
-      log.info({ pods: o.pods, captureAllMs, rssMiB: rss, idleCpuPct }, 'scale: captured, idle measured');
+      const rssIdle = rssMiB(pid);
+      log.info({ rssMiB: rssIdle, ...rssByMapping(pid) }, 'scale: loader RSS after the idle window');
+      log.info(
+        { pods: o.pods, captureAllMs, rssMiB: rss, rssIdleMiB: rssIdle, idleCpuPct },
+        'scale: captured, idle measured',
+      );
 
       const pod = pods[Math.floor(pods.length / 2)] ?? pods[0];
       if (!pod) throw new BenchError('the scale testbed has no mesh pod');
@@ -180,6 +187,7 @@ export async function measureScale(o: ScaleOptions): Promise<ScaleResults> {
         pods: o.pods,
         captureAllMs,
         rssMiB: rss,
+        rssIdleMiB: rssIdle,
         idleCpuPct,
         idleSeconds: o.idleSeconds,
         podChangeMs: { samples, p50: percentile(samples, 50), p99: percentile(samples, 99), max: Math.max(...samples) },

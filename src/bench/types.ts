@@ -172,7 +172,10 @@ export interface ScaleResults {
   readonly pods: number;
   /** Loader start -> every pod captured (armed, ZDS Add acked, listeners registered), ms. */
   readonly captureAllMs: number;
+  /** Loader VmRSS the moment every pod is captured (the burst of passes and ZDS acks just ended), MiB. */
   readonly rssMiB: number;
+  /** Loader VmRSS at the end of the idle window, once it gave back what the burst left (run's idle trim), MiB. */
+  readonly rssIdleMiB?: number;
   /** Loader CPU over idleSeconds with nothing changing, % of one core. */
   readonly idleCpuPct: number;
   readonly idleSeconds: number;

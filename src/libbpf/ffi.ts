@@ -138,6 +138,9 @@ export const libcRaw = {
   eventfd: c('int eventfd(unsigned int initval, int flags)'),
   read: c('long read(int fd, void *buf, size_t len)'),
   write: c('long write(int fd, void *buf, size_t len)'),
+  // The loader's idle trim (src/libbpf/memory.ts): glibc's free heap pages, and clean file pages.
+  malloc_trim: c('int malloc_trim(size_t pad)'),
+  madvise: c('int madvise(void *addr, size_t len, int advice)'),
 };
 
 /** poll(2), called with `.async` on libuv's pool by src/zds/reactor.ts (the main thread never blocks in it). */
