@@ -1,11 +1,22 @@
 // Prometheus metrics of a running loader. Kernel counters are read from ambpf_stats at scrape time
 // (never cached: a scrape shows what the datapath did up to that moment); map fill comes from the
 // loader's MapMonitor, so a scrape costs O(counters + maps), never a walk of a map's entries.
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { createRequire } from 'node:module';
+import type * as PromClient from 'prom-client';
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { STAT_NAMES } from '../bpf/schema.ts';
 import type { ReconcileStats } from '../reconcile/reconciler.ts';
 import { MAP_SPECS, MapMonitor, type MapHealth } from './map-health.ts';
+
+// prom-client's four modules ambpf uses, not its index: the index also loads the Pushgateway (https,
+// tls, zlib), the cluster aggregator, histograms and summaries, 0.7 MiB of the long-lived loader's
+// heap (issue 20). The files are prom-client 15's (package-lock pins it); test/metrics covers them.
+const load = createRequire(import.meta.url);
+const Registry = load('prom-client/lib/registry') as typeof PromClient.Registry;
+const Counter = load('prom-client/lib/counter') as typeof PromClient.Counter;
+const Gauge = load('prom-client/lib/gauge') as typeof PromClient.Gauge;
+const collectDefaultMetrics = load('prom-client/lib/defaultMetrics') as typeof PromClient.collectDefaultMetrics;
+type Registry = PromClient.Registry;
 
 export interface MetricsSources {
   readonly maps: () => DatapathMaps | undefined;
