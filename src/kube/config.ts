@@ -9,11 +9,16 @@
 // by name at start instead of failing later with a 401.
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
-import { Agent as HttpAgent } from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
-import { parse } from 'yaml';
+import { createRequire } from 'node:module';
+import type { Agent as HttpAgent } from 'node:http';
 import { KubeConfigError } from './errors.ts';
 import { OwnWrites } from './own-writes.ts';
+
+// Builtins through getBuiltinModule, not an ES import: that builds node:http's namespace, whose lazy
+// WebSocket getters load undici (2 MiB of the loader's heap, issue 20). yaml only for a kubeconfig file.
+const { Agent: HttpAgentClass } = process.getBuiltinModule('node:http');
+const { Agent: HttpsAgent } = process.getBuiltinModule('node:https');
+const parse = (text: string): unknown => (createRequire(import.meta.url)('yaml') as typeof import('yaml')).parse(text);
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -88,7 +93,7 @@ export class KubeConfig {
     if (this.#agent) return this.#agent;
     const i = this.#init;
     this.#agent = this.server.startsWith('http:')
-      ? new HttpAgent({ keepAlive: true })
+      ? new HttpAgentClass({ keepAlive: true })
       : new HttpsAgent({
           keepAlive: true,
           ...(i.ca ? { ca: i.ca } : {}),

@@ -2,10 +2,13 @@
 // pool: a GET answered with one JSON document (a list page), a PATCH (the redirection annotation), and
 // a watch (JSON lines over a chunked response that lasts minutes). node:https rather than the global
 // fetch: undici's pool, stream classes and parsers cost the long-lived loader memory it does not need.
-import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import type { KubeConfig } from './config.ts';
 import { KubeApiError, KubeAuthError } from './errors.ts';
+
+// Not an ES import of node:http(s): its namespace's lazy WebSocket getters load undici after all (see config.ts).
+const { request: httpRequest } = process.getBuiltinModule('node:http');
+const { request: httpsRequest } = process.getBuiltinModule('node:https');
 
 export interface JsonRequest {
   readonly method: 'GET' | 'PATCH';
