@@ -120,7 +120,7 @@ t.test('inpod datapath in netns + cgroups of our own', { timeout: 200_000 }, asy
     t.equal(r?.hello?.peer.ip, c.ip, "the app sees the client's address");
     t.same(r?.sockname?.ip, c.ip, "the leg really was bound to the client's address");
     const after = dp.stats();
-    t.ok(after.tc_orig_src_marked > before.tc_orig_src_marked, 'tc on lo recorded and marked the leg');
+    t.ok(after.orig_src_marked > before.orig_src_marked, 'connect4 recorded and marked the leg');
     t.ok(after.sklookup_pass_ztunnel > before.sklookup_pass_ztunnel, 'sk_lookup let it through');
     t.equal([...dp.inpodMaps.origsrc.keys()].length, 0, "sk_lookup took the leg's entry");
   });

@@ -82,10 +82,20 @@ t.test(
       return n;
     };
 
+    const before = dp.stats();
     const port = await fire(env, c.ip, 80);
     const hello = await log.waitFor(port, 10_000);
     t.equal(hello.port, 15001, 'redirected to ztunnel inside the pod');
     t.same(hello.orig, { ip: c.ip, port: 80 }, 'SO_ORIGINAL_DST answers after the client has closed');
+    t.ok(dp.stats().inpod_closed_early > before.inpod_closed_early, 'sock_release kept the original');
+    t.ok(await waitUntil(() => pairCount() === 0, 5_000), `no ambpf_inpod_closed entry left (${pairCount()})`);
+
+    // IPv6, where sock_release reads no source address: pod a has none of its own, so the client
+    // reaches ztunnel at [::1]:15001 from [::1], and the key carries the pod's netns cookie.
+    const v6dst = 'fd00:a3bf:9::80';
+    const port6 = await fire(env, v6dst, 80);
+    const hello6 = await log.waitFor(port6, 10_000);
+    t.same(hello6.orig, { ip: v6dst, port: 80 }, 'IPv6: IP6T_SO_ORIGINAL_DST answers after the client has closed');
     t.ok(await waitUntil(() => pairCount() === 0, 5_000), `no ambpf_inpod_closed entry left (${pairCount()})`);
 
     const [out] = (await env.client('a', [c.ip, '81'])) as Array<{ hello?: Hello; peername?: Addr }>;
