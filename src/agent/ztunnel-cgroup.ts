@@ -31,8 +31,10 @@ export interface ZtunnelCgroupReport {
 
 /** The sentence (and the fix) for a ztunnel outside the attach cgroup. */
 export function outsideMessage(attach: string, c: ZtunnelCgroupCheck): string {
+  // A path above ambpf's own cgroup namespace (a loader container with a private one) reads /../..
+  const where = c.cgroup?.startsWith('/..') ? `${c.cgroup} (relative to ambpf's cgroup namespace)` : c.cgroup;
   return (
-    `ztunnel (pid ${c.pid}) runs in cgroup ${c.cgroup ?? '?'}, outside ${attach} where ambpf's programs are ` +
+    `ztunnel (pid ${c.pid}) runs in cgroup ${where ?? '?'}, outside ${attach} where ambpf's programs are ` +
     'attached: its spoofed inbound legs are steered back into ztunnel (those connections fail) and its DNS ' +
     `answers do not carry the address the pod asked. Run ztunnel as a pod under ${attach}, or pass ` +
     '`ambpf run --cgroup` a directory that holds ztunnel'

@@ -3,8 +3,8 @@
 // under its own per-run cgroup (never the machine's root). What the loader's log, the report file,
 // `ambpf status`, `ambpf doctor` and /metrics then say.
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ZdsHandoff } from '../../src/agent/handoff.ts';
@@ -24,6 +24,7 @@ import { testPrefix } from '../helpers/prefix.ts';
 import { eventually } from '../helpers/wait.ts';
 
 const PEER = join(import.meta.dirname, 'fixtures', 'zds-peer.ts');
+const CHECK = join(import.meta.dirname, 'fixtures', 'check-cgroup.ts');
 
 const run = join(cgroup2Root(), `${testPrefix()}-zc`);
 const attach = join(run, 'kubepods');
@@ -42,14 +43,15 @@ t.teardown(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** A ZDS client whose process is in `cgroup` before it connects (the shell moves itself, then execs). */
+/** The shell moves itself into `cgroup`, then execs the command: the process is there from its start. */
+const IN_CGROUP = 'cg=$1; shift; echo $$ > "$cg/cgroup.procs" && exec "$@"';
+
+/** A ZDS client whose process is in `cgroup` before it connects. */
 function startPeer(cgroup: string): ChildProcess {
   makeCgroup(cgroup);
-  const child = spawn(
-    'sh',
-    ['-c', 'echo $$ > "$1/cgroup.procs" && exec "$2" "$3" "$4"', 'sh', cgroup, process.execPath, PEER, socketPath],
-    { stdio: ['ignore', 'ignore', 'inherit'] },
-  );
+  const child = spawn('sh', ['-c', IN_CGROUP, 'sh', cgroup, process.execPath, PEER, socketPath], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   children.push(child);
   return child;
 }
@@ -129,4 +131,29 @@ t.test('a ztunnel inside the attach cgroup is not reported', async (t) => {
   t.equal(await gauge('inside'), 1);
   t.equal(await gauge('outside'), 0);
   await stop(child);
+});
+
+t.test('from a container with its own cgroup namespace, the verdicts are the same', async (t) => {
+  // ztunnel stand-ins that need not connect: the subject here is the checker.
+  const out = startPeer(outside);
+  const ins = startPeer(inside);
+  await eventually(
+    () => [out, ins].every((c) => readFileSync(`/proc/${c.pid}/cgroup`, 'utf8').includes(`-zc/`)),
+    10_000,
+    'both stand-ins in their cgroups',
+  );
+  // The loader's container: a cgroup of its own, its namespace rooted there; the node's tree mounted
+  // as before, so the stand-ins' paths read /../.. from it.
+  const loader = join(run, 'ambpf', 'ctr');
+  makeCgroup(loader);
+  const text = execFileSync(
+    'sh',
+    ['-c', IN_CGROUP, 'sh', loader, 'unshare', '--cgroup', process.execPath, CHECK, attach, `${out.pid}`, `${ins.pid}`],
+    { encoding: 'utf8', timeout: 30_000 },
+  );
+  const [o, i] = JSON.parse(text) as Array<{ dir?: string; placement: string }>;
+  t.equal(o?.placement, 'outside');
+  t.match(o?.dir, /^\/\.\.\/.*kubepods-system\/ztunnel$/, 'its path as the namespace shows it');
+  t.same(i, { dir: inside, placement: 'inside' }, 'found in cgroup.procs under the attach cgroup');
+  await Promise.all([stop(out), stop(ins)]);
 });

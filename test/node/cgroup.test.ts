@@ -1,22 +1,35 @@
-// The pure cgroup placement check (src/node/cgroup.ts): path logic on fake /proc trees and mount
-// tables. test/agent/ztunnel-cgroup.test.ts runs it on real processes in real cgroups.
-import t from 'tap';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+// The cgroup placement check (src/node/cgroup.ts) on fake /proc trees, mount tables and cgroup
+// directories. test/agent/ztunnel-cgroup.test.ts runs it on real processes in real cgroups.
+import t, { type Test } from 'tap';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cgroup2MountOf, cgroupPlacement, cgroupV2Line, procCgroup } from '../../src/node/cgroup.ts';
-import { readMounts } from '../../src/doctor/system.ts';
+import {
+  cgroup2MountOf,
+  cgroupDirOf,
+  cgroupPlacement,
+  cgroupV2Line,
+  findPidCgroup,
+  procCgroup,
+} from '../../src/node/cgroup.ts';
+import { readMountInfo } from '../../src/doctor/system.ts';
 
-const MOUNTS = readMounts(
-  [
-    'sysfs /sys sysfs rw 0 0',
-    'tmpfs /sys/fs/cgroup tmpfs rw 0 0',
-    'cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0',
-    'cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0',
-  ].join('\n'),
-);
 const ROOT = '/sys/fs/cgroup/unified';
 const KUBEPODS = `${ROOT}/kubepods`;
+const MOUNTS = readMountInfo(
+  [
+    '22 1 0:20 / /sys rw,nosuid shared:7 - sysfs sysfs rw',
+    '31 22 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755',
+    `41 31 0:38 / ${ROOT} rw,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate`,
+    '32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu',
+  ].join('\n'),
+);
+
+const tmp = (t: Test): string => {
+  const dir = mkdtempSync(join(tmpdir(), 'ambpf-cg-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+};
 
 t.test('inside, equal, below; a sibling sharing a prefix is outside', async (t) => {
   t.equal(cgroupPlacement(KUBEPODS, `${KUBEPODS}/besteffort/podx/ctr`), 'inside');
@@ -36,32 +49,69 @@ t.test('the v2 line of /proc/<pid>/cgroup', async (t) => {
   t.equal(cgroupV2Line('12:cpu:/x\n'), undefined, 'cgroup v1 only');
 });
 
-t.test('the cgroup2 mount holding the attach directory', async (t) => {
-  t.equal(cgroup2MountOf(KUBEPODS, MOUNTS), ROOT);
-  t.equal(cgroup2MountOf(undefined, MOUNTS), ROOT);
-  t.equal(cgroup2MountOf(KUBEPODS, readMounts('cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n')), undefined);
-  const two = readMounts(`cgroup2 ${ROOT} cgroup2 rw 0 0\ncgroup2 /run/ctr/cg cgroup2 rw 0 0\n`);
-  t.equal(cgroup2MountOf('/run/ctr/cg/kubepods', two), '/run/ctr/cg', 'the mount that holds it, not the first');
+t.test('the cgroup2 mount holding the attach directory, and paths under it', async (t) => {
+  t.equal(cgroup2MountOf(KUBEPODS, MOUNTS)?.target, ROOT);
+  t.equal(cgroup2MountOf(undefined, MOUNTS)?.target, ROOT);
+  t.equal(cgroup2MountOf(KUBEPODS, readMountInfo('1 0 0:1 / /c rw - cgroup cgroup rw\n')), undefined);
+  const two = readMountInfo(
+    `1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n2 0 0:1 /../.. /host/sys/fs/cgroup rw - cgroup2 cgroup2 rw\n`,
+  );
+  t.equal(cgroup2MountOf('/host/sys/fs/cgroup/kubepods', two)?.target, '/host/sys/fs/cgroup', 'not the first');
+  t.equal(cgroup2MountOf('/host/sys/fs/cgroup/kubepods', two)?.root, '/../..');
+
+  t.equal(cgroupDirOf('/kubepods/pod/c', { target: ROOT, root: '/' }), `${KUBEPODS}/pod/c`);
+  t.equal(cgroupDirOf('/', { target: ROOT, root: '/' }), ROOT);
+  t.equal(cgroupDirOf('/ctr/sub', { target: '/cg', root: '/ctr' }), '/cg/sub', 'a mount of a subtree');
+  t.equal(cgroupDirOf('/other', { target: '/cg', root: '/ctr' }), undefined, 'not shown by that mount');
+  t.equal(cgroupDirOf('/../../kubepods/pod', { target: ROOT, root: '/' }), undefined, 'above our namespace');
+  t.equal(cgroupDirOf('/kubepods/pod', { target: ROOT, root: '/../..' }), undefined, 'a mount above it');
 });
 
 t.test("a process's placement from a fake /proc: missing entry and no v2 line are unknown, not errors", async (t) => {
-  const proc = await mkdtemp(join(tmpdir(), 'ambpf-cg-'));
-  t.teardown(() => rm(proc, { recursive: true, force: true }));
-  const write = async (pid: number, text: string): Promise<void> => {
-    await mkdir(join(proc, String(pid)));
-    await writeFile(join(proc, String(pid), 'cgroup'), text);
+  const proc = tmp(t);
+  const write = (pid: number, text: string): void => {
+    mkdirSync(join(proc, String(pid)));
+    writeFileSync(join(proc, String(pid), 'cgroup'), text);
   };
-  await write(10, '0::/kubepods/besteffort/podzt/ctr\n');
-  await write(11, '0::/system.slice/ztunnel.service\n');
-  await write(12, '0::/kubepods-besteffort/pod\n');
-  await write(13, '4:memory:/x\n');
-  await write(14, '0::/../../system.slice/ztunnel.service\n');
+  write(10, '0::/kubepods/besteffort/podzt/ctr\n');
+  write(11, '0::/system.slice/ztunnel.service\n');
+  write(12, '0::/kubepods-besteffort/pod\n');
+  write(13, '4:memory:/x\n');
   const o = { procRoot: proc, mounts: MOUNTS };
   t.same(procCgroup(10, KUBEPODS, o), { dir: `${KUBEPODS}/besteffort/podzt/ctr`, placement: 'inside' });
   t.same(procCgroup(11, KUBEPODS, o), { dir: `${ROOT}/system.slice/ztunnel.service`, placement: 'outside' });
   t.equal(procCgroup(12, KUBEPODS, o).placement, 'outside');
   t.same(procCgroup(13, KUBEPODS, o), { dir: undefined, placement: 'unknown' });
-  t.equal(procCgroup(14, KUBEPODS, o).placement, 'outside', 'outside our cgroup namespace');
   t.same(procCgroup(99, KUBEPODS, o), { dir: undefined, placement: 'unknown' }, 'exited: no /proc entry');
   t.same(procCgroup(10, KUBEPODS, { procRoot: proc, mounts: [] }), { dir: undefined, placement: 'unknown' });
+});
+
+t.test('in its own cgroup namespace the loader asks cgroup.procs under the attach cgroup', async (t) => {
+  const proc = tmp(t);
+  const cg = tmp(t);
+  // The node's tree mounted at cg, seen from a namespace two levels down (a container's cgroup).
+  const mounts = readMountInfo(`7 1 0:9 /../.. ${cg} rw - cgroup2 cgroup2 rw\n`);
+  const attach = join(cg, 'kubepods');
+  for (const [dir, procs] of [
+    ['kubepods/burstable/podamb/ctr', '5\n'],
+    ['kubepods/besteffort/podzt/ctr', '20\n21\n'],
+    ['kubepods-besteffort/pod', '22\n'],
+    ['system.slice/ztunnel.service', '23\n'],
+  ] as const) {
+    mkdirSync(join(cg, dir), { recursive: true });
+    writeFileSync(join(cg, dir, 'cgroup.procs'), procs);
+  }
+  for (const [pid, path] of [
+    [21, '/../../../besteffort/podzt/ctr'],
+    [22, '/../../../../kubepods-besteffort/pod'],
+    [23, '/../../../../system.slice/ztunnel.service'],
+  ] as const) {
+    mkdirSync(join(proc, String(pid)));
+    writeFileSync(join(proc, String(pid), 'cgroup'), `0::${path}\n`);
+  }
+  const o = { procRoot: proc, mounts };
+  t.equal(findPidCgroup(attach, 2), undefined, 'whole lines: 2 is not 20 or 21');
+  t.same(procCgroup(21, attach, o), { dir: join(attach, 'besteffort/podzt/ctr'), placement: 'inside' });
+  t.same(procCgroup(22, attach, o), { dir: '/../../../../kubepods-besteffort/pod', placement: 'outside' });
+  t.equal(procCgroup(23, attach, o).placement, 'outside');
 });
