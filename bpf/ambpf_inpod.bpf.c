@@ -317,11 +317,14 @@ static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 
 
 /* A redirected app socket's original dst; NULL for any other socket (orig.family 0 is ztunnel's tagged
  * listener and its accepted sockets, which carry only the netns cookie). */
+static __always_inline struct ambpf_orig *inpod_orig_of(struct ambpf_inpod_sk *st)
+{
+	return st && st->orig.family != 0 && st->role != AMBPF_INPOD_SK_ACCEPTED ? &st->orig : 0;
+}
+
 static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
 {
-	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-
-	return st && st->orig.family != 0 && st->role != AMBPF_INPOD_SK_ACCEPTED ? &st->orig : 0;
+	return inpod_orig_of(bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0));
 }
 
 /* The address ztunnel's 15001 is reached at: the pod's own IPv4 address, so the connection's source is
@@ -753,18 +756,17 @@ static __always_inline __u64 inpod_key_cookie(const struct ambpf_tuple *t, __u64
  * A client that closed first is not found here: its close() left its original in ambpf_inpod_closed
  * (ambpf_inpod_release), and getsockopt takes it from there.
  */
-static __always_inline void inpod_handover(struct bpf_sock_addr *ctx)
+static __always_inline void inpod_handover(struct bpf_sock_addr *ctx, struct ambpf_inpod_sk *zst)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct bpf_sock_tuple tup = {};
 	struct ambpf_inpod_key key = {};
-	struct ambpf_inpod_sk *zst, *cst;
+	struct ambpf_inpod_sk *cst;
 	struct bpf_sock *client;
 	__u32 len = sizeof(tup.ipv4);
 
 	if (sk->protocol != IPPROTO_TCP || sk->src_port != AMBPF_PORT_OUTBOUND)
 		return;
-	zst = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
 	if (zst && zst->role == AMBPF_INPOD_SK_ACCEPTED)
 		return; /* a second getpeername */
 	/* The client's socket as a packet coming to it sees it: from ztunnel's end to the client's. A
@@ -810,20 +812,22 @@ static __always_inline void inpod_handover(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername4")
 int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_orig *orig = inpod_orig(ctx->sk);
+	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+	struct ambpf_orig *orig = inpod_orig_of(st);
 
 	if (!orig)
-		inpod_handover(ctx);
+		inpod_handover(ctx, st);
 	return peername4_restore(ctx, orig);
 }
 
 SEC("cgroup/getpeername6")
 int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_orig *orig = inpod_orig(ctx->sk);
+	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+	struct ambpf_orig *orig = inpod_orig_of(st);
 
 	if (!orig)
-		inpod_handover(ctx);
+		inpod_handover(ctx, st);
 	return peername6_restore(ctx, orig);
 }
 
@@ -1038,8 +1042,10 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	}
 	/* The node's own connection (kubelet's probe): to the app. Taken once; a retransmitted SYN is
-	 * recorded again by tc. */
-	if (bpf_map_lookup_elem(&ambpf_inpod_nodesyn, &app)) {
+	 * recorded again by tc. Only a source tc could have recorded is looked up (from_node: one of the
+	 * node's addresses, or any when none of that family is configured), sparing every connection
+	 * from elsewhere a hash lookup. */
+	if (from_node(app.remote_ip) && bpf_map_lookup_elem(&ambpf_inpod_nodesyn, &app)) {
 		bpf_map_delete_elem(&ambpf_inpod_nodesyn, &app);
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;
