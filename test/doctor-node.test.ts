@@ -120,6 +120,7 @@ t.test('ambpf doctor: warnings do not change the exit status; the flags reach th
 });
 
 t.test('ztunnel cgroup: the requirement is said even before any ztunnel connected', async (t) => {
+  t.equal(ztunnelCgroupFile('/run/ambpf/state.json'), '/run/ambpf/state.ztunnel-cgroup.json', 'named after it');
   const dir = tmp(t);
   const none = ztunnelCgroupCheck(join(dir, 'state.json'));
   t.match(none, { ok: true, advisory: true, detail: /ztunnel must run inside the cgroup/ });

@@ -7,17 +7,15 @@
 // pod under kubepods is always inside; this says so, once per process, when it is not: in the log,
 // in `ambpf status` and `ambpf doctor` (through a file beside the state file) and in /metrics.
 import { readFileSync, renameSync, writeFileSync, mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import type { Logger } from '../log.ts';
 import { describeError } from '../errors.ts';
 import { procCgroup, type CgroupPlacement } from '../node/cgroup.ts';
 
-/** Written by the loader beside its state file; read by `ambpf status` and `ambpf doctor`. */
-export const ZTUNNEL_CGROUP_FILE = 'ztunnel-cgroup.json';
-
 export interface ZtunnelCgroupCheck {
   readonly pid: number;
-  /** The process's cgroup directory, null when it could not be read. */
+  /** The process's cgroup directory (its /proc path, `/../..`, when no mount here shows it); null when
+   * it could not be read. */
   readonly cgroup: string | null;
   readonly placement: CgroupPlacement;
 }
@@ -41,8 +39,13 @@ export function outsideMessage(attach: string, c: ZtunnelCgroupCheck): string {
   );
 }
 
+/**
+ * Written by the loader beside its state file, named after it (state.json -> state.ztunnel-cgroup.json:
+ * two loaders sharing a directory, as on the testbed, keep theirs apart); read by `ambpf status` and
+ * `ambpf doctor`.
+ */
 export function ztunnelCgroupFile(stateFile: string): string {
-  return join(dirname(stateFile), ZTUNNEL_CGROUP_FILE);
+  return `${stateFile.replace(/\.json$/, '')}.ztunnel-cgroup.json`;
 }
 
 /** The loader's last report beside `stateFile`; null when there is none (or it is not ours). */
