@@ -51,6 +51,7 @@ t.test('ambpf doctor -j is the same report as JSON', async (t) => {
       ['tc attach', 'tcx link'],
       ['sk_msg attach', 'prog_attach'],
       ['inpod IPv6', 'as IPv4'],
+      ['early close', 'sock_release'],
       ['node IPv6', 'as IPv4'],
     ],
   );
@@ -108,6 +109,14 @@ t.test('kernel versions compare numerically; missing features name their kernel'
   );
   t.match(text, /but without tcx \(6\.6\+\) the probe program on the pod's eth0 is not attached/);
   t.match(text, /node IPv6 {7}as IPv4: connect6 to ztunnel's IPv6 address, .* \(5\.10\+\)/);
+});
+
+t.test('lockdown=confidentiality: doctor says what an early close loses', async (t) => {
+  const yes = { supported: true, detail: '' };
+  const early = (locked: boolean): string | undefined =>
+    kernelChoices('6.18.0', yes, yes, locked).find((c) => c.what === 'early close')?.choice;
+  t.equal(early(false), 'sock_release');
+  t.equal(early(true), 'not kept');
 });
 
 t.test('the minimum kernel is 5.10: older kernels are told so', async (t) => {

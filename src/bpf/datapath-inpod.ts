@@ -19,6 +19,7 @@ import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
 import { ledgerPath } from './sysctl.ts';
+import { kernelMemoryLocked } from './lockdown.ts';
 import { setOrigSrcReturnPath } from './return-path.ts';
 import { inpodLinkName, inpodTcLinkName, inpodLoLinkName, linkNames, linkPin, parseLinkName } from './pins.ts';
 import * as s from './schema.ts';
@@ -30,6 +31,8 @@ export { INPOD_CGROUP_HOOKS, INPOD_OBJECT, type InpodCgroupHook } from './names.
 export type InpodDatapathOptions = Pick<DatapathOptions, 'bpffs' | 'cgroup' | 'mapSizes' | 'ledger'> & {
   /** Path of ambpf_inpod.bpf.o (default: the build cache). */
   object?: string;
+  /** The kernel's lockdown file (default LOCKDOWN_PATH; tests point it elsewhere). */
+  lockdownPath?: string;
 };
 
 /** ztunnel's sockets inside one pod's netns, as held by a ztunnel process. */
@@ -111,7 +114,8 @@ export class InpodDatapath {
   readonly ledger: string;
   readonly cgroup: string;
   readonly maps: DatapathMaps;
-  readonly links: Readonly<Record<InpodCgroupHook, LinkOutcome>>;
+  /** Every cgroup hook's link, but release under lockdown=confidentiality (kernelMemoryLocked). */
+  readonly links: Readonly<Partial<Record<InpodCgroupHook, LinkOutcome>>>;
   /** The inpod maps, raw (tests and inspection). */
   readonly inpodMaps: Readonly<{
     sk: BpfMap;
@@ -123,7 +127,11 @@ export class InpodDatapath {
   }>;
   readonly #object: BpfObject;
 
-  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<InpodCgroupHook, LinkOutcome>) {
+  private constructor(
+    o: InpodDatapathOptions,
+    object: BpfObject,
+    links: Partial<Record<InpodCgroupHook, LinkOutcome>>,
+  ) {
     this.bpffs = o.bpffs;
     this.ledger = o.ledger ?? ledgerPath(o.bpffs);
     this.cgroup = o.cgroup;
@@ -152,6 +160,15 @@ export class InpodDatapath {
     try {
       sizeMaps(obj, o);
       obj.setPinDir(o.bpffs);
+      const locked = kernelMemoryLocked(o.lockdownPath);
+      if (locked) {
+        obj.program(INPOD_CGROUP_HOOKS.release).setAutoload(false);
+        log.warn(
+          { lockdown: 'confidentiality' },
+          'kernel lockdown=confidentiality refuses bpf_probe_read_kernel: ambpf_inpod_release is not loaded, ' +
+            "so a client that closes before ztunnel's accept() loses that connection (no original destination)",
+        );
+      }
       obj.load();
       const missing = MAP_NAMES.filter((n) => !obj.maps.some((m) => m.name === n));
       if (missing.length > 0)
@@ -159,8 +176,12 @@ export class InpodDatapath {
           `${INPOD_OBJECT} lacks the shared maps ${missing.join(', ')}; it must include ambpf_maps.h.`,
         );
       const cgroupIno = BigInt(statSync(o.cgroup).ino);
-      const links = {} as Record<InpodCgroupHook, LinkOutcome>;
+      const links: Partial<Record<InpodCgroupHook, LinkOutcome>> = {};
       for (const hook of Object.keys(INPOD_CGROUP_HOOKS) as InpodCgroupHook[]) {
+        if (locked && hook === 'release') {
+          removePinnedLink(linkPin(o.bpffs, hook)); // one an earlier boot left would keep running
+          continue;
+        }
         const prog = obj.program(INPOD_CGROUP_HOOKS[hook]);
         links[hook] = ensurePinnedLink({
           pin: linkPin(o.bpffs, hook),

@@ -11,12 +11,17 @@ import { versionAtLeast } from './system.ts';
 export const MIN_KERNEL = '5.10';
 
 export interface KernelChoice {
-  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach' | 'inpod IPv6' | 'node IPv6';
+  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach' | 'inpod IPv6' | 'node IPv6' | 'early close';
   readonly choice: string;
   readonly why: string;
 }
 
-export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLinkProbe): KernelChoice[] {
+export function kernelChoices(
+  kernel: string,
+  tcx: TcxProbe,
+  skMsgLink: SkMsgLinkProbe,
+  kernelMemoryLocked = false,
+): KernelChoice[] {
   const supported = versionAtLeast(kernel, MIN_KERNEL);
   return [
     {
@@ -64,6 +69,20 @@ export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLin
             `IPv6 is captured both ways and ztunnel's spoofed legs reach the app (${MIN_KERNEL}+), but without ` +
             `tcx (${TCX_SINCE}+) the probe program on the pod's eth0 is not attached, for IPv4 and IPv6 alike: ` +
             "kubelet's probes go through ztunnel",
+        },
+    // ambpf_inpod_release reads the closing socket's own port with bpf_probe_read_kernel (src/bpf/lockdown.ts).
+    kernelMemoryLocked
+      ? {
+          what: 'early close',
+          choice: 'not kept',
+          why:
+            'lockdown=confidentiality refuses bpf_probe_read_kernel, so ambpf_inpod_release is not loaded: a ' +
+            "client that closes before ztunnel's accept() loses that connection",
+        }
+      : {
+          what: 'early close',
+          choice: 'sock_release',
+          why: "a client that closes before ztunnel's accept() keeps its original destination for ztunnel",
         },
     // The node topology's IPv6 is the same programs as its IPv4 (tcx or a clsact filter alike), proven by
     // the matrix from 5.10 on; what it needs is a dual-stack ztunnel, not a newer kernel.

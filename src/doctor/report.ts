@@ -3,6 +3,7 @@
 import { probeProgType, probeMapType, probeHelperByLoad } from '../libbpf/index.ts';
 import { PROG_FEATURES, MAP_FEATURES, HELPER_FEATURES, TCX_SINCE, BTF_SINCE } from './features.ts';
 import { findPrebuilt } from '../bpf/build.ts';
+import { kernelMemoryLocked } from '../bpf/lockdown.ts';
 import { kernelRelease, hasKernelBtf, mountsOf, clangVersion, versionAtLeast, VMLINUX_BTF } from './system.ts';
 import { DEFAULT_STATE_FILE } from '../status/state-file.ts';
 import { probeTcx, type TcxProbe } from './tcx.ts';
@@ -139,7 +140,7 @@ export function runDoctor(node: DoctorOptions = { bpffs: '/sys/fs/bpf/ambpf' }):
     kernel,
     ok: checks.every((c) => c.ok || c.advisory),
     checks,
-    choices: kernelChoices(kernel, tcx, skMsgLink),
+    choices: kernelChoices(kernel, tcx, skMsgLink, kernelMemoryLocked()),
   };
 }
 
