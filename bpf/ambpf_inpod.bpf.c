@@ -109,11 +109,14 @@ static const struct ambpf_ztunnel inpod_default_zt = {
 };
 
 /* ztunnel's inbound legs that spoof the client's address (ztunnel binds to it, IP_TRANSPARENT), by the
- * app-side 4-tuple (local = pod IP:port, remote = client IP:port): put there by connect4/6 when ztunnel
- * connects such a leg (inpod_ztunnel_leg), taken by sk_lookup, which lets the leg reach the app instead
- * of steering it back into ztunnel (its source is not the pod's own IP, so the loop guard local ==
- * remote does not catch it). An LRU: an entry lives microseconds; were one evicted first, that one leg
- * would be refused (ztunnel retries it), never sent around ztunnel. */
+ * app-side 4-tuple (local = pod IP:port, remote = client IP:port) -> when connect4/6 recorded it
+ * (inpod_leg_clock): put there when ztunnel connects such a leg (inpod_ztunnel_leg), read by sk_lookup,
+ * which lets the leg reach the app instead of steering it back into ztunnel (its source is not the
+ * pod's own IP, so the loop guard local == remote does not catch it). An entry answers for
+ * INPOD_LEG_WINDOW, the time a connect() retransmits its SYN, so a SYN the app's full accept queue
+ * dropped still reaches the app when it comes again (the connect runs once; the SYNs do not); older,
+ * it is deleted when met. An LRU: were one evicted first, that leg would go to ztunnel's 15006 (one more
+ * hop through ztunnel), never around it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -134,6 +137,16 @@ struct {
 } ambpf_inpod_nodesyn SEC(".maps");
 
 /* The pod's annotation first, then the node's switch (--no-dns-capture), as istio-cni decides. */
+/* A coarse clock for ambpf_inpod_origsrc: ~1.05 ms units (ns >> 20) fit a __u32 for 52 days, and the
+ * unsigned difference of two readings stays right across a wrap. */
+static __always_inline __u32 inpod_leg_clock(void)
+{
+	return (__u32)(bpf_ktime_get_ns() >> 20);
+}
+
+/* 7 s: a connect()'s first SYN and its retransmits at 1 s and 3 s (tcp_syn_retries counts from there). */
+#define INPOD_LEG_WINDOW ((__u32)((7ULL * 1000000000ULL) >> 20))
+
 static __always_inline int inpod_dns_wanted(const struct ambpf_netns *ns)
 {
 	struct ambpf_config *cfg = config_get();
@@ -186,34 +199,38 @@ static __always_inline const __u32 *inpod_own_ip(const struct ambpf_netns *ns, c
  * same socket's route is unchanged (its destination is local). Any other connect of ztunnel's (not
  * bound, or to another address) is left as it is.
  */
-static __always_inline void inpod_ztunnel_leg(struct bpf_sock_addr *ctx, const struct ambpf_netns *ns,
-					      const __u32 dst[4], __u16 dport_be)
+static __always_inline int inpod_ztunnel_leg(struct bpf_sock_addr *ctx, const struct ambpf_netns *ns,
+					     const __u32 dst[4], __u16 dport_be)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct ambpf_tuple t = {};
-	__u32 one = 1;
+	__u32 now = inpod_leg_clock();
 	int mark;
 
 	t.remote_port = bpf_htons((__u16)CTX_READ(sk->src_port));
 	if (!t.remote_port || !(ip_eq(dst, ns->pod_ip) || ip_eq(dst, ns->pod_ip6)))
-		return;
+		return 0;
 	if (CTX_READ(sk->family) == AF_INET)
 		ip_set_v4(t.remote_ip, CTX_READ(sk->src_ip4));
 	else
 		CTX_IP6(t.remote_ip, sk->src_ip6);
 	if (ip_is_zero(t.remote_ip) || ip_eq(t.remote_ip, dst))
-		return;
+		return 0;
 	__builtin_memcpy(t.local_ip, dst, sizeof(t.local_ip));
 	t.local_port = dport_be;
-	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &one, BPF_ANY)) {
-		stat_inc(AMBPF_STAT_MAPFULL_INPOD_ORIGSRC); /* an LRU: only out of memory; sk_lookup refuses */
-		return;
+	/* Unrecorded, the leg would be steered back into ztunnel; unmarked, the app's replies would leave
+	 * through eth0: either way refused (EPERM), and ztunnel reports the failed connect. */
+	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &now, BPF_ANY)) {
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_ORIGSRC); /* an LRU: only out of memory */
+		return -1;
 	}
 	mark = (int)(CTX_READ(sk->mark) | AMBPF_MARK_ORIG_SRC);
-	if (bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)))
-		stat_inc(AMBPF_STAT_SOCKOPS_ERROR); /* the leg connects; the app's replies go out of eth0 */
-	else
-		stat_inc(AMBPF_STAT_ORIG_SRC_MARKED);
+	if (bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &mark, sizeof(mark))) {
+		bpf_map_delete_elem(&ambpf_inpod_origsrc, &t);
+		return -1;
+	}
+	stat_inc(AMBPF_STAT_ORIG_SRC_MARKED);
+	return 0;
 }
 
 /*
@@ -222,7 +239,8 @@ static __always_inline void inpod_ztunnel_leg(struct bpf_sock_addr *ctx, const s
  * own IP:15001, where nobody listens until ztunnel took the pod, so they are refused (fail closed, as
  * with Istio's rules), never sent direct. With --fail-open (AMBPF_CFG_FAIL_OPEN) a pod whose ztunnel
  * listener is missing talks direct instead. 2: a DNS query (port 53, the pod's DNS captured) for
- * ztunnel's 15053; 1: anything else for 15001; 0: as asked.
+ * ztunnel's 15053; 1: anything else for 15001; 0: as asked; -1: refused (a ztunnel leg that could not
+ * be recorded, inpod_ztunnel_leg).
  */
 static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u64 cookie,
 					  __u32 stat_bypass6, int tcp_connect, struct ambpf_netns **out)
@@ -250,8 +268,11 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 	own = inpod_own_ip(ns, dst);
 	/* tcp_connect is a constant: sendmsg4/6 and UDP connects, which may not call bpf_setsockopt on
 	 * 5.10, never contain this. */
-	if (tcp_connect && ctx->protocol == IPPROTO_TCP && (ctx->sk->mark & zt->mark_mask) == zt->mark)
-		inpod_ztunnel_leg(ctx, ns, dst, dport_be);
+	if (tcp_connect && ctx->protocol == IPPROTO_TCP && (ctx->sk->mark & zt->mark_mask) == zt->mark &&
+	    inpod_ztunnel_leg(ctx, ns, dst, dport_be)) {
+		stat_inc(stat_bypass6 ? AMBPF_STAT_CONNECT6_ERROR : AMBPF_STAT_CONNECT4_ERROR);
+		return -1;
+	}
 	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. The pod's own IP goes
 	 * over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
 	dns = dport_be == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns);
@@ -302,8 +323,8 @@ static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 
 	int v6 = family == AF_INET6;
 	int verdict = inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0, 1, ns);
 
-	if (!verdict)
-		return 0;
+	if (verdict <= 0)
+		return verdict;
 	if (inpod_save(ctx, dst, dport_be, family, cookie)) {
 		/* No socket storage (memory): without the original ztunnel cannot forward the connection,
 		 * and sending it direct would leave the mesh. Refused (EPERM) unless --fail-open. */
@@ -582,20 +603,14 @@ int ambpf_inpod_sendmsg6(struct bpf_sock_addr *ctx)
 	__u32 dst[4];
 	int slot;
 
+	/* ztunnel's answers to a slot address go through sendmsg4 (a v4-mapped destination too: the kernel
+	 * hands those to udp_sendmsg before this hook). */
+	if (dport != INPOD_DNS_PORT_BE)
+		return SYS_PROCEED;
 	dst[0] = CTX_READ(ctx->user_ip6[0]);
 	dst[1] = CTX_READ(ctx->user_ip6[1]);
 	dst[2] = CTX_READ(ctx->user_ip6[2]);
 	dst[3] = CTX_READ(ctx->user_ip6[3]);
-	if (dport != INPOD_DNS_PORT_BE) {
-		/* A dual-stack DNS socket of ztunnel's answering a v4-mapped slot address. */
-		if (ip_is_v4mapped(dst) && inpod_dns_answer(ctx, dst[3])) {
-			ctx->msg_src_ip6[0] = 0;
-			ctx->msg_src_ip6[1] = 0;
-			ctx->msg_src_ip6[2] = V4MAPPED_W2;
-			ctx->msg_src_ip6[3] = dst[3];
-		}
-		return SYS_PROCEED;
-	}
 	slot = inpod_dns_send(ctx, dst, dport, AF_INET6);
 	if (slot < 0)
 		return slot == -1 ? SYS_PROCEED : SYS_REJECT;
@@ -973,7 +988,11 @@ int ambpf_inpod_release(struct bpf_sock *sk)
 		ip_set_v4(key.t.remote_ip, CTX_READ(sk->dst_ip4));
 	} else {
 		CTX_IP6(key.t.remote_ip, sk->dst_ip6);
-		__builtin_memcpy(key.t.local_ip, key.t.remote_ip, sizeof(key.t.local_ip));
+		/* An IPv4 peer of a dual-stack socket: the head holds its IPv4 source exactly. */
+		if (ip_is_v4mapped(key.t.remote_ip))
+			ip_set_v4(key.t.local_ip, head.rcv_saddr);
+		else
+			__builtin_memcpy(key.t.local_ip, key.t.remote_ip, sizeof(key.t.local_ip));
 	}
 	key.t.local_port = bpf_htons(head.num);
 	key.t.remote_port = (__u16)sk->dst_port;
@@ -999,12 +1018,15 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	struct ambpf_config *cfg;
 	struct ambpf_pod *pod;
 	struct bpf_sock *sk;
+	__u32 *stamp;
 
 	if (ctx->protocol != IPPROTO_TCP || !sklookup_addrs(ctx, &app))
 		return SK_PASS;
-	/* Loopback is the pod <-> ztunnel hop itself; local == remote is the pod's connect to its own IP
-	 * and ztunnel's upstream from the pod's IP (the loop trap); both stay as they are. */
-	if (ip_is_loopback(app.local_ip) || ip_eq(app.local_ip, app.remote_ip))
+	/* Loopback is the pod <-> ztunnel hop itself (a loopback source too: an app bound to 127.0.0.x whose
+	 * connect was sent to its own IP:15001; such a packet can only come from inside the netns); local ==
+	 * remote is the pod's connect to its own IP and ztunnel's upstream from the pod's IP (the loop
+	 * trap); all stay as they are. */
+	if (ip_is_loopback(app.local_ip) || ip_is_loopback(app.remote_ip) || ip_eq(app.local_ip, app.remote_ip))
 		return SK_PASS;
 	cfg = config_get();
 	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD))
@@ -1030,16 +1052,18 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
 		return SK_PASS;
 	}
-	/* ztunnel's own leg to the app, from the client's address (inpod_ztunnel_leg). Taken once, so that
-	 * a later connection on the same 4-tuple cannot pass as ztunnel's. A SYN the app's full accept
-	 * queue dropped comes back without its entry and goes to ztunnel's 15006: one more hop through
-	 * ztunnel for that connection, never around it. */
+	/* ztunnel's own leg to the app, from the client's address (inpod_ztunnel_leg), within the window
+	 * of its SYN retransmits. Once the leg is established its own socket holds the tuple, so a later
+	 * SYN on it never reaches sk_lookup; an entry past the window is deleted and counts for nothing. */
 	app.local_port = bpf_htons((__u16)CTX_READ(ctx->local_port));
 	app.remote_port = (__u16)CTX_READ(ctx->remote_port);
-	if (bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app)) {
+	stamp = bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app);
+	if (stamp) {
+		if (inpod_leg_clock() - *stamp <= INPOD_LEG_WINDOW) {
+			stat_inc(AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL);
+			return SK_PASS;
+		}
 		bpf_map_delete_elem(&ambpf_inpod_origsrc, &app);
-		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL);
-		return SK_PASS;
 	}
 	/* The node's own connection (kubelet's probe): to the app. Taken once; a retransmitted SYN is
 	 * recorded again by tc. Only a source tc could have recorded is looked up (from_node: one of the

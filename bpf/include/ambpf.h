@@ -64,7 +64,7 @@
  * address) as it crosses the pod's lo. The app's accepted socket inherits it (tcp_fwmark_accept=1 in
  * the pod), and `ip rule fwmark 0x1000/0x1000 lookup 41919` + `local default dev lo table 41919`
  * deliver the app's replies to the client's address back to ztunnel instead of eth0. Above Istio's
- * 0xfff mask. See ambpf_inpod_lo_egress. */
+ * 0xfff mask. See inpod_ztunnel_leg. */
 #define AMBPF_MARK_ORIG_SRC 0x1000U
 
 /* inpod: the TTL a packet the node itself sends arrives with (Linux's default net.ipv4.ip_default_ttl;

@@ -194,6 +194,10 @@ export class InpodDatapath {
         const pin = linkPin(o.bpffs, retired);
         if (existsSync(pin)) removePinnedLink(pin);
       }
+      // Every pod an older ambpf armed: a pod already armed is not armed again, so this is the place.
+      for (const name of linkNames(o.bpffs)) {
+        if (parseLinkName(name)?.kind === 'inpod-lo') removePinnedLink(linkPin(o.bpffs, name));
+      }
       log.info({ bpffs: o.bpffs, cgroup: o.cgroup, links }, 'inpod datapath attached');
       return new InpodDatapath(o, obj, links);
     } catch (err) {
@@ -249,10 +253,9 @@ export class InpodDatapath {
    * The pod's tc program, inside its netns, as a tcx link (Linux 6.6+) pinned as links/inpod-<cookie>-tc:
    * ingress on eth0, ambpf_inpod_node_syn: the node's own connections (kubelet's probes) reach the app
    * directly. Without tcx the pod is captured all the same and probes go through ztunnel (logged;
-   * `ambpf doctor` says so). An older ambpf's tcx on lo is removed (RETIRED_CGROUP_LINKS).
+   * `ambpf doctor` says so). An older ambpf's tcx on lo is removed at open().
    */
   #attachPodTc(p: PodArm): void {
-    removePinnedLink(this.#loPin(p.netnsCookie));
     const prog = this.#object.program(PROGRAMS.inpodNodeSyn);
     let ifindex: number;
     try {
