@@ -9,7 +9,10 @@
  *                    IPv4 address, v4-mapped on a dual-stack socket; its IPv6 address for native
  *                    IPv6), so ztunnel sees the pod's address as source as with Istio's REDIRECT;
  *                    127.0.0.1 / ::1 when the pod has no address of that family. The original dst
- *                    and the netns cookie go into the socket's storage (ambpf_inpod_sk).
+ *                    and the netns cookie go into the socket's storage (ambpf_inpod_sk). ztunnel's
+ *                    own connects are never redirected; those of its inbound legs that spoof the
+ *                    client's address are recorded for sk_lookup (inpod_ztunnel_leg). ztunnel runs
+ *                    in a pod, inside the cgroup subtree these programs are attached to.
  *   getpeername4/6   the app sees the peer it asked for. On ztunnel's accepted 15001 socket (the kernel
  *                    runs getpeername inside accept()) the client's socket is looked up by the 4-tuple
  *                    and its original copied onto the accepted socket (inpod_handover): no map entry
@@ -19,6 +22,8 @@
  *                    ztunnel's 15001 listener and the kernel cloned to the accepted socket
  *                    (BPF_F_CLONE): bpf_get_netns_cookie is not callable from getsockopt before 5.15
  *                    (docs/kernel-facts.md), and this loads on 5.10.
+ *   sock_release     a redirected client that closes before ztunnel's accept() took its original
+ *                    leaves it in ambpf_inpod_closed for getsockopt.
  *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a new inbound TCP
  *                    connection (IPv4 or IPv6) to one of the pod's IPs is handed to ztunnel's listener
  *                    in that netns, 15008
@@ -77,7 +82,7 @@ struct {
 } ambpf_inpod_sk SEC(".maps");
 
 /* {netns cookie, client 4-tuple} -> original dst of a client that closed before ztunnel's accept()
- * took it (its FIN on the pod's lo: inpod_client_fin); getsockopt takes it. Only that race writes here, never the common
+ * took it (ambpf_inpod_release); getsockopt takes it. Only that race writes here, never the common
  * case. An LRU: an entry ztunnel never asks for (it never accepted) goes by itself. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -104,11 +109,14 @@ static const struct ambpf_ztunnel inpod_default_zt = {
 };
 
 /* ztunnel's inbound legs that spoof the client's address (ztunnel binds to it, IP_TRANSPARENT), by the
- * app-side 4-tuple (local = pod IP:port, remote = client IP:port): put there by tc on the pod's lo
- * (ambpf_inpod_lo_egress) when the SYN leaves, taken by sk_lookup, which lets the leg reach the app
- * instead of steering it back into ztunnel (its source is not the pod's own IP, so the loop guard
- * local == remote does not catch it). An LRU: an entry lives microseconds; were one evicted first, that
- * one leg would be refused (ztunnel retries it), never sent around ztunnel. */
+ * app-side 4-tuple (local = pod IP:port, remote = client IP:port) -> when connect4/6 recorded it
+ * (inpod_leg_clock): put there when ztunnel connects such a leg (inpod_ztunnel_leg), read by sk_lookup,
+ * which lets the leg reach the app instead of steering it back into ztunnel (its source is not the
+ * pod's own IP, so the loop guard local == remote does not catch it). An entry answers for
+ * INPOD_LEG_WINDOW, the time a connect() retransmits its SYN, so a SYN the app's full accept queue
+ * dropped still reaches the app when it comes again (the connect runs once; the SYNs do not); older,
+ * it is deleted when met. An LRU: were one evicted first, that leg would go to ztunnel's 15006 (one more
+ * hop through ztunnel), never around it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -129,6 +137,16 @@ struct {
 } ambpf_inpod_nodesyn SEC(".maps");
 
 /* The pod's annotation first, then the node's switch (--no-dns-capture), as istio-cni decides. */
+/* A coarse clock for ambpf_inpod_origsrc: ~1.05 ms units (ns >> 20) fit a __u32 for 52 days, and the
+ * unsigned difference of two readings stays right across a wrap. */
+static __always_inline __u32 inpod_leg_clock(void)
+{
+	return (__u32)(bpf_ktime_get_ns() >> 20);
+}
+
+/* 7 s: a connect()'s first SYN and its retransmits at 1 s and 3 s (tcp_syn_retries counts from there). */
+#define INPOD_LEG_WINDOW ((__u32)((7ULL * 1000000000ULL) >> 20))
+
 static __always_inline int inpod_dns_wanted(const struct ambpf_netns *ns)
 {
 	struct ambpf_config *cfg = config_get();
@@ -172,15 +190,60 @@ static __always_inline const __u32 *inpod_own_ip(const struct ambpf_netns *ns, c
 }
 
 /*
+ * ztunnel's inbound leg to the app of this pod, bound to the original client's address: ztunnel binds
+ * (client IP, port 0) with IP_TRANSPARENT and then connects (ENABLE_ORIG_SRC, its default; ztunnel
+ * src/proxy.rs), so the whole 4-tuple is known here, before the SYN exists. Recorded for sk_lookup,
+ * and AMBPF_MARK_ORIG_SRC is added to the socket's mark: the SYN carries it, the app's accepted socket
+ * takes it (tcp_fwmark_accept=1 in the pod), and the pod's `ip rule fwmark 0x1000/0x1000 lookup 41919`
+ * sends the app's replies to the client's address back over lo to ztunnel instead of out of eth0. The
+ * same socket's route is unchanged (its destination is local). Any other connect of ztunnel's (not
+ * bound, or to another address) is left as it is.
+ */
+static __always_inline int inpod_ztunnel_leg(struct bpf_sock_addr *ctx, const struct ambpf_netns *ns,
+					     const __u32 dst[4], __u16 dport_be)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct ambpf_tuple t = {};
+	__u32 now = inpod_leg_clock();
+	int mark;
+
+	t.remote_port = bpf_htons((__u16)CTX_READ(sk->src_port));
+	if (!t.remote_port || !(ip_eq(dst, ns->pod_ip) || ip_eq(dst, ns->pod_ip6)))
+		return 0;
+	if (CTX_READ(sk->family) == AF_INET)
+		ip_set_v4(t.remote_ip, CTX_READ(sk->src_ip4));
+	else
+		CTX_IP6(t.remote_ip, sk->src_ip6);
+	if (ip_is_zero(t.remote_ip) || ip_eq(t.remote_ip, dst))
+		return 0;
+	__builtin_memcpy(t.local_ip, dst, sizeof(t.local_ip));
+	t.local_port = dport_be;
+	/* Unrecorded, the leg would be steered back into ztunnel; unmarked, the app's replies would leave
+	 * through eth0: either way refused (EPERM), and ztunnel reports the failed connect. */
+	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &now, BPF_ANY)) {
+		stat_inc(AMBPF_STAT_MAPFULL_INPOD_ORIGSRC); /* an LRU: only out of memory */
+		return -1;
+	}
+	mark = (int)(CTX_READ(sk->mark) | AMBPF_MARK_ORIG_SRC);
+	if (bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &mark, sizeof(mark))) {
+		bpf_map_delete_elem(&ambpf_inpod_origsrc, &t);
+		return -1;
+	}
+	stat_inc(AMBPF_STAT_ORIG_SRC_MARKED);
+	return 0;
+}
+
+/*
  * Whether this connect is redirected; counts why not. A pod is in ambpf_netns from the moment the
  * loader armed its capture, before ztunnel was told about it over ZDS: its connects then go to its
  * own IP:15001, where nobody listens until ztunnel took the pod, so they are refused (fail closed, as
  * with Istio's rules), never sent direct. With --fail-open (AMBPF_CFG_FAIL_OPEN) a pod whose ztunnel
  * listener is missing talks direct instead. 2: a DNS query (port 53, the pod's DNS captured) for
- * ztunnel's 15053; 1: anything else for 15001; 0: as asked.
+ * ztunnel's 15053; 1: anything else for 15001; 0: as asked; -1: refused (a ztunnel leg that could not
+ * be recorded, inpod_ztunnel_leg).
  */
 static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u64 cookie,
-					  __u32 stat_bypass6, struct ambpf_netns **out)
+					  __u32 stat_bypass6, int tcp_connect, struct ambpf_netns **out)
 {
 	struct ambpf_netns *ns = bpf_map_lookup_elem(&ambpf_netns, &cookie);
 	struct ambpf_config *cfg = config_get();
@@ -203,6 +266,13 @@ static __always_inline int inpod_redirect(struct bpf_sock_addr *ctx, const __u32
 	if (!ztunnel_ready(zt))
 		zt = &inpod_default_zt;
 	own = inpod_own_ip(ns, dst);
+	/* tcp_connect is a constant: sendmsg4/6 and UDP connects, which may not call bpf_setsockopt on
+	 * 5.10, never contain this. */
+	if (tcp_connect && ctx->protocol == IPPROTO_TCP && (ctx->sk->mark & zt->mark_mask) == zt->mark &&
+	    inpod_ztunnel_leg(ctx, ns, dst, dport_be)) {
+		stat_inc(stat_bypass6 ? AMBPF_STAT_CONNECT6_ERROR : AMBPF_STAT_CONNECT4_ERROR);
+		return -1;
+	}
 	/* ztunnel's own sockets in the pod netns (its upstreams) carry the mark. The pod's own IP goes
 	 * over lo, as Istio's `! -d 127.0.0.1/32 -o lo -j ACCEPT` lets it. */
 	dns = dport_be == INPOD_DNS_PORT_BE && inpod_dns_wanted(ns);
@@ -251,10 +321,10 @@ static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 
 {
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	int v6 = family == AF_INET6;
-	int verdict = inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0, ns);
+	int verdict = inpod_redirect(ctx, dst, dport_be, cookie, v6 ? AMBPF_STAT_CONNECT6_BYPASS : 0, 1, ns);
 
-	if (!verdict)
-		return 0;
+	if (verdict <= 0)
+		return verdict;
 	if (inpod_save(ctx, dst, dport_be, family, cookie)) {
 		/* No socket storage (memory): without the original ztunnel cannot forward the connection,
 		 * and sending it direct would leave the mesh. Refused (EPERM) unless --fail-open. */
@@ -268,11 +338,14 @@ static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 
 
 /* A redirected app socket's original dst; NULL for any other socket (orig.family 0 is ztunnel's tagged
  * listener and its accepted sockets, which carry only the netns cookie). */
+static __always_inline struct ambpf_orig *inpod_orig_of(struct ambpf_inpod_sk *st)
+{
+	return st && st->orig.family != 0 && st->role != AMBPF_INPOD_SK_ACCEPTED ? &st->orig : 0;
+}
+
 static __always_inline struct ambpf_orig *inpod_orig(struct bpf_sock *sk)
 {
-	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-
-	return st && st->orig.family != 0 && st->role != AMBPF_INPOD_SK_ACCEPTED ? &st->orig : 0;
+	return inpod_orig_of(bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0));
 }
 
 /* The address ztunnel's 15001 is reached at: the pod's own IPv4 address, so the connection's source is
@@ -315,12 +388,11 @@ static __always_inline void inpod_outbound6(struct bpf_sock_addr *ctx, const str
  * and recvmsg sees nothing of an answer but its source. So each server gets a slot in the socket's
  * struct ambpf_inpod_dns, and its queries leave from the slot's own loopback address 127.0.53.<slot +
  * 1> (msg_src_ip4; the socket is bound to the wildcard, so the answer to that address is its own).
- * ztunnel answers there; tc egress on the pod's lo (ambpf_inpod_lo_egress) copies that address into
- * the answer's source, and recvmsg reads the slot from it: the answer to each query carries the server
- * of that query, with no map shared between sockets (all state dies with the socket, so a reused port
- * inherits nothing). Where the source could not name a slot (the app bound an address or chose one,
- * IPv6 to ::1, a kernel without tcx), recvmsg falls back to the socket's connected peer, then to the
- * server of its latest query.
+ * ztunnel answers there; its sendmsg4 sends the answer from that same address (inpod_dns_answer), and
+ * recvmsg reads the slot from it: the answer to each query carries the server of that query, with no
+ * map shared between sockets (all state dies with the socket, so a reused port inherits nothing).
+ * Where the source could not name a slot (the app bound an address or chose one, IPv6 to ::1),
+ * recvmsg falls back to the socket's connected peer, then to the server of its latest query.
  *
  * Never captured: sockets with ztunnel's mark (ztunnel's own upstream queries), destinations that go
  * via lo (loopback, this host, the pod's own IP: Istio's `! -o lo`), an excluded port 53
@@ -339,7 +411,7 @@ struct {
 static __always_inline int inpod_dns_udp(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u64 cookie)
 {
 	struct ambpf_netns *ns = 0;
-	int verdict = inpod_redirect(ctx, dst, dport_be, cookie, AMBPF_STAT_DNS_BYPASS, &ns);
+	int verdict = inpod_redirect(ctx, dst, dport_be, cookie, AMBPF_STAT_DNS_BYPASS, 0, &ns);
 
 	if (verdict == 1)
 		stat_inc(AMBPF_STAT_DNS_BYPASS); /* the pod's DNS is not captured: UDP is never proxied */
@@ -477,6 +549,23 @@ static __always_inline int inpod_dns_send(struct bpf_sock_addr *ctx, const __u32
 	return slot;
 }
 
+/*
+ * An answer of ztunnel's DNS proxy (its socket: ztunnel's mark, port 15053) to a slot address
+ * 127.0.53.<n> (see "DNS capture"): sent from that same address (msg_src_ip4), so the app's recvmsg,
+ * which sees only the source, knows the server of the query. ztunnel answers with sendto() from an
+ * unconnected socket, which is what runs sendmsg4/6. 1 when the source was set.
+ */
+static __always_inline int inpod_dns_answer(struct bpf_sock_addr *ctx, __u32 to4)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	if (inpod_dns_slot_of(to4) < 0 || CTX_READ(sk->src_port) != AMBPF_PORT_DNS ||
+	    (CTX_READ(sk->mark) & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
+		return 0;
+	stat_inc(AMBPF_STAT_DNS_ANSWER_SOURCE);
+	return 1;
+}
+
 /* sendmsg4: an unconnected UDP socket's datagram (also a dual-stack socket's to a v4-mapped address,
  * which the kernel sends through the IPv4 path). Every other port costs one compare. */
 SEC("cgroup/sendmsg4")
@@ -484,11 +573,15 @@ int ambpf_inpod_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	__u16 dport = (__u16)CTX_READ(ctx->user_port);
 	__u32 dst[4];
+	__u32 to4 = CTX_READ(ctx->user_ip4);
 	int slot;
 
-	if (dport != INPOD_DNS_PORT_BE)
+	if (dport != INPOD_DNS_PORT_BE) {
+		if (inpod_dns_answer(ctx, to4))
+			ctx->msg_src_ip4 = to4;
 		return SYS_PROCEED;
-	ip_set_v4(dst, CTX_READ(ctx->user_ip4));
+	}
+	ip_set_v4(dst, to4);
 	slot = inpod_dns_send(ctx, dst, dport, AF_INET);
 	if (slot < 0)
 		return slot == -1 ? SYS_PROCEED : SYS_REJECT;
@@ -510,6 +603,8 @@ int ambpf_inpod_sendmsg6(struct bpf_sock_addr *ctx)
 	__u32 dst[4];
 	int slot;
 
+	/* ztunnel's answers to a slot address go through sendmsg4 (a v4-mapped destination too: the kernel
+	 * hands those to udp_sendmsg before this hook). */
 	if (dport != INPOD_DNS_PORT_BE)
 		return SYS_PROCEED;
 	dst[0] = CTX_READ(ctx->user_ip6[0]);
@@ -673,21 +768,20 @@ static __always_inline __u64 inpod_key_cookie(const struct ambpf_tuple *t, __u64
  * is found by the 4-tuple in the kernel's own established table: no map of ours holds connections,
  * and sockops (a dozen runs per connection for the callbacks nobody can switch off) is not needed.
  * The accepted socket already has storage, cloned from the tagged listener, so nothing is allocated.
- * A client that closed first is not found here: its FIN left its original in ambpf_inpod_closed
- * (inpod_client_fin), and getsockopt takes it from there.
+ * A client that closed first is not found here: its close() left its original in ambpf_inpod_closed
+ * (ambpf_inpod_release), and getsockopt takes it from there.
  */
-static __always_inline void inpod_handover(struct bpf_sock_addr *ctx)
+static __always_inline void inpod_handover(struct bpf_sock_addr *ctx, struct ambpf_inpod_sk *zst)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct bpf_sock_tuple tup = {};
 	struct ambpf_inpod_key key = {};
-	struct ambpf_inpod_sk *zst, *cst;
+	struct ambpf_inpod_sk *cst;
 	struct bpf_sock *client;
 	__u32 len = sizeof(tup.ipv4);
 
 	if (sk->protocol != IPPROTO_TCP || sk->src_port != AMBPF_PORT_OUTBOUND)
 		return;
-	zst = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
 	if (zst && zst->role == AMBPF_INPOD_SK_ACCEPTED)
 		return; /* a second getpeername */
 	/* The client's socket as a packet coming to it sees it: from ztunnel's end to the client's. A
@@ -733,59 +827,23 @@ static __always_inline void inpod_handover(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername4")
 int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_orig *orig = inpod_orig(ctx->sk);
+	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+	struct ambpf_orig *orig = inpod_orig_of(st);
 
 	if (!orig)
-		inpod_handover(ctx);
+		inpod_handover(ctx, st);
 	return peername4_restore(ctx, orig);
 }
 
 SEC("cgroup/getpeername6")
 int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_orig *orig = inpod_orig(ctx->sk);
+	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+	struct ambpf_orig *orig = inpod_orig_of(st);
 
 	if (!orig)
-		inpod_handover(ctx);
+		inpod_handover(ctx, st);
 	return peername6_restore(ctx, orig);
-}
-
-/*
- * Kernels without tcx (< 6.6) get no tc program on the pod's lo, so no FIN to catch a client that
- * closes before ztunnel's accept(): the loader attaches this sockops program there instead, and only
- * there (it runs a dozen times per connection). A redirected client asks for its state changes; when
- * it closes (FIN_WAIT1, or CLOSE for an abort) with its original not handed over yet, the original
- * goes to ambpf_inpod_closed, as inpod_client_fin does.
- */
-SEC("sockops")
-int ambpf_inpod_sockops(struct bpf_sock_ops *skops)
-{
-	struct ambpf_inpod_key key = {};
-	struct ambpf_inpod_sk *st;
-	struct bpf_sock *sk = skops->sk;
-	__u32 op = skops->op;
-
-	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
-		return SYS_PROCEED;
-	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != BPF_TCP_FIN_WAIT1 && skops->args[1] != BPF_TCP_CLOSE)
-		return SYS_PROCEED;
-	if (!sk)
-		return SYS_PROCEED;
-	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
-	if (!st || st->role != AMBPF_INPOD_SK_APP || st->orig.family == 0)
-		return SYS_PROCEED;
-	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-		return SYS_PROCEED;
-	}
-	CTX_TUPLE(skops, &key.t);
-	key.netns_cookie = inpod_key_cookie(&key.t, st->netns_cookie);
-	if (bpf_map_update_elem(&ambpf_inpod_closed, &key, &st->orig, BPF_ANY))
-		stat_inc(AMBPF_STAT_MAPFULL_INPOD_CLOSED); /* an LRU: only out of memory; getsockopt misses */
-	else
-		stat_inc(AMBPF_STAT_INPOD_CLOSED_EARLY);
-	st->role = AMBPF_INPOD_SK_HANDED; /* FIN_WAIT1 then CLOSE: written once */
-	return SYS_PROCEED;
 }
 
 /* ---- getsockopt: SO_ORIGINAL_DST for ztunnel's accepted socket ---- */
@@ -806,7 +864,7 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
 	/* The usual case: accept() copied the client's original onto this socket (inpod_handover). */
 	if (st && st->role == AMBPF_INPOD_SK_ACCEPTED && st->orig.family != 0)
 		return sockopt_answer(ctx, &st->orig);
-	/* The client closed before that (inpod_client_fin). Taken once, onto this socket: a second
+	/* The client closed before that (ambpf_inpod_release). Taken once, onto this socket: a second
 	 * getsockopt answers from there, and the entry cannot answer a later connection on the tuple. */
 	sockopt_client_tuple(ctx->sk, &key.t);
 	key.netns_cookie = inpod_key_cookie(&key.t, st ? st->netns_cookie : 0);
@@ -878,146 +936,73 @@ int ambpf_inpod_node_syn(struct __sk_buff *skb)
 	return TC_ACT_UNSPEC;
 }
 
-/* ---- tc egress on a captured pod's lo: ztunnel's spoofed legs to the app ---- */
+/* ---- sock_release: a client that closes before ztunnel's accept() took its original ---- */
 
 /*
- * Every packet a pod's netns sends to one of its own addresses leaves through lo. A SYN there with
- * ztunnel's mark and a source that is not its destination is ztunnel's inbound leg to the app, bound
- * to the original client's address (ztunnel's default, ENABLE_ORIG_SRC). Record it for sk_lookup and
- * add AMBPF_MARK_ORIG_SRC to the packet: the app's accepted socket takes the SYN's mark
- * (tcp_fwmark_accept=1 in the pod), and the pod's `ip rule fwmark 0x1000/0x1000 lookup 41919` sends
- * its replies to the client's address back over lo to ztunnel instead of out of eth0. ztunnel's own
- * sockets keep their mark: its legs to other pods route as before. The first test is the mark, so the
- * pod <-> ztunnel traffic over lo costs one load and compare per packet. ztunnel's DNS answers to a
- * slot address (marked, UDP) are given that address as source (inpod_dns_answer).
+ * The head of the kernel's struct sock_common (include/net/sock.h): the IPv4 addresses and the ports,
+ * at the same offsets since the struct exists, because the socket hash tables read them as two 64-bit
+ * and one 32-bit word (skc_addrpair, skc_portpair). cgroup/sock_release may not read src_ip4/src_port
+ * from its context (net/core/filter.c allows them only at post_bind), so the release program reads
+ * this head of the socket itself.
  */
-#define INPOD_IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
-#define INPOD_IP_CSUM_OFF  (ETH_HLEN + offsetof(struct iphdr, check))
-#define INPOD_UDP_CSUM_OFF (ETH_HLEN + sizeof(struct iphdr) + offsetof(struct udphdr, check))
+struct ambpf_sock_common_head {
+	__be32 daddr;
+	__be32 rcv_saddr;
+	__u32 hash;
+	__be16 dport;
+	__u16 num; /* the local port, host order */
+};
 
 /*
- * An answer of ztunnel's DNS proxy (marked, UDP from port 15053) to a slot address 127.0.53.<n> (see
- * "DNS capture"): its source becomes that same address, so the app's recvmsg, which sees only the
- * source, knows the server of the query. Nothing else is touched: delivery goes by the destination,
- * and lo keeps the route the packet was sent with (no martian or rp_filter check on the way in).
+ * A redirected app socket closed (connect, write, close at once; ztunnel busy) with its original not
+ * handed over yet: once its FIN is acked the kernel turns it into a TIME_WAIT sock, whose storage is
+ * gone, so accept()'s handover finds nothing. Its original goes to ambpf_inpod_closed under the
+ * client's 4-tuple, where getsockopt takes it. One run per socket the pods close; every socket but a
+ * redirected TCP client costs the protocol and port tests (sockops, which older ambpf used on kernels
+ * without tcx, runs a dozen times per connection). A redirected client reaches ztunnel at one of the
+ * pod's own addresses (inpod_outbound_ip4/inpod_outbound6), so its source is that same address: for
+ * IPv6, whose source sits at no fixed offset, the destination stands for it. Loads from 5.10 on
+ * (bpf_sk_storage_get and bpf_probe_read_kernel in cgroup/sock: the kernel matrix).
  */
-static __always_inline int inpod_dns_answer(struct __sk_buff *skb, const struct iphdr *ip, void *data_end)
+SEC("cgroup/sock_release")
+int ambpf_inpod_release(struct bpf_sock *sk)
 {
-	const struct udphdr *udp = (const void *)(ip + 1);
-	__u32 from = ip->saddr, to = ip->daddr;
-
-	if (ip->ihl != 5 || (void *)(udp + 1) > data_end || udp->source != INPOD_DNS_PROXY_BE)
-		return TC_ACT_UNSPEC;
-	if (inpod_dns_slot_of(to) < 0 || from == to)
-		return TC_ACT_UNSPEC;
-	/* The UDP checksum covers the addresses (pseudo header); 0 means none and stays 0. */
-	if (bpf_l4_csum_replace(skb, INPOD_UDP_CSUM_OFF, from, to,
-				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(to)) ||
-	    bpf_l3_csum_replace(skb, INPOD_IP_CSUM_OFF, from, to, sizeof(to)) ||
-	    bpf_skb_store_bytes(skb, INPOD_IP_SADDR_OFF, &to, sizeof(to), 0)) {
-		stat_inc(AMBPF_STAT_DNS_ERROR);
-		return TC_ACT_UNSPEC;
-	}
-	stat_inc(AMBPF_STAT_TC_DNS_ANSWER);
-	return TC_ACT_UNSPEC;
-}
-
-/*
- * A redirected app socket sends its FIN before ztunnel's accept() took its original (connect, write,
- * close at once; ztunnel busy): the socket and its storage are gone soon after, so the original goes
- * to ambpf_inpod_closed under the client's 4-tuple and netns cookie, where getsockopt finds it. The
- * FIN of a socket whose original was handed over, and every other packet, cost the header tests.
- */
-static __always_inline int inpod_client_fin(struct __sk_buff *skb)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	struct ambpf_sock_common_head head;
 	struct ambpf_inpod_key key = {};
 	struct ambpf_inpod_sk *st;
-	struct bpf_sock *sk;
-	struct tcphdr *tcp;
-	struct ipv6hdr *ip6;
-	struct iphdr *ip;
+	__u32 state;
 
-	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_UNSPEC;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP || ip->ihl != 5)
-			return TC_ACT_UNSPEC;
-		tcp = (void *)(ip + 1);
-		if ((void *)(tcp + 1) > data_end)
-			return TC_ACT_UNSPEC;
-		ip_set_v4(key.t.local_ip, ip->saddr);
-		ip_set_v4(key.t.remote_ip, ip->daddr);
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
-			return TC_ACT_UNSPEC;
-		tcp = (void *)(ip6 + 1);
-		if ((void *)(tcp + 1) > data_end)
-			return TC_ACT_UNSPEC;
-		__builtin_memcpy(key.t.local_ip, &ip6->saddr, sizeof(key.t.local_ip));
-		__builtin_memcpy(key.t.remote_ip, &ip6->daddr, sizeof(key.t.remote_ip));
-	} else {
-		return TC_ACT_UNSPEC;
-	}
-	if (!tcp->fin || tcp->dest != bpf_htons(AMBPF_PORT_OUTBOUND))
-		return TC_ACT_UNSPEC;
-	sk = skb->sk;
-	if (!sk)
-		return TC_ACT_UNSPEC;
-	sk = bpf_sk_fullsock(sk);
-	if (!sk)
-		return TC_ACT_UNSPEC;
+	if (CTX_READ(sk->protocol) != IPPROTO_TCP || (__u16)sk->dst_port != bpf_htons(AMBPF_PORT_OUTBOUND))
+		return SYS_PROCEED;
+	/* Never connected (refused, aborted in SYN_SENT): nobody will ask for its original. */
+	state = CTX_READ(sk->state);
+	if (state == BPF_TCP_SYN_SENT || state == BPF_TCP_CLOSE)
+		return SYS_PROCEED;
 	st = bpf_sk_storage_get(&ambpf_inpod_sk, sk, 0, 0);
 	if (!st || st->role != AMBPF_INPOD_SK_APP || st->orig.family == 0)
-		return TC_ACT_UNSPEC;
-	key.t.local_port = tcp->source;
-	key.t.remote_port = tcp->dest;
+		return SYS_PROCEED;
+	if (bpf_probe_read_kernel(&head, sizeof(head), sk))
+		return SYS_PROCEED;
+	if (CTX_READ(sk->family) == AF_INET) {
+		ip_set_v4(key.t.local_ip, head.rcv_saddr);
+		ip_set_v4(key.t.remote_ip, CTX_READ(sk->dst_ip4));
+	} else {
+		CTX_IP6(key.t.remote_ip, sk->dst_ip6);
+		/* An IPv4 peer of a dual-stack socket: the head holds its IPv4 source exactly. */
+		if (ip_is_v4mapped(key.t.remote_ip))
+			ip_set_v4(key.t.local_ip, head.rcv_saddr);
+		else
+			__builtin_memcpy(key.t.local_ip, key.t.remote_ip, sizeof(key.t.local_ip));
+	}
+	key.t.local_port = bpf_htons(head.num);
+	key.t.remote_port = (__u16)sk->dst_port;
 	key.netns_cookie = inpod_key_cookie(&key.t, st->netns_cookie);
 	if (bpf_map_update_elem(&ambpf_inpod_closed, &key, &st->orig, BPF_ANY))
 		stat_inc(AMBPF_STAT_MAPFULL_INPOD_CLOSED); /* an LRU: only out of memory; getsockopt misses */
 	else
 		stat_inc(AMBPF_STAT_INPOD_CLOSED_EARLY);
-	st->role = AMBPF_INPOD_SK_HANDED; /* getsockopt takes it from the map, not from this socket */
-	return TC_ACT_UNSPEC;
-}
-
-SEC("tc")
-int ambpf_inpod_lo_egress(struct __sk_buff *skb)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct ambpf_tuple t = {};
-	__u32 one = 1;
-	__u8 hops = 0;
-
-	if ((skb->mark & AMBPF_ZTUNNEL_MARK_MASK) != AMBPF_ZTUNNEL_MARK)
-		return inpod_client_fin(skb);
-	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_UNSPEC;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-
-		if ((void *)(ip + 1) > data_end)
-			return TC_ACT_UNSPEC;
-		if (ip->protocol == IPPROTO_UDP)
-			return inpod_dns_answer(skb, ip, data_end);
-	}
-	/* IPv4 or IPv6 alike: ztunnel binds the leg to the client's address of the connection's family. */
-	if (!tc_syn(data, data_end, &t, &hops) || ip_eq(t.local_ip, t.remote_ip))
-		return TC_ACT_UNSPEC;
-	if (bpf_map_update_elem(&ambpf_inpod_origsrc, &t, &one, BPF_ANY)) {
-		stat_inc(AMBPF_STAT_SOCKOPS_ERROR);
-		stat_inc(AMBPF_STAT_MAPFULL_INPOD_ORIGSRC);
-		return TC_ACT_UNSPEC;
-	}
-	skb->mark |= AMBPF_MARK_ORIG_SRC;
-	stat_inc(AMBPF_STAT_TC_ORIG_SRC_MARKED);
-	return TC_ACT_UNSPEC;
+	st->role = AMBPF_INPOD_SK_HANDED;
+	return SYS_PROCEED;
 }
 
 /*
@@ -1033,12 +1018,15 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	struct ambpf_config *cfg;
 	struct ambpf_pod *pod;
 	struct bpf_sock *sk;
+	__u32 *stamp;
 
 	if (ctx->protocol != IPPROTO_TCP || !sklookup_addrs(ctx, &app))
 		return SK_PASS;
-	/* Loopback is the pod <-> ztunnel hop itself; local == remote is the pod's connect to its own IP
-	 * and ztunnel's upstream from the pod's IP (the loop trap); both stay as they are. */
-	if (ip_is_loopback(app.local_ip) || ip_eq(app.local_ip, app.remote_ip))
+	/* Loopback is the pod <-> ztunnel hop itself (a loopback source too: an app bound to 127.0.0.x whose
+	 * connect was sent to its own IP:15001; such a packet can only come from inside the netns); local ==
+	 * remote is the pod's connect to its own IP and ztunnel's upstream from the pod's IP (the loop
+	 * trap); all stay as they are. */
+	if (ip_is_loopback(app.local_ip) || ip_is_loopback(app.remote_ip) || ip_eq(app.local_ip, app.remote_ip))
 		return SK_PASS;
 	cfg = config_get();
 	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD))
@@ -1064,18 +1052,24 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_NOT_AMBIENT);
 		return SK_PASS;
 	}
-	/* ztunnel's own leg to the app, from the client's address (ambpf_inpod_lo_egress). Taken once: a
-	 * retransmitted SYN is recorded again. */
+	/* ztunnel's own leg to the app, from the client's address (inpod_ztunnel_leg), within the window
+	 * of its SYN retransmits. Once the leg is established its own socket holds the tuple, so a later
+	 * SYN on it never reaches sk_lookup; an entry past the window is deleted and counts for nothing. */
 	app.local_port = bpf_htons((__u16)CTX_READ(ctx->local_port));
 	app.remote_port = (__u16)CTX_READ(ctx->remote_port);
-	if (bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app)) {
+	stamp = bpf_map_lookup_elem(&ambpf_inpod_origsrc, &app);
+	if (stamp) {
+		if (inpod_leg_clock() - *stamp <= INPOD_LEG_WINDOW) {
+			stat_inc(AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL);
+			return SK_PASS;
+		}
 		bpf_map_delete_elem(&ambpf_inpod_origsrc, &app);
-		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL);
-		return SK_PASS;
 	}
 	/* The node's own connection (kubelet's probe): to the app. Taken once; a retransmitted SYN is
-	 * recorded again by tc. */
-	if (bpf_map_lookup_elem(&ambpf_inpod_nodesyn, &app)) {
+	 * recorded again by tc. Only a source tc could have recorded is looked up (from_node: one of the
+	 * node's addresses, or any when none of that family is configured), sparing every connection
+	 * from elsewhere a hash lookup. */
+	if (from_node(app.remote_ip) && bpf_map_lookup_elem(&ambpf_inpod_nodesyn, &app)) {
 		bpf_map_delete_elem(&ambpf_inpod_nodesyn, &app);
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;

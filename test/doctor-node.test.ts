@@ -5,7 +5,14 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { capacityCheck, kubeletMaxPods, sysctlChecks, KUBELET_DEFAULT_MAX_PODS } from '../src/doctor/node.ts';
+import {
+  capacityCheck,
+  kubeletMaxPods,
+  sysctlChecks,
+  ztunnelCgroupCheck,
+  KUBELET_DEFAULT_MAX_PODS,
+} from '../src/doctor/node.ts';
+import { ztunnelCgroupFile, type ZtunnelCgroupReport } from '../src/agent/ztunnel-cgroup.ts';
 import type { DoctorReport } from '../src/doctor/report.ts';
 import { testPrefix } from './helpers/prefix.ts';
 
@@ -74,14 +81,34 @@ t.test('ambpf doctor: warnings do not change the exit status; the flags reach th
   const dir = tmp(t);
   const cfg = join(dir, 'config.yaml');
   writeFileSync(cfg, 'maxPods: 300\n');
+  const stateFile = join(dir, 'state.json');
+  const zt: ZtunnelCgroupReport = {
+    attach: '/sys/fs/cgroup/kubepods',
+    updatedAt: new Date().toISOString(),
+    ztunnels: [{ pid: 4242, cgroup: '/sys/fs/cgroup/system.slice/ztunnel.service', placement: 'outside' }],
+  };
+  writeFileSync(ztunnelCgroupFile(stateFile), JSON.stringify(zt));
   const r = spawnSync(
     'bin/ambpf',
-    ['doctor', '-j', '--bpffs', join(dir, 'none'), '--kubelet-config', cfg, '--max-pods', '200'],
+    [
+      'doctor',
+      '-j',
+      '--bpffs',
+      join(dir, 'none'),
+      '--kubelet-config',
+      cfg,
+      '--max-pods',
+      '200',
+      '--state-file',
+      stateFile,
+    ],
     { encoding: 'utf8', timeout: 120_000 },
   );
   const report = JSON.parse(r.stdout) as DoctorReport;
   const cap = report.checks.find((c) => c.group === 'capacity');
   t.match(cap, { ok: false, advisory: true, detail: /may run 300 pods/ });
+  const cg = report.checks.find((c) => c.group === 'ztunnel');
+  t.match(cg, { ok: false, advisory: true, detail: /pid 4242\) runs in cgroup .*ztunnel.service, outside/ });
   t.equal(
     r.status,
     report.checks.some((c) => !c.ok && !c.advisory) ? 1 : 0,
@@ -90,4 +117,26 @@ t.test('ambpf doctor: warnings do not change the exit status; the flags reach th
   const bad = spawnSync('bin/ambpf', ['doctor', '--max-pods', 'x'], { encoding: 'utf8' });
   t.equal(bad.status, 2);
   t.match(bad.stderr, /--max-pods needs a positive integer/);
+});
+
+t.test('ztunnel cgroup: the requirement is said even before any ztunnel connected', async (t) => {
+  t.equal(ztunnelCgroupFile('/run/ambpf/state.json'), '/run/ambpf/state.ztunnel-cgroup.json', 'named after it');
+  const dir = tmp(t);
+  const none = ztunnelCgroupCheck(join(dir, 'state.json'));
+  t.match(none, { ok: true, advisory: true, detail: /ztunnel must run inside the cgroup/ });
+  writeFileSync(ztunnelCgroupFile(join(dir, 'state.json')), '{"not":"ours"}');
+  t.match(ztunnelCgroupCheck(join(dir, 'state.json')), { ok: true, detail: /no connected ztunnel recorded/ });
+  const report: ZtunnelCgroupReport = {
+    attach: '/sys/fs/cgroup/kubepods',
+    updatedAt: '2026-01-01T00:00:00.000Z',
+    ztunnels: [
+      { pid: 7, cgroup: '/sys/fs/cgroup/kubepods/podz/ztunnel', placement: 'inside' },
+      { pid: 8, cgroup: null, placement: 'unknown' },
+    ],
+  };
+  writeFileSync(ztunnelCgroupFile(join(dir, 'state.json')), JSON.stringify(report));
+  t.match(ztunnelCgroupCheck(join(dir, 'state.json')), {
+    ok: true,
+    detail: /pid 7 \(\/sys\/fs\/cgroup\/kubepods\/podz\/ztunnel\), 8 \(cgroup not readable\)/,
+  });
 });

@@ -51,6 +51,7 @@ t.test('ambpf doctor -j is the same report as JSON', async (t) => {
       ['tc attach', 'tcx link'],
       ['sk_msg attach', 'prog_attach'],
       ['inpod IPv6', 'as IPv4'],
+      ['early close', 'sock_release'],
       ['node IPv6', 'as IPv4'],
     ],
   );
@@ -102,9 +103,20 @@ t.test('kernel versions compare numerically; missing features name their kernel'
     /tc attach {7}clsact filter: no tcx links here \(bpf_link_create\(BPF_TCX_INGRESS\) failed with EINVAL; tcx needs 6\.6\+\)/,
   );
   t.match(text, /sk_msg attach {3}prog_attach: .*sockmap links need 6\.10\+ \(EINVAL\)/);
-  t.match(text, /inpod IPv6 {6}as IPv4, without probes or spoofed legs: IPv6 is captured both ways \(5\.10\+\)/);
-  t.match(text, /but without tcx \(6\.6\+\) the pod-netns tc programs are not attached/);
+  t.match(
+    text,
+    /inpod IPv6 {6}as IPv4, without probes: IPv6 is captured both ways and ztunnel's spoofed legs reach the app \(5\.10\+\)/,
+  );
+  t.match(text, /but without tcx \(6\.6\+\) the probe program on the pod's eth0 is not attached/);
   t.match(text, /node IPv6 {7}as IPv4: connect6 to ztunnel's IPv6 address, .* \(5\.10\+\)/);
+});
+
+t.test('lockdown=confidentiality: doctor says what an early close loses', async (t) => {
+  const yes = { supported: true, detail: '' };
+  const early = (locked: boolean): string | undefined =>
+    kernelChoices('6.18.0', yes, yes, locked).find((c) => c.what === 'early close')?.choice;
+  t.equal(early(false), 'sock_release');
+  t.equal(early(true), 'not kept');
 });
 
 t.test('the minimum kernel is 5.10: older kernels are told so', async (t) => {

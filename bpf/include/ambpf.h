@@ -64,7 +64,7 @@
  * address) as it crosses the pod's lo. The app's accepted socket inherits it (tcp_fwmark_accept=1 in
  * the pod), and `ip rule fwmark 0x1000/0x1000 lookup 41919` + `local default dev lo table 41919`
  * deliver the app's replies to the client's address back to ztunnel instead of eth0. Above Istio's
- * 0xfff mask. See ambpf_inpod_lo_egress. */
+ * 0xfff mask. See inpod_ztunnel_leg. */
 #define AMBPF_MARK_ORIG_SRC 0x1000U
 
 /* inpod: the TTL a packet the node itself sends arrives with (Linux's default net.ipv4.ip_default_ttl;
@@ -261,14 +261,14 @@ enum ambpf_stat {
 	AMBPF_STAT_SOCKOPS_OUTFLOW_ADDED,     /* sockops: an ambient pod's own connection recorded */
 	AMBPF_STAT_SKLOOKUP_REFUSED,	      /* inpod sk_lookup: captured pod, no ztunnel listener: RST */
 	AMBPF_STAT_SKLOOKUP_PASS_ZTUNNEL,     /* inpod sk_lookup: ztunnel's own (spoofed) leg to the app */
-	AMBPF_STAT_TC_ORIG_SRC_MARKED,	      /* inpod tc on lo: a spoofed ztunnel leg recorded and marked */
+	AMBPF_STAT_ORIG_SRC_MARKED,	      /* inpod connect: a spoofed ztunnel leg recorded and marked */
 	AMBPF_STAT_CONNECT4_FAIL_OPEN,	      /* inpod connect: no ztunnel listener, --fail-open: direct */
 	AMBPF_STAT_DNS_REDIRECTED,	      /* inpod: a query (UDP send or connect, TCP connect) to 15053 */
 	AMBPF_STAT_DNS_BYPASS,		      /* inpod: port 53, but not captured (pod, mark, dst, switch) */
 	AMBPF_STAT_DNS_RESTORED,	      /* inpod recvmsg: an answer given its server's address */
 	AMBPF_STAT_DNS_SLOT_REUSED,	      /* inpod: a socket asked a 5th server: its oldest slot reused */
 	AMBPF_STAT_DNS_ERROR,		      /* inpod: no socket storage for a query (refused) */
-	AMBPF_STAT_TC_DNS_ANSWER,	      /* inpod tc on lo: an answer's source set to its slot address */
+	AMBPF_STAT_DNS_ANSWER_SOURCE,	      /* inpod sendmsg: an answer's source set to its slot address */
 	/* An insert a program made failed, one counter per map (the map full, or no memory for socket
 	 * storage). What each failure does to the connection is documented at the map (docs/maps.md):
 	 * never a captured pod's traffic sent around ztunnel. */

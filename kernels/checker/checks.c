@@ -118,8 +118,8 @@ int check_connect6_mapped(const struct func_ctx *c, int lfd)
 }
 
 /* A fire-and-forget client (connect, write, close) is gone before ztunnel accepts: SO_ORIGINAL_DST
- * must still answer (the original dst lives until both sockets closed: the state callback on
- * ztunnel's side, a 5.10-safe atomic add, the inpod copy onto the accepted socket). */
+ * must still answer (node: the original dst lives until both sockets closed, the state callback on
+ * ztunnel's side; inpod: sock_release keeps the client's original for ztunnel's getsockopt). */
 int check_orig_after_close(const struct func_ctx *c, int lfd)
 {
 	const char *name = "SO_ORIGINAL_DST after the client closed";

@@ -23,6 +23,7 @@ import {
 } from '../zds/index.ts';
 import { describeError } from '../errors.ts';
 import type { PodAnnotator } from './annotate.ts';
+import { ZtunnelCgroupWatch, type ZtunnelCgroupCheck, type ZtunnelCgroupWatchOptions } from './ztunnel-cgroup.ts';
 
 export type HandoffState = 'pending' | 'acked' | 'nacked' | 'no-ztunnel';
 
@@ -75,6 +76,9 @@ export interface HandoffOptions {
   /** With an API server: `ambient.istio.io/redirection` on each pod (istiod sends HBONE only to
    * pods marked `enabled`). */
   readonly annotator?: PodAnnotator;
+  /** The cgroup the programs are attached to: each connected ztunnel must run inside it
+   * (src/agent/ztunnel-cgroup.ts); its report file, beside the state file. */
+  readonly cgroup?: Omit<ZtunnelCgroupWatchOptions, 'log'>;
 }
 
 /**
@@ -108,10 +112,12 @@ export class ZdsHandoff implements ZtunnelHandoff {
   #sawPeer = false;
   /** When a ztunnel last connected or left (ms since the epoch). */
   #peersChangedAt: number | undefined;
+  readonly #cgroups: ZtunnelCgroupWatch | undefined;
 
   private constructor(server: ZdsServer, o: HandoffOptions) {
     this.#server = server;
     this.#o = o;
+    this.#cgroups = o.cgroup ? new ZtunnelCgroupWatch({ ...o.cgroup, log: o.log }) : undefined;
   }
 
   static async start(o: HandoffOptions): Promise<ZdsHandoff> {
@@ -160,6 +166,11 @@ export class ZdsHandoff implements ZtunnelHandoff {
 
   peerPids(): readonly number[] {
     return this.#server.peers().flatMap((p) => (p.pid === undefined ? [] : [p.pid]));
+  }
+
+  /** Each connected ztunnel's cgroup against the attach cgroup (empty without the `cgroup` option). */
+  ztunnelCgroups(): readonly ZtunnelCgroupCheck[] {
+    return this.#cgroups?.current() ?? [];
   }
 
   status(): PodHandoffStatus[] {
@@ -282,6 +293,7 @@ export class ZdsHandoff implements ZtunnelHandoff {
   #onPeer(peer: ZdsPeer): void {
     this.#sawPeer = true;
     this.#peersChangedAt = Date.now();
+    this.#cgroups?.update(this.peerPids());
     this.#o.log.info({ peer: peer.pid, pods: this.#pods.size }, 'ztunnel connected and took the snapshot');
     // Only what went out in that snapshot, for the sandbox it named: a pod armed (or re-created)
     // while the snapshot was on its way gets its own Add from #pump. (A snapshot Add ztunnel nacked is
@@ -299,6 +311,8 @@ export class ZdsHandoff implements ZtunnelHandoff {
   #onPeerGone(peer: ZdsPeer, err: ZdsError | undefined): void {
     this.#o.log.warn({ peer: peer.pid, err: err ? describeError(err) : undefined }, 'ztunnel disconnected');
     this.#peersChangedAt = Date.now();
+    // An agent stopping keeps the last report: ztunnel outlives it, and so does what was wrong with it.
+    if (!this.#closed) this.#cgroups?.update(this.peerPids());
     if (this.#server.ready) {
       this.#o.onPeerGone?.();
       return;

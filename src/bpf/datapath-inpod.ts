@@ -19,6 +19,7 @@ import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
 import { ledgerPath } from './sysctl.ts';
+import { kernelMemoryLocked } from './lockdown.ts';
 import { setOrigSrcReturnPath } from './return-path.ts';
 import { inpodLinkName, inpodTcLinkName, inpodLoLinkName, linkNames, linkPin, parseLinkName } from './pins.ts';
 import * as s from './schema.ts';
@@ -30,6 +31,8 @@ export { INPOD_CGROUP_HOOKS, INPOD_OBJECT, type InpodCgroupHook } from './names.
 export type InpodDatapathOptions = Pick<DatapathOptions, 'bpffs' | 'cgroup' | 'mapSizes' | 'ledger'> & {
   /** Path of ambpf_inpod.bpf.o (default: the build cache). */
   object?: string;
+  /** The kernel's lockdown file (default LOCKDOWN_PATH; tests point it elsewhere). */
+  lockdownPath?: string;
 };
 
 /** ztunnel's sockets inside one pod's netns, as held by a ztunnel process. */
@@ -53,13 +56,12 @@ const M = {
 } as const satisfies Record<string, InpodMapName>;
 
 /**
- * The hook attached only on kernels without tcx (< 6.6), where no tc program on the pod's lo catches the
- * FIN of a client that closes before ztunnel's accept() took its original: ambpf_inpod_sockops (it
- * runs a dozen times per connection). With tcx its link is removed: accept() takes the original
- * (bpf/ambpf_inpod.bpf.c inpod_handover) and the lo program covers the early close.
+ * Links an older ambpf pinned that this one no longer makes, removed when found: the cgroup sockops
+ * hook (kernels without tcx) and, per pod, tcx egress on lo (inpodLoLinkName). Their jobs moved to
+ * connect4/6 (ztunnel's spoofed legs), sendmsg4/6 (DNS answers) and sock_release (a client's early
+ * close), which run once per connection or socket instead of once per packet on lo.
  */
-const SOCKOPS_FALLBACK = 'sockops' satisfies InpodCgroupHook;
-type AlwaysHook = Exclude<InpodCgroupHook, typeof SOCKOPS_FALLBACK>;
+const RETIRED_CGROUP_LINKS = ['sockops'] as const;
 
 /** A slot's fallback entry (bpf/ambpf_inpod.bpf.c tries slot, then slot + LISTENER_SLOTS). */
 const fallbackSlot = (slot: number): number => slot + s.LISTENER_SLOTS;
@@ -112,7 +114,8 @@ export class InpodDatapath {
   readonly ledger: string;
   readonly cgroup: string;
   readonly maps: DatapathMaps;
-  readonly links: Readonly<Record<AlwaysHook, LinkOutcome>>;
+  /** Every cgroup hook's link, but release under lockdown=confidentiality (kernelMemoryLocked). */
+  readonly links: Readonly<Partial<Record<InpodCgroupHook, LinkOutcome>>>;
   /** The inpod maps, raw (tests and inspection). */
   readonly inpodMaps: Readonly<{
     sk: BpfMap;
@@ -124,7 +127,11 @@ export class InpodDatapath {
   }>;
   readonly #object: BpfObject;
 
-  private constructor(o: InpodDatapathOptions, object: BpfObject, links: Record<AlwaysHook, LinkOutcome>) {
+  private constructor(
+    o: InpodDatapathOptions,
+    object: BpfObject,
+    links: Partial<Record<InpodCgroupHook, LinkOutcome>>,
+  ) {
     this.bpffs = o.bpffs;
     this.ledger = o.ledger ?? ledgerPath(o.bpffs);
     this.cgroup = o.cgroup;
@@ -153,6 +160,15 @@ export class InpodDatapath {
     try {
       sizeMaps(obj, o);
       obj.setPinDir(o.bpffs);
+      const locked = kernelMemoryLocked(o.lockdownPath);
+      if (locked) {
+        obj.program(INPOD_CGROUP_HOOKS.release).setAutoload(false);
+        log.warn(
+          { lockdown: 'confidentiality' },
+          'kernel lockdown=confidentiality refuses bpf_probe_read_kernel: ambpf_inpod_release is not loaded, ' +
+            "so a client that closes before ztunnel's accept() loses that connection (no original destination)",
+        );
+      }
       obj.load();
       const missing = MAP_NAMES.filter((n) => !obj.maps.some((m) => m.name === n));
       if (missing.length > 0)
@@ -160,9 +176,12 @@ export class InpodDatapath {
           `${INPOD_OBJECT} lacks the shared maps ${missing.join(', ')}; it must include ambpf_maps.h.`,
         );
       const cgroupIno = BigInt(statSync(o.cgroup).ino);
-      const links = {} as Record<AlwaysHook, LinkOutcome>;
+      const links: Partial<Record<InpodCgroupHook, LinkOutcome>> = {};
       for (const hook of Object.keys(INPOD_CGROUP_HOOKS) as InpodCgroupHook[]) {
-        if (hook === SOCKOPS_FALLBACK) continue; // per kernel, at the first pod (#sockopsFallback)
+        if (locked && hook === 'release') {
+          removePinnedLink(linkPin(o.bpffs, hook)); // one an earlier boot left would keep running
+          continue;
+        }
         const prog = obj.program(INPOD_CGROUP_HOOKS[hook]);
         links[hook] = ensurePinnedLink({
           pin: linkPin(o.bpffs, hook),
@@ -170,6 +189,14 @@ export class InpodDatapath {
           attach: () => prog.attachCgroup(o.cgroup),
           sameTarget: (info) => info.cgroupId === cgroupIno,
         });
+      }
+      for (const retired of RETIRED_CGROUP_LINKS) {
+        const pin = linkPin(o.bpffs, retired);
+        if (existsSync(pin)) removePinnedLink(pin);
+      }
+      // Every pod an older ambpf armed: a pod already armed is not armed again, so this is the place.
+      for (const name of linkNames(o.bpffs)) {
+        if (parseLinkName(name)?.kind === 'inpod-lo') removePinnedLink(linkPin(o.bpffs, name));
       }
       log.info({ bpffs: o.bpffs, cgroup: o.cgroup, links }, 'inpod datapath attached');
       return new InpodDatapath(o, obj, links);
@@ -223,67 +250,35 @@ export class InpodDatapath {
   }
 
   /**
-   * The pod's two tc programs, inside its netns, as tcx links (Linux 6.6+) pinned as
-   * links/inpod-<cookie>-tc and -lo:
-   *  - ingress on eth0, ambpf_inpod_node_syn: the node's own connections (kubelet's probes) reach the
-   *    app directly;
-   *  - egress on lo, ambpf_inpod_lo_egress: ztunnel's spoofed legs reach the app, and its replies
-   *    come back to ztunnel.
-   * Without tcx the pod is captured all the same; probes then go through ztunnel, and ztunnel must
-   * run with ENABLE_ORIG_SRC=false (logged; `ambpf doctor` says so).
+   * The pod's tc program, inside its netns, as a tcx link (Linux 6.6+) pinned as links/inpod-<cookie>-tc:
+   * ingress on eth0, ambpf_inpod_node_syn: the node's own connections (kubelet's probes) reach the app
+   * directly. Without tcx the pod is captured all the same and probes go through ztunnel (logged;
+   * `ambpf doctor` says so). An older ambpf's tcx on lo is removed at open().
    */
   #attachPodTc(p: PodArm): void {
-    const hooks = [
-      { prog: PROGRAMS.inpodNodeSyn, ifname: POD_IFNAME, direction: 'ingress', pin: this.#tcPin(p.netnsCookie) },
-      { prog: PROGRAMS.inpodLoEgress, ifname: 'lo', direction: 'egress', pin: this.#loPin(p.netnsCookie) },
-    ] as const;
-    for (const h of hooks) {
-      const prog = this.#object.program(h.prog);
-      let ifindex: number;
-      try {
-        ifindex = withNetns(p.netnsPath, () => resolveIfindex(h.ifname));
-      } catch (err) {
-        log.warn({ netnsPath: p.netnsPath, err: String(err) }, `no ${h.ifname} in the pod: ${h.prog} not attached`);
-        continue;
-      }
-      try {
-        ensurePinnedLink({
-          pin: h.pin,
-          prog,
-          attach: () => {
-            const a = prog.attachTc(ifindex, h.direction, { mode: 'tcx', netns: p.netnsPath });
-            if (!a.link) throw new DatapathError('tcx attach returned no link');
-            return a.link;
-          },
-          sameTarget: (info) => info.ifindex === ifindex,
-        });
-        if (h.ifname === 'lo') this.#sockopsFallback(false);
-      } catch (err) {
-        if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
-        log.warn(
-          { netnsPath: p.netnsPath, prog: h.prog },
-          'no tcx on this kernel (< 6.6): probes go through ztunnel, and ztunnel needs ENABLE_ORIG_SRC=false',
-        );
-        if (h.ifname === 'lo') this.#sockopsFallback(true);
-      }
-    }
-  }
-
-  /** The sockops link of kernels without tcx (SOCKOPS_FALLBACK): attached when `on`, else removed. */
-  #sockopsFallback(on: boolean): void {
-    const pin = linkPin(this.bpffs, SOCKOPS_FALLBACK);
-    if (!on) {
-      if (existsSync(pin)) removePinnedLink(pin);
+    const prog = this.#object.program(PROGRAMS.inpodNodeSyn);
+    let ifindex: number;
+    try {
+      ifindex = withNetns(p.netnsPath, () => resolveIfindex(POD_IFNAME));
+    } catch (err) {
+      log.warn({ netnsPath: p.netnsPath, err: String(err) }, `no ${POD_IFNAME} in the pod: ${prog.name} not attached`);
       return;
     }
-    const prog = this.#object.program(INPOD_CGROUP_HOOKS[SOCKOPS_FALLBACK]);
-    const cgroupIno = BigInt(statSync(this.cgroup).ino);
-    ensurePinnedLink({
-      pin,
-      prog,
-      attach: () => prog.attachCgroup(this.cgroup),
-      sameTarget: (info) => info.cgroupId === cgroupIno,
-    });
+    try {
+      ensurePinnedLink({
+        pin: this.#tcPin(p.netnsCookie),
+        prog,
+        attach: () => {
+          const a = prog.attachTc(ifindex, 'ingress', { mode: 'tcx', netns: p.netnsPath });
+          if (!a.link) throw new DatapathError('tcx attach returned no link');
+          return a.link;
+        },
+        sameTarget: (info) => info.ifindex === ifindex,
+      });
+    } catch (err) {
+      if (!(err instanceof LibbpfError) || err.code !== 'EINVAL') throw err;
+      log.warn({ netnsPath: p.netnsPath, prog: prog.name }, 'no tcx on this kernel (< 6.6): probes go through ztunnel');
+    }
   }
 
   /**

@@ -71,11 +71,12 @@ export const CGROUP_HOOKS = {
 } as const;
 export type CgroupHook = keyof typeof CGROUP_HOOKS;
 
-/** cgroup hooks only the inpod topology attaches (DNS capture; bpf/ambpf_inpod.bpf.c), pinned as
- * <bpffs>/links/<hook> like CGROUP_HOOKS. */
-export const INPOD_ONLY_HOOKS = ['sendmsg4', 'sendmsg6', 'recvmsg4', 'recvmsg6'] as const;
-/** A cgroup hook of the inpod topology: the node topology's, plus UDP send/receive for DNS capture. */
-export type InpodCgroupHook = CgroupHook | (typeof INPOD_ONLY_HOOKS)[number];
+/** cgroup hooks only the inpod topology attaches (DNS capture, the early close of a client;
+ * bpf/ambpf_inpod.bpf.c), pinned as <bpffs>/links/<hook> like CGROUP_HOOKS. */
+export const INPOD_ONLY_HOOKS = ['sendmsg4', 'sendmsg6', 'recvmsg4', 'recvmsg6', 'release'] as const;
+/** A cgroup hook of the inpod topology: the node topology's but sockops (inpod needs no per-connection
+ * callbacks), plus UDP send/receive for DNS capture and sock_release. */
+export type InpodCgroupHook = Exclude<CgroupHook, 'sockops'> | (typeof INPOD_ONLY_HOOKS)[number];
 
 /** The inpod object's program for each of its cgroup hooks (same pin names as the node topology's:
  * one mode per bpffs). */
@@ -85,8 +86,8 @@ export const INPOD_CGROUP_HOOKS: Readonly<Record<InpodCgroupHook, string>> = {
   getpeername4: 'ambpf_inpod_peername4',
   getpeername6: 'ambpf_inpod_peername6',
   getsockopt: 'ambpf_inpod_getsopt',
-  // Attached only on kernels without tcx (src/bpf/datapath-inpod.ts SOCKOPS_FALLBACK).
-  sockops: 'ambpf_inpod_sockops',
+  // A client that closes before ztunnel's accept() took its original.
+  release: 'ambpf_inpod_release',
   // DNS capture: an unconnected UDP socket's query to port 53 goes to ztunnel's 15053, and its
   // answer shows the server asked (connected sockets go through connect4/6 and getpeername4/6).
   sendmsg4: 'ambpf_inpod_sendmsg4',
@@ -107,6 +108,4 @@ export const PROGRAMS = {
   inpodLookup: 'ambpf_inpod_lookup',
   /** inpod: tc ingress on the pod's eth0 (the node's own connections reach the app directly). */
   inpodNodeSyn: 'ambpf_inpod_node_syn',
-  /** inpod: tc egress on the pod's lo (ztunnel's spoofed legs). */
-  inpodLoEgress: 'ambpf_inpod_lo_egress',
 } as const;

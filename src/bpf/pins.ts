@@ -3,13 +3,15 @@
 // state in them, so every reader must agree with the writer).
 //
 //   <bpffs>/<map>                     every map, by the name the objects give it (ambpf_*)
-//   <bpffs>/links/<hook>              the cgroup hooks (connect4, ..., sockops; CGROUP_HOOKS; inpod drops
-//                                     sockops, adds sendmsg4/6 and recvmsg4/6: INPOD_CGROUP_HOOKS)
+//   <bpffs>/links/<hook>              the cgroup hooks (connect4, ..., sockops; CGROUP_HOOKS; inpod adds
+//                                     sendmsg4/6, recvmsg4/6 and release: INPOD_CGROUP_HOOKS)
 //   <bpffs>/links/sk_lookup           node topology: sk_lookup in ztunnel's netns
 //   <bpffs>/links/tc-<ifname>         node topology: tcx on a mesh pod's host-side veth
 //   <bpffs>/links/inpod-<cookie>      inpod topology: sk_lookup in a pod's netns (netns cookie)
 //   <bpffs>/links/inpod-<cookie>-tc   inpod topology: tcx on the pod's eth0 (kubelet's probes)
-//   <bpffs>/links/inpod-<cookie>-lo   inpod topology: tcx egress on the pod's lo (ztunnel's spoofed legs)
+//   <bpffs>/links/inpod-<cookie>-lo   retired: an older ambpf's tcx egress on the pod's lo, removed when
+//                                     the pod is armed or released (its jobs moved to connect4/6,
+//                                     sendmsg4/6 and sock_release)
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AnyMapName } from './names.ts';

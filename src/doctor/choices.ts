@@ -11,12 +11,17 @@ import { versionAtLeast } from './system.ts';
 export const MIN_KERNEL = '5.10';
 
 export interface KernelChoice {
-  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach' | 'inpod IPv6' | 'node IPv6';
+  readonly what: 'minimum kernel' | 'tc attach' | 'sk_msg attach' | 'inpod IPv6' | 'node IPv6' | 'early close';
   readonly choice: string;
   readonly why: string;
 }
 
-export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLinkProbe): KernelChoice[] {
+export function kernelChoices(
+  kernel: string,
+  tcx: TcxProbe,
+  skMsgLink: SkMsgLinkProbe,
+  kernelMemoryLocked = false,
+): KernelChoice[] {
   const supported = versionAtLeast(kernel, MIN_KERNEL);
   return [
     {
@@ -47,22 +52,37 @@ export function kernelChoices(kernel: string, tcx: TcxProbe, skMsgLink: SkMsgLin
           : `sockmap links need ${SK_MSG_LINK_SINCE}+ (${skMsgLink.detail})`),
     },
     // The kernel matrix proves IPv6 capture (connect6 to the pod's IPv6 address, IP6T_SO_ORIGINAL_DST,
-    // sk_lookup of IPv6 inbound) from 5.10 on; only the pod-netns tc programs need tcx, for both families.
+    // sk_lookup of IPv6 inbound, ztunnel's spoofed legs at connect6) from 5.10 on; only the probe program
+    // on the pod's eth0 needs tcx, for both families.
     tcx.supported
       ? {
           what: 'inpod IPv6',
           choice: 'as IPv4',
           why:
-            "connect6 to the pod's IPv6 address, IP6T_SO_ORIGINAL_DST, sk_lookup inbound, IPv6 probes " +
-            "(hop limit 64) and ztunnel's spoofed IPv6 legs (tcx)",
+            "connect6 to the pod's IPv6 address, IP6T_SO_ORIGINAL_DST, sk_lookup inbound, ztunnel's spoofed " +
+            'IPv6 legs and IPv6 probes (hop limit 64, tcx)',
         }
       : {
           what: 'inpod IPv6',
-          choice: 'as IPv4, without probes or spoofed legs',
+          choice: 'as IPv4, without probes',
           why:
-            `IPv6 is captured both ways (${MIN_KERNEL}+), but without tcx (${TCX_SINCE}+) the pod-netns tc ` +
-            'programs are not attached, for IPv4 and IPv6 alike: probes go through ztunnel, and ztunnel needs ' +
-            'ENABLE_ORIG_SRC=false',
+            `IPv6 is captured both ways and ztunnel's spoofed legs reach the app (${MIN_KERNEL}+), but without ` +
+            `tcx (${TCX_SINCE}+) the probe program on the pod's eth0 is not attached, for IPv4 and IPv6 alike: ` +
+            "kubelet's probes go through ztunnel",
+        },
+    // ambpf_inpod_release reads the closing socket's own port with bpf_probe_read_kernel (src/bpf/lockdown.ts).
+    kernelMemoryLocked
+      ? {
+          what: 'early close',
+          choice: 'not kept',
+          why:
+            'lockdown=confidentiality refuses bpf_probe_read_kernel, so ambpf_inpod_release is not loaded: a ' +
+            "client that closes before ztunnel's accept() loses that connection",
+        }
+      : {
+          what: 'early close',
+          choice: 'sock_release',
+          why: "a client that closes before ztunnel's accept() keeps its original destination for ztunnel",
         },
     // The node topology's IPv6 is the same programs as its IPv4 (tcx or a clsact filter alike), proven by
     // the matrix from 5.10 on; what it needs is a dual-stack ztunnel, not a newer kernel.

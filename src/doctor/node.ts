@@ -6,9 +6,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { parse } from 'yaml';
 import { BpfMap } from '../libbpf/index.ts';
 import { mapPin } from '../bpf/pins.ts';
+import { outsideMessage, readZtunnelCgroupReport, ztunnelCgroupFile } from '../agent/ztunnel-cgroup.ts';
 
 export interface NodeCheck {
-  readonly group: 'sysctl' | 'capacity';
+  readonly group: 'sysctl' | 'capacity' | 'ztunnel';
   readonly name: string;
   readonly ok: boolean;
   readonly detail: string;
@@ -181,5 +182,47 @@ export function capacityCheck(o: CapacityOptions): NodeCheck {
       : `the node may run ${node.maxPods} pods (${node.from}) but the maps hold only ${fits} (${sizes}): pods beyond that are ` +
         'not captured (reported, never silently). Run the loader with --max-pods >= ' +
         `${node.maxPods} (after uninstall: a pinned map keeps its size)`,
+  };
+}
+
+/**
+ * inpod: ztunnel's own sockets must pass through the cgroup programs, so ztunnel must run inside the
+ * loader's --cgroup (as a pod under kubepods does). Doctor cannot see ZDS; it reads what the running
+ * loader found when each ztunnel connected (src/agent/ztunnel-cgroup.ts), beside its state file.
+ */
+export function ztunnelCgroupCheck(stateFile: string): NodeCheck {
+  const name = 'inside --cgroup';
+  const report = readZtunnelCgroupReport(stateFile);
+  const need =
+    "inpod: ztunnel must run inside the cgroup ambpf's programs are attached to (`ambpf run --cgroup`, " +
+    'kubepods by default), as a ztunnel pod does';
+  if (!report || report.ztunnels.length === 0) {
+    return {
+      group: 'ztunnel',
+      name,
+      ok: true,
+      advisory: true,
+      detail:
+        `${need}; no connected ztunnel recorded in ${ztunnelCgroupFile(stateFile)} ` +
+        '(the loader checks each one as it connects over ZDS)',
+    };
+  }
+  const outside = report.ztunnels.filter((c) => c.placement === 'outside');
+  if (outside.length > 0) {
+    return {
+      group: 'ztunnel',
+      name,
+      ok: false,
+      advisory: true,
+      detail: outside.map((c) => outsideMessage(report.attach, c)).join('; '),
+    };
+  }
+  const pids = report.ztunnels.map((c) => `${c.pid} (${c.placement === 'inside' ? c.cgroup : 'cgroup not readable'})`);
+  return {
+    group: 'ztunnel',
+    name,
+    ok: true,
+    advisory: true,
+    detail: `ztunnel pid ${pids.join(', ')}: checked against ${report.attach} at ${report.updatedAt}`,
   };
 }

@@ -3,14 +3,16 @@
 import { probeProgType, probeMapType, probeHelperByLoad } from '../libbpf/index.ts';
 import { PROG_FEATURES, MAP_FEATURES, HELPER_FEATURES, TCX_SINCE, BTF_SINCE } from './features.ts';
 import { findPrebuilt } from '../bpf/build.ts';
+import { kernelMemoryLocked } from '../bpf/lockdown.ts';
 import { kernelRelease, hasKernelBtf, mountsOf, clangVersion, versionAtLeast, VMLINUX_BTF } from './system.ts';
+import { DEFAULT_STATE_FILE } from '../status/state-file.ts';
 import { probeTcx, type TcxProbe } from './tcx.ts';
 import { probeSkMsgLink, type SkMsgLinkProbe } from './skmsg.ts';
 import { kernelChoices, MIN_KERNEL, type KernelChoice } from './choices.ts';
-import { capacityCheck, sysctlChecks, type CapacityOptions } from './node.ts';
+import { capacityCheck, sysctlChecks, ztunnelCgroupCheck, type CapacityOptions } from './node.ts';
 
 export interface Check {
-  group: 'system' | 'program' | 'map' | 'helper' | 'link' | 'tool' | 'sysctl' | 'capacity';
+  group: 'system' | 'program' | 'map' | 'helper' | 'link' | 'tool' | 'sysctl' | 'capacity' | 'ztunnel';
   name: string;
   ok: boolean;
   detail: string;
@@ -59,7 +61,12 @@ function guarded(
   }
 }
 
-export function runDoctor(node: CapacityOptions = { bpffs: '/sys/fs/bpf/ambpf' }): DoctorReport {
+export interface DoctorOptions extends CapacityOptions {
+  /** The loader's state file: what it found about ztunnel's cgroup lies beside it. */
+  readonly stateFile?: string;
+}
+
+export function runDoctor(node: DoctorOptions = { bpffs: '/sys/fs/bpf/ambpf' }): DoctorReport {
   const kernel = kernelRelease();
   const checks: Check[] = [];
   checks.push({
@@ -128,12 +135,12 @@ export function runDoctor(node: CapacityOptions = { bpffs: '/sys/fs/bpf/ambpf' }
         ? `not installed; prebuilt objects for these sources in ${prebuilt}`
         : 'not found and no prebuilt objects for these sources: apt-get install clang, or run `ambpf build` where clang exists'),
   });
-  checks.push(...sysctlChecks(), capacityCheck(node));
+  checks.push(...sysctlChecks(), capacityCheck(node), ztunnelCgroupCheck(node.stateFile ?? DEFAULT_STATE_FILE));
   return {
     kernel,
     ok: checks.every((c) => c.ok || c.advisory),
     checks,
-    choices: kernelChoices(kernel, tcx, skMsgLink),
+    choices: kernelChoices(kernel, tcx, skMsgLink, kernelMemoryLocked()),
   };
 }
 

@@ -10,10 +10,12 @@ export interface Mount {
   options: string;
 }
 
+/** Octal escapes of /proc/mounts and mountinfo (\040 for a space) decoded. */
+const unescape = (s: string): string =>
+  s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+
 /** /proc/mounts parsed (octal escapes such as \040 for spaces decoded). */
 export function readMounts(text = readFileSync('/proc/mounts', 'utf8')): Mount[] {
-  const unescape = (s: string): string =>
-    s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   return text
     .split('\n')
     .map((l) => l.split(' '))
@@ -24,6 +26,30 @@ export function readMounts(text = readFileSync('/proc/mounts', 'utf8')): Mount[]
       fstype: fstype!,
       options: options!,
     }));
+}
+
+export interface MountInfo extends Mount {
+  /** What of the filesystem is mounted (mountinfo field 4). For cgroup2: that cgroup's path relative
+   * to the reader's cgroup namespace, `/..`-style when it lies above it. */
+  root: string;
+}
+
+/** /proc/self/mountinfo parsed: like readMounts, plus each mount's root. */
+export function readMountInfo(text = readFileSync('/proc/self/mountinfo', 'utf8')): MountInfo[] {
+  return text.split('\n').flatMap((l) => {
+    const f = l.split(' ');
+    const sep = f.indexOf('-', 6);
+    if (f.length < 5 || sep < 0 || f.length < sep + 3) return [];
+    return [
+      {
+        source: unescape(f[sep + 2]!),
+        target: unescape(f[4]!),
+        fstype: f[sep + 1]!,
+        options: f[5] ?? '',
+        root: unescape(f[3]!),
+      },
+    ];
+  });
 }
 
 /** Mount points of a filesystem type, in mount order. */

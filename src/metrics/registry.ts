@@ -7,6 +7,7 @@ import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import { STAT_NAMES } from '../bpf/schema.ts';
 import type { ReconcileStats } from '../reconcile/reconciler.ts';
 import { MAP_SPECS, MapMonitor, type MapHealth } from './map-health.ts';
+import type { CgroupPlacement } from '../node/cgroup.ts';
 
 // prom-client's four modules ambpf uses, not its index: the index also loads the Pushgateway (https,
 // tls, zlib), the cluster aggregator, histograms and summaries, 0.7 MiB of the long-lived loader's
@@ -28,7 +29,11 @@ export interface MetricsSources {
    * reads its last figures, never walks a map. Absent: one is refreshed per scrape over `maps` (tests).
    */
   readonly mapMonitor?: MapMonitor;
+  /** inpod with ZDS: each connected ztunnel's cgroup against the attach cgroup (src/agent/ztunnel-cgroup.ts). */
+  readonly ztunnelCgroups?: () => ReadonlyArray<{ readonly placement: CgroupPlacement }>;
 }
+
+const PLACEMENTS: readonly CgroupPlacement[] = ['inside', 'outside', 'unknown'];
 
 export function createMetricsRegistry(src: MetricsSources): Registry {
   const registry = new Registry();
@@ -150,5 +155,21 @@ export function createMetricsRegistry(src: MetricsSources): Registry {
       this.set(at === undefined ? -1 : (Date.now() - at) / 1000);
     },
   });
+  if (src.ztunnelCgroups) {
+    const checks = src.ztunnelCgroups;
+    // Not a /healthz problem: restarting the loader cannot move ztunnel. An alert on outside > 0 can.
+    new Gauge({
+      name: 'ambpf_ztunnel_processes',
+      help:
+        "ztunnel processes connected over ZDS, by whether their cgroup is inside the one ambpf's programs are " +
+        'attached to (outside: its spoofed inbound legs fail and its DNS answers are not fixed; see the log).',
+      labelNames: ['cgroup'],
+      registers: [registry],
+      collect() {
+        const now = checks();
+        for (const p of PLACEMENTS) this.set({ cgroup: p }, now.filter((c) => c.placement === p).length);
+      },
+    });
+  }
   return registry;
 }

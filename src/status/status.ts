@@ -8,6 +8,7 @@ import type { AttachedRow } from './links.ts';
 import type { BpfMap } from '../libbpf/index.ts';
 import { readMapHealth } from '../metrics/map-health.ts';
 import { renderTable } from './table.ts';
+import { outsideMessage, readZtunnelCgroupReport, type ZtunnelCgroupReport } from '../agent/ztunnel-cgroup.ts';
 
 export { PRESSURE_AT } from '../metrics/map-health.ts';
 
@@ -38,6 +39,8 @@ export interface StatusReport {
   readonly maps: readonly MapFill[];
   /** null: the ztunnel slot is empty (nothing is redirected). */
   readonly ztunnel: ZtunnelStatus | null;
+  /** inpod with ZDS: the connected ztunnels' cgroups as the loader last checked them; null: no report. */
+  readonly ztunnelCgroup: ZtunnelCgroupReport | null;
   /** Non-zero counters of ambpf_stats, by program (connect4, sockops, tc, ...), as decimal strings. */
   readonly counters: Record<string, Record<string, string>>;
   readonly reconcile: {
@@ -63,6 +66,8 @@ export interface StatusInput {
   readonly now?: number;
   /** The topology's own maps (inpod), opened from their pins, for the fill table. */
   readonly extraMaps?: Readonly<Record<string, BpfMap>>;
+  /** The loader's ztunnel cgroup report; default: read beside the state file. */
+  readonly ztunnelCgroup?: ZtunnelCgroupReport | null;
 }
 
 /** Every map of MAP_SPECS present: the shared ones in `maps`, the topology's own in `extra`. */
@@ -113,6 +118,7 @@ export function collectStatus(i: StatusInput): StatusReport {
     links: i.links,
     maps: mapFill(i.maps, i.extraMaps),
     ztunnel: ztunnelStatus(i.maps),
+    ztunnelCgroup: i.ztunnelCgroup !== undefined ? i.ztunnelCgroup : readZtunnelCgroupReport(i.stateFile),
     counters: groupCounters(i.maps.stats()),
     reconcile: {
       stateFile: i.stateFile,
@@ -133,6 +139,18 @@ function missingPods(maps: DatapathMaps, st: StateFile | null): string[] {
   return st.pods
     .filter((p) => p.ips.length > 0 && !p.ips.some((ip) => inMap.has(ip)))
     .map((p) => `${p.namespace}/${p.name}`);
+}
+
+/** One line per ztunnel connected over ZDS; a PROBLEM with the fix for one outside the attach cgroup. */
+export function renderZtunnelCgroup(z: ZtunnelCgroupReport | null): string[] {
+  if (!z || z.ztunnels.length === 0) return [];
+  return z.ztunnels.map((c) =>
+    c.placement === 'outside'
+      ? `  PROBLEM: ${outsideMessage(z.attach, c)}`
+      : c.placement === 'inside'
+        ? `  ztunnel pid ${c.pid} (ZDS): cgroup ${c.cgroup}, inside ${z.attach}`
+        : `  ztunnel pid ${c.pid} (ZDS): cgroup not readable, not checked against ${z.attach}`,
+  );
 }
 
 const pct = (f: number): string => `${(f * 100).toFixed(f > 0 && f < 0.001 ? 2 : 1)}%`;
@@ -175,6 +193,7 @@ export function renderStatus(r: StatusReport): string {
       ? `ztunnel: ${z.ip}${z.ip6 ? ` ${z.ip6}` : ''} ${z.ready ? 'READY' : 'NOT READY (nothing is redirected)'}, ports out ${z.ports.outbound} in ${z.ports.inbound} hbone ${z.ports.hbone} dns ${z.ports.dns}, mark ${z.mark}, host ifindex ${z.hostIfindex}`
       : 'ztunnel: unknown (nothing is redirected until the loader finds ztunnel)',
   );
+  out.push(...renderZtunnelCgroup(r.ztunnelCgroup));
   out.push('');
   const progs = Object.keys(r.counters);
   if (progs.length === 0) out.push('Counters: all zero.');

@@ -274,7 +274,7 @@ export const INPOD_CONFIG = s.defaultConfig({ flags: s.CFG_INPOD });
 export async function openInpod(
   t: Test,
   env: Env,
-  o: Pick<InpodDatapathOptions, 'mapSizes'> = {},
+  o: Pick<InpodDatapathOptions, 'mapSizes' | 'lockdownPath'> = {},
 ): Promise<InpodDatapath> {
   const { z } = env.pods;
   const dp = await openInpodDatapath({ bpffs: env.bpffs, cgroup: env.cgroup, ...o });

@@ -20,16 +20,25 @@ export const command: Command = {
     'topology, net.ipv4.ip_default_ttl=64 for inpod probe detection, the BPF JIT, tcp_migrate_req), each',
     "with the value to set, and whether the node's pod capacity (kubelet's maxPods from its config file,",
     'or --node-max-pods) fits the per-pod maps (their pinned size under --bpffs, else --max-pods or the',
-    'default). These are warnings (WARN): they do not change the exit status.',
+    'default), and (inpod) whether each ztunnel the running loader saw connect runs inside its --cgroup.',
+    'These are warnings (WARN): they do not change the exit status.',
     '',
     '  -j, --json            machine-readable report',
     "  --bpffs DIR           the loader's pin directory (default /sys/fs/bpf/ambpf)",
     "  --kubelet-config F    kubelet's config file (default /var/lib/kubelet/config.yaml)",
     "  --node-max-pods N     the node's pod capacity, when the kubelet config is not readable here",
     "  --max-pods N          the loader's --max-pods, for maps not created yet",
+    "  --state-file F        the loader's state file (default /run/ambpf/state.json)",
   ].join('\n'),
   async run(argv) {
-    const o: { json: boolean; bpffs: string; kubeletConfig?: string; nodeMaxPods?: number; maxPods?: number } = {
+    const o: {
+      json: boolean;
+      bpffs: string;
+      kubeletConfig?: string;
+      nodeMaxPods?: number;
+      maxPods?: number;
+      stateFile?: string;
+    } = {
       json: false,
       bpffs: '/sys/fs/bpf/ambpf',
     };
@@ -50,6 +59,7 @@ export const command: Command = {
       else if (flag === '--kubelet-config') o.kubeletConfig = value();
       else if (flag === '--node-max-pods') o.nodeMaxPods = positive(flag, value());
       else if (flag === '--max-pods') o.maxPods = positive(flag, value());
+      else if (flag === '--state-file') o.stateFile = value();
       else throw new UsageError(`unknown argument ${a} for ambpf doctor; see ambpf doctor --help`);
     }
     // Loaded here so `ambpf --help` never pays for koffi.
@@ -59,6 +69,7 @@ export const command: Command = {
       kubeletConfig: o.kubeletConfig,
       nodeMaxPods: o.nodeMaxPods,
       maxPods: o.maxPods,
+      stateFile: o.stateFile,
     });
     process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : renderReport(report));
     return report.ok ? 0 : 1;

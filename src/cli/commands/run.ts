@@ -269,6 +269,7 @@ export const command: Command = {
     let cni: import('../../agent/cni.ts').CniServer | undefined;
     if (values.mode === 'inpod' && values['zds-socket'] !== 'none') {
       const { ZdsHandoff } = await import('../../agent/handoff.ts');
+      const { ztunnelCgroupFile } = await import('../../agent/ztunnel-cgroup.ts');
       handoff = await ZdsHandoff.start({
         socketPath: values['zds-socket'],
         log: logger('zds'),
@@ -279,6 +280,7 @@ export const command: Command = {
         },
         onPeer: () => resync?.rescanNow(),
         onPeerGone: () => resync?.now(),
+        cgroup: { attach: cgroup, file: ztunnelCgroupFile(values['state-file']) },
       });
       log.info({ socket: values['zds-socket'] }, 'serving ZDS: waiting for ztunnel to connect');
     }
@@ -340,6 +342,7 @@ export const command: Command = {
       reconcile: () => reconciler.stats,
       watch: watchCounters,
       mapMonitor,
+      ztunnelCgroups: handoff ? () => handoff.ztunnelCgroups() : undefined,
     });
     const { healthProblems } = await import('../../server/health.ts');
     const { linkPin, mapPin } = await import('../../bpf/pins.ts');

@@ -12,7 +12,8 @@ What ambpf has in the kernel under DIR, and whether it works:
     from 80%, and the inserts the programs could not make (docs/maps.md: what a full map does);
     pods the loader wants that ambpf_pods lacks are listed as NOT CAPTURED;
   - ztunnel: the address and ports in ambpf_ztunnel and whether it is READY (nothing is redirected
-    until it is);
+    until it is); inpod: each ztunnel connected over ZDS, with a PROBLEM line when it runs outside the
+    cgroup the programs are attached to (its spoofed legs and DNS answers then fail);
   - counters: the non-zero counters of ambpf_stats, summed over CPUs, grouped by program;
   - last reconcile: when the loader last wrote its state file, and the objects it could not apply.
 

@@ -68,6 +68,8 @@ export const command: Command = {
     routes.push(...undone.routes);
     const stateFile = existsSync(values['state-file']) ? values['state-file'] : null;
     if (stateFile) rmSync(stateFile, { force: true });
+    // What the loader found about ztunnel's cgroup, named after the state file.
+    rmSync((await import('../../agent/ztunnel-cgroup.ts')).ztunnelCgroupFile(values['state-file']), { force: true });
     const out = {
       bpffs,
       ...report,
