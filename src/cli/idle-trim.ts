@@ -1,5 +1,5 @@
-// When the long-lived loader gives back what a burst of work left resident (src/libbpf/memory.ts): once
-// it has been quiet for a while after some work (startup and the first passes, a ZDS snapshot to a
+// When the long-lived loader gives back what a burst of work left resident (src/libbpf/memory.ts): as
+// soon as startup is over, then once it has been quiet for a while after some work (a ZDS snapshot to a
 // ztunnel that connected, a churn of pods, the safety net), never while it works and never twice for
 // the same burst. Quiet means no reconcile pass: ZDS acks, source events and the safety net all end in
 // passes, while the idle resync ticks (a few map lookups) do not, so an idle node trims only after its
@@ -32,8 +32,8 @@ export class IdleTrim {
   #timer: { cancel(): void } | undefined;
   #seen: number | undefined;
   #changedAt = 0;
-  /** Whether work happened since the last trim (the start counts as work: startup is the biggest burst). */
-  #dirty = true;
+  /** Whether work happened since the last trim. */
+  #dirty = false;
   trims = 0;
 
   constructor(o: IdleTrimOptions) {
@@ -42,9 +42,15 @@ export class IdleTrim {
     this.#now = o.now ?? Date.now;
   }
 
-  /** Starts checking every half quiet period. Idempotent. */
+  /**
+   * Call once startup is over (the first full pass done): trims at once, as startup is the biggest
+   * burst (loading the modules, libbpf and the verifier, the first pass), then checks every half quiet
+   * period. Idempotent.
+   */
   start(): void {
     if (this.#timer) return;
+    this.trims++;
+    this.#o.trim();
     this.#seen = this.#o.activity();
     this.#changedAt = this.#now();
     this.#timer = (this.#o.every ?? intervalTimer)(() => this.check(), Math.max(100, this.#quietMs / 2));

@@ -75,9 +75,10 @@ Options:
                        (default 180000)
   --watch-backoff-max-ms N
                        cap of the exponential backoff between watch restarts (default 30000)
-  --no-idle-trim       keep what a burst of work left resident. Default: 5 s after the last pass of a
-                       burst, give back glibc's free heap pages and unmap the node binary's clean
-                       pages (they fault back from the page cache when used): ~30 MiB less RSS
+  --no-idle-trim       keep what a burst of work left resident. Default: once startup is over, and 5 s
+                       after the last pass of each later burst, give back glibc's free heap pages and
+                       unmap the node binary's clean pages (they fault back from the page cache when
+                       used): ~30 MiB less RSS
 `;
 
 function defaultCgroup(): string {
