@@ -46,6 +46,7 @@ int inpod_checks(const struct func_ctx *c)
 		       "ambpf_inpod_lookup is not attached (see its load/attach row)");
 		failures += 2;
 	}
+	failures += inpod_leg_checks(c, in);
 	failures += inpod_dns_checks(c);
 	failures += inpod6_checks(c);
 out:
