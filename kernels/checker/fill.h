@@ -21,8 +21,9 @@
 					 * the pod's connects to <pod IP>:15001 */
 /* inpod: the client of ztunnel's spoofed inbound leg (assigned nowhere: ztunnel binds it with
  * IP_TRANSPARENT) and the app's port in the pod (leg.c). */
-#define FILL_LEG_CLIENT_IP "198.18.6.6"
-#define FILL_APP_PORT	   8181
+#define FILL_LEG_CLIENT_IP  "198.18.6.6"
+#define FILL_LEG_CLIENT_IP6 "fd00:a3bf:6::6"
+#define FILL_APP_PORT	    8181
 
 /* inpod over IPv6 (check.sh puts them on akc0 and lo): the pod's IPv6 address, another local
  * address to connect from, an original destination assigned nowhere. */

@@ -149,6 +149,7 @@ int inpod6_checks(const struct func_ctx *c)
 	}
 	failures += check_out6(c, out);
 	failures += check_orig_after_close6(c, out);
+	failures += inpod_leg_checks(c, in, AF_INET6);
 	if (c->has_sk_lookup) {
 		failures += check_sk_lookup6(c, CHECK_IN6, 80, in, false);
 	} else {
