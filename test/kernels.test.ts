@@ -38,6 +38,14 @@ const REQUIRED_CHECKS = [
   'inpod/TCP to port 53 lands on 15053, getpeername gives the original',
   'inpod/connect6 native IPv6: lands on [pod IPv6]:15001, getpeername and IP6T_SO_ORIGINAL_DST give the original',
   'inpod/sk_lookup assigns IPv6 to the 15006 listener',
+  // The inpod datapath's once-per-connection paths (bpf/ambpf_inpod.bpf.c): ztunnel's spoofed inbound
+  // leg (connect4/6 + sk_lookup), its DNS answers from a slot address (sendmsg4), an early close (sock_release).
+  "inpod/connect4 adds 0x1000 to the SO_MARK of ztunnel's spoofed leg",
+  "inpod/ztunnel's spoofed leg reaches the app (not 15006), the app's socket has mark 0x1000",
+  "inpod/connect6 adds 0x1000 to the SO_MARK of ztunnel's spoofed IPv6 leg",
+  "inpod/ztunnel's spoofed IPv6 leg reaches the app (not 15006), the app's socket has mark 0x1000",
+  'inpod/two servers at once on one UDP socket: each answer shows its own server',
+  'inpod/IP6T_SO_ORIGINAL_DST after the native IPv6 client closed',
 ];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {

@@ -19,6 +19,12 @@
 #define FILL_INPOD_OUT_IP \
 	"0.0.0.0" /* inpod: ztunnel's 15001, wildcard as ztunnel's [::]: connect4 sends
 					 * the pod's connects to <pod IP>:15001 */
+/* inpod: the client of ztunnel's spoofed inbound leg (assigned nowhere: ztunnel binds it with
+ * IP_TRANSPARENT) and the app's port in the pod (leg.c). */
+#define FILL_LEG_CLIENT_IP  "198.18.6.6"
+#define FILL_LEG_CLIENT_IP6 "fd00:a3bf:6::6"
+#define FILL_APP_PORT	    8181
+
 /* inpod over IPv6 (check.sh puts them on akc0 and lo): the pod's IPv6 address, another local
  * address to connect from, an original destination assigned nowhere. */
 #define FILL_POD_IP6	  "fd00:a3bf:1:1::1"

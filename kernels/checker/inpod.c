@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include "ambpf.h"
 #include "dns.h"
@@ -46,6 +47,7 @@ int inpod_checks(const struct func_ctx *c)
 		       "ambpf_inpod_lookup is not attached (see its load/attach row)");
 		failures += 2;
 	}
+	failures += inpod_leg_checks(c, in, AF_INET);
 	failures += inpod_dns_checks(c);
 	failures += inpod6_checks(c);
 out:

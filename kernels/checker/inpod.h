@@ -14,4 +14,8 @@ int inpod_checks(const struct func_ctx *c);
  * of IPv6 inbound; returns failures. */
 int inpod6_checks(const struct func_ctx *c);
 
+/* ztunnel's spoofed inbound leg of `family` (leg.c): marked 0x1000 at connect4/6, let through to the
+ * app's listener by sk_lookup, not to ztunnel's 15006 `inbound_fd`; returns failures. */
+int inpod_leg_checks(const struct func_ctx *c, int inbound_fd, int family);
+
 #endif /* AMBPF_CHECKER_INPOD_H */

@@ -32,6 +32,14 @@ ip -6 neigh add fd00:a3bf:1:1::2 lladdr "$(ip -br link show akc1 | awk '{print $
 { echo 1 > /proc/sys/net/ipv4/ip_forward && echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter &&
   echo 0 > /proc/sys/net/ipv4/conf/akc0/rp_filter && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding; } \
   || setup_failed "cannot enable forwarding"
+# The return path of ztunnel's spoofed inbound legs, as the loader sets it in a pod's netns
+# (src/bpf/return-path.ts; leg.c): the app's socket takes the SYN's 0x1000 mark and its replies to the
+# client's address go back over lo. Only sockets the inpod programs marked 0x1000 are affected.
+{ echo 1 > /proc/sys/net/ipv4/tcp_fwmark_accept &&
+  ip rule add fwmark 0x1000/0x1000 pref 32763 lookup 41919 &&
+  ip route add local 0.0.0.0/0 dev lo table 41919 &&
+  ip -6 rule add fwmark 0x1000/0x1000 pref 32763 lookup 41919 &&
+  ip -6 route add local ::/0 dev lo table 41919; } || setup_failed "cannot add the spoofed legs' return path"
 mkdir "$cg" || { echo "RESULT	-	-	setup	fail	cannot create cgroup $cg"; exit 1; }
 "$checker" --cgroup "$cg" --iface akc0 "$@"
 rc=$?
