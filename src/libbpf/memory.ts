@@ -11,7 +11,7 @@
 //    written by the dynamic linker before they were made read-only, have Anonymous > 0 and stay).
 // What this does not change: the page cache itself (the binary's pages stay cached and charged to
 // whichever cgroup read them first); it makes RSS say what the process uses, not what it once ran.
-import { readFileSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { libcRaw, lastErrno } from './ffi.ts';
 
 const MADV_DONTNEED = 4;
@@ -62,11 +62,17 @@ export function cleanFileMappings(smaps: string): CleanFileMapping[] {
   return out;
 }
 
-/** Returns glibc's free heap pages and drops the clean file-backed pages of every mapping (see top). */
+/**
+ * Returns glibc's free heap pages and drops the clean pages of the node binary's own mappings (see
+ * top). Only the binary's: it stays mapped at the same addresses for the life of the process, so the
+ * range read from smaps cannot have become something else (a library unloaded and its range reused for
+ * anonymous memory, which MADV_DONTNEED would zero) by the time madvise runs.
+ */
 export function releaseUnusedMemory(): MemoryRelease {
   const rssBeforeKiB = vmRssKiB();
   libcRaw.malloc_trim(0);
-  const mappings = cleanFileMappings(readFileSync('/proc/self/smaps', 'utf8'));
+  const binary = realpathSync(process.execPath);
+  const mappings = cleanFileMappings(readFileSync('/proc/self/smaps', 'utf8')).filter((m) => m.path === binary);
   let failed = 0;
   let errno: number | undefined;
   for (const m of mappings) {
