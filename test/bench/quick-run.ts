@@ -183,7 +183,10 @@ export async function quickRun(
         md,
         /11 pods on the node \(10 mesh \+ ztunnel\), ZDS: loader start -> all captured and acked \| [\d,.]+ ms/,
       );
-      t.match(md, /loader RSS \/ idle CPU \(2 s, nothing changing\) \| [\d,.]+ MiB \/ [\d.]+ % of a core/);
+      t.match(
+        md,
+        /loader RSS at capture \/ after 2 s idle; idle CPU \(nothing changing\) \| [\d,.]+ MiB \/ [\d,.]+ MiB; [\d.]+ % of a core/,
+      );
       t.match(md, /captured and acked by the stand-in over ZDS \(4 changes\) \| p50 [\d,.]+ ms, p99/);
     }
     t.match(md, /placement of processes: /, 'where client, server and loader ran');
