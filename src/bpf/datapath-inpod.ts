@@ -21,7 +21,7 @@ import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
 import { ledgerPath } from './sysctl.ts';
 import { kernelMemoryLocked } from './lockdown.ts';
 import { setOrigSrcReturnPath } from './return-path.ts';
-import { inpodLinkName, inpodTcLinkName, inpodLoLinkName, linkNames, linkPin, parseLinkName } from './pins.ts';
+import { inpodLinkName, inpodTcLinkName, linkNames, linkPin, parseLinkName } from './pins.ts';
 import * as s from './schema.ts';
 
 const log = logger('datapath-inpod');
@@ -57,7 +57,7 @@ const M = {
 
 /**
  * Links an older ambpf pinned that this one no longer makes, removed when found: the cgroup sockops
- * hook (kernels without tcx) and, per pod, tcx egress on lo (inpodLoLinkName). Their jobs moved to
+ * hook (kernels without tcx) and, per pod, tcx egress on lo (pins.ts inpodLoLinkName), all at open(). Their jobs moved to
  * connect4/6 (ztunnel's spoofed legs), sendmsg4/6 (DNS answers) and sock_release (a client's early
  * close), which run once per connection or socket instead of once per packet on lo.
  */
@@ -331,7 +331,6 @@ export class InpodDatapath {
       }
     }
     removePinnedLink(this.#tcPin(netnsCookie));
-    removePinnedLink(this.#loPin(netnsCookie));
     return removePinnedLink(this.#podPin(netnsCookie));
   }
 
@@ -364,10 +363,6 @@ export class InpodDatapath {
 
   #tcPin(cookie: bigint): string {
     return linkPin(this.bpffs, inpodTcLinkName(cookie));
-  }
-
-  #loPin(cookie: bigint): string {
-    return linkPin(this.bpffs, inpodLoLinkName(cookie));
   }
 
   /** Release fds; pins stay and keep working. */

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { linkPin } from '../../src/bpf/pins.ts';
 import { netnsCookie } from '../../src/libbpf/index.ts';
 import { openDatapath } from '../../src/bpf/datapath.ts';
+import type { InpodDatapath } from '../../src/bpf/datapath-inpod.ts';
 import type { TestbedProcess } from '../../src/testbed/exec.ts';
 import * as s from '../../src/bpf/schema.ts';
 import { captureInpod, jsonLines, makeEnv, openInpod, waitUntil, type Env, type Addr, type Hello } from './env.ts';
@@ -33,6 +34,14 @@ async function fire(env: Env, ip: string, port: number): Promise<number> {
 }
 
 const DELAY_S = '1.5';
+
+/** A "ztunnel" in pod a that accepts DELAY_S late and logs its hellos; pod a captured to it. */
+async function slowZtunnel(env: Env, dp: InpodDatapath): Promise<ReturnType<typeof helloLog>> {
+  const zt = await env.server('a', ['15001,15006,15008', '--v6', '--accept-delay', DELAY_S, '--log']);
+  const log = helloLog(zt);
+  captureInpod(env, dp, 'a', zt);
+  return log;
+}
 
 t.test(
   'node: the original dst outlives a client that closed before ztunnel accepted',
@@ -76,9 +85,7 @@ t.test(
     const env = await makeEnv(t);
     const { c } = env.pods;
     const dp = await openInpod(t, env);
-    const zt = await env.server('a', ['15001,15006,15008', '--v6', '--accept-delay', DELAY_S, '--log']);
-    const log = helloLog(zt);
-    captureInpod(env, dp, 'a', zt);
+    const log = await slowZtunnel(env, dp);
     const pairCount = (): number => {
       let n = 0;
       for (let k = dp.inpodMaps.closed.nextKey(null); k; k = dp.inpodMaps.closed.nextKey(k)) n++;
@@ -119,9 +126,7 @@ t.test(
     const dp = await openInpod(t, env, { lockdownPath });
     t.notOk('release' in dp.links, 'ambpf_inpod_release not attached');
     t.notOk(existsSync(linkPin(env.bpffs, 'release')), 'and not pinned');
-    const zt = await env.server('a', ['15001,15006,15008', '--v6', '--accept-delay', DELAY_S, '--log']);
-    const log = helloLog(zt);
-    captureInpod(env, dp, 'a', zt);
+    const log = await slowZtunnel(env, dp);
     const hello = await log.waitFor(await fire(env, c.ip, 80), 10_000);
     t.equal(hello.port, 15001, 'still redirected to ztunnel');
     // ENOENT, as for a connection conntrack never saw: ztunnel drops it.
