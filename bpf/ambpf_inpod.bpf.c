@@ -5,7 +5,10 @@
  * ours runs in the node's netns (no program, route or rule there), so it cannot clash with the CNI.
  *
  *   connect4/6       (pods' cgroup subtree) an ambient pod's TCP connect() goes to ztunnel's 15001 in
- *                    the pod's own netns, at the pod's own address of the destination's family (its
+ *                    the pod's own netns. Where the pod's route and ztunnel's IP_TRANSPARENT 15001
+ *                    allow (AMBPF_POD_LOCAL_ROUTE, 5.17+), it keeps its destination and is delivered
+ *                    on lo, TPROXY-style, to sk_lookup (inpod_keep_dst): nothing recorded. Otherwise
+ *                    it is rewritten to 15001 at the pod's own address of the destination's family (its
  *                    IPv4 address, v4-mapped on a dual-stack socket; its IPv6 address for native
  *                    IPv6), so ztunnel sees the pod's address as source as with Istio's REDIRECT;
  *                    127.0.0.1 / ::1 when the pod has no address of that family. The original dst
@@ -24,7 +27,8 @@
  *                    (docs/kernel-facts.md), and this loads on 5.10.
  *   sock_release     a redirected client that closes before ztunnel's accept() took its original
  *                    leaves it in ambpf_inpod_closed for getsockopt.
- *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a new inbound TCP
+ *   sk_lookup        attached to each mesh pod's netns (one pinned link per pod): a kept outbound
+ *                    connection's SYN (arrived on lo) goes to ztunnel's 15001; a new inbound TCP
  *                    connection (IPv4 or IPv6) to one of the pod's IPs is handed to ztunnel's listener
  *                    in that netns, 15008
  *                    for dport 15008 (HBONE), 15006 otherwise. The destination is already local, so no
@@ -62,6 +66,7 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "include/ambpf.h"
 #include "include/ambpf_maps.h"
 #include "include/ambpf_lib.h"
@@ -91,11 +96,11 @@ struct {
 	__type(value, struct ambpf_orig);
 } ambpf_inpod_closed SEC(".maps");
 
-/* {pod IP, slot} -> ztunnel's 15006/15008 listener inside that pod's netns. Filled by the loader;
+/* {pod IP, slot} -> ztunnel's 15001/15006/15008 listener inside that pod's netns. Filled by the loader;
  * an entry leaves by itself when the listener closes (ztunnel restarted). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 65536); /* 4 per pod (15006, 15008, twice in a rolling upgrade) x 16384 pods */
+	__uint(max_entries, 98304); /* 6 per pod IP (15001, 15006, 15008, twice in a rolling upgrade) x 16384 */
 	__type(key, struct ambpf_inpod_lkey);
 	__type(value, __u64);
 } ambpf_inpod_listen SEC(".maps");
@@ -314,8 +319,65 @@ static __always_inline int inpod_save(struct bpf_sock_addr *ctx, const __u32 dst
 	return 0;
 }
 
+/*
+ * The cut of per-connection state (issue 20): a redirected connection keeps its destination. Its socket
+ * is bound to the pod's own address (as Istio's REDIRECT leaves the source) and gets
+ * AMBPF_MARK_ORIG_SRC, which the pod's `ip rule fwmark 0x1000/0x1000 lookup 41919` (`local default dev
+ * lo`, the return path's table) delivers over lo inside the pod; sk_lookup sees the SYN arrive on lo
+ * and hands it to ztunnel's 15001 (inpod_steer_outbound). ztunnel's accepted socket then has the
+ * original destination as its local address, as with TPROXY: its listener is IP_TRANSPARENT, so it
+ * answers from that address, and getsockopt answers SO_ORIGINAL_DST from it (ztunnel would fall back to
+ * it anyway: src/socket.rs orig_dst_addr_or_default). Nothing is recorded, handed over or cleaned up.
+ *
+ * Only where the loader set AMBPF_POD_LOCAL_ROUTE (the pod's rule and route are in place, recorded in
+ * the ledger, and sk_lookup has ingress_ifindex, 5.17+): without the rule the marked SYN would leave
+ * through eth0 for the destination itself. Not for a socket already bound to a port or to another
+ * address (its SYN would not carry the pod's address, by which sk_lookup finds the pod's ztunnel), nor
+ * for a family the pod has no address of. 1: kept and marked; 0: the caller records the original and
+ * rewrites the destination instead.
+ */
+static __always_inline int inpod_keep_dst(struct bpf_sock_addr *ctx, const struct ambpf_netns *ns, const __u32 dst[4])
+{
+	struct bpf_sock *sk = ctx->sk;
+	const __u32 *own = inpod_own_ip(ns, dst);
+	int v4 = ip_is_v4mapped(dst);
+	int mark;
+
+	if (!(ns->flags & AMBPF_POD_LOCAL_ROUTE) || ip_is_v4mapped(own) != v4 || ip_is_zero(own))
+		return 0;
+	if (CTX_READ(sk->src_port) != 0)
+		return 0;
+	if (CTX_READ(sk->family) == AF_INET) {
+		struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = own[3]};
+		__u32 bound = CTX_READ(sk->src_ip4);
+
+		if (bound != 0 && bound != own[3])
+			return 0;
+		/* Port 0: the kernel picks it at connect as for any client (BIND_FORCE_ADDRESS_NO_PORT). */
+		if (bound == 0 && bpf_bind(ctx, (struct sockaddr *)&sin, sizeof(sin)))
+			return 0;
+	} else {
+		struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
+		__u32 bound[4];
+
+		CTX_IP6(bound, sk->src_ip6);
+		if (!ip_is_zero(bound) && !ip_eq(bound, own))
+			return 0;
+		__builtin_memcpy(&sin6.sin6_addr, own, sizeof(sin6.sin6_addr));
+		if (ip_is_zero(bound) && bpf_bind(ctx, (struct sockaddr *)&sin6, sizeof(sin6)))
+			return 0;
+	}
+	mark = (int)(CTX_READ(sk->mark) | AMBPF_MARK_ORIG_SRC);
+	/* Bound but not marked: the record path still works from the pod's address. */
+	if (bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)))
+		return 0;
+	stat_inc(AMBPF_STAT_INPOD_KEPT_DST);
+	return 1;
+}
+
 /* connect4/6: the redirect decision and the saved original; 2 (DNS, to 15053) or 1 (to 15001) when
- * the caller rewrites the address, 0 when the connect goes where it asked, -1 when it is refused. */
+ * the caller rewrites the address, 3 when the destination stays (inpod_keep_dst), 0 when the connect
+ * goes where it asked, -1 when it is refused. */
 static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 dst[4], __u16 dport_be, __u16 family,
 					 struct ambpf_netns **ns)
 {
@@ -325,6 +387,8 @@ static __always_inline int inpod_capture(struct bpf_sock_addr *ctx, const __u32 
 
 	if (verdict <= 0)
 		return verdict;
+	if (verdict == 1 && inpod_keep_dst(ctx, *ns, dst))
+		return 3;
 	if (inpod_save(ctx, dst, dport_be, family, cookie)) {
 		/* No socket storage (memory): without the original ztunnel cannot forward the connection,
 		 * and sending it direct would leave the mesh. Refused (EPERM) unless --fail-open. */
@@ -693,6 +757,10 @@ int ambpf_inpod_connect4(struct bpf_sock_addr *ctx)
 		return SYS_REJECT;
 	if (verdict == 0 || !ns)
 		return SYS_PROCEED;
+	if (verdict == 3) {
+		stat_inc(AMBPF_STAT_CONNECT4_REDIRECTED);
+		return SYS_PROCEED;
+	}
 	if (verdict == 2) {
 		ctx->user_ip4 = INPOD_LOOPBACK4;
 		ctx->user_port = (__u32)INPOD_DNS_PROXY_BE;
@@ -731,6 +799,10 @@ int ambpf_inpod_connect6(struct bpf_sock_addr *ctx)
 		return SYS_REJECT;
 	if (verdict == 0 || !ns)
 		return SYS_PROCEED;
+	if (verdict == 3) {
+		stat_inc(AMBPF_STAT_CONNECT6_REDIRECTED);
+		return SYS_PROCEED;
+	}
 	if (verdict == 2) {
 		inpod_dns_proxy6(ctx, dst);
 		stat_inc(AMBPF_STAT_DNS_REDIRECTED);
@@ -864,6 +936,21 @@ int ambpf_inpod_getsopt(struct bpf_sockopt *ctx)
 	/* The usual case: accept() copied the client's original onto this socket (inpod_handover). */
 	if (st && st->role == AMBPF_INPOD_SK_ACCEPTED && st->orig.family != 0)
 		return sockopt_answer(ctx, &st->orig);
+	/* Accepted from ztunnel's tagged 15001 (storage cloned, no original) at an address that is not
+	 * 15001: a connection inpod_keep_dst kept, whose original is this socket's own address. */
+	if (st && st->role == AMBPF_INPOD_SK_APP && st->orig.family == 0 &&
+	    CTX_READ(ctx->sk->src_port) != AMBPF_PORT_OUTBOUND) {
+		struct ambpf_orig local = {};
+		__u32 ip[4];
+
+		if (CTX_READ(ctx->sk->family) == AF_INET)
+			ip_set_v4(ip, CTX_READ(ctx->sk->src_ip4));
+		else
+			CTX_IP6(ip, ctx->sk->src_ip6);
+		orig_set(&local, ip, bpf_htons((__u16)CTX_READ(ctx->sk->src_port)),
+			 ip_is_v4mapped(ip) ? AF_INET : AF_INET6);
+		return sockopt_answer(ctx, &local);
+	}
 	/* The client closed before that (ambpf_inpod_release). Taken once, onto this socket: a second
 	 * getsockopt answers from there, and the entry cannot answer a later connection on the tuple. */
 	sockopt_client_tuple(ctx->sk, &key.t);
@@ -1006,6 +1093,48 @@ int ambpf_inpod_release(struct bpf_sock *sk)
 }
 
 /*
+ * The SYN of a connection inpod_keep_dst kept: from the pod's own address to wherever the app asked,
+ * delivered on lo by the mark's route (nothing else reaches a pod's sockets on lo from a non-loopback
+ * source to a non-local address; ztunnel's legs and connects to the pod's own address arrive with the
+ * address's device, eth0: docs/kernel-facts.md). Handed to ztunnel's 15001 of the pod whose address is
+ * the source: lo never carries a packet out of its netns, so that is this netns's pod. Refused (RST)
+ * when ztunnel has no 15001 here: never to a listener of the app's that happens to hold the port.
+ * ingress_ifindex exists from 5.17 on; before, the loader never sets AMBPF_POD_LOCAL_ROUTE and the
+ * verifier drops this branch as dead code.
+ */
+static __always_inline int inpod_arrived_on_lo(struct bpf_sk_lookup *ctx)
+{
+	if (!bpf_core_field_exists(ctx->ingress_ifindex))
+		return 0;
+	return ctx->ingress_ifindex == 1; /* LOOPBACK_IFINDEX, in every netns */
+}
+
+static __always_inline int inpod_steer_outbound(struct bpf_sk_lookup *ctx, const struct ambpf_tuple *app)
+{
+	struct ambpf_inpod_lkey lkey = {.slot = AMBPF_LISTENER_OUTBOUND};
+	struct bpf_sock *sk;
+
+	__builtin_memcpy(lkey.pod_ip, app->remote_ip, sizeof(lkey.pod_ip));
+	sk = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
+	if (!sk) {
+		lkey.slot += AMBPF_LISTENER_SLOTS; /* a rolling upgrade's second ztunnel */
+		sk = bpf_map_lookup_elem(&ambpf_inpod_listen, &lkey);
+	}
+	if (!sk) {
+		stat_inc(AMBPF_STAT_SKLOOKUP_REFUSED);
+		return SK_DROP;
+	}
+	if (bpf_sk_assign(ctx, sk, 0)) {
+		bpf_sk_release(sk);
+		stat_inc(AMBPF_STAT_SKLOOKUP_ERROR);
+		return SK_DROP;
+	}
+	bpf_sk_release(sk);
+	stat_inc(AMBPF_STAT_SKLOOKUP_OUTBOUND);
+	return SK_PASS;
+}
+
+/*
  * Inbound over IPv4 and IPv6 alike: the pod's addresses are all in ambpf_pods and ztunnel's [::]
  * listeners are registered under each of them; an IPv6 connection is assigned to the same dual-stack
  * listener with its original destination as the accepted socket's local address.
@@ -1031,6 +1160,8 @@ int ambpf_inpod_lookup(struct bpf_sk_lookup *ctx)
 	cfg = config_get();
 	if (!cfg || !(cfg->flags & AMBPF_CFG_INPOD))
 		return SK_PASS;
+	if (inpod_arrived_on_lo(ctx))
+		return inpod_steer_outbound(ctx, &app);
 	if (ip_is_probe(app.remote_ip, cfg)) {
 		stat_inc(AMBPF_STAT_SKLOOKUP_PASS_PROBE);
 		return SK_PASS;

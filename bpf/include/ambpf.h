@@ -28,9 +28,13 @@
 #define AMBPF_MAX_NODE_IPS	 8
 
 /* SOCKMAP slots of ambpf_zt_listen (the ztunnel listeners that sk_lookup assigns to). */
-#define AMBPF_LISTENER_INBOUND 0 /* 15006: plaintext inbound */
-#define AMBPF_LISTENER_HBONE   1 /* 15008: HBONE */
-#define AMBPF_LISTENER_SLOTS   2
+#define AMBPF_LISTENER_INBOUND	0 /* 15006: plaintext inbound */
+#define AMBPF_LISTENER_HBONE	1 /* 15008: HBONE */
+#define AMBPF_LISTENER_SLOTS	2
+/* inpod: ztunnel's 15001, for the connections connect4/6 kept their destination (AMBPF_POD_LOCAL_ROUTE).
+ * 4, not 2: slots 2 and 3 are the second listeners of 0 and 1 (slot + AMBPF_LISTENER_SLOTS), and a
+ * pinned map an older ambpf filled holds them. Its own second listener is slot 6. */
+#define AMBPF_LISTENER_OUTBOUND 4
 
 /* ---- flags ---- */
 /* ambpf_pods / ambpf_netns value flags */
@@ -44,6 +48,11 @@
 #define AMBPF_POD_NO_DNS_CAPTURE \
 	(1U << 4) /* inpod: never capture this pod's DNS (the annotation's
 					    * "false"). Neither DNS bit: the node's default */
+#define AMBPF_POD_LOCAL_ROUTE \
+	(1U << 5) /* inpod (ambpf_netns): the pod's netns delivers a socket marked
+					    * AMBPF_MARK_ORIG_SRC to lo (rule + table 41919, in the ledger), and
+					    * the kernel has sk_lookup's ingress_ifindex: connect4/6 keep the
+					    * destination, TPROXY-style (inpod_keep_dst) */
 
 /* ambpf_ztunnel.flags */
 #define AMBPF_ZT_READY (1U << 0) /* set last by the loader: before it, nothing is redirected */
@@ -284,6 +293,8 @@ enum ambpf_stat {
 	AMBPF_STAT_INPOD_HANDED,       /* inpod: a client's original copied onto ztunnel's accepted socket */
 	AMBPF_STAT_INPOD_CLOSED_EARLY, /* inpod: a client closed before ztunnel took its original */
 	AMBPF_STAT_MAPFULL_OUTFLOW6,   /* node: a pod's own IPv6 connection not recorded (ambpf_outflow6) */
+	AMBPF_STAT_INPOD_KEPT_DST,     /* inpod: a connect kept its destination, marked for lo (no record) */
+	AMBPF_STAT_SKLOOKUP_OUTBOUND,  /* inpod: such a connection's SYN handed to ztunnel's 15001 */
 	AMBPF_STAT_MAX,
 };
 

@@ -10,7 +10,16 @@
 // Nothing is attached in the node's netns. Restart safety as in the node topology: maps reused from
 // their pins, links adopted (ensurePinnedLink); close() releases this process's fds only.
 import { existsSync, statSync } from 'node:fs';
-import { BpfObject, LibbpfError, resolveIfindex, withNetns, type BpfMap, type BpfProgram } from '../libbpf/index.ts';
+import {
+  BpfObject,
+  LibbpfError,
+  isTransparent,
+  resolveIfindex,
+  withNetns,
+  type BpfMap,
+  type BpfProgram,
+} from '../libbpf/index.ts';
+import { kernelAtLeast } from '../libbpf/probe.ts';
 import { logger } from '../log.ts';
 import { ensureObjects } from './build.ts';
 import { DatapathError, assertPodsCgroup, objectMap, sizeMaps, type DatapathOptions } from './datapath.ts';
@@ -18,7 +27,7 @@ import { INPOD_CGROUP_HOOKS, INPOD_OBJECT, PROGRAMS, type InpodCgroupHook, type 
 import { DatapathMaps, MAP_NAMES } from './datapath-maps.ts';
 import { ensurePinnedLink, removePinnedLink, type LinkOutcome } from './datapath-links.ts';
 import { withCopiedFds, type SocketHolder } from './inpod-listeners.ts';
-import { ledgerPath } from './sysctl.ts';
+import { ledgerPath, readLedger } from './sysctl.ts';
 import { kernelMemoryLocked } from './lockdown.ts';
 import { setOrigSrcReturnPath } from './return-path.ts';
 import { inpodLinkName, inpodTcLinkName, linkNames, linkPin, parseLinkName } from './pins.ts';
@@ -33,6 +42,11 @@ export type InpodDatapathOptions = Pick<DatapathOptions, 'bpffs' | 'cgroup' | 'm
   object?: string;
   /** The kernel's lockdown file (default LOCKDOWN_PATH; tests point it elsewhere). */
   lockdownPath?: string;
+  /**
+   * Redirected connections keep their destination where the pod's route allows it (inpod_keep_dst in
+   * bpf/ambpf_inpod.bpf.c; default true); false: every one is recorded and rewritten to 15001.
+   */
+  keepDst?: boolean;
 };
 
 /** ztunnel's sockets inside one pod's netns, as held by a ztunnel process. */
@@ -41,6 +55,7 @@ export interface PodListeners {
   readonly inbound: SocketHolder;
   readonly hbone: SocketHolder;
   /** Another listener of the same reuseport group, registered as a fallback (a rolling upgrade). */
+  readonly outbound2?: SocketHolder | undefined;
   readonly inbound2?: SocketHolder | undefined;
   readonly hbone2?: SocketHolder | undefined;
 }
@@ -68,9 +83,14 @@ const fallbackSlot = (slot: number): number => slot + s.LISTENER_SLOTS;
 const ALL_SLOTS = [
   s.LISTENER_INBOUND,
   s.LISTENER_HBONE,
+  s.LISTENER_OUTBOUND,
   fallbackSlot(s.LISTENER_INBOUND),
   fallbackSlot(s.LISTENER_HBONE),
+  fallbackSlot(s.LISTENER_OUTBOUND),
 ];
+
+/** sk_lookup's ingress_ifindex, by which it knows a kept connection's SYN (inpod_arrived_on_lo): 5.17. */
+const KEEP_DST_KERNEL = [5, 17] as const;
 
 /** A pod whose capture is armed: sk_lookup on its netns and the return route of spoofed legs. */
 export interface PodArm {
@@ -126,6 +146,9 @@ export class InpodDatapath {
     dns: BpfMap;
   }>;
   readonly #object: BpfObject;
+  readonly #keepDst: boolean;
+  /** Netns cookies of the pods whose registered 15001 listener has IP_TRANSPARENT (setListeners). */
+  readonly #transparentOutbound = new Set<bigint>();
 
   private constructor(
     o: InpodDatapathOptions,
@@ -134,6 +157,7 @@ export class InpodDatapath {
   ) {
     this.bpffs = o.bpffs;
     this.ledger = o.ledger ?? ledgerPath(o.bpffs);
+    this.#keepDst = (o.keepDst ?? true) && kernelAtLeast(...KEEP_DST_KERNEL);
     this.cgroup = o.cgroup;
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));
@@ -292,18 +316,26 @@ export class InpodDatapath {
 
   /** ztunnel took the pod: its 15001 listener tagged, 15006/15008 registered for sk_lookup. */
   setListeners(p: PodCapture): void {
-    const { outbound, inbound, hbone, inbound2, hbone2 } = p.listeners;
-    const extra = [inbound2, hbone2].filter((h): h is SocketHolder => h !== undefined);
+    const { outbound, inbound, hbone, outbound2, inbound2, hbone2 } = p.listeners;
+    const extra = [outbound2, inbound2, hbone2].filter((h): h is SocketHolder => h !== undefined);
     withCopiedFds([outbound, inbound, hbone, ...extra], ([out, inb, hb, ...rest]) => {
-      // The cookie goes on the listener; accepted sockets inherit it (BPF_F_CLONE).
-      this.inpodMaps.sk.update(fdKey(out!), s.encodeInpodSk({ orig: null, netnsCookie: p.netnsCookie }));
+      const out2 = outbound2 ? rest.shift() : undefined;
       const inb2 = inbound2 ? rest.shift() : undefined;
       const hb2 = hbone2 ? rest.shift() : undefined;
+      const outs = [out!, ...(out2 === undefined ? [] : [out2])];
+      // The cookie goes on the 15001 listeners; accepted sockets inherit it (BPF_F_CLONE).
+      for (const fd of outs)
+        this.inpodMaps.sk.update(fdKey(fd), s.encodeInpodSk({ orig: null, netnsCookie: p.netnsCookie }));
+      // Kept connections need every 15001 of the group to answer from a foreign address.
+      if (outs.every(isTransparent)) this.#transparentOutbound.add(p.netnsCookie);
+      else this.#transparentOutbound.delete(p.netnsCookie);
       const entries: Array<[number, number | undefined]> = [
         [s.LISTENER_INBOUND, inb],
         [s.LISTENER_HBONE, hb],
+        [s.LISTENER_OUTBOUND, out],
         [fallbackSlot(s.LISTENER_INBOUND), inb2],
         [fallbackSlot(s.LISTENER_HBONE), hb2],
+        [fallbackSlot(s.LISTENER_OUTBOUND), out2],
       ];
       for (const ip of p.ips) {
         for (const [slot, fd] of entries) {
@@ -320,6 +352,7 @@ export class InpodDatapath {
    * return route. False when no link was pinned.
    */
   detachPod(netnsCookie: bigint, ips: readonly string[], netnsPath?: string): boolean {
+    this.#transparentOutbound.delete(netnsCookie);
     for (const ip of ips) {
       for (const slot of ALL_SLOTS) this.inpodMaps.listen.delete(s.encodeInpodListenKey(ip, slot));
     }
@@ -332,6 +365,23 @@ export class InpodDatapath {
     }
     removePinnedLink(this.#tcPin(netnsCookie));
     return removePinnedLink(this.#podPin(netnsCookie));
+  }
+
+  /**
+   * Which pods' connections connect4/6 may keep their destination (POD_LOCAL_ROUTE), on a kernel whose
+   * sk_lookup has ingress_ifindex and with keepDst on: those whose return-path rule and route the ledger
+   * records (set up by this ambpf or an earlier one: without the rule a kept connection would leave
+   * through eth0 for its destination, so nothing else counts as proof), and whose ztunnel 15001 has
+   * IP_TRANSPARENT (it must answer from the original destination; ztunnel sets it unless
+   * ENABLE_ORIG_SRC=false, src/proxy.rs maybe_set_transparent). The ledger is read once per call.
+   */
+  keepDstFor(): (pod: { readonly netnsIno: number; readonly netnsCookie: bigint }) => boolean {
+    if (!this.#keepDst) return () => false;
+    const routed = new Set<number>();
+    for (const e of readLedger(this.ledger))
+      if (e.kind === 'route' && e.what === 'inpod-return') routed.add(e.netnsIno);
+    const transparent = new Set(this.#transparentOutbound);
+    return (pod) => routed.has(pod.netnsIno) && transparent.has(pod.netnsCookie);
   }
 
   /** Netns cookies of the pods whose sk_lookup link is pinned. */

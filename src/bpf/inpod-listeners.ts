@@ -88,7 +88,8 @@ export interface ListenerInodes {
   readonly outbound: string | undefined;
   readonly inbound: string | undefined;
   readonly hbone: string | undefined;
-  /** A second listener of the 15006 / 15008 reuseport group (two ztunnels during a rolling upgrade). */
+  /** A second listener of each reuseport group (two ztunnels during a rolling upgrade). */
+  readonly outbound2: string | undefined;
   readonly inbound2: string | undefined;
   readonly hbone2: string | undefined;
 }
@@ -108,7 +109,8 @@ export function podListenerInodes(
   };
   const [inbound, inbound2] = two(ports.inbound);
   const [hbone, hbone2] = two(ports.hbone);
-  return { outbound: two(ports.outbound)[0], inbound, hbone, inbound2, hbone2 };
+  const [outbound, outbound2] = two(ports.outbound);
+  return { outbound, inbound, hbone, outbound2, inbound2, hbone2 };
 }
 
 /** Runs fn with copies (in this process) of the held sockets; the copies are closed afterwards. */

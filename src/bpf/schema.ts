@@ -23,12 +23,16 @@ export const MAX_NODE_IPS = 8;
 export const LISTENER_INBOUND = 0;
 export const LISTENER_HBONE = 1;
 export const LISTENER_SLOTS = 2;
+/** ztunnel's 15001 (AMBPF_LISTENER_OUTBOUND): after the second listeners (2, 3) of the two above. */
+export const LISTENER_OUTBOUND = 4;
 
 export const POD_AMBIENT = 1 << 0;
 export const POD_OPT_OUT = 1 << 1;
 export const POD_DNS_CAPTURE = 1 << 2;
 export const POD_IS_ZTUNNEL = 1 << 3;
 export const POD_NO_DNS_CAPTURE = 1 << 4;
+/** ambpf_netns: connect4/6 keep the destination (AMBPF_POD_LOCAL_ROUTE in bpf/include/ambpf.h). */
+export const POD_LOCAL_ROUTE = 1 << 5;
 export const ZT_READY = 1 << 0;
 export const CFG_SPLICE = 1 << 0;
 export const CFG_INPOD = 1 << 1;
@@ -119,6 +123,8 @@ export const STAT_NAMES = [
   'inpod_handed',
   'inpod_closed_early',
   'mapfull_outflow6',
+  'inpod_kept_dst',
+  'sklookup_outbound',
 ] as const;
 export type StatName = (typeof STAT_NAMES)[number];
 export const STAT_MAX = STAT_NAMES.length;

@@ -91,7 +91,7 @@ export const KUBELET_DEFAULT_MAX_PODS = 110;
 const PER_POD_MAPS = [
   { map: 'ambpf_pods', perPod: 1, size: 16384 },
   { map: 'ambpf_netns', perPod: 1, size: 16384 },
-  { map: 'ambpf_inpod_listen', perPod: 4, size: 65536 },
+  { map: 'ambpf_inpod_listen', perPod: 6, size: 98304 },
 ] as const;
 
 export interface CapacityOptions {

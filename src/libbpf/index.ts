@@ -47,7 +47,7 @@ export { BpfRunTimeStats, bpfStatsSysctl, progRunStats, type ProgRunStats } from
 export { clockGettime, bootTimeNs, bootEpochParts, CLOCKS, type ClockName, type Timespec } from './clock.ts';
 export { withNetns, inNetns } from './netns.ts';
 export { copyFdOf, withFdOf } from './pidfd.ts';
-export { netnsCookie, currentNetnsCookie, socketCookie, ifIndex, ifName } from './sockets.ts';
+export { netnsCookie, currentNetnsCookie, socketCookie, ifIndex, ifName, isTransparent } from './sockets.ts';
 export { Btf, BTF_KINDS, type BtfTypeInfo, type BtfMemberInfo, type BtfKindName } from './btf.ts';
 export { probeProgType, probeMapType, probeHelper, probeHelperByLoad } from './probe.ts';
 export { RawProgram, insn, MOV64_IMM, CALL, EXIT, type RawLoadResult } from './rawprog.ts';

@@ -1,5 +1,6 @@
 // Kernel feature probes through libbpf (what `bpftool feature probe` does), for `ambpf doctor`.
 // libbpf_probe_* return 1 (supported), 0 (not), or -errno when the probe itself could not run.
+import { release } from 'node:os';
 import { raw } from './ffi.ts';
 import { check } from './errors.ts';
 import { RawProgram, MOV64_IMM, CALL, EXIT } from './rawprog.ts';
@@ -58,4 +59,16 @@ export function probeHelperByLoad(progType: ProgTypeName, helper: HelperName): b
   r.prog?.close();
   if (r.prog) return true;
   return !HELPER_REFUSED.test(r.log);
+}
+
+/**
+ * Whether the running kernel is at least major.minor by its release string. For features with no
+ * cheap probe (a context field of one program type); a distribution kernel that backported one is
+ * answered "no", which callers must treat as the safe answer.
+ */
+export function kernelAtLeast(major: number, minor: number, rel = release()): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(rel);
+  if (!m) return false;
+  const [maj, min] = [Number(m[1]), Number(m[2])];
+  return maj > major || (maj === major && min >= minor);
 }

@@ -5,7 +5,7 @@ import { SystemError } from '../errors.ts';
 import { withNetns } from './netns.ts';
 import { LINUX_SOCKET } from './constants.ts';
 
-const { AF_INET, SOCK_DGRAM, SOL_SOCKET, SO_NETNS_COOKIE, SO_COOKIE } = LINUX_SOCKET;
+const { AF_INET, SOCK_DGRAM, SOL_SOCKET, SOL_IP, SO_NETNS_COOKIE, SO_COOKIE, IP_TRANSPARENT } = LINUX_SOCKET;
 
 function getsockoptU64(fd: number, opt: number, what: string): bigint {
   const buf = new Uint8Array(8);
@@ -35,6 +35,17 @@ export function netnsCookie(path: string): bigint {
 /** Socket cookie (SO_COOKIE) of a socket fd, as bpf_get_socket_cookie sees it. */
 export function socketCookie(fd: number): bigint {
   return getsockoptU64(fd, SO_COOKIE, 'SO_COOKIE');
+}
+
+/**
+ * Whether a socket has IP_TRANSPARENT (one flag for both families: ztunnel sets it with SOL_IP on its
+ * [::] listeners). False when the option cannot be read: callers treat that as the safe answer.
+ */
+export function isTransparent(fd: number): boolean {
+  const buf = new Uint8Array(4);
+  const len = [4];
+  if ((libcRaw.getsockopt(fd, SOL_IP, IP_TRANSPARENT, buf, len) as number) !== 0) return false;
+  return Buffer.from(buf).readInt32LE(0) !== 0;
 }
 
 /** ifindex of an interface name in the current netns (0 => not found). */

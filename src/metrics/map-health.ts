@@ -301,13 +301,13 @@ export const SIZED_MAPS: readonly string[] = MAP_SPECS.filter((m) => m.sized).ma
 /**
  * `--max-pods N` and `--map-sizes name=N,...` as max_entries by map name (applied when a map is
  * created; a reused pin keeps its size). --max-pods sizes the per-pod maps: ambpf_pods and ambpf_netns
- * one entry per pod, ambpf_inpod_listen four per pod (15006 and 15008, twice during a ztunnel rolling
- * upgrade); --map-sizes names any sized map and wins. Throws a message for the usage error.
+ * one entry per pod, ambpf_inpod_listen six per pod (15001, 15006 and 15008, twice during a ztunnel
+ * rolling upgrade); --map-sizes names any sized map and wins. Throws a message for the usage error.
  */
 export function mapSizesFrom(maxPods: number | undefined, spec: string | undefined): Record<string, number> {
   const out: Record<string, number> = {};
   if (maxPods !== undefined)
-    Object.assign(out, { ambpf_pods: maxPods, ambpf_netns: maxPods, ambpf_inpod_listen: maxPods * 4 });
+    Object.assign(out, { ambpf_pods: maxPods, ambpf_netns: maxPods, ambpf_inpod_listen: maxPods * 6 });
   for (const part of (spec ?? '')
     .split(',')
     .map((p) => p.trim())

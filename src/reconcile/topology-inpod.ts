@@ -14,7 +14,7 @@
 // A scoped pass (PassInput.scope: one CNI ADD, one watch event, one ZDS ack) does the same for the
 // scope's pods only: their pins, their map keys (those they hold now and held before), their handoff;
 // the other pods' pins, maps and /proc are not read.
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import {
@@ -28,6 +28,7 @@ import {
   LISTENER_INBOUND,
   POD_AMBIENT,
   POD_IS_ZTUNNEL,
+  POD_LOCAL_ROUTE,
   PORT_HBONE,
   PORT_INBOUND,
   PORT_OUTBOUND,
@@ -133,6 +134,7 @@ const sameInodes = (a: ListenerInodes, b: ListenerInodes): boolean =>
   a.outbound === b.outbound &&
   a.inbound === b.inbound &&
   a.hbone === b.hbone &&
+  a.outbound2 === b.outbound2 &&
   a.inbound2 === b.inbound2 &&
   a.hbone2 === b.hbone2;
 
@@ -152,7 +154,17 @@ function findListeners(inodes: ListenerInodes, holders: Map<string, SocketHolder
       .map(([p]) => p);
     return `ztunnel holds no listener on port ${missing.join(', ')} in the pod's netns yet`;
   }
-  return { inodes, held: { outbound, inbound, hbone, inbound2: get(inodes.inbound2), hbone2: get(inodes.hbone2) } };
+  return {
+    inodes,
+    held: {
+      outbound,
+      inbound,
+      hbone,
+      outbound2: get(inodes.outbound2),
+      inbound2: get(inodes.inbound2),
+      hbone2: get(inodes.hbone2),
+    },
+  };
 }
 
 export interface InpodTopologyOptions {
@@ -390,7 +402,7 @@ export class InpodTopology implements Topology {
       if (dp.isArmed(pod.netnsCookie)) this.#lastResolved.set(pod.uid, pod);
     }
 
-    const target = buildInpodTarget(armed, resolution);
+    const target = buildInpodTarget(armed, resolution, dp.keepDstFor());
     if (scope === undefined || before === undefined) {
       // The safety net's listener re-reads were done by this pass's plan.
       this.#verify.clear();
@@ -486,19 +498,34 @@ export class InpodTopology implements Topology {
 }
 
 /** The maps' target: every armed pod; ztunnel for its mark, ports and bypass. */
-export function buildInpodTarget(ready: readonly ResolvedPod[], resolution: Resolution): Target {
+/** The inode of a pod's netns; -1 once it is gone (nothing is kept for it then). */
+function netnsIno(path: string): number {
+  try {
+    return statSync(path).ino;
+  } catch {
+    return -1;
+  }
+}
+
+export function buildInpodTarget(
+  ready: readonly ResolvedPod[],
+  resolution: Resolution,
+  keepsDst: (pod: { readonly netnsIno: number; readonly netnsCookie: bigint }) => boolean = () => false,
+): Target {
   const pods = new Map<string, PodEntry>();
   const netns = new Map<bigint, NetnsEntry>();
   for (const pod of ready) {
     // The pod's DNS capture override (annotation) rides along; without one the node's switch decides.
     const flags = POD_AMBIENT | dnsCaptureFlags(pod.dnsCapture);
     for (const ip of pod.ips) pods.set(ip, { netnsCookie: pod.netnsCookie, hostIfindex: 0, flags });
+    // Only connect4/6 read POD_LOCAL_ROUTE (ambpf_netns), and only where the ledger proves the route.
+    const keep = keepsDst({ netnsIno: netnsIno(pod.netnsPath), netnsCookie: pod.netnsCookie }) ? POD_LOCAL_ROUTE : 0;
     // The IPv4 address when the pod has one: connect4 sends IPv4 (and v4-mapped) connects there;
     // connect6 sends native IPv6 connects to the IPv6 one (an IPv6-only pod has it in both fields).
     const ip6 = pod.ips.find((ip) => ip.includes(':'));
     netns.set(pod.netnsCookie, {
       podIp: pod.ips.find((ip) => !ip.includes(':')) ?? pod.ips[0]!,
-      flags,
+      flags: flags | keep,
       ...(ip6 === undefined ? {} : { podIp6: ip6 }),
     });
   }

@@ -1,5 +1,12 @@
 // Flag bits of ambpf_pods / ambpf_netns entries as words (ambpf.h's POD_* bits).
-import { POD_AMBIENT, POD_DNS_CAPTURE, POD_IS_ZTUNNEL, POD_NO_DNS_CAPTURE, POD_OPT_OUT } from '../bpf/schema.ts';
+import {
+  POD_AMBIENT,
+  POD_DNS_CAPTURE,
+  POD_IS_ZTUNNEL,
+  POD_LOCAL_ROUTE,
+  POD_NO_DNS_CAPTURE,
+  POD_OPT_OUT,
+} from '../bpf/schema.ts';
 
 const WORDS: ReadonlyArray<readonly [number, string]> = [
   [POD_AMBIENT, 'ambient'],
@@ -7,6 +14,7 @@ const WORDS: ReadonlyArray<readonly [number, string]> = [
   [POD_DNS_CAPTURE, 'dns-capture'],
   [POD_IS_ZTUNNEL, 'ztunnel'],
   [POD_NO_DNS_CAPTURE, 'no-dns-capture'],
+  [POD_LOCAL_ROUTE, 'keep-dst'],
 ];
 
 /** Known bits by name, unknown ones as one hex word (a newer loader's flag stays visible). */

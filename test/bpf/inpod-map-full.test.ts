@@ -23,7 +23,8 @@ interface Line {
   error?: string;
 }
 
-const SIZES = { ambpf_inpod_closed: 2, ambpf_inpod_listen: 2 };
+// ambpf_inpod_listen: room for pod a's three listeners (15001, 15006, 15008), none for b's.
+const SIZES = { ambpf_inpod_closed: 2, ambpf_inpod_listen: 3 };
 
 t.test(
   'inpod maps full: existing connections and pods keep working, the new ones fail closed',

@@ -110,6 +110,11 @@ t.test(
     t.equal(out?.originalDst, `${ip('app1-node1')}:${PORT}`);
     t.equal(out?.dstFrom, 'SO_ORIGINAL_DST', 'ztunnel learned the destination from getsockopt');
     t.equal(out?.upstream, `${ip('app1-node1')}:15008`);
+    // These stand-ins run as ztunnel with ENABLE_ORIG_SRC=false: no IP_TRANSPARENT on 15001, so the
+    // connection cannot keep its destination; it is recorded and rewritten to the pod's IP:15001.
+    const m = await metrics(tb, loaders[0]!);
+    t.match(m, /outcome="handed"\} [1-9]/, "the original was handed to ztunnel's accepted socket");
+    t.notMatch(m, /outcome="kept_dst"\} [1-9]/, 'no destination kept without a transparent 15001');
     const inbound = r.node1.find((e) => e.direction === 'inbound-hbone');
     t.equal(inbound?.where, where('app1-node1'), 'HBONE terminated inside the server pod');
     t.equal(inbound?.originalDst, `${ip('app1-node1')}:${PORT}`);

@@ -13,7 +13,7 @@ import { startZtunnels, startExtraZtunnel, stopZtunnel, ztunnelsOn } from '../..
 import { zdsSocketPath } from '../../src/testbed/loader.ts';
 import type { StateFile } from '../../src/state/state-file.ts';
 import { testPrefix } from '../helpers/prefix.ts';
-import { startLoader, waitReady, editPodsFile, AMBPF_BIN, type Loader } from '../helpers/loader.ts';
+import { startLoader, waitReady, editPodsFile, metrics, AMBPF_BIN, type Loader } from '../helpers/loader.ts';
 import { tracedCurl } from '../helpers/standin.ts';
 import { eventually } from '../helpers/wait.ts';
 
@@ -41,7 +41,7 @@ const allAcked = (node: string): boolean => {
   return meshPods(node).every((p) => s.get(p) === 'acked');
 };
 
-/** Entries of the node's ambpf_inpod_listen (2 per pod with one ztunnel, 4 while two listen). */
+/** Entries of the node's ambpf_inpod_listen (3 per pod with one ztunnel, 6 while two listen). */
 function listenEntries(node: string): number {
   const out = execFileSync(
     'bpftool',
@@ -116,6 +116,12 @@ t.test(
     t.equal(out?.originalDst, `${ip('app1-node2')}:${PORT}`);
     t.equal(out?.dstFrom, 'SO_ORIGINAL_DST');
     t.equal(out?.upstream, `${ip('app1-node2')}:15008`);
+    // ztunnel's 15001 is IP_TRANSPARENT (ENABLE_ORIG_SRC unset): the connection kept its destination,
+    // sk_lookup handed its SYN to 15001, and nothing was recorded or handed over (inpod_keep_dst).
+    const m = await metrics(tb, loaderOf('node1'));
+    t.match(m, /outcome="kept_dst"\} [1-9]/, 'connect4 kept the destination');
+    t.match(m, /hook="sklookup",outcome="outbound"\} [1-9]/, "sk_lookup handed the SYN to ztunnel's 15001");
+    t.notMatch(m, /outcome="handed"\} [1-9]/, 'no original was handed over');
     const inb = r.lines['node2']?.find((e) => e.direction === 'inbound-hbone');
     t.ok(inb, "the server node's ztunnel terminated HBONE");
     t.match(
@@ -182,7 +188,7 @@ t.test('a ztunnel rolling upgrade under a stream of new connections: none fails'
   // ones (a pass follows every snapshot): both members of each group are in the sockhash.
   await fresh.waitFor((s) => s.ready, 'the new ztunnel to be ready', 20_000);
   await eventually(
-    () => listenEntries('node1') >= 2 * 2 * meshPods('node1').length,
+    () => listenEntries('node1') >= 2 * 3 * meshPods('node1').length,
     20_000,
     "both ztunnels' listeners registered",
   );

@@ -97,6 +97,7 @@ export function fakeDatapath(o: { armFails?: ReadonlySet<bigint>; podsCapacity?:
       return pinned.has(cookie);
     },
     hasListener: () => false,
+    keepDstFor: () => () => false,
     armPod: (p: PodArm) => {
       log.push(`arm ${p.netnsCookie}`);
       if (o.armFails?.has(p.netnsCookie)) throw new Error('sk_lookup attach failed');
