@@ -19,7 +19,8 @@
  *   getpeername4/6   the app sees the peer it asked for. On ztunnel's accepted 15001 socket (the kernel
  *                    runs getpeername inside accept()) the client's socket is looked up by the 4-tuple
  *                    and its original copied onto the accepted socket (inpod_handover): no map entry
- *                    per connection, no sockops.
+ *                    per connection, no sockops. A socket at neither end of 15001/15053 (a kept
+ *                    connection's, both ends) returns after one port test.
  *   getsockopt       answers SO_ORIGINAL_DST for ztunnel's accepted socket, from its storage (or from
  *                    ambpf_inpod_closed). Its netns cookie comes from socket storage the loader put on
  *                    ztunnel's 15001 listener and the kernel cloned to the accepted socket
@@ -896,26 +897,47 @@ static __always_inline void inpod_handover(struct bpf_sock_addr *ctx, struct amb
 	bpf_sk_release(client);
 }
 
+/*
+ * Whether a getpeername may concern us: a socket connected to one of the ports connect4/6 rewrite to
+ * (15001, or 15053 for DNS: a redirected app socket, whose peer is restored) or accepted at 15001
+ * (ztunnel's, for the handover). Every other socket, which includes ztunnel's socket of a connection
+ * inpod_keep_dst kept (accepted at the original port, its peer the app's real address), is spared
+ * the storage lookup: the peer the kernel gives is already right.
+ */
+static __always_inline int inpod_peername_concerns(const struct bpf_sock *sk)
+{
+	__u16 dport = (__u16)sk->dst_port;
+
+	return sk->src_port == AMBPF_PORT_OUTBOUND || dport == bpf_htons(AMBPF_PORT_OUTBOUND) ||
+	       dport == INPOD_DNS_PROXY_BE;
+}
+
+/* The original to show as the peer of an app socket connect4/6 rewrote; on ztunnel's socket accepted
+ * at 15001, the handover first (and nothing to show: its peer is the app). */
+static __always_inline struct ambpf_orig *inpod_peer_orig(struct bpf_sock_addr *ctx)
+{
+	struct ambpf_inpod_sk *st;
+	struct ambpf_orig *orig;
+
+	if (!inpod_peername_concerns(ctx->sk))
+		return 0;
+	st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
+	orig = inpod_orig_of(st);
+	if (!orig)
+		inpod_handover(ctx, st);
+	return orig;
+}
+
 SEC("cgroup/getpeername4")
 int ambpf_inpod_peername4(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
-	struct ambpf_orig *orig = inpod_orig_of(st);
-
-	if (!orig)
-		inpod_handover(ctx, st);
-	return peername4_restore(ctx, orig);
+	return peername4_restore(ctx, inpod_peer_orig(ctx));
 }
 
 SEC("cgroup/getpeername6")
 int ambpf_inpod_peername6(struct bpf_sock_addr *ctx)
 {
-	struct ambpf_inpod_sk *st = bpf_sk_storage_get(&ambpf_inpod_sk, ctx->sk, 0, 0);
-	struct ambpf_orig *orig = inpod_orig_of(st);
-
-	if (!orig)
-		inpod_handover(ctx, st);
-	return peername6_restore(ctx, orig);
+	return peername6_restore(ctx, inpod_peer_orig(ctx));
 }
 
 /* ---- getsockopt: SO_ORIGINAL_DST for ztunnel's accepted socket ---- */

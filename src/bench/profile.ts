@@ -111,11 +111,19 @@ export function cellCost(
   });
 }
 
-/** Medians over rounds (warm-up excluded) per (phase, placement, workload, path, program). */
-export function profileRows(samples: readonly Sample[]): ProfileRow[] {
+/**
+ * Medians over rounds (warm-up excluded) per (phase, placement, workload, path, program). With
+ * `clockNsPerRun` (what the statistics add to each run they time), also the per-request figure net of
+ * it, per round then median: the programs' own time.
+ */
+export function profileRows(samples: readonly Sample[], clockNsPerRun?: number): ProfileRow[] {
   const groups = new Map<
     string,
-    { key: Omit<ProfileRow, 'nsPerRun' | 'runsPerReq' | 'nsPerReq' | 'primary'>; costs: ProgCost[]; primary: number[] }
+    {
+      key: Omit<ProfileRow, 'nsPerRun' | 'runsPerReq' | 'nsPerReq' | 'netNsPerReq' | 'primary'>;
+      costs: ProgCost[];
+      primary: number[];
+    }
   >();
   for (const s of samples) {
     if (s.warmup || !s.profile) continue;
@@ -140,6 +148,13 @@ export function profileRows(samples: readonly Sample[]): ProfileRow[] {
       ? {
           runsPerReq: spread(costs.map((c) => c.runsPerReq ?? Number.NaN)),
           nsPerReq: spread(costs.map((c) => c.nsPerReq ?? Number.NaN)),
+          ...(clockNsPerRun !== undefined
+            ? {
+                netNsPerReq: spread(
+                  costs.map((c) => (c.nsPerReq ?? Number.NaN) - (c.runsPerReq ?? Number.NaN) * clockNsPerRun),
+                ),
+              }
+            : {}),
         }
       : {};
     return {
@@ -158,15 +173,25 @@ const num = (v: number, digits = 0): string =>
 const range = (s: Spread | undefined, digits = 0): string =>
   s ? `${num(s.median, digits)} (${num(s.min, digits)}–${num(s.max, digits)})` : '–';
 
-/** results.md's profile table: one line per program that ran in a cell, the cell's total first. */
-export function profileTable(rows: readonly ProfileRow[]): string | undefined {
+/**
+ * results.md's profile table: one line per program that ran in a cell, the cell's total first. With
+ * the statistics' clock measured, a column net of it, and a sentence saying what it is.
+ */
+export function profileTable(rows: readonly ProfileRow[], clockNsPerRun?: number): string | undefined {
   if (rows.length === 0) return undefined;
   const order = (r: ProfileRow): string =>
     `${r.phase}|${r.placement}|${r.workload}|${r.path}|${r.prog === ALL_PROGRAMS ? '' : r.prog}`;
   const sorted = [...rows].sort((a, b) => (order(a) < order(b) ? -1 : order(a) > order(b) ? 1 : 0));
+  const net = clockNsPerRun !== undefined;
   const lines = [
-    '| phase | placement | workload | path | program | ns per request | runs per request | ns per run | end to end |',
-    '|---|---|---|---|---|---|---|---|---|',
+    ...(net
+      ? [
+          `The statistics time each run between two clock reads: an empty program measures ${num(clockNsPerRun, 1)} ns per run on this machine in this run. "net" is ns per request less that for each run (the programs' own time); the targets are judged on the measured column.`,
+          '',
+        ]
+      : []),
+    `| phase | placement | workload | path | program | ns per request |${net ? ' net of the clock |' : ''} runs per request | ns per run | end to end |`,
+    `|---|---|---|---|---|---|${net ? '---|' : ''}---|---|---|`,
   ];
   for (const r of sorted) {
     // A program that never ran in the cell (connect6 on a v4 run) says nothing: results.json keeps it.
@@ -174,7 +199,7 @@ export function profileTable(rows: readonly ProfileRow[]): string | undefined {
     const prog = r.prog === ALL_PROGRAMS ? '**all programs**' : r.prog;
     const e2e = r.prog === ALL_PROGRAMS ? `${r.primary.metric} ${range(r.primary.value)}` : '';
     lines.push(
-      `| ${r.phase} | ${r.placement} | ${r.workload} | ${r.path} | ${prog} | ${range(r.nsPerReq)} | ${range(r.runsPerReq, 2)} | ${range(r.nsPerRun)} | ${e2e} |`,
+      `| ${r.phase} | ${r.placement} | ${r.workload} | ${r.path} | ${prog} | ${range(r.nsPerReq)} |${net ? ` ${range(r.netNsPerReq)} |` : ''} ${range(r.runsPerReq, 2)} | ${range(r.nsPerRun)} | ${e2e} |`,
     );
   }
   return lines.join('\n') + '\n';

@@ -135,7 +135,7 @@ export function resultsMarkdown(r: BenchResults, charts: readonly string[]): str
   const m = r.machine;
   const c = r.config;
   const errors = r.samples.filter((s) => s.errors > 0);
-  const profile = profileTable(r.profile ?? []);
+  const profile = profileTable(r.profile ?? [], r.profileClockNsPerRun);
   const versus = ISTIO_PATHS.flatMap((base) => {
     const table = versusIstioTable(r, base);
     return table ? [`## eBPF vs ${base} (sink phase, ratio per round, then median (min–max))`, '', table] : [];

@@ -90,6 +90,8 @@ export interface ProfileRow {
   readonly nsPerRun: Spread;
   readonly runsPerReq?: Spread;
   readonly nsPerReq?: Spread;
+  /** nsPerReq less what the statistics' clock adds to each run (BenchResults.profileClockNsPerRun). */
+  readonly netNsPerReq?: Spread;
   /** The cell's primary metric (connPerSec, p99us, gbps): the end-to-end figure beside it. */
   readonly primary: { readonly metric: string; readonly value: Spread };
 }
@@ -225,6 +227,9 @@ export interface BenchResults {
   readonly notes: readonly string[];
   /** `--profile`: medians over rounds of each program's cost per cell (src/bench/profile.ts). */
   readonly profile?: readonly ProfileRow[];
+  /** --profile: ns the statistics themselves add to every run they measure (an empty program's
+   * run_time_ns / run_cnt on this machine, src/libbpf/stats.ts statsCostPerRunNs). */
+  readonly profileClockNsPerRun?: number;
   /** How many sink rounds ran and whether the A/A control got within its tolerance (src/bench/aa.ts). */
   readonly aa?: AaVerdict;
   /** Where client, server and loader ran (src/bench/cpus.ts). */

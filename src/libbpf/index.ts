@@ -43,7 +43,7 @@ export {
   type BtfInfo,
   type ObjKind,
 } from './info.ts';
-export { BpfRunTimeStats, bpfStatsSysctl, progRunStats, type ProgRunStats } from './stats.ts';
+export { BpfRunTimeStats, bpfStatsSysctl, progRunStats, statsCostPerRunNs, type ProgRunStats } from './stats.ts';
 export { clockGettime, bootTimeNs, bootEpochParts, CLOCKS, type ClockName, type Timespec } from './clock.ts';
 export { withNetns, inNetns } from './netns.ts';
 export { copyFdOf, withFdOf } from './pidfd.ts';

@@ -243,32 +243,37 @@ export class BpfProgram extends Handle {
    * here, since the runs done already had their effects (maps); a caller counting effects runs once.
    */
   testRun(opts: TestRunOptions = {}): TestRunResult {
-    const data = opts.data ? Buffer.from(opts.data) : null;
-    const ctx = opts.ctx ? Buffer.from(opts.ctx) : null;
-    const dataOut = Buffer.alloc(opts.dataOutSize ?? (data ? data.length + 256 : 0));
-    const ctxOut = Buffer.alloc(opts.ctxOutSize ?? (ctx ? ctx.length : 0));
-    const o = optsBuffer(bpf_test_run_opts, {
-      data_in: data ? addressOf(data) : 0n,
-      data_size_in: data ? data.length : 0,
-      data_out: dataOut.length ? addressOf(dataOut) : 0n,
-      data_size_out: dataOut.length,
-      ctx_in: ctx ? addressOf(ctx) : 0n,
-      ctx_size_in: ctx ? ctx.length : 0,
-      ctx_out: ctxOut.length ? addressOf(ctxOut) : 0n,
-      ctx_size_out: ctxOut.length,
-      repeat: opts.repeat ?? 1,
-      flags: opts.flags ?? 0,
-    });
-    check('bpf_prog_test_run_opts', raw.bpf_prog_test_run_opts(this.fd, o) as number, { program: this.name });
-    const r = decodeStruct<{ retval: number; data_size_out: number; ctx_size_out: number; duration: number }>(
-      o,
-      bpf_test_run_opts,
-    );
-    return {
-      retval: r.retval,
-      dataOut: new Uint8Array(dataOut.subarray(0, Math.min(r.data_size_out, dataOut.length))),
-      ctxOut: new Uint8Array(ctxOut.subarray(0, Math.min(r.ctx_size_out, ctxOut.length))),
-      durationNs: r.duration,
-    };
+    return testRunFd(this.fd, this.name, opts);
   }
+}
+
+/** BPF_PROG_TEST_RUN on a program fd (BpfProgram.testRun; RawProgram.testRun). */
+export function testRunFd(fd: number, name: string, opts: TestRunOptions = {}): TestRunResult {
+  const data = opts.data ? Buffer.from(opts.data) : null;
+  const ctx = opts.ctx ? Buffer.from(opts.ctx) : null;
+  const dataOut = Buffer.alloc(opts.dataOutSize ?? (data ? data.length + 256 : 0));
+  const ctxOut = Buffer.alloc(opts.ctxOutSize ?? (ctx ? ctx.length : 0));
+  const o = optsBuffer(bpf_test_run_opts, {
+    data_in: data ? addressOf(data) : 0n,
+    data_size_in: data ? data.length : 0,
+    data_out: dataOut.length ? addressOf(dataOut) : 0n,
+    data_size_out: dataOut.length,
+    ctx_in: ctx ? addressOf(ctx) : 0n,
+    ctx_size_in: ctx ? ctx.length : 0,
+    ctx_out: ctxOut.length ? addressOf(ctxOut) : 0n,
+    ctx_size_out: ctxOut.length,
+    repeat: opts.repeat ?? 1,
+    flags: opts.flags ?? 0,
+  });
+  check('bpf_prog_test_run_opts', raw.bpf_prog_test_run_opts(fd, o) as number, { program: name });
+  const r = decodeStruct<{ retval: number; data_size_out: number; ctx_size_out: number; duration: number }>(
+    o,
+    bpf_test_run_opts,
+  );
+  return {
+    retval: r.retval,
+    dataOut: new Uint8Array(dataOut.subarray(0, Math.min(r.data_size_out, dataOut.length))),
+    ctxOut: new Uint8Array(ctxOut.subarray(0, Math.min(r.ctx_size_out, ctxOut.length))),
+    durationNs: r.duration,
+  };
 }

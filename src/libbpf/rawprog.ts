@@ -6,6 +6,7 @@ import { LibbpfError } from './errors.ts';
 import { Handle, closeFd } from './handle.ts';
 import { PROG_TYPES, ATTACH_TYPES, type ProgTypeName, type AttachTypeName } from './constants.ts';
 import { bpf_prog_load_opts, optsBuffer } from './structs.ts';
+import { testRunFd, type TestRunOptions, type TestRunResult } from './program.ts';
 
 /** One bpf_insn: code, dst/src registers, offset, immediate. */
 export function insn(code: number, dst = 0, src = 0, off = 0, imm = 0): Buffer {
@@ -91,5 +92,10 @@ export class RawProgram extends Handle {
   get fd(): number {
     this.ensureOpen();
     return this.#fd;
+  }
+
+  /** BPF_PROG_TEST_RUN (see BpfProgram.testRun). */
+  testRun(opts: TestRunOptions = {}): TestRunResult {
+    return testRunFd(this.fd, 'ambpf_probe', opts);
   }
 }

@@ -1,7 +1,7 @@
 // BPF run-time statistics through BPF_ENABLE_STATS: while the handle is open every program run adds
 // to run_cnt and run_time_ns; kernel.bpf_stats_enabled (someone else's switch) is never touched.
 import t from 'tap';
-import { BpfObject, BpfRunTimeStats, bpfStatsSysctl, progRunStats } from '../../src/libbpf/index.ts';
+import { BpfObject, BpfRunTimeStats, bpfStatsSysctl, progRunStats, statsCostPerRunNs } from '../../src/libbpf/index.ts';
 import { fixtureObject } from './fixture.ts';
 import { waitUntil } from '../helpers/wait.ts';
 
@@ -39,4 +39,16 @@ t.test('a program that is gone has no statistics', async (t) => {
   // The kernel frees a closed program asynchronously (RCU): poll for it to go.
   await waitUntil(() => progRunStats(id) === undefined, 10_000);
   t.equal(progRunStats(id), undefined);
+});
+
+t.test("statsCostPerRunNs: the statistics' own cost per run, only while they are on", async (t) => {
+  t.equal(statsCostPerRunNs(1000), undefined, 'statistics off: nothing counted, no figure');
+  const stats = BpfRunTimeStats.enable();
+  try {
+    const ns = statsCostPerRunNs(20_000);
+    // Two clock reads around an empty program: more than nothing, far less than a microsecond.
+    t.ok(ns !== undefined && ns > 0 && ns < 1000, `an empty program measures ${ns?.toFixed(1)} ns per run`);
+  } finally {
+    stats.close();
+  }
 });
