@@ -1119,8 +1119,10 @@ int ambpf_inpod_release(struct bpf_sock *sk)
  * delivered on lo by the mark's route (nothing else reaches a pod's sockets on lo from a non-loopback
  * source to a non-local address; ztunnel's legs and connects to the pod's own address arrive with the
  * address's device, eth0: docs/kernel-facts.md). Handed to ztunnel's 15001 of the pod whose address is
- * the source: lo never carries a packet out of its netns, so that is this netns's pod. Refused (RST)
- * when ztunnel has no 15001 here: never to a listener of the app's that happens to hold the port.
+ * the source: lo never carries a packet out of its netns, so that is this netns's pod. Refused when
+ * ztunnel has no 15001 here, never to a listener of the app's that happens to hold the port: the SYN
+ * goes unanswered (the reset, from the original destination, has no route) and the client retransmits
+ * into a ztunnel that came back, or times out (docs/kernel-facts.md).
  * ingress_ifindex exists from 5.17 on; before, the loader never sets AMBPF_POD_LOCAL_ROUTE and the
  * verifier drops this branch as dead code.
  */

@@ -46,6 +46,9 @@ const REQUIRED_CHECKS = [
   "inpod/ztunnel's spoofed IPv6 leg reaches the app (not 15006), the app's socket has mark 0x1000",
   'inpod/two servers at once on one UDP socket: each answer shows its own server',
   'inpod/IP6T_SO_ORIGINAL_DST after the native IPv6 client closed',
+  // The kept destination (inpod_keep_dst): over lo to ztunnel's 15001 from 5.17, refused before.
+  "inpod/a kept destination reaches ztunnel's 15001 over lo, SO_ORIGINAL_DST from its own address",
+  "inpod/a kept destination without ztunnel's 15001 connects nowhere",
 ];
 
 t.test('console parsing survives kernel noise and reports a guest that never finished', async (t) => {

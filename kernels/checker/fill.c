@@ -123,6 +123,28 @@ int fill_inpod6(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int 
 	return 0;
 }
 
+int fill_inpod_keep(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int listen_fd, char *err, size_t errlen)
+{
+	struct bpf_map *netns = find(maps, nmaps, "ambpf_netns");
+	struct ambpf_inpod_sk tag = {.netns_cookie = netns_cookie};
+	struct ambpf_inpod_lkey out = {.slot = AMBPF_LISTENER_OUTBOUND};
+	struct ambpf_netns ns;
+	__u64 fd = (__u64)listen_fd;
+	int err_;
+
+	if (!netns || bpf_map_lookup_elem(bpf_map__fd(netns), &netns_cookie, &ns)) {
+		snprintf(err, errlen, "the pod's ambpf_netns entry is missing");
+		return -ENOENT;
+	}
+	ns.flags |= AMBPF_POD_LOCAL_ROUTE;
+	v4mapped(out.pod_ip, FILL_POD_IP);
+	if ((err_ = update(maps, nmaps, "ambpf_inpod_sk", &listen_fd, &tag, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_inpod_listen", &out, &fd, err, errlen)) ||
+	    (err_ = update(maps, nmaps, "ambpf_netns", &netns_cookie, &ns, err, errlen)))
+		return err_;
+	return 0;
+}
+
 int fill_node6(struct bpf_map *const *maps, int nmaps, char *err, size_t errlen)
 {
 	struct ambpf_pod pod = {.flags = AMBPF_POD_AMBIENT};

@@ -59,6 +59,11 @@ int fill_inpod_listeners(struct bpf_map *const *maps, int nmaps, __u64 netns_coo
  * 15006 listener in ambpf_inpod_listen under it (after fill_maps for FILL_INPOD). */
 int fill_inpod6(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int inbound6_fd, char *err, size_t errlen);
 
+/* The pod's netns with AMBPF_POD_LOCAL_ROUTE (its other flags and addresses kept), and `listen_fd` as
+ * ztunnel's 15001 under {FILL_POD_IP, AMBPF_LISTENER_OUTBOUND}, tagged as fill_inpod_listeners tags. */
+int fill_inpod_keep(struct bpf_map *const *maps, int nmaps, __u64 netns_cookie, int listen_fd, char *err,
+		    size_t errlen);
+
 /* The node topology's IPv6 pod (FILL_TC_POD_IP6) in ambpf_pods, ambient (after fill_maps for FILL_NODE). */
 int fill_node6(struct bpf_map *const *maps, int nmaps, char *err, size_t errlen);
 

@@ -50,6 +50,7 @@ int inpod_checks(const struct func_ctx *c)
 	failures += inpod_leg_checks(c, in, AF_INET);
 	failures += inpod_dns_checks(c);
 	failures += inpod6_checks(c);
+	failures += inpod_keep_checks(c);
 out:
 	if (out >= 0)
 		close(out);

@@ -18,4 +18,8 @@ int inpod6_checks(const struct func_ctx *c);
  * app's listener by sk_lookup, not to ztunnel's 15006 `inbound_fd`; returns failures. */
 int inpod_leg_checks(const struct func_ctx *c, int inbound_fd, int family);
 
+/* A kept destination (keep.c): with AMBPF_POD_LOCAL_ROUTE, a connect keeps its destination and reaches
+ * a transparent 15001 over lo (5.17+), or is refused (before); returns failures. Sets the flag: last. */
+int inpod_keep_checks(const struct func_ctx *c);
+
 #endif /* AMBPF_CHECKER_INPOD_H */
