@@ -3,14 +3,12 @@
  * socket to the pod's address and adds mark 0x1000; check.sh's rule and table 41919 (the loader's
  * return path, src/bpf/return-path.ts) deliver the SYN on lo, where sk_lookup hands it to ztunnel's
  * IP_TRANSPARENT 15001. The accepted socket's own address is then the original, and getsockopt answers
- * SO_ORIGINAL_DST from it. sk_lookup knows lo by ingress_ifindex, which exists from 5.17 on: before,
- * the loader never sets the flag (src/bpf/datapath-inpod.ts keepDstFor). On every kernel, a kept SYN
- * that finds no ztunnel 15001 (gone, or a kernel before 5.17 were the flag set) must fail closed: it
- * connects nowhere, in particular not to a listener that holds the destination's port. sk_lookup's
- * SK_DROP makes the kernel answer with a reset from the original destination, which no route of the
- * kernel's own reply path takes as a local source: the SYN goes unanswered and the client retransmits
- * (into a ztunnel that came back meanwhile, or until its connect times out). Runs last of the inpod
- * checks: the flag stays set. */
+ * SO_ORIGINAL_DST from it. Without ztunnel's 15001 the SYN is refused (SK_DROP) and gets no reset (the
+ * reset, from the original destination, has no route): the connect stays pending, retransmits its SYN,
+ * and completes once a 15001 is registered again, never anywhere else.
+ * sk_lookup knows lo by ingress_ifindex, which exists from 5.17 on: before, the loader never sets the
+ * flag (src/bpf/datapath-inpod.ts keepDstFor), and both checks report "na" (src/kernels/verdict.ts
+ * holds that known answer). Runs last of the inpod checks: the flag stays set. */
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -29,10 +27,11 @@
 #endif
 #define SO_ORIGINAL_DST 80
 
-#define CHECK_KEEP	  "a kept destination reaches ztunnel's 15001 over lo, SO_ORIGINAL_DST from its own address"
-#define CHECK_KEEP_CLOSED "a kept destination without ztunnel's 15001 connects nowhere"
+#define CHECK_KEEP "a kept destination reaches ztunnel's 15001 over lo, SO_ORIGINAL_DST from its own address"
+#define CHECK_KEEP_CLOSED \
+	"a kept destination without ztunnel's 15001: no reset, its SYN retransmitted reaches ztunnel once back"
 /* ztunnel's transparent 15001 stand-in: any port, since sk_lookup assigns by the map, not the port. */
-#define KEEP_LISTEN_PORT  15101
+#define KEEP_LISTEN_PORT 15101
 
 /* sk_lookup's ingress_ifindex: Linux 5.17 (docs/kernel-facts.md). */
 static bool kernel_has_ingress_ifindex(void)
@@ -71,13 +70,14 @@ static int keep_accepted(const struct func_ctx *c, int cfd, int afd, const struc
 {
 	struct sockaddr_in local = {0}, peer = {0}, cpeer = {0}, od = {0};
 	socklen_t l1 = sizeof(local), l2 = sizeof(peer), l3 = sizeof(cpeer), l4 = sizeof(od);
-	char a[64], b[64], d[64], e[64];
-	int od_ok;
+	char a[64], b[64], d[64], e[64], w[64];
+	int od_ok, od_err;
 
 	getsockname(afd, (struct sockaddr *)&local, &l1);
 	getpeername(afd, (struct sockaddr *)&peer, &l2);
 	getpeername(cfd, (struct sockaddr *)&cpeer, &l3);
 	od_ok = getsockopt(afd, SOL_IP, SO_ORIGINAL_DST, &od, &l4) == 0;
+	od_err = od_ok ? 0 : errno;
 	sock_fmt(&peer, b, sizeof(b));
 	if (!sock_same(&local, orig) || !sock_same(&cpeer, orig) || !od_ok || !sock_same(&od, orig) ||
 	    strncmp(b, FILL_POD_IP ":", strlen(FILL_POD_IP ":")) != 0 || kept <= 0 || steered <= 0) {
@@ -85,7 +85,7 @@ static int keep_accepted(const struct func_ctx *c, int cfd, int afd, const struc
 		       "accepted at %s from %s, client's peer %s, SO_ORIGINAL_DST %s (%s); want %s from %s; kept %lld, "
 		       "sk_lookup outbound %lld",
 		       sock_fmt(&local, a, sizeof(a)), b, sock_fmt(&cpeer, d, sizeof(d)), sock_fmt(&od, e, sizeof(e)),
-		       od_ok ? "no error" : strerror(errno), sock_fmt(orig, a, sizeof(a)), FILL_POD_IP, kept, steered);
+		       od_ok ? "no error" : strerror(od_err), sock_fmt(orig, w, sizeof(w)), FILL_POD_IP, kept, steered);
 		return 1;
 	}
 	report(c->label, CHECK_KEEP, "func", "ok",
@@ -94,66 +94,119 @@ static int keep_accepted(const struct func_ctx *c, int cfd, int afd, const struc
 	return 0;
 }
 
-/* A non-blocking connect to `orig` and whether it completed within `ms`; the socket in *fd. */
-static bool keep_connect(const struct sockaddr_in *orig, int ms, int *fd, int *err)
+/* A non-blocking connect to `orig`, started; -1 with errno set when it could not be. */
+static int keep_start(const struct sockaddr_in *orig)
 {
-	struct pollfd p = {.events = POLLOUT};
-	socklen_t len = sizeof(*err);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), saved;
 
-	*err = 0;
-	p.fd = *fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-	if (*fd < 0) {
-		*err = errno;
-		return false;
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (const struct sockaddr *)orig, sizeof(*orig)) && errno != EINPROGRESS) {
+		saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
 	}
-	if (connect(*fd, (const struct sockaddr *)orig, sizeof(*orig)) && errno != EINPROGRESS) {
-		*err = errno;
-		return false;
-	}
-	if (poll(&p, 1, ms) != 1) {
-		*err = ETIMEDOUT;
-		return false;
-	}
-	getsockopt(*fd, SOL_SOCKET, SO_ERROR, err, &len);
-	return *err == 0;
+	return fd;
 }
 
-/* No ztunnel 15001 for a kept connection (`why`): it connects nowhere within a second, and nothing
- * reached the listener on the destination's port (`app_fd`). 1 when it failed. */
-static int keep_fails_closed(const struct func_ctx *c, const char *name, const char *why,
-			     const struct sockaddr_in *orig, int app_fd)
+/* Waits up to `ms` for a connect to end: 1 connected, 0 still pending, -1 failed (*err: why). */
+static int keep_wait(int fd, int ms, int *err)
+{
+	struct pollfd p = {.fd = fd, .events = POLLOUT};
+	socklen_t len = sizeof(*err);
+
+	int n = poll(&p, 1, ms);
+
+	*err = 0;
+	if (n == 0)
+		return 0;
+	if (n < 0) {
+		*err = errno;
+		return -1;
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &len))
+		*err = errno;
+	return *err == 0 ? 1 : -1;
+}
+
+/* ztunnel's 15001 closed (its entry leaves the sockhash): a new kept connection gets no reset and is
+ * refused at least twice (its first SYN and the retransmit a second later), reaches nothing else (not
+ * the listener on the destination's port, `app_fd`), and completes once a new 15001 is registered. */
+static int keep_without_ztunnel(const struct func_ctx *c, const struct sockaddr_in *orig, int app_fd)
 {
 	long long refused = fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_REFUSED);
 	struct pollfd p = {.fd = app_fd, .events = POLLIN};
-	int fd, err;
-	bool connected = keep_connect(orig, 1000, &fd, &err), reached = poll(&p, 1, 0) == 1;
+	int fd = keep_start(orig), zt = -1, afd = -1, err = 0, state = -1, failures = 1;
+	char msg[256] = "";
 
-	refused = fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_REFUSED) - refused;
-	if (fd >= 0)
-		close(fd);
-	if (!connected && !reached && refused > 0) {
-		report(c->label, name, "func", "ok", "%s: no connection (%s), sk_lookup refused %lld", why,
-		       strerror(err), refused);
-		return 0;
+	if (fd < 0) {
+		report(c->label, CHECK_KEEP_CLOSED, "func", "fail", "connect: %s", strerror(errno));
+		return 1;
 	}
-	report(c->label, name, "func", "fail", "%s: %s%s, sk_lookup refused %lld", why,
-	       connected ? "it connected" : strerror(err),
-	       reached ? ", and reached the listener on the destination's port" : "", refused);
-	return 1;
+	/* The first SYN, and its retransmit at the initial RTO (1 s). */
+	state = keep_wait(fd, 2500, &err);
+	refused = fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_REFUSED) - refused;
+	if (state != 0 || refused < 2 || poll(&p, 1, 0) == 1) {
+		report(c->label, CHECK_KEEP_CLOSED, "func", "fail",
+		       "after 2.5 s: %s, sk_lookup refused %lld (want pending, >= 2)%s",
+		       state > 0   ? "connected"
+		       : state < 0 ? strerror(err)
+				   : "pending",
+		       refused, poll(&p, 1, 0) == 1 ? ", and it reached the listener on the destination's port" : "");
+		goto out;
+	}
+	/* ztunnel back: the next retransmit (3 s after the first SYN) reaches it. */
+	if ((zt = transparent_listener()) < 0 ||
+	    fill_inpod_keep(c->maps, c->nmaps, c->netns_cookie, zt, msg, sizeof(msg))) {
+		report(c->label, CHECK_KEEP_CLOSED, "func", "fail", "a new 15001: %s", zt < 0 ? strerror(errno) : msg);
+		goto out;
+	}
+	state = keep_wait(fd, 4000, &err);
+	if (state != 1 || (afd = sock_accept_within(zt)) < 0) {
+		report(c->label, CHECK_KEEP_CLOSED, "func", "fail", "with ztunnel back: %s",
+		       state == 1  ? "connected, but nothing to accept"
+		       : state < 0 ? strerror(err)
+				   : "still pending");
+		goto out;
+	}
+	report(c->label, CHECK_KEEP_CLOSED, "func", "ok",
+	       "pending with no reset, refused %lld times in 2.5 s; accepted by the new 15001 once registered",
+	       refused);
+	failures = 0;
+out:
+	if (afd >= 0)
+		close(afd);
+	if (zt >= 0)
+		close(zt);
+	close(fd);
+	return failures;
 }
 
 int inpod_keep_checks(const struct func_ctx *c)
 {
 	long long kept = fill_stat(c->maps, c->nmaps, AMBPF_STAT_INPOD_KEPT_DST);
 	long long steered = fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_OUTBOUND);
-	int zt = transparent_listener(), app = sock_listen("0.0.0.0", FILL_ORIG_DST_PORT);
-	int cfd = -1, afd, err, failures = 0;
+	int zt = -1, app = -1, cfd = -1, afd = -1, err = 0, failures = 0, saved;
 	struct sockaddr_in orig;
-	char msg[256];
+	char msg[256], a[64];
 
+	if (!kernel_has_ingress_ifindex()) {
+		report(c->label, CHECK_KEEP, "func", "na",
+		       "sk_lookup has no ingress_ifindex before 5.17: the loader never keeps a destination (record "
+		       "path)");
+		report(c->label, CHECK_KEEP_CLOSED, "func", "na", "no kept destinations before 5.17");
+		return 0;
+	}
 	sock_addr4(&orig, FILL_ORIG_DST_IP, FILL_ORIG_DST_PORT);
+	zt = transparent_listener();
+	saved = errno;
+	app = sock_listen("0.0.0.0", FILL_ORIG_DST_PORT);
 	if (zt < 0 || app < 0 || fill_inpod_keep(c->maps, c->nmaps, c->netns_cookie, zt, msg, sizeof(msg))) {
-		report(c->label, CHECK_KEEP, "func", "fail", "setup: %s", zt < 0 || app < 0 ? strerror(errno) : msg);
+		report(c->label, CHECK_KEEP, "func", "fail", "setup: %s",
+		       zt < 0	 ? strerror(saved)
+		       : app < 0 ? "the listener on the destination's port"
+				 : msg);
 		report(c->label, CHECK_KEEP_CLOSED, "func", "fail", "no setup");
 		failures = 2;
 		goto out;
@@ -165,31 +218,24 @@ int inpod_keep_checks(const struct func_ctx *c)
 		failures = 2;
 		goto out;
 	}
-	if (!kernel_has_ingress_ifindex()) {
-		/* The loader never sets the flag here; were it set, sk_lookup cannot tell lo and refuses. */
-		failures = keep_fails_closed(c, CHECK_KEEP, "before 5.17 (no ingress_ifindex) it fails closed", &orig,
-					     app);
-		close(zt);
-		zt = -1;
-		failures += keep_fails_closed(c, CHECK_KEEP_CLOSED, "ztunnel's 15001 gone", &orig, app);
-		goto out;
-	}
-	if (!keep_connect(&orig, 3000, &cfd, &err) || (afd = sock_accept_within(zt)) < 0) {
+	cfd = keep_start(&orig);
+	if (cfd < 0 || keep_wait(cfd, 3000, &err) != 1 || (afd = sock_accept_within(zt)) < 0) {
+		saved = cfd < 0 ? errno : err ? err : ETIMEDOUT;
 		report(c->label, CHECK_KEEP, "func", "fail", "connect to %s: %s (kept %lld)",
-		       sock_fmt(&orig, msg, sizeof(msg)), strerror(err ? err : errno),
+		       sock_fmt(&orig, a, sizeof(a)), strerror(saved),
 		       fill_stat(c->maps, c->nmaps, AMBPF_STAT_INPOD_KEPT_DST) - kept);
 		failures = 1;
 	} else {
 		failures = keep_accepted(c, cfd, afd, &orig,
 					 fill_stat(c->maps, c->nmaps, AMBPF_STAT_INPOD_KEPT_DST) - kept,
 					 fill_stat(c->maps, c->nmaps, AMBPF_STAT_SKLOOKUP_OUTBOUND) - steered);
-		close(afd);
 	}
-	/* ztunnel gone: its listener leaves the sockhash when closed. */
 	close(zt);
 	zt = -1;
-	failures += keep_fails_closed(c, CHECK_KEEP_CLOSED, "ztunnel's 15001 gone", &orig, app);
+	failures += keep_without_ztunnel(c, &orig, app);
 out:
+	if (afd >= 0)
+		close(afd);
 	if (cfd >= 0)
 		close(cfd);
 	if (app >= 0)

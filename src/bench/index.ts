@@ -92,8 +92,8 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   // --profile: the kernel's BPF run-time statistics for the whole run, released in the finally below
   // (and by the kernel if this process dies), so the machine never keeps paying for them.
   const stats = o.profile ? BpfRunTimeStats.enable() : undefined;
-  // What the statistics add to each run they time: the median of three measurements, before the
-  // testbed exists (nothing else of ours runs).
+  // What an empty program measures per run (the part of every run that is not the program's): the
+  // median of three measurements, before the testbed exists (nothing else of ours runs).
   const clockNsPerRun = stats ? statsClockNsPerRun() : undefined;
   let tb: Testbed;
   try {
@@ -295,7 +295,7 @@ function statsClockNsPerRun(): number | undefined {
     const m = median([0, 1, 2].flatMap(() => statsCostPerRunNs() ?? []));
     return Number.isFinite(m) ? m : undefined;
   } catch (err) {
-    log.warn({ err: String(err) }, "--profile: could not measure the statistics' own cost per run");
+    log.warn({ err: String(err) }, "--profile: could not measure an empty program's run time");
     return undefined;
   }
 }

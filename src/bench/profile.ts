@@ -113,8 +113,8 @@ export function cellCost(
 
 /**
  * Medians over rounds (warm-up excluded) per (phase, placement, workload, path, program). With
- * `clockNsPerRun` (what the statistics add to each run they time), also the per-request figure net of
- * it, per round then median: the programs' own time.
+ * `clockNsPerRun` (what an empty program measures per run), also the per-request figure less that for
+ * each run, per round then median: the programs' own work.
  */
 export function profileRows(samples: readonly Sample[], clockNsPerRun?: number): ProfileRow[] {
   const groups = new Map<
@@ -174,8 +174,8 @@ const range = (s: Spread | undefined, digits = 0): string =>
   s ? `${num(s.median, digits)} (${num(s.min, digits)}–${num(s.max, digits)})` : '–';
 
 /**
- * results.md's profile table: one line per program that ran in a cell, the cell's total first. With
- * the statistics' clock measured, a column net of it, and a sentence saying what it is.
+ * results.md's profile table: one line per program that ran in a cell, the cell's total first. With an
+ * empty program measured, a column net of it, and a sentence saying what it is.
  */
 export function profileTable(rows: readonly ProfileRow[], clockNsPerRun?: number): string | undefined {
   if (rows.length === 0) return undefined;
@@ -186,11 +186,11 @@ export function profileTable(rows: readonly ProfileRow[], clockNsPerRun?: number
   const lines = [
     ...(net
       ? [
-          `The statistics time each run between two clock reads: an empty program measures ${num(clockNsPerRun, 1)} ns per run on this machine in this run. "net" is ns per request less that for each run (the programs' own time); the targets are judged on the measured column.`,
+          `The statistics time each run between two clock reads around the call into the program: a program that does nothing measures ${num(clockNsPerRun, 1)} ns per run on this machine in this run. "net of an empty run" is ns per request less that for each run (the programs' own work); the targets are judged on the measured column.`,
           '',
         ]
       : []),
-    `| phase | placement | workload | path | program | ns per request |${net ? ' net of the clock |' : ''} runs per request | ns per run | end to end |`,
+    `| phase | placement | workload | path | program | ns per request |${net ? ' net of an empty run |' : ''} runs per request | ns per run | end to end |`,
     `|---|---|---|---|---|---|${net ? '---|' : ''}---|---|---|`,
   ];
   for (const r of sorted) {

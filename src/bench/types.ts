@@ -90,7 +90,7 @@ export interface ProfileRow {
   readonly nsPerRun: Spread;
   readonly runsPerReq?: Spread;
   readonly nsPerReq?: Spread;
-  /** nsPerReq less what the statistics' clock adds to each run (BenchResults.profileClockNsPerRun). */
+  /** nsPerReq less, for each run, what an empty program measures (BenchResults.profileClockNsPerRun). */
   readonly netNsPerReq?: Spread;
   /** The cell's primary metric (connPerSec, p99us, gbps): the end-to-end figure beside it. */
   readonly primary: { readonly metric: string; readonly value: Spread };
@@ -227,8 +227,8 @@ export interface BenchResults {
   readonly notes: readonly string[];
   /** `--profile`: medians over rounds of each program's cost per cell (src/bench/profile.ts). */
   readonly profile?: readonly ProfileRow[];
-  /** --profile: ns the statistics themselves add to every run they measure (an empty program's
-   * run_time_ns / run_cnt on this machine, src/libbpf/stats.ts statsCostPerRunNs). */
+  /** --profile: what an empty program measures per run on this machine (run_time_ns / run_cnt,
+   * src/libbpf/stats.ts statsCostPerRunNs): the part of every measured run that is not the program's. */
   readonly profileClockNsPerRun?: number;
   /** How many sink rounds ran and whether the A/A control got within its tolerance (src/bench/aa.ts). */
   readonly aa?: AaVerdict;

@@ -2,7 +2,8 @@
 // KernelRun per kernel. The console also carries kernel messages and, for a guest that died, nothing
 // at all: a run without its DONE line is itself a failure the table must show.
 
-export type StageStatus = 'ok' | 'fail' | 'yes' | 'no';
+/** 'na': a functional check that does not apply to this kernel (verdict.ts knows where that is right). */
+export type StageStatus = 'ok' | 'fail' | 'na' | 'yes' | 'no';
 
 export interface StageResult {
   readonly status: StageStatus;
@@ -35,7 +36,7 @@ export interface KernelRun {
   readonly consoleTail: string[];
 }
 
-const STATUSES: readonly string[] = ['ok', 'fail', 'yes', 'no'];
+const STATUSES: readonly string[] = ['ok', 'fail', 'na', 'yes', 'no'];
 
 function isStatus(s: string): s is StageStatus {
   return STATUSES.includes(s);

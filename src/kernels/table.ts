@@ -19,7 +19,7 @@ function rowsTable(runs: readonly KernelRun[], rows: readonly Row[], name: (r: R
     const cells = runs.map((run) => {
       const c = row.cells.get(run.kernel);
       if (!c) return '';
-      const mark = c.pass ? '✓' : '✗';
+      const mark = c.pass ? '✓' : c.na ? 'n/a:' : '✗';
       return esc(`${mark} ${c.text}`) + (c.asExpected ? '' : ' **(unexpected)**');
     });
     out.push(`| ${name(row)} | ${cells.join(' | ')} |`);

@@ -9,6 +9,8 @@ export const SELFTEST_OBJECT = 'checker-selftest';
 
 export interface Cell {
   readonly pass: boolean;
+  /** The check said it does not apply to this kernel (asExpected says whether that is its known answer). */
+  readonly na?: boolean;
   /** What the table shows: the attach method for a pass, the reason for a failure. */
   readonly text: string;
   /** This cell is what it must be (a pass for ambpf, the known answer for the self-test). */
@@ -47,14 +49,35 @@ export function selftestExpectation(program: string, v: [number, number]): { pas
   }
 }
 
-function programCell(run: KernelRun, p: ProgramResult | undefined): { pass: boolean; text: string } {
+/**
+ * Functional checks that do not apply before a kernel version: there, and only there, "na" is the
+ * known answer (anywhere else it is a failure, as a check that did not run).
+ */
+const NOT_BEFORE: ReadonlyMap<string, readonly [number, number]> = new Map([
+  // sk_lookup's ingress_ifindex (5.17) tells a kept destination's SYN on lo (kernels/checker/keep.c).
+  ["inpod/a kept destination reaches ztunnel's 15001 over lo, SO_ORIGINAL_DST from its own address", [5, 17]],
+  [
+    "inpod/a kept destination without ztunnel's 15001: no reset, its SYN retransmitted reaches ztunnel once back",
+    [5, 17],
+  ],
+]);
+
+export function notApplicableExpected(key: string, v: [number, number] | undefined): boolean {
+  const since = NOT_BEFORE.get(key);
+  return since !== undefined && v !== undefined && !atLeast(v, since[0], since[1]);
+}
+
+function programCell(run: KernelRun, p: ProgramResult | undefined): { pass: boolean; text: string; na?: boolean } {
   if (!p) {
     return {
       pass: false,
       text: run.done ? 'no result' : `guest did not report: ${run.consoleTail.at(-1) ?? 'no output'}`,
     };
   }
-  if (p.func) return { pass: p.func.status === 'ok', text: p.func.detail };
+  if (p.func)
+    return p.func.status === 'na'
+      ? { pass: false, na: true, text: p.func.detail }
+      : { pass: p.func.status === 'ok', text: p.func.detail };
   if (p.load?.status !== 'ok') {
     const reason = failureReason(p);
     return { pass: false, text: `load: ${p.load?.detail ?? 'no result'}${reason ? ` — ${reason}` : ''}` };
@@ -84,14 +107,16 @@ export function buildRows(runs: readonly KernelRun[]): Row[] {
   }
   for (const row of rows.values()) {
     for (const run of runs) {
-      const { pass, text } = programCell(run, run.programs.get(row.key));
+      const { pass, text, na } = programCell(run, run.programs.get(row.key));
       let asExpected = pass;
-      if (row.object === SELFTEST_OBJECT) {
+      if (na) {
+        asExpected = notApplicableExpected(row.key, kernelVersion(run.release));
+      } else if (row.object === SELFTEST_OBJECT) {
         const v = kernelVersion(run.release);
         const want = v ? selftestExpectation(row.program, v) : undefined;
         asExpected = want !== undefined && want.pass === pass && (!want.attachVia || want.attachVia.test(text));
       }
-      row.cells.set(run.kernel, { pass, text, asExpected });
+      row.cells.set(run.kernel, { pass, text, asExpected, ...(na ? { na } : {}) });
     }
   }
   return [...rows.values()].sort((a, b) =>

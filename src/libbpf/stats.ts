@@ -69,11 +69,12 @@ export function progRunStats(id: number): ProgRunStats | undefined {
 }
 
 /**
- * What the statistics themselves add to every run they measure: run_time_ns / run_cnt of a program
- * that does nothing (r0 = 0; exit), run `runs` times by BPF_PROG_TEST_RUN while the statistics are on
- * (the caller holds them). Each run's time is taken between two clock reads around the program, as
- * for a program at a hook, so this is the part of every measured run that is the clock's, not the
- * program's. undefined when the statistics are off (nothing counted).
+ * What a program that does nothing (r0 = 0; exit) measures per run while the statistics are on (the
+ * caller holds them): run `runs` times by BPF_PROG_TEST_RUN, run_time_ns / run_cnt. The kernel times
+ * each run between two clock reads around the call into the program, as at a hook, so this is the part
+ * of every measured run that is not the program's own work: the clock's share inside the window and
+ * the call itself (the full cost of the statistics, the reads and the counter update, is larger).
+ * undefined when nothing was counted (the statistics are off).
  */
 export function statsCostPerRunNs(runs = 200_000): number | undefined {
   const prog = RawProgram.load('socket_filter', [MOV64_IMM(0, 0), EXIT()]);

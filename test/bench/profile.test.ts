@@ -107,12 +107,12 @@ t.test("profileRows: medians over measured rounds, the cell's primary metric bes
     /\| sink \| same-node \| connections \| ebpf \| \*\*all programs\*\* \| 2,000 \(1,000–3,000\) \| 2\.00 \(2\.00–2\.00\) \| 1,000 \(500–1,500\) \| connPerSec 6,000 \(5,000–7,000\) \|/,
   );
   t.notMatch(md, /ambpf_connect6/, 'a program that never ran is not listed');
-  // The statistics' clock measured at 100 ns per run: 2 runs per request come off every round.
+  // An empty program measured at 100 ns per run: 2 runs per request come off every round.
   const net = profileRows([mk(1, false, 1000, 5000), mk(2, false, 3000, 7000)], 100);
   t.match(net.find((r) => r.prog === ALL_PROGRAMS)?.netNsPerReq, { median: 1800, min: 800, max: 2800, n: 2 });
   t.equal(all?.netNsPerReq, undefined, 'no net figure without the clock measured');
   const netMd = profileTable(net, 100) ?? '';
-  t.match(netMd, /an empty program measures 100\.0 ns per run/, 'the table says what the clock costs');
+  t.match(netMd, /does nothing measures 100\.0 ns per run/, 'the table says what an empty run measures');
   t.match(netMd, /\| \*\*all programs\*\* \| 2,000 \(1,000–3,000\) \| 1,800 \(800–2,800\) \| 2\.00/);
   t.equal(profileTable([]), undefined, 'no table without profile rows');
 });
