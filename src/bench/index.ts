@@ -9,6 +9,7 @@
 // also on failure.
 import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startTestbed, defaultSpec, startStandIns, stopStandIns, type Testbed } from '../testbed/index.ts';
 import type { TestbedSpec } from '../testbed/spec.ts';
 import { logger } from '../log.ts';
@@ -44,8 +45,11 @@ import type { AaVerdict } from './aa.ts';
 import { cpuPlan } from './cpus.ts';
 import { measureScale } from './scale.ts';
 import { SAFETY_NET_MS } from '../reconcile/resync.ts';
+import { distIsFresh } from '../cli/build-js.ts';
 
 const log = logger('bench');
+/** The repository whose bin/ambpf the testbed starts (src/testbed/loader.ts AMBPF_BIN). */
+const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export interface BenchOptions extends BenchConfig {
   readonly outDir: string;
@@ -91,6 +95,16 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
 
   // --profile: the kernel's BPF run-time statistics for the whole run, released in the finally below
   // (and by the kernel if this process dies), so the machine never keeps paying for them.
+  // Loaders started from the TypeScript sources (dist/ stale: src/ edited since `make js`) carry Node's
+  // type stripper in their RSS and cold start: said in the notes, checked again before the control plane
+  // (an edit during the run makes the later loaders run from the sources).
+  const fromSources = new Set<string>();
+  const checkDist = (phase: string): void => {
+    if (distIsFresh(REPO_ROOT)) return;
+    fromSources.add(phase);
+    log.warn({ phase }, 'the loaders run from the TypeScript sources (dist/ is stale: run `make js`)');
+  };
+  checkDist('datapath');
   const stats = o.profile ? BpfRunTimeStats.enable() : undefined;
   // What an empty program measures per run (the part of every run that is not the program's): the
   // median of three measurements, before the testbed exists (nothing else of ours runs).
@@ -234,6 +248,7 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
     await tb.down();
   }
 
+  if (o.controlPlane) checkDist('control plane');
   if (inpod && o.controlPlane && (o.scalePods ?? 0) > 0) {
     log.info({ pods: o.scalePods }, 'bench: the loader at node scale, with ZDS');
     controlPlane.scale = await measureScale({
@@ -249,6 +264,11 @@ export async function runBench(o: BenchOptions): Promise<BenchOutput> {
   }
   if (rss.length > 0) controlPlane.rssMiB = { samples: rss, median: spread(rss).median, max: Math.max(...rss) };
   notes.push(...topologyNotes(o.topology));
+  if (fromSources.size > 0) {
+    notes.push(
+      `The loaders of this run's ${[...fromSources].join(' and ')} phase ran from the TypeScript sources (dist/ did not match src/, or AMBPF_FROM_SOURCE or coverage asked for them): their RSS and cold start include Node's type stripper (~12 MiB at 250 pods). Run \`make js\` first and leave src/ alone while the bench runs.`,
+    );
+  }
   if (o.profile) {
     notes.push(
       "--profile: the kernel's BPF run-time statistics were on for the whole run (held by BPF_ENABLE_STATS, released at the end; kernel.bpf_stats_enabled itself untouched). They add two clock reads to every program run, so a profiled run's end-to-end figures are a little lower than an unprofiled one's; ns per request counts the programs of the path's loaders only (maps pinned in their bpffs dirs), summed over nodes.",

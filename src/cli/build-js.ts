@@ -45,6 +45,17 @@ export function sourcesListing(root: string): string {
   return files.map((f) => `${sha256(f)}  ${f}\n`).join('');
 }
 
+/**
+ * Whether bin/ambpf, started now with this environment, would run dist/ (its dist_is_fresh): dist/.sources
+ * is exactly the sources' listing and neither AMBPF_FROM_SOURCE nor tap's coverage asks for the sources.
+ * Otherwise every process it starts pays Node's TypeScript stripper (the bench says so beside its RSS).
+ */
+export function distIsFresh(root: string, env: NodeJS.ProcessEnv = process.env): boolean {
+  if (env['AMBPF_FROM_SOURCE'] || env['_TAPJS_PROCESSINFO_COVERAGE_'] === '1') return false;
+  const listed = join(root, 'dist', '.sources');
+  return existsSync(listed) && readFileSync(listed, 'utf8') === sourcesListing(root);
+}
+
 /** One source file as dist/ holds it; throws when a rewritten path names no source file. */
 export function toJavaScript(source: string, file: string): string {
   const code = stripTypeScriptTypes(source, { mode: 'strip' });

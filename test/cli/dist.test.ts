@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { buildJs, sourcesListing, toJavaScript } from '../../src/cli/build-js.ts';
+import { buildJs, distIsFresh, sourcesListing, toJavaScript } from '../../src/cli/build-js.ts';
 import { COMMANDS } from '../../src/cli/registry.ts';
 
 const run = promisify(execFile);
@@ -54,6 +54,10 @@ async function version(root: string, env: NodeJS.ProcessEnv = ENV): Promise<stri
   const { stdout, stderr } = await run(join(root, 'bin/ambpf'), ['version'], { env, timeout: 60_000 });
   // Choosing between dist/ and the sources says nothing (it once leaked xargs' SIGPIPE complaint).
   if (stderr.trim() !== '') throw new Error(`bin/ambpf version wrote to stderr: ${stderr.trim()}`);
+  // distIsFresh (what the bench reports) must say what bin/ambpf just chose.
+  const fromDist = stdout.startsWith(DIST_MARK);
+  if (distIsFresh(root, env) !== fromDist)
+    throw new Error(`distIsFresh says ${!fromDist} but bin/ambpf ran ${fromDist ? 'dist/' : 'the sources'}`);
   return stdout.trim();
 }
 
