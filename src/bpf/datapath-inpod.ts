@@ -99,6 +99,14 @@ export interface PodArm {
   readonly netnsCookie: bigint;
 }
 
+/** What keepDstFor asks of a pod. */
+export interface KeepDstPod {
+  readonly netnsIno: number;
+  readonly netnsCookie: bigint;
+  /** The pod's IPs: its 15001 is registered under each. */
+  readonly ips: readonly string[];
+}
+
 export interface PodCapture extends PodArm {
   /** The pod's IPs (the keys inbound connections arrive with). */
   readonly ips: readonly string[];
@@ -373,15 +381,22 @@ export class InpodDatapath {
    * records (set up by this ambpf or an earlier one: without the rule a kept connection would leave
    * through eth0 for its destination, so nothing else counts as proof), and whose ztunnel 15001 has
    * IP_TRANSPARENT (it must answer from the original destination; ztunnel sets it unless
-   * ENABLE_ORIG_SRC=false, src/proxy.rs maybe_set_transparent). The ledger is read once per call.
+   * ENABLE_ORIG_SRC=false, src/proxy.rs maybe_set_transparent) is registered now: once ztunnel is gone
+   * (its listeners leave the map as they close; its ZDS disconnect brings a pass) the pod's connects go
+   * back to the record path, refused at once by its own IP:15001 as under Istio's rules, rather than
+   * waiting in SYN retransmits (a refused kept SYN gets no reset: docs/kernel-facts.md). The ledger is
+   * read once per call.
    */
-  keepDstFor(): (pod: { readonly netnsIno: number; readonly netnsCookie: bigint }) => boolean {
+  keepDstFor(): (pod: KeepDstPod) => boolean {
     if (!this.#keepDst) return () => false;
     const routed = new Set<number>();
     for (const e of readLedger(this.ledger))
       if (e.kind === 'route' && e.what === 'inpod-return') routed.add(e.netnsIno);
     const transparent = new Set(this.#transparentOutbound);
-    return (pod) => routed.has(pod.netnsIno) && transparent.has(pod.netnsCookie);
+    return (pod) =>
+      routed.has(pod.netnsIno) &&
+      transparent.has(pod.netnsCookie) &&
+      pod.ips.some((ip) => this.hasListener(ip, s.LISTENER_OUTBOUND));
   }
 
   /** Netns cookies of the pods whose sk_lookup link is pinned. */

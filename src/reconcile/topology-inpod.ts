@@ -15,7 +15,7 @@
 // scope's pods only: their pins, their map keys (those they hold now and held before), their handoff;
 // the other pods' pins, maps and /proc are not read.
 import { existsSync, statSync } from 'node:fs';
-import type { InpodDatapath } from '../bpf/datapath-inpod.ts';
+import type { InpodDatapath, KeepDstPod } from '../bpf/datapath-inpod.ts';
 import type { DatapathMaps } from '../bpf/datapath-maps.ts';
 import {
   podListenerInodes,
@@ -510,7 +510,7 @@ function netnsIno(path: string): number {
 export function buildInpodTarget(
   ready: readonly ResolvedPod[],
   resolution: Resolution,
-  keepsDst: (pod: { readonly netnsIno: number; readonly netnsCookie: bigint }) => boolean = () => false,
+  keepsDst: (pod: KeepDstPod) => boolean = () => false,
 ): Target {
   const pods = new Map<string, PodEntry>();
   const netns = new Map<bigint, NetnsEntry>();
@@ -519,7 +519,9 @@ export function buildInpodTarget(
     const flags = POD_AMBIENT | dnsCaptureFlags(pod.dnsCapture);
     for (const ip of pod.ips) pods.set(ip, { netnsCookie: pod.netnsCookie, hostIfindex: 0, flags });
     // Only connect4/6 read POD_LOCAL_ROUTE (ambpf_netns), and only where the ledger proves the route.
-    const keep = keepsDst({ netnsIno: netnsIno(pod.netnsPath), netnsCookie: pod.netnsCookie }) ? POD_LOCAL_ROUTE : 0;
+    const keep = keepsDst({ netnsIno: netnsIno(pod.netnsPath), netnsCookie: pod.netnsCookie, ips: pod.ips })
+      ? POD_LOCAL_ROUTE
+      : 0;
     // The IPv4 address when the pod has one: connect4 sends IPv4 (and v4-mapped) connects there;
     // connect6 sends native IPv6 connects to the IPv6 one (an IPv6-only pod has it in both fields).
     const ip6 = pod.ips.find((ip) => ip.includes(':'));

@@ -51,6 +51,9 @@ function listenEntries(node: string): number {
   return (JSON.parse(out) as unknown[]).length;
 }
 
+/** curl's exit code when the connection was refused (a reset, not a timeout: 28). */
+const CURL_COULDNT_CONNECT = 7;
+
 /** curl's exit code (0 = answered) from a pod. */
 async function tryCurl(from: string, to: string, timeoutMs = 3000): Promise<number> {
   return (await curl(tb, from, ip(to), PORT, { timeoutMs })).exitCode;
@@ -163,6 +166,15 @@ t.test('ztunnel gone: a captured pod is refused both ways; back: snapshot, captu
   );
   t.not(await tryCurl('app2-node1', 'app1-node2'), 0, 'outbound from a captured pod is refused, not sent direct');
   t.not(await tryCurl('client-node2', 'app1-node1'), 0, 'inbound to a captured pod is refused, not handed to the app');
+  // Refused at once (curl 7, connection refused), as under Istio's rules, once the pass after the
+  // disconnect took the pod off the kept path: a kept SYN with no 15001 gets no reset and would wait in
+  // its retransmits (curl 28, timeout).
+  await eventually(
+    async () => (await tryCurl('app2-node1', 'app1-node2', 2000)) === CURL_COULDNT_CONNECT,
+    15_000,
+    'outbound from the pod to be refused at once (ECONNREFUSED), not left to time out',
+  );
+  t.pass('outbound refused at once while ztunnel is gone');
   await startExtraZtunnel(tb, 'node1');
   await waitServed();
   t.pass('served again after the new ztunnel took the snapshot');
