@@ -89,9 +89,6 @@ const ALL_SLOTS = [
   fallbackSlot(s.LISTENER_OUTBOUND),
 ];
 
-/** sk_lookup's ingress_ifindex, by which it knows a kept connection's SYN (inpod_arrived_on_lo): 5.17. */
-const KEEP_DST_KERNEL = [5, 17] as const;
-
 /** A pod whose capture is armed: sk_lookup on its netns and the return route of spoofed legs. */
 export interface PodArm {
   /** /proc/<pid>/ns/net of a process in the pod. */
@@ -165,7 +162,7 @@ export class InpodDatapath {
   ) {
     this.bpffs = o.bpffs;
     this.ledger = o.ledger ?? ledgerPath(o.bpffs);
-    this.#keepDst = (o.keepDst ?? true) && kernelAtLeast(...KEEP_DST_KERNEL);
+    this.#keepDst = (o.keepDst ?? true) && kernelAtLeast(...s.LOCAL_ROUTE_KERNEL);
     this.cgroup = o.cgroup;
     this.#object = object;
     this.maps = new DatapathMaps((n) => objectMap([object], n));

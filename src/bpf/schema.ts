@@ -33,6 +33,8 @@ export const POD_IS_ZTUNNEL = 1 << 3;
 export const POD_NO_DNS_CAPTURE = 1 << 4;
 /** ambpf_netns: connect4/6 keep the destination (AMBPF_POD_LOCAL_ROUTE in bpf/include/ambpf.h). */
 export const POD_LOCAL_ROUTE = 1 << 5;
+/** The first kernel where POD_LOCAL_ROUTE can be set: sk_lookup's ingress_ifindex (inpod_arrived_on_lo). */
+export const LOCAL_ROUTE_KERNEL = [5, 17] as const;
 export const ZT_READY = 1 << 0;
 export const CFG_SPLICE = 1 << 0;
 export const CFG_INPOD = 1 << 1;

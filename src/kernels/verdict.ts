@@ -4,6 +4,8 @@
 // (docs/kernel-facts.md#what-each-kernel-has-and-lacks), which proves the checker can see a rejection and
 // really takes each attach path.
 import { failureReason, type KernelRun, type ProgramResult } from './results.ts';
+import { kernelVersion, versionAtLeast, type KernelVersion } from '../libbpf/kernel-version.ts';
+import { LOCAL_ROUTE_KERNEL } from '../bpf/schema.ts';
 
 export const SELFTEST_OBJECT = 'checker-selftest';
 
@@ -25,25 +27,15 @@ export interface Row {
   readonly cells: Map<string, Cell>;
 }
 
-/** "5.10.0-46-amd64" -> [5, 10]; undefined when the guest never said. */
-export function kernelVersion(release: string | undefined): [number, number] | undefined {
-  const m = /^(\d+)\.(\d+)/.exec(release ?? '');
-  return m ? [Number(m[1]), Number(m[2])] : undefined;
-}
-
-function atLeast(v: [number, number], major: number, minor: number): boolean {
-  return v[0] > major || (v[0] === major && v[1] >= minor);
-}
-
 /** The self-test's known answers (docs/kernel-facts.md#what-each-kernel-has-and-lacks), by kernel version. */
-export function selftestExpectation(program: string, v: [number, number]): { pass: boolean; attachVia?: RegExp } {
+export function selftestExpectation(program: string, v: KernelVersion): { pass: boolean; attachVia?: RegExp } {
   switch (program) {
     case 'st_tc_netns_cookie':
-      return { pass: atLeast(v, 6, 18) };
+      return { pass: versionAtLeast(v, 6, 18) };
     case 'st_sockops_netns_cookie':
-      return { pass: atLeast(v, 5, 15) };
+      return { pass: versionAtLeast(v, 5, 15) };
     case 'st_tc_ingress':
-      return { pass: true, attachVia: atLeast(v, 6, 6) ? /^tcx link/ : /^clsact/ };
+      return { pass: true, attachVia: versionAtLeast(v, 6, 6) ? /^tcx link/ : /^clsact/ };
     default:
       return { pass: true };
   }
@@ -53,18 +45,21 @@ export function selftestExpectation(program: string, v: [number, number]): { pas
  * Functional checks that do not apply before a kernel version: there, and only there, "na" is the
  * known answer (anywhere else it is a failure, as a check that did not run).
  */
-const NOT_BEFORE: ReadonlyMap<string, readonly [number, number]> = new Map([
-  // sk_lookup's ingress_ifindex (5.17) tells a kept destination's SYN on lo (kernels/checker/keep.c).
-  ["inpod/a kept destination reaches ztunnel's 15001 over lo, SO_ORIGINAL_DST from its own address", [5, 17]],
+const NOT_BEFORE: ReadonlyMap<string, KernelVersion> = new Map([
+  // The kept destination (kernels/checker/keep.c) needs sk_lookup's ingress_ifindex.
+  [
+    "inpod/a kept destination reaches ztunnel's 15001 over lo, SO_ORIGINAL_DST from its own address",
+    LOCAL_ROUTE_KERNEL,
+  ],
   [
     "inpod/a kept destination without ztunnel's 15001: no reset, its SYN retransmitted reaches ztunnel once back",
-    [5, 17],
+    LOCAL_ROUTE_KERNEL,
   ],
 ]);
 
-export function notApplicableExpected(key: string, v: [number, number] | undefined): boolean {
+export function notApplicableExpected(key: string, v: KernelVersion | undefined): boolean {
   const since = NOT_BEFORE.get(key);
-  return since !== undefined && v !== undefined && !atLeast(v, since[0], since[1]);
+  return since !== undefined && v !== undefined && !versionAtLeast(v, since[0], since[1]);
 }
 
 function programCell(run: KernelRun, p: ProgramResult | undefined): { pass: boolean; text: string; na?: boolean } {

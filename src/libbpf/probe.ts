@@ -2,6 +2,7 @@
 // libbpf_probe_* return 1 (supported), 0 (not), or -errno when the probe itself could not run.
 import { release } from 'node:os';
 import { raw } from './ffi.ts';
+import { kernelVersion, versionAtLeast } from './kernel-version.ts';
 import { check } from './errors.ts';
 import { RawProgram, MOV64_IMM, CALL, EXIT } from './rawprog.ts';
 import { PROG_TYPES, MAP_TYPES, HELPERS, type ProgTypeName, type MapTypeName, type HelperName } from './constants.ts';
@@ -67,8 +68,6 @@ export function probeHelperByLoad(progType: ProgTypeName, helper: HelperName): b
  * answered "no", which callers must treat as the safe answer.
  */
 export function kernelAtLeast(major: number, minor: number, rel = release()): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(rel);
-  if (!m) return false;
-  const [maj, min] = [Number(m[1]), Number(m[2])];
-  return maj > major || (maj === major && min >= minor);
+  const v = kernelVersion(rel);
+  return v !== undefined && versionAtLeast(v, major, minor);
 }
